@@ -1,0 +1,3 @@
+"""sfmamba: fast vision state-space models (SF-Mamba, MambaVision, VMamba) with Triton kernels."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,4 @@
+from .interface import selective_scan, selective_scan_fn
+from .naive import selective_scan_naive
+
+__all__ = ["selective_scan", "selective_scan_fn", "selective_scan_naive"]

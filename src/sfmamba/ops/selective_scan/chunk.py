@@ -1,0 +1,498 @@
+"""Triton selective scan: chunked forward and backward kernels, launchers, and the autograd function.
+
+Each program owns one image (or packed row) and a block of channels of one B/C group, and walks the sequence in
+chunks of BLOCK_L steps. A chunk is loaded as whole [BLOCK_L, BLOCK_D] tiles (wide, coalesced loads in either
+layout) and scanned in parallel over time with `tl.associative_scan`; only the [BLOCK_D, N] state is carried from
+chunk to chunk. Segment starts (periodic `seq_len`, packed `cu_seqlens`) zero the decay, which resets the state
+exactly, so folded images never mix. The forward saves the state after every chunk (fp32) when a backward will
+follow; the backward walks the chunks in reverse, recomputes the states inside each chunk from that checkpoint,
+and scans the state gradient backwards in the same way.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from ...utils._config import triton_interpret
+
+LOG2E = 1.4426950408889634
+RESET_NONE, RESET_PERIODIC, RESET_VARLEN = 0, 1, 2
+
+
+MAX_TILE = 8192  # elements of one [BLOCK_L, BLOCK_D, BLOCK_N] tile; more spills registers
+
+
+def _configs() -> list[triton.Config]:
+    if triton_interpret():  # the interpreter runs every config: keep CI to one
+        return [triton.Config({"BLOCK_D": 16}, num_warps=4)]
+    return [triton.Config({"BLOCK_D": bd}, num_warps=w) for bd in (8, 16, 32, 64) for w in (2, 4, 8)]
+
+
+def _prune_configs(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
+    tile = kwargs["BLOCK_L"] * triton.next_power_of_2(named_args["NSTATE"])
+    fitting = [c for c in configs if c.kwargs["BLOCK_D"] * tile <= MAX_TILE]
+    return fitting or configs[:1]
+
+
+def block_l_for(length: int) -> int:
+    """Chunk length: the forward checkpoints the state once per chunk, so fwd and bwd must agree on it."""
+    return 32 if length <= 256 else 64
+
+
+@triton.jit
+def _combine(a1, b1, a2, b2):
+    # (a1, b1) is the earlier map h -> a1 h + b1; compose it with the later one
+    return a1 * a2, b1 * a2 + b2
+
+
+@triton.jit
+def _softplus(x):
+    return tl.where(x > 20.0, x, tl.where(x < -15.0, tl.exp(x), tl.log(1.0 + tl.exp(x))))
+
+
+@triton.jit
+def _segments(t, L, seq_len, seg_ids_ptr, cu_ptr, pid_b, RESET: tl.constexpr):
+    """Segment index, is-first-step and is-last-step of every position in `t` (positions >= L are masked)."""
+    inside = t < L
+    if RESET == 0:
+        seg = t * 0 + pid_b
+        start = t == 0
+        end = t == L - 1
+    elif RESET == 1:
+        per_row = L // seq_len
+        seg = pid_b * per_row + t // seq_len
+        start = (t % seq_len) == 0
+        end = (t % seq_len) == seq_len - 1
+    else:
+        seg = tl.load(seg_ids_ptr + t, mask=inside, other=0)
+        start = t == tl.load(cu_ptr + seg, mask=inside, other=-1)
+        end = (t + 1) == tl.load(cu_ptr + seg + 1, mask=inside, other=-1)
+    return seg, start & inside, end & inside
+
+
+@triton.jit
+def _load_dt(delta_ptr, t, ch, mask, s_l, s_d, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+    """Raw and effective step size, [BLOCK_L, BLOCK_D] fp32."""
+    raw = tl.load(delta_ptr + t[:, None] * s_l + ch[None, :] * s_d, mask=mask, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        raw += bias[None, :]
+    dt = raw
+    if SOFTPLUS:
+        dt = _softplus(raw)
+    return raw, dt
+
+
+@triton.autotune(configs=_configs(), key=["Dg", "NSTATE", "BLOCK_L"], prune_configs_by={"early_config_prune": _prune_configs})
+@triton.heuristics({"BLOCK_N": lambda args: triton.next_power_of_2(args["NSTATE"])})
+@triton.jit(do_not_specialize=["L", "seq_len", "nchunks"])
+def selective_scan_fwd_kernel(
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, seg_ids_ptr, cu_ptr,
+    out_ptr, last_ptr, chunk_ptr,
+    L, Dg, NSTATE, seq_len, nchunks,
+    su_b, su_l, su_d, sdt_b, sdt_l, sdt_d, sz_b, sz_l, sz_d, so_b, so_l, so_d,
+    sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    HAS_H0: tl.constexpr, RESET: tl.constexpr, STORE_LAST: tl.constexpr, STORE_CHUNKS: tl.constexpr,
+    BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+):  # fmt: skip
+    pid_d, pid_g, pid_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    D_total = Dg * tl.num_programs(1)
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    mask_d = offs_d < Dg
+    ch = pid_g * Dg + offs_d
+    offs_n = tl.arange(0, BLOCK_N)
+    mask_dn = mask_d[:, None] & (offs_n < NSTATE)[None, :]
+    rows = tl.arange(0, BLOCK_L)
+    A2 = tl.load(A_ptr + ch[:, None] * NSTATE + offs_n[None, :], mask=mask_dn, other=0.0) * LOG2E  # [BD, BN]
+    Dv = tl.load(D_ptr + ch, mask=mask_d, other=0.0) if HAS_D else None
+    bias = tl.load(bias_ptr + ch, mask=mask_d, other=0.0) if HAS_BIAS else None
+    u_ptr += pid_b * su_b
+    delta_ptr += pid_b * sdt_b
+    z_ptr += pid_b * sz_b
+    out_ptr += pid_b * so_b
+    B_ptr += pid_b * sB_b + pid_g * sB_g
+    C_ptr += pid_b * sC_b + pid_g * sC_g
+    state_offs = ch[:, None] * NSTATE + offs_n[None, :]  # [BD, BN] within one (D, N) state
+    h = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
+    for c in range(nchunks):
+        t = c * BLOCK_L + rows
+        mask_t = t < L
+        mask_td = mask_t[:, None] & mask_d[None, :]
+        mask_tn = mask_t[:, None] & (offs_n < NSTATE)[None, :]
+        x = tl.load(u_ptr + t[:, None] * su_l + ch[None, :] * su_d, mask=mask_td, other=0.0).to(tl.float32)
+        _, dt = _load_dt(delta_ptr, t, ch, mask_td, sdt_l, sdt_d, bias, HAS_BIAS, SOFTPLUS)
+        Bt = tl.load(B_ptr + t[:, None] * sB_l + offs_n[None, :] * sB_n, mask=mask_tn, other=0.0).to(tl.float32)
+        Ct = tl.load(C_ptr + t[:, None] * sC_l + offs_n[None, :] * sC_n, mask=mask_tn, other=0.0).to(tl.float32)
+        dA = tl.exp2(dt[:, :, None] * A2[None, :, :])  # [BL, BD, BN]
+        dBu = (dt * x)[:, :, None] * Bt[:, None, :]
+        seg, start, end = _segments(t, L, seq_len, seg_ids_ptr, cu_ptr, pid_b, RESET)
+        if HAS_H0:  # the state before a segment enters through its first step
+            h0_mask = start[:, None, None] & mask_dn[None, :, :]
+            h0 = tl.load(h0_ptr + seg[:, None, None] * (D_total * NSTATE) + state_offs[None], mask=h0_mask, other=0.0)
+            dBu += dA * h0
+        dA = tl.where(start[:, None, None], 0.0, dA)
+        dA = tl.where(mask_t[:, None, None], dA, 1.0)  # tail rows pass the state through unchanged
+        acc_a, acc_b = tl.associative_scan((dA, dBu), axis=0, combine_fn=_combine)
+        hs = acc_b + acc_a * h[None, :, :]
+        y = tl.sum(hs * Ct[:, None, :], axis=2)  # [BL, BD]
+        if HAS_D:
+            y += x * Dv[None, :]
+        if HAS_Z:
+            zt = tl.load(z_ptr + t[:, None] * sz_l + ch[None, :] * sz_d, mask=mask_td, other=0.0).to(tl.float32)
+            y *= zt * tl.sigmoid(zt)
+        tl.store(out_ptr + t[:, None] * so_l + ch[None, :] * so_d, y.to(out_ptr.dtype.element_ty), mask=mask_td)
+        if STORE_LAST:
+            last_mask = end[:, None, None] & mask_dn[None, :, :]
+            tl.store(last_ptr + seg[:, None, None] * (D_total * NSTATE) + state_offs[None], hs, mask=last_mask)
+        h = tl.sum(tl.where((rows == BLOCK_L - 1)[:, None, None], hs, 0.0), axis=0)
+        if STORE_CHUNKS:
+            chunk_base = chunk_ptr + (pid_b * nchunks + c) * (D_total * NSTATE)
+            tl.store(chunk_base + state_offs, h, mask=mask_dn)
+
+
+@triton.autotune(configs=_configs(), key=["Dg", "NSTATE", "BLOCK_L"], prune_configs_by={"early_config_prune": _prune_configs})
+@triton.heuristics({"BLOCK_N": lambda args: triton.next_power_of_2(args["NSTATE"])})
+@triton.jit(do_not_specialize=["L", "seq_len", "nchunks"])
+def selective_scan_bwd_kernel(
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, seg_ids_ptr, cu_ptr,
+    chunk_ptr, dout_ptr, dlast_ptr,
+    du_ptr, ddelta_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr, dh0_ptr,
+    L, Dg, NSTATE, seq_len, nchunks, batch,
+    su_b, su_l, su_d, sdt_b, sdt_l, sdt_d, sz_b, sz_l, sz_d, sdo_b, sdo_l, sdo_d, sg_b, sg_l, sg_d,
+    sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    HAS_H0: tl.constexpr, RESET: tl.constexpr, HAS_DLAST: tl.constexpr,
+    BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+):  # fmt: skip
+    # du, ddelta, dz: same layout as u (strides su_*); dB/dC partials: [n_dblocks, batch, G, L, N];
+    # dA/dD/dbias partials: [batch, D(, N)] -- summed on the host, so the result is deterministic.
+    pid_d, pid_g, pid_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    n_groups = tl.num_programs(1)
+    D_total = Dg * n_groups
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    mask_d = offs_d < Dg
+    ch = pid_g * Dg + offs_d
+    offs_n = tl.arange(0, BLOCK_N)
+    mask_n = offs_n < NSTATE
+    mask_dn = mask_d[:, None] & mask_n[None, :]
+    rows = tl.arange(0, BLOCK_L)
+    A = tl.load(A_ptr + ch[:, None] * NSTATE + offs_n[None, :], mask=mask_dn, other=0.0)  # [BD, BN]
+    A2 = A * LOG2E
+    Dv = tl.load(D_ptr + ch, mask=mask_d, other=0.0) if HAS_D else None
+    bias = tl.load(bias_ptr + ch, mask=mask_d, other=0.0) if HAS_BIAS else None
+    u_ptr += pid_b * su_b
+    delta_ptr += pid_b * sdt_b
+    z_ptr += pid_b * sz_b
+    dout_ptr += pid_b * sdo_b
+    du_ptr += pid_b * sg_b
+    ddelta_ptr += pid_b * sg_b
+    dz_ptr += pid_b * sg_b
+    B_ptr += pid_b * sB_b + pid_g * sB_g
+    C_ptr += pid_b * sC_b + pid_g * sC_g
+    part_base = ((pid_d * batch + pid_b) * n_groups + pid_g) * L * NSTATE  # into the dB/dC partials
+    state_offs = ch[:, None] * NSTATE + offs_n[None, :]
+    dh_next = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)  # dL/dh at the first step of the next chunk
+    dA_acc = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
+    dD_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+    dbias_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+    for ci in range(nchunks):
+        c = nchunks - 1 - ci
+        t = c * BLOCK_L + rows
+        mask_t = t < L
+        mask_td = mask_t[:, None] & mask_d[None, :]
+        mask_tn = mask_t[:, None] & mask_n[None, :]
+        x = tl.load(u_ptr + t[:, None] * su_l + ch[None, :] * su_d, mask=mask_td, other=0.0).to(tl.float32)
+        raw, dt = _load_dt(delta_ptr, t, ch, mask_td, sdt_l, sdt_d, bias, HAS_BIAS, SOFTPLUS)
+        mask_next = (t + 1 < L)[:, None] & mask_d[None, :]
+        _, dt_next = _load_dt(delta_ptr, t + 1, ch, mask_next, sdt_l, sdt_d, bias, HAS_BIAS, SOFTPLUS)
+        Bt = tl.load(B_ptr + t[:, None] * sB_l + offs_n[None, :] * sB_n, mask=mask_tn, other=0.0).to(tl.float32)
+        Ct = tl.load(C_ptr + t[:, None] * sC_l + offs_n[None, :] * sC_n, mask=mask_tn, other=0.0).to(tl.float32)
+        dout = tl.load(dout_ptr + t[:, None] * sdo_l + ch[None, :] * sdo_d, mask=mask_td, other=0.0).to(tl.float32)
+        seg, start, end = _segments(t, L, seq_len, seg_ids_ptr, cu_ptr, pid_b, RESET)
+        _, start_next, _ = _segments(t + 1, L, seq_len, seg_ids_ptr, cu_ptr, pid_b, RESET)
+
+        # recompute the states of this chunk from the checkpoint before it
+        dA = tl.exp2(dt[:, :, None] * A2[None, :, :])  # [BL, BD, BN]
+        dtx = dt * x
+        dBu = dtx[:, :, None] * Bt[:, None, :]
+        b_in = dBu
+        if HAS_H0:
+            h0_mask = start[:, None, None] & mask_dn[None, :, :]
+            h0 = tl.load(h0_ptr + seg[:, None, None] * (D_total * NSTATE) + state_offs[None], mask=h0_mask, other=0.0)
+            b_in = dBu + dA * h0
+        a = tl.where(start[:, None, None], 0.0, dA)
+        a = tl.where(mask_t[:, None, None], a, 1.0)
+        prev_mask = mask_dn & (c > 0)
+        h_prev = tl.load(chunk_ptr + (pid_b * nchunks + c - 1) * (D_total * NSTATE) + state_offs, mask=prev_mask, other=0.0)
+        acc_a, acc_b = tl.associative_scan((a, b_in), axis=0, combine_fn=_combine)
+        hs = acc_b + acc_a * h_prev[None, :, :]
+
+        dy = dout
+        if HAS_Z:
+            zt = tl.load(z_ptr + t[:, None] * sz_l + ch[None, :] * sz_d, mask=mask_td, other=0.0).to(tl.float32)
+            y = tl.sum(hs * Ct[:, None, :], axis=2)
+            if HAS_D:
+                y += x * Dv[None, :]
+            sz = tl.sigmoid(zt)
+            dz = dout * y * sz * (1.0 + zt * (1.0 - sz))
+            tl.store(dz_ptr + t[:, None] * sg_l + ch[None, :] * sg_d, dz.to(dz_ptr.dtype.element_ty), mask=mask_td)
+            dy = dout * zt * sz
+
+        # reverse scan: dh_t = g_t + a_{t+1} dh_{t+1}
+        g = dy[:, :, None] * Ct[:, None, :]
+        if HAS_DLAST:
+            last_mask = end[:, None, None] & mask_dn[None, :, :]
+            g += tl.load(dlast_ptr + seg[:, None, None] * (D_total * NSTATE) + state_offs[None], mask=last_mask, other=0.0)
+        alpha = tl.exp2(dt_next[:, :, None] * A2[None, :, :])
+        alpha = tl.where((start_next | (t + 1 >= L))[:, None, None], 0.0, alpha)
+        rev_a, rev_b = tl.associative_scan((alpha, g), axis=0, combine_fn=_combine, reverse=True)
+        dh = rev_b + rev_a * dh_next[None, :, :]
+        dh_next = tl.sum(tl.where((rows == 0)[:, None, None], dh, 0.0), axis=0)
+
+        decayed = hs - dBu  # = dA * h_{t-1}, the part of h_t that came through the decay
+        dA_acc += tl.sum(dt[:, :, None] * dh * decayed, axis=0)
+        ddt = tl.sum(dh * (Bt[:, None, :] * x[:, :, None] + A[None, :, :] * decayed), axis=2)  # [BL, BD]
+        dhB = tl.sum(dh * Bt[:, None, :], axis=2)
+        du = dt * dhB
+        if HAS_D:
+            du += Dv[None, :] * dy
+            dD_acc += tl.sum(tl.where(mask_td, dy * x, 0.0), axis=0)
+        if SOFTPLUS:
+            ddt = ddt * tl.sigmoid(raw)
+        ddt = tl.where(mask_td, ddt, 0.0)
+        dbias_acc += tl.sum(ddt, axis=0)
+        tl.store(du_ptr + t[:, None] * sg_l + ch[None, :] * sg_d, du.to(du_ptr.dtype.element_ty), mask=mask_td)
+        tl.store(ddelta_ptr + t[:, None] * sg_l + ch[None, :] * sg_d, ddt.to(ddelta_ptr.dtype.element_ty), mask=mask_td)
+        dB = tl.sum(dh * dtx[:, :, None], axis=1)  # [BL, BN]
+        dC = tl.sum(hs * dy[:, :, None], axis=1)
+        part_offs = part_base + t[:, None] * NSTATE + offs_n[None, :]
+        tl.store(dB_ptr + part_offs, dB, mask=mask_tn)
+        tl.store(dC_ptr + part_offs, dC, mask=mask_tn)
+        if HAS_H0:
+            dh0_mask = start[:, None, None] & mask_dn[None, :, :]
+            tl.store(dh0_ptr + seg[:, None, None] * (D_total * NSTATE) + state_offs[None], dA * dh, mask=dh0_mask)
+
+    tl.store(dA_ptr + pid_b * D_total * NSTATE + state_offs, dA_acc, mask=mask_dn)
+    if HAS_D:
+        tl.store(dD_ptr + pid_b * D_total + ch, dD_acc, mask=mask_d)
+    if HAS_BIAS:
+        tl.store(dbias_ptr + pid_b * D_total + ch, dbias_acc, mask=mask_d)
+
+
+def _x_strides(x: Tensor, layout: str) -> tuple[int, int, int]:
+    """(batch, L, D) strides of a (batch, D, L) or (batch, L, D) tensor."""
+    return (x.stride(0), x.stride(2), x.stride(1)) if layout == "BDL" else (x.stride(0), x.stride(1), x.stride(2))
+
+
+def _bc_strides(x: Tensor, layout: str) -> tuple[int, int, int, int]:
+    """(batch, G, N, L) strides of B or C in any accepted form."""
+    s = x.stride()
+    if layout == "BDL":
+        return (s[0], 0, s[1], s[2]) if x.dim() == 3 else s
+    return (s[0], 0, s[2], s[1]) if x.dim() == 3 else (s[0], s[2], s[3], s[1])
+
+
+def _reset_args(length: int, seq_len: int | None, cu_seqlens: Tensor | None, device: torch.device) -> tuple:
+    if cu_seqlens is not None:
+        cu = cu_seqlens.to(torch.int32)
+        positions = torch.arange(length, device=device, dtype=torch.int32)
+        seg_ids = torch.searchsorted(cu[1:].contiguous(), positions, right=True).to(torch.int32)
+        return RESET_VARLEN, 1, seg_ids, cu
+    if seq_len is not None and seq_len != length:
+        return RESET_PERIODIC, seq_len, None, None
+    return RESET_NONE, length, None, None
+
+
+def _shape(u: Tensor, A: Tensor, B: Tensor, layout: str) -> tuple[int, int, int, int, int]:
+    batch = u.shape[0]
+    dim, length = (u.shape[1], u.shape[2]) if layout == "BDL" else (u.shape[2], u.shape[1])
+    groups = 1 if B.dim() == 3 else (B.shape[1] if layout == "BDL" else B.shape[2])
+    return batch, dim, length, A.shape[1], groups
+
+
+def _num_segments(batch: int, length: int, seq_len: int | None, cu_seqlens: Tensor | None) -> int:
+    if cu_seqlens is not None:
+        return cu_seqlens.shape[0] - 1
+    return batch * (length // (seq_len or length))
+
+
+def selective_scan_fwd(
+    u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None, z: Tensor | None,
+    delta_bias: Tensor | None, initial_state: Tensor | None, cu_seqlens: Tensor | None,
+    delta_softplus: bool, seq_len: int | None, layout: str, return_last_state: bool, save_chunks: bool,
+) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
+    """Launch the forward kernel; returns (out, last_state or empty, chunk states or empty)."""
+    batch, dim, length, nstate, groups = _shape(u, A, B, layout)
+    block_l = block_l_for(length)
+    nchunks = triton.cdiv(length, block_l)
+    reset, period, seg_ids, cu = _reset_args(length, seq_len, cu_seqlens, u.device)
+    out = torch.empty(u.shape, device=u.device, dtype=u.dtype)  # contiguous, in u's layout
+    nseg = _num_segments(batch, length, seq_len, cu_seqlens)
+    last = torch.empty((nseg, dim, nstate) if return_last_state else (0,), device=u.device, dtype=torch.float32)
+    chunks = torch.empty((batch, nchunks, dim, nstate) if save_chunks else (0,), device=u.device, dtype=torch.float32)
+    A = A.contiguous()
+    anything = u  # stands in for absent optional tensors; never read
+    with torch.device(u.device):
+        selective_scan_fwd_kernel[lambda meta: (triton.cdiv(dim // groups, meta["BLOCK_D"]), groups, batch)](
+            u, delta, A, B, C, anything if D is None else D, anything if z is None else z,
+            anything if delta_bias is None else delta_bias,
+            anything if initial_state is None else initial_state.contiguous(),
+            anything if seg_ids is None else seg_ids, anything if cu is None else cu,
+            out, last, chunks,
+            length, dim // groups, nstate, period, nchunks,
+            *_x_strides(u, layout), *_x_strides(delta, layout), *_x_strides(z if z is not None else u, layout),
+            *_x_strides(out, layout), *_bc_strides(B, layout), *_bc_strides(C, layout),
+            HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
+            HAS_H0=initial_state is not None, RESET=reset, STORE_LAST=return_last_state, STORE_CHUNKS=save_chunks,
+            BLOCK_L=block_l,
+        )  # fmt: skip
+    return out, last, chunks
+
+
+def selective_scan_bwd(
+    dout: Tensor, dlast: Tensor | None, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
+    D: Tensor | None, z: Tensor | None, delta_bias: Tensor | None, initial_state: Tensor | None,
+    cu_seqlens: Tensor | None, chunks: Tensor, delta_softplus: bool, seq_len: int | None, layout: str,
+) -> tuple[Tensor, ...]:  # fmt: skip
+    """Launch the backward kernel; returns (du, ddelta, dA, dB, dC, dD, dz, dbias, dh0), empty where absent."""
+    batch, dim, length, nstate, groups = _shape(u, A, B, layout)
+    block_l = block_l_for(length)
+    nchunks = triton.cdiv(length, block_l)
+    reset, period, seg_ids, cu = _reset_args(length, seq_len, cu_seqlens, u.device)
+    dev = u.device
+
+    def like_u(dtype: torch.dtype) -> Tensor:
+        return torch.empty(u.shape, device=dev, dtype=dtype)
+
+    du, ddelta = like_u(u.dtype), like_u(delta.dtype)
+    dz = like_u(z.dtype) if z is not None else torch.empty(0, device=dev)
+    min_block_d = min(c.kwargs["BLOCK_D"] for c in _configs())
+    n_dblocks = triton.cdiv(dim // groups, min_block_d)  # the most channel blocks any config launches
+    dB_part = torch.empty(n_dblocks, batch, groups, length, nstate, device=dev, dtype=torch.float32)
+    dC_part = torch.empty_like(dB_part)
+    dA_part = torch.empty(batch, dim, nstate, device=dev, dtype=torch.float32)
+    dD_part = torch.empty(batch, dim, device=dev, dtype=torch.float32) if D is not None else torch.empty(0, device=dev)
+    dbias_part = torch.empty(batch, dim, device=dev, dtype=torch.float32) if delta_bias is not None else torch.empty(0, device=dev)
+    dh0 = torch.empty_like(initial_state, dtype=torch.float32) if initial_state is not None else torch.empty(0, device=dev)
+    anything = u
+    with torch.device(dev):
+        selective_scan_bwd_kernel[lambda meta: (triton.cdiv(dim // groups, meta["BLOCK_D"]), groups, batch)](
+            u, delta, A.contiguous(), B, C, anything if D is None else D, anything if z is None else z,
+            anything if delta_bias is None else delta_bias,
+            anything if initial_state is None else initial_state.contiguous(),
+            anything if seg_ids is None else seg_ids, anything if cu is None else cu,
+            chunks, dout, anything if dlast is None else dlast.contiguous(),
+            du, ddelta, dz, dA_part, dB_part, dC_part, dD_part, dbias_part, dh0,
+            length, dim // groups, nstate, period, nchunks, batch,
+            *_x_strides(u, layout), *_x_strides(delta, layout), *_x_strides(z if z is not None else u, layout),
+            *_x_strides(dout, layout), *_x_strides(du, layout), *_bc_strides(B, layout), *_bc_strides(C, layout),
+            HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
+            HAS_H0=initial_state is not None, RESET=reset, HAS_DLAST=dlast is not None, BLOCK_L=block_l,
+        )  # fmt: skip
+    used = triton.cdiv(dim // groups, selective_scan_bwd_kernel.best_config.kwargs["BLOCK_D"])
+    dB = _bc_from_blgn(dB_part[:used].sum(0).transpose(2, 3), B, layout)
+    dC = _bc_from_blgn(dC_part[:used].sum(0).transpose(2, 3), C, layout)
+    dD = dD_part.sum(0) if D is not None else dD_part
+    dbias = dbias_part.sum(0) if delta_bias is not None else dbias_part
+    return du, ddelta, dA_part.sum(0), dB, dC, dD, dz, dbias, dh0
+
+
+def _bc_from_blgn(grad: Tensor, like: Tensor, layout: str) -> Tensor:
+    """(batch, G, N, L) fp32 gradient -> the form and dtype of B or C."""
+    if layout == "BLD":
+        grad = grad.permute(0, 3, 1, 2)  # (b, L, G, N)
+        grad = grad.squeeze(2) if like.dim() == 3 else grad
+    elif like.dim() == 3:
+        grad = grad.squeeze(1)
+    return grad.to(like.dtype).contiguous()
+
+
+_FWD_SCHEMA = (
+    "(Tensor u, Tensor delta, Tensor A, Tensor B, Tensor C, Tensor? D, Tensor? z, Tensor? delta_bias, "
+    "Tensor? initial_state, Tensor? cu_seqlens, bool delta_softplus, int seq_len, str layout, "
+    "bool return_last_state, bool save_chunks) -> (Tensor, Tensor, Tensor)"
+)
+_BWD_SCHEMA = (
+    "(Tensor dout, Tensor? dlast, Tensor u, Tensor delta, Tensor A, Tensor B, Tensor C, Tensor? D, Tensor? z, "
+    "Tensor? delta_bias, Tensor? initial_state, Tensor? cu_seqlens, Tensor chunks, bool delta_softplus, "
+    "int seq_len, str layout) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)"
+)
+
+
+@torch.library.custom_op("sfmamba::selective_scan_fwd", mutates_args=(), schema=_FWD_SCHEMA)
+def _fwd_op(u, delta, A, B, C, D, z, delta_bias, initial_state, cu_seqlens, delta_softplus, seq_len, layout,
+            return_last_state, save_chunks):  # fmt: skip
+    return selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, initial_state, cu_seqlens, delta_softplus,
+                              seq_len or None, layout, return_last_state, save_chunks)  # fmt: skip
+
+
+@_fwd_op.register_fake
+def _(u, delta, A, B, C, D, z, delta_bias, initial_state, cu_seqlens, delta_softplus, seq_len, layout,
+      return_last_state, save_chunks):  # fmt: skip
+    batch, dim, length, nstate, _ = _shape(u, A, B, layout)
+    nseg = _num_segments(batch, length, seq_len or None, cu_seqlens)
+    nchunks = triton.cdiv(length, block_l_for(length))
+    last = u.new_empty((nseg, dim, nstate) if return_last_state else (0,), dtype=torch.float32)
+    chunks = u.new_empty((batch, nchunks, dim, nstate) if save_chunks else (0,), dtype=torch.float32)
+    return torch.empty_like(u, memory_format=torch.contiguous_format), last, chunks
+
+
+@torch.library.custom_op("sfmamba::selective_scan_bwd", mutates_args=(), schema=_BWD_SCHEMA)
+def _bwd_op(dout, dlast, u, delta, A, B, C, D, z, delta_bias, initial_state, cu_seqlens, chunks, delta_softplus,
+            seq_len, layout):  # fmt: skip
+    return selective_scan_bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, initial_state, cu_seqlens, chunks,
+                              delta_softplus, seq_len or None, layout)  # fmt: skip
+
+
+@_bwd_op.register_fake
+def _(dout, dlast, u, delta, A, B, C, D, z, delta_bias, initial_state, cu_seqlens, chunks, delta_softplus,
+      seq_len, layout):  # fmt: skip
+    def fresh(x: Tensor | None, dtype: torch.dtype | None = None) -> Tensor:
+        if x is None:
+            return u.new_empty((0,))
+        return torch.empty_like(x, dtype=dtype, memory_format=torch.contiguous_format)
+
+    return (fresh(u), fresh(delta), fresh(A), fresh(B), fresh(C), fresh(D, torch.float32), fresh(z),
+            fresh(delta_bias, torch.float32), fresh(initial_state, torch.float32))  # fmt: skip
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    (u, delta, A, B, C, D, z, delta_bias, initial_state, cu_seqlens, delta_softplus, seq_len, layout,
+     return_last_state, _) = inputs  # fmt: skip
+    ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, initial_state, cu_seqlens, output[2])
+    ctx.flags = (delta_softplus, seq_len, layout, return_last_state)
+
+
+def _backward(ctx, dout, dlast, _dchunks):
+    u, delta, A, B, C, D, z, delta_bias, initial_state, cu_seqlens, chunks = ctx.saved_tensors
+    delta_softplus, seq_len, layout, return_last_state = ctx.flags
+    if chunks.numel() == 0:
+        raise RuntimeError("selective_scan: backward called but the forward ran without grad enabled on its inputs")
+    dlast = dlast if return_last_state else None
+    grads = torch.ops.sfmamba.selective_scan_bwd(
+        dout, dlast, u, delta, A, B, C, D, z, delta_bias, initial_state, cu_seqlens, chunks,
+        delta_softplus, seq_len, layout,
+    )  # fmt: skip
+    du, ddelta, dA, dB, dC, dD, dz, dbias, dh0 = (g if g.numel() else None for g in grads)
+    return du, ddelta, dA, dB, dC, dD, dz, dbias, dh0, None, None, None, None, None, None
+
+
+_fwd_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def selective_scan_triton(
+    u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None, z: Tensor | None,
+    delta_bias: Tensor | None, delta_softplus: bool, return_last_state: bool, seq_len: int | None,
+    cu_seqlens: Tensor | None, initial_state: Tensor | None, layout: str,
+) -> Tensor | tuple[Tensor, Tensor]:  # fmt: skip
+    """The Triton path of `sfmamba.ops.selective_scan` (inputs already checked)."""
+    tensors = (u, delta, A, B, C, D, z, delta_bias, initial_state)
+    save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+    out, last, _ = torch.ops.sfmamba.selective_scan_fwd(
+        u, delta, A, B, C, D, z, delta_bias, initial_state, cu_seqlens, delta_softplus, seq_len or 0, layout,
+        return_last_state, save,
+    )  # fmt: skip
+    return (out, last) if return_last_state else out

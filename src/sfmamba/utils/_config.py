@@ -1,0 +1,86 @@
+"""Runtime switches. Every environment variable the library reads is here (see ENVs.md)."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from functools import cache
+
+import torch
+
+KERNEL_ENV = "SFMAMBA_KERNEL"
+KERNEL_CHOICES = ("auto", "triton", "naive")
+_kernel_override: str | None = None
+
+
+def set_kernel_backend(backend: str | None) -> None:
+    """Force `'triton'`, `'naive'` or `'auto'` for every op; `None` returns control to `SFMAMBA_KERNEL`."""
+    global _kernel_override
+    if backend is not None and backend not in KERNEL_CHOICES:
+        raise ValueError(f"backend must be one of {KERNEL_CHOICES} or None, got {backend!r}")
+    _kernel_override = backend
+
+
+def kernel_backend() -> str:
+    """The requested backend: the override if set, else `SFMAMBA_KERNEL`, else `'auto'`."""
+    if _kernel_override is not None:
+        return _kernel_override
+    value = os.environ.get(KERNEL_ENV, "auto").strip().lower() or "auto"
+    if value not in KERNEL_CHOICES:
+        raise ValueError(f"{KERNEL_ENV} must be one of {KERNEL_CHOICES}, got {value!r}")
+    return value
+
+
+def triton_interpret() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+@cache
+def triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@cache
+def _warn_once(message: str) -> None:
+    warnings.warn(message, stacklevel=3)
+
+
+def use_triton(device: torch.device) -> bool:
+    """Whether an op called on tensors of `device` runs its Triton kernels.
+
+    `auto`: Triton on CUDA, the naive path elsewhere. `triton`: Triton on CUDA, and on the CPU under
+    `TRITON_INTERPRET=1` (how CI tests the kernels). `naive`: always the PyTorch reference.
+    """
+    backend = kernel_backend()
+    if backend == "naive":
+        return False
+    runnable = device.type == "cuda" or (device.type == "cpu" and triton_interpret())
+    if backend == "auto":
+        if device.type == "cuda" and not triton_available():
+            _warn_once("triton is not installed: sfmamba ops fall back to the slow PyTorch reference")
+            return False
+        return device.type == "cuda"
+    if not triton_available():
+        raise RuntimeError(f"{KERNEL_ENV}=triton but triton is not installed")
+    if not runnable:
+        raise RuntimeError(
+            f"{KERNEL_ENV}=triton needs CUDA tensors, or TRITON_INTERPRET=1 for CPU tensors; got device {device}"
+        )
+    return True
+
+
+VALUE_CHECKS_ENV = "SFMAMBA_VALUE_CHECKS"
+
+
+def value_checks_enabled() -> bool:
+    """Whether ops check input *values* (finite A, monotonic cu_seqlens), which costs a device sync.
+
+    Off while torch.compile traces or a CUDA graph is being captured, and when `SFMAMBA_VALUE_CHECKS=0`.
+    """
+    if os.environ.get(VALUE_CHECKS_ENV, "1") == "0" or torch.compiler.is_compiling():
+        return False
+    return not (torch.cuda.is_available() and torch.cuda.is_current_stream_capturing())

@@ -1,0 +1,43 @@
+"""NaN-poison fresh allocations made by sfmamba, so an output element a kernel forgets to write fails the tests."""
+
+from __future__ import annotations
+
+import inspect
+import math
+
+import pytest
+import torch
+
+_ALLOCATORS = ("empty", "empty_like", "empty_strided")
+
+
+def _called_from_sfmamba() -> bool:
+    frame = inspect.currentframe()
+    try:
+        caller = frame.f_back.f_back if frame and frame.f_back else None
+        module = caller.f_globals.get("__name__", "") if caller else ""
+        return module.startswith("sfmamba.")
+    finally:
+        del frame
+
+
+def _poisoned(original):
+    def allocate(*args, **kwargs):
+        out = original(*args, **kwargs)
+        if _called_from_sfmamba():
+            if out.is_floating_point():
+                out.fill_(math.nan)
+            elif out.dtype in (torch.int32, torch.int64):
+                out.fill_(-(2**30))
+        return out
+
+    return allocate
+
+
+@pytest.fixture(autouse=True)
+def poison_sfmamba_allocations(monkeypatch):
+    for name in _ALLOCATORS:
+        monkeypatch.setattr(torch, name, _poisoned(getattr(torch, name)))
+    original_new_empty = torch.Tensor.new_empty
+    monkeypatch.setattr(torch.Tensor, "new_empty", _poisoned(original_new_empty))
+    yield
