@@ -1,0 +1,307 @@
+"""Selective-scan kernel benchmark: sfmamba Triton vs mamba_ssm CUDA vs the PyTorch reference, fwd and fwd+bwd.
+
+Times the median of `triton.testing.do_bench` (L2 flushed before every call), checks every provider against the
+fp32 reference first (no number is reported for a provider that fails), and reports effective GB/s against a
+device-to-device copy measured in the same run. Writes JSON to benchmarks/results/ and a PNG of time vs length.
+
+    python benchmarks/ops/bench_selective_scan.py                 # default shapes, fp32 + bf16
+    python benchmarks/ops/bench_selective_scan.py --quick         # fewer shapes, for a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import importlib
+import json
+import platform
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "src"))
+
+from sfmamba.ops.selective_scan import selective_scan, selective_scan_naive  # noqa: E402
+from sfmamba.testing import relative_error  # noqa: E402
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class Shape:
+    batch: int
+    dim: int
+    length: int
+    nstate: int
+    groups: int = 1
+
+    @property
+    def name(self) -> str:
+        g = f"-G{self.groups}" if self.groups > 1 else ""
+        return f"B{self.batch}-D{self.dim}-L{self.length}-N{self.nstate}{g}"
+
+
+MAIN_SHAPES = [
+    Shape(128, 160, 196, 8),  # MambaVision-T stage 3
+    Shape(128, 160, 198, 8),  # ... with two aux tokens
+    Shape(128, 320, 49, 8),  # MambaVision-T stage 4
+    Shape(128, 320, 51, 8),
+    Shape(128, 384, 3136, 1, 4),  # VMamba-v2-T stage 1: 4 directions in one scan
+]
+SWEEP_LENGTHS = [49, 98, 196, 392, 784, 1568, 3136]
+
+
+def make_inputs(shape: Shape, dtype: torch.dtype, layout: str, requires_grad: bool, seed: int) -> dict:
+    """Random inputs shaped like a MambaVision/VMamba mixer's (delta around softplus's useful range)."""
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    b, d, l, n, grp = shape.batch, shape.dim, shape.length, shape.nstate, shape.groups
+
+    def rand(*size, scale=1.0, shift=0.0, dt=dtype):
+        return (torch.randn(*size, device="cuda", generator=g) * scale + shift).to(dt)
+
+    seq = (b, d, l) if layout == "BDL" else (b, l, d)
+    bc = ((b, n, l) if grp == 1 else (b, grp, n, l)) if layout == "BDL" else ((b, l, n) if grp == 1 else (b, l, grp, n))
+    x = dict(
+        u=rand(*seq),
+        delta=rand(*seq, scale=0.5, shift=-2.0),
+        A=-torch.exp(rand(d, n, scale=0.5, dt=torch.float32)),
+        B=rand(*bc),
+        C=rand(*bc),
+        D=rand(d, dt=torch.float32),
+        delta_bias=rand(d, scale=0.1, dt=torch.float32),
+    )
+    for v in x.values():
+        v.requires_grad_(requires_grad)
+    return x
+
+
+def scan_bytes(shape: Shape, dtype: torch.dtype, mode: str) -> int:
+    """Fewest bytes the op must move: u, delta, B, C read and out written (fwd); twice plus grads for fwd+bwd."""
+    el = torch.finfo(dtype).bits // 8
+    seq = shape.batch * shape.dim * shape.length * el
+    bc = 2 * shape.batch * shape.groups * shape.nstate * shape.length * el
+    fwd = 3 * seq + bc
+    return fwd if mode == "fwd" else fwd + (3 * seq + bc) + (2 * seq + bc)  # bwd: read u, delta, dout, B, C; write du, ddelta, dB, dC
+
+
+def load_mamba():
+    """mamba_ssm's CUDA selective scan if built (.bench_deps/mamba_baseline.py or an installed mamba_ssm)."""
+    sys.path.insert(0, str(ROOT / ".bench_deps"))
+    for module, attr in (("mamba_baseline", "mamba_selective_scan_fn"), ("mamba_ssm.ops.selective_scan_interface", "selective_scan_fn")):
+        try:
+            return getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as err:
+            print(f"# mamba_ssm baseline unavailable via {module}: {err}")
+    return None
+
+
+def providers(mamba_fn) -> dict:
+    def ours_bdl(x, **kw):
+        return selective_scan(x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], None, x["delta_bias"], True, **kw)
+
+    def ours_bld(x, **kw):
+        return selective_scan(x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], None, x["delta_bias"], True, layout="BLD", **kw)
+
+    def naive(x, **kw):
+        return selective_scan_naive(x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], None, x["delta_bias"], True)
+
+    out = {"sfmamba-BDL": ("BDL", ours_bdl), "sfmamba-BLD": ("BLD", ours_bld), "naive-torch": ("BDL", naive)}
+    if mamba_fn is not None:
+        out["mamba_ssm"] = ("BDL", lambda x, **kw: mamba_fn(x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], None, x["delta_bias"], True))
+    return out
+
+
+def folded(fn, fold: int):
+    """Run `fold` images back to back per row with the state reset between them (BLD layout: a pure view)."""
+
+    def run(x, **kw):
+        b, l, d = x["u"].shape
+        v = {k: t for k, t in x.items()}
+        for k in ("u", "delta", "B", "C"):
+            t = x[k]
+            v[k] = t.reshape(b // fold, fold * l, *t.shape[2:])
+        out = fn(v, seq_len=l, **kw)
+        return out.reshape(b, l, d)
+
+    return run
+
+
+GRAD_KEYS = ("u", "delta", "A", "B", "C", "D", "delta_bias")
+
+
+def check(fn, shape: Shape, dtype: torch.dtype, layout: str, grads: bool) -> float:
+    """Worst relative error of fn's forward (and every gradient) vs the fp32 reference on the same inputs."""
+    small = Shape(8, shape.dim, shape.length, shape.nstate, shape.groups)
+    x = make_inputs(small, dtype, layout, requires_grad=grads, seed=123)
+    ref = selective_scan_naive(x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], None, x["delta_bias"], True, layout=layout)
+    out = fn(x)
+    errors = [relative_error(ref.float(), out.float())]
+    if grads:
+        dout = torch.randn_like(out)
+        g_ref = torch.autograd.grad(ref, [x[k] for k in GRAD_KEYS], dout)
+        g_out = torch.autograd.grad(out, [x[k] for k in GRAD_KEYS], dout)
+        errors += [relative_error(a.float(), b.float()) for a, b in zip(g_ref, g_out)]
+    return max(errors)
+
+
+def time_provider(fn, shape: Shape, dtype: torch.dtype, layout: str, mode: str, args) -> tuple[float, float, float]:
+    import triton
+
+    x = make_inputs(shape, dtype, layout, requires_grad=mode == "fwdbwd", seed=0)
+    if mode == "fwd":
+
+        def call():
+            with torch.no_grad():
+                fn(x)
+    else:
+        dout = torch.randn_like(x["u"])
+
+        def call():
+            out = fn(x)
+            return torch.autograd.grad(out, [x[k] for k in GRAD_KEYS], dout)
+
+    p50, p20, p80 = triton.testing.do_bench(call, warmup=args.warmup_ms, rep=args.rep_ms, quantiles=[0.5, 0.2, 0.8])
+    return p50 * 1e3, p20 * 1e3, p80 * 1e3
+
+
+def copy_bandwidth() -> float:
+    """Device-to-device copy rate in GB/s, counting bytes read plus written (1 GiB buffers)."""
+    import triton
+
+    src = torch.empty(2**28, device="cuda", dtype=torch.float32).normal_()
+    dst = torch.empty_like(src)
+    ms = triton.testing.do_bench(lambda: dst.copy_(src), warmup=50, rep=300)
+    return 2 * src.numel() * 4 / (ms * 1e-3) / 1e9
+
+
+@dataclass
+class Row:
+    shape: str
+    length: int
+    dtype: str
+    provider: str
+    mode: str
+    median_us: float
+    p20_us: float
+    p80_us: float
+    gbps: float
+    copy_fraction: float
+    rel_err: float
+
+
+def run(args) -> list[Row]:
+    mamba_fn = load_mamba()
+    provs = providers(mamba_fn)
+    copy_gbps = copy_bandwidth()
+    print(f"# device-to-device copy: {copy_gbps:.0f} GB/s")
+    shapes = list(MAIN_SHAPES[:3] if args.quick else MAIN_SHAPES)
+    if args.sweep:
+        shapes += [Shape(128, 160, length, 8) for length in SWEEP_LENGTHS if length not in (196,)]
+    rows: list[Row] = []
+    for shape in shapes:
+        for dname in args.dtypes:
+            dtype = DTYPES[dname]
+            todo = dict(provs)
+            if shape.groups == 1:
+                for f in args.folds:
+                    if shape.batch % f == 0 and f > 1:
+                        todo[f"sfmamba-BLD-fold{f}"] = ("BLD", folded(provs["sfmamba-BLD"][1], f))
+            for pname, (layout, fn) in todo.items():
+                if pname == "naive-torch" and shape.length > 400:
+                    continue  # a Python loop of L launches; not informative at long L
+                for mode in args.modes:
+                    if mode == "fwdbwd" and pname.startswith("naive") and shape.length > 200:
+                        continue
+                    err = 0.0 if pname.startswith("naive") else check(fn, shape, dtype, layout, grads=mode == "fwdbwd")
+                    tol = 1e-4 if dtype == torch.float32 else 3e-2
+                    if err > tol:
+                        print(f"!! {pname} {shape.name} {dname}: rel err {err:.2e} > {tol:.0e}; not timed")
+                        break
+                    med, p20, p80 = time_provider(fn, shape, dtype, layout, mode, args)
+                    gbps = scan_bytes(shape, dtype, mode) / (med * 1e-6) / 1e9
+                    rows.append(Row(shape.name, shape.length, dname, pname, mode, med, p20, p80, gbps, gbps / copy_gbps, err))
+                    print(f"{shape.name:28s} {dname:5s} {mode:7s} {pname:22s} {med:9.1f} us  [{p20:.1f}, {p80:.1f}]  {gbps:7.0f} GB/s ({100 * gbps / copy_gbps:4.1f}% copy)  err {err:.1e}")
+    return rows, copy_gbps
+
+
+def summarize(rows: list[Row]) -> str:
+    lines = ["| shape | dtype | mode | sfmamba best (us) | provider | mamba_ssm (us) | speed-up | naive (us) | % copy BW |", "|---|---|---|---|---|---|---|---|---|"]
+    keys = sorted({(r.shape, r.dtype, r.mode) for r in rows}, key=lambda k: (k[0], k[1], k[2]))
+    for shape, dname, mode in keys:
+        group = [r for r in rows if (r.shape, r.dtype, r.mode) == (shape, dname, mode)]
+        ours = min((r for r in group if r.provider.startswith("sfmamba")), key=lambda r: r.median_us, default=None)
+        base = next((r for r in group if r.provider == "mamba_ssm"), None)
+        naive = next((r for r in group if r.provider == "naive-torch"), None)
+        if ours is None:
+            continue
+        ratio = f"{base.median_us / ours.median_us:.2f}x" if base else "n/a"
+        lines.append(
+            f"| {shape} | {dname} | {mode} | {ours.median_us:.1f} | {ours.provider} | {base.median_us if base else float('nan'):.1f} | {ratio} | "
+            f"{naive.median_us if naive else float('nan'):.1f} | {100 * ours.copy_fraction:.0f}% |"
+        )
+    return "\n".join(lines)
+
+
+def plot(rows: list[Row], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, mode in zip(axes, ("fwd", "fwdbwd")):
+        for prov in sorted({r.provider for r in rows}):
+            pts = sorted((r.length, r.median_us) for r in rows if r.provider == prov and r.mode == mode and r.dtype == "bf16" and "D160" in r.shape)
+            if len(pts) > 1:
+                ax.plot(*zip(*pts), marker="o", label=prov)
+        ax.set(xscale="log", yscale="log", xlabel="L", ylabel="median time (us)", title=f"B128 D160 N8 bf16 {mode}")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=list(DTYPES))
+    parser.add_argument("--modes", nargs="+", default=["fwd", "fwdbwd"], choices=["fwd", "fwdbwd"])
+    parser.add_argument("--folds", nargs="*", type=int, default=[2, 4])
+    parser.add_argument("--sweep", action="store_true", help="also sweep L at D=160 for the time-vs-length plot")
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--warmup-ms", type=int, default=25)
+    parser.add_argument("--rep-ms", type=int, default=100)
+    parser.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--tag", default="selective_scan")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("this benchmark needs a CUDA device")
+    rows, copy_gbps = run(args)
+    import triton
+
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    meta = dict(
+        device=torch.cuda.get_device_name(),
+        torch=torch.__version__,
+        triton=triton.__version__,
+        cuda=torch.version.cuda,
+        python=platform.python_version(),
+        date=stamp,
+        copy_gbps=copy_gbps,
+        settings={k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        command="python " + " ".join(sys.argv),
+    )
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    out = args.out_dir / f"{args.tag}_{stamp}.json"
+    out.write_text(json.dumps(dict(meta=meta, rows=[asdict(r) for r in rows]), indent=1))
+    table = summarize(rows)
+    print(table)
+    (args.out_dir / f"{args.tag}_{stamp}.md").write_text(table + "\n")
+    if args.sweep:
+        plot(rows, args.out_dir / f"{args.tag}_{stamp}.png")
+    print(f"# wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
