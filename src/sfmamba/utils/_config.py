@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import warnings
 from functools import cache
+from pathlib import Path
 
 import torch
 
@@ -84,3 +85,16 @@ def value_checks_enabled() -> bool:
     if os.environ.get(VALUE_CHECKS_ENV, "1") == "0" or torch.compiler.is_compiling():
         return False
     return not (torch.cuda.is_available() and torch.cuda.is_current_stream_capturing())
+
+
+CACHE_DIR_ENV = "SFMAMBA_CACHE_DIR"
+
+
+def cache_dir() -> Path:
+    """Where sfmamba keeps per-machine files (the tuned fold table): `$SFMAMBA_CACHE_DIR`, else
+    `$XDG_CACHE_HOME/sfmamba`, else `~/.cache/sfmamba`. Not created here; writers create it."""
+    value = os.environ.get(CACHE_DIR_ENV, "").strip()
+    if value:
+        return Path(value).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME", "").strip()
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "sfmamba"

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from ...utils._config import triton_interpret
 
-LOG2E = 1.4426950408889634
+LOG2E = tl.constexpr(1.4426950408889634)
 RESET_NONE, RESET_PERIODIC, RESET_VARLEN = 0, 1, 2
 
 
