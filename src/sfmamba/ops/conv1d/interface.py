@@ -1,0 +1,140 @@
+"""Public depthwise conv1d: argument checks and dispatch between the Triton kernels and the PyTorch reference."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ...utils._config import use_triton, value_checks_enabled
+from .naive import depthwise_conv1d_naive
+
+LAYOUTS = ("BLD", "BDL")
+PADDINGS = ("same", "causal")
+ACTIVATIONS = (None, "silu")
+CONV_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+MIN_KERNEL, MAX_KERNEL = 2, 4
+
+
+def _fail(name: str, expected: str, got: object) -> None:
+    raise ValueError(f"depthwise_conv1d: {name} must be {expected}, got {got}")
+
+
+def _describe(x: Tensor) -> str:
+    return f"shape {tuple(x.shape)}, dtype {x.dtype}, device {x.device}"
+
+
+def _check_param(name: str, p: Tensor | None, ndim: int, x: Tensor) -> None:
+    if p is None:
+        return
+    if not isinstance(p, Tensor) or p.dim() != ndim:
+        _fail(name, f"a {ndim}-D tensor", getattr(p, "shape", type(p)))
+    dtypes = (torch.float32, x.dtype)
+    if p.dtype not in dtypes:
+        _fail(name, f"of dtype {' or '.join(str(d) for d in dict.fromkeys(dtypes))}", _describe(p))
+    if p.device != x.device:
+        _fail(name, f"on {x.device} like x", _describe(p))
+
+
+def _check_cu_seqlens(cu_seqlens: Tensor, batch: int, length: int, device: torch.device) -> None:
+    if batch != 1:
+        _fail("the batch size with cu_seqlens", "1 (segments packed into one row)", batch)
+    if not isinstance(cu_seqlens, Tensor) or cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2:
+        _fail("cu_seqlens", "a 1-D tensor of at least 2 offsets", getattr(cu_seqlens, "shape", type(cu_seqlens)))
+    if cu_seqlens.dtype not in (torch.int32, torch.int64) or cu_seqlens.device != device:
+        _fail("cu_seqlens", f"int32 or int64 on {device}", _describe(cu_seqlens))
+    if value_checks_enabled():
+        first, last = cu_seqlens[0].item(), cu_seqlens[-1].item()
+        if first != 0 or last != length or cu_seqlens.diff().min().item() <= 0:
+            _fail("cu_seqlens", f"strictly increasing offsets from 0 to L={length}", cu_seqlens.tolist())
+
+
+def check_depthwise_conv1d_inputs(x, weight, bias, padding, activation, seq_len, cu_seqlens, layout) -> None:
+    """Raise ValueError naming the first argument that is not what `depthwise_conv1d` expects."""
+    if not isinstance(layout, str) or layout not in LAYOUTS:
+        _fail("layout", f"one of {LAYOUTS}", repr(layout))
+    if not isinstance(padding, str) or padding not in PADDINGS:
+        _fail("padding", f"one of {PADDINGS}", repr(padding))
+    if activation not in ACTIVATIONS:
+        _fail("activation", f"one of {ACTIVATIONS}", repr(activation))
+    if not isinstance(x, Tensor) or x.dim() != 3:
+        dims = "(batch, D, L)" if layout == "BDL" else "(batch, L, D)"
+        _fail("x", f"a 3-D tensor {dims}", getattr(x, "shape", type(x)))
+    if x.dtype not in CONV_DTYPES:
+        _fail("x", "float32, float16 or bfloat16", x.dtype)
+    batch = x.shape[0]
+    dim, length = (x.shape[1], x.shape[2]) if layout == "BDL" else (x.shape[2], x.shape[1])
+    if batch == 0 or dim == 0 or length == 0:
+        _fail("x", "non-empty in every dimension", tuple(x.shape))
+    if weight is None:
+        _fail("weight", f"a (D={dim}, K) tensor", None)
+    _check_param("weight", weight, 2, x)
+    if weight.shape[0] != dim:
+        _fail("weight", f"of shape (D={dim}, K) to match x", tuple(weight.shape))
+    if not MIN_KERNEL <= weight.shape[1] <= MAX_KERNEL:
+        _fail("the kernel size K = weight.shape[1]", f"in {MIN_KERNEL}..{MAX_KERNEL}", weight.shape[1])
+    _check_param("bias", bias, 1, x)
+    if bias is not None and bias.shape[0] != dim:
+        _fail("bias", f"of shape (D={dim},)", tuple(bias.shape))
+    if seq_len is not None:
+        if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len <= 0 or length % seq_len:
+            _fail("seq_len", f"a positive int that divides L={length}", repr(seq_len))
+        if cu_seqlens is not None:
+            _fail("seq_len", "None when cu_seqlens is given (choose one way to mark segments)", seq_len)
+    if cu_seqlens is not None:
+        _check_cu_seqlens(cu_seqlens, batch, length, x.device)
+
+
+def depthwise_conv1d(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    *,
+    padding: str = "same",
+    activation: str | None = None,
+    seq_len: int | None = None,
+    cu_seqlens: Tensor | None = None,
+    layout: str = "BLD",
+) -> Tensor:
+    r"""Depthwise 1-D convolution (one K-tap filter per channel) that never mixes folded or packed segments.
+
+    For every position t and channel d, with P zeros of left padding::
+
+        out[t, d] = bias[d] + sum_k weight[d, k] * x[t + k - P, d]     (then out = silu(out) if activation="silu")
+
+    where a term is zero when t + k - P lies outside t's segment. `padding="same"` is exactly PyTorch's
+    `F.conv1d(x, w, padding="same", groups=D)` (P = (K-1)//2, the rest on the right, as MambaVision's mixer uses);
+    `padding="causal"` is P = K-1, like `causal_conv1d`. Accumulates in fp32.
+
+    Shapes use `layout="BLD"` ([B, L, D], what a Linear layer produces); `layout="BDL"` takes and returns [B, D, L].
+
+    Args:
+        x (Tensor): [B, L, D] input, float32/float16/bfloat16. The output has this dtype and layout (contiguous).
+        weight (Tensor): [D, K] filters with K in 2..4, float32 or `x.dtype` (`nn.Conv1d.weight[:, 0]`).
+        bias (Tensor, Optional): [D], float32 or `x.dtype`. Default: None.
+        padding (str): "same" or "causal". Default: "same".
+        activation (str, Optional): None or "silu" (fused after the bias). Default: None.
+        seq_len (int, Optional): every row is L / seq_len independent segments of `seq_len` positions (a folded
+            batch of images), each zero-padded on its own; must divide L. Default: None (one segment per row).
+        cu_seqlens (Tensor, Optional): [S + 1] int32/int64 offsets of packed segments in a batch of one row,
+            strictly increasing from 0 to L. Default: None.
+        layout (str): "BLD" or "BDL". Default: "BLD".
+
+    Returns:
+        out ([B, L, D]).
+
+    Examples::
+        >>> x = torch.randn(2, 49, 16); w = torch.randn(16, 3); b = torch.randn(16)
+        >>> depthwise_conv1d(x, w, b, activation="silu").shape
+        torch.Size([2, 49, 16])
+        >>> folded = x.reshape(1, 98, 16)  # two images in one row, padded separately
+        >>> torch.allclose(depthwise_conv1d(folded, w, b, seq_len=49).view(2, 49, 16), depthwise_conv1d(x, w, b))
+        True
+    """
+    check_depthwise_conv1d_inputs(x, weight, bias, padding, activation, seq_len, cu_seqlens, layout)
+    if use_triton(x.device):
+        from .chunk import depthwise_conv1d_triton
+
+        return depthwise_conv1d_triton(x, weight, bias, padding, activation, seq_len, cu_seqlens, layout)
+    return depthwise_conv1d_naive(
+        x, weight, bias, padding=padding, activation=activation, seq_len=seq_len, cu_seqlens=cu_seqlens, layout=layout
+    )
