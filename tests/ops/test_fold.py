@@ -305,3 +305,12 @@ def test_update_fold_table_refuses_a_corrupt_file(tmp_path):
     with pytest.raises(ValueError, match="fold does not divide batch"):
         update_fold_table(tmp_path / "new.json", GPU_NAME, [entry(128, 3)], "x")
     assert not (tmp_path / "new.json").exists()
+
+
+def test_planned_fold_compiles_without_graph_breaks(tables):
+    user, _ = tables
+    write_table(user, [entry(6, 3, dtype="float32", length=7, dim=8, d_state=3)])
+    assert plan_fold(6, 8, 7, 3, torch.float32, CPU) == 3
+    inputs = scan_inputs(6, 8, 7, 3, 1, "BLD", full=False)
+    compiled = torch.compile(lambda **kw: fold_scan(**kw), fullgraph=True, backend="eager", dynamic=False)
+    torch.testing.assert_close(compiled(**inputs), selective_scan(**inputs, layout="BLD"), rtol=1e-6, atol=1e-6)

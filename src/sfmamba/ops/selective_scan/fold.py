@@ -183,6 +183,7 @@ def _lookup(index: _Index, device: str, dtype: str, batch: int, length: int, dim
     return largest_divisor_at_most(batch, folds[nearest])
 
 
+@torch.compiler.assume_constant_result  # table I/O cannot be traced; the answer is a constant of the shapes
 def plan_fold(batch: int, dim: int, length: int, d_state: int, dtype: torch.dtype, device: torch.device) -> int:
     """Fold factor `f` (a divisor of `batch`; 1 = no folding) for a scan of `batch` sequences of `length` steps.
 
@@ -310,7 +311,9 @@ def fold_scan(
         u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, initial_state, layout:
             as in `selective_scan`, with the unfolded shapes. `layout` defaults to "BLD" here.
         seq_len (int, Optional): segments within each image, as in `selective_scan`. Default: None (the image).
-        fold (int, Optional): images per row; must divide the batch. Default: None (`plan_fold` decides).
+        fold (int, Optional): images per row; must divide the batch. Default: None (`plan_fold` decides; under
+            `torch.compile` its answer is baked into the graph as a constant of the static shapes, so pass `fold`
+            explicitly when compiling with dynamic sizes, which `plan_fold` cannot take).
 
     Returns:
         out with the shape of `u`, and with `return_last_state` the last states [S, D, N] in the unfolded order.
