@@ -76,7 +76,8 @@ def fwd_2d(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, out_ptr, L, Dg,
 @triton.jit
 def fwd_seq(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, out_ptr, L, Dg,
             su_b, su_l, su_d, sB_b, sB_n, sB_l,
-            NSTATE: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr, SPLIT_N: tl.constexpr):  # fmt: skip
+            NSTATE: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr, SPLIT_N: tl.constexpr,
+            UNROLL: tl.constexpr = 1, STAGES: tl.constexpr = 1):  # fmt: skip
     pid_d, pid_b = tl.program_id(0), tl.program_id(1)
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     mask_d = offs_d < Dg
@@ -90,7 +91,7 @@ def fwd_seq(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, out_ptr, L, Dg,
     out_ptr += pid_b * su_b
     B_ptr += pid_b * sB_b
     C_ptr += pid_b * sB_b
-    for t in range(L):
+    for t in tl.range(0, L, num_stages=STAGES, loop_unroll_factor=UNROLL):
         x = tl.load(u_ptr + offs_d * su_d + t * su_l, mask=mask_d, other=0.0).to(tl.float32)
         dt = tl.load(dt_ptr + offs_d * su_d + t * su_l, mask=mask_d, other=0.0).to(tl.float32) + bias
         dt = tl.where(dt > 20.0, dt, tl.log(1.0 + tl.exp(dt)))
@@ -123,39 +124,34 @@ def bc_strides(x, layout):
 
 
 def main():
-    shapes = [(128, 160, 196, 8), (128, 320, 49, 8), (128, 384, 3136, 1)]
-    for b, d, l, n in shapes:
-        for dtype in (torch.bfloat16,):
-            for layout in ("BDL", "BLD"):
-                u, delta, A, B, C, D, bias = inputs(b, d, l, n, dtype, layout)
-                ref = selective_scan_naive(u[:8], delta[:8], A, B[:8], C[:8], D, None, bias, True, layout=layout).float()
-                out = torch.empty_like(u)
-                results = []
-                for name, kern in (("2d", fwd_2d), ("seq", fwd_seq)):
-                    for bl in (((32, 64, 256) if l <= 256 else (32, 64, 128)) if name == "2d" else (1,)):
-                        for bd in ((8, 16, 32) if name == "2d" else (8, 16, 32, 64)):
-                            for w in (1, 2, 4):
-                                if name == "2d" and (bl * bd < 32 * w or bl * bd > 8192):
-                                    continue
-                                if name == "seq" and (bd * n < 32 * w):
-                                    continue
-                                grid = (triton.cdiv(d, bd), b)
-                                args = (u, delta, A, B, C, D, bias, out, l, d, *strides(u, layout), *bc_strides(B, layout))
-                                try:
-                                    k = kern[grid](*args, NSTATE=n, BLOCK_L=bl, BLOCK_D=bd, SPLIT_N=1, num_warps=w)
-                                except Exception as e:  # noqa: BLE001
-                                    print(name, bl, bd, w, "failed", type(e).__name__, str(e)[:200])
-                                    continue
-                                err = relative_error(ref, out[:8].float())
-                                ms = triton.testing.do_bench(lambda: kern[grid](*args, NSTATE=n, BLOCK_L=bl, BLOCK_D=bd, SPLIT_N=1, num_warps=w), warmup=10, rep=40)
-                                results.append((ms * 1e3, name, bl, bd, w, k.n_regs, k.n_spills, err))
-                results.sort()
-                print(f"== B{b} D{d} L{l} N{n} {dtype} {layout}")
-                for r in results[:6]:
-                    print("  %8.1f us  %-4s BL=%-4d BD=%-3d w=%d regs=%d spills=%d err=%.1e" % r)
-                best_seq = min((r for r in results if r[1] == "seq"), default=None)
-                if best_seq:
-                    print("  best seq: %8.1f us  %-4s BL=%-4d BD=%-3d w=%d regs=%d spills=%d err=%.1e" % best_seq)
+    cases = [((128, 160, 196, 8), "BDL"), ((128, 160, 196, 8), "BLD"), ((128, 320, 49, 8), "BDL"),
+             ((128, 320, 49, 8), "BLD"), ((128, 384, 3136, 1), "BLD")]
+    for (b, d, l, n), layout in cases:
+        dtype = torch.bfloat16
+        u, delta, A, B, C, D, bias = inputs(b, d, l, n, dtype, layout)
+        ref = selective_scan_naive(u[:8], delta[:8], A, B[:8], C[:8], D, None, bias, True, layout=layout).float()
+        out = torch.empty_like(u)
+        results = []
+        for unroll, stages in ((1, 1), (8, 1), (16, 1), (8, 3)):
+            for bd in ((4, 8, 16) if n > 1 else (32, 64, 128)):
+                for w in (1, 2):
+                    if bd * n < 32 * w:
+                        continue
+                    grid = (triton.cdiv(d, bd), b)
+                    args = (u, delta, A, B, C, D, bias, out, l, d, *strides(u, layout), *bc_strides(B, layout))
+                    kw = dict(NSTATE=n, BLOCK_L=1, BLOCK_D=bd, SPLIT_N=1, UNROLL=unroll, STAGES=stages, num_warps=w)
+                    try:
+                        k = fwd_seq[grid](*args, **kw)
+                    except Exception as e:  # noqa: BLE001
+                        print("failed", unroll, stages, bd, w, type(e).__name__, str(e)[:300])
+                        continue
+                    err = relative_error(ref, out[:8].float())
+                    ms = triton.testing.do_bench(lambda: fwd_seq[grid](*args, **kw), warmup=10, rep=30)
+                    results.append((ms * 1e3, unroll, stages, bd, w, k.n_regs, k.n_spills, err))
+        results.sort()
+        print(f"== B{b} D{d} L{l} N{n} {dtype} {layout}", flush=True)
+        for r in results[:8]:
+            print("  %8.1f us  unroll=%-2d stages=%d BD=%-3d w=%d regs=%d spills=%d err=%.1e" % r, flush=True)
 
 
 if __name__ == "__main__":
