@@ -85,28 +85,45 @@ def _load_dt(delta_ptr, t, ch, mask, s_l, s_d, bias, HAS_BIAS: tl.constexpr, SOF
     return raw, dt
 
 
-@triton.autotune(configs=_configs(), key=["Dg", "NSTATE", "BLOCK_L"], prune_configs_by={"early_config_prune": _prune_configs})
+def _fwd_configs() -> list[triton.Config]:
+    if triton_interpret():
+        return [triton.Config({"BLOCK_D": 16, "UNROLL": 1}, num_warps=1)]
+    return [
+        triton.Config({"BLOCK_D": bd, "UNROLL": unroll}, num_warps=w)
+        for bd in (32, 64, 128)
+        for w in (1, 2, 4)
+        for unroll in (1, 4)
+        if bd >= 32 * w
+    ]
+
+
+@triton.autotune(configs=_fwd_configs(), key=["Dg", "NSTATE", "chunk_len", "SUMMARY"])
 @triton.heuristics({"BLOCK_N": lambda args: triton.next_power_of_2(args["NSTATE"])})
-@triton.jit(do_not_specialize=["L", "seq_len", "nchunks"])
+@triton.jit(do_not_specialize=["L", "seq_len", "nchunks", "ckpt_len"])
 def selective_scan_fwd_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, seg_ids_ptr, cu_ptr,
-    out_ptr, last_ptr, chunk_ptr,
-    L, Dg, NSTATE, seq_len, nchunks,
+    out_ptr, last_ptr, ckpt_ptr, chunk_P_ptr, chunk_S_ptr,
+    L, Dg, NSTATE, seq_len, chunk_len, nchunks, ckpt_len,
     su_b, su_l, su_d, sdt_b, sdt_l, sdt_d, sz_b, sz_l, sz_d, so_b, so_l, so_d,
     sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    HAS_H0: tl.constexpr, RESET: tl.constexpr, STORE_LAST: tl.constexpr, STORE_CHUNKS: tl.constexpr,
-    BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+    HAS_H0: tl.constexpr, RESET: tl.constexpr, STORE_LAST: tl.constexpr, STORE_CKPT: tl.constexpr,
+    SUMMARY: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, UNROLL: tl.constexpr,
 ):  # fmt: skip
-    pid_d, pid_g, pid_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    D_total = Dg * tl.num_programs(1)
+    # One program: one image, BLOCK_D channels of one group, one chunk of `chunk_len` steps, walked sequentially
+    # with the whole [N, BLOCK_D] state in registers (state index inside each thread: no shuffles per step).
+    # SUMMARY pass: the chunk's decay product P and end state S from a zero start; scan pass: fold the earlier
+    # chunks' (P, S) into the incoming state, then scan the chunk and write y.
+    pid_d, pid_gc, pid_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    pid_g, c = pid_gc // nchunks, pid_gc % nchunks
+    D_total = Dg * (tl.num_programs(1) // nchunks)
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     mask_d = offs_d < Dg
     ch = pid_g * Dg + offs_d
     offs_n = tl.arange(0, BLOCK_N)
-    mask_dn = mask_d[:, None] & (offs_n < NSTATE)[None, :]
-    rows = tl.arange(0, BLOCK_L)
-    A2 = tl.load(A_ptr + ch[:, None] * NSTATE + offs_n[None, :], mask=mask_dn, other=0.0) * LOG2E  # [BD, BN]
+    mask_dn = (offs_n < NSTATE)[:, None] & mask_d[None, :]
+    state_offs = ch[None, :] * NSTATE + offs_n[:, None]  # [BN, BD] within one (D, N) state
+    A2 = tl.load(A_ptr + state_offs, mask=mask_dn, other=0.0) * LOG2E
     Dv = tl.load(D_ptr + ch, mask=mask_d, other=0.0) if HAS_D else None
     bias = tl.load(bias_ptr + ch, mask=mask_d, other=0.0) if HAS_BIAS else None
     u_ptr += pid_b * su_b
@@ -115,42 +132,51 @@ def selective_scan_fwd_kernel(
     out_ptr += pid_b * so_b
     B_ptr += pid_b * sB_b + pid_g * sB_g
     C_ptr += pid_b * sC_b + pid_g * sC_g
-    state_offs = ch[:, None] * NSTATE + offs_n[None, :]  # [BD, BN] within one (D, N) state
-    h = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
-    for c in range(nchunks):
-        t = c * BLOCK_L + rows
-        mask_t = t < L
-        mask_td = mask_t[:, None] & mask_d[None, :]
-        mask_tn = mask_t[:, None] & (offs_n < NSTATE)[None, :]
-        x = tl.load(u_ptr + t[:, None] * su_l + ch[None, :] * su_d, mask=mask_td, other=0.0).to(tl.float32)
-        _, dt = _load_dt(delta_ptr, t, ch, mask_td, sdt_l, sdt_d, bias, HAS_BIAS, SOFTPLUS)
-        Bt = tl.load(B_ptr + t[:, None] * sB_l + offs_n[None, :] * sB_n, mask=mask_tn, other=0.0).to(tl.float32)
-        Ct = tl.load(C_ptr + t[:, None] * sC_l + offs_n[None, :] * sC_n, mask=mask_tn, other=0.0).to(tl.float32)
-        dA = tl.exp2(dt[:, :, None] * A2[None, :, :])  # [BL, BD, BN]
-        dBu = (dt * x)[:, :, None] * Bt[:, None, :]
+    chunk_base = pid_b * nchunks * D_total * NSTATE
+    h = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    decay = tl.full([BLOCK_N, BLOCK_D], 1.0, dtype=tl.float32)
+    if not SUMMARY:
+        for cc in range(c):  # the state entering this chunk
+            offs = chunk_base + cc * D_total * NSTATE + state_offs
+            h = tl.load(chunk_P_ptr + offs, mask=mask_dn, other=0.0) * h + tl.load(chunk_S_ptr + offs, mask=mask_dn, other=0.0)
+    t_end = tl.minimum(c * chunk_len + chunk_len, L)
+    for t in tl.range(c * chunk_len, t_end, loop_unroll_factor=UNROLL):
+        x = tl.load(u_ptr + t * su_l + ch * su_d, mask=mask_d, other=0.0).to(tl.float32)
+        dt = tl.load(delta_ptr + t * sdt_l + ch * sdt_d, mask=mask_d, other=0.0).to(tl.float32)
+        if HAS_BIAS:
+            dt += bias
+        if SOFTPLUS:
+            dt = _softplus(dt)
+        Bt = tl.load(B_ptr + t * sB_l + offs_n * sB_n, mask=offs_n < NSTATE, other=0.0).to(tl.float32)
+        dA = tl.exp2(dt[None, :] * A2)  # [BN, BD]
         seg, start, end = _segments(t, L, seq_len, seg_ids_ptr, cu_ptr, pid_b, RESET)
         if HAS_H0:  # the state before a segment enters through its first step
-            h0_mask = start[:, None, None] & mask_dn[None, :, :]
-            h0 = tl.load(h0_ptr + seg[:, None, None] * (D_total * NSTATE) + state_offs[None], mask=h0_mask, other=0.0)
-            dBu += dA * h0
-        dA = tl.where(start[:, None, None], 0.0, dA)
-        dA = tl.where(mask_t[:, None, None], dA, 1.0)  # tail rows pass the state through unchanged
-        acc_a, acc_b = tl.associative_scan((dA, dBu), axis=0, combine_fn=_combine)
-        hs = acc_b + acc_a * h[None, :, :]
-        y = tl.sum(hs * Ct[:, None, :], axis=2)  # [BL, BD]
-        if HAS_D:
-            y += x * Dv[None, :]
-        if HAS_Z:
-            zt = tl.load(z_ptr + t[:, None] * sz_l + ch[None, :] * sz_d, mask=mask_td, other=0.0).to(tl.float32)
-            y *= zt * tl.sigmoid(zt)
-        tl.store(out_ptr + t[:, None] * so_l + ch[None, :] * so_d, y.to(out_ptr.dtype.element_ty), mask=mask_td)
-        if STORE_LAST:
-            last_mask = end[:, None, None] & mask_dn[None, :, :]
-            tl.store(last_ptr + seg[:, None, None] * (D_total * NSTATE) + state_offs[None], hs, mask=last_mask)
-        h = tl.sum(tl.where((rows == BLOCK_L - 1)[:, None, None], hs, 0.0), axis=0)
-        if STORE_CHUNKS:
-            chunk_base = chunk_ptr + (pid_b * nchunks + c) * (D_total * NSTATE)
-            tl.store(chunk_base + state_offs, h, mask=mask_dn)
+            h0 = tl.load(h0_ptr + seg * (D_total * NSTATE) + state_offs, mask=mask_dn & start, other=0.0)
+            h = tl.where(start, h0, h)
+        else:
+            h = tl.where(start, 0.0, h)
+        h = dA * h + (dt * x)[None, :] * Bt[:, None]
+        if SUMMARY:
+            decay = tl.where(start, 0.0, decay * dA)
+        else:
+            Ct = tl.load(C_ptr + t * sC_l + offs_n * sC_n, mask=offs_n < NSTATE, other=0.0).to(tl.float32)
+            y = tl.sum(h * Ct[:, None], axis=0)  # [BD]
+            if HAS_D:
+                y += x * Dv
+            if HAS_Z:
+                zt = tl.load(z_ptr + t * sz_l + ch * sz_d, mask=mask_d, other=0.0).to(tl.float32)
+                y *= zt * tl.sigmoid(zt)
+            tl.store(out_ptr + t * so_l + ch * so_d, y.to(out_ptr.dtype.element_ty), mask=mask_d)
+            if STORE_LAST:
+                tl.store(last_ptr + seg * (D_total * NSTATE) + state_offs, h, mask=mask_dn & end)
+            if STORE_CKPT:  # the state after every ckpt_len steps, for the backward
+                is_ckpt = ((t + 1) % ckpt_len == 0) | (t == L - 1)
+                ckpt_offs = (pid_b * tl.cdiv(L, ckpt_len) + t // ckpt_len) * (D_total * NSTATE) + state_offs
+                tl.store(ckpt_ptr + ckpt_offs, h, mask=mask_dn & is_ckpt)
+    if SUMMARY:
+        offs = chunk_base + c * D_total * NSTATE + state_offs
+        tl.store(chunk_P_ptr + offs, decay, mask=mask_dn)
+        tl.store(chunk_S_ptr + offs, h, mask=mask_dn)
 
 
 @triton.autotune(configs=_configs(), key=["Dg", "NSTATE", "BLOCK_L"], prune_configs_by={"early_config_prune": _prune_configs})
@@ -319,37 +345,66 @@ def _num_segments(batch: int, length: int, seq_len: int | None, cu_seqlens: Tens
     return batch * (length // (seq_len or length))
 
 
+TARGET_PROGRAMS_PER_SM = 16  # enough resident warps to hide the per-step load latency
+forced_chunk_len: int | None = None  # tests set this to exercise the two-pass path under the interpreter
+
+
+def plan_chunks(batch: int, groups: int, dim_per_group: int, length: int, device: torch.device) -> tuple[int, int]:
+    """(chunk length, number of chunks) for the forward: split L only as far as needed to fill the GPU."""
+    if forced_chunk_len is not None:
+        return forced_chunk_len, triton.cdiv(length, forced_chunk_len)
+    if device.type != "cuda":
+        return length, 1
+    programs = batch * groups * triton.cdiv(dim_per_group, 32)
+    wanted = TARGET_PROGRAMS_PER_SM * torch.cuda.get_device_properties(device).multi_processor_count
+    nchunks = max(1, min(triton.cdiv(wanted, programs), length // 16))
+    chunk_len = triton.cdiv(length, nchunks)
+    return chunk_len, triton.cdiv(length, chunk_len)
+
+
 def selective_scan_fwd(
     u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None, z: Tensor | None,
     delta_bias: Tensor | None, initial_state: Tensor | None, cu_seqlens: Tensor | None,
     delta_softplus: bool, seq_len: int | None, layout: str, return_last_state: bool, save_chunks: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
-    """Launch the forward kernel; returns (out, last_state or empty, chunk states or empty)."""
+    """Launch the forward kernel(s); returns (out, last_state or empty, checkpoint states or empty)."""
     batch, dim, length, nstate, groups = _shape(u, A, B, layout)
-    block_l = block_l_for(length)
-    nchunks = triton.cdiv(length, block_l)
+    dim_per_group = dim // groups
+    ckpt_len = block_l_for(length)
     reset, period, seg_ids, cu = _reset_args(length, seq_len, cu_seqlens, u.device)
     out = torch.empty(u.shape, device=u.device, dtype=u.dtype)  # contiguous, in u's layout
     nseg = _num_segments(batch, length, seq_len, cu_seqlens)
     last = torch.empty((nseg, dim, nstate) if return_last_state else (0,), device=u.device, dtype=torch.float32)
-    chunks = torch.empty((batch, nchunks, dim, nstate) if save_chunks else (0,), device=u.device, dtype=torch.float32)
+    n_ckpt = triton.cdiv(length, ckpt_len)
+    ckpt = torch.empty((batch, n_ckpt, dim, nstate) if save_chunks else (0,), device=u.device, dtype=torch.float32)
+    chunk_len, nchunks = plan_chunks(batch, groups, dim_per_group, length, u.device)
+    chunk_P = torch.empty((batch, nchunks, dim, nstate) if nchunks > 1 else (0,), device=u.device, dtype=torch.float32)
+    chunk_S = torch.empty_like(chunk_P)
     A = A.contiguous()
     anything = u  # stands in for absent optional tensors; never read
+    args = (
+        u, delta, A, B, C, anything if D is None else D, anything if z is None else z,
+        anything if delta_bias is None else delta_bias,
+        anything if initial_state is None else initial_state.contiguous(),
+        anything if seg_ids is None else seg_ids, anything if cu is None else cu,
+        out, last, ckpt, chunk_P, chunk_S,
+        length, dim_per_group, nstate, period, chunk_len, nchunks, ckpt_len,
+        *_x_strides(u, layout), *_x_strides(delta, layout), *_x_strides(z if z is not None else u, layout),
+        *_x_strides(out, layout), *_bc_strides(B, layout), *_bc_strides(C, layout),
+    )  # fmt: skip
+    flags = dict(
+        HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
+        HAS_H0=initial_state is not None, RESET=reset, STORE_LAST=return_last_state, STORE_CKPT=save_chunks,
+    )  # fmt: skip
+
+    def grid(meta: dict) -> tuple[int, int, int]:
+        return triton.cdiv(dim_per_group, meta["BLOCK_D"]), groups * nchunks, batch
+
     with torch.device(u.device):
-        selective_scan_fwd_kernel[lambda meta: (triton.cdiv(dim // groups, meta["BLOCK_D"]), groups, batch)](
-            u, delta, A, B, C, anything if D is None else D, anything if z is None else z,
-            anything if delta_bias is None else delta_bias,
-            anything if initial_state is None else initial_state.contiguous(),
-            anything if seg_ids is None else seg_ids, anything if cu is None else cu,
-            out, last, chunks,
-            length, dim // groups, nstate, period, nchunks,
-            *_x_strides(u, layout), *_x_strides(delta, layout), *_x_strides(z if z is not None else u, layout),
-            *_x_strides(out, layout), *_bc_strides(B, layout), *_bc_strides(C, layout),
-            HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
-            HAS_H0=initial_state is not None, RESET=reset, STORE_LAST=return_last_state, STORE_CHUNKS=save_chunks,
-            BLOCK_L=block_l,
-        )  # fmt: skip
-    return out, last, chunks
+        if nchunks > 1:
+            selective_scan_fwd_kernel[grid](*args, **flags, SUMMARY=True)
+        selective_scan_fwd_kernel[grid](*args, **flags, SUMMARY=False)
+    return out, last, ckpt
 
 
 def selective_scan_bwd(
