@@ -1,12 +1,14 @@
-"""Triton selective scan: chunked forward and backward kernels, launchers, and the autograd function.
+"""Triton selective scan: forward and backward kernels, launchers, and the torch.library op with its autograd.
 
-Each program owns one image (or packed row) and a block of channels of one B/C group, and walks the sequence in
-chunks of BLOCK_L steps. A chunk is loaded as whole [BLOCK_L, BLOCK_D] tiles (wide, coalesced loads in either
-layout) and scanned in parallel over time with `tl.associative_scan`; only the [BLOCK_D, N] state is carried from
-chunk to chunk. Segment starts (periodic `seq_len`, packed `cu_seqlens`) zero the decay, which resets the state
-exactly, so folded images never mix. The forward saves the state after every chunk (fp32) when a backward will
-follow; the backward walks the chunks in reverse, recomputes the states inside each chunk from that checkpoint,
-and scans the state gradient backwards in the same way.
+Design (why): a vision scan is short (L = 49..3136) and its state small (N = 1..16), so each program keeps the
+whole [N, BLOCK_D] state of BLOCK_D channels in registers -- the state index lives inside a thread, so a step costs
+N exp2 + 2N FMA and no shuffles -- and walks time sequentially. Short sequences alone leave the GPU idle, so L is
+split into chunks processed in parallel in two passes: a summary pass computes each chunk's decay product and end
+state from a zero start, the main pass folds the earlier chunks into its incoming state and scans its chunk.
+Segment starts (periodic `seq_len` for folded images, packed `cu_seqlens`) zero the decay, which resets the state
+exactly, so folded images never mix. With autograd the forward also checkpoints the state every `bwd_chunk_for(N)`
+steps; the backward runs the same two-pass scheme in reverse over those chunks, recomputing each chunk's states
+into a [chunk, N, BLOCK_D] register tile so that the reverse walk can read them.
 """
 
 from __future__ import annotations
@@ -22,30 +24,10 @@ LOG2E = tl.constexpr(1.4426950408889634)
 RESET_NONE, RESET_PERIODIC, RESET_VARLEN = 0, 1, 2
 
 
-MAX_TILE = 8192  # elements of one [BLOCK_L, BLOCK_D, BLOCK_N] tile; more spills registers
-
-
-def _configs() -> list[triton.Config]:
-    if triton_interpret():  # the interpreter runs every config: keep CI to one
-        return [triton.Config({"BLOCK_D": 16}, num_warps=4)]
-    return [triton.Config({"BLOCK_D": bd}, num_warps=w) for bd in (8, 16, 32, 64) for w in (2, 4, 8)]
-
-
-def _prune_configs(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
-    tile = kwargs["BLOCK_L"] * triton.next_power_of_2(named_args["NSTATE"])
-    fitting = [c for c in configs if c.kwargs["BLOCK_D"] * tile <= MAX_TILE]
-    return fitting or configs[:1]
-
-
-def block_l_for(length: int) -> int:
-    """Chunk length: the forward checkpoints the state once per chunk, so fwd and bwd must agree on it."""
-    return 32 if length <= 256 else 64
-
-
-@triton.jit
-def _combine(a1, b1, a2, b2):
-    # (a1, b1) is the earlier map h -> a1 h + b1; compose it with the later one
-    return a1 * a2, b1 * a2 + b2
+def bwd_chunk_for(nstate: int) -> int:
+    """Steps per backward program. The forward checkpoints the state every this many steps; the backward keeps
+    one chunk's states in registers ([chunk, N, BLOCK_D]), so the chunk shrinks as N grows."""
+    return max(4, min(64, 64 // triton.next_power_of_2(nstate)))
 
 
 @triton.jit
@@ -74,15 +56,15 @@ def _segments(t, L, seq_len, seg_ids_ptr, cu_ptr, pid_b, RESET: tl.constexpr):
 
 
 @triton.jit
-def _load_dt(delta_ptr, t, ch, mask, s_l, s_d, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
-    """Raw and effective step size, [BLOCK_L, BLOCK_D] fp32."""
-    raw = tl.load(delta_ptr + t[:, None] * s_l + ch[None, :] * s_d, mask=mask, other=0.0).to(tl.float32)
+def _load_step(u_ptr, delta_ptr, t, ch, mask_d, su_l, su_d, sdt_l, sdt_d, bias,
+               HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):  # fmt: skip
+    """u, raw step (after bias) and effective step of one time step, [BLOCK_D] fp32 each."""
+    x = tl.load(u_ptr + t * su_l + ch * su_d, mask=mask_d, other=0.0).to(tl.float32)
+    raw = tl.load(delta_ptr + t * sdt_l + ch * sdt_d, mask=mask_d, other=0.0).to(tl.float32)
     if HAS_BIAS:
-        raw += bias[None, :]
-    dt = raw
-    if SOFTPLUS:
-        dt = _softplus(raw)
-    return raw, dt
+        raw += bias
+    dt = _softplus(raw) if SOFTPLUS else raw
+    return x, raw, dt
 
 
 def _fwd_configs() -> list[triton.Config]:
@@ -179,33 +161,44 @@ def selective_scan_fwd_kernel(
         tl.store(chunk_S_ptr + offs, h, mask=mask_dn)
 
 
-@triton.autotune(configs=_configs(), key=["Dg", "NSTATE", "BLOCK_L"], prune_configs_by={"early_config_prune": _prune_configs})
+def _bwd_configs() -> list[triton.Config]:
+    if triton_interpret():
+        return [triton.Config({"BLOCK_D": 16}, num_warps=1)]
+    return [triton.Config({"BLOCK_D": bd}, num_warps=w) for bd in (32, 64) for w in (1, 2) if bd >= 32 * w]
+
+
+@triton.autotune(configs=_bwd_configs(), key=["Dg", "NSTATE", "CHUNK", "SUMMARY"])
 @triton.heuristics({"BLOCK_N": lambda args: triton.next_power_of_2(args["NSTATE"])})
 @triton.jit(do_not_specialize=["L", "seq_len", "nchunks"])
 def selective_scan_bwd_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, seg_ids_ptr, cu_ptr,
-    chunk_ptr, dout_ptr, dlast_ptr,
+    ckpt_ptr, dout_ptr, dlast_ptr, sum_X_ptr, sum_Q_ptr,
     du_ptr, ddelta_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr, dh0_ptr,
     L, Dg, NSTATE, seq_len, nchunks, batch,
     su_b, su_l, su_d, sdt_b, sdt_l, sdt_d, sz_b, sz_l, sz_d, sdo_b, sdo_l, sdo_d, sg_b, sg_l, sg_d,
     sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    HAS_H0: tl.constexpr, RESET: tl.constexpr, HAS_DLAST: tl.constexpr,
-    BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+    HAS_H0: tl.constexpr, RESET: tl.constexpr, HAS_DLAST: tl.constexpr, SUMMARY: tl.constexpr,
+    CHUNK: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
-    # du, ddelta, dz: same layout as u (strides su_*); dB/dC partials: [n_dblocks, batch, G, L, N];
-    # dA/dD/dbias partials: [batch, D(, N)] -- summed on the host, so the result is deterministic.
-    pid_d, pid_g, pid_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    n_groups = tl.num_programs(1)
+    # One program: one image, BLOCK_D channels, one chunk of CHUNK steps. The state gradient runs backwards:
+    #   dh_t = g_t + a_{t+1} dh_{t+1},  g_t = dy_t C_t (+ dlast at a segment end),  a_t = 0 at a segment start.
+    # SUMMARY pass: each chunk's dh at its first step from a zero start (X) and the decay across it (Q).
+    # Main pass: fold the later chunks' (X, Q) into dh after the chunk; recompute the chunk's states forwards from
+    # the forward's checkpoint, keeping them in registers; then walk the chunk backwards producing the gradients.
+    # Partials (dB/dC per channel block, dA/dD/dbias per chunk) are summed on the host: deterministic.
+    pid_d, pid_gc, pid_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    pid_g, c = pid_gc // nchunks, pid_gc % nchunks
+    n_groups = tl.num_programs(1) // nchunks
     D_total = Dg * n_groups
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     mask_d = offs_d < Dg
     ch = pid_g * Dg + offs_d
     offs_n = tl.arange(0, BLOCK_N)
     mask_n = offs_n < NSTATE
-    mask_dn = mask_d[:, None] & mask_n[None, :]
-    rows = tl.arange(0, BLOCK_L)
-    A = tl.load(A_ptr + ch[:, None] * NSTATE + offs_n[None, :], mask=mask_dn, other=0.0)  # [BD, BN]
+    mask_dn = mask_n[:, None] & mask_d[None, :]
+    state_offs = ch[None, :] * NSTATE + offs_n[:, None]  # [BN, BD]
+    A = tl.load(A_ptr + state_offs, mask=mask_dn, other=0.0)
     A2 = A * LOG2E
     Dv = tl.load(D_ptr + ch, mask=mask_d, other=0.0) if HAS_D else None
     bias = tl.load(bias_ptr + ch, mask=mask_d, other=0.0) if HAS_BIAS else None
@@ -213,99 +206,119 @@ def selective_scan_bwd_kernel(
     delta_ptr += pid_b * sdt_b
     z_ptr += pid_b * sz_b
     dout_ptr += pid_b * sdo_b
-    du_ptr += pid_b * sg_b
-    ddelta_ptr += pid_b * sg_b
-    dz_ptr += pid_b * sg_b
     B_ptr += pid_b * sB_b + pid_g * sB_g
     C_ptr += pid_b * sC_b + pid_g * sC_g
-    part_base = ((pid_d * batch + pid_b) * n_groups + pid_g) * L * NSTATE  # into the dB/dC partials
-    state_offs = ch[:, None] * NSTATE + offs_n[None, :]
-    dh_next = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)  # dL/dh at the first step of the next chunk
-    dA_acc = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
-    dD_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
-    dbias_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
-    for ci in range(nchunks):
-        c = nchunks - 1 - ci
-        t = c * BLOCK_L + rows
-        mask_t = t < L
-        mask_td = mask_t[:, None] & mask_d[None, :]
-        mask_tn = mask_t[:, None] & mask_n[None, :]
-        x = tl.load(u_ptr + t[:, None] * su_l + ch[None, :] * su_d, mask=mask_td, other=0.0).to(tl.float32)
-        raw, dt = _load_dt(delta_ptr, t, ch, mask_td, sdt_l, sdt_d, bias, HAS_BIAS, SOFTPLUS)
-        mask_next = (t + 1 < L)[:, None] & mask_d[None, :]
-        _, dt_next = _load_dt(delta_ptr, t + 1, ch, mask_next, sdt_l, sdt_d, bias, HAS_BIAS, SOFTPLUS)
-        Bt = tl.load(B_ptr + t[:, None] * sB_l + offs_n[None, :] * sB_n, mask=mask_tn, other=0.0).to(tl.float32)
-        Ct = tl.load(C_ptr + t[:, None] * sC_l + offs_n[None, :] * sC_n, mask=mask_tn, other=0.0).to(tl.float32)
-        dout = tl.load(dout_ptr + t[:, None] * sdo_l + ch[None, :] * sdo_d, mask=mask_td, other=0.0).to(tl.float32)
-        seg, start, end = _segments(t, L, seq_len, seg_ids_ptr, cu_ptr, pid_b, RESET)
-        _, start_next, _ = _segments(t + 1, L, seq_len, seg_ids_ptr, cu_ptr, pid_b, RESET)
+    STATE = D_total * NSTATE
+    t0 = c * CHUNK
+    steps = tl.minimum(CHUNK, L - t0)
+    # decay into the first step after the chunk (0 past the end or at a segment start)
+    t_next = t0 + steps
+    _, _, dt_next = _load_step(u_ptr, delta_ptr, t_next, ch, mask_d & (t_next < L), su_l, su_d, sdt_l, sdt_d, bias,
+                               HAS_BIAS, SOFTPLUS)  # fmt: skip
+    _, start_next, _ = _segments(t_next, L, seq_len, seg_ids_ptr, cu_ptr, pid_b, RESET)
+    a_next = tl.where(start_next | (t_next >= L), 0.0, tl.exp2(dt_next[None, :] * A2))
+    summary_offs = (pid_b * nchunks + c) * STATE + state_offs
 
-        # recompute the states of this chunk from the checkpoint before it
-        dA = tl.exp2(dt[:, :, None] * A2[None, :, :])  # [BL, BD, BN]
-        dtx = dt * x
-        dBu = dtx[:, :, None] * Bt[:, None, :]
-        b_in = dBu
-        if HAS_H0:
-            h0_mask = start[:, None, None] & mask_dn[None, :, :]
-            h0 = tl.load(h0_ptr + seg[:, None, None] * (D_total * NSTATE) + state_offs[None], mask=h0_mask, other=0.0)
-            b_in = dBu + dA * h0
-        a = tl.where(start[:, None, None], 0.0, dA)
-        a = tl.where(mask_t[:, None, None], a, 1.0)
-        prev_mask = mask_dn & (c > 0)
-        h_prev = tl.load(chunk_ptr + (pid_b * nchunks + c - 1) * (D_total * NSTATE) + state_offs, mask=prev_mask, other=0.0)
-        acc_a, acc_b = tl.associative_scan((a, b_in), axis=0, combine_fn=_combine)
-        hs = acc_b + acc_a * h_prev[None, :, :]
-
-        dy = dout
-        if HAS_Z:
-            zt = tl.load(z_ptr + t[:, None] * sz_l + ch[None, :] * sz_d, mask=mask_td, other=0.0).to(tl.float32)
-            y = tl.sum(hs * Ct[:, None, :], axis=2)
+    if SUMMARY:
+        dh = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+        decay = tl.full([BLOCK_N, BLOCK_D], 1.0, dtype=tl.float32)
+        for i in range(steps):
+            t = t0 + steps - 1 - i
+            _, _, dt = _load_step(u_ptr, delta_ptr, t, ch, mask_d, su_l, su_d, sdt_l, sdt_d, bias, HAS_BIAS, SOFTPLUS)
+            Ct = tl.load(C_ptr + t * sC_l + offs_n * sC_n, mask=mask_n, other=0.0).to(tl.float32)
+            dy = tl.load(dout_ptr + t * sdo_l + ch * sdo_d, mask=mask_d, other=0.0).to(tl.float32)
+            if HAS_Z:
+                zt = tl.load(z_ptr + t * sz_l + ch * sz_d, mask=mask_d, other=0.0).to(tl.float32)
+                dy *= zt * tl.sigmoid(zt)
+            seg, start, end = _segments(t, L, seq_len, seg_ids_ptr, cu_ptr, pid_b, RESET)
+            g = dy[None, :] * Ct[:, None]
+            if HAS_DLAST:
+                g += tl.load(dlast_ptr + seg * STATE + state_offs, mask=mask_dn & end, other=0.0)
+            dh = g + a_next * dh
+            decay *= a_next
+            a_next = tl.where(start, 0.0, tl.exp2(dt[None, :] * A2))
+        tl.store(sum_X_ptr + summary_offs, dh, mask=mask_dn)
+        tl.store(sum_Q_ptr + summary_offs, decay, mask=mask_dn)
+    else:
+        dh = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)  # dL/dh at the first step after this chunk
+        for i in range(nchunks - 1 - c):
+            offs = (pid_b * nchunks + nchunks - 1 - i) * STATE + state_offs
+            dh = tl.load(sum_X_ptr + offs, mask=mask_dn, other=0.0) + tl.load(sum_Q_ptr + offs, mask=mask_dn, other=0.0) * dh
+        # forward sweep: recompute and keep the chunk's states; dz and dC need only forward quantities
+        h = tl.load(ckpt_ptr + (pid_b * nchunks + c - 1) * STATE + state_offs, mask=mask_dn & (c > 0), other=0.0)
+        rows = tl.arange(0, CHUNK)
+        states = tl.zeros([CHUNK, BLOCK_N, BLOCK_D], dtype=tl.float32)
+        part_base = ((pid_d * batch + pid_b) * n_groups + pid_g) * L * NSTATE  # into the dB/dC partials
+        for k in range(steps):
+            t = t0 + k
+            x, _, dt = _load_step(u_ptr, delta_ptr, t, ch, mask_d, su_l, su_d, sdt_l, sdt_d, bias, HAS_BIAS, SOFTPLUS)
+            Bt = tl.load(B_ptr + t * sB_l + offs_n * sB_n, mask=mask_n, other=0.0).to(tl.float32)
+            Ct = tl.load(C_ptr + t * sC_l + offs_n * sC_n, mask=mask_n, other=0.0).to(tl.float32)
+            dy = tl.load(dout_ptr + t * sdo_l + ch * sdo_d, mask=mask_d, other=0.0).to(tl.float32)
+            seg, start, _ = _segments(t, L, seq_len, seg_ids_ptr, cu_ptr, pid_b, RESET)
+            if HAS_H0:
+                h = tl.where(start, tl.load(h0_ptr + seg * STATE + state_offs, mask=mask_dn & start, other=0.0), h)
+            else:
+                h = tl.where(start, 0.0, h)
+            h = tl.exp2(dt[None, :] * A2) * h + (dt * x)[None, :] * Bt[:, None]
+            states = tl.where((rows == k)[:, None, None], h[None, :, :], states)
+            if HAS_Z:
+                zt = tl.load(z_ptr + t * sz_l + ch * sz_d, mask=mask_d, other=0.0).to(tl.float32)
+                y = tl.sum(h * Ct[:, None], axis=0)
+                if HAS_D:
+                    y += x * Dv
+                sz = tl.sigmoid(zt)
+                dz = dy * y * sz * (1.0 + zt * (1.0 - sz))
+                tl.store(dz_ptr + pid_b * sg_b + t * sg_l + ch * sg_d, dz.to(dz_ptr.dtype.element_ty), mask=mask_d)
+                dy *= zt * sz
+            dC = tl.sum(h * dy[None, :], axis=1)  # [BN]
+            tl.store(dC_ptr + part_base + t * NSTATE + offs_n, dC, mask=mask_n)
+        # backward sweep
+        dA_acc = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+        dD_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+        dbias_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+        for i in range(steps):
+            k = steps - 1 - i
+            t = t0 + k
+            x, raw, dt = _load_step(u_ptr, delta_ptr, t, ch, mask_d, su_l, su_d, sdt_l, sdt_d, bias, HAS_BIAS, SOFTPLUS)
+            Bt = tl.load(B_ptr + t * sB_l + offs_n * sB_n, mask=mask_n, other=0.0).to(tl.float32)
+            Ct = tl.load(C_ptr + t * sC_l + offs_n * sC_n, mask=mask_n, other=0.0).to(tl.float32)
+            dy = tl.load(dout_ptr + t * sdo_l + ch * sdo_d, mask=mask_d, other=0.0).to(tl.float32)
+            if HAS_Z:
+                zt = tl.load(z_ptr + t * sz_l + ch * sz_d, mask=mask_d, other=0.0).to(tl.float32)
+                dy *= zt * tl.sigmoid(zt)
+            seg, start, end = _segments(t, L, seq_len, seg_ids_ptr, cu_ptr, pid_b, RESET)
+            h = tl.sum(tl.where((rows == k)[:, None, None], states, 0.0), axis=0)
+            g = dy[None, :] * Ct[:, None]
+            if HAS_DLAST:
+                g += tl.load(dlast_ptr + seg * STATE + state_offs, mask=mask_dn & end, other=0.0)
+            dh = g + a_next * dh
+            dA_t = tl.exp2(dt[None, :] * A2)
+            dtx = dt * x
+            decayed = h - dtx[None, :] * Bt[:, None]  # = a_t h_{t-1}: the part of h_t that came through the decay
+            dA_acc += dt[None, :] * dh * decayed
+            ddt = tl.sum(dh * (Bt[:, None] * x[None, :] + A * decayed), axis=0)  # [BD]
+            du = dt * tl.sum(dh * Bt[:, None], axis=0)
             if HAS_D:
-                y += x * Dv[None, :]
-            sz = tl.sigmoid(zt)
-            dz = dout * y * sz * (1.0 + zt * (1.0 - sz))
-            tl.store(dz_ptr + t[:, None] * sg_l + ch[None, :] * sg_d, dz.to(dz_ptr.dtype.element_ty), mask=mask_td)
-            dy = dout * zt * sz
-
-        # reverse scan: dh_t = g_t + a_{t+1} dh_{t+1}
-        g = dy[:, :, None] * Ct[:, None, :]
-        if HAS_DLAST:
-            last_mask = end[:, None, None] & mask_dn[None, :, :]
-            g += tl.load(dlast_ptr + seg[:, None, None] * (D_total * NSTATE) + state_offs[None], mask=last_mask, other=0.0)
-        alpha = tl.exp2(dt_next[:, :, None] * A2[None, :, :])
-        alpha = tl.where((start_next | (t + 1 >= L))[:, None, None], 0.0, alpha)
-        rev_a, rev_b = tl.associative_scan((alpha, g), axis=0, combine_fn=_combine, reverse=True)
-        dh = rev_b + rev_a * dh_next[None, :, :]
-        dh_next = tl.sum(tl.where((rows == 0)[:, None, None], dh, 0.0), axis=0)
-
-        decayed = hs - dBu  # = dA * h_{t-1}, the part of h_t that came through the decay
-        dA_acc += tl.sum(dt[:, :, None] * dh * decayed, axis=0)
-        ddt = tl.sum(dh * (Bt[:, None, :] * x[:, :, None] + A[None, :, :] * decayed), axis=2)  # [BL, BD]
-        dhB = tl.sum(dh * Bt[:, None, :], axis=2)
-        du = dt * dhB
+                du += Dv * dy
+                dD_acc += dy * x
+            if SOFTPLUS:
+                ddt *= tl.sigmoid(raw)
+            ddt = tl.where(mask_d, ddt, 0.0)
+            dbias_acc += ddt
+            tl.store(du_ptr + pid_b * sg_b + t * sg_l + ch * sg_d, du.to(du_ptr.dtype.element_ty), mask=mask_d)
+            tl.store(ddelta_ptr + pid_b * sg_b + t * sg_l + ch * sg_d, ddt.to(ddelta_ptr.dtype.element_ty), mask=mask_d)
+            dB = tl.sum(dh * dtx[None, :], axis=1)  # [BN]
+            tl.store(dB_ptr + part_base + t * NSTATE + offs_n, dB, mask=mask_n)
+            if HAS_H0:
+                tl.store(dh0_ptr + seg * STATE + state_offs, dA_t * dh, mask=mask_dn & start)
+            a_next = tl.where(start, 0.0, dA_t)
+        part = (pid_b * nchunks + c) * D_total
+        tl.store(dA_ptr + part * NSTATE + state_offs, dA_acc, mask=mask_dn)
         if HAS_D:
-            du += Dv[None, :] * dy
-            dD_acc += tl.sum(tl.where(mask_td, dy * x, 0.0), axis=0)
-        if SOFTPLUS:
-            ddt = ddt * tl.sigmoid(raw)
-        ddt = tl.where(mask_td, ddt, 0.0)
-        dbias_acc += tl.sum(ddt, axis=0)
-        tl.store(du_ptr + t[:, None] * sg_l + ch[None, :] * sg_d, du.to(du_ptr.dtype.element_ty), mask=mask_td)
-        tl.store(ddelta_ptr + t[:, None] * sg_l + ch[None, :] * sg_d, ddt.to(ddelta_ptr.dtype.element_ty), mask=mask_td)
-        dB = tl.sum(dh * dtx[:, :, None], axis=1)  # [BL, BN]
-        dC = tl.sum(hs * dy[:, :, None], axis=1)
-        part_offs = part_base + t[:, None] * NSTATE + offs_n[None, :]
-        tl.store(dB_ptr + part_offs, dB, mask=mask_tn)
-        tl.store(dC_ptr + part_offs, dC, mask=mask_tn)
-        if HAS_H0:
-            dh0_mask = start[:, None, None] & mask_dn[None, :, :]
-            tl.store(dh0_ptr + seg[:, None, None] * (D_total * NSTATE) + state_offs[None], dA * dh, mask=dh0_mask)
-
-    tl.store(dA_ptr + pid_b * D_total * NSTATE + state_offs, dA_acc, mask=mask_dn)
-    if HAS_D:
-        tl.store(dD_ptr + pid_b * D_total + ch, dD_acc, mask=mask_d)
-    if HAS_BIAS:
-        tl.store(dbias_ptr + pid_b * D_total + ch, dbias_acc, mask=mask_d)
+            tl.store(dD_ptr + part + ch, dD_acc, mask=mask_d)
+        if HAS_BIAS:
+            tl.store(dbias_ptr + part + ch, dbias_acc, mask=mask_d)
 
 
 def _x_strides(x: Tensor, layout: str) -> tuple[int, int, int]:
@@ -370,7 +383,7 @@ def selective_scan_fwd(
     """Launch the forward kernel(s); returns (out, last_state or empty, checkpoint states or empty)."""
     batch, dim, length, nstate, groups = _shape(u, A, B, layout)
     dim_per_group = dim // groups
-    ckpt_len = block_l_for(length)
+    ckpt_len = bwd_chunk_for(nstate)
     reset, period, seg_ids, cu = _reset_args(length, seq_len, cu_seqlens, u.device)
     out = torch.empty(u.shape, device=u.device, dtype=u.dtype)  # contiguous, in u's layout
     nseg = _num_segments(batch, length, seq_len, cu_seqlens)
@@ -410,49 +423,59 @@ def selective_scan_fwd(
 def selective_scan_bwd(
     dout: Tensor, dlast: Tensor | None, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
     D: Tensor | None, z: Tensor | None, delta_bias: Tensor | None, initial_state: Tensor | None,
-    cu_seqlens: Tensor | None, chunks: Tensor, delta_softplus: bool, seq_len: int | None, layout: str,
+    cu_seqlens: Tensor | None, ckpt: Tensor, delta_softplus: bool, seq_len: int | None, layout: str,
 ) -> tuple[Tensor, ...]:  # fmt: skip
-    """Launch the backward kernel; returns (du, ddelta, dA, dB, dC, dD, dz, dbias, dh0), empty where absent."""
+    """Launch the backward kernels; returns (du, ddelta, dA, dB, dC, dD, dz, dbias, dh0), empty where absent."""
     batch, dim, length, nstate, groups = _shape(u, A, B, layout)
-    block_l = block_l_for(length)
-    nchunks = triton.cdiv(length, block_l)
+    dim_per_group = dim // groups
+    chunk = bwd_chunk_for(nstate)
+    nchunks = triton.cdiv(length, chunk)
     reset, period, seg_ids, cu = _reset_args(length, seq_len, cu_seqlens, u.device)
-    dev = u.device
+    dev, f32 = u.device, torch.float32
 
-    def like_u(dtype: torch.dtype) -> Tensor:
-        return torch.empty(u.shape, device=dev, dtype=dtype)
+    def new(shape: tuple, dtype: torch.dtype = f32, present: bool = True) -> Tensor:
+        return torch.empty(shape if present else (0,), device=dev, dtype=dtype)
 
-    du, ddelta = like_u(u.dtype), like_u(delta.dtype)
-    dz = like_u(z.dtype) if z is not None else torch.empty(0, device=dev)
-    min_block_d = min(c.kwargs["BLOCK_D"] for c in _configs())
-    n_dblocks = triton.cdiv(dim // groups, min_block_d)  # the most channel blocks any config launches
-    dB_part = torch.empty(n_dblocks, batch, groups, length, nstate, device=dev, dtype=torch.float32)
+    du, ddelta = new(u.shape, u.dtype), new(u.shape, delta.dtype)
+    dz = new(u.shape, z.dtype if z is not None else f32, present=z is not None)
+    n_dblocks = triton.cdiv(dim_per_group, min(c.kwargs["BLOCK_D"] for c in _bwd_configs()))  # the most any config launches
+    dB_part = new((n_dblocks, batch, groups, length, nstate))
     dC_part = torch.empty_like(dB_part)
-    dA_part = torch.empty(batch, dim, nstate, device=dev, dtype=torch.float32)
-    dD_part = torch.empty(batch, dim, device=dev, dtype=torch.float32) if D is not None else torch.empty(0, device=dev)
-    dbias_part = torch.empty(batch, dim, device=dev, dtype=torch.float32) if delta_bias is not None else torch.empty(0, device=dev)
-    dh0 = torch.empty_like(initial_state, dtype=torch.float32) if initial_state is not None else torch.empty(0, device=dev)
+    dA_part = new((batch, nchunks, dim, nstate))
+    dD_part = new((batch, nchunks, dim), present=D is not None)
+    dbias_part = new((batch, nchunks, dim), present=delta_bias is not None)
+    dh0 = new(tuple(initial_state.shape), present=initial_state is not None) if initial_state is not None else new((0,))
+    sum_X, sum_Q = new((batch, nchunks, dim, nstate)), new((batch, nchunks, dim, nstate))
     anything = u
+    args = (
+        u, delta, A.contiguous(), B, C, anything if D is None else D, anything if z is None else z,
+        anything if delta_bias is None else delta_bias,
+        anything if initial_state is None else initial_state.contiguous(),
+        anything if seg_ids is None else seg_ids, anything if cu is None else cu,
+        ckpt, dout, anything if dlast is None else dlast.contiguous(), sum_X, sum_Q,
+        du, ddelta, dz, dA_part, dB_part, dC_part, dD_part, dbias_part, dh0,
+        length, dim_per_group, nstate, period, nchunks, batch,
+        *_x_strides(u, layout), *_x_strides(delta, layout), *_x_strides(z if z is not None else u, layout),
+        *_x_strides(dout, layout), *_x_strides(du, layout), *_bc_strides(B, layout), *_bc_strides(C, layout),
+    )  # fmt: skip
+    flags = dict(
+        HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
+        HAS_H0=initial_state is not None, RESET=reset, HAS_DLAST=dlast is not None, CHUNK=chunk,
+    )  # fmt: skip
+
+    def grid(meta: dict) -> tuple[int, int, int]:
+        return triton.cdiv(dim_per_group, meta["BLOCK_D"]), groups * nchunks, batch
+
     with torch.device(dev):
-        selective_scan_bwd_kernel[lambda meta: (triton.cdiv(dim // groups, meta["BLOCK_D"]), groups, batch)](
-            u, delta, A.contiguous(), B, C, anything if D is None else D, anything if z is None else z,
-            anything if delta_bias is None else delta_bias,
-            anything if initial_state is None else initial_state.contiguous(),
-            anything if seg_ids is None else seg_ids, anything if cu is None else cu,
-            chunks, dout, anything if dlast is None else dlast.contiguous(),
-            du, ddelta, dz, dA_part, dB_part, dC_part, dD_part, dbias_part, dh0,
-            length, dim // groups, nstate, period, nchunks, batch,
-            *_x_strides(u, layout), *_x_strides(delta, layout), *_x_strides(z if z is not None else u, layout),
-            *_x_strides(dout, layout), *_x_strides(du, layout), *_bc_strides(B, layout), *_bc_strides(C, layout),
-            HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
-            HAS_H0=initial_state is not None, RESET=reset, HAS_DLAST=dlast is not None, BLOCK_L=block_l,
-        )  # fmt: skip
-    used = triton.cdiv(dim // groups, selective_scan_bwd_kernel.best_config.kwargs["BLOCK_D"])
+        if nchunks > 1:
+            selective_scan_bwd_kernel[grid](*args, **flags, SUMMARY=True)
+        selective_scan_bwd_kernel[grid](*args, **flags, SUMMARY=False)
+    used = triton.cdiv(dim_per_group, selective_scan_bwd_kernel.best_config.kwargs["BLOCK_D"])
     dB = _bc_from_blgn(dB_part[:used].sum(0).transpose(2, 3), B, layout)
     dC = _bc_from_blgn(dC_part[:used].sum(0).transpose(2, 3), C, layout)
-    dD = dD_part.sum(0) if D is not None else dD_part
-    dbias = dbias_part.sum(0) if delta_bias is not None else dbias_part
-    return du, ddelta, dA_part.sum(0), dB, dC, dD, dz, dbias, dh0
+    dD = dD_part.sum((0, 1)) if D is not None else dD_part
+    dbias = dbias_part.sum((0, 1)) if delta_bias is not None else dbias_part
+    return du, ddelta, dA_part.sum((0, 1)), dB, dC, dD, dz, dbias, dh0
 
 
 def _bc_from_blgn(grad: Tensor, like: Tensor, layout: str) -> Tensor:
@@ -489,7 +512,7 @@ def _(u, delta, A, B, C, D, z, delta_bias, initial_state, cu_seqlens, delta_soft
       return_last_state, save_chunks):  # fmt: skip
     batch, dim, length, nstate, _ = _shape(u, A, B, layout)
     nseg = _num_segments(batch, length, seq_len or None, cu_seqlens)
-    nchunks = triton.cdiv(length, block_l_for(length))
+    nchunks = triton.cdiv(length, bwd_chunk_for(nstate))
     last = u.new_empty((nseg, dim, nstate) if return_last_state else (0,), dtype=torch.float32)
     chunks = u.new_empty((batch, nchunks, dim, nstate) if save_chunks else (0,), dtype=torch.float32)
     return torch.empty_like(u, memory_format=torch.contiguous_format), last, chunks
