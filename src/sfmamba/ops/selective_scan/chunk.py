@@ -213,9 +213,9 @@ def selective_scan_bwd_kernel(
     steps = tl.minimum(CHUNK, L - t0)
     # decay into the first step after the chunk (0 past the end or at a segment start)
     t_next = t0 + steps
-    _, _, dt_next = _load_step(u_ptr, delta_ptr, t_next, ch, mask_d & (t_next < L), su_l, su_d, sdt_l, sdt_d, bias,
-                               HAS_BIAS, SOFTPLUS)  # fmt: skip
-    _, start_next, _ = _segments(t_next, L, seq_len, seg_ids_ptr, cu_ptr, pid_b, RESET)
+    x_next, raw_next, dt_next = _load_step(u_ptr, delta_ptr, t_next, ch, mask_d & (t_next < L), su_l, su_d, sdt_l,
+                                           sdt_d, bias, HAS_BIAS, SOFTPLUS)  # fmt: skip
+    seg_next, start_next, end_next = _segments(t_next, L, seq_len, seg_ids_ptr, cu_ptr, pid_b, RESET)
     a_next = tl.where(start_next | (t_next >= L), 0.0, tl.exp2(dt_next[None, :] * A2))
     summary_offs = (pid_b * nchunks + c) * STATE + state_offs
 
@@ -224,7 +224,7 @@ def selective_scan_bwd_kernel(
         decay = tl.full([BLOCK_N, BLOCK_D], 1.0, dtype=tl.float32)
         for i in range(steps):
             t = t0 + steps - 1 - i
-            _, _, dt = _load_step(u_ptr, delta_ptr, t, ch, mask_d, su_l, su_d, sdt_l, sdt_d, bias, HAS_BIAS, SOFTPLUS)
+            x, raw, dt = _load_step(u_ptr, delta_ptr, t, ch, mask_d, su_l, su_d, sdt_l, sdt_d, bias, HAS_BIAS, SOFTPLUS)
             Ct = tl.load(C_ptr + t * sC_l + offs_n * sC_n, mask=mask_n, other=0.0).to(tl.float32)
             dy = tl.load(dout_ptr + t * sdo_l + ch * sdo_d, mask=mask_d, other=0.0).to(tl.float32)
             if HAS_Z:
@@ -251,11 +251,11 @@ def selective_scan_bwd_kernel(
         part_base = ((pid_d * batch + pid_b) * n_groups + pid_g) * L * NSTATE  # into the dB/dC partials
         for k in range(steps):
             t = t0 + k
-            x, _, dt = _load_step(u_ptr, delta_ptr, t, ch, mask_d, su_l, su_d, sdt_l, sdt_d, bias, HAS_BIAS, SOFTPLUS)
+            x, raw, dt = _load_step(u_ptr, delta_ptr, t, ch, mask_d, su_l, su_d, sdt_l, sdt_d, bias, HAS_BIAS, SOFTPLUS)
             Bt = tl.load(B_ptr + t * sB_l + offs_n * sB_n, mask=mask_n, other=0.0).to(tl.float32)
             Ct = tl.load(C_ptr + t * sC_l + offs_n * sC_n, mask=mask_n, other=0.0).to(tl.float32)
             dy = tl.load(dout_ptr + t * sdo_l + ch * sdo_d, mask=mask_d, other=0.0).to(tl.float32)
-            seg, start, _ = _segments(t, L, seq_len, seg_ids_ptr, cu_ptr, pid_b, RESET)
+            seg, start, end = _segments(t, L, seq_len, seg_ids_ptr, cu_ptr, pid_b, RESET)
             if HAS_H0:
                 h = tl.where(start, tl.load(h0_ptr + seg * STATE + state_offs, mask=mask_dn & start, other=0.0), h)
             else:
