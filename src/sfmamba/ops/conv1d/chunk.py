@@ -10,6 +10,8 @@ SiLU is fused) and per-program partial sums of dweight and dbias, summed on the 
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import triton
 import triton.language as tl
@@ -169,6 +171,11 @@ def depthwise_conv1d_bwd_kernel(
         tl.store(db_ptr + part * D + ch, db_acc, mask=mask_d)
 
 
+def _on_device(device: torch.device):
+    """Launch on `device`: a plain CUDA device switch (cheap), not a `torch.device` mode that taxes every torch call."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
 def _x_strides(x: Tensor, layout: str) -> tuple[int, int, int]:
     """(batch, L, D) strides of a (batch, D, L) or (batch, L, D) tensor."""
     return (x.stride(0), x.stride(2), x.stride(1)) if layout == "BDL" else (x.stride(0), x.stride(1), x.stride(2))
@@ -199,7 +206,7 @@ def depthwise_conv1d_fwd(
     reset, period, seg_ids, cu = _reset_args(length, seq_len, cu_seqlens, x.device)
     out = torch.empty(x.shape, device=x.device, dtype=x.dtype)
     anything = x  # stands in for absent optional tensors; never read
-    with torch.device(x.device):
+    with _on_device(x.device):
         depthwise_conv1d_fwd_kernel[lambda meta: (triton.cdiv(length, meta["BLOCK_L"]), triton.cdiv(dim, meta["BLOCK_D"]), batch)](
             x, weight.contiguous(), anything if bias is None else bias,
             anything if seg_ids is None else seg_ids, anything if cu is None else cu, out,
@@ -226,7 +233,7 @@ def depthwise_conv1d_bwd(
     dw_part = torch.empty(batch * n_split, dim, kernel_size, device=dev, dtype=torch.float32)
     db_part = torch.empty(batch * n_split, dim, device=dev, dtype=torch.float32) if bias is not None else dw_part
     anything = x
-    with torch.device(dev):
+    with _on_device(dev):
         depthwise_conv1d_bwd_kernel[lambda meta: (triton.cdiv(dim, meta["BLOCK_D"]), n_split, batch)](
             x, weight.contiguous(), anything if bias is None else bias,
             anything if seg_ids is None else seg_ids, anything if cu is None else cu, dout,
