@@ -13,6 +13,8 @@ into a [chunk, N, BLOCK_D] register tile so that the reverse walk can read them.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import triton
 import triton.language as tl
@@ -104,7 +106,7 @@ def selective_scan_fwd_kernel(
     ch = pid_g * Dg + offs_d
     offs_n = tl.arange(0, BLOCK_N)
     mask_dn = (offs_n < NSTATE)[:, None] & mask_d[None, :]
-    state_offs = ch[None, :] * NSTATE + offs_n[:, None]  # [BN, BD] within one (D, N) state
+    state_offs = offs_n[:, None] * D_total + ch[None, :]  # [BN, BD] within one (N, D) state: D contiguous
     A2 = tl.load(A_ptr + state_offs, mask=mask_dn, other=0.0) * LOG2E
     Dv = tl.load(D_ptr + ch, mask=mask_d, other=0.0) if HAS_D else None
     bias = tl.load(bias_ptr + ch, mask=mask_d, other=0.0) if HAS_BIAS else None
@@ -197,7 +199,7 @@ def selective_scan_bwd_kernel(
     offs_n = tl.arange(0, BLOCK_N)
     mask_n = offs_n < NSTATE
     mask_dn = mask_n[:, None] & mask_d[None, :]
-    state_offs = ch[None, :] * NSTATE + offs_n[:, None]  # [BN, BD]
+    state_offs = offs_n[:, None] * D_total + ch[None, :]  # [BN, BD] within one (N, D) state: D contiguous
     A = tl.load(A_ptr + state_offs, mask=mask_dn, other=0.0)
     A2 = A * LOG2E
     Dv = tl.load(D_ptr + ch, mask=mask_d, other=0.0) if HAS_D else None
@@ -321,6 +323,11 @@ def selective_scan_bwd_kernel(
             tl.store(dbias_ptr + part + ch, dbias_acc, mask=mask_d)
 
 
+def _on_device(device: torch.device) -> contextlib.AbstractContextManager:
+    """Launch on `device`'s GPU (Triton uses the current one); cheaper than a `torch.device` context."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
 def _x_strides(x: Tensor, layout: str) -> tuple[int, int, int]:
     """(batch, L, D) strides of a (batch, D, L) or (batch, L, D) tensor."""
     return (x.stride(0), x.stride(2), x.stride(1)) if layout == "BDL" else (x.stride(0), x.stride(1), x.stride(2))
@@ -387,18 +394,19 @@ def selective_scan_fwd(
     reset, period, seg_ids, cu = _reset_args(length, seq_len, cu_seqlens, u.device)
     out = torch.empty(u.shape, device=u.device, dtype=u.dtype)  # contiguous, in u's layout
     nseg = _num_segments(batch, length, seq_len, cu_seqlens)
-    last = torch.empty((nseg, dim, nstate) if return_last_state else (0,), device=u.device, dtype=torch.float32)
+    # every state buffer is (..., N, D) inside the kernels: D contiguous, so the state tile needs no shuffles
+    last = torch.empty((nseg, nstate, dim) if return_last_state else (0,), device=u.device, dtype=torch.float32)
     n_ckpt = triton.cdiv(length, ckpt_len)
-    ckpt = torch.empty((batch, n_ckpt, dim, nstate) if save_chunks else (0,), device=u.device, dtype=torch.float32)
+    ckpt = torch.empty((batch, n_ckpt, nstate, dim) if save_chunks else (0,), device=u.device, dtype=torch.float32)
     chunk_len, nchunks = plan_chunks(batch, groups, dim_per_group, length, u.device)
-    chunk_P = torch.empty((batch, nchunks, dim, nstate) if nchunks > 1 else (0,), device=u.device, dtype=torch.float32)
+    chunk_P = torch.empty((batch, nchunks, nstate, dim) if nchunks > 1 else (0,), device=u.device, dtype=torch.float32)
     chunk_S = torch.empty_like(chunk_P)
-    A = A.contiguous()
+    A = A.t().contiguous()
     anything = u  # stands in for absent optional tensors; never read
     args = (
         u, delta, A, B, C, anything if D is None else D, anything if z is None else z,
         anything if delta_bias is None else delta_bias,
-        anything if initial_state is None else initial_state.contiguous(),
+        anything if initial_state is None else initial_state.transpose(1, 2).contiguous(),
         anything if seg_ids is None else seg_ids, anything if cu is None else cu,
         out, last, ckpt, chunk_P, chunk_S,
         length, dim_per_group, nstate, period, chunk_len, nchunks, ckpt_len,
@@ -413,11 +421,11 @@ def selective_scan_fwd(
     def grid(meta: dict) -> tuple[int, int, int]:
         return triton.cdiv(dim_per_group, meta["BLOCK_D"]), groups * nchunks, batch
 
-    with torch.device(u.device):
+    with _on_device(u.device):
         if nchunks > 1:
             selective_scan_fwd_kernel[grid](*args, **flags, SUMMARY=True)
         selective_scan_fwd_kernel[grid](*args, **flags, SUMMARY=False)
-    return out, last, ckpt
+    return out, last.transpose(1, 2).contiguous() if return_last_state else last, ckpt
 
 
 def selective_scan_bwd(
@@ -441,18 +449,18 @@ def selective_scan_bwd(
     n_dblocks = triton.cdiv(dim_per_group, min(c.kwargs["BLOCK_D"] for c in _bwd_configs()))  # the most any config launches
     dB_part = new((n_dblocks, batch, groups, length, nstate))
     dC_part = torch.empty_like(dB_part)
-    dA_part = new((batch, nchunks, dim, nstate))
+    dA_part = new((batch, nchunks, nstate, dim))
     dD_part = new((batch, nchunks, dim), present=D is not None)
     dbias_part = new((batch, nchunks, dim), present=delta_bias is not None)
-    dh0 = new(tuple(initial_state.shape), present=initial_state is not None) if initial_state is not None else new((0,))
-    sum_X, sum_Q = new((batch, nchunks, dim, nstate)), new((batch, nchunks, dim, nstate))
+    dh0 = new((initial_state.shape[0], nstate, dim)) if initial_state is not None else new((0,))
+    sum_X, sum_Q = new((batch, nchunks, nstate, dim)), new((batch, nchunks, nstate, dim))
     anything = u
     args = (
-        u, delta, A.contiguous(), B, C, anything if D is None else D, anything if z is None else z,
+        u, delta, A.t().contiguous(), B, C, anything if D is None else D, anything if z is None else z,
         anything if delta_bias is None else delta_bias,
-        anything if initial_state is None else initial_state.contiguous(),
+        anything if initial_state is None else initial_state.transpose(1, 2).contiguous(),
         anything if seg_ids is None else seg_ids, anything if cu is None else cu,
-        ckpt, dout, anything if dlast is None else dlast.contiguous(), sum_X, sum_Q,
+        ckpt, dout, anything if dlast is None else dlast.transpose(1, 2).contiguous(), sum_X, sum_Q,
         du, ddelta, dz, dA_part, dB_part, dC_part, dD_part, dbias_part, dh0,
         length, dim_per_group, nstate, period, nchunks, batch,
         *_x_strides(u, layout), *_x_strides(delta, layout), *_x_strides(z if z is not None else u, layout),
@@ -466,7 +474,7 @@ def selective_scan_bwd(
     def grid(meta: dict) -> tuple[int, int, int]:
         return triton.cdiv(dim_per_group, meta["BLOCK_D"]), groups * nchunks, batch
 
-    with torch.device(dev):
+    with _on_device(dev):
         if nchunks > 1:
             selective_scan_bwd_kernel[grid](*args, **flags, SUMMARY=True)
         selective_scan_bwd_kernel[grid](*args, **flags, SUMMARY=False)
@@ -475,7 +483,8 @@ def selective_scan_bwd(
     dC = _bc_from_blgn(dC_part[:used].sum(0).transpose(2, 3), C, layout)
     dD = dD_part.sum((0, 1)) if D is not None else dD_part
     dbias = dbias_part.sum((0, 1)) if delta_bias is not None else dbias_part
-    return du, ddelta, dA_part.sum((0, 1)), dB, dC, dD, dz, dbias, dh0
+    dh0 = dh0.transpose(1, 2).contiguous() if initial_state is not None else dh0
+    return du, ddelta, dA_part.sum((0, 1)).t().contiguous(), dB, dC, dD, dz, dbias, dh0
 
 
 def _bc_from_blgn(grad: Tensor, like: Tensor, layout: str) -> Tensor:
