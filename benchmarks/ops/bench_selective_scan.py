@@ -150,7 +150,7 @@ def check(fn, shape: Shape, dtype: torch.dtype, layout: str, grads: bool) -> flo
     return max(errors)
 
 
-def time_provider(fn, shape: Shape, dtype: torch.dtype, layout: str, mode: str, args) -> tuple[float, float, float]:
+def time_provider(fn, shape: Shape, dtype: torch.dtype, layout: str, mode: str, args, timer: str) -> tuple[float, float, float]:
     import triton
 
     x = make_inputs(shape, dtype, layout, requires_grad=mode == "fwdbwd", seed=0)
@@ -166,7 +166,11 @@ def time_provider(fn, shape: Shape, dtype: torch.dtype, layout: str, mode: str, 
             out = fn(x)
             return torch.autograd.grad(out, [x[k] for k in GRAD_KEYS], dout)
 
-    p50, p20, p80 = triton.testing.do_bench(call, warmup=args.warmup_ms, rep=args.rep_ms, quantiles=[0.5, 0.2, 0.8])
+    if timer == "graph":  # GPU time only: one CUDA graph replayed (no launch overhead, L2 not flushed)
+        call()  # autotune and compile outside the capture
+        p50, p20, p80 = triton.testing.do_bench_cudagraph(call, rep=args.rep_ms, quantiles=[0.5, 0.2, 0.8])
+    else:  # eager launches, L2 flushed before every call: includes each provider's host overhead
+        p50, p20, p80 = triton.testing.do_bench(call, warmup=args.warmup_ms, rep=args.rep_ms, quantiles=[0.5, 0.2, 0.8])
     return p50 * 1e3, p20 * 1e3, p80 * 1e3
 
 
@@ -183,6 +187,7 @@ def copy_bandwidth() -> float:
 @dataclass
 class Row:
     shape: str
+    timer: str
     length: int
     dtype: str
     provider: str
@@ -223,26 +228,29 @@ def run(args) -> list[Row]:
                     if err > tol:
                         print(f"!! {pname} {shape.name} {dname}: rel err {err:.2e} > {tol:.0e}; not timed")
                         break
-                    med, p20, p80 = time_provider(fn, shape, dtype, layout, mode, args)
-                    gbps = scan_bytes(shape, dtype, mode) / (med * 1e-6) / 1e9
-                    rows.append(Row(shape.name, shape.length, dname, pname, mode, med, p20, p80, gbps, gbps / copy_gbps, err))
-                    print(f"{shape.name:28s} {dname:5s} {mode:7s} {pname:22s} {med:9.1f} us  [{p20:.1f}, {p80:.1f}]  {gbps:7.0f} GB/s ({100 * gbps / copy_gbps:4.1f}% copy)  err {err:.1e}")
+                    for timer in args.timers:
+                        if timer == "graph" and pname == "naive-torch":
+                            continue
+                        med, p20, p80 = time_provider(fn, shape, dtype, layout, mode, args, timer)
+                        gbps = scan_bytes(shape, dtype, mode) / (med * 1e-6) / 1e9
+                        rows.append(Row(shape.name, timer, shape.length, dname, pname, mode, med, p20, p80, gbps, gbps / copy_gbps, err))
+                        print(f"{shape.name:26s} {timer:5s} {dname:4s} {mode:6s} {pname:20s} {med:8.1f} us [{p20:.1f}, {p80:.1f}] {gbps:6.0f} GB/s ({100 * gbps / copy_gbps:4.1f}% copy) err {err:.1e}")
     return rows, copy_gbps
 
 
 def summarize(rows: list[Row]) -> str:
-    lines = ["| shape | dtype | mode | sfmamba best (us) | provider | mamba_ssm (us) | speed-up | naive (us) | % copy BW |", "|---|---|---|---|---|---|---|---|---|"]
-    keys = sorted({(r.shape, r.dtype, r.mode) for r in rows}, key=lambda k: (k[0], k[1], k[2]))
-    for shape, dname, mode in keys:
-        group = [r for r in rows if (r.shape, r.dtype, r.mode) == (shape, dname, mode)]
+    lines = ["| shape | timer | dtype | mode | sfmamba best (us) | provider | mamba_ssm (us) | speed-up | naive (us) | % copy BW |", "|---|---|---|---|---|---|---|---|---|---|"]
+    keys = sorted({(r.shape, r.timer, r.dtype, r.mode) for r in rows})
+    for shape, timer, dname, mode in keys:
+        group = [r for r in rows if (r.shape, r.timer, r.dtype, r.mode) == (shape, timer, dname, mode)]
         ours = min((r for r in group if r.provider.startswith("sfmamba")), key=lambda r: r.median_us, default=None)
         base = next((r for r in group if r.provider == "mamba_ssm"), None)
-        naive = next((r for r in group if r.provider == "naive-torch"), None)
+        naive = next((r for r in rows if r.provider == "naive-torch" and (r.shape, r.dtype, r.mode) == (shape, dname, mode)), None)
         if ours is None:
             continue
         ratio = f"{base.median_us / ours.median_us:.2f}x" if base else "n/a"
         lines.append(
-            f"| {shape} | {dname} | {mode} | {ours.median_us:.1f} | {ours.provider} | {base.median_us if base else float('nan'):.1f} | {ratio} | "
+            f"| {shape} | {timer} | {dname} | {mode} | {ours.median_us:.1f} | {ours.provider} | {base.median_us if base else float('nan'):.1f} | {ratio} | "
             f"{naive.median_us if naive else float('nan'):.1f} | {100 * ours.copy_fraction:.0f}% |"
         )
     return "\n".join(lines)
@@ -257,7 +265,7 @@ def plot(rows: list[Row], path: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for ax, mode in zip(axes, ("fwd", "fwdbwd")):
         for prov in sorted({r.provider for r in rows}):
-            pts = sorted((r.length, r.median_us) for r in rows if r.provider == prov and r.mode == mode and r.dtype == "bf16" and "D160" in r.shape)
+            pts = sorted((r.length, r.median_us) for r in rows if r.provider == prov and r.mode == mode and r.dtype == "bf16" and "D160" in r.shape and r.timer == "graph")
             if len(pts) > 1:
                 ax.plot(*zip(*pts), marker="o", label=prov)
         ax.set(xscale="log", yscale="log", xlabel="L", ylabel="median time (us)", title=f"B128 D160 N8 bf16 {mode}")
@@ -271,6 +279,7 @@ def main() -> None:
     parser.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=list(DTYPES))
     parser.add_argument("--modes", nargs="+", default=["fwd", "fwdbwd"], choices=["fwd", "fwdbwd"])
     parser.add_argument("--folds", nargs="*", type=int, default=[2, 4])
+    parser.add_argument("--timers", nargs="+", default=["graph", "eager"], choices=["graph", "eager"])
     parser.add_argument("--sweep", action="store_true", help="also sweep L at D=160 for the time-vs-length plot")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--warmup-ms", type=int, default=25)
