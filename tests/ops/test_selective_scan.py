@@ -1,0 +1,802 @@
+"""Selective scan: the naive reference against a float64 loop, the Triton kernels against the reference.
+
+The Triton kernels run on CPU tensors through the Triton interpreter, which is slow: shapes stay small (few channel
+blocks, few chunks) but cover what matters for the tiling: partial chunks (L = 1, 7, 33, 49, 51, 196, 198, 3136),
+partial channel blocks (D = 12, 20, 24), partial state blocks (N = 5), grouped B/C, both layouts, three dtypes.
+Low-precision kernel runs are compared with the fp32 reference run on the same (rounded) inputs, so the tolerance only
+has to absorb the rounding of the outputs.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Triton chooses between interpreted and compiled when a function is decorated: for chunk.py's kernels at its import,
+# for Triton's own `tl` helpers (tl.zeros, ...) when triton is first imported -- which torch._dynamo does too. So this
+# must run before anything imports triton; tests/conftest.py is the place that guarantees it for a whole-suite run.
+os.environ["TRITON_INTERPRET"] = "1"
+
+import contextlib  # noqa: E402
+from unittest import mock  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+import triton.language as tl  # noqa: E402
+
+from sfmamba.ops import selective_scan, selective_scan_naive  # noqa: E402
+from sfmamba.ops.selective_scan import chunk  # noqa: E402
+from sfmamba.testing import assert_close, relative_error  # noqa: E402
+from sfmamba.utils._config import set_kernel_backend  # noqa: E402
+
+LAYOUTS = ("BDL", "BLD")
+# "triton-2pass": the Triton forward with L split into chunks of 7 steps (summary pass + main pass), as on a GPU that
+# a short sequence would leave idle; on CPU the launcher otherwise scans the whole row in one chunk
+KERNELS = ("naive", "triton", "triton-2pass")
+FORCED_CHUNK_LEN = {"naive": None, "triton": None, "triton-2pass": 7}
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+# relative error ||out - ref|| / ||ref|| allowed for (forward, gradients), kernel vs fp32 reference on the same inputs
+TOLERANCE = {torch.float32: (1e-5, 5e-5), torch.float16: (3e-3, 1e-2), torch.bfloat16: (2e-2, 5e-2)}
+SEQ_INPUTS = ("u", "delta", "z")  # [B, D, L] / [B, L, D], in u's dtype
+PARAMS = ("A", "D", "delta_bias", "initial_state")  # always fp32
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# helpers
+
+
+@contextlib.contextmanager
+def backend(kernel: str):
+    """Force one kernel and check that the dispatch really took it (a silent fallback would pass every comparison)."""
+    triton = kernel.startswith("triton")
+    if triton and INTERPRETER_PROBLEM:
+        pytest.fail(INTERPRETER_PROBLEM)
+    set_kernel_backend("triton" if triton else kernel)
+    try:
+        with (
+            mock.patch.object(chunk, "forced_chunk_len", FORCED_CHUNK_LEN[kernel]),
+            mock.patch.object(chunk, "selective_scan_triton", wraps=chunk.selective_scan_triton) as spy,
+        ):
+            yield
+        assert spy.called == triton, f"kernel {kernel} but the Triton path ran: {spy.called}"
+    finally:
+        set_kernel_backend(None)
+
+
+def scan(kernel: str, *args, **kwargs):
+    with backend(kernel):
+        return selective_scan(*args, **kwargs)
+
+
+def loop_reference(
+    u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, *,
+    seq_len=None, cu_seqlens=None, initial_state=None, layout="BDL",
+):  # fmt: skip
+    """SPEC section 1 in float64, one step at a time; differentiable. Returns (out in u's layout, last states)."""
+    if layout == "BDL":
+        u, delta = u.transpose(1, 2), delta.transpose(1, 2)
+        z = None if z is None else z.transpose(1, 2)
+        B = B.transpose(1, 2).unsqueeze(2) if B.dim() == 3 else B.permute(0, 3, 1, 2)
+        C = C.transpose(1, 2).unsqueeze(2) if C.dim() == 3 else C.permute(0, 3, 1, 2)
+    else:
+        B = B.unsqueeze(2) if B.dim() == 3 else B
+        C = C.unsqueeze(2) if C.dim() == 3 else C
+    batch, length, dim = u.shape  # B, C: [batch, L, G, N]
+    nstate = A.shape[1]
+    group_of = torch.arange(dim) // (dim // B.shape[2])  # channel d reads B/C of group d // (D/G)
+    bounds = cu_seqlens.tolist() if cu_seqlens is not None else list(range(0, length + 1, seq_len or length))
+    A64 = A.double()
+    outs, lasts = [], []
+    for b in range(batch):
+        rows = []
+        for k in range(len(bounds) - 1):
+            segment = b * (len(bounds) - 1) + k
+            h = torch.zeros(dim, nstate, dtype=torch.float64)
+            if initial_state is not None:
+                h = initial_state[segment].double()
+            for t in range(bounds[k], bounds[k + 1]):
+                x = u[b, t].double()
+                dt = delta[b, t].double()
+                if delta_bias is not None:
+                    dt = dt + delta_bias.double()
+                if delta_softplus:
+                    dt = torch.log1p(torch.exp(dt))
+                h = torch.exp(dt[:, None] * A64) * h + dt[:, None] * B[b, t].double()[group_of] * x[:, None]
+                y = (C[b, t].double()[group_of] * h).sum(-1)
+                if D is not None:
+                    y = y + D.double() * x
+                if z is not None:
+                    zt = z[b, t].double()
+                    y = y * zt * torch.sigmoid(zt)
+                rows.append(y)
+            lasts.append(h)
+        outs.append(torch.stack(rows))
+    out = torch.stack(outs)
+    return (out.transpose(1, 2) if layout == "BDL" else out), torch.stack(lasts)
+
+
+def make_inputs(
+    batch: int, length: int, dim: int, nstate: int, groups: int = 1, layout: str = "BDL", *,
+    D: bool = True, z: bool = True, delta_bias: bool = True, softplus: bool = True, segments: int | None = None,
+    grouped: bool | None = None,
+) -> dict[str, torch.Tensor]:  # fmt: skip
+    """fp32 inputs of a stable scan. `segments`: number of initial states (None: no initial_state)."""
+    seq = (batch, dim, length) if layout == "BDL" else (batch, length, dim)
+    grouped = groups > 1 if grouped is None else grouped
+    if layout == "BDL":
+        bc = (batch, groups, nstate, length) if grouped else (batch, nstate, length)
+    else:
+        bc = (batch, length, groups, nstate) if grouped else (batch, length, nstate)
+    t = {"u": torch.randn(seq)}
+    # softplus(-1 + 0.5 n) ~ 0.1 .. 0.8; without softplus the raw step must already be positive
+    t["delta"] = torch.randn(seq) * 0.5 - 1.0 if softplus else torch.rand(seq) * 0.2 + 0.02
+    t["A"] = -torch.exp(torch.randn(dim, nstate) * 0.5)
+    t["B"], t["C"] = torch.randn(bc), torch.randn(bc)
+    if D:
+        t["D"] = torch.randn(dim)
+    if z:
+        t["z"] = torch.randn(seq)
+    if delta_bias:
+        t["delta_bias"] = torch.randn(dim) * 0.3 if softplus else torch.rand(dim) * 0.05
+    if segments:
+        t["initial_state"] = torch.randn(segments, dim, nstate)
+    return t
+
+
+def cast(inputs: dict, dtype: torch.dtype, bc_dtype: torch.dtype | None = None, requires_grad: bool = True) -> dict:
+    """Fresh leaves: sequence tensors in `dtype`, B/C in `bc_dtype` (default `dtype`), parameters in fp32."""
+    out = {}
+    for name, x in inputs.items():
+        target = torch.float32 if name in PARAMS else (bc_dtype or dtype) if name in ("B", "C") else dtype
+        out[name] = x.detach().to(target).clone().requires_grad_(requires_grad)
+    return out
+
+
+def upcast(inputs: dict, requires_grad: bool = True) -> dict:
+    """The fp32 reference's leaves: the same (already rounded) values."""
+    return {name: x.detach().float().clone().requires_grad_(requires_grad) for name, x in inputs.items()}
+
+
+def grads(outputs, inputs: dict, upstream) -> dict:
+    got = torch.autograd.grad(outputs, list(inputs.values()), upstream)
+    return dict(zip(inputs, got))
+
+
+def compare_with_reference(
+    inputs: dict,
+    dtype: torch.dtype,
+    flags: dict,
+    *,
+    backward: bool,
+    bc_dtype=None,
+    return_last_state: bool = True,
+    kernel: str = "triton",
+) -> dict[str, float]:
+    """Triton in `dtype` vs the naive reference in fp32 on the same values: output, last states, every gradient.
+
+    Each result is held to the tolerance of its own dtype: the last states and the gradients of A, D, delta_bias and
+    initial_state are fp32 even in a bf16 call, and computed from the same values, so they must agree to fp32 rounding.
+    """
+    k_in = cast(inputs, dtype, bc_dtype, requires_grad=backward)
+    r_in = upcast(k_in, requires_grad=backward)
+    if return_last_state:
+        out, last = scan(kernel, **k_in, **flags, return_last_state=True)
+        ref, ref_last = scan("naive", **r_in, **flags, return_last_state=True)
+        assert last.dtype == torch.float32 and last.shape == ref_last.shape
+        assert_close("last_state", ref_last, last, TOLERANCE[last.dtype][0])
+        outputs, ref_outputs = (out, last), (ref, ref_last)
+    else:
+        out, ref = scan(kernel, **k_in, **flags), scan("naive", **r_in, **flags)
+        assert isinstance(out, torch.Tensor), "without return_last_state the result is a single tensor"
+        outputs, ref_outputs = (out,), (ref,)
+    assert out.dtype == dtype and out.shape == k_in["u"].shape
+    assert_close("out", ref, out, TOLERANCE[out.dtype][0])
+    errors = {f"out{i}": relative_error(r, o) for i, (r, o) in enumerate(zip(ref_outputs, outputs))}
+    if not backward:
+        return errors
+    upstream = [torch.randn_like(o) for o in outputs]  # random upstream grads, in each output's dtype
+    got = grads(outputs, k_in, upstream)
+    want = grads(ref_outputs, r_in, [g.float() for g in upstream])
+    for name in k_in:
+        assert got[name].dtype == k_in[name].dtype, f"d{name}: dtype {got[name].dtype} != {k_in[name].dtype}"
+        errors[f"d{name}"] = relative_error(want[name], got[name])
+        assert_close(f"d{name}", want[name], got[name], TOLERANCE[got[name].dtype][1])
+    return errors
+
+
+def shape_id(batch, length, dim, nstate, groups, layout, dtype) -> str:
+    return f"B{batch}-L{length}-D{dim}-N{nstate}-G{groups}-{layout}-{DTYPE_NAMES[dtype]}"
+
+
+def _interpreter_problem() -> str | None:
+    """Why Triton launches on CPU tensors cannot work in this process, or None."""
+    fn, wrappers = chunk.selective_scan_fwd_kernel, []
+    while fn is not None and len(wrappers) < 8:
+        wrappers.append(type(fn).__name__)
+        fn = getattr(fn, "fn", None)
+    if "InterpretedFunction" not in wrappers:
+        return f"chunk.py was imported before TRITON_INTERPRET=1 (kernel wrappers: {wrappers})"
+    if type(tl.zeros).__name__ != "InterpretedFunction":
+        return "triton was imported (e.g. through torch._dynamo) before TRITON_INTERPRET=1: set it in tests/conftest.py"
+    return None
+
+
+INTERPRETER_PROBLEM = _interpreter_problem()
+slow = pytest.mark.skipif(os.environ.get("SFMAMBA_SLOW_TESTS") != "1", reason="slow: set SFMAMBA_SLOW_TESTS=1")
+
+
+def test_kernels_are_interpreted():
+    assert INTERPRETER_PROBLEM is None, INTERPRETER_PROBLEM
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# 1. the reference against the formula
+
+
+REFERENCE_CASES = [
+    # batch, L, D, N, G, layout, kwargs
+    (2, 9, 6, 3, 1, "BDL", {}),
+    (2, 9, 8, 4, 2, "BLD", {}),
+    (1, 11, 8, 2, 4, "BDL", {"D": False, "z": False}),
+    (2, 7, 4, 5, 1, "BLD", {"softplus": False, "delta_bias": False}),
+    (2, 12, 6, 3, 2, "BDL", {"seq_len": 4}),
+    (1, 10, 4, 3, 1, "BLD", {"cu_seqlens": [0, 1, 4, 9, 10]}),
+]
+
+
+@pytest.mark.parametrize(
+    "batch, length, dim, nstate, groups, layout, options",
+    [pytest.param(*case, id=f"B{case[0]}-L{case[1]}-D{case[2]}-N{case[3]}-G{case[4]}-{case[5]}-{i}")
+     for i, case in enumerate(REFERENCE_CASES)],
+)  # fmt: skip
+def test_naive_matches_float64_loop(batch, length, dim, nstate, groups, layout, options):
+    torch.manual_seed(42)
+    options = dict(options)
+    seq_len = options.pop("seq_len", None)
+    cu = options.pop("cu_seqlens", None)
+    cu = None if cu is None else torch.tensor(cu)
+    softplus = options.get("softplus", True)
+    nseg = len(cu) - 1 if cu is not None else batch * (length // (seq_len or length))
+    inputs = make_inputs(batch, length, dim, nstate, groups, layout, segments=nseg, **options)
+    leaves = cast(inputs, torch.float32)
+    leaves64 = {name: x.detach().double().requires_grad_() for name, x in leaves.items()}
+    kw = {"delta_softplus": softplus, "seq_len": seq_len, "cu_seqlens": cu, "layout": layout}
+    out, last = selective_scan_naive(**leaves, **kw, return_last_state=True)
+    want, want_last = loop_reference(**leaves64, **kw)
+    assert out.dtype == torch.float32 and out.shape == leaves["u"].shape
+    assert_close("out", want, out, 1e-5)
+    assert_close("last_state", want_last, last, 1e-5)
+    dout, dlast = torch.randn_like(out), torch.randn_like(last)
+    got = grads((out, last), leaves, (dout, dlast))
+    ref = grads((want, want_last), leaves64, (dout.double(), dlast.double()))
+    for name in leaves:
+        assert_close(f"d{name}", ref[name], got[name], 1e-5)
+
+
+def test_naive_long_sequence_matches_float64_loop():
+    """L = 3136 (56^2): no drift of the fp32 recurrence over a long image row."""
+    torch.manual_seed(42)
+    inputs = make_inputs(1, 3136, 3, 1, layout="BLD")
+    kw = {"delta_softplus": True, "layout": "BLD"}
+    out, last = selective_scan_naive(**inputs, **kw, return_last_state=True)
+    want, want_last = loop_reference(**inputs, **kw)
+    assert_close("out", want, out, 1e-5)
+    assert_close("last_state", want_last, last, 1e-5)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# 2. Triton vs the reference
+
+
+SHAPES = [
+    # batch, L, D, N, G -- programs per call = batch * G * ceil(D / G / 16), chunks = ceil(L / 32)
+    (2, 1, 8, 8, 1),
+    (1, 7, 12, 16, 1),
+    (2, 33, 20, 1, 1),
+    (2, 49, 24, 8, 2),
+    (1, 51, 24, 8, 4),
+    (1, 196, 8, 16, 1),
+    (1, 198, 16, 8, 2),
+    (2, 198, 48, 1, 1),
+]
+
+
+@pytest.mark.parametrize(
+    "batch, length, dim, nstate, groups, layout, dtype",
+    [pytest.param(*s, layout, dtype, id=shape_id(*s, layout, dtype)) for s in SHAPES for layout in LAYOUTS
+     for dtype in DTYPES],
+)  # fmt: skip
+def test_chunk_forward(batch, length, dim, nstate, groups, layout, dtype):
+    """The whole shape x layout x dtype grid, forward only (output and last states), every option on."""
+    torch.manual_seed(42)
+    inputs = make_inputs(batch, length, dim, nstate, groups, layout, segments=batch)
+    compare_with_reference(inputs, dtype, {"delta_softplus": True, "layout": layout}, backward=False)
+
+
+GRAD_CASES = [
+    (2, 1, 8, 8, 1, "BLD", torch.float32),
+    (1, 7, 12, 16, 1, "BDL", torch.float32),
+    (2, 33, 20, 1, 1, "BLD", torch.float32),
+    (2, 49, 24, 8, 2, "BDL", torch.float32),
+    (2, 49, 24, 8, 2, "BLD", torch.float32),
+    (1, 51, 24, 8, 4, "BLD", torch.float32),
+    (1, 196, 8, 16, 1, "BDL", torch.float32),
+    (1, 198, 16, 8, 2, "BLD", torch.float32),
+    (2, 49, 24, 8, 2, "BLD", torch.float16),
+    (1, 51, 24, 8, 4, "BDL", torch.float16),
+    (2, 33, 20, 1, 1, "BDL", torch.bfloat16),
+    (1, 198, 16, 8, 2, "BDL", torch.bfloat16),
+]
+
+
+@pytest.mark.parametrize(
+    "batch, length, dim, nstate, groups, layout, dtype", [pytest.param(*c, id=shape_id(*c)) for c in GRAD_CASES]
+)
+def test_chunk_backward(batch, length, dim, nstate, groups, layout, dtype):
+    """Gradients of u, delta, A, B, C, D, z, delta_bias, initial_state under random upstream grads on out and last."""
+    torch.manual_seed(42)
+    inputs = make_inputs(batch, length, dim, nstate, groups, layout, segments=batch)
+    errors = compare_with_reference(inputs, dtype, {"delta_softplus": True, "layout": layout}, backward=True)
+    assert set(errors) >= {f"d{n}" for n in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state")}
+
+
+def test_chunk_long_sequence_forward():
+    """L = 3136 = 56^2 (stage-1 rows of a 224 px image), N = 1: forward and last state."""
+    torch.manual_seed(42)
+    inputs = make_inputs(1, 3136, 8, 1, layout="BLD", segments=1)
+    compare_with_reference(inputs, torch.float32, {"delta_softplus": True, "layout": "BLD"}, backward=False)
+
+
+@slow
+@pytest.mark.parametrize(
+    "layout, dtype, kernel",
+    [pytest.param("BLD", torch.float32, "triton", id="BLD-fp32"),
+     pytest.param("BDL", torch.bfloat16, "triton-2pass", id="BDL-bf16-2pass")],
+)  # fmt: skip
+def test_chunk_long_sequence_backward(layout, dtype, kernel):
+    """L = 3136 forward and backward (one to three minutes each in the interpreter)."""
+    torch.manual_seed(42)
+    inputs = make_inputs(1, 3136, 8, 1, layout=layout, segments=1)
+    compare_with_reference(inputs, dtype, {"delta_softplus": True, "layout": layout}, backward=True, kernel=kernel)
+
+
+@pytest.mark.parametrize("chunk_len", [1, 5, 16])
+@pytest.mark.parametrize("layout, reset", [("BDL", None), ("BLD", None), ("BDL", "seq_len"), ("BLD", "cu_seqlens")])
+def test_chunk_two_pass_forward(chunk_len, layout, reset):
+    """The forward's chunk-parallel path (summary pass, then main pass) for chunks shorter than, equal to and crossing
+    segments, with initial and last states, and the backward from its checkpoints."""
+    torch.manual_seed(42)
+    batch, length = (1, 37) if reset == "cu_seqlens" else (2, 36)
+    flags = {"delta_softplus": True, "layout": layout}
+    segments = batch
+    if reset == "seq_len":
+        flags["seq_len"], segments = 12, batch * 3
+    if reset == "cu_seqlens":
+        flags["cu_seqlens"] = torch.tensor([0, 1, 6, 20, 21, 37])
+        segments = 5
+    inputs = make_inputs(batch, length, 20, 4, 2, layout, segments=segments)
+    with mock.patch.dict(FORCED_CHUNK_LEN, {"triton-2pass": chunk_len}):
+        compare_with_reference(inputs, torch.float32, flags, backward=True, kernel="triton-2pass")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# 3. options
+
+
+OPTION_SETS = [
+    # softplus, D, z, delta_bias, return_last_state
+    (False, False, False, False, False),
+    (True, False, False, False, True),
+    (False, True, False, False, False),
+    (False, False, True, False, True),
+    (False, False, False, True, False),
+    (True, True, False, True, True),
+    (True, False, True, True, False),
+    (False, True, True, False, True),
+]
+OPTION_NAMES = ("softplus", "D", "z", "bias", "last")
+
+
+@pytest.mark.parametrize(
+    "softplus, has_D, has_z, has_bias, last",
+    [pytest.param(*o, id="-".join(n for n, on in zip(OPTION_NAMES, o) if on) or "plain") for o in OPTION_SETS],
+)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_chunk_options(softplus, has_D, has_z, has_bias, last, layout):
+    """Each optional input present or absent, softplus on or off, with or without the last state; no initial state."""
+    torch.manual_seed(42)
+    inputs = make_inputs(2, 33, 12, 4, 1, layout, D=has_D, z=has_z, delta_bias=has_bias, softplus=softplus)
+    flags = {"delta_softplus": softplus, "layout": layout}
+    compare_with_reference(inputs, torch.float32, flags, backward=True, return_last_state=last)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_chunk_fp32_bc_with_bf16_u(layout):
+    """B/C may stay fp32 while u is bf16 (x_proj under autocast keeps them fp32); their grads stay fp32."""
+    torch.manual_seed(42)
+    inputs = make_inputs(2, 40, 16, 8, 2, layout, segments=2)
+    flags = {"delta_softplus": True, "layout": layout}
+    compare_with_reference(inputs, torch.bfloat16, flags, backward=True, bc_dtype=torch.float32)
+
+
+@pytest.mark.parametrize("grouped", [False, True], ids=["BC-3d", "BC-4d-G1"])
+def test_chunk_single_group_forms_agree(grouped):
+    """An explicit G = 1 group axis on B/C is accepted and means the same as the 3-D form."""
+    torch.manual_seed(42)
+    inputs = make_inputs(1, 20, 8, 4, 1, "BLD", grouped=grouped)
+    compare_with_reference(inputs, torch.float32, {"delta_softplus": True, "layout": "BLD"}, backward=True)
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_noncontiguous_inputs(kernel):
+    """Views straight out of a (B, L, D) projection scanned as "BDL", strided B/C, transposed A and initial state."""
+    torch.manual_seed(42)
+    batch, length, dim, nstate = 2, 37, 12, 4
+    proj = torch.randn(batch, length, 3 * dim)  # u | delta | z side by side, as one Linear would give them
+    bc = torch.randn(batch, length, 2 * nstate + 3)
+    values = {
+        "u": proj[..., :dim].transpose(1, 2),
+        "delta": (proj[..., dim : 2 * dim] * 0.5 - 1.0).transpose(1, 2),
+        "z": proj[..., 2 * dim :].transpose(1, 2),
+        "A": -torch.exp(torch.randn(nstate, dim) * 0.5).t(),
+        "B": bc[..., 1 : 1 + nstate].transpose(1, 2),
+        "C": bc[..., 2 + nstate : 2 + 2 * nstate].transpose(1, 2),
+        "D": torch.randn(dim),
+        "delta_bias": torch.randn(dim) * 0.3,
+        "initial_state": torch.randn(dim, batch, nstate).transpose(0, 1),
+    }
+    strided = {name: x.detach().requires_grad_() for name, x in values.items()}  # leaves, still views' strides
+    assert not any(strided[n].is_contiguous() for n in ("u", "delta", "z", "A", "B", "C", "initial_state"))
+    dense = {name: x.detach().contiguous().requires_grad_() for name, x in values.items()}
+    flags = {"delta_softplus": True, "return_last_state": True}
+    out, last = scan(kernel, **strided, **flags)
+    ref, ref_last = scan("naive", **dense, **flags)
+    assert_close("out", ref, out, 1e-5)
+    assert_close("last_state", ref_last, last, 1e-5)
+    dout, dlast = torch.randn_like(out), torch.randn_like(last)
+    got, want = grads((out, last), strided, (dout, dlast)), grads((ref, ref_last), dense, (dout, dlast))
+    for name in strided:
+        assert_close(f"d{name}", want[name], got[name], 5e-5)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: chunk.py passes D, delta_bias and int32 cu_seqlens to the kernels as given (no .contiguous()) and "
+    "the kernels index them as contiguous",
+)
+@pytest.mark.parametrize("name", ["D", "delta_bias", "cu_seqlens"])
+def test_chunk_noncontiguous_small_arguments(name):
+    """A column of a table of per-channel weights, or strided offsets: same results."""
+    torch.manual_seed(42)
+    cu = torch.tensor([0, 3, 7, 12], dtype=torch.int32)
+    dense = cast(make_inputs(1, 12, 8, 4, layout="BLD", z=False, segments=3), torch.float32)
+    strided, strided_cu = dict(dense), cu
+    if name == "cu_seqlens":
+        strided_cu = torch.stack([cu, cu + 100], 1)[:, 0]
+        assert not strided_cu.is_contiguous()
+    else:
+        x = dense[name].detach()
+        strided[name] = torch.stack([x, torch.full_like(x, 7.0)], -1)[..., 0].requires_grad_()
+        assert not strided[name].is_contiguous()
+    flags = {"delta_softplus": True, "layout": "BLD", "return_last_state": True}
+    out, last = scan("triton", **strided, **flags, cu_seqlens=strided_cu)
+    ref, ref_last = scan("naive", **dense, **flags, cu_seqlens=cu)
+    assert_close("out", ref, out, 1e-5)
+    assert_close("last_state", ref_last, last, 1e-5)
+    dout, dlast = torch.randn_like(out), torch.randn_like(last)
+    got, want = grads((out, last), strided, (dout, dlast)), grads((ref, ref_last), dense, (dout, dlast))
+    for name in strided:
+        assert_close(f"d{name}", want[name], got[name], 5e-5)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# 4. folding: seq_len resets == separate images
+
+
+def fold(x: torch.Tensor, groups_of: int, layout: str) -> torch.Tensor:
+    """(k*B2, ..., T) -> (B2, ..., k*T) for "BDL"; (k*B2, T, ...) -> (B2, k*T, ...) for "BLD" (a pure view)."""
+    if layout == "BLD":
+        return x.view(x.shape[0] // groups_of, groups_of * x.shape[1], *x.shape[2:])
+    b, *rest, t = x.shape
+    return x.view(b // groups_of, groups_of, *rest, t).movedim(1, -2).reshape(b // groups_of, *rest, groups_of * t)
+
+
+def unfold(y: torch.Tensor, groups_of: int, layout: str) -> torch.Tensor:
+    if layout == "BLD":
+        return y.reshape(y.shape[0] * groups_of, y.shape[1] // groups_of, *y.shape[2:])
+    b, d, length = y.shape
+    return y.view(b, d, groups_of, length // groups_of).movedim(2, 1).reshape(b * groups_of, d, length // groups_of)
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_folded_batch_equals_separate_images(kernel, layout):
+    """seq_len=T on (B2, k*T): outputs, last states and all grads equal k*B2 separate calls on one image each."""
+    torch.manual_seed(42)
+    b2, k, length, dim, nstate, groups = 2, 3, 17, 12, 4, 2
+    leaves = cast(make_inputs(b2 * k, length, dim, nstate, groups, layout, segments=b2 * k), torch.float32)
+    flags = {"delta_softplus": True, "layout": layout, "return_last_state": True}
+    outs, lasts = [], []
+    for i in range(b2 * k):
+        one = {n: x[i : i + 1] if n not in ("A", "D", "delta_bias") else x for n, x in leaves.items()}
+        out, last = scan(kernel, **one, **flags)
+        outs.append(out)
+        lasts.append(last)
+    sep_out, sep_last = torch.cat(outs), torch.cat(lasts)
+    folded = {n: fold(x, k, layout) if n in ("u", "delta", "z", "B", "C") else x for n, x in leaves.items()}
+    if layout == "BLD":  # folding costs nothing in this layout
+        assert all(folded[n]._base is leaves[n] for n in ("u", "delta", "z", "B", "C"))
+    out, last = scan(kernel, **folded, **flags, seq_len=length)
+    assert out.shape == folded["u"].shape and last.shape == sep_last.shape
+    assert_close("out", sep_out, unfold(out, k, layout), 1e-5)
+    assert_close("last_state", sep_last, last, 1e-5)
+    dout, dlast = torch.randn_like(sep_out), torch.randn_like(sep_last)
+    want = grads((sep_out, sep_last), leaves, (dout, dlast))
+    got = grads((out, last), leaves, (fold(dout, k, layout), dlast))
+    for name in leaves:
+        assert_close(f"d{name}", want[name], got[name], 2e-5)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# 5. cu_seqlens: packed segments == separate calls
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize(
+    "index_dtype, layout, groups",
+    [pytest.param(torch.int32, "BDL", 1, id="int32-BDL"), pytest.param(torch.int64, "BLD", 2, id="int64-BLD-G2")],
+)
+def test_varlen_equals_separate_segments(kernel, index_dtype, layout, groups):
+    torch.manual_seed(42)
+    lengths = [1, 5, 1, 26, 2, 13, 1]  # length-1 segments first, last and inside; one spans a chunk boundary
+    total, dim, nstate = sum(lengths), 8, 4
+    cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=index_dtype)
+    leaves = cast(make_inputs(1, total, dim, nstate, groups, layout, segments=len(lengths)), torch.float32)
+    time_dim = {"BDL": {"u": 2, "delta": 2, "z": 2, "B": -1, "C": -1}, "BLD": dict.fromkeys(SEQ_INPUTS + ("B", "C"), 1)}
+    flags = {"delta_softplus": True, "layout": layout, "return_last_state": True}
+    outs, lasts = [], []
+    for j, (start, end) in enumerate(zip(cu[:-1].tolist(), cu[1:].tolist())):
+        piece = {
+            n: x.narrow(time_dim[layout][n], start, end - start) for n, x in leaves.items() if n in time_dim[layout]
+        }
+        piece.update({n: leaves[n] for n in ("A", "D", "delta_bias")})
+        out, last = scan(kernel, **piece, **flags, initial_state=leaves["initial_state"][j : j + 1])
+        outs.append(out)
+        lasts.append(last)
+    sep_out, sep_last = torch.cat(outs, dim=time_dim[layout]["u"]), torch.cat(lasts)
+    out, last = scan(kernel, **leaves, **flags, cu_seqlens=cu)
+    assert last.shape == (len(lengths), dim, nstate)
+    assert_close("out", sep_out, out, 1e-5)
+    assert_close("last_state", sep_last, last, 1e-5)
+    dout, dlast = torch.randn_like(out), torch.randn_like(last)
+    want = grads((sep_out, sep_last), leaves, (dout, dlast))
+    got = grads((out, last), leaves, (dout, dlast))
+    for name in leaves:
+        assert_close(f"d{name}", want[name], got[name], 2e-5)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# 6. state chaining
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("layout, split", [("BDL", 20), ("BLD", 35)])
+def test_state_chaining(kernel, layout, split):
+    """Scanning [0, L) == scanning [0, L1) then [L1, L) from the first call's last state, grads included."""
+    torch.manual_seed(42)
+    batch, length, dim, nstate = 2, 51, 12, 4
+    leaves = cast(make_inputs(batch, length, dim, nstate, 2, layout, segments=batch), torch.float32)
+    time_dim = {n: (2 if n in SEQ_INPUTS else -1) if layout == "BDL" else 1 for n in SEQ_INPUTS + ("B", "C")}
+    flags = {"delta_softplus": True, "layout": layout, "return_last_state": True}
+    out, last = scan(kernel, **leaves, **flags)
+
+    def part(start, stop):
+        return {n: x.narrow(time_dim[n], start, stop - start) if n in time_dim else x for n, x in leaves.items()}
+
+    first = part(0, split)
+    out1, mid = scan(kernel, **first, **flags)
+    second = {**part(split, length), "initial_state": mid}
+    out2, chained_last = scan(kernel, **second, **flags)
+    chained = torch.cat([out1, out2], dim=time_dim["u"])
+    assert_close("out", out, chained, 1e-5)
+    assert_close("last_state", last, chained_last, 1e-5)
+    dout, dlast = torch.randn_like(out), torch.randn_like(last)
+    want = grads((out, last), leaves, (dout, dlast))
+    got = grads((chained, chained_last), leaves, (dout, dlast))
+    for name in leaves:
+        assert_close(f"d{name}", want[name], got[name], 2e-5)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# 7. no unwritten elements
+
+
+@pytest.mark.parametrize("layout, kernel", [("BDL", "triton"), ("BLD", "triton-2pass")])
+def test_chunk_partial_tiles_leave_no_nan(layout, kernel):
+    """D = 20 (a partial channel block), N = 5 (a partial state block), L = 33 (a one-step last chunk), seq_len=11.
+
+    conftest fills every tensor sfmamba allocates with NaN, so a tile element a kernel forgets to store shows here.
+    The upstream gradient comes from .sum(), i.e. stride-0 expanded tensors.
+    """
+    torch.manual_seed(42)
+    inputs = make_inputs(2, 33, 20, 5, 1, layout, segments=6)
+    leaves = cast(inputs, torch.float32)
+    out, last = scan(kernel, **leaves, delta_softplus=True, return_last_state=True, seq_len=11, layout=layout)
+    (out.sum() + last.sum()).backward()
+    assert torch.isfinite(out).all() and torch.isfinite(last).all()
+    for name, x in leaves.items():
+        assert x.grad is not None and torch.isfinite(x.grad).all(), f"d{name} has non-finite values"
+    ref, ref_last = scan("naive", **inputs, delta_softplus=True, return_last_state=True, seq_len=11, layout=layout)
+    assert_close("out", ref, out, 1e-5)
+    assert_close("last_state", ref_last, last, 1e-5)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# 8. bad inputs
+
+
+def _valid(batch=2, length=12, layout="BDL"):
+    torch.manual_seed(0)
+    return make_inputs(batch, length, 8, 4, 1, layout, segments=None)
+
+
+def _meta(x):
+    return x.to("meta")
+
+
+def _with_inf(A):
+    A = A.clone()
+    A[1, 2] = float("inf")
+    return A
+
+
+def _with_nan(A):
+    A = A.clone()
+    A[0, 0] = float("nan")
+    return A
+
+
+BAD_INPUTS = [
+    # id, change to a valid call (batch 2, D 8, L 12, N 4, "BDL"), argument the message must name
+    ("u-2d", lambda t: {"u": t["u"][0]}, "u"),
+    ("u-int", lambda t: {"u": t["u"].long()}, "u"),
+    ("u-empty", lambda t: {k: (v[..., :0] if k in ("u", "delta", "z", "B", "C") else v) for k, v in t.items()}, "u"),
+    ("delta-shape", lambda t: {"delta": t["delta"][..., :-1]}, "delta"),
+    ("delta-dtype", lambda t: {"delta": t["delta"].half()}, "delta"),
+    ("delta-device", lambda t: {"delta": _meta(t["delta"])}, "delta"),
+    ("A-1d", lambda t: {"A": t["A"][:, 0]}, "A"),
+    ("A-shape", lambda t: {"A": t["A"][:-1]}, "A"),
+    ("A-fp16", lambda t: {"A": t["A"].half()}, "A"),
+    ("A-bf16", lambda t: {"A": t["A"].bfloat16()}, "A"),
+    ("A-device", lambda t: {"A": _meta(t["A"])}, "A"),
+    ("A-inf", lambda t: {"A": _with_inf(t["A"])}, "A"),
+    ("A-nan", lambda t: {"A": _with_nan(t["A"])}, "A"),
+    ("B-shape", lambda t: {"B": t["B"][..., :-1]}, "B"),
+    ("B-batch", lambda t: {"B": t["B"][:1]}, "B"),
+    ("B-2d", lambda t: {"B": t["B"][0]}, "B"),
+    ("B-fp64", lambda t: {"B": t["B"].double()}, "B"),
+    ("B-bf16-with-fp32-u", lambda t: {"B": t["B"].bfloat16(), "C": t["C"].bfloat16()}, "B"),
+    ("B-device", lambda t: {"B": _meta(t["B"])}, "B"),
+    ("B-groups-not-dividing-D", lambda t: {"B": torch.randn(2, 3, 4, 12), "C": torch.randn(2, 3, 4, 12)}, "B"),
+    ("C-shape", lambda t: {"C": t["C"][:, :-1]}, "C"),
+    ("C-grouped-B-not", lambda t: {"C": torch.randn(2, 2, 4, 12)}, "C"),
+    ("C-fp16", lambda t: {"C": t["C"].half()}, "C"),
+    ("D-shape", lambda t: {"D": t["D"][:-1]}, "D"),
+    ("D-fp16", lambda t: {"D": t["D"].half()}, "D"),
+    ("D-device", lambda t: {"D": _meta(t["D"])}, "D"),
+    ("z-shape", lambda t: {"z": t["z"].transpose(1, 2)}, "z"),
+    ("z-dtype", lambda t: {"z": t["z"].bfloat16()}, "z"),
+    ("z-device", lambda t: {"z": _meta(t["z"])}, "z"),
+    ("delta_bias-shape", lambda t: {"delta_bias": t["delta_bias"][None]}, "delta_bias"),
+    ("delta_bias-fp16", lambda t: {"delta_bias": t["delta_bias"].half()}, "delta_bias"),
+    ("delta_softplus-int", lambda t: {"delta_softplus": 1}, "delta_softplus"),
+    ("return_last_state-str", lambda t: {"return_last_state": "yes"}, "return_last_state"),
+    ("seq_len-not-dividing", lambda t: {"seq_len": 5}, "seq_len"),
+    ("seq_len-zero", lambda t: {"seq_len": 0}, "seq_len"),
+    ("seq_len-negative", lambda t: {"seq_len": -4}, "seq_len"),
+    ("seq_len-bool", lambda t: {"seq_len": True}, "seq_len"),
+    ("seq_len-float", lambda t: {"seq_len": 4.0}, "seq_len"),
+    ("seq_len-longer-than-L", lambda t: {"seq_len": 24}, "seq_len"),
+    ("initial_state-segments", lambda t: {"initial_state": torch.randn(1, 8, 4)}, "initial_state"),
+    ("initial_state-seq_len", lambda t: {"seq_len": 4, "initial_state": torch.randn(2, 8, 4)}, "initial_state"),
+    ("initial_state-N", lambda t: {"initial_state": torch.randn(2, 8, 3)}, "initial_state"),
+    ("initial_state-fp16", lambda t: {"initial_state": torch.randn(2, 8, 4).half()}, "initial_state"),
+    ("layout-unknown", lambda t: {"layout": "BLC"}, "layout"),
+    ("layout-lowercase", lambda t: {"layout": "bdl"}, "layout"),
+    ("layout-BLD-on-BDL-tensors", lambda t: {"layout": "BLD"}, "A"),
+]
+ONE_ROW = [  # with a batch of one row, L = 12
+    ("seq_len-and-cu_seqlens", {"seq_len": 4, "cu_seqlens": torch.tensor([0, 4, 12])}, "seq_len"),
+    ("cu_seqlens-non-monotonic", {"cu_seqlens": torch.tensor([0, 7, 3, 12])}, "cu_seqlens"),
+    ("cu_seqlens-repeated", {"cu_seqlens": torch.tensor([0, 5, 5, 12])}, "cu_seqlens"),
+    ("cu_seqlens-not-from-0", {"cu_seqlens": torch.tensor([1, 5, 12])}, "cu_seqlens"),
+    ("cu_seqlens-not-to-L", {"cu_seqlens": torch.tensor([0, 5, 11])}, "cu_seqlens"),
+    ("cu_seqlens-past-L", {"cu_seqlens": torch.tensor([0, 5, 13])}, "cu_seqlens"),
+    ("cu_seqlens-float", {"cu_seqlens": torch.tensor([0.0, 5.0, 12.0])}, "cu_seqlens"),
+    ("cu_seqlens-int16", {"cu_seqlens": torch.tensor([0, 5, 12], dtype=torch.int16)}, "cu_seqlens"),
+    ("cu_seqlens-2d", {"cu_seqlens": torch.tensor([[0, 5, 12]])}, "cu_seqlens"),
+    ("cu_seqlens-one-offset", {"cu_seqlens": torch.tensor([0])}, "cu_seqlens"),
+    ("cu_seqlens-device", {"cu_seqlens": torch.tensor([0, 5, 12], device="meta")}, "cu_seqlens"),
+    ("cu_seqlens-initial_state", {"cu_seqlens": torch.tensor([0, 5, 12]), "initial_state": torch.randn(1, 8, 4)},
+     "initial_state"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("change, name", [pytest.param(c, n, id=i) for i, c, n in BAD_INPUTS])
+def test_bad_inputs_raise_value_error(change, name, monkeypatch):
+    monkeypatch.setenv("SFMAMBA_VALUE_CHECKS", "1")
+    kwargs = {**_valid(), "delta_softplus": True}
+    kwargs.update(change(kwargs))
+    with pytest.raises(ValueError, match=rf"\b{name} must"), backend("naive"):
+        selective_scan(**kwargs)
+
+
+@pytest.mark.parametrize("extra, name", [pytest.param(e, n, id=i) for i, e, n in ONE_ROW])
+def test_bad_segment_arguments_raise_value_error(extra, name, monkeypatch):
+    monkeypatch.setenv("SFMAMBA_VALUE_CHECKS", "1")
+    with pytest.raises(ValueError, match=rf"\b{name} must"), backend("naive"):
+        selective_scan(**_valid(batch=1), **extra)
+
+
+def test_cu_seqlens_needs_one_row():
+    with pytest.raises(ValueError, match=r"\bcu_seqlens must"), backend("naive"):
+        selective_scan(**_valid(batch=2), cu_seqlens=torch.tensor([0, 5, 12]))
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_valid_edge_arguments_are_accepted(kernel):
+    """The checks do not over-reach: seq_len == L, a single cu_seqlens segment, int64 offsets on one row."""
+    torch.manual_seed(42)
+    inputs = cast(make_inputs(1, 12, 8, 4, layout="BLD"), torch.float32, requires_grad=False)
+    plain = scan(kernel, **inputs, layout="BLD")
+    torch.testing.assert_close(scan(kernel, **inputs, layout="BLD", seq_len=12), plain)
+    torch.testing.assert_close(scan(kernel, **inputs, layout="BLD", cu_seqlens=torch.tensor([0, 12])), plain)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# 9. torch.compile
+
+
+def test_torch_compile_fullgraph_matches_eager():
+    """The Triton path traces into one graph (custom op + fake) and gives eager's forward and backward."""
+    torch.manual_seed(42)
+    leaves = cast(make_inputs(2, 20, 8, 4, 2, "BLD", segments=2, z=False), torch.float32)
+
+    def block(u, delta, A, B, C, D, delta_bias, initial_state):
+        y, last = selective_scan(
+            torch.tanh(u), delta, A, B, C, D, None, delta_bias, True, True, initial_state=initial_state, layout="BLD"
+        )
+        return y * 2.0, last.sum(-1)
+
+    traced = []
+
+    def inductor_recording_ops(gm, example_inputs):
+        traced.extend(str(node.target) for node in gm.graph.nodes if node.op == "call_function")
+        from torch._inductor.compile_fx import compile_fx
+
+        return compile_fx(gm, example_inputs)
+
+    if INTERPRETER_PROBLEM:
+        pytest.fail(INTERPRETER_PROBLEM)
+    torch._dynamo.reset()
+    set_kernel_backend("triton")  # no spy here: dynamo would have to trace through the mock
+    try:
+        # the on-disk caches key on the graph, not on the op's fake implementation: a graph compiled against an older
+        # chunk.py would be replayed with stale output shapes
+        with (
+            torch._inductor.config.patch(fx_graph_cache=False, fx_graph_remote_cache=False),
+            torch._functorch.config.patch(enable_autograd_cache=False),
+        ):
+            compiled = torch.compile(block, backend=inductor_recording_ops, fullgraph=True)
+            out, last = compiled(**leaves)
+    finally:
+        set_kernel_backend(None)
+    assert any("sfmamba.selective_scan_fwd" in target for target in traced), traced
+    with backend("triton"):
+        ref, ref_last = block(**leaves)
+    assert_close("out", ref, out, 1e-5)
+    assert_close("last_state", ref_last, last, 1e-5)
+    upstream = (torch.randn_like(out), torch.randn_like(last))
+    got, want = grads((out, last), leaves, upstream), grads((ref, ref_last), leaves, upstream)
+    for name in leaves:
+        assert_close(f"d{name}", want[name], got[name], 1e-5)
