@@ -410,6 +410,7 @@ def selective_scan_fwd(
     delta_softplus: bool, seq_len: int | None, layout: str, return_last_state: bool, save_chunks: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
     """Launch the forward kernel(s); returns (out, last_state or empty, checkpoint states or empty)."""
+    seq_len = seq_len or None  # the op schema passes 0 for "no periodic reset"
     batch, dim, length, nstate, groups = _shape(u, A, B, layout)
     dim_per_group = dim // groups
     ckpt_len = bwd_chunk_for(nstate)
@@ -458,6 +459,7 @@ def selective_scan_bwd(
     cu_seqlens: Tensor | None, ckpt: Tensor, delta_softplus: bool, seq_len: int | None, layout: str,
 ) -> tuple[Tensor, ...]:  # fmt: skip
     """Launch the backward kernels; returns (du, ddelta, dA, dB, dC, dD, dz, dbias, dh0), empty where absent."""
+    seq_len = seq_len or None
     batch, dim, length, nstate, groups = _shape(u, A, B, layout)
     dim_per_group = dim // groups
     chunk = bwd_chunk_for(nstate)
