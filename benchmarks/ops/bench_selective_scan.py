@@ -205,9 +205,9 @@ def run(args) -> list[Row]:
     provs = providers(mamba_fn)
     copy_gbps = copy_bandwidth()
     print(f"# device-to-device copy: {copy_gbps:.0f} GB/s")
-    shapes = list(MAIN_SHAPES[:3] if args.quick else MAIN_SHAPES)
-    if args.sweep:
-        shapes += [Shape(128, 160, length, 8) for length in SWEEP_LENGTHS if length not in (196,)]
+    shapes = [] if args.sweep_only else list(MAIN_SHAPES[:3] if args.quick else MAIN_SHAPES)
+    if args.sweep or args.sweep_only:
+        shapes += [Shape(128, 160, length, 8) for length in SWEEP_LENGTHS]
     rows: list[Row] = []
     for shape in shapes:
         for dname in args.dtypes:
@@ -218,6 +218,8 @@ def run(args) -> list[Row]:
                     if shape.batch % f == 0 and f > 1:
                         todo[f"sfmamba-BLD-fold{f}"] = ("BLD", folded(provs["sfmamba-BLD"][1], f))
             for pname, (layout, fn) in todo.items():
+                if args.providers and pname not in args.providers:
+                    continue
                 if pname == "naive-torch" and shape.length > 400:
                     continue  # a Python loop of L launches; not informative at long L
                 for mode in args.modes:
@@ -281,6 +283,8 @@ def main() -> None:
     parser.add_argument("--folds", nargs="*", type=int, default=[2, 4])
     parser.add_argument("--timers", nargs="+", default=["graph", "eager"], choices=["graph", "eager"])
     parser.add_argument("--sweep", action="store_true", help="also sweep L at D=160 for the time-vs-length plot")
+    parser.add_argument("--sweep-only", action="store_true", help="only the length sweep")
+    parser.add_argument("--providers", nargs="*", default=None, help="only these providers (default: all)")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--warmup-ms", type=int, default=25)
     parser.add_argument("--rep-ms", type=int, default=100)
@@ -310,7 +314,7 @@ def main() -> None:
     table = summarize(rows)
     print(table)
     (args.out_dir / f"{args.tag}_{stamp}.md").write_text(table + "\n")
-    if args.sweep:
+    if args.sweep or args.sweep_only:
         plot(rows, args.out_dir / f"{args.tag}_{stamp}.png")
     print(f"# wrote {out}")
 
