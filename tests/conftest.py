@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import inspect
 import math
+import os
+
+# Without a GPU the Triton kernels run under the interpreter. The variable must be set before triton is first
+# imported (torch._dynamo imports it during collection), so it is set here, once, for every test module.
+if not os.path.exists("/dev/nvidiactl"):
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest
 import torch

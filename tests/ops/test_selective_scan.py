@@ -463,11 +463,6 @@ def test_noncontiguous_inputs(kernel):
         assert_close(f"d{name}", want[name], got[name], 5e-5)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: chunk.py passes D, delta_bias and int32 cu_seqlens to the kernels as given (no .contiguous()) and "
-    "the kernels index them as contiguous",
-)
 @pytest.mark.parametrize("name", ["D", "delta_bias", "cu_seqlens"])
 def test_chunk_noncontiguous_small_arguments(name):
     """A column of a table of per-channel weights, or strided offsets: same results."""
@@ -760,14 +755,7 @@ def test_valid_edge_arguments_are_accepted(kernel):
 # ---------------------------------------------------------------------------------------------------------------------
 # 9. torch.compile
 
-FAKE_CKPT_BUG = pytest.mark.xfail(
-    strict=True,
-    reason="bug: the fake of sfmamba::selective_scan_fwd returns the checkpoint states as (batch, n_ckpt, D, N), the "
-    "kernel since f3fa75c as (batch, n_ckpt, N, D)",
-)
-
-
-@pytest.mark.parametrize("op_name", [pytest.param("fwd", marks=FAKE_CKPT_BUG), "bwd"])
+@pytest.mark.parametrize("op_name", ["fwd", "bwd"])
 def test_custom_ops_opcheck(op_name):
     """torch.library.opcheck (schema, fake vs real outputs, autograd registration, AOT dispatch) on the ops that
     torch.compile traces, with every optional input and periodic resets."""
@@ -787,7 +775,6 @@ def test_custom_ops_opcheck(op_name):
     torch.library.opcheck(torch.ops.sfmamba.selective_scan_bwd.default, bwd_args)
 
 
-@FAKE_CKPT_BUG
 def test_torch_compile_fullgraph_matches_eager():
     """The Triton path traces into one graph (custom op + fake) and gives eager's forward and backward."""
     torch.manual_seed(42)

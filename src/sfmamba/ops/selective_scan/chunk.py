@@ -72,16 +72,17 @@ def _load_step(u_ptr, delta_ptr, t, ch, mask_d, su_l, su_d, sdt_l, sdt_d, bias,
 
 def _fwd_configs() -> list[triton.Config]:
     if triton_interpret():
-        return [triton.Config({"BLOCK_D": 16}, num_warps=1)]
-    return [triton.Config({"BLOCK_D": bd}, num_warps=w) for bd in (32, 64, 128) for w in (1, 2, 4) if bd >= 32 * w]
+        return [triton.Config({"BLOCK_D": 16, "UNROLL": 1}, num_warps=1)]
+    return [
+        triton.Config({"BLOCK_D": bd, "UNROLL": unroll}, num_warps=w)
+        for bd in (32, 64, 128)
+        for w in (1, 2, 4)
+        for unroll in (1, 4)
+        if bd >= 32 * w
+    ]
 
 
-def fwd_block_for(nstate: int) -> int:
-    """Steps the forward loads ahead at once; divides the checkpoint interval `bwd_chunk_for(nstate)`."""
-    return min(16, bwd_chunk_for(nstate))
-
-
-@triton.autotune(configs=_fwd_configs(), key=["Dg", "NSTATE", "chunk_len", "SUMMARY", "BLOCK_T"])
+@triton.autotune(configs=_fwd_configs(), key=["Dg", "NSTATE", "chunk_len", "SUMMARY"])
 @triton.heuristics({"BLOCK_N": lambda args: triton.next_power_of_2(args["NSTATE"])})
 @triton.jit(do_not_specialize=["L", "seq_len", "nchunks", "ckpt_len"])
 def selective_scan_fwd_kernel(
@@ -92,7 +93,7 @@ def selective_scan_fwd_kernel(
     sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_H0: tl.constexpr, RESET: tl.constexpr, STORE_LAST: tl.constexpr, STORE_CKPT: tl.constexpr,
-    SUMMARY: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+    SUMMARY: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, UNROLL: tl.constexpr,
 ):  # fmt: skip
     # One program: one image, BLOCK_D channels of one group, one chunk of `chunk_len` steps, walked sequentially
     # with the whole [N, BLOCK_D] state in registers (state index inside each thread: no shuffles per step).
@@ -124,51 +125,38 @@ def selective_scan_fwd_kernel(
             offs = chunk_base + cc * D_total * NSTATE + state_offs
             h = tl.load(chunk_P_ptr + offs, mask=mask_dn, other=0.0) * h + tl.load(chunk_S_ptr + offs, mask=mask_dn, other=0.0)
     t_end = tl.minimum(c * chunk_len + chunk_len, L)
-    steps = tl.arange(0, BLOCK_T)
-    # Blocks of BLOCK_T steps, unrolled, with no store until the block's end: the compiler can issue all of a
-    # block's loads at once (a store inside could alias them), which hides most of the load latency.
-    for t_block in range(c * chunk_len, t_end, BLOCK_T):
-        ys = tl.zeros([BLOCK_T, BLOCK_D], dtype=tl.float32)
-        for k in tl.static_range(BLOCK_T):
-            t = t_block + k
-            valid = t < t_end
-            x = tl.load(u_ptr + t * su_l + ch * su_d, mask=mask_d & valid, other=0.0).to(tl.float32)
-            dt = tl.load(delta_ptr + t * sdt_l + ch * sdt_d, mask=mask_d & valid, other=0.0).to(tl.float32)
-            if HAS_BIAS:
-                dt += bias
-            if SOFTPLUS:
-                dt = _softplus(dt)
-            Bt = tl.load(B_ptr + t * sB_l + offs_n * sB_n, mask=(offs_n < NSTATE) & valid, other=0.0).to(tl.float32)
-            dA = tl.exp2(dt[None, :] * A2)  # [BN, BD]
-            seg, start, end = _segments(t, L, seq_len, seg_ids_ptr, cu_ptr, pid_b, RESET)
-            if HAS_H0:  # the state before a segment enters through its first step
-                h0 = tl.load(h0_ptr + seg * (D_total * NSTATE) + state_offs, mask=mask_dn & start, other=0.0)
-                h_in = tl.where(start, h0, h)
-            else:
-                h_in = tl.where(start, 0.0, h)
-            h = tl.where(valid, dA * h_in + (dt * x)[None, :] * Bt[:, None], h)
-            if SUMMARY:
-                decay = tl.where(valid, tl.where(start, 0.0, decay * dA), decay)
-            else:
-                Ct = tl.load(C_ptr + t * sC_l + offs_n * sC_n, mask=(offs_n < NSTATE) & valid, other=0.0).to(tl.float32)
-                y = tl.sum(h * Ct[:, None], axis=0)  # [BD]
-                if HAS_D:
-                    y += x * Dv
-                if HAS_Z:
-                    zt = tl.load(z_ptr + t * sz_l + ch * sz_d, mask=mask_d & valid, other=0.0).to(tl.float32)
-                    y *= zt * tl.sigmoid(zt)
-                ys = tl.where((steps == k)[:, None], y[None, :], ys)
-                if STORE_LAST:
-                    tl.store(last_ptr + seg * (D_total * NSTATE) + state_offs, h, mask=mask_dn & end)
-        if not SUMMARY:
-            t_rows = t_block + steps
-            out_mask = (t_rows < t_end)[:, None] & mask_d[None, :]
-            out_offs = t_rows[:, None] * so_l + ch[None, :] * so_d
-            tl.store(out_ptr + out_offs, ys.to(out_ptr.dtype.element_ty), mask=out_mask)
-            if STORE_CKPT:  # the state after every ckpt_len steps (a multiple of BLOCK_T), for the backward
-                t_last = tl.minimum(t_block + BLOCK_T, t_end) - 1
-                is_ckpt = ((t_last + 1) % ckpt_len == 0) | (t_last == L - 1)
-                ckpt_offs = (pid_b * tl.cdiv(L, ckpt_len) + t_last // ckpt_len) * (D_total * NSTATE) + state_offs
+    for t in tl.range(c * chunk_len, t_end, loop_unroll_factor=UNROLL):
+        x = tl.load(u_ptr + t * su_l + ch * su_d, mask=mask_d, other=0.0).to(tl.float32)
+        dt = tl.load(delta_ptr + t * sdt_l + ch * sdt_d, mask=mask_d, other=0.0).to(tl.float32)
+        if HAS_BIAS:
+            dt += bias
+        if SOFTPLUS:
+            dt = _softplus(dt)
+        Bt = tl.load(B_ptr + t * sB_l + offs_n * sB_n, mask=offs_n < NSTATE, other=0.0).to(tl.float32)
+        dA = tl.exp2(dt[None, :] * A2)  # [BN, BD]
+        seg, start, end = _segments(t, L, seq_len, seg_ids_ptr, cu_ptr, pid_b, RESET)
+        if HAS_H0:  # the state before a segment enters through its first step
+            h0 = tl.load(h0_ptr + seg * (D_total * NSTATE) + state_offs, mask=mask_dn & start, other=0.0)
+            h = tl.where(start, h0, h)
+        else:
+            h = tl.where(start, 0.0, h)
+        h = dA * h + (dt * x)[None, :] * Bt[:, None]
+        if SUMMARY:
+            decay = tl.where(start, 0.0, decay * dA)
+        else:
+            Ct = tl.load(C_ptr + t * sC_l + offs_n * sC_n, mask=offs_n < NSTATE, other=0.0).to(tl.float32)
+            y = tl.sum(h * Ct[:, None], axis=0)  # [BD]
+            if HAS_D:
+                y += x * Dv
+            if HAS_Z:
+                zt = tl.load(z_ptr + t * sz_l + ch * sz_d, mask=mask_d, other=0.0).to(tl.float32)
+                y *= zt * tl.sigmoid(zt)
+            tl.store(out_ptr + t * so_l + ch * so_d, y.to(out_ptr.dtype.element_ty), mask=mask_d)
+            if STORE_LAST:
+                tl.store(last_ptr + seg * (D_total * NSTATE) + state_offs, h, mask=mask_dn & end)
+            if STORE_CKPT:  # the state after every ckpt_len steps, for the backward
+                is_ckpt = ((t + 1) % ckpt_len == 0) | (t == L - 1)
+                ckpt_offs = (pid_b * tl.cdiv(L, ckpt_len) + t // ckpt_len) * (D_total * NSTATE) + state_offs
                 tl.store(ckpt_ptr + ckpt_offs, h, mask=mask_dn & is_ckpt)
     if SUMMARY:
         offs = chunk_base + c * D_total * NSTATE + state_offs
@@ -356,10 +344,10 @@ def _bc_strides(x: Tensor, layout: str) -> tuple[int, int, int, int]:
 
 def _reset_args(length: int, seq_len: int | None, cu_seqlens: Tensor | None, device: torch.device) -> tuple:
     if cu_seqlens is not None:
-        cu = cu_seqlens.to(torch.int32)
+        cu = cu_seqlens.to(torch.int32).contiguous()
         positions = torch.arange(length, device=device, dtype=torch.int32)
         seg_ids = torch.searchsorted(cu[1:].contiguous(), positions, right=True).to(torch.int32)
-        return RESET_VARLEN, 1, seg_ids, cu
+        return RESET_VARLEN, 1, seg_ids, cu.contiguous()
     if seq_len is not None and seq_len != length:
         return RESET_PERIODIC, seq_len, None, None
     return RESET_NONE, length, None, None
@@ -382,20 +370,16 @@ TARGET_PROGRAMS_PER_SM = 16  # enough resident warps to hide the per-step load l
 forced_chunk_len: int | None = None  # tests set this to exercise the two-pass path under the interpreter
 
 
-def plan_chunks(
-    batch: int, groups: int, dim_per_group: int, length: int, block: int, device: torch.device
-) -> tuple[int, int]:
-    """(chunk length, number of chunks) for the forward: split L only as far as needed to fill the GPU.
-
-    Chunks are whole multiples of `block` steps, so the checkpoints of the backward stay aligned."""
+def plan_chunks(batch: int, groups: int, dim_per_group: int, length: int, device: torch.device) -> tuple[int, int]:
+    """(chunk length, number of chunks) for the forward: split L only as far as needed to fill the GPU."""
     if forced_chunk_len is not None:
-        chunk_len = triton.cdiv(forced_chunk_len, block) * block
-    elif device.type != "cuda":
-        chunk_len = triton.cdiv(length, block) * block
-    else:
-        programs = batch * groups * triton.cdiv(dim_per_group, 32)
-        nchunks = max(1, min(triton.cdiv(TARGET_PROGRAMS_PER_SM * _sm_count(device), programs), length // 16))
-        chunk_len = triton.cdiv(triton.cdiv(length, nchunks), block) * block
+        return forced_chunk_len, triton.cdiv(length, forced_chunk_len)
+    if device.type != "cuda":
+        return length, 1
+    programs = batch * groups * triton.cdiv(dim_per_group, 32)
+    wanted = TARGET_PROGRAMS_PER_SM * _sm_count(device)
+    nchunks = max(1, min(triton.cdiv(wanted, programs), length // 16))
+    chunk_len = triton.cdiv(length, nchunks)
     return chunk_len, triton.cdiv(length, chunk_len)
 
 
@@ -421,15 +405,14 @@ def selective_scan_fwd(
     last = torch.empty((nseg, nstate, dim) if return_last_state else (0,), device=u.device, dtype=torch.float32)
     n_ckpt = triton.cdiv(length, ckpt_len)
     ckpt = torch.empty((batch, n_ckpt, nstate, dim) if save_chunks else (0,), device=u.device, dtype=torch.float32)
-    block = fwd_block_for(nstate)
-    chunk_len, nchunks = plan_chunks(batch, groups, dim_per_group, length, block, u.device)
+    chunk_len, nchunks = plan_chunks(batch, groups, dim_per_group, length, u.device)
     chunk_P = torch.empty((batch, nchunks, nstate, dim) if nchunks > 1 else (0,), device=u.device, dtype=torch.float32)
     chunk_S = torch.empty_like(chunk_P)
     A = A.t().contiguous()
     anything = u  # stands in for absent optional tensors; never read
     args = (
-        u, delta, A, B, C, anything if D is None else D, anything if z is None else z,
-        anything if delta_bias is None else delta_bias,
+        u, delta, A, B, C, anything if D is None else D.contiguous(), anything if z is None else z,
+        anything if delta_bias is None else delta_bias.contiguous(),
         anything if initial_state is None else initial_state.transpose(1, 2).contiguous(),
         anything if seg_ids is None else seg_ids, anything if cu is None else cu,
         out, last, ckpt, chunk_P, chunk_S,
@@ -440,7 +423,6 @@ def selective_scan_fwd(
     flags = dict(
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
         HAS_H0=initial_state is not None, RESET=reset, STORE_LAST=return_last_state, STORE_CKPT=save_chunks,
-        BLOCK_T=block,
     )  # fmt: skip
 
     def grid(meta: dict) -> tuple[int, int, int]:
@@ -482,8 +464,8 @@ def selective_scan_bwd(
     sum_X, sum_Q = new((batch, nchunks, nstate, dim)), new((batch, nchunks, nstate, dim))
     anything = u
     args = (
-        u, delta, A.t().contiguous(), B, C, anything if D is None else D, anything if z is None else z,
-        anything if delta_bias is None else delta_bias,
+        u, delta, A.t().contiguous(), B, C, anything if D is None else D.contiguous(), anything if z is None else z,
+        anything if delta_bias is None else delta_bias.contiguous(),
         anything if initial_state is None else initial_state.transpose(1, 2).contiguous(),
         anything if seg_ids is None else seg_ids, anything if cu is None else cu,
         ckpt, dout, anything if dlast is None else dlast.transpose(1, 2).contiguous(), sum_X, sum_Q,
@@ -549,7 +531,7 @@ def _(u, delta, A, B, C, D, z, delta_bias, initial_state, cu_seqlens, delta_soft
     nseg = _num_segments(batch, length, seq_len or None, cu_seqlens)
     nchunks = triton.cdiv(length, bwd_chunk_for(nstate))
     last = u.new_empty((nseg, dim, nstate) if return_last_state else (0,), dtype=torch.float32)
-    chunks = u.new_empty((batch, nchunks, dim, nstate) if save_chunks else (0,), dtype=torch.float32)
+    chunks = u.new_empty((batch, nchunks, nstate, dim) if save_chunks else (0,), dtype=torch.float32)
     return torch.empty_like(u, memory_format=torch.contiguous_format), last, chunks
 
 
