@@ -561,13 +561,14 @@ def _setup_context(ctx, inputs, output) -> None:
     ctx.flags = (delta_softplus, seq_len, layout, return_last_state)
 
 
-def _backward(ctx, dout, dlast, _dchunks):
+def _backward(ctx, dout, dlast, _dchunks, bwd=None):
+    """Gradients of the op's inputs; `bwd` is the traceable op unless the eager autograd.Function passes the launcher."""
     u, delta, A, B, C, D, z, delta_bias, initial_state, cu_seqlens, chunks = ctx.saved_tensors
     delta_softplus, seq_len, layout, return_last_state = ctx.flags
     if chunks.numel() == 0:
         raise RuntimeError("selective_scan: backward called but the forward ran without grad enabled on its inputs")
     dlast = dlast if return_last_state else None
-    bwd = torch.ops.sfmamba.selective_scan_bwd if torch.compiler.is_compiling() else selective_scan_bwd
+    bwd = bwd or torch.ops.sfmamba.selective_scan_bwd
     grads = bwd(
         dout, dlast, u, delta, A, B, C, D, z, delta_bias, initial_state, cu_seqlens, chunks,
         delta_softplus, seq_len, layout,
@@ -592,7 +593,7 @@ class SelectiveScanFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dout, dlast, dckpt):
-        return _backward(ctx, dout, dlast, dckpt)
+        return _backward(ctx, dout, dlast, dckpt, bwd=selective_scan_bwd)
 
 
 def selective_scan_triton(
