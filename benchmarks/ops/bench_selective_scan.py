@@ -87,13 +87,18 @@ def scan_bytes(shape: Shape, dtype: torch.dtype, mode: str) -> int:
     seq = shape.batch * shape.dim * shape.length * el
     bc = 2 * shape.batch * shape.groups * shape.nstate * shape.length * el
     fwd = 3 * seq + bc
-    return fwd if mode == "fwd" else fwd + (3 * seq + bc) + (2 * seq + bc)  # bwd: read u, delta, dout, B, C; write du, ddelta, dB, dC
+    return (
+        fwd if mode == "fwd" else fwd + (3 * seq + bc) + (2 * seq + bc)
+    )  # bwd: read u, delta, dout, B, C; write du, ddelta, dB, dC
 
 
 def load_mamba():
     """mamba_ssm's CUDA selective scan if built (.bench_deps/mamba_baseline.py or an installed mamba_ssm)."""
     sys.path.insert(0, str(ROOT / ".bench_deps"))
-    for module, attr in (("mamba_baseline", "mamba_selective_scan_fn"), ("mamba_ssm.ops.selective_scan_interface", "selective_scan_fn")):
+    for module, attr in (
+        ("mamba_baseline", "mamba_selective_scan_fn"),
+        ("mamba_ssm.ops.selective_scan_interface", "selective_scan_fn"),
+    ):
         try:
             return getattr(importlib.import_module(module), attr)
         except (ImportError, AttributeError) as err:
@@ -106,14 +111,19 @@ def providers(mamba_fn) -> dict:
         return selective_scan(x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], None, x["delta_bias"], True, **kw)
 
     def ours_bld(x, **kw):
-        return selective_scan(x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], None, x["delta_bias"], True, layout="BLD", **kw)
+        return selective_scan(
+            x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], None, x["delta_bias"], True, layout="BLD", **kw
+        )
 
     def naive(x, **kw):
         return selective_scan_naive(x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], None, x["delta_bias"], True)
 
     out = {"sfmamba-BDL": ("BDL", ours_bdl), "sfmamba-BLD": ("BLD", ours_bld), "naive-torch": ("BDL", naive)}
     if mamba_fn is not None:
-        out["mamba_ssm"] = ("BDL", lambda x, **kw: mamba_fn(x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], None, x["delta_bias"], True))
+        out["mamba_ssm"] = (
+            "BDL",
+            lambda x, **kw: mamba_fn(x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], None, x["delta_bias"], True),
+        )
     return out
 
 
@@ -122,7 +132,7 @@ def folded(fn, fold: int):
 
     def run(x, **kw):
         b, l, d = x["u"].shape
-        v = {k: t for k, t in x.items()}
+        v = dict(x)
         for k in ("u", "delta", "B", "C"):
             t = x[k]
             v[k] = t.reshape(b // fold, fold * l, *t.shape[2:])
@@ -139,7 +149,9 @@ def check(fn, shape: Shape, dtype: torch.dtype, layout: str, grads: bool) -> flo
     """Worst relative error of fn's forward (and every gradient) vs the fp32 reference on the same inputs."""
     small = Shape(8, shape.dim, shape.length, shape.nstate, shape.groups)
     x = make_inputs(small, dtype, layout, requires_grad=grads, seed=123)
-    ref = selective_scan_naive(x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], None, x["delta_bias"], True, layout=layout)
+    ref = selective_scan_naive(
+        x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], None, x["delta_bias"], True, layout=layout
+    )
     out = fn(x)
     errors = [relative_error(ref.float(), out.float())]
     if grads:
@@ -150,7 +162,9 @@ def check(fn, shape: Shape, dtype: torch.dtype, layout: str, grads: bool) -> flo
     return max(errors)
 
 
-def time_provider(fn, shape: Shape, dtype: torch.dtype, layout: str, mode: str, args, timer: str) -> tuple[float, float, float]:
+def time_provider(
+    fn, shape: Shape, dtype: torch.dtype, layout: str, mode: str, args, timer: str
+) -> tuple[float, float, float]:
     import triton
 
     x = make_inputs(shape, dtype, layout, requires_grad=mode == "fwdbwd", seed=0)
@@ -235,19 +249,42 @@ def run(args) -> list[Row]:
                             continue
                         med, p20, p80 = time_provider(fn, shape, dtype, layout, mode, args, timer)
                         gbps = scan_bytes(shape, dtype, mode) / (med * 1e-6) / 1e9
-                        rows.append(Row(shape.name, timer, shape.length, dname, pname, mode, med, p20, p80, gbps, gbps / copy_gbps, err))
-                        print(f"{shape.name:26s} {timer:5s} {dname:4s} {mode:6s} {pname:20s} {med:8.1f} us [{p20:.1f}, {p80:.1f}] {gbps:6.0f} GB/s ({100 * gbps / copy_gbps:4.1f}% copy) err {err:.1e}")
+                        rows.append(
+                            Row(
+                                shape.name,
+                                timer,
+                                shape.length,
+                                dname,
+                                pname,
+                                mode,
+                                med,
+                                p20,
+                                p80,
+                                gbps,
+                                gbps / copy_gbps,
+                                err,
+                            )
+                        )
+                        print(
+                            f"{shape.name:26s} {timer:5s} {dname:4s} {mode:6s} {pname:20s} {med:8.1f} us [{p20:.1f}, {p80:.1f}] {gbps:6.0f} GB/s ({100 * gbps / copy_gbps:4.1f}% copy) err {err:.1e}"
+                        )
     return rows, copy_gbps
 
 
 def summarize(rows: list[Row]) -> str:
-    lines = ["| shape | timer | dtype | mode | sfmamba best (us) | provider | mamba_ssm (us) | speed-up | naive (us) | % copy BW |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| shape | timer | dtype | mode | sfmamba best (us) | provider | mamba_ssm (us) | speed-up | naive (us) | % copy BW |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     keys = sorted({(r.shape, r.timer, r.dtype, r.mode) for r in rows})
     for shape, timer, dname, mode in keys:
         group = [r for r in rows if (r.shape, r.timer, r.dtype, r.mode) == (shape, timer, dname, mode)]
         ours = min((r for r in group if r.provider.startswith("sfmamba")), key=lambda r: r.median_us, default=None)
         base = next((r for r in group if r.provider == "mamba_ssm"), None)
-        naive = next((r for r in rows if r.provider == "naive-torch" and (r.shape, r.dtype, r.mode) == (shape, dname, mode)), None)
+        naive = next(
+            (r for r in rows if r.provider == "naive-torch" and (r.shape, r.dtype, r.mode) == (shape, dname, mode)),
+            None,
+        )
         if ours is None:
             continue
         ratio = f"{base.median_us / ours.median_us:.2f}x" if base else "n/a"
@@ -267,7 +304,15 @@ def plot(rows: list[Row], path: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for ax, mode in zip(axes, ("fwd", "fwdbwd")):
         for prov in sorted({r.provider for r in rows}):
-            pts = sorted((r.length, r.median_us) for r in rows if r.provider == prov and r.mode == mode and r.dtype == "bf16" and "D160" in r.shape and r.timer == "graph")
+            pts = sorted(
+                (r.length, r.median_us)
+                for r in rows
+                if r.provider == prov
+                and r.mode == mode
+                and r.dtype == "bf16"
+                and "D160" in r.shape
+                and r.timer == "graph"
+            )
             if len(pts) > 1:
                 ax.plot(*zip(*pts), marker="o", label=prov)
         ax.set(xscale="log", yscale="log", xlabel="L", ylabel="median time (us)", title=f"B128 D160 N8 bf16 {mode}")

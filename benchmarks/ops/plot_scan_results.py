@@ -29,10 +29,19 @@ def main(path: Path) -> Path:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for ax, mode in zip(axes, ("fwd", "fwdbwd")):
         for prov in ("sfmamba-BLD", "sfmamba-BDL", "mamba_ssm"):
-            pts = sorted((r["length"], 1e3 * r["median_us"] / elements(r["shape"]), r["shape"]) for r in rows if r["provider"] == prov and r["mode"] == mode)
+            pts = sorted(
+                (r["length"], 1e3 * r["median_us"] / elements(r["shape"]), r["shape"])
+                for r in rows
+                if r["provider"] == prov and r["mode"] == mode
+            )
             if pts:
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=prov)
-        ax.set(xscale="log", xlabel="L (tokens per image)", ylabel="ns per (image, channel, step)", title=f"bf16 {mode}, CUDA graph, {data['meta']['device']}")
+        ax.set(
+            xscale="log",
+            xlabel="L (tokens per image)",
+            ylabel="ns per (image, channel, step)",
+            title=f"bf16 {mode}, CUDA graph, {data['meta']['device']}",
+        )
         ax.legend(fontsize=8)
     fig.text(0.01, 0.01, "points: B128 D320 L49/51 N8, B128 D160 L196/198 N8, B128 D384 L3136 N1 G4", fontsize=7)
     fig.tight_layout(rect=(0, 0.04, 1, 1))

@@ -755,6 +755,7 @@ def test_valid_edge_arguments_are_accepted(kernel):
 # ---------------------------------------------------------------------------------------------------------------------
 # 9. torch.compile
 
+
 @pytest.mark.parametrize("op_name", ["fwd", "bwd"])
 def test_custom_ops_opcheck(op_name):
     """torch.library.opcheck (schema, fake vs real outputs, autograd registration, AOT dispatch) on the ops that

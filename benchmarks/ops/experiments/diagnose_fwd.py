@@ -12,6 +12,7 @@ import triton
 sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import scan_layouts as S  # noqa: E402
+
 from sfmamba.ops.selective_scan import chunk as K  # noqa: E402
 
 OUT = Path(os.environ.get("OUT", "/tmp"))
@@ -33,22 +34,65 @@ def main() -> None:
                 nchunks = triton.cdiv(l, chunk_len)
                 P = torch.empty(b, nchunks, d, n, device="cuda")
                 Sx = torch.empty_like(P)
-                args = (u, delta, A, B, C, D, u, bias, u, u, u, out, u, u, P, Sx, l, d, n, l, chunk_len, nchunks, 8,
-                        *K._x_strides(u, layout), *K._x_strides(delta, layout), *K._x_strides(u, layout),
-                        *K._x_strides(out, layout), *K._bc_strides(B, layout), *K._bc_strides(C, layout))
+                args = (
+                    u,
+                    delta,
+                    A,
+                    B,
+                    C,
+                    D,
+                    u,
+                    bias,
+                    u,
+                    u,
+                    u,
+                    out,
+                    u,
+                    u,
+                    P,
+                    Sx,
+                    l,
+                    d,
+                    n,
+                    l,
+                    chunk_len,
+                    nchunks,
+                    8,
+                    *K._x_strides(u, layout),
+                    *K._x_strides(delta, layout),
+                    *K._x_strides(u, layout),
+                    *K._x_strides(out, layout),
+                    *K._bc_strides(B, layout),
+                    *K._bc_strides(C, layout),
+                )
                 for bd, w, unroll in ((32, 1, 1), (32, 1, 4), (64, 2, 1), (16, 1, 1)):
-                    flags = dict(HAS_D=True, HAS_Z=False, HAS_BIAS=True, SOFTPLUS=True, HAS_H0=False, RESET=0,
-                                 STORE_LAST=False, STORE_CKPT=False, BLOCK_D=bd, UNROLL=unroll, num_warps=w)
+                    flags = dict(
+                        HAS_D=True,
+                        HAS_Z=False,
+                        HAS_BIAS=True,
+                        SOFTPLUS=True,
+                        HAS_H0=False,
+                        RESET=0,
+                        STORE_LAST=False,
+                        STORE_CKPT=False,
+                        BLOCK_D=bd,
+                        UNROLL=unroll,
+                        num_warps=w,
+                    )
                     grid = (triton.cdiv(d, bd), nchunks, b)
                     kern = K.selective_scan_fwd_kernel.fn  # skip the autotuner
+
                     def call():
                         if nchunks > 1:
                             kern[grid](*args, **flags, SUMMARY=True)
                         return kern[grid](*args, **flags, SUMMARY=False)
+
                     k = call()
                     err = (out.float() - ref.float()).abs().max().item()
                     ms = triton.testing.do_bench(call, warmup=10, rep=30)
-                    print(f"  v1 chunk={chunk_len} BD={bd} w={w} unroll={unroll}: {ms * 1e3:.1f} us regs={k.n_regs} spills={k.n_spills} maxdiff={err:.1e}")
+                    print(
+                        f"  v1 chunk={chunk_len} BD={bd} w={w} unroll={unroll}: {ms * 1e3:.1f} us regs={k.n_regs} spills={k.n_spills} maxdiff={err:.1e}"
+                    )
                     if chunk_len == l and (bd, w, unroll) == (32, 1, 1) and layout == "BLD":
                         (OUT / f"v1_{str(dtype)[6:]}.ttgir").write_text(k.asm["ttgir"])
                         (OUT / f"v1_{str(dtype)[6:]}.ptx").write_text(k.asm["ptx"])

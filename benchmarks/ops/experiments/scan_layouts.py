@@ -17,7 +17,6 @@ import triton.language as tl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "src"))
 from sfmamba.ops.selective_scan import selective_scan_naive  # noqa: E402
-from sfmamba.ops.selective_scan.chunk import selective_scan_fwd_kernel  # noqa: E402
 from sfmamba.testing import relative_error  # noqa: E402
 
 LOG2E = tl.constexpr(1.4426950408889634)
@@ -124,8 +123,13 @@ def bc_strides(x, layout):
 
 
 def main():
-    cases = [((128, 160, 196, 8), "BDL"), ((128, 160, 196, 8), "BLD"), ((128, 320, 49, 8), "BDL"),
-             ((128, 320, 49, 8), "BLD"), ((128, 384, 3136, 1), "BLD")]
+    cases = [
+        ((128, 160, 196, 8), "BDL"),
+        ((128, 160, 196, 8), "BLD"),
+        ((128, 320, 49, 8), "BDL"),
+        ((128, 320, 49, 8), "BLD"),
+        ((128, 384, 3136, 1), "BLD"),
+    ]
     for (b, d, l, n), layout in cases:
         dtype = torch.bfloat16
         u, delta, A, B, C, D, bias = inputs(b, d, l, n, dtype, layout)
@@ -133,7 +137,7 @@ def main():
         out = torch.empty_like(u)
         results = []
         for unroll, stages in ((1, 1), (8, 1), (16, 1), (8, 3)):
-            for bd in ((4, 8, 16) if n > 1 else (32, 64, 128)):
+            for bd in (4, 8, 16) if n > 1 else (32, 64, 128):
                 for w in (1, 2):
                     if bd * n < 32 * w:
                         continue
@@ -151,7 +155,10 @@ def main():
         results.sort()
         print(f"== B{b} D{d} L{l} N{n} {dtype} {layout}", flush=True)
         for r in results[:8]:
-            print("  %8.1f us  unroll=%-2d stages=%d BD=%-3d w=%d regs=%d spills=%d err=%.1e" % r, flush=True)
+            print(
+                "  {:8.1f} us  unroll={:<2d} stages={} BD={:<3d} w={} regs={} spills={} err={:.1e}".format(*r),
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -123,7 +123,9 @@ def selective_scan_fwd_kernel(
     if not SUMMARY:
         for cc in range(c):  # the state entering this chunk
             offs = chunk_base + cc * D_total * NSTATE + state_offs
-            h = tl.load(chunk_P_ptr + offs, mask=mask_dn, other=0.0) * h + tl.load(chunk_S_ptr + offs, mask=mask_dn, other=0.0)
+            h = tl.load(chunk_P_ptr + offs, mask=mask_dn, other=0.0) * h + tl.load(
+                chunk_S_ptr + offs, mask=mask_dn, other=0.0
+            )
     t_end = tl.minimum(c * chunk_len + chunk_len, L)
     for t in tl.range(c * chunk_len, t_end, loop_unroll_factor=UNROLL):
         x = tl.load(u_ptr + t * su_l + ch * su_d, mask=mask_d, other=0.0).to(tl.float32)
@@ -246,7 +248,10 @@ def selective_scan_bwd_kernel(
         dh = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)  # dL/dh at the first step after this chunk
         for i in range(nchunks - 1 - c):
             offs = (pid_b * nchunks + nchunks - 1 - i) * STATE + state_offs
-            dh = tl.load(sum_X_ptr + offs, mask=mask_dn, other=0.0) + tl.load(sum_Q_ptr + offs, mask=mask_dn, other=0.0) * dh
+            dh = (
+                tl.load(sum_X_ptr + offs, mask=mask_dn, other=0.0)
+                + tl.load(sum_Q_ptr + offs, mask=mask_dn, other=0.0) * dh
+            )
         # forward sweep: recompute and keep the chunk's states; dz and dC need only forward quantities
         h = tl.load(ckpt_ptr + (pid_b * nchunks + c - 1) * STATE + state_offs, mask=mask_dn & (c > 0), other=0.0)
         rows = tl.arange(0, CHUNK)
@@ -454,7 +459,9 @@ def selective_scan_bwd(
 
     du, ddelta = new(u.shape, u.dtype), new(u.shape, delta.dtype)
     dz = new(u.shape, z.dtype if z is not None else f32, present=z is not None)
-    n_dblocks = triton.cdiv(dim_per_group, min(c.kwargs["BLOCK_D"] for c in _bwd_configs()))  # the most any config launches
+    n_dblocks = triton.cdiv(
+        dim_per_group, min(c.kwargs["BLOCK_D"] for c in _bwd_configs())
+    )  # the most any config launches
     dB_part = new((n_dblocks, batch, groups, length, nstate))
     dC_part = torch.empty_like(dB_part)
     dA_part = new((batch, nchunks, nstate, dim))
