@@ -19,17 +19,17 @@ def segment_starts(length: int, seq_len: int | None, cu_seqlens: Tensor | None) 
 
 
 def to_time_major(x: Tensor, layout: str) -> Tensor:
-    """(batch, D, L) or (batch, L, D) -> fp32 (L, batch, D)."""
-    return (x.permute(2, 0, 1) if layout == "BDL" else x.transpose(0, 1)).float()
+    """(batch, D, L) or (batch, L, D) -> contiguous fp32 (L, batch, D): every per-step slice is then dense."""
+    return (x.permute(2, 0, 1) if layout == "BDL" else x.transpose(0, 1)).float().contiguous()
 
 
 def bc_to_time_major(x: Tensor, layout: str) -> Tensor:
     """B or C as (b, N, L), (b, G, N, L), (b, L, N) or (b, L, G, N) -> fp32 (L, b, G, N)."""
     if layout == "BDL":
         x = x.unsqueeze(1) if x.dim() == 3 else x
-        return x.permute(3, 0, 1, 2).float()
+        return x.permute(3, 0, 1, 2).float().contiguous()
     x = x.unsqueeze(2) if x.dim() == 3 else x
-    return x.transpose(0, 1).float()
+    return x.transpose(0, 1).float().contiguous()
 
 
 def selective_scan_naive(
