@@ -19,6 +19,7 @@ $(STAMP): pyproject.toml Makefile
 setup: $(STAMP)
 
 test: setup
+	$(VENV)/bin/ruff check src tests benchmarks
 	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --durations=15 tests
 
 lint: setup
