@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ...utils._config import use_triton, value_checks_enabled
+from ...utils._config import use_triton
+from .._checks import check_cu_seqlens, describe, fail
 from .naive import depthwise_conv1d_naive
 
 LAYOUTS = ("BLD", "BDL")
@@ -16,11 +17,7 @@ MIN_KERNEL, MAX_KERNEL = 2, 4
 
 
 def _fail(name: str, expected: str, got: object) -> None:
-    raise ValueError(f"depthwise_conv1d: {name} must be {expected}, got {got}")
-
-
-def _describe(x: Tensor) -> str:
-    return f"shape {tuple(x.shape)}, dtype {x.dtype}, device {x.device}"
+    fail("depthwise_conv1d", name, expected, got)
 
 
 def _check_param(name: str, p: Tensor | None, ndim: int, x: Tensor) -> None:
@@ -30,22 +27,9 @@ def _check_param(name: str, p: Tensor | None, ndim: int, x: Tensor) -> None:
         _fail(name, f"a {ndim}-D tensor", getattr(p, "shape", type(p)))
     dtypes = (torch.float32, x.dtype)
     if p.dtype not in dtypes:
-        _fail(name, f"of dtype {' or '.join(str(d) for d in dict.fromkeys(dtypes))}", _describe(p))
+        _fail(name, f"of dtype {' or '.join(str(d) for d in dict.fromkeys(dtypes))}", describe(p))
     if p.device != x.device:
-        _fail(name, f"on {x.device} like x", _describe(p))
-
-
-def _check_cu_seqlens(cu_seqlens: Tensor, batch: int, length: int, device: torch.device) -> None:
-    if batch != 1:
-        _fail("the batch size with cu_seqlens", "1 (segments packed into one row)", batch)
-    if not isinstance(cu_seqlens, Tensor) or cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2:
-        _fail("cu_seqlens", "a 1-D tensor of at least 2 offsets", getattr(cu_seqlens, "shape", type(cu_seqlens)))
-    if cu_seqlens.dtype not in (torch.int32, torch.int64) or cu_seqlens.device != device:
-        _fail("cu_seqlens", f"int32 or int64 on {device}", _describe(cu_seqlens))
-    if value_checks_enabled():
-        first, last = cu_seqlens[0].item(), cu_seqlens[-1].item()
-        if first != 0 or last != length or cu_seqlens.diff().min().item() <= 0:
-            _fail("cu_seqlens", f"strictly increasing offsets from 0 to L={length}", cu_seqlens.tolist())
+        _fail(name, f"on {x.device} like x", describe(p))
 
 
 def check_depthwise_conv1d_inputs(x, weight, bias, padding, activation, seq_len, cu_seqlens, layout) -> None:
@@ -81,7 +65,7 @@ def check_depthwise_conv1d_inputs(x, weight, bias, padding, activation, seq_len,
         if cu_seqlens is not None:
             _fail("seq_len", "None when cu_seqlens is given (choose one way to mark segments)", seq_len)
     if cu_seqlens is not None:
-        _check_cu_seqlens(cu_seqlens, batch, length, x.device)
+        check_cu_seqlens("depthwise_conv1d", cu_seqlens, batch, length, x.device)
 
 
 def depthwise_conv1d(

@@ -6,6 +6,7 @@ import torch
 from torch import Tensor
 
 from ...utils._config import use_triton, value_checks_enabled
+from .._checks import check_cu_seqlens, describe, fail
 from .naive import selective_scan_naive
 
 LAYOUTS = ("BDL", "BLD")
@@ -13,11 +14,7 @@ SCAN_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def _fail(name: str, expected: str, got: object) -> None:
-    raise ValueError(f"selective_scan: {name} must be {expected}, got {got}")
-
-
-def _describe(x: Tensor) -> str:
-    return f"shape {tuple(x.shape)}, dtype {x.dtype}, device {x.device}"
+    fail("selective_scan", name, expected, got)
 
 
 def _check_tensor(name: str, x: Tensor | None, shape: tuple[int, ...], dtypes: tuple, device: torch.device) -> None:
@@ -26,11 +23,11 @@ def _check_tensor(name: str, x: Tensor | None, shape: tuple[int, ...], dtypes: t
     if not isinstance(x, Tensor):
         _fail(name, "a torch.Tensor", type(x).__name__)
     if tuple(x.shape) != shape:
-        _fail(name, f"of shape {shape}", _describe(x))
+        _fail(name, f"of shape {shape}", describe(x))
     if x.dtype not in dtypes:
-        _fail(name, f"of dtype {' or '.join(map(str, dtypes))}", _describe(x))
+        _fail(name, f"of dtype {' or '.join(map(str, dtypes))}", describe(x))
     if x.device != device:
-        _fail(name, f"on {device} like u", _describe(x))
+        _fail(name, f"on {device} like u", describe(x))
 
 
 def _bc_shapes(batch: int, groups: int, nstate: int, length: int, layout: str) -> tuple[tuple[int, ...], ...]:
@@ -47,20 +44,6 @@ def _check_bc(name: str, x: Tensor, ref: Tensor, batch: int, dim: int, nstate: i
         _fail(f"the number of groups of {name}", f"a divisor of the channel count {dim}", groups)
     shape = _bc_shapes(batch, groups, nstate, length, layout)[x.dim() - 3]
     _check_tensor(name, x, shape, (torch.float32, ref.dtype), ref.device)
-
-
-def _check_cu_seqlens(cu_seqlens: Tensor, batch: int, length: int, device: torch.device) -> None:
-    if batch != 1:
-        _fail("the batch size with cu_seqlens", "1 (segments packed into one row)", batch)
-    if not isinstance(cu_seqlens, Tensor) or cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2:
-        _fail("cu_seqlens", "a 1-D tensor of at least 2 offsets", getattr(cu_seqlens, "shape", type(cu_seqlens)))
-    if cu_seqlens.dtype not in (torch.int32, torch.int64) or cu_seqlens.device != device:
-        _fail("cu_seqlens", f"int32 or int64 on {device}", _describe(cu_seqlens))
-    if value_checks_enabled():
-        steps = cu_seqlens.diff()
-        first, last, smallest = cu_seqlens[0].item(), cu_seqlens[-1].item(), steps.min().item()
-        if first != 0 or last != length or smallest <= 0:
-            _fail("cu_seqlens", f"strictly increasing offsets from 0 to L={length}", cu_seqlens.tolist())
 
 
 def check_selective_scan_inputs(
@@ -98,7 +81,7 @@ def check_selective_scan_inputs(
         if cu_seqlens is not None:
             _fail("seq_len", "None when cu_seqlens is given (choose one way to mark segments)", seq_len)
     if cu_seqlens is not None:
-        _check_cu_seqlens(cu_seqlens, batch, length, u.device)
+        check_cu_seqlens("selective_scan", cu_seqlens, batch, length, u.device)
     segments = cu_seqlens.numel() - 1 if cu_seqlens is not None else batch * (length // (seq_len or length))
     _check_tensor("initial_state", initial_state, (segments, dim, nstate), (torch.float32,), u.device)
     if value_checks_enabled() and not torch.isfinite(A).all().item():

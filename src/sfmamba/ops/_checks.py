@@ -1,0 +1,36 @@
+"""Argument checks shared by the ops' public functions: one wording for every ValueError."""
+
+from __future__ import annotations
+
+from typing import NoReturn
+
+import torch
+from torch import Tensor
+
+from ..utils._config import value_checks_enabled
+
+
+class ArgumentError(ValueError):
+    """A bad argument to an sfmamba op; the message names the op, the argument and what was expected."""
+
+
+def fail(op: str, name: str, expected: str, got: object) -> NoReturn:
+    raise ArgumentError(f"{op}: {name} must be {expected}, got {got}")
+
+
+def describe(x: Tensor) -> str:
+    return f"shape {tuple(x.shape)}, dtype {x.dtype}, device {x.device}"
+
+
+def check_cu_seqlens(op: str, cu_seqlens: object, batch: int, length: int, device: torch.device) -> None:
+    """Packed-segment offsets: one row, a 1-D int tensor on the data's device, strictly increasing from 0 to L."""
+    if batch != 1:
+        fail(op, "the batch size with cu_seqlens", "1 (segments packed into one row)", batch)
+    if not isinstance(cu_seqlens, Tensor) or cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2:
+        fail(op, "cu_seqlens", "a 1-D tensor of at least 2 offsets", getattr(cu_seqlens, "shape", type(cu_seqlens)))
+    if cu_seqlens.dtype not in (torch.int32, torch.int64) or cu_seqlens.device != device:
+        fail(op, "cu_seqlens", f"int32 or int64 on {device}", describe(cu_seqlens))
+    if value_checks_enabled():  # costs a device sync
+        first, last = cu_seqlens[0].item(), cu_seqlens[-1].item()
+        if first != 0 or last != length or cu_seqlens.diff().min().item() <= 0:
+            fail(op, "cu_seqlens", f"strictly increasing offsets from 0 to L={length}", cu_seqlens.tolist())
