@@ -1,0 +1,129 @@
+"""The MambaVision token mixer, computed in (batch, L, channels) layout end to end.
+
+Numerically the same function as NVlabs' `MambaVisionMixer` (same parameters, same names, so official checkpoints
+load 1:1), but the projections, the depthwise conv and the selective scan all work on [B, L, D] tensors, so no
+transpose copy is made between them.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from ..ops import depthwise_conv1d, selective_scan
+
+__all__ = ["MambaVisionMixer"]
+
+
+class MambaVisionMixer(nn.Module):
+    """MambaVision mixer: in_proj -> x|z -> conv1d + SiLU on each -> S6 scan on x -> concat(y, z) -> out_proj.
+
+    Args:
+        d_model: channels in and out.
+        d_state: state size N per channel. MambaVision uses 8.
+        d_conv: depthwise conv taps ('same' padding). MambaVision uses 3.
+        expand: inner width factor; the inner width is split in half between the scanned branch x and the
+            ungated branch z. MambaVision uses 1.
+        dt_rank: rank of the step-size projection, "auto" = ceil(d_model / 16).
+        dt_min, dt_max, dt_init, dt_scale, dt_init_floor: step-size initialisation (Mamba's).
+        conv_bias: kept for signature parity. The official module passes `bias=conv_bias // 2` to its convs,
+            which is 0 for `conv_bias=True`, so the convs never have a bias; we reproduce that.
+        bias: bias of in_proj and out_proj.
+        device, dtype: factory kwargs.
+
+    Shapes: input and output [B, L, d_model].
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        d_state: int = 16,
+        d_conv: int = 4,
+        expand: int = 2,
+        dt_rank: int | str = "auto",
+        dt_min: float = 0.001,
+        dt_max: float = 0.1,
+        dt_init: str = "random",
+        dt_scale: float = 1.0,
+        dt_init_floor: float = 1e-4,
+        conv_bias: bool = True,
+        bias: bool = False,
+        device=None,
+        dtype=None,
+    ):
+        dd = {"device": device, "dtype": dtype}
+        super().__init__()
+        self.d_model = d_model
+        self.d_state = d_state
+        self.d_conv = d_conv
+        self.expand = expand
+        self.d_inner = int(expand * d_model)
+        self.d_half = self.d_inner // 2
+        self.dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else int(dt_rank)
+        self.dt_min, self.dt_max, self.dt_init, self.dt_scale, self.dt_init_floor = (
+            dt_min, dt_max, dt_init, dt_scale, dt_init_floor,
+        )  # fmt: skip
+        if dt_init not in ("random", "constant"):
+            raise ValueError(f"dt_init must be 'random' or 'constant', got {dt_init!r}")
+
+        self.in_proj = nn.Linear(d_model, self.d_inner, bias=bias, **dd)
+        self.x_proj = nn.Linear(self.d_half, self.dt_rank + 2 * d_state, bias=False, **dd)
+        self.dt_proj = nn.Linear(self.dt_rank, self.d_half, bias=True, **dd)
+        self.A_log = nn.Parameter(torch.empty(self.d_half, d_state, device=device, dtype=torch.float32))
+        self.D = nn.Parameter(torch.empty(self.d_half, device=device, dtype=torch.float32))
+        self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias, **dd)
+        conv_has_bias = bool(int(conv_bias) // 2)  # the official `bias=conv_bias // 2`: False for True
+        self.conv1d_x = nn.Conv1d(
+            self.d_half, self.d_half, d_conv, groups=self.d_half, bias=conv_has_bias, **dd
+        )  # fmt: skip
+        self.conv1d_z = nn.Conv1d(
+            self.d_half, self.d_half, d_conv, groups=self.d_half, bias=conv_has_bias, **dd
+        )  # fmt: skip
+        self.A_log._no_weight_decay = True
+        self.D._no_weight_decay = True
+        self.dt_proj.bias._no_reinit = True
+        self.reset_ssm_parameters()
+
+    @torch.no_grad()
+    def reset_ssm_parameters(self) -> None:
+        """Mamba's init of dt_proj (weight and inverse-softplus bias), A_log = log(1..N) and D = 1."""
+        if self.A_log.is_meta:
+            return
+        std = self.dt_rank**-0.5 * self.dt_scale
+        if self.dt_init == "constant":
+            nn.init.constant_(self.dt_proj.weight, std)
+        else:
+            nn.init.uniform_(self.dt_proj.weight, -std, std)
+        lo, hi = math.log(self.dt_min), math.log(self.dt_max)
+        dt = torch.exp(torch.rand_like(self.dt_proj.bias, dtype=torch.float32) * (hi - lo) + lo)
+        dt = dt.clamp(min=self.dt_init_floor)
+        self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # softplus^-1(dt)
+        a = torch.arange(1, self.d_state + 1, dtype=torch.float32, device=self.A_log.device)
+        self.A_log.copy_(torch.log(a).expand(self.d_half, -1))
+        self.D.fill_(1.0)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """[B, L, d_model] -> [B, L, d_model]."""
+        xz = self.in_proj(x)
+        u, z = xz.split(self.d_half, dim=-1)  # strided views, [B, L, D/2] each
+        k = self.d_conv
+        u = depthwise_conv1d(
+            u, self.conv1d_x.weight.view(self.d_half, k), self.conv1d_x.bias, padding="same", activation="silu"
+        )  # fmt: skip
+        z = depthwise_conv1d(
+            z, self.conv1d_z.weight.view(self.d_half, k), self.conv1d_z.bias, padding="same", activation="silu"
+        )  # fmt: skip
+        dt, B, C = self.x_proj(u).split((self.dt_rank, self.d_state, self.d_state), dim=-1)
+        # The official mixer applies dt_proj *with* its bias and then passes the same bias again as the scan's
+        # delta_bias, so the bias counts twice. Reproduced on purpose: official checkpoints were trained that way.
+        dt = self.dt_proj(dt)
+        A = -torch.exp(self.A_log.float())
+        y = selective_scan(
+            u, dt, A, B, C, self.D.float(), None, self.dt_proj.bias.float(), True, layout="BLD"
+        )  # fmt: skip
+        return self.out_proj(torch.cat((y, z), dim=-1))
+
+    def extra_repr(self) -> str:
+        return f"d_model={self.d_model}, d_state={self.d_state}, d_conv={self.d_conv}, dt_rank={self.dt_rank}"
