@@ -70,6 +70,24 @@ def _load_step(u_ptr, delta_ptr, t, ch, mask_d, su_l, su_d, sdt_l, sdt_d, bias,
     return x, raw, dt
 
 
+@triton.jit
+def _load_bc(ptr, t, offs_n, mask_n, s_l, s_n):
+    """B or C at step t, [BLOCK_N] fp32."""
+    return tl.load(ptr + t * s_l + offs_n * s_n, mask=mask_n, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _load_dy(dout_ptr, z_ptr, t, ch, mask_d, sdo_l, sdo_d, sz_l, sz_d, HAS_Z: tl.constexpr):
+    """Upstream gradient, gate and the gradient reaching y (dout * silu(z) with a gate), [BLOCK_D] fp32 each."""
+    dout = tl.load(dout_ptr + t * sdo_l + ch * sdo_d, mask=mask_d, other=0.0).to(tl.float32)
+    zt = dout
+    dy = dout
+    if HAS_Z:
+        zt = tl.load(z_ptr + t * sz_l + ch * sz_d, mask=mask_d, other=0.0).to(tl.float32)
+        dy = dout * zt * tl.sigmoid(zt)
+    return dout, zt, dy
+
+
 def _fwd_configs() -> list[triton.Config]:
     if triton_interpret():
         return [triton.Config({"BLOCK_D": 16, "UNROLL": 1}, num_warps=1)]
@@ -230,11 +248,8 @@ def selective_scan_bwd_kernel(
         for i in range(steps):
             t = t0 + steps - 1 - i
             x, raw, dt = _load_step(u_ptr, delta_ptr, t, ch, mask_d, su_l, su_d, sdt_l, sdt_d, bias, HAS_BIAS, SOFTPLUS)
-            Ct = tl.load(C_ptr + t * sC_l + offs_n * sC_n, mask=mask_n, other=0.0).to(tl.float32)
-            dy = tl.load(dout_ptr + t * sdo_l + ch * sdo_d, mask=mask_d, other=0.0).to(tl.float32)
-            if HAS_Z:
-                zt = tl.load(z_ptr + t * sz_l + ch * sz_d, mask=mask_d, other=0.0).to(tl.float32)
-                dy *= zt * tl.sigmoid(zt)
+            Ct = _load_bc(C_ptr, t, offs_n, mask_n, sC_l, sC_n)
+            dout, zt, dy = _load_dy(dout_ptr, z_ptr, t, ch, mask_d, sdo_l, sdo_d, sz_l, sz_d, HAS_Z)
             seg, start, end = _segments(t, L, seq_len, seg_ids_ptr, cu_ptr, pid_b, RESET)
             g = dy[None, :] * Ct[:, None]
             if HAS_DLAST:
@@ -260,9 +275,9 @@ def selective_scan_bwd_kernel(
         for k in range(steps):
             t = t0 + k
             x, raw, dt = _load_step(u_ptr, delta_ptr, t, ch, mask_d, su_l, su_d, sdt_l, sdt_d, bias, HAS_BIAS, SOFTPLUS)
-            Bt = tl.load(B_ptr + t * sB_l + offs_n * sB_n, mask=mask_n, other=0.0).to(tl.float32)
-            Ct = tl.load(C_ptr + t * sC_l + offs_n * sC_n, mask=mask_n, other=0.0).to(tl.float32)
-            dy = tl.load(dout_ptr + t * sdo_l + ch * sdo_d, mask=mask_d, other=0.0).to(tl.float32)
+            Bt = _load_bc(B_ptr, t, offs_n, mask_n, sB_l, sB_n)
+            Ct = _load_bc(C_ptr, t, offs_n, mask_n, sC_l, sC_n)
+            dout, zt, dy = _load_dy(dout_ptr, z_ptr, t, ch, mask_d, sdo_l, sdo_d, sz_l, sz_d, HAS_Z)
             seg, start, end = _segments(t, L, seq_len, seg_ids_ptr, cu_ptr, pid_b, RESET)
             if HAS_H0:
                 h = tl.where(start, tl.load(h0_ptr + seg * STATE + state_offs, mask=mask_dn & start, other=0.0), h)
@@ -271,14 +286,12 @@ def selective_scan_bwd_kernel(
             h = tl.exp2(dt[None, :] * A2) * h + (dt * x)[None, :] * Bt[:, None]
             states = tl.where((rows == k)[:, None, None], h[None, :, :], states)
             if HAS_Z:
-                zt = tl.load(z_ptr + t * sz_l + ch * sz_d, mask=mask_d, other=0.0).to(tl.float32)
                 y = tl.sum(h * Ct[:, None], axis=0)
                 if HAS_D:
                     y += x * Dv
                 sz = tl.sigmoid(zt)
-                dz = dy * y * sz * (1.0 + zt * (1.0 - sz))
+                dz = dout * y * sz * (1.0 + zt * (1.0 - sz))
                 tl.store(dz_ptr + pid_b * sg_b + t * sg_l + ch * sg_d, dz.to(dz_ptr.dtype.element_ty), mask=mask_d)
-                dy *= zt * sz
             dC = tl.sum(h * dy[None, :], axis=1)  # [BN]
             tl.store(dC_ptr + part_base + t * NSTATE + offs_n, dC, mask=mask_n)
         # backward sweep
@@ -289,12 +302,9 @@ def selective_scan_bwd_kernel(
             k = steps - 1 - i
             t = t0 + k
             x, raw, dt = _load_step(u_ptr, delta_ptr, t, ch, mask_d, su_l, su_d, sdt_l, sdt_d, bias, HAS_BIAS, SOFTPLUS)
-            Bt = tl.load(B_ptr + t * sB_l + offs_n * sB_n, mask=mask_n, other=0.0).to(tl.float32)
-            Ct = tl.load(C_ptr + t * sC_l + offs_n * sC_n, mask=mask_n, other=0.0).to(tl.float32)
-            dy = tl.load(dout_ptr + t * sdo_l + ch * sdo_d, mask=mask_d, other=0.0).to(tl.float32)
-            if HAS_Z:
-                zt = tl.load(z_ptr + t * sz_l + ch * sz_d, mask=mask_d, other=0.0).to(tl.float32)
-                dy *= zt * tl.sigmoid(zt)
+            Bt = _load_bc(B_ptr, t, offs_n, mask_n, sB_l, sB_n)
+            Ct = _load_bc(C_ptr, t, offs_n, mask_n, sC_l, sC_n)
+            dout, zt, dy = _load_dy(dout_ptr, z_ptr, t, ch, mask_d, sdo_l, sdo_d, sz_l, sz_d, HAS_Z)
             seg, start, end = _segments(t, L, seq_len, seg_ids_ptr, cu_ptr, pid_b, RESET)
             h = tl.sum(tl.where((rows == k)[:, None, None], states, 0.0), axis=0)
             g = dy[None, :] * Ct[:, None]
