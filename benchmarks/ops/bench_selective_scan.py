@@ -188,6 +188,14 @@ def time_provider(
     return p50 * 1e3, p20 * 1e3, p80 * 1e3
 
 
+def chosen_configs(mode: str) -> str:
+    """The autotuner's choice for the last launch of our kernels (what the timing above ran)."""
+    from sfmamba.ops.selective_scan import chunk
+
+    kernels = [chunk.selective_scan_fwd_kernel] + ([chunk.selective_scan_bwd_kernel] if mode == "fwdbwd" else [])
+    return " | ".join(str(getattr(k, "best_config", None)) for k in kernels)
+
+
 def copy_bandwidth() -> float:
     """Device-to-device copy rate in GB/s, counting bytes read plus written (1 GiB buffers)."""
     import triton
@@ -209,6 +217,7 @@ class Row:
     median_us: float
     p20_us: float
     p80_us: float
+    config: str
     gbps: float
     copy_fraction: float
     rel_err: float
