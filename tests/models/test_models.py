@@ -1,0 +1,105 @@
+"""One generic test over every model sfmamba registers with timm, after timm's own `tests/test_models.py` checks.
+
+CPU, small non-window-multiple images (the hybrid stages pad and crop), the naive op path.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+import pytest
+import timm
+import torch
+
+import sfmamba.models  # noqa: F401  (registers the models)
+
+MODELS = sorted(timm.list_models(module=["mambavision"]))
+IMG = 64  # stage maps 16, 8, 4, 2: the hybrid stages pad to their 14 / 7 windows and crop back
+NUM_CLASSES = 7
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """pytest -n 2 on a 2-core runner: two intra-op threads per worker oversubscribe the cores (10x slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_models_are_registered():
+    expected = {"mambavision_tiny", "mambavision_tiny2", "mambavision_small", "mambavision_base", "mambavision_large"}
+    assert expected <= set(MODELS)
+
+
+def _close(a, b):
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_model(name):
+    torch.manual_seed(0)
+    model = timm.create_model(name, num_classes=NUM_CLASSES, drop_path_rate=0.0)
+    cfg = model.pretrained_cfg
+    x = torch.randn(2, 3, IMG, IMG)
+
+    # forward finite; backward reaches every parameter with a finite gradient
+    model.train()
+    out = model(x)
+    assert out.shape == (2, NUM_CLASSES) and torch.isfinite(out).all()
+    out.square().mean().backward()
+    no_grad = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
+    assert not no_grad, f"parameters without a finite gradient: {no_grad}"
+    model.zero_grad(set_to_none=True)
+
+    # gradient checkpointing leaves the output unchanged
+    model.eval()
+    with torch.no_grad():
+        ref = model(x)
+    model.set_grad_checkpointing(True)
+    out = model(x)
+    out.sum().backward()
+    _close(out.detach(), ref)
+    model.set_grad_checkpointing(False)
+    model.zero_grad(set_to_none=True)
+
+    with torch.no_grad():
+        # forward_intermediates agrees with forward_features; stage outputs follow feature_info
+        feats = model.forward_features(x)
+        final, inters = model.forward_intermediates(x)
+        _close(final, feats)
+        assert len(inters) == len(model.feature_info) == 4
+        assert [f["reduction"] for f in model.feature_info] == [4, 8, 16, 32]
+        for t, info in zip(inters, model.feature_info):
+            side = math.ceil(IMG / info["reduction"])
+            assert t.shape == (2, info["num_chs"], side, side)
+        only = model.forward_intermediates(x, indices=2, intermediates_only=True)
+        assert len(only) == 2
+        _close(only[-1], inters[-1])
+        _close(model.forward_head(feats), ref)
+
+        # default cfg consistency and the classifier reset
+        assert cfg["pool_size"] == tuple(s // 32 for s in cfg["input_size"][1:])
+        assert cfg["classifier"] == "head" and model.get_classifier() is model.head
+        assert feats.shape[1] == model.num_features
+        assert model.forward_head(feats, pre_logits=True).shape == (2, model.head_hidden_size)
+        model.reset_classifier(0)
+        pooled = model(x)
+        assert pooled.shape == (2, model.num_features)
+        model.reset_classifier(0, "")
+        unpooled = model(x)
+        assert unpooled.shape == feats.shape
+        _close(unpooled, feats)
+
+    # features_only: carries `model`'s weights (stages flattened to levels_<i>), so its outputs equal the intermediates
+    fmodel = timm.create_model(name, features_only=True, drop_path_rate=0.0).eval()
+    state = {re.sub(r"^levels\.(\d+)", r"levels_\1", k): v for k, v in model.state_dict().items()}
+    fmodel.load_state_dict({k: v for k, v in state.items() if not k.startswith(("head.", "norm."))})
+    assert fmodel.feature_info.channels() == [f["num_chs"] for f in model.feature_info]
+    assert fmodel.feature_info.reduction() == [4, 8, 16, 32]
+    with torch.no_grad():
+        outs = fmodel(x)
+    assert len(outs) == 4
+    for o, t in zip(outs, inters):
+        _close(o, t)
