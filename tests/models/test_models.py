@@ -79,6 +79,12 @@ def test_model(name):
         _close(only[-1], inters[-1])
         _close(model.forward_head(feats), ref)
 
+        # bf16 autocast: finite and near the fp32 output
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = model(x)
+        assert low.dtype == torch.bfloat16 and torch.isfinite(low).all()
+        assert (low.float() - ref).abs().max() <= 0.05 * ref.abs().max() + 1e-3
+
         # default cfg consistency and the classifier reset
         assert cfg["pool_size"] == tuple(s // 32 for s in cfg["input_size"][1:])
         assert cfg["classifier"] == "head" and model.get_classifier() is model.head
