@@ -110,6 +110,13 @@ def test_checkpoint_round_trip(tmp_path, tiny_and_input, layout):
     with torch.no_grad():
         out = loaded.eval()(x)
     torch.testing.assert_close(out, ref, rtol=0, atol=0)
+    # another classifier size or none: the backbone still loads (timm re-initialises or drops the head)
+    for num_classes in (0, 10):
+        backbone = timm.create_model(
+            "mambavision_tiny", pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), num_classes=num_classes
+        ).eval()
+        with torch.no_grad():
+            torch.testing.assert_close(backbone.forward_features(x), model.forward_features(x), rtol=0, atol=0)
 
 
 def test_checkpoint_mismatch_is_a_clear_error(tmp_path, tiny_and_input):
