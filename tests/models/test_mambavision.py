@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 
 import pytest
+import safetensors.torch
 import timm
 import torch
 import torch.nn.functional as F
@@ -97,15 +98,19 @@ def tiny_and_input():
     return model, x, ref
 
 
-@pytest.mark.parametrize("layout", ["official", "ours"])
+@pytest.mark.parametrize("layout", ["official", "ours", "safetensors"])
 def test_checkpoint_round_trip(tmp_path, tiny_and_input, layout):
     model, x, ref = tiny_and_input
     state = model.state_dict()
     if layout == "official":
         state = {f"module.{k}": v for k, v in _to_official_keys(state).items()}  # DataParallel-saved, as some are
         assert "module.levels.0.downsample.reduction.0.weight" in state
-    path = tmp_path / "mambavision_tiny_1k.pth.tar"
-    torch.save({"epoch": 309, "state_dict": state, "metric": 82.3}, path)
+    if layout == "safetensors":
+        path = tmp_path / "model.safetensors"
+        safetensors.torch.save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    else:
+        path = tmp_path / "mambavision_tiny_1k.pth.tar"
+        torch.save({"epoch": 309, "state_dict": state, "metric": 82.3}, path)
     loaded = timm.create_model("mambavision_tiny", pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
     with torch.no_grad():
         out = loaded.eval()(x)
