@@ -18,14 +18,6 @@ from sfmamba.models.mambavision import window_partition, window_reverse
 from sfmamba.ops import selective_scan_naive
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_mambavision_tiny_parameter_count():
     with torch.device("meta"):
         model = timm.create_model("mambavision_tiny")

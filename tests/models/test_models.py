@@ -19,15 +19,6 @@ IMG = 64  # stage maps 16, 8, 4, 2: the hybrid stages pad to their 14 / 7 window
 NUM_CLASSES = 7
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """pytest -n 2 on a 2-core runner: two intra-op threads per worker oversubscribe the cores (10x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_models_are_registered():
     expected = {"mambavision_tiny", "mambavision_tiny2", "mambavision_small", "mambavision_base", "mambavision_large"}
     assert expected <= set(MODELS)

@@ -34,3 +34,14 @@ def check_cu_seqlens(op: str, cu_seqlens: object, batch: int, length: int, devic
         first, last = cu_seqlens[0].item(), cu_seqlens[-1].item()
         if first != 0 or last != length or cu_seqlens.diff().min().item() <= 0:
             fail(op, "cu_seqlens", f"strictly increasing offsets from 0 to L={length}", cu_seqlens.tolist())
+
+
+def check_segments(op: str, seq_len: object, cu_seqlens: object, batch: int, length: int, device: torch.device) -> None:
+    """The two ways to mark segments: `seq_len` dividing L (periodic) or packed `cu_seqlens`, never both."""
+    if seq_len is not None:
+        if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len <= 0 or length % seq_len:
+            fail(op, "seq_len", f"a positive int that divides L={length}", repr(seq_len))
+        if cu_seqlens is not None:
+            fail(op, "seq_len", "None when cu_seqlens is given (choose one way to mark segments)", seq_len)
+    if cu_seqlens is not None:
+        check_cu_seqlens(op, cu_seqlens, batch, length, device)

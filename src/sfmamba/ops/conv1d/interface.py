@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from ...utils._config import use_triton
-from .._checks import check_cu_seqlens, describe, fail
+from .._checks import check_segments, describe, fail
 from .naive import depthwise_conv1d_naive
 
 LAYOUTS = ("BLD", "BDL")
@@ -59,13 +59,7 @@ def check_depthwise_conv1d_inputs(x, weight, bias, padding, activation, seq_len,
     _check_param("bias", bias, 1, x)
     if bias is not None and bias.shape[0] != dim:
         _fail("bias", f"of shape (D={dim},)", tuple(bias.shape))
-    if seq_len is not None:
-        if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len <= 0 or length % seq_len:
-            _fail("seq_len", f"a positive int that divides L={length}", repr(seq_len))
-        if cu_seqlens is not None:
-            _fail("seq_len", "None when cu_seqlens is given (choose one way to mark segments)", seq_len)
-    if cu_seqlens is not None:
-        check_cu_seqlens("depthwise_conv1d", cu_seqlens, batch, length, x.device)
+    check_segments("depthwise_conv1d", seq_len, cu_seqlens, batch, length, x.device)
 
 
 def depthwise_conv1d(

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from ...utils._config import use_triton, value_checks_enabled
-from .._checks import check_cu_seqlens, describe, fail
+from .._checks import check_segments, describe, fail
 from .naive import selective_scan_naive
 
 LAYOUTS = ("BDL", "BLD")
@@ -75,13 +75,7 @@ def check_selective_scan_inputs(
     for name, flag in (("delta_softplus", delta_softplus), ("return_last_state", return_last_state)):
         if not isinstance(flag, bool):
             _fail(name, "a bool", repr(flag))
-    if seq_len is not None:
-        if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len <= 0 or length % seq_len:
-            _fail("seq_len", f"a positive int that divides L={length}", repr(seq_len))
-        if cu_seqlens is not None:
-            _fail("seq_len", "None when cu_seqlens is given (choose one way to mark segments)", seq_len)
-    if cu_seqlens is not None:
-        check_cu_seqlens("selective_scan", cu_seqlens, batch, length, u.device)
+    check_segments("selective_scan", seq_len, cu_seqlens, batch, length, u.device)
     segments = cu_seqlens.numel() - 1 if cu_seqlens is not None else batch * (length // (seq_len or length))
     _check_tensor("initial_state", initial_state, (segments, dim, nstate), (torch.float32,), u.device)
     if value_checks_enabled() and not torch.isfinite(A).all().item():
