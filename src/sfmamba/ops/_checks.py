@@ -9,6 +9,9 @@ from torch import Tensor
 
 from ..utils._config import value_checks_enabled
 
+LAYOUTS = ("BDL", "BLD")
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
 
 class ArgumentError(ValueError):
     """A bad argument to an sfmamba op; the message names the op, the argument and what was expected."""
@@ -20,6 +23,22 @@ def fail(op: str, name: str, expected: str, got: object) -> NoReturn:
 
 def describe(x: Tensor) -> str:
     return f"shape {tuple(x.shape)}, dtype {x.dtype}, device {x.device}"
+
+
+def check_sequence(op: str, name: str, x: object, layout: object) -> tuple[int, int, int]:
+    """The main sequence input: a non-empty float tensor in `layout`; returns (batch, channels, length)."""
+    if not isinstance(layout, str) or layout not in LAYOUTS:
+        fail(op, "layout", f"one of {LAYOUTS}", repr(layout))
+    dims = "(batch, D, L)" if layout == "BDL" else "(batch, L, D)"
+    if not isinstance(x, Tensor) or x.dim() != 3:
+        fail(op, name, f"a 3-D tensor {dims}", getattr(x, "shape", type(x)))
+    if x.dtype not in FLOAT_DTYPES:
+        fail(op, name, "float32, float16 or bfloat16", x.dtype)
+    batch = x.shape[0]
+    dim, length = (x.shape[1], x.shape[2]) if layout == "BDL" else (x.shape[2], x.shape[1])
+    if batch == 0 or dim == 0 or length == 0:
+        fail(op, name, "non-empty in every dimension", tuple(x.shape))
+    return batch, dim, length
 
 
 def check_cu_seqlens(op: str, cu_seqlens: object, batch: int, length: int, device: torch.device) -> None:

@@ -6,13 +6,11 @@ import torch
 from torch import Tensor
 
 from ...utils._config import use_triton
-from .._checks import check_segments, describe, fail
+from .._checks import check_segments, check_sequence, describe, fail
 from .naive import depthwise_conv1d_naive
 
-LAYOUTS = ("BLD", "BDL")
 PADDINGS = ("same", "causal")
 ACTIVATIONS = (None, "silu")
-CONV_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 MIN_KERNEL, MAX_KERNEL = 2, 4
 
 
@@ -34,21 +32,11 @@ def _check_param(name: str, p: Tensor | None, ndim: int, x: Tensor) -> None:
 
 def check_depthwise_conv1d_inputs(x, weight, bias, padding, activation, seq_len, cu_seqlens, layout) -> None:
     """Raise ValueError naming the first argument that is not what `depthwise_conv1d` expects."""
-    if not isinstance(layout, str) or layout not in LAYOUTS:
-        _fail("layout", f"one of {LAYOUTS}", repr(layout))
     if not isinstance(padding, str) or padding not in PADDINGS:
         _fail("padding", f"one of {PADDINGS}", repr(padding))
     if activation not in ACTIVATIONS:
         _fail("activation", f"one of {ACTIVATIONS}", repr(activation))
-    if not isinstance(x, Tensor) or x.dim() != 3:
-        dims = "(batch, D, L)" if layout == "BDL" else "(batch, L, D)"
-        _fail("x", f"a 3-D tensor {dims}", getattr(x, "shape", type(x)))
-    if x.dtype not in CONV_DTYPES:
-        _fail("x", "float32, float16 or bfloat16", x.dtype)
-    batch = x.shape[0]
-    dim, length = (x.shape[1], x.shape[2]) if layout == "BDL" else (x.shape[2], x.shape[1])
-    if batch == 0 or dim == 0 or length == 0:
-        _fail("x", "non-empty in every dimension", tuple(x.shape))
+    batch, dim, length = check_sequence("depthwise_conv1d", "x", x, layout)
     if weight is None:
         _fail("weight", f"a (D={dim}, K) tensor", None)
     _check_param("weight", weight, 2, x)

@@ -362,7 +362,7 @@ def _reset_args(length: int, seq_len: int | None, cu_seqlens: Tensor | None, dev
         cu = cu_seqlens.to(torch.int32).contiguous()
         positions = torch.arange(length, device=device, dtype=torch.int32)
         seg_ids = torch.searchsorted(cu[1:].contiguous(), positions, right=True).to(torch.int32)
-        return RESET_VARLEN, 1, seg_ids, cu.contiguous()
+        return RESET_VARLEN, 1, seg_ids, cu
     if seq_len is not None and seq_len != length:
         return RESET_PERIODIC, seq_len, None, None
     return RESET_NONE, length, None, None

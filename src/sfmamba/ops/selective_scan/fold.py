@@ -39,7 +39,8 @@ import torch
 from torch import Tensor
 
 from ...utils._config import cache_dir
-from .interface import LAYOUTS, check_selective_scan_inputs, selective_scan
+from .._checks import LAYOUTS
+from .interface import check_selective_scan_inputs, selective_scan
 
 __all__ = [
     "TABLE_VERSION",

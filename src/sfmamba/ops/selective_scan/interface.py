@@ -6,11 +6,8 @@ import torch
 from torch import Tensor
 
 from ...utils._config import use_triton, value_checks_enabled
-from .._checks import check_segments, describe, fail
+from .._checks import check_segments, check_sequence, describe, fail
 from .naive import selective_scan_naive
-
-LAYOUTS = ("BDL", "BLD")
-SCAN_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def _fail(name: str, expected: str, got: object) -> None:
@@ -50,16 +47,7 @@ def check_selective_scan_inputs(
     u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, seq_len, cu_seqlens, initial_state, layout
 ) -> None:
     """Raise ValueError naming the first argument that is not what `selective_scan` expects."""
-    if layout not in LAYOUTS:
-        _fail("layout", f"one of {LAYOUTS}", repr(layout))
-    if not isinstance(u, Tensor) or u.dim() != 3:
-        _fail("u", "a 3-D tensor (batch, D, L) or (batch, L, D)", getattr(u, "shape", type(u)))
-    if u.dtype not in SCAN_DTYPES:
-        _fail("u", "float32, float16 or bfloat16", u.dtype)
-    batch = u.shape[0]
-    dim, length = (u.shape[1], u.shape[2]) if layout == "BDL" else (u.shape[2], u.shape[1])
-    if batch == 0 or dim == 0 or length == 0:
-        _fail("u", "non-empty in every dimension", tuple(u.shape))
+    batch, dim, length = check_sequence("selective_scan", "u", u, layout)
     _check_tensor("delta", delta, tuple(u.shape), (u.dtype,), u.device)
     if not isinstance(A, Tensor) or A.dim() != 2:
         _fail("A", f"a 2-D (D={dim}, N) tensor", getattr(A, "shape", type(A)))
