@@ -531,6 +531,7 @@ default_cfgs = generate_default_cfgs(
         ),
         "mambavision_base.in1k": _cfg(url=f"{_HF}/MambaVision-B-1K/resolve/main/mambavision_base_1k.pth.tar"),
         "mambavision_large.in1k": _cfg(url=f"{_HF}/MambaVision-L-1K/resolve/main/mambavision_large_1k.pth.tar"),
+        "mambavision_nano.untrained": _cfg(input_size=(3, 64, 64), pool_size=(2, 2), license="apache-2.0"),
     }
 )
 
@@ -565,3 +566,16 @@ def mambavision_large(pretrained: bool = False, **kwargs) -> MambaVision:
         dim=196, in_dim=64, depths=(3, 3, 10, 5), num_heads=(4, 8, 16, 32), drop_path_rate=0.3, layer_scale=1e-5
     )
     return _create_mambavision("mambavision_large", pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def mambavision_nano(pretrained: bool = False, **kwargs) -> MambaVision:
+    """A CPU-sized MambaVision for small images (Fashion-MNIST resized to 64 px; 32 px also works).
+
+    At 64 px the stage maps are 16, 8, 4 and 2, so windows (8, 8, 4, 2) make each hybrid stage map one window, as the
+    full models do at 224 px (14 and 7): stage 3 scans 16 tokens, stage 4 four. At 32 px stage 3 pads 2x2 to 4x4.
+    """
+    args = dict(
+        dim=32, in_dim=16, depths=(1, 1, 2, 2), num_heads=(1, 2, 4, 8), window_size=(8, 8, 4, 2), drop_path_rate=0.1
+    )
+    return _create_mambavision("mambavision_nano", pretrained, **dict(args, **kwargs))
