@@ -1,5 +1,14 @@
 from .conv1d import depthwise_conv1d
+from .cross_scan import cross_merge, cross_scan
 from .selective_scan import selective_scan, selective_scan_fn, selective_scan_naive
 from .vmeanba import mean_selective_scan
 
-__all__ = ["depthwise_conv1d", "mean_selective_scan", "selective_scan", "selective_scan_fn", "selective_scan_naive"]
+__all__ = [
+    "cross_merge",
+    "cross_scan",
+    "depthwise_conv1d",
+    "mean_selective_scan",
+    "selective_scan",
+    "selective_scan_fn",
+    "selective_scan_naive",
+]
