@@ -166,3 +166,116 @@ def test_bad_arguments_raise_value_error_naming_them(change, message):
     args.update(change)
     with pytest.raises(ValueError, match=message):
         mean_selective_scan(**args)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the Triton kernels against the reference
+
+# relative error ||out - ref|| / ||ref|| allowed for (forward, gradients), kernel vs fp32 reference on the same inputs
+TOLERANCE = {torch.float32: (1e-5, 5e-5), torch.bfloat16: (2e-2, 5e-2)}
+DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16"}
+# (BLOCK_L, BLOCK_D) forced under the interpreter: several time blocks and partial channel blocks at small shapes
+BLOCKS = (8, 4)
+KERNEL_CASES = [
+    # batch, L, D, N, G, layout, dtype, seq_len
+    (2, 1, 8, 1, 4, "BDL", torch.float32, None),
+    (2, 7, 12, 1, 4, "BLD", torch.float32, None),
+    (1, 16, 10, 8, 1, "BDL", torch.float32, None),
+    (2, 33, 12, 8, 4, "BLD", torch.float32, 11),
+    (1, 33, 8, 1, 1, "BDL", torch.float32, None),
+    (2, 21, 12, 8, 4, "BDL", torch.bfloat16, None),
+    (1, 40, 16, 1, 4, "BLD", torch.bfloat16, 8),
+    (2, 9, 6, 8, 1, "BLD", torch.bfloat16, None),
+]
+
+
+def cast(inputs: dict, dtype: torch.dtype) -> dict:
+    """Fresh leaves: sequence tensors and B/C in `dtype`, parameters in fp32."""
+    return {n: x.to(torch.float32 if n in PARAMS else dtype).clone().requires_grad_(True) for n, x in inputs.items()}
+
+
+def compare_with_reference(inputs: dict, dtype: torch.dtype, flags: dict, *, blocks=BLOCKS) -> None:
+    """Triton in `dtype` vs the naive reference in fp32 on the same (rounded) values: the output and every gradient,
+    each held to the tolerance of its own dtype (the parameter gradients are fp32 even in a bf16 call)."""
+    from sfmamba.ops.vmeanba import chunk
+
+    k_in = cast(inputs, dtype)
+    r_in = {n: x.detach().float().clone().requires_grad_(True) for n, x in k_in.items()}
+    with mock.patch.object(chunk, "forced_blocks", blocks), backend("triton"):
+        out = mean_selective_scan(**k_in, **flags)
+    ref = mean_selective_scan_naive(**r_in, **flags)
+    assert out.dtype == dtype and out.shape == k_in["u"].shape
+    assert_close("out", ref, out, TOLERANCE[dtype][0])
+    upstream = torch.randn_like(out)
+    got = torch.autograd.grad(out, list(k_in.values()), upstream)
+    # with L = 1 nothing decays: A is not in the reference's graph and its gradient is zero
+    want = torch.autograd.grad(ref, list(r_in.values()), upstream.float(), allow_unused=True)
+    want = [torch.zeros_like(r_in[n]) if w is None else w for n, w in zip(r_in, want)]
+    for name, g, w in zip(k_in, got, want):
+        assert g.dtype == k_in[name].dtype, f"d{name}: dtype {g.dtype} != {k_in[name].dtype}"
+        assert_close(f"d{name}", w, g, TOLERANCE[g.dtype][1])
+
+
+def kernel_id(batch, length, dim, nstate, groups, layout, dtype, seq_len) -> str:
+    return f"B{batch}-L{length}-D{dim}-N{nstate}-G{groups}-{layout}-{DTYPE_NAMES[dtype]}-T{seq_len}"
+
+
+@pytest.mark.parametrize(
+    ("batch", "length", "dim", "nstate", "groups", "layout", "dtype", "seq_len"),
+    KERNEL_CASES,
+    ids=[kernel_id(*case) for case in KERNEL_CASES],
+)
+def test_kernel_forward_and_gradients(batch, length, dim, nstate, groups, layout, dtype, seq_len):
+    torch.manual_seed(hash((batch, length, dim, nstate, groups, layout, seq_len)) % 2**31)
+    inputs = make_inputs(batch, length, dim, nstate, groups, layout)
+    compare_with_reference(inputs, dtype, dict(delta_softplus=True, seq_len=seq_len, layout=layout))
+
+
+@pytest.mark.parametrize(
+    ("has_D", "has_z", "has_bias", "softplus", "grouped"),
+    [(False, False, False, False, False), (True, False, True, False, True), (False, True, False, True, False)],
+)
+def test_kernel_options(has_D, has_z, has_bias, softplus, grouped):
+    inputs = make_inputs(2, 13, 8, 2, 1, "BDL", grouped=grouped, D=has_D, z=has_z, delta_bias=has_bias)
+    if not softplus:  # the raw step must be positive
+        inputs["delta"] = torch.rand_like(inputs["delta"]) * 0.2 + 0.02
+    compare_with_reference(inputs, torch.float32, dict(delta_softplus=softplus, layout="BDL"))
+
+
+def test_kernel_default_blocks_and_noncontiguous_inputs():
+    # the launcher's own block plan (one time block of 64 at N = 1), u and delta as transposed views
+    inputs = make_inputs(2, 70, 24, 1, 4, "BLD")
+    flags = dict(delta_softplus=True, layout="BDL")
+    views = {n: x.transpose(1, 2) if n in ("u", "delta", "z") else x.detach() for n, x in inputs.items()}
+    views["B"], views["C"] = inputs["B"].permute(0, 2, 3, 1), inputs["C"].permute(0, 2, 3, 1)  # (b, G, N, L) views
+    assert not views["u"].is_contiguous()
+    with backend("triton"):
+        out = mean_selective_scan(**views, **flags)
+    assert_close("out", mean_selective_scan_naive(**views, **flags), out, 1e-5)
+
+
+def test_kernel_without_grad_saves_nothing():
+    from sfmamba.ops.vmeanba import chunk
+
+    inputs = make_inputs(1, 9, 8, 1, 2, "BDL")
+    spy = mock.patch.object(chunk, "mean_scan_fwd", wraps=chunk.mean_scan_fwd)
+    with torch.no_grad(), spy as fwd, backend("triton"):
+        out = mean_selective_scan(**inputs, delta_softplus=True)
+    assert fwd.call_args.args[-1] is False  # save
+    assert_close("out", mean_selective_scan_naive(**inputs, delta_softplus=True), out, 1e-5)
+
+
+@pytest.mark.parametrize("op_name", ["fwd", "bwd"])
+def test_custom_ops_opcheck(op_name):
+    """torch.library.opcheck (schema, fake vs real outputs, autograd registration) on the ops torch.compile traces."""
+    torch.manual_seed(7)
+    t = cast(make_inputs(2, 12, 8, 2, 2, "BLD"), torch.float32)
+    fwd_args = (t["u"], t["delta"], t["A"], t["B"], t["C"], t["D"], t["z"], t["delta_bias"], True, 6, "BLD", True)
+    if op_name == "fwd":
+        torch.library.opcheck(torch.ops.sfmamba.mean_selective_scan_fwd.default, fwd_args)
+        return
+    with torch.no_grad():
+        out, a_save, h_save = torch.ops.sfmamba.mean_selective_scan_fwd(*fwd_args)
+    plain = [x.detach() for x in fwd_args[:8]]
+    bwd_args = (torch.randn_like(out), *plain, a_save, h_save, True, 6, "BLD")
+    torch.library.opcheck(torch.ops.sfmamba.mean_selective_scan_bwd.default, bwd_args)

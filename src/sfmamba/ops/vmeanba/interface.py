@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from ...utils._config import use_triton
 from .._checks import ArgumentError
 from ..selective_scan.interface import check_selective_scan_inputs
 from .naive import mean_selective_scan_naive
@@ -75,6 +76,10 @@ def mean_selective_scan(
         torch.Size([2, 16, 49])
     """
     check_mean_selective_scan_inputs(u, delta, A, B, C, D, z, delta_bias, delta_softplus, seq_len, layout)
+    if use_triton(u.device):
+        from .chunk import mean_selective_scan_triton
+
+        return mean_selective_scan_triton(u, delta, A, B, C, D, z, delta_bias, delta_softplus, seq_len, layout)
     return mean_selective_scan_naive(
         u, delta, A, B, C, D, z, delta_bias, delta_softplus, seq_len=seq_len, layout=layout
     )
