@@ -1,5 +1,7 @@
 """Layers built on the ops: token mixers and their pieces, all in (batch, length, channels) layout."""
 
+from .aux_tokens import AuxTokens, swap_aux_tokens_
 from .mamba_mixer import MambaVisionMixer
+from .scan_mixers import GroupedLinear, ScanMixer, SeriesScanMixer
 
-__all__ = ["MambaVisionMixer"]
+__all__ = ["AuxTokens", "GroupedLinear", "MambaVisionMixer", "ScanMixer", "SeriesScanMixer", "swap_aux_tokens_"]

@@ -33,6 +33,10 @@ class MambaVisionMixer(nn.Module):
         bias: bias of in_proj and out_proj.
         device, dtype: factory kwargs.
 
+    Attributes:
+        vmeanba: False by default; when True, `forward` calls `sfmamba.ops.vmeanba.mean_selective_scan` (the channels
+            sharing one B/C averaged, SPEC section 4) instead of `selective_scan`, with the same arguments.
+
     Shapes: input and output [B, L, d_model].
     """
 
@@ -84,6 +88,7 @@ class MambaVisionMixer(nn.Module):
         self.A_log._no_weight_decay = True
         self.D._no_weight_decay = True
         self.dt_proj.bias._no_reinit = True
+        self.vmeanba = False  # True: scan with VMeanba's channel means (sfmamba.ops.vmeanba), see `_scan`
         self.reset_ssm_parameters()
 
     @torch.no_grad()
@@ -104,26 +109,42 @@ class MambaVisionMixer(nn.Module):
         self.A_log.copy_(torch.log(a).expand(self.d_half, -1))
         self.D.fill_(1.0)
 
-    def forward(self, x: Tensor) -> Tensor:
-        """[B, L, d_model] -> [B, L, d_model]."""
-        xz = self.in_proj(x)
-        u, z = xz.split(self.d_half, dim=-1)  # strided views, [B, L, D/2] each
+    def forward(self, x: Tensor, seq_len: int | None = None) -> Tensor:
+        """[B, L, d_model] -> [B, L, d_model]. `seq_len` (a divisor of L): every row holds L / seq_len independent
+        sequences (a folded batch); the conv and the scan reset at their boundaries, so none leaks into the next."""
+        u, z = self.in_proj(x).split(self.d_half, dim=-1)  # strided views, [B, L, D/2] each
+        u, z = self._conv(u, z, seq_len)
+        return self.out_proj(torch.cat((self._ssm(u, seq_len), z), dim=-1))
+
+    def _conv(self, u: Tensor, z: Tensor, seq_len: int | None) -> tuple[Tensor, Tensor]:
+        """Depthwise 'same' conv + SiLU on both branches, [B, L, D/2] each."""
         k = self.d_conv
         u = depthwise_conv1d(
-            u, self.conv1d_x.weight.view(self.d_half, k), self.conv1d_x.bias, padding="same", activation="silu"
+            u, self.conv1d_x.weight.view(self.d_half, k), self.conv1d_x.bias, padding="same", activation="silu",
+            seq_len=seq_len,
         )  # fmt: skip
         z = depthwise_conv1d(
-            z, self.conv1d_z.weight.view(self.d_half, k), self.conv1d_z.bias, padding="same", activation="silu"
+            z, self.conv1d_z.weight.view(self.d_half, k), self.conv1d_z.bias, padding="same", activation="silu",
+            seq_len=seq_len,
         )  # fmt: skip
+        return u, z
+
+    def _ssm(self, u: Tensor, seq_len: int | None) -> Tensor:
+        """x_proj -> (dt, B, C) -> dt_proj -> selective scan of u, [B, L, D/2]."""
         dt, B, C = self.x_proj(u).split((self.dt_rank, self.d_state, self.d_state), dim=-1)
         # The official mixer applies dt_proj *with* its bias and then passes the same bias again as the scan's
         # delta_bias, so the bias counts twice. Reproduced on purpose: official checkpoints were trained that way.
-        dt = self.dt_proj(dt)
+        return self._scan(u, self.dt_proj(dt), B, C, seq_len)
+
+    def _scan(self, u: Tensor, dt: Tensor, B: Tensor, C: Tensor, seq_len: int | None) -> Tensor:
+        """The selective scan in (B, L, D) layout, or VMeanba's channel-mean scan when `self.vmeanba` is set."""
         A = -torch.exp(self.A_log.float())
-        y = selective_scan(
-            u, dt, A, B, C, self.D.float(), None, self.dt_proj.bias.float(), True, layout="BLD"
-        )  # fmt: skip
-        return self.out_proj(torch.cat((y, z), dim=-1))
+        args = (u, dt, A, B, C, self.D.float(), None, self.dt_proj.bias.float(), True)
+        if self.vmeanba:
+            from ..ops.vmeanba import mean_selective_scan  # lazy: layers must import without the VMeanba op
+
+            return mean_selective_scan(*args, seq_len=seq_len, layout="BLD")
+        return selective_scan(*args, seq_len=seq_len, layout="BLD")
 
     def extra_repr(self) -> str:
         return f"d_model={self.d_model}, d_state={self.d_state}, d_conv={self.d_conv}, dt_rank={self.dt_rank}"

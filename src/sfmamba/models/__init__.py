@@ -1,5 +1,6 @@
 """timm model files. Importing this package registers every model with timm (`timm.create_model(name)`)."""
 
 from .mambavision import MambaVision
+from .sf_mamba import SFMamba
 
-__all__ = ["MambaVision"]
+__all__ = ["MambaVision", "SFMamba"]

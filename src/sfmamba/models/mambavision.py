@@ -130,7 +130,8 @@ class Attention(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm token block: x + g1 * mixer(LN x); x + g2 * MLP(LN x). The mixer is Mamba or attention."""
+    """Pre-norm token block: x + g1 * mixer(LN x); x + g2 * MLP(LN x). The mixer is Mamba or attention, or `mixer`
+    when given (any [B, L, dim] -> [B, L, dim] module)."""
 
     def __init__(
         self,
@@ -146,10 +147,13 @@ class Block(nn.Module):
         layer_scale: float | None = None,
         act_layer: type[nn.Module] = nn.GELU,
         norm_layer: type[nn.Module] = nn.LayerNorm,
+        mixer: nn.Module | None = None,
     ):
         super().__init__()
         self.norm1 = norm_layer(dim)
-        if use_attention:
+        if mixer is not None:  # a caller-built token mixer (SF-Mamba's scan variants)
+            self.mixer = mixer
+        elif use_attention:
             self.mixer = Attention(
                 dim, num_heads=num_heads, qkv_bias=qkv_bias, qk_norm=qk_norm, attn_drop=attn_drop,
                 proj_drop=proj_drop, norm_layer=norm_layer,
@@ -298,11 +302,11 @@ class MambaVision(nn.Module):
         stages, self.feature_info = [], []
         for i, depth in enumerate(depths):
             stages.append(
-                MambaVisionStage(
-                    dims[i],
-                    depth,
-                    num_heads[i],
-                    window_size[i],
+                self._make_stage(
+                    dim=dims[i],
+                    depth=depth,
+                    num_heads=num_heads[i],
+                    window_size=window_size[i],
                     conv=i < 2,
                     in_dim=dims[i - 1] if i else None,
                     mlp_ratio=mlp_ratio,
@@ -322,6 +326,10 @@ class MambaVision(nn.Module):
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         self.apply(self._init_weights)
+
+    def _make_stage(self, **stage_kwargs) -> nn.Module:
+        """One stage from `MambaVisionStage`'s arguments; subclasses (SF-Mamba) build their hybrid stages here."""
+        return MambaVisionStage(**stage_kwargs)
 
     @staticmethod
     def _init_weights(m: nn.Module) -> None:
