@@ -88,14 +88,33 @@ def _load_dy(dout_ptr, z_ptr, t, ch, mask_d, sdo_l, sdo_d, sz_l, sz_d, HAS_Z: tl
     return dout, zt, dy
 
 
+@triton.jit
+def _fwd_inputs(u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, t, valid, ch, mask_d, offs_n, NSTATE, su_l, su_d, sdt_l,
+                sdt_d, sB_l, sB_n, sC_l, sC_n, sz_l, sz_d, HAS_Z: tl.constexpr, SUMMARY: tl.constexpr):  # fmt: skip
+    """The forward's loads for step t (all masked off unless `valid`), fp32: u, raw delta [BD]; B, C [BN]; z [BD]
+    (C and z only when used)."""
+    mask_d = mask_d & valid
+    mask_n = (offs_n < NSTATE) & valid
+    x = tl.load(u_ptr + t * su_l + ch * su_d, mask=mask_d, other=0.0).to(tl.float32)
+    dt = tl.load(delta_ptr + t * sdt_l + ch * sdt_d, mask=mask_d, other=0.0).to(tl.float32)
+    Bt = tl.load(B_ptr + t * sB_l + offs_n * sB_n, mask=mask_n, other=0.0).to(tl.float32)
+    Ct = Bt
+    zt = x
+    if not SUMMARY:
+        Ct = tl.load(C_ptr + t * sC_l + offs_n * sC_n, mask=mask_n, other=0.0).to(tl.float32)
+        if HAS_Z:
+            zt = tl.load(z_ptr + t * sz_l + ch * sz_d, mask=mask_d, other=0.0).to(tl.float32)
+    return x, dt, Bt, Ct, zt
+
+
 def _fwd_configs() -> list[triton.Config]:
     if triton_interpret():
-        return [triton.Config({"BLOCK_D": 16, "UNROLL": 1}, num_warps=1)]
+        return [triton.Config({"BLOCK_D": 16, "PREFETCH": 1}, num_warps=1)]
     return [
-        triton.Config({"BLOCK_D": bd, "UNROLL": unroll}, num_warps=w)
+        triton.Config({"BLOCK_D": bd, "PREFETCH": prefetch}, num_warps=w)
         for bd in (32, 64, 128)
         for w in (1, 2, 4)
-        for unroll in (1, 4)
+        for prefetch in (0, 1)
         if bd >= 32 * w
     ]
 
@@ -111,7 +130,7 @@ def selective_scan_fwd_kernel(
     sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_H0: tl.constexpr, RESET: tl.constexpr, STORE_LAST: tl.constexpr, STORE_CKPT: tl.constexpr,
-    SUMMARY: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, UNROLL: tl.constexpr,
+    SUMMARY: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, PREFETCH: tl.constexpr,
 ):  # fmt: skip
     # One program: one image, BLOCK_D channels of one group, one chunk of `chunk_len` steps, walked sequentially
     # with the whole [N, BLOCK_D] state in registers (state index inside each thread: no shuffles per step).
@@ -144,15 +163,24 @@ def selective_scan_fwd_kernel(
             h = tl.load(chunk_P_ptr + offs, mask=mask_dn, other=0.0) * h + tl.load(
                 chunk_S_ptr + offs, mask=mask_dn, other=0.0
             )
-    t_end = tl.minimum(c * chunk_len + chunk_len, L)
-    for t in tl.range(c * chunk_len, t_end, loop_unroll_factor=UNROLL):
-        x = tl.load(u_ptr + t * su_l + ch * su_d, mask=mask_d, other=0.0).to(tl.float32)
-        dt = tl.load(delta_ptr + t * sdt_l + ch * sdt_d, mask=mask_d, other=0.0).to(tl.float32)
+    t_start = c * chunk_len
+    t_end = tl.minimum(t_start + chunk_len, L)
+    ahead = _fwd_inputs(u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, t_start, PREFETCH, ch, mask_d, offs_n, NSTATE,
+                        su_l, su_d, sdt_l, sdt_d, sB_l, sB_n, sC_l, sC_n, sz_l, sz_d, HAS_Z, SUMMARY)  # fmt: skip
+    for t in range(t_start, t_end):
+        if PREFETCH:  # issue step t+1's loads before step t's math: the loop is bound by load latency
+            x, dt, Bt, Ct, zt = ahead
+            ahead = _fwd_inputs(u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, t + 1, t + 1 < t_end, ch, mask_d, offs_n,
+                                NSTATE, su_l, su_d, sdt_l, sdt_d, sB_l, sB_n, sC_l, sC_n, sz_l, sz_d, HAS_Z,
+                                SUMMARY)  # fmt: skip
+        else:
+            x, dt, Bt, Ct, zt = _fwd_inputs(u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, t, True, ch, mask_d, offs_n, NSTATE,
+                                            su_l, su_d, sdt_l, sdt_d, sB_l, sB_n, sC_l, sC_n, sz_l, sz_d, HAS_Z,
+                                            SUMMARY)  # fmt: skip
         if HAS_BIAS:
             dt += bias
         if SOFTPLUS:
             dt = _softplus(dt)
-        Bt = tl.load(B_ptr + t * sB_l + offs_n * sB_n, mask=offs_n < NSTATE, other=0.0).to(tl.float32)
         dA = tl.exp2(dt[None, :] * A2)  # [BN, BD]
         seg, start, end = _segments(t, L, seq_len, seg_ids_ptr, cu_ptr, pid_b, RESET)
         if HAS_H0:  # the state before a segment enters through its first step
@@ -164,12 +192,10 @@ def selective_scan_fwd_kernel(
         if SUMMARY:
             decay = tl.where(start, 0.0, decay * dA)
         else:
-            Ct = tl.load(C_ptr + t * sC_l + offs_n * sC_n, mask=offs_n < NSTATE, other=0.0).to(tl.float32)
             y = tl.sum(h * Ct[:, None], axis=0)  # [BD]
             if HAS_D:
                 y += x * Dv
             if HAS_Z:
-                zt = tl.load(z_ptr + t * sz_l + ch * sz_d, mask=mask_d, other=0.0).to(tl.float32)
                 y *= zt * tl.sigmoid(zt)
             tl.store(out_ptr + t * so_l + ch * so_d, y.to(out_ptr.dtype.element_ty), mask=mask_d)
             if STORE_LAST:
