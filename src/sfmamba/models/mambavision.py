@@ -23,6 +23,7 @@ from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_c
 from torch import Tensor, nn
 
 from ..layers import MambaVisionMixer
+from ._checkpoint import load_checkpoint_file, route_files_to_load_pretrained
 
 __all__ = ["MambaVision", "checkpoint_filter_fn"]
 
@@ -366,6 +367,10 @@ class MambaVision(nn.Module):
             stage.grad_checkpointing = enable
 
     @torch.jit.ignore
+    def load_pretrained(self, checkpoint_path: str) -> None:
+        """timm's hook for `pretrained=True` files and URLs (`custom_load` in the cfg): safe read, official key map."""
+        load_checkpoint_file(self, checkpoint_path, checkpoint_filter_fn)
+
     def get_classifier(self) -> nn.Module:
         return self.head
 
@@ -504,7 +509,7 @@ def _create_mambavision(variant: str, pretrained: bool = False, **kwargs) -> Mam
         pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
         feature_cfg=dict(out_indices=(0, 1, 2, 3), flatten_sequential=True),
-        **kwargs,
+        **route_files_to_load_pretrained(kwargs),
     )
 
 
@@ -523,6 +528,7 @@ def _cfg(url: str = "", **kwargs) -> dict:
         "first_conv": "patch_embed.conv_down.0",
         "classifier": "head",
         "license": "other",  # NVIDIA Source Code License-NC for the official weights
+        "custom_load": True,  # files load through `load_pretrained` (weights_only, `state_dict` over EMA)
         **kwargs,
     }
 

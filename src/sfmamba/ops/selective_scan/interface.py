@@ -80,7 +80,7 @@ def selective_scan(
     z: Tensor | None = None,
     delta_bias: Tensor | None = None,
     delta_softplus: bool = False,
-    return_last_state: bool = False,
+    return_last_state: bool | None = False,
     *,
     seq_len: int | None = None,
     cu_seqlens: Tensor | None = None,
@@ -107,7 +107,8 @@ def selective_scan(
         z (Tensor, Optional): [B, D, L] gate, same dtype as `u`. Default: None.
         delta_bias (Tensor, Optional): [D] float32 bias added to `delta`. Default: None.
         delta_softplus (bool): apply softplus to the step size. Default: False.
-        return_last_state (bool): also return the fp32 state at the end of every segment, [S, D, N]. Default: False.
+        return_last_state (bool): also return the fp32 state at the end of every segment, [S, D, N]; None means
+            False (as in mamba_ssm). Default: False.
         seq_len (int, Optional): reset the state every `seq_len` steps (a folded batch of images); must divide L.
             Segments are numbered batch-major: S = B * L / seq_len. Default: None (one segment per row).
         cu_seqlens (Tensor, Optional): [S + 1] int32/int64 offsets of packed segments in a batch of one row,
@@ -124,6 +125,8 @@ def selective_scan(
         >>> selective_scan(u, delta, A, B, C).shape
         torch.Size([2, 16, 49])
     """
+    if return_last_state is None:  # mamba_ssm treats None as False, and the official MambaVision passes None
+        return_last_state = False
     check_selective_scan_inputs(
         u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, seq_len, cu_seqlens, initial_state,
         layout,
