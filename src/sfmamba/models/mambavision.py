@@ -366,11 +366,11 @@ class MambaVision(nn.Module):
         for stage in self.levels:
             stage.grad_checkpointing = enable
 
-    @torch.jit.ignore
     def load_pretrained(self, checkpoint_path: str) -> None:
         """timm's hook for `pretrained=True` files and URLs (`custom_load` in the cfg): safe read, official key map."""
         load_checkpoint_file(self, checkpoint_path, checkpoint_filter_fn)
 
+    @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
         return self.head
 
