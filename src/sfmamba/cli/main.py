@@ -17,6 +17,7 @@ from . import UsageError
 
 COMMANDS = {
     "tune": "sfmamba.cli.tune",
+    "train": "sfmamba.cli.train",
 }
 
 

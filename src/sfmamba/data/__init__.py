@@ -1,0 +1,41 @@
+"""Datasets (Fashion-MNIST IDX files, ImageNet-style folders), timm transforms and resumable loaders."""
+
+from .fashion_mnist import (
+    DEFAULT_FASHION_MNIST_DIR,
+    FASHION_MNIST_CLASSES,
+    DatasetError,
+    FashionMNIST,
+    load_fashion_mnist,
+    read_idx,
+)
+from .folder import ImageFolderDataset
+from .loader import (
+    DATASETS,
+    AugmentConfig,
+    ResumableSampler,
+    build_transform,
+    create_dataset,
+    create_loader,
+    dataset_stats,
+    default_data_dir,
+    set_loader_epoch,
+)
+
+__all__ = [
+    "DATASETS",
+    "DEFAULT_FASHION_MNIST_DIR",
+    "FASHION_MNIST_CLASSES",
+    "AugmentConfig",
+    "DatasetError",
+    "FashionMNIST",
+    "ImageFolderDataset",
+    "ResumableSampler",
+    "build_transform",
+    "create_dataset",
+    "create_loader",
+    "dataset_stats",
+    "default_data_dir",
+    "load_fashion_mnist",
+    "read_idx",
+    "set_loader_epoch",
+]

@@ -1,0 +1,55 @@
+"""Classification metrics accumulated batch by batch: top-k counts, summed loss and a confusion matrix."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+class ClassificationMetrics:
+    """Accumulates logits/targets; `result()` gives top-1/top-5 (%), mean loss, per-class accuracy (%).
+
+    The state is a few tensors on one device, so `all_reduce()` sums it over the processes of a DDP run.
+    """
+
+    def __init__(self, num_classes: int, device: torch.device | str = "cpu", topk: tuple[int, ...] = (1, 5)):
+        if num_classes <= 0:
+            raise ValueError(f"num_classes must be positive, got {num_classes}")
+        self.num_classes, self.topk = num_classes, topk
+        self.confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)  # [true, pred]
+        self.topk_correct = torch.zeros(len(topk), dtype=torch.int64, device=device)
+        self.loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+
+    def update(self, logits: Tensor, target: Tensor) -> None:
+        """logits [B, K], integer targets [B]."""
+        if logits.ndim != 2 or logits.shape[1] != self.num_classes:
+            raise ValueError(f"logits must be [batch, {self.num_classes}], got {tuple(logits.shape)}")
+        logits = logits.float()
+        self.loss_sum += F.cross_entropy(logits, target, reduction="sum").double()
+        k_max = min(max(self.topk), self.num_classes)
+        top = logits.topk(k_max, dim=1).indices  # [B, k_max]
+        hits = top.eq(target[:, None])
+        for i, k in enumerate(self.topk):
+            self.topk_correct[i] += hits[:, : min(k, k_max)].any(dim=1).sum()
+        index = target * self.num_classes + top[:, 0]
+        self.confusion += torch.bincount(index, minlength=self.num_classes**2).view(self.num_classes, -1)
+
+    def all_reduce(self) -> None:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            for tensor in (self.confusion, self.topk_correct, self.loss_sum):
+                dist.all_reduce(tensor)
+
+    @property
+    def count(self) -> int:
+        return int(self.confusion.sum())
+
+    def result(self) -> dict[str, object]:
+        n = max(self.count, 1)
+        per_class_total = self.confusion.sum(dim=1).clamp_min(1)
+        per_class = (self.confusion.diag().double() / per_class_total * 100).tolist()
+        out: dict[str, object] = {f"top{k}": float(c) / n * 100 for k, c in zip(self.topk, self.topk_correct.tolist())}
+        out.update(loss=float(self.loss_sum) / n, count=self.count, per_class_top1=per_class)
+        return out

@@ -1,0 +1,181 @@
+"""Checkpoints that never lose work: every file is written to a temporary name and renamed into place.
+
+A checkpoint named X in a run folder is
+- `X.safetensors`: the model weights, with metadata to rebuild the model (`model`, `model_kwargs`, `num_classes`, ...);
+- `X-ema.safetensors`: the EMA weights, when the run keeps an EMA;
+- `X.state.pt` (only for `last`): optimizer, scheduler, grad scaler, EMA step, the RNG states of every rank, the step
+  and epoch; loaded with `torch.load(weights_only=True)` (it holds only tensors and plain Python values).
+The weights are renamed into place before the state, and both record the step, so a run killed between the renames
+is detected on resume (`load_training_state` compares them) instead of silently mixing two steps.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, safe_open, save_file
+from torch import nn
+
+STATE_SUFFIX = ".state.pt"
+WEIGHTS_SUFFIX = ".safetensors"
+EMA_SUFFIX = "-ema.safetensors"
+FORMAT = "sfmamba-train-1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, corrupt or inconsistent; the message names the file."""
+
+
+def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
+    """Call `write(temp_path)` for a temporary file next to `path`, then rename it onto `path` (atomic on POSIX)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(temp)
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write(path, lambda temp: Path(temp).write_text(text))
+
+
+def _weights_of(module: nn.Module) -> dict[str, torch.Tensor]:
+    # safetensors refuses shared storage (tied weights) and non-contiguous tensors: store detached contiguous clones
+    return {k: v.detach().to("cpu").contiguous().clone() for k, v in module.state_dict().items()}
+
+
+def save_weights(path: str | Path, module: nn.Module, metadata: dict[str, object]) -> None:
+    """The module's state dict as safetensors; metadata values are stored as JSON strings."""
+    meta = {"format": FORMAT, **{k: json.dumps(v) for k, v in metadata.items()}}
+    weights = _weights_of(module)
+    atomic_write(path, lambda temp: save_file(weights, temp, metadata=meta))
+
+
+def read_metadata(path: str | Path) -> dict[str, object]:
+    """The metadata `save_weights` stored (decoded from JSON); an empty dict for a file from elsewhere."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError) as err:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({err})") from err
+    if meta.get("format") != FORMAT:
+        return {}
+    return {k: json.loads(v) for k, v in meta.items() if k != "format"}
+
+
+def load_weights(path: str | Path, module: nn.Module) -> dict[str, object]:
+    """Load `path` into `module` (strict) and return its metadata; mismatched keys or shapes raise CheckpointError."""
+    metadata = read_metadata(path)
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError) as err:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({err})") from err
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise CheckpointError(f"{path}: does not match the model ({str(err).splitlines()[0]} ...)") from err
+    return metadata
+
+
+def capture_rng_state() -> dict[str, object]:
+    """The RNG states of Python, NumPy and torch (CPU and the current CUDA device) as tensors and plain values."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state: dict[str, object] = {
+        "python": random.getstate(),
+        "numpy": (name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached),
+        "torch": torch.random.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def restore_rng_state(state: dict[str, object]) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.random.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def checkpoint_paths(run_dir: str | Path, name: str) -> dict[str, Path]:
+    run_dir = Path(run_dir)
+    return {
+        "weights": run_dir / f"{name}{WEIGHTS_SUFFIX}",
+        "ema": run_dir / f"{name}{EMA_SUFFIX}",
+        "state": run_dir / f"{name}{STATE_SUFFIX}",
+    }
+
+
+def save_training_checkpoint(
+    run_dir: str | Path,
+    model: nn.Module,
+    ema: nn.Module | None,
+    training_state: dict[str, object],
+    metadata: dict[str, object],
+    name: str = "last",
+) -> None:
+    """Weights (+ EMA weights), then the training state; `training_state` must hold 'step'."""
+    paths = checkpoint_paths(run_dir, name)
+    step_meta = {**metadata, "step": training_state["step"], "epoch": training_state.get("epoch")}
+    save_weights(paths["weights"], model, step_meta)
+    if ema is not None:
+        save_weights(paths["ema"], ema, step_meta)
+    atomic_write(paths["state"], lambda temp: torch.save(training_state, temp))
+
+
+def resolve_resume_path(resume: str | Path) -> Path:
+    """A run folder, `X.safetensors` or `X.state.pt` -> the state file of that checkpoint (`last` in a folder)."""
+    path = Path(resume)
+    if path.is_dir():
+        path = path / f"last{STATE_SUFFIX}"
+    elif path.name.endswith(EMA_SUFFIX):
+        path = path.with_name(path.name[: -len(EMA_SUFFIX)] + STATE_SUFFIX)
+    elif path.suffix == WEIGHTS_SUFFIX:
+        path = path.with_name(path.name[: -len(WEIGHTS_SUFFIX)] + STATE_SUFFIX)
+    if not path.is_file():
+        raise CheckpointError(
+            f"{path}: no training state to resume from (expected a run folder holding "
+            f"last{STATE_SUFFIX} and last{WEIGHTS_SUFFIX}, or one of those files)"
+        )
+    return path
+
+
+def load_training_checkpoint(state_path: str | Path, model: nn.Module, ema: nn.Module | None) -> dict[str, object]:
+    """Load the weights beside `state_path` into `model` (and `ema`) and return the training state."""
+    state_path = Path(state_path)
+    name = state_path.name[: -len(STATE_SUFFIX)]
+    paths = checkpoint_paths(state_path.parent, name)
+    try:
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several types for corrupt or truncated files
+        raise CheckpointError(f"{state_path}: cannot be loaded as a training state ({err})") from err
+    weights_meta = load_weights(paths["weights"], model)
+    if weights_meta.get("step") != state.get("step"):
+        raise CheckpointError(
+            f"{paths['weights']} is from step {weights_meta.get('step')} but {state_path} from step "
+            f"{state.get('step')}: the run was killed while writing; resume from another copy"
+        )
+    if ema is not None:
+        if not paths["ema"].is_file():
+            raise CheckpointError(f"{paths['ema']}: missing (the run being resumed kept no EMA; drop --model-ema)")
+        load_weights(paths["ema"], ema)
+    return state

@@ -1,0 +1,475 @@
+"""The training loop: timm's recipe components, AMP, channels-last, torch.compile, DDP, exact resume.
+
+`Trainer(config).fit()` trains, evaluates after every epoch and returns the final metrics. Everything a run writes
+goes to its folder: args.yaml, last/best checkpoints (see `checkpoint.py`), summary.csv, steps.csv,
+train_curves.png and results.json.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import logging
+import time
+from pathlib import Path
+
+import timm
+import torch
+from timm.data import Mixup
+from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+from timm.optim import create_optimizer_v2
+from timm.scheduler import CosineLRScheduler
+from timm.utils import ModelEmaV3, dispatch_clip_grad
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from ..data import AugmentConfig, build_transform, create_dataset, create_loader, dataset_stats, set_loader_epoch
+from ..eval.evaluate import autocast_context, evaluate
+from .checkpoint import (
+    atomic_write_text,
+    capture_rng_state,
+    load_training_checkpoint,
+    resolve_resume_path,
+    restore_rng_state,
+    save_training_checkpoint,
+    save_weights,
+)
+from .config import TrainConfig, config_to_yaml
+from .distributed import (
+    DistributedInfo,
+    all_gather_objects,
+    broadcast_flag,
+    cleanup_distributed,
+    init_distributed,
+    mean_over_ranks,
+)
+from .history import write_history
+
+_logger = logging.getLogger(__name__)
+AMP_TORCH_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+_TIME_CHECK_EVERY = 10  # steps between (synchronised) time-limit checks
+
+
+def create_model(config: TrainConfig, num_classes: int) -> nn.Module:
+    """timm.create_model with the run's classes, dropout rates and --model-kwargs."""
+    kwargs = dict(config.model_kwargs)
+    kwargs.setdefault("drop_rate", config.drop)
+    if config.drop_path is not None:
+        kwargs.setdefault("drop_path_rate", config.drop_path)
+    if not timm.is_model(config.model):
+        close = timm.list_models(f"*{config.model.split('_')[0]}*")[:10]
+        raise ValueError(f"model {config.model!r} is not registered with timm (similar: {', '.join(close) or 'none'})")
+    return timm.create_model(config.model, pretrained=config.pretrained, num_classes=num_classes, **kwargs)
+
+
+def resolve_img_size(config: TrainConfig, model: nn.Module) -> int:
+    if config.img_size is not None:
+        return config.img_size
+    input_size = (getattr(model, "pretrained_cfg", None) or {}).get("input_size", (3, 224, 224))
+    return int(input_size[-1])
+
+
+def default_run_dir(config: TrainConfig) -> Path:
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return Path("output/train") / f"{config.model}-{stamp}"
+
+
+@dataclasses.dataclass
+class RunState:
+    """Where the run stands: `step` optimizer steps done, `batch_in_epoch` of them in the current `epoch`."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    best_top1: float = -1.0
+    best_epoch: int = -1
+    elapsed_s: float = 0.0  # training time over all sessions of the run (evaluation excluded)
+    summary: list = dataclasses.field(default_factory=list)
+    steps: list = dataclasses.field(default_factory=list)
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig):
+        self.config = config
+        self.dist: DistributedInfo = init_distributed(config.device)
+        self.device = self.dist.device
+        self.amp_dtype = AMP_TORCH_DTYPES[config.amp_dtype] if config.amp else None
+        self.state = RunState()
+        self._setup_data_and_model()
+        self._setup_optimization()
+        self._setup_run_dir()
+
+    # ---- set-up ---------------------------------------------------------------------------------------------------
+    def _setup_data_and_model(self) -> None:
+        c = self.config
+        # datasets first: a missing dataset fails before a model is built
+        probe = create_dataset(c.dataset, c.data_dir, "train")
+        self.classes = tuple(probe.classes)
+        self.num_classes = len(self.classes)
+        torch.manual_seed(c.seed)  # the same initial weights on every rank (DDP also broadcasts them)
+        self.model = create_model(c, self.num_classes).to(self.device)
+        if c.grad_checkpointing:
+            self.model.set_grad_checkpointing(True)
+        if c.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.img_size = resolve_img_size(c, self.model)
+        augment = AugmentConfig(
+            c.scale, c.ratio, c.hflip, c.vflip, c.color_jitter, c.aa, c.reprob, c.remode, c.interpolation, c.no_aug
+        )
+        probe.transform = build_transform(c.dataset, self.img_size, True, augment)
+        val = create_dataset(c.dataset, c.data_dir, "val", build_transform(c.dataset, self.img_size, False, augment))
+        pin = self.device.type == "cuda"
+        rank, world = self.dist.rank, self.dist.world_size
+        self.train_loader = create_loader(probe, c.batch_size, True, c.seed, c.workers, rank, world, pin)
+        val_batch = c.validation_batch_size or c.batch_size
+        self.val_loader = create_loader(val, val_batch, False, c.seed, c.workers, rank, world, pin)
+        self.steps_per_epoch = self.train_loader.sampler.batches_per_epoch()
+        self.total_steps = c.max_steps or c.epochs * self.steps_per_epoch
+
+    def _setup_optimization(self) -> None:
+        c = self.config
+        self.optimizer = create_optimizer_v2(
+            self.model, opt=c.opt, lr=c.lr, weight_decay=c.weight_decay, layer_decay=c.layer_decay
+        )
+        if c.sched != "cosine":
+            raise ValueError(f"sched must be 'cosine' (timm's CosineLRScheduler, stepped per update), got {c.sched!r}")
+        warmup_steps = round(c.warmup_epochs * self.steps_per_epoch)
+        self.scheduler = CosineLRScheduler(
+            self.optimizer,
+            t_initial=self.total_steps,
+            lr_min=c.min_lr,
+            warmup_t=warmup_steps,
+            warmup_lr_init=c.warmup_lr,
+            t_in_epochs=False,
+        )
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype is torch.float16)
+        self.ema = (
+            ModelEmaV3(self.model, decay=c.model_ema_decay, use_warmup=c.model_ema_warmup) if c.model_ema else None
+        )
+        self.mixup = None
+        if c.mixup > 0 or c.cutmix > 0:
+            self.mixup = Mixup(
+                mixup_alpha=c.mixup,
+                cutmix_alpha=c.cutmix,
+                prob=c.mixup_prob,
+                switch_prob=c.mixup_switch_prob,
+                mode=c.mixup_mode,
+                label_smoothing=c.smoothing,
+                num_classes=self.num_classes,
+            )
+            self.train_loss_fn: nn.Module = SoftTargetCrossEntropy()
+        elif c.smoothing > 0:
+            self.train_loss_fn = LabelSmoothingCrossEntropy(smoothing=c.smoothing)
+        else:
+            self.train_loss_fn = nn.CrossEntropyLoss()
+        self.train_model: nn.Module = self.model
+        if self.dist.distributed:
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            self.train_model = DistributedDataParallel(self.model, device_ids=device_ids)
+        if c.torchcompile:
+            self.train_model = torch.compile(self.train_model, backend=c.torchcompile, mode=c.torchcompile_mode)
+
+    def _setup_run_dir(self) -> None:
+        c = self.config
+        resume_path = resolve_resume_path(c.resume) if c.resume else None
+        if c.output:
+            self.run_dir = Path(c.output)
+        elif resume_path is not None:
+            self.run_dir = resume_path.parent
+        else:
+            self.run_dir = default_run_dir(c)
+        if resume_path is not None:
+            self._resume(resume_path)
+        else:
+            torch.manual_seed(c.seed + self.dist.rank)  # per-rank stream for dropout, drop-path and mixup
+        self.scheduler.step_update(self.state.step)
+        if self.dist.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.run_dir / "args.yaml", config_to_yaml(c))
+            _logger.info(
+                "run folder %s; %d steps/epoch, %d steps in all, model %s (%.2f M parameters), %d px",
+                self.run_dir,
+                self.steps_per_epoch,
+                self.total_steps,
+                c.model,
+                sum(p.numel() for p in self.model.parameters()) / 1e6,
+                self.img_size,
+            )
+
+    def _resume(self, state_path: Path) -> None:
+        ema_module = self.ema.module if self.ema is not None else None
+        saved = load_training_checkpoint(state_path, self.model, ema_module)
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.scheduler.load_state_dict(saved["scheduler"])
+        self.scaler.load_state_dict(saved["scaler"])
+        fields = {f.name for f in dataclasses.fields(RunState)}
+        self.state = RunState(**{k: v for k, v in saved["run_state"].items() if k in fields})
+        rng = saved["rng"]
+        if len(rng) != self.dist.world_size:
+            _logger.warning(
+                "resuming %d process(es) from a %d-process run: RNG streams are re-seeded, so the "
+                "continuation is not bit-exact",
+                self.dist.world_size,
+                len(rng),
+            )
+            torch.manual_seed(self.config.seed + self.dist.rank + self.state.step)
+        else:
+            restore_rng_state(rng[self.dist.rank])
+        if self.dist.is_main:
+            _logger.info(
+                "resumed %s at step %d (epoch %d, batch %d)",
+                state_path,
+                self.state.step,
+                self.state.epoch,
+                self.state.batch_in_epoch,
+            )
+
+    # ---- checkpoints ------------------------------------------------------------------------------------------------
+    def _metadata(self) -> dict[str, object]:
+        c = self.config
+        mean, std = dataset_stats(c.dataset)
+        return dict(
+            model=c.model,
+            model_kwargs=c.model_kwargs,
+            num_classes=self.num_classes,
+            img_size=self.img_size,
+            dataset=c.dataset,
+            classes=list(self.classes),
+            mean=list(mean),
+            std=list(std),
+            interpolation=c.interpolation,
+        )
+
+    def save_last(self) -> None:
+        rng = all_gather_objects(capture_rng_state())  # every rank takes part; rank 0 writes
+        if not self.dist.is_main:
+            return
+        training_state = dict(
+            step=self.state.step,
+            epoch=self.state.epoch,
+            optimizer=self.optimizer.state_dict(),
+            scheduler=self.scheduler.state_dict(),
+            scaler=self.scaler.state_dict(),
+            rng=rng,
+            run_state=dataclasses.asdict(self.state),
+        )
+        ema = self.ema.module if self.ema is not None else None
+        save_training_checkpoint(self.run_dir, self.model, ema, training_state, self._metadata())
+        write_history(self.run_dir, self.state.summary, self.state.steps, plot=False)
+
+    def _save_best(self, top1: float) -> None:
+        module = self.ema.module if self.ema is not None else self.model
+        meta = {
+            **self._metadata(),
+            "step": self.state.step,
+            "epoch": self.state.epoch,
+            "top1": top1,
+            "weights": "ema" if self.ema is not None else "model",
+        }
+        save_weights(self.run_dir / "best.safetensors", module, meta)
+
+    # ---- training ---------------------------------------------------------------------------------------------------
+    def _train_step(self, images: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        c = self.config
+        images = images.to(self.device, non_blocking=True)
+        target = target.to(self.device, non_blocking=True)
+        if self.mixup is not None:
+            images, target = self.mixup(images, target)
+        if c.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with autocast_context(self.device, self.amp_dtype):
+            loss = self.train_loss_fn(self.train_model(images), target)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if c.clip_grad is not None:
+            self.scaler.unscale_(self.optimizer)
+            dispatch_clip_grad(self.model.parameters(), c.clip_grad, mode=c.clip_mode)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.state.step += 1
+        self.scheduler.step_update(self.state.step)
+        if self.ema is not None:
+            self.ema.update(self.model, step=self.state.step)
+        return loss.detach()
+
+    def _should_stop(self, started: float) -> str | None:
+        c, s = self.config, self.state
+        if s.step >= self.total_steps:
+            return "done"
+        if c.stop_step is not None and s.step >= c.stop_step:
+            return "stop_step"
+        if c.time_limit is not None and s.step % _TIME_CHECK_EVERY == 0:
+            over = time.perf_counter() - started >= c.time_limit
+            if broadcast_flag(over, self.device):
+                return "time_limit"
+        return None
+
+    def _train_epoch(self, bar, started: float) -> tuple[str | None, float, float]:
+        """Train until the epoch ends or a stop; returns (stop reason, mean loss of this session's steps, img/s)."""
+        c, s = self.config, self.state
+        set_loader_epoch(self.train_loader, s.epoch, s.batch_in_epoch)
+        self.model.train()
+        loss_sum = torch.zeros((), device=self.device)
+        interval_loss = torch.zeros((), device=self.device)
+        steps_done, interval_steps, images_done = 0, 0, 0
+        epoch_start = interval_start = time.perf_counter()
+        stop = None
+        for images, target in self.train_loader:
+            loss = self._train_step(images, target)
+            s.batch_in_epoch += 1
+            loss_sum += loss
+            interval_loss += loss
+            steps_done, interval_steps = steps_done + 1, interval_steps + 1
+            images_done += images.shape[0]
+            if s.step % c.log_interval == 0 or s.step == self.total_steps:
+                now = time.perf_counter()
+                rate = interval_steps * images.shape[0] * self.dist.world_size / max(now - interval_start, 1e-9)
+                mean_loss = mean_over_ranks(float(interval_loss) / interval_steps, self.device)
+                lr = self.optimizer.param_groups[0]["lr"]
+                s.steps.append(dict(step=s.step, epoch=s.epoch, loss=mean_loss, lr=lr, img_per_sec=rate))
+                if bar is not None:
+                    bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", img_s=f"{rate:.0f}", refresh=False)
+                elif self.dist.is_main:
+                    _logger.info(
+                        "epoch %d step %d/%d loss %.4f lr %.2e %.0f img/s",
+                        s.epoch,
+                        s.step,
+                        self.total_steps,
+                        mean_loss,
+                        lr,
+                        rate,
+                    )
+                interval_loss.zero_()
+                interval_steps, interval_start = 0, now
+            if bar is not None:
+                bar.update(1)
+            if s.step % c.checkpoint_interval == 0:
+                self.save_last()
+            stop = self._should_stop(started)
+            if stop:
+                break
+        seconds = time.perf_counter() - epoch_start
+        s.elapsed_s += seconds
+        mean_loss = mean_over_ranks(float(loss_sum) / max(steps_done, 1), self.device)
+        return stop, mean_loss, images_done * self.dist.world_size / max(seconds, 1e-9)
+
+    def _evaluate_and_record(self, train_loss: float, img_per_sec: float) -> dict[str, object]:
+        s = self.state
+        result = evaluate(
+            self.train_model, self.val_loader, self.num_classes, self.device, self.amp_dtype, self.config.channels_last
+        )
+        row: dict[str, object] = dict(
+            epoch=s.epoch,
+            step=s.step,
+            lr=self.optimizer.param_groups[0]["lr"],
+            train_loss=train_loss,
+            eval_loss=result["loss"],
+            eval_top1=result["top1"],
+            eval_top5=result["top5"],
+            train_img_per_sec=img_per_sec,
+            elapsed_s=s.elapsed_s,
+        )
+        metric = result["top1"]
+        if self.ema is not None:
+            ema_result = evaluate(
+                self.ema.module,
+                self.val_loader,
+                self.num_classes,
+                self.device,
+                self.amp_dtype,
+                self.config.channels_last,
+            )
+            row.update(ema_loss=ema_result["loss"], ema_top1=ema_result["top1"], ema_top5=ema_result["top5"])
+            metric = ema_result["top1"]
+        s.summary.append(row)
+        if metric > s.best_top1:
+            s.best_top1, s.best_epoch = metric, s.epoch
+            if self.dist.is_main:
+                self._save_best(metric)
+        if self.dist.is_main:
+            _logger.info(
+                "epoch %d (step %d): eval top-1 %.2f%% top-5 %.2f%% loss %.4f%s",
+                s.epoch,
+                s.step,
+                result["top1"],
+                result["top5"],
+                result["loss"],
+                f"; EMA top-1 {row['ema_top1']:.2f}%" if self.ema is not None else "",
+            )
+        return row
+
+    def _progress_bar(self):
+        if not (self.config.progress and self.dist.is_main):
+            return None
+        try:
+            from tqdm.auto import tqdm
+        except ImportError:
+            return None
+        return tqdm(total=self.total_steps, initial=self.state.step, unit="step", dynamic_ncols=True, mininterval=1.0)
+
+    def fit(self) -> dict[str, object]:
+        """Train to the end of the schedule (or a stop), evaluate, checkpoint; returns the final metrics."""
+        s, started = self.state, time.perf_counter()
+        stop = self._should_stop(started)
+        bar = self._progress_bar()
+        try:
+            while stop is None:
+                if bar is not None:
+                    bar.set_description(f"epoch {s.epoch}")
+                stop, train_loss, img_per_sec = self._train_epoch(bar, started)
+                epoch_ended = s.batch_in_epoch == self.steps_per_epoch
+                if epoch_ended or stop in ("done", "time_limit"):
+                    self._evaluate_and_record(train_loss, img_per_sec)
+                if epoch_ended:
+                    s.epoch, s.batch_in_epoch = s.epoch + 1, 0
+                    stop = stop or self._should_stop(started)
+                self.save_last()
+                if self.dist.is_main:
+                    write_history(self.run_dir, s.summary, s.steps)
+        finally:
+            if bar is not None:
+                bar.close()
+        return self._finish(stop)
+
+    def _finish(self, stop: str | None) -> dict[str, object]:
+        s = self.state
+        last = s.summary[-1] if s.summary else {}
+        results = dict(
+            stop=stop,
+            step=s.step,
+            epoch=s.epoch,
+            total_steps=self.total_steps,
+            run_dir=str(self.run_dir),
+            best_top1=s.best_top1,
+            best_epoch=s.best_epoch,
+            train_seconds=s.elapsed_s,
+            **{k: v for k, v in last.items() if k not in ("epoch", "step")},
+        )
+        if self.dist.is_main:
+            atomic_write_text(self.run_dir / "results.json", json.dumps(results, indent=2) + "\n")
+            _logger.info(
+                "stopped (%s) at step %d/%d; best top-1 %.2f%% (epoch %d); %s",
+                stop,
+                s.step,
+                self.total_steps,
+                s.best_top1,
+                s.best_epoch,
+                self.run_dir,
+            )
+        return results
+
+    def close(self) -> None:
+        cleanup_distributed()
+
+
+def train(config: TrainConfig) -> dict[str, object]:
+    """Train with `config` (under torchrun: one process per GPU) and return the final metrics."""
+    trainer = Trainer(config)
+    try:
+        return trainer.fit()
+    finally:
+        trainer.close()
+
+
+__all__ = ["RunState", "Trainer", "create_model", "resolve_img_size", "train"]
