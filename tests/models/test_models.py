@@ -14,23 +14,34 @@ import torch
 
 import sfmamba.models  # noqa: F401  (registers the models)
 
-MODELS = sorted(timm.list_models(module=["mambavision", "sf_mamba"]))
+MODELS = sorted(timm.list_models(module=["mambavision", "sf_mamba", "vmamba"]))
 IMG = 64  # stage maps 16, 8, 4, 2: the hybrid stages pad to their 14 / 7 windows and crop back
 NUM_CLASSES = 7
 # The base and large models (98-228 M parameters) run with windows that fit the stage maps (4 and 2): padded to 14 / 7
 # their hybrid stages cost as much as at 224 px (9-30 s each on one thread). Same parameters and code; the padding
 # path is covered by the tiny and small models.
-SMALL_WINDOWS = {name: (8, 8, 4, 2) for name in MODELS if name.endswith(("_base", "_large"))}
+SMALL_WINDOWS = {
+    name: (8, 8, 4, 2) for name in MODELS if name.endswith(("_base", "_large")) and not name.startswith("vmamba")
+}
 
 
 def test_models_are_registered():
     expected = {"mambavision_tiny", "mambavision_tiny2", "mambavision_small", "mambavision_base", "mambavision_large"}
     expected |= {"mambavision_nano", "sf_mamba_nano", "sf_mamba_tiny", "sf_mamba_small", "sf_mamba_base"}
+    expected |= {"vmamba_v2_nano", "vmamba_v2_tiny", "vmamba_v2_small", "vmamba_v2_base"}
     assert expected | {"sf_mamba_large"} <= set(MODELS)
 
 
 def _close(a, b):
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def _features_state(fmodel, model) -> dict:
+    """`model`'s weights under the feature model's names: a FeatureListNet flattens stage `levels.<i>` to
+    `levels_<i>`, a FeatureGetterNet (features through `forward_intermediates`) wraps the model as `model.`."""
+    source = model.state_dict()
+    names = {k: re.sub(r"^(levels|layers)_(\d+)\.", r"\1.\2.", k.removeprefix("model.")) for k in fmodel.state_dict()}
+    return {k: source[name] for k, name in names.items()}
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -95,10 +106,9 @@ def test_model(name):
         assert unpooled.shape == feats.shape
         _close(unpooled, feats)
 
-    # features_only: carries `model`'s weights (stages flattened to levels_<i>), so its outputs equal the intermediates
+    # features_only: carries `model`'s weights, so its outputs equal the intermediates
     fmodel = timm.create_model(name, features_only=True, drop_path_rate=0.0, **kwargs).eval()
-    state = {re.sub(r"^levels\.(\d+)", r"levels_\1", k): v for k, v in model.state_dict().items()}
-    fmodel.load_state_dict({k: v for k, v in state.items() if not k.startswith(("head.", "norm."))})
+    fmodel.load_state_dict(_features_state(fmodel, model))
     assert fmodel.feature_info.channels() == [f["num_chs"] for f in model.feature_info]
     assert fmodel.feature_info.reduction() == [4, 8, 16, 32]
     with torch.no_grad():

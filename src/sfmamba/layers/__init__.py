@@ -3,5 +3,6 @@
 from .aux_tokens import AuxTokens, swap_aux_tokens_
 from .mamba_mixer import MambaVisionMixer
 from .scan_mixers import GroupedLinear, ScanMixer, SeriesScanMixer
+from .ss2d import SS2D
 
-__all__ = ["AuxTokens", "GroupedLinear", "MambaVisionMixer", "ScanMixer", "SeriesScanMixer", "swap_aux_tokens_"]
+__all__ = ["AuxTokens", "GroupedLinear", "MambaVisionMixer", "ScanMixer", "SS2D", "SeriesScanMixer", "swap_aux_tokens_"]

@@ -2,5 +2,6 @@
 
 from .mambavision import MambaVision
 from .sf_mamba import SFMamba
+from .vmamba import VMamba
 
-__all__ = ["MambaVision", "SFMamba"]
+__all__ = ["MambaVision", "SFMamba", "VMamba"]
