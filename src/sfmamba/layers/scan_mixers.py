@@ -48,7 +48,7 @@ class GroupedLinear(nn.Linear):
         g = self.groups
         w = self.weight.view(g, self.out_features // g, self.in_features)
         y = torch.einsum("...gi,goi->...go", x.unflatten(-1, (g, self.in_features)), w).flatten(-2)
-        return y if self.bias is None else y + self.bias
+        return y if self.bias is None else y + self.bias.to(y.dtype)  # autocast: y is in the low dtype
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, groups={self.groups}"
