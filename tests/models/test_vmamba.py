@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import contextlib
 import re
+import sys
+import types
 
 import pytest
 import timm
@@ -179,12 +181,34 @@ def test_official_key_names():
     assert official - blocks == OFFICIAL_OTHER_KEYS
 
 
+def _save_like_official_training(path, model: VMamba, monkeypatch) -> None:
+    """A file shaped like the official `save_checkpoint_ema`: weights, EMA weights (perturbed here, so loading them
+    by mistake shows), optimizer state, and the training config pickled as a `yacs.config.CfgNode`."""
+    yacs, yacs_config = types.ModuleType("yacs"), types.ModuleType("yacs.config")
+
+    class CfgNode(dict):  # what pickle records: the class yacs.config.CfgNode, dict items, attribute state
+        def __init__(self, items):
+            super().__init__(items)
+            self.__dict__["__immutable__"] = True
+
+    CfgNode.__module__, CfgNode.__qualname__ = "yacs.config", "CfgNode"
+    yacs_config.CfgNode = CfgNode
+    state = _official_state(model)
+    ema = {k: v + 0.1 if v.is_floating_point() else v for k, v in state.items()}
+    config = CfgNode({"MODEL": CfgNode({"TYPE": "vssm", "NAME": "vssm1_tiny_0230s"}), "OUTPUT": "/out"})
+    with monkeypatch.context() as m:
+        m.setitem(sys.modules, "yacs", yacs)
+        m.setitem(sys.modules, "yacs.config", yacs_config)
+        torch.save({"model": state, "model_ema": ema, "optimizer": {"state": {}}, "epoch": 1, "config": config}, path)
+
+
 @pytest.mark.parametrize("num_classes", [10, 5, 0])
-def test_official_checkpoint_loads_through_timm(tmp_path, num_classes):
+def test_official_checkpoint_loads_through_timm(tmp_path, num_classes, monkeypatch):
     torch.manual_seed(0)
     source = timm.create_model("vmamba_v2_nano", num_classes=10).eval()
     path = tmp_path / "vssm_nano_ckpt_epoch_1.pth"
-    torch.save({"model": _official_state(source), "epoch": 1}, path)
+    _save_like_official_training(path, source, monkeypatch)
+    assert "yacs.config" not in sys.modules
     model = timm.create_model(
         "vmamba_v2_nano", pretrained=True, num_classes=num_classes, pretrained_cfg_overlay=dict(file=str(path))
     ).eval()

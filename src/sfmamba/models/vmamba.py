@@ -14,6 +14,8 @@ Model outputs (`forward_features`, intermediates, features) are NCHW-shaped view
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import re
 from collections.abc import Sequence
 
@@ -24,6 +26,7 @@ from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_c
 from torch import Tensor, nn
 
 from ..layers.ss2d import SS2D
+from ._checkpoint import load_checkpoint_file, route_files_to_load_pretrained
 
 __all__ = ["VMamba", "checkpoint_filter_fn"]
 
@@ -222,6 +225,13 @@ class VMamba(nn.Module):
         for stage in self.layers:
             stage.grad_checkpointing = enable
 
+    def load_pretrained(self, checkpoint_path: str) -> None:
+        """timm's hook for `pretrained=True` files and URLs (`custom_load` in the cfg): `weights_only` read that
+        also accepts the official training files (their pickled yacs `config` is read as plain dicts), the `model`
+        weights (not `model_ema`), the official key map."""
+        with _official_config_as_dicts():
+            load_checkpoint_file(self, checkpoint_path, checkpoint_filter_fn)
+
     @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
         return self.head
@@ -321,6 +331,21 @@ _OFFICIAL_RENAMES = (
 )
 
 
+class _YacsConfigAsDict:
+    """Stand-in for `yacs.config.CfgNode` under `torch.load(weights_only=True)`: the unpickler builds a plain
+    OrderedDict instead (the official training files pickle their yacs config next to the weights); no code runs."""
+
+    def __new__(cls, *args, **kwargs):
+        return collections.OrderedDict()
+
+
+def _official_config_as_dicts():
+    safe_globals = getattr(torch.serialization, "safe_globals", None)  # torch >= 2.5; (object, name) pairs: 2.6
+    if safe_globals is None:
+        return contextlib.nullcontext()
+    return safe_globals([(_YacsConfigAsDict, "yacs.config.CfgNode")])
+
+
 def _rename_official(key: str) -> str:
     for pattern, replacement in _OFFICIAL_RENAMES:
         new, count = pattern.subn(replacement, key)
@@ -386,7 +411,7 @@ def _create_vmamba(variant: str, pretrained: bool = False, **kwargs) -> VMamba:
         pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
         feature_cfg=dict(out_indices=(0, 1, 2, 3), feature_cls="getter"),
-        **kwargs,
+        **route_files_to_load_pretrained(kwargs),
     )
 
 
@@ -405,6 +430,7 @@ def _cfg(url: str = "", **kwargs) -> dict:
         "first_conv": "patch_embed.conv1",
         "classifier": "head",
         "license": "mit",
+        "custom_load": True,  # files load through `load_pretrained` (weights_only, `model` over EMA)
         **kwargs,
     }
 
