@@ -18,6 +18,7 @@ from . import UsageError
 COMMANDS = {
     "tune": "sfmamba.cli.tune",
     "train": "sfmamba.cli.train",
+    "compress": "sfmamba.cli.compress",
 }
 
 
