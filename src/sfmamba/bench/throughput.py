@@ -26,7 +26,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["measure_inference", "measure_train", "time_steps", "summarize", "normalize_img_size"]
+__all__ = [
+    "measure_inference", "measure_train", "make_inference_step", "make_train_step", "time_steps", "summarize",
+    "normalize_img_size",
+]  # fmt: skip
 
 
 def normalize_img_size(img_size: int | Sequence[int]) -> tuple[int, int]:
@@ -138,6 +141,56 @@ def _graphed(forward: Callable[[], Tensor], device: torch.device) -> Callable[[]
     return replay
 
 
+def make_inference_step(
+    model: nn.Module,
+    batch_size: int,
+    img_size: int | Sequence[int],
+    *,
+    device: torch.device,
+    amp_dtype: torch.dtype | None = None,
+    channels_last: bool = False,
+    cuda_graph: bool = False,
+) -> Callable[[], Tensor]:
+    """Put `model` in eval mode and return a no-argument forward on fixed random images (replaying a CUDA graph)."""
+    model.eval()
+    images = _random_images(model, batch_size, img_size, device, channels_last)
+
+    def forward() -> Tensor:
+        with torch.inference_mode(), _autocast(device, amp_dtype):
+            return model(images)
+
+    return _graphed(forward, device) if cuda_graph else forward
+
+
+def make_train_step(
+    model: nn.Module,
+    batch_size: int,
+    img_size: int | Sequence[int],
+    *,
+    device: torch.device,
+    amp_dtype: torch.dtype | None = None,
+    channels_last: bool = False,
+    lr: float = 1e-4,
+) -> Callable[[], None]:
+    """Put `model` in train mode and return one training step (forward, cross-entropy, backward, AdamW step)."""
+    model.train()
+    images = _random_images(model, batch_size, img_size, device, channels_last)
+    num_classes = _num_classes(model, images, device, amp_dtype)
+    labels = torch.randint(0, num_classes, (batch_size,), device=device)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype is torch.float16)
+
+    def train_step() -> None:
+        with _autocast(device, amp_dtype):
+            loss = F.cross_entropy(model(images).float(), labels)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+
+    return train_step
+
+
 def _settings(mode: str, model: nn.Module, batch_size: int, img_size, device: torch.device, **extra) -> dict:
     return {
         "mode": mode,
@@ -176,15 +229,11 @@ def measure_inference(
     _check_counts(batch_size, warmup, iters)
     device = torch.device(device)
     was_training = model.training
-    model.eval()
-    images = _random_images(model, batch_size, img_size, device, channels_last)
-
-    def forward() -> Tensor:
-        with torch.inference_mode(), _autocast(device, amp_dtype):
-            return model(images)
-
     try:
-        step = _graphed(forward, device) if cuda_graph else forward
+        step = make_inference_step(
+            model, batch_size, img_size, device=device, amp_dtype=amp_dtype, channels_last=channels_last,
+            cuda_graph=cuda_graph,
+        )  # fmt: skip
         _reset_peak_memory(device)
         times = time_steps(step, device, warmup, iters)
     finally:
@@ -221,24 +270,12 @@ def measure_train(
     _check_counts(batch_size, warmup, iters)
     device = torch.device(device)
     was_training = model.training
-    model.train()
-    images = _random_images(model, batch_size, img_size, device, channels_last)
-    num_classes = _num_classes(model, images, device, amp_dtype)
-    labels = torch.randint(0, num_classes, (batch_size,), device=device)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype is torch.float16)
-
-    def train_step() -> None:
-        with _autocast(device, amp_dtype):
-            loss = F.cross_entropy(model(images).float(), labels)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-
     try:
+        step = make_train_step(
+            model, batch_size, img_size, device=device, amp_dtype=amp_dtype, channels_last=channels_last, lr=lr
+        )
         _reset_peak_memory(device)
-        times = time_steps(train_step, device, warmup, iters)
+        times = time_steps(step, device, warmup, iters)
     finally:
         model.train(was_training)
     return {

@@ -16,6 +16,7 @@ from .. import __version__
 from . import UsageError
 
 COMMANDS = {
+    "bench": "sfmamba.cli.bench",
     "tune": "sfmamba.cli.tune",
     "train": "sfmamba.cli.train",
     "compress": "sfmamba.cli.compress",
