@@ -33,7 +33,8 @@ Options (model kwargs; defaults are the SF-Mamba model):
         each of half the inner width); "cross" (4 directions: row-major, column-major and their reverses, a quarter
         of the channels each). All variants have the parameters and MACs of "uni" (see `layers/scan_mixers.py`).
     flip (False): Adventurer-style: reverse the token order between consecutive Mamba blocks (a full copy each time;
-        the order is restored at the stage exit).
+        the order is restored at the stage exit). A flip also moves the tail token first, so with aux tokens a
+        flipping block does not swap them as well.
     attention (True): False replaces the attention blocks by Mamba blocks.
     fold (None): images per folded scan row; None = the planner, 1 = no folding.
 """
@@ -128,8 +129,10 @@ class SFMambaStage(nn.Module):
             if i < self.num_mamba:
                 mixer = make_mixer(dim, scan, window_size, num_aux, fold)
                 flip_here = flip and i < self.num_mamba - 1
+                # a flip already brings the tail first; swapping too would undo that for the aux tokens
+                swap_here = aux_tokens and not flip_here
                 blocks.append(
-                    SFMambaBlock(dim, num_heads, mixer, aux_tokens, flip_here, drop_path=dpr[i], **block_kwargs)
+                    SFMambaBlock(dim, num_heads, mixer, swap_here, flip_here, drop_path=dpr[i], **block_kwargs)
                 )
             else:
                 blocks.append(Block(dim, num_heads, use_attention=True, drop_path=dpr[i], **block_kwargs))
