@@ -269,3 +269,29 @@ def test_triton_model_matches_naive():
     torch.testing.assert_close(
         torch.autograd.grad(out, x, dout)[0], torch.autograd.grad(ref, x, dout)[0], rtol=1e-4, atol=1e-6
     )
+
+
+def test_ss2d_compiles_to_one_graph():
+    """torch.compile(fullgraph=True) traces the whole mixer with the Triton ops (custom ops with fakes and autograd)."""
+    torch.manual_seed(0)
+    m = SS2D(d_model=8)
+    x = torch.randn(1, 3, 5, 8, requires_grad=True)
+    traced = []
+
+    def recording_backend(gm, example_inputs):
+        traced.extend(str(node.target) for node in gm.graph.nodes if node.op == "call_function")
+        from functorch.compile import make_boxed_func
+        from torch._dynamo.backends.common import aot_autograd
+
+        keep = lambda g, _: make_boxed_func(g)  # noqa: E731  (run the traced graphs as they are)
+        return aot_autograd(fw_compiler=keep, bw_compiler=keep)(gm, example_inputs)
+
+    torch._dynamo.reset()
+    with backend("triton"):
+        out = torch.compile(m, backend=recording_backend, fullgraph=True)(x)
+        ref = m(x)
+    for op in ("cross_scan", "selective_scan_fwd", "cross_merge"):
+        assert any(f"sfmamba.{op}" in t for t in traced), (op, traced)
+    torch.testing.assert_close(out, ref)
+    dout = torch.randn_like(out)
+    torch.testing.assert_close(torch.autograd.grad(out, x, dout)[0], torch.autograd.grad(ref, x, dout)[0])
