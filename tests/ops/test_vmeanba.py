@@ -279,3 +279,19 @@ def test_custom_ops_opcheck(op_name):
     plain = [x.detach() for x in fwd_args[:8]]
     bwd_args = (torch.randn_like(out), *plain, a_save, h_save, True, 6, "BLD")
     torch.library.opcheck(torch.ops.sfmamba.mean_selective_scan_bwd.default, bwd_args)
+
+
+@pytest.mark.parametrize(
+    ("dim_per_group", "nstate", "widest"), [(96, 1, 128), (192, 1, 128), (320, 8, 128), (2, 16, 32), (1, 1, 32)]
+)
+def test_forward_autotune_configs_fit_the_problem(dim_per_group, nstate, widest):
+    """The GPU forward's autotuner times only tiles that fit the register budget and the group width."""
+    from sfmamba.ops.vmeanba import chunk
+
+    kept = chunk.prune_fwd_configs(chunk._fwd_configs(), {"Dg": dim_per_group, "NSTATE": nstate})
+    assert kept
+    for config in kept:
+        block_l, block_d = config.kwargs["BLOCK_L"], config.kwargs["BLOCK_D"]
+        assert block_d <= widest and block_l * block_d * nstate <= chunk.TUNED_TILE_BUDGET
+    if nstate == 1 and dim_per_group >= 96:  # the VMamba shapes get the long blocks the heuristic picks
+        assert any(c.kwargs["BLOCK_L"] == 64 and c.kwargs["BLOCK_D"] == 128 for c in kept)

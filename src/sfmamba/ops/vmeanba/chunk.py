@@ -266,12 +266,14 @@ def mean_scan_bwd_kernel(
 # launchers
 
 TILE_BUDGET = 8192  # elements of the [BLOCK_L, BLOCK_D, BLOCK_N] decay tile per program (registers)
+TUNED_TILE_BUDGET = 16384  # the largest tile the forward's autotuner tries
 forced_blocks: tuple[int, int] | None = None  # (BLOCK_L, BLOCK_D); tests set it to exercise partial blocks
 
 
 def plan_blocks(dim_per_group: int, nstate: int) -> tuple[int, int, int]:
-    """(BLOCK_L, BLOCK_D, num_warps): long time blocks for N = 1 (more parallel scan work per load), the channel
-    block as wide as the group allows within the register budget."""
+    """(BLOCK_L, BLOCK_D, num_warps) of the backward (and of the forward under the interpreter; on a GPU the forward
+    is autotuned): long time blocks for N = 1 (more parallel scan work per load), the channel block as wide as the
+    group allows within the register budget."""
     if forced_blocks is not None:
         return (*forced_blocks, 1)
     block_n = triton.next_power_of_2(nstate)
@@ -280,6 +282,37 @@ def plan_blocks(dim_per_group: int, nstate: int) -> tuple[int, int, int]:
     if triton_interpret():
         return block_l, block_d, 1
     return block_l, block_d, 4 if block_l * block_d <= 4096 else 8
+
+
+def _fwd_configs() -> list[triton.Config]:
+    return [
+        triton.Config({"BLOCK_L": bl, "BLOCK_D": bd}, num_warps=w)
+        for bl in (16, 32, 64, 128)
+        for bd in (32, 64, 128)
+        for w in (4, 8)
+    ]
+
+
+def prune_fwd_configs(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
+    """The forward configs worth timing for this group width and state size: a channel block no wider than the
+    group (rounded up to a power of 2), a decay tile within the register budget, >= 4 elements per thread."""
+    widest = max(32, triton.next_power_of_2(named_args["Dg"]))
+    block_n = triton.next_power_of_2(named_args["NSTATE"])
+    kept = [
+        c
+        for c in configs
+        if c.kwargs["BLOCK_D"] <= widest
+        and c.kwargs["BLOCK_L"] * c.kwargs["BLOCK_D"] * block_n <= TUNED_TILE_BUDGET
+        and c.kwargs["BLOCK_L"] * c.kwargs["BLOCK_D"] >= 128 * c.num_warps
+    ]
+    return kept or [triton.Config({"BLOCK_L": 16, "BLOCK_D": 32}, num_warps=4)]
+
+
+mean_scan_fwd_tuned = triton.autotune(
+    configs=_fwd_configs(),
+    key=["Dg", "NSTATE", "L", "SAVE"],
+    prune_configs_by={"early_config_prune": prune_fwd_configs},
+)(mean_scan_fwd_kernel)
 
 
 def _x_strides(x: Tensor, layout: str) -> tuple[int, int, int]:
@@ -325,22 +358,25 @@ def mean_scan_fwd(
     `save` (for the backward), else empty."""
     batch, dim, length, nstate, groups = _shape(u, A, B, layout)
     dim_per_group = dim // groups
-    block_l, block_d, warps = plan_blocks(dim_per_group, nstate)
     out = torch.empty(u.shape, device=u.device, dtype=u.dtype)
     saved_shape = (batch, groups, length, nstate) if save else (0,)
     a_save = torch.empty(saved_shape, device=u.device, dtype=torch.float32)
     h_save = torch.empty(saved_shape, device=u.device, dtype=torch.float32)
     anything = u  # stands in for absent optional tensors; never read
+    if forced_blocks is None and not triton_interpret():  # autotuned on a GPU
+        kernel, blocks = mean_scan_fwd_tuned, {}
+    else:
+        block_l, block_d, warps = plan_blocks(dim_per_group, nstate)
+        kernel, blocks = mean_scan_fwd_kernel, dict(BLOCK_L=block_l, BLOCK_D=block_d, num_warps=warps)
     with _on_device(u.device):
-        mean_scan_fwd_kernel[(groups, batch)](
+        kernel[(groups, batch)](
             u, delta, A.contiguous(), B, C, anything if D is None else D.contiguous(), anything if z is None else z,
             anything if delta_bias is None else delta_bias.contiguous(), out, a_save, h_save,
             length, dim_per_group, nstate, seq_len or length,
             *_x_strides(u, layout), *_x_strides(delta, layout), *_x_strides(z if z is not None else u, layout),
             *_x_strides(out, layout), *_bc_strides(B, layout), *_bc_strides(C, layout),
             HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
-            RESET=bool(seq_len) and seq_len != length, SAVE=save, BLOCK_L=block_l, BLOCK_D=block_d,
-            num_warps=warps,
+            RESET=bool(seq_len) and seq_len != length, SAVE=save, **blocks,
         )  # fmt: skip
     return out, a_save, h_save
 
