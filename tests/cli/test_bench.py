@@ -106,6 +106,22 @@ def test_model_names_and_wildcards():
         resolve_models(["no_such_model"])
 
 
+def test_per_model_kwargs_and_repeats(tmp_path):
+    path = tmp_path / "kwargs.json"
+    models = ["mambavision_nano", "mambavision_nano:num_classes=7,drop_path_rate=0.0"]
+    args = ["bench", *FAST, "--bench", "inference", "--repeats", "3", "--model", *models]
+    assert main([*args, "--results-file", str(path)]) == 0
+    plain, seven = _results(path)["results"]
+    assert seven["model"] == models[1]
+    # 256 features: a 7-class head has 993 * 257 fewer parameters than the 1000-class one
+    assert plain["params_m"] - seven["params_m"] == pytest.approx(993 * 257 / 1e6)
+    assert len(plain["repeat_img_per_sec_medians"]) == 3
+    assert plain["runs_img_per_sec_mean"] == pytest.approx(sum(plain["repeat_img_per_sec_medians"]) / 3)
+    assert resolve_models(["mambavision_nan*:fold=1"]) == ["mambavision_nano:fold=1"]
+    with pytest.raises(UsageError, match="key=value"):
+        resolve_models(["mambavision_nano:=1"])
+
+
 def test_official_baseline_on_our_scan(tmp_path, no_mamba_ssm):
     path = tmp_path / "official.json"
     args = ["bench", *FAST, "--bench", "inference", "--model", "official:mamba_vision_T", "--official-scan", "sfmamba"]

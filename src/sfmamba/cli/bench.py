@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import platform
+import statistics
 import tempfile
 from pathlib import Path
 
@@ -84,7 +85,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     what.add_argument("--bench", choices=("inference", "train", "both", "profile"), default="both")
     what.add_argument(
         "-m", "--model", nargs="+", default=["mambavision_tiny"], metavar="NAME",
-        help="timm names, wildcards ('sf_mamba_*'), official:mamba_vision_T (default: mambavision_tiny)",
+        help="timm names, wildcards ('sf_mamba_*'), official:mamba_vision_T; NAME:key=value,... adds kwargs for "
+        "that entry, e.g. sf_mamba_tiny:aux_tokens=False (default: mambavision_tiny)",
     )  # fmt: skip
     what.add_argument(
         "--model-kwargs", nargs="*", type=_model_kwarg, default=[], metavar="KEY=VALUE",
@@ -106,6 +108,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     how.add_argument("--cuda-graph", action="store_true", help="capture the inference forward in a CUDA graph")
     how.add_argument("--num-warm-iter", type=_non_negative_int, default=10)
     how.add_argument("--num-bench-iter", type=_positive_int, default=40)
+    how.add_argument(
+        "--repeats", type=_positive_int, default=1,
+        help="measure each model this many times (same process, same compiled model); the JSON and the table add "
+        "the mean ± std of the per-run medians",
+    )  # fmt: skip
     how.add_argument("--kernel", choices=KERNEL_CHOICES, default=None, help="our scan backend (default: auto)")
     how.add_argument(
         "--official-scan", choices=SCAN_CHOICES, default="mamba_ssm",
@@ -120,19 +127,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
+def split_spec(spec: str) -> tuple[str, dict]:
+    """`sf_mamba_tiny:aux_tokens=False,fold=1` -> ("sf_mamba_tiny", {"aux_tokens": False, "fold": 1})."""
+    name, sep, kwargs_text = spec.rpartition(":")
+    if not sep or "=" not in kwargs_text:
+        return spec, {}
+    return name, dict(_model_kwarg(item) for item in kwargs_text.split(","))
+
+
 def resolve_models(patterns: list[str]) -> list[str]:
-    """Expand wildcards (timm's registry, or the known official names) and check every name exists."""
+    """Expand wildcards (timm's registry, or the known official names) and check every name exists.
+
+    A pattern may end in `:key=value,...` (model kwargs for that entry only); the kwargs stay on every expansion.
+    """
     names: list[str] = []
     for pattern in patterns:
-        if pattern.startswith(OFFICIAL_PREFIX):
-            found = [OFFICIAL_PREFIX + n for n in match_official(pattern.removeprefix(OFFICIAL_PREFIX))]
-        elif any(c in pattern for c in "*?["):
-            found = timm.list_models(pattern)
+        try:
+            base, kwargs = split_spec(pattern)
+        except argparse.ArgumentTypeError as err:
+            raise UsageError(f"--model {pattern!r}: {err}") from None
+        suffix = pattern[len(base) :]
+        if base.startswith(OFFICIAL_PREFIX):
+            found = [OFFICIAL_PREFIX + n for n in match_official(base.removeprefix(OFFICIAL_PREFIX))]
+        elif any(c in base for c in "*?["):
+            found = timm.list_models(base)
         else:
-            found = [pattern] if timm.is_model(pattern) else []
+            found = [base] if timm.is_model(base) else []
         if not found:
             raise UsageError(f"--model {pattern!r} matches no registered model")
-        names += [n for n in found if n not in names]
+        names += [n + suffix for n in found if n + suffix not in names]
     return names
 
 
@@ -161,11 +184,12 @@ def _environment(device: torch.device) -> dict:
     return env
 
 
-def build_model(name: str, args: argparse.Namespace, device: torch.device) -> nn.Module:
+def build_model(spec: str, args: argparse.Namespace, device: torch.device) -> nn.Module:
+    name, spec_kwargs = split_spec(spec)
     if name.startswith(OFFICIAL_PREFIX):
-        model = official_model(name, scan=args.official_scan)
+        model = official_model(name, scan=args.official_scan, **spec_kwargs)
     else:
-        kwargs = dict(args.model_kwargs)
+        kwargs = dict(args.model_kwargs) | spec_kwargs
         fixed = getattr(timm.get_pretrained_cfg(name), "fixed_input_size", False)
         if args.img_size and fixed and "img_size" not in kwargs:  # ViTs/DeiTs build their position table for it
             kwargs["img_size"] = args.img_size
@@ -183,11 +207,31 @@ def _img_size(model: nn.Module, args: argparse.Namespace) -> int | tuple[int, in
     return tuple(input_size[-2:])
 
 
+def _measure_once(mode: str, runner: nn.Module, size, args: argparse.Namespace, common: dict) -> dict:
+    timing = dict(warmup=args.num_warm_iter, iters=args.num_bench_iter)
+    if mode == "inference":
+        return measure_inference(runner, args.batch_size, size, cuda_graph=args.cuda_graph, **common, **timing)
+    if mode == "train":
+        return measure_train(runner, args.batch_size, size, **common, **timing)
+    return profile_model(
+        runner, args.batch_size, size, mode=args.profile_mode, top=args.profile_top,
+        cuda_graph=args.cuda_graph and args.profile_mode == "inference", **common, **timing,
+    )  # fmt: skip
+
+
+def _with_repeats(row: dict, repeats: list[dict]) -> dict:
+    """Add the across-run spread of the per-run medians (`--repeats`): the run-to-run noise, not the per-step one."""
+    medians = [r["img_per_sec_median"] for r in repeats]
+    row["repeat_img_per_sec_medians"] = medians
+    row["runs_img_per_sec_mean"] = statistics.fmean(medians)
+    row["runs_img_per_sec_std"] = statistics.stdev(medians) if len(medians) > 1 else 0.0
+    return row
+
+
 def measure_model(name: str, args: argparse.Namespace, device: torch.device) -> list[dict]:
     """Every requested measurement of one model; a failure is recorded as an `error` row, never raised."""
     amp_dtype = AMP_DTYPES[args.amp_dtype or "bfloat16"] if args.amp or args.amp_dtype else None
     common = dict(device=device, amp_dtype=amp_dtype, channels_last=args.channels_last)
-    timing = dict(warmup=args.num_warm_iter, iters=args.num_bench_iter)
     modes = {"both": ("inference", "train")}.get(args.bench, (args.bench,))
     rows = []
     for mode in modes:
@@ -198,15 +242,10 @@ def measure_model(name: str, args: argparse.Namespace, device: torch.device) -> 
             row["params_m"] = sum(p.numel() for p in model.parameters()) / 1e6
             size = _img_size(model, args)
             runner = torch.compile(model, mode=args.torchcompile) if args.torchcompile else model
-            if mode == "inference":
-                row |= measure_inference(runner, args.batch_size, size, cuda_graph=args.cuda_graph, **common, **timing)
-            elif mode == "train":
-                row |= measure_train(runner, args.batch_size, size, **common, **timing)
-            else:
-                row |= profile_model(
-                    runner, args.batch_size, size, mode=args.profile_mode, top=args.profile_top,
-                    cuda_graph=args.cuda_graph and args.profile_mode == "inference", **common, **timing,
-                )  # fmt: skip
+            runs = [
+                _measure_once(mode, runner, size, args, common) for _ in range(1 if mode == "profile" else args.repeats)
+            ]
+            row |= runs[0] if len(runs) == 1 else _with_repeats(dict(runs[len(runs) // 2]), runs)
             row["profiled"] = row["mode"] if mode == "profile" else None
             row["model"], row["mode"] = name, mode  # measure_* name the class; keep the requested name
         except Exception as err:  # one model's failure (OOM, missing baseline, bad size) must not end the run
@@ -221,11 +260,12 @@ def measure_model(name: str, args: argparse.Namespace, device: torch.device) -> 
 
 
 def format_table(rows: list[dict]) -> str:
-    header = ("model", "mode", "img/s median", "mean ± std", "step ms", "host ms", "peak MiB", "params M")
+    header = ("model", "mode", "img/s median", "mean ± std", "runs mean ± std", "step ms", "host ms", "peak MiB",
+              "params M")  # fmt: skip
     lines = [header]
     for r in rows:
         if "error" in r:
-            lines.append((r["model"], r["mode"], "failed: " + r["error"][:80], "", "", "", "", ""))
+            lines.append((r["model"], r["mode"], "failed: " + r["error"][:100], *[""] * (len(header) - 3)))
         elif r["mode"] == "profile":
             continue
         else:
@@ -233,6 +273,8 @@ def format_table(rows: list[dict]) -> str:
             lines.append((
                 r["model"], r["mode"] + (" graph" if r.get("cuda_graph") else ""),
                 f"{r['img_per_sec_median']:.1f}", f"{r['img_per_sec_mean']:.1f} ± {r['img_per_sec_std']:.1f}",
+                f"{r['runs_img_per_sec_mean']:.1f} ± {r['runs_img_per_sec_std']:.1f}" if "runs_img_per_sec_mean" in r
+                else "-",
                 f"{r['step_ms_median']:.2f}", f"{r['host_ms_per_step']:.2f}",
                 "-" if peak is None else f"{peak:.0f}", f"{r['params_m']:.2f}",
             ))  # fmt: skip
