@@ -13,6 +13,8 @@ from sfmamba.layers.scan_mixers import direction_order
 from sfmamba.ops import selective_scan_naive
 from sfmamba.utils._config import set_kernel_backend
 
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # Triton on CPU: the conftest's interpreter
+
 
 def test_grouped_linear_is_block_diagonal():
     torch.manual_seed(0)
@@ -105,8 +107,8 @@ def test_variants_have_the_parameters_of_the_unidirectional_mixer():
 def test_folded_equals_unfolded(directions, backend):
     """fold=3 packs 3 window sequences per scan row; the conv and the scan reset at the boundaries."""
     torch.manual_seed(0)
-    m = ScanMixer(16, window_size=2, num_aux=2, directions=directions, fold=1)
-    x = torch.randn(6, 6, 16, requires_grad=True)
+    m = ScanMixer(16, window_size=2, num_aux=2, directions=directions, fold=1).to(DEVICE)
+    x = torch.randn(6, 6, 16, device=DEVICE, requires_grad=True)
     ref = m(x)
     ref_grads = torch.autograd.grad(ref.square().sum(), [x, *m.parameters()])
     m.fold = 3
