@@ -438,7 +438,7 @@ def _cfg(url: str = "", **kwargs) -> dict:
 _RELEASES = "https://github.com/MzeroMiko/VMamba/releases/download"
 default_cfgs = generate_default_cfgs(
     {
-        "vmamba_v2_nano": _cfg(num_classes=10, input_size=(3, 64, 64), pool_size=(2, 2)),
+        "vmamba_v2_nano.untrained": _cfg(input_size=(3, 64, 64), pool_size=(2, 2), license="apache-2.0"),
         "vmamba_v2_tiny.in1k": _cfg(url=f"{_RELEASES}/%23v2cls/vssm1_tiny_0230s_ckpt_epoch_264.pth"),
         "vmamba_v2_small.in1k": _cfg(url=f"{_RELEASES}/%23v2cls/vssm1_small_0229s_ckpt_epoch_240.pth"),
         "vmamba_v2_base.in1k": _cfg(url=f"{_RELEASES}/%23v2cls/vssm1_base_0229s_ckpt_epoch_225.pth"),
