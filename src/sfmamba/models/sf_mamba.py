@@ -37,6 +37,16 @@ Options (model kwargs; defaults are the SF-Mamba model):
         flipping block does not swap them as well.
     attention (True): False replaces the attention blocks by Mamba blocks.
     fold (None): images per folded scan row; None = the planner, 1 = no folding.
+
+What the seeds state and what we chose. Stated (poster and paper summary): two learnable auxiliary tokens
+prepended/appended to the sequence, T + 2 tokens and an O(1) permutation against the 2T tokens and O(n) permutation
+of a bidirectional scan, swapping between Mamba blocks for future-to-past flow under a unidirectional scan, batch
+folding with periodic state reset, T/S/B sizes compared with multi-scan baselines. Our choices, where the seeds are
+silent: the MambaVision hierarchy and configs (SPEC section 3); one token pair per hybrid stage, shared by its
+windows and blocks (+2C parameters per stage: 31.80 M for T against MambaVision-T's 31.79 M); the swap after the
+whole block (after the MLP, which acts per token, so the same as right after the mixer), also after the last Mamba
+block (harmless: attention is order-invariant); MambaVision's init for every variant (its `_init_weights` also
+re-initialises dt_proj, so all variants start alike); tokens trunc-normal(0.02) and exempt from weight decay.
 """
 
 from __future__ import annotations
@@ -44,12 +54,22 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
 from torch import Tensor, nn
 
 from ..layers.aux_tokens import AuxTokens, swap_aux_tokens_
 from ..layers.scan_mixers import ScanMixer, SeriesScanMixer
-from .mambavision import Block, Downsample, MambaVision, MambaVisionStage, _cfg, checkpoint_filter_fn, window_reverse
+from .mambavision import (
+    Block,
+    Downsample,
+    MambaVision,
+    MambaVisionStage,
+    _cfg,
+    checkpoint_filter_fn,
+    window_partition,
+    window_reverse,
+)
 
 __all__ = ["SFMamba", "SFMambaBlock", "SFMambaStage"]
 
@@ -152,13 +172,10 @@ class SFMambaStage(nn.Module):
         ws = self.window_size
         pad_b, pad_r = (-h) % ws, (-w) % ws
         if pad_b or pad_r:
-            x = torch.nn.functional.pad(x, (0, pad_r, 0, pad_b))
+            x = F.pad(x, (0, pad_r, 0, pad_b))
         hp, wp = h + pad_b, w + pad_r
-        if self.aux is not None:
-            seq = self.aux.attach(x, ws)  # [W, ws * ws + 2, C]
-        else:
-            seq = x.view(x.shape[0], x.shape[1], hp // ws, ws, wp // ws, ws).permute(0, 2, 4, 3, 5, 1)
-            seq = seq.reshape(-1, ws * ws, x.shape[1])
+        # [W, ws * ws (+ 2), C]: with aux tokens the partition is written into a buffer with the two end rows
+        seq = self.aux.attach(x, ws) if self.aux is not None else window_partition(x, ws)
         seq = self._run(self.blocks[: self.num_mamba], seq)
         if self.flip_back:
             seq = seq.flip(1)
