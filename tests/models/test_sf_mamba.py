@@ -67,7 +67,7 @@ VARIANTS = {
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_variant_trains_and_runs_in_bf16(variant):
+def test_variant_trains_and_runs_under_autocast(variant):
     torch.manual_seed(0)
     model = timm.create_model("sf_mamba_nano", num_classes=5, drop_path_rate=0.0, **VARIANTS[variant])
     x = torch.randn(2, 3, 40, 40)  # stage maps 10, 5, 3, 2: stage 3 pads 3x3 to its 4x4 window
@@ -77,9 +77,11 @@ def test_variant_trains_and_runs_in_bf16(variant):
     model.eval()
     with torch.no_grad():
         ref = model(x)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            low = model(x)
-    assert torch.isfinite(low).all() and (low.float() - ref).abs().max() <= 0.05 * ref.abs().max() + 1e-3
+        for dtype in (torch.bfloat16, torch.float16):
+            with torch.autocast("cpu", dtype=dtype):
+                low = model(x)
+            assert low.dtype == dtype and torch.isfinite(low).all()
+            assert (low.float() - ref).abs().max() <= 0.05 * ref.abs().max() + 1e-3
 
 
 @pytest.mark.parametrize("name", ["sf_mamba_nano", "sf_mamba_tiny"])
