@@ -21,6 +21,7 @@ from unittest import mock  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
 from sfmamba.ops import selective_scan, selective_scan_naive  # noqa: E402
@@ -362,6 +363,26 @@ def test_chunk_long_sequence_backward(layout, dtype, kernel):
     torch.manual_seed(42)
     inputs = make_inputs(1, 3136, 8, 1, layout=layout, segments=1)
     compare_with_reference(inputs, dtype, {"delta_softplus": True, "layout": layout}, backward=True, kernel=kernel)
+
+
+@pytest.mark.parametrize("layout, kernel", [("BDL", "triton"), ("BLD", "triton-2pass")])
+def test_chunk_without_prefetch(layout, kernel):
+    """The GPU autotuner may pick the kernels' PREFETCH=0 variants (loads issued in the step that uses them); the
+    interpreter's one config prefetches, so force the other loop here: forward, last states, every gradient."""
+    torch.manual_seed(42)
+    inputs = make_inputs(2, 23, 20, 8, 2, layout, segments=2)
+    no_prefetch = [triton.Config({"BLOCK_D": 16, "PREFETCH": 0}, num_warps=1)]
+    kernels = (chunk.selective_scan_fwd_kernel, chunk.selective_scan_bwd_kernel)
+    with mock.patch.object(kernels[0], "configs", no_prefetch), mock.patch.object(kernels[1], "configs", no_prefetch):
+        for k in kernels:
+            k.cache.clear()
+        try:
+            compare_with_reference(inputs, torch.float32, {"delta_softplus": True, "layout": layout}, backward=True,
+                                   kernel=kernel)  # fmt: skip
+            assert all(k.best_config.kwargs["PREFETCH"] == 0 for k in kernels)
+        finally:
+            for k in kernels:
+                k.cache.clear()
 
 
 @pytest.mark.parametrize("chunk_len", [5, 16])

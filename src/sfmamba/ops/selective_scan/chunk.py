@@ -71,21 +71,33 @@ def _load_step(u_ptr, delta_ptr, t, ch, mask_d, su_l, su_d, sdt_l, sdt_d, bias,
 
 
 @triton.jit
-def _load_bc(ptr, t, offs_n, mask_n, s_l, s_n):
-    """B or C at step t, [BLOCK_N] fp32."""
-    return tl.load(ptr + t * s_l + offs_n * s_n, mask=mask_n, other=0.0).to(tl.float32)
+def _bwd_inputs(u_ptr, delta_ptr, B_ptr, C_ptr, dout_ptr, z_ptr, t, valid, ch, mask_d, offs_n, NSTATE, su_l, su_d,
+                sdt_l, sdt_d, sB_l, sB_n, sC_l, sC_n, sdo_l, sdo_d, sz_l, sz_d, HAS_Z: tl.constexpr,
+                NEED_B: tl.constexpr):  # fmt: skip
+    """The backward's loads for step t (masked off unless `valid`), fp32: u, raw delta, dout, z [BD]; B, C [BN]."""
+    mask_d = mask_d & valid
+    mask_n = (offs_n < NSTATE) & valid
+    x = tl.load(u_ptr + t * su_l + ch * su_d, mask=mask_d, other=0.0).to(tl.float32)
+    raw = tl.load(delta_ptr + t * sdt_l + ch * sdt_d, mask=mask_d, other=0.0).to(tl.float32)
+    Ct = tl.load(C_ptr + t * sC_l + offs_n * sC_n, mask=mask_n, other=0.0).to(tl.float32)
+    Bt = Ct
+    if NEED_B:
+        Bt = tl.load(B_ptr + t * sB_l + offs_n * sB_n, mask=mask_n, other=0.0).to(tl.float32)
+    dout = tl.load(dout_ptr + t * sdo_l + ch * sdo_d, mask=mask_d, other=0.0).to(tl.float32)
+    zt = dout
+    if HAS_Z:
+        zt = tl.load(z_ptr + t * sz_l + ch * sz_d, mask=mask_d, other=0.0).to(tl.float32)
+    return x, raw, Bt, Ct, dout, zt
 
 
 @triton.jit
-def _load_dy(dout_ptr, z_ptr, t, ch, mask_d, sdo_l, sdo_d, sz_l, sz_d, HAS_Z: tl.constexpr):
-    """Upstream gradient, gate and the gradient reaching y (dout * silu(z) with a gate), [BLOCK_D] fp32 each."""
-    dout = tl.load(dout_ptr + t * sdo_l + ch * sdo_d, mask=mask_d, other=0.0).to(tl.float32)
-    zt = dout
-    dy = dout
-    if HAS_Z:
-        zt = tl.load(z_ptr + t * sz_l + ch * sz_d, mask=mask_d, other=0.0).to(tl.float32)
-        dy = dout * zt * tl.sigmoid(zt)
-    return dout, zt, dy
+def _bwd_step(raw, dout, zt, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_Z: tl.constexpr):
+    """Raw step after bias, effective step, and the gradient reaching y (dout * silu(z) with a gate), [BD] each."""
+    if HAS_BIAS:
+        raw += bias
+    dt = _softplus(raw) if SOFTPLUS else raw
+    dy = dout * zt * tl.sigmoid(zt) if HAS_Z else dout
+    return raw, dt, dy
 
 
 @triton.jit
@@ -165,7 +177,7 @@ def selective_scan_fwd_kernel(
             )
     t_start = c * chunk_len
     t_end = tl.minimum(t_start + chunk_len, L)
-    ahead = _fwd_inputs(u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, t_start, PREFETCH, ch, mask_d, offs_n, NSTATE,
+    ahead = _fwd_inputs(u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, t_start, t_start < t_end, ch, mask_d, offs_n, NSTATE,
                         su_l, su_d, sdt_l, sdt_d, sB_l, sB_n, sC_l, sC_n, sz_l, sz_d, HAS_Z, SUMMARY)  # fmt: skip
     for t in range(t_start, t_end):
         if PREFETCH:  # issue step t+1's loads before step t's math: the loop is bound by load latency
@@ -212,8 +224,14 @@ def selective_scan_fwd_kernel(
 
 def _bwd_configs() -> list[triton.Config]:
     if triton_interpret():
-        return [triton.Config({"BLOCK_D": 16}, num_warps=1)]
-    return [triton.Config({"BLOCK_D": bd}, num_warps=w) for bd in (32, 64) for w in (1, 2) if bd >= 32 * w]
+        return [triton.Config({"BLOCK_D": 16, "PREFETCH": 1}, num_warps=1)]
+    return [
+        triton.Config({"BLOCK_D": bd, "PREFETCH": prefetch}, num_warps=w)
+        for bd in (32, 64)
+        for w in (1, 2)
+        for prefetch in (0, 1)
+        if bd >= 32 * w
+    ]
 
 
 @triton.autotune(configs=_bwd_configs(), key=["Dg", "NSTATE", "CHUNK", "SUMMARY"])
@@ -228,7 +246,7 @@ def selective_scan_bwd_kernel(
     sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_H0: tl.constexpr, RESET: tl.constexpr, HAS_DLAST: tl.constexpr, SUMMARY: tl.constexpr,
-    CHUNK: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+    CHUNK: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, PREFETCH: tl.constexpr,
 ):  # fmt: skip
     # One program: one image, BLOCK_D channels, one chunk of CHUNK steps. The state gradient runs backwards:
     #   dh_t = g_t + a_{t+1} dh_{t+1},  g_t = dy_t C_t (+ dlast at a segment end),  a_t = 0 at a segment start.
@@ -271,11 +289,21 @@ def selective_scan_bwd_kernel(
     if SUMMARY:
         dh = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
         decay = tl.full([BLOCK_N, BLOCK_D], 1.0, dtype=tl.float32)
+        ahead = _bwd_inputs(u_ptr, delta_ptr, B_ptr, C_ptr, dout_ptr, z_ptr, t0 + steps - 1, steps > 0, ch, mask_d,
+                            offs_n, NSTATE, su_l, su_d, sdt_l, sdt_d, sB_l, sB_n, sC_l, sC_n, sdo_l, sdo_d, sz_l, sz_d,
+                            HAS_Z, False)  # fmt: skip
         for i in range(steps):
             t = t0 + steps - 1 - i
-            x, raw, dt = _load_step(u_ptr, delta_ptr, t, ch, mask_d, su_l, su_d, sdt_l, sdt_d, bias, HAS_BIAS, SOFTPLUS)
-            Ct = _load_bc(C_ptr, t, offs_n, mask_n, sC_l, sC_n)
-            dout, zt, dy = _load_dy(dout_ptr, z_ptr, t, ch, mask_d, sdo_l, sdo_d, sz_l, sz_d, HAS_Z)
+            if PREFETCH:  # loads of the next step (t - 1) go out before this step's math
+                x, raw, Bt, Ct, dout, zt = ahead
+                ahead = _bwd_inputs(u_ptr, delta_ptr, B_ptr, C_ptr, dout_ptr, z_ptr, t - 1, i + 1 < steps, ch,
+                                    mask_d, offs_n, NSTATE, su_l, su_d, sdt_l, sdt_d, sB_l, sB_n, sC_l, sC_n, sdo_l,
+                                    sdo_d, sz_l, sz_d, HAS_Z, False)  # fmt: skip
+            else:
+                x, raw, Bt, Ct, dout, zt = _bwd_inputs(u_ptr, delta_ptr, B_ptr, C_ptr, dout_ptr, z_ptr, t, True, ch,
+                                                       mask_d, offs_n, NSTATE, su_l, su_d, sdt_l, sdt_d, sB_l, sB_n,
+                                                       sC_l, sC_n, sdo_l, sdo_d, sz_l, sz_d, HAS_Z, False)  # fmt: skip
+            raw, dt, dy = _bwd_step(raw, dout, zt, bias, HAS_BIAS, SOFTPLUS, HAS_Z)
             seg, start, end = _segments(t, L, seq_len, seg_ids_ptr, cu_ptr, pid_b, RESET)
             g = dy[None, :] * Ct[:, None]
             if HAS_DLAST:
@@ -298,12 +326,21 @@ def selective_scan_bwd_kernel(
         rows = tl.arange(0, CHUNK)
         states = tl.zeros([CHUNK, BLOCK_N, BLOCK_D], dtype=tl.float32)
         part_base = ((pid_d * batch + pid_b) * n_groups + pid_g) * L * NSTATE  # into the dB/dC partials
+        ahead = _bwd_inputs(u_ptr, delta_ptr, B_ptr, C_ptr, dout_ptr, z_ptr, t0, steps > 0, ch, mask_d, offs_n,
+                            NSTATE, su_l, su_d, sdt_l, sdt_d, sB_l, sB_n, sC_l, sC_n, sdo_l, sdo_d, sz_l, sz_d, HAS_Z,
+                            True)  # fmt: skip
         for k in range(steps):
             t = t0 + k
-            x, raw, dt = _load_step(u_ptr, delta_ptr, t, ch, mask_d, su_l, su_d, sdt_l, sdt_d, bias, HAS_BIAS, SOFTPLUS)
-            Bt = _load_bc(B_ptr, t, offs_n, mask_n, sB_l, sB_n)
-            Ct = _load_bc(C_ptr, t, offs_n, mask_n, sC_l, sC_n)
-            dout, zt, dy = _load_dy(dout_ptr, z_ptr, t, ch, mask_d, sdo_l, sdo_d, sz_l, sz_d, HAS_Z)
+            if PREFETCH:
+                x, raw, Bt, Ct, dout, zt = ahead
+                ahead = _bwd_inputs(u_ptr, delta_ptr, B_ptr, C_ptr, dout_ptr, z_ptr, t + 1, k + 1 < steps, ch,
+                                    mask_d, offs_n, NSTATE, su_l, su_d, sdt_l, sdt_d, sB_l, sB_n, sC_l, sC_n, sdo_l,
+                                    sdo_d, sz_l, sz_d, HAS_Z, True)  # fmt: skip
+            else:
+                x, raw, Bt, Ct, dout, zt = _bwd_inputs(u_ptr, delta_ptr, B_ptr, C_ptr, dout_ptr, z_ptr, t, True, ch,
+                                                       mask_d, offs_n, NSTATE, su_l, su_d, sdt_l, sdt_d, sB_l, sB_n,
+                                                       sC_l, sC_n, sdo_l, sdo_d, sz_l, sz_d, HAS_Z, True)  # fmt: skip
+            raw, dt, dy = _bwd_step(raw, dout, zt, bias, HAS_BIAS, SOFTPLUS, HAS_Z)
             seg, start, end = _segments(t, L, seq_len, seg_ids_ptr, cu_ptr, pid_b, RESET)
             if HAS_H0:
                 h = tl.where(start, tl.load(h0_ptr + seg * STATE + state_offs, mask=mask_dn & start, other=0.0), h)
@@ -324,13 +361,22 @@ def selective_scan_bwd_kernel(
         dA_acc = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
         dD_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
         dbias_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+        ahead = _bwd_inputs(u_ptr, delta_ptr, B_ptr, C_ptr, dout_ptr, z_ptr, t0 + steps - 1, steps > 0, ch, mask_d,
+                            offs_n, NSTATE, su_l, su_d, sdt_l, sdt_d, sB_l, sB_n, sC_l, sC_n, sdo_l, sdo_d, sz_l, sz_d,
+                            HAS_Z, True)  # fmt: skip
         for i in range(steps):
             k = steps - 1 - i
             t = t0 + k
-            x, raw, dt = _load_step(u_ptr, delta_ptr, t, ch, mask_d, su_l, su_d, sdt_l, sdt_d, bias, HAS_BIAS, SOFTPLUS)
-            Bt = _load_bc(B_ptr, t, offs_n, mask_n, sB_l, sB_n)
-            Ct = _load_bc(C_ptr, t, offs_n, mask_n, sC_l, sC_n)
-            dout, zt, dy = _load_dy(dout_ptr, z_ptr, t, ch, mask_d, sdo_l, sdo_d, sz_l, sz_d, HAS_Z)
+            if PREFETCH:
+                x, raw, Bt, Ct, dout, zt = ahead
+                ahead = _bwd_inputs(u_ptr, delta_ptr, B_ptr, C_ptr, dout_ptr, z_ptr, t - 1, i + 1 < steps, ch,
+                                    mask_d, offs_n, NSTATE, su_l, su_d, sdt_l, sdt_d, sB_l, sB_n, sC_l, sC_n, sdo_l,
+                                    sdo_d, sz_l, sz_d, HAS_Z, True)  # fmt: skip
+            else:
+                x, raw, Bt, Ct, dout, zt = _bwd_inputs(u_ptr, delta_ptr, B_ptr, C_ptr, dout_ptr, z_ptr, t, True, ch,
+                                                       mask_d, offs_n, NSTATE, su_l, su_d, sdt_l, sdt_d, sB_l, sB_n,
+                                                       sC_l, sC_n, sdo_l, sdo_d, sz_l, sz_d, HAS_Z, True)  # fmt: skip
+            raw, dt, dy = _bwd_step(raw, dout, zt, bias, HAS_BIAS, SOFTPLUS, HAS_Z)
             seg, start, end = _segments(t, L, seq_len, seg_ids_ptr, cu_ptr, pid_b, RESET)
             h = tl.sum(tl.where((rows == k)[:, None, None], states, 0.0), axis=0)
             g = dy[None, :] * Ct[:, None]
@@ -408,6 +454,9 @@ def _num_segments(batch: int, length: int, seq_len: int | None, cu_seqlens: Tens
 
 
 TARGET_PROGRAMS_PER_SM = 16  # enough resident warps to hide the per-step load latency
+# Long rows are split further: a program walks at most this many steps (H100, L = 3136, N = 1: 523-step chunks
+# 957 us, 143-step chunks 850 us; benchmarks/results/fwd_prefetch_chunks_20261122T215532.json)
+MAX_CHUNK_LEN = 128
 forced_chunk_len: int | None = None  # tests set this to exercise the two-pass path under the interpreter
 
 
@@ -419,7 +468,7 @@ def plan_chunks(batch: int, groups: int, dim_per_group: int, length: int, device
         return length, 1
     programs = batch * groups * triton.cdiv(dim_per_group, 32)
     wanted = TARGET_PROGRAMS_PER_SM * _sm_count(device)
-    nchunks = max(1, min(triton.cdiv(wanted, programs), length // 16))
+    nchunks = max(1, min(triton.cdiv(wanted, programs), length // 16), triton.cdiv(length, MAX_CHUNK_LEN))
     chunk_len = triton.cdiv(length, nchunks)
     return chunk_len, triton.cdiv(length, chunk_len)
 
