@@ -1,6 +1,6 @@
 """VMamba v2 specifics: parameter counts of the official configurations, the channels-last SS2D against the official
-channel-first computation (forward and gradients, naive and Triton ops), loading official-layout checkpoints through
-timm's `pretrained_cfg_overlay=dict(file=...)`, the VMeanba switch, and odd input sizes.
+channel-first computation (forward and gradients, naive and Triton ops) and its torch.compile graph, loading
+official-layout checkpoints through timm's `pretrained_cfg_overlay=dict(file=...)`, the VMeanba switch, odd sizes.
 """
 
 from __future__ import annotations
@@ -253,22 +253,6 @@ def test_any_resolution_and_channels_last_views():
     for t, u in zip(inters, nhwc):
         assert t.is_contiguous(memory_format=torch.channels_last)  # an NCHW view of the NHWC map: no copy
         torch.testing.assert_close(t.permute(0, 2, 3, 1), u)
-
-
-def test_triton_model_matches_naive():
-    """The whole nano model with the Triton ops (interpreted on CPU) against the naive path, forward and input grad."""
-    torch.manual_seed(0)
-    model = timm.create_model("vmamba_v2_nano", num_classes=3).eval()
-    x = torch.randn(1, 3, 12, 20, requires_grad=True)  # stage maps 3x5, 2x3, 1x2, 1x1
-    with backend("naive"):
-        ref = model(x)
-    with backend("triton"):
-        out = model(x)
-    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
-    dout = torch.randn_like(out)
-    torch.testing.assert_close(
-        torch.autograd.grad(out, x, dout)[0], torch.autograd.grad(ref, x, dout)[0], rtol=1e-4, atol=1e-6
-    )
 
 
 def test_ss2d_compiles_to_one_graph():
