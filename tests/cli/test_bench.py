@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
+from torch.autograd import DeviceType
 
 from sfmamba.bench.official import official_model
-from sfmamba.bench.profile import categorize
+from sfmamba.bench.profile import categorize, kernel_breakdown
 from sfmamba.cli import UsageError
 from sfmamba.cli.bench import resolve_models
 from sfmamba.cli.main import COMMANDS, main
@@ -94,6 +96,30 @@ def test_bench_profile_breaks_time_into_categories(tmp_path, capsys):
 )  # fmt: skip
 def test_kernel_categories(name, category):
     assert categorize(name) == category
+
+
+def test_cuda_breakdown_counts_device_kernels_only():
+    """The CUDA branch of `kernel_breakdown`, on stand-in profiler events (no GPU here)."""
+
+    def event(name, device_type, us):
+        return SimpleNamespace(name=name, device_type=device_type, time_range=SimpleNamespace(elapsed_us=lambda: us))
+
+    events = [
+        event("aten::addmm", DeviceType.CPU, 500.0),  # host-side operator: not GPU time
+        event("sm90_xmma_gemm_bf16bf16", DeviceType.CUDA, 30.0),
+        event("selective_scan_fwd_kernel", DeviceType.CUDA, 10.0),
+        event("selective_scan_fwd_kernel", DeviceType.CUDA, 10.0),
+        event("vectorized_elementwise_kernel<add>", DeviceType.CUDA, 50.0),
+    ]
+    prof = SimpleNamespace(events=lambda: events)
+    result = kernel_breakdown(prof, torch.device("cuda"), steps=2, top=2)
+    assert result["total_ms_per_step"] == pytest.approx(0.05)
+    assert [(k["name"], k["calls_per_step"]) for k in result["top_kernels"]] == [
+        ("vectorized_elementwise_kernel<add>", 0.5),
+        ("sm90_xmma_gemm_bf16bf16", 0.5),
+    ]
+    percents = {c["category"]: c["percent"] for c in result["categories"]}
+    assert percents == pytest.approx({"elementwise/copy": 50.0, "gemm": 30.0, "scan": 20.0})
 
 
 def test_model_names_and_wildcards():
