@@ -53,28 +53,60 @@ def test_official_configuration():
 # ------------------------------------------------------------------------------------------------------- SS2D
 
 
-def _official_ss2d_forward(m: SS2D, x_nchw: torch.Tensor) -> torch.Tensor:
-    """The official `forward_type="v05_noz"`, channel-first SS2D, step by step: [B, C, H, W] -> [B, C, H, W]."""
+def _official_ss2d_forward(p: dict[str, torch.Tensor], x_nchw: torch.Tensor) -> torch.Tensor:
+    """The official `forward_type="v05_noz"`, channel-first SS2D, step by step, from its parameters under their
+    official names: [B, C, H, W] -> [B, C, H, W]."""
     b, _, h, w = x_nchw.shape
-    k, d, n, r, length = 4, m.d_inner, m.d_state, m.dt_rank, h * w
-    x = F.conv2d(x_nchw, m.in_proj.weight[:, :, None, None])  # Linear2d
-    x = F.silu(F.conv2d(x, m.conv2d.weight, m.conv2d.bias, padding=1, groups=d))
-    xs = x.new_empty(b, k, d, length)
+    (k, n), (d, r), length = p["A_logs"].shape, p["dt_projs_weight"].shape[1:], h * w
+    n_dirs = 4
+    assert k == n_dirs * d
+    x = F.conv2d(x_nchw, p["in_proj.weight"].view(d, -1, 1, 1))  # Linear2d
+    x = F.silu(F.conv2d(x, p["conv2d.weight"], p.get("conv2d.bias"), padding=1, groups=d))
+    xs = x.new_empty(b, n_dirs, d, length)
     xs[:, 0] = x.flatten(2)
     xs[:, 1] = x.transpose(2, 3).flatten(2)
     xs[:, 2:4] = xs[:, 0:2].flip(-1)
-    x_dbl = F.conv1d(xs.view(b, -1, length), m.x_proj_weight.reshape(-1, d, 1), groups=k)
-    dts, Bs, Cs = torch.split(x_dbl.view(b, k, -1, length), [r, n, n], dim=2)
-    dts = F.conv1d(dts.contiguous().view(b, -1, length), m.dt_projs_weight.reshape(k * d, -1, 1), groups=k)
-    A = -torch.exp(m.A_logs.float())
+    x_dbl = F.conv1d(xs.view(b, -1, length), p["x_proj_weight"].reshape(-1, d, 1), groups=n_dirs)
+    dts, Bs, Cs = torch.split(x_dbl.view(b, n_dirs, -1, length), [r, n, n], dim=2)
+    dts = F.conv1d(dts.contiguous().view(b, -1, length), p["dt_projs_weight"].reshape(k, -1, 1), groups=n_dirs)
+    A = -torch.exp(p["A_logs"].float())
     ys = selective_scan_naive(
-        xs.view(b, -1, length), dts, A, Bs.contiguous(), Cs.contiguous(), m.Ds.float(), None,
-        m.dt_projs_bias.reshape(-1).float(), True,
-    ).view(b, k, d, length)  # fmt: skip
+        xs.view(b, -1, length), dts, A, Bs.contiguous(), Cs.contiguous(), p["Ds"].float(), None,
+        p["dt_projs_bias"].reshape(-1).float(), True,
+    ).view(b, n_dirs, d, length)  # fmt: skip
     ys = ys[:, 0:2] + ys[:, 2:4].flip(-1)
     y = ys[:, 0] + ys[:, 1].view(b, d, w, h).transpose(2, 3).reshape(b, d, length)
-    y = F.layer_norm(y.transpose(1, 2), (d,), m.out_norm.weight, m.out_norm.bias).transpose(1, 2)
-    return F.conv2d(y.reshape(b, d, h, w), m.out_proj.weight[:, :, None, None])
+    y = F.layer_norm(y.transpose(1, 2), (d,), p["out_norm.weight"], p["out_norm.bias"]).transpose(1, 2)
+    return F.conv2d(y.reshape(b, d, h, w), p["out_proj.weight"].view(-1, d, 1, 1))
+
+
+def _official_vssm_forward(sd: dict[str, torch.Tensor], x: torch.Tensor, depths: list[int]) -> torch.Tensor:
+    """The official channel-first VSSM (`norm_layer="ln2d"`, patch embed v2, downsample v3) from an official state
+    dict: stem, blocks with pre-norm residuals, a downsample at the end of every stage but the last, classifier."""
+
+    def ln2d(t, name):
+        c = t.shape[1]
+        return F.layer_norm(t.permute(0, 2, 3, 1), (c,), sd[f"{name}.weight"], sd[f"{name}.bias"]).permute(0, 3, 1, 2)
+
+    def linear2d(t, name):
+        weight = sd[f"{name}.weight"]
+        return F.conv2d(t, weight.view(weight.shape[0], -1, 1, 1), sd.get(f"{name}.bias"))
+
+    x = F.conv2d(x, sd["patch_embed.0.weight"], sd["patch_embed.0.bias"], stride=2, padding=1)
+    x = F.gelu(ln2d(x, "patch_embed.2"))
+    x = ln2d(F.conv2d(x, sd["patch_embed.5.weight"], sd["patch_embed.5.bias"], stride=2, padding=1), "patch_embed.7")
+    for i, depth in enumerate(depths):
+        for j in range(depth):
+            block = f"layers.{i}.blocks.{j}"
+            op = {k.removeprefix(f"{block}.op."): v for k, v in sd.items() if k.startswith(f"{block}.op.")}
+            x = x + _official_ss2d_forward(op, ln2d(x, f"{block}.norm"))
+            x = x + linear2d(F.gelu(linear2d(ln2d(x, f"{block}.norm2"), f"{block}.mlp.fc1")), f"{block}.mlp.fc2")
+        if i < len(depths) - 1:
+            down = f"layers.{i}.downsample"
+            x = F.conv2d(x, sd[f"{down}.1.weight"], sd[f"{down}.1.bias"], stride=2, padding=1)
+            x = ln2d(x, f"{down}.3")
+    x = ln2d(x, "classifier.norm").mean((2, 3))
+    return F.linear(x, sd["classifier.head.weight"], sd["classifier.head.bias"])
 
 
 @pytest.mark.parametrize("kernel", ["naive", "triton"])
@@ -92,7 +124,7 @@ def test_ss2d_matches_official_computation(kernel):
     x = torch.randn(2, 16, 5, 7, requires_grad=True)
     with backend(kernel):
         out = m(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-    ref = _official_ss2d_forward(m, x)
+    ref = _official_ss2d_forward(dict(m.named_parameters()), x)
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
     params = [x, *m.parameters()]
     grads = torch.autograd.grad(out.square().sum(), params)
@@ -219,6 +251,25 @@ def test_official_checkpoint_loads_through_timm(tmp_path, num_classes, monkeypat
         else:  # another classifier: everything else is loaded
             torch.testing.assert_close(model.forward_features(x), source.forward_features(x))
     assert model.pretrained_cfg["file"] == str(path)
+
+
+def test_model_matches_official_computation_on_official_weights():
+    """The whole model against the official channel-first network run from the official-layout state dict: stem,
+    block order, downsample placement, norms and classifier; a non-square image with odd stage maps."""
+    torch.manual_seed(0)
+    model = timm.create_model("vmamba_v2_nano", num_classes=5).eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, SS2D):
+                m.A_logs.uniform_(-1.0, 1.0)
+                m.Ds.uniform_(0.5, 1.5)
+            if isinstance(m, torch.nn.LayerNorm):  # non-trivial affine parameters
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.5, 0.5)
+    x = torch.randn(2, 3, 36, 52)
+    with torch.no_grad():
+        ref = _official_vssm_forward(_official_state(model), x, depths=[1, 1, 2, 1])
+        torch.testing.assert_close(model(x), ref, rtol=1e-4, atol=1e-4)
 
 
 def test_checkpoint_mismatch_is_a_clear_error():
