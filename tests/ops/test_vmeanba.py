@@ -194,14 +194,18 @@ def cast(inputs: dict, dtype: torch.dtype) -> dict:
     return {n: x.to(torch.float32 if n in PARAMS else dtype).clone().requires_grad_(True) for n, x in inputs.items()}
 
 
-def compare_with_reference(inputs: dict, dtype: torch.dtype, flags: dict, *, blocks=BLOCKS) -> None:
+def compare_with_reference(inputs: dict, dtype: torch.dtype, flags: dict, *, blocks=BLOCKS, chunk_len=None) -> None:
     """Triton in `dtype` vs the naive reference in fp32 on the same (rounded) values: the output and every gradient,
     each held to the tolerance of its own dtype (the parameter gradients are fp32 even in a bf16 call)."""
     from sfmamba.ops.vmeanba import chunk
 
     k_in = cast(inputs, dtype)
     r_in = {n: x.detach().float().clone().requires_grad_(True) for n, x in k_in.items()}
-    with mock.patch.object(chunk, "forced_blocks", blocks), backend("triton"):
+    with (
+        mock.patch.object(chunk, "forced_blocks", blocks),
+        mock.patch.object(chunk, "forced_chunk_len", chunk_len),
+        backend("triton"),
+    ):
         out = mean_selective_scan(**k_in, **flags)
     ref = mean_selective_scan_naive(**r_in, **flags)
     assert out.dtype == dtype and out.shape == k_in["u"].shape
@@ -229,6 +233,29 @@ def test_kernel_forward_and_gradients(batch, length, dim, nstate, groups, layout
     torch.manual_seed(hash((batch, length, dim, nstate, groups, layout, seq_len)) % 2**31)
     inputs = make_inputs(batch, length, dim, nstate, groups, layout)
     compare_with_reference(inputs, dtype, dict(delta_softplus=True, seq_len=seq_len, layout=layout))
+
+
+SPLIT_CASES = [
+    # batch, L, D, N, G, layout, dtype, seq_len: L split into chunks of 16 steps (2 time blocks of 8), as on a GPU
+    (2, 33, 12, 8, 4, "BLD", torch.float32, 11),  # resets inside chunks, a partial last chunk
+    (1, 48, 16, 1, 4, "BDL", torch.bfloat16, 16),  # resets on chunk boundaries
+    (2, 50, 8, 1, 1, "BDL", torch.float32, None),
+    (2, 45, 4, 1, 4, "BLD", torch.float32, None),  # one channel per group: the scan on reduced inputs
+]
+
+
+@pytest.mark.parametrize(
+    ("batch", "length", "dim", "nstate", "groups", "layout", "dtype", "seq_len"),
+    SPLIT_CASES,
+    ids=[kernel_id(*case) for case in SPLIT_CASES],
+)
+def test_kernel_split_forward(batch, length, dim, nstate, groups, layout, dtype, seq_len):
+    """The two-pass forward (chunk summaries, then the scan from the folded incoming state) and the backward that
+    reads its saved reduced states."""
+    torch.manual_seed(hash((batch, length, dim, nstate, groups, layout, seq_len)) % 2**31)
+    inputs = make_inputs(batch, length, dim, nstate, groups, layout)
+    flags = dict(delta_softplus=True, seq_len=seq_len, layout=layout)
+    compare_with_reference(inputs, dtype, flags, chunk_len=16)
 
 
 @pytest.mark.parametrize(

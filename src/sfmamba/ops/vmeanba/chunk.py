@@ -10,7 +10,10 @@ blocks of BLOCK_L steps; per block it
      the block's steps) from the state carried in registers from the previous block;
   3. reduces y_g = <C, h> and writes y = y_g + D*u (gated) for every channel of the group: the broadcast.
 Every input element is read from HBM once (the second read of u in step 3 hits the cache) and y written once; no
-(b, D, L) intermediate exists. With autograd the forward also stores the reduced decay a and state h, (b, G, L, N)
+(b, D, L) intermediate exists. When too few (image, group) programs would leave SMs idle (a narrow group such as the
+scan on already-reduced inputs, or few images), L is also split into chunks processed in parallel in two passes
+(`plan_chunks`): a summary pass computes each chunk's decay product and end state, the main pass folds the earlier
+chunks into its incoming state -- at the price of reading u and delta twice. With autograd the forward also stores the reduced decay a and state h, (b, G, L, N)
 fp32 -- 1/(D/G) of an input -- and the backward walks the blocks in reverse with the same tiling: the state gradient
 by a reverse associative scan, then the per-channel gradients in one more sweep over the channel blocks.
 Per-channel parameter gradients (A, D, delta_bias) are written as per-(image, block) partials and summed on the host:
@@ -69,18 +72,22 @@ def _bn_tile(ptr, offs_t, offs_n, mask, s_l, s_n):
 
 
 @triton.heuristics({"BLOCK_N": lambda args: triton.next_power_of_2(args["NSTATE"])})
-@triton.jit(do_not_specialize=["L", "seq_len"])
+@triton.jit(do_not_specialize=["L", "seq_len", "chunk_len"])
 def mean_scan_fwd_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, out_ptr, a_save_ptr, h_save_ptr,
-    L, Dg, NSTATE, seq_len,
+    chunk_P_ptr, chunk_S_ptr,
+    L, Dg, NSTATE, seq_len, chunk_len,
     su_b, su_l, su_d, sdt_b, sdt_l, sdt_d, sz_b, sz_l, sz_d, so_b, so_l, so_d,
     sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    RESET: tl.constexpr, SAVE: tl.constexpr,
+    RESET: tl.constexpr, SAVE: tl.constexpr, SUMMARY: tl.constexpr,
     BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
-    pid_g, pid_b = tl.program_id(0), tl.program_id(1)
-    n_groups = tl.num_programs(0)
+    # One program: one image, one group, one chunk of `chunk_len` steps (the whole row unless L is split to fill
+    # the GPU; a multiple of BLOCK_L otherwise). SUMMARY pass: the chunk's decay product P and end state S from a zero
+    # start; main pass: fold the earlier chunks' (P, S) into the incoming state, then scan and write y.
+    pid_g, pid_b, c = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    n_groups, nchunks = tl.num_programs(0), tl.num_programs(2)
     u_ptr += pid_b * su_b
     delta_ptr += pid_b * sdt_b
     z_ptr += pid_b * sz_b
@@ -88,14 +95,21 @@ def mean_scan_fwd_kernel(
     B_ptr += pid_b * sB_b + pid_g * sB_g
     C_ptr += pid_b * sC_b + pid_g * sC_g
     save_base = (pid_b * n_groups + pid_g) * L * NSTATE  # (b, G, L, N) fp32 buffers
+    chunk_base = (pid_b * n_groups + pid_g) * nchunks * NSTATE  # (b, G, nchunks, N) fp32 chunk summaries
     rows = tl.arange(0, BLOCK_L)
     offs_n = tl.arange(0, BLOCK_N)
     mask_n = offs_n < NSTATE
     inv_dg = 1.0 / Dg
     h_carry = tl.zeros([BLOCK_N], dtype=tl.float32)
-    for t0 in range(0, L, BLOCK_L):
+    decay_carry = tl.full([BLOCK_N], 1.0, dtype=tl.float32)
+    if not SUMMARY:
+        for cc in range(c):  # the state entering this chunk
+            h_carry = tl.load(chunk_P_ptr + chunk_base + cc * NSTATE + offs_n, mask=mask_n, other=0.0) * h_carry
+            h_carry += tl.load(chunk_S_ptr + chunk_base + cc * NSTATE + offs_n, mask=mask_n, other=0.0)
+    t_end = tl.minimum(c * chunk_len + chunk_len, L)
+    for t0 in range(c * chunk_len, t_end, BLOCK_L):
         offs_t = t0 + rows
-        mask_t = offs_t < L
+        mask_t = offs_t < t_end
         # 1. the channel mean of the discretised inputs
         sum_a = tl.zeros([BLOCK_L, BLOCK_N], dtype=tl.float32)
         sum_s = tl.zeros([BLOCK_L], dtype=tl.float32)
@@ -112,34 +126,43 @@ def mean_scan_fwd_kernel(
             decay = tl.exp2(dt[:, :, None] * A2[None, :, :])  # [BL, BD, BN]
             sum_a += tl.sum(tl.where(mask_dn[None, :, :], decay, 0.0), axis=1)
         start = _starts(offs_t, seq_len, RESET)
-        a = tl.where(start[:, None], 0.0, sum_a * inv_dg)  # a segment start forgets the state
         mask_tn = mask_t[:, None] & mask_n[None, :]
+        # a segment start forgets the state; steps past the chunk neither decay nor add
+        a = tl.where(start[:, None], 0.0, tl.where(mask_tn, sum_a * inv_dg, 1.0))
         Bt = _bn_tile(B_ptr, offs_t, offs_n, mask_tn, sB_l, sB_n)
-        Ct = _bn_tile(C_ptr, offs_t, offs_n, mask_tn, sC_l, sC_n)
         # 2. the reduced scan over the block, continued from the carried state
         a_cum, h_local = tl.associative_scan((a, Bt * (sum_s * inv_dg)[:, None]), 0, _linear_recurrence)
         h = h_local + a_cum * h_carry[None, :]
-        h_carry = tl.sum(tl.where((offs_t == tl.minimum(t0 + BLOCK_L, L) - 1)[:, None], h, 0.0), axis=0)
-        if SAVE:
-            save_offs = save_base + offs_t[:, None] * NSTATE + offs_n[None, :]
-            tl.store(a_save_ptr + save_offs, a, mask=mask_tn)
-            tl.store(h_save_ptr + save_offs, h, mask=mask_tn)
-        y_group = tl.sum(h * Ct, axis=1)  # [BL]
-        # 3. broadcast to every channel of the group, skip, gate
-        for d0 in range(0, Dg, BLOCK_D):
-            offs_d = d0 + tl.arange(0, BLOCK_D)
-            mask_d = offs_d < Dg
-            ch = pid_g * Dg + offs_d
-            mask = mask_t[:, None] & mask_d[None, :]
-            y = tl.broadcast_to(y_group[:, None], [BLOCK_L, BLOCK_D])
-            if HAS_D:
-                x = tl.load(u_ptr + offs_t[:, None] * su_l + ch[None, :] * su_d, mask=mask, other=0.0)
-                y += x.to(tl.float32) * tl.load(D_ptr + ch, mask=mask_d, other=0.0)[None, :]
-            if HAS_Z:
-                zt = tl.load(z_ptr + offs_t[:, None] * sz_l + ch[None, :] * sz_d, mask=mask, other=0.0)
-                zt = zt.to(tl.float32)
-                y *= zt * tl.sigmoid(zt)
-            tl.store(out_ptr + offs_t[:, None] * so_l + ch[None, :] * so_d, y.to(out_ptr.dtype.element_ty), mask=mask)
+        last = (rows == BLOCK_L - 1)[:, None]  # past-the-chunk steps are identities: the last row is the end state
+        h_carry = tl.sum(tl.where(last, h, 0.0), axis=0)
+        if SUMMARY:
+            decay_carry *= tl.sum(tl.where(last, a_cum, 0.0), axis=0)
+        else:
+            if SAVE:
+                save_offs = save_base + offs_t[:, None] * NSTATE + offs_n[None, :]
+                tl.store(a_save_ptr + save_offs, a, mask=mask_tn)
+                tl.store(h_save_ptr + save_offs, h, mask=mask_tn)
+            Ct = _bn_tile(C_ptr, offs_t, offs_n, mask_tn, sC_l, sC_n)
+            y_group = tl.sum(h * Ct, axis=1)  # [BL]
+            # 3. broadcast to every channel of the group, skip, gate
+            for d0 in range(0, Dg, BLOCK_D):
+                offs_d = d0 + tl.arange(0, BLOCK_D)
+                mask_d = offs_d < Dg
+                ch = pid_g * Dg + offs_d
+                mask = mask_t[:, None] & mask_d[None, :]
+                y = tl.broadcast_to(y_group[:, None], [BLOCK_L, BLOCK_D])
+                if HAS_D:
+                    x = tl.load(u_ptr + offs_t[:, None] * su_l + ch[None, :] * su_d, mask=mask, other=0.0)
+                    y += x.to(tl.float32) * tl.load(D_ptr + ch, mask=mask_d, other=0.0)[None, :]
+                if HAS_Z:
+                    zt = tl.load(z_ptr + offs_t[:, None] * sz_l + ch[None, :] * sz_d, mask=mask, other=0.0)
+                    zt = zt.to(tl.float32)
+                    y *= zt * tl.sigmoid(zt)
+                out_offs = offs_t[:, None] * so_l + ch[None, :] * so_d
+                tl.store(out_ptr + out_offs, y.to(out_ptr.dtype.element_ty), mask=mask)
+    if SUMMARY:
+        tl.store(chunk_P_ptr + chunk_base + c * NSTATE + offs_n, decay_carry, mask=mask_n)
+        tl.store(chunk_S_ptr + chunk_base + c * NSTATE + offs_n, h_carry, mask=mask_n)
 
 
 @triton.heuristics({"BLOCK_N": lambda args: triton.next_power_of_2(args["NSTATE"])})
@@ -284,6 +307,30 @@ def plan_blocks(dim_per_group: int, nstate: int) -> tuple[int, int, int]:
     return block_l, block_d, 4 if block_l * block_d <= 4096 else 8
 
 
+# Splitting L re-reads u and delta in a summary pass, so the forward splits only where too few (image, group)
+# programs would leave SMs idle: aim at this many programs per SM for narrow groups (<= 8 channels: the reads are
+# cheap, the sequential walk is what costs -- e.g. the scan on already-reduced inputs) and for wide ones.
+NARROW_GROUP = 8
+PROGRAMS_PER_SM = {"narrow": 32, "wide": 1}
+CHUNK_MULTIPLE = 128  # split chunks are whole numbers of every BLOCK_L the forward may use
+forced_chunk_len: int | None = None  # tests set it to exercise the split forward under the interpreter
+
+
+def plan_chunks(batch: int, groups: int, dim_per_group: int, length: int, device: torch.device) -> tuple[int, int]:
+    """(chunk length, number of chunks) of the forward."""
+    if forced_chunk_len is not None:
+        return forced_chunk_len, triton.cdiv(length, forced_chunk_len)
+    if device.type != "cuda":
+        return length, 1
+    per_sm = PROGRAMS_PER_SM["narrow" if dim_per_group <= NARROW_GROUP else "wide"]
+    wanted = per_sm * torch.cuda.get_device_properties(device).multi_processor_count
+    nchunks = max(1, min(triton.cdiv(wanted, batch * groups), triton.cdiv(length, CHUNK_MULTIPLE)))
+    if nchunks == 1:
+        return length, 1
+    chunk_len = triton.cdiv(triton.cdiv(length, nchunks), CHUNK_MULTIPLE) * CHUNK_MULTIPLE
+    return chunk_len, triton.cdiv(length, chunk_len)
+
+
 def _fwd_configs() -> list[triton.Config]:
     return [
         triton.Config({"BLOCK_L": bl, "BLOCK_D": bd}, num_warps=w)
@@ -310,7 +357,7 @@ def prune_fwd_configs(configs: list[triton.Config], named_args: dict, **kwargs) 
 
 mean_scan_fwd_tuned = triton.autotune(
     configs=_fwd_configs(),
-    key=["Dg", "NSTATE", "L", "SAVE"],
+    key=["Dg", "NSTATE", "L", "chunk_len", "SAVE", "SUMMARY"],
     prune_configs_by={"early_config_prune": prune_fwd_configs},
 )(mean_scan_fwd_kernel)
 
@@ -368,16 +415,25 @@ def mean_scan_fwd(
     else:
         block_l, block_d, warps = plan_blocks(dim_per_group, nstate)
         kernel, blocks = mean_scan_fwd_kernel, dict(BLOCK_L=block_l, BLOCK_D=block_d, num_warps=warps)
+    chunk_len, nchunks = plan_chunks(batch, groups, dim_per_group, length, u.device)
+    summary_shape = (batch, groups, nchunks, nstate) if nchunks > 1 else (0,)
+    chunk_P = torch.empty(summary_shape, device=u.device, dtype=torch.float32)
+    chunk_S = torch.empty(summary_shape, device=u.device, dtype=torch.float32)
+    args = (
+        u, delta, A.contiguous(), B, C, anything if D is None else D.contiguous(), anything if z is None else z,
+        anything if delta_bias is None else delta_bias.contiguous(), out, a_save, h_save, chunk_P, chunk_S,
+        length, dim_per_group, nstate, seq_len or length, chunk_len,
+        *_x_strides(u, layout), *_x_strides(delta, layout), *_x_strides(z if z is not None else u, layout),
+        *_x_strides(out, layout), *_bc_strides(B, layout), *_bc_strides(C, layout),
+    )  # fmt: skip
+    flags = dict(
+        HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
+        RESET=bool(seq_len) and seq_len != length, SAVE=save, **blocks,
+    )  # fmt: skip
     with _on_device(u.device):
-        kernel[(groups, batch)](
-            u, delta, A.contiguous(), B, C, anything if D is None else D.contiguous(), anything if z is None else z,
-            anything if delta_bias is None else delta_bias.contiguous(), out, a_save, h_save,
-            length, dim_per_group, nstate, seq_len or length,
-            *_x_strides(u, layout), *_x_strides(delta, layout), *_x_strides(z if z is not None else u, layout),
-            *_x_strides(out, layout), *_bc_strides(B, layout), *_bc_strides(C, layout),
-            HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
-            RESET=bool(seq_len) and seq_len != length, SAVE=save, **blocks,
-        )  # fmt: skip
+        if nchunks > 1:  # each chunk's decay product and end state, then the scan from the folded incoming state
+            kernel[(groups, batch, nchunks)](*args, **flags, SUMMARY=True)
+        kernel[(groups, batch, nchunks)](*args, **flags, SUMMARY=False)
     return out, a_save, h_save
 
 
