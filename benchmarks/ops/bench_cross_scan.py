@@ -26,6 +26,8 @@ sys.path.insert(0, str(ROOT / "src"))
 from sfmamba.layers.ss2d import SS2D  # noqa: E402
 from sfmamba.ops.cross_scan import cross_merge_naive, cross_scan_naive  # noqa: E402
 from sfmamba.ops.cross_scan.chunk import cross_merge_fwd, cross_scan_fwd  # noqa: E402
+from sfmamba.testing import relative_error  # noqa: E402
+from sfmamba.utils._config import set_kernel_backend  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 STAGES = [(56, 56, 96), (28, 28, 192), (14, 14, 384), (7, 7, 768)]  # VMamba-v2-T at 224 px: (H, W, d_inner)
@@ -76,11 +78,20 @@ def bench_shape(batch: int, height: int, width: int, channels: int, dtype: torch
 
 
 def bench_mixer(batch: int, height: int, width: int, channels: int) -> dict:
+    """SS2D forward: the Triton path checked against the naive path (fp32, 2 images), then timed in bf16."""
     mixer = SS2D(channels).cuda()
+    small = torch.randn(2, height, width, channels, device="cuda")
+    with torch.inference_mode():
+        set_kernel_backend("naive")
+        ref = mixer(small)
+        set_kernel_backend("triton")
+        err = relative_error(ref, mixer(small))
+        set_kernel_backend(None)
     x = torch.randn(batch, height, width, channels, device="cuda")
     with torch.autocast("cuda", dtype=torch.bfloat16), torch.inference_mode():
         mixer_us = do_bench(lambda: mixer(x))
-    return dict(provider="SS2D-fwd-bf16", batch=batch, H=height, W=width, C=channels, mixer_us=mixer_us)
+    row = dict(provider="SS2D-fwd-bf16", batch=batch, H=height, W=width, C=channels, rel_err_vs_naive=err)
+    return dict(row, ok=err < 1e-4, mixer_us=mixer_us)
 
 
 def main() -> None:
@@ -102,7 +113,10 @@ def main() -> None:
         rows += [bench_mixer(args.batch, *stage[:2], stage[2]) for stage in STAGES]
     for r in rows:
         times = " ".join(f"{k}={r[k]:.1f}" for k in ("scan_us", "merge_us", "copy_us", "mixer_us") if k in r)
-        print(f"{r['provider']:>14} {r['H']}x{r['W']}x{r['C']} {r.get('dtype', '')} {r.get('layout', '')} {times}")
+        status = "" if r.get("ok", True) else "FAILED CHECK"
+        print(
+            f"{r['provider']:>14} {r['H']}x{r['W']}x{r['C']} {r.get('dtype', '')} {r.get('layout', '')} {times} {status}"
+        )
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"cross_scan_{stamp}.json"
