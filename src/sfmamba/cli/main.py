@@ -19,6 +19,7 @@ COMMANDS = {
     "bench": "sfmamba.cli.bench",
     "tune": "sfmamba.cli.tune",
     "train": "sfmamba.cli.train",
+    "eval": "sfmamba.cli.eval",
     "compress": "sfmamba.cli.compress",
 }
 

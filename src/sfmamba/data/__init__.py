@@ -7,6 +7,7 @@ from .fashion_mnist import (
     FashionMNIST,
     load_fashion_mnist,
     read_idx,
+    write_idx,
 )
 from .folder import ImageFolderDataset
 from .loader import (
@@ -38,4 +39,5 @@ __all__ = [
     "load_fashion_mnist",
     "read_idx",
     "set_loader_epoch",
+    "write_idx",
 ]

@@ -122,3 +122,26 @@ class FashionMNIST(torch.utils.data.Dataset):
         if self.transform is not None:
             image = self.transform(image)
         return image, int(self.labels[index])
+
+
+def write_idx(path: str | Path, array: np.ndarray) -> None:
+    """Write `array` (uint8, any rank) as an IDX file, gzipped when `path` ends in '.gz'; written atomically."""
+    import os
+    import tempfile
+
+    array = np.ascontiguousarray(array)
+    if array.dtype != np.uint8 or array.ndim == 0:
+        raise ValueError(f"array must be a uint8 array of rank >= 1, got {array.dtype} of rank {array.ndim}")
+    path = Path(path)
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(n).to_bytes(4, "big") for n in array.shape)
+    payload = header + array.tobytes()
+    if path.suffix == ".gz":
+        payload = gzip.compress(payload, mtime=0)
+    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(payload)
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise

@@ -179,3 +179,19 @@ def load_training_checkpoint(state_path: str | Path, model: nn.Module, ema: nn.M
             raise CheckpointError(f"{paths['ema']}: missing (the run being resumed kept no EMA; drop --model-ema)")
         load_weights(paths["ema"], ema)
     return state
+
+
+def model_from_checkpoint(path: str | Path, **model_kwargs) -> tuple[nn.Module, dict[str, object]]:
+    """Rebuild the model a `sfmamba train` weights file describes (its metadata) and load the weights.
+
+    `model_kwargs` override the stored ones (e.g. drop rates); returns (model in eval mode, metadata).
+    """
+    import timm
+
+    metadata = read_metadata(path)
+    if "model" not in metadata:
+        raise CheckpointError(f"{path}: no sfmamba training metadata (name the model with --model to load it)")
+    kwargs = {**metadata.get("model_kwargs", {}), **model_kwargs}
+    model = timm.create_model(metadata["model"], num_classes=metadata["num_classes"], **kwargs)
+    load_weights(path, model)
+    return model.eval(), metadata

@@ -11,9 +11,11 @@ import dataclasses
 import datetime as dt
 import json
 import logging
+import random
 import time
 from pathlib import Path
 
+import numpy as np
 import timm
 import torch
 from timm.data import Mixup
@@ -49,6 +51,13 @@ from .history import write_history
 _logger = logging.getLogger(__name__)
 AMP_TORCH_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 _TIME_CHECK_EVERY = 10  # steps between (synchronised) time-limit checks
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's (timm's Mixup draws from it) and torch's generators."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
 
 
 def create_model(config: TrainConfig, num_classes: int) -> nn.Module:
@@ -96,6 +105,7 @@ class Trainer:
         self.device = self.dist.device
         self.amp_dtype = AMP_TORCH_DTYPES[config.amp_dtype] if config.amp else None
         self.state = RunState()
+        self.resume_path = resolve_resume_path(config.resume) if config.resume else None  # fail before any work
         self._setup_data_and_model()
         self._setup_optimization()
         self._setup_run_dir()
@@ -172,7 +182,7 @@ class Trainer:
 
     def _setup_run_dir(self) -> None:
         c = self.config
-        resume_path = resolve_resume_path(c.resume) if c.resume else None
+        resume_path = self.resume_path
         if c.output:
             self.run_dir = Path(c.output)
         elif resume_path is not None:
@@ -182,7 +192,7 @@ class Trainer:
         if resume_path is not None:
             self._resume(resume_path)
         else:
-            torch.manual_seed(c.seed + self.dist.rank)  # per-rank stream for dropout, drop-path and mixup
+            seed_everything(c.seed + self.dist.rank)  # per-rank streams for dropout, drop-path and mixup
         self.scheduler.step_update(self.state.step)
         if self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -213,7 +223,7 @@ class Trainer:
                 self.dist.world_size,
                 len(rng),
             )
-            torch.manual_seed(self.config.seed + self.dist.rank + self.state.step)
+            seed_everything(self.config.seed + self.dist.rank + self.state.step)
         else:
             restore_rng_state(rng[self.dist.rank])
         if self.dist.is_main:

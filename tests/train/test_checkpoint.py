@@ -1,0 +1,88 @@
+"""Atomic writes, weights + metadata round trip, training-state consistency checks, RNG capture."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from sfmamba.train.checkpoint import (
+    CheckpointError,
+    atomic_write,
+    capture_rng_state,
+    load_training_checkpoint,
+    load_weights,
+    read_metadata,
+    resolve_resume_path,
+    restore_rng_state,
+    save_training_checkpoint,
+    save_weights,
+)
+
+
+def test_failed_write_keeps_the_old_file_and_leaves_no_temp(tmp_path):
+    target = tmp_path / "last.safetensors"
+    target.write_text("old")
+
+    def write_then_crash(temp: str) -> None:
+        with open(temp, "w") as f:
+            f.write("half of the new")
+        raise KeyboardInterrupt  # a kill in the middle of writing
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(target, write_then_crash)
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["last.safetensors"]
+
+
+def test_weights_round_trip_with_metadata(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
+    save_weights(tmp_path / "w.safetensors", model, {"model": "x", "num_classes": 4, "classes": ["a", "b"]})
+    other = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
+    meta = load_weights(tmp_path / "w.safetensors", other)
+    assert meta == {"model": "x", "num_classes": 4, "classes": ["a", "b"]}
+    for a, b in zip(model.state_dict().values(), other.state_dict().values()):
+        assert torch.equal(a, b)
+    with pytest.raises(CheckpointError, match=r"w.safetensors: does not match the model"):
+        load_weights(tmp_path / "w.safetensors", nn.Linear(3, 4))
+
+
+def test_corrupt_weights_file(tmp_path):
+    (tmp_path / "bad.safetensors").write_bytes(b"\x00" * 7)
+    with pytest.raises(CheckpointError, match=r"bad.safetensors: not a readable safetensors file"):
+        read_metadata(tmp_path / "bad.safetensors")
+
+
+def test_training_state_step_must_match_the_weights(tmp_path):
+    model = nn.Linear(2, 2)
+    save_training_checkpoint(tmp_path, model, None, {"step": 5, "epoch": 0}, {"model": "m"})
+    assert load_training_checkpoint(tmp_path / "last.state.pt", nn.Linear(2, 2), None)["step"] == 5
+    save_weights(tmp_path / "last.safetensors", model, {"model": "m", "step": 6})  # killed before the state rename
+    with pytest.raises(CheckpointError, match=r"last.safetensors is from step 6 but .*last.state.pt from step 5"):
+        load_training_checkpoint(tmp_path / "last.state.pt", nn.Linear(2, 2), None)
+    (tmp_path / "last.state.pt").write_bytes(b"not a torch file")
+    with pytest.raises(CheckpointError, match=r"last.state.pt: cannot be loaded as a training state"):
+        load_training_checkpoint(tmp_path / "last.state.pt", nn.Linear(2, 2), None)
+
+
+def test_resolve_resume_path(tmp_path):
+    with pytest.raises(CheckpointError, match=r"last.state.pt: no training state to resume from"):
+        resolve_resume_path(tmp_path)
+    (tmp_path / "last.state.pt").touch()
+    expected = tmp_path / "last.state.pt"
+    for given in (tmp_path, tmp_path / "last.safetensors", tmp_path / "last-ema.safetensors", expected):
+        assert resolve_resume_path(given) == expected
+
+
+def test_rng_state_round_trip_through_weights_only_load(tmp_path):
+    random.seed(1), np.random.seed(2), torch.manual_seed(3)
+    state = capture_rng_state()
+    torch.save(state, tmp_path / "rng.pt")
+    expected = (random.random(), np.random.rand(), torch.rand(1).item())
+    random.seed(9), np.random.seed(9), torch.manual_seed(9)
+    restore_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True))
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
