@@ -16,8 +16,8 @@ def _config(data_dir, output, **overrides) -> TrainConfig:
     settings = dict(
         model="mambavision_nano", img_size=16, dataset="fashion_mnist", data_dir=str(data_dir), batch_size=8,
         workers=0, epochs=2, warmup_epochs=0.5, lr=2e-3, drop_path=0.1, mixup=0.2, cutmix=1.0, smoothing=0.1,
-        model_ema=True, model_ema_decay=0.9, reprob=0.25, scale=[0.5, 1.0], output=str(output) if output else None, log_interval=2,
-        checkpoint_interval=100, progress=False, device="cpu", seed=5,
+        model_ema=True, model_ema_decay=0.9, reprob=0.25, scale=[0.5, 1.0], log_interval=2, checkpoint_interval=100,
+        progress=False, device="cpu", seed=5, output=str(output) if output else None,
     )  # fmt: skip
     settings.update(overrides)
     return TrainConfig(**settings)
