@@ -259,28 +259,34 @@ def measure_model(name: str, args: argparse.Namespace, device: torch.device) -> 
     return rows
 
 
+TABLE_HEADER = ("model", "mode", "img/s median", "mean ± std", "runs mean ± std", "step ms", "host ms", "peak MiB",
+                "params M")  # fmt: skip
+
+
+def _table_row(r: dict) -> tuple[str, ...]:
+    mode = (
+        r["mode"] + (" graph" if r.get("cuda_graph") else "") + (f" compile:{r['compile']}" if r.get("compile") else "")
+    )
+    if "error" in r:
+        return (r["model"], mode, "failed", *[""] * (len(TABLE_HEADER) - 3))
+    runs = (
+        f"{r['runs_img_per_sec_mean']:.1f} ± {r['runs_img_per_sec_std']:.1f}" if "runs_img_per_sec_mean" in r else "-"
+    )
+    peak = r.get("peak_memory_mib")
+    return (
+        r["model"], mode, f"{r['img_per_sec_median']:.1f}", f"{r['img_per_sec_mean']:.1f} ± {r['img_per_sec_std']:.1f}",
+        runs, f"{r['step_ms_median']:.2f}", f"{r['host_ms_per_step']:.2f}", "-" if peak is None else f"{peak:.0f}",
+        f"{r['params_m']:.2f}",
+    )  # fmt: skip
+
+
 def format_table(rows: list[dict]) -> str:
-    header = ("model", "mode", "img/s median", "mean ± std", "runs mean ± std", "step ms", "host ms", "peak MiB",
-              "params M")  # fmt: skip
-    lines = [header]
-    for r in rows:
-        if "error" in r:
-            lines.append((r["model"], r["mode"], "failed: " + r["error"][:100], *[""] * (len(header) - 3)))
-        elif r["mode"] == "profile":
-            continue
-        else:
-            peak = r.get("peak_memory_mib")
-            lines.append((
-                r["model"], r["mode"] + (" graph" if r.get("cuda_graph") else ""),
-                f"{r['img_per_sec_median']:.1f}", f"{r['img_per_sec_mean']:.1f} ± {r['img_per_sec_std']:.1f}",
-                f"{r['runs_img_per_sec_mean']:.1f} ± {r['runs_img_per_sec_std']:.1f}" if "runs_img_per_sec_mean" in r
-                else "-",
-                f"{r['step_ms_median']:.2f}", f"{r['host_ms_per_step']:.2f}",
-                "-" if peak is None else f"{peak:.0f}", f"{r['params_m']:.2f}",
-            ))  # fmt: skip
-    widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
-    text = ["  ".join(str(v).ljust(w) for v, w in zip(line, widths)).rstrip() for line in lines]
+    """One line per measured (model, mode); failures are listed with their messages under the table."""
+    lines = [TABLE_HEADER] + [_table_row(r) for r in rows if r["mode"] != "profile" or "error" in r]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(TABLE_HEADER))]
+    text = ["  ".join(v.ljust(w) for v, w in zip(line, widths)).rstrip() for line in lines]
     text.insert(1, "  ".join("-" * w for w in widths))
+    text += [f"failed: {r['model']} ({r['mode']}): {r['error']}" for r in rows if "error" in r]
     return "\n".join(text)
 
 
