@@ -18,6 +18,7 @@ import warnings
 from pathlib import Path
 
 import pytest
+import safetensors.torch
 import timm
 import torch
 
@@ -114,6 +115,17 @@ def test_tiny_equals_official(tiny_pair, size):
         actual = ours(x)
     assert expected.abs().max() > 0.1  # a real signal, not a collapsed output
     torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_hugging_face_safetensors_layout(tiny_pair, tmp_path):
+    """NVIDIA's Hugging Face repos hold the same weights as `model.safetensors`, nested under `model.`."""
+    reference, _, _ = tiny_pair
+    path = tmp_path / "model.safetensors"
+    safetensors.torch.save_file({f"model.{k}": v.contiguous() for k, v in reference.state_dict().items()}, str(path))
+    ours = timm.create_model("mambavision_tiny", pretrained=True, pretrained_cfg_overlay=dict(file=str(path))).eval()
+    x = torch.randn(1, 3, 96, 96, generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), reference(x), rtol=1e-5, atol=1e-5)
 
 
 def test_features_only_from_an_official_file(tiny_pair):

@@ -8,7 +8,8 @@ timm calls `model.load_pretrained(path)` for `pretrained=True` when the pretrain
 - a file holding both `state_dict` and `state_dict_ema` loads `state_dict`, as the official MambaVision loader does
   (timm's generic loader would take the EMA weights and the outputs would differ from the official model's);
 - an unreadable file (truncated, corrupt, not a checkpoint) is a `RuntimeError` naming the file;
-- a classifier of another size is left at its initialisation (like timm's `num_classes` adaptation).
+- a classifier of another size is left at its initialisation (like timm's `num_classes` adaptation);
+- Hugging Face `model.safetensors` files (keys under `model.`) load like the `.pth.tar` files.
 """
 
 from __future__ import annotations
@@ -47,12 +48,23 @@ def read_checkpoint(path: str | PathLike) -> dict:
         raise RuntimeError(f"cannot read checkpoint file {str(path)!r}: {err}") from err
 
 
+def _unwrap_hf(checkpoint: dict, model: nn.Module, prefix: str = "model.") -> dict:
+    """NVIDIA's Hugging Face `model.safetensors` files nest the MambaVision network under `model.` (their
+    `MambaVisionModelForImageClassification.model`); strip that prefix when every key has it and the model's don't."""
+    keys = list(checkpoint)
+    if not keys or not all(isinstance(v, Tensor) and k.startswith(prefix) for k, v in checkpoint.items()):
+        return checkpoint
+    if any(k.startswith(prefix) for k in model.state_dict()):
+        return checkpoint
+    return {k.removeprefix(prefix): v for k, v in checkpoint.items()}
+
+
 def load_checkpoint_file(
     model: nn.Module, path: str | PathLike, filter_fn: Callable[[dict, nn.Module], dict[str, Tensor]]
 ) -> None:
     """Load `path` into `model` through `filter_fn(raw_checkpoint, model)`, which maps the keys and raises on any
     mismatch except the classifier's shape; a classifier of another shape keeps the model's initialisation."""
-    state = filter_fn(read_checkpoint(path), model)
+    state = filter_fn(_unwrap_hf(read_checkpoint(path), model), model)
     own = model.state_dict()
     skipped = sorted(k for k, v in state.items() if k in own and v.shape != own[k].shape)
     for key in skipped:
