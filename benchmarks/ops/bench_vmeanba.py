@@ -15,6 +15,7 @@ Writes JSON (device, versions, settings, date, every time) to benchmarks/results
     python benchmarks/ops/bench_vmeanba.py                  # VMamba-T stages + MambaVision shapes, fp32 + bf16
     python benchmarks/ops/bench_vmeanba.py --backward       # also forward+backward
     python benchmarks/ops/bench_vmeanba.py --cuda-graph     # time under CUDA graphs (no host launch cost)
+    python benchmarks/ops/bench_vmeanba.py --model vmamba_v2_tiny --skip-ops   # model forward vs K, bs 128, 224 px
     TRITON_INTERPRET=1 python benchmarks/ops/bench_vmeanba.py --smoke    # tiny shape, runs on a CPU
 """
 
@@ -169,6 +170,37 @@ def run_case(shape: Shape, dtype_name: str, layout: str, device: str, backward: 
     return row
 
 
+def model_speed_vs_k(args: argparse.Namespace, device: str) -> list[dict]:
+    """Forward time of `args.model` (random weights, eval, inference_mode, bf16 autocast on a GPU) with K blocks
+    converted, in model order (the long early-stage scans first: the best case) and in reverse (the worst case)."""
+    import timm
+
+    import sfmamba.models  # noqa: F401  (registers the models)
+    from sfmamba.compress import vmeanba as V
+
+    model = timm.create_model(args.model).to(device).eval()
+    blocks = V.find_blocks(model)
+    images = torch.randn(args.model_batch, 3, args.img_size, args.img_size, device=device)
+    ks = sorted({k for k in args.ks if k <= len(blocks)} | {0})
+    autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda")
+    rows = []
+    for order, ranking in (("model order", blocks), ("reversed", blocks[::-1])):
+        for k in ks:
+            V.apply(model, ranking[:k])
+            with torch.inference_mode(), autocast:
+                model(images)
+                ms = median_time_us(lambda: model(images), args.cuda_graph) / 1e3
+            rows.append(dict(model=args.model, order=order, k=k, blocks=ranking[:k], ms=ms,
+                             img_per_s=args.model_batch / ms * 1e3))  # fmt: skip
+    base = {r["order"]: r["ms"] for r in rows if r["k"] == 0}
+    for r in rows:
+        r["speedup"] = base[r["order"]] / r["ms"]
+        print(f"{r['model']} {r['order']:12s} K={r['k']:2d}: {r['ms']:8.2f} ms/batch  {r['img_per_s']:9.0f} img/s  "
+              f"x{r['speedup']:.3f}")  # fmt: skip
+    V.apply(model, [])
+    return rows
+
+
 def versions() -> dict:
     import triton
 
@@ -193,7 +225,7 @@ def print_table(rows: list[dict]) -> None:
           "x scan = full / min(scan-only) (target >= 50)")  # fmt: skip
 
 
-def write_json(rows: list[dict], args: argparse.Namespace, path: Path) -> None:
+def write_json(rows: list[dict], args: argparse.Namespace, path: Path, model_rows: list[dict]) -> None:
     device = (
         torch.cuda.get_device_name()
         if torch.cuda.is_available()
@@ -204,7 +236,9 @@ def write_json(rows: list[dict], args: argparse.Namespace, path: Path) -> None:
         versions=versions(), settings=dict(dtypes=args.dtypes, layouts=args.layouts, backward=args.backward,
                                            cuda_graph=args.cuda_graph, timer=TIMER if torch.cuda.is_available() else "perf_counter median of 3 (interpreter)",
                                            delta_softplus=True, value_checks=os.environ.get("SFMAMBA_VALUE_CHECKS")),
-        results=rows,
+        results=rows, model_results=model_rows,
+        model_settings=dict(model=args.model, batch=args.model_batch, img_size=args.img_size, autocast="bf16 on cuda")
+        if args.model else None,
     )  # fmt: skip
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".json.tmp")
@@ -221,6 +255,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cuda-graph", action="store_true", help="time the forward under CUDA graphs")
     parser.add_argument("--smoke", action="store_true", help="one tiny shape (runs on a CPU under TRITON_INTERPRET=1)")
     parser.add_argument("--output", type=Path, default=None, help="JSON path (default benchmarks/results/...)")
+    parser.add_argument("--model", default=None, help="also time this model's forward versus K (e.g. vmamba_v2_tiny)")
+    parser.add_argument("--model-batch", type=int, default=128)
+    parser.add_argument("--img-size", type=int, default=224)
+    parser.add_argument("--ks", type=int, nargs="+", default=[0, 1, 2, 4, 8, 14], help="K values for --model")
+    parser.add_argument("--skip-ops", action="store_true", help="only the --model timing")
     args = parser.parse_args(argv)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cpu":
@@ -232,17 +271,19 @@ def main(argv: list[str] | None = None) -> None:
     shapes = SMOKE_SHAPES if args.smoke else SHAPES
     rows = []
     modes = [False, True] if args.backward else [False]
-    for shape in shapes:
+    for shape in [] if args.skip_ops else shapes:
         for dtype_name in args.dtypes:
             for layout in args.layouts:
                 for backward in modes:
                     rows.append(run_case(shape, dtype_name, layout, device, backward, args.cuda_graph))
                     print_table(rows[-1:])
-    print()
-    print_table(rows)
+    if rows:
+        print()
+        print_table(rows)
+    model_rows = model_speed_vs_k(args, device) if args.model else []
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     if args.output is not None or not args.smoke:
-        write_json(rows, args, args.output or ROOT / "benchmarks" / "results" / f"vmeanba_{stamp}.json")
+        write_json(rows, args, args.output or ROOT / "benchmarks" / "results" / f"vmeanba_{stamp}.json", model_rows)
 
 
 if __name__ == "__main__":
