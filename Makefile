@@ -8,7 +8,7 @@ TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 PYTEST_WORKERS ?= 2
 MAMBAVISION_WHEEL ?= mambavision==1.2.0
 
-.PHONY: setup test lint bench-ops clean
+.PHONY: setup test lint bench-ops clean demo demo-data
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,21 @@ setup: $(STAMP)
 test: setup
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --durations=15 tests
+
+# Fashion-MNIST from Debian's package when absent (as root, or through sudo); `make demo FMNIST_DIR=...` uses a copy
+FMNIST_DIR ?= /usr/share/datasets/fashion-mnist
+DEMO_ARGS ?=
+
+demo-data:
+	@if ls $(FMNIST_DIR)/t10k-labels-idx1-ubyte* >/dev/null 2>&1; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ]; then SUDO=; elif command -v sudo >/dev/null 2>&1; then SUDO=sudo; else \
+	  echo "Fashion-MNIST is not in $(FMNIST_DIR) and installing it needs root: run 'apt-get install dataset-fashion-mnist' as root, or 'make demo FMNIST_DIR=<folder with the four IDX files>'" >&2; exit 1; fi; \
+	echo "installing Debian's dataset-fashion-mnist (into /usr/share/datasets/fashion-mnist)"; \
+	{ $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null; } || { \
+	  echo "could not install dataset-fashion-mnist with apt-get (no network, not Debian/Ubuntu, or no permission); put the four IDX files in a folder and run 'make demo FMNIST_DIR=<folder>'" >&2; exit 1; }
+
+demo: setup demo-data
+	$(VENV)/bin/sfmamba demo --data-dir $(FMNIST_DIR) $(DEMO_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks

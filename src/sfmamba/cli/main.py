@@ -20,6 +20,7 @@ COMMANDS = {
     "tune": "sfmamba.cli.tune",
     "train": "sfmamba.cli.train",
     "eval": "sfmamba.cli.eval",
+    "demo": "sfmamba.cli.demo",
     "compress": "sfmamba.cli.compress",
 }
 

@@ -118,6 +118,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _add(run, "--time-limit", type=float, help="seconds of training before a clean stop")
     _add(run, "--stop-step", type=int, help="stop cleanly after this step (the schedule is unchanged)")
     _add(run, "--log-interval", type=int, help="steps between loss/throughput records")
+    _add(run, "--eval-interval", type=int, help="epochs between evaluations (0: only at the end)")
     _add(run, "--no-progress", dest="progress", action="store_false", help="no progress bar (log lines instead)")
 
 

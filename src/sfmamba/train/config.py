@@ -75,6 +75,7 @@ class TrainConfig:
     time_limit: float | None = None  # seconds; stop cleanly (checkpoint + evaluation) when exceeded
     stop_step: int | None = None  # stop cleanly after this step, leaving the schedule as is (a planned pause)
     log_interval: int = 50
+    eval_interval: int = 1  # epochs between evaluations (0: only when training ends)
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -90,6 +91,8 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value <= 0):
                 raise ValueError(f"{name} must be a positive int or None, got {value!r}")
+        if not isinstance(self.eval_interval, int) or self.eval_interval < 0:
+            raise ValueError(f"eval_interval must be a non-negative int, got {self.eval_interval!r}")
         if not isinstance(self.workers, int) or self.workers < 0:
             raise ValueError(f"workers must be a non-negative int, got {self.workers!r}")
         if self.amp_dtype not in AMP_DTYPES:

@@ -429,7 +429,8 @@ class Trainer:
                     bar.set_description(f"epoch {s.epoch}")
                 stop, train_loss, img_per_sec = self._train_epoch(bar, started)
                 epoch_ended = s.batch_in_epoch == self.steps_per_epoch
-                if epoch_ended or stop in ("done", "time_limit"):
+                interval = self.config.eval_interval
+                if (epoch_ended and interval and (s.epoch + 1) % interval == 0) or stop in ("done", "time_limit"):
                     self._evaluate_and_record(train_loss, img_per_sec)
                 if epoch_ended:
                     s.epoch, s.batch_in_epoch = s.epoch + 1, 0
