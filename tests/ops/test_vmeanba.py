@@ -270,15 +270,26 @@ def test_kernel_options(has_D, has_z, has_bias, softplus, grouped):
 
 
 def test_kernel_default_blocks_and_noncontiguous_inputs():
-    # the launcher's own block plan (one time block of 64 at N = 1), u and delta as transposed views
-    inputs = make_inputs(2, 70, 24, 1, 4, "BLD")
+    # the launcher's own block plans (forward: one time block of 64 at N = 1; backward: 32), with u, delta, z, B, C
+    # passed as transposed views of "BLD" leaves
+    leaves = {n: x.requires_grad_(True) for n, x in make_inputs(2, 70, 24, 1, 4, "BLD").items()}
     flags = dict(delta_softplus=True, layout="BDL")
-    views = {n: x.transpose(1, 2) if n in ("u", "delta", "z") else x.detach() for n, x in inputs.items()}
-    views["B"], views["C"] = inputs["B"].permute(0, 2, 3, 1), inputs["C"].permute(0, 2, 3, 1)  # (b, G, N, L) views
-    assert not views["u"].is_contiguous()
+
+    def views() -> dict:
+        out = {n: x.transpose(1, 2) if n in ("u", "delta", "z") else x for n, x in leaves.items()}
+        out["B"], out["C"] = leaves["B"].permute(0, 2, 3, 1), leaves["C"].permute(0, 2, 3, 1)  # (b, G, N, L)
+        return out
+
+    assert not views()["u"].is_contiguous()
     with backend("triton"):
-        out = mean_selective_scan(**views, **flags)
-    assert_close("out", mean_selective_scan_naive(**views, **flags), out, 1e-5)
+        out = mean_selective_scan(**views(), **flags)
+    ref = mean_selective_scan_naive(**views(), **flags)
+    assert_close("out", ref, out, 1e-5)
+    upstream = torch.randn_like(out)
+    got = torch.autograd.grad(out, list(leaves.values()), upstream)
+    want = torch.autograd.grad(ref, list(leaves.values()), upstream)
+    for name, g, w in zip(leaves, got, want):
+        assert_close(f"d{name}", w, g, 5e-5)
 
 
 def test_kernel_without_grad_saves_nothing():

@@ -290,18 +290,19 @@ def mean_scan_bwd_kernel(
 
 TILE_BUDGET = 8192  # elements of the [BLOCK_L, BLOCK_D, BLOCK_N] decay tile per program (registers)
 TUNED_TILE_BUDGET = 16384  # the largest tile the forward's autotuner tries
+BWD_TILE_BUDGET = 4096
 forced_blocks: tuple[int, int] | None = None  # (BLOCK_L, BLOCK_D); tests set it to exercise partial blocks
 
 
-def plan_blocks(dim_per_group: int, nstate: int) -> tuple[int, int, int]:
+def plan_blocks(dim_per_group: int, nstate: int, budget: int = TILE_BUDGET) -> tuple[int, int, int]:
     """(BLOCK_L, BLOCK_D, num_warps) of the backward (and of the forward under the interpreter; on a GPU the forward
     is autotuned): long time blocks for N = 1 (more parallel scan work per load), the channel block as wide as the
-    group allows within the register budget."""
+    group allows within the register budget (the backward, with about twice the live tiles, asks for half)."""
     if forced_blocks is not None:
         return (*forced_blocks, 1)
     block_n = triton.next_power_of_2(nstate)
-    block_l = 64 if block_n == 1 else 32 if block_n <= 2 else 16
-    block_d = min(triton.next_power_of_2(dim_per_group), max(16, TILE_BUDGET // (block_l * block_n)))
+    block_l = (64 if block_n == 1 else 32 if block_n <= 2 else 16) * budget // TILE_BUDGET
+    block_d = min(triton.next_power_of_2(dim_per_group), max(16, budget // (block_l * block_n)))
     if triton_interpret():
         return block_l, block_d, 1
     return block_l, block_d, 4 if block_l * block_d <= 4096 else 8
@@ -444,7 +445,7 @@ def mean_scan_bwd(
     """Launch the fused backward; returns (du, ddelta, dA, dB, dC, dD, dz, dbias), empty where absent."""
     batch, dim, length, nstate, groups = _shape(u, A, B, layout)
     dim_per_group = dim // groups
-    block_l, block_d, warps = plan_blocks(dim_per_group, nstate)
+    block_l, block_d, warps = plan_blocks(dim_per_group, nstate, BWD_TILE_BUDGET)
     n_blocks = triton.cdiv(length, block_l)
     dev, f32 = u.device, torch.float32
 
