@@ -117,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
     )
     if args.per_class:
         for cls, acc in zip(probe.classes, result["per_class_top1"]):
-            print(f"  {cls:>20s}  {acc:6.2f}%")
+            print(f"  {cls:>20s}  " + (f"{acc:6.2f}%" if acc is not None else "     - (no images)"))
     if args.confusion_matrix:
         plot_confusion_matrix(result["confusion"], probe.classes, args.confusion_matrix, f"{name} ({args.split})")
         _logger.info("confusion matrix: %s", args.confusion_matrix)

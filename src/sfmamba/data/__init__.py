@@ -6,6 +6,7 @@ from .fashion_mnist import (
     DatasetError,
     FashionMNIST,
     load_fashion_mnist,
+    make_synthetic_fashion_mnist,
     read_idx,
     write_idx,
 )
@@ -37,6 +38,7 @@ __all__ = [
     "dataset_stats",
     "default_data_dir",
     "load_fashion_mnist",
+    "make_synthetic_fashion_mnist",
     "read_idx",
     "set_loader_epoch",
     "write_idx",

@@ -145,3 +145,17 @@ def write_idx(path: str | Path, array: np.ndarray) -> None:
     except BaseException:
         Path(temp).unlink(missing_ok=True)
         raise
+
+
+def make_synthetic_fashion_mnist(root: str | Path, n_train: int = 32, n_test: int = 16, size: int = 28, seed: int = 0):
+    """Write a tiny dataset in Fashion-MNIST's file layout (for smoke tests of the pipeline, not for accuracy):
+    random images whose class sets their brightness, so a few training steps can learn something."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for stem, n in (("train", n_train), ("t10k", n_test)):
+        labels = rng.integers(0, len(FASHION_MNIST_CLASSES), n).astype(np.uint8)
+        images = rng.integers(0, 40, (n, size, size)) + labels[:, None, None].astype(np.int64) * 20
+        write_idx(root / f"{stem}-images-idx3-ubyte.gz", images.astype(np.uint8))
+        write_idx(root / f"{stem}-labels-idx1-ubyte.gz", labels)
+    return root

@@ -8,7 +8,7 @@ from torch import Tensor
 
 
 class ClassificationMetrics:
-    """Accumulates logits/targets; `result()` gives top-1/top-5 (%), mean loss, per-class accuracy (%).
+    """Accumulates logits/targets; `result()`: top-1/top-5 (%), mean loss, per-class accuracy (%; None: no samples).
 
     The state is a few tensors on one device, so `all_reduce()` sums it over the processes of a DDP run.
     """
@@ -48,8 +48,9 @@ class ClassificationMetrics:
 
     def result(self) -> dict[str, object]:
         n = max(self.count, 1)
-        per_class_total = self.confusion.sum(dim=1).clamp_min(1)
-        per_class = (self.confusion.diag().double() / per_class_total * 100).tolist()
+        totals = self.confusion.sum(dim=1).tolist()
+        # a class without samples has no accuracy (None), not 0 %
+        per_class = [int(c) / t * 100 if t else None for c, t in zip(self.confusion.diag().tolist(), totals)]
         out: dict[str, object] = {f"top{k}": float(c) / n * 100 for k, c in zip(self.topk, self.topk_correct.tolist())}
         out.update(loss=float(self.loss_sum) / n, count=self.count, per_class_top1=per_class)
         return out

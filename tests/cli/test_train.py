@@ -1,0 +1,89 @@
+"""`sfmamba train` on a tiny synthetic dataset (CPU): the run folder, config precedence, and clear errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+import yaml
+
+from sfmamba.cli.main import build_parser, main
+from sfmamba.cli.train import config_from_args
+from sfmamba.data import make_synthetic_fashion_mnist
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def parse(*argv: str):
+    return build_parser().parse_args(["train", *argv])
+
+
+def test_defaults_then_yaml_then_command_line(tmp_path):
+    config = tmp_path / "recipe.yaml"
+    config.write_text("lr: 1e-3\nepochs: 7\nbatch-size: 16\nmodel_kwargs: {scan: parallel}\nscale: [0.5, 1.0]\n")
+    merged = config_from_args(parse("--config", str(config), "--lr", "0.5", "--model-kwargs", "aux_tokens=False"))
+    assert merged.lr == 0.5  # command line over YAML
+    assert merged.epochs == 7 and merged.batch_size == 16 and merged.scale == [0.5, 1.0]  # YAML over defaults
+    assert merged.model_kwargs == {"aux_tokens": False}  # the command line replaces the mapping as a whole
+    assert merged.weight_decay == 0.05 and merged.model == "sf_mamba_nano"  # defaults
+    given_default = config_from_args(parse("--config", str(config), "--epochs", "10"))
+    assert given_default.epochs == 10  # an explicit value equal to the default still beats the YAML
+
+
+def test_bad_config_files_exit_with_a_message(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("lr: 1e-3\nlearning_rate: 2\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--config", str(bad)])
+    assert exit_info.value.code == 2
+    assert "bad.yaml: unknown settings learning_rate" in capsys.readouterr().err
+    bad.write_text("lr: fast\n")
+    with pytest.raises(SystemExit):
+        main(["train", "--config", str(bad)])
+    assert "bad.yaml: lr must be a number, got 'fast'" in capsys.readouterr().err
+
+
+def test_missing_dataset_names_the_path(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--data-dir", str(tmp_path / "nope"), "--output", str(tmp_path / "run")])
+    assert exit_info.value.code == 2
+    assert (
+        f"{tmp_path / 'nope'}: no such directory (expected the Fashion-MNIST IDX files there)"
+        in capsys.readouterr().err
+    )
+    assert not (tmp_path / "run").exists()
+
+
+def test_train_writes_the_run_folder(tmp_path, capsys):
+    data = make_synthetic_fashion_mnist(tmp_path / "data", n_train=24, n_test=8)
+    config = tmp_path / "recipe.yaml"
+    config.write_text(yaml.safe_dump({"epochs": 2, "lr": 1e-3, "batch_size": 8}))
+    run = tmp_path / "run"
+    status = main([
+        "train", "--config", str(config), "--model", "mambavision_nano", "--img-size", "16", "--data-dir", str(data),
+        "--workers", "0", "--output", str(run), "--log-interval", "1", "--checkpoint-interval", "2", "--lr", "2e-3",
+        "--device", "cpu", "--no-progress", "--model-ema", "--model-ema-decay", "0.5",
+    ])  # fmt: skip
+    assert status == 0
+    assert "final eval top-1" in capsys.readouterr().out
+    args = yaml.safe_load((run / "args.yaml").read_text())
+    assert args["lr"] == 2e-3 and args["epochs"] == 2 and args["model"] == "mambavision_nano"
+    with open(run / "summary.csv") as f:
+        summary = list(csv.DictReader(f))
+    assert [row["epoch"] for row in summary] == ["0", "1"] and {"eval_top1", "ema_top1"} <= set(summary[0])
+    with open(run / "steps.csv") as f:
+        assert [row["step"] for row in csv.DictReader(f)] == [str(s) for s in range(1, 7)]
+    results = json.loads((run / "results.json").read_text())
+    assert results["step"] == 6 and results["stop"] == "done"
+    for name in ("last.safetensors", "last-ema.safetensors", "last.state.pt", "best.safetensors"):
+        assert (run / name).stat().st_size > 0
+    assert (run / "train_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]
