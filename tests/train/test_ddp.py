@@ -24,8 +24,8 @@ MODEL_KWARGS = "img_size=16 patch_size=4"
 
 def _settings(data, output, batch_size: int) -> dict:
     return dict(model="test_vit", img_size=16, data_dir=str(data), batch_size=batch_size, workers=0, epochs=2,
-                warmup_epochs=0.5, lr=0.05, opt="sgd", drop_path=0.0, smoothing=0.1, scale=[0.5, 1.0], output=str(output),
-                log_interval=1, progress=False, device="cpu", seed=3)  # fmt: skip
+                warmup_epochs=0.5, lr=0.05, opt="sgd", drop_path=0.0, smoothing=0.1, scale=[0.5, 1.0],
+                output=str(output), log_interval=1, progress=False, device="cpu", seed=3)  # fmt: skip
 
 
 def test_torchrun_two_processes_match_one(fake_fmnist, tmp_path):
