@@ -170,11 +170,8 @@ def selective_scan_fwd_kernel(
     h = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     decay = tl.full([BLOCK_N, BLOCK_D], 1.0, dtype=tl.float32)
     if not SUMMARY:
-        for cc in range(c):  # the state entering this chunk
-            offs = chunk_base + cc * D_total * NSTATE + state_offs
-            h = tl.load(chunk_P_ptr + offs, mask=mask_dn, other=0.0) * h + tl.load(
-                chunk_S_ptr + offs, mask=mask_dn, other=0.0
-            )
+        # the state entering this chunk (chunk_combine_kernel turned the summaries into incoming states)
+        h = tl.load(chunk_S_ptr + chunk_base + c * D_total * NSTATE + state_offs, mask=mask_dn & (c > 0), other=0.0)
     t_start = c * chunk_len
     t_end = tl.minimum(t_start + chunk_len, L)
     ahead = _fwd_inputs(u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, t_start, t_start < t_end, ch, mask_d, offs_n, NSTATE,
@@ -220,6 +217,34 @@ def selective_scan_fwd_kernel(
         offs = chunk_base + c * D_total * NSTATE + state_offs
         tl.store(chunk_P_ptr + offs, decay, mask=mask_dn)
         tl.store(chunk_S_ptr + offs, h, mask=mask_dn)
+
+
+@triton.jit
+def chunk_combine_kernel(decay_ptr, value_ptr, nchunks, width, REVERSE: tl.constexpr, BLOCK: tl.constexpr):
+    # Per-chunk summaries [batch, nchunks, width] -> what enters each chunk, in place of `value`:
+    #   entering_c = decay_{c'} * entering_{c'} + value_{c'} for the chunk c' walked just before c, zero for the first.
+    # Forward: chunks in order (decay P, zero-start end state S). Backward (REVERSE): from the last chunk (decay Q,
+    # zero-start state gradient X). One sequential pass: O(nchunks) instead of every chunk re-folding its
+    # predecessors.
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < width
+    base = tl.program_id(1).to(tl.int64) * nchunks * width
+    entering = tl.zeros([BLOCK], dtype=tl.float32)
+    for i in range(nchunks):
+        c = nchunks - 1 - i if REVERSE else i
+        ptrs = base + c * width + offs
+        decay = tl.load(decay_ptr + ptrs, mask=mask, other=0.0)
+        value = tl.load(value_ptr + ptrs, mask=mask, other=0.0)
+        tl.store(value_ptr + ptrs, entering, mask=mask)
+        entering = decay * entering + value
+
+
+def combine_chunks(decay: Tensor, value: Tensor, reverse: bool) -> None:
+    """In place: `value` [batch, nchunks, ...] becomes what enters each chunk (see `chunk_combine_kernel`)."""
+    batch, nchunks = value.shape[:2]
+    width = value[0, 0].numel()
+    block = 64 if triton_interpret() else 256
+    chunk_combine_kernel[(triton.cdiv(width, block), batch)](decay, value, nchunks, width, REVERSE=reverse, BLOCK=block)
 
 
 def _bwd_configs() -> list[triton.Config]:
@@ -314,13 +339,8 @@ def selective_scan_bwd_kernel(
         tl.store(sum_X_ptr + summary_offs, dh, mask=mask_dn)
         tl.store(sum_Q_ptr + summary_offs, decay, mask=mask_dn)
     else:
-        dh = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)  # dL/dh at the first step after this chunk
-        for i in range(nchunks - 1 - c):
-            offs = (pid_b * nchunks + nchunks - 1 - i) * STATE + state_offs
-            dh = (
-                tl.load(sum_X_ptr + offs, mask=mask_dn, other=0.0)
-                + tl.load(sum_Q_ptr + offs, mask=mask_dn, other=0.0) * dh
-            )
+        # dL/dh at the first step after this chunk (chunk_combine_kernel folded the later chunks' summaries)
+        dh = tl.load(sum_X_ptr + summary_offs, mask=mask_dn & (c < nchunks - 1), other=0.0)
         # forward sweep: recompute and keep the chunk's states; dz and dC need only forward quantities
         h = tl.load(ckpt_ptr + (pid_b * nchunks + c - 1) * STATE + state_offs, mask=mask_dn & (c > 0), other=0.0)
         rows = tl.arange(0, CHUNK)
@@ -454,9 +474,10 @@ def _num_segments(batch: int, length: int, seq_len: int | None, cu_seqlens: Tens
 
 
 TARGET_PROGRAMS_PER_SM = 16  # enough resident warps to hide the per-step load latency
-# Long rows are split further: a program walks at most this many steps (H100, L = 3136, N = 1: 523-step chunks
-# 957 us, 143-step chunks 850 us; benchmarks/results/fwd_prefetch_chunks_20261122T215532.json)
-MAX_CHUNK_LEN = 128
+# Long rows are split further: a program walks at most this many steps (H100, L = 3136, N = 1, bf16: 523-step chunks
+# 957 us, 242-step 891 us, 143-step 850 us, 126-step 1274 us, 64-step 1038 us (before the O(chunks) combine);
+# benchmarks/results/fwd_prefetch_chunks_20261122T215532.json, scan_settings_fwd_20261122T220855.json)
+MAX_CHUNK_LEN = 256
 forced_chunk_len: int | None = None  # tests set this to exercise the two-pass path under the interpreter
 
 
@@ -521,6 +542,7 @@ def selective_scan_fwd(
     with _on_device(u.device):
         if nchunks > 1:
             selective_scan_fwd_kernel[grid](*args, **flags, SUMMARY=True)
+            combine_chunks(chunk_P, chunk_S, reverse=False)
         selective_scan_fwd_kernel[grid](*args, **flags, SUMMARY=False)
     return out, last.transpose(1, 2).contiguous() if return_last_state else last, ckpt
 
@@ -577,6 +599,7 @@ def selective_scan_bwd(
     with _on_device(dev):
         if nchunks > 1:
             selective_scan_bwd_kernel[grid](*args, **flags, SUMMARY=True)
+            combine_chunks(sum_Q, sum_X, reverse=True)
         selective_scan_bwd_kernel[grid](*args, **flags, SUMMARY=False)
     used = triton.cdiv(dim_per_group, selective_scan_bwd_kernel.best_config.kwargs["BLOCK_D"])
     dB = _bc_from_blgn(dB_part[:used].sum(0).transpose(2, 3), B, layout)
