@@ -202,8 +202,12 @@ def write_markdown(rows: list[dict], settings: dict, path: Path, plot_name: str,
     path.write_text("\n".join(lines))
 
 
-def plot(rows: list[dict], path: Path) -> None:
-    import matplotlib
+def plot(rows: list[dict], path: Path) -> bool:
+    try:
+        import matplotlib
+    except ImportError:
+        print(f"matplotlib is not installed: no {path} (the JSON and the markdown table have the numbers)")
+        return False
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -222,6 +226,7 @@ def plot(rows: list[dict], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+    return True
 
 
 def main(argv=None) -> int:
