@@ -334,8 +334,11 @@ def test_forward_autotune_configs_fit_the_problem(dim_per_group, nstate, widest)
         block_l, block_d = config.kwargs["BLOCK_L"], config.kwargs["BLOCK_D"]
         assert block_d <= widest and block_l * block_d * nstate <= chunk.TUNED_TILE_BUDGET
         assert 4 <= block_l * block_d / (32 * config.num_warps) <= 16  # elements per thread: no register spills
+        assert block_d >= dim_per_group or not config.kwargs["PREFETCH"]  # prefetching needs one channel block
     if nstate == 1 and dim_per_group >= 96:  # the VMamba shapes get the long blocks the heuristic picks
         assert any(c.kwargs["BLOCK_L"] == 64 and c.kwargs["BLOCK_D"] == 128 for c in kept)
+    if dim_per_group <= 128:
+        assert any(c.kwargs["PREFETCH"] for c in kept) and not all(c.kwargs["PREFETCH"] for c in kept)
 
 
 def test_torch_compile_fullgraph_matches_eager():
@@ -384,9 +387,10 @@ def compile_for_sm90(kernel, constexprs, dtype, warps):
     print("cubin" if compiled.asm.get("cubin") else "no cubin", fn.__name__, constexprs["BLOCK_L"], dtype)
 
 flags = dict(HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, RESET=True)
-for block_l, block_d, block_n, dtype in ((32, 128, 1, "bf16"), (16, 64, 8, "fp32")):
+for block_l, block_d, block_n, dtype, prefetch in ((32, 128, 1, "bf16", True), (16, 64, 8, "fp32", False)):
     for summary in (True, False):
-        tile = dict(flags, SAVE=True, SUMMARY=summary, BLOCK_L=block_l, BLOCK_D=block_d, BLOCK_N=block_n)
+        tile = dict(flags, SAVE=True, SUMMARY=summary, PREFETCH=prefetch, BLOCK_L=block_l, BLOCK_D=block_d,
+                    BLOCK_N=block_n)
         compile_for_sm90(chunk.mean_scan_fwd_kernel, tile, dtype, 8)
 for block_l, block_d, block_n, dtype in ((16, 64, 1, "bf16"), (8, 64, 8, "fp32")):
     tile = dict(flags, BLOCK_L=block_l, BLOCK_D=block_d, BLOCK_N=block_n)

@@ -71,6 +71,51 @@ def _bn_tile(ptr, offs_t, offs_n, mask, s_l, s_n):
     return tl.load(ptr + offs_t[:, None] * s_l + offs_n[None, :] * s_n, mask=mask, other=0.0).to(tl.float32)
 
 
+@triton.jit
+def _decay_sum(dt, A2, mask_dn):
+    """sum over the tile's channels of exp(dt * A), [BLOCK_L, BLOCK_N] (A2 = A * log2(e), [BLOCK_D, BLOCK_N])."""
+    decay = tl.exp2(dt[:, :, None] * A2[None, :, :])  # [BL, BD, BN]
+    return tl.sum(tl.where(mask_dn[None, :, :], decay, 0.0), axis=1)
+
+
+@triton.jit
+def _block_scan(sum_a, sum_s, h_carry, offs_t, mask_tn, B_ptr, sB_l, sB_n, offs_n, inv_dg, seq_len,
+                RESET: tl.constexpr, BLOCK_L: tl.constexpr):  # fmt: skip
+    """The reduced recurrence over one block of steps, continued from `h_carry`: (h, a, a_cum) [BLOCK_L, BLOCK_N].
+    Steps past the chunk are identities (a = 1, nothing added), so the last row holds the end state."""
+    start = _starts(offs_t, seq_len, RESET)
+    a = tl.where(start[:, None], 0.0, tl.where(mask_tn, sum_a * inv_dg, 1.0))  # a segment start forgets the state
+    Bt = _bn_tile(B_ptr, offs_t, offs_n, mask_tn, sB_l, sB_n)
+    a_cum, h_local = tl.associative_scan((a, Bt * (sum_s * inv_dg)[:, None]), 0, _linear_recurrence)
+    return h_local + a_cum * h_carry[None, :], a, a_cum
+
+
+@triton.jit
+def _last_row(x, BLOCK_L: tl.constexpr):
+    rows = tl.arange(0, BLOCK_L)
+    return tl.sum(tl.where((rows == BLOCK_L - 1)[:, None], x, 0.0), axis=0)
+
+
+@triton.jit
+def _output_tile(y_group, x, Dv, z_ptr, offs_t, ch, mask, sz_l, sz_d, HAS_D: tl.constexpr, HAS_Z: tl.constexpr):
+    """y = y_group broadcast over the tile's channels, + D * u, gated by silu(z): [BLOCK_L, BLOCK_D] fp32."""
+    y = tl.broadcast_to(y_group[:, None], x.shape)
+    if HAS_D:
+        y += x * Dv[None, :]
+    if HAS_Z:
+        zt = tl.load(z_ptr + offs_t[:, None] * sz_l + ch[None, :] * sz_d, mask=mask, other=0.0).to(tl.float32)
+        y *= zt * tl.sigmoid(zt)
+    return y
+
+
+@triton.jit
+def _raw_tiles(u_ptr, delta_ptr, offs_t, ch, mask, su_l, su_d, sdt_l, sdt_d):
+    """u and delta tiles in their own dtype (no conversion: the prefetch keeps them narrow)."""
+    x = tl.load(u_ptr + offs_t[:, None] * su_l + ch[None, :] * su_d, mask=mask, other=0.0)
+    raw = tl.load(delta_ptr + offs_t[:, None] * sdt_l + ch[None, :] * sdt_d, mask=mask, other=0.0)
+    return x, raw
+
+
 @triton.heuristics({"BLOCK_N": lambda args: triton.next_power_of_2(args["NSTATE"])})
 @triton.jit(do_not_specialize=["L", "seq_len", "chunk_len"])
 def mean_scan_fwd_kernel(
@@ -80,12 +125,15 @@ def mean_scan_fwd_kernel(
     su_b, su_l, su_d, sdt_b, sdt_l, sdt_d, sz_b, sz_l, sz_d, so_b, so_l, so_d,
     sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    RESET: tl.constexpr, SAVE: tl.constexpr, SUMMARY: tl.constexpr,
+    RESET: tl.constexpr, SAVE: tl.constexpr, SUMMARY: tl.constexpr, PREFETCH: tl.constexpr,
     BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
     # One program: one image, one group, one chunk of `chunk_len` steps (the whole row unless L is split to fill
     # the GPU; a multiple of BLOCK_L otherwise). SUMMARY pass: the chunk's decay product P and end state S from a zero
     # start; main pass: fold the earlier chunks' (P, S) into the incoming state, then scan and write y.
+    # PREFETCH (only when the group fits one channel block, Dg <= BLOCK_D): the u/delta tiles stay in registers from
+    # the mean to the output, and the next block's tiles are loaded before this block is computed, so their memory
+    # latency overlaps the compute (more bytes in flight per SM).
     pid_g, pid_b, c = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     n_groups, nchunks = tl.num_programs(0), tl.num_programs(2)
     u_ptr += pid_b * su_b
@@ -106,60 +154,86 @@ def mean_scan_fwd_kernel(
         for cc in range(c):  # the state entering this chunk
             h_carry = tl.load(chunk_P_ptr + chunk_base + cc * NSTATE + offs_n, mask=mask_n, other=0.0) * h_carry
             h_carry += tl.load(chunk_S_ptr + chunk_base + cc * NSTATE + offs_n, mask=mask_n, other=0.0)
-    t_end = tl.minimum(c * chunk_len + chunk_len, L)
-    for t0 in range(c * chunk_len, t_end, BLOCK_L):
-        offs_t = t0 + rows
-        mask_t = offs_t < t_end
-        # 1. the channel mean of the discretised inputs
-        sum_a = tl.zeros([BLOCK_L, BLOCK_N], dtype=tl.float32)
-        sum_s = tl.zeros([BLOCK_L], dtype=tl.float32)
-        for d0 in range(0, Dg, BLOCK_D):
-            offs_d = d0 + tl.arange(0, BLOCK_D)
-            mask_d = offs_d < Dg
-            ch = tl.where(mask_d, pid_g * Dg + offs_d, -1)
+    t_first = c * chunk_len
+    t_end = tl.minimum(t_first + chunk_len, L)
+    if PREFETCH:
+        offs_d = tl.arange(0, BLOCK_D)
+        mask_d = offs_d < Dg
+        ch = tl.where(mask_d, pid_g * Dg + offs_d, -1)
+        mask_dn = mask_d[:, None] & mask_n[None, :]
+        A2 = tl.load(A_ptr + ch[:, None] * NSTATE + offs_n[None, :], mask=mask_dn, other=0.0) * LOG2E
+        Dv = tl.load(D_ptr + ch, mask=mask_d, other=0.0) if HAS_D else None
+        bias = tl.load(bias_ptr + ch, mask=mask_d, other=0.0) if HAS_BIAS else None
+        mask_next = ((t_first + rows) < t_end)[:, None] & mask_d[None, :]
+        x_next, raw_next = _raw_tiles(u_ptr, delta_ptr, t_first + rows, ch, mask_next, su_l, su_d, sdt_l, sdt_d)
+        for t0 in range(t_first, t_end, BLOCK_L):
+            offs_t = t0 + rows
+            mask_t = offs_t < t_end
             mask = mask_t[:, None] & mask_d[None, :]
-            x, raw, dt = _step_tile(u_ptr, delta_ptr, bias_ptr, offs_t, ch, mask, su_l, su_d, sdt_l, sdt_d,
-                                    HAS_BIAS, SOFTPLUS)  # fmt: skip
-            sum_s += tl.sum(dt * x, axis=1)
-            mask_dn = mask_d[:, None] & mask_n[None, :]
-            A2 = tl.load(A_ptr + ch[:, None] * NSTATE + offs_n[None, :], mask=mask_dn, other=0.0) * LOG2E
-            decay = tl.exp2(dt[:, :, None] * A2[None, :, :])  # [BL, BD, BN]
-            sum_a += tl.sum(tl.where(mask_dn[None, :, :], decay, 0.0), axis=1)
-        start = _starts(offs_t, seq_len, RESET)
-        mask_tn = mask_t[:, None] & mask_n[None, :]
-        # a segment start forgets the state; steps past the chunk neither decay nor add
-        a = tl.where(start[:, None], 0.0, tl.where(mask_tn, sum_a * inv_dg, 1.0))
-        Bt = _bn_tile(B_ptr, offs_t, offs_n, mask_tn, sB_l, sB_n)
-        # 2. the reduced scan over the block, continued from the carried state
-        a_cum, h_local = tl.associative_scan((a, Bt * (sum_s * inv_dg)[:, None]), 0, _linear_recurrence)
-        h = h_local + a_cum * h_carry[None, :]
-        last = (rows == BLOCK_L - 1)[:, None]  # past-the-chunk steps are identities: the last row is the end state
-        h_carry = tl.sum(tl.where(last, h, 0.0), axis=0)
-        if SUMMARY:
-            decay_carry *= tl.sum(tl.where(last, a_cum, 0.0), axis=0)
-        else:
-            if SAVE:
-                save_offs = save_base + offs_t[:, None] * NSTATE + offs_n[None, :]
-                tl.store(a_save_ptr + save_offs, a, mask=mask_tn)
-                tl.store(h_save_ptr + save_offs, h, mask=mask_tn)
-            Ct = _bn_tile(C_ptr, offs_t, offs_n, mask_tn, sC_l, sC_n)
-            y_group = tl.sum(h * Ct, axis=1)  # [BL]
-            # 3. broadcast to every channel of the group, skip, gate
+            x = x_next.to(tl.float32)
+            raw = raw_next.to(tl.float32)
+            mask_next = ((offs_t + BLOCK_L) < t_end)[:, None] & mask_d[None, :]
+            x_next, raw_next = _raw_tiles(u_ptr, delta_ptr, offs_t + BLOCK_L, ch, mask_next, su_l, su_d, sdt_l, sdt_d)
+            if HAS_BIAS:
+                raw += bias[None, :]
+            dt = tl.where(mask, _softplus(raw) if SOFTPLUS else raw, 0.0)
+            mask_tn = mask_t[:, None] & mask_n[None, :]
+            h, a, a_cum = _block_scan(_decay_sum(dt, A2, mask_dn), tl.sum(dt * x, axis=1), h_carry, offs_t, mask_tn,
+                                      B_ptr, sB_l, sB_n, offs_n, inv_dg, seq_len, RESET, BLOCK_L)  # fmt: skip
+            h_carry = _last_row(h, BLOCK_L)
+            if SUMMARY:
+                decay_carry *= _last_row(a_cum, BLOCK_L)
+            else:
+                if SAVE:
+                    save_offs = save_base + offs_t[:, None] * NSTATE + offs_n[None, :]
+                    tl.store(a_save_ptr + save_offs, a, mask=mask_tn)
+                    tl.store(h_save_ptr + save_offs, h, mask=mask_tn)
+                y_group = tl.sum(h * _bn_tile(C_ptr, offs_t, offs_n, mask_tn, sC_l, sC_n), axis=1)  # [BL]
+                y = _output_tile(y_group, x, Dv, z_ptr, offs_t, ch, mask, sz_l, sz_d, HAS_D, HAS_Z)
+                out_offs = offs_t[:, None] * so_l + ch[None, :] * so_d
+                tl.store(out_ptr + out_offs, y.to(out_ptr.dtype.element_ty), mask=mask)
+    else:
+        for t0 in range(t_first, t_end, BLOCK_L):
+            offs_t = t0 + rows
+            mask_t = offs_t < t_end
+            mask_tn = mask_t[:, None] & mask_n[None, :]
+            # 1. the channel mean of the discretised inputs
+            sum_a = tl.zeros([BLOCK_L, BLOCK_N], dtype=tl.float32)
+            sum_s = tl.zeros([BLOCK_L], dtype=tl.float32)
             for d0 in range(0, Dg, BLOCK_D):
                 offs_d = d0 + tl.arange(0, BLOCK_D)
                 mask_d = offs_d < Dg
-                ch = pid_g * Dg + offs_d
+                ch = tl.where(mask_d, pid_g * Dg + offs_d, -1)
                 mask = mask_t[:, None] & mask_d[None, :]
-                y = tl.broadcast_to(y_group[:, None], [BLOCK_L, BLOCK_D])
-                if HAS_D:
+                x, raw, dt = _step_tile(u_ptr, delta_ptr, bias_ptr, offs_t, ch, mask, su_l, su_d, sdt_l, sdt_d,
+                                        HAS_BIAS, SOFTPLUS)  # fmt: skip
+                sum_s += tl.sum(dt * x, axis=1)
+                mask_dn = mask_d[:, None] & mask_n[None, :]
+                A2 = tl.load(A_ptr + ch[:, None] * NSTATE + offs_n[None, :], mask=mask_dn, other=0.0) * LOG2E
+                sum_a += _decay_sum(dt, A2, mask_dn)
+            # 2. the reduced scan over the block, continued from the carried state
+            h, a, a_cum = _block_scan(sum_a, sum_s, h_carry, offs_t, mask_tn, B_ptr, sB_l, sB_n, offs_n, inv_dg,
+                                      seq_len, RESET, BLOCK_L)  # fmt: skip
+            h_carry = _last_row(h, BLOCK_L)
+            if SUMMARY:
+                decay_carry *= _last_row(a_cum, BLOCK_L)
+            else:
+                if SAVE:
+                    save_offs = save_base + offs_t[:, None] * NSTATE + offs_n[None, :]
+                    tl.store(a_save_ptr + save_offs, a, mask=mask_tn)
+                    tl.store(h_save_ptr + save_offs, h, mask=mask_tn)
+                y_group = tl.sum(h * _bn_tile(C_ptr, offs_t, offs_n, mask_tn, sC_l, sC_n), axis=1)  # [BL]
+                # 3. broadcast to every channel of the group, skip, gate (u re-read: from the cache)
+                for d0 in range(0, Dg, BLOCK_D):
+                    offs_d = d0 + tl.arange(0, BLOCK_D)
+                    mask_d = offs_d < Dg
+                    ch = pid_g * Dg + offs_d
+                    mask = mask_t[:, None] & mask_d[None, :]
                     x = tl.load(u_ptr + offs_t[:, None] * su_l + ch[None, :] * su_d, mask=mask, other=0.0)
-                    y += x.to(tl.float32) * tl.load(D_ptr + ch, mask=mask_d, other=0.0)[None, :]
-                if HAS_Z:
-                    zt = tl.load(z_ptr + offs_t[:, None] * sz_l + ch[None, :] * sz_d, mask=mask, other=0.0)
-                    zt = zt.to(tl.float32)
-                    y *= zt * tl.sigmoid(zt)
-                out_offs = offs_t[:, None] * so_l + ch[None, :] * so_d
-                tl.store(out_ptr + out_offs, y.to(out_ptr.dtype.element_ty), mask=mask)
+                    Dv = tl.load(D_ptr + ch, mask=mask_d, other=0.0) if HAS_D else None
+                    y = _output_tile(y_group, x.to(tl.float32), Dv, z_ptr, offs_t, ch, mask, sz_l, sz_d, HAS_D, HAS_Z)
+                    out_offs = offs_t[:, None] * so_l + ch[None, :] * so_d
+                    tl.store(out_ptr + out_offs, y.to(out_ptr.dtype.element_ty), mask=mask)
     if SUMMARY:
         tl.store(chunk_P_ptr + chunk_base + c * NSTATE + offs_n, decay_carry, mask=mask_n)
         tl.store(chunk_S_ptr + chunk_base + c * NSTATE + offs_n, h_carry, mask=mask_n)
@@ -342,10 +416,11 @@ def plan_chunks(batch: int, groups: int, dim_per_group: int, length: int, device
 
 def _fwd_configs() -> list[triton.Config]:
     return [
-        triton.Config({"BLOCK_L": bl, "BLOCK_D": bd}, num_warps=w)
+        triton.Config({"BLOCK_L": bl, "BLOCK_D": bd, "PREFETCH": prefetch}, num_warps=w)
         for bl in (16, 32, 64, 128)
         for bd in (32, 64, 128)
         for w in (4, 8, 16)
+        for prefetch in (False, True)
     ]
 
 
@@ -359,13 +434,16 @@ def prune_fwd_configs(configs: list[triton.Config], named_args: dict, **kwargs) 
 
     def fits(c: triton.Config) -> bool:
         tile = c.kwargs["BLOCK_L"] * c.kwargs["BLOCK_D"]
+        if c.kwargs["PREFETCH"] and c.kwargs["BLOCK_D"] < named_args["Dg"]:
+            return False  # the prefetching path handles one channel block only
         return (
             c.kwargs["BLOCK_D"] <= widest
             and tile * block_n <= TUNED_TILE_BUDGET
             and 4 <= tile / (32 * c.num_warps) <= 16
         )
 
-    return [c for c in configs if fits(c)] or [triton.Config({"BLOCK_L": 16, "BLOCK_D": 32}, num_warps=4)]
+    fallback = triton.Config({"BLOCK_L": 16, "BLOCK_D": 32, "PREFETCH": False}, num_warps=4)
+    return [c for c in configs if fits(c)] or [fallback]
 
 
 mean_scan_fwd_tuned = triton.autotune(
@@ -427,7 +505,11 @@ def mean_scan_fwd(
         kernel, blocks = mean_scan_fwd_tuned, {}
     else:
         block_l, block_d, warps = plan_blocks(dim_per_group, nstate)
-        kernel, blocks = mean_scan_fwd_kernel, dict(BLOCK_L=block_l, BLOCK_D=block_d, num_warps=warps)
+        prefetch = dim_per_group <= block_d
+        kernel, blocks = (
+            mean_scan_fwd_kernel,
+            dict(BLOCK_L=block_l, BLOCK_D=block_d, PREFETCH=prefetch, num_warps=warps),
+        )
     chunk_len, nchunks = plan_chunks(batch, groups, dim_per_group, length, u.device)
     summary_shape = (batch, groups, nchunks, nstate) if nchunks > 1 else (0,)
     chunk_P = torch.empty(summary_shape, device=u.device, dtype=torch.float32)
