@@ -63,3 +63,19 @@ def test_checkpoint_every_k_steps_bounds_the_loss(fake_fmnist, tmp_path):
 def test_resume_of_a_missing_run_is_a_clear_error(fake_fmnist, tmp_path):
     with pytest.raises(ValueError, match=r"nothing-here: no training state to resume from \(expected a run folder"):
         train(_config(fake_fmnist, tmp_path / "x", resume=str(tmp_path / "nothing-here")))
+
+
+def test_time_schedule_follows_the_elapsed_share_of_the_limit(fake_fmnist, tmp_path, monkeypatch):
+    from sfmamba.train.trainer import Trainer
+
+    trainer = Trainer(_config(fake_fmnist, tmp_path / "t", time_limit=100.0, time_schedule=True, model_ema=False))
+    clock = [1000.0]
+    monkeypatch.setattr("sfmamba.train.trainer.time.perf_counter", lambda: clock[0])
+    trainer._started = 1000.0 - 50.0  # half of the limit has passed, no step done yet
+    assert trainer.total_steps == 8 and trainer._schedule_step() == 4
+    trainer.state.step = 6  # ahead of the clock: the step counts
+    assert trainer._schedule_step() == 6
+    clock[0] += 1000.0  # far past the limit: the end of the schedule, no further
+    assert trainer._schedule_step() == 8
+    trainer.config.time_schedule = False
+    assert trainer._schedule_step() == 6

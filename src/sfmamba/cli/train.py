@@ -116,6 +116,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _add(run, "--resume", help="run folder or checkpoint file to continue from")
     _add(run, "--checkpoint-interval", type=int, help="steps between 'last' checkpoints")
     _add(run, "--time-limit", type=float, help="seconds of training before a clean stop")
+    _add(
+        run,
+        "--time-schedule",
+        action="store_true",
+        help="with --time-limit: the LR schedule also advances with elapsed time, ending at the limit (for "
+        "fixed-time runs on a machine of unknown speed; not resume-exact)",
+    )
     _add(run, "--stop-step", type=int, help="stop cleanly after this step (the schedule is unchanged)")
     _add(run, "--log-interval", type=int, help="steps between loss/throughput records")
     _add(run, "--eval-interval", type=int, help="epochs between evaluations (0: only at the end)")

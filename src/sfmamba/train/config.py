@@ -73,6 +73,7 @@ class TrainConfig:
     resume: str | None = None
     checkpoint_interval: int = 1000  # steps between `last` checkpoints (also written at every epoch end)
     time_limit: float | None = None  # seconds; stop cleanly (checkpoint + evaluation) when exceeded
+    time_schedule: bool = False  # the LR schedule follows the elapsed share of time_limit too (not resume-exact)
     stop_step: int | None = None  # stop cleanly after this step, leaving the schedule as is (a planned pause)
     log_interval: int = 50
     eval_interval: int = 1  # epochs between evaluations (0: only when training ends)

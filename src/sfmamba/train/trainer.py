@@ -298,10 +298,19 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.state.step += 1
-        self.scheduler.step_update(self.state.step)
+        self.scheduler.step_update(self._schedule_step())
         if self.ema is not None:
             self.ema.update(self.model, step=self.state.step)
         return loss.detach()
+
+    def _schedule_step(self) -> int:
+        """The step the LR schedule is at: the optimizer step, or with --time-schedule the share of --time-limit
+        elapsed (whichever is further), so a fixed-time run ends its schedule at its limit however fast it runs."""
+        c = self.config
+        if not (c.time_schedule and c.time_limit):
+            return self.state.step
+        elapsed = time.perf_counter() - self._started
+        return min(self.total_steps, max(self.state.step, int(self.total_steps * elapsed / c.time_limit)))
 
     def _should_stop(self, started: float) -> str | None:
         c, s = self.config, self.state
@@ -421,6 +430,7 @@ class Trainer:
     def fit(self) -> dict[str, object]:
         """Train to the end of the schedule (or a stop), evaluate, checkpoint; returns the final metrics."""
         s, started = self.state, time.perf_counter()
+        self._started = started
         stop = self._should_stop(started)
         bar = self._progress_bar()
         try:
