@@ -840,3 +840,15 @@ def test_torch_compile_fullgraph_matches_eager():
     got, want = grads((out, last), leaves, upstream), grads((ref, ref_last), leaves, upstream)
     for name in leaves:
         assert_close(f"d{name}", want[name], got[name], 1e-5)
+
+
+def test_value_checks_on_a_gpu_do_not_sync(monkeypatch):
+    """Off the CPU a value check is queued as an asynchronous device assertion with the message, never `.item()`."""
+    from sfmamba.ops import _checks
+
+    monkeypatch.setenv("SFMAMBA_VALUE_CHECKS", "1")
+    ok = torch.tensor(True, device="meta")  # stands in for a CUDA tensor: reading its value would raise
+    with mock.patch.object(torch, "_assert_async") as queued:
+        _checks.check_value("selective_scan", "A", ok, "finite everywhere", lambda: "non-finite values")
+    queued.assert_called_once()
+    assert queued.call_args.args[1] == "selective_scan: A must be finite everywhere"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NoReturn
 
 import torch
@@ -19,6 +20,19 @@ class ArgumentError(ValueError):
 
 def fail(op: str, name: str, expected: str, got: object) -> NoReturn:
     raise ArgumentError(f"{op}: {name} must be {expected}, got {got}")
+
+
+def check_value(op: str, name: str, ok: Tensor, expected: str, got: Callable[[], object]) -> None:
+    """A check of input *values* (`ok`: a 0-d bool tensor). On the CPU a failure raises the usual `ValueError`; on a
+    GPU the check is queued as an asynchronous device assertion carrying the same message, so it never stalls the
+    host (a blocking `.item()` per call made eager models host-bound). Skipped when value checks are off."""
+    if not value_checks_enabled():
+        return
+    if ok.device.type == "cpu":
+        if not bool(ok):
+            fail(op, name, expected, got())
+    else:
+        torch._assert_async(ok, f"{op}: {name} must be {expected}")
 
 
 def describe(x: Tensor) -> str:
@@ -49,10 +63,9 @@ def check_cu_seqlens(op: str, cu_seqlens: object, batch: int, length: int, devic
         fail(op, "cu_seqlens", "a 1-D tensor of at least 2 offsets", getattr(cu_seqlens, "shape", type(cu_seqlens)))
     if cu_seqlens.dtype not in (torch.int32, torch.int64) or cu_seqlens.device != device:
         fail(op, "cu_seqlens", f"int32 or int64 on {device}", describe(cu_seqlens))
-    if value_checks_enabled():  # costs a device sync
-        first, last = cu_seqlens[0].item(), cu_seqlens[-1].item()
-        if first != 0 or last != length or cu_seqlens.diff().min().item() <= 0:
-            fail(op, "cu_seqlens", f"strictly increasing offsets from 0 to L={length}", cu_seqlens.tolist())
+    cu = cu_seqlens
+    ok = (cu[0] == 0) & (cu[-1] == length) & (cu.diff().min() > 0)
+    check_value(op, "cu_seqlens", ok, f"strictly increasing offsets from 0 to L={length}", cu.tolist)
 
 
 def check_segments(op: str, seq_len: object, cu_seqlens: object, batch: int, length: int, device: torch.device) -> None:
