@@ -40,7 +40,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--img-size", type=int, default=None, help="input size (default: 32 on CPU, 64 on GPU)")
     parser.add_argument("-b", "--batch-size", type=int, default=None, help="default: 64 on CPU, 256 on GPU")
     parser.add_argument("--lr", type=float, default=None, help="peak learning rate (default: 2e-3 CPU, 3e-3 GPU)")
-    parser.add_argument("-j", "--workers", type=int, default=None, help="loader processes (default: 1 CPU, 8 GPU)")
+    parser.add_argument(
+        "-j",
+        "--workers",
+        type=int,
+        default=None,
+        help="loader processes (default: 0 on CPU, where one would contend with the compute threads; 8 on GPU)",
+    )
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
     parser.add_argument("--output", default="output/demo", help="run folder (default: output/demo; replaced)")
     parser.add_argument("--no-speed", action="store_true", help="skip the speed comparison")
@@ -53,7 +59,7 @@ def _defaults(args: argparse.Namespace, device: torch.device) -> dict[str, objec
         img_size=args.img_size or (64 if gpu else 32),
         batch_size=args.batch_size or (256 if gpu else 64),
         lr=args.lr or (3e-3 if gpu else 2e-3),
-        workers=args.workers if args.workers is not None else (8 if gpu else 1),
+        workers=args.workers if args.workers is not None else (8 if gpu else 0),
     )
 
 
