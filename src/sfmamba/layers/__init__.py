@@ -2,7 +2,17 @@
 
 from .aux_tokens import AuxTokens, swap_aux_tokens_
 from .mamba_mixer import MambaVisionMixer
+from .norm import LayerNorm
 from .scan_mixers import GroupedLinear, ScanMixer, SeriesScanMixer
 from .ss2d import SS2D
 
-__all__ = ["AuxTokens", "GroupedLinear", "MambaVisionMixer", "ScanMixer", "SS2D", "SeriesScanMixer", "swap_aux_tokens_"]
+__all__ = [
+    "AuxTokens",
+    "GroupedLinear",
+    "LayerNorm",
+    "MambaVisionMixer",
+    "SS2D",
+    "ScanMixer",
+    "SeriesScanMixer",
+    "swap_aux_tokens_",
+]

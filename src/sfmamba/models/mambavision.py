@@ -22,7 +22,7 @@ from timm.layers import DropPath, Mlp, SelectAdaptivePool2d, trunc_normal_
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
 from torch import Tensor, nn
 
-from ..layers import MambaVisionMixer
+from ..layers import LayerNorm, MambaVisionMixer
 from ._checkpoint import load_checkpoint_file, route_files_to_load_pretrained
 
 __all__ = ["MambaVision", "checkpoint_filter_fn"]
@@ -108,7 +108,7 @@ class Attention(nn.Module):
         qk_norm: bool = False,
         attn_drop: float = 0.0,
         proj_drop: float = 0.0,
-        norm_layer: type[nn.Module] = nn.LayerNorm,
+        norm_layer: type[nn.Module] = LayerNorm,
     ):
         super().__init__()
         if dim % num_heads:
@@ -147,7 +147,7 @@ class Block(nn.Module):
         drop_path: float = 0.0,
         layer_scale: float | None = None,
         act_layer: type[nn.Module] = nn.GELU,
-        norm_layer: type[nn.Module] = nn.LayerNorm,
+        norm_layer: type[nn.Module] = LayerNorm,
         mixer: nn.Module | None = None,
     ):
         super().__init__()

@@ -1,0 +1,31 @@
+"""LayerNorm that stays in the autocast dtype.
+
+Autocast runs `layer_norm` in fp32: a bf16 activation is cast up (a copy), normalised, and the fp32 result is cast
+back down by the next Linear (another copy). The CUDA kernel accumulates its statistics in fp32 for bf16/fp16 inputs
+anyway, so normalising in the autocast dtype keeps the statistics exact and removes both copies and half the norm's
+memory traffic (H100, MambaVision-T, bs 128, bf16: 24 fp32 LayerNorms took 1.0 ms of an 11.7 ms forward, plus casts).
+The output differs from autocast's only by where the affine parameters are rounded, which the next Linear's input
+cast does anyway.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["LayerNorm"]
+
+
+class LayerNorm(nn.LayerNorm):
+    """`nn.LayerNorm` (same parameters and state-dict keys) that, under autocast, normalises in the autocast dtype."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        device_type = x.device.type
+        if not torch.is_autocast_enabled(device_type):
+            return super().forward(x)
+        dtype = torch.get_autocast_dtype(device_type)
+        weight = self.weight.to(dtype) if self.weight is not None else None
+        bias = self.bias.to(dtype) if self.bias is not None else None
+        with torch.autocast(device_type, enabled=False):
+            return F.layer_norm(x.to(dtype), self.normalized_shape, weight, bias, self.eps)
