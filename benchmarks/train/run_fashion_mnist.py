@@ -49,12 +49,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="recipe overrides for every run")
     parser.add_argument("--nproc", type=int, default=1, help="processes (GPUs) per run, through torchrun")
-    parser.add_argument("--output-root", default=str(REPO / "output/evidence"), help="run folders")
+    parser.add_argument(
+        "--output-root",
+        default=str(REPO / "output/evidence"),
+        help="run folders (<variant>_seed<seed>); reuse with --skip-existing across invocations",
+    )
     parser.add_argument("--results-dir", default=str(REPO / "benchmarks/results"))
     parser.add_argument("--docs", default=str(REPO / "docs"), help="where the markdown table and plot go")
     parser.add_argument("--tag", default="", help="suffix for the result file names")
     parser.add_argument("--speed-iters", type=int, default=100, help="timed iterations of the throughput runs")
-    parser.add_argument("--skip-existing", action="store_true", help="reuse finished runs (their results.json)")
+    parser.add_argument(
+        "--skip-existing",
+        action="store_true",
+        help="reuse finished runs (their results.json): split the runs over several invocations, the "
+        "last one with every variant collects them all",
+    )
     return parser.parse_args(argv)
 
 
@@ -109,9 +118,9 @@ def train_command(args, settings: dict, variant: str, seed: int, run_dir: Path, 
 def run_training(args, settings: dict, stamp: str) -> list[dict]:
     import yaml
 
-    root = Path(args.output_root) / f"fmnist_{stamp}"
+    root = Path(args.output_root)  # fixed, so --skip-existing can collect runs made by earlier invocations
     root.mkdir(parents=True, exist_ok=True)
-    config_path = root / "recipe.yaml"
+    config_path = root / f"recipe_{stamp}.yaml"
     config_path.write_text(yaml.safe_dump(settings, sort_keys=False))
     env = {**os.environ, "PYTHONPATH": f"{REPO / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     runs = []
