@@ -23,6 +23,7 @@ deterministic.
 from __future__ import annotations
 
 import contextlib
+import functools
 
 import torch
 import triton
@@ -406,12 +407,17 @@ def plan_chunks(batch: int, groups: int, dim_per_group: int, length: int, device
     if device.type != "cuda":
         return length, 1
     per_sm = PROGRAMS_PER_SM["narrow" if dim_per_group <= NARROW_GROUP else "wide"]
-    wanted = per_sm * torch.cuda.get_device_properties(device).multi_processor_count
+    wanted = per_sm * _sm_count(device)
     nchunks = max(1, min(triton.cdiv(wanted, batch * groups), triton.cdiv(length, CHUNK_MULTIPLE)))
     if nchunks == 1:
         return length, 1
     chunk_len = triton.cdiv(triton.cdiv(length, nchunks), CHUNK_MULTIPLE) * CHUNK_MULTIPLE
     return chunk_len, triton.cdiv(length, chunk_len)
+
+
+@functools.cache
+def _sm_count(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count
 
 
 def _fwd_configs() -> list[triton.Config]:
