@@ -87,3 +87,15 @@ def test_train_writes_the_run_folder(tmp_path, capsys):
         assert (run / name).stat().st_size > 0
     assert (run / "train_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_demo_runs_end_to_end_on_a_tiny_budget(tmp_path, capsys):
+    data = make_synthetic_fashion_mnist(tmp_path / "data", n_train=32, n_test=8)
+    out = tmp_path / "demo"
+    status = main(["demo", "--data-dir", str(data), "--no-speed", "--train-minutes", "0.05", "--img-size", "16",
+                   "--batch-size", "8", "--device", "cpu", "--output", str(out)])  # fmt: skip
+    assert status == 0
+    printed = capsys.readouterr().out
+    record = json.loads((out / "demo.json").read_text())
+    assert f"{record['accuracy']:.2f}%" in printed and record["steps"] >= 1
+    assert (out / "last.safetensors").is_file() and (out / "summary.csv").is_file()
