@@ -38,8 +38,9 @@ demo-data:
 	{ $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null; } || { \
 	  echo "could not install dataset-fashion-mnist with apt-get (no network, not Debian/Ubuntu, or no permission); put the four IDX files in a folder and run 'make demo FMNIST_DIR=<folder>'" >&2; exit 1; }
 
+# OMP_WAIT_POLICY=PASSIVE: on a shared 2-core machine, spinning OpenMP threads made a training step 25x slower
 demo: setup demo-data
-	$(VENV)/bin/sfmamba demo --data-dir $(FMNIST_DIR) $(DEMO_ARGS)
+	OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-PASSIVE} $(VENV)/bin/sfmamba demo --data-dir $(FMNIST_DIR) $(DEMO_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks
