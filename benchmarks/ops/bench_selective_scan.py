@@ -258,21 +258,23 @@ def run(args) -> list[Row]:
                             continue
                         med, p20, p80 = time_provider(fn, shape, dtype, layout, mode, args, timer)
                         gbps = scan_bytes(shape, dtype, mode) / (med * 1e-6) / 1e9
+                        config = chosen_configs(mode) if pname.startswith("sfmamba") else ""
                         rows.append(
                             Row(
-                                shape.name,
-                                timer,
-                                shape.length,
-                                dname,
-                                pname,
-                                mode,
-                                med,
-                                p20,
-                                p80,
-                                gbps,
-                                gbps / copy_gbps,
-                                err,
-                            )
+                                shape=shape.name,
+                                timer=timer,
+                                length=shape.length,
+                                dtype=dname,
+                                provider=pname,
+                                mode=mode,
+                                median_us=med,
+                                p20_us=p20,
+                                p80_us=p80,
+                                config=config,
+                                gbps=gbps,
+                                copy_fraction=gbps / copy_gbps,
+                                rel_err=err,
+                            )  # fmt: skip
                         )
                         print(
                             f"{shape.name:26s} {timer:5s} {dname:4s} {mode:6s} {pname:20s} {med:8.1f} us [{p20:.1f}, {p80:.1f}] {gbps:6.0f} GB/s ({100 * gbps / copy_gbps:4.1f}% copy) err {err:.1e}"
