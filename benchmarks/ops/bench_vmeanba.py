@@ -250,7 +250,8 @@ def write_json(rows: list[dict], args: argparse.Namespace, path: Path, model_row
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=sorted(DTYPES))
-    parser.add_argument("--layouts", nargs="+", default=["BDL"], choices=["BDL", "BLD"])
+    parser.add_argument("--layouts", nargs="+", default=["BLD", "BDL"], choices=["BDL", "BLD"],
+                        help="BLD: what our SS2D and Mamba mixers pass (default: both)")  # fmt: skip
     parser.add_argument("--backward", action="store_true", help="also time forward+backward")
     parser.add_argument("--cuda-graph", action="store_true", help="time the forward under CUDA graphs")
     parser.add_argument("--smoke", action="store_true", help="one tiny shape (runs on a CPU under TRITON_INTERPRET=1)")
