@@ -136,3 +136,20 @@ def test_save_and_load_compressed_round_trip(name, tmp_path):
         assert torch.equal(rebuilt(x), model(x))
     plain = timm.create_model(name, num_classes=4)
     assert V.mark_blocks_from_file(plain, tmp_path / "weights.pth") is plain and not V.converted_blocks(plain)
+
+
+@pytest.mark.parametrize("name", SCAN_MODELS)
+def test_timm_create_model_rebuilds_a_compressed_file(name, tmp_path):
+    """The model builders convert the blocks the file records: plain `timm.create_model` with a file overlay."""
+    torch.manual_seed(0)
+    model = timm.create_model(name, num_classes=4).eval()
+    blocks = V.find_blocks(model)[1::2]
+    V.apply(model, blocks)
+    path = tmp_path / "compressed.safetensors"
+    V.save_compressed(path, model, dict(model=name, num_classes=4, model_kwargs={}))
+    overlay = dict(file=str(path), num_classes=4)
+    rebuilt = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, num_classes=4).eval()
+    assert V.converted_blocks(rebuilt) == blocks
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(rebuilt(x), model(x))

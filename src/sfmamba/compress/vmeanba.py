@@ -27,6 +27,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..layers.vmeanba_switch import apply, converted_blocks, find_blocks
+from ..models._checkpoint import VMEANBA_METADATA_KEY as METADATA_KEY
+from ..models._checkpoint import mark_blocks_from_file, read_compressed_blocks
+
 __all__ = [
     "METADATA_KEY",
     "accuracy_latency_report",
@@ -45,37 +49,6 @@ __all__ = [
     "select",
 ]
 _logger = logging.getLogger(__name__)
-
-METADATA_KEY = "vmeanba_blocks"  # safetensors metadata: JSON list of the converted blocks' module names
-
-
-def find_blocks(model: nn.Module) -> list[str]:
-    """Names (as in `model.named_modules()`) of the modules that can run VMeanba: those with a bool `vmeanba`."""
-    return [name for name, module in model.named_modules() if isinstance(getattr(module, "vmeanba", None), bool)]
-
-
-def converted_blocks(model: nn.Module) -> list[str]:
-    """The blocks that currently run VMeanba."""
-    modules = dict(model.named_modules())
-    return [name for name in find_blocks(model) if modules[name].vmeanba]
-
-
-def apply(model: nn.Module, blocks: Iterable[str]) -> nn.Module:
-    """Convert exactly `blocks` to VMeanba (every other block runs the full scan); returns `model`.
-
-    Raises ValueError naming any entry that is not a convertible block of `model`.
-    """
-    blocks = list(blocks)
-    available = find_blocks(model)
-    unknown = [name for name in blocks if name not in available]
-    if unknown:
-        shown = ", ".join(available[:8]) + (", ..." if len(available) > 8 else "")
-        raise ValueError(f"blocks must be convertible blocks of the model ({shown}), got unknown {unknown}")
-    chosen = set(blocks)
-    modules = dict(model.named_modules())
-    for name in available:
-        modules[name].vmeanba = name in chosen
-    return model
 
 
 @contextlib.contextmanager
@@ -305,29 +278,6 @@ def save_compressed(path: str | Path, model: nn.Module, metadata: dict[str, obje
     from ..train.checkpoint import save_weights
 
     save_weights(path, model, {**metadata, METADATA_KEY: converted_blocks(model)})
-
-
-def read_compressed_blocks(path: str | Path) -> list[str] | None:
-    """The converted blocks recorded in a safetensors file's metadata, or None if it records none."""
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        value = (f.metadata() or {}).get(METADATA_KEY)
-    if value is None:
-        return None
-    blocks = json.loads(value)
-    if not isinstance(blocks, list) or not all(isinstance(b, str) for b in blocks):
-        raise ValueError(f"{path}: metadata {METADATA_KEY} must be a JSON list of module names, got {value!r}")
-    return blocks
-
-
-def mark_blocks_from_file(model: nn.Module, path: str | Path | None) -> nn.Module:
-    """Convert the blocks a checkpoint's metadata records (no-op for other files); the hook model builders call
-    after loading `pretrained_cfg_overlay=dict(file=path)`."""
-    if path is None or Path(path).suffix != ".safetensors":
-        return model
-    blocks = read_compressed_blocks(path)
-    return model if blocks is None else apply(model, blocks)
 
 
 def load_compressed(path: str | Path, model_name: str | None = None, **kwargs) -> nn.Module:

@@ -15,6 +15,7 @@ timm calls `model.load_pretrained(path)` for `pretrained=True` when the pretrain
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 from collections.abc import Callable
 from os import PathLike
@@ -24,10 +25,22 @@ import safetensors.torch
 import torch
 from torch import Tensor, nn
 
-__all__ = ["SAFE_GLOBALS", "read_checkpoint", "load_checkpoint_file", "route_files_to_load_pretrained"]
+from ..layers.vmeanba_switch import apply as apply_vmeanba
+
+__all__ = [
+    "SAFE_GLOBALS",
+    "VMEANBA_METADATA_KEY",
+    "create_with_file_hooks",
+    "load_checkpoint_file",
+    "mark_blocks_from_file",
+    "read_checkpoint",
+    "read_compressed_blocks",
+    "route_files_to_load_pretrained",
+]
 _logger = logging.getLogger(__name__)
 
 SAFE_GLOBALS = (argparse.Namespace,)
+VMEANBA_METADATA_KEY = "vmeanba_blocks"  # safetensors metadata: JSON list of the converted blocks' module names
 
 
 def read_checkpoint(path: str | PathLike) -> dict:
@@ -87,3 +100,34 @@ def route_files_to_load_pretrained(kwargs: dict) -> dict:
     if overlay.get("file") or overlay.get("url"):
         kwargs = {**kwargs, "pretrained_cfg_overlay": {"custom_load": True, **overlay}}
     return kwargs
+
+
+def read_compressed_blocks(path: str | PathLike) -> list[str] | None:
+    """The VMeanba-converted blocks recorded in a safetensors file's metadata (`sfmamba compress vmeanba`), or None."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        value = (f.metadata() or {}).get(VMEANBA_METADATA_KEY)
+    if value is None:
+        return None
+    blocks = json.loads(value)
+    if not isinstance(blocks, list) or not all(isinstance(b, str) for b in blocks):
+        raise ValueError(f"{path}: metadata {VMEANBA_METADATA_KEY} must be a JSON list of module names, got {value!r}")
+    return blocks
+
+
+def mark_blocks_from_file(model: nn.Module, path: str | PathLike | None) -> nn.Module:
+    """Convert the blocks a checkpoint's metadata records (no-op for other files)."""
+    if path is None or Path(path).suffix != ".safetensors":
+        return model
+    blocks = read_compressed_blocks(path)
+    return model if blocks is None else apply_vmeanba(model, blocks)
+
+
+def create_with_file_hooks(build: Callable[..., nn.Module], pretrained: bool, kwargs: dict) -> nn.Module:
+    """`build(**kwargs)` (a `build_model_with_cfg` call) routed through our loader for `file=`/`url=` overlays, then
+    with the VMeanba blocks a compressed file records converted, so `timm.create_model(name, pretrained=True,
+    pretrained_cfg_overlay=dict(file=...))` rebuilds a compressed model."""
+    model = build(**route_files_to_load_pretrained(kwargs))
+    file = (kwargs.get("pretrained_cfg_overlay") or {}).get("file") if pretrained else None
+    return mark_blocks_from_file(model, file)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -23,7 +24,7 @@ from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_c
 from torch import Tensor, nn
 
 from ..layers import LayerNorm, MambaVisionMixer
-from ._checkpoint import load_checkpoint_file, route_files_to_load_pretrained
+from ._checkpoint import create_with_file_hooks, load_checkpoint_file
 
 __all__ = ["MambaVision", "checkpoint_filter_fn"]
 
@@ -503,14 +504,15 @@ def checkpoint_filter_fn(state_dict: dict, model: MambaVision) -> dict[str, Tens
 
 
 def _create_mambavision(variant: str, pretrained: bool = False, **kwargs) -> MambaVision:
-    return build_model_with_cfg(
+    build = partial(
+        build_model_with_cfg,
         MambaVision,
         variant,
         pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
         feature_cfg=dict(out_indices=(0, 1, 2, 3), flatten_sequential=True),
-        **route_files_to_load_pretrained(kwargs),
     )
+    return create_with_file_hooks(build, pretrained, kwargs)
 
 
 def _cfg(url: str = "", **kwargs) -> dict:

@@ -52,6 +52,7 @@ re-initialises dt_proj, so all variants start alike); tokens trunc-normal(0.02) 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -60,6 +61,7 @@ from torch import Tensor, nn
 
 from ..layers.aux_tokens import AuxTokens, swap_aux_tokens_
 from ..layers.scan_mixers import ScanMixer, SeriesScanMixer
+from ._checkpoint import create_with_file_hooks
 from .mambavision import (
     Block,
     Downsample,
@@ -247,14 +249,15 @@ class SFMamba(MambaVision):
 
 
 def _create_sf_mamba(variant: str, pretrained: bool = False, **kwargs) -> SFMamba:
-    return build_model_with_cfg(
+    build = partial(
+        build_model_with_cfg,
         SFMamba,
         variant,
         pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,  # our own state dicts / safetensors; no official weights exist
         feature_cfg=dict(out_indices=(0, 1, 2, 3), flatten_sequential=True),
-        **kwargs,
     )
+    return create_with_file_hooks(build, pretrained, kwargs)
 
 
 default_cfgs = generate_default_cfgs(

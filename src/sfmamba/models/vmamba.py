@@ -18,6 +18,7 @@ import collections
 import contextlib
 import re
 from collections.abc import Sequence
+from functools import partial
 
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
@@ -26,7 +27,7 @@ from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_c
 from torch import Tensor, nn
 
 from ..layers.ss2d import SS2D
-from ._checkpoint import load_checkpoint_file, route_files_to_load_pretrained
+from ._checkpoint import create_with_file_hooks, load_checkpoint_file
 
 __all__ = ["VMamba", "checkpoint_filter_fn"]
 
@@ -405,14 +406,15 @@ def _raise_on_mismatch(state: dict, expected: dict, model: VMamba) -> None:
 
 
 def _create_vmamba(variant: str, pretrained: bool = False, **kwargs) -> VMamba:
-    return build_model_with_cfg(
+    build = partial(
+        build_model_with_cfg,
         VMamba,
         variant,
         pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
         feature_cfg=dict(out_indices=(0, 1, 2, 3), feature_cls="getter"),
-        **route_files_to_load_pretrained(kwargs),
     )
+    return create_with_file_hooks(build, pretrained, kwargs)
 
 
 def _cfg(url: str = "", **kwargs) -> dict:
