@@ -153,3 +153,17 @@ def test_timm_create_model_rebuilds_a_compressed_file(name, tmp_path):
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(rebuilt(x), model(x))
+
+
+def test_eval_loader_rebuilds_a_compressed_file(tmp_path):
+    """`sfmamba eval --checkpoint` goes through `model_from_checkpoint`: the converted blocks must run VMeanba."""
+    from sfmamba.train.checkpoint import model_from_checkpoint
+
+    torch.manual_seed(0)
+    model = timm.create_model("mambavision_nano", num_classes=4).eval()
+    blocks = V.find_blocks(model)[:1]
+    V.apply(model, blocks)
+    path = tmp_path / "compressed.safetensors"
+    V.save_compressed(path, model, dict(model="mambavision_nano", num_classes=4, model_kwargs={}))
+    rebuilt, _ = model_from_checkpoint(path)
+    assert V.converted_blocks(rebuilt) == blocks

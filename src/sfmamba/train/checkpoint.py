@@ -24,6 +24,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 from torch import nn
 
+from ..models._checkpoint import mark_blocks_from_file
+
 STATE_SUFFIX = ".state.pt"
 WEIGHTS_SUFFIX = ".safetensors"
 EMA_SUFFIX = "-ema.safetensors"
@@ -194,4 +196,5 @@ def model_from_checkpoint(path: str | Path, **model_kwargs) -> tuple[nn.Module, 
     kwargs = {**metadata.get("model_kwargs", {}), **model_kwargs}
     model = timm.create_model(metadata["model"], num_classes=metadata["num_classes"], **kwargs)
     load_weights(path, model)
+    mark_blocks_from_file(model, path)  # a `sfmamba compress vmeanba` file: its converted blocks run VMeanba again
     return model.eval(), metadata
