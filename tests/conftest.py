@@ -47,3 +47,13 @@ def poison_sfmamba_allocations(monkeypatch):
     original_new_empty = torch.Tensor.new_empty
     monkeypatch.setattr(torch.Tensor, "new_empty", _poisoned(original_new_empty))
     yield
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread per test: `pytest -n 2` on a 2-core runner with two threads per worker oversubscribes the
+    cores (model tests ran 10x slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -20,14 +20,6 @@ from sfmamba.cli.main import COMMANDS, main
 FAST = ["--device", "cpu", "-b", "2", "--img-size", "32", "--num-warm-iter", "0", "--num-bench-iter", "2"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture
 def no_mamba_ssm(monkeypatch):
     """Forget any mamba_ssm (stand-in or real) another test imported, so this test sees a clean process."""

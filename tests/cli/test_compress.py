@@ -20,14 +20,6 @@ MODEL = "vmamba_v2_nano"
 CLASSES = ("circle", "square")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def folder_dataset(tmp_path_factory):
     """<root>/{train,val}/<class>/*.png: 6 + 4 random 32 px RGB images per class."""

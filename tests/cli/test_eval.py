@@ -15,14 +15,6 @@ from sfmamba.eval import ClassificationMetrics, evaluate
 from sfmamba.train import save_weights
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_metrics_hand_computed():
     # logits = log(probabilities), so every loss term is -log(probability of the target)
     probs = torch.tensor([[0.5, 0.3, 0.2], [0.2, 0.5, 0.3], [0.5, 0.3, 0.2], [0.1, 0.15, 0.75]])

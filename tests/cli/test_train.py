@@ -7,20 +7,11 @@ import json
 import math
 
 import pytest
-import torch
 import yaml
 
 from sfmamba.cli.main import build_parser, main
 from sfmamba.cli.train import config_from_args
 from sfmamba.data import make_synthetic_fashion_mnist
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def parse(*argv: str):
