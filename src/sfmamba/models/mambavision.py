@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from ..layers import LayerNorm, MambaVisionMixer
 from ._checkpoint import create_with_file_hooks, load_checkpoint_file
+from ._features import take_indices as _take_indices
 
 __all__ = ["MambaVision", "checkpoint_filter_fn"]
 
@@ -436,20 +437,6 @@ class MambaVision(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_head(self.forward_features(x))
-
-
-def _take_indices(num_stages: int, indices: int | Sequence[int] | None) -> tuple[list[int], int]:
-    if indices is None:
-        take = list(range(num_stages))
-    elif isinstance(indices, int):
-        if not 0 < indices <= num_stages:
-            raise ValueError(f"indices={indices} must be in 1..{num_stages}")
-        take = list(range(num_stages - indices, num_stages))
-    else:
-        take = [i + num_stages if i < 0 else i for i in indices]
-        if any(not 0 <= i < num_stages for i in take):
-            raise ValueError(f"indices={list(indices)} out of range for {num_stages} stages")
-    return take, max(take)
 
 
 # ------------------------------------------------------------------------------------------ checkpoint loading
