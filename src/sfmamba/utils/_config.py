@@ -88,6 +88,7 @@ def value_checks_enabled() -> bool:
 
 
 CACHE_DIR_ENV = "SFMAMBA_CACHE_DIR"
+CACHE_DIR_INPUTS = (CACHE_DIR_ENV, "XDG_CACHE_HOME", "HOME")  # every variable `cache_dir` depends on
 
 
 def cache_dir() -> Path:
