@@ -62,6 +62,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _add(data, "--data-dir", help="dataset location (fashion_mnist: /usr/share/datasets/fashion-mnist)")
     _add(data, "--img-size", type=int, help="input size in px (None: the model's default)")
     _add(data, "-j", "--workers", type=int, help="data loader processes per training process")
+    _add(data, "--data-on-device", action="store_true", help="fashion_mnist: hold the data and augment on the device")
     model = parser.add_argument_group("model")
     _add(model, "--model", help="any timm-registered model name")
     _add(model, "--model-kwargs", nargs="*", action=ParseModelKwargs, metavar="KEY=VALUE", help="model arguments")

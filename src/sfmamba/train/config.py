@@ -18,6 +18,7 @@ class TrainConfig:
     data_dir: str | None = None
     img_size: int | None = None  # None: the model's default input size
     workers: int = 2
+    data_on_device: bool = False  # fashion_mnist only: both splits on the device, batches augmented there
     # model
     model: str = "sf_mamba_nano"
     model_kwargs: dict = field(default_factory=dict)
@@ -96,6 +97,8 @@ class TrainConfig:
             raise ValueError(f"eval_interval must be a non-negative int, got {self.eval_interval!r}")
         if not isinstance(self.workers, int) or self.workers < 0:
             raise ValueError(f"workers must be a non-negative int, got {self.workers!r}")
+        if self.data_on_device and self.dataset != "fashion_mnist":
+            raise ValueError(f"data_on_device supports only dataset 'fashion_mnist', got dataset {self.dataset!r}")
         if self.amp_dtype not in AMP_DTYPES:
             raise ValueError(f"amp_dtype must be one of {', '.join(AMP_DTYPES)}, got {self.amp_dtype!r}")
         if self.lr <= 0:

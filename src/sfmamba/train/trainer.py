@@ -27,6 +27,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ..data import AugmentConfig, build_transform, create_dataset, create_loader, dataset_stats, set_loader_epoch
+from ..data.device_loader import create_device_loaders
 from ..eval.evaluate import autocast_context, evaluate
 from .checkpoint import (
     atomic_write_text,
@@ -139,9 +140,14 @@ class Trainer:
         val = create_dataset(c.dataset, c.data_dir, "val", build_transform(c.dataset, self.img_size, False, augment))
         pin = self.device.type == "cuda"
         rank, world = self.dist.rank, self.dist.world_size
-        self.train_loader = create_loader(probe, c.batch_size, True, c.seed, c.workers, rank, world, pin)
         val_batch = c.validation_batch_size or c.batch_size
-        self.val_loader = create_loader(val, val_batch, False, c.seed, c.workers, rank, world, pin)
+        if c.data_on_device:  # both splits held on the device, batches augmented there (fashion_mnist only)
+            self.train_loader, self.val_loader = create_device_loaders(
+                probe, val, c.batch_size, val_batch, self.img_size, self.device, augment, c.seed, rank, world
+            )
+        else:
+            self.train_loader = create_loader(probe, c.batch_size, True, c.seed, c.workers, rank, world, pin)
+            self.val_loader = create_loader(val, val_batch, False, c.seed, c.workers, rank, world, pin)
         self.steps_per_epoch = self.train_loader.sampler.batches_per_epoch()
         self.total_steps = c.max_steps or c.epochs * self.steps_per_epoch
 

@@ -1,0 +1,205 @@
+"""Fashion-MNIST batches built on the training device: the whole split held there as uint8, augmented per batch.
+
+The CPU path (timm's PIL transforms in loader workers) cannot feed a GPU fast enough at 28 px; here each batch is
+gathered from device tensors in the order `ResumableSampler` gives (the same (seed, epoch) permutation, per-rank
+share and resume point as the CPU loader), then augmented in a few batched ops:
+
+- random-resized-crop: timm's `RandomResizedCropAndInterpolation` parameters (10 tries of area in `scale`, log-uniform
+  aspect ratio in `ratio`, integer box, centre-crop fallback), drawn for the whole batch at once; crop, resize to
+  img_size and horizontal flip are one `affine_grid` + `grid_sample` (no antialiasing when a crop is shrunk);
+- grey -> 3 channels, normalisation with the dataset's mean/std;
+- random erasing: timm's own `RandomErasing` on the batch.
+
+Every random draw is seeded from (seed, epoch, global batch index), so a resumed run sees the same augmentations.
+Evaluation batches are resized (antialiased, as PIL does) and normalised, nothing else.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from timm.data.random_erasing import RandomErasing
+
+from .fashion_mnist import FashionMNIST
+from .loader import AugmentConfig, ResumableSampler, _sample_seed, dataset_stats
+
+DEFAULT_SCALE = (0.08, 1.0)  # timm's defaults for RandomResizedCrop
+DEFAULT_RATIO = (3 / 4, 4 / 3)
+_CROP_TRIES = 10
+_MODES = {"bilinear": "bilinear", "bicubic": "bicubic", "nearest": "nearest"}
+
+
+def _check_supported(augment: AugmentConfig) -> None:
+    unsupported = {"vflip": augment.vflip > 0, "color_jitter": augment.color_jitter > 0, "aa": bool(augment.aa)}
+    given = [name for name, on in unsupported.items() if on]
+    if given:
+        raise ValueError(f"data_on_device supports crop, hflip and random erasing only; unset {', '.join(given)}")
+    if augment.interpolation not in _MODES:
+        raise ValueError(
+            f"interpolation must be one of {', '.join(_MODES)} with data_on_device, got {augment.interpolation!r}"
+        )
+
+
+def random_crop_boxes(
+    batch: int, height: int, width: int, scale, ratio, generator: torch.Generator, device: torch.device
+) -> torch.Tensor:
+    """[batch, 4] float (top, left, h, w): timm's RandomResizedCrop parameters, drawn for the whole batch."""
+    draws = torch.rand((4, batch, _CROP_TRIES), generator=generator, device=device, dtype=torch.float64)
+    area = height * width * (scale[0] + (scale[1] - scale[0]) * draws[0])
+    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+    aspect = torch.exp(log_lo + (log_hi - log_lo) * draws[1])
+    crop_w = torch.round(torch.sqrt(area * aspect)).clamp_(min=1)
+    crop_h = torch.round(torch.sqrt(area / aspect)).clamp_(min=1)
+    fits = (crop_w <= width) & (crop_h <= height)
+    first = fits.to(torch.int8).argmax(dim=1, keepdim=True)  # the first try that fits, as timm takes
+    crop_w, crop_h = crop_w.gather(1, first)[:, 0], crop_h.gather(1, first)[:, 0]
+    top = torch.floor(draws[2].gather(1, first)[:, 0] * (height - crop_h + 1))
+    left = torch.floor(draws[3].gather(1, first)[:, 0] * (width - crop_w + 1))
+    # no try fits: timm's fallback, a centre crop clamped to the ratio range
+    in_ratio = width / height
+    fallback_w = width if in_ratio <= max(ratio) else round(height * max(ratio))
+    fallback_h = height if in_ratio >= min(ratio) else round(width / min(ratio))
+    none_fit = ~fits.any(dim=1)
+    crop_w = torch.where(none_fit, float(fallback_w), crop_w)
+    crop_h = torch.where(none_fit, float(fallback_h), crop_h)
+    top = torch.where(none_fit, float((height - fallback_h) // 2), top)
+    left = torch.where(none_fit, float((width - fallback_w) // 2), left)
+    return torch.stack((top, left, crop_h, crop_w), dim=1)
+
+
+def crop_resize_flip(images: torch.Tensor, boxes: torch.Tensor, flip: torch.Tensor, size: int, mode: str):
+    """images [B, C, H, W] float; boxes [B, 4] (top, left, h, w) in px; flip [B] bool -> [B, C, size, size].
+
+    Output pixel centres map linearly onto the box (align_corners=False, edges clamped), as PIL's resize of a crop.
+    """
+    batch, _, height, width = images.shape
+    top, left, crop_h, crop_w = boxes.unbind(1)
+    theta = torch.zeros(batch, 2, 3, dtype=torch.float64, device=images.device)
+    theta[:, 0, 0] = torch.where(flip, -crop_w, crop_w) / width
+    theta[:, 0, 2] = (2 * left + crop_w) / width - 1
+    theta[:, 1, 1] = crop_h / height
+    theta[:, 1, 2] = (2 * top + crop_h) / height - 1
+    grid = F.affine_grid(theta.to(images.dtype), [batch, 1, size, size], align_corners=False)
+    return F.grid_sample(images, grid, mode=mode, padding_mode="border", align_corners=False)
+
+
+@contextlib.contextmanager
+def _seeded_global_rngs(seed: int, device: torch.device) -> Iterator[None]:
+    """timm's RandomErasing draws from Python's `random` and the device's default torch generator: seed both for
+    one batch and restore them afterwards, so the training loop's own streams do not depend on the data."""
+    py_state = random.getstate()
+    cuda_devices = (
+        [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    )
+    with torch.random.fork_rng(devices=cuda_devices):
+        random.seed(seed)
+        torch.random.default_generator.manual_seed(seed)
+        if cuda_devices:
+            torch.cuda.default_generators[cuda_devices[0]].manual_seed(seed)
+        try:
+            yield
+        finally:
+            random.setstate(py_state)
+
+
+class DeviceBatchLoader:
+    """Iterates (images [B, 3, S, S] float32, labels [B] int64) on `device`, like the DataLoader of `create_loader`.
+
+    `sampler` is a `ResumableSampler`, so `set_loader_epoch` and `sampler.batches_per_epoch()` work unchanged.
+    """
+
+    def __init__(
+        self,
+        dataset: FashionMNIST,
+        batch_size: int,
+        training: bool,
+        img_size: int,
+        device: torch.device | str,
+        augment: AugmentConfig | None = None,
+        seed: int = 0,
+        rank: int = 0,
+        world: int = 1,
+    ):
+        if not isinstance(dataset, FashionMNIST):
+            raise ValueError(f"data_on_device needs the fashion_mnist dataset, got {type(dataset).__name__}")
+        self.augment = augment or AugmentConfig()
+        _check_supported(self.augment)
+        self.dataset, self.batch_size, self.training, self.img_size = dataset, batch_size, training, img_size
+        self.device, self.seed, self.rank, self.world = torch.device(device), seed, rank, world
+        self.images = torch.from_numpy(dataset.images).to(self.device)  # [N, H, W] uint8
+        self.labels = torch.from_numpy(dataset.labels).to(self.device)  # [N] int64
+        mean, std = dataset_stats("fashion_mnist")
+        self.mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1)
+        self.std = torch.tensor(std, device=self.device).view(1, 3, 1, 1)
+        self.mode = _MODES[self.augment.interpolation]
+        self.eraser = None
+        if training and self.augment.reprob > 0 and not self.augment.no_aug:
+            self.eraser = RandomErasing(self.augment.reprob, mode=self.augment.remode, max_count=1, device=self.device)
+        self.sampler = ResumableSampler(
+            len(self.labels), batch_size, shuffle=training, seed=seed, rank=rank, world=world
+        )
+        if training and self.sampler.batches_per_epoch() == 0:
+            raise ValueError(
+                f"batch_size {batch_size} x {world} process(es) exceeds the {len(self.labels)} training samples"
+            )
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.sampler) / self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order = torch.tensor(list(self.sampler), dtype=torch.int64, device=self.device)
+        epoch, first = self.sampler.epoch, self.sampler.start_batch
+        for number, batch in enumerate(order.split(self.batch_size)):
+            images = self.images[batch].unsqueeze(1).float().div_(255)  # [B, 1, H, W] in [0, 1]
+            if self.training and not self.augment.no_aug:
+                global_batch = (first + number) * self.world + self.rank
+                images = self._augment(images, _sample_seed(self.seed, epoch, global_batch))
+            else:
+                images = self._resize(images)
+            yield images, self.labels[batch]
+
+    def _normalise(self, images: torch.Tensor) -> torch.Tensor:
+        return (images.expand(-1, 3, -1, -1) - self.mean) / self.std  # grey repeated over three channels
+
+    def _resize(self, images: torch.Tensor) -> torch.Tensor:
+        antialias = self.mode != "nearest"  # PIL's resize averages over the source pixels when shrinking
+        size = (self.img_size, self.img_size)
+        return self._normalise(F.interpolate(images, size, mode=self.mode, antialias=antialias, align_corners=None))
+
+    def _augment(self, images: torch.Tensor, seed: int) -> torch.Tensor:
+        batch, _, height, width = images.shape
+        generator = torch.Generator(device=self.device).manual_seed(seed)
+        scale, ratio = tuple(self.augment.scale or DEFAULT_SCALE), tuple(self.augment.ratio or DEFAULT_RATIO)
+        boxes = random_crop_boxes(batch, height, width, scale, ratio, generator, self.device)
+        flip = torch.rand(batch, generator=generator, device=self.device) < self.augment.hflip
+        images = self._normalise(crop_resize_flip(images, boxes, flip, self.img_size, self.mode)).contiguous()
+        if self.eraser is not None:
+            with _seeded_global_rngs(seed, self.device):
+                images = self.eraser(images)
+        return images
+
+
+def create_device_loaders(
+    train: FashionMNIST,
+    val: FashionMNIST,
+    batch_size: int,
+    val_batch_size: int,
+    img_size: int,
+    device: torch.device | str,
+    augment: AugmentConfig | None = None,
+    seed: int = 0,
+    rank: int = 0,
+    world: int = 1,
+) -> tuple[DeviceBatchLoader, DeviceBatchLoader]:
+    """(train, val) loaders holding both splits on `device` (the `--data-on-device` path of `sfmamba train`)."""
+    train_loader = DeviceBatchLoader(train, batch_size, True, img_size, device, augment, seed, rank, world)
+    val_loader = DeviceBatchLoader(val, val_batch_size, False, img_size, device, augment, seed, rank, world)
+    return train_loader, val_loader
+
+
+__all__ = ["DeviceBatchLoader", "create_device_loaders", "crop_resize_flip", "random_crop_boxes"]
