@@ -209,10 +209,22 @@ def test_checkpoint_round_trip_through_timm(tmp_path):
 
 
 def test_compiles_without_graph_breaks():
-    """The in-place swap, the fold views and the planner trace into one graph (aot_eager: no C++ compiler on CI)."""
+    """The in-place swap and the fold views trace into one graph (aot_eager: no C++ compiler on CI)."""
     torch.manual_seed(0)
     model = timm.create_model("sf_mamba_nano", aux_discard="before_attention").eval()
     x = torch.randn(2, 3, 48, 48)
     compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
     with torch.no_grad():
         torch.testing.assert_close(compiled(x), model(x))
+
+
+def test_compiles_with_a_dynamic_batch():
+    """A symbolic batch size (dynamic shapes, or dynamo's recompile after a batch change) cannot go through the fold
+    table: compiled mixers scan unfolded unless `fold` is set, in one graph."""
+    torch.manual_seed(0)
+    model = timm.create_model("sf_mamba_nano").eval()
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True, dynamic=True)
+    with torch.no_grad():
+        for batch in (2, 3):
+            x = torch.randn(batch, 3, 48, 48)
+            torch.testing.assert_close(compiled(x), model(x))

@@ -155,6 +155,10 @@ class ScanMixer(MambaVisionMixer):
             if windows % self.fold:
                 raise ValueError(f"fold={self.fold} must divide the number of window sequences {windows}")
             return self.fold
+        if torch.compiler.is_compiling():
+            # the table lookup is a constant only for static shapes, and dynamo makes the batch symbolic after a
+            # batch-size change (then `plan_fold` cannot run); compiled models fold only when `fold` is set
+            return 1
         return plan_fold(windows, self.d_half, self.seq_len, self.d_state, u.dtype, u.device)
 
     def _reorder(self, x: Tensor, index: Tensor) -> Tensor:

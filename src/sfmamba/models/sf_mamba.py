@@ -36,7 +36,8 @@ Options (model kwargs; defaults are the SF-Mamba model):
         the order is restored at the stage exit). A flip also moves the tail token first, so with aux tokens a
         flipping block does not swap them as well.
     attention (True): False replaces the attention blocks by Mamba blocks.
-    fold (None): images per folded scan row; None = the planner, 1 = no folding.
+    fold (None): images per folded scan row; None = the planner (skipped under torch.compile, where the batch may be
+        symbolic: unfolded), 1 = no folding.
 
 What the seeds state and what we chose. Stated (poster and paper summary): two learnable auxiliary tokens
 prepended/appended to the sequence, T + 2 tokens and an O(1) permutation against the 2T tokens and O(n) permutation
