@@ -10,14 +10,13 @@ The ops are linear and each is the other's adjoint, so each one's backward is th
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 
 from ...utils._config import triton_interpret
+from .._launch import on_device as _on_device
 from .naive import DIRECTIONS
 
 MAX_TILE = 8192  # elements of one [BLOCK_P, BLOCK_C] tile
@@ -88,11 +87,6 @@ def cross_merge_kernel(
     out_ptr += pid_b.to(tl.int64) * so_b
     offs = h[:, None].to(tl.int64) * so_h + w[:, None] * so_w + ch[None, :] * so_c
     tl.store(out_ptr + offs, acc.to(out_ptr.dtype.element_ty), mask=mask)
-
-
-def _on_device(device: torch.device):
-    """Launch on `device`: a plain CUDA device switch (cheap), not a `torch.device` mode that taxes every torch call."""
-    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
 def map_shape(x: Tensor, layout: str) -> tuple[int, int, int, int]:

@@ -13,15 +13,18 @@ into a [chunk, N, BLOCK_D] register tile so that the reverse walk can read them.
 
 from __future__ import annotations
 
-import contextlib
-import functools
-
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 
 from ...utils._config import triton_interpret
+from .._launch import bc_strides as _bc_strides
+from .._launch import on_device as _on_device
+from .._launch import scan_shape as _shape
+from .._launch import sm_count as _sm_count
+from .._launch import softplus as _softplus
+from .._launch import x_strides as _x_strides
 
 LOG2E = tl.constexpr(1.4426950408889634)
 RESET_NONE, RESET_PERIODIC, RESET_VARLEN = 0, 1, 2
@@ -31,11 +34,6 @@ def bwd_chunk_for(nstate: int) -> int:
     """Steps per backward program. The forward checkpoints the state every this many steps; the backward keeps
     one chunk's states in registers ([chunk, N, BLOCK_D]), so the chunk shrinks as N grows."""
     return max(4, min(64, 64 // triton.next_power_of_2(nstate)))
-
-
-@triton.jit
-def _softplus(x):
-    return tl.where(x > 20.0, x, tl.where(x < -15.0, tl.exp(x), tl.log(1.0 + tl.exp(x))))
 
 
 @triton.jit
@@ -431,24 +429,6 @@ def selective_scan_bwd_kernel(
             tl.store(dbias_ptr + part + ch, dbias_acc, mask=mask_d)
 
 
-def _on_device(device: torch.device) -> contextlib.AbstractContextManager:
-    """Launch on `device`'s GPU (Triton uses the current one); cheaper than a `torch.device` context."""
-    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
-
-
-def _x_strides(x: Tensor, layout: str) -> tuple[int, int, int]:
-    """(batch, L, D) strides of a (batch, D, L) or (batch, L, D) tensor."""
-    return (x.stride(0), x.stride(2), x.stride(1)) if layout == "BDL" else (x.stride(0), x.stride(1), x.stride(2))
-
-
-def _bc_strides(x: Tensor, layout: str) -> tuple[int, int, int, int]:
-    """(batch, G, N, L) strides of B or C in any accepted form."""
-    s = x.stride()
-    if layout == "BDL":
-        return (s[0], 0, s[1], s[2]) if x.dim() == 3 else s
-    return (s[0], 0, s[2], s[1]) if x.dim() == 3 else (s[0], s[2], s[3], s[1])
-
-
 def _reset_args(length: int, seq_len: int | None, cu_seqlens: Tensor | None, device: torch.device) -> tuple:
     if cu_seqlens is not None:
         cu = cu_seqlens.to(torch.int32).contiguous()
@@ -458,13 +438,6 @@ def _reset_args(length: int, seq_len: int | None, cu_seqlens: Tensor | None, dev
     if seq_len is not None and seq_len != length:
         return RESET_PERIODIC, seq_len, None, None
     return RESET_NONE, length, None, None
-
-
-def _shape(u: Tensor, A: Tensor, B: Tensor, layout: str) -> tuple[int, int, int, int, int]:
-    batch = u.shape[0]
-    dim, length = (u.shape[1], u.shape[2]) if layout == "BDL" else (u.shape[2], u.shape[1])
-    groups = 1 if B.dim() == 3 else (B.shape[1] if layout == "BDL" else B.shape[2])
-    return batch, dim, length, A.shape[1], groups
 
 
 def _num_segments(batch: int, length: int, seq_len: int | None, cu_seqlens: Tensor | None) -> int:
@@ -492,11 +465,6 @@ def plan_chunks(batch: int, groups: int, dim_per_group: int, length: int, device
     nchunks = max(1, min(triton.cdiv(wanted, programs), length // 16), triton.cdiv(length, MAX_CHUNK_LEN))
     chunk_len = triton.cdiv(length, nchunks)
     return chunk_len, triton.cdiv(length, chunk_len)
-
-
-@functools.cache
-def _sm_count(device: torch.device) -> int:
-    return torch.cuda.get_device_properties(device).multi_processor_count
 
 
 def selective_scan_fwd(

@@ -22,22 +22,20 @@ deterministic.
 
 from __future__ import annotations
 
-import contextlib
-import functools
-
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 
 from ...utils._config import triton_interpret
+from .._launch import bc_strides as _bc_strides
+from .._launch import on_device as _on_device
+from .._launch import scan_shape as _shape
+from .._launch import sm_count as _sm_count
+from .._launch import softplus as _softplus
+from .._launch import x_strides as _x_strides
 
 LOG2E = tl.constexpr(1.4426950408889634)
-
-
-@triton.jit
-def _softplus(x):
-    return tl.where(x > 20.0, x, tl.where(x < -15.0, tl.exp(x), tl.log(1.0 + tl.exp(x))))
 
 
 @triton.jit
@@ -415,11 +413,6 @@ def plan_chunks(batch: int, groups: int, dim_per_group: int, length: int, device
     return chunk_len, triton.cdiv(length, chunk_len)
 
 
-@functools.cache
-def _sm_count(device: torch.device) -> int:
-    return torch.cuda.get_device_properties(device).multi_processor_count
-
-
 def _fwd_configs() -> list[triton.Config]:
     return [
         triton.Config({"BLOCK_L": bl, "BLOCK_D": bd, "PREFETCH": prefetch}, num_warps=w)
@@ -459,26 +452,6 @@ mean_scan_fwd_tuned = triton.autotune(
 )(mean_scan_fwd_kernel)
 
 
-def _x_strides(x: Tensor, layout: str) -> tuple[int, int, int]:
-    """(batch, L, D) strides of a (batch, D, L) or (batch, L, D) tensor."""
-    return (x.stride(0), x.stride(2), x.stride(1)) if layout == "BDL" else (x.stride(0), x.stride(1), x.stride(2))
-
-
-def _bc_strides(x: Tensor, layout: str) -> tuple[int, int, int, int]:
-    """(batch, G, N, L) strides of B or C in any accepted form (a shared B/C has group stride 0)."""
-    s = x.stride()
-    if layout == "BDL":
-        return (s[0], 0, s[1], s[2]) if x.dim() == 3 else s
-    return (s[0], 0, s[2], s[1]) if x.dim() == 3 else (s[0], s[2], s[3], s[1])
-
-
-def _shape(u: Tensor, A: Tensor, B: Tensor, layout: str) -> tuple[int, int, int, int, int]:
-    batch = u.shape[0]
-    dim, length = (u.shape[1], u.shape[2]) if layout == "BDL" else (u.shape[2], u.shape[1])
-    groups = 1 if B.dim() == 3 else (B.shape[1] if layout == "BDL" else B.shape[2])
-    return batch, dim, length, A.shape[1], groups
-
-
 def _bc_from_bgln(grad: Tensor, like: Tensor, layout: str) -> Tensor:
     """(batch, G, L, N) fp32 gradient -> the form and dtype of B or C."""
     if layout == "BLD":
@@ -488,10 +461,6 @@ def _bc_from_bgln(grad: Tensor, like: Tensor, layout: str) -> Tensor:
         grad = grad.transpose(2, 3)  # (b, G, N, L)
         grad = grad.squeeze(1) if like.dim() == 3 else grad
     return grad.to(like.dtype).contiguous()
-
-
-def _on_device(device: torch.device) -> contextlib.AbstractContextManager:
-    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
 def mean_scan_fwd(

@@ -1,0 +1,49 @@
+"""Launcher pieces shared by the Triton ops: device switch, SM count, stride/shape reading, softplus."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+__all__ = ["bc_strides", "on_device", "scan_shape", "sm_count", "softplus", "x_strides"]
+
+
+def on_device(device: torch.device) -> contextlib.AbstractContextManager:
+    """Launch on `device`'s GPU (Triton uses the current one); cheaper than a `torch.device` context."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
+@functools.cache
+def sm_count(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def x_strides(x: Tensor, layout: str) -> tuple[int, int, int]:
+    """(batch, L, D) strides of a (batch, D, L) or (batch, L, D) tensor."""
+    return (x.stride(0), x.stride(2), x.stride(1)) if layout == "BDL" else (x.stride(0), x.stride(1), x.stride(2))
+
+
+def bc_strides(x: Tensor, layout: str) -> tuple[int, int, int, int]:
+    """(batch, G, N, L) strides of B or C in any accepted form (a shared B/C has group stride 0)."""
+    s = x.stride()
+    if layout == "BDL":
+        return (s[0], 0, s[1], s[2]) if x.dim() == 3 else s
+    return (s[0], 0, s[2], s[1]) if x.dim() == 3 else (s[0], s[2], s[3], s[1])
+
+
+def scan_shape(u: Tensor, A: Tensor, B: Tensor, layout: str) -> tuple[int, int, int, int, int]:
+    """(batch, channels, length, state size, groups) of a scan's inputs."""
+    batch = u.shape[0]
+    dim, length = (u.shape[1], u.shape[2]) if layout == "BDL" else (u.shape[2], u.shape[1])
+    groups = 1 if B.dim() == 3 else (B.shape[1] if layout == "BDL" else B.shape[2])
+    return batch, dim, length, A.shape[1], groups
+
+
+@triton.jit
+def softplus(x):
+    return tl.where(x > 20.0, x, tl.where(x < -15.0, tl.exp(x), tl.log(1.0 + tl.exp(x))))
