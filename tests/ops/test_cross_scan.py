@@ -184,6 +184,8 @@ def test_bad_arguments_raise_value_error(call, message):
 
 
 def test_custom_ops_opcheck():
+    import sfmamba.ops.cross_scan.chunk  # noqa: F401  (registers the ops; the public functions import it lazily)
+
     torch.manual_seed(0)
     x = torch.randn(2, 3, 5, 8, requires_grad=True)
     torch.library.opcheck(torch.ops.sfmamba.cross_scan.default, (x, "BHWC", "BLD"))
