@@ -282,7 +282,7 @@ def save_compressed(path: str | Path, model: nn.Module, metadata: dict[str, obje
 
 def load_compressed(path: str | Path, model_name: str | None = None, **kwargs) -> nn.Module:
     """Rebuild a compressed model: `timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=path))`
-    with the checkpoint's `model`, `num_classes` and `model_kwargs` metadata, then the recorded blocks converted.
+    with the checkpoint's `model`, `num_classes` and `model_kwargs` metadata (the builder converts the blocks).
     Returns the model in eval mode."""
     import timm
 
@@ -297,5 +297,5 @@ def load_compressed(path: str | Path, model_name: str | None = None, **kwargs) -
     if "num_classes" in metadata:
         model_kwargs.setdefault("num_classes", metadata["num_classes"])
         overlay["num_classes"] = metadata["num_classes"]  # else timm drops a classifier sized unlike the cfg's
-    model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, **model_kwargs)
-    return mark_blocks_from_file(model, path).eval()
+    # our model builders convert the blocks the file records (`models._checkpoint.create_with_file_hooks`)
+    return timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, **model_kwargs).eval()

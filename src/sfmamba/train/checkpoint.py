@@ -24,7 +24,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 from torch import nn
 
-from ..models._checkpoint import mark_blocks_from_file
+from ..layers.vmeanba_switch import apply as apply_vmeanba
+from ..models._checkpoint import VMEANBA_METADATA_KEY
 
 STATE_SUFFIX = ".state.pt"
 WEIGHTS_SUFFIX = ".safetensors"
@@ -196,5 +197,6 @@ def model_from_checkpoint(path: str | Path, **model_kwargs) -> tuple[nn.Module, 
     kwargs = {**metadata.get("model_kwargs", {}), **model_kwargs}
     model = timm.create_model(metadata["model"], num_classes=metadata["num_classes"], **kwargs)
     load_weights(path, model)
-    mark_blocks_from_file(model, path)  # a `sfmamba compress vmeanba` file: its converted blocks run VMeanba again
+    if metadata.get(VMEANBA_METADATA_KEY):  # a `sfmamba compress vmeanba` file: its blocks run VMeanba again
+        apply_vmeanba(model, metadata[VMEANBA_METADATA_KEY])
     return model.eval(), metadata
