@@ -1,16 +1,30 @@
-"""Launcher pieces shared by the Triton ops: device switch, SM count, stride/shape reading, softplus."""
+"""Launcher pieces shared by the Triton ops: autotuning, device switch, SM count, stride/shape reading, softplus."""
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 
-__all__ = ["bc_strides", "on_device", "scan_shape", "sm_count", "softplus", "x_strides"]
+__all__ = ["autotune", "bc_strides", "on_device", "scan_shape", "sm_count", "softplus", "x_strides"]
+
+
+_AUTOTUNE_CACHES = "cache_results" in inspect.signature(triton.autotune).parameters
+
+
+def autotune(configs: list[triton.Config], key: list[str], **kwargs):
+    """`triton.autotune` that keeps its timings in Triton's disk cache where the installed Triton can: a new
+    process (each training run, each DDP rank) then reuses them instead of re-benchmarking every config, which
+    took about a minute of start-up per process. The cache key holds the GPU target, the kernel source and the
+    tuning key, so a changed kernel or another GPU tunes afresh."""
+    if _AUTOTUNE_CACHES:
+        kwargs.setdefault("cache_results", True)
+    return triton.autotune(configs=configs, key=key, **kwargs)
 
 
 def on_device(device: torch.device) -> contextlib.AbstractContextManager:

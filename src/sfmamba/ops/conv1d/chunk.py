@@ -18,6 +18,7 @@ import triton.language as tl
 from torch import Tensor
 
 from ...utils._config import triton_interpret
+from .._launch import autotune as _autotune
 from .naive import pad_left
 
 RESET_NONE, RESET_PERIODIC, RESET_VARLEN = 0, 1, 2
@@ -69,7 +70,7 @@ def _bounds(t, L, seq_len, seg_ids_ptr, cu_ptr, RESET: tl.constexpr):
     return lo, hi
 
 
-@triton.autotune(configs=_fwd_configs(), key=["D", "K", "LAYOUT_BLD"])
+@_autotune(configs=_fwd_configs(), key=["D", "K", "LAYOUT_BLD"])
 @triton.jit(do_not_specialize=["L", "seq_len"])
 def depthwise_conv1d_fwd_kernel(
     x_ptr, w_ptr, b_ptr, seg_ids_ptr, cu_ptr, out_ptr,
@@ -102,7 +103,7 @@ def depthwise_conv1d_fwd_kernel(
     tl.store(out_ptr + t[:, None] * so_l + ch[None, :] * so_d, acc.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.autotune(configs=_bwd_configs(), key=["D", "K", "LAYOUT_BLD"])
+@_autotune(configs=_bwd_configs(), key=["D", "K", "LAYOUT_BLD"])
 @triton.jit(do_not_specialize=["L", "seq_len", "span"])
 def depthwise_conv1d_bwd_kernel(
     x_ptr, w_ptr, b_ptr, seg_ids_ptr, cu_ptr, dout_ptr,

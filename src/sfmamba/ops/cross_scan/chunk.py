@@ -16,6 +16,7 @@ import triton.language as tl
 from torch import Tensor
 
 from ...utils._config import triton_interpret
+from .._launch import autotune as _autotune
 from .._launch import on_device as _on_device
 from .naive import DIRECTIONS
 
@@ -44,7 +45,7 @@ def _scan_positions(p, H, W):
     return h, w, p, col, L - 1 - p, L - 1 - col
 
 
-@triton.autotune(configs=_configs(), key=["C", "CHANNELS_FAST"])
+@_autotune(configs=_configs(), key=["C", "CHANNELS_FAST"])
 @triton.jit(do_not_specialize=["H", "W"])
 def cross_scan_kernel(
     x_ptr, out_ptr, H, W, C,
@@ -66,7 +67,7 @@ def cross_scan_kernel(
     tl.store(out_ptr + l3[:, None].to(tl.int64) * so_l + 3 * so_k, x, mask=mask)
 
 
-@triton.autotune(configs=_configs(), key=["C", "CHANNELS_FAST"])
+@_autotune(configs=_configs(), key=["C", "CHANNELS_FAST"])
 @triton.jit(do_not_specialize=["H", "W"])
 def cross_merge_kernel(
     y_ptr, out_ptr, H, W, C,

@@ -19,6 +19,7 @@ import triton.language as tl
 from torch import Tensor
 
 from ...utils._config import triton_interpret
+from .._launch import autotune as _autotune
 from .._launch import bc_strides as _bc_strides
 from .._launch import on_device as _on_device
 from .._launch import scan_shape as _shape
@@ -129,7 +130,7 @@ def _fwd_configs() -> list[triton.Config]:
     ]
 
 
-@triton.autotune(configs=_fwd_configs(), key=["Dg", "NSTATE", "chunk_len", "SUMMARY"])
+@_autotune(configs=_fwd_configs(), key=["Dg", "NSTATE", "chunk_len", "SUMMARY"])
 @triton.heuristics({"BLOCK_N": lambda args: triton.next_power_of_2(args["NSTATE"])})
 @triton.jit(do_not_specialize=["L", "seq_len", "nchunks", "ckpt_len"])
 def selective_scan_fwd_kernel(
@@ -257,7 +258,7 @@ def _bwd_configs() -> list[triton.Config]:
     ]
 
 
-@triton.autotune(configs=_bwd_configs(), key=["Dg", "NSTATE", "CHUNK", "SUMMARY"])
+@_autotune(configs=_bwd_configs(), key=["Dg", "NSTATE", "CHUNK", "SUMMARY"])
 @triton.heuristics({"BLOCK_N": lambda args: triton.next_power_of_2(args["NSTATE"])})
 @triton.jit(do_not_specialize=["L", "seq_len", "nchunks"])
 def selective_scan_bwd_kernel(

@@ -28,6 +28,7 @@ import triton.language as tl
 from torch import Tensor
 
 from ...utils._config import triton_interpret
+from .._launch import autotune as _autotune
 from .._launch import bc_strides as _bc_strides
 from .._launch import on_device as _on_device
 from .._launch import scan_shape as _shape
@@ -445,7 +446,7 @@ def prune_fwd_configs(configs: list[triton.Config], named_args: dict, **kwargs) 
     return [c for c in configs if fits(c)] or [fallback]
 
 
-mean_scan_fwd_tuned = triton.autotune(
+mean_scan_fwd_tuned = _autotune(
     configs=_fwd_configs(),
     key=["Dg", "NSTATE", "L", "chunk_len", "SAVE", "SUMMARY"],
     prune_configs_by={"early_config_prune": prune_fwd_configs},
