@@ -31,6 +31,14 @@ def test_defaults_then_yaml_then_command_line(tmp_path):
     assert given_default.epochs == 10  # an explicit value equal to the default still beats the YAML
 
 
+def test_command_line_switches_off_a_flag_the_yaml_turns_on(tmp_path):
+    config = tmp_path / "recipe.yaml"
+    config.write_text("amp: true\nmodel_ema: true\nchannels_last: true\n")
+    assert config_from_args(parse("--config", str(config))).amp is True
+    merged = config_from_args(parse("--config", str(config), "--no-amp", "--no-model-ema"))
+    assert merged.amp is False and merged.model_ema is False and merged.channels_last is True
+
+
 def test_bad_config_files_exit_with_a_message(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text("lr: 1e-3\nlearning_rate: 2\n")

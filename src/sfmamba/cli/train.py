@@ -50,7 +50,9 @@ def _add(group, *flags: str, dest: str | None = None, **kwargs) -> None:
     dest = dest or flags[-1].lstrip("-").replace("-", "_")
     default = _DEFAULTS[dest]
     help_text = kwargs.pop("help", "")
-    if kwargs.get("action") not in ("store_true", "store_false"):
+    if kwargs.get("action") == "store_true" and not flags[-1].startswith("--no-"):
+        kwargs["action"] = argparse.BooleanOptionalAction  # --amp / --no-amp: the command line can undo the YAML
+    elif kwargs.get("action") not in ("store_true", "store_false"):
         help_text = f"{help_text} (default: {default})".strip()
     group.add_argument(*flags, dest=dest, default=argparse.SUPPRESS, help=help_text, **kwargs)
 
