@@ -27,7 +27,8 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[2]
-# name -> (timm model, model kwargs, label); the bidirectional variants halve their scanned channels (MAC-matched)
+# name -> (timm model, model kwargs, label); the bidirectional variants halve their scanned channels (MAC-matched).
+# SF-Mamba/MambaVision variants add their kwargs to the recipe's `model_kwargs` (its width); DeiT has its own size.
 VARIANTS = {
     "sf_mamba": ("sf_mamba_nano", {}, "SF-Mamba (aux tokens, uni scan)"),
     "no_aux": ("sf_mamba_nano", {"aux_tokens": False}, "no aux tokens (uni scan)"),
@@ -37,8 +38,14 @@ VARIANTS = {
     "flip": ("sf_mamba_nano", {"aux_tokens": False, "flip": True}, "Adventurer-style flip"),
     "mambavision": ("mambavision_nano", {}, "MambaVision"),
     "deit_tiny": ("deit_tiny_patch16_224", {"patch_size": 4}, "DeiT-tiny (patch 4)"),
+    "deit_256": (
+        "deit_tiny_patch16_224",
+        {"patch_size": 8, "embed_dim": 256, "num_heads": 4},
+        "DeiT, width 256 (patch 8)",
+    ),
 }
-DEFAULT_VARIANTS = ("sf_mamba", "no_aux", "bidir_parallel", "bidir_series", "mambavision", "deit_tiny")
+OWN_SIZE = ("deit_tiny", "deit_256")  # timm models that do not take the recipe's SF-Mamba kwargs
+DEFAULT_VARIANTS = ("sf_mamba", "no_aux", "bidir_parallel", "bidir_series", "mambavision", "deit_256")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -50,6 +57,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="recipe overrides for every run")
     parser.add_argument("--nproc", type=int, default=1, help="processes (GPUs) per run, through torchrun")
     parser.add_argument(
+        "--parallel",
+        type=int,
+        default=1,
+        help="runs at once on the one device (each run's log goes to <run folder>.log); small models are bound by "
+        "the host's kernel launches, so several processes share a GPU well",
+    )
+    parser.add_argument(
         "--output-root",
         default=str(REPO / "output/evidence"),
         help="run folders (<variant>_seed<seed>); reuse with --skip-existing across invocations",
@@ -58,6 +72,24 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--docs", default=str(REPO / "docs"), help="where the markdown table and plot go")
     parser.add_argument("--tag", default="", help="suffix for the result file names")
     parser.add_argument("--speed-iters", type=int, default=100, help="timed iterations of the throughput runs")
+    parser.add_argument(
+        "--warm-cache",
+        action="store_true",
+        help="first run every variant for 3 steps (not recorded), all at once, so that the runs start with Triton's "
+        "autotune cache filled; without it, parallel runs spend minutes of their budget tuning side by side",
+    )
+    parser.add_argument(
+        "--train-only",
+        action="store_true",
+        help="stop after the training runs (no speed runs, no table): collect later with --skip-existing",
+    )
+    parser.add_argument(
+        "--from-runs",
+        default=None,
+        metavar="JSON",
+        help="take the finished runs from this file (a list of records with variant, seed and the results.json "
+        "fields) instead of training: for runs whose folders live on another machine",
+    )
     parser.add_argument(
         "--skip-existing",
         action="store_true",
@@ -83,10 +115,16 @@ def recipe(args: argparse.Namespace) -> dict[str, object]:
     return settings
 
 
+def model_kwargs(settings: dict, variant: str) -> dict:
+    """The variant's kwargs over the recipe's (SF-Mamba family), or its own size (DeiT, at the recipe's img_size)."""
+    _, kwargs, _ = VARIANTS[variant]
+    if variant in OWN_SIZE:
+        return {**kwargs, "img_size": settings.get("img_size") or 64}
+    return {**(settings.get("model_kwargs") or {}), **kwargs}
+
+
 def train_command(args, settings: dict, variant: str, seed: int, run_dir: Path, config_path: Path) -> list[str]:
-    model, kwargs, _ = VARIANTS[variant]
-    if model.startswith("deit"):
-        kwargs = {**kwargs, "img_size": settings.get("img_size") or 64}
+    model, kwargs = VARIANTS[variant][0], model_kwargs(settings, variant)
     launcher = [sys.executable, "-m", "sfmamba.cli.main"]
     if args.nproc > 1:
         launcher = [
@@ -110,9 +148,29 @@ def train_command(args, settings: dict, variant: str, seed: int, run_dir: Path, 
         str(run_dir),
         "--no-progress",
     ]
-    if kwargs:
-        command += ["--model-kwargs", *(f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}" for k, v in kwargs.items())]
+    # always given: an empty --model-kwargs replaces the recipe's mapping (DeiT must not get SF-Mamba's width)
+    command += ["--model-kwargs", *(f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}" for k, v in kwargs.items())]
     return command
+
+
+def launch_waves(args, settings, config_path, env, todo, parallel: int, extra: tuple[str, ...] = ()) -> None:
+    """Run `todo` [(variant, seed, run_dir)] in waves of `parallel` processes; raise if any run fails."""
+    failed = []
+    for start in range(0, len(todo), parallel):
+        wave = []
+        for variant, seed, run_dir in todo[start : start + parallel]:
+            command = [*train_command(args, settings, variant, seed, run_dir, config_path), *extra]
+            print("+", " ".join(command), flush=True)
+            run_dir.parent.mkdir(parents=True, exist_ok=True)
+            log = None if parallel == 1 else open(f"{run_dir}.log", "w")  # noqa: SIM115 (closed below)
+            wave.append((run_dir, log, subprocess.Popen(command, env=env, cwd=REPO, stdout=log, stderr=log)))
+        for run_dir, log, process in wave:
+            if process.wait() != 0:
+                failed.append(f"{run_dir.name} (exit {process.returncode}{f', log {log.name}' if log else ''})")
+            if log:
+                log.close()
+    if failed:
+        raise SystemExit(f"training runs failed: {', '.join(failed)}")
 
 
 def run_training(args, settings: dict, stamp: str) -> list[dict]:
@@ -123,16 +181,18 @@ def run_training(args, settings: dict, stamp: str) -> list[dict]:
     config_path = root / f"recipe_{stamp}.yaml"
     config_path.write_text(yaml.safe_dump(settings, sort_keys=False))
     env = {**os.environ, "PYTHONPATH": f"{REPO / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    planned = [(variant, seed, root / f"{variant}_seed{seed}") for variant in args.variants for seed in args.seeds]
+    todo = [p for p in planned if not (args.skip_existing and (p[2] / "results.json").is_file())]
+    if args.warm_cache and todo:
+        variants = sorted({variant for variant, _, _ in todo})
+        warm = [(v, 0, root / "warm_cache" / v) for v in variants]
+        print(f"warming Triton's autotune cache: {', '.join(variants)}", flush=True)
+        launch_waves(args, settings, config_path, env, warm, len(warm), ("--max-steps", "3", "--eval-interval", "0"))
+    launch_waves(args, settings, config_path, env, todo, args.parallel)
     runs = []
-    for variant in args.variants:
-        for seed in args.seeds:
-            run_dir = root / f"{variant}_seed{seed}"
-            if not (args.skip_existing and (run_dir / "results.json").is_file()):
-                command = train_command(args, settings, variant, seed, run_dir, config_path)
-                print("+", " ".join(command), flush=True)
-                subprocess.run(command, check=True, env=env, cwd=REPO)
-            result = json.loads((run_dir / "results.json").read_text())
-            runs.append({**result, "variant": variant, "seed": seed, "run_dir": str(run_dir)})
+    for variant, seed, run_dir in planned:
+        result = json.loads((run_dir / "results.json").read_text())
+        runs.append({**result, "variant": variant, "seed": seed, "run_dir": str(run_dir)})
     return runs
 
 
@@ -141,10 +201,8 @@ def measure_speed(args, settings: dict, variant: str) -> dict[str, float]:
 
     from sfmamba.bench import measure_inference, measure_train
 
-    model_name, kwargs, _ = VARIANTS[variant]
+    model_name, kwargs = VARIANTS[variant][0], model_kwargs(settings, variant)
     img_size = settings.get("img_size") or 64
-    if model_name.startswith("deit"):
-        kwargs = {**kwargs, "img_size": img_size}
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     amp = torch.bfloat16 if device.type == "cuda" and settings.get("amp") else None
     batch = settings.get("batch_size", 256)
@@ -166,7 +224,7 @@ def measure_speed(args, settings: dict, variant: str) -> dict[str, float]:
     )
 
 
-def aggregate(runs: list[dict], speeds: dict[str, dict]) -> list[dict]:
+def aggregate(runs: list[dict], speeds: dict[str, dict], settings: dict) -> list[dict]:
     rows = []
     for variant, speed in speeds.items():
         mine = [r for r in runs if r["variant"] == variant]
@@ -177,7 +235,7 @@ def aggregate(runs: list[dict], speeds: dict[str, dict]) -> list[dict]:
                 variant=variant,
                 label=VARIANTS[variant][2],
                 model=VARIANTS[variant][0],
-                kwargs=VARIANTS[variant][1],
+                kwargs=model_kwargs(settings, variant),
                 seeds=[r["seed"] for r in mine],
                 top1=top1,
                 top1_mean=statistics.fmean(top1) if top1 else None,
@@ -191,7 +249,7 @@ def aggregate(runs: list[dict], speeds: dict[str, dict]) -> list[dict]:
 
 def write_markdown(rows: list[dict], settings: dict, path: Path, plot_name: str, result_name: str) -> None:
     lines = [
-        "# Fashion-MNIST evidence: SF-Mamba vs its ablations vs MambaVision vs DeiT-tiny",
+        "# Fashion-MNIST evidence: SF-Mamba vs its ablations vs MambaVision vs DeiT",
         "",
         f"Recipe: `{json.dumps(settings, sort_keys=True)}`.",
         f"Results: `benchmarks/results/{result_name}`. Top-1 on the 10 000 test images (EMA weights when the recipe",
@@ -243,9 +301,15 @@ def main(argv=None) -> int:
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     tag = f"_{args.tag}" if args.tag else ""
     settings = recipe(args)
-    runs = run_training(args, settings, stamp)
+    if args.from_runs:
+        runs = [r for r in json.loads(Path(args.from_runs).read_text())["runs"] if r["variant"] in args.variants]
+    else:
+        runs = run_training(args, settings, stamp)
+    if args.train_only:
+        print(f"{len(runs)} runs finished in {args.output_root}")
+        return 0
     speeds = {variant: measure_speed(args, settings, variant) for variant in args.variants}
-    rows = aggregate(runs, speeds)
+    rows = aggregate(runs, speeds, settings)
     results_dir, docs = Path(args.results_dir), Path(args.docs)
     results_dir.mkdir(parents=True, exist_ok=True)
     docs.mkdir(parents=True, exist_ok=True)
