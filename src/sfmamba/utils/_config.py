@@ -32,6 +32,19 @@ def kernel_backend() -> str:
     return value
 
 
+SCAN_FWD_ENV = "SFMAMBA_SCAN_FWD"
+SCAN_FWD_CHOICES = ("step", "tiled")
+
+
+def scan_fwd_kernel() -> str:
+    """Which Triton forward kernel the selective scan runs: `'step'` (chunk.py's, the default) or `'tiled'` (the
+    experimental tiled.py), from `SFMAMBA_SCAN_FWD`; read on every call so one process can compare both."""
+    value = os.environ.get(SCAN_FWD_ENV, "step").strip().lower() or "step"
+    if value not in SCAN_FWD_CHOICES:
+        raise ValueError(f"{SCAN_FWD_ENV} must be one of {SCAN_FWD_CHOICES}, got {value!r}")
+    return value
+
+
 def triton_interpret() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 

@@ -18,7 +18,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ...utils._config import triton_interpret
+from ...utils._config import scan_fwd_kernel, triton_interpret
 from .._launch import autotune as _autotune
 from .._launch import bc_strides as _bc_strides
 from .._launch import on_device as _on_device
@@ -468,6 +468,16 @@ def plan_chunks(batch: int, groups: int, dim_per_group: int, length: int, device
     return chunk_len, triton.cdiv(length, chunk_len)
 
 
+def _fwd_kernel():
+    """The forward kernel `SFMAMBA_SCAN_FWD` picks; both take the same arguments. tiled.py imports this module, so
+    it is imported here, when first chosen."""
+    if scan_fwd_kernel() == "tiled":
+        from .tiled import selective_scan_fwd_tiled_kernel
+
+        return selective_scan_fwd_tiled_kernel
+    return selective_scan_fwd_kernel
+
+
 def selective_scan_fwd(
     u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None, z: Tensor | None,
     delta_bias: Tensor | None, initial_state: Tensor | None, cu_seqlens: Tensor | None,
@@ -508,11 +518,12 @@ def selective_scan_fwd(
     def grid(meta: dict) -> tuple[int, int, int]:
         return triton.cdiv(dim_per_group, meta["BLOCK_D"]), groups * nchunks, batch
 
+    kernel = _fwd_kernel()
     with _on_device(u.device):
         if nchunks > 1:
-            selective_scan_fwd_kernel[grid](*args, **flags, SUMMARY=True)
+            kernel[grid](*args, **flags, SUMMARY=True)
             combine_chunks(chunk_P, chunk_S, reverse=False)
-        selective_scan_fwd_kernel[grid](*args, **flags, SUMMARY=False)
+        kernel[grid](*args, **flags, SUMMARY=False)
     return out, last.transpose(1, 2).contiguous() if return_last_state else last, ckpt
 
 

@@ -1,0 +1,181 @@
+"""Experimental tiled forward kernel of the selective scan (`SFMAMBA_SCAN_FWD=tiled`; the default is chunk.py's).
+
+Design (why): chunk.py's forward walks time one step at a time with one channel per thread, so each step waits on
+its own loads (latency-bound), and in the BDL layout those per-step channel loads are strided by L. Here one program
+owns one image x BLOCK_D channels (of one group) x one chunk of L, and walks the chunk in blocks of BLOCK_L steps:
+per block it loads [BLOCK_L, BLOCK_D] tiles of u, delta, z and [BLOCK_L, BLOCK_N] tiles of B, C -- the pointer tiles
+are built from the strides, so Triton coalesces them along whichever axis is contiguous (D in BLD, L in BDL) --
+forms the decays a = exp(dt A) and inputs b = dt u B as [BLOCK_L, BLOCK_N, BLOCK_D], and solves h[t] = a[t] h[t-1] +
+b[t] over the block with `tl.associative_scan`, continued from the state carried in registers from the previous
+block. Segment starts zero the decay (an initial state enters through the start's input), exactly as in chunk.py.
+The launcher, chunk planning, summary pass + `chunk_combine_kernel`, last-state and backward-checkpoint buffers are
+chunk.py's: this kernel takes the step kernel's arguments and writes the same buffers, so the backward runs after it
+unchanged.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from ...utils._config import triton_interpret
+from .._launch import autotune as _autotune
+from .._launch import softplus as _softplus
+from .chunk import LOG2E, _segments
+
+__all__ = ["selective_scan_fwd_tiled_kernel"]
+
+# live [BLOCK_L, BLOCK_N, BLOCK_D] fp32 tensors (a, b, their scan, h) must stay in registers: at most this many
+# elements of one such tensor per thread
+MAX_TILE_ELEMENTS_PER_THREAD = 32
+
+
+@triton.jit
+def _linear_recurrence(a1, b1, a2, b2):
+    # (a1, b1) then (a2, b2): h -> a2 (a1 h + b1) + b2
+    return a1 * a2, a2 * b1 + b2
+
+
+@triton.jit
+def _last_step(x, BLOCK_L: tl.constexpr):
+    """Row BLOCK_L - 1 of a [BLOCK_L, BLOCK_N, BLOCK_D] tensor."""
+    rows = tl.arange(0, BLOCK_L)
+    return tl.sum(tl.where((rows == BLOCK_L - 1)[:, None, None], x, 0.0), axis=0)
+
+
+@triton.jit
+def _seq_tile(ptr, offs_t, ch, mask, s_l, s_d):
+    """A [BLOCK_L, BLOCK_D] fp32 tile of a (batch, L, D) or (batch, D, L) tensor; 0 outside `mask`."""
+    return tl.load(ptr + offs_t[:, None] * s_l + ch[None, :] * s_d, mask=mask, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _bc_tile(ptr, offs_t, offs_n, mask, s_l, s_n):
+    """A [BLOCK_L, BLOCK_N] fp32 tile of B or C; 0 outside `mask`."""
+    return tl.load(ptr + offs_t[:, None] * s_l + offs_n[None, :] * s_n, mask=mask, other=0.0).to(tl.float32)
+
+
+def _fwd_configs() -> list[triton.Config]:
+    if triton_interpret():
+        return [triton.Config({"BLOCK_L": 8, "BLOCK_D": 16}, num_warps=1)]
+    return [
+        triton.Config({"BLOCK_L": bl, "BLOCK_D": bd}, num_warps=w)
+        for bl in (8, 16, 32)
+        for bd in (32, 64, 128)
+        for w in (2, 4, 8)
+    ]
+
+
+def _fits_registers(config: triton.Config, nstate: int) -> bool:
+    """Whether one [BLOCK_L, BLOCK_N, BLOCK_D] fp32 tensor fits MAX_TILE_ELEMENTS_PER_THREAD per thread and keeps
+    every thread busy."""
+    elements = config.kwargs["BLOCK_L"] * triton.next_power_of_2(nstate) * config.kwargs["BLOCK_D"]
+    threads = 32 * config.num_warps
+    return threads <= elements <= MAX_TILE_ELEMENTS_PER_THREAD * threads
+
+
+def _prune_configs(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
+    fitting = [c for c in configs if _fits_registers(c, named_args["NSTATE"])]
+    if fitting:
+        return fitting
+    # nothing fits (very large N): the smallest tile with the most warps spills least
+    return [min(configs, key=lambda c: (c.kwargs["BLOCK_L"] * c.kwargs["BLOCK_D"], -c.num_warps))]
+
+
+@_autotune(
+    configs=_fwd_configs(),
+    key=["Dg", "NSTATE", "chunk_len", "SUMMARY", "su_l"],  # su_l: 1 in BDL, D in BLD (the tile's coalesced axis)
+    prune_configs_by={"early_config_prune": _prune_configs},
+)
+@triton.heuristics({"BLOCK_N": lambda args: triton.next_power_of_2(args["NSTATE"])})
+@triton.jit(do_not_specialize=["L", "seq_len", "nchunks", "ckpt_len"])
+def selective_scan_fwd_tiled_kernel(
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, seg_ids_ptr, cu_ptr,
+    out_ptr, last_ptr, ckpt_ptr, chunk_P_ptr, chunk_S_ptr,
+    L, Dg, NSTATE, seq_len, chunk_len, nchunks, ckpt_len,
+    su_b, su_l, su_d, sdt_b, sdt_l, sdt_d, sz_b, sz_l, sz_d, so_b, so_l, so_d,
+    sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    HAS_H0: tl.constexpr, RESET: tl.constexpr, STORE_LAST: tl.constexpr, STORE_CKPT: tl.constexpr,
+    SUMMARY: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+):  # fmt: skip
+    # Same arguments, grid and buffers as chunk.selective_scan_fwd_kernel (PREFETCH replaced by BLOCK_L).
+    # SUMMARY pass: the chunk's decay product P and end state S from a zero start; main pass: start from the
+    # incoming state (chunk_combine_kernel's), scan the chunk block by block, write y.
+    pid_d, pid_gc, pid_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    pid_g, c = pid_gc // nchunks, pid_gc % nchunks
+    D_total = Dg * (tl.num_programs(1) // nchunks)
+    STATE = D_total * NSTATE  # one (N, D) state, D contiguous
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    mask_d = offs_d < Dg
+    ch = pid_g * Dg + offs_d
+    offs_n = tl.arange(0, BLOCK_N)
+    mask_n = offs_n < NSTATE
+    mask_dn = mask_n[:, None] & mask_d[None, :]
+    state_offs = offs_n[:, None] * D_total + ch[None, :]  # [BN, BD]
+    A2 = tl.load(A_ptr + state_offs, mask=mask_dn, other=0.0) * LOG2E
+    Dv = tl.load(D_ptr + ch, mask=mask_d, other=0.0) if HAS_D else None
+    bias = tl.load(bias_ptr + ch, mask=mask_d, other=0.0) if HAS_BIAS else None
+    u_ptr += pid_b * su_b
+    delta_ptr += pid_b * sdt_b
+    z_ptr += pid_b * sz_b
+    out_ptr += pid_b * so_b
+    B_ptr += pid_b * sB_b + pid_g * sB_g
+    C_ptr += pid_b * sC_b + pid_g * sC_g
+    chunk_base = pid_b * nchunks * STATE
+    rows = tl.arange(0, BLOCK_L)
+    h_carry = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    decay_carry = tl.full([BLOCK_N, BLOCK_D], 1.0, dtype=tl.float32)
+    if not SUMMARY:
+        h_carry = tl.load(chunk_S_ptr + chunk_base + c * STATE + state_offs, mask=mask_dn & (c > 0), other=0.0)
+    t_start = c * chunk_len
+    t_end = tl.minimum(t_start + chunk_len, L)
+    for t0 in range(t_start, t_end, BLOCK_L):
+        offs_t = t0 + rows
+        valid = offs_t < t_end
+        mask = valid[:, None] & mask_d[None, :]  # [BL, BD]
+        mask_tn = valid[:, None] & mask_n[None, :]  # [BL, BN]
+        x = _seq_tile(u_ptr, offs_t, ch, mask, su_l, su_d)
+        dt = _seq_tile(delta_ptr, offs_t, ch, mask, sdt_l, sdt_d)
+        if HAS_BIAS:
+            dt += bias[None, :]
+        if SOFTPLUS:
+            dt = _softplus(dt)
+        dt = tl.where(mask, dt, 0.0)  # steps past the chunk: a = 1, b = 0 (identities), so the last row is the end
+        Bt = _bc_tile(B_ptr, offs_t, offs_n, mask_tn, sB_l, sB_n)
+        dA = tl.exp2(dt[:, None, :] * A2[None, :, :])  # [BL, BN, BD]
+        b = (dt * x)[:, None, :] * Bt[:, :, None]
+        seg, start, end = _segments(offs_t, L, seq_len, seg_ids_ptr, cu_ptr, pid_b, RESET)
+        start = start & valid
+        start3 = start[:, None, None]
+        if HAS_H0:  # the state before a segment enters through its first step
+            mask_h0 = start3 & mask_dn[None, :, :]
+            h0 = tl.load(h0_ptr + seg[:, None, None] * STATE + state_offs[None, :, :], mask=mask_h0, other=0.0)
+            b += dA * h0
+        a = tl.where(start3, 0.0, dA)  # a segment start forgets the carried state
+        a_cum, h_local = tl.associative_scan((a, b), 0, _linear_recurrence)
+        h = h_local + a_cum * h_carry[None, :, :]  # [BL, BN, BD]: the state after every step of the block
+        h_carry = _last_step(h, BLOCK_L)
+        if SUMMARY:
+            decay_carry *= _last_step(a_cum, BLOCK_L)
+        else:
+            Ct = _bc_tile(C_ptr, offs_t, offs_n, mask_tn, sC_l, sC_n)
+            y = tl.sum(h * Ct[:, :, None], axis=1)  # [BL, BD]
+            if HAS_D:
+                y += x * Dv[None, :]
+            if HAS_Z:
+                zt = _seq_tile(z_ptr, offs_t, ch, mask, sz_l, sz_d)
+                y *= zt * tl.sigmoid(zt)
+            tl.store(out_ptr + offs_t[:, None] * so_l + ch[None, :] * so_d, y.to(out_ptr.dtype.element_ty), mask=mask)
+            if STORE_LAST:
+                last_offs = seg[:, None, None] * STATE + state_offs[None, :, :]
+                tl.store(last_ptr + last_offs, h, mask=(end & valid)[:, None, None] & mask_dn[None, :, :])
+            if STORE_CKPT:  # the state after every ckpt_len steps, for the backward
+                is_ckpt = (((offs_t + 1) % ckpt_len == 0) | (offs_t == L - 1)) & valid
+                ckpt_row = pid_b * tl.cdiv(L, ckpt_len) + offs_t // ckpt_len
+                ckpt_offs = ckpt_row[:, None, None] * STATE + state_offs[None, :, :]
+                tl.store(ckpt_ptr + ckpt_offs, h, mask=is_ckpt[:, None, None] & mask_dn[None, :, :])
+    if SUMMARY:
+        offs = chunk_base + c * STATE + state_offs
+        tl.store(chunk_P_ptr + offs, decay_carry, mask=mask_dn)
+        tl.store(chunk_S_ptr + offs, h_carry, mask=mask_dn)
