@@ -1,0 +1,217 @@
+"""The experimental tiled forward kernel (`SFMAMBA_SCAN_FWD=tiled`, tiled.py) against the fp32 reference.
+
+Same template and helpers as test_selective_scan.py (inputs, reference comparison with per-dtype tolerances, forced
+kernel dispatch, NaN-poisoned outputs from conftest), with the environment switched to the tiled forward and the
+step forward made to fail if it runs. The interpreter's tile is BLOCK_L = 8 steps x BLOCK_D = 16 channels, so the
+shapes cover partial step blocks (L = 1, 7, 49, 51, 70), partial channel blocks (D = 12, 20, 24), N = 1..16, grouped
+B/C, both layouts; chunk splits that fall inside a step block; segment starts inside blocks.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported (see test_selective_scan.py)
+
+import functools  # noqa: E402
+from unittest import mock  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+import triton  # noqa: E402
+from test_selective_scan import (  # noqa: E402
+    FORCED_CHUNK_LEN,
+    compare_with_reference,
+    make_inputs,
+    shape_id,
+)
+
+from sfmamba.ops.selective_scan import chunk, tiled  # noqa: E402
+from sfmamba.utils._config import SCAN_FWD_ENV, scan_fwd_kernel  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def tiled_forward(monkeypatch):
+    """Every scan in these tests runs the tiled forward: the step forward fails if launched, and the tiled one must
+    have been launched by the end of each test that scans."""
+    monkeypatch.setenv(SCAN_FWD_ENV, "tiled")
+    monkeypatch.setenv("SFMAMBA_KERNEL", "triton")
+    kernel = tiled.selective_scan_fwd_tiled_kernel
+    step_ran = AssertionError("the step forward kernel ran under SFMAMBA_SCAN_FWD=tiled")
+    with (
+        mock.patch.object(chunk.selective_scan_fwd_kernel, "run", side_effect=step_ran),
+        mock.patch.object(kernel, "run", wraps=kernel.run) as spy,
+    ):
+        yield spy
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# forward: shapes x layouts x dtypes
+
+
+SHAPES = [
+    # batch, L, D, N, G
+    (2, 1, 8, 8, 1),
+    (1, 7, 12, 16, 1),
+    (2, 49, 24, 8, 2),
+    (1, 51, 24, 4, 4),
+    (1, 70, 20, 1, 1),
+]
+
+
+def _forward_grid():
+    """fp32 in both layouts; bf16 in one layout per shape, alternating."""
+    for i, shape in enumerate(SHAPES):
+        for layout in ("BDL", "BLD"):
+            yield pytest.param(*shape, layout, torch.float32, id=shape_id(*shape, layout, torch.float32))
+        layout = "BLD" if i % 2 else "BDL"
+        yield pytest.param(*shape, layout, torch.bfloat16, id=shape_id(*shape, layout, torch.bfloat16))
+
+
+@pytest.mark.parametrize("batch, length, dim, nstate, groups, layout, dtype", list(_forward_grid()))
+def test_tiled_forward(tiled_forward, batch, length, dim, nstate, groups, layout, dtype):
+    """Output and last states with every option on (D, z, delta_bias, softplus, initial_state)."""
+    torch.manual_seed(42)
+    inputs = make_inputs(batch, length, dim, nstate, groups, layout, segments=batch)
+    compare_with_reference(inputs, dtype, {"delta_softplus": True, "layout": layout}, backward=False)
+    assert tiled_forward.called
+
+
+OPTION_SETS = [
+    # layout, softplus, D, z, delta_bias, return_last_state
+    ("BLD", False, False, False, False, False),
+    ("BDL", True, False, False, True, True),
+    ("BLD", False, True, True, False, True),
+    ("BDL", False, False, True, True, False),
+]
+
+
+@pytest.mark.parametrize(
+    "layout, softplus, has_D, has_z, has_bias, last",
+    [pytest.param(*o, id="-".join(str(v) for v in o)) for o in OPTION_SETS],
+)
+def test_tiled_options(tiled_forward, layout, softplus, has_D, has_z, has_bias, last):
+    """Each optional input present or absent, softplus on or off, with or without the last state."""
+    torch.manual_seed(42)
+    inputs = make_inputs(2, 23, 12, 4, 1, layout, D=has_D, z=has_z, delta_bias=has_bias, softplus=softplus)
+    flags = {"delta_softplus": softplus, "layout": layout}
+    compare_with_reference(inputs, torch.float32, flags, backward=False, return_last_state=last)
+    assert tiled_forward.called
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# resets and the two-pass chunking
+
+
+RESET_CASES = [
+    # layout, reset, chunk length forced (None: one chunk per row)
+    ("BDL", "seq_len", None),
+    ("BLD", "cu_seqlens", None),
+    ("BLD", None, 5),
+    ("BDL", "seq_len", 5),
+    ("BLD", "cu_seqlens", 16),
+]
+
+
+def _reset_flags(layout: str, reset: str | None) -> tuple[int, int, dict, int]:
+    """(batch, L, flags, number of segments) of a row with resets inside and across step blocks."""
+    flags = {"delta_softplus": True, "layout": layout}
+    if reset == "cu_seqlens":
+        flags["cu_seqlens"] = torch.tensor([0, 1, 6, 20, 21, 37])
+        return 1, 37, flags, 5
+    if reset == "seq_len":
+        flags["seq_len"] = 12
+        return 2, 36, flags, 6
+    return 2, 36, flags, 2
+
+
+@pytest.mark.parametrize(
+    "layout, reset, chunk_len", [pytest.param(*c, id=f"{c[0]}-{c[1]}-chunk{c[2]}") for c in RESET_CASES]
+)
+def test_tiled_resets_and_chunks(tiled_forward, layout, reset, chunk_len):
+    """seq_len / cu_seqlens resets with initial and last states, in one chunk or split into chunks of 5 or 16 steps
+    (summary pass + chunk_combine_kernel + main pass)."""
+    torch.manual_seed(42)
+    batch, length, flags, segments = _reset_flags(layout, reset)
+    inputs = make_inputs(batch, length, 20, 4, 2, layout, segments=segments)
+    kernel = "triton" if chunk_len is None else "triton-2pass"
+    with mock.patch.dict(FORCED_CHUNK_LEN, {"triton-2pass": chunk_len}):
+        compare_with_reference(inputs, torch.float32, flags, backward=False, kernel=kernel)
+    assert tiled_forward.call_count == (1 if chunk_len is None else 2)  # the summary pass is the tiled kernel too
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the backward after the tiled forward (its checkpoints)
+
+
+def _forward_buffers(kind: str, inputs: dict, layout: str, monkeypatch) -> tuple[torch.Tensor, ...]:
+    monkeypatch.setenv(SCAN_FWD_ENV, kind)
+    names = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state")
+    args = [inputs.get(n) for n in names]
+    return chunk.selective_scan_fwd(*args, None, True, None, layout, True, True)
+
+
+def test_tiled_checkpoints_equal_step_checkpoints(tiled_forward, monkeypatch):
+    """The states stored for the backward (every bwd_chunk_for(N) steps and at the row end) match the step
+    kernel's, as do output and last states."""
+    torch.manual_seed(42)
+    inputs = make_inputs(2, 45, 20, 4, 2, "BLD", segments=2)
+    step = chunk.selective_scan_fwd_kernel
+    with mock.patch.object(step, "run", functools.partial(type(step).run, step)):  # lift the fixture's guard
+        want = _forward_buffers("step", inputs, "BLD", monkeypatch)
+    got = _forward_buffers("tiled", inputs, "BLD", monkeypatch)
+    assert tiled_forward.called
+    assert got[2].shape == want[2].shape == (2, triton.cdiv(45, chunk.bwd_chunk_for(4)), 4, 20)
+    for name, w, g in zip(("out", "last_state", "checkpoints"), want, got):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5, msg=lambda m, name=name: f"{name}: {m}")
+
+
+@pytest.mark.parametrize(
+    "layout, dtype, reset, chunk_len",
+    [pytest.param("BLD", torch.float32, None, None, id="BLD-fp32"),
+     pytest.param("BDL", torch.bfloat16, "cu_seqlens", 5, id="BDL-bf16-cu_seqlens-chunk5")],
+)  # fmt: skip
+def test_tiled_forward_then_backward(tiled_forward, layout, dtype, reset, chunk_len):
+    """Every gradient (u, delta, A, B, C, D, z, delta_bias, initial_state) through the step backward, which
+    recomputes from the tiled forward's checkpoints."""
+    torch.manual_seed(42)
+    batch, length, flags, segments = _reset_flags(layout, reset)
+    inputs = make_inputs(batch, length, 20, 4, 2, layout, segments=segments)
+    kernel = "triton" if chunk_len is None else "triton-2pass"
+    with mock.patch.dict(FORCED_CHUNK_LEN, {"triton-2pass": chunk_len}):
+        errors = compare_with_reference(inputs, dtype, flags, backward=True, kernel=kernel)
+    assert set(errors) >= {f"d{n}" for n in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state")}
+    assert tiled_forward.called
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# selection and configs
+
+
+def test_scan_fwd_env_values(monkeypatch):
+    monkeypatch.delenv(SCAN_FWD_ENV)
+    assert scan_fwd_kernel() == "step"
+    monkeypatch.setenv(SCAN_FWD_ENV, " Tiled ")
+    assert scan_fwd_kernel() == "tiled"
+    monkeypatch.setenv(SCAN_FWD_ENV, "tile")
+    with pytest.raises(ValueError, match=SCAN_FWD_ENV):
+        scan_fwd_kernel()
+
+
+@pytest.mark.parametrize("nstate", [1, 4, 8, 16, 64])
+def test_gpu_configs_pruned_to_registers(monkeypatch, nstate):
+    """The GPU autotune list keeps only tiles whose [BLOCK_L, BLOCK_N, BLOCK_D] tensors fit the per-thread budget,
+    never nothing; N = 1 keeps the largest tiles."""
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    configs = tiled._fwd_configs()
+    assert len(configs) == 27
+    kept = tiled._prune_configs(configs, {"NSTATE": nstate})
+    assert kept
+    if nstate <= 16:
+        assert all(tiled._fits_registers(c, nstate) for c in kept)
+    else:
+        assert len(kept) == 1 and kept[0].kwargs == {"BLOCK_L": 8, "BLOCK_D": 32}
+    if nstate == 1:
+        assert any(c.kwargs == {"BLOCK_L": 32, "BLOCK_D": 128} for c in kept)
+    if nstate == 8:
+        assert not any(c.kwargs == {"BLOCK_L": 32, "BLOCK_D": 128} for c in kept)
