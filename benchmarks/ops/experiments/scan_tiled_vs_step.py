@@ -1,0 +1,194 @@
+"""Scan-kernel experiment: the tiled forward (tiled.py) vs the step forward (chunk.py), both layouts, one process.
+
+    python benchmarks/ops/experiments/scan_tiled_vs_step.py [--dtypes bf16 fp32] [--layouts BLD BDL] [--train]
+    TRITON_INTERPRET=1 SFMAMBA_KERNEL=triton python benchmarks/ops/experiments/scan_tiled_vs_step.py --smoke  # CPU
+
+`SFMAMBA_SCAN_FWD` is switched between the calls. Every (shape, dtype, layout, kernel) is first checked against the
+fp32 reference on 8 images of the shape (no number is reported for a kernel that fails), then timed two ways:
+  graph:         `triton.testing.do_bench_cudagraph` median (one call per replay, L2 warm from the previous replay);
+  graph_flushed: a CUDA graph of `reps` x (zero a 256 MiB buffer, call) minus a graph of `reps` x (zero the buffer),
+                 median over replays, per call: GPU time with the L2 flushed before every call.
+`--train` also times the forward that stores the backward's checkpoints (inputs requiring grad).
+Writes benchmarks/results/scan_tiled_vs_step_<date>.json with device, versions, date, the autotuner's choices.
+`--smoke`: one tiny shape, a few eager calls timed on the host -- a check that the script runs, not a measurement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("SFMAMBA_VALUE_CHECKS", "0")  # time the kernels, not the value checks' device syncs
+ROOT = Path(__file__).resolve().parents[3]
+sys.path.insert(0, str(ROOT / "src"))
+
+import torch  # noqa: E402
+import triton  # noqa: E402
+
+from sfmamba.ops.selective_scan import chunk, selective_scan, selective_scan_naive, tiled  # noqa: E402
+from sfmamba.testing import relative_error  # noqa: E402
+from sfmamba.utils._config import SCAN_FWD_ENV  # noqa: E402
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+# batch, D, L, N, G: MambaVision-T stage 3 and 4, VMamba-v2-T stage 1 (4 directions in one grouped scan)
+SHAPES = [(128, 160, 196, 8, 1), (128, 320, 49, 8, 1), (128, 384, 3136, 1, 4)]
+SMOKE_SHAPES = [(2, 20, 19, 4, 2)]
+KERNELS = {"step": chunk.selective_scan_fwd_kernel, "tiled": tiled.selective_scan_fwd_tiled_kernel}
+FLUSH_BYTES = 256 * 2**20  # > the 50 MiB L2 of an H100 / H200
+
+
+def shape_name(shape: tuple[int, ...]) -> str:
+    b, d, length, n, g = shape
+    return f"B{b}-D{d}-L{length}-N{n}" + (f"-G{g}" if g > 1 else "")
+
+
+def make_inputs(shape, dtype, layout, device, requires_grad, seed) -> dict:
+    """Inputs like a mixer's: u, delta (softplus'd around 0.1), B, C in `dtype`; A, D, delta_bias fp32."""
+    b, d, length, n, g = shape
+    gen = torch.Generator(device=device).manual_seed(seed)
+
+    def rand(*size, scale=1.0, shift=0.0, dt=dtype):
+        return (torch.randn(*size, device=device, generator=gen) * scale + shift).to(dt).requires_grad_(requires_grad)
+
+    seq = (b, d, length) if layout == "BDL" else (b, length, d)
+    if layout == "BDL":
+        bc = (b, n, length) if g == 1 else (b, g, n, length)
+    else:
+        bc = (b, length, n) if g == 1 else (b, length, g, n)
+    A = (-torch.exp(torch.randn(d, n, device=device, generator=gen) * 0.5)).requires_grad_(requires_grad)
+    return dict(u=rand(*seq), delta=rand(*seq, scale=0.5, shift=-2.0), A=A, B=rand(*bc), C=rand(*bc),
+                D=rand(d, dt=torch.float32), delta_bias=rand(d, scale=0.1, dt=torch.float32))  # fmt: skip
+
+
+def scan(x: dict, layout: str, naive: bool = False) -> torch.Tensor:
+    fn = selective_scan_naive if naive else selective_scan
+    return fn(x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], None, x["delta_bias"], True, layout=layout)
+
+
+def check(shape, dtype, layout, device, train: bool) -> float:
+    """Relative error of the current forward vs the fp32 reference on 8 images of the shape (same rounded inputs);
+    `train`: inputs requiring grad, so the variant that stores checkpoints is the one checked."""
+    small = (min(8, shape[0]), *shape[1:])
+    x = make_inputs(small, dtype, layout, device, requires_grad=train, seed=123)
+    with torch.no_grad():
+        ref = scan({k: v.float() for k, v in x.items()}, layout, naive=True)
+    return relative_error(ref, scan(x, layout).detach().float())
+
+
+def graph_flushed_us(call, reps: int, replays: int) -> float:
+    """Per-call GPU time with L2 flushed before each call: graph(flush + call) - graph(flush), median of replays."""
+    flush = torch.empty(FLUSH_BYTES // 4, device="cuda", dtype=torch.int32)
+
+    def capture(with_call: bool) -> torch.cuda.CUDAGraph:
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            for _ in range(reps):
+                flush.zero_()
+                if with_call:
+                    call()
+        return graph
+
+    def median_ms(graph: torch.cuda.CUDAGraph) -> float:
+        graph.replay()
+        times = []
+        for _ in range(replays):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            graph.replay()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+        return statistics.median(times)
+
+    both, flush_only = capture(True), capture(False)
+    return (median_ms(both) - median_ms(flush_only)) / reps * 1e3
+
+
+def time_call(call, device, args) -> dict[str, float]:
+    if device.type != "cuda":  # --smoke on the CPU: host time of a few interpreted calls, not a measurement
+        start = time.perf_counter()
+        for _ in range(2):
+            call()
+        return {"host_interpreted": (time.perf_counter() - start) / 2 * 1e6}
+    call()  # autotune and compile outside the captures
+    p50, p20, p80 = triton.testing.do_bench_cudagraph(call, rep=args.rep_ms, quantiles=[0.5, 0.2, 0.8])
+    return {"graph": p50 * 1e3, "graph_p20": p20 * 1e3, "graph_p80": p80 * 1e3,
+            "graph_flushed": graph_flushed_us(call, args.flush_reps, args.flush_replays)}  # fmt: skip
+
+
+def run_one(shape, dname, layout, kernel, train, device, args) -> dict | None:
+    os.environ[SCAN_FWD_ENV] = kernel
+    dtype = DTYPES[dname]
+    err = check(shape, dtype, layout, device, train)
+    tol = 1e-4 if dtype == torch.float32 else 3e-2
+    row = dict(shape=shape_name(shape), dtype=dname, layout=layout, kernel=kernel,
+               mode="fwd+ckpt" if train else "fwd", rel_err=err)  # fmt: skip
+    if not err <= tol:  # also catches NaN
+        print(f"!! {row}: rel err {err:.2e} > {tol:.0e}; not timed", flush=True)
+        return None
+    x = make_inputs(shape, dtype, layout, device, requires_grad=train, seed=0)
+
+    def call():
+        with torch.set_grad_enabled(train):
+            return scan(x, layout)
+
+    row.update(time_call(call, device, args))
+    b, d, length, n, g = shape
+    row["chunks"] = chunk.plan_chunks(b, g, d // g, length, device)
+    row["config"] = str(getattr(KERNELS[kernel], "best_config", None))
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dtypes", nargs="+", choices=list(DTYPES), default=["bf16", "fp32"])
+    parser.add_argument("--layouts", nargs="+", choices=["BLD", "BDL"], default=["BLD", "BDL"])
+    parser.add_argument("--kernels", nargs="+", choices=list(KERNELS), default=list(KERNELS))
+    parser.add_argument("--shapes", type=int, nargs="+", default=None, help="indices into SHAPES")
+    parser.add_argument("--train", action="store_true", help="also time the forward that stores checkpoints")
+    parser.add_argument("--rep-ms", type=int, default=200)
+    parser.add_argument("--flush-reps", type=int, default=20, help="calls per flushed graph")
+    parser.add_argument("--flush-replays", type=int, default=20)
+    parser.add_argument("--smoke", action="store_true", help="one tiny shape (runs on the CPU under the interpreter)")
+    parser.add_argument("--out", type=Path, default=None, help="JSON path (default benchmarks/results/...)")
+    args = parser.parse_args()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cpu" and not (args.smoke and os.environ.get("TRITON_INTERPRET") == "1"):
+        parser.error("no CUDA device: only --smoke under TRITON_INTERPRET=1 SFMAMBA_KERNEL=triton runs on the CPU")
+    shapes = SMOKE_SHAPES if args.smoke else SHAPES if args.shapes is None else [SHAPES[i] for i in args.shapes]
+    rows = []
+    for shape in shapes:
+        for dname in args.dtypes:
+            for layout in args.layouts:
+                for train in (False, True) if args.train else (False,):
+                    for kernel in args.kernels:
+                        row = run_one(shape, dname, layout, kernel, train, device, args)
+                        if row is not None:
+                            rows.append(row)
+                            print(
+                                {k: float(f"{v:.4g}") if isinstance(v, float) else v for k, v in row.items()},
+                                flush=True,
+                            )
+    stamp = datetime.datetime.now(datetime.timezone.utc)
+    meta = dict(
+        device=torch.cuda.get_device_name() if device.type == "cuda" else f"cpu ({platform.processor()}), interpreter",
+        torch=torch.__version__, triton=triton.__version__, python=platform.python_version(),
+        date=stamp.isoformat(), smoke=args.smoke, units="us per call", rows=rows,
+    )  # fmt: skip
+    out = args.out or ROOT / "benchmarks" / "results" / f"scan_tiled_vs_step_{stamp:%Y%m%dT%H%M%SZ}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(meta, indent=1))
+    os.replace(tmp, out)
+    print("wrote", out)
+
+
+if __name__ == "__main__":
+    main()
