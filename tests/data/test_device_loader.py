@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -9,9 +11,17 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from sfmamba.data import AugmentConfig, build_transform, create_dataset, make_synthetic_fashion_mnist
-from sfmamba.data.device_loader import DeviceBatchLoader, crop_resize_flip, random_crop_boxes
+from sfmamba.data.device_loader import (
+    DEFAULT_RATIO,
+    DeviceBatchLoader,
+    EraseSettings,
+    crop_resize_flip,
+    erase_boxes,
+    random_crop_boxes,
+    random_erase_boxes,
+)
 from sfmamba.data.fashion_mnist import FASHION_MNIST_MEAN, FASHION_MNIST_STD
-from sfmamba.data.loader import ResumableSampler
+from sfmamba.data.loader import ResumableSampler, _sample_seed
 from sfmamba.train import TrainConfig, train
 
 
@@ -144,3 +154,110 @@ def test_data_on_device_is_refused_for_folder_datasets(fmnist_root, tmp_path):
         DeviceBatchLoader(object(), 4, True, 16, "cpu")
     with pytest.raises(ValueError, match="data_on_device supports crop, hflip and random erasing only; unset aa"):
         DeviceBatchLoader(_split(fmnist_root, "train"), 4, True, 16, "cpu", AugmentConfig(aa="rand-m9"))
+
+
+def _timm_erase_box(u, height, width, settings):
+    """timm's RandomErasing._erase (max_count 1) for one image, on the given uniform draws u [5, tries]."""
+    if not u[4][0] < settings.probability:
+        return [0.0] * 4
+    log_lo, log_hi = math.log(settings.min_aspect), math.log(settings.max_aspect)
+    for attempt in range(len(u[0])):
+        target_area = (settings.min_area + (settings.max_area - settings.min_area) * u[0][attempt]) * height * width
+        aspect = math.exp(log_lo + (log_hi - log_lo) * u[1][attempt])
+        h, w = int(round(math.sqrt(target_area * aspect))), int(round(math.sqrt(target_area / aspect)))
+        if w < width and h < height:
+            top, left = int(u[2][attempt] * (height - h + 1)), int(u[3][attempt] * (width - w + 1))
+            return [float(top), float(left), float(h), float(w)]
+    return [0.0] * 4
+
+
+def test_erase_boxes_follow_timm_draw_by_draw():
+    settings = EraseSettings(0.6)
+    generator = torch.Generator().manual_seed(3)
+    boxes = random_erase_boxes(300, 24, 40, settings, generator, torch.device("cpu"))
+    generator.manual_seed(3)
+    draws = torch.rand((5, 300, 10), generator=generator, dtype=torch.float64)
+    expected = [_timm_erase_box(draws[:, i].tolist(), 24, 40, settings) for i in range(300)]
+    assert boxes.tolist() == expected
+    # no try fits: nothing is erased (timm gives up after its 10 tries)
+    huge = EraseSettings(1.0, min_area=1.5, max_area=2.0)
+    assert random_erase_boxes(16, 24, 40, huge, generator, torch.device("cpu"))[:, 2:].abs().sum() == 0
+
+
+def test_erase_boxes_fraction_position_area_and_aspect():
+    generator = torch.Generator().manual_seed(0)
+    settings = EraseSettings(0.25)
+    boxes = random_erase_boxes(4000, 64, 64, settings, generator, torch.device("cpu"))
+    top, left, height, width = boxes.unbind(1)
+    erased = height > 0
+    assert erased.float().mean().item() == pytest.approx(0.25, abs=0.03)  # 4.4 sigma of a binomial over 4000
+    assert ((height > 0) == (width > 0)).all()
+    top, left, height, width = top[erased], left[erased], height[erased], width[erased]
+    assert (top >= 0).all() and (left >= 0).all() and (top + height <= 64).all() and (left + width <= 64).all()
+    assert (height < 64).all() and (width < 64).all()
+    area = height * width / 64**2
+    assert area.min() > 0.015 and area.max() < 0.36  # (0.02, 1/3) up to the rounding of the sides
+    aspect = height / width
+    assert aspect.min() > 0.25 and aspect.max() < 4.0  # (0.3, 1/0.3) up to rounding
+    assert aspect.min() < 0.4 and aspect.max() > 2.5 and area.min() < 0.03 and area.max() > 0.3  # the whole range
+    assert len(set(top.tolist())) > 20 and len(set(left.tolist())) > 20
+    assert random_erase_boxes(500, 64, 64, EraseSettings(0.0), generator, torch.device("cpu"))[:, 2:].sum() == 0
+
+
+@pytest.mark.parametrize("mode", ["pixel", "rand", "const"])
+def test_erasing_fills_only_the_box(mode):
+    images = torch.full((2, 3, 16, 20), 7.0)
+    boxes = torch.tensor([[2.0, 3.0, 5.0, 9.0], [0.0, 0.0, 0.0, 0.0]], dtype=torch.float64)
+    out = erase_boxes(images.clone(), boxes, mode, torch.Generator().manual_seed(0))
+    inside = torch.zeros(2, 1, 16, 20, dtype=torch.bool)
+    inside[0, :, 2:7, 3:12] = True
+    inside = inside.expand_as(images)
+    assert torch.equal(out[~inside], images[~inside])  # outside the box (and the whole second image) untouched
+    box = out[0, :, 2:7, 3:12]
+    if mode == "const":
+        assert torch.equal(box, torch.zeros_like(box))
+    elif mode == "rand":  # one normal colour per channel
+        assert torch.equal(box, box[:, :1, :1].expand_as(box)) and (box != 7.0).all()
+    else:  # normal noise per pixel and channel
+        assert (box != 7.0).all() and len(set(box.flatten().tolist())) == box.numel()
+        noise = erase_boxes(torch.zeros(64, 3, 16, 20), boxes[:1].expand(64, 4), mode, torch.Generator())
+        values = noise[:, :, 2:7, 3:12]
+        assert abs(values.mean().item()) < 0.05 and values.std().item() == pytest.approx(1.0, abs=0.05)
+
+
+def test_erasing_settings_are_checked():
+    with pytest.raises(ValueError, match="remode must be one of pixel, rand, const, got 'noise'"):
+        EraseSettings(0.25, "noise")
+    with pytest.raises(ValueError, match=r"reprob must be in \[0, 1\], got 1.5"):
+        EraseSettings(1.5)
+
+
+def test_erasing_leaves_the_crop_path_and_is_seeded(fmnist_root):
+    train_set = _split(fmnist_root, "train")
+
+    def batches(reprob: float, seed: int = 4) -> list[torch.Tensor]:
+        loader = DeviceBatchLoader(train_set, 8, True, 24, "cpu", AugmentConfig(scale=[0.5, 1.0], reprob=reprob), seed)
+        loader.sampler.set_epoch(1)
+        return [images for images, _ in loader]
+
+    plain, erased = batches(0.0), batches(1.0)
+    # the crop path: the loader's batch is random_crop_boxes + crop_resize_flip from the batch's seed
+    sampler = ResumableSampler(32, 8, True, seed=4)
+    sampler.set_epoch(1)
+    order = torch.tensor(list(sampler))
+    generator = torch.Generator().manual_seed(_sample_seed(4, 1, 0))
+    crops = random_crop_boxes(8, 28, 28, (0.5, 1.0), DEFAULT_RATIO, generator, torch.device("cpu"))
+    flip = torch.rand(8, generator=generator) < 0.5
+    source = torch.from_numpy(train_set.images)[order[:8]].unsqueeze(1).float().div(255)
+    expected = crop_resize_flip(source, crops, flip, 24, "bilinear").expand(-1, 3, -1, -1) - FASHION_MNIST_MEAN[0]
+    assert torch.allclose(plain[0], expected / FASHION_MNIST_STD[0], atol=1e-6)
+    low, high = (0 - FASHION_MNIST_MEAN[0]) / FASHION_MNIST_STD[0], (1 - FASHION_MNIST_MEAN[0]) / FASHION_MNIST_STD[0]
+    for clean, noisy in zip(plain, erased, strict=True):
+        assert clean.min() >= low - 1e-5 and clean.max() <= high + 1e-5  # reprob 0: nothing erased
+        changed = (clean != noisy).any(dim=1)  # [B, H, W]
+        rows, cols = changed.any(dim=2).sum(dim=1), changed.any(dim=1).sum(dim=1)
+        assert (rows > 0).all()  # reprob 1: every image has a box (24 px: a try fits)
+        assert torch.equal(changed.flatten(1).sum(dim=1), rows * cols)  # what changed is one rectangle
+    again, other = batches(1.0), batches(1.0, seed=5)
+    assert all(torch.equal(a, b) for a, b in zip(erased, again, strict=True))  # same seed: the same batches
+    assert not torch.equal(erased[0], other[0])

@@ -8,22 +8,24 @@ share and resume point as the CPU loader), then augmented in a few batched ops:
   aspect ratio in `ratio`, integer box, centre-crop fallback), drawn for the whole batch at once; crop, resize to
   img_size and horizontal flip are one `affine_grid` + `grid_sample` (no antialiasing when a crop is shrunk);
 - grey -> 3 channels, normalisation with the dataset's mean/std;
-- random erasing: timm's own `RandomErasing` on the batch.
+- random erasing: timm's `RandomErasing` (max_count 1) for the whole batch at once: per image a draw against the
+  probability, 10 tries of area in (min_area, max_area) x image area and log-uniform aspect ratio, the first that
+  fits erased with normal noise ('pixel'), a normal colour per channel ('rand') or zeros ('const'); one masked
+  `torch.where` instead of timm's Python loop over the images.
 
-Every random draw is seeded from (seed, epoch, global batch index), so a resumed run sees the same augmentations.
+Every random draw comes from one generator seeded from (seed, epoch, global batch index), so a resumed run sees the
+same augmentations, and the training loop's own random streams are left alone.
 Evaluation batches are resized (antialiased, as PIL does) and normalised, nothing else.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
-import random
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from timm.data.random_erasing import RandomErasing
 
 from .fashion_mnist import FashionMNIST
 from .loader import AugmentConfig, ResumableSampler, _sample_seed, dataset_stats
@@ -31,6 +33,8 @@ from .loader import AugmentConfig, ResumableSampler, _sample_seed, dataset_stats
 DEFAULT_SCALE = (0.08, 1.0)  # timm's defaults for RandomResizedCrop
 DEFAULT_RATIO = (3 / 4, 4 / 3)
 _CROP_TRIES = 10
+_ERASE_TRIES = 10  # timm's RandomErasing
+ERASE_MODES = ("pixel", "rand", "const")
 _MODES = {"bilinear": "bilinear", "bicubic": "bicubic", "nearest": "nearest"}
 
 
@@ -88,23 +92,56 @@ def crop_resize_flip(images: torch.Tensor, boxes: torch.Tensor, flip: torch.Tens
     return F.grid_sample(images, grid, mode=mode, padding_mode="border", align_corners=False)
 
 
-@contextlib.contextmanager
-def _seeded_global_rngs(seed: int, device: torch.device) -> Iterator[None]:
-    """timm's RandomErasing draws from Python's `random` and the device's default torch generator: seed both for
-    one batch and restore them afterwards, so the training loop's own streams do not depend on the data."""
-    py_state = random.getstate()
-    cuda_devices = (
-        [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
-    )
-    with torch.random.fork_rng(devices=cuda_devices):
-        random.seed(seed)
-        torch.random.default_generator.manual_seed(seed)
-        if cuda_devices:
-            torch.cuda.default_generators[cuda_devices[0]].manual_seed(seed)
-        try:
-            yield
-        finally:
-            random.setstate(py_state)
+@dataclass(frozen=True)
+class EraseSettings:
+    """timm's `RandomErasing` defaults (as `create_transform` builds it: max_count 1, no splits)."""
+
+    probability: float
+    mode: str = "pixel"
+    min_area: float = 0.02
+    max_area: float = 1 / 3
+    min_aspect: float = 0.3
+    max_aspect: float = 1 / 0.3
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.probability <= 1.0:
+            raise ValueError(f"reprob must be in [0, 1], got {self.probability!r}")
+        if self.mode not in ERASE_MODES:
+            raise ValueError(f"remode must be one of {', '.join(ERASE_MODES)}, got {self.mode!r}")
+
+
+def random_erase_boxes(
+    batch: int, height: int, width: int, settings: EraseSettings, generator: torch.Generator, device: torch.device
+) -> torch.Tensor:
+    """[batch, 4] float (top, left, h, w) of timm's erasing box per image; all 0 where nothing is erased (the
+    probability draw failed, or none of the tries fits)."""
+    draws = torch.rand((5, batch, _ERASE_TRIES), generator=generator, device=device, dtype=torch.float64)
+    area = height * width * (settings.min_area + (settings.max_area - settings.min_area) * draws[0])
+    log_lo, log_hi = math.log(settings.min_aspect), math.log(settings.max_aspect)
+    aspect = torch.exp(log_lo + (log_hi - log_lo) * draws[1])
+    box_h = torch.round(torch.sqrt(area * aspect))  # round half to even, as Python's round in timm
+    box_w = torch.round(torch.sqrt(area / aspect))
+    fits = (box_w < width) & (box_h < height)  # timm's condition: strictly smaller than the image
+    first = fits.to(torch.int8).argmax(dim=1, keepdim=True)  # the first try that fits
+    box_h, box_w = box_h.gather(1, first)[:, 0], box_w.gather(1, first)[:, 0]
+    top = torch.floor(draws[2].gather(1, first)[:, 0] * (height - box_h + 1))
+    left = torch.floor(draws[3].gather(1, first)[:, 0] * (width - box_w + 1))
+    erase = fits.any(dim=1) & (draws[4, :, 0] < settings.probability)
+    return torch.stack((top, left, box_h, box_w), dim=1) * erase[:, None]
+
+
+def erase_boxes(images: torch.Tensor, boxes: torch.Tensor, mode: str, generator: torch.Generator) -> torch.Tensor:
+    """images [B, C, H, W]; boxes [B, 4] (top, left, h, w) px -> images with each box replaced by mode's fill."""
+    batch, channels, height, width = images.shape
+    top, left, box_h, box_w = (v.view(batch, 1, 1, 1) for v in boxes.unbind(1))
+    rows = torch.arange(height, device=images.device, dtype=boxes.dtype).view(1, 1, height, 1)
+    cols = torch.arange(width, device=images.device, dtype=boxes.dtype).view(1, 1, 1, width)
+    inside = (rows >= top) & (rows < top + box_h) & (cols >= left) & (cols < left + box_w)  # [B, 1, H, W]
+    if mode == "const":
+        return images.masked_fill(inside, 0.0)
+    noise_shape = (batch, channels, height, width) if mode == "pixel" else (batch, channels, 1, 1)
+    noise = torch.randn(noise_shape, generator=generator, device=images.device, dtype=images.dtype)
+    return torch.where(inside, noise, images)
 
 
 class DeviceBatchLoader:
@@ -137,9 +174,7 @@ class DeviceBatchLoader:
         self.mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(std, device=self.device).view(1, 3, 1, 1)
         self.mode = _MODES[self.augment.interpolation]
-        self.eraser = None
-        if training and self.augment.reprob > 0 and not self.augment.no_aug:
-            self.eraser = RandomErasing(self.augment.reprob, mode=self.augment.remode, max_count=1, device=self.device)
+        self.erase = EraseSettings(self.augment.reprob, self.augment.remode)
         self.sampler = ResumableSampler(
             len(self.labels), batch_size, shuffle=training, seed=seed, rank=rank, world=world
         )
@@ -177,11 +212,11 @@ class DeviceBatchLoader:
         scale, ratio = tuple(self.augment.scale or DEFAULT_SCALE), tuple(self.augment.ratio or DEFAULT_RATIO)
         boxes = random_crop_boxes(batch, height, width, scale, ratio, generator, self.device)
         flip = torch.rand(batch, generator=generator, device=self.device) < self.augment.hflip
-        images = self._normalise(crop_resize_flip(images, boxes, flip, self.img_size, self.mode)).contiguous()
-        if self.eraser is not None:
-            with _seeded_global_rngs(seed, self.device):
-                images = self.eraser(images)
-        return images
+        images = self._normalise(crop_resize_flip(images, boxes, flip, self.img_size, self.mode))
+        if self.erase.probability > 0:
+            erase = random_erase_boxes(batch, self.img_size, self.img_size, self.erase, generator, self.device)
+            images = erase_boxes(images, erase, self.erase.mode, generator)
+        return images.contiguous()
 
 
 def create_device_loaders(
@@ -202,4 +237,12 @@ def create_device_loaders(
     return train_loader, val_loader
 
 
-__all__ = ["DeviceBatchLoader", "create_device_loaders", "crop_resize_flip", "random_crop_boxes"]
+__all__ = [
+    "DeviceBatchLoader",
+    "EraseSettings",
+    "create_device_loaders",
+    "crop_resize_flip",
+    "erase_boxes",
+    "random_crop_boxes",
+    "random_erase_boxes",
+]
