@@ -184,19 +184,24 @@ def model_speed_vs_k(args: argparse.Namespace, device: str) -> list[dict]:
     ks = sorted({k for k in args.ks if k <= len(blocks)} | {0})
     autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda")
     rows = []
-    for order, ranking in (("model order", blocks), ("reversed", blocks[::-1])):
-        for k in ks:
-            V.apply(model, ranking[:k])
-            with torch.inference_mode(), autocast:
-                model(images)
-                ms = median_time_us(lambda: model(images), args.cuda_graph) / 1e3
-            rows.append(dict(model=args.model, order=order, k=k, blocks=ranking[:k], ms=ms,
-                             img_per_s=args.model_batch / ms * 1e3))  # fmt: skip
-    base = {r["order"]: r["ms"] for r in rows if r["k"] == 0}
+    paths = {"fast": True, "generic": False}  # SS2D's reduced VMeanba path vs mean_selective_scan in the cross-scan
+    for path in args.vmeanba_paths:
+        for module in model.modules():
+            if hasattr(module, "vmeanba_fast_path"):
+                module.vmeanba_fast_path = paths[path]
+        for order, ranking in (("model order", blocks), ("reversed", blocks[::-1])):
+            for k in ks:
+                V.apply(model, ranking[:k])
+                with torch.inference_mode(), autocast:
+                    model(images)
+                    ms = median_time_us(lambda: model(images), args.cuda_graph) / 1e3
+                rows.append(dict(model=args.model, path=path, order=order, k=k, blocks=ranking[:k], ms=ms,
+                                 img_per_s=args.model_batch / ms * 1e3))  # fmt: skip
+    base = {(r["path"], r["order"]): r["ms"] for r in rows if r["k"] == 0}
     for r in rows:
-        r["speedup"] = base[r["order"]] / r["ms"]
-        print(f"{r['model']} {r['order']:12s} K={r['k']:2d}: {r['ms']:8.2f} ms/batch  {r['img_per_s']:9.0f} img/s  "
-              f"x{r['speedup']:.3f}")  # fmt: skip
+        r["speedup"] = base[r["path"], r["order"]] / r["ms"]
+        print(f"{r['model']} {r['path']:7s} {r['order']:12s} K={r['k']:2d}: {r['ms']:8.2f} ms/batch  "
+              f"{r['img_per_s']:9.0f} img/s  x{r['speedup']:.3f}")  # fmt: skip
     V.apply(model, [])
     return rows
 
@@ -261,6 +266,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--img-size", type=int, default=224)
     parser.add_argument("--ks", type=int, nargs="+", default=[0, 1, 2, 4, 8, 14], help="K values for --model")
     parser.add_argument("--skip-ops", action="store_true", help="only the --model timing")
+    parser.add_argument("--vmeanba-paths", nargs="+", default=["fast", "generic"], choices=["fast", "generic"],
+                        help="SS2D's VMeanba implementations to time with --model (fast: ops/vmeanba/cross.py)")  # fmt: skip
     args = parser.parse_args(argv)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cpu":

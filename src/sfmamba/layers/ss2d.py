@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..ops import cross_merge, cross_scan, selective_scan
+from ..ops.vmeanba.cross import vmeanba_cross_merged
 
 __all__ = ["SS2D"]
 
@@ -81,6 +82,9 @@ class SS2D(nn.Module):
             dt_min, dt_max, dt_init, dt_scale, dt_init_floor,
         )  # fmt: skip
         self.vmeanba = False
+        # VMeanba without gradients: the reduced path of ops.vmeanba.cross (no cross-scan copies); False: the generic
+        # mean_selective_scan between cross_scan and cross_merge (also what runs when a gradient is needed)
+        self.vmeanba_fast_path = True
         k, di, n, r = DIRECTIONS, self.d_inner, d_state, self.dt_rank
         f32 = {"device": device, "dtype": torch.float32}
 
@@ -136,6 +140,10 @@ class SS2D(nn.Module):
         if self.conv2d is not None:  # on the channels-last NCHW view: no copy in or out
             x = self.conv2d(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
         x = F.silu(x)
+        if self.vmeanba and self.vmeanba_fast_path and not self._needs_grad(x):
+            A = -torch.exp(self.A_logs.float())
+            y = vmeanba_cross_merged(x, self.x_proj_weight, self.dt_projs_weight, self.dt_projs_bias, A, self.Ds)
+            return self.out_proj(self.out_norm(y))
         xs = cross_scan(x, layout="BHWC", scan_layout="BLD").view(batch, length, k * self.d_inner)
         x_proj, dt_proj = self._projection_weights()
         proj = F.linear(xs, x_proj.to(xs.dtype))  # [B, L, K*R | K*N | K*N]
@@ -151,6 +159,9 @@ class SS2D(nn.Module):
         )  # fmt: skip
         y = cross_merge(y.view(batch, length, k, self.d_inner), height, width, scan_layout="BLD", layout="BHWC")
         return self.out_proj(self.out_norm(y))
+
+    def _needs_grad(self, x: Tensor) -> bool:
+        return torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters()))
 
     def extra_repr(self) -> str:
         return f"d_model={self.d_model}, d_inner={self.d_inner}, d_state={self.d_state}, dt_rank={self.dt_rank}"
