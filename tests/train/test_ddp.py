@@ -14,7 +14,9 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from sfmamba.train import TrainConfig, train
@@ -28,12 +30,14 @@ def _settings(data, output, batch_size: int) -> dict:
                 output=str(output), log_interval=1, progress=False, device="cpu", seed=3)  # fmt: skip
 
 
-def test_torchrun_two_processes_match_one(fake_fmnist, tmp_path):
+# --no-ddp-bb: no buffer broadcast per step (the ViT has no buffers: the same weights either way)
+@pytest.mark.parametrize("extra", [[], ["--no-ddp-bb"]], ids=["default", "no-ddp-bb"])
+def test_torchrun_two_processes_match_one(fake_fmnist, tmp_path, extra):
     single = train(TrainConfig(**_settings(fake_fmnist, tmp_path / "one", 8),
                                model_kwargs={"img_size": 16, "patch_size": 4}))  # fmt: skip
     settings = _settings(fake_fmnist, tmp_path / "two", 4)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
-               "sfmamba.cli.main", "train", "--model-kwargs", *MODEL_KWARGS.split()]  # fmt: skip
+               "sfmamba.cli.main", "train", *extra, "--model-kwargs", *MODEL_KWARGS.split()]  # fmt: skip
     for key, value in settings.items():
         flag = "--" + key.replace("_", "-")
         if key == "progress":
@@ -47,6 +51,7 @@ def test_torchrun_two_processes_match_one(fake_fmnist, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
 
     results = json.loads((tmp_path / "two" / "results.json").read_text())
+    assert yaml.safe_load((tmp_path / "two" / "args.yaml").read_text())["ddp_bb"] is not bool(extra)
     assert results["step"] == single["step"] == 8  # 32 images / (2 x 4) per step, 2 epochs
     a, b = load_file(str(tmp_path / "one" / "last.safetensors")), load_file(str(tmp_path / "two" / "last.safetensors"))
     for key in a:

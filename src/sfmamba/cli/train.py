@@ -73,6 +73,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _add(model, "--drop-path", type=float, help="stochastic depth rate (None: the model's default)")
     _add(model, "--grad-checkpointing", action="store_true", help="recompute activations in the backward pass")
     _add(model, "--channels-last", action="store_true", help="channels-last memory format")
+    _add(
+        model,
+        "--no-ddp-bb",
+        dest="ddp_bb",
+        action="store_false",
+        help="DDP: do not broadcast rank 0's buffers every step (each rank keeps its own BatchNorm statistics; "
+        "rank 0's are saved)",
+    )
     _add(model, "--torchcompile", nargs="?", const="inductor", metavar="BACKEND", help="torch.compile the model")
     _add(model, "--torchcompile-mode", help="torch.compile mode, e.g. max-autotune")
     opt = parser.add_argument_group("optimizer and schedule")

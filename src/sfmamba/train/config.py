@@ -27,6 +27,7 @@ class TrainConfig:
     drop_path: float | None = None  # None: the model's default
     grad_checkpointing: bool = False
     channels_last: bool = False
+    ddp_bb: bool = True  # DDP broadcasts rank 0's buffers (BatchNorm statistics) before every forward (timm's default)
     torchcompile: str | None = None  # a torch.compile backend, e.g. 'inductor'
     torchcompile_mode: str | None = None
     # optimizer and schedule
