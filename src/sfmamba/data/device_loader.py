@@ -123,9 +123,10 @@ def random_erase_boxes(
     box_w = torch.round(torch.sqrt(area / aspect))
     fits = (box_w < width) & (box_h < height)  # timm's condition: strictly smaller than the image
     first = fits.to(torch.int8).argmax(dim=1, keepdim=True)  # the first try that fits
-    box_h, box_w = box_h.gather(1, first)[:, 0], box_w.gather(1, first)[:, 0]
-    top = torch.floor(draws[2].gather(1, first)[:, 0] * (height - box_h + 1))
-    left = torch.floor(draws[3].gather(1, first)[:, 0] * (width - box_w + 1))
+    tries = torch.stack((draws[2], draws[3], box_h, box_w))  # [4, batch, tries]: one gather for the four
+    u_top, u_left, box_h, box_w = tries.gather(2, first.expand(4, -1, -1))[..., 0]
+    top = torch.floor(u_top * (height - box_h + 1))
+    left = torch.floor(u_left * (width - box_w + 1))
     erase = fits.any(dim=1) & (draws[4, :, 0] < settings.probability)
     return torch.stack((top, left, box_h, box_w), dim=1) * erase[:, None]
 

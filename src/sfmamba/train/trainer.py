@@ -13,6 +13,7 @@ import json
 import logging
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,7 @@ import timm
 import torch
 from timm.data import Mixup
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
-from timm.optim import create_optimizer_v2
+from timm.optim import create_optimizer_v2, get_optimizer_info
 from timm.scheduler import CosineLRScheduler
 from timm.utils import ModelEmaV3, dispatch_clip_grad
 from torch import nn
@@ -52,6 +53,13 @@ from .history import write_history
 _logger = logging.getLogger(__name__)
 AMP_TORCH_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 _TIME_CHECK_EVERY = 10  # steps between (synchronised) time-limit checks
+# torch optimizers with a fused CUDA kernel (timm's adam, adamw, sgd, momentum): one multi-tensor kernel per parameter
+# group and dtype instead of a dozen foreach kernels per step
+FUSED_OPTIMIZERS = (torch.optim.Adam, torch.optim.AdamW, torch.optim.SGD)
+
+
+def _no_mark(phase: str) -> None:
+    """The default `mark` of `Trainer._train_step`: phases are not timed."""
 
 
 def seed_everything(seed: int) -> None:
@@ -71,6 +79,62 @@ def create_model(config: TrainConfig, num_classes: int) -> nn.Module:
         close = timm.list_models(f"*{config.model.split('_')[0]}*")[:10]
         raise ValueError(f"model {config.model!r} is not registered with timm (similar: {', '.join(close) or 'none'})")
     return timm.create_model(config.model, pretrained=config.pretrained, num_classes=num_classes, **kwargs)
+
+
+def optimizer_device_kwargs(opt: str, device: torch.device) -> dict[str, object]:
+    """Extra keyword arguments for timm's optimizer factory: `fused=True` where torch has a fused kernel for the
+    optimizer on this device (CUDA: Adam, AdamW, SGD), nothing elsewhere (the CPU keeps torch's default)."""
+    if device.type != "cuda":
+        return {}
+    opt_class = get_optimizer_info(opt.lower().split("_")[-1]).opt_class  # timm's name, after 'lookahead_'
+    return {"fused": True} if opt_class in FUSED_OPTIMIZERS else {}
+
+
+def create_optimizer(
+    model: nn.Module, config: TrainConfig, device: torch.device, factory: Callable[..., object] = create_optimizer_v2
+):
+    """timm's `create_optimizer_v2` (weight-decay / layer-decay parameter groups) with the device's extra kwargs."""
+    return factory(
+        model,
+        opt=config.opt,
+        lr=config.lr,
+        weight_decay=config.weight_decay,
+        layer_decay=config.layer_decay,
+        **optimizer_device_kwargs(config.opt, device),
+    )
+
+
+class ModelEma(ModelEmaV3):
+    """timm's `ModelEmaV3` with its tensor lists built at the first update instead of every step.
+
+    ModelEmaV3's foreach update walks both models' `state_dict()` each step, sorts the tensors in a Python loop and
+    copies each integer buffer with its own kernel; here one foreach lerp updates the float tensors and one foreach
+    copy the others. The model's parameters and buffers are updated in place (optimizer, BatchNorm, checkpoint
+    loading), so the lists stay valid; they hold the Parameter objects themselves (`keep_vars`), so a
+    `param.data = ...` is followed too. (`update` runs under no_grad.)
+    """
+
+    _lists: tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]] | None = None
+
+    def apply_update_(self, model: nn.Module, decay: float) -> None:
+        if not self.foreach:
+            return super().apply_update_(model, decay)
+        if self._lists is None:
+            ema_state, model_state = self.module.state_dict(keep_vars=True), model.state_dict(keep_vars=True)
+            if list(ema_state) != list(model_state):
+                raise ValueError("model_ema: the EMA copy and the model have different state_dict keys")
+            floats = [k for k, v in ema_state.items() if v.is_floating_point()]
+            others = [k for k, v in ema_state.items() if not v.is_floating_point()]
+            self._lists = (
+                [ema_state[k] for k in floats],
+                [model_state[k] for k in floats],
+                [ema_state[k] for k in others],
+                [model_state[k] for k in others],
+            )
+        ema_floats, model_floats, ema_others, model_others = self._lists
+        self._foreach_lerp_(ema_floats, model_floats, weight=1.0 - decay)
+        if ema_others:
+            torch._foreach_copy_(ema_others, model_others)
 
 
 def resolve_img_size(config: TrainConfig, model: nn.Module) -> int:
@@ -153,9 +217,10 @@ class Trainer:
 
     def _setup_optimization(self) -> None:
         c = self.config
-        self.optimizer = create_optimizer_v2(
-            self.model, opt=c.opt, lr=c.lr, weight_decay=c.weight_decay, layer_decay=c.layer_decay
-        )
+        self.optimizer = create_optimizer(self.model, c, self.device)
+        self.model_parameters = list(self.model.parameters())  # for gradient clipping, without a module walk per step
+        # clip_grad_norm_'s foreach path: one norm kernel per dtype instead of one per tensor (cpu and cuda have it)
+        self.clip_foreach = True if self.device.type in ("cpu", "cuda") else None
         if c.sched != "cosine":
             raise ValueError(f"sched must be 'cosine' (timm's CosineLRScheduler, stepped per update), got {c.sched!r}")
         warmup_steps = round(c.warmup_epochs * self.steps_per_epoch)
@@ -168,9 +233,7 @@ class Trainer:
             t_in_epochs=False,
         )
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype is torch.float16)
-        self.ema = (
-            ModelEmaV3(self.model, decay=c.model_ema_decay, use_warmup=c.model_ema_warmup) if c.model_ema else None
-        )
+        self.ema = ModelEma(self.model, decay=c.model_ema_decay, use_warmup=c.model_ema_warmup) if c.model_ema else None
         self.mixup = None
         if c.mixup > 0 or c.cutmix > 0:
             self.mixup = Mixup(
@@ -190,7 +253,7 @@ class Trainer:
         self.train_model: nn.Module = self.model
         if self.dist.distributed:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
-            self.train_model = DistributedDataParallel(self.model, device_ids=device_ids)
+            self.train_model = DistributedDataParallel(self.model, device_ids=device_ids, broadcast_buffers=c.ddp_bb)
         if c.torchcompile:
             self.train_model = torch.compile(self.train_model, backend=c.torchcompile, mode=c.torchcompile_mode)
 
@@ -294,27 +357,41 @@ class Trainer:
         save_weights(self.run_dir / "best.safetensors", module, meta)
 
     # ---- training ---------------------------------------------------------------------------------------------------
-    def _train_step(self, images: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        c = self.config
+    def _train_step(
+        self, images: torch.Tensor, target: torch.Tensor, mark: Callable[[str], None] | None = None
+    ) -> torch.Tensor:
+        """One optimizer step; returns the loss (a device tensor: no sync). `mark(phase)` is called after each
+        phase (batch, forward, backward, clip, optimizer, scheduler, ema): benchmarks/train/step_overhead.py."""
+        c, mark = self.config, mark or _no_mark
         images = images.to(self.device, non_blocking=True)
         target = target.to(self.device, non_blocking=True)
         if self.mixup is not None:
             images, target = self.mixup(images, target)
         if c.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
+        mark("batch")
         with autocast_context(self.device, self.amp_dtype):
             loss = self.train_loss_fn(self.train_model(images), target)
+        mark("forward")
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
+        mark("backward")
         if c.clip_grad is not None:
             self.scaler.unscale_(self.optimizer)
-            dispatch_clip_grad(self.model.parameters(), c.clip_grad, mode=c.clip_mode)
+            if c.clip_mode == "norm":
+                torch.nn.utils.clip_grad_norm_(self.model_parameters, c.clip_grad, foreach=self.clip_foreach)
+            else:
+                dispatch_clip_grad(self.model_parameters, c.clip_grad, mode=c.clip_mode)
+        mark("clip")
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.state.step += 1
+        mark("optimizer")
         self.scheduler.step_update(self._schedule_step())
+        mark("scheduler")
         if self.ema is not None:
             self.ema.update(self.model, step=self.state.step)
+        mark("ema")
         return loss.detach()
 
     def _schedule_step(self) -> int:
@@ -351,8 +428,7 @@ class Trainer:
         for images, target in self.train_loader:
             loss = self._train_step(images, target)
             s.batch_in_epoch += 1
-            loss_sum += loss
-            interval_loss += loss
+            interval_loss += loss  # one add per step; folded into loss_sum at each log (a sync there anyway)
             steps_done, interval_steps = steps_done + 1, interval_steps + 1
             images_done += images.shape[0]
             if s.step % c.log_interval == 0 or s.step == self.total_steps:
@@ -373,6 +449,7 @@ class Trainer:
                         lr,
                         rate,
                     )
+                loss_sum += interval_loss
                 interval_loss.zero_()
                 interval_steps, interval_start = 0, now
             if bar is not None:
@@ -384,7 +461,7 @@ class Trainer:
                 break
         seconds = time.perf_counter() - epoch_start
         s.elapsed_s += seconds
-        mean_loss = mean_over_ranks(float(loss_sum) / max(steps_done, 1), self.device)
+        mean_loss = mean_over_ranks(float(loss_sum + interval_loss) / max(steps_done, 1), self.device)
         return stop, mean_loss, images_done * self.dist.world_size / max(seconds, 1e-9)
 
     def _evaluate_and_record(self, train_loss: float, img_per_sec: float) -> dict[str, object]:
@@ -507,4 +584,13 @@ def train(config: TrainConfig) -> dict[str, object]:
         trainer.close()
 
 
-__all__ = ["RunState", "Trainer", "create_model", "resolve_img_size", "train"]
+__all__ = [
+    "ModelEma",
+    "RunState",
+    "Trainer",
+    "create_model",
+    "create_optimizer",
+    "optimizer_device_kwargs",
+    "resolve_img_size",
+    "train",
+]
