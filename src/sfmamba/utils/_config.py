@@ -45,6 +45,19 @@ def scan_fwd_kernel() -> str:
     return value
 
 
+SCAN_BWD_ENV = "SFMAMBA_SCAN_BWD"
+SCAN_BWD_CHOICES = ("step", "tiled")
+
+
+def scan_bwd_kernel() -> str:
+    """Which Triton backward kernel the selective scan runs: `'step'` (chunk.py's, the default) or `'tiled'` (the
+    experimental tiled_bwd.py), from `SFMAMBA_SCAN_BWD`; read on every call so one process can compare both."""
+    value = os.environ.get(SCAN_BWD_ENV, "step").strip().lower() or "step"
+    if value not in SCAN_BWD_CHOICES:
+        raise ValueError(f"{SCAN_BWD_ENV} must be one of {SCAN_BWD_CHOICES}, got {value!r}")
+    return value
+
+
 def triton_interpret() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 

@@ -18,7 +18,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ...utils._config import scan_fwd_kernel, triton_interpret
+from ...utils._config import scan_bwd_kernel, scan_fwd_kernel, triton_interpret
 from .._launch import autotune as _autotune
 from .._launch import bc_strides as _bc_strides
 from .._launch import on_device as _on_device
@@ -478,6 +478,15 @@ def _fwd_kernel():
     return selective_scan_fwd_kernel
 
 
+def _bwd_kernel():
+    """The backward kernel `SFMAMBA_SCAN_BWD` picks; both take the same arguments (imported when first chosen)."""
+    if scan_bwd_kernel() == "tiled":
+        from .tiled_bwd import selective_scan_bwd_tiled_kernel
+
+        return selective_scan_bwd_tiled_kernel
+    return selective_scan_bwd_kernel
+
+
 def selective_scan_fwd(
     u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None, z: Tensor | None,
     delta_bias: Tensor | None, initial_state: Tensor | None, cu_seqlens: Tensor | None,
@@ -546,9 +555,8 @@ def selective_scan_bwd(
 
     du, ddelta = new(u.shape, u.dtype), new(u.shape, delta.dtype)
     dz = new(u.shape, z.dtype if z is not None else f32, present=z is not None)
-    n_dblocks = triton.cdiv(
-        dim_per_group, min(c.kwargs["BLOCK_D"] for c in _bwd_configs())
-    )  # the most any config launches
+    kernel = _bwd_kernel()
+    n_dblocks = triton.cdiv(dim_per_group, min(c.kwargs["BLOCK_D"] for c in kernel.configs))  # the most any launches
     dB_part = new((n_dblocks, batch, groups, length, nstate))
     dC_part = torch.empty_like(dB_part)
     dA_part = new((batch, nchunks, nstate, dim))
@@ -578,10 +586,10 @@ def selective_scan_bwd(
 
     with _on_device(dev):
         if nchunks > 1:
-            selective_scan_bwd_kernel[grid](*args, **flags, SUMMARY=True)
+            kernel[grid](*args, **flags, SUMMARY=True)
             combine_chunks(sum_Q, sum_X, reverse=True)
-        selective_scan_bwd_kernel[grid](*args, **flags, SUMMARY=False)
-    used = triton.cdiv(dim_per_group, selective_scan_bwd_kernel.best_config.kwargs["BLOCK_D"])
+        kernel[grid](*args, **flags, SUMMARY=False)
+    used = triton.cdiv(dim_per_group, kernel.best_config.kwargs["BLOCK_D"])
     dB = _bc_from_blgn(dB_part[:used].sum(0).transpose(2, 3), B, layout)
     dC = _bc_from_blgn(dC_part[:used].sum(0).transpose(2, 3), C, layout)
     dD = dD_part.sum((0, 1)) if D is not None else dD_part
