@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# The GPU measurements that are built and tested on CPU but not yet run on a GPU (see docs/status.md, "Next session").
+# Each STEP writes into $OUT/<step>/ and is packed into ONE file, $OUT/<step>.tgz: the device runner returns only a
+# handful of files per call, so run folders must not come back loose.
+#
+#   bash benchmarks/pending_gpu.sh STEP [STEP ...]        (data: data/fashion-mnist, carried to the device)
+#
+# STEP (rough wall time on a fresh H100, autotuning included):
+#   scan-tiled-S     tiled vs step scan forward (+ checkpointing forward), shape S = 0|1|2      (~3 min each)
+#   scan-tiled-bwd-S tiled vs step backward, forward+backward, shape S                          (~3 min each)
+#   vmeanba-model    vmamba_v2_tiny forward vs K under CUDA graphs, fast vs generic VMeanba path (~2 min)
+#   vmeanba-fmnist   train vmamba_v2_tiny on Fashion-MNIST (160 s), VMeanba report vs K, K=4 + 40 % pruning (~6 min)
+#   step-overhead    host time and launches per piece of a training step                       (~1 min)
+#   train-target     the default recipe end to end (94 % target; train vs bench throughput)     (~8 min)
+#   ddp              1 vs 2 processes (needs 2 GPUs: nvidia-h200-x2), with --no-ddp-bb          (~3 min)
+#   compile          run_targets.sh setup compile-ours compile-baselines (carry .bench_deps; ~8 min)
+set -uo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+if [ -z "${PY:-}" ]; then
+  if [ -x /opt/torch/.venv/bin/python3 ]; then PY=/opt/torch/.venv/bin/python3; else PY=python3; fi
+fi
+export PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}"
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1  # the device machines' rule
+OUT="${OUT:-output/pending_gpu}"
+DATA="${DATA:-data/fashion-mnist}"
+FMNIST=(--config configs/fashion_mnist_sf_mamba.yaml --data-dir "$DATA" --no-progress)
+
+run_step() {
+  local step=$1 dir="$OUT/$1"
+  mkdir -p "$dir"
+  echo "=== $step ($(date -u +%H:%M:%S))"
+  case "$step" in
+    scan-tiled-[012])
+      "$PY" benchmarks/ops/experiments/scan_tiled_vs_step.py --shapes "${step##*-}" --train --out "$dir/result.json" ;;
+    scan-tiled-bwd-[012])
+      "$PY" benchmarks/ops/experiments/scan_tiled_vs_step.py --shapes "${step##*-}" --backward \
+        --out "$dir/result.json" ;;
+    vmeanba-model)
+      "$PY" benchmarks/ops/bench_vmeanba.py --model vmamba_v2_tiny --skip-ops --cuda-graph --ks 0 1 2 4 8 14 \
+        --vmeanba-paths fast generic --output "$dir/result.json" ;;
+    vmeanba-fmnist)
+      "$PY" -m sfmamba.cli.main train "${FMNIST[@]}" --model vmamba_v2_tiny --model-kwargs --lr 1e-3 --epochs 10 \
+        --time-limit 160 --eval-interval 0 --model-ema-decay 0.995 --output "$dir/train" | tail -3
+      "$PY" -m sfmamba.cli.main compress vmeanba --checkpoint "$dir/train/best.safetensors" --data "$DATA" --k 4 \
+        --output "$dir/k4.safetensors" --report "$dir/report" --amp | tail -25
+      "$PY" -m sfmamba.cli.main compress vmeanba --checkpoint "$dir/train/best.safetensors" --data "$DATA" --k 4 \
+        --prune 0.4 --output "$dir/k4_pruned.safetensors" | tail -5 ;;
+    step-overhead)
+      "$PY" benchmarks/train/step_overhead.py --data-dir "$DATA" --results-dir "$dir" | tail -30 ;;
+    train-target)
+      "$PY" -m sfmamba.cli.main bench --bench train --model sf_mamba_nano:dim=64,in_dim=32 -b 256 --img-size 64 --amp \
+        --amp-dtype bfloat16 --num-warm-iter 20 --num-bench-iter 100 --results-file "$dir/bench_train.json" | tail -4
+      "$PY" -m sfmamba.cli.main train "${FMNIST[@]}" --output "$dir/train" --time-limit 440 | tail -3 ;;
+    ddp)
+      "$PY" benchmarks/train/ddp_scaling.py --data-dir "$DATA" --nproc 1 2 --steps 1000 --output-root "$dir/runs" \
+        --results-dir "$dir" --extra --no-ddp-bb | tail -4 ;;
+    compile)
+      OUT="$dir" bash benchmarks/models/run_targets.sh setup compile-ours compile-baselines ;;  # setup: mamba_ssm build (carry .bench_deps)
+    *) echo "unknown step $step"; return 2 ;;
+  esac
+  find "$dir" \( -name '*.safetensors' -o -name '*.pt' \) -delete  # weights stay on the device
+  tar czf "$OUT/$step.tgz" -C "$OUT" "$step" && rm -rf "$dir"
+}
+
+for step in "$@"; do run_step "$step"; done
