@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import copy
+import importlib.util
+import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -103,3 +106,25 @@ def test_train_step_marks_every_phase_in_order(fake_fmnist, tmp_path):
     assert loss.dim() == 0 and trainer.state.step == 1
     assert any(not torch.equal(a, b) for a, b in zip(before, trainer.model.parameters(), strict=True))
     assert trainer.clip_foreach is True and len(trainer.model_parameters) == len(before)
+
+
+def test_step_overhead_benchmark_runs_the_recipe_on_the_cpu(fake_fmnist, tmp_path, capsys):
+    script = Path(__file__).resolve().parents[2] / "benchmarks/train/step_overhead.py"
+    spec = importlib.util.spec_from_file_location("step_overhead", script)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    overrides = ["model=test_vit", "model_kwargs={'img_size': 16, 'patch_size': 4}", "img_size=16", "batch_size=8",
+                 "amp=False", "device=cpu", "time_limit=None"]  # fmt: skip
+    argv = ["--data-dir", str(fake_fmnist), "--set", *overrides, "--steps", "2", "--warmup", "1",
+            "--profile-steps", "1", "--results-dir", str(tmp_path), "--tag", "test"]  # fmt: skip
+    assert bench.main(argv) == 0
+    (path,) = tmp_path.glob("train_step_overhead_*_test.json")
+    record = json.loads(path.read_text())
+    phases = {p["phase"]: p for p in record["phases"]}
+    assert list(phases) == ["batch", "forward", "backward", "clip", "optimizer", "scheduler", "ema"]
+    assert record["settings"]["model_ema"] and record["settings"]["clip_grad"] == 5.0  # the recipe's, kept
+    assert phases["forward"]["ops"] > 20 and phases["backward"]["leaf_ops"] > 20 and phases["batch"]["ops"] > 10
+    assert phases["ema"]["ops"] <= 3  # one foreach lerp (+ one foreach copy of integer buffers)
+    assert phases["scheduler"]["ops"] == 0  # a Python-only learning-rate update
+    assert record["step_host_ms"] > 0 and record["device"].startswith("cpu") and "torch" in record["versions"]
+    assert "forward" in capsys.readouterr().out
