@@ -39,6 +39,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+from torch.autograd import DeviceType
 from torch.autograd.profiler import record_function
 from torch.profiler import ProfilerActivity, profile
 
@@ -189,6 +190,8 @@ def _under_aten(event) -> bool:
 def count_events(events, names: list[str], steps: int) -> dict[str, dict[str, float]]:
     """Per phase (events of any thread that start inside its ranges), per step: ops, leaf ops, reads, launches,
     syncs."""
+    # host-side events only: on CUDA the profiler also records the kernels and a GPU copy of each range
+    events = [e for e in events if e.device_type == DeviceType.CPU]
     ranges = sorted((e for e in events if e.name == _RANGE), key=lambda e: e.time_range.start)
     if len(ranges) != len(names):
         raise RuntimeError(f"profiler recorded {len(ranges)} phase ranges for {len(names)} marks")
