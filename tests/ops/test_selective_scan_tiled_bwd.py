@@ -15,8 +15,10 @@ import os
 os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported (see test_selective_scan.py)
 
 import functools  # noqa: E402
+import json  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
 from unittest import mock  # noqa: E402
 
 import pytest  # noqa: E402
@@ -263,3 +265,20 @@ def test_interpreter_tile_is_smaller_than_the_chunks():
     (config,) = tiled_bwd._bwd_configs()
     block_l = config.kwargs["BLOCK_L"]
     assert block_l < chunk.bwd_chunk_for(8) and block_l == chunk.bwd_chunk_for(16)
+
+
+def test_backward_benchmark_smoke_runs_on_the_cpu(tmp_path):
+    """`scan_tiled_vs_step.py --backward --smoke` checks and times every (forward, backward) kernel pair under the
+    interpreter and writes its JSON (the GPU command of the same script is the measurement)."""
+    script = Path(__file__).resolve().parents[2] / "benchmarks/ops/experiments/scan_tiled_vs_step.py"
+    out = tmp_path / "result.json"
+    env = dict(os.environ, TRITON_INTERPRET="1", SFMAMBA_KERNEL="triton")
+    command = [sys.executable, str(script), "--smoke", "--backward", "--dtypes", "fp32", "--layouts", "BLD"]
+    result = subprocess.run([*command, "--out", str(out)], env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    rows = json.loads(out.read_text())["rows"]
+    pairs = {f"fwd:{f}+bwd:{b}" for f in ("step", "tiled") for b in ("step", "tiled")}
+    assert {row["kernel"] for row in rows} == pairs and len(rows) == 4
+    assert all(row["mode"] == "fwd+bwd" and row["rel_err"] < 1e-4 and row["host_interpreted"] > 0 for row in rows)
+    for row in rows:  # the backward's config is the second; the tiled one has BLOCK_L
+        assert ("BLOCK_L" in row["config"].split(" | ")[1]) == row["kernel"].endswith("bwd:tiled"), row

@@ -1,14 +1,19 @@
-"""Scan-kernel experiment: the tiled forward (tiled.py) vs the step forward (chunk.py), both layouts, one process.
+"""Scan-kernel experiment: the tiled forward (tiled.py) vs the step forward (chunk.py), and with `--backward` the tiled
+backward (tiled_bwd.py) vs the step backward (chunk.py), both layouts, one process.
 
     python benchmarks/ops/experiments/scan_tiled_vs_step.py [--dtypes bf16 fp32] [--layouts BLD BDL] [--train]
+    python benchmarks/ops/experiments/scan_tiled_vs_step.py --backward [--kernels step tiled] [--bwd-kernels ...]
     TRITON_INTERPRET=1 SFMAMBA_KERNEL=triton python benchmarks/ops/experiments/scan_tiled_vs_step.py --smoke  # CPU
 
-`SFMAMBA_SCAN_FWD` is switched between the calls. Every (shape, dtype, layout, kernel) is first checked against the
+`SFMAMBA_SCAN_FWD` (and `SFMAMBA_SCAN_BWD`) are switched between the calls. Every (shape, dtype, layout, kernel) is first checked against the
 fp32 reference on 8 images of the shape (no number is reported for a kernel that fails), then timed two ways:
   graph:         `triton.testing.do_bench_cudagraph` median (one call per replay, L2 warm from the previous replay);
   graph_flushed: a CUDA graph of `reps` x (zero a 256 MiB buffer, call) minus a graph of `reps` x (zero the buffer),
                  median over replays, per call: GPU time with the L2 flushed before every call.
 `--train` also times the forward that stores the backward's checkpoints (inputs requiring grad).
+`--backward` times forward + backward instead (autograd.grad of every input under a random upstream gradient) for
+every (forward kernel in --kernels) x (backward kernel in --bwd-kernels), each checked first: output and every
+gradient against the fp32 reference's autograd on 8 images.
 Writes benchmarks/results/scan_tiled_vs_step_<date>.json with device, versions, date, the autotuner's choices.
 `--smoke`: one tiny shape, a few eager calls timed on the host -- a check that the script runs, not a measurement.
 """
@@ -32,15 +37,17 @@ sys.path.insert(0, str(ROOT / "src"))
 import torch  # noqa: E402
 import triton  # noqa: E402
 
-from sfmamba.ops.selective_scan import chunk, selective_scan, selective_scan_naive, tiled  # noqa: E402
+from sfmamba.ops.selective_scan import chunk, selective_scan, selective_scan_naive, tiled, tiled_bwd  # noqa: E402
 from sfmamba.testing import relative_error  # noqa: E402
-from sfmamba.utils._config import SCAN_FWD_ENV  # noqa: E402
+from sfmamba.utils._config import SCAN_BWD_ENV, SCAN_FWD_ENV  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 # batch, D, L, N, G: MambaVision-T stage 3 and 4, VMamba-v2-T stage 1 (4 directions in one grouped scan)
 SHAPES = [(128, 160, 196, 8, 1), (128, 320, 49, 8, 1), (128, 384, 3136, 1, 4)]
 SMOKE_SHAPES = [(2, 20, 19, 4, 2)]
 KERNELS = {"step": chunk.selective_scan_fwd_kernel, "tiled": tiled.selective_scan_fwd_tiled_kernel}
+BWD_KERNELS = {"step": chunk.selective_scan_bwd_kernel, "tiled": tiled_bwd.selective_scan_bwd_tiled_kernel}
+GRAD_KEYS = ("u", "delta", "A", "B", "C", "D", "delta_bias")
 FLUSH_BYTES = 256 * 2**20  # > the 50 MiB L2 of an H100 / H200
 
 
@@ -80,6 +87,22 @@ def check(shape, dtype, layout, device, train: bool) -> float:
     with torch.no_grad():
         ref = scan({k: v.float() for k, v in x.items()}, layout, naive=True)
     return relative_error(ref, scan(x, layout).detach().float())
+
+
+def check_backward(shape, dtype, layout, device) -> float:
+    """Worst relative error of the output and every gradient (current forward + backward kernels) vs the fp32
+    reference's autograd on 8 images of the shape, same rounded inputs, same random upstream gradient."""
+    small = (min(8, shape[0]), *shape[1:])
+    x = make_inputs(small, dtype, layout, device, requires_grad=True, seed=123)
+    ref = scan({k: v.float() for k, v in x.items()}, layout, naive=True)
+    out = scan(x, layout)
+    upstream = torch.randn_like(out)
+    leaves = [x[k] for k in GRAD_KEYS]
+    want = torch.autograd.grad(ref, leaves, upstream.float())
+    got = torch.autograd.grad(out, leaves, upstream)
+    errors = [relative_error(ref.detach(), out.detach().float())]
+    errors += [relative_error(w.float(), g.float()) for w, g in zip(want, got)]
+    return max(errors)
 
 
 def graph_flushed_us(call, reps: int, replays: int) -> float:
@@ -146,6 +169,33 @@ def run_one(shape, dname, layout, kernel, train, device, args) -> dict | None:
     return row
 
 
+def run_backward(shape, dname, layout, fwd_kernel, bwd_kernel, device, args) -> dict | None:
+    """One (forward, backward) kernel pair: checked, then forward + backward timed."""
+    os.environ[SCAN_FWD_ENV], os.environ[SCAN_BWD_ENV] = fwd_kernel, bwd_kernel
+    dtype = DTYPES[dname]
+    err = check_backward(shape, dtype, layout, device)
+    tol = 1e-4 if dtype == torch.float32 else 5e-2
+    row = dict(shape=shape_name(shape), dtype=dname, layout=layout, kernel=f"fwd:{fwd_kernel}+bwd:{bwd_kernel}",
+               mode="fwd+bwd", rel_err=err)  # fmt: skip
+    if not err <= tol:  # also catches NaN
+        print(f"!! {row}: rel err {err:.2e} > {tol:.0e}; not timed", flush=True)
+        return None
+    x = make_inputs(shape, dtype, layout, device, requires_grad=True, seed=0)
+    upstream = torch.randn_like(x["u"])
+    leaves = [x[k] for k in GRAD_KEYS]
+
+    def call():
+        return torch.autograd.grad(scan(x, layout), leaves, upstream)
+
+    row.update(time_call(call, device, args))
+    b, d, length, n, g = shape
+    row["chunks"] = chunk.plan_chunks(b, g, d // g, length, device)
+    row["bwd_chunk"] = chunk.bwd_chunk_for(n)
+    kernels = (KERNELS[fwd_kernel], BWD_KERNELS[bwd_kernel])
+    row["config"] = " | ".join(str(getattr(k, "best_config", None)) for k in kernels)
+    return row
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dtypes", nargs="+", choices=list(DTYPES), default=["bf16", "fp32"])
@@ -153,6 +203,8 @@ def main() -> None:
     parser.add_argument("--kernels", nargs="+", choices=list(KERNELS), default=list(KERNELS))
     parser.add_argument("--shapes", type=int, nargs="+", default=None, help="indices into SHAPES")
     parser.add_argument("--train", action="store_true", help="also time the forward that stores checkpoints")
+    parser.add_argument("--backward", action="store_true", help="time forward + backward (kernel pairs)")
+    parser.add_argument("--bwd-kernels", nargs="+", choices=list(BWD_KERNELS), default=list(BWD_KERNELS))
     parser.add_argument("--rep-ms", type=int, default=200)
     parser.add_argument("--flush-reps", type=int, default=20, help="calls per flushed graph")
     parser.add_argument("--flush-replays", type=int, default=20)
@@ -167,22 +219,24 @@ def main() -> None:
     for shape in shapes:
         for dname in args.dtypes:
             for layout in args.layouts:
-                for train in (False, True) if args.train else (False,):
-                    for kernel in args.kernels:
-                        row = run_one(shape, dname, layout, kernel, train, device, args)
-                        if row is not None:
-                            rows.append(row)
-                            print(
-                                {k: float(f"{v:.4g}") if isinstance(v, float) else v for k, v in row.items()},
-                                flush=True,
-                            )
+                if args.backward:
+                    runs = [(run_backward, (fwd, bwd)) for fwd in args.kernels for bwd in args.bwd_kernels]
+                else:
+                    trains = (False, True) if args.train else (False,)
+                    runs = [(run_one, (kernel, train)) for train in trains for kernel in args.kernels]
+                for run, variant in runs:
+                    row = run(shape, dname, layout, *variant, device, args)
+                    if row is not None:
+                        rows.append(row)
+                        print({k: float(f"{v:.4g}") if isinstance(v, float) else v for k, v in row.items()}, flush=True)
     stamp = datetime.datetime.now(datetime.timezone.utc)
     meta = dict(
         device=torch.cuda.get_device_name() if device.type == "cuda" else f"cpu ({platform.processor()}), interpreter",
         torch=torch.__version__, triton=triton.__version__, python=platform.python_version(),
         date=stamp.isoformat(), smoke=args.smoke, units="us per call", rows=rows,
     )  # fmt: skip
-    out = args.out or ROOT / "benchmarks" / "results" / f"scan_tiled_vs_step_{stamp:%Y%m%dT%H%M%SZ}.json"
+    name = "scan_tiled_vs_step_bwd" if args.backward else "scan_tiled_vs_step"
+    out = args.out or ROOT / "benchmarks" / "results" / f"{name}_{stamp:%Y%m%dT%H%M%SZ}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(meta, indent=1))
