@@ -1,0 +1,57 @@
+"""Public residual add + LayerNorm: checks and dispatch between the fused Triton forward and the PyTorch reference.
+
+Inference only on the Triton side (no backward): callers use it where no gradient is needed; with autograd, under
+torch.compile (inductor fuses the reference itself) or where ops use the reference, the reference runs.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ...utils._config import use_triton
+from .._checks import ArgumentError
+from .naive import add_layer_norm_naive
+
+
+def _check(x: Tensor, y: Tensor, gamma: Tensor | None, weight: Tensor | None, bias: Tensor | None) -> None:
+    if y.shape != x.shape:
+        raise ArgumentError(f"add_layer_norm: y must have x's shape {tuple(x.shape)}, got {tuple(y.shape)}")
+    channels = x.shape[-1]
+    for name, t in (("gamma", gamma), ("weight", weight), ("bias", bias)):
+        if t is not None and tuple(t.shape) != (channels,):
+            raise ArgumentError(f"add_layer_norm: {name} must have shape ({channels},), got {tuple(t.shape)}")
+        if t is not None and t.device != x.device:
+            raise ArgumentError(f"add_layer_norm: {name} must be on {x.device}, got {t.device}")
+    if y.device != x.device:
+        raise ArgumentError(f"add_layer_norm: y must be on {x.device}, got {y.device}")
+
+
+def runs_fused(x: Tensor, *others: Tensor | None) -> bool:
+    """Whether `add_layer_norm` on these tensors takes the fused kernel (callers keep their own unfused code
+    otherwise, so CPU results stay bit-identical to the plain modules)."""
+    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, *others))
+    return not needs_grad and not torch.compiler.is_compiling() and use_triton(x.device)
+
+
+def add_layer_norm(
+    x: Tensor,
+    y: Tensor,
+    gamma: Tensor | None,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    eps: float = 1e-5,
+    norm_dtype: torch.dtype | None = None,
+) -> tuple[Tensor, Tensor]:
+    """(x + gamma * y, LayerNorm(x + gamma * y)) over the last dim, the residual in PyTorch's promoted dtype of
+    (x, y, gamma) and the norm in `norm_dtype` (default: the residual's). Fused Triton forward where ops use Triton
+    and no gradient is needed; the reference otherwise."""
+    _check(x, y, gamma, weight, bias)
+    if not runs_fused(x, y, gamma, weight, bias):
+        return add_layer_norm_naive(x, y, gamma, weight, bias, eps, norm_dtype)
+    residual_dtype = (
+        torch.result_type(x, y) if gamma is None else torch.promote_types(torch.result_type(x, y), gamma.dtype)
+    )
+    from .chunk import add_layer_norm_fwd
+
+    return add_layer_norm_fwd(x, y, gamma, weight, bias, eps, residual_dtype, norm_dtype or residual_dtype)
