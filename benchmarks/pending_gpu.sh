@@ -13,6 +13,7 @@
 #   step-overhead    host time and launches per piece of a training step                       (~1 min)
 #   train-target     the default recipe end to end (94 % target; train vs bench throughput)     (~8 min)
 #   ddp              1 vs 2 processes (needs 2 GPUs: nvidia-h200-x2), with --no-ddp-bb          (~3 min)
+#   models-graph     run_targets.sh setup graph with --channels-last (the fused residual+norm, issue #3 table; ~6 min)
 #   compile          run_targets.sh setup compile-ours compile-baselines (carry .bench_deps; ~8 min)
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -54,6 +55,8 @@ run_step() {
     ddp)
       "$PY" benchmarks/train/ddp_scaling.py --data-dir "$DATA" --nproc 1 2 --steps 1000 --output-root "$dir/runs" \
         --results-dir "$dir" --extra --no-ddp-bb | tail -4 ;;
+    models-graph)
+      OUT="$dir" EXTRA="--channels-last" bash benchmarks/models/run_targets.sh setup graph ;;
     compile)
       OUT="$dir" bash benchmarks/models/run_targets.sh setup compile-ours compile-baselines ;;  # setup: mamba_ssm build (carry .bench_deps)
     *) echo "unknown step $step"; return 2 ;;

@@ -8,7 +8,8 @@
 #
 # Results (JSON + log) go to $OUT when set (the device runner's output folder), else benchmarks/results/.
 # Env: PY (python; default the device's /opt/torch/.venv/bin/python3 when present), ITERS (default 200),
-#      WARM (default 50), REPEATS (default 1; 5 for the numbers the issue reports as mean ± std over runs).
+#      WARM (default 50), REPEATS (default 1; 5 for the numbers the issue reports as mean ± std over runs),
+#      EXTRA (more `sfmamba bench` flags for every step, e.g. "--channels-last").
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 
@@ -21,7 +22,7 @@ RESULTS="${OUT:-benchmarks/results}"
 mkdir -p "$RESULTS"
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
 COMMON=(-b 128 --img-size 224 --amp --amp-dtype bfloat16 --num-warm-iter "${WARM:-50}" --num-bench-iter "${ITERS:-200}"
-        --repeats "${REPEATS:-1}" --official-scan mamba_ssm)
+        --repeats "${REPEATS:-1}" --official-scan mamba_ssm ${EXTRA:-})
 TINY=(mambavision_tiny sf_mamba_tiny official:mamba_vision_T deit_small_patch16_224)
 
 bench() {  # bench TAG ARGS... : one `sfmamba bench` run, its JSON and log named by TAG
