@@ -15,7 +15,6 @@ number), docs/fashion_mnist_evidence.md (table: top-1 mean ± std over seeds, im
 from __future__ import annotations
 
 import argparse
-import ast
 import datetime as dt
 import json
 import os
@@ -101,15 +100,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def recipe(args: argparse.Namespace) -> dict[str, object]:
     sys.path.insert(0, str(REPO / "src"))
-    from sfmamba.train.config import load_yaml_config
+    from sfmamba.train.config import apply_overrides, load_yaml_config
 
-    settings = load_yaml_config(args.config)
-    for item in args.set:
-        key, _, text = item.partition("=")
-        try:
-            settings[key.replace("-", "_")] = ast.literal_eval(text)
-        except (ValueError, SyntaxError):
-            settings[key.replace("-", "_")] = text
+    settings = apply_overrides(load_yaml_config(args.config), args.set)
     if args.data_dir:
         settings["data_dir"] = args.data_dir
     return settings

@@ -24,7 +24,6 @@ Prints a table and writes benchmarks/results/train_step_overhead_<time>[_<tag>].
 from __future__ import annotations
 
 import argparse
-import ast
 import bisect
 import datetime as dt
 import json
@@ -106,17 +105,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def recipe(args: argparse.Namespace) -> dict[str, object]:
     """The YAML config, --set over it (values read as Python literals where they parse), --data-dir over both."""
-    from sfmamba.train.config import load_yaml_config
+    from sfmamba.train.config import apply_overrides, load_yaml_config
 
-    settings = load_yaml_config(args.config)
-    for item in args.set:
-        key, sep, text = item.partition("=")
-        if not sep:
-            raise ValueError(f"--set takes KEY=VALUE, got {item!r}")
-        try:
-            settings[key.replace("-", "_")] = ast.literal_eval(text)
-        except (ValueError, SyntaxError):
-            settings[key.replace("-", "_")] = text
+    settings = apply_overrides(load_yaml_config(args.config), args.set)
     if args.data_dir:
         settings["data_dir"] = args.data_dir
     elif not settings.get("data_dir") and (REPO / "data/fashion-mnist").is_dir():

@@ -162,3 +162,14 @@ def test_cpu_bf16_conv_weight_grad_at_1x1_input(size):
     out.float().backward(grad_out)
     reference(images.bfloat16().float()).backward(grad_out.bfloat16().float())
     torch.testing.assert_close(conv.weight.grad, reference.weight.grad, rtol=0.02, atol=0.02)
+
+
+def test_recipe_overrides_read_literals_and_keep_the_original():
+    from sfmamba.train.config import apply_overrides
+
+    base = {"lr": 1e-3, "model": "sf_mamba_nano"}
+    merged = apply_overrides(base, ["lr=3e-3", "model-kwargs={'dim': 64}", "model=mambavision_nano", "amp=True"])
+    assert merged == {"lr": 3e-3, "model": "mambavision_nano", "model_kwargs": {"dim": 64}, "amp": True}
+    assert base == {"lr": 1e-3, "model": "sf_mamba_nano"}
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        apply_overrides(base, ["lr"])

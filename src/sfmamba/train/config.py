@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -134,6 +136,21 @@ def load_yaml_config(path: str | Path) -> dict[str, object]:
         raise ValueError(f"config {path}: unknown settings {', '.join(unknown)}")
     settings.pop("config", None)
     return {name: _coerce(path, name, value) for name, value in settings.items()}
+
+
+def apply_overrides(settings: dict[str, object], items: Sequence[str]) -> dict[str, object]:
+    """`KEY=VALUE` strings over `settings` (a copy): values read as Python literals where they parse, else strings;
+    for scripts that run many `sfmamba train` recipes (`--set lr=1e-3 model_kwargs={'dim':64}`)."""
+    merged = dict(settings)
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"override must be KEY=VALUE, got {item!r}")
+        try:
+            merged[key.replace("-", "_")] = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            merged[key.replace("-", "_")] = text
+    return merged
 
 
 def _coerce(path: Path, name: str, value: object) -> object:
