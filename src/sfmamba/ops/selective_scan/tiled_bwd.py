@@ -30,8 +30,11 @@ from .tiled import _bc_tile, _last_step, _linear_recurrence, _seq_tile
 __all__ = ["selective_scan_bwd_tiled_kernel"]
 
 # The backward keeps about twice the forward's live [BLOCK_L, BLOCK_N, BLOCK_D] fp32 tensors (a, b, h, the reverse
-# scan's pair, dh), so its per-thread budget for one such tensor is half the tiled forward's.
-MAX_TILE_ELEMENTS_PER_THREAD = 16
+# scan's pair, dh), so its per-thread budget for one such tensor is half the tiled forward's; below the minimum a
+# thread has too little work per block to pay for the block's reductions.
+MIN_TILE_ELEMENTS_PER_THREAD, MAX_TILE_ELEMENTS_PER_THREAD = 8, 16
+# blocks of fewer than CHUNK / this steps re-scan too much in the entering-state sweep (and only lengthen autotuning)
+MAX_BLOCKS_PER_CHUNK = 4
 
 
 @triton.jit
@@ -116,18 +119,19 @@ def _bwd_configs() -> list[triton.Config]:
         triton.Config({"BLOCK_L": bl, "BLOCK_D": bd}, num_warps=w)
         for bl in (4, 8, 16, 32, 64)
         for bd in (32, 64)
-        for w in (1, 2, 4)
+        for w in (1, 2, 4, 8)
     ]
 
 
 def _fits_registers(config: triton.Config, nstate: int, chunk: int) -> bool:
-    """Whether a block lies inside one backward chunk and one [BLOCK_L, BLOCK_N, BLOCK_D] fp32 tensor fits
-    MAX_TILE_ELEMENTS_PER_THREAD per thread while keeping every thread busy."""
-    if config.kwargs["BLOCK_L"] > chunk:
+    """Whether a block lies inside one backward chunk (at most MAX_BLOCKS_PER_CHUNK of them) and one [BLOCK_L,
+    BLOCK_N, BLOCK_D] fp32 tensor gives every thread MIN..MAX_TILE_ELEMENTS_PER_THREAD elements."""
+    block_l = config.kwargs["BLOCK_L"]
+    if block_l > chunk or block_l * MAX_BLOCKS_PER_CHUNK < chunk:
         return False
-    elements = config.kwargs["BLOCK_L"] * triton.next_power_of_2(nstate) * config.kwargs["BLOCK_D"]
+    elements = block_l * triton.next_power_of_2(nstate) * config.kwargs["BLOCK_D"]
     threads = 32 * config.num_warps
-    return threads <= elements <= MAX_TILE_ELEMENTS_PER_THREAD * threads
+    return MIN_TILE_ELEMENTS_PER_THREAD * threads <= elements <= MAX_TILE_ELEMENTS_PER_THREAD * threads
 
 
 def _prune_configs(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
