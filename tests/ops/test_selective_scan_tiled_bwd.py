@@ -22,6 +22,7 @@ from pathlib import Path  # noqa: E402
 from unittest import mock  # noqa: E402
 
 import pytest  # noqa: E402
+import test_selective_scan as step_tests  # noqa: E402
 import torch  # noqa: E402
 from test_selective_scan import (  # noqa: E402
     FORCED_CHUNK_LEN,
@@ -157,6 +158,13 @@ def test_tiled_backward_resets_and_chunks(tiled_backward, monkeypatch, layout, r
         errors = compare_with_reference(inputs, torch.float32, flags, backward=True, kernel=kernel)
     assert set(errors) >= ALL_GRADS
     assert tiled_backward.call_count == 2  # summary pass + main pass: 36-37 steps span three 16-step chunks
+
+
+def test_tiled_backward_noncontiguous_inputs(tiled_backward):
+    """test_selective_scan's strided case (views out of one projection scanned as BDL, strided B/C, transposed A and
+    initial state) through the tiled backward."""
+    step_tests.test_noncontiguous_inputs("triton")
+    assert tiled_backward.call_count == 2
 
 
 def test_tiled_backward_equals_step_backward(tiled_backward, monkeypatch):
