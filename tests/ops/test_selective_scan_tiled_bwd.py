@@ -287,6 +287,7 @@ def test_backward_benchmark_smoke_runs_on_the_cpu(tmp_path):
     rows = json.loads(out.read_text())["rows"]
     pairs = {f"fwd:{f}+bwd:{b}" for f in ("step", "tiled") for b in ("step", "tiled")}
     assert {row["kernel"] for row in rows} == pairs and len(rows) == 4
+    assert json.loads(out.read_text())["complete"]
     assert all(row["mode"] == "fwd+bwd" and row["rel_err"] < 1e-4 and row["host_interpreted"] > 0 for row in rows)
     for row in rows:  # the backward's config is the second; the tiled one has BLOCK_L
         assert ("BLOCK_L" in row["config"].split(" | ")[1]) == row["kernel"].endswith("bwd:tiled"), row

@@ -14,7 +14,8 @@ fp32 reference on 8 images of the shape (no number is reported for a kernel that
 `--backward` times forward + backward instead (autograd.grad of every input under a random upstream gradient) for
 every (forward kernel in --kernels) x (backward kernel in --bwd-kernels), each checked first: output and every
 gradient against the fp32 reference's autograd on 8 images.
-Writes benchmarks/results/scan_tiled_vs_step_<date>.json with device, versions, date, the autotuner's choices.
+Writes benchmarks/results/scan_tiled_vs_step[_bwd]_<date>.json (device, versions, date, the autotuner's choices),
+rewritten after every row so that a run cut short keeps its rows (`complete` is true only at the end).
 `--smoke`: one tiny shape, a few eager calls timed on the host -- a check that the script runs, not a measurement.
 """
 
@@ -215,7 +216,14 @@ def main() -> None:
     if device.type == "cpu" and not (args.smoke and os.environ.get("TRITON_INTERPRET") == "1"):
         parser.error("no CUDA device: only --smoke under TRITON_INTERPRET=1 SFMAMBA_KERNEL=triton runs on the CPU")
     shapes = SMOKE_SHAPES if args.smoke else SHAPES if args.shapes is None else [SHAPES[i] for i in args.shapes]
-    rows = []
+    stamp = datetime.datetime.now(datetime.timezone.utc)
+    name = "scan_tiled_vs_step_bwd" if args.backward else "scan_tiled_vs_step"
+    out = args.out or ROOT / "benchmarks" / "results" / f"{name}_{stamp:%Y%m%dT%H%M%SZ}.json"
+    meta = dict(
+        device=torch.cuda.get_device_name() if device.type == "cuda" else f"cpu ({platform.processor()}), interpreter",
+        torch=torch.__version__, triton=triton.__version__, python=platform.python_version(),
+        date=stamp.isoformat(), smoke=args.smoke, units="us per call", complete=False, rows=[],
+    )  # fmt: skip
     for shape in shapes:
         for dname in args.dtypes:
             for layout in args.layouts:
@@ -227,21 +235,19 @@ def main() -> None:
                 for run, variant in runs:
                     row = run(shape, dname, layout, *variant, device, args)
                     if row is not None:
-                        rows.append(row)
+                        meta["rows"].append(row)
                         print({k: float(f"{v:.4g}") if isinstance(v, float) else v for k, v in row.items()}, flush=True)
-    stamp = datetime.datetime.now(datetime.timezone.utc)
-    meta = dict(
-        device=torch.cuda.get_device_name() if device.type == "cuda" else f"cpu ({platform.processor()}), interpreter",
-        torch=torch.__version__, triton=triton.__version__, python=platform.python_version(),
-        date=stamp.isoformat(), smoke=args.smoke, units="us per call", rows=rows,
-    )  # fmt: skip
-    name = "scan_tiled_vs_step_bwd" if args.backward else "scan_tiled_vs_step"
-    out = args.out or ROOT / "benchmarks" / "results" / f"{name}_{stamp:%Y%m%dT%H%M%SZ}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(meta, indent=1))
-    os.replace(tmp, out)
+                        write_json(out, meta)  # after every row: a run cut short by a time limit keeps its rows
+    meta["complete"] = True
+    write_json(out, meta)
     print("wrote", out)
+
+
+def write_json(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)
 
 
 if __name__ == "__main__":
