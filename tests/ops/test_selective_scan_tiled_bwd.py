@@ -4,8 +4,8 @@ Same template and helpers as test_selective_scan.py (inputs, reference autograd 
 kernel dispatch, NaN-poisoned outputs from conftest), with the environment switched to the tiled backward and the step
 backward made to fail if it runs. The interpreter's tile is BLOCK_L = 4 steps x BLOCK_D = 16 channels and the backward
 chunk is bwd_chunk_for(N) = 64 / N steps, so N = 16 has one block per chunk, N = 8 two, N = 4 four, N = 1 sixteen (the
-forward sweep that keeps each block's entering state); L = 1, 7, 49, 51, 70 give partial blocks and chunks, and every
-L > 64 / N runs the summary pass + chunk_combine_kernel. Each case runs after the step or the tiled forward.
+forward sweep that keeps each block's entering state); L = 1, 7, 23, 49, 51, 70 give partial blocks and chunks, and
+every L > 64 / N runs the summary pass + chunk_combine_kernel. Each case runs after the step or the tiled forward.
 """
 
 from __future__ import annotations
@@ -79,6 +79,7 @@ GRAD_CASES = [
     (1, 51, 12, 4, 1, "BLD", torch.bfloat16, "step"),
     (1, 49, 24, 8, 2, "BDL", torch.bfloat16, "tiled"),
     (1, 70, 20, 1, 1, "BDL", torch.bfloat16, "step"),
+    (2, 23, 20, 4, 1, "BLD", torch.float16, "tiled"),
 ]
 
 
