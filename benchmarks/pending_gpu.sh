@@ -34,7 +34,7 @@ run_step() {
     scan-tiled-[012])
       "$PY" benchmarks/ops/experiments/scan_tiled_vs_step.py --shapes "${step##*-}" --train --out "$dir/result.json" ;;
     scan-tiled-bwd-[012])
-      "$PY" benchmarks/ops/experiments/scan_tiled_vs_step.py --shapes "${step##*-}" --backward \
+      "$PY" benchmarks/ops/experiments/scan_tiled_vs_step.py --shapes "${step##*-}" --backward --dtypes bf16 \
         --out "$dir/result.json" ;;
     vmeanba-model)
       "$PY" benchmarks/ops/bench_vmeanba.py --model vmamba_v2_tiny --skip-ops --cuda-graph --ks 0 1 2 4 8 14 \

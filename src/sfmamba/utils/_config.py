@@ -22,40 +22,37 @@ def set_kernel_backend(backend: str | None) -> None:
     _kernel_override = backend
 
 
+def _env_choice(name: str, choices: tuple[str, ...], default: str) -> str:
+    """The value of environment variable `name`, lower-cased, `default` when unset or empty; ValueError otherwise."""
+    value = os.environ.get(name, default).strip().lower() or default
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+    return value
+
+
 def kernel_backend() -> str:
     """The requested backend: the override if set, else `SFMAMBA_KERNEL`, else `'auto'`."""
     if _kernel_override is not None:
         return _kernel_override
-    value = os.environ.get(KERNEL_ENV, "auto").strip().lower() or "auto"
-    if value not in KERNEL_CHOICES:
-        raise ValueError(f"{KERNEL_ENV} must be one of {KERNEL_CHOICES}, got {value!r}")
-    return value
+    return _env_choice(KERNEL_ENV, KERNEL_CHOICES, "auto")
 
 
 SCAN_FWD_ENV = "SFMAMBA_SCAN_FWD"
 SCAN_FWD_CHOICES = ("step", "tiled")
+SCAN_BWD_ENV = "SFMAMBA_SCAN_BWD"
+SCAN_BWD_CHOICES = ("step", "tiled")
 
 
 def scan_fwd_kernel() -> str:
     """Which Triton forward kernel the selective scan runs: `'step'` (chunk.py's, the default) or `'tiled'` (the
     experimental tiled.py), from `SFMAMBA_SCAN_FWD`; read on every call so one process can compare both."""
-    value = os.environ.get(SCAN_FWD_ENV, "step").strip().lower() or "step"
-    if value not in SCAN_FWD_CHOICES:
-        raise ValueError(f"{SCAN_FWD_ENV} must be one of {SCAN_FWD_CHOICES}, got {value!r}")
-    return value
-
-
-SCAN_BWD_ENV = "SFMAMBA_SCAN_BWD"
-SCAN_BWD_CHOICES = ("step", "tiled")
+    return _env_choice(SCAN_FWD_ENV, SCAN_FWD_CHOICES, "step")
 
 
 def scan_bwd_kernel() -> str:
     """Which Triton backward kernel the selective scan runs: `'step'` (chunk.py's, the default) or `'tiled'` (the
     experimental tiled_bwd.py), from `SFMAMBA_SCAN_BWD`; read on every call so one process can compare both."""
-    value = os.environ.get(SCAN_BWD_ENV, "step").strip().lower() or "step"
-    if value not in SCAN_BWD_CHOICES:
-        raise ValueError(f"{SCAN_BWD_ENV} must be one of {SCAN_BWD_CHOICES}, got {value!r}")
-    return value
+    return _env_choice(SCAN_BWD_ENV, SCAN_BWD_CHOICES, "step")
 
 
 def triton_interpret() -> bool:
