@@ -58,6 +58,24 @@ def _segments(t, L, seq_len, seg_ids_ptr, cu_ptr, pid_b, RESET: tl.constexpr):
 
 
 @triton.jit
+def _channel_block(Dg, NSTATE, nchunks, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):
+    """This program's place in the scan grid (channel blocks, groups x chunks, images) and its index vectors:
+    pid_b, pid_g, chunk c, D_total, channels offs_d/mask_d/ch [BD], states offs_n/mask_n [BN], mask_dn and
+    state_offs [BN, BD] (offsets within one (N, D) state: D contiguous)."""
+    pid_d, pid_gc, pid_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    pid_g, c = pid_gc // nchunks, pid_gc % nchunks
+    D_total = Dg * (tl.num_programs(1) // nchunks)
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    mask_d = offs_d < Dg
+    ch = pid_g * Dg + offs_d
+    offs_n = tl.arange(0, BLOCK_N)
+    mask_n = offs_n < NSTATE
+    mask_dn = mask_n[:, None] & mask_d[None, :]
+    state_offs = offs_n[:, None] * D_total + ch[None, :]
+    return pid_d, pid_b, pid_g, c, D_total, offs_d, mask_d, ch, offs_n, mask_n, mask_dn, state_offs
+
+
+@triton.jit
 def _load_step(u_ptr, delta_ptr, t, ch, mask_d, su_l, su_d, sdt_l, sdt_d, bias,
                HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):  # fmt: skip
     """u, raw step (after bias) and effective step of one time step, [BLOCK_D] fp32 each."""
@@ -147,15 +165,9 @@ def selective_scan_fwd_kernel(
     # with the whole [N, BLOCK_D] state in registers (state index inside each thread: no shuffles per step).
     # SUMMARY pass: the chunk's decay product P and end state S from a zero start; scan pass: fold the earlier
     # chunks' (P, S) into the incoming state, then scan the chunk and write y.
-    pid_d, pid_gc, pid_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    pid_g, c = pid_gc // nchunks, pid_gc % nchunks
-    D_total = Dg * (tl.num_programs(1) // nchunks)
-    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    mask_d = offs_d < Dg
-    ch = pid_g * Dg + offs_d
-    offs_n = tl.arange(0, BLOCK_N)
-    mask_dn = (offs_n < NSTATE)[:, None] & mask_d[None, :]
-    state_offs = offs_n[:, None] * D_total + ch[None, :]  # [BN, BD] within one (N, D) state: D contiguous
+    pid_d, pid_b, pid_g, c, D_total, offs_d, mask_d, ch, offs_n, mask_n, mask_dn, state_offs = _channel_block(
+        Dg, NSTATE, nchunks, BLOCK_D, BLOCK_N
+    )
     A2 = tl.load(A_ptr + state_offs, mask=mask_dn, other=0.0) * LOG2E
     Dv = tl.load(D_ptr + ch, mask=mask_d, other=0.0) if HAS_D else None
     bias = tl.load(bias_ptr + ch, mask=mask_d, other=0.0) if HAS_BIAS else None
@@ -278,17 +290,10 @@ def selective_scan_bwd_kernel(
     # Main pass: fold the later chunks' (X, Q) into dh after the chunk; recompute the chunk's states forwards from
     # the forward's checkpoint, keeping them in registers; then walk the chunk backwards producing the gradients.
     # Partials (dB/dC per channel block, dA/dD/dbias per chunk) are summed on the host: deterministic.
-    pid_d, pid_gc, pid_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    pid_g, c = pid_gc // nchunks, pid_gc % nchunks
+    pid_d, pid_b, pid_g, c, D_total, offs_d, mask_d, ch, offs_n, mask_n, mask_dn, state_offs = _channel_block(
+        Dg, NSTATE, nchunks, BLOCK_D, BLOCK_N
+    )
     n_groups = tl.num_programs(1) // nchunks
-    D_total = Dg * n_groups
-    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    mask_d = offs_d < Dg
-    ch = pid_g * Dg + offs_d
-    offs_n = tl.arange(0, BLOCK_N)
-    mask_n = offs_n < NSTATE
-    mask_dn = mask_n[:, None] & mask_d[None, :]
-    state_offs = offs_n[:, None] * D_total + ch[None, :]  # [BN, BD] within one (N, D) state: D contiguous
     A = tl.load(A_ptr + state_offs, mask=mask_dn, other=0.0)
     A2 = A * LOG2E
     Dv = tl.load(D_ptr + ch, mask=mask_d, other=0.0) if HAS_D else None

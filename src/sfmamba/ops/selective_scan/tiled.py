@@ -21,7 +21,7 @@ import triton.language as tl
 from ...utils._config import triton_interpret
 from .._launch import autotune as _autotune
 from .._launch import softplus as _softplus
-from .chunk import LOG2E, _segments
+from .chunk import LOG2E, _channel_block, _segments
 
 __all__ = ["selective_scan_fwd_tiled_kernel"]
 
@@ -102,17 +102,10 @@ def selective_scan_fwd_tiled_kernel(
     # Same arguments, grid and buffers as chunk.selective_scan_fwd_kernel (PREFETCH replaced by BLOCK_L).
     # SUMMARY pass: the chunk's decay product P and end state S from a zero start; main pass: start from the
     # incoming state (chunk_combine_kernel's), scan the chunk block by block, write y.
-    pid_d, pid_gc, pid_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    pid_g, c = pid_gc // nchunks, pid_gc % nchunks
-    D_total = Dg * (tl.num_programs(1) // nchunks)
+    pid_d, pid_b, pid_g, c, D_total, offs_d, mask_d, ch, offs_n, mask_n, mask_dn, state_offs = _channel_block(
+        Dg, NSTATE, nchunks, BLOCK_D, BLOCK_N
+    )
     STATE = D_total * NSTATE  # one (N, D) state, D contiguous
-    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    mask_d = offs_d < Dg
-    ch = pid_g * Dg + offs_d
-    offs_n = tl.arange(0, BLOCK_N)
-    mask_n = offs_n < NSTATE
-    mask_dn = mask_n[:, None] & mask_d[None, :]
-    state_offs = offs_n[:, None] * D_total + ch[None, :]  # [BN, BD]
     A2 = tl.load(A_ptr + state_offs, mask=mask_dn, other=0.0) * LOG2E
     Dv = tl.load(D_ptr + ch, mask=mask_d, other=0.0) if HAS_D else None
     bias = tl.load(bias_ptr + ch, mask=mask_d, other=0.0) if HAS_BIAS else None

@@ -24,7 +24,7 @@ import triton.language as tl
 from ...utils._config import triton_interpret
 from .._launch import autotune as _autotune
 from .._launch import softplus as _softplus
-from .chunk import LOG2E, _segments
+from .chunk import LOG2E, _channel_block, _segments
 from .tiled import _bc_tile, _last_step, _linear_recurrence, _seq_tile
 
 __all__ = ["selective_scan_bwd_tiled_kernel"]
@@ -167,18 +167,11 @@ def selective_scan_bwd_tiled_kernel(
     # SUMMARY pass: each chunk's dh at its first step from a zero start (X) and the decay across it (Q).
     # Main pass: dh after the chunk from the combined summaries; states recomputed from the forward's checkpoint;
     # the chunk's blocks walked backwards, each producing its gradients as tiles.
-    pid_d, pid_gc, pid_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    pid_g, c = pid_gc // nchunks, pid_gc % nchunks
+    pid_d, pid_b, pid_g, c, D_total, offs_d, mask_d, ch, offs_n, mask_n, mask_dn, state_offs = _channel_block(
+        Dg, NSTATE, nchunks, BLOCK_D, BLOCK_N
+    )
     n_groups = tl.num_programs(1) // nchunks
-    D_total = Dg * n_groups
     STATE = D_total * NSTATE
-    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    mask_d = offs_d < Dg
-    ch = pid_g * Dg + offs_d
-    offs_n = tl.arange(0, BLOCK_N)
-    mask_n = offs_n < NSTATE
-    mask_dn = mask_n[:, None] & mask_d[None, :]
-    state_offs = offs_n[:, None] * D_total + ch[None, :]  # [BN, BD] within one (N, D) state: D contiguous
     A = tl.load(A_ptr + state_offs, mask=mask_dn, other=0.0)
     A2 = A * LOG2E
     Dv = tl.load(D_ptr + ch, mask=mask_d, other=0.0) if HAS_D else None
