@@ -49,26 +49,46 @@ def _check_supported(augment: AugmentConfig) -> None:
         )
 
 
+def _first_fitting_boxes(
+    draws: torch.Tensor, height: int, width: int, area: tuple[float, float], aspect: tuple[float, float], *,
+    aspect_is_width: bool, strict: bool, min_side: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+    """timm's box search (RandomResizedCrop's and RandomErasing's), for a whole batch at once.
+
+    draws [4+, batch, tries] uniforms: area fraction in `area`, log-uniform aspect in `aspect`, top, left. Sides are
+    round(sqrt(area * aspect)) (the width when `aspect_is_width`, else the height) and round(sqrt(area / aspect)),
+    rounded half to even as Python's round, at least `min_side`; a try fits when both sides are <= the image's (<
+    when `strict`). Returns top, left, h, w [batch] of each image's first fitting try, and whether any try fits.
+    """
+    box_area = height * width * (area[0] + (area[1] - area[0]) * draws[0])
+    log_lo, log_hi = math.log(aspect[0]), math.log(aspect[1])
+    ratio = torch.exp(log_lo + (log_hi - log_lo) * draws[1])
+    along, across = torch.round(torch.sqrt(box_area * ratio)), torch.round(torch.sqrt(box_area / ratio))
+    if min_side:
+        along, across = along.clamp_(min=min_side), across.clamp_(min=min_side)
+    box_w, box_h = (along, across) if aspect_is_width else (across, along)
+    fits = (box_w < width) & (box_h < height) if strict else (box_w <= width) & (box_h <= height)
+    first = fits.to(torch.int8).argmax(dim=1, keepdim=True)  # the first try that fits
+    tries = torch.stack((draws[2], draws[3], box_h, box_w))  # [4, batch, tries]: one gather for the four
+    u_top, u_left, box_h, box_w = tries.gather(2, first.expand(4, -1, -1))[..., 0]
+    top = torch.floor(u_top * (height - box_h + 1))
+    left = torch.floor(u_left * (width - box_w + 1))
+    return top, left, box_h, box_w, fits.any(dim=1)
+
+
 def random_crop_boxes(
     batch: int, height: int, width: int, scale, ratio, generator: torch.Generator, device: torch.device
 ) -> torch.Tensor:
     """[batch, 4] float (top, left, h, w): timm's RandomResizedCrop parameters, drawn for the whole batch."""
     draws = torch.rand((4, batch, _CROP_TRIES), generator=generator, device=device, dtype=torch.float64)
-    area = height * width * (scale[0] + (scale[1] - scale[0]) * draws[0])
-    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
-    aspect = torch.exp(log_lo + (log_hi - log_lo) * draws[1])
-    crop_w = torch.round(torch.sqrt(area * aspect)).clamp_(min=1)
-    crop_h = torch.round(torch.sqrt(area / aspect)).clamp_(min=1)
-    fits = (crop_w <= width) & (crop_h <= height)
-    first = fits.to(torch.int8).argmax(dim=1, keepdim=True)  # the first try that fits, as timm takes
-    crop_w, crop_h = crop_w.gather(1, first)[:, 0], crop_h.gather(1, first)[:, 0]
-    top = torch.floor(draws[2].gather(1, first)[:, 0] * (height - crop_h + 1))
-    left = torch.floor(draws[3].gather(1, first)[:, 0] * (width - crop_w + 1))
+    top, left, crop_h, crop_w, any_fit = _first_fitting_boxes(
+        draws, height, width, scale, ratio, aspect_is_width=True, strict=False, min_side=1
+    )
     # no try fits: timm's fallback, a centre crop clamped to the ratio range
     in_ratio = width / height
     fallback_w = width if in_ratio <= max(ratio) else round(height * max(ratio))
     fallback_h = height if in_ratio >= min(ratio) else round(width / min(ratio))
-    none_fit = ~fits.any(dim=1)
+    none_fit = ~any_fit
     crop_w = torch.where(none_fit, float(fallback_w), crop_w)
     crop_h = torch.where(none_fit, float(fallback_h), crop_h)
     top = torch.where(none_fit, float((height - fallback_h) // 2), top)
@@ -116,18 +136,12 @@ def random_erase_boxes(
     """[batch, 4] float (top, left, h, w) of timm's erasing box per image; all 0 where nothing is erased (the
     probability draw failed, or none of the tries fits)."""
     draws = torch.rand((5, batch, _ERASE_TRIES), generator=generator, device=device, dtype=torch.float64)
-    area = height * width * (settings.min_area + (settings.max_area - settings.min_area) * draws[0])
-    log_lo, log_hi = math.log(settings.min_aspect), math.log(settings.max_aspect)
-    aspect = torch.exp(log_lo + (log_hi - log_lo) * draws[1])
-    box_h = torch.round(torch.sqrt(area * aspect))  # round half to even, as Python's round in timm
-    box_w = torch.round(torch.sqrt(area / aspect))
-    fits = (box_w < width) & (box_h < height)  # timm's condition: strictly smaller than the image
-    first = fits.to(torch.int8).argmax(dim=1, keepdim=True)  # the first try that fits
-    tries = torch.stack((draws[2], draws[3], box_h, box_w))  # [4, batch, tries]: one gather for the four
-    u_top, u_left, box_h, box_w = tries.gather(2, first.expand(4, -1, -1))[..., 0]
-    top = torch.floor(u_top * (height - box_h + 1))
-    left = torch.floor(u_left * (width - box_w + 1))
-    erase = fits.any(dim=1) & (draws[4, :, 0] < settings.probability)
+    area, aspect = (settings.min_area, settings.max_area), (settings.min_aspect, settings.max_aspect)
+    # timm's erasing: the aspect sets the height, and a box must be strictly smaller than the image
+    top, left, box_h, box_w, any_fit = _first_fitting_boxes(
+        draws, height, width, area, aspect, aspect_is_width=False, strict=True
+    )
+    erase = any_fit & (draws[4, :, 0] < settings.probability)
     return torch.stack((top, left, box_h, box_w), dim=1) * erase[:, None]
 
 

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..ops import cross_merge, cross_scan, selective_scan
+from ..ops._launch import needs_grad
 from ..ops.vmeanba.cross import vmeanba_cross_merged
 
 __all__ = ["SS2D"]
@@ -161,7 +162,7 @@ class SS2D(nn.Module):
         return self.out_proj(self.out_norm(y))
 
     def _needs_grad(self, x: Tensor) -> bool:
-        return torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters()))
+        return needs_grad(x, *self.parameters())
 
     def extra_repr(self) -> str:
         return f"d_model={self.d_model}, d_inner={self.d_inner}, d_state={self.d_state}, dt_rank={self.dt_rank}"

@@ -24,7 +24,7 @@ from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_c
 from torch import Tensor, nn
 
 from ..layers import LayerNorm, MambaVisionMixer
-from ..ops.add_norm import add_layer_norm, runs_fused
+from ..ops.add_norm import fused_add_layer_norm, runs_fused
 from ._checkpoint import create_with_file_hooks, load_checkpoint_file
 from ._features import take_indices as _take_indices
 
@@ -174,7 +174,9 @@ class Block(nn.Module):
         y = self.mixer(self.norm1(x))
         if self._fuses_residual_norm(x, y):  # inference on the GPU: the residual add and norm2 in one kernel
             norm_dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else None
-            x, h = add_layer_norm(x, y, self.gamma_1, self.norm2.weight, self.norm2.bias, self.norm2.eps, norm_dtype)
+            x, h = fused_add_layer_norm(
+                x, y, self.gamma_1, self.norm2.weight, self.norm2.bias, self.norm2.eps, norm_dtype
+            )
             y = self.mlp(h)
         else:
             x = x + self.drop_path(y if self.gamma_1 is None else self.gamma_1 * y)

@@ -1,4 +1,5 @@
-"""Launcher pieces shared by the Triton ops: autotuning, device switch, SM count, stride/shape reading, softplus."""
+"""Launcher pieces shared by the Triton ops: autotuning, the autograd test, device switch, SM count, stride/shape
+reading, and the jit helpers softplus and the linear-recurrence combine."""
 
 from __future__ import annotations
 
@@ -11,7 +12,17 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-__all__ = ["autotune", "bc_strides", "on_device", "scan_shape", "sm_count", "softplus", "x_strides"]
+__all__ = [
+    "autotune",
+    "bc_strides",
+    "linear_recurrence",
+    "needs_grad",
+    "on_device",
+    "scan_shape",
+    "sm_count",
+    "softplus",
+    "x_strides",
+]
 
 
 _AUTOTUNE_CACHES = "cache_results" in inspect.signature(triton.autotune).parameters
@@ -25,6 +36,11 @@ def autotune(configs: list[triton.Config], key: list[str], **kwargs):
     if _AUTOTUNE_CACHES:
         kwargs.setdefault("cache_results", True)
     return triton.autotune(configs=configs, key=key, **kwargs)
+
+
+def needs_grad(*tensors: Tensor | None) -> bool:
+    """Whether autograd will need a backward through an op on these tensors (None entries are skipped)."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 def on_device(device: torch.device) -> contextlib.AbstractContextManager:
@@ -61,3 +77,9 @@ def scan_shape(u: Tensor, A: Tensor, B: Tensor, layout: str) -> tuple[int, int, 
 @triton.jit
 def softplus(x):
     return tl.where(x > 20.0, x, tl.where(x < -15.0, tl.exp(x), tl.log(1.0 + tl.exp(x))))
+
+
+@triton.jit
+def linear_recurrence(a1, b1, a2, b2):
+    """`tl.associative_scan` combine of h -> a h + b maps: (a1, b1) then (a2, b2) is h -> a2 (a1 h + b1) + b2."""
+    return a1 * a2, a2 * b1 + b2

@@ -11,6 +11,7 @@ from torch import Tensor
 
 from ...utils._config import use_triton
 from .._checks import ArgumentError
+from .._launch import needs_grad
 from .naive import add_layer_norm_naive
 
 
@@ -30,8 +31,20 @@ def _check(x: Tensor, y: Tensor, gamma: Tensor | None, weight: Tensor | None, bi
 def runs_fused(x: Tensor, *others: Tensor | None) -> bool:
     """Whether `add_layer_norm` on these tensors takes the fused kernel (callers keep their own unfused code
     otherwise, so CPU results stay bit-identical to the plain modules)."""
-    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, *others))
-    return not needs_grad and not torch.compiler.is_compiling() and use_triton(x.device)
+    return not needs_grad(x, *others) and not torch.compiler.is_compiling() and use_triton(x.device)
+
+
+def fused_add_layer_norm(
+    x: Tensor, y: Tensor, gamma: Tensor | None, weight: Tensor | None, bias: Tensor | None, eps: float,
+    norm_dtype: torch.dtype | None,
+) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """The fused Triton forward of `add_layer_norm`, unchecked: for callers that already know `runs_fused`."""
+    from .chunk import add_layer_norm_fwd
+
+    residual_dtype = torch.result_type(x, y)
+    if gamma is not None:
+        residual_dtype = torch.promote_types(residual_dtype, gamma.dtype)
+    return add_layer_norm_fwd(x, y, gamma, weight, bias, eps, residual_dtype, norm_dtype or residual_dtype)
 
 
 def add_layer_norm(
@@ -49,9 +62,4 @@ def add_layer_norm(
     _check(x, y, gamma, weight, bias)
     if not runs_fused(x, y, gamma, weight, bias):
         return add_layer_norm_naive(x, y, gamma, weight, bias, eps, norm_dtype)
-    residual_dtype = (
-        torch.result_type(x, y) if gamma is None else torch.promote_types(torch.result_type(x, y), gamma.dtype)
-    )
-    from .chunk import add_layer_norm_fwd
-
-    return add_layer_norm_fwd(x, y, gamma, weight, bias, eps, residual_dtype, norm_dtype or residual_dtype)
+    return fused_add_layer_norm(x, y, gamma, weight, bias, eps, norm_dtype)

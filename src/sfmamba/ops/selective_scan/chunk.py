@@ -21,6 +21,7 @@ from torch import Tensor
 from ...utils._config import scan_bwd_kernel, scan_fwd_kernel, triton_interpret
 from .._launch import autotune as _autotune
 from .._launch import bc_strides as _bc_strides
+from .._launch import needs_grad as _needs_grad
 from .._launch import on_device as _on_device
 from .._launch import scan_shape as _shape
 from .._launch import sm_count as _sm_count
@@ -711,7 +712,7 @@ def selective_scan_triton(
 ) -> Tensor | tuple[Tensor, Tensor]:  # fmt: skip
     """The Triton path of `sfmamba.ops.selective_scan` (inputs already checked)."""
     tensors = (u, delta, A, B, C, D, z, delta_bias, initial_state)
-    save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+    save = _needs_grad(*tensors)
     scan = torch.ops.sfmamba.selective_scan_fwd if torch.compiler.is_compiling() else SelectiveScanFunction.apply
     out, last, _ = scan(
         u, delta, A, B, C, D, z, delta_bias, initial_state, cu_seqlens, delta_softplus, seq_len or 0, layout,

@@ -20,6 +20,7 @@ import triton.language as tl
 
 from ...utils._config import triton_interpret
 from .._launch import autotune as _autotune
+from .._launch import linear_recurrence as _linear_recurrence
 from .._launch import softplus as _softplus
 from .chunk import LOG2E, _channel_block, _segments
 
@@ -31,16 +32,10 @@ MAX_TILE_ELEMENTS_PER_THREAD = 32
 
 
 @triton.jit
-def _linear_recurrence(a1, b1, a2, b2):
-    # (a1, b1) then (a2, b2): h -> a2 (a1 h + b1) + b2
-    return a1 * a2, a2 * b1 + b2
-
-
-@triton.jit
-def _last_step(x, BLOCK_L: tl.constexpr):
-    """Row BLOCK_L - 1 of a [BLOCK_L, BLOCK_N, BLOCK_D] tensor."""
+def _step_row(x, step, BLOCK_L: tl.constexpr):
+    """Row `step` of a [BLOCK_L, BLOCK_N, BLOCK_D] tensor (registers cannot be indexed: a masked sum)."""
     rows = tl.arange(0, BLOCK_L)
-    return tl.sum(tl.where((rows == BLOCK_L - 1)[:, None, None], x, 0.0), axis=0)
+    return tl.sum(tl.where((rows == step)[:, None, None], x, 0.0), axis=0)
 
 
 @triton.jit
@@ -148,9 +143,9 @@ def selective_scan_fwd_tiled_kernel(
         a = tl.where(start3, 0.0, dA)  # a segment start forgets the carried state
         a_cum, h_local = tl.associative_scan((a, b), 0, _linear_recurrence)
         h = h_local + a_cum * h_carry[None, :, :]  # [BL, BN, BD]: the state after every step of the block
-        h_carry = _last_step(h, BLOCK_L)
+        h_carry = _step_row(h, BLOCK_L - 1, BLOCK_L)
         if SUMMARY:
-            decay_carry *= _last_step(a_cum, BLOCK_L)
+            decay_carry *= _step_row(a_cum, BLOCK_L - 1, BLOCK_L)
         else:
             Ct = _bc_tile(C_ptr, offs_t, offs_n, mask_tn, sC_l, sC_n)
             y = tl.sum(h * Ct[:, :, None], axis=1)  # [BL, BD]

@@ -23,9 +23,10 @@ import triton.language as tl
 
 from ...utils._config import triton_interpret
 from .._launch import autotune as _autotune
+from .._launch import linear_recurrence as _linear_recurrence
 from .._launch import softplus as _softplus
 from .chunk import LOG2E, _channel_block, _segments
-from .tiled import _bc_tile, _last_step, _linear_recurrence, _seq_tile
+from .tiled import _bc_tile, _seq_tile, _step_row
 
 __all__ = ["selective_scan_bwd_tiled_kernel"]
 
@@ -35,13 +36,6 @@ __all__ = ["selective_scan_bwd_tiled_kernel"]
 MIN_TILE_ELEMENTS_PER_THREAD, MAX_TILE_ELEMENTS_PER_THREAD = 8, 16
 # blocks of fewer than CHUNK / this steps re-scan too much in the entering-state sweep (and only lengthen autotuning)
 MAX_BLOCKS_PER_CHUNK = 4
-
-
-@triton.jit
-def _first_step(x, BLOCK_L: tl.constexpr):
-    """Row 0 of a [BLOCK_L, BLOCK_N, BLOCK_D] tensor."""
-    rows = tl.arange(0, BLOCK_L)
-    return tl.sum(tl.where((rows == 0)[:, None, None], x, 0.0), axis=0)
 
 
 @triton.jit
@@ -205,8 +199,8 @@ def selective_scan_bwd_tiled_kernel(
                 sdo_l, sdo_d, sz_l, sz_d, HAS_Z, HAS_BIAS, SOFTPLUS, HAS_DLAST, RESET,
             )  # fmt: skip
             alpha_cum, dh_local = tl.associative_scan((alpha, g), 0, _linear_recurrence, reverse=True)
-            dh_carry = _first_step(dh_local + alpha_cum * dh_carry[None, :, :], BLOCK_L)
-            decay_carry *= _first_step(alpha_cum, BLOCK_L)
+            dh_carry = _step_row(dh_local + alpha_cum * dh_carry[None, :, :], 0, BLOCK_L)
+            decay_carry *= _step_row(alpha_cum, 0, BLOCK_L)
         tl.store(sum_X_ptr + summary_offs, dh_carry, mask=mask_dn)
         tl.store(sum_Q_ptr + summary_offs, decay_carry, mask=mask_dn)
     else:
@@ -226,7 +220,7 @@ def selective_scan_bwd_tiled_kernel(
                     offs_n, mask_n, state_offs, A2, bias, L, seq_len, pid_b, STATE, su_l, su_d, sdt_l, sdt_d, sB_l,
                     sB_n, HAS_BIAS, SOFTPLUS, HAS_H0, RESET,
                 )  # fmt: skip
-                h_in = _last_step(h, BLOCK_L)
+                h_in = _step_row(h, BLOCK_L - 1, BLOCK_L)
         else:
             entering = h_in[None, :, :]
         part_base = ((pid_d * batch + pid_b) * n_groups + pid_g) * L * NSTATE  # into the dB/dC partials
@@ -252,7 +246,7 @@ def selective_scan_bwd_tiled_kernel(
             )  # fmt: skip
             alpha_cum, dh_local = tl.associative_scan((alpha, g), 0, _linear_recurrence, reverse=True)
             dh = dh_local + alpha_cum * dh_carry[None, :, :]  # [BL, BN, BD]
-            dh_carry = _first_step(dh, BLOCK_L)
+            dh_carry = _step_row(dh, 0, BLOCK_L)
             seq_offs = offs_t[:, None] * sg_l + ch[None, :] * sg_d
             part_offs = part_base + offs_t[:, None] * NSTATE + offs_n[None, :]
             # dC, dz: forward quantities only

@@ -30,6 +30,8 @@ from torch import Tensor
 from ...utils._config import triton_interpret
 from .._launch import autotune as _autotune
 from .._launch import bc_strides as _bc_strides
+from .._launch import linear_recurrence as _linear_recurrence
+from .._launch import needs_grad as _needs_grad
 from .._launch import on_device as _on_device
 from .._launch import scan_shape as _shape
 from .._launch import sm_count as _sm_count
@@ -37,12 +39,6 @@ from .._launch import softplus as _softplus
 from .._launch import x_strides as _x_strides
 
 LOG2E = tl.constexpr(1.4426950408889634)
-
-
-@triton.jit
-def _linear_recurrence(a1, b1, a2, b2):
-    # (a1, b1) then (a2, b2): x -> a2 (a1 x + b1) + b2
-    return a1 * a2, a2 * b1 + b2
 
 
 @triton.jit
@@ -634,7 +630,7 @@ def mean_selective_scan_triton(
 ) -> Tensor:  # fmt: skip
     """The Triton path of `sfmamba.ops.vmeanba.mean_selective_scan` (inputs already checked)."""
     tensors = (u, delta, A, B, C, D, z, delta_bias)
-    save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+    save = _needs_grad(*tensors)
     scan = (
         torch.ops.sfmamba.mean_selective_scan_fwd if torch.compiler.is_compiling() else MeanSelectiveScanFunction.apply
     )

@@ -25,6 +25,7 @@ from torch import Tensor
 from ...utils._config import triton_interpret, use_triton
 from .._launch import on_device as _on_device
 from .._launch import softplus as _softplus
+from ..cross_scan import cross_merge
 
 __all__ = ["cross_mean_inputs", "cross_mean_inputs_naive", "linear_recurrence", "vmeanba_cross_merged"]
 
@@ -142,14 +143,6 @@ def _to_directions(t: Tensor) -> Tensor:
     return torch.stack((rows[:, :, 0], cols[:, :, 1], rows[:, :, 2].flip(1), cols[:, :, 3].flip(1)), dim=2)
 
 
-def _merge_directions(y: Tensor, height: int, width: int) -> Tensor:
-    """[B, L, K] outputs in each direction's order -> [B, H, W], their sum per position (as `cross_merge`)."""
-    batch = y.shape[0]
-    rows = y[:, :, 0] + y[:, :, 2].flip(1)
-    cols = y[:, :, 1] + y[:, :, 3].flip(1)
-    return rows.view(batch, height, width) + cols.view(batch, width, height).transpose(1, 2)
-
-
 def vmeanba_cross_merged(
     x: Tensor, x_proj_weight: Tensor, dt_projs_weight: Tensor, dt_projs_bias: Tensor, A: Tensor, Ds: Tensor
 ) -> Tensor:
@@ -168,9 +161,9 @@ def vmeanba_cross_merged(
         x.reshape(-1, dim), dts.reshape(-1, k, rank), dt_projs_weight, dt_projs_bias, A
     )  # [B*H*W, K, N], [B*H*W, K]
     drive = dtu.unsqueeze(-1) * Bs.reshape(-1, k, nstate).float()  # dt * u * B, channel-averaged: [B*H*W, K, N]
-    decay, drive = (_to_directions(t.view(batch, height, width, k, nstate)) for t in (decay, drive))
-    states = linear_recurrence(decay, drive)  # [B, L, K, N]
-    y_group = (states * _to_directions(Cs.float())).sum(-1)  # [B, L, K]
-    merged = _merge_directions(y_group, height, width)  # [B, H, W]
+    per_position = torch.stack((decay, drive, Cs.reshape(-1, k, nstate).float()), dim=-1)  # [B*H*W, K, N, 3]
+    decay, drive, C = _to_directions(per_position.view(batch, height, width, k, nstate, 3)).unbind(-1)
+    y_group = (linear_recurrence(decay, drive) * C).sum(-1, keepdim=True)  # [B, L, K, 1]
+    merged = cross_merge(y_group, height, width)[..., 0]  # [B, H, W]: the directions summed back per position
     skip = Ds.float().view(k, dim).sum(0)  # sum_k D_kc
     return torch.addcmul(merged.unsqueeze(-1), x.float(), skip).to(x.dtype)
