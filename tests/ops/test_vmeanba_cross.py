@@ -1,8 +1,9 @@
-"""VMeanba's SS2D fast path (ops/vmeanba/cross.py): the channel-mean kernel against its reference, the doubling
-recurrence against a step loop, and the whole path against cross_scan -> mean_selective_scan -> cross_merge.
+"""VMeanba's SS2D fast path (ops/vmeanba/cross.py): each Triton kernel (channel means, directional scans, merged
+output) against its reference, the references against step loops, and the whole path against
+cross_scan -> mean_selective_scan -> cross_merge.
 
-The Triton kernel runs on CPU tensors through the interpreter (small shapes: odd position counts, channel counts
-that are not a multiple of the block, N in {1, 4, 16}, dt ranks 1 and 6).
+The Triton kernels run on CPU tensors through the interpreter (small shapes: odd position counts and maps, channel
+counts that are not a multiple of the block, N in {1, 4, 16}, dt ranks 1 and 6, bf16 and fp32).
 """
 
 from __future__ import annotations
@@ -14,12 +15,20 @@ os.environ["TRITON_INTERPRET"] = "1"
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch import Tensor  # noqa: E402
 
 from sfmamba.layers.ss2d import SS2D  # noqa: E402
+from sfmamba.ops import cross_merge, cross_scan  # noqa: E402
+from sfmamba.ops.vmeanba import mean_selective_scan  # noqa: E402
 from sfmamba.ops.vmeanba.cross import (  # noqa: E402
     cross_mean_inputs_naive,
     cross_mean_inputs_triton,
+    directional_scan_naive,
+    directional_scan_triton,
     linear_recurrence,
+    merged_output_naive,
+    merged_output_triton,
     vmeanba_cross_merged,
 )
 from sfmamba.testing import assert_close  # noqa: E402
@@ -53,17 +62,85 @@ def test_doubling_recurrence_matches_a_step_loop(length):
     torch.testing.assert_close(linear_recurrence(a, b), torch.stack(states, 1))
 
 
+def _scan_orders(height: int, width: int) -> list[list[int]]:
+    """Map positions (h * W + w) in the order each direction visits them: rows, columns, both reversed."""
+    rows = [h * width + w for h in range(height) for w in range(width)]
+    cols = [h * width + w for w in range(width) for h in range(height)]
+    return [rows, cols, rows[::-1], cols[::-1]]
+
+
+def _scan_inputs(batch, height, width, rank, nstate, dtype):
+    """decay, dtu (fp32, map order) and a proj [B, H, W, K, R + 2N] that is a strided view (like x_proj's split)."""
+    k = 4
+    decay = torch.rand(batch, height, width, k, nstate) * 0.5 + 0.45
+    dtu = torch.randn(batch, height, width, k)
+    wide = torch.randn(batch, height, width, k, rank + 2 * nstate + 3).to(dtype)
+    return decay, dtu, wide[..., 1 : rank + 2 * nstate + 1]  # not contiguous: the kernel must follow the strides
+
+
+@pytest.mark.parametrize(("height", "width"), [(5, 7), (7, 3), (1, 9)])
+def test_directional_scan_reference_is_a_step_loop_per_direction(height, width):
+    torch.manual_seed(height + width)
+    rank, nstate = 2, 3
+    decay, dtu, proj = _scan_inputs(2, height, width, rank, nstate, torch.float64)
+    decay, dtu = decay.double(), dtu.double()
+    B, C = proj[..., rank : rank + nstate], proj[..., rank + nstate :]
+    want = torch.zeros(2, height * width, 4, dtype=torch.float64)
+    for k, order in enumerate(_scan_orders(height, width)):
+        h = torch.zeros(2, nstate, dtype=torch.float64)
+        for pos in order:
+            i, j = divmod(pos, width)
+            h = decay[:, i, j, k] * h + dtu[:, i, j, k, None] * B[:, i, j, k]
+            want[:, pos, k] = (h * C[:, i, j, k]).sum(-1)
+    got = directional_scan_naive(decay, dtu, proj, rank)
+    torch.testing.assert_close(got.double(), want.view(2, height, width, 4), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("height", "width", "rank", "nstate"), [(5, 7, 6, 1), (7, 3, 3, 4), (1, 9, 1, 2), (6, 6, 2, 1)]
+)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_directional_scan_kernel_matches_reference(height, width, rank, nstate, dtype):
+    torch.manual_seed(height * width + nstate)
+    decay, dtu, proj = _scan_inputs(2, height, width, rank, nstate, dtype)
+    want = directional_scan_naive(decay, dtu, proj, rank)
+    got = directional_scan_triton(decay, dtu, proj, rank)  # y NaN-poisoned by conftest: every (position, k) written
+    assert got.dtype == torch.float32
+    assert_close("directional scan", want, got, 1e-5)
+
+
+@pytest.mark.parametrize(("positions", "dim"), [(1, 5), (37, 40), (35, 130)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_merged_output_kernel_matches_reference(positions, dim, dtype):
+    torch.manual_seed(positions + dim)
+    y, skip = torch.randn(positions, 4), torch.randn(dim)
+    x = torch.randn(positions, dim + 2).to(dtype)[:, 1:-1]  # a strided row view
+    want = merged_output_naive(y, x, skip)
+    got = merged_output_triton(y, x, skip)  # NaN-poisoned output
+    assert got.dtype == dtype and got.shape == x.shape
+    by_hand = y.sum(-1, keepdim=True) + x.float() * skip
+    assert_close("merged output vs by hand", by_hand, want.float(), 1e-5 if dtype == torch.float32 else 1e-2)
+    if dtype == torch.float32:
+        assert_close("merged output", want, got, 1e-6)
+    else:  # fp32 math, one rounding to bf16: at most one bf16 step apart (the direction sum's order may differ)
+        step = want.float().abs() * 2**-7 + 1e-30
+        assert ((got.float() - want.float()).abs() <= step).all()
+
+
 def _ss2d(dim: int, nstate: int) -> SS2D:
     block = SS2D(dim, d_state=nstate).eval()
     with torch.no_grad():  # away from the init's A = -(1..N), D = 1, so every term matters
         block.A_logs.normal_(0, 0.5)
         block.Ds.normal_()
+        block.dt_projs_bias.normal_(0, 0.5)  # steps around softplus(0) = 0.7 (the init's 0.001..0.1 hide the scan)
     block.vmeanba = True
     return block
 
 
 @pytest.mark.parametrize("backend", ["naive", "triton"])
-@pytest.mark.parametrize(("height", "width", "dim", "nstate"), [(5, 7, 16, 1), (4, 4, 24, 4), (1, 9, 8, 2)])
+@pytest.mark.parametrize(
+    ("height", "width", "dim", "nstate"), [(5, 7, 16, 1), (4, 4, 24, 4), (1, 9, 8, 2), (7, 3, 40, 1)]
+)
 def test_fast_path_equals_the_generic_vmeanba_block(backend, height, width, dim, nstate):
     torch.manual_seed(height * width)
     block, x = _ss2d(dim, nstate), torch.randn(2, height, width, dim)
@@ -77,6 +154,74 @@ def test_fast_path_equals_the_generic_vmeanba_block(backend, height, width, dim,
     finally:
         set_kernel_backend(None)
     assert_close("fast path", generic, fast, 1e-5)
+
+
+def _generic_merged(block: SS2D, x: Tensor) -> Tensor:
+    """What SS2D's generic VMeanba path feeds its out_norm: cross_scan -> mean_selective_scan -> cross_merge, fp32."""
+    batch, height, width, dim = x.shape
+    k, r, n = 4, block.dt_rank, block.d_state
+    xs = cross_scan(x.float(), layout="BHWC", scan_layout="BLD").view(batch, height * width, k * dim)
+    x_proj, dt_proj = (w.float() for w in block._projection_weights())
+    dts, Bs, Cs = F.linear(xs, x_proj).split((k * r, k * n, k * n), dim=-1)
+    y = mean_selective_scan(
+        xs, F.linear(dts, dt_proj), -torch.exp(block.A_logs.float()), Bs.unflatten(-1, (k, n)),
+        Cs.unflatten(-1, (k, n)), block.Ds.float(), None, block.dt_projs_bias.reshape(-1).float(), True, layout="BLD",
+    )  # fmt: skip
+    return cross_merge(y.view(batch, height * width, k, dim), height, width, scan_layout="BLD", layout="BHWC")
+
+
+@pytest.mark.parametrize("backend", ["naive", "triton"])
+@pytest.mark.parametrize(("height", "width", "nstate", "dtype"), [(5, 7, 1, torch.float32), (7, 3, 4, torch.bfloat16)])
+def test_merged_output_equals_the_cross_merged_mean_scan(backend, height, width, nstate, dtype):
+    # before out_norm: the scan term is visible here (SS2D's LayerNorm removes it, see the test below)
+    torch.manual_seed(height + nstate)
+    block, x = _ss2d(24, nstate), torch.randn(2, height, width, 24)
+    A = -torch.exp(block.A_logs.float())
+    with torch.no_grad():
+        set_kernel_backend("naive")
+        want = _generic_merged(block, x.to(dtype))
+        set_kernel_backend(backend)
+        try:
+            got = vmeanba_cross_merged(
+                x.to(dtype), block.x_proj_weight.to(dtype), block.dt_projs_weight.to(dtype),
+                block.dt_projs_bias.to(dtype), A, block.Ds,
+            )  # fmt: skip
+        finally:
+            set_kernel_backend(None)
+    assert got.dtype == dtype
+    scan_term = want - x.to(dtype).float() * block.Ds.detach().view(4, 24).sum(0)
+    assert scan_term.norm() > 0.03 * want.norm()  # the reduced scans matter: a wrong scan cannot hide in the skip
+    assert_close("merged", want, got.float(), 1e-5 if dtype == torch.float32 else 2e-2)
+
+
+def test_layer_norm_removes_the_scan_term_of_a_converted_block():
+    # the broadcast scan output is the same in every channel of a position, so SS2D's out_norm (a LayerNorm over the
+    # channels) subtracts it: a converted block's output depends on x * sum_k D_k only
+    torch.manual_seed(4)
+    block, x = _ss2d(16, 2), torch.randn(2, 5, 7, 16)
+    A = -torch.exp(block.A_logs.float())
+    with torch.no_grad():
+        merged = vmeanba_cross_merged(x, block.x_proj_weight, block.dt_projs_weight, block.dt_projs_bias, A, block.Ds)
+        skip_only = x * block.Ds.view(4, 16).sum(0)
+        assert (merged - skip_only).norm() > 0.1 * merged.norm()
+        assert_close("LayerNorm", block.out_norm(skip_only), block.out_norm(merged), 1e-5)
+
+
+@pytest.mark.parametrize("backend", ["naive", "triton"])
+def test_fast_path_in_bf16_is_close_to_the_fp32_generic_block(backend):
+    torch.manual_seed(3)
+    block, x = _ss2d(24, 1), torch.randn(2, 5, 7, 24)
+    set_kernel_backend(backend)
+    try:
+        with torch.no_grad():
+            block.vmeanba_fast_path = False
+            reference = block(x)  # fp32
+            block.vmeanba_fast_path = True
+            fast = block.to(torch.bfloat16)(x.to(torch.bfloat16))
+    finally:
+        set_kernel_backend(None)
+    assert fast.dtype == torch.bfloat16
+    assert_close("bf16 fast path", reference, fast.float(), 3e-2)
 
 
 def test_fast_path_is_the_cross_merge_of_the_mean_scan():

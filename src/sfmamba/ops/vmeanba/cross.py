@@ -23,11 +23,20 @@ import triton.language as tl
 from torch import Tensor
 
 from ...utils._config import triton_interpret, use_triton
+from .._launch import linear_recurrence as _linear_recurrence
 from .._launch import on_device as _on_device
 from .._launch import softplus as _softplus
-from ..cross_scan import cross_merge
 
-__all__ = ["cross_mean_inputs", "cross_mean_inputs_naive", "linear_recurrence", "vmeanba_cross_merged"]
+__all__ = [
+    "cross_mean_inputs",
+    "cross_mean_inputs_naive",
+    "directional_scan",
+    "directional_scan_naive",
+    "linear_recurrence",
+    "merged_output",
+    "merged_output_naive",
+    "vmeanba_cross_merged",
+]
 
 DIRECTIONS = 4
 LOG2E = tl.constexpr(1.4426950408889634)
@@ -49,16 +58,21 @@ def cross_mean_inputs_naive(x: Tensor, dts: Tensor, dt_weight: Tensor, dt_bias: 
 @triton.jit
 def cross_mean_inputs_kernel(
     x_ptr, dts_ptr, w_ptr, bias_ptr, A_ptr, decay_ptr, dtu_ptr,
-    P, DIM, RANK, NSTATE, sx_p, sdts_p,
-    BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+    P, DIM, NSTATE, sx_p, sdts_p,
+    K: tl.constexpr, RANK: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
     # One program: BLOCK_P positions x one direction k; loops over the channels in BLOCK_D blocks, dt built in
     # registers from the rank-R projection (never written), sums of exp(dt * A) [BLOCK_P, N] and dt * x [BLOCK_P].
-    pid_p, k = tl.program_id(0), tl.program_id(1)
+    # Direction fastest in the flat grid: the K programs of one position block run side by side, so x [BLOCK_P, D]
+    # comes from HBM once and from L2 K - 1 times.
+    pid = tl.program_id(0)
+    k, pid_p = pid % K, pid // K
     offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
     mask_p = offs_p < P
     offs_n = tl.arange(0, BLOCK_N)
     mask_n = offs_n < NSTATE
+    x_rows = x_ptr + offs_p.to(tl.int64)[:, None] * sx_p
+    dts_rows = dts_ptr + offs_p.to(tl.int64) * sdts_p + k * RANK
     decay = tl.zeros([BLOCK_P, BLOCK_N], dtype=tl.float32)
     dtu = tl.zeros([BLOCK_P], dtype=tl.float32)
     for d0 in range(0, DIM, BLOCK_D):
@@ -66,19 +80,19 @@ def cross_mean_inputs_kernel(
         mask_d = offs_d < DIM
         ch = k * DIM + offs_d
         dt = tl.zeros([BLOCK_P, BLOCK_D], dtype=tl.float32)
-        for r in range(RANK):
-            dts_r = tl.load(dts_ptr + offs_p * sdts_p + k * RANK + r, mask=mask_p, other=0.0).to(tl.float32)
+        for r in tl.static_range(RANK):  # unrolled: the dts column loads do not depend on d0 (hoistable)
+            dts_r = tl.load(dts_rows + r, mask=mask_p, other=0.0).to(tl.float32)
             w_r = tl.load(w_ptr + ch * RANK + r, mask=mask_d, other=0.0).to(tl.float32)
             dt += dts_r[:, None] * w_r[None, :]
         dt = _softplus(dt + tl.load(bias_ptr + ch, mask=mask_d, other=0.0).to(tl.float32)[None, :])
         mask = mask_p[:, None] & mask_d[None, :]
-        x = tl.load(x_ptr + offs_p[:, None] * sx_p + offs_d[None, :], mask=mask, other=0.0).to(tl.float32)
+        x = tl.load(x_rows + offs_d[None, :], mask=mask, other=0.0).to(tl.float32)
         dtu += tl.sum(tl.where(mask, dt * x, 0.0), axis=1)
         A2 = tl.load(A_ptr + ch[:, None] * NSTATE + offs_n[None, :], mask=mask_d[:, None] & mask_n[None, :], other=0.0)
         e = tl.exp2(dt[:, :, None] * (A2 * LOG2E)[None, :, :])  # [BLOCK_P, BLOCK_D, BLOCK_N]
         decay += tl.sum(tl.where(mask[:, :, None], e, 0.0), axis=1)
     inv = 1.0 / DIM
-    out_pk = offs_p * tl.num_programs(1) + k
+    out_pk = offs_p * K + k
     tl.store(dtu_ptr + out_pk, dtu * inv, mask=mask_p)
     tl.store(
         decay_ptr + out_pk[:, None] * NSTATE + offs_n[None, :], decay * inv, mask=mask_p[:, None] & mask_n[None, :]
@@ -107,11 +121,11 @@ def cross_mean_inputs_triton(x: Tensor, dts: Tensor, dt_weight: Tensor, dt_bias:
     decay = torch.empty(positions, k, nstate, device=x.device, dtype=torch.float32)
     dtu = torch.empty(positions, k, device=x.device, dtype=torch.float32)
     block_p, block_d, block_n, warps = _block_sizes(dim, nstate)
-    grid = (triton.cdiv(positions, block_p), k)
+    grid = (k * triton.cdiv(positions, block_p),)
     with _on_device(x.device):
         cross_mean_inputs_kernel[grid](
-            x, dts, w, bias, A, decay, dtu, positions, dim, rank, nstate, x.stride(0), dts.stride(0),
-            BLOCK_P=block_p, BLOCK_D=block_d, BLOCK_N=block_n, num_warps=warps,
+            x, dts, w, bias, A, decay, dtu, positions, dim, nstate, x.stride(0), dts.stride(0),
+            K=k, RANK=rank, BLOCK_P=block_p, BLOCK_D=block_d, BLOCK_N=block_n, num_warps=warps,
         )  # fmt: skip
     return decay, dtu
 
@@ -123,9 +137,12 @@ def cross_mean_inputs(x: Tensor, dts: Tensor, dt_weight: Tensor, dt_bias: Tensor
     return cross_mean_inputs_naive(x, dts, dt_weight, dt_bias, A)
 
 
+# ------------------------------------------------------------------------------------- the reduced scans
+
+
 def linear_recurrence(a: Tensor, b: Tensor) -> Tensor:
     """h[t] = a[t] * h[t-1] + b[t] along dim 1 from h = 0, by recursive doubling: log2(L) rounds of elementwise
-    ops over the whole tensor (parallel over L, unlike a step loop; the reduced sequences are few and long)."""
+    ops over the whole tensor (parallel over L, unlike a step loop; the reference path on the CPU)."""
     length, shift = a.shape[1], 1
     while shift < length:
         b = torch.cat((b[:, :shift], torch.addcmul(b[:, shift:], a[:, shift:], b[:, :-shift])), dim=1)
@@ -143,6 +160,150 @@ def _to_directions(t: Tensor) -> Tensor:
     return torch.stack((rows[:, :, 0], cols[:, :, 1], rows[:, :, 2].flip(1), cols[:, :, 3].flip(1)), dim=2)
 
 
+def _from_directions(t: Tensor, height: int, width: int) -> Tensor:
+    """Inverse of `_to_directions` for [B, L, K] values: each direction's scan order back to map order [B, H, W, K]."""
+    batch = t.shape[0]
+    rows, cols = t[:, :, 0], t[:, :, 1]
+    reversed_rows, reversed_cols = t[:, :, 2].flip(1), t[:, :, 3].flip(1)
+    as_map = [r.reshape(batch, height, width) for r in (rows, reversed_rows)]
+    as_map += [c.reshape(batch, width, height).transpose(1, 2) for c in (cols, reversed_cols)]
+    return torch.stack((as_map[0], as_map[2], as_map[1], as_map[3]), dim=-1)
+
+
+def _state_views(proj: Tensor, rank: int, nstate: int) -> tuple[Tensor, Tensor]:
+    """B and C [B, H, W, K, N] of the x_proj output [B, H, W, K, R + 2N] (dt | B | C per direction): strided views."""
+    _, Bs, Cs = proj.split((rank, nstate, nstate), dim=-1)
+    return Bs, Cs
+
+
+def directional_scan_naive(decay: Tensor, dtu: Tensor, proj: Tensor, rank: int) -> Tensor:
+    """The reduced scan of every direction, fp32 reference: y [B, H, W, K] in map order.
+
+    decay [B, H, W, K, N] and dtu [B, H, W, K] (the channel means, map order); proj [B, H, W, K, R + 2N] (x_proj's
+    dt | B | C per direction). Direction k scans its order (rows, columns, both reversed) of
+    h[t] = decay[t] h[t-1] + dtu[t] B[t] from h = 0 and reads y[t] = sum_n C[t, n] h[t, n].
+    """
+    height, width, nstate = decay.shape[1], decay.shape[2], decay.shape[-1]
+    Bs, Cs = _state_views(proj, rank, nstate)
+    drive = dtu.float().unsqueeze(-1) * Bs.float()  # [B, H, W, K, N]
+    states = linear_recurrence(_to_directions(decay.float()), _to_directions(drive))  # [B, L, K, N]
+    y = (states * _to_directions(Cs.float())).sum(-1)  # [B, L, K]
+    return _from_directions(y, height, width)
+
+
+@triton.jit
+def directional_scan_kernel(
+    decay_ptr, dtu_ptr, proj_ptr, y_ptr, H, W, NSTATE, sproj_p, sproj_k, B_OFF, C_OFF,
+    K: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_N: tl.constexpr,
+):  # fmt: skip
+    # One program: one image, one direction, the whole sequence in BLOCK_L steps with the state carried between
+    # blocks. Step t of direction k is map position pos_k(t) (row-major p = h * W + w): t, the column-major
+    # (t % H) * W + t // H, and both with t read from the end. decay/dtu/y are [P, K(, N)], proj [P, K, R + 2N].
+    pid = tl.program_id(0)
+    k, b = pid % K, pid // K
+    length = H * W
+    steps = tl.arange(0, BLOCK_L)
+    offs_n = tl.arange(0, BLOCK_N)
+    mask_n = offs_n < NSTATE
+    image = b.to(tl.int64) * length
+    h = tl.zeros([BLOCK_N], dtype=tl.float32)
+    for t0 in range(0, length, BLOCK_L):
+        t = t0 + steps
+        mask_t = t < length
+        s = tl.where(k >= 2, length - 1 - t, t)
+        pos = tl.where(k % 2 == 1, (s % H) * W + s // H, s)
+        pk = (image + pos) * K + k  # [BLOCK_L] flat (position, direction) index
+        mask = mask_t[:, None] & mask_n[None, :]
+        a = tl.load(decay_ptr + pk[:, None] * NSTATE + offs_n[None, :], mask=mask, other=1.0)  # past the end: identity
+        u = tl.load(dtu_ptr + pk, mask=mask_t, other=0.0)
+        bc = proj_ptr + (image + pos)[:, None] * sproj_p + k * sproj_k + offs_n[None, :]
+        Bt = tl.load(bc + B_OFF, mask=mask, other=0.0).to(tl.float32)
+        Ct = tl.load(bc + C_OFF, mask=mask, other=0.0).to(tl.float32)
+        a_cum, h_local = tl.associative_scan((a, u[:, None] * Bt), 0, _linear_recurrence)
+        states = h_local + a_cum * h[None, :]  # [BLOCK_L, BLOCK_N]
+        tl.store(y_ptr + pk, tl.sum(states * Ct, axis=1), mask=mask_t)
+        h = tl.sum(tl.where((steps == BLOCK_L - 1)[:, None], states, 0.0), axis=0)  # identities past the end
+
+
+def directional_scan_triton(decay: Tensor, dtu: Tensor, proj: Tensor, rank: int) -> Tensor:
+    """Same as `directional_scan_naive`: one Triton program per (image, direction) walks its scan order in place."""
+    batch, height, width, k, nstate = decay.shape
+    proj_flat = proj.reshape(batch * height * width, k, proj.shape[-1])  # a view of x_proj's output
+    proj_flat = proj_flat if proj_flat.stride(-1) == 1 else proj_flat.contiguous()
+    decay, dtu = decay.float().contiguous(), dtu.float().contiguous()
+    y = torch.empty(batch, height, width, k, device=decay.device, dtype=torch.float32)
+    length = height * width
+    block_l = min(16 if triton_interpret() else 256, triton.next_power_of_2(length))
+    with _on_device(decay.device):
+        directional_scan_kernel[(batch * k,)](
+            decay, dtu, proj_flat, y, height, width, nstate, proj_flat.stride(0), proj_flat.stride(1),
+            rank, rank + nstate, K=k, BLOCK_L=block_l, BLOCK_N=triton.next_power_of_2(nstate),
+            num_warps=1 if triton_interpret() else 4,
+        )  # fmt: skip
+    return y
+
+
+def directional_scan(decay: Tensor, dtu: Tensor, proj: Tensor, rank: int) -> Tensor:
+    """The reduced scans of all directions, y [B, H, W, K] fp32 (see `directional_scan_naive`)."""
+    if use_triton(decay.device):
+        return directional_scan_triton(decay, dtu, proj, rank)
+    return directional_scan_naive(decay, dtu, proj, rank)
+
+
+# ------------------------------------------------------------------------------------- the merged output
+
+
+def merged_output_naive(y: Tensor, x: Tensor, skip: Tensor) -> Tensor:
+    """out[p, c] = sum_k y[p, k] + x[p, c] * skip[c] in fp32, in x's dtype: y [..., K], x [..., D], skip [D]."""
+    return torch.addcmul(y.float().sum(-1, keepdim=True), x.float(), skip.float()).to(x.dtype)
+
+
+@triton.jit
+def merged_output_kernel(
+    y_ptr, x_ptr, skip_ptr, out_ptr, P, DIM, sx_p,
+    K: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr,
+):  # fmt: skip
+    pid_p, pid_d = tl.program_id(0), tl.program_id(1)
+    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    offs_k = tl.arange(0, K)
+    mask_p, mask_d = offs_p < P, offs_d < DIM
+    y = tl.sum(tl.load(y_ptr + offs_p[:, None] * K + offs_k[None, :], mask=mask_p[:, None], other=0.0), axis=1)
+    mask = mask_p[:, None] & mask_d[None, :]
+    rows = offs_p.to(tl.int64)[:, None]
+    x = tl.load(x_ptr + rows * sx_p + offs_d[None, :], mask=mask, other=0.0).to(tl.float32)
+    skip = tl.load(skip_ptr + offs_d, mask=mask_d, other=0.0)
+    out = y[:, None] + x * skip[None, :]
+    tl.store(out_ptr + rows * DIM + offs_d[None, :], out.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def merged_output_triton(y: Tensor, x: Tensor, skip: Tensor) -> Tensor:
+    """Same as `merged_output_naive`, one Triton pass over x (the directions summed in registers)."""
+    dim, k = x.shape[-1], y.shape[-1]
+    x_flat = x.reshape(-1, dim)
+    x_flat = x_flat if x_flat.stride(1) == 1 else x_flat.contiguous()
+    y = y.float().reshape(-1, k).contiguous()
+    skip = skip.float().contiguous()
+    out = torch.empty(x.shape, device=x.device, dtype=x.dtype)
+    positions = x_flat.shape[0]
+    block_d = min(128, triton.next_power_of_2(dim))
+    block_p = 16 if triton_interpret() else max(1, 4096 // block_d)
+    grid = (triton.cdiv(positions, block_p), triton.cdiv(dim, block_d))
+    with _on_device(x.device):
+        merged_output_kernel[grid](
+            y, x_flat, skip, out, positions, dim, x_flat.stride(0),
+            K=k, BLOCK_P=block_p, BLOCK_D=block_d, num_warps=1 if triton_interpret() else 4,
+        )  # fmt: skip
+    return out
+
+
+def merged_output(y: Tensor, x: Tensor, skip: Tensor) -> Tensor:
+    """The directions' reduced outputs summed plus the skip term (see `merged_output_naive`)."""
+    if use_triton(x.device):
+        return merged_output_triton(y, x, skip)
+    return merged_output_naive(y, x, skip)
+
+
 def vmeanba_cross_merged(
     x: Tensor, x_proj_weight: Tensor, dt_projs_weight: Tensor, dt_projs_bias: Tensor, A: Tensor, Ds: Tensor
 ) -> Tensor:
@@ -151,19 +312,16 @@ def vmeanba_cross_merged(
     x_proj_weight [K, R + 2N, D] (dt | B | C rows per direction), dt_projs_weight [K, D, R], dt_projs_bias [K, D],
     A [K * D, N] (negative), Ds [K * D]. Equals
     `cross_merge(mean_selective_scan(cross_scan(x), delta, A, B, C, Ds, None, bias, True))` for SS2D's projections.
+    Three steps after the x_proj GEMM: the channel means per position and direction (map order), the reduced scans
+    (each direction walks its own order), the merged output (directions summed, skip added: one pass over x).
     """
     batch, height, width, dim = x.shape
     k, rank, nstate = DIRECTIONS, dt_projs_weight.shape[2], A.shape[1]
     proj = F.linear(x, x_proj_weight.reshape(k * (rank + 2 * nstate), dim).to(x.dtype))  # [B, H, W, K*(R+2N)]
     proj = proj.view(batch, height, width, k, rank + 2 * nstate)
-    dts, Bs, Cs = proj.split((rank, nstate, nstate), dim=-1)
     decay, dtu = cross_mean_inputs(
-        x.reshape(-1, dim), dts.reshape(-1, k, rank), dt_projs_weight, dt_projs_bias, A
+        x.reshape(-1, dim), proj[..., :rank].reshape(-1, k, rank), dt_projs_weight, dt_projs_bias, A
     )  # [B*H*W, K, N], [B*H*W, K]
-    drive = dtu.unsqueeze(-1) * Bs.reshape(-1, k, nstate).float()  # dt * u * B, channel-averaged: [B*H*W, K, N]
-    per_position = torch.stack((decay, drive, Cs.reshape(-1, k, nstate).float()), dim=-1)  # [B*H*W, K, N, 3]
-    decay, drive, C = _to_directions(per_position.view(batch, height, width, k, nstate, 3)).unbind(-1)
-    y_group = (linear_recurrence(decay, drive) * C).sum(-1, keepdim=True)  # [B, L, K, 1]
-    merged = cross_merge(y_group, height, width)[..., 0]  # [B, H, W]: the directions summed back per position
+    y = directional_scan(decay.view(batch, height, width, k, nstate), dtu.view(batch, height, width, k), proj, rank)
     skip = Ds.float().view(k, dim).sum(0)  # sum_k D_kc
-    return torch.addcmul(merged.unsqueeze(-1), x.float(), skip).to(x.dtype)
+    return merged_output(y, x, skip)
