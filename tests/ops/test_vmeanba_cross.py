@@ -8,7 +8,11 @@ counts that are not a multiple of the block, N in {1, 4, 16}, dt ranks 1 and 6, 
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import os
+import sys
+from pathlib import Path
 
 # must run before anything imports triton (see tests/ops/test_selective_scan.py)
 os.environ["TRITON_INTERPRET"] = "1"
@@ -258,3 +262,19 @@ def test_gradients_take_the_generic_path():
     block(x).sum().backward()  # the fast path has no backward: a gradient must route through mean_selective_scan
     assert x.grad is not None and torch.isfinite(x.grad).all()
     assert block.dt_projs_weight.grad is not None and block.dt_projs_weight.grad.abs().sum() > 0
+
+
+def test_block_profile_script_smoke_run(tmp_path, monkeypatch):
+    script = Path(__file__).resolve().parents[2] / "benchmarks/ops/experiments/vmeanba_block_profile.py"
+    spec = importlib.util.spec_from_file_location("vmeanba_block_profile", script)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    out = tmp_path / "profile.json"
+    module.main(["--smoke", "--no-profile", "--stage", "1", "--samples", "1", "--out", str(out)])
+    record = json.loads(out.read_text())
+    (row,) = record["results"]
+    assert set(row["modes_us"]) == {"off", "generic", "fast"}
+    assert row["fast_path_rel_error"] < 3e-2
+    assert {"fast: directional_scan", "fast: merged_output", "generic: mean_selective_scan"} <= set(row["pieces_us"])
+    assert all(t["median"] > 0 for t in row["pieces_us"].values())
