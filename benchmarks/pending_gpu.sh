@@ -12,6 +12,11 @@
 #   vmeanba-fmnist   train vmamba_v2_tiny on Fashion-MNIST (160 s), VMeanba report vs K, K=4 + 40 % pruning (~6 min)
 #   step-overhead    host time and launches per piece of a training step                       (~1 min)
 #   train-target     the default recipe end to end (94 % target; train vs bench throughput)     (~8 min)
+#   train-ratio      train vs bench throughput only: bench train + 150 s of the recipe, no eval  (~4 min)
+#   graph-train      CUDA-graphed training: graphed == eager check, bench train eager vs graphed for the recipe's
+#                    model, and 150 s of the recipe with --cuda-graph (train vs bench, issue #5)               (~5 min)
+#   graph-train-224  bench train eager vs graphed at 224 px, bs 128, channels-last, with the official baseline
+#                    (issue #3's training target; carry .bench_deps)                                            (~4 min)
 #   ddp              1 vs 2 processes (needs 2 GPUs: nvidia-h200-x2), with --no-ddp-bb          (~3 min)
 #   models-graph     run_targets.sh setup graph with --channels-last (the fused residual+norm, issue #3 table; ~6 min)
 #   compile          run_targets.sh setup compile-ours compile-baselines (carry .bench_deps; ~8 min)
@@ -52,6 +57,22 @@ run_step() {
       "$PY" -m sfmamba.cli.main bench --bench train --model sf_mamba_nano:dim=64,in_dim=32 -b 256 --img-size 64 --amp \
         --amp-dtype bfloat16 --num-warm-iter 20 --num-bench-iter 100 --results-file "$dir/bench_train.json" | tail -4
       "$PY" -m sfmamba.cli.main train "${FMNIST[@]}" --output "$dir/train" --time-limit 440 | tail -3 ;;
+    train-ratio)
+      "$PY" -m sfmamba.cli.main bench --bench train --model sf_mamba_nano:dim=64,in_dim=32 -b 256 --img-size 64 --amp \
+        --amp-dtype bfloat16 --num-warm-iter 20 --num-bench-iter 100 --results-file "$dir/bench_train.json" | tail -4
+      "$PY" -m sfmamba.cli.main train "${FMNIST[@]}" --output "$dir/train" --time-limit 150 --eval-interval 0 \
+        --log-interval 25 | tail -3 ;;
+    graph-train)
+      "$PY" benchmarks/train/check_cuda_graph_train.py | tail -12
+      for graph in "" --cuda-graph; do
+        "$PY" -m sfmamba.cli.main bench --bench train --model sf_mamba_nano:dim=64,in_dim=32,drop_path_rate=0.1 -b 256 \
+          --img-size 64 --amp --amp-dtype bfloat16 --num-warm-iter 20 --num-bench-iter 100 $graph \
+          --results-file "$dir/bench_train${graph:+_graph}.json" | tail -3
+      done
+      "$PY" -m sfmamba.cli.main train "${FMNIST[@]}" --output "$dir/train" --time-limit 150 --eval-interval 0 \
+        --log-interval 25 --cuda-graph | tail -3 ;;
+    graph-train-224)
+      OUT="$dir" EXTRA="--channels-last" bash benchmarks/models/run_targets.sh setup train train-graph ;;
     ddp)
       "$PY" benchmarks/train/ddp_scaling.py --data-dir "$DATA" --nproc 1 2 --steps 1000 --output-root "$dir/runs" \
         --results-dir "$dir" --extra --no-ddp-bb | tail -4 ;;

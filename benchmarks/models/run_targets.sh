@@ -3,7 +3,8 @@
 # One STEP per device call keeps each call under the 10-minute limit; see benchmarks/models/README.md.
 #
 #   bash benchmarks/models/run_targets.sh STEP [STEP ...]
-#   STEP: setup | smoke | eager | graph | compile-ours | compile-baselines | train | base | profile | ablation
+#   STEP: setup | smoke | eager | graph | compile-ours | compile-baselines | train | train-graph | base | profile |
+#         ablation
 #         (cpu-smoke: the same plumbing on a CPU machine)
 #
 # Results (JSON + log) go to $OUT when set (the device runner's output folder), else benchmarks/results/.
@@ -55,6 +56,8 @@ m = official_model('mamba_vision_T', scan='mamba_ssm'); print('official baseline
                          deit_small_patch16_224 "${COMMON[@]}" --torchcompile reduce-overhead ;;
     train)             bench train --bench train --model "${TINY[@]}" "${COMMON[@]}" --num-warm-iter 10 \
                          --num-bench-iter 50 ;;
+    train-graph)       bench train_graph --bench train --model "${TINY[@]}" "${COMMON[@]}" --num-warm-iter 10 \
+                         --num-bench-iter 50 --cuda-graph ;;  # forward+backward replayed from CUDA graphs
     base)              bench base --bench inference --model mambavision_base sf_mamba_base official:mamba_vision_B \
                          "${COMMON[@]}" --cuda-graph ;;
     profile)           bench profile_eager --bench profile --model "${TINY[@]}" "${COMMON[@]}" --num-bench-iter 10 \

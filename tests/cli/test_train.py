@@ -173,3 +173,25 @@ def test_recipe_overrides_read_literals_and_keep_the_original():
     assert base == {"lr": 1e-3, "model": "sf_mamba_nano"}
     with pytest.raises(ValueError, match="KEY=VALUE"):
         apply_overrides(base, ["lr"])
+
+
+def test_cuda_graph_on_cpu_exits_with_a_message(tmp_path, capsys):
+    data = make_synthetic_fashion_mnist(tmp_path / "data", n_train=24, n_test=8)
+    assert parse("--cuda-graph").cuda_graph is True
+    with pytest.raises(SystemExit) as exit_info:
+        main(
+            [
+                "train",
+                "--data-dir",
+                str(data),
+                "--output",
+                str(tmp_path / "run"),
+                "-b",
+                "8",
+                "--cuda-graph",
+                "--device",
+                "cpu",
+            ]
+        )
+    assert exit_info.value.code == 2
+    assert "cuda_graph needs one CUDA device and no DDP, got cpu" in capsys.readouterr().err

@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..utils.cuda_graph import GraphedTrainForward
+
 __all__ = [
     "measure_inference", "measure_train", "make_inference_step", "make_train_step", "time_steps", "summarize",
     "normalize_img_size",
@@ -170,12 +172,16 @@ def make_train_step(
     device: torch.device,
     amp_dtype: torch.dtype | None = None,
     channels_last: bool = False,
+    cuda_graph: bool = False,
     lr: float = 1e-4,
 ) -> Callable[[], None]:
-    """Put `model` in train mode and return one training step (forward, cross-entropy, backward, AdamW step)."""
+    """Put `model` in train mode and return one training step (forward, cross-entropy, backward, AdamW step);
+    `cuda_graph`: forward and backward replayed from CUDA graphs (`GraphedTrainForward`, as `sfmamba train`)."""
     model.train()
     images = _random_images(model, batch_size, img_size, device, channels_last)
     num_classes = _num_classes(model, images, device, amp_dtype)
+    if cuda_graph:
+        model = GraphedTrainForward(model, amp_dtype)
     labels = torch.randint(0, num_classes, (batch_size,), device=device)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype is torch.float16)
@@ -258,22 +264,25 @@ def measure_train(
     device: str | torch.device = "cpu",
     amp_dtype: torch.dtype | None = None,
     channels_last: bool = False,
+    cuda_graph: bool = False,
     warmup: int = 10,
     iters: int = 50,
     lr: float = 1e-4,
 ) -> dict:
     """Images per second of one training step: forward, cross-entropy on random labels, backward, AdamW step.
 
-    Same arguments as `measure_inference` (no CUDA graph). The model trains (its weights change); fp16 autocast
-    uses a `GradScaler`. The optimizer state is created before the warm-up, so it is counted in the peak memory.
+    Same arguments as `measure_inference`; `cuda_graph` replays the forward and backward from CUDA graphs. The model
+    trains (its weights change); fp16 autocast uses a `GradScaler`. The optimizer state is created before the
+    warm-up, so it is counted in the peak memory.
     """
     _check_counts(batch_size, warmup, iters)
     device = torch.device(device)
     was_training = model.training
     try:
         step = make_train_step(
-            model, batch_size, img_size, device=device, amp_dtype=amp_dtype, channels_last=channels_last, lr=lr
-        )
+            model, batch_size, img_size, device=device, amp_dtype=amp_dtype, channels_last=channels_last,
+            cuda_graph=cuda_graph, lr=lr,
+        )  # fmt: skip
         _reset_peak_memory(device)
         times = time_steps(step, device, warmup, iters)
     finally:
@@ -281,7 +290,7 @@ def measure_train(
     return {
         **_settings("train", model, batch_size, img_size, device, amp_dtype=_dtype_name(amp_dtype)),
         "channels_last": channels_last,
-        "cuda_graph": False,
+        "cuda_graph": cuda_graph,
         "warmup": warmup,
         "iters": iters,
         "optimizer": "AdamW",

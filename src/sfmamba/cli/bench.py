@@ -105,7 +105,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--torchcompile", nargs="?", const="default", default=None, choices=COMPILE_MODES, metavar="MODE",
         help=f"torch.compile every model, mode one of {', '.join(COMPILE_MODES)} (default mode: default)",
     )  # fmt: skip
-    how.add_argument("--cuda-graph", action="store_true", help="capture the inference forward in a CUDA graph")
+    how.add_argument(
+        "--cuda-graph",
+        action="store_true",
+        help="replay CUDA graphs: the inference forward; in train mode the forward and backward (loss and AdamW "
+        "stay eager, as in `sfmamba train --cuda-graph`)",
+    )
     how.add_argument("--num-warm-iter", type=_non_negative_int, default=10)
     how.add_argument("--num-bench-iter", type=_positive_int, default=40)
     how.add_argument(
@@ -212,7 +217,7 @@ def _measure_once(mode: str, runner: nn.Module, size, args: argparse.Namespace, 
     if mode == "inference":
         return measure_inference(runner, args.batch_size, size, cuda_graph=args.cuda_graph, **common, **timing)
     if mode == "train":
-        return measure_train(runner, args.batch_size, size, **common, **timing)
+        return measure_train(runner, args.batch_size, size, cuda_graph=args.cuda_graph, **common, **timing)
     return profile_model(
         runner, args.batch_size, size, mode=args.profile_mode, top=args.profile_top,
         cuda_graph=args.cuda_graph and args.profile_mode == "inference", **common, **timing,
@@ -319,8 +324,6 @@ def write_json(path: Path, data: dict) -> None:
 def _check_args(args: argparse.Namespace, device: torch.device) -> None:
     if args.cuda_graph and device.type != "cuda":
         raise UsageError("--cuda-graph needs a CUDA device")
-    if args.cuda_graph and args.bench == "train":
-        raise UsageError("--cuda-graph captures inference only; use --bench inference, both or profile")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"--device {args.device} requested but CUDA is not available")
 

@@ -83,6 +83,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     _add(model, "--torchcompile", nargs="?", const="inductor", metavar="BACKEND", help="torch.compile the model")
     _add(model, "--torchcompile-mode", help="torch.compile mode, e.g. max-autotune")
+    _add(
+        model,
+        "--cuda-graph",
+        action="store_true",
+        help="replay the model's forward and backward from CUDA graphs (one CUDA device; fixed batch shape)",
+    )
     opt = parser.add_argument_group("optimizer and schedule")
     _add(opt, "--opt", help="timm optimizer name")
     _add(opt, "--lr", type=float, help="peak learning rate")

@@ -32,6 +32,7 @@ class TrainConfig:
     ddp_bb: bool = True  # DDP broadcasts rank 0's buffers (BatchNorm statistics) before every forward (timm's default)
     torchcompile: str | None = None  # a torch.compile backend, e.g. 'inductor'
     torchcompile_mode: str | None = None
+    cuda_graph: bool = False  # forward and backward replayed from CUDA graphs (one GPU, no compile/checkpointing)
     # optimizer and schedule
     opt: str = "adamw"
     lr: float = 1e-3
@@ -110,6 +111,8 @@ class TrainConfig:
             raise ValueError(f"time_limit must be positive seconds or None, got {self.time_limit!r}")
         if (self.mixup > 0 or self.cutmix > 0) and self.batch_size % 2:
             raise ValueError(f"batch_size must be even with mixup/cutmix (timm's Mixup), got {self.batch_size}")
+        if self.cuda_graph and (self.torchcompile or self.grad_checkpointing):
+            raise ValueError("cuda_graph cannot be combined with torchcompile or grad_checkpointing")
         if not isinstance(self.model_kwargs, dict):
             raise ValueError(f"model_kwargs must be a mapping, got {self.model_kwargs!r}")
 

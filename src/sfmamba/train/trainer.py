@@ -30,6 +30,7 @@ from torch.nn.parallel import DistributedDataParallel
 from ..data import AugmentConfig, build_transform, create_dataset, create_loader, dataset_stats, set_loader_epoch
 from ..data.device_loader import create_device_loaders
 from ..eval.evaluate import autocast_context, evaluate
+from ..utils.cuda_graph import GraphedTrainForward
 from .checkpoint import (
     atomic_write_text,
     capture_rng_state,
@@ -132,7 +133,7 @@ class ModelEma(ModelEmaV3):
                 [model_state[k] for k in others],
             )
         ema_floats, model_floats, ema_others, model_others = self._lists
-        self._foreach_lerp_(ema_floats, model_floats, weight=1.0 - decay)
+        torch._foreach_lerp_(ema_floats, model_floats, 1.0 - decay)  # not timm's helper: older timm lacks it
         if ema_others:
             torch._foreach_copy_(ema_others, model_others)
 
@@ -256,6 +257,12 @@ class Trainer:
             self.train_model = DistributedDataParallel(self.model, device_ids=device_ids, broadcast_buffers=c.ddp_bb)
         if c.torchcompile:
             self.train_model = torch.compile(self.train_model, backend=c.torchcompile, mode=c.torchcompile_mode)
+        if c.cuda_graph:
+            if self.device.type != "cuda" or self.dist.distributed:
+                raise ValueError(
+                    f"cuda_graph needs one CUDA device and no DDP, got {self.device} x {self.dist.world_size} processes"
+                )
+            self.train_model = GraphedTrainForward(self.model, self.amp_dtype)
 
     def _setup_run_dir(self) -> None:
         c = self.config
