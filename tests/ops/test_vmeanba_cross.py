@@ -113,11 +113,11 @@ def test_directional_scan_kernel_matches_reference(height, width, rank, nstate, 
     assert_close("directional scan", want, got, 1e-5)
 
 
-@pytest.mark.parametrize(("positions", "dim"), [(1, 5), (37, 40), (35, 130)])
+@pytest.mark.parametrize(("positions", "dim", "directions"), [(1, 5, 4), (37, 40, 4), (35, 130, 4), (9, 7, 3)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_merged_output_kernel_matches_reference(positions, dim, dtype):
+def test_merged_output_kernel_matches_reference(positions, dim, directions, dtype):
     torch.manual_seed(positions + dim)
-    y, skip = torch.randn(positions, 4), torch.randn(dim)
+    y, skip = torch.randn(positions, directions), torch.randn(dim)
     x = torch.randn(positions, dim + 2).to(dtype)[:, 1:-1]  # a strided row view
     want = merged_output_naive(y, x, skip)
     got = merged_output_triton(y, x, skip)  # NaN-poisoned output

@@ -58,7 +58,7 @@ def cross_mean_inputs_naive(x: Tensor, dts: Tensor, dt_weight: Tensor, dt_bias: 
 @triton.jit
 def cross_mean_inputs_kernel(
     x_ptr, dts_ptr, w_ptr, bias_ptr, A_ptr, decay_ptr, dtu_ptr,
-    P, DIM, NSTATE, sx_p, sdts_p,
+    P, DIM, NSTATE, sx_p, sdts_p, sdts_k,
     K: tl.constexpr, RANK: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
     # One program: BLOCK_P positions x one direction k; loops over the channels in BLOCK_D blocks, dt built in
@@ -72,7 +72,7 @@ def cross_mean_inputs_kernel(
     offs_n = tl.arange(0, BLOCK_N)
     mask_n = offs_n < NSTATE
     x_rows = x_ptr + offs_p.to(tl.int64)[:, None] * sx_p
-    dts_rows = dts_ptr + offs_p.to(tl.int64) * sdts_p + k * RANK
+    dts_rows = dts_ptr + offs_p.to(tl.int64) * sdts_p + k * sdts_k
     decay = tl.zeros([BLOCK_P, BLOCK_N], dtype=tl.float32)
     dtu = tl.zeros([BLOCK_P], dtype=tl.float32)
     for d0 in range(0, DIM, BLOCK_D):
@@ -99,13 +99,20 @@ def cross_mean_inputs_kernel(
     )
 
 
+def _channel_block(dim: int, cap: int) -> int:
+    """A power-of-two channel block <= cap that divides `dim` when one >= 16 does (no masked lanes: 96 -> 32, not 64
+    with the second block half empty; the masked lanes of the channel-mean kernel would still pay for their exps)."""
+    divisor = min(cap, dim & -dim)  # the largest power of two dividing dim
+    return divisor if divisor >= 16 else min(cap, triton.next_power_of_2(dim))
+
+
 def _block_sizes(dim: int, nstate: int) -> tuple[int, int, int, int]:
     """(BLOCK_P, BLOCK_D, BLOCK_N, num_warps): a [P, D, N] exp tile of at most 4096 elements."""
     block_n = triton.next_power_of_2(nstate)
     if triton_interpret():
         return 16, min(32, triton.next_power_of_2(dim)), block_n, 1
-    block_d = min(64, triton.next_power_of_2(dim))
-    block_p = max(8, min(64, 4096 // (block_d * block_n)))
+    block_d = _channel_block(dim, 64)
+    block_p = max(8, min(128, 4096 // (block_d * block_n)))
     return block_p, block_d, block_n, 4
 
 
@@ -115,8 +122,7 @@ def cross_mean_inputs_triton(x: Tensor, dts: Tensor, dt_weight: Tensor, dt_bias:
     k, _, rank = dt_weight.shape
     nstate = A.shape[1]
     x = x if x.stride(1) == 1 else x.contiguous()
-    dts = dts.reshape(positions, k * rank)
-    dts = dts if dts.stride(1) == 1 else dts.contiguous()
+    dts = dts if dts.stride(2) == 1 else dts.contiguous()  # [P, K, R]: a strided view of x_proj's output is read as is
     w, bias, A = dt_weight.contiguous(), dt_bias.contiguous(), A.float().contiguous()
     decay = torch.empty(positions, k, nstate, device=x.device, dtype=torch.float32)
     dtu = torch.empty(positions, k, device=x.device, dtype=torch.float32)
@@ -124,7 +130,7 @@ def cross_mean_inputs_triton(x: Tensor, dts: Tensor, dt_weight: Tensor, dt_bias:
     grid = (k * triton.cdiv(positions, block_p),)
     with _on_device(x.device):
         cross_mean_inputs_kernel[grid](
-            x, dts, w, bias, A, decay, dtu, positions, dim, nstate, x.stride(0), dts.stride(0),
+            x, dts, w, bias, A, decay, dtu, positions, dim, nstate, x.stride(0), dts.stride(0), dts.stride(1),
             K=k, RANK=rank, BLOCK_P=block_p, BLOCK_D=block_d, BLOCK_N=block_n, num_warps=warps,
         )  # fmt: skip
     return decay, dtu
@@ -261,14 +267,15 @@ def merged_output_naive(y: Tensor, x: Tensor, skip: Tensor) -> Tensor:
 @triton.jit
 def merged_output_kernel(
     y_ptr, x_ptr, skip_ptr, out_ptr, P, DIM, sx_p,
-    K: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr,
+    K: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip
     pid_p, pid_d = tl.program_id(0), tl.program_id(1)
     offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    offs_k = tl.arange(0, K)
+    offs_k = tl.arange(0, BLOCK_K)
     mask_p, mask_d = offs_p < P, offs_d < DIM
-    y = tl.sum(tl.load(y_ptr + offs_p[:, None] * K + offs_k[None, :], mask=mask_p[:, None], other=0.0), axis=1)
+    mask_pk = mask_p[:, None] & (offs_k < K)[None, :]
+    y = tl.sum(tl.load(y_ptr + offs_p[:, None] * K + offs_k[None, :], mask=mask_pk, other=0.0), axis=1)  # [BLOCK_P]
     mask = mask_p[:, None] & mask_d[None, :]
     rows = offs_p.to(tl.int64)[:, None]
     x = tl.load(x_ptr + rows * sx_p + offs_d[None, :], mask=mask, other=0.0).to(tl.float32)
@@ -286,13 +293,14 @@ def merged_output_triton(y: Tensor, x: Tensor, skip: Tensor) -> Tensor:
     skip = skip.float().contiguous()
     out = torch.empty(x.shape, device=x.device, dtype=x.dtype)
     positions = x_flat.shape[0]
-    block_d = min(128, triton.next_power_of_2(dim))
+    block_d = _channel_block(dim, 128)
     block_p = 16 if triton_interpret() else max(1, 4096 // block_d)
     grid = (triton.cdiv(positions, block_p), triton.cdiv(dim, block_d))
     with _on_device(x.device):
         merged_output_kernel[grid](
             y, x_flat, skip, out, positions, dim, x_flat.stride(0),
-            K=k, BLOCK_P=block_p, BLOCK_D=block_d, num_warps=1 if triton_interpret() else 4,
+            K=k, BLOCK_K=triton.next_power_of_2(k), BLOCK_P=block_p, BLOCK_D=block_d,
+            num_warps=1 if triton_interpret() else 4,
         )  # fmt: skip
     return out
 
