@@ -6,7 +6,9 @@ One `sfmamba.layers.ss2d.SS2D` per VMamba-T stage shape (batch 128; (H, W, d_mod
 torch.cuda.Event (each sample = --inner replays between two events, divided; L2 not flushed):
   block modes  off      vmeanba False: the full selective scan between cross_scan and cross_merge;
                generic  vmeanba True, vmeanba_fast_path False: mean_selective_scan in the same pipeline;
-               fast     vmeanba True, fast path True: ops.vmeanba.cross.vmeanba_cross_merged, no cross-scan.
+               fast     vmeanba True, fast path True: ops.vmeanba.cross.vmeanba_cross_merged, no cross-scan;
+               skip_only  not an SS2D mode: prologue, out_proj(out_norm(x * sum_k D_k)); the same output as fast
+                        (see skip_only below), timed as what dropping the scan term from SS2D would give.
   pieces       the fast path's steps on the same x (x_proj GEMM, cross_mean_inputs, directional_scan,
                merged_output), the generic path's (cross_scan, x_proj GEMM, dt_proj GEMM, mean_selective_scan,
                cross_merge), the block's prologue (in_proj, conv, SiLU) and epilogue (out_norm, out_proj), and
@@ -246,6 +248,19 @@ def piece_fns(block: SS2D, inputs: dict, device: torch.device, precision: str) -
     return {name: wrap(fn) for name, fn in fns.items()}
 
 
+def skip_only_block(block: SS2D, inputs: dict, device: torch.device, precision: str) -> Callable[[], object]:
+    """A converted block as out_proj(out_norm(x * sum_k D_k)) after the prologue: equal to the fast path (the
+    LayerNorm removes the per-position scan term), not what SS2D runs; timed as what that change would give."""
+    skip = inputs["skip"]
+
+    def forward():
+        with _contexts(device, precision):
+            x = F.silu(block.conv2d(block.in_proj(inputs["image"]).permute(0, 3, 1, 2)).permute(0, 2, 3, 1))
+            return block.out_proj(block.out_norm(x * skip.to(x.dtype)))
+
+    return forward
+
+
 def profile_table(fn: Callable[[], object], device: torch.device, calls: int) -> str:
     """torch.profiler top-10 by self device time (self CPU time on a CPU) over `calls` eager calls."""
     from torch.profiler import ProfilerActivity, profile
@@ -281,6 +296,11 @@ def run_stage(stage: Stage, args: argparse.Namespace, device: torch.device) -> d
         row["modes_us"][mode] = time_us(forward, args.samples, args.inner, cuda_graph)
         if args.profile and stage == args.stages[0]:
             profiles[mode] = profile_table(forward, device, calls=3)
+    skip_only = skip_only_block(block, inputs, device, args.precision)
+    _set_mode(block, "fast")
+    with _contexts(device, args.precision):
+        row["skip_only_vs_fast_rel_error"] = relative_error(block(inputs["image"]).float(), skip_only().float())
+    row["modes_us"]["skip_only"] = time_us(skip_only, args.samples, args.inner, cuda_graph)
     row["pieces_us"] = {
         name: time_us(fn, args.samples, args.inner, cuda_graph)
         for name, fn in piece_fns(block, inputs, device, args.precision).items()
@@ -299,10 +319,11 @@ def print_rows(rows: list[dict]) -> None:
         s = r["stage"]
         modes = r["modes_us"]
         print(f"\n{s['label']}: B={s['batch']} H={s['height']} W={s['width']} d_inner={r['d_inner']} "
-              f"dt_rank={r['dt_rank']}  fast path rel. error {r['fast_path_rel_error']:.1e}")  # fmt: skip
+              f"dt_rank={r['dt_rank']}  fast path rel. error {r['fast_path_rel_error']:.1e}, skip_only vs fast "
+              f"{r['skip_only_vs_fast_rel_error']:.1e}")  # fmt: skip
         for mode, t in modes.items():
             ratio = modes["off"]["median"] / t["median"]
-            print(f"  block {mode:8s} {t['median']:10.1f} us  (p10 {t['p10']:.1f}, p90 {t['p90']:.1f})  "
+            print(f"  block {mode:9s} {t['median']:10.1f} us  (p10 {t['p10']:.1f}, p90 {t['p90']:.1f})  "
                   f"off/this x{ratio:.2f}")  # fmt: skip
         fast_sum = sum(
             t["median"] for name, t in r["pieces_us"].items() if name.startswith("fast: ") and "whole" not in name
