@@ -5,11 +5,16 @@ outputs back per position. With VMeanba every direction k reduces to ONE channel
     y_k[t, c] = g_k[t] + D_kc * x[pos_k(t), c],   g_k = the scan of the channel means of direction k,
 so the merged output is
     y[p, c] = sum_k g_k[t_k(p)] + x[p, c] * sum_k D_kc.
-Everything per channel is position-local: the channel means (of exp(dt*A) and dt*u, dt from direction k's
-projections of x[p]) are computed once per position in map order, only the reduced [B, L, K, N] sequences are put
-in the 4 orders, scanned, and merged back, and the broadcast is one fused multiply-add. The (B, L, 4, D) cross-scan
-copy, the (B, L, 4D) delta, the full-width scan output and the cross-merge never exist. Equal to
-`cross_merge(mean_selective_scan(cross_scan(x), ...))` up to rounding (this path keeps fp32 until the final cast).
+Everything per channel is position-local. After one x_proj GEMM in map order, three passes (a Triton kernel each on
+a GPU, a torch reference elsewhere):
+  1. `cross_mean_inputs`: per position and direction, the channel means of exp(dt*A) and dt*u (dt never written);
+  2. `directional_scan`: one program per (image, direction) walks that direction's order over the map-order values
+     (gathered by index), scans h = a h + dtu B block by block with a carried state, writes y_k = C.h per position;
+  3. `merged_output`: out[p, c] = sum_k y_k[p] + x[p, c] * sum_k D_kc, in x's dtype (fp32 math).
+The (B, L, 4, D) cross-scan copy, the (B, L, 4D) delta, the full-width scan output and the cross-merge never exist,
+nor any reordered copy of the reduced values. Equal to `cross_merge(mean_selective_scan(cross_scan(x), ...))` up to
+rounding. Note: sum_k y_k[p] is the same in every channel of a position, so a LayerNorm over the channels after this
+(SS2D's out_norm) removes it exactly: there the block's output depends on x * sum_k D_k only.
 
 No backward: VMeanba is a training-free compression; `SS2D` uses this path only when no gradient is needed.
 """
