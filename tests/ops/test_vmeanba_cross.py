@@ -55,6 +55,21 @@ def test_channel_mean_kernel_matches_reference(positions, dim, rank, nstate, dty
         assert_close(name, w, g, 1e-5)
 
 
+def test_channel_mean_kernel_softplus_branches():
+    # steps past both softplus thresholds (z > 20: dt = z; z < -15: dt = exp(z)) and between them
+    torch.manual_seed(2)
+    k, positions, dim, rank, nstate = 4, 19, 24, 2, 2
+    x, dts = torch.randn(positions, dim), torch.randn(positions, k, rank) * 12
+    weight, bias = torch.randn(k, dim, rank), torch.randn(k, dim) * 4
+    A = -torch.exp(torch.randn(k * dim, nstate) * 0.5) * 0.05  # keeps exp(dt * A) away from 0 at dt ~ 40
+    z = torch.einsum("pkr,kdr->pkd", dts, weight) + bias
+    assert (z > 20).any() and (z < -15).any() and ((z > -15) & (z < 20)).any()
+    want = cross_mean_inputs_naive(x, dts, weight, bias, A)
+    got = cross_mean_inputs_triton(x, dts, weight, bias, A)
+    for name, g, w in zip(("decay", "dtu"), got, want, strict=True):
+        assert_close(name, w, g, 1e-5)
+
+
 @pytest.mark.parametrize("length", [1, 2, 7, 49, 70])
 def test_doubling_recurrence_matches_a_step_loop(length):
     torch.manual_seed(length)

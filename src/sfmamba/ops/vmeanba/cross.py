@@ -30,7 +30,6 @@ from torch import Tensor
 from ...utils._config import triton_interpret, use_triton
 from .._launch import linear_recurrence as _linear_recurrence
 from .._launch import on_device as _on_device
-from .._launch import softplus as _softplus
 
 __all__ = [
     "cross_mean_inputs",
@@ -45,6 +44,7 @@ __all__ = [
 
 DIRECTIONS = 4
 LOG2E = tl.constexpr(1.4426950408889634)
+LN2 = tl.constexpr(0.6931471805599453)
 
 
 def cross_mean_inputs_naive(x: Tensor, dts: Tensor, dt_weight: Tensor, dt_bias: Tensor, A: Tensor):
@@ -61,21 +61,38 @@ def cross_mean_inputs_naive(x: Tensor, dts: Tensor, dt_weight: Tensor, dt_bias: 
 
 
 @triton.jit
+def _log2(x, FAST: tl.constexpr):
+    # lg2.approx (one MUFU op, relative error ~2^-22) instead of libdevice's polynomial log, which was most of the
+    # FP32 instructions of the channel-mean loop; the interpreter has no inline PTX
+    if FAST:
+        return tl.inline_asm_elementwise("lg2.approx.f32 $0, $1;", "=r,r", [x], dtype=tl.float32, is_pure=True, pack=1)
+    return tl.log2(x)
+
+
+@triton.jit
+def _softplus_log2e(z, FAST_LOG: tl.constexpr):
+    """softplus(z) * log2(e) from z * log2(e), with `ops._launch.softplus`'s thresholds (20 and -15)."""
+    e = tl.exp2(z)
+    return tl.where(z > 20.0 * LOG2E, z, tl.where(z < -15.0 * LOG2E, e * LOG2E, _log2(1.0 + e, FAST_LOG)))
+
+
+@triton.jit
 def cross_mean_inputs_kernel(
     x_ptr, dts_ptr, w_ptr, bias_ptr, A_ptr, decay_ptr, dtu_ptr,
-    P, DIM, NSTATE, sx_p, sdts_p, sdts_k,
-    K: tl.constexpr, RANK: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+    P, DIM, NSTATE, RANK, sx_p, sdts_p, sdts_k,
+    K: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, FAST_LOG: tl.constexpr,
 ):  # fmt: skip
     # One program: BLOCK_P positions x one direction k; loops over the channels in BLOCK_D blocks, dt built in
     # registers from the rank-R projection (never written), sums of exp(dt * A) [BLOCK_P, N] and dt * x [BLOCK_P].
     # Direction fastest in the flat grid: the K programs of one position block run side by side, so x [BLOCK_P, D]
-    # comes from HBM once and from L2 K - 1 times.
+    # comes from HBM once and from L2 K - 1 times. Everything is in base 2 (dt2 = dt * log2(e)): exp(dt * A) =
+    # exp2(dt2 * A). The state index is a static loop of 2-D tiles (a 3-D [P, D, N] tile needed twice the registers).
+    # RANK stays a runtime loop: unrolled, its hoisted dts loads spilled registers.
     pid = tl.program_id(0)
     k, pid_p = pid % K, pid // K
     offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
     mask_p = offs_p < P
     offs_n = tl.arange(0, BLOCK_N)
-    mask_n = offs_n < NSTATE
     x_rows = x_ptr + offs_p.to(tl.int64)[:, None] * sx_p
     dts_rows = dts_ptr + offs_p.to(tl.int64) * sdts_p + k * sdts_k
     decay = tl.zeros([BLOCK_P, BLOCK_N], dtype=tl.float32)
@@ -84,24 +101,25 @@ def cross_mean_inputs_kernel(
         offs_d = d0 + tl.arange(0, BLOCK_D)
         mask_d = offs_d < DIM
         ch = k * DIM + offs_d
-        dt = tl.zeros([BLOCK_P, BLOCK_D], dtype=tl.float32)
-        for r in tl.static_range(RANK):  # unrolled: the dts column loads do not depend on d0 (hoistable)
+        z = tl.zeros([BLOCK_P, BLOCK_D], dtype=tl.float32)
+        for r in range(RANK):
             dts_r = tl.load(dts_rows + r, mask=mask_p, other=0.0).to(tl.float32)
             w_r = tl.load(w_ptr + ch * RANK + r, mask=mask_d, other=0.0).to(tl.float32)
-            dt += dts_r[:, None] * w_r[None, :]
-        dt = _softplus(dt + tl.load(bias_ptr + ch, mask=mask_d, other=0.0).to(tl.float32)[None, :])
+            z += dts_r[:, None] * w_r[None, :]
+        z += tl.load(bias_ptr + ch, mask=mask_d, other=0.0).to(tl.float32)[None, :]
+        dt2 = _softplus_log2e(z * LOG2E, FAST_LOG)  # [BLOCK_P, BLOCK_D]
         mask = mask_p[:, None] & mask_d[None, :]
         x = tl.load(x_rows + offs_d[None, :], mask=mask, other=0.0).to(tl.float32)
-        dtu += tl.sum(tl.where(mask, dt * x, 0.0), axis=1)
-        A2 = tl.load(A_ptr + ch[:, None] * NSTATE + offs_n[None, :], mask=mask_d[:, None] & mask_n[None, :], other=0.0)
-        e = tl.exp2(dt[:, :, None] * (A2 * LOG2E)[None, :, :])  # [BLOCK_P, BLOCK_D, BLOCK_N]
-        decay += tl.sum(tl.where(mask[:, :, None], e, 0.0), axis=1)
+        dtu += tl.sum(tl.where(mask, dt2 * x, 0.0), axis=1)
+        for n in tl.static_range(BLOCK_N):
+            A_n = tl.load(A_ptr + ch * NSTATE + n, mask=mask_d & (n < NSTATE), other=0.0)
+            sum_n = tl.sum(tl.where(mask, tl.exp2(dt2 * A_n[None, :]), 0.0), axis=1)  # [BLOCK_P]
+            decay += tl.where(offs_n[None, :] == n, sum_n[:, None], 0.0)
     inv = 1.0 / DIM
     out_pk = offs_p * K + k
-    tl.store(dtu_ptr + out_pk, dtu * inv, mask=mask_p)
-    tl.store(
-        decay_ptr + out_pk[:, None] * NSTATE + offs_n[None, :], decay * inv, mask=mask_p[:, None] & mask_n[None, :]
-    )
+    tl.store(dtu_ptr + out_pk, dtu * (inv * LN2), mask=mask_p)
+    mask_pn = mask_p[:, None] & (offs_n < NSTATE)[None, :]
+    tl.store(decay_ptr + out_pk[:, None] * NSTATE + offs_n[None, :], decay * inv, mask=mask_pn)
 
 
 def _channel_block(dim: int, cap: int) -> int:
@@ -112,13 +130,12 @@ def _channel_block(dim: int, cap: int) -> int:
 
 
 def _block_sizes(dim: int, nstate: int) -> tuple[int, int, int, int]:
-    """(BLOCK_P, BLOCK_D, BLOCK_N, num_warps): a [P, D, N] exp tile of at most 4096 elements."""
+    """(BLOCK_P, BLOCK_D, BLOCK_N, num_warps): [32, 32] tiles, 8 values a thread (~100 registers on sm_90 for any
+    N: the state loop reuses them), so 5 programs fit on an SM."""
     block_n = triton.next_power_of_2(nstate)
     if triton_interpret():
         return 16, min(32, triton.next_power_of_2(dim)), block_n, 1
-    block_d = _channel_block(dim, 64)
-    block_p = max(8, min(128, 4096 // (block_d * block_n)))
-    return block_p, block_d, block_n, 4
+    return 32, _channel_block(dim, 32), block_n, 4
 
 
 def cross_mean_inputs_triton(x: Tensor, dts: Tensor, dt_weight: Tensor, dt_bias: Tensor, A: Tensor):
@@ -135,8 +152,8 @@ def cross_mean_inputs_triton(x: Tensor, dts: Tensor, dt_weight: Tensor, dt_bias:
     grid = (k * triton.cdiv(positions, block_p),)
     with _on_device(x.device):
         cross_mean_inputs_kernel[grid](
-            x, dts, w, bias, A, decay, dtu, positions, dim, nstate, x.stride(0), dts.stride(0), dts.stride(1),
-            K=k, RANK=rank, BLOCK_P=block_p, BLOCK_D=block_d, BLOCK_N=block_n, num_warps=warps,
+            x, dts, w, bias, A, decay, dtu, positions, dim, nstate, rank, x.stride(0), dts.stride(0), dts.stride(1),
+            K=k, BLOCK_P=block_p, BLOCK_D=block_d, BLOCK_N=block_n, FAST_LOG=not triton_interpret(), num_warps=warps,
         )  # fmt: skip
     return decay, dtu
 
