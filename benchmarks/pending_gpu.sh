@@ -14,7 +14,8 @@
 #   train-target     the default recipe end to end (94 % target; train vs bench throughput)     (~8 min)
 #   train-ratio      train vs bench throughput only: bench train + 150 s of the recipe, no eval  (~4 min)
 #   graph-train      CUDA-graphed training: graphed == eager check, bench train eager vs graphed for the recipe's
-#                    model, and 150 s of the recipe with --cuda-graph (train vs bench, issue #5)               (~5 min)
+#                    model, the recipe with --cuda-graph (40 epochs, ~75 s) and 90 s without (train vs bench,
+#                    issue #5), step-overhead with --cuda-graph                                                 (~7 min)
 #   graph-train-224  bench train eager vs graphed at 224 px, bs 128, channels-last, with the official baseline
 #                    (issue #3's training target; carry .bench_deps)                                            (~4 min)
 #   ddp              1 vs 2 processes (needs 2 GPUs: nvidia-h200-x2), with --no-ddp-bb          (~3 min)
@@ -63,14 +64,18 @@ run_step() {
       "$PY" -m sfmamba.cli.main train "${FMNIST[@]}" --output "$dir/train" --time-limit 150 --eval-interval 0 \
         --log-interval 25 | tail -3 ;;
     graph-train)
-      "$PY" benchmarks/train/check_cuda_graph_train.py | tail -12
+      "$PY" benchmarks/train/check_cuda_graph_train.py 2>&1 | tee "$dir/check.txt" | tail -12
       for graph in "" --cuda-graph; do
         "$PY" -m sfmamba.cli.main bench --bench train --model sf_mamba_nano:dim=64,in_dim=32,drop_path_rate=0.1 -b 256 \
           --img-size 64 --amp --amp-dtype bfloat16 --num-warm-iter 20 --num-bench-iter 100 $graph \
           --results-file "$dir/bench_train${graph:+_graph}.json" | tail -3
       done
       "$PY" -m sfmamba.cli.main train "${FMNIST[@]}" --output "$dir/train" --time-limit 150 --eval-interval 0 \
-        --log-interval 25 --cuda-graph | tail -3 ;;
+        --log-interval 25 --cuda-graph 2>&1 | tail -2
+      "$PY" -m sfmamba.cli.main train "${FMNIST[@]}" --output "$dir/train_eager" --time-limit 90 --eval-interval 0 \
+        --log-interval 25 2>&1 | tail -2
+      "$PY" benchmarks/train/step_overhead.py --data-dir "$DATA" --results-dir "$dir" --tag graph --set cuda_graph=true \
+        2>&1 | tail -12 ;;
     graph-train-224)
       OUT="$dir" EXTRA="--channels-last" bash benchmarks/models/run_targets.sh setup train train-graph ;;
     ddp)

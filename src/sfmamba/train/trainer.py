@@ -138,6 +138,21 @@ class ModelEma(ModelEmaV3):
             torch._foreach_copy_(ema_others, model_others)
 
 
+@torch.no_grad()
+def clip_grad_norm_(parameters: list[torch.Tensor], max_norm: float) -> torch.Tensor:
+    """`torch.nn.utils.clip_grad_norm_` (2-norm, eps 1e-6, foreach) for parameters of one device: the same math in
+    ~5 launches, without torch's per-call grouping of the tensors by device and dtype (~1 ms of host time per step
+    for a 100-tensor model, a fifth of a CUDA-graphed step). Returns the total norm before clipping."""
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    if len({(g.device, g.dtype) for g in grads}) > 1:  # mixed devices or dtypes: torch groups them
+        return torch.nn.utils.clip_grad_norm_(parameters, max_norm, foreach=True)
+    total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+    torch._foreach_mul_(grads, torch.clamp(max_norm / (total + 1e-6), max=1.0))
+    return total
+
+
 def resolve_img_size(config: TrainConfig, model: nn.Module) -> int:
     if config.img_size is not None:
         return config.img_size
@@ -385,8 +400,10 @@ class Trainer:
         mark("backward")
         if c.clip_grad is not None:
             self.scaler.unscale_(self.optimizer)
-            if c.clip_mode == "norm":
-                torch.nn.utils.clip_grad_norm_(self.model_parameters, c.clip_grad, foreach=self.clip_foreach)
+            if c.clip_mode == "norm" and self.clip_foreach:
+                clip_grad_norm_(self.model_parameters, c.clip_grad)
+            elif c.clip_mode == "norm":
+                torch.nn.utils.clip_grad_norm_(self.model_parameters, c.clip_grad)
             else:
                 dispatch_clip_grad(self.model_parameters, c.clip_grad, mode=c.clip_mode)
         mark("clip")
