@@ -28,6 +28,7 @@ from sfmamba.ops.vmeanba import mean_selective_scan  # noqa: E402
 from sfmamba.ops.vmeanba.cross import (  # noqa: E402
     cross_mean_inputs_naive,
     cross_mean_inputs_triton,
+    directional_scan,
     directional_scan_naive,
     directional_scan_triton,
     linear_recurrence,
@@ -126,6 +127,14 @@ def test_directional_scan_kernel_matches_reference(height, width, rank, nstate, 
     got = directional_scan_triton(decay, dtu, proj, rank)  # y NaN-poisoned by conftest: every (position, k) written
     assert got.dtype == torch.float32
     assert_close("directional scan", want, got, 1e-5)
+
+
+def test_directional_scan_rejects_other_direction_counts():
+    decay, dtu, proj = _scan_inputs(1, 3, 4, 2, 1, torch.float32)
+    with pytest.raises(ValueError, match="decay must be"):
+        directional_scan(decay[..., :3, :], dtu[..., :3], proj[..., :3, :], 2)
+    with pytest.raises(ValueError, match="proj must be"):
+        directional_scan(decay, dtu, proj, 3)
 
 
 @pytest.mark.parametrize(("positions", "dim", "directions"), [(1, 5, 4), (37, 40, 4), (35, 130, 4), (9, 7, 3)])

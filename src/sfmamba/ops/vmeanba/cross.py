@@ -198,6 +198,17 @@ def _from_directions(t: Tensor, height: int, width: int) -> Tensor:
     return torch.stack((as_map[0], as_map[2], as_map[1], as_map[3]), dim=-1)
 
 
+def _check_scan_inputs(decay: Tensor, dtu: Tensor, proj: Tensor, rank: int) -> None:
+    """The four directions of `cross_scan` (their orders are built in), and shapes that agree."""
+    if decay.dim() != 5 or decay.shape[3] != DIRECTIONS:
+        raise ValueError(f"decay must be [B, H, W, {DIRECTIONS}, N], got shape {tuple(decay.shape)}")
+    if dtu.shape != decay.shape[:4]:
+        raise ValueError(f"dtu must be [B, H, W, {DIRECTIONS}] = {tuple(decay.shape[:4])}, got {tuple(dtu.shape)}")
+    want = (*decay.shape[:4], rank + 2 * decay.shape[4])
+    if proj.shape != want:
+        raise ValueError(f"proj must be [B, H, W, K, R + 2N] = {want}, got {tuple(proj.shape)}")
+
+
 def _state_views(proj: Tensor, rank: int, nstate: int) -> tuple[Tensor, Tensor]:
     """B and C [B, H, W, K, N] of the x_proj output [B, H, W, K, R + 2N] (dt | B | C per direction): strided views."""
     _, Bs, Cs = proj.split((rank, nstate, nstate), dim=-1)
@@ -276,6 +287,7 @@ def directional_scan_triton(decay: Tensor, dtu: Tensor, proj: Tensor, rank: int)
 
 def directional_scan(decay: Tensor, dtu: Tensor, proj: Tensor, rank: int) -> Tensor:
     """The reduced scans of all directions, y [B, H, W, K] fp32 (see `directional_scan_naive`)."""
+    _check_scan_inputs(decay, dtu, proj, rank)
     if use_triton(decay.device):
         return directional_scan_triton(decay, dtu, proj, rank)
     return directional_scan_naive(decay, dtu, proj, rank)
