@@ -18,7 +18,6 @@ from torch import Tensor, nn
 
 from ..ops import cross_merge, cross_scan, selective_scan
 from ..ops._launch import needs_grad
-from ..ops.vmeanba.cross import vmeanba_cross_merged
 
 __all__ = ["SS2D"]
 
@@ -83,8 +82,8 @@ class SS2D(nn.Module):
             dt_min, dt_max, dt_init, dt_scale, dt_init_floor,
         )  # fmt: skip
         self.vmeanba = False
-        # VMeanba without gradients: the reduced path of ops.vmeanba.cross (no cross-scan copies); False: the generic
-        # mean_selective_scan between cross_scan and cross_merge (also what runs when a gradient is needed)
+        # VMeanba without gradients: out_norm removes the channel-constant scan term, so only the skip path runs;
+        # False: the generic mean_selective_scan between cross_scan and cross_merge (also what runs with a gradient)
         self.vmeanba_fast_path = True
         k, di, n, r = DIRECTIONS, self.d_inner, d_state, self.dt_rank
         f32 = {"device": device, "dtype": torch.float32}
@@ -142,9 +141,11 @@ class SS2D(nn.Module):
             x = self.conv2d(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
         x = F.silu(x)
         if self.vmeanba and self.vmeanba_fast_path and not self._needs_grad(x):
-            A = -torch.exp(self.A_logs.float())
-            y = vmeanba_cross_merged(x, self.x_proj_weight, self.dt_projs_weight, self.dt_projs_bias, A, self.Ds)
-            return self.out_proj(self.out_norm(y))
+            # VMeanba's scan term is one value per position broadcast over the channels (plus x * sum_k D_k, see
+            # ops/vmeanba/cross.py): out_norm, a LayerNorm over the channels, subtracts it exactly. A converted block
+            # is its skip path; the scan never has to run.
+            skip = self.Ds.view(DIRECTIONS, self.d_inner).sum(0).to(x.dtype)
+            return self.out_proj(self.out_norm(x * skip))
         xs = cross_scan(x, layout="BHWC", scan_layout="BLD").view(batch, length, k * self.d_inner)
         x_proj, dt_proj = self._projection_weights()
         proj = F.linear(xs, x_proj.to(xs.dtype))  # [B, L, K*R | K*N | K*N]
