@@ -30,6 +30,7 @@ from ..utils.cuda_graph import GraphedTrainForward
 
 __all__ = [
     "measure_inference", "measure_train", "make_inference_step", "make_train_step", "time_steps", "summarize",
+    "graphed_replay",
     "normalize_img_size",
 ]  # fmt: skip
 
@@ -122,7 +123,7 @@ def _peak_memory_mib(device: torch.device) -> float | None:
     return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
 
 
-def _graphed(forward: Callable[[], Tensor], device: torch.device) -> Callable[[], Tensor]:
+def graphed_replay(forward: Callable[[], Tensor], device: torch.device) -> Callable[[], Tensor]:
     """Capture `forward` (static input inside) in a CUDA graph after a few side-stream warm-up calls; return replay."""
     if device.type != "cuda":
         raise ValueError(f"cuda_graph=True needs device='cuda', got {device}")
@@ -161,7 +162,7 @@ def make_inference_step(
         with torch.inference_mode(), _autocast(device, amp_dtype):
             return model(images)
 
-    return _graphed(forward, device) if cuda_graph else forward
+    return graphed_replay(forward, device) if cuda_graph else forward
 
 
 def make_train_step(
