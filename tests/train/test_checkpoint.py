@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from sfmamba.train.checkpoint import (
+    BackgroundWriter,
     CheckpointError,
     atomic_write,
     capture_rng_state,
@@ -86,3 +87,38 @@ def test_rng_state_round_trip_through_weights_only_load(tmp_path):
     random.seed(9), np.random.seed(9), torch.manual_seed(9)
     restore_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True))
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
+
+
+def test_background_checkpoint_is_a_snapshot_of_the_call(tmp_path):
+    """The files hold the values at the call even when the tensors change before the thread writes them."""
+    run = tmp_path
+    model, ema = nn.Linear(3, 2), nn.Linear(3, 2)
+    moment = torch.ones(4)
+    writer = BackgroundWriter()
+    try:
+        save_training_checkpoint(run, model, ema, {"step": 7, "optimizer": {"m": moment}}, {}, writer=writer)
+        want = {k: v.clone() for k, v in model.state_dict().items()}
+        with torch.no_grad():  # the next training steps, racing the writer
+            model.weight.add_(1.0)
+            moment.add_(1.0)
+        writer.wait()
+    finally:
+        writer.close()
+    restored = nn.Linear(3, 2)
+    state = load_training_checkpoint(run / "last.state.pt", restored, nn.Linear(3, 2))
+    assert state["step"] == 7 and torch.equal(state["optimizer"]["m"], torch.ones(4))
+    assert all(torch.equal(restored.state_dict()[k], v) for k, v in want.items())
+
+
+def test_a_failed_background_write_raises_at_the_next_call():
+    writer = BackgroundWriter()
+
+    def fail() -> None:
+        raise OSError("disk full")
+
+    writer.submit(fail)
+    with pytest.raises(OSError, match="disk full"):
+        writer.submit(lambda: None)
+    writer.submit(fail)
+    with pytest.raises(OSError, match="disk full"):
+        writer.close()

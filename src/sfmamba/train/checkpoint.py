@@ -16,6 +16,7 @@ import os
 import random
 import tempfile
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -62,8 +63,11 @@ def _weights_of(module: nn.Module) -> dict[str, torch.Tensor]:
 
 def save_weights(path: str | Path, module: nn.Module, metadata: dict[str, object]) -> None:
     """The module's state dict as safetensors; metadata values are stored as JSON strings."""
+    write_weights(path, _weights_of(module), metadata)
+
+
+def write_weights(path: str | Path, weights: dict[str, torch.Tensor], metadata: dict[str, object]) -> None:
     meta = {"format": FORMAT, **{k: json.dumps(v) for k, v in metadata.items()}}
-    weights = _weights_of(module)
     atomic_write(path, lambda temp: save_file(weights, temp, metadata=meta))
 
 
@@ -135,14 +139,67 @@ def save_training_checkpoint(
     training_state: dict[str, object],
     metadata: dict[str, object],
     name: str = "last",
+    writer: BackgroundWriter | None = None,
 ) -> None:
-    """Weights (+ EMA weights), then the training state; `training_state` must hold 'step'."""
+    """Weights (+ EMA weights), then the training state; `training_state` must hold 'step'.
+
+    With a `writer`, everything is copied to host memory here and the files are written on its thread."""
     paths = checkpoint_paths(run_dir, name)
     step_meta = {**metadata, "step": training_state["step"], "epoch": training_state.get("epoch")}
-    save_weights(paths["weights"], model, step_meta)
-    if ema is not None:
-        save_weights(paths["ema"], ema, step_meta)
-    atomic_write(paths["state"], lambda temp: torch.save(training_state, temp))
+    weights = _weights_of(model)
+    ema_weights = _weights_of(ema) if ema is not None else None
+    state = _to_cpu(training_state)
+
+    def write() -> None:
+        write_weights(paths["weights"], weights, step_meta)
+        if ema_weights is not None:
+            write_weights(paths["ema"], ema_weights, step_meta)
+        atomic_write(paths["state"], lambda temp: torch.save(state, temp))
+
+    if writer is None:
+        write()
+    else:
+        writer.submit(write)
+
+
+def _to_cpu(value):
+    """A copy of nested dicts/lists/tuples with every tensor copied to host memory (optimizer states live on the GPU
+    and keep changing after the call)."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {k: _to_cpu(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to_cpu(v) for v in value)
+    return value
+
+
+class BackgroundWriter:
+    """Writes checkpoint files on one worker thread, so a training step pays only for the copy to host memory (a
+    ~150 MB checkpoint takes ~0.25 s to write: 4 % of a CUDA-graphed recipe's steps at the default interval).
+
+    One write is in flight at a time (`submit` waits for the previous one); `wait()` before reading the files or
+    exiting. A failed write raises from the next `submit`, `wait` or `close`.
+    """
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sfmamba-checkpoint")
+        self._pending: Future | None = None
+
+    def submit(self, write: Callable[[], None]) -> None:
+        self.wait()
+        self._pending = self._pool.submit(write)
+
+    def wait(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def close(self) -> None:
+        try:
+            self.wait()
+        finally:
+            self._pool.shutdown(wait=True)
 
 
 def resolve_resume_path(resume: str | Path) -> Path:

@@ -32,6 +32,7 @@ from ..data.device_loader import create_device_loaders
 from ..eval.evaluate import autocast_context, evaluate
 from ..utils.cuda_graph import GraphedTrainForward
 from .checkpoint import (
+    BackgroundWriter,
     atomic_write_text,
     capture_rng_state,
     load_training_checkpoint,
@@ -186,6 +187,7 @@ class Trainer:
         self.device = self.dist.device
         self.amp_dtype = AMP_TORCH_DTYPES[config.amp_dtype] if config.amp else None
         self.state = RunState()
+        self.checkpoint_writer = BackgroundWriter()  # `last` checkpoints are written on its thread
         self.resume_path = resolve_resume_path(config.resume) if config.resume else None  # fail before any work
         self._setup_data_and_model()
         self._setup_optimization()
@@ -364,7 +366,9 @@ class Trainer:
             run_state=dataclasses.asdict(self.state),
         )
         ema = self.ema.module if self.ema is not None else None
-        save_training_checkpoint(self.run_dir, self.model, ema, training_state, self._metadata())
+        save_training_checkpoint(
+            self.run_dir, self.model, ema, training_state, self._metadata(), writer=self.checkpoint_writer
+        )
         write_history(self.run_dir, self.state.summary, self.state.steps, plot=False)
 
     def _save_best(self, top1: float) -> None:
@@ -566,6 +570,7 @@ class Trainer:
         finally:
             if bar is not None:
                 bar.close()
+            self.checkpoint_writer.wait()  # the last checkpoint is on disk before fit returns or raises
         return self._finish(stop)
 
     def _finish(self, stop: str | None) -> dict[str, object]:
@@ -596,7 +601,10 @@ class Trainer:
         return results
 
     def close(self) -> None:
-        cleanup_distributed()
+        try:
+            self.checkpoint_writer.close()
+        finally:
+            cleanup_distributed()
 
 
 def train(config: TrainConfig) -> dict[str, object]:
