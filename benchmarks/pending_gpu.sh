@@ -19,6 +19,8 @@
 #                    issue #5), step-overhead with --cuda-graph                                                 (~7 min)
 #   graph-train-224  bench train eager vs graphed at 224 px, bs 128, channels-last, with the official baseline
 #                    (issue #3's training target; carry .bench_deps)                                            (~4 min)
+#   graph-ratio      train vs bench throughput, both CUDA-graphed, the whole default recipe (~2 min)
+#   ddp-graph        1 vs 2 processes with --cuda-graph --no-ddp-bb (needs nvidia-h200-x2)             (~3 min)
 #   ddp              1 vs 2 processes (needs 2 GPUs: nvidia-h200-x2), with --no-ddp-bb          (~3 min)
 #   models-graph     run_targets.sh setup graph with --channels-last (the fused residual+norm, issue #3 table; ~6 min)
 #   compile          run_targets.sh setup compile-ours compile-baselines (carry .bench_deps; ~8 min)
@@ -81,6 +83,17 @@ run_step() {
         2>&1 | tail -12 ;;
     graph-train-224)
       OUT="$dir" EXTRA="--channels-last" bash benchmarks/models/run_targets.sh setup train train-graph ;;
+    graph-ratio)  # train vs bench, both CUDA-graphed (single GPU), the recipe's model with its drop-path
+      "$PY" -m sfmamba.cli.main bench --bench train --model sf_mamba_nano:dim=64,in_dim=32,drop_path_rate=0.1 -b 256 \
+        --img-size 64 --amp --amp-dtype bfloat16 --num-warm-iter 20 --num-bench-iter 200 --cuda-graph \
+        --results-file "$dir/bench_train_graph.json" 2>&1 | tail -2
+      "$PY" -m sfmamba.cli.main train "${FMNIST[@]}" --output "$dir/train" --eval-interval 0 --log-interval 25 \
+        --cuda-graph 2>&1 | tail -2
+      find "$dir/train" -name '*.png' -delete ;;
+    ddp-graph)  # 1 vs 2 processes with --cuda-graph (gradients all-reduced after the graphed backward)
+      "$PY" benchmarks/train/ddp_scaling.py --data-dir "$DATA" --nproc 1 2 --steps 3000 --output-root "$dir/runs" \
+        --results-dir "$dir" --extra --cuda-graph --no-ddp-bb 2>&1 | tail -4
+      rm -rf "$dir/runs" ;;
     ddp)
       "$PY" benchmarks/train/ddp_scaling.py --data-dir "$DATA" --nproc 1 2 --steps 1000 --output-root "$dir/runs" \
         --results-dir "$dir" --extra --no-ddp-bb | tail -4 ;;

@@ -194,4 +194,4 @@ def test_cuda_graph_on_cpu_exits_with_a_message(tmp_path, capsys):
             ]
         )
     assert exit_info.value.code == 2
-    assert "cuda_graph needs one CUDA device and no DDP, got cpu" in capsys.readouterr().err
+    assert "cuda_graph needs CUDA devices, got cpu" in capsys.readouterr().err

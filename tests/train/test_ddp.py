@@ -59,3 +59,34 @@ def test_torchrun_two_processes_match_one(fake_fmnist, tmp_path, extra):
     assert results["eval_top1"] == single["eval_top1"]  # 16 test images, split over the ranks and summed
     state = torch.load(tmp_path / "two" / "last.state.pt", weights_only=True)
     assert len(state["rng"]) == 2  # every rank's RNG state, for an exact resume on 2 processes
+
+
+def _average_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    import torch.distributed as dist
+
+    from sfmamba.train.distributed import average_gradients, broadcast_from_main
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        params = [torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.zeros(2, 2, dtype=torch.float64)),
+                  torch.nn.Parameter(torch.zeros(1))]  # fmt: skip
+        params[0].grad = torch.full((3,), float(rank + 1))
+        params[1].grad = torch.full((2, 2), 10.0 * (rank + 1), dtype=torch.float64)
+        average_gradients(params)  # the third has no gradient on any rank
+        weights = torch.full((2,), float(rank + 5))
+        broadcast_from_main([weights])
+        torch.save(dict(g0=params[0].grad, g1=params[1].grad, g2=params[2].grad, w=weights), f"{out_dir}/{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_average_gradients_and_broadcast_over_two_processes(tmp_path):
+    """The --cuda-graph-under-torchrun path: gradients averaged per dtype, rank 0's tensors copied to every rank."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_average_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    for rank in range(2):
+        got = torch.load(tmp_path / f"{rank}.pt", weights_only=True)
+        assert torch.equal(got["g0"], torch.full((3,), 1.5))
+        assert torch.equal(got["g1"], torch.full((2, 2), 15.0, dtype=torch.float64))
+        assert got["g2"] is None and torch.equal(got["w"], torch.full((2,), 5.0))

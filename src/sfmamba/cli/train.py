@@ -87,7 +87,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         model,
         "--cuda-graph",
         action="store_true",
-        help="replay the model's forward and backward from CUDA graphs (one CUDA device; fixed batch shape)",
+        help="replay the model's forward and backward from CUDA graphs (CUDA; a fixed batch shape; under torchrun the "
+        "gradients are all-reduced after the graphed backward)",
     )
     opt = parser.add_argument_group("optimizer and schedule")
     _add(opt, "--opt", help="timm optimizer name")

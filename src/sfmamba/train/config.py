@@ -32,7 +32,8 @@ class TrainConfig:
     ddp_bb: bool = True  # DDP broadcasts rank 0's buffers (BatchNorm statistics) before every forward (timm's default)
     torchcompile: str | None = None  # a torch.compile backend, e.g. 'inductor'
     torchcompile_mode: str | None = None
-    cuda_graph: bool = False  # forward and backward replayed from CUDA graphs (one GPU, no compile/checkpointing)
+    cuda_graph: bool = False  # forward and backward replayed from CUDA graphs (no compile/checkpointing; under torchrun
+    # the gradients are all-reduced after the graphed backward instead of by DDP's hooks)
     # optimizer and schedule
     opt: str = "adamw"
     lr: float = 1e-3

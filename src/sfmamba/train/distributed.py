@@ -73,3 +73,30 @@ def mean_over_ranks(value: float, device: torch.device) -> float:
     tensor = torch.tensor([value], dtype=torch.float64, device=device)
     dist.all_reduce(tensor)
     return float(tensor.item()) / dist.get_world_size()
+
+
+def average_gradients(parameters: list[torch.Tensor]) -> None:
+    """Average the gradients over the ranks in place: one all-reduce per dtype over a flat copy of the gradients.
+
+    What DDP's bucketed all-reduce does, for steps whose backward replays a CUDA graph (`--cuda-graph` under
+    torchrun), where DDP's autograd hooks cannot run. Every rank must hold gradients for the same parameters.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
+    for p in parameters:
+        if p.grad is not None:
+            by_dtype.setdefault(p.grad.dtype, []).append(p.grad)
+    for grads in by_dtype.values():
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat)  # a sum: gloo has no AVG
+        flat.div_(dist.get_world_size())
+        torch._foreach_copy_(grads, [part.view_as(g) for part, g in zip(flat.split([g.numel() for g in grads]), grads)])
+
+
+def broadcast_from_main(tensors: list[torch.Tensor]) -> None:
+    """Copy rank 0's values into `tensors` on every rank (initial weights, or buffers before a step as DDP does)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    for tensor in tensors:
+        dist.broadcast(tensor.data, src=0)

@@ -45,7 +45,9 @@ from .config import TrainConfig, config_to_yaml
 from .distributed import (
     DistributedInfo,
     all_gather_objects,
+    average_gradients,
     broadcast_flag,
+    broadcast_from_main,
     cleanup_distributed,
     init_distributed,
     mean_over_ranks,
@@ -269,17 +271,20 @@ class Trainer:
         else:
             self.train_loss_fn = nn.CrossEntropyLoss()
         self.train_model: nn.Module = self.model
-        if self.dist.distributed:
+        # under torchrun with --cuda-graph the gradients are averaged after the graphed backward (DDP's hooks cannot
+        # run inside a graph): the same weights from rank 0, the same averaged gradients, rank 0's buffers if ddp_bb
+        self.average_gradients = c.cuda_graph and self.dist.distributed
+        if self.dist.distributed and not c.cuda_graph:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             self.train_model = DistributedDataParallel(self.model, device_ids=device_ids, broadcast_buffers=c.ddp_bb)
         if c.torchcompile:
             self.train_model = torch.compile(self.train_model, backend=c.torchcompile, mode=c.torchcompile_mode)
         if c.cuda_graph:
-            if self.device.type != "cuda" or self.dist.distributed:
-                raise ValueError(
-                    f"cuda_graph needs one CUDA device and no DDP, got {self.device} x {self.dist.world_size} processes"
-                )
+            if self.device.type != "cuda":
+                raise ValueError(f"cuda_graph needs CUDA devices, got {self.device}")
+            broadcast_from_main([*self.model.parameters(), *self.model.buffers()])
             self.train_model = GraphedTrainForward(self.model, self.amp_dtype)
+        self.broadcast_buffers = list(self.model.buffers()) if self.average_gradients and c.ddp_bb else []
 
     def _setup_run_dir(self) -> None:
         c = self.config
@@ -395,12 +400,16 @@ class Trainer:
             images, target = self.mixup(images, target)
         if c.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
+        if self.broadcast_buffers:
+            broadcast_from_main(self.broadcast_buffers)
         mark("batch")
         with autocast_context(self.device, self.amp_dtype):
             loss = self.train_loss_fn(self.train_model(images), target)
         mark("forward")
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
+        if self.average_gradients:
+            average_gradients(self.model_parameters)
         mark("backward")
         if c.clip_grad is not None:
             self.scaler.unscale_(self.optimizer)
