@@ -13,12 +13,23 @@ the same path). Dropout and drop-path draw from the default CUDA generator's gra
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
 
 __all__ = ["GraphedTrainForward"]
+
+# Capture in "thread_local" mode: the default ("global") makes CUDA refuse every potentially unsafe call (cudaMalloc,
+# synchronising copies) from *any* thread while the graph is captured, so the device loader's prefetch thread
+# (data/prefetch.py), which keeps building batches on its own stream during capture, would fail or invalidate the
+# capture. Work on other threads' streams is not captured either way. (Older torch has no such argument.)
+_CAPTURE_KWARGS = (
+    {"capture_error_mode": "thread_local"}
+    if "capture_error_mode" in inspect.signature(torch.cuda.make_graphed_callables).parameters
+    else {}
+)
 
 
 class GraphedTrainForward(nn.Module):
@@ -67,7 +78,7 @@ class GraphedTrainForward(nn.Module):
         with torch.autocast("cuda", dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None,
                             cache_enabled=False):  # fmt: skip
             torch.cuda.make_graphed_callables(
-                self.model, (sample,), num_warmup_iters=self.warmup, allow_unused_input=True
+                self.model, (sample,), num_warmup_iters=self.warmup, allow_unused_input=True, **_CAPTURE_KWARGS
             )
         # make_graphed_callables puts the graphed forward on the instance; keep it here and give the module back its
         # own forward, so eval mode, other shapes and checkpoint code see the plain model
