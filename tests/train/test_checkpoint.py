@@ -122,3 +122,68 @@ def test_a_failed_background_write_raises_at_the_next_call():
     writer.submit(fail)
     with pytest.raises(OSError, match="disk full"):
         writer.close()
+
+
+def _save(run, model, ema, step, writer=None):
+    save_training_checkpoint(run, model, ema, {"step": step}, {}, writer=writer)
+
+
+def test_a_failed_state_write_keeps_the_previous_checkpoint_whole(tmp_path, monkeypatch):
+    """The weights of step 8 must not be renamed over step 7's when step 8's state cannot be written."""
+    model, ema = nn.Linear(3, 2), nn.Linear(3, 2)
+    _save(tmp_path, model, ema, 7)
+    want = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        model.weight.add_(1.0)
+
+    def disk_full(obj, path):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(OSError, match="disk full"):
+        _save(tmp_path, model, ema, 8)
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last-ema.safetensors", "last.safetensors", "last.state.pt"]
+    restored = nn.Linear(3, 2)
+    assert load_training_checkpoint(tmp_path / "last.state.pt", restored, nn.Linear(3, 2))["step"] == 7
+    assert all(torch.equal(restored.state_dict()[k], v) for k, v in want.items())
+
+
+def test_stale_ema_weights_are_refused_on_resume(tmp_path):
+    """A session without EMA leaves the EMA file of an earlier one: resuming with EMA must not load it silently."""
+    model, ema = nn.Linear(3, 2), nn.Linear(3, 2)
+    _save(tmp_path, model, ema, 7)
+    _save(tmp_path, model, None, 9)
+    assert load_training_checkpoint(tmp_path / "last.state.pt", nn.Linear(3, 2), None)["step"] == 9
+    with pytest.raises(CheckpointError, match="last-ema.safetensors is from step 7 but .* from step 9"):
+        load_training_checkpoint(tmp_path / "last.state.pt", nn.Linear(3, 2), nn.Linear(3, 2))
+
+
+def test_wait_without_raising_logs_the_failed_write(caplog):
+    writer = BackgroundWriter()
+    writer.submit(lambda: (_ for _ in ()).throw(OSError("disk full")))
+    with caplog.at_level("ERROR", logger="sfmamba.train.checkpoint"):
+        writer.wait(raise_error=False)
+    assert "writing a checkpoint failed" in caplog.text and "disk full" in caplog.text
+    writer.close()  # the error was reported once: nothing left to raise
+
+
+def test_a_failed_background_write_does_not_hide_the_training_error(fake_fmnist, tmp_path, monkeypatch, caplog):
+    """fit waits for the write in flight when the loop fails; the loop's error is raised, the write's is logged."""
+    from sfmamba.train import TrainConfig, train
+
+    def history_broke(*args, **kwargs):
+        raise RuntimeError("history broke")
+
+    def disk_full(obj, path):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("sfmamba.train.trainer.write_history", history_broke)  # right after the write is submitted
+    monkeypatch.setattr(torch, "save", disk_full)
+    config = TrainConfig(
+        model="mambavision_nano", img_size=16, dataset="fashion_mnist", data_dir=str(fake_fmnist), batch_size=8,
+        workers=0, epochs=1, checkpoint_interval=1, progress=False, device="cpu", output=str(tmp_path / "run"),
+    )  # fmt: skip
+    with caplog.at_level("ERROR", logger="sfmamba.train.checkpoint"), pytest.raises(RuntimeError, match="history"):
+        train(config)
+    assert "writing a checkpoint failed" in caplog.text and "disk full" in caplog.text

@@ -5,13 +5,15 @@ A checkpoint named X in a run folder is
 - `X-ema.safetensors`: the EMA weights, when the run keeps an EMA;
 - `X.state.pt` (only for `last`): optimizer, scheduler, grad scaler, EMA step, the RNG states of every rank, the step
   and epoch; loaded with `torch.load(weights_only=True)` (it holds only tensors and plain Python values).
-The weights are renamed into place before the state, and both record the step, so a run killed between the renames
-is detected on resume (`load_training_state` compares them) instead of silently mixing two steps.
+All three are written to temporary names first and then renamed into place, the state last; all record the step, so
+a run killed between the renames is detected on resume (`load_training_checkpoint` compares them) instead of silently
+mixing two steps.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import tempfile
@@ -32,6 +34,7 @@ STATE_SUFFIX = ".state.pt"
 WEIGHTS_SUFFIX = ".safetensors"
 EMA_SUFFIX = "-ema.safetensors"
 FORMAT = "sfmamba-train-1"
+_logger = logging.getLogger(__name__)
 
 
 class CheckpointError(ValueError):
@@ -40,15 +43,27 @@ class CheckpointError(ValueError):
 
 def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
     """Call `write(temp_path)` for a temporary file next to `path`, then rename it onto `path` (atomic on POSIX)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    atomic_write_all([(path, write)])
+
+
+def atomic_write_all(files: list[tuple[str | Path, Callable[[str], None]]]) -> None:
+    """`atomic_write` for several files: every file is written to its temporary name first, then all are renamed
+    into place in order. A failure while writing (disk full) leaves every old file as it was, and a kill can leave a
+    mix of old and new files only between the renames (microseconds, not the seconds the writes take)."""
+    temps: list[str] = []
     try:
-        write(temp)
-        os.replace(temp, path)
+        for path, write in files:
+            path = Path(path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            temps.append(temp)
+            os.close(fd)
+            write(temp)
+        for (path, _), temp in zip(files, temps):
+            os.replace(temp, path)
     except BaseException:
-        Path(temp).unlink(missing_ok=True)
+        for temp in temps:  # the renamed ones are gone already
+            Path(temp).unlink(missing_ok=True)
         raise
 
 
@@ -67,8 +82,12 @@ def save_weights(path: str | Path, module: nn.Module, metadata: dict[str, object
 
 
 def write_weights(path: str | Path, weights: dict[str, torch.Tensor], metadata: dict[str, object]) -> None:
+    atomic_write(path, _weights_writer(weights, metadata))
+
+
+def _weights_writer(weights: dict[str, torch.Tensor], metadata: dict[str, object]) -> Callable[[str], None]:
     meta = {"format": FORMAT, **{k: json.dumps(v) for k, v in metadata.items()}}
-    atomic_write(path, lambda temp: save_file(weights, temp, metadata=meta))
+    return lambda temp: save_file(weights, temp, metadata=meta)
 
 
 def read_metadata(path: str | Path) -> dict[str, object]:
@@ -150,11 +169,12 @@ def save_training_checkpoint(
     ema_weights = _weights_of(ema) if ema is not None else None
     state = _to_cpu(training_state)
 
-    def write() -> None:
-        write_weights(paths["weights"], weights, step_meta)
+    def write() -> None:  # the state renamed last: see the module docstring
+        files = [(paths["weights"], _weights_writer(weights, step_meta))]
         if ema_weights is not None:
-            write_weights(paths["ema"], ema_weights, step_meta)
-        atomic_write(paths["state"], lambda temp: torch.save(state, temp))
+            files.append((paths["ema"], _weights_writer(ema_weights, step_meta)))
+        files.append((paths["state"], lambda temp: torch.save(state, temp)))
+        atomic_write_all(files)
 
     if writer is None:
         write()
@@ -179,7 +199,8 @@ class BackgroundWriter:
     ~150 MB checkpoint takes ~0.25 s to write: 4 % of a CUDA-graphed recipe's steps at the default interval).
 
     One write is in flight at a time (`submit` waits for the previous one); `wait()` before reading the files or
-    exiting. A failed write raises from the next `submit`, `wait` or `close`.
+    exiting. A failed write raises from the next `submit`, `wait` or `close` (`wait(raise_error=False)` logs it
+    instead: while another error is on its way out).
     """
 
     def __init__(self) -> None:
@@ -190,10 +211,15 @@ class BackgroundWriter:
         self.wait()
         self._pending = self._pool.submit(write)
 
-    def wait(self) -> None:
+    def wait(self, raise_error: bool = True) -> None:
         pending, self._pending = self._pending, None
-        if pending is not None:
-            pending.result()
+        if pending is None:
+            return
+        error = pending.exception()
+        if error is not None and raise_error:
+            raise error
+        if error is not None:
+            _logger.error("writing a checkpoint failed", exc_info=error)
 
     def close(self) -> None:
         try:
@@ -237,7 +263,12 @@ def load_training_checkpoint(state_path: str | Path, model: nn.Module, ema: nn.M
     if ema is not None:
         if not paths["ema"].is_file():
             raise CheckpointError(f"{paths['ema']}: missing (the run being resumed kept no EMA; drop --model-ema)")
-        load_weights(paths["ema"], ema)
+        ema_step = load_weights(paths["ema"], ema).get("step")
+        if ema_step != state.get("step"):  # e.g. left by an earlier session of the run that kept an EMA
+            raise CheckpointError(
+                f"{paths['ema']} is from step {ema_step} but {state_path} from step {state.get('step')}: "
+                "the EMA weights are stale (drop --model-ema to resume without them)"
+            )
     return state
 
 

@@ -576,10 +576,13 @@ class Trainer:
                 self.save_last()
                 if self.dist.is_main:
                     write_history(self.run_dir, s.summary, s.steps)
+        except BaseException:  # the loop's own error is the one to report: a failed write is only logged
+            self.checkpoint_writer.wait(raise_error=False)  # the last checkpoint is on disk before fit raises
+            raise
         finally:
             if bar is not None:
                 bar.close()
-            self.checkpoint_writer.wait()  # the last checkpoint is on disk before fit returns or raises
+        self.checkpoint_writer.wait()  # the last checkpoint is on disk before fit returns
         return self._finish(stop)
 
     def _finish(self, stop: str | None) -> dict[str, object]:
