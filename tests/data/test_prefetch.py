@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 import torch
@@ -68,3 +69,33 @@ def test_device_loader_batches_are_the_same_with_and_without_prefetch(tmp_path):
         loader.sampler.set_epoch(2)
     for (images, labels), (images_ahead, labels_ahead) in zip(plain, ahead, strict=True):
         assert torch.equal(images, images_ahead) and torch.equal(labels, labels_ahead)
+
+
+def test_an_error_in_the_loop_body_ends_the_worker_without_an_explicit_close():
+    """The training loop raising (no break, no close): the dropped generator still stops and joins its worker."""
+
+    def train_until_step_2():
+        for _, labels in prefetched(_numbered(100), CPU, depth=2):
+            if int(labels) == 2:
+                raise RuntimeError("step 2 failed")
+
+    with pytest.raises(RuntimeError, match="step 2 failed"):
+        train_until_step_2()
+    assert not _workers()
+
+
+def test_closing_while_the_worker_waits_on_a_full_queue_returns_promptly():
+    built = threading.Event()
+
+    def make():
+        for i in range(100):
+            if i == 2:  # batch 0 consumed, batch 1 queued (depth 1): batch 2 waits for room
+                built.set()
+            yield (torch.tensor([i]),)
+
+    batches = prefetched(make, CPU, depth=1)
+    next(batches)
+    assert built.wait(timeout=10)
+    started = time.perf_counter()
+    batches.close()
+    assert not _workers() and time.perf_counter() - started < 5

@@ -20,17 +20,19 @@ def _params(dtypes, seed=0):
 
 
 @pytest.mark.parametrize("max_norm", [0.5, 1e4])  # clips / leaves the gradients alone
-@pytest.mark.parametrize("dtypes", [[torch.float32] * 4, [torch.float32, torch.float64, torch.float32]])
+@pytest.mark.parametrize(
+    "dtypes", [[torch.float32] * 4, [torch.bfloat16] * 3, [torch.float32, torch.float64, torch.float32]]
+)
 def test_clip_grad_norm_matches_torch(max_norm, dtypes):
     ours, reference = _params(dtypes), _params(dtypes)
     total = clip_grad_norm_(ours, max_norm)
     want = torch.nn.utils.clip_grad_norm_(reference, max_norm)
-    torch.testing.assert_close(total.double(), want.double())
+    assert total.dtype == want.dtype and torch.equal(total, want)  # the same operations: bit for bit
     for a, b in zip(ours, reference):
         if b.grad is None:
             assert a.grad is None
         else:
-            torch.testing.assert_close(a.grad, b.grad)
+            assert torch.equal(a.grad, b.grad)
     if max_norm > 1e3:
         assert all(torch.equal(a.grad, b.grad) for a, b in zip(ours, _params(dtypes)) if b.grad is not None)
 
