@@ -72,8 +72,11 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 
 def _weights_of(module: nn.Module) -> dict[str, torch.Tensor]:
-    # safetensors refuses shared storage (tied weights) and non-contiguous tensors: store detached contiguous clones
-    return {k: v.detach().to("cpu").contiguous().clone() for k, v in module.state_dict().items()}
+    # safetensors refuses shared storage (tied weights) and non-contiguous tensors: one host copy of each, contiguous
+    return {
+        k: v.detach().to("cpu", memory_format=torch.contiguous_format, copy=True)
+        for k, v in module.state_dict().items()
+    }
 
 
 def save_weights(path: str | Path, module: nn.Module, metadata: dict[str, object]) -> None:
