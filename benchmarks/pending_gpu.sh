@@ -24,6 +24,12 @@
 #   ddp              1 vs 2 processes (needs 2 GPUs: nvidia-h200-x2), with --no-ddp-bb          (~3 min)
 #   models-graph     run_targets.sh setup graph with --channels-last (the fused residual+norm, issue #3 table; ~6 min)
 #   compile          run_targets.sh setup compile-ours compile-baselines (carry .bench_deps; ~8 min)
+#   mamba-build      mamba_ssm's selective_scan_cuda built for the baselines (carry .bench_deps; ~3 min); the .so and
+#                    its BUILD_INFO.json are copied to $OUT (copy them to .bench_deps/ext/ to skip later builds)
+#   scan-lanes       the lanes forward vs the step forward (each checked against the fp32 reference first), fwd and
+#                    fwd with checkpoints, 3 shapes x bf16/fp32 x BLD/BDL                                       (~3 min)
+#   scan-table       issue #2's table: step vs lanes forward vs mamba_ssm, fwd and fwd+bwd, 5 shapes, CUDA graphs
+#                    (after mamba-build in the same call, or with a built .so in .bench_deps/ext)               (~4 min)
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 if [ -z "${PY:-}" ]; then
@@ -101,6 +107,14 @@ run_step() {
       OUT="$dir" EXTRA="--channels-last" bash benchmarks/models/run_targets.sh setup graph ;;
     compile)
       OUT="$dir" bash benchmarks/models/run_targets.sh setup compile-ours compile-baselines ;;  # setup: mamba_ssm build (carry .bench_deps)
+    mamba-build)
+      COPY_SO_TO="$OUT" SKIP_SMOKE=0 PY="$PY" bash .bench_deps/build_on_device.sh 2>&1 | tail -15 ;;
+    scan-lanes)
+      "$PY" benchmarks/ops/experiments/scan_tiled_vs_step.py --kernels step lanes --train --out "$dir/result.json" \
+        2>&1 | grep -v "^{" | tail -40 ;;
+    scan-table)
+      PYTHONPATH=".bench_deps/ext:.bench_deps:$PYTHONPATH" "$PY" benchmarks/ops/bench_selective_scan.py --timers graph \
+        --folds --providers sfmamba-BLD sfmamba-lanes-BLD mamba_ssm --out-dir "$dir" 2>&1 | tail -45 ;;
     *) echo "unknown step $step"; return 2 ;;
   esac
   find "$dir" \( -name '*.safetensors' -o -name '*.pt' \) -delete  # weights stay on the device

@@ -1,10 +1,13 @@
-"""The experimental tiled forward kernel (`SFMAMBA_SCAN_FWD=tiled`, tiled.py) against the fp32 reference.
+"""The alternative forward kernels against the fp32 reference: tiled (`SFMAMBA_SCAN_FWD=tiled`, tiled.py) and lanes
+(`SFMAMBA_SCAN_FWD=lanes`, lanes.py).
 
 Same template and helpers as test_selective_scan.py (inputs, reference comparison with per-dtype tolerances, forced
-kernel dispatch, NaN-poisoned outputs from conftest), with the environment switched to the tiled forward and the
-step forward made to fail if it runs. The interpreter's tile is BLOCK_L = 8 steps x BLOCK_D = 16 channels, so the
-shapes cover partial step blocks (L = 1, 7, 49, 51, 70), partial channel blocks (D = 12, 20, 24), N = 1..16, grouped
-B/C, both layouts; chunk splits that fall inside a step block; segment starts inside blocks.
+kernel dispatch, NaN-poisoned outputs from conftest), with the environment switched to one of the kernels and the
+step forward made to fail if it runs. The interpreter's tiled tile is BLOCK_L = 8 steps x BLOCK_D = 16 channels, so
+the shapes cover partial step blocks (L = 1, 7, 49, 51, 70), partial channel blocks (D = 12, 20, 24), N = 1..16,
+grouped B/C, both layouts; chunk splits that fall inside a step block; segment starts inside blocks. The lanes
+kernel runs 8 lanes per program with the largest of 8/4/2/1 channels per lane that divides the channels per group,
+so the same shapes have programs spanning two or more images, and D = 10 / 7 use 2 / 1 channels per lane.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ import os
 os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported (see test_selective_scan.py)
 
 import functools  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
 from unittest import mock  # noqa: E402
 
 import pytest  # noqa: E402
@@ -26,18 +31,25 @@ from test_selective_scan import (  # noqa: E402
     shape_id,
 )
 
-from sfmamba.ops.selective_scan import chunk, tiled  # noqa: E402
+from sfmamba.ops.selective_scan import chunk, lanes, tiled  # noqa: E402
 from sfmamba.utils._config import SCAN_FWD_ENV, scan_fwd_kernel  # noqa: E402
 
+KERNELS = {"tiled": tiled.selective_scan_fwd_tiled_kernel, "lanes": lanes.selective_scan_fwd_lanes_kernel}
 
-@pytest.fixture(autouse=True)
-def tiled_forward(monkeypatch):
-    """Every scan in these tests runs the tiled forward: the step forward fails if launched, and the tiled one must
-    have been launched by the end of each test that scans."""
-    monkeypatch.setenv(SCAN_FWD_ENV, "tiled")
+
+@pytest.fixture(params=sorted(KERNELS))
+def kernel_name(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def alt_forward(monkeypatch, kernel_name):
+    """Every scan in these tests runs the chosen forward kernel: the step forward fails if launched, and the chosen
+    one must have been launched by the end of each test that scans."""
+    monkeypatch.setenv(SCAN_FWD_ENV, kernel_name)
     monkeypatch.setenv("SFMAMBA_KERNEL", "triton")
-    kernel = tiled.selective_scan_fwd_tiled_kernel
-    step_ran = AssertionError("the step forward kernel ran under SFMAMBA_SCAN_FWD=tiled")
+    kernel = KERNELS[kernel_name]
+    step_ran = AssertionError(f"the step forward kernel ran under SFMAMBA_SCAN_FWD={kernel_name}")
     with (
         mock.patch.object(chunk.selective_scan_fwd_kernel, "run", side_effect=step_ran),
         mock.patch.object(kernel, "run", wraps=kernel.run) as spy,
@@ -56,6 +68,8 @@ SHAPES = [
     (2, 49, 24, 8, 2),
     (1, 51, 24, 4, 4),
     (1, 70, 20, 1, 1),
+    (3, 9, 10, 8, 1),
+    (2, 5, 7, 2, 1),
 ]
 
 
@@ -69,12 +83,12 @@ def _forward_grid():
 
 
 @pytest.mark.parametrize("batch, length, dim, nstate, groups, layout, dtype", list(_forward_grid()))
-def test_tiled_forward(tiled_forward, batch, length, dim, nstate, groups, layout, dtype):
+def test_alt_forward(alt_forward, batch, length, dim, nstate, groups, layout, dtype):
     """Output and last states with every option on (D, z, delta_bias, softplus, initial_state)."""
     torch.manual_seed(42)
     inputs = make_inputs(batch, length, dim, nstate, groups, layout, segments=batch)
     compare_with_reference(inputs, dtype, {"delta_softplus": True, "layout": layout}, backward=False)
-    assert tiled_forward.called
+    assert alt_forward.called
 
 
 OPTION_SETS = [
@@ -90,13 +104,13 @@ OPTION_SETS = [
     "layout, softplus, has_D, has_z, has_bias, last",
     [pytest.param(*o, id="-".join(str(v) for v in o)) for o in OPTION_SETS],
 )
-def test_tiled_options(tiled_forward, layout, softplus, has_D, has_z, has_bias, last):
+def test_alt_options(alt_forward, layout, softplus, has_D, has_z, has_bias, last):
     """Each optional input present or absent, softplus on or off, with or without the last state."""
     torch.manual_seed(42)
     inputs = make_inputs(2, 23, 12, 4, 1, layout, D=has_D, z=has_z, delta_bias=has_bias, softplus=softplus)
     flags = {"delta_softplus": softplus, "layout": layout}
     compare_with_reference(inputs, torch.float32, flags, backward=False, return_last_state=last)
-    assert tiled_forward.called
+    assert alt_forward.called
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -128,7 +142,7 @@ def _reset_flags(layout: str, reset: str | None) -> tuple[int, int, dict, int]:
 @pytest.mark.parametrize(
     "layout, reset, chunk_len", [pytest.param(*c, id=f"{c[0]}-{c[1]}-chunk{c[2]}") for c in RESET_CASES]
 )
-def test_tiled_resets_and_chunks(tiled_forward, layout, reset, chunk_len):
+def test_alt_resets_and_chunks(alt_forward, layout, reset, chunk_len):
     """seq_len / cu_seqlens resets with initial and last states, in one chunk or split into chunks of 5 or 16 steps
     (summary pass + chunk_combine_kernel + main pass)."""
     torch.manual_seed(42)
@@ -137,11 +151,11 @@ def test_tiled_resets_and_chunks(tiled_forward, layout, reset, chunk_len):
     kernel = "triton" if chunk_len is None else "triton-2pass"
     with mock.patch.dict(FORCED_CHUNK_LEN, {"triton-2pass": chunk_len}):
         compare_with_reference(inputs, torch.float32, flags, backward=False, kernel=kernel)
-    assert tiled_forward.call_count == (1 if chunk_len is None else 2)  # the summary pass is the tiled kernel too
+    assert alt_forward.call_count == (1 if chunk_len is None else 2)  # the summary pass is the same kernel
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# the backward after the tiled forward (its checkpoints)
+# the backward after the alternative forward (its checkpoints)
 
 
 def _forward_buffers(kind: str, inputs: dict, layout: str, monkeypatch) -> tuple[torch.Tensor, ...]:
@@ -151,7 +165,7 @@ def _forward_buffers(kind: str, inputs: dict, layout: str, monkeypatch) -> tuple
     return chunk.selective_scan_fwd(*args, None, True, None, layout, True, True)
 
 
-def test_tiled_checkpoints_equal_step_checkpoints(tiled_forward, monkeypatch):
+def test_alt_checkpoints_equal_step_checkpoints(alt_forward, kernel_name, monkeypatch):
     """The states stored for the backward (every bwd_chunk_for(N) steps and at the row end) match the step
     kernel's, as do output and last states."""
     torch.manual_seed(42)
@@ -159,8 +173,8 @@ def test_tiled_checkpoints_equal_step_checkpoints(tiled_forward, monkeypatch):
     step = chunk.selective_scan_fwd_kernel
     with mock.patch.object(step, "run", functools.partial(type(step).run, step)):  # lift the fixture's guard
         want = _forward_buffers("step", inputs, "BLD", monkeypatch)
-    got = _forward_buffers("tiled", inputs, "BLD", monkeypatch)
-    assert tiled_forward.called
+    got = _forward_buffers(kernel_name, inputs, "BLD", monkeypatch)
+    assert alt_forward.called
     assert got[2].shape == want[2].shape == (2, triton.cdiv(45, chunk.bwd_chunk_for(4)), 4, 20)
     for name, w, g in zip(("out", "last_state", "checkpoints"), want, got):
         torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5, msg=lambda m, name=name: f"{name}: {m}")
@@ -171,9 +185,9 @@ def test_tiled_checkpoints_equal_step_checkpoints(tiled_forward, monkeypatch):
     [pytest.param("BLD", torch.float32, None, None, id="BLD-fp32"),
      pytest.param("BDL", torch.bfloat16, "cu_seqlens", 5, id="BDL-bf16-cu_seqlens-chunk5")],
 )  # fmt: skip
-def test_tiled_forward_then_backward(tiled_forward, layout, dtype, reset, chunk_len):
+def test_alt_forward_then_backward(alt_forward, layout, dtype, reset, chunk_len):
     """Every gradient (u, delta, A, B, C, D, z, delta_bias, initial_state) through the step backward, which
-    recomputes from the tiled forward's checkpoints."""
+    recomputes from the alternative forward's checkpoints."""
     torch.manual_seed(42)
     batch, length, flags, segments = _reset_flags(layout, reset)
     inputs = make_inputs(batch, length, 20, 4, 2, layout, segments=segments)
@@ -181,7 +195,7 @@ def test_tiled_forward_then_backward(tiled_forward, layout, dtype, reset, chunk_
     with mock.patch.dict(FORCED_CHUNK_LEN, {"triton-2pass": chunk_len}):
         errors = compare_with_reference(inputs, dtype, flags, backward=True, kernel=kernel)
     assert set(errors) >= {f"d{n}" for n in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state")}
-    assert tiled_forward.called
+    assert alt_forward.called
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -189,10 +203,12 @@ def test_tiled_forward_then_backward(tiled_forward, layout, dtype, reset, chunk_
 
 
 def test_scan_fwd_env_values(monkeypatch):
-    monkeypatch.delenv(SCAN_FWD_ENV)
+    monkeypatch.delenv(SCAN_FWD_ENV, raising=False)
     assert scan_fwd_kernel() == "step"
     monkeypatch.setenv(SCAN_FWD_ENV, " Tiled ")
     assert scan_fwd_kernel() == "tiled"
+    monkeypatch.setenv(SCAN_FWD_ENV, "LANES")
+    assert scan_fwd_kernel() == "lanes"
     monkeypatch.setenv(SCAN_FWD_ENV, "tile")
     with pytest.raises(ValueError, match=SCAN_FWD_ENV):
         scan_fwd_kernel()
@@ -215,3 +231,79 @@ def test_gpu_configs_pruned_to_registers(monkeypatch, nstate):
         assert any(c.kwargs == {"BLOCK_L": 32, "BLOCK_D": 128} for c in kept)
     if nstate == 8:
         assert not any(c.kwargs == {"BLOCK_L": 32, "BLOCK_D": 128} for c in kept)
+
+
+@pytest.mark.parametrize(
+    "dim_per_group, nstate, cpts",
+    [(160, 1, {1, 2, 4, 8}), (160, 8, {1, 2, 4}), (96, 4, {1, 2, 4, 8}), (20, 16, {1, 2, 4}), (7, 1, {1})],
+)
+def test_lanes_configs_pruned_to_channel_divisors(monkeypatch, dim_per_group, nstate, cpts):
+    """A lane's channels must lie in one image: only CPT values dividing the channels per group are kept on the
+    GPU, and no CPT = 8 above N = 4 (spills); the interpreter keeps the largest of them."""
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    configs = lanes.lanes_fwd_configs()
+    kept = lanes._prune_configs(configs, {"Dg": dim_per_group, "NSTATE": nstate})
+    assert {c.kwargs["CPT"] for c in kept} == cpts
+    assert all(c.kwargs["LANES"] == 32 * c.num_warps for c in kept)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    (one,) = lanes._prune_configs(lanes.lanes_fwd_configs(), {"Dg": dim_per_group, "NSTATE": nstate})
+    assert one.kwargs["CPT"] == max(c for c in lanes.CPT_CHOICES if dim_per_group % c == 0)
+
+
+@pytest.mark.parametrize(
+    "batch, groups, dim_per_group, length, nstate",
+    [(128, 1, 160, 196, 8), (128, 1, 320, 49, 8), (128, 4, 96, 3136, 1), (2, 1, 64, 51, 16), (512, 1, 160, 198, 8)],
+)
+def test_lanes_chunks_fill_one_wave(monkeypatch, batch, groups, dim_per_group, length, nstate):
+    """The lanes planner splits L into as many chunks as fit the resident warps once (never a second, nearly empty
+    wave), keeps chunks >= 16 steps and <= MAX_CHUNK_LEN, and covers L exactly."""
+    monkeypatch.setattr(chunk, "_sm_count", lambda device: 132)
+    cuda = torch.device("cuda")
+    chunk_len, nchunks = chunk.plan_lane_chunks(batch, groups, dim_per_group, length, nstate, cuda)
+    assert (nchunks - 1) * chunk_len < length <= nchunks * chunk_len
+    assert chunk_len <= chunk.MAX_CHUNK_LEN
+    warps = groups * triton.cdiv(batch * dim_per_group, 32 * next(c for c in (4, 2, 1) if dim_per_group % c == 0))
+    resident = 132 * max(4, min(16, 65536 // (32 * (100 + 16 * nstate))))
+    if nchunks > max(1, triton.cdiv(length, chunk.MAX_CHUNK_LEN)):  # split to fill the GPU, not for length
+        assert warps * nchunks <= resident and chunk_len >= 16
+    if (batch, dim_per_group, length) == (128, 160, 196):
+        assert nchunks == 6  # 160 warps per chunk, 8 per SM: 960 of 1056 resident
+
+
+LANES_SM90_COMPILE = """
+import sys
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from sfmamba.ops.selective_scan import lanes
+
+SEQ = {"u_ptr", "delta_ptr", "z_ptr", "out_ptr", "B_ptr", "C_ptr"}
+fn = lanes.selective_scan_fwd_lanes_kernel
+while type(fn).__name__ != "JITFunction":
+    fn = fn.fn
+for summary, reset, train, cpt, dtype in ((False, 0, False, 4, "bf16"), (True, 1, False, 4, "bf16"),
+                                           (False, 2, True, 2, "fp32"), (False, 1, True, 8, "fp16")):
+    flags = dict(HAS_D=True, HAS_Z=train, HAS_BIAS=True, SOFTPLUS=True, HAS_H0=train, RESET=reset, STORE_LAST=train,
+                 STORE_CKPT=train, SUMMARY=summary, CPT=cpt, LANES=64, BLOCK_N=8, PREFETCH=1, FAST=True)
+    sig = {n: "constexpr" if n in flags else ("*i32" if n in ("seg_ids_ptr", "cu_ptr") else
+           f"*{dtype}" if n in SEQ else "*fp32") if n.endswith("_ptr") else "i32" for n in fn.arg_names}
+    consts = {(fn.arg_names.index(k),): v for k, v in flags.items()}
+    compiled = triton.compile(ASTSource(fn, sig, consts), target=GPUTarget("cuda", 90, 32), options={"num_warps": 2})
+    loop = compiled.asm["ttgir"].split("scf.for", 1)[1]
+    print("cubin" if compiled.asm.get("cubin") else "no cubin", summary, reset, train, cpt, dtype,
+          "shuffles" if "gpu.shuffle" in compiled.asm["llir"] or "local_load" in loop else "no-shuffles")
+"""
+
+
+def test_lanes_kernel_compiles_for_sm90():
+    """The interpreter never compiles: build the lanes forward for an H100 (PTX and cubin through Triton's bundled
+    ptxas; no GPU needed) for inference, summary and training flag sets, and check that the step loop moves no data
+    between threads (the lane axis keeps each lane's state and channels in one thread)."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    result = subprocess.run(
+        [sys.executable, "-c", LANES_SM90_COMPILE], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    lines = result.stdout.splitlines()
+    assert len(lines) == 4 and all(line.startswith("cubin ") for line in lines), result.stdout
+    assert all(line.endswith("no-shuffles") for line in lines), result.stdout
