@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+_cpu_group: dist.ProcessGroup | None = None
+
 
 @dataclass(frozen=True)
 class DistributedInfo:
@@ -41,38 +43,56 @@ def init_distributed(device: str | None) -> DistributedInfo:
         dist.init_process_group(
             backend="nccl" if dev.type == "cuda" else "gloo", device_id=dev if dev.type == "cuda" else None
         )
+    if world_size > 1:
+        cpu_group()  # made here, at the same point on every rank
     return DistributedInfo(rank, local_rank, world_size, dev)
 
 
 def cleanup_distributed() -> None:
+    global _cpu_group
+    _cpu_group = None
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 
 
+def _initialized() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def cpu_group() -> dist.ProcessGroup:
+    """A gloo group over all ranks for the loop's small exchanges of host values (time-limit decision, logged loss,
+    RNG states). Over NCCL they would need device tensors, and reading the result back makes the host wait for
+    everything queued on the GPU. Every rank must call this at the same point the first time (it makes the group)."""
+    global _cpu_group
+    if _cpu_group is None:
+        _cpu_group = dist.new_group(backend="gloo")
+    return _cpu_group
+
+
 def all_gather_objects(obj: object) -> list[object]:
     """[obj of rank 0, obj of rank 1, ...]; [obj] without a process group."""
-    if not (dist.is_available() and dist.is_initialized()):
+    if not _initialized():
         return [obj]
     gathered: list[object] = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, obj)
+    dist.all_gather_object(gathered, obj, group=cpu_group())
     return gathered
 
 
-def broadcast_flag(flag: bool, device: torch.device) -> bool:
-    """True on every rank when rank 0 says so (keeps time-limit stops in step across ranks)."""
-    if not (dist.is_available() and dist.is_initialized()):
-        return flag
-    tensor = torch.tensor([int(flag)], device=device)
-    dist.broadcast(tensor, src=0)
-    return bool(tensor.item())
-
-
-def mean_over_ranks(value: float, device: torch.device) -> float:
-    if not (dist.is_available() and dist.is_initialized()):
+def broadcast_from_rank0(value: float) -> float:
+    """Rank 0's `value` on every rank; `value` without a process group."""
+    if not _initialized():
         return value
-    tensor = torch.tensor([value], dtype=torch.float64, device=device)
-    dist.all_reduce(tensor)
-    return float(tensor.item()) / dist.get_world_size()
+    tensor = torch.tensor([value], dtype=torch.float64)
+    dist.broadcast(tensor, src=0, group=cpu_group())
+    return float(tensor)
+
+
+def mean_over_ranks(value: float) -> float:
+    if not _initialized():
+        return value
+    tensor = torch.tensor([value], dtype=torch.float64)
+    dist.all_reduce(tensor, group=cpu_group())
+    return float(tensor) / dist.get_world_size()
 
 
 def average_gradients(parameters: list[torch.Tensor]) -> None:
@@ -81,7 +101,7 @@ def average_gradients(parameters: list[torch.Tensor]) -> None:
     What DDP's bucketed all-reduce does, for steps whose backward replays a CUDA graph (`--cuda-graph` under
     torchrun), where DDP's autograd hooks cannot run. Every rank must hold gradients for the same parameters.
     """
-    if not (dist.is_available() and dist.is_initialized()):
+    if not _initialized():
         return
     by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
     for p in parameters:
@@ -96,7 +116,7 @@ def average_gradients(parameters: list[torch.Tensor]) -> None:
 
 def broadcast_from_main(tensors: list[torch.Tensor]) -> None:
     """Copy rank 0's values into `tensors` on every rank (initial weights, or buffers before a step as DDP does)."""
-    if not (dist.is_available() and dist.is_initialized()):
+    if not _initialized():
         return
     for tensor in tensors:
         dist.broadcast(tensor.data, src=0)

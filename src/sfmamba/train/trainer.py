@@ -46,8 +46,8 @@ from .distributed import (
     DistributedInfo,
     all_gather_objects,
     average_gradients,
-    broadcast_flag,
     broadcast_from_main,
+    broadcast_from_rank0,
     cleanup_distributed,
     init_distributed,
     mean_over_ranks,
@@ -56,7 +56,7 @@ from .history import write_history
 
 _logger = logging.getLogger(__name__)
 AMP_TORCH_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
-_TIME_CHECK_EVERY = 10  # steps between (synchronised) time-limit checks
+_TIME_CHECK_EVERY = 10  # steps between time-limit checks (under torchrun: an exchange between the ranks' hosts)
 # torch optimizers with a fused CUDA kernel (timm's adam, adamw, sgd, momentum): one multi-tensor kernel per parameter
 # group and dtype instead of a dozen foreach kernels per step
 FUSED_OPTIMIZERS = (torch.optim.Adam, torch.optim.AdamW, torch.optim.SGD)
@@ -156,6 +156,36 @@ def clip_grad_norm_(parameters: list[torch.Tensor], max_norm: float) -> torch.Te
     return total
 
 
+class _StreamMark:
+    """A point of the training stream: the host clock and, on CUDA, a timing event, after a non-blocking copy of
+    `value` (a device scalar) into pinned memory. Read one log interval later, when the GPU is long past it, `value()`
+    and `seconds_since()` wait for nothing, so logging never drains the GPU queue; and an interval's time is the
+    GPU's, not the host's, which runs ahead of it by a varying number of steps."""
+
+    def __init__(self, device: torch.device, value: torch.Tensor | None = None):
+        self.host_time = time.perf_counter()
+        self._event, self._value = None, value
+        if device.type == "cuda":
+            if value is not None:
+                self._value = torch.empty(value.shape, dtype=value.dtype, pin_memory=True)
+                self._value.copy_(value, non_blocking=True)
+            self._event = torch.cuda.Event(enable_timing=True)
+            self._event.record()
+        elif value is not None:
+            self._value = value.detach().clone()
+
+    def value(self) -> float:
+        if self._event is not None:
+            self._event.synchronize()
+        return float(self._value)
+
+    def seconds_since(self, start: _StreamMark) -> float:
+        if self._event is None or start._event is None:
+            return self.host_time - start.host_time
+        self._event.synchronize()
+        return start._event.elapsed_time(self._event) / 1e3
+
+
 def resolve_img_size(config: TrainConfig, model: nn.Module) -> int:
     if config.img_size is not None:
         return config.img_size
@@ -189,6 +219,7 @@ class Trainer:
         self.device = self.dist.device
         self.amp_dtype = AMP_TORCH_DTYPES[config.amp_dtype] if config.amp else None
         self.state = RunState()
+        self._agreed_elapsed = 0.0  # rank 0's seconds of this session at the last time-limit check
         self.checkpoint_writer = BackgroundWriter()  # `last` checkpoints are written on its thread
         self.resume_path = resolve_resume_path(config.resume) if config.resume else None  # fail before any work
         self._setup_data_and_model()
@@ -437,7 +468,8 @@ class Trainer:
         c = self.config
         if not (c.time_schedule and c.time_limit):
             return self.state.step
-        elapsed = time.perf_counter() - self._started
+        # under torchrun every rank must follow the same schedule: rank 0's clock, as of the last time check
+        elapsed = self._agreed_elapsed if self.dist.distributed else time.perf_counter() - self._started
         return min(self.total_steps, max(self.state.step, int(self.total_steps * elapsed / c.time_limit)))
 
     def _should_stop(self, started: float) -> str | None:
@@ -447,58 +479,76 @@ class Trainer:
         if c.stop_step is not None and s.step >= c.stop_step:
             return "stop_step"
         if c.time_limit is not None and s.step % _TIME_CHECK_EVERY == 0:
-            over = time.perf_counter() - started >= c.time_limit
-            if broadcast_flag(over, self.device):
+            # rank 0's clock decides for all (every rank stops at the same step), exchanged over gloo: no GPU sync
+            self._agreed_elapsed = broadcast_from_rank0(time.perf_counter() - started)
+            if self._agreed_elapsed >= c.time_limit:
                 return "time_limit"
         return None
+
+    def _record_log_row(self, pending: tuple[dict, _StreamMark, _StreamMark, int, int] | None, bar) -> None:
+        """Complete a log interval's row with its loss (mean over its steps and the ranks) and img/s; report it."""
+        if pending is None:
+            return
+        row, start, end, steps, images = pending
+        row["loss"] = mean_over_ranks(end.value() / steps)
+        row["img_per_sec"] = images / max(end.seconds_since(start), 1e-9)
+        self.state.steps.append(row)
+        if bar is not None:
+            bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}", img_s=f"{row['img_per_sec']:.0f}",
+                            refresh=False)  # fmt: skip
+        elif self.dist.is_main:
+            _logger.info(
+                "epoch %d step %d/%d loss %.4f lr %.2e %.0f img/s",
+                row["epoch"],
+                row["step"],
+                self.total_steps,
+                row["loss"],
+                row["lr"],
+                row["img_per_sec"],
+            )
 
     def _train_epoch(self, bar, started: float) -> tuple[str | None, float, float]:
         """Train until the epoch ends or a stop; returns (stop reason, mean loss of this session's steps, img/s)."""
         c, s = self.config, self.state
         set_loader_epoch(self.train_loader, s.epoch, s.batch_in_epoch)
         self.model.train()
+        # the losses are summed on the device; a log interval's sum and end are read at the next log (its row is
+        # recorded one interval late), so logging never makes the host wait for the GPU
         loss_sum = torch.zeros((), device=self.device)
         interval_loss = torch.zeros((), device=self.device)
+        pending: tuple[dict, _StreamMark, _StreamMark, int, int] | None = None
         steps_done, interval_steps, images_done = 0, 0, 0
-        epoch_start = interval_start = time.perf_counter()
+        epoch_start = time.perf_counter()
+        interval_start = _StreamMark(self.device)
         stop = None
         for images, target in self.train_loader:
             loss = self._train_step(images, target)
             s.batch_in_epoch += 1
-            interval_loss += loss  # one add per step; folded into loss_sum at each log (a sync there anyway)
+            interval_loss += loss
             steps_done, interval_steps = steps_done + 1, interval_steps + 1
             images_done += images.shape[0]
             if s.step % c.log_interval == 0 or s.step == self.total_steps:
-                now = time.perf_counter()
-                rate = interval_steps * images.shape[0] * self.dist.world_size / max(now - interval_start, 1e-9)
-                mean_loss = mean_over_ranks(float(interval_loss) / interval_steps, self.device)
-                lr = self.optimizer.param_groups[0]["lr"]
-                s.steps.append(dict(step=s.step, epoch=s.epoch, loss=mean_loss, lr=lr, img_per_sec=rate))
-                if bar is not None:
-                    bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", img_s=f"{rate:.0f}", refresh=False)
-                elif self.dist.is_main:
-                    _logger.info(
-                        "epoch %d step %d/%d loss %.4f lr %.2e %.0f img/s",
-                        s.epoch,
-                        s.step,
-                        self.total_steps,
-                        mean_loss,
-                        lr,
-                        rate,
-                    )
+                end = _StreamMark(self.device, interval_loss)
                 loss_sum += interval_loss
                 interval_loss.zero_()
-                interval_steps, interval_start = 0, now
+                self._record_log_row(pending, bar)
+                row = dict(step=s.step, epoch=s.epoch, loss=None, lr=self.optimizer.param_groups[0]["lr"])
+                images_seen = interval_steps * images.shape[0] * self.dist.world_size
+                pending = (row, interval_start, end, interval_steps, images_seen)
+                interval_steps, interval_start = 0, end
             if bar is not None:
                 bar.update(1)
             if s.step % c.checkpoint_interval == 0:
+                self._record_log_row(pending, bar)  # the checkpoint holds every row up to its step
+                pending = None
                 self.save_last()
             stop = self._should_stop(started)
             if stop:
                 break
+        self._record_log_row(pending, bar)
+        mean_loss = mean_over_ranks(float(loss_sum + interval_loss) / max(steps_done, 1))  # the epoch's one wait
         seconds = time.perf_counter() - epoch_start
         s.elapsed_s += seconds
-        mean_loss = mean_over_ranks(float(loss_sum + interval_loss) / max(steps_done, 1), self.device)
         return stop, mean_loss, images_done * self.dist.world_size / max(seconds, 1e-9)
 
     def _evaluate_and_record(self, train_loss: float, img_per_sec: float) -> dict[str, object]:
