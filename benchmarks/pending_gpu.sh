@@ -28,6 +28,8 @@
 #                    its BUILD_INFO.json are copied to $OUT (copy them to .bench_deps/ext/ to skip later builds)
 #   scan-lanes       the lanes forward vs the step forward (each checked against the fp32 reference first), fwd and
 #                    fwd with checkpoints, 3 shapes x bf16/fp32 x BLD/BDL                                       (~3 min)
+#   models-lanes     models-graph + train-graph with SFMAMBA_SCAN_FWD=lanes (whole-model effect of the lanes forward;
+#                    carry .bench_deps)                                                                        (~8 min)
 #   scan-table       issue #2's table: step vs lanes forward vs mamba_ssm, fwd and fwd+bwd, 5 shapes, CUDA graphs
 #                    (after mamba-build in the same call, or with a built .so in .bench_deps/ext)               (~4 min)
 set -uo pipefail
@@ -105,6 +107,9 @@ run_step() {
         --results-dir "$dir" --extra --no-ddp-bb | tail -4 ;;
     models-graph)
       OUT="$dir" EXTRA="--channels-last" bash benchmarks/models/run_targets.sh setup graph ;;
+    models-lanes)  # models-graph and training (graphed) with the lanes scan forward, baselines in the same process
+      SFMAMBA_SCAN_FWD=lanes OUT="$dir" EXTRA="--channels-last" bash benchmarks/models/run_targets.sh setup graph \
+        train-graph ;;
     compile)
       OUT="$dir" bash benchmarks/models/run_targets.sh setup compile-ours compile-baselines ;;  # setup: mamba_ssm build (carry .bench_deps)
     mamba-build)

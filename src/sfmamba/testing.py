@@ -1,6 +1,12 @@
-"""Test helpers shared by the op tests: relative-error comparison and input poisoning."""
+"""Test helpers shared by the op tests and kernel benchmarks: relative-error comparison, and building kernels for sm_90
+without a GPU."""
 
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -24,3 +30,48 @@ def assert_close(name: str, ref: Tensor, out: Tensor, ratio: float, atol: float 
         return
     err = relative_error(ref, out)
     assert err <= ratio, f"{name}: relative error {err:.3e} > {ratio:.1e} (max abs diff {max_diff:.3e})"
+
+
+SCAN_SEQUENCE_ARGS = frozenset(
+    {"u_ptr", "delta_ptr", "z_ptr", "out_ptr", "dout_ptr", "du_ptr", "ddelta_ptr", "dz_ptr", "B_ptr", "C_ptr"}
+)
+
+
+def scan_pointer_type(dtype: str) -> Callable[[str], str]:
+    """Pointer types of the selective-scan kernels: sequences and B/C in `dtype`, segment tables int32, the rest
+    (A, D, bias, states, partial sums) fp32."""
+
+    def pointer_type(name: str) -> str:
+        if name in ("seg_ids_ptr", "cu_ptr"):
+            return "*i32"
+        return f"*{dtype}" if name in SCAN_SEQUENCE_ARGS else "*fp32"
+
+    return pointer_type
+
+
+def compile_for_sm90(kernel, constexprs: dict, num_warps: int, pointer_type: Callable[[str], str]):
+    """Build a Triton kernel (under any autotune/heuristics wrappers) for an H100 with Triton's bundled ptxas -- no GPU
+    needed -- so CI catches what the GPU compiler rejects (the interpreter never compiles). Arguments named in
+    `constexprs` are bound to those values, other `*_ptr` arguments typed by `pointer_type(name)`, the rest int32.
+    Returns Triton's compiled kernel (`.asm` holds ttgir, ptx, cubin). Call it where TRITON_INTERPRET is unset."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    fn = kernel
+    while type(fn).__name__ != "JITFunction":
+        fn = fn.fn
+    signature = {
+        name: "constexpr" if name in constexprs else pointer_type(name) if name.endswith("_ptr") else "i32"
+        for name in fn.arg_names
+    }
+    constants = {(fn.arg_names.index(k),): v for k, v in constexprs.items()}
+    source = ASTSource(fn, signature, constants)
+    return triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps})
+
+
+def run_without_interpreter(code: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run Python `code` in a fresh process with TRITON_INTERPRET unset (test modules set it at import, and Triton
+    reads it once), e.g. to compile kernels for sm_90 with `compile_for_sm90`."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=timeout)

@@ -26,7 +26,7 @@ import triton.language as tl  # noqa: E402
 
 from sfmamba.ops import selective_scan, selective_scan_naive  # noqa: E402
 from sfmamba.ops.selective_scan import chunk  # noqa: E402
-from sfmamba.testing import assert_close, relative_error  # noqa: E402
+from sfmamba.testing import assert_close, relative_error, run_without_interpreter  # noqa: E402
 from sfmamba.utils._config import set_kernel_backend  # noqa: E402
 
 LAYOUTS = ("BDL", "BLD")
@@ -852,3 +852,40 @@ def test_value_checks_on_a_gpu_do_not_sync(monkeypatch):
         _checks.check_value("selective_scan", "A", ok, "finite everywhere", lambda: "non-finite values")
     queued.assert_called_once()
     assert queued.call_args.args[1] == "selective_scan: A must be finite everywhere"
+
+
+STEP_SM90_COMPILE = """
+import triton
+from sfmamba.ops.selective_scan import chunk
+from sfmamba.testing import compile_for_sm90, scan_pointer_type
+
+common = dict(HAS_D=True, HAS_BIAS=True, SOFTPLUS=True, PREFETCH=1)
+infer, train = dict(HAS_Z=False, HAS_H0=False), dict(HAS_Z=True, HAS_H0=True)
+for summary, reset, extra, dtype in ((False, 0, infer, "bf16"), (True, 1, train, "fp32"), (False, 2, train, "fp16")):
+    flags = dict(common, **extra, RESET=reset, STORE_LAST=extra is train, STORE_CKPT=extra is train,
+                 SUMMARY=summary, BLOCK_D=32, BLOCK_N=8)
+    compiled = compile_for_sm90(chunk.selective_scan_fwd_kernel, flags, 1, scan_pointer_type(dtype))
+    print("fwd", "cubin" if compiled.asm.get("cubin") else "no cubin", summary, reset)
+for nstate, summary, reset, extra in ((8, False, 0, infer), (8, False, 1, train), (1, False, 2, train),
+                                      (8, True, 1, infer)):
+    block_n, steps = triton.next_power_of_2(nstate), chunk.bwd_chunk_for(nstate)
+    flags = dict(common, **extra, RESET=reset, HAS_DLAST=extra is train, SUMMARY=summary, CHUNK=steps, BLOCK_D=32,
+                 BLOCK_N=block_n, UNROLL=steps)
+    compiled = compile_for_sm90(chunk.selective_scan_bwd_kernel, flags, 1, scan_pointer_type("bf16"))
+    loops = "loops" if "scf.for" in compiled.asm["ttgir"] else "unrolled"
+    print("bwd", "cubin" if compiled.asm.get("cubin") else "no cubin", summary, reset, nstate, loops)
+"""
+
+
+def test_step_kernels_compile_for_sm90():
+    """The interpreter never compiles: build the step forward (main, summary and training flag sets) and backward for
+    an H100 with Triton's bundled ptxas, and check that the backward's main pass is fully unrolled for N = 8 and N = 1
+    (bwd_chunk_for <= MAX_UNROLL: the stored states are then indexed statically, no selects) while its summary pass
+    keeps its loop."""
+    result = run_without_interpreter(STEP_SM90_COMPILE)
+    assert result.returncode == 0, result.stderr[-4000:]
+    lines = result.stdout.splitlines()
+    assert len(lines) == 7 and all(" cubin " in f" {line} " for line in lines), result.stdout
+    backward = [line for line in lines if line.startswith("bwd")]
+    assert [line.endswith("unrolled") for line in backward] == [True, True, True, False], result.stdout
+    assert all(chunk.bwd_chunk_for(n) <= chunk.MAX_UNROLL for n in (1, 2, 4, 8, 16, 64))

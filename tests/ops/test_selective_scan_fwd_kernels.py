@@ -17,8 +17,10 @@ import os
 os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported (see test_selective_scan.py)
 
 import functools  # noqa: E402
+import json  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
 from unittest import mock  # noqa: E402
 
 import pytest  # noqa: E402
@@ -32,6 +34,7 @@ from test_selective_scan import (  # noqa: E402
 )
 
 from sfmamba.ops.selective_scan import chunk, lanes, tiled  # noqa: E402
+from sfmamba.testing import run_without_interpreter  # noqa: E402
 from sfmamba.utils._config import SCAN_FWD_ENV, scan_fwd_kernel  # noqa: E402
 
 KERNELS = {"tiled": tiled.selective_scan_fwd_tiled_kernel, "lanes": lanes.selective_scan_fwd_lanes_kernel}
@@ -271,24 +274,14 @@ def test_lanes_chunks_fill_one_wave(monkeypatch, batch, groups, dim_per_group, l
 
 
 LANES_SM90_COMPILE = """
-import sys
-import triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
 from sfmamba.ops.selective_scan import lanes
+from sfmamba.testing import compile_for_sm90, scan_pointer_type
 
-SEQ = {"u_ptr", "delta_ptr", "z_ptr", "out_ptr", "B_ptr", "C_ptr"}
-fn = lanes.selective_scan_fwd_lanes_kernel
-while type(fn).__name__ != "JITFunction":
-    fn = fn.fn
 for summary, reset, train, cpt, dtype in ((False, 0, False, 4, "bf16"), (True, 1, False, 4, "bf16"),
                                            (False, 2, True, 2, "fp32"), (False, 1, True, 8, "fp16")):
     flags = dict(HAS_D=True, HAS_Z=train, HAS_BIAS=True, SOFTPLUS=True, HAS_H0=train, RESET=reset, STORE_LAST=train,
                  STORE_CKPT=train, SUMMARY=summary, CPT=cpt, LANES=64, BLOCK_N=8, PREFETCH=1, FAST=True)
-    sig = {n: "constexpr" if n in flags else ("*i32" if n in ("seg_ids_ptr", "cu_ptr") else
-           f"*{dtype}" if n in SEQ else "*fp32") if n.endswith("_ptr") else "i32" for n in fn.arg_names}
-    consts = {(fn.arg_names.index(k),): v for k, v in flags.items()}
-    compiled = triton.compile(ASTSource(fn, sig, consts), target=GPUTarget("cuda", 90, 32), options={"num_warps": 2})
+    compiled = compile_for_sm90(lanes.selective_scan_fwd_lanes_kernel, flags, 2, scan_pointer_type(dtype))
     loop = compiled.asm["ttgir"].split("scf.for", 1)[1]
     print("cubin" if compiled.asm.get("cubin") else "no cubin", summary, reset, train, cpt, dtype,
           "shuffles" if "gpu.shuffle" in compiled.asm["llir"] or "local_load" in loop else "no-shuffles")
@@ -299,11 +292,25 @@ def test_lanes_kernel_compiles_for_sm90():
     """The interpreter never compiles: build the lanes forward for an H100 (PTX and cubin through Triton's bundled
     ptxas; no GPU needed) for inference, summary and training flag sets, and check that the step loop moves no data
     between threads (the lane axis keeps each lane's state and channels in one thread)."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    result = subprocess.run(
-        [sys.executable, "-c", LANES_SM90_COMPILE], env=env, capture_output=True, text=True, timeout=600
-    )
+    result = run_without_interpreter(LANES_SM90_COMPILE)
     assert result.returncode == 0, result.stderr[-4000:]
     lines = result.stdout.splitlines()
     assert len(lines) == 4 and all(line.startswith("cubin ") for line in lines), result.stdout
     assert all(line.endswith("no-shuffles") for line in lines), result.stdout
+
+
+def test_static_loop_counts_rank_lanes_below_step(tmp_path):
+    """benchmarks/ops/experiments/sass_loop_counts.py builds the kernels for sm_90 and counts each step loop's SASS
+    instructions: the lanes forward must stay well under the step forward per channel-step (its reason to exist),
+    without spills at MambaVision's N = 8, CPT = 4."""
+    script = Path(__file__).resolve().parents[2] / "benchmarks/ops/experiments/sass_loop_counts.py"
+    out = tmp_path / "counts.json"
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    command = [sys.executable, str(script), "--only", "step fwd", "lanes fwd CPT4", "--out", str(out)]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    rows = {row["kernel"]: row for row in json.loads(out.read_text())["rows"]}
+    assert {"step fwd", "lanes fwd CPT4", "lanes fwd CPT4 summary"} <= set(rows)
+    step, lane = rows["step fwd"], rows["lanes fwd CPT4"]
+    assert lane["instructions_per_channel_step"] < 0.5 * step["instructions_per_channel_step"]
+    assert lane["spill_bytes"] == 0 and lane["channels_per_step"] == 128

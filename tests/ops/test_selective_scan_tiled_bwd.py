@@ -3,9 +3,10 @@
 Same template and helpers as test_selective_scan.py (inputs, reference autograd with per-dtype tolerances, forced
 kernel dispatch, NaN-poisoned outputs from conftest), with the environment switched to the tiled backward and the step
 backward made to fail if it runs. The interpreter's tile is BLOCK_L = 4 steps x BLOCK_D = 16 channels and the backward
-chunk is bwd_chunk_for(N) = 64 / N steps, so N = 16 has one block per chunk, N = 8 two, N = 4 four, N = 1 sixteen (the
-forward sweep that keeps each block's entering state); L = 1, 7, 23, 49, 51, 70 give partial blocks and chunks, and
-every L > 64 / N runs the summary pass + chunk_combine_kernel. Each case runs after the step or the tiled forward.
+chunk is bwd_chunk_for(N) = min(16, 64 / N) steps, so N = 16 has one block per chunk, N = 8 two, N = 4 and N = 1 four
+(the forward sweep that keeps each block's entering state); L = 1, 7, 23, 49, 51, 70 give partial blocks and chunks,
+and every L > bwd_chunk_for(N) runs the summary pass + chunk_combine_kernel. Each case runs after the step or the
+tiled forward.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from test_selective_scan import (  # noqa: E402
 )
 
 from sfmamba.ops.selective_scan import chunk, tiled, tiled_bwd  # noqa: E402
+from sfmamba.testing import run_without_interpreter  # noqa: E402
 from sfmamba.utils._config import SCAN_BWD_ENV, SCAN_FWD_ENV, scan_bwd_kernel  # noqa: E402
 
 ALL_GRADS = {f"d{n}" for n in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state")}
@@ -225,28 +227,8 @@ def test_gpu_configs_pruned_to_registers_and_chunk(monkeypatch, nstate):
 
 
 SM90_COMPILE = """
-import triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
 from sfmamba.ops.selective_scan import tiled_bwd
-
-SEQ = {"u_ptr", "delta_ptr", "z_ptr", "dout_ptr", "du_ptr", "ddelta_ptr", "dz_ptr", "B_ptr", "C_ptr"}
-
-def pointer_type(name, dtype):
-    if name in ("seg_ids_ptr", "cu_ptr"):
-        return "*i32"
-    return f"*{dtype}" if name in SEQ else "*fp32"
-
-def compile_for_sm90(kernel, constexprs, dtype, warps):
-    fn = kernel
-    while type(fn).__name__ != "JITFunction":  # under autotune/heuristics wrappers
-        fn = fn.fn
-    sig = {n: "constexpr" if n in constexprs else pointer_type(n, dtype) if n.endswith("_ptr") else "i32"
-           for n in fn.arg_names}
-    consts = {(fn.arg_names.index(k),): v for k, v in constexprs.items()}
-    target = GPUTarget("cuda", 90, 32)
-    compiled = triton.compile(ASTSource(fn, sig, consts), target=target, options={"num_warps": warps})
-    print("cubin" if compiled.asm.get("cubin") else "no cubin", fn.__name__, constexprs["BLOCK_L"], dtype)
+from sfmamba.testing import compile_for_sm90, scan_pointer_type
 
 flags = dict(HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, HAS_H0=True, HAS_DLAST=True)
 # CHUNK, BLOCK_L, BLOCK_D, BLOCK_N, dtype, RESET, warps: four blocks per chunk with varlen resets; one block per chunk
@@ -255,15 +237,15 @@ for chunk, block_l, block_d, block_n, dtype, reset, warps in cases:
     for summary in (True, False):
         tile = dict(flags, RESET=reset, SUMMARY=summary, CHUNK=chunk, BLOCK_L=block_l, BLOCK_D=block_d,
                     BLOCK_N=block_n)
-        compile_for_sm90(tiled_bwd.selective_scan_bwd_tiled_kernel, tile, dtype, warps)
+        compiled = compile_for_sm90(tiled_bwd.selective_scan_bwd_tiled_kernel, tile, warps, scan_pointer_type(dtype))
+        print("cubin" if compiled.asm.get("cubin") else "no cubin", block_l, dtype)
 """
 
 
 def test_kernels_compile_for_sm90():
     """The interpreter never compiles: build both passes of the tiled backward for an H100 (PTX and cubin through
     Triton's bundled ptxas; no GPU needed) so a construct the GPU compiler rejects fails here."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    result = subprocess.run([sys.executable, "-c", SM90_COMPILE], env=env, capture_output=True, text=True, timeout=600)
+    result = run_without_interpreter(SM90_COMPILE)
     assert result.returncode == 0, result.stderr[-4000:]
     assert result.stdout.count("cubin ") == 4 and "no cubin" not in result.stdout, result.stdout
 
@@ -286,8 +268,8 @@ def test_backward_benchmark_smoke_runs_on_the_cpu(tmp_path):
     result = subprocess.run([*command, "--out", str(out)], env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
     rows = json.loads(out.read_text())["rows"]
-    pairs = {f"fwd:{f}+bwd:{b}" for f in ("step", "tiled") for b in ("step", "tiled")}
-    assert {row["kernel"] for row in rows} == pairs and len(rows) == 4
+    pairs = {f"fwd:{f}+bwd:{b}" for f in ("step", "tiled", "lanes") for b in ("step", "tiled")}
+    assert {row["kernel"] for row in rows} == pairs and len(rows) == 6
     assert json.loads(out.read_text())["complete"]
     assert all(row["mode"] == "fwd+bwd" and row["rel_err"] < 1e-4 and row["host_interpreted"] > 0 for row in rows)
     for row in rows:  # the backward's config is the second; the tiled one has BLOCK_L

@@ -14,8 +14,6 @@ import os
 os.environ["TRITON_INTERPRET"] = "1"
 
 import contextlib  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
 from unittest import mock  # noqa: E402
 
 import pytest  # noqa: E402
@@ -23,7 +21,7 @@ import torch  # noqa: E402
 
 from sfmamba.ops import mean_selective_scan, selective_scan  # noqa: E402
 from sfmamba.ops.vmeanba import mean_selective_scan_naive  # noqa: E402
-from sfmamba.testing import assert_close  # noqa: E402
+from sfmamba.testing import assert_close, run_without_interpreter  # noqa: E402
 from sfmamba.utils._config import set_kernel_backend  # noqa: E402
 
 LAYOUTS = ("BDL", "BLD")
@@ -371,20 +369,12 @@ def test_torch_compile_fullgraph_matches_eager():
 
 
 SM90_COMPILE = """
-import triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
 from sfmamba.ops.vmeanba import chunk
+from sfmamba.testing import compile_for_sm90 as build
 
 def compile_for_sm90(kernel, constexprs, dtype, warps):
-    fn = kernel
-    while type(fn).__name__ != "JITFunction":  # under autotune/heuristics wrappers
-        fn = fn.fn
-    sig = {n: "constexpr" if n in constexprs else f"*{dtype}" if n.endswith("_ptr") else "i32" for n in fn.arg_names}
-    consts = {(fn.arg_names.index(k),): v for k, v in constexprs.items()}
-    target = GPUTarget("cuda", 90, 32)
-    compiled = triton.compile(ASTSource(fn, sig, consts), target=target, options={"num_warps": warps})
-    print("cubin" if compiled.asm.get("cubin") else "no cubin", fn.__name__, constexprs["BLOCK_L"], dtype)
+    compiled = build(kernel, constexprs, warps, lambda name: f"*{dtype}")
+    print("cubin" if compiled.asm.get("cubin") else "no cubin", constexprs["BLOCK_L"], dtype)
 
 flags = dict(HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, RESET=True)
 for block_l, block_d, block_n, dtype, prefetch in ((32, 128, 1, "bf16", True), (16, 64, 8, "fp32", False)):
@@ -401,7 +391,6 @@ for block_l, block_d, block_n, dtype in ((16, 64, 1, "bf16"), (8, 64, 8, "fp32")
 def test_kernels_compile_for_sm90():
     """The interpreter never compiles: build the forward (both passes) and backward kernels for an H100 (PTX and
     cubin through Triton's bundled ptxas; no GPU needed) so a construct the GPU compiler rejects fails here."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    result = subprocess.run([sys.executable, "-c", SM90_COMPILE], env=env, capture_output=True, text=True, timeout=600)
+    result = run_without_interpreter(SM90_COMPILE)
     assert result.returncode == 0, result.stderr[-4000:]
     assert result.stdout.count("cubin ") == 6 and "no cubin" not in result.stdout, result.stdout

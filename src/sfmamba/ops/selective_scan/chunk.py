@@ -34,8 +34,10 @@ RESET_NONE, RESET_PERIODIC, RESET_VARLEN = 0, 1, 2
 
 def bwd_chunk_for(nstate: int) -> int:
     """Steps per backward program. The forward checkpoints the state every this many steps; the backward keeps
-    one chunk's states in registers ([chunk, N, BLOCK_D]), so the chunk shrinks as N grows."""
-    return max(4, min(64, 64 // triton.next_power_of_2(nstate)))
+    one chunk's states in registers ([chunk, N, BLOCK_D]), so the chunk shrinks as N grows, and unrolls the chunk
+    (`MAX_UNROLL`), so it is at most 16 steps: N = 1 and 2 had 64 and 32, whose dynamic loops paid a select per
+    stored state per step (sm_90 build, N = 1: ~700 instructions per step for 32 channels, mostly ISETP/FSEL)."""
+    return max(4, min(16, 64 // triton.next_power_of_2(nstate)))
 
 
 @triton.jit
@@ -237,18 +239,24 @@ def chunk_combine_kernel(decay_ptr, value_ptr, nchunks, width, REVERSE: tl.const
     #   entering_c = decay_{c'} * entering_{c'} + value_{c'} for the chunk c' walked just before c, zero for the first.
     # Forward: chunks in order (decay P, zero-start end state S). Backward (REVERSE): from the last chunk (decay Q,
     # zero-start state gradient X). One sequential pass: O(nchunks) instead of every chunk re-folding its
-    # predecessors.
+    # predecessors. The next chunk's loads go out before this chunk's store (they cannot move above a store to the
+    # same buffer by themselves), so the pass waits on one load latency in total, not one per chunk.
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < width
     base = tl.program_id(1).to(tl.int64) * nchunks * width
     entering = tl.zeros([BLOCK], dtype=tl.float32)
+    ptrs = base + (nchunks - 1 if REVERSE else 0) * width + offs
+    decay = tl.load(decay_ptr + ptrs, mask=mask, other=0.0)
+    value = tl.load(value_ptr + ptrs, mask=mask, other=0.0)
     for i in range(nchunks):
-        c = nchunks - 1 - i if REVERSE else i
-        ptrs = base + c * width + offs
-        decay = tl.load(decay_ptr + ptrs, mask=mask, other=0.0)
-        value = tl.load(value_ptr + ptrs, mask=mask, other=0.0)
+        c_next = nchunks - 2 - i if REVERSE else i + 1
+        next_ptrs = base + c_next * width + offs
+        more = mask & (i + 1 < nchunks)
+        decay_next = tl.load(decay_ptr + next_ptrs, mask=more, other=0.0)
+        value_next = tl.load(value_ptr + next_ptrs, mask=more, other=0.0)
         tl.store(value_ptr + ptrs, entering, mask=mask)
         entering = decay * entering + value
+        ptrs, decay, value = next_ptrs, decay_next, value_next
 
 
 def combine_chunks(decay: Tensor, value: Tensor, reverse: bool) -> None:
@@ -271,8 +279,16 @@ def _bwd_configs() -> list[triton.Config]:
     ]
 
 
+MAX_UNROLL = 16  # the backward's main pass unrolls chunks up to this many steps (bwd_chunk_for's largest); a longer
+# chunk would stay a loop: its unrolled code would outgrow the instruction cache. N > 8 stays a loop too: at N = 16 the
+# kernel spills either way (sm_90, 32 channels per warp: 144 bytes as a loop, 376 unrolled)
+
+
 @_autotune(configs=_bwd_configs(), key=["Dg", "NSTATE", "CHUNK", "SUMMARY"])
-@triton.heuristics({"BLOCK_N": lambda args: triton.next_power_of_2(args["NSTATE"])})
+@triton.heuristics({
+    "BLOCK_N": lambda args: triton.next_power_of_2(args["NSTATE"]),
+    "UNROLL": lambda args: args["CHUNK"] if args["CHUNK"] <= MAX_UNROLL and args["NSTATE"] <= 8 else 1,
+})  # fmt: skip
 @triton.jit(do_not_specialize=["L", "seq_len", "nchunks"])
 def selective_scan_bwd_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, seg_ids_ptr, cu_ptr,
@@ -284,6 +300,7 @@ def selective_scan_bwd_kernel(
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_H0: tl.constexpr, RESET: tl.constexpr, HAS_DLAST: tl.constexpr, SUMMARY: tl.constexpr,
     CHUNK: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, PREFETCH: tl.constexpr,
+    UNROLL: tl.constexpr,
 ):  # fmt: skip
     # One program: one image, BLOCK_D channels, one chunk of CHUNK steps. The state gradient runs backwards:
     #   dh_t = g_t + a_{t+1} dh_{t+1},  g_t = dy_t C_t (+ dlast at a segment end),  a_t = 0 at a segment start.
@@ -340,7 +357,9 @@ def selective_scan_bwd_kernel(
                 g += tl.load(dlast_ptr + seg * STATE + state_offs, mask=mask_dn & end, other=0.0)
             dh = g + a_next * dh
             decay *= a_next
-            a_next = tl.where(start, 0.0, tl.exp2(dt[None, :] * A2))
+            a_next = tl.exp2(dt[None, :] * A2)
+            if RESET != 0:  # without resets the decay into t = 0 is never used
+                a_next = tl.where(start, 0.0, a_next)
         tl.store(sum_X_ptr + summary_offs, dh, mask=mask_dn)
         tl.store(sum_Q_ptr + summary_offs, decay, mask=mask_dn)
     else:
@@ -354,34 +373,36 @@ def selective_scan_bwd_kernel(
         ahead = _bwd_inputs(u_ptr, delta_ptr, B_ptr, C_ptr, dout_ptr, z_ptr, t0, steps > 0, ch, mask_d, offs_n,
                             NSTATE, su_l, su_d, sdt_l, sdt_d, sB_l, sB_n, sC_l, sC_n, sdo_l, sdo_d, sz_l, sz_d, HAS_Z,
                             True)  # fmt: skip
-        for k in range(steps):
-            t = t0 + k
-            if PREFETCH:
-                x, raw, Bt, Ct, dout, zt = ahead
-                ahead = _bwd_inputs(u_ptr, delta_ptr, B_ptr, C_ptr, dout_ptr, z_ptr, t + 1, k + 1 < steps, ch,
-                                    mask_d, offs_n, NSTATE, su_l, su_d, sdt_l, sdt_d, sB_l, sB_n, sC_l, sC_n, sdo_l,
-                                    sdo_d, sz_l, sz_d, HAS_Z, True)  # fmt: skip
-            else:
-                x, raw, Bt, Ct, dout, zt = _bwd_inputs(u_ptr, delta_ptr, B_ptr, C_ptr, dout_ptr, z_ptr, t, True, ch,
-                                                       mask_d, offs_n, NSTATE, su_l, su_d, sdt_l, sdt_d, sB_l, sB_n,
-                                                       sC_l, sC_n, sdo_l, sdo_d, sz_l, sz_d, HAS_Z, True)  # fmt: skip
-            raw, dt, dy = _bwd_step(raw, dout, zt, bias, HAS_BIAS, SOFTPLUS, HAS_Z)
-            seg, start, end = _segments(t, L, seq_len, seg_ids_ptr, cu_ptr, pid_b, RESET)
-            if HAS_H0:
-                h = tl.where(start, tl.load(h0_ptr + seg * STATE + state_offs, mask=mask_dn & start, other=0.0), h)
-            else:
-                h = tl.where(start, 0.0, h)
-            h = tl.exp2(dt[None, :] * A2) * h + (dt * x)[None, :] * Bt[:, None]
-            states = tl.where((rows == k)[:, None, None], h[None, :, :], states)
-            if HAS_Z:
-                y = tl.sum(h * Ct[:, None], axis=0)
-                if HAS_D:
-                    y += x * Dv
-                sz = tl.sigmoid(zt)
-                dz = dout * y * sz * (1.0 + zt * (1.0 - sz))
-                tl.store(dz_ptr + pid_b * sg_b + t * sg_l + ch * sg_d, dz.to(dz_ptr.dtype.element_ty), mask=mask_d)
-            dC = tl.sum(h * dy[None, :], axis=1)  # [BN]
-            tl.store(dC_ptr + part_base + t * NSTATE + offs_n, dC, mask=mask_n)
+        # fully unrolled for short chunks (UNROLL == CHUNK): `rows == k` is then static and states[k] costs no selects
+        for k in tl.range(0, CHUNK, loop_unroll_factor=UNROLL):
+            if k < steps:
+                t = t0 + k
+                if PREFETCH:
+                    x, raw, Bt, Ct, dout, zt = ahead
+                    ahead = _bwd_inputs(u_ptr, delta_ptr, B_ptr, C_ptr, dout_ptr, z_ptr, t + 1, k + 1 < steps, ch,
+                                        mask_d, offs_n, NSTATE, su_l, su_d, sdt_l, sdt_d, sB_l, sB_n, sC_l, sC_n, sdo_l,
+                                        sdo_d, sz_l, sz_d, HAS_Z, True)  # fmt: skip
+                else:
+                    x, raw, Bt, Ct, dout, zt = _bwd_inputs(u_ptr, delta_ptr, B_ptr, C_ptr, dout_ptr, z_ptr, t, True, ch,
+                                                           mask_d, offs_n, NSTATE, su_l, su_d, sdt_l, sdt_d, sB_l, sB_n,
+                                                           sC_l, sC_n, sdo_l, sdo_d, sz_l, sz_d, HAS_Z, True)  # fmt: skip
+                raw, dt, dy = _bwd_step(raw, dout, zt, bias, HAS_BIAS, SOFTPLUS, HAS_Z)
+                seg, start, end = _segments(t, L, seq_len, seg_ids_ptr, cu_ptr, pid_b, RESET)
+                if HAS_H0:
+                    h = tl.where(start, tl.load(h0_ptr + seg * STATE + state_offs, mask=mask_dn & start, other=0.0), h)
+                elif RESET != 0:  # without resets only t = 0 starts a segment, and chunk 0 starts from zeros
+                    h = tl.where(start, 0.0, h)
+                h = tl.exp2(dt[None, :] * A2) * h + (dt * x)[None, :] * Bt[:, None]
+                states = tl.where((rows == k)[:, None, None], h[None, :, :], states)
+                if HAS_Z:
+                    y = tl.sum(h * Ct[:, None], axis=0)
+                    if HAS_D:
+                        y += x * Dv
+                    sz = tl.sigmoid(zt)
+                    dz = dout * y * sz * (1.0 + zt * (1.0 - sz))
+                    tl.store(dz_ptr + pid_b * sg_b + t * sg_l + ch * sg_d, dz.to(dz_ptr.dtype.element_ty), mask=mask_d)
+                dC = tl.sum(h * dy[None, :], axis=1)  # [BN]
+                tl.store(dC_ptr + part_base + t * NSTATE + offs_n, dC, mask=mask_n)
         # backward sweep
         dA_acc = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
         dD_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
@@ -389,45 +410,49 @@ def selective_scan_bwd_kernel(
         ahead = _bwd_inputs(u_ptr, delta_ptr, B_ptr, C_ptr, dout_ptr, z_ptr, t0 + steps - 1, steps > 0, ch, mask_d,
                             offs_n, NSTATE, su_l, su_d, sdt_l, sdt_d, sB_l, sB_n, sC_l, sC_n, sdo_l, sdo_d, sz_l, sz_d,
                             HAS_Z, True)  # fmt: skip
-        for i in range(steps):
-            k = steps - 1 - i
-            t = t0 + k
-            if PREFETCH:
-                x, raw, Bt, Ct, dout, zt = ahead
-                ahead = _bwd_inputs(u_ptr, delta_ptr, B_ptr, C_ptr, dout_ptr, z_ptr, t - 1, i + 1 < steps, ch,
-                                    mask_d, offs_n, NSTATE, su_l, su_d, sdt_l, sdt_d, sB_l, sB_n, sC_l, sC_n, sdo_l,
-                                    sdo_d, sz_l, sz_d, HAS_Z, True)  # fmt: skip
-            else:
-                x, raw, Bt, Ct, dout, zt = _bwd_inputs(u_ptr, delta_ptr, B_ptr, C_ptr, dout_ptr, z_ptr, t, True, ch,
-                                                       mask_d, offs_n, NSTATE, su_l, su_d, sdt_l, sdt_d, sB_l, sB_n,
-                                                       sC_l, sC_n, sdo_l, sdo_d, sz_l, sz_d, HAS_Z, True)  # fmt: skip
-            raw, dt, dy = _bwd_step(raw, dout, zt, bias, HAS_BIAS, SOFTPLUS, HAS_Z)
-            seg, start, end = _segments(t, L, seq_len, seg_ids_ptr, cu_ptr, pid_b, RESET)
-            h = tl.sum(tl.where((rows == k)[:, None, None], states, 0.0), axis=0)
-            g = dy[None, :] * Ct[:, None]
-            if HAS_DLAST:
-                g += tl.load(dlast_ptr + seg * STATE + state_offs, mask=mask_dn & end, other=0.0)
-            dh = g + a_next * dh
-            dA_t = tl.exp2(dt[None, :] * A2)
-            dtx = dt * x
-            decayed = h - dtx[None, :] * Bt[:, None]  # = a_t h_{t-1}: the part of h_t that came through the decay
-            dA_acc += dt[None, :] * dh * decayed
-            ddt = tl.sum(dh * (Bt[:, None] * x[None, :] + A * decayed), axis=0)  # [BD]
-            du = dt * tl.sum(dh * Bt[:, None], axis=0)
-            if HAS_D:
-                du += Dv * dy
-                dD_acc += dy * x
-            if SOFTPLUS:
-                ddt *= tl.sigmoid(raw)
-            ddt = tl.where(mask_d, ddt, 0.0)
-            dbias_acc += ddt
-            tl.store(du_ptr + pid_b * sg_b + t * sg_l + ch * sg_d, du.to(du_ptr.dtype.element_ty), mask=mask_d)
-            tl.store(ddelta_ptr + pid_b * sg_b + t * sg_l + ch * sg_d, ddt.to(ddelta_ptr.dtype.element_ty), mask=mask_d)
-            dB = tl.sum(dh * dtx[None, :], axis=1)  # [BN]
-            tl.store(dB_ptr + part_base + t * NSTATE + offs_n, dB, mask=mask_n)
-            if HAS_H0:
-                tl.store(dh0_ptr + seg * STATE + state_offs, dA_t * dh, mask=mask_dn & start)
-            a_next = tl.where(start, 0.0, dA_t)
+        for i in tl.range(0, CHUNK, loop_unroll_factor=UNROLL):
+            k = CHUNK - 1 - i
+            if k < steps:
+                t = t0 + k
+                if PREFETCH:
+                    x, raw, Bt, Ct, dout, zt = ahead
+                    ahead = _bwd_inputs(u_ptr, delta_ptr, B_ptr, C_ptr, dout_ptr, z_ptr, t - 1, k > 0, ch,
+                                        mask_d, offs_n, NSTATE, su_l, su_d, sdt_l, sdt_d, sB_l, sB_n, sC_l, sC_n, sdo_l,
+                                        sdo_d, sz_l, sz_d, HAS_Z, True)  # fmt: skip
+                else:
+                    x, raw, Bt, Ct, dout, zt = _bwd_inputs(u_ptr, delta_ptr, B_ptr, C_ptr, dout_ptr, z_ptr, t, True, ch,
+                                                           mask_d, offs_n, NSTATE, su_l, su_d, sdt_l, sdt_d, sB_l, sB_n,
+                                                           sC_l, sC_n, sdo_l, sdo_d, sz_l, sz_d, HAS_Z, True)  # fmt: skip
+                raw, dt, dy = _bwd_step(raw, dout, zt, bias, HAS_BIAS, SOFTPLUS, HAS_Z)
+                seg, start, end = _segments(t, L, seq_len, seg_ids_ptr, cu_ptr, pid_b, RESET)
+                # -0.0 elsewhere: x + -0.0 == x exactly, so the unrolled sum folds away to states[k]
+                h = tl.sum(tl.where((rows == k)[:, None, None], states, -0.0), axis=0)
+                g = dy[None, :] * Ct[:, None]
+                if HAS_DLAST:
+                    g += tl.load(dlast_ptr + seg * STATE + state_offs, mask=mask_dn & end, other=0.0)
+                dh = g + a_next * dh
+                dA_t = tl.exp2(dt[None, :] * A2)
+                dtx = dt * x
+                decayed = h - dtx[None, :] * Bt[:, None]  # = a_t h_{t-1}: the part of h_t that came through the decay
+                dA_acc += dt[None, :] * dh * decayed
+                ddt = tl.sum(dh * (Bt[:, None] * x[None, :] + A * decayed), axis=0)  # [BD]
+                du = dt * tl.sum(dh * Bt[:, None], axis=0)
+                if HAS_D:
+                    du += Dv * dy
+                    dD_acc += dy * x
+                if SOFTPLUS:
+                    ddt *= tl.sigmoid(raw)
+                ddt = tl.where(mask_d, ddt, 0.0)
+                dbias_acc += ddt
+                tl.store(du_ptr + pid_b * sg_b + t * sg_l + ch * sg_d, du.to(du_ptr.dtype.element_ty), mask=mask_d)
+                tl.store(
+                    ddelta_ptr + pid_b * sg_b + t * sg_l + ch * sg_d, ddt.to(ddelta_ptr.dtype.element_ty), mask=mask_d
+                )
+                dB = tl.sum(dh * dtx[None, :], axis=1)  # [BN]
+                tl.store(dB_ptr + part_base + t * NSTATE + offs_n, dB, mask=mask_n)
+                if HAS_H0:
+                    tl.store(dh0_ptr + seg * STATE + state_offs, dA_t * dh, mask=mask_dn & start)
+                a_next = dA_t if RESET == 0 else tl.where(start, 0.0, dA_t)  # (no reset: a_0 is never used)
         part = (pid_b * nchunks + c) * D_total
         tl.store(dA_ptr + part * NSTATE + state_offs, dA_acc, mask=mask_dn)
         if HAS_D:

@@ -28,6 +28,7 @@ import triton
 import triton.language as tl
 
 from ...utils._config import triton_interpret
+from .._launch import approx as _approx
 from .._launch import autotune as _autotune
 from .chunk import LOG2E, _segments
 
@@ -38,27 +39,10 @@ CPT_CHOICES = (1, 2, 4, 8)
 
 
 @triton.jit
-def _exp2(x, FAST: tl.constexpr):
-    # one MUFU.EX2 (flush-to-zero) instead of the denormal-safe sequence; the interpreter has no inline PTX
-    if FAST:
-        return tl.inline_asm_elementwise("ex2.approx.ftz.f32 $0, $1;", "=r,r", [x], dtype=tl.float32, is_pure=True,
-                                         pack=1)  # fmt: skip
-    return tl.exp2(x)
-
-
-@triton.jit
-def _log2(x, FAST: tl.constexpr):
-    if FAST:
-        return tl.inline_asm_elementwise("lg2.approx.ftz.f32 $0, $1;", "=r,r", [x], dtype=tl.float32, is_pure=True,
-                                         pack=1)  # fmt: skip
-    return tl.log2(x)
-
-
-@triton.jit
 def _softplus(x, FAST: tl.constexpr):
     """`ops._launch.softplus` (same thresholds) with base-2 MUFU functions."""
-    e = _exp2(x * LOG2E, FAST)
-    return tl.where(x > 20.0, x, tl.where(x < -15.0, e, _log2(1.0 + e, FAST) * LN2))
+    e = _approx(x * LOG2E, "ex2", FAST)
+    return tl.where(x > 20.0, x, tl.where(x < -15.0, e, _approx(1.0 + e, "lg2", FAST) * LN2))
 
 
 @triton.jit
@@ -217,7 +201,7 @@ def selective_scan_fwd_lanes_kernel(
                 dt += bias
             if SOFTPLUS:
                 dt = _softplus(dt, FAST)
-            dA = _exp2(dt[None, :, :] * A2, FAST)  # [BN, CPT, LANES]
+            dA = _approx(dt[None, :, :] * A2, "ex2", FAST)  # [BN, CPT, LANES]
             h = dA * h + (dt * x)[None, :, :] * Bt.to(tl.float32)[:, None, :]
             if SUMMARY:
                 dt_sum += dt
@@ -239,7 +223,7 @@ def selective_scan_fwd_lanes_kernel(
                 tl.store(ckpt_ptr + ckpt_row * STATE + state_offs, h, mask=mask3)
         t0 = t1
     if SUMMARY:
-        decay = _exp2(A2 * dt_sum[None, :, :], FAST)  # the product of the chunk's decays since its last reset
+        decay = _approx(A2 * dt_sum[None, :, :], "ex2", FAST)  # the product of the chunk's decays since its last reset
         decay = tl.where(reset_seen, 0.0, decay)
         tl.store(chunk_P_ptr + chunk_offs, decay, mask=mask3)
         tl.store(chunk_S_ptr + chunk_offs, h, mask=mask3)

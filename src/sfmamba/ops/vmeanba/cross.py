@@ -28,6 +28,7 @@ import triton.language as tl
 from torch import Tensor
 
 from ...utils._config import triton_interpret, use_triton
+from .._launch import approx as _approx
 from .._launch import linear_recurrence as _linear_recurrence
 from .._launch import on_device as _on_device
 
@@ -61,19 +62,11 @@ def cross_mean_inputs_naive(x: Tensor, dts: Tensor, dt_weight: Tensor, dt_bias: 
 
 
 @triton.jit
-def _log2(x, FAST: tl.constexpr):
-    # lg2.approx (one MUFU op, relative error ~2^-22) instead of libdevice's polynomial log, which was most of the
-    # FP32 instructions of the channel-mean loop; the interpreter has no inline PTX
-    if FAST:
-        return tl.inline_asm_elementwise("lg2.approx.f32 $0, $1;", "=r,r", [x], dtype=tl.float32, is_pure=True, pack=1)
-    return tl.log2(x)
-
-
-@triton.jit
 def _softplus_log2e(z, FAST_LOG: tl.constexpr):
     """softplus(z) * log2(e) from z * log2(e), with `ops._launch.softplus`'s thresholds (20 and -15)."""
     e = tl.exp2(z)
-    return tl.where(z > 20.0 * LOG2E, z, tl.where(z < -15.0 * LOG2E, e * LOG2E, _log2(1.0 + e, FAST_LOG)))
+    # MUFU log2 (FAST_LOG): libdevice's polynomial log was most of the FP32 instructions of the channel-mean loop
+    return tl.where(z > 20.0 * LOG2E, z, tl.where(z < -15.0 * LOG2E, e * LOG2E, _approx(1.0 + e, "lg2", FAST_LOG)))
 
 
 @triton.jit

@@ -1,0 +1,149 @@
+"""Static cost of the scan kernels' step loops, without a GPU: build each kernel for sm_90 with Triton's own
+toolchain, disassemble the cubin, and count the SASS instructions of every loop (a backward branch), per step and per
+channel-step, with registers and spills from ptxas.
+
+Why: at vision shapes the scan kernels are issue-bound (H100, (128, 160, 196, 8): the step forward's 264-instruction
+loop x 4 M channel-steps / 32 lanes x 2 passes / (4 schedulers x 132 SMs) ~ the measured 61-75 us), so instructions per
+channel-step is a first-order predictor of their time, checkable on any machine. It says nothing about memory latency
+or occupancy (registers bound the resident warps: 65536 / (32 x registers) per SM); the GPU benchmark is the proof.
+
+    python benchmarks/ops/experiments/sass_loop_counts.py [--out benchmarks/results/sass_loop_counts_<date>.json]
+
+Prints one row per (kernel, flags, config) and innermost loop (a kernel whose chunk loop is fully unrolled, the
+backward's main pass, counts all its instructions over its CHUNK steps, prologue included); writes JSON (Triton
+version, date, rows). `--only NAME ...` keeps the cases whose name contains one of the words.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import datetime
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+os.environ.pop("TRITON_INTERPRET", None)  # a real build, not the interpreter
+ROOT = Path(__file__).resolve().parents[3]
+sys.path.insert(0, str(ROOT / "src"))
+
+import triton  # noqa: E402
+
+from sfmamba.ops.selective_scan import chunk, lanes  # noqa: E402
+from sfmamba.testing import compile_for_sm90, scan_pointer_type  # noqa: E402
+
+TOOLS = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"  # Triton's bundled ptxas / cuobjdump
+SEQUENCE_ARGS = {
+    "u_ptr",
+    "delta_ptr",
+    "z_ptr",
+    "out_ptr",
+    "dout_ptr",
+    "du_ptr",
+    "ddelta_ptr",
+    "dz_ptr",
+    "B_ptr",
+    "C_ptr",
+}
+INFERENCE = dict(HAS_D=True, HAS_Z=False, HAS_BIAS=True, SOFTPLUS=True, HAS_H0=False, RESET=0)
+# (name, kernel, flags, num_warps, channels one program's step covers): MambaVision-T's scan, N = 8, bf16
+CASES = [
+    ("step fwd", chunk.selective_scan_fwd_kernel,
+     dict(INFERENCE, STORE_LAST=False, STORE_CKPT=False, SUMMARY=False, BLOCK_D=32, BLOCK_N=8, PREFETCH=1), 1, 32),
+    ("step fwd summary", chunk.selective_scan_fwd_kernel,
+     dict(INFERENCE, STORE_LAST=False, STORE_CKPT=False, SUMMARY=True, BLOCK_D=32, BLOCK_N=8, PREFETCH=1), 1, 32),
+    ("step fwd train", chunk.selective_scan_fwd_kernel,
+     dict(INFERENCE, STORE_LAST=False, STORE_CKPT=True, SUMMARY=False, BLOCK_D=32, BLOCK_N=8, PREFETCH=1), 1, 32),
+    *[(f"lanes fwd CPT{cpt}", lanes.selective_scan_fwd_lanes_kernel,
+       dict(INFERENCE, STORE_LAST=False, STORE_CKPT=False, SUMMARY=False, CPT=cpt, LANES=32, BLOCK_N=8, PREFETCH=1,
+            FAST=True), 1, 32 * cpt) for cpt in (2, 4)],
+    ("lanes fwd CPT4 summary", lanes.selective_scan_fwd_lanes_kernel,
+     dict(INFERENCE, STORE_LAST=False, STORE_CKPT=False, SUMMARY=True, CPT=4, LANES=32, BLOCK_N=8, PREFETCH=1,
+          FAST=True), 1, 128),
+    *[(f"lanes fwd train CPT{cpt}", lanes.selective_scan_fwd_lanes_kernel,
+       dict(INFERENCE, STORE_LAST=False, STORE_CKPT=True, SUMMARY=False, CPT=cpt, LANES=32, BLOCK_N=8, PREFETCH=1,
+            FAST=True), 1, 32 * cpt) for cpt in (2, 4)],
+    ("step bwd", chunk.selective_scan_bwd_kernel,
+     dict(INFERENCE, HAS_DLAST=False, SUMMARY=False, CHUNK=8, BLOCK_D=32, BLOCK_N=8, PREFETCH=1, UNROLL=8), 1, 32),
+    ("step bwd summary", chunk.selective_scan_bwd_kernel,
+     dict(INFERENCE, HAS_DLAST=False, SUMMARY=True, CHUNK=8, BLOCK_D=32, BLOCK_N=8, PREFETCH=1, UNROLL=8), 1, 32),
+    ("step bwd N1", chunk.selective_scan_bwd_kernel,  # VMamba's N = 1 (chunks of 16 steps)
+     dict(INFERENCE, HAS_DLAST=False, SUMMARY=False, CHUNK=16, BLOCK_D=32, BLOCK_N=1, PREFETCH=1, UNROLL=16), 1, 32),
+]  # fmt: skip
+
+
+def registers_and_spills(ptx: str) -> tuple[int, int]:
+    with tempfile.NamedTemporaryFile("w", suffix=".ptx") as f:
+        f.write(ptx)
+        f.flush()
+        arch = "sm_90a" if ".target sm_90a" in ptx else "sm_90"
+        report = subprocess.run([TOOLS / "ptxas", f"-arch={arch}", "-v", f.name, "-o", os.devnull],
+                                capture_output=True, text=True).stderr  # fmt: skip
+    regs = re.search(r"Used (\d+) registers", report)
+    spills = re.search(r"(\d+) bytes spill stores", report)
+    return int(regs.group(1)) if regs else -1, int(spills.group(1)) if spills else -1
+
+
+def loops(cubin: bytes) -> tuple[int, list[tuple[int, collections.Counter]]]:
+    """(all instructions, [(instructions, opcode counts) of every innermost loop]): a loop is the instructions
+    between a backward branch and its target."""
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        sass = subprocess.run([TOOLS / "cuobjdump", "-sass", f.name], capture_output=True, text=True).stdout
+    code = []
+    for line in sass.splitlines():
+        m = re.match(r"\s*/\*([0-9a-f]{4,})\*/\s*(.*?);", line)
+        if m:
+            code.append((int(m.group(1), 16), m.group(2)))
+    spans = []
+    for address, text in code:
+        m = re.search(r"BRA (?:`\(.*?\) )?0x([0-9a-f]+)", text)
+        if m and int(m.group(1), 16) < address:
+            spans.append((int(m.group(1), 16), address))
+    found = []
+    for start, end in spans:
+        if any(start <= s and e <= end and (s, e) != (start, end) for s, e in spans):
+            continue  # an outer loop (e.g. the runs between checkpoints): its step loop is counted on its own
+        body = [t for a, t in code if start <= a <= end]
+        ops = collections.Counter(re.sub(r"^@!?U?P\w+\s+", "", t).split()[0].split(".")[0] for t in body)
+        found.append((len(body), ops))
+    return len(code), found
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / f"sass_loop_counts_{stamp}.json")
+    parser.add_argument("--dtype", default="bf16", choices=["bf16", "fp32", "fp16"])
+    parser.add_argument("--only", nargs="*", default=None, help="only the cases whose name contains one of these")
+    args = parser.parse_args()
+    rows = []
+    print(f"{'kernel':26s} {'regs':>4s} {'spill':>5s} {'loop instr':>10s} {'channels':>8s} {'instr/channel-step':>18s}")
+    for name, kernel, flags, num_warps, channels in CASES:
+        if args.only is not None and not any(part in name for part in args.only):
+            continue
+        compiled = compile_for_sm90(kernel, flags, num_warps, scan_pointer_type(args.dtype))
+        regs, spills = registers_and_spills(compiled.asm["ptx"])
+        total, found = loops(compiled.asm["cubin"])
+        if not found and "CHUNK" in flags:  # a fully unrolled chunk: the whole kernel over its CHUNK steps
+            found = [(total / flags["CHUNK"], collections.Counter())]
+        for size, ops in found:
+            per_channel = size / channels
+            top = dict(ops.most_common(8))
+            rows.append(dict(kernel=name, flags=flags, num_warps=num_warps, channels_per_step=channels,
+                             registers=regs, spill_bytes=spills, kernel_instructions=total, loop_instructions=size,
+                             instructions_per_channel_step=per_channel, top_opcodes=top))  # fmt: skip
+            print(f"{name:26s} {regs:4d} {spills:5d} {size:10.0f} {channels:8d} {per_channel:18.2f}  {top}")
+    meta = dict(date=stamp, triton=triton.__version__, target="sm_90 (Triton's ptxas, no GPU)", dtype=args.dtype)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
