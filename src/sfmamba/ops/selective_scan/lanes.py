@@ -121,7 +121,7 @@ def _prune_configs(configs: list[triton.Config], named_args: dict, **kwargs) -> 
 
 @_autotune(
     configs=lanes_fwd_configs(),
-    key=["Dg", "NSTATE", "chunk_len", "SUMMARY", "su_l", "batch"],
+    key=["Dg", "NSTATE", "chunk_len", "SUMMARY", "su_l"],  # su_l: D in BLD, 1 in BDL (coalesced vs strided)
     prune_configs_by={"early_config_prune": _prune_configs},
 )
 @triton.heuristics({
