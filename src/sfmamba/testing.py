@@ -49,6 +49,13 @@ def scan_pointer_type(dtype: str) -> Callable[[str], str]:
     return pointer_type
 
 
+def jit_function(kernel):
+    """The `triton.jit` function under a kernel's autotune / heuristics wrappers."""
+    while type(kernel).__name__ != "JITFunction":
+        kernel = kernel.fn
+    return kernel
+
+
 def compile_for_sm90(kernel, constexprs: dict, num_warps: int, pointer_type: Callable[[str], str]):
     """Build a Triton kernel (under any autotune/heuristics wrappers) for an H100 with Triton's bundled ptxas -- no GPU
     needed -- so CI catches what the GPU compiler rejects (the interpreter never compiles). Arguments named in
@@ -58,9 +65,7 @@ def compile_for_sm90(kernel, constexprs: dict, num_warps: int, pointer_type: Cal
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    fn = kernel
-    while type(fn).__name__ != "JITFunction":
-        fn = fn.fn
+    fn = jit_function(kernel)
     signature = {
         name: "constexpr" if name in constexprs else pointer_type(name) if name.endswith("_ptr") else "i32"
         for name in fn.arg_names

@@ -312,5 +312,7 @@ def test_static_loop_counts_rank_lanes_below_step(tmp_path):
     rows = {row["kernel"]: row for row in json.loads(out.read_text())["rows"]}
     assert {"step fwd", "lanes fwd CPT4", "lanes fwd CPT4 summary"} <= set(rows)
     step, lane = rows["step fwd"], rows["lanes fwd CPT4"]
-    assert lane["instructions_per_channel_step"] < 0.5 * step["instructions_per_channel_step"]
+    assert lane["instructions_per_channel_step"] < 0.6 * step["instructions_per_channel_step"]
+    summary = rows["lanes fwd CPT4 summary"]["instructions_per_channel_step"]
+    assert summary < 0.5 * rows["step fwd summary"]["instructions_per_channel_step"]
     assert lane["spill_bytes"] == 0 and lane["channels_per_step"] == 128

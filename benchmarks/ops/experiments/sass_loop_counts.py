@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT / "src"))
 import triton  # noqa: E402
 
 from sfmamba.ops.selective_scan import chunk, lanes  # noqa: E402
-from sfmamba.testing import compile_for_sm90, scan_pointer_type  # noqa: E402
+from sfmamba.testing import compile_for_sm90, jit_function, scan_pointer_type  # noqa: E402
 
 TOOLS = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"  # Triton's bundled ptxas / cuobjdump
 SEQUENCE_ARGS = {
@@ -49,6 +49,7 @@ SEQUENCE_ARGS = {
     "B_ptr",
     "C_ptr",
 }
+UNIT_STRIDES = ("su_d", "sdt_d", "sz_d", "so_d", "sdo_d", "sg_d", "sB_n", "sC_n")  # channel / state strides in BLD
 INFERENCE = dict(HAS_D=True, HAS_Z=False, HAS_BIAS=True, SOFTPLUS=True, HAS_H0=False, RESET=0)
 # (name, kernel, flags, num_warps, channels one program's step covers): MambaVision-T's scan, N = 8, bf16
 CASES = [
@@ -127,7 +128,9 @@ def main() -> None:
     for name, kernel, flags, num_warps, channels in CASES:
         if args.only is not None and not any(part in name for part in args.only):
             continue
-        compiled = compile_for_sm90(kernel, flags, num_warps, scan_pointer_type(args.dtype))
+        # the BLD layout's unit strides, as Triton specialises integer arguments equal to 1 at launch
+        unit = {name: 1 for name in UNIT_STRIDES if name in jit_function(kernel).arg_names}
+        compiled = compile_for_sm90(kernel, {**flags, **unit}, num_warps, scan_pointer_type(args.dtype))
         regs, spills = registers_and_spills(compiled.asm["ptx"])
         total, found = loops(compiled.asm["cubin"])
         if not found and "CHUNK" in flags:  # a fully unrolled chunk: the whole kernel over its CHUNK steps

@@ -3,17 +3,18 @@
 
 Design (why): chunk.py's step kernel gives every thread one channel, so each step's per-warp work -- loading and
 converting the N values of B_t and C_t, their addresses, the segment test -- is paid per 32 channels; compiled for
-sm_90 its loop is 264 instructions per step for 32 channels, of which the scan's own arithmetic is about a third,
-and the kernel is issue-bound (H100, (128, 160, 196, 8): ~8 instructions per channel-step x 4 M channel-steps x the
-summary pass ~ the measured 61-75 us). Here a thread (a "lane") owns CPT channels of one image, so B_t/C_t are
-loaded once for CPT channels, and programs run over the flattened (image, lane) axis of one group -- a program's
-LANES threads may span two images -- so the channel count need not be a multiple of the tile (D = 160 with 128
-channels per warp leaves no idle lanes but the last program's). Further cuts of per-step work: the chunk is walked
+sm_90 its loop is 194 instructions per step for 32 channels (BLD, unit strides specialised as at launch), of which
+the scan's own arithmetic is under half, and the kernel is issue-bound (H100, (128, 160, 196, 8): 6 + 5.4 (summary)
+warp-instructions per channel-step x 4 M channel-steps / 528 issue slots per clock ~ 45-50 us of the measured 61-75).
+Here a thread (a "lane") owns CPT channels of one image, so B_t/C_t are loaded once for CPT channels, and programs
+run over the flattened (image, lane) axis of one group -- a program's LANES threads may span two images -- so the
+channel count need not be a multiple of the tile (D = 160 with 128 channels per warp leaves no idle lanes but the
+last program's). Further cuts of per-step work: the chunk is walked
 in runs between segment starts and checkpoints, so resets and checkpoint/last-state stores happen between runs
 instead of as per-element selects and predicated stores every step; the summary pass's decay product is
 exp2(A * sum(dt)) instead of a running product; exp2/log2 of the step and softplus are single MUFU instructions on
-the GPU. Static count (benchmarks/ops/experiments/sass_loop_counts.py, N = 8, bf16): 2.96 instructions per
-channel-step at CPT 4 against the step kernel's 8.25.
+the GPU. Static count (benchmarks/ops/experiments/sass_loop_counts.py, N = 8, bf16): 3.15 instructions per
+channel-step at CPT 4 (summary 2.27) against the step kernel's 6.06 (summary 5.44).
 
 Tile shapes: state h [BLOCK_N, CPT, LANES]; per-step inputs x, dt, z [CPT, LANES]; B_t, C_t [BLOCK_N, LANES] (one
 per image of each lane). The lane axis is last on purpose: Triton's default layouts spread the last axis over the
