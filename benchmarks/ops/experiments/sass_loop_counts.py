@@ -2,10 +2,12 @@
 toolchain, disassemble the cubin, and count the SASS instructions of every loop (a backward branch), per step and per
 channel-step, with registers and spills from ptxas.
 
-Why: at vision shapes the scan kernels are issue-bound (H100, (128, 160, 196, 8): the step forward's 264-instruction
-loop x 4 M channel-steps / 32 lanes x 2 passes / (4 schedulers x 132 SMs) ~ the measured 61-75 us), so instructions per
-channel-step is a first-order predictor of their time, checkable on any machine. It says nothing about memory latency
-or occupancy (registers bound the resident warps: 65536 / (32 x registers) per SM); the GPU benchmark is the proof.
+Why: at vision shapes the scan kernels are issue-bound (H100, (128, 160, 196, 8): the step forward's loops, 6.06 +
+5.44 (summary pass) warp-instructions per channel-step x 4 M channel-steps / (4 schedulers x 132 SMs) ~ 45-50 us of
+the measured 61-75 us), so instructions per channel-step is a first-order predictor of their time, checkable on any
+machine. It says nothing about memory latency or occupancy (registers bound the resident warps: 65536 / (32 x
+registers) per SM); the GPU benchmark is the proof. The layout is BLD with its unit strides bound to 1, as Triton
+specialises integer arguments equal to 1 at launch.
 
     python benchmarks/ops/experiments/sass_loop_counts.py [--out benchmarks/results/sass_loop_counts_<date>.json]
 
