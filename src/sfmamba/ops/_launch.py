@@ -12,9 +12,15 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from ..utils._config import triton_interpret
+
 __all__ = [
+    "FAST_MATH",
+    "LN2",
+    "LOG2E",
     "approx",
     "autotune",
+    "fast_exp2",
     "bc_strides",
     "linear_recurrence",
     "needs_grad",
@@ -27,6 +33,11 @@ __all__ = [
 
 
 _AUTOTUNE_CACHES = "cache_results" in inspect.signature(triton.autotune).parameters
+LOG2E = tl.constexpr(1.4426950408889634)
+LN2 = tl.constexpr(0.6931471805599453)
+# single-MUFU exp2/log2 (`approx`) in the kernels on the GPU; the interpreter has no inline PTX (read at import, as
+# Triton reads TRITON_INTERPRET)
+FAST_MATH = tl.constexpr(not triton_interpret())
 
 
 def autotune(configs: list[triton.Config], key: list[str], **kwargs):
@@ -77,7 +88,19 @@ def scan_shape(u: Tensor, A: Tensor, B: Tensor, layout: str) -> tuple[int, int, 
 
 @triton.jit
 def softplus(x):
+    """log(1 + exp(x)), x above 20 passed through, exp(x) below -15. On the GPU two MUFU instructions (base-2, `approx`)
+    instead of libdevice's exp and polynomial log (~30 instructions, paid per channel-step by every scan kernel)."""
+    if FAST_MATH:
+        e = approx(x * LOG2E, "ex2", True)
+        return tl.where(x > 20.0, x, tl.where(x < -15.0, e, approx(1.0 + e, "lg2", True) * LN2))
     return tl.where(x > 20.0, x, tl.where(x < -15.0, tl.exp(x), tl.log(1.0 + tl.exp(x))))
+
+
+@triton.jit
+def fast_exp2(x):
+    """exp2 as one MUFU instruction on the GPU (denormal results flush to zero: a decay below 2^-126 is zero for
+    the state anyway); tl.exp2's denormal-safe sequence costs 4 instructions per state per step."""
+    return approx(x, "ex2", FAST_MATH)
 
 
 @triton.jit

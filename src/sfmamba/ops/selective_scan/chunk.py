@@ -19,8 +19,10 @@ import triton.language as tl
 from torch import Tensor
 
 from ...utils._config import scan_bwd_kernel, scan_fwd_kernel, triton_interpret
+from .._launch import LOG2E
 from .._launch import autotune as _autotune
 from .._launch import bc_strides as _bc_strides
+from .._launch import fast_exp2 as _exp2
 from .._launch import needs_grad as _needs_grad
 from .._launch import on_device as _on_device
 from .._launch import scan_shape as _shape
@@ -28,7 +30,6 @@ from .._launch import sm_count as _sm_count
 from .._launch import softplus as _softplus
 from .._launch import x_strides as _x_strides
 
-LOG2E = tl.constexpr(1.4426950408889634)
 RESET_NONE, RESET_PERIODIC, RESET_VARLEN = 0, 1, 2
 
 
@@ -36,7 +37,7 @@ def bwd_chunk_for(nstate: int) -> int:
     """Steps per backward program. The forward checkpoints the state every this many steps; the backward keeps
     one chunk's states in registers ([chunk, N, BLOCK_D]), so the chunk shrinks as N grows, and unrolls the chunk
     (`MAX_UNROLL`), so it is at most 16 steps: N = 1 and 2 had 64 and 32, whose dynamic loops paid a select per
-    stored state per step (sm_90 build, N = 1: 684 instructions per step for 32 channels, mostly ISETP/FSEL; 276 now)."""
+    stored state per step (sm_90 build, N = 1: 684 instructions per step for 32 channels, mostly ISETP/FSEL; 228 now)."""
     return max(4, min(16, 64 // triton.next_power_of_2(nstate)))
 
 
@@ -204,7 +205,7 @@ def selective_scan_fwd_kernel(
             dt += bias
         if SOFTPLUS:
             dt = _softplus(dt)
-        dA = tl.exp2(dt[None, :] * A2)  # [BN, BD]
+        dA = _exp2(dt[None, :] * A2)  # [BN, BD]
         seg, start, end = _segments(t, L, seq_len, seg_ids_ptr, cu_ptr, pid_b, RESET)
         if HAS_H0:  # the state before a segment enters through its first step
             h0 = tl.load(h0_ptr + seg * (D_total * NSTATE) + state_offs, mask=mask_dn & start, other=0.0)
@@ -330,7 +331,7 @@ def selective_scan_bwd_kernel(
     x_next, raw_next, dt_next = _load_step(u_ptr, delta_ptr, t_next, ch, mask_d & (t_next < L), su_l, su_d, sdt_l,
                                            sdt_d, bias, HAS_BIAS, SOFTPLUS)  # fmt: skip
     seg_next, start_next, end_next = _segments(t_next, L, seq_len, seg_ids_ptr, cu_ptr, pid_b, RESET)
-    a_next = tl.where(start_next | (t_next >= L), 0.0, tl.exp2(dt_next[None, :] * A2))
+    a_next = tl.where(start_next | (t_next >= L), 0.0, _exp2(dt_next[None, :] * A2))
     summary_offs = (pid_b * nchunks + c) * STATE + state_offs
 
     if SUMMARY:
@@ -357,7 +358,7 @@ def selective_scan_bwd_kernel(
                 g += tl.load(dlast_ptr + seg * STATE + state_offs, mask=mask_dn & end, other=0.0)
             dh = g + a_next * dh
             decay *= a_next
-            a_next = tl.exp2(dt[None, :] * A2)
+            a_next = _exp2(dt[None, :] * A2)
             if RESET != 0:  # without resets the decay into t = 0 is never used
                 a_next = tl.where(start, 0.0, a_next)
         tl.store(sum_X_ptr + summary_offs, dh, mask=mask_dn)
@@ -392,7 +393,7 @@ def selective_scan_bwd_kernel(
                     h = tl.where(start, tl.load(h0_ptr + seg * STATE + state_offs, mask=mask_dn & start, other=0.0), h)
                 elif RESET != 0:  # without resets only t = 0 starts a segment, and chunk 0 starts from zeros
                     h = tl.where(start, 0.0, h)
-                h = tl.exp2(dt[None, :] * A2) * h + (dt * x)[None, :] * Bt[:, None]
+                h = _exp2(dt[None, :] * A2) * h + (dt * x)[None, :] * Bt[:, None]
                 states = tl.where((rows == k)[:, None, None], h[None, :, :], states)
                 if HAS_Z:
                     y = tl.sum(h * Ct[:, None], axis=0)
@@ -431,7 +432,7 @@ def selective_scan_bwd_kernel(
                 if HAS_DLAST:
                     g += tl.load(dlast_ptr + seg * STATE + state_offs, mask=mask_dn & end, other=0.0)
                 dh = g + a_next * dh
-                dA_t = tl.exp2(dt[None, :] * A2)
+                dA_t = _exp2(dt[None, :] * A2)
                 dtx = dt * x
                 decayed = h - dtx[None, :] * Bt[:, None]  # = a_t h_{t-1}: the part of h_t that came through the decay
                 dA_acc += dt[None, :] * dh * decayed

@@ -14,7 +14,7 @@ in runs between segment starts and checkpoints, so resets and checkpoint/last-st
 instead of as per-element selects and predicated stores every step; the summary pass's decay product is
 exp2(A * sum(dt)) instead of a running product; exp2/log2 of the step and softplus are single MUFU instructions on
 the GPU. Static count (benchmarks/ops/experiments/sass_loop_counts.py, N = 8, bf16): 3.15 instructions per
-channel-step at CPT 4 (summary 2.27) against the step kernel's 6.06 (summary 5.44).
+channel-step at CPT 4 (summary 2.27) against the step kernel's 5.12 (summary 4.66) with the same MUFU functions.
 
 Tile shapes: state h [BLOCK_N, CPT, LANES]; per-step inputs x, dt, z [CPT, LANES]; B_t, C_t [BLOCK_N, LANES] (one
 per image of each lane). The lane axis is last on purpose: Triton's default layouts spread the last axis over the
@@ -31,21 +31,15 @@ import triton
 import triton.language as tl
 
 from ...utils._config import triton_interpret
-from .._launch import approx as _approx
+from .._launch import LOG2E
 from .._launch import autotune as _autotune
-from .chunk import LOG2E, _segments
+from .._launch import fast_exp2 as _exp2
+from .._launch import softplus as _softplus
+from .chunk import _segments
 
 __all__ = ["CPT_CHOICES", "lanes_fwd_configs", "selective_scan_fwd_lanes_kernel"]
 
-LN2 = tl.constexpr(0.6931471805599453)
 CPT_CHOICES = (1, 2, 4, 8)
-
-
-@triton.jit
-def _softplus(x, FAST: tl.constexpr):
-    """`ops._launch.softplus` (same thresholds) with base-2 MUFU functions."""
-    e = _approx(x * LOG2E, "ex2", FAST)
-    return tl.where(x > 20.0, x, tl.where(x < -15.0, e, _approx(1.0 + e, "lg2", FAST) * LN2))
 
 
 @triton.jit
@@ -127,10 +121,7 @@ def _prune_configs(configs: list[triton.Config], named_args: dict, **kwargs) -> 
     key=["Dg", "NSTATE", "chunk_len", "SUMMARY", "su_l"],  # su_l: D in BLD, 1 in BDL (coalesced vs strided)
     prune_configs_by={"early_config_prune": _prune_configs},
 )
-@triton.heuristics({
-    "BLOCK_N": lambda args: triton.next_power_of_2(args["NSTATE"]),
-    "FAST": lambda args: not triton_interpret(),
-})  # fmt: skip
+@triton.heuristics({"BLOCK_N": lambda args: triton.next_power_of_2(args["NSTATE"])})
 # Dg is not specialised: a visible divisibility of the lanes' channel index would let Triton vectorise several lanes
 # into one thread (the lane axis must map one lane to one thread)
 @triton.jit(do_not_specialize=["L", "Dg", "seq_len", "nchunks", "ckpt_len"])
@@ -143,7 +134,6 @@ def selective_scan_fwd_lanes_kernel(
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_H0: tl.constexpr, RESET: tl.constexpr, STORE_LAST: tl.constexpr, STORE_CKPT: tl.constexpr,
     SUMMARY: tl.constexpr, CPT: tl.constexpr, LANES: tl.constexpr, BLOCK_N: tl.constexpr, PREFETCH: tl.constexpr,
-    FAST: tl.constexpr,
 ):  # fmt: skip
     # One program: LANES x CPT flattened (image, channel) pairs of one group, one chunk of `chunk_len` steps, walked
     # sequentially with the [N, CPT, LANES] state in registers. SUMMARY pass: the chunk's decay product P and end
@@ -203,8 +193,8 @@ def selective_scan_fwd_lanes_kernel(
             if HAS_BIAS:
                 dt += bias
             if SOFTPLUS:
-                dt = _softplus(dt, FAST)
-            dA = _approx(dt[None, :, :] * A2, "ex2", FAST)  # [BN, CPT, LANES]
+                dt = _softplus(dt)
+            dA = _exp2(dt[None, :, :] * A2)  # [BN, CPT, LANES]
             h = dA * h + (dt * x)[None, :, :] * Bt.to(tl.float32)[:, None, :]
             if SUMMARY:
                 dt_sum += dt
@@ -226,7 +216,7 @@ def selective_scan_fwd_lanes_kernel(
                 tl.store(ckpt_ptr + ckpt_row * STATE + state_offs, h, mask=mask3)
         t0 = t1
     if SUMMARY:
-        decay = _approx(A2 * dt_sum[None, :, :], "ex2", FAST)  # the product of the chunk's decays since its last reset
+        decay = _exp2(A2 * dt_sum[None, :, :])  # the product of the chunk's decays since its last reset
         decay = tl.where(reset_seen, 0.0, decay)
         tl.store(chunk_P_ptr + chunk_offs, decay, mask=mask3)
         tl.store(chunk_S_ptr + chunk_offs, h, mask=mask3)
