@@ -75,8 +75,9 @@ def compile_for_sm90(kernel, constexprs: dict, num_warps: int, pointer_type: Cal
     return triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps})
 
 
-def run_without_interpreter(code: str, timeout: float = 600) -> subprocess.CompletedProcess:
+def run_without_interpreter(code: str, timeout: float = 600, env: dict[str, str] | None = None):
     """Run Python `code` in a fresh process with TRITON_INTERPRET unset (test modules set it at import, and Triton
-    reads it once), e.g. to compile kernels for sm_90 with `compile_for_sm90`."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    reads it once) and `env` added, e.g. to compile kernels for sm_90 with `compile_for_sm90`; returns the
+    subprocess.CompletedProcess."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"} | (env or {})
     return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=timeout)

@@ -12,7 +12,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ..utils._config import triton_interpret
+from ..utils._config import fast_math
 
 __all__ = [
     "FAST_MATH",
@@ -35,9 +35,9 @@ __all__ = [
 _AUTOTUNE_CACHES = "cache_results" in inspect.signature(triton.autotune).parameters
 LOG2E = tl.constexpr(1.4426950408889634)
 LN2 = tl.constexpr(0.6931471805599453)
-# single-MUFU exp2/log2 (`approx`) in the kernels on the GPU; the interpreter has no inline PTX (read at import, as
-# Triton reads TRITON_INTERPRET)
-FAST_MATH = tl.constexpr(not triton_interpret())
+# single-MUFU exp2/log2 (`approx`) in the kernels on the GPU unless SFMAMBA_FAST_MATH=0; the interpreter has no inline
+# PTX (read at import, as Triton reads TRITON_INTERPRET)
+FAST_MATH = tl.constexpr(fast_math())
 
 
 def autotune(configs: list[triton.Config], key: list[str], **kwargs):

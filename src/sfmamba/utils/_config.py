@@ -60,6 +60,16 @@ def triton_interpret() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+FAST_MATH_ENV = "SFMAMBA_FAST_MATH"
+
+
+def fast_math() -> bool:
+    """Whether the Triton kernels use single-MUFU exp2/log2 (`ops._launch.approx`): `SFMAMBA_FAST_MATH` (`1`, the
+    default, or `0`), never under the interpreter. Read once, when `sfmamba.ops` is imported (as Triton reads
+    TRITON_INTERPRET)."""
+    return _env_choice(FAST_MATH_ENV, ("0", "1"), "1") == "1" and not triton_interpret()
+
+
 @cache
 def triton_available() -> bool:
     try:
