@@ -19,6 +19,7 @@ import platform
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from unittest import mock
 
 import torch
 
@@ -121,15 +122,8 @@ def providers(mamba_fn) -> dict:
 
     def lanes(fn):  # the same call with the lanes forward kernel (SFMAMBA_SCAN_FWD is read on every call)
         def run(x, **kw):
-            previous = os.environ.get(SCAN_FWD_ENV)
-            os.environ[SCAN_FWD_ENV] = "lanes"
-            try:
+            with mock.patch.dict(os.environ, {SCAN_FWD_ENV: "lanes"}):
                 return fn(x, **kw)
-            finally:
-                if previous is None:
-                    del os.environ[SCAN_FWD_ENV]
-                else:
-                    os.environ[SCAN_FWD_ENV] = previous
 
         return run
 

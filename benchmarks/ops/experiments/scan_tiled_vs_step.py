@@ -63,13 +63,6 @@ GRAD_KEYS = ("u", "delta", "A", "B", "C", "D", "delta_bias")
 FLUSH_BYTES = 256 * 2**20  # > the 50 MiB L2 of an H100 / H200
 
 
-def plan(kernel: str, b: int, g: int, dim_per_group: int, length: int, n: int, device) -> tuple[int, int]:
-    """The (chunk length, chunks) the launcher uses for this forward kernel."""
-    if kernel.startswith("lanes"):
-        return chunk.plan_lane_chunks(b, g, dim_per_group, length, n, device)
-    return chunk.plan_chunks(b, g, dim_per_group, length, device)
-
-
 def shape_name(shape: tuple[int, ...]) -> str:
     b, d, length, n, g = shape
     return f"B{b}-D{d}-L{length}-N{n}" + (f"-G{g}" if g > 1 else "")
@@ -183,7 +176,7 @@ def run_one(shape, dname, layout, kernel, train, device, args) -> dict | None:
 
     row.update(time_call(call, device, args))
     b, d, length, n, g = shape
-    row["chunks"] = plan(kernel, b, g, d // g, length, n, device)
+    row["chunks"] = chunk.plan_fwd_chunks(kernel, b, g, d // g, length, n, device)
     row["config"] = str(getattr(KERNELS[kernel], "best_config", None))
     return row
 
@@ -208,7 +201,7 @@ def run_backward(shape, dname, layout, fwd_kernel, bwd_kernel, device, args) -> 
 
     row.update(time_call(call, device, args))
     b, d, length, n, g = shape
-    row["chunks"] = plan(fwd_kernel, b, g, d // g, length, n, device)
+    row["chunks"] = chunk.plan_fwd_chunks(fwd_kernel, b, g, d // g, length, n, device)
     row["bwd_chunk"] = chunk.bwd_chunk_for(n)
     kernels = (KERNELS[fwd_kernel], BWD_KERNELS[bwd_kernel])
     row["config"] = " | ".join(str(getattr(k, "best_config", None)) for k in kernels)

@@ -500,6 +500,15 @@ def plan_chunks(batch: int, groups: int, dim_per_group: int, length: int, device
     return chunk_len, triton.cdiv(length, chunk_len)
 
 
+def plan_fwd_chunks(
+    kernel: str, batch: int, groups: int, dim_per_group: int, length: int, nstate: int, device: torch.device
+) -> tuple[int, int]:
+    """(chunk length, number of chunks) the launcher uses for forward kernel `kernel` (`SFMAMBA_SCAN_FWD`'s value)."""
+    if kernel == "lanes":
+        return plan_lane_chunks(batch, groups, dim_per_group, length, nstate, device)
+    return plan_chunks(batch, groups, dim_per_group, length, device)
+
+
 def plan_lane_chunks(
     batch: int, groups: int, dim_per_group: int, length: int, nstate: int, device: torch.device
 ) -> tuple[int, int]:
@@ -516,11 +525,10 @@ def plan_lane_chunks(
     return chunk_len, triton.cdiv(length, chunk_len)
 
 
-def _fwd_kernel():
-    """The forward kernel `SFMAMBA_SCAN_FWD` picks (tiled.py and lanes.py import this module, so they are imported
-    here, when first chosen). The step and tiled kernels share arguments and grid; lanes also takes the batch size
-    and runs over flattened (image, channel) lanes."""
-    choice = scan_fwd_kernel()
+def _fwd_kernel(choice: str):
+    """The forward kernel for `SFMAMBA_SCAN_FWD`'s value `choice` (tiled.py and lanes.py import this module, so they
+    are imported here, when first chosen). The step and tiled kernels share arguments and grid; lanes also takes the
+    batch size and runs over flattened (image, channel) lanes."""
     if choice == "tiled":
         from .tiled import selective_scan_fwd_tiled_kernel
 
@@ -558,10 +566,9 @@ def selective_scan_fwd(
     last = torch.empty((nseg, nstate, dim) if return_last_state else (0,), device=u.device, dtype=torch.float32)
     n_ckpt = triton.cdiv(length, ckpt_len)
     ckpt = torch.empty((batch, n_ckpt, nstate, dim) if save_chunks else (0,), device=u.device, dtype=torch.float32)
-    lanes = scan_fwd_kernel() == "lanes"
-    kernel = _fwd_kernel()
-    plan = plan_lane_chunks(batch, groups, dim_per_group, length, nstate, u.device) if lanes else None
-    chunk_len, nchunks = plan or plan_chunks(batch, groups, dim_per_group, length, u.device)
+    choice = scan_fwd_kernel()
+    kernel, lanes = _fwd_kernel(choice), choice == "lanes"
+    chunk_len, nchunks = plan_fwd_chunks(choice, batch, groups, dim_per_group, length, nstate, u.device)
     chunk_P = torch.empty((batch, nchunks, nstate, dim) if nchunks > 1 else (0,), device=u.device, dtype=torch.float32)
     chunk_S = torch.empty_like(chunk_P)
     A = A.t().contiguous()
@@ -586,13 +593,12 @@ def selective_scan_fwd(
             return triton.cdiv(batch * dim_per_group // meta["CPT"], meta["LANES"]), groups * nchunks, 1
         return triton.cdiv(dim_per_group, meta["BLOCK_D"]), groups * nchunks, batch
 
-    if lanes:
-        args = (*args[:23], batch, *args[23:])
+    by_name = dict(batch=batch) if lanes else {}
     with _on_device(u.device):
         if nchunks > 1:
-            kernel[grid](*args, **flags, SUMMARY=True)
+            kernel[grid](*args, **by_name, **flags, SUMMARY=True)
             combine_chunks(chunk_P, chunk_S, reverse=False)
-        kernel[grid](*args, **flags, SUMMARY=False)
+        kernel[grid](*args, **by_name, **flags, SUMMARY=False)
     return out, last.transpose(1, 2).contiguous() if return_last_state else last, ckpt
 
 

@@ -128,9 +128,10 @@ def _prune_configs(configs: list[triton.Config], named_args: dict, **kwargs) -> 
 def selective_scan_fwd_lanes_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, seg_ids_ptr, cu_ptr,
     out_ptr, last_ptr, ckpt_ptr, chunk_P_ptr, chunk_S_ptr,
-    L, Dg, NSTATE, seq_len, chunk_len, nchunks, ckpt_len, batch,
+    L, Dg, NSTATE, seq_len, chunk_len, nchunks, ckpt_len,
     su_b, su_l, su_d, sdt_b, sdt_l, sdt_d, sz_b, sz_l, sz_d, so_b, so_l, so_d,
     sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l,
+    batch,  # after the step kernel's arguments: the launcher passes it by name
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_H0: tl.constexpr, RESET: tl.constexpr, STORE_LAST: tl.constexpr, STORE_CKPT: tl.constexpr,
     SUMMARY: tl.constexpr, CPT: tl.constexpr, LANES: tl.constexpr, BLOCK_N: tl.constexpr, PREFETCH: tl.constexpr,
