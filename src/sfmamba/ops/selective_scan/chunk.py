@@ -271,13 +271,11 @@ def combine_chunks(decay: Tensor, value: Tensor, reverse: bool) -> None:
 def _bwd_configs() -> list[triton.Config]:
     if triton_interpret():
         return [triton.Config({"BLOCK_D": 16, "PREFETCH": 1}, num_warps=1)]
-    return [
-        triton.Config({"BLOCK_D": bd, "PREFETCH": prefetch}, num_warps=w)
-        for bd in (32, 64)
-        for w in (1, 2)
-        for prefetch in (0, 1)
-        if bd >= 32 * w
-    ]
+    # One warp, loads prefetched a step ahead: on an H200 (fwd+bwd at (128, 160, 196, 8), CUDA graphs,
+    # benchmarks/results/bwd_configs_20261202T172028.json) every PREFETCH 0 config lost 10-20 % to its PREFETCH 1
+    # twin and two warps lost 25 %, yet the autotuner, timing the kernel alone, picked such configs (516 us instead
+    # of 348 us in bf16); only the near-equal two are left to it.
+    return [triton.Config({"BLOCK_D": bd, "PREFETCH": 1}, num_warps=1) for bd in (32, 64)]
 
 
 MAX_UNROLL = 16  # the backward's main pass unrolls chunks up to this many steps (bwd_chunk_for's largest); a longer
