@@ -30,6 +30,9 @@
 #                    fwd with checkpoints, 3 shapes x bf16/fp32 x BLD/BDL                                       (~3 min)
 #   models-lanes     models-graph + train-graph with SFMAMBA_SCAN_FWD=lanes (whole-model effect of the lanes forward;
 #                    carry .bench_deps)                                                                        (~8 min)
+#   scan-prefetch    the step forward with loads 1 vs 2 steps ahead (scan_settings.py, L = 196 and 49, bf16/fp32)  (~3 min)
+#   scan-ncu         Nsight Compute stall reasons / issue rate / occupancy of every scan kernel at (128, 160, 196, 8)
+#                    bf16 and fp32 (scan_ncu.py; ncu from PATH or /usr/local/cuda/bin)                             (~3 min)
 #   scan-table       issue #2's table: step vs lanes forward vs mamba_ssm, fwd and fwd+bwd, 5 shapes, CUDA graphs
 #                    (after mamba-build in the same call, or with a built .so in .bench_deps/ext)               (~4 min)
 set -uo pipefail
@@ -117,6 +120,18 @@ run_step() {
     scan-lanes)
       "$PY" benchmarks/ops/experiments/scan_tiled_vs_step.py --kernels step lanes --train --out "$dir/result.json" \
         2>&1 | grep -v "^{" | tail -40 ;;
+    scan-prefetch)
+      PYTHONPATH=".bench_deps/ext:.bench_deps:$PYTHONPATH" "$PY" benchmarks/ops/experiments/scan_settings.py --mode fwd \
+        --shapes 0 2 --targets 16 --prefetch 1 2 2>&1 | grep -v "^#" | tail -20
+      mv benchmarks/results/scan_settings_fwd_*.json "$dir"/ ;;
+    scan-ncu)
+      NCU=$(command -v ncu || echo /usr/local/cuda/bin/ncu)
+      for dtype in bfloat16 float32; do
+        "$NCU" --profile-from-start off --section SpeedOfLight --section Occupancy --section SchedulerStats \
+          --section WarpStateStats --section LaunchStats --section MemoryWorkloadAnalysis --csv --page details \
+          "$PY" benchmarks/ops/experiments/scan_ncu.py --dtype "$dtype" > "$dir/ncu_$dtype.csv" 2> "$dir/ncu_$dtype.err"
+        tail -3 "$dir/ncu_$dtype.err"; wc -l "$dir/ncu_$dtype.csv"
+      done ;;
     scan-table)
       PYTHONPATH=".bench_deps/ext:.bench_deps:$PYTHONPATH" "$PY" benchmarks/ops/bench_selective_scan.py --timers graph \
         --folds --providers sfmamba-BLD sfmamba-lanes-BLD mamba_ssm --out-dir "$dir" 2>&1 | tail -45 ;;

@@ -365,21 +365,23 @@ def test_chunk_long_sequence_backward(layout, dtype, kernel):
     compare_with_reference(inputs, dtype, {"delta_softplus": True, "layout": layout}, backward=True, kernel=kernel)
 
 
+@pytest.mark.parametrize("prefetch", [0, 2])
 @pytest.mark.parametrize("layout, kernel", [("BDL", "triton"), ("BLD", "triton-2pass")])
-def test_chunk_without_prefetch(layout, kernel):
-    """The GPU autotuner may pick the kernels' PREFETCH=0 variants (loads issued in the step that uses them); the
-    interpreter's one config prefetches, so force the other loop here: forward, last states, every gradient."""
+def test_chunk_prefetch_depths(layout, kernel, prefetch):
+    """The loop variants the interpreter's one config (PREFETCH 1) does not reach: loads issued in the step that uses
+    them (PREFETCH 0, forward and backward) and two steps ahead (PREFETCH 2, forward; the backward has 0 and 1):
+    forward, last states, every gradient."""
     torch.manual_seed(42)
     inputs = make_inputs(2, 23, 20, 8, 2, layout, segments=2)
-    no_prefetch = [triton.Config({"BLOCK_D": 16, "PREFETCH": 0}, num_warps=1)]
     kernels = (chunk.selective_scan_fwd_kernel, chunk.selective_scan_bwd_kernel)
-    with mock.patch.object(kernels[0], "configs", no_prefetch), mock.patch.object(kernels[1], "configs", no_prefetch):
+    configs = [[triton.Config({"BLOCK_D": 16, "PREFETCH": p}, num_warps=1)] for p in (prefetch, min(prefetch, 1))]
+    with mock.patch.object(kernels[0], "configs", configs[0]), mock.patch.object(kernels[1], "configs", configs[1]):
         for k in kernels:
             k.cache.clear()
         try:
             compare_with_reference(inputs, torch.float32, {"delta_softplus": True, "layout": layout}, backward=True,
                                    kernel=kernel)  # fmt: skip
-            assert all(k.best_config.kwargs["PREFETCH"] == 0 for k in kernels)
+            assert [k.best_config.kwargs["PREFETCH"] for k in kernels] == [prefetch, min(prefetch, 1)]
         finally:
             for k in kernels:
                 k.cache.clear()

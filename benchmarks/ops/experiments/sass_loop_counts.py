@@ -61,6 +61,11 @@ CASES = [
      dict(INFERENCE, STORE_LAST=False, STORE_CKPT=False, SUMMARY=True, BLOCK_D=32, BLOCK_N=8, PREFETCH=1), 1, 32),
     ("step fwd train", chunk.selective_scan_fwd_kernel,
      dict(INFERENCE, STORE_LAST=False, STORE_CKPT=True, SUMMARY=False, BLOCK_D=32, BLOCK_N=8, PREFETCH=1), 1, 32),
+    *[(f"step fwd{' summary' if summary else ''} P2 BD{bd}", chunk.selective_scan_fwd_kernel,  # two steps ahead
+       dict(INFERENCE, STORE_LAST=False, STORE_CKPT=False, SUMMARY=summary, BLOCK_D=bd, BLOCK_N=8, PREFETCH=2), 1, bd)
+      for summary in (False, True) for bd in (32, 128)],
+    ("step fwd BD128", chunk.selective_scan_fwd_kernel,  # the H200's pick at (128, 160, 196, 8) bf16
+     dict(INFERENCE, STORE_LAST=False, STORE_CKPT=False, SUMMARY=False, BLOCK_D=128, BLOCK_N=8, PREFETCH=1), 1, 128),
     *[(f"lanes fwd CPT{cpt}", lanes.selective_scan_fwd_lanes_kernel,
        dict(INFERENCE, STORE_LAST=False, STORE_CKPT=False, SUMMARY=False, CPT=cpt, LANES=32, BLOCK_N=8, PREFETCH=1), 1, 32 * cpt) for cpt in (2, 4)],
     ("lanes fwd CPT4 summary", lanes.selective_scan_fwd_lanes_kernel,

@@ -1,10 +1,11 @@
-"""Scan-kernel experiment: chunks over L (programs per SM, longest chunk) x one-step load prefetch, forward or
+"""Scan-kernel experiment: chunks over L (programs per SM, longest chunk) x load prefetch depth (0-2 steps), forward or
 forward+backward, vs mamba_ssm in the same run.
 
     PYTHONPATH=.bench_deps/ext:.bench_deps python benchmarks/ops/experiments/scan_settings.py \
-        [--mode fwd|fwdbwd] [--targets 16 64] [--max-chunks 128 256] [--prefetch 0 1]
+        [--mode fwd|fwdbwd] [--targets 16 64] [--max-chunks 128 256] [--prefetch 1 2]
 
-Each setting restricts both autotuners to one PREFETCH value and sets `chunk.TARGET_PROGRAMS_PER_SM` and
+Each setting gives both autotuners one PREFETCH value (the forward's 2 = loads two steps ahead; the backward's
+capped at 1) and sets `chunk.TARGET_PROGRAMS_PER_SM` and
 `chunk.MAX_CHUNK_LEN`; every setting is checked against the fp32 reference (gradients too for fwdbwd) before it is
 timed (CUDA-graph medians). Writes benchmarks/results/scan_settings_<mode>_<date>.json.
 """
@@ -29,11 +30,15 @@ from sfmamba.ops.selective_scan import chunk as K  # noqa: E402
 
 KERNELS = (K.selective_scan_fwd_kernel, K.selective_scan_bwd_kernel)
 ALL_CONFIGS = [list(k.configs) for k in KERNELS]
+MAX_PREFETCH = (2, 1)  # the forward loads up to two steps ahead, the backward one
 
 
 def restrict(prefetch: int) -> None:
-    for kernel, configs in zip(KERNELS, ALL_CONFIGS):
-        kernel.configs = [c for c in configs if c.kwargs["PREFETCH"] == prefetch]
+    """Both autotuners get their default configs with PREFETCH set to `prefetch` (capped per kernel)."""
+    for kernel, configs, most in zip(KERNELS, ALL_CONFIGS, MAX_PREFETCH):
+        kernel.configs = [
+            triton.Config({**c.kwargs, "PREFETCH": min(prefetch, most)}, num_warps=c.num_warps) for c in configs
+        ]
         kernel.cache.clear()
 
 
@@ -43,7 +48,7 @@ def main() -> None:
     parser.add_argument("--shapes", type=int, nargs="+", default=None, help="indices into MAIN_SHAPES")
     parser.add_argument("--targets", type=int, nargs="+", default=[16, 64, 256])
     parser.add_argument("--max-chunks", type=int, nargs="+", default=[K.MAX_CHUNK_LEN])
-    parser.add_argument("--prefetch", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--prefetch", type=int, nargs="+", default=[1, 2], choices=[0, 1, 2])
     parser.add_argument("--dtypes", nargs="+", default=["bfloat16", "float32"])
     parser.add_argument("--rep-ms", type=int, default=200)
     args = parser.parse_args()

@@ -140,14 +140,17 @@ def _fwd_inputs(u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, t, valid, ch, mask_d, off
     return x, dt, Bt, Ct, zt
 
 
-def _fwd_configs() -> list[triton.Config]:
+def _fwd_configs(prefetch: tuple[int, ...] = (1,)) -> list[triton.Config]:
+    """Loads one step ahead by default: PREFETCH 0 lost 20-25 % wherever it was swept (H100, session 2; H200
+    2026-12-02: picked by the autotuner at (128, 160, 198, 8) bf16, 73 us against 66 us at L = 196). PREFETCH 2 is
+    for experiments (`benchmarks/ops/experiments/scan_settings.py --prefetch 1 2`) until a GPU run shows it faster."""
     if triton_interpret():
         return [triton.Config({"BLOCK_D": 16, "PREFETCH": 1}, num_warps=1)]
     return [
-        triton.Config({"BLOCK_D": bd, "PREFETCH": prefetch}, num_warps=w)
+        triton.Config({"BLOCK_D": bd, "PREFETCH": p}, num_warps=w)
         for bd in (32, 64, 128)
         for w in (1, 2, 4)
-        for prefetch in (0, 1)
+        for p in prefetch
         if bd >= 32 * w
     ]
 
@@ -189,10 +192,23 @@ def selective_scan_fwd_kernel(
         h = tl.load(chunk_S_ptr + chunk_base + c * D_total * NSTATE + state_offs, mask=mask_dn & (c > 0), other=0.0)
     t_start = c * chunk_len
     t_end = tl.minimum(t_start + chunk_len, L)
+    # PREFETCH = k: step t + k's loads are issued before step t's math (the loop waits on load latency; one step of
+    # math does not cover a load at the few warps per scheduler these grids leave)
     ahead = _fwd_inputs(u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, t_start, t_start < t_end, ch, mask_d, offs_n, NSTATE,
                         su_l, su_d, sdt_l, sdt_d, sB_l, sB_n, sC_l, sC_n, sz_l, sz_d, HAS_Z, SUMMARY)  # fmt: skip
+    ahead2 = ahead
+    if PREFETCH == 2:
+        ahead2 = _fwd_inputs(u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, t_start + 1, t_start + 1 < t_end, ch, mask_d,
+                             offs_n, NSTATE, su_l, su_d, sdt_l, sdt_d, sB_l, sB_n, sC_l, sC_n, sz_l, sz_d, HAS_Z,
+                             SUMMARY)  # fmt: skip
     for t in range(t_start, t_end):
-        if PREFETCH:  # issue step t+1's loads before step t's math: the loop is bound by load latency
+        if PREFETCH == 2:
+            x, dt, Bt, Ct, zt = ahead
+            ahead = ahead2
+            ahead2 = _fwd_inputs(u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, t + 2, t + 2 < t_end, ch, mask_d, offs_n,
+                                 NSTATE, su_l, su_d, sdt_l, sdt_d, sB_l, sB_n, sC_l, sC_n, sz_l, sz_d, HAS_Z,
+                                 SUMMARY)  # fmt: skip
+        elif PREFETCH == 1:
             x, dt, Bt, Ct, zt = ahead
             ahead = _fwd_inputs(u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, t + 1, t + 1 < t_end, ch, mask_d, offs_n,
                                 NSTATE, su_l, su_d, sdt_l, sdt_d, sB_l, sB_n, sC_l, sC_n, sz_l, sz_d, HAS_Z,
