@@ -26,14 +26,10 @@
 #   compile          run_targets.sh setup compile-ours compile-baselines (carry .bench_deps; ~8 min)
 #   mamba-build      mamba_ssm's selective_scan_cuda built for the baselines (carry .bench_deps; ~3 min); the .so and
 #                    its BUILD_INFO.json are copied to $OUT (copy them to .bench_deps/ext/ to skip later builds)
-#   scan-lanes       the lanes forward vs the step forward (each checked against the fp32 reference first), fwd and
-#                    fwd with checkpoints, 3 shapes x bf16/fp32 x BLD/BDL                                       (~3 min)
-#   models-lanes     models-graph + train-graph with SFMAMBA_SCAN_FWD=lanes (whole-model effect of the lanes forward;
-#                    carry .bench_deps)                                                                        (~8 min)
 #   scan-prefetch    the step forward with loads 1 vs 2 steps ahead (scan_settings.py, L = 196 and 49, bf16/fp32)  (~3 min)
 #   scan-ncu         Nsight Compute stall reasons / issue rate / occupancy of every scan kernel at (128, 160, 196, 8)
 #                    bf16 and fp32 (scan_ncu.py; ncu from PATH or /usr/local/cuda/bin)                             (~3 min)
-#   scan-table       issue #2's table: step vs lanes forward vs mamba_ssm, fwd and fwd+bwd, 5 shapes, CUDA graphs
+#   scan-table       issue #2's table: step forward vs mamba_ssm, fwd and fwd+bwd, 5 shapes, CUDA graphs
 #                    (after mamba-build in the same call, or with a built .so in .bench_deps/ext)               (~4 min)
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -110,16 +106,10 @@ run_step() {
         --results-dir "$dir" --extra --no-ddp-bb | tail -4 ;;
     models-graph)
       OUT="$dir" EXTRA="--channels-last" bash benchmarks/models/run_targets.sh setup graph ;;
-    models-lanes)  # models-graph and training (graphed) with the lanes scan forward, baselines in the same process
-      SFMAMBA_SCAN_FWD=lanes OUT="$dir" EXTRA="--channels-last" bash benchmarks/models/run_targets.sh setup graph \
-        train-graph ;;
     compile)
       OUT="$dir" bash benchmarks/models/run_targets.sh setup compile-ours compile-baselines ;;  # setup: mamba_ssm build (carry .bench_deps)
     mamba-build)
       COPY_SO_TO="$OUT" SKIP_SMOKE=0 PY="$PY" bash .bench_deps/build_on_device.sh 2>&1 | tail -15 ;;
-    scan-lanes)
-      "$PY" benchmarks/ops/experiments/scan_tiled_vs_step.py --kernels step lanes --train --out "$dir/result.json" \
-        2>&1 | grep -v "^{" | tail -40 ;;
     scan-prefetch)
       PYTHONPATH=".bench_deps/ext:.bench_deps:$PYTHONPATH" "$PY" benchmarks/ops/experiments/scan_settings.py --mode fwd \
         --shapes 0 2 --targets 16 --prefetch 1 2 2>&1 | grep -v "^#" | tail -20
@@ -134,7 +124,7 @@ run_step() {
       done ;;
     scan-table)
       PYTHONPATH=".bench_deps/ext:.bench_deps:$PYTHONPATH" "$PY" benchmarks/ops/bench_selective_scan.py --timers graph \
-        --folds --providers sfmamba-BLD sfmamba-lanes-BLD mamba_ssm --out-dir "$dir" 2>&1 | tail -45 ;;
+        --folds --providers sfmamba-BLD mamba_ssm --out-dir "$dir" 2>&1 | tail -45 ;;
     *) echo "unknown step $step"; return 2 ;;
   esac
   find "$dir" \( -name '*.safetensors' -o -name '*.pt' \) -delete  # weights stay on the device

@@ -19,7 +19,6 @@ import platform
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from unittest import mock
 
 import torch
 
@@ -30,7 +29,6 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from sfmamba.ops.selective_scan import selective_scan, selective_scan_naive  # noqa: E402
 from sfmamba.testing import relative_error  # noqa: E402
-from sfmamba.utils._config import SCAN_FWD_ENV  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -120,20 +118,7 @@ def providers(mamba_fn) -> dict:
     def naive(x, **kw):
         return selective_scan_naive(x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], None, x["delta_bias"], True)
 
-    def lanes(fn):  # the same call with the lanes forward kernel (SFMAMBA_SCAN_FWD is read on every call)
-        def run(x, **kw):
-            with mock.patch.dict(os.environ, {SCAN_FWD_ENV: "lanes"}):
-                return fn(x, **kw)
-
-        return run
-
-    out = {
-        "sfmamba-BDL": ("BDL", ours_bdl),
-        "sfmamba-BLD": ("BLD", ours_bld),
-        "sfmamba-lanes-BLD": ("BLD", lanes(ours_bld)),
-        "sfmamba-lanes-BDL": ("BDL", lanes(ours_bdl)),
-        "naive-torch": ("BDL", naive),
-    }
+    out = {"sfmamba-BDL": ("BDL", ours_bdl), "sfmamba-BLD": ("BLD", ours_bld), "naive-torch": ("BDL", naive)}
     if mamba_fn is not None:
         out["mamba_ssm"] = (
             "BDL",
@@ -203,12 +188,11 @@ def time_provider(
     return p50 * 1e3, p20 * 1e3, p80 * 1e3
 
 
-def chosen_configs(mode: str, provider: str) -> str:
+def chosen_configs(mode: str) -> str:
     """The autotuner's choice for the last launch of our kernels (what the timing above ran)."""
-    from sfmamba.ops.selective_scan import chunk, lanes
+    from sfmamba.ops.selective_scan import chunk
 
-    fwd = lanes.selective_scan_fwd_lanes_kernel if "lanes" in provider else chunk.selective_scan_fwd_kernel
-    kernels = [fwd] + ([chunk.selective_scan_bwd_kernel] if mode == "fwdbwd" else [])
+    kernels = [chunk.selective_scan_fwd_kernel] + ([chunk.selective_scan_bwd_kernel] if mode == "fwdbwd" else [])
     return " | ".join(str(getattr(k, "best_config", None)) for k in kernels)
 
 
@@ -274,7 +258,7 @@ def run(args) -> list[Row]:
                             continue
                         med, p20, p80 = time_provider(fn, shape, dtype, layout, mode, args, timer)
                         gbps = scan_bytes(shape, dtype, mode) / (med * 1e-6) / 1e9
-                        config = chosen_configs(mode, pname) if pname.startswith("sfmamba") else ""
+                        config = chosen_configs(mode) if pname.startswith("sfmamba") else ""
                         rows.append(
                             Row(
                                 shape=shape.name,

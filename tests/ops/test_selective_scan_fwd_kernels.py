@@ -1,13 +1,11 @@
-"""The alternative forward kernels against the fp32 reference: tiled (`SFMAMBA_SCAN_FWD=tiled`, tiled.py) and lanes
-(`SFMAMBA_SCAN_FWD=lanes`, lanes.py).
+"""The alternative forward kernels against the fp32 reference: tiled (`SFMAMBA_SCAN_FWD=tiled`, tiled.py).
 
 Same template and helpers as test_selective_scan.py (inputs, reference comparison with per-dtype tolerances, forced
 kernel dispatch, NaN-poisoned outputs from conftest), with the environment switched to one of the kernels and the
 step forward made to fail if it runs. The interpreter's tiled tile is BLOCK_L = 8 steps x BLOCK_D = 16 channels, so
 the shapes cover partial step blocks (L = 1, 7, 49, 51, 70), partial channel blocks (D = 12, 20, 24), N = 1..16,
-grouped B/C, both layouts; chunk splits that fall inside a step block; segment starts inside blocks. The lanes
-kernel runs 8 lanes per program with the largest of 8/4/2/1 channels per lane that divides the channels per group,
-so the same shapes have programs spanning two or more images, and D = 10 / 7 use 2 / 1 channels per lane.
+grouped B/C, both layouts; chunk splits that fall inside a step block; segment starts inside blocks. A further
+forward kernel is tested by adding it to KERNELS.
 """
 
 from __future__ import annotations
@@ -17,10 +15,6 @@ import os
 os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported (see test_selective_scan.py)
 
 import functools  # noqa: E402
-import json  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-from pathlib import Path  # noqa: E402
 from unittest import mock  # noqa: E402
 
 import pytest  # noqa: E402
@@ -33,11 +27,10 @@ from test_selective_scan import (  # noqa: E402
     shape_id,
 )
 
-from sfmamba.ops.selective_scan import chunk, lanes, tiled  # noqa: E402
-from sfmamba.testing import run_without_interpreter  # noqa: E402
+from sfmamba.ops.selective_scan import chunk, tiled  # noqa: E402
 from sfmamba.utils._config import SCAN_FWD_ENV, scan_fwd_kernel  # noqa: E402
 
-KERNELS = {"tiled": tiled.selective_scan_fwd_tiled_kernel, "lanes": lanes.selective_scan_fwd_lanes_kernel}
+KERNELS = {"tiled": tiled.selective_scan_fwd_tiled_kernel}
 
 
 @pytest.fixture(params=sorted(KERNELS))
@@ -210,8 +203,8 @@ def test_scan_fwd_env_values(monkeypatch):
     assert scan_fwd_kernel() == "step"
     monkeypatch.setenv(SCAN_FWD_ENV, " Tiled ")
     assert scan_fwd_kernel() == "tiled"
-    monkeypatch.setenv(SCAN_FWD_ENV, "LANES")
-    assert scan_fwd_kernel() == "lanes"
+    monkeypatch.setenv(SCAN_FWD_ENV, "TILED")
+    assert scan_fwd_kernel() == "tiled"
     monkeypatch.setenv(SCAN_FWD_ENV, "tile")
     with pytest.raises(ValueError, match=SCAN_FWD_ENV):
         scan_fwd_kernel()
@@ -234,85 +227,3 @@ def test_gpu_configs_pruned_to_registers(monkeypatch, nstate):
         assert any(c.kwargs == {"BLOCK_L": 32, "BLOCK_D": 128} for c in kept)
     if nstate == 8:
         assert not any(c.kwargs == {"BLOCK_L": 32, "BLOCK_D": 128} for c in kept)
-
-
-@pytest.mark.parametrize(
-    "dim_per_group, nstate, cpts",
-    [(160, 1, {1, 2, 4, 8}), (160, 8, {1, 2, 4}), (96, 4, {1, 2, 4, 8}), (20, 16, {1, 2, 4}), (7, 1, {1})],
-)
-def test_lanes_configs_pruned_to_channel_divisors(monkeypatch, dim_per_group, nstate, cpts):
-    """A lane's channels must lie in one image: only CPT values dividing the channels per group are kept on the
-    GPU, and no CPT = 8 above N = 4 (spills); the interpreter keeps the largest of them."""
-    monkeypatch.setenv("TRITON_INTERPRET", "0")
-    configs = lanes.lanes_fwd_configs()
-    kept = lanes._prune_configs(configs, {"Dg": dim_per_group, "NSTATE": nstate})
-    assert {c.kwargs["CPT"] for c in kept} == cpts
-    assert all(c.kwargs["LANES"] == 32 * c.num_warps for c in kept)
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
-    (one,) = lanes._prune_configs(lanes.lanes_fwd_configs(), {"Dg": dim_per_group, "NSTATE": nstate})
-    assert one.kwargs["CPT"] == max(c for c in lanes.CPT_CHOICES if dim_per_group % c == 0)
-
-
-@pytest.mark.parametrize(
-    "batch, groups, dim_per_group, length, nstate",
-    [(128, 1, 160, 196, 8), (128, 1, 320, 49, 8), (128, 4, 96, 3136, 1), (2, 1, 64, 51, 16), (512, 1, 160, 198, 8)],
-)
-def test_lanes_chunks_fill_one_wave(monkeypatch, batch, groups, dim_per_group, length, nstate):
-    """The lanes planner splits L into as many chunks as fit the resident warps once (never a second, nearly empty
-    wave), keeps chunks >= 16 steps and <= MAX_CHUNK_LEN, and covers L exactly."""
-    monkeypatch.setattr(chunk, "_sm_count", lambda device: 132)
-    cuda = torch.device("cuda")
-    chunk_len, nchunks = chunk.plan_lane_chunks(batch, groups, dim_per_group, length, nstate, cuda)
-    assert (nchunks - 1) * chunk_len < length <= nchunks * chunk_len
-    assert chunk_len <= chunk.MAX_CHUNK_LEN
-    warps = groups * triton.cdiv(batch * dim_per_group, 32 * next(c for c in (4, 2, 1) if dim_per_group % c == 0))
-    resident = 132 * max(4, min(16, 65536 // (32 * (100 + 16 * nstate))))
-    if nchunks > max(1, triton.cdiv(length, chunk.MAX_CHUNK_LEN)):  # split to fill the GPU, not for length
-        assert warps * nchunks <= resident and chunk_len >= 16
-    if (batch, dim_per_group, length) == (128, 160, 196):
-        assert nchunks == 6  # 160 warps per chunk, 8 per SM: 960 of 1056 resident
-
-
-LANES_SM90_COMPILE = """
-from sfmamba.ops.selective_scan import lanes
-from sfmamba.testing import compile_for_sm90, scan_pointer_type
-
-for summary, reset, train, cpt, dtype in ((False, 0, False, 4, "bf16"), (True, 1, False, 4, "bf16"),
-                                           (False, 2, True, 2, "fp32"), (False, 1, True, 8, "fp16")):
-    flags = dict(HAS_D=True, HAS_Z=train, HAS_BIAS=True, SOFTPLUS=True, HAS_H0=train, RESET=reset, STORE_LAST=train,
-                 STORE_CKPT=train, SUMMARY=summary, CPT=cpt, LANES=64, BLOCK_N=8, PREFETCH=1)
-    compiled = compile_for_sm90(lanes.selective_scan_fwd_lanes_kernel, flags, 2, scan_pointer_type(dtype))
-    loop = compiled.asm["ttgir"].split("scf.for", 1)[1]
-    print("cubin" if compiled.asm.get("cubin") else "no cubin", summary, reset, train, cpt, dtype,
-          "shuffles" if "gpu.shuffle" in compiled.asm["llir"] or "local_load" in loop else "no-shuffles")
-"""
-
-
-def test_lanes_kernel_compiles_for_sm90():
-    """The interpreter never compiles: build the lanes forward for an H100 (PTX and cubin through Triton's bundled
-    ptxas; no GPU needed) for inference, summary and training flag sets, and check that the step loop moves no data
-    between threads (the lane axis keeps each lane's state and channels in one thread)."""
-    result = run_without_interpreter(LANES_SM90_COMPILE)
-    assert result.returncode == 0, result.stderr[-4000:]
-    lines = result.stdout.splitlines()
-    assert len(lines) == 4 and all(line.startswith("cubin ") for line in lines), result.stdout
-    assert all(line.endswith("no-shuffles") for line in lines), result.stdout
-
-
-def test_static_loop_counts_rank_lanes_below_step(tmp_path):
-    """benchmarks/ops/experiments/sass_loop_counts.py builds the kernels for sm_90 and counts each step loop's SASS
-    instructions: the lanes forward must stay well under the step forward per channel-step (its reason to exist),
-    without spills at MambaVision's N = 8, CPT = 4."""
-    script = Path(__file__).resolve().parents[2] / "benchmarks/ops/experiments/sass_loop_counts.py"
-    out = tmp_path / "counts.json"
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    command = [sys.executable, str(script), "--only", "step fwd", "lanes fwd CPT4", "--out", str(out)]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-4000:]
-    rows = {row["kernel"]: row for row in json.loads(out.read_text())["rows"]}
-    assert {"step fwd", "lanes fwd CPT4", "lanes fwd CPT4 summary"} <= set(rows)
-    step, lane = rows["step fwd"], rows["lanes fwd CPT4"]
-    assert lane["instructions_per_channel_step"] < 0.7 * step["instructions_per_channel_step"]
-    summary = rows["lanes fwd CPT4 summary"]["instructions_per_channel_step"]
-    assert summary < 0.6 * rows["step fwd summary"]["instructions_per_channel_step"]
-    assert lane["spill_bytes"] == 0 and lane["channels_per_step"] == 128

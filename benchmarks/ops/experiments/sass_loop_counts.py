@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 import triton  # noqa: E402
 
-from sfmamba.ops.selective_scan import chunk, lanes  # noqa: E402
+from sfmamba.ops.selective_scan import chunk  # noqa: E402
 from sfmamba.testing import compile_for_sm90, jit_function, scan_pointer_type  # noqa: E402
 
 TOOLS = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"  # Triton's bundled ptxas / cuobjdump
@@ -66,12 +66,6 @@ CASES = [
       for summary in (False, True) for bd in (32, 128)],
     ("step fwd BD128", chunk.selective_scan_fwd_kernel,  # the H200's pick at (128, 160, 196, 8) bf16
      dict(INFERENCE, STORE_LAST=False, STORE_CKPT=False, SUMMARY=False, BLOCK_D=128, BLOCK_N=8, PREFETCH=1), 1, 128),
-    *[(f"lanes fwd CPT{cpt}", lanes.selective_scan_fwd_lanes_kernel,
-       dict(INFERENCE, STORE_LAST=False, STORE_CKPT=False, SUMMARY=False, CPT=cpt, LANES=32, BLOCK_N=8, PREFETCH=1), 1, 32 * cpt) for cpt in (2, 4)],
-    ("lanes fwd CPT4 summary", lanes.selective_scan_fwd_lanes_kernel,
-     dict(INFERENCE, STORE_LAST=False, STORE_CKPT=False, SUMMARY=True, CPT=4, LANES=32, BLOCK_N=8, PREFETCH=1), 1, 128),
-    *[(f"lanes fwd train CPT{cpt}", lanes.selective_scan_fwd_lanes_kernel,
-       dict(INFERENCE, STORE_LAST=False, STORE_CKPT=True, SUMMARY=False, CPT=cpt, LANES=32, BLOCK_N=8, PREFETCH=1), 1, 32 * cpt) for cpt in (2, 4)],
     ("step bwd", chunk.selective_scan_bwd_kernel,
      dict(INFERENCE, HAS_DLAST=False, SUMMARY=False, CHUNK=8, BLOCK_D=32, BLOCK_N=8, PREFETCH=1, UNROLL=8), 1, 32),
     ("step bwd summary", chunk.selective_scan_bwd_kernel,

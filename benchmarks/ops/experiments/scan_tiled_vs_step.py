@@ -38,14 +38,7 @@ sys.path.insert(0, str(ROOT / "src"))
 import torch  # noqa: E402
 import triton  # noqa: E402
 
-from sfmamba.ops.selective_scan import (  # noqa: E402
-    chunk,
-    lanes,
-    selective_scan,
-    selective_scan_naive,
-    tiled,
-    tiled_bwd,
-)
+from sfmamba.ops.selective_scan import chunk, selective_scan, selective_scan_naive, tiled, tiled_bwd  # noqa: E402
 from sfmamba.testing import relative_error  # noqa: E402
 from sfmamba.utils._config import SCAN_BWD_ENV, SCAN_FWD_ENV  # noqa: E402
 
@@ -53,11 +46,7 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 # batch, D, L, N, G: MambaVision-T stage 3 and 4, VMamba-v2-T stage 1 (4 directions in one grouped scan)
 SHAPES = [(128, 160, 196, 8, 1), (128, 320, 49, 8, 1), (128, 384, 3136, 1, 4)]
 SMOKE_SHAPES = [(2, 20, 19, 4, 2)]
-KERNELS = {
-    "step": chunk.selective_scan_fwd_kernel,
-    "tiled": tiled.selective_scan_fwd_tiled_kernel,
-    "lanes": lanes.selective_scan_fwd_lanes_kernel,
-}
+KERNELS = {"step": chunk.selective_scan_fwd_kernel, "tiled": tiled.selective_scan_fwd_tiled_kernel}
 BWD_KERNELS = {"step": chunk.selective_scan_bwd_kernel, "tiled": tiled_bwd.selective_scan_bwd_tiled_kernel}
 GRAD_KEYS = ("u", "delta", "A", "B", "C", "D", "delta_bias")
 FLUSH_BYTES = 256 * 2**20  # > the 50 MiB L2 of an H100 / H200
@@ -176,7 +165,7 @@ def run_one(shape, dname, layout, kernel, train, device, args) -> dict | None:
 
     row.update(time_call(call, device, args))
     b, d, length, n, g = shape
-    row["chunks"] = chunk.plan_fwd_chunks(kernel, b, g, d // g, length, n, device)
+    row["chunks"] = chunk.plan_chunks(b, g, d // g, length, device)
     row["config"] = str(getattr(KERNELS[kernel], "best_config", None))
     return row
 
@@ -201,7 +190,7 @@ def run_backward(shape, dname, layout, fwd_kernel, bwd_kernel, device, args) -> 
 
     row.update(time_call(call, device, args))
     b, d, length, n, g = shape
-    row["chunks"] = chunk.plan_fwd_chunks(fwd_kernel, b, g, d // g, length, n, device)
+    row["chunks"] = chunk.plan_chunks(b, g, d // g, length, device)
     row["bwd_chunk"] = chunk.bwd_chunk_for(n)
     kernels = (KERNELS[fwd_kernel], BWD_KERNELS[bwd_kernel])
     row["config"] = " | ".join(str(getattr(k, "best_config", None)) for k in kernels)

@@ -38,15 +38,14 @@ def kernel_backend() -> str:
 
 
 SCAN_FWD_ENV = "SFMAMBA_SCAN_FWD"
-SCAN_FWD_CHOICES = ("step", "tiled", "lanes")
+SCAN_FWD_CHOICES = ("step", "tiled")
 SCAN_BWD_ENV = "SFMAMBA_SCAN_BWD"
 SCAN_BWD_CHOICES = ("step", "tiled")
 
 
 def scan_fwd_kernel() -> str:
-    """Which Triton forward kernel the selective scan runs: `'step'` (chunk.py's, the default), `'tiled'` (the
-    experimental tiled.py) or `'lanes'` (lanes.py: several channels per thread), from `SFMAMBA_SCAN_FWD`; read on
-    every call so one process can compare them."""
+    """Which Triton forward kernel the selective scan runs: `'step'` (chunk.py's, the default) or `'tiled'` (the
+    experimental tiled.py), from `SFMAMBA_SCAN_FWD`; read on every call so one process can compare both."""
     return _env_choice(SCAN_FWD_ENV, SCAN_FWD_CHOICES, "step")
 
 

@@ -514,43 +514,13 @@ def plan_chunks(batch: int, groups: int, dim_per_group: int, length: int, device
     return chunk_len, triton.cdiv(length, chunk_len)
 
 
-def plan_fwd_chunks(
-    kernel: str, batch: int, groups: int, dim_per_group: int, length: int, nstate: int, device: torch.device
-) -> tuple[int, int]:
-    """(chunk length, number of chunks) the launcher uses for forward kernel `kernel` (`SFMAMBA_SCAN_FWD`'s value)."""
-    if kernel == "lanes":
-        return plan_lane_chunks(batch, groups, dim_per_group, length, nstate, device)
-    return plan_chunks(batch, groups, dim_per_group, length, device)
-
-
-def plan_lane_chunks(
-    batch: int, groups: int, dim_per_group: int, length: int, nstate: int, device: torch.device
-) -> tuple[int, int]:
-    """(chunk length, number of chunks) for the lanes forward. Its warps hold 4 channels per thread and ~100 + 16 N
-    registers (sm_90 build: 228 at N = 8), so about 65536 / (32 (100 + 16 N)) warps fit an SM; L is split into as many
-    chunks as fill that ONCE: a few warps more would start a second, nearly empty wave."""
-    if forced_chunk_len is not None or device.type != "cuda":
-        return plan_chunks(batch, groups, dim_per_group, length, device)
-    cpt = next(c for c in (4, 2, 1) if dim_per_group % c == 0)
-    warps = groups * triton.cdiv(batch * dim_per_group, 32 * cpt)  # lanes run over flattened (image, channel)
-    resident = max(4, min(16, 65536 // (32 * (100 + 16 * nstate)))) * _sm_count(device)
-    nchunks = max(1, min(resident // warps, length // 16), triton.cdiv(length, MAX_CHUNK_LEN))
-    chunk_len = triton.cdiv(length, nchunks)
-    return chunk_len, triton.cdiv(length, chunk_len)
-
-
 def _fwd_kernel(choice: str):
-    """The forward kernel for `SFMAMBA_SCAN_FWD`'s value `choice` (tiled.py and lanes.py import this module, so they
-    are imported here, when first chosen). The step and tiled kernels share arguments and grid; lanes also takes the
-    batch size and runs over flattened (image, channel) lanes."""
+    """The forward kernel for `SFMAMBA_SCAN_FWD`'s value `choice` (tiled.py imports this module, so it is imported
+    here, when first chosen). The step and tiled kernels share arguments, grid and chunking."""
     if choice == "tiled":
         from .tiled import selective_scan_fwd_tiled_kernel
 
         return selective_scan_fwd_tiled_kernel
-    if choice == "lanes":
-        from .lanes import selective_scan_fwd_lanes_kernel
-
-        return selective_scan_fwd_lanes_kernel
     return selective_scan_fwd_kernel
 
 
@@ -580,9 +550,8 @@ def selective_scan_fwd(
     last = torch.empty((nseg, nstate, dim) if return_last_state else (0,), device=u.device, dtype=torch.float32)
     n_ckpt = triton.cdiv(length, ckpt_len)
     ckpt = torch.empty((batch, n_ckpt, nstate, dim) if save_chunks else (0,), device=u.device, dtype=torch.float32)
-    choice = scan_fwd_kernel()
-    kernel, lanes = _fwd_kernel(choice), choice == "lanes"
-    chunk_len, nchunks = plan_fwd_chunks(choice, batch, groups, dim_per_group, length, nstate, u.device)
+    kernel = _fwd_kernel(scan_fwd_kernel())
+    chunk_len, nchunks = plan_chunks(batch, groups, dim_per_group, length, u.device)
     chunk_P = torch.empty((batch, nchunks, nstate, dim) if nchunks > 1 else (0,), device=u.device, dtype=torch.float32)
     chunk_S = torch.empty_like(chunk_P)
     A = A.t().contiguous()
@@ -603,16 +572,13 @@ def selective_scan_fwd(
     )  # fmt: skip
 
     def grid(meta: dict) -> tuple[int, int, int]:
-        if lanes:
-            return triton.cdiv(batch * dim_per_group // meta["CPT"], meta["LANES"]), groups * nchunks, 1
         return triton.cdiv(dim_per_group, meta["BLOCK_D"]), groups * nchunks, batch
 
-    by_name = dict(batch=batch) if lanes else {}
     with _on_device(u.device):
         if nchunks > 1:
-            kernel[grid](*args, **by_name, **flags, SUMMARY=True)
+            kernel[grid](*args, **flags, SUMMARY=True)
             combine_chunks(chunk_P, chunk_S, reverse=False)
-        kernel[grid](*args, **by_name, **flags, SUMMARY=False)
+        kernel[grid](*args, **flags, SUMMARY=False)
     return out, last.transpose(1, 2).contiguous() if return_last_state else last, ckpt
 
 
