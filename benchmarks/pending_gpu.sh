@@ -26,7 +26,8 @@
 #   compile          run_targets.sh setup compile-ours compile-baselines (carry .bench_deps; ~8 min)
 #   mamba-build      mamba_ssm's selective_scan_cuda built for the baselines (carry .bench_deps; ~3 min); the .so and
 #                    its BUILD_INFO.json are copied to $OUT (copy them to .bench_deps/ext/ to skip later builds)
-#   scan-prefetch    the step forward with loads 1 vs 2 steps ahead (scan_settings.py, L = 196 and 49, bf16/fp32)  (~3 min)
+#   scan-fwd-configs every forward config at load depths 1 and 2 (PREFETCH) and the autotuner's own pick, each timed
+#                    under CUDA graphs (scan_configs.py --kernel fwd; L = 196, 198, 49; bf16/fp32)                 (~4 min)
 #   scan-ncu         Nsight Compute stall reasons / issue rate / occupancy of every scan kernel at (128, 160, 196, 8)
 #                    bf16 and fp32 (scan_ncu.py; ncu from PATH or /usr/local/cuda/bin)                             (~3 min)
 #   scan-table       issue #2's table: step forward vs mamba_ssm, fwd and fwd+bwd, 5 shapes, CUDA graphs
@@ -110,10 +111,10 @@ run_step() {
       OUT="$dir" bash benchmarks/models/run_targets.sh setup compile-ours compile-baselines ;;  # setup: mamba_ssm build (carry .bench_deps)
     mamba-build)
       COPY_SO_TO="$OUT" SKIP_SMOKE=0 PY="$PY" bash .bench_deps/build_on_device.sh 2>&1 | tail -15 ;;
-    scan-prefetch)
-      PYTHONPATH=".bench_deps/ext:.bench_deps:$PYTHONPATH" "$PY" benchmarks/ops/experiments/scan_settings.py --mode fwd \
-        --shapes 0 2 --targets 16 --prefetch 1 2 2>&1 | grep -v "^#" | tail -20
-      mv benchmarks/results/scan_settings_fwd_*.json "$dir"/ ;;
+    scan-fwd-configs)
+      "$PY" benchmarks/ops/experiments/scan_configs.py --kernel fwd --prefetch 1 2 --shapes 0 1 2 --budget-s 260 2>&1 \
+        | grep -v "^#" | tail -80
+      mv benchmarks/results/scan_configs_fwd_*.json "$dir"/ ;;
     scan-ncu)
       NCU=$(command -v ncu || echo /usr/local/cuda/bin/ncu)
       for dtype in bfloat16 float32; do

@@ -17,6 +17,10 @@ import os
 os.environ["TRITON_INTERPRET"] = "1"
 
 import contextlib  # noqa: E402
+import json  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
 from unittest import mock  # noqa: E402
 
 import pytest  # noqa: E402
@@ -891,3 +895,22 @@ def test_step_kernels_compile_for_sm90():
     backward = [line for line in lines if line.startswith("bwd")]
     assert [line.endswith("unrolled") for line in backward] == [True, True, True, False], result.stdout
     assert all(chunk.bwd_chunk_for(n) <= chunk.MAX_UNROLL for n in (1, 2, 4, 8, 16, 64))
+
+
+def test_static_loop_counts_of_step_forward(tmp_path):
+    """benchmarks/ops/experiments/sass_loop_counts.py builds the step forward for sm_90 and counts its loop's SASS
+    instructions: no variant spills; four channels per thread (BLOCK_D 128 on one warp, the H200's pick) issue fewer
+    instructions per channel-step than one (per-warp loads of B_t/C_t and addresses amortised); loading two steps
+    ahead (PREFETCH 2) costs at most a quarter more than one step ahead."""
+    script = Path(__file__).resolve().parents[2] / "benchmarks/ops/experiments/sass_loop_counts.py"
+    out = tmp_path / "counts.json"
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    command = [sys.executable, str(script), "--only", "step fwd", "--out", str(out)]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-4000:]
+    rows = {row["kernel"]: row for row in json.loads(out.read_text())["rows"]}
+    assert {"step fwd", "step fwd BD128", "step fwd P2 BD128", "step fwd summary P2 BD128"} <= set(rows)
+    assert all(row["spill_bytes"] == 0 for row in rows.values()), rows
+    per_step = {name: row["instructions_per_channel_step"] for name, row in rows.items()}
+    assert per_step["step fwd BD128"] < 0.8 * per_step["step fwd"]
+    assert per_step["step fwd P2 BD128"] < 1.25 * per_step["step fwd BD128"]

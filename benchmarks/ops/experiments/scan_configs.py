@@ -1,0 +1,119 @@
+"""Scan-kernel experiment: every config of one kernel timed where it runs (CUDA graphs, L2 as the call leaves it),
+to check the autotuner's pick, which times the kernel alone with L2 flushed.
+
+    python benchmarks/ops/experiments/scan_configs.py --kernel bwd [--shapes 0 2] [--dtypes bfloat16 float32]
+        [--unroll 16 0] [--budget-s 300]
+    python benchmarks/ops/experiments/scan_configs.py --kernel fwd --prefetch 1 2
+
+`--kernel bwd`: each (config, unroll) setting restricts the backward autotuner to that one config and sets
+`chunk.MAX_UNROLL` (0 = the main pass stays a loop), timing forward+backward. `--kernel fwd`: each forward config
+(BLOCK_D x warps) at each `--prefetch` depth, timing the inference forward. The first setting is checked against
+the fp32 reference. Prints registers/spills of the last compiled variant and the autotuner's own pick (timed the
+same way), and writes benchmarks/results/scan_configs_<kernel>_<date>.json (the backward's first run, 2026-12-02,
+was written as bwd_configs_<date>.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+import triton
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+from bench_selective_scan import MAIN_SHAPES, check, providers, time_provider  # noqa: E402
+
+from sfmamba.ops.selective_scan import chunk as K  # noqa: E402
+
+KERNELS = {"fwd": K.selective_scan_fwd_kernel, "bwd": K.selective_scan_bwd_kernel}
+DEFAULT_CONFIGS = {name: list(kernel.configs) for name, kernel in KERNELS.items()}  # before any setting replaces them
+DEFAULT_UNROLL = K.MAX_UNROLL
+
+
+def jit_of(kernel):
+    while not isinstance(kernel, triton.runtime.jit.JITFunction):
+        kernel = kernel.fn
+    return kernel
+
+
+def compiled_stats(kernel) -> list[tuple[int, int]]:
+    """(registers, spills) of every compiled variant of `kernel` so far."""
+    jit = jit_of(kernel)
+    stats = []
+    try:
+        for cache in jit.device_caches.values():
+            for compiled in cache[0].values():
+                stats.append((compiled.n_regs, compiled.n_spills))
+    except (AttributeError, IndexError, TypeError):  # the cache layout differs between Triton versions
+        pass
+    return stats
+
+
+def settings(args) -> list[tuple[str, int, list]]:
+    """(label, MAX_UNROLL, [one config]) per timed setting; label "autotuned" = the default configs."""
+    base = DEFAULT_CONFIGS[args.kernel]
+    if args.kernel == "fwd":
+        configs = K._fwd_configs(tuple(args.prefetch))
+        return [(str(c), DEFAULT_UNROLL, [c]) for c in configs] + [("autotuned", DEFAULT_UNROLL, base)]
+    return [(str(c), u, [c]) for u in args.unroll for c in base] + [("autotuned", DEFAULT_UNROLL, base)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--kernel", choices=list(KERNELS), default="bwd")
+    parser.add_argument("--shapes", type=int, nargs="+", default=[0], help="indices into MAIN_SHAPES")
+    parser.add_argument("--dtypes", nargs="+", default=["bfloat16", "float32"])
+    parser.add_argument("--unroll", type=int, nargs="+", default=[DEFAULT_UNROLL, 0], help="bwd: MAX_UNROLL values")
+    parser.add_argument("--prefetch", type=int, nargs="+", default=[1], choices=[0, 1, 2], help="fwd: load depths")
+    parser.add_argument("--rep-ms", type=int, default=60)
+    parser.add_argument("--budget-s", type=float, default=300)
+    args = parser.parse_args()
+    start = time.time()
+    bench_args = SimpleNamespace(rep_ms=args.rep_ms, warmup_ms=10)
+    layout, fn = providers(None)["sfmamba-BLD"]
+    kernel = KERNELS[args.kernel]
+    mode = "fwd" if args.kernel == "fwd" else "fwdbwd"
+    rows = []
+    for index in args.shapes:
+        shape = MAIN_SHAPES[index]
+        for dtype_name in args.dtypes:
+            dtype = getattr(torch, dtype_name)
+            for label, unroll, configs in settings(args):
+                if time.time() - start > args.budget_s:
+                    break
+                K.MAX_UNROLL = unroll
+                kernel.configs = configs
+                kernel.cache.clear()
+                err = check(fn, shape, dtype, layout, grads=mode == "fwdbwd") if not rows else None
+                us = time_provider(fn, shape, dtype, layout, mode, bench_args, "graph")
+                picked = str(kernel.best_config) if label == "autotuned" else label
+                rows.append(dict(shape=shape.name, dtype=dtype_name, kernel=args.kernel, unroll=unroll,
+                                 setting=label, config=picked, us=us, rel_err=err,
+                                 regs_spills=compiled_stats(kernel)[-1:]))  # fmt: skip
+                print(f"{shape.name} {dtype_name} unroll={unroll:2d} {label}: {us[0]:7.1f} us "
+                      f"regs/spills {rows[-1]['regs_spills']}" + (f" picked {picked}" if label == "autotuned" else ""),
+                      flush=True)  # fmt: skip
+    K.MAX_UNROLL = DEFAULT_UNROLL
+    stamp = datetime.datetime.now().strftime("%Y%m%dT%H%M%S")
+    out = HERE.parent.parent / "results" / f"scan_configs_{args.kernel}_{stamp}.json"
+    meta = dict(
+        device=torch.cuda.get_device_name(),
+        torch=torch.__version__,
+        triton=triton.__version__,
+        date=datetime.datetime.now().isoformat(),
+        timer=f"cuda graph median (p20, p80), {mode}",
+        rows=rows,
+    )
+    out.write_text(json.dumps(meta, indent=1))
+    print(f"# wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
