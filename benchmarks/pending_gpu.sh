@@ -28,6 +28,8 @@
 #                    its BUILD_INFO.json are copied to $OUT (copy them to .bench_deps/ext/ to skip later builds)
 #   scan-fwd-configs every forward config at load depths 1 and 2 (PREFETCH) and the autotuner's own pick, each timed
 #                    under CUDA graphs (scan_configs.py --kernel fwd; L = 196, 198, 49; bf16/fp32)                 (~4 min)
+#   scan-bwd-configs the backward's configs of before 2026-12-02 (PREFETCH 0/1, 1-2 warps) and the autotuner's pick,
+#                    fwd+bwd under CUDA graphs, L2 kept and flushed (scan_configs.py --kernel bwd; L = 196, 49)     (~4 min)
 #   scan-ncu         Nsight Compute stall reasons / issue rate / occupancy of every scan kernel at (128, 160, 196, 8)
 #                    bf16 and fp32 (scan_ncu.py; ncu from PATH or /usr/local/cuda/bin)                             (~3 min)
 #   scan-table       issue #2's table: step forward vs mamba_ssm, fwd and fwd+bwd, 5 shapes, CUDA graphs
@@ -115,6 +117,10 @@ run_step() {
       "$PY" benchmarks/ops/experiments/scan_configs.py --kernel fwd --prefetch 1 2 --shapes 0 1 2 --budget-s 260 2>&1 \
         | grep -v "^#" | tail -80
       mv benchmarks/results/scan_configs_fwd_*.json "$dir"/ ;;
+    scan-bwd-configs)
+      "$PY" benchmarks/ops/experiments/scan_configs.py --kernel bwd --all-configs --unroll 16 --shapes 0 2 \
+        --budget-s 260 2>&1 | grep -v "^#" | tail -40
+      mv benchmarks/results/scan_configs_bwd_*.json "$dir"/ ;;
     scan-ncu)
       NCU=$(command -v ncu || echo /usr/local/cuda/bin/ncu)
       for dtype in bfloat16 float32; do

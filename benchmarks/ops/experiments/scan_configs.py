@@ -1,8 +1,9 @@
 """Scan-kernel experiment: every config of one kernel timed where it runs (CUDA graphs, L2 as the call leaves it),
-to check the autotuner's pick, which times the kernel alone with L2 flushed.
+and with L2 flushed before every call (a model's backward reads inputs its forward wrote long before), to check
+the autotuner's pick, which times the kernel alone with L2 flushed.
 
-    python benchmarks/ops/experiments/scan_configs.py --kernel bwd [--shapes 0 2] [--dtypes bfloat16 float32]
-        [--unroll 16 0] [--budget-s 300]
+    python benchmarks/ops/experiments/scan_configs.py --kernel bwd [--all-configs] [--shapes 0 2]
+        [--dtypes bfloat16 float32] [--unroll 16 0] [--budget-s 300]
     python benchmarks/ops/experiments/scan_configs.py --kernel fwd --prefetch 1 2
 
 `--kernel bwd`: each (config, unroll) setting restricts the backward autotuner to that one config and sets
@@ -27,8 +28,9 @@ import torch
 import triton
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
-from bench_selective_scan import MAIN_SHAPES, check, providers, time_provider  # noqa: E402
+sys.path[:0] = [str(HERE.parent), str(HERE)]
+from bench_selective_scan import GRAD_KEYS, MAIN_SHAPES, check, make_inputs, providers, time_provider  # noqa: E402
+from scan_tiled_vs_step import graph_flushed_us  # noqa: E402
 
 from sfmamba.ops.selective_scan import chunk as K  # noqa: E402
 
@@ -56,12 +58,30 @@ def compiled_stats(kernel) -> list[tuple[int, int]]:
     return stats
 
 
+def flushed_us(fn, shape, dtype, layout: str, mode: str) -> float:
+    """GPU time per call with L2 flushed before each call (scan_tiled_vs_step.graph_flushed_us)."""
+    x = make_inputs(shape, dtype, layout, requires_grad=mode == "fwdbwd", seed=0)
+    dout = torch.randn_like(x["u"])
+
+    def call():
+        if mode == "fwd":
+            with torch.no_grad():
+                return fn(x)
+        return torch.autograd.grad(fn(x), [x[k] for k in GRAD_KEYS], dout)
+
+    call()
+    return graph_flushed_us(call, reps=10, replays=10)
+
+
 def settings(args) -> list[tuple[str, int, list]]:
     """(label, MAX_UNROLL, [one config]) per timed setting; label "autotuned" = the default configs."""
     base = DEFAULT_CONFIGS[args.kernel]
     if args.kernel == "fwd":
         configs = K._fwd_configs(tuple(args.prefetch))
         return [(str(c), DEFAULT_UNROLL, [c]) for c in configs] + [("autotuned", DEFAULT_UNROLL, base)]
+    if args.all_configs:  # the backward's configs before 2026-12-02 (also PREFETCH 0 and two warps)
+        base = [triton.Config({"BLOCK_D": bd, "PREFETCH": p}, num_warps=w)
+                for bd in (32, 64) for w in (1, 2) for p in (0, 1) if bd >= 32 * w]  # fmt: skip
     return [(str(c), u, [c]) for u in args.unroll for c in base] + [("autotuned", DEFAULT_UNROLL, base)]
 
 
@@ -72,6 +92,7 @@ def main() -> None:
     parser.add_argument("--dtypes", nargs="+", default=["bfloat16", "float32"])
     parser.add_argument("--unroll", type=int, nargs="+", default=[DEFAULT_UNROLL, 0], help="bwd: MAX_UNROLL values")
     parser.add_argument("--prefetch", type=int, nargs="+", default=[1], choices=[0, 1, 2], help="fwd: load depths")
+    parser.add_argument("--all-configs", action="store_true", help="bwd: also PREFETCH 0 and two-warp configs")
     parser.add_argument("--rep-ms", type=int, default=60)
     parser.add_argument("--budget-s", type=float, default=300)
     args = parser.parse_args()
@@ -93,11 +114,12 @@ def main() -> None:
                 kernel.cache.clear()
                 err = check(fn, shape, dtype, layout, grads=mode == "fwdbwd") if not rows else None
                 us = time_provider(fn, shape, dtype, layout, mode, bench_args, "graph")
+                flushed = flushed_us(fn, shape, dtype, layout, mode)
                 picked = str(kernel.best_config) if label == "autotuned" else label
                 rows.append(dict(shape=shape.name, dtype=dtype_name, kernel=args.kernel, unroll=unroll,
-                                 setting=label, config=picked, us=us, rel_err=err,
+                                 setting=label, config=picked, us=us, flushed_us=flushed, rel_err=err,
                                  regs_spills=compiled_stats(kernel)[-1:]))  # fmt: skip
-                print(f"{shape.name} {dtype_name} unroll={unroll:2d} {label}: {us[0]:7.1f} us "
+                print(f"{shape.name} {dtype_name} unroll={unroll:2d} {label}: {us[0]:7.1f} us (L2 flushed {flushed:7.1f}) "
                       f"regs/spills {rows[-1]['regs_spills']}" + (f" picked {picked}" if label == "autotuned" else ""),
                       flush=True)  # fmt: skip
     K.MAX_UNROLL = DEFAULT_UNROLL
