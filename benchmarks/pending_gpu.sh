@@ -31,7 +31,8 @@
 #   scan-bwd-configs the backward's configs of before 2026-12-02 (PREFETCH 0/1, 1-2 warps) and the autotuner's pick,
 #                    fwd+bwd under CUDA graphs, L2 kept and flushed (scan_configs.py --kernel bwd; L = 196, 49)     (~4 min)
 #   scan-ncu         Nsight Compute stall reasons / issue rate / occupancy of every scan kernel at (128, 160, 196, 8)
-#                    bf16 and fp32 (scan_ncu.py; ncu from PATH or /usr/local/cuda/bin)                             (~3 min)
+#                    bf16 and fp32, and of the VMeanba SS2D kernels at VMamba-T stage 1 (scan_ncu.py; ncu from PATH
+#                    or /usr/local/cuda/bin)                                                                       (~4 min)
 #   scan-table       issue #2's table: step forward vs mamba_ssm, fwd and fwd+bwd, 5 shapes, CUDA graphs
 #                    (after mamba-build in the same call, or with a built .so in .bench_deps/ext)               (~4 min)
 set -uo pipefail
@@ -123,11 +124,13 @@ run_step() {
       mv benchmarks/results/scan_configs_bwd_*.json "$dir"/ ;;
     scan-ncu)
       NCU=$(command -v ncu || echo /usr/local/cuda/bin/ncu)
-      for dtype in bfloat16 float32; do
+      for run in "scan bfloat16" "scan float32" "vmeanba bfloat16"; do
+        set -- $run
         "$NCU" --profile-from-start off --section SpeedOfLight --section Occupancy --section SchedulerStats \
           --section WarpStateStats --section LaunchStats --section MemoryWorkloadAnalysis --csv --page details \
-          "$PY" benchmarks/ops/experiments/scan_ncu.py --dtype "$dtype" > "$dir/ncu_$dtype.csv" 2> "$dir/ncu_$dtype.err"
-        tail -3 "$dir/ncu_$dtype.err"; wc -l "$dir/ncu_$dtype.csv"
+          "$PY" benchmarks/ops/experiments/scan_ncu.py --op "$1" --dtype "$2" > "$dir/ncu_$1_$2.csv" \
+          2> "$dir/ncu_$1_$2.err"
+        tail -3 "$dir/ncu_$1_$2.err"; wc -l "$dir/ncu_$1_$2.csv"
       done ;;
     scan-table)
       PYTHONPATH=".bench_deps/ext:.bench_deps:$PYTHONPATH" "$PY" benchmarks/ops/bench_selective_scan.py --timers graph \
