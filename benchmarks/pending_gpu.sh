@@ -9,6 +9,8 @@
 #   scan-tiled-S     tiled vs step scan forward (+ checkpointing forward), shape S = 0|1|2      (~3 min each)
 #   scan-tiled-bwd-S tiled vs step backward, forward+backward, shape S                          (~3 min each)
 #   vmeanba-model    vmamba_v2_tiny forward vs K under CUDA graphs, fast vs generic VMeanba path (~2 min)
+#   vmeanba-pieces   one SS2D block per VMamba-T stage: off / generic / fast / skip, every piece timed (the cross path's
+#                    channel-mean kernel: one tl.dot per tile since session 6; was 485 of 664 us at stage 1)      (~3 min)
 #   vmeanba-fmnist   train vmamba_v2_tiny on Fashion-MNIST (20 epochs or 150 s, CUDA-graphed), VMeanba report vs K,
 #                    K=4 + 40 % pruning                                                                         (~6 min)
 #   step-overhead    host time and launches per piece of a training step                       (~1 min)
@@ -59,6 +61,8 @@ run_step() {
     vmeanba-model)
       "$PY" benchmarks/ops/bench_vmeanba.py --model vmamba_v2_tiny --skip-ops --cuda-graph --ks 0 1 2 4 8 14 \
         --vmeanba-paths fast generic --output "$dir/result.json" ;;
+    vmeanba-pieces)
+      "$PY" benchmarks/ops/experiments/vmeanba_block_profile.py --out "$dir/vmeanba_block_profile.json" 2>&1 | tail -40 ;;
     vmeanba-fmnist)
       VM=(train "${FMNIST[@]}" --model vmamba_v2_tiny --model-kwargs --lr 1e-3 --epochs 20 --time-limit 150
           --eval-interval 0 --model-ema-decay 0.995 --output "$dir/train")

@@ -36,7 +36,7 @@ from sfmamba.ops.vmeanba.cross import (  # noqa: E402
     merged_output_triton,
     vmeanba_cross_merged,
 )
-from sfmamba.testing import assert_close  # noqa: E402
+from sfmamba.testing import assert_close, run_without_interpreter  # noqa: E402
 from sfmamba.utils._config import set_kernel_backend  # noqa: E402
 
 
@@ -69,6 +69,33 @@ def test_channel_mean_kernel_softplus_branches():
     got = cross_mean_inputs_triton(x, dts, weight, bias, A)
     for name, g, w in zip(("decay", "dtu"), got, want, strict=True):
         assert_close(name, w, g, 1e-5)
+
+
+CHANNEL_MEAN_SM90_COMPILE = """
+from sfmamba.ops.vmeanba import cross
+from sfmamba.testing import compile_for_sm90
+
+for dtype, dot_fp32 in (("bf16", False), ("fp16", False), ("fp32", True)):
+    types = dict(x_ptr=dtype, dts_ptr=dtype, w_ptr=dtype, bias_ptr="fp32", A_ptr="fp32", decay_ptr="fp32",
+                 dtu_ptr="fp32")
+    for rank_block in (16, 64):
+        flags = dict(K=4, BLOCK_P=32, BLOCK_D=32, BLOCK_N=1, BLOCK_R=rank_block, DOT_FP32=dot_fp32)
+        compiled = compile_for_sm90(cross.cross_mean_inputs_kernel, flags, 4, lambda name: "*" + types[name])
+        ptx = compiled.asm["ptx"]
+        print(dtype, rank_block, "cubin" if compiled.asm.get("cubin") else "no-cubin",
+              "mma" if "mma.sync" in ptx or "wgmma" in ptx else "fma")
+"""
+
+
+def test_channel_mean_kernel_compiles_for_sm90():
+    """The interpreter never compiles, and its bf16 tl.dot is wrong (the tests above take the fp32 product there):
+    build the channel-mean kernel for an H100 with Triton's bundled ptxas for bf16/fp16/fp32 inputs and ranks up to
+    64, and check that the 16-bit inputs project on tensor cores (mma) and fp32 stays exact (FMA, no tf32)."""
+    result = run_without_interpreter(CHANNEL_MEAN_SM90_COMPILE)
+    assert result.returncode == 0, result.stderr[-4000:]
+    lines = result.stdout.splitlines()
+    assert len(lines) == 6 and all(" cubin " in line for line in lines), result.stdout
+    assert [line.split()[-1] for line in lines] == ["mma"] * 4 + ["fma"] * 2, result.stdout
 
 
 @pytest.mark.parametrize("length", [1, 2, 7, 49, 70])

@@ -28,7 +28,9 @@ import triton.language as tl
 from torch import Tensor
 
 from ...utils._config import triton_interpret, use_triton
+from .._launch import FAST_MATH
 from .._launch import approx as _approx
+from .._launch import fast_exp2 as _fast_exp2
 from .._launch import linear_recurrence as _linear_recurrence
 from .._launch import on_device as _on_device
 
@@ -53,60 +55,70 @@ def cross_mean_inputs_naive(x: Tensor, dts: Tensor, dt_weight: Tensor, dt_bias: 
 
     x [P, D] (positions in any order); dts [P, K, R]; dt_weight [K, D, R]; dt_bias [K, D]; A [K * D, N]
     -> (mean_c exp(dt * A) [P, K, N], mean_c dt * x [P, K]), dt = softplus(dts @ dt_weight^T + dt_bias).
+    The rank projection uses dt_weight rounded to dts's dtype (products exact, sums in fp32), as SS2D's dt_proj
+    under autocast does; the kernel computes it as one matrix product per tile in that dtype.
     """
     k, d, _ = dt_weight.shape
-    dt = F.softplus(torch.einsum("pkr,kdr->pkd", dts.float(), dt_weight.float()) + dt_bias.float())  # [P, K, D]
+    weight = dt_weight.to(dts.dtype).float()
+    dt = F.softplus(torch.einsum("pkr,kdr->pkd", dts.float(), weight) + dt_bias.float())  # [P, K, D]
     decay = torch.exp(dt.unsqueeze(-1) * A.float().view(k, d, -1)).mean(2)  # [P, K, N]
     dtu = (dt * x.float().unsqueeze(1)).mean(2)  # [P, K]
     return decay, dtu
 
 
 @triton.jit
-def _softplus_log2e(z, FAST_LOG: tl.constexpr):
-    """softplus(z) * log2(e) from z * log2(e), with `ops._launch.softplus`'s thresholds (20 and -15)."""
-    e = tl.exp2(z)
-    # MUFU log2 (FAST_LOG): libdevice's polynomial log was most of the FP32 instructions of the channel-mean loop
-    return tl.where(z > 20.0 * LOG2E, z, tl.where(z < -15.0 * LOG2E, e * LOG2E, _approx(1.0 + e, "lg2", FAST_LOG)))
+def _softplus_log2e(z):
+    """softplus(z) * log2(e) from z * log2(e), with `ops._launch.softplus`'s thresholds (20 and -15); single-MUFU
+    exp2/log2 on the GPU (`_launch.FAST_MATH`): libdevice's polynomial log was most of the channel-mean loop."""
+    e = _fast_exp2(z)
+    return tl.where(z > 20.0 * LOG2E, z, tl.where(z < -15.0 * LOG2E, e * LOG2E, _approx(1.0 + e, "lg2", FAST_MATH)))
 
 
 @triton.jit
 def cross_mean_inputs_kernel(
     x_ptr, dts_ptr, w_ptr, bias_ptr, A_ptr, decay_ptr, dtu_ptr,
     P, DIM, NSTATE, RANK, sx_p, sdts_p, sdts_k,
-    K: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, FAST_LOG: tl.constexpr,
+    K: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
+    DOT_FP32: tl.constexpr,
 ):  # fmt: skip
     # One program: BLOCK_P positions x one direction k; loops over the channels in BLOCK_D blocks, dt built in
     # registers from the rank-R projection (never written), sums of exp(dt * A) [BLOCK_P, N] and dt * x [BLOCK_P].
     # Direction fastest in the flat grid: the K programs of one position block run side by side, so x [BLOCK_P, D]
     # comes from HBM once and from L2 K - 1 times. Everything is in base 2 (dt2 = dt * log2(e)): exp(dt * A) =
     # exp2(dt2 * A). The state index is a static loop of 2-D tiles (a 3-D [P, D, N] tile needed twice the registers).
-    # RANK stays a runtime loop: unrolled, its hoisted dts loads spilled registers.
+    # The projection is one tl.dot per channel block, [BLOCK_P, BLOCK_R] x [BLOCK_R, BLOCK_D] (R zero-padded to
+    # BLOCK_R >= 16), in the dtype of dts (bf16/fp16: tensor cores; fp32, and under the interpreter, whose bf16 dot
+    # is wrong: exact fp32 FMA): a loop over the rank was 63
+    # instructions per rank per thread, mostly loads and addresses (sm_90, Triton 3.6), for 8 FMAs.
     pid = tl.program_id(0)
     k, pid_p = pid % K, pid // K
     offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
     mask_p = offs_p < P
     offs_n = tl.arange(0, BLOCK_N)
+    offs_r = tl.arange(0, BLOCK_R)
+    mask_r = offs_r < RANK
     x_rows = x_ptr + offs_p.to(tl.int64)[:, None] * sx_p
-    dts_rows = dts_ptr + offs_p.to(tl.int64) * sdts_p + k * sdts_k
+    dts_offs = offs_p.to(tl.int64)[:, None] * sdts_p + k * sdts_k + offs_r[None, :]
+    dts = tl.load(dts_ptr + dts_offs, mask=mask_p[:, None] & mask_r[None, :], other=0.0)  # [BP, BR], dts's dtype
     decay = tl.zeros([BLOCK_P, BLOCK_N], dtype=tl.float32)
     dtu = tl.zeros([BLOCK_P], dtype=tl.float32)
     for d0 in range(0, DIM, BLOCK_D):
         offs_d = d0 + tl.arange(0, BLOCK_D)
         mask_d = offs_d < DIM
         ch = k * DIM + offs_d
-        z = tl.zeros([BLOCK_P, BLOCK_D], dtype=tl.float32)
-        for r in range(RANK):
-            dts_r = tl.load(dts_rows + r, mask=mask_p, other=0.0).to(tl.float32)
-            w_r = tl.load(w_ptr + ch * RANK + r, mask=mask_d, other=0.0).to(tl.float32)
-            z += dts_r[:, None] * w_r[None, :]
+        w = tl.load(w_ptr + ch[None, :] * RANK + offs_r[:, None], mask=mask_r[:, None] & mask_d[None, :], other=0.0)
+        if DOT_FP32:  # products of bf16/fp16 values are exact in fp32: the same sums, without tensor cores
+            z = tl.dot(dts.to(tl.float32), w.to(tl.float32), input_precision="ieee")  # [BP, BD]
+        else:
+            z = tl.dot(dts, w, out_dtype=tl.float32)
         z += tl.load(bias_ptr + ch, mask=mask_d, other=0.0).to(tl.float32)[None, :]
-        dt2 = _softplus_log2e(z * LOG2E, FAST_LOG)  # [BLOCK_P, BLOCK_D]
+        dt2 = _softplus_log2e(z * LOG2E)  # [BLOCK_P, BLOCK_D]
         mask = mask_p[:, None] & mask_d[None, :]
         x = tl.load(x_rows + offs_d[None, :], mask=mask, other=0.0).to(tl.float32)
         dtu += tl.sum(tl.where(mask, dt2 * x, 0.0), axis=1)
         for n in tl.static_range(BLOCK_N):
             A_n = tl.load(A_ptr + ch * NSTATE + n, mask=mask_d & (n < NSTATE), other=0.0)
-            sum_n = tl.sum(tl.where(mask, tl.exp2(dt2 * A_n[None, :]), 0.0), axis=1)  # [BLOCK_P]
+            sum_n = tl.sum(tl.where(mask, _fast_exp2(dt2 * A_n[None, :]), 0.0), axis=1)  # [BLOCK_P]
             decay += tl.where(offs_n[None, :] == n, sum_n[:, None], 0.0)
     inv = 1.0 / DIM
     out_pk = offs_p * K + k
@@ -124,11 +136,11 @@ def _channel_block(dim: int, cap: int) -> int:
 
 def _block_sizes(dim: int, nstate: int) -> tuple[int, int, int, int]:
     """(BLOCK_P, BLOCK_D, BLOCK_N, num_warps): [32, 32] tiles, 8 values a thread (~100 registers on sm_90 for any
-    N: the state loop reuses them), so 5 programs fit on an SM."""
+    N: the state loop reuses them), so 5 programs fit on an SM. Both at least 16: tl.dot's smallest tile."""
     block_n = triton.next_power_of_2(nstate)
     if triton_interpret():
-        return 16, min(32, triton.next_power_of_2(dim)), block_n, 1
-    return 32, _channel_block(dim, 32), block_n, 4
+        return 16, max(16, min(32, triton.next_power_of_2(dim))), block_n, 1
+    return 32, max(16, _channel_block(dim, 32)), block_n, 4
 
 
 def cross_mean_inputs_triton(x: Tensor, dts: Tensor, dt_weight: Tensor, dt_bias: Tensor, A: Tensor):
@@ -138,7 +150,8 @@ def cross_mean_inputs_triton(x: Tensor, dts: Tensor, dt_weight: Tensor, dt_bias:
     nstate = A.shape[1]
     x = x if x.stride(1) == 1 else x.contiguous()
     dts = dts if dts.stride(2) == 1 else dts.contiguous()  # [P, K, R]: a strided view of x_proj's output is read as is
-    w, bias, A = dt_weight.contiguous(), dt_bias.contiguous(), A.float().contiguous()
+    # the weights in the inputs' dtype, as autocast's dt_proj uses them (rounded here: a [K, D, R] tensor)
+    w, bias, A = dt_weight.to(dts.dtype).contiguous(), dt_bias.contiguous(), A.float().contiguous()
     decay = torch.empty(positions, k, nstate, device=x.device, dtype=torch.float32)
     dtu = torch.empty(positions, k, device=x.device, dtype=torch.float32)
     block_p, block_d, block_n, warps = _block_sizes(dim, nstate)
@@ -146,7 +159,8 @@ def cross_mean_inputs_triton(x: Tensor, dts: Tensor, dt_weight: Tensor, dt_bias:
     with _on_device(x.device):
         cross_mean_inputs_kernel[grid](
             x, dts, w, bias, A, decay, dtu, positions, dim, nstate, rank, x.stride(0), dts.stride(0), dts.stride(1),
-            K=k, BLOCK_P=block_p, BLOCK_D=block_d, BLOCK_N=block_n, FAST_LOG=not triton_interpret(), num_warps=warps,
+            K=k, BLOCK_P=block_p, BLOCK_D=block_d, BLOCK_N=block_n, BLOCK_R=max(16, triton.next_power_of_2(rank)),
+            DOT_FP32=dts.dtype == torch.float32 or triton_interpret(), num_warps=warps,
         )  # fmt: skip
     return decay, dtu
 
