@@ -30,6 +30,7 @@ from torch import Tensor
 from ...utils._config import triton_interpret
 from .._launch import autotune as _autotune
 from .._launch import bc_strides as _bc_strides
+from .._launch import fast_exp2 as _fast_exp2
 from .._launch import linear_recurrence as _linear_recurrence
 from .._launch import needs_grad as _needs_grad
 from .._launch import on_device as _on_device
@@ -70,7 +71,7 @@ def _bn_tile(ptr, offs_t, offs_n, mask, s_l, s_n):
 @triton.jit
 def _decay_sum(dt, A2, mask_dn):
     """sum over the tile's channels of exp(dt * A), [BLOCK_L, BLOCK_N] (A2 = A * log2(e), [BLOCK_D, BLOCK_N])."""
-    decay = tl.exp2(dt[:, :, None] * A2[None, :, :])  # [BL, BD, BN]
+    decay = _fast_exp2(dt[:, :, None] * A2[None, :, :])  # [BL, BD, BN]
     return tl.sum(tl.where(mask_dn[None, :, :], decay, 0.0), axis=1)
 
 
@@ -331,7 +332,7 @@ def mean_scan_bwd_kernel(
                 dy = dout * zt * sig
             mask_dn = mask_d[:, None] & mask_n[None, :]
             A = tl.load(A_ptr + ch[:, None] * NSTATE + offs_n[None, :], mask=mask_dn, other=0.0)
-            weighted = da[:, None, :] * tl.exp2(dt[:, :, None] * (A * LOG2E)[None, :, :])  # [BL, BD, BN]
+            weighted = da[:, None, :] * _fast_exp2(dt[:, :, None] * (A * LOG2E)[None, :, :])  # [BL, BD, BN]
             du = ds[:, None] * dt
             ddt = ds[:, None] * x + tl.sum(weighted * A[None, :, :], axis=2)
             dA = tl.sum(weighted * dt[:, :, None], axis=0)  # [BD, BN]
