@@ -8,8 +8,8 @@ the autotuner's pick, which times the kernel alone with L2 flushed.
 
 `--kernel bwd`: each (config, unroll) setting restricts the backward autotuner to that one config and sets
 `chunk.MAX_UNROLL` (0 = the main pass stays a loop), timing forward+backward. `--kernel fwd`: each forward config
-(BLOCK_D x warps) at each `--prefetch` depth, timing the inference forward. The first setting is checked against
-the fp32 reference. Prints registers/spills of the last compiled variant and the autotuner's own pick (timed the
+(BLOCK_D x warps) at each `--prefetch` depth, timing the inference forward. Every setting is checked against the
+fp32 reference (`rel_err`; forward and every gradient for bwd). Prints registers/spills of the last compiled variant and the autotuner's own pick (timed the
 same way), and writes benchmarks/results/scan_configs_<kernel>_<date>.json (the backward's first run, 2026-12-02,
 was written as bwd_configs_<date>.json).
 """
@@ -112,7 +112,7 @@ def main() -> None:
                 K.MAX_UNROLL = unroll
                 kernel.configs = configs
                 kernel.cache.clear()
-                err = check(fn, shape, dtype, layout, grads=mode == "fwdbwd") if not rows else None
+                err = check(fn, shape, dtype, layout, grads=mode == "fwdbwd")  # every setting: a wrong one shows
                 us = time_provider(fn, shape, dtype, layout, mode, bench_args, "graph")
                 flushed = flushed_us(fn, shape, dtype, layout, mode)
                 picked = str(kernel.best_config) if label == "autotuned" else label
