@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU measurements that are built and tested on CPU but not yet run on a GPU (see docs/status.md, "Next session").
 # Each STEP writes into $OUT/<step>/ and is packed into ONE file, $OUT/<step>.tgz: the device runner returns only a
-# handful of files per call, so run folders must not come back loose.
+# handful of files per call, so run folders must not come back loose. Steps that print as they go also keep their
+# whole output in $OUT/<step>/log.txt, so a call cut by its time limit still returns what ran.
 #
 #   bash benchmarks/pending_gpu.sh STEP [STEP ...]        (data: data/fashion-mnist, carried to the device)
 #
@@ -62,7 +63,8 @@ run_step() {
       "$PY" benchmarks/ops/bench_vmeanba.py --model vmamba_v2_tiny --skip-ops --cuda-graph --ks 0 1 2 4 8 14 \
         --vmeanba-paths fast generic --output "$dir/result.json" ;;
     vmeanba-pieces)
-      "$PY" benchmarks/ops/experiments/vmeanba_block_profile.py --out "$dir/vmeanba_block_profile.json" 2>&1 | tail -40 ;;
+      "$PY" benchmarks/ops/experiments/vmeanba_block_profile.py --out "$dir/vmeanba_block_profile.json" 2>&1 \
+        | tee "$dir/log.txt" | tail -40 ;;
     vmeanba-fmnist)
       VM=(train "${FMNIST[@]}" --model vmamba_v2_tiny --model-kwargs --lr 1e-3 --epochs 20 --time-limit 150
           --eval-interval 0 --model-ema-decay 0.995 --output "$dir/train")
@@ -120,11 +122,11 @@ run_step() {
       COPY_SO_TO="$OUT" SKIP_SMOKE=0 PY="$PY" bash .bench_deps/build_on_device.sh 2>&1 | tail -15 ;;
     scan-fwd-configs)
       "$PY" benchmarks/ops/experiments/scan_configs.py --kernel fwd --prefetch 1 2 --shapes 0 1 2 --budget-s 260 2>&1 \
-        | grep -v "^#" | tail -80
+        | tee "$dir/log.txt" | grep -v "^#" | tail -80
       mv benchmarks/results/scan_configs_fwd_*.json "$dir"/ ;;
     scan-bwd-configs)
       "$PY" benchmarks/ops/experiments/scan_configs.py --kernel bwd --all-configs --unroll 16 --shapes 0 2 \
-        --budget-s 260 2>&1 | grep -v "^#" | tail -40
+        --budget-s 260 2>&1 | tee "$dir/log.txt" | grep -v "^#" | tail -40
       mv benchmarks/results/scan_configs_bwd_*.json "$dir"/ ;;
     scan-ncu)
       NCU=$(command -v ncu || echo /usr/local/cuda/bin/ncu)
