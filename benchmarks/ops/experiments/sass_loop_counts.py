@@ -2,12 +2,18 @@
 toolchain, disassemble the cubin, and count the SASS instructions of every loop (a backward branch), per step and per
 channel-step, with registers and spills from ptxas.
 
-Why: at vision shapes the scan kernels are issue-bound (H100, (128, 160, 196, 8): the step forward's loops, 6.06 +
-5.44 (summary pass) warp-instructions per channel-step x 4 M channel-steps / (4 schedulers x 132 SMs) ~ 45-50 us of
-the measured 61-75 us), so instructions per channel-step is a first-order predictor of their time, checkable on any
-machine. It says nothing about memory latency or occupancy (registers bound the resident warps: 65536 / (32 x
-registers) per SM); the GPU benchmark is the proof. The layout is BLD with its unit strides bound to 1, as Triton
-specialises integer arguments equal to 1 at launch.
+What it is good for: instructions per channel-step bound a kernel's time from below (warp-instructions / (4
+schedulers x 132 SMs) clocks), checkable on any machine. What it is not: a predictor of time. On an H200 (2026-12-02)
+the step forward at (128, 160, 196, 8) bf16 issued only ~37 % of the time (3.1 + ~3.2 per channel-step at its picked
+BLOCK_D 128 = 24 us of instructions in 65 us: latency-bound), and a kernel with the same count per channel-step
+(the deleted lanes forward) was 1.5x slower. Two rules learned there: compare kernels at the configs the autotuner
+picks (BLOCK_D 128, not 32, for the step forward), and build with the GPU machine's Triton (3.6 there): Triton 3.8
+laid the lanes kernel's state tile out differently (no shuffles) than 3.6 did (96 shuffles per step). A Triton 3.6
+environment for this: `python -m venv /tmp/t36 && /tmp/t36/bin/pip install torch==2.14.1 && /tmp/t36/bin/pip install
+--no-deps triton==3.6.0 timm torchvision==0.29.1 pillow einops safetensors pyyaml huggingface_hub`. It says nothing
+about memory latency or occupancy (registers bound the resident warps: 65536 / (32 x registers) per SM). The layout
+is BLD with its unit strides bound to 1, as Triton specialises integer arguments equal to 1 at launch (the GPU also
+specialises arguments divisible by 16, which this build does not: register and spill counts can differ).
 
     python benchmarks/ops/experiments/sass_loop_counts.py [--out benchmarks/results/sass_loop_counts_<date>.json]
 
