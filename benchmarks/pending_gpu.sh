@@ -36,6 +36,8 @@
 #   scan-ncu         Nsight Compute stall reasons / issue rate / occupancy of every scan kernel at (128, 160, 196, 8)
 #                    bf16 and fp32, and of the VMeanba SS2D kernels at VMamba-T stage 1 (scan_ncu.py; ncu from PATH
 #                    or /usr/local/cuda/bin)                                                                       (~4 min)
+#   scan-bdl         the drop-in layout (batch, D, L): ours (copies to channels-adjacent since session 6) vs mamba_ssm,
+#                    fwd and fwd+bwd, 5 shapes, CUDA graphs (carry .bench_deps)                                  (~4 min)
 #   scan-table       issue #2's table: step forward vs mamba_ssm, fwd and fwd+bwd, 5 shapes, CUDA graphs
 #                    (after mamba-build in the same call, or with a built .so in .bench_deps/ext)               (~4 min)
 set -uo pipefail
@@ -138,6 +140,9 @@ run_step() {
           2> "$dir/ncu_$1_$2.err"
         tail -3 "$dir/ncu_$1_$2.err"; wc -l "$dir/ncu_$1_$2.csv"
       done ;;
+    scan-bdl)
+      PYTHONPATH=".bench_deps/ext:.bench_deps:$PYTHONPATH" "$PY" benchmarks/ops/bench_selective_scan.py --timers graph \
+        --folds --providers sfmamba-BDL mamba_ssm --out-dir "$dir" 2>&1 | tee "$dir/log.txt" | tail -25 ;;
     scan-table)
       PYTHONPATH=".bench_deps/ext:.bench_deps:$PYTHONPATH" "$PY" benchmarks/ops/bench_selective_scan.py --timers graph \
         --folds --providers sfmamba-BLD mamba_ssm --out-dir "$dir" 2>&1 | tail -45 ;;

@@ -533,6 +533,36 @@ def _bwd_kernel():
     return selective_scan_bwd_kernel
 
 
+def _channels_adjacent(x: Tensor | None, layout: str) -> Tensor | None:
+    """A (batch, D, L) tensor whose L axis is contiguous, copied so that its channels are adjacent in memory (same
+    shape; the strides of a BLD tensor); anything else unchanged. Why: the step kernels load one time step of a block
+    of channels per warp, coalesced only when those channels are adjacent. Measured on an H200 (2026-12-02, the step
+    forward, `benchmarks/results/s6_20261202/scan_lanes_vs_step_h200.json`): (128, 384, 3136, N=1, G=4) bf16 15.2 ms
+    with L contiguous vs 0.66 ms with channels adjacent, (128, 160, 196, 8) 147 vs 65 us; a transposing copy moves
+    each tensor once at copy bandwidth (~0.1 ms for a 300 MB one), so mamba_ssm's layout pays a few copies instead of
+    uncoalesced loads in every step."""
+    if x is None or layout != "BDL" or x.stride(1) == 1 or x.shape[1] == 1:
+        return x
+    return x.transpose(1, 2).contiguous().transpose(1, 2)
+
+
+def _states_adjacent(x: Tensor, layout: str) -> Tensor:
+    """B or C in the BDL layout ((batch, N, L) or (batch, G, N, L)) copied so that one step's N values are adjacent
+    (one load per step instead of N strided ones); BLD tensors unchanged."""
+    if layout != "BDL" or x.stride(-2) == 1 or x.shape[-2] == 1:
+        return x
+    return x.transpose(-1, -2).contiguous().transpose(-1, -2)
+
+
+def _empty_adjacent(like: Tensor, layout: str, dtype: torch.dtype) -> Tensor:
+    """An output shaped like `like` with its channels adjacent (for BDL: strides of BLD; `.contiguous()` before it is
+    returned)."""
+    if layout != "BDL":
+        return torch.empty(like.shape, device=like.device, dtype=dtype)
+    batch, dim, length = like.shape
+    return torch.empty((batch, length, dim), device=like.device, dtype=dtype).transpose(1, 2)
+
+
 def selective_scan_fwd(
     u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None, z: Tensor | None,
     delta_bias: Tensor | None, initial_state: Tensor | None, cu_seqlens: Tensor | None,
@@ -544,7 +574,9 @@ def selective_scan_fwd(
     dim_per_group = dim // groups
     ckpt_len = bwd_chunk_for(nstate)
     reset, period, seg_ids, cu = _reset_args(length, seq_len, cu_seqlens, u.device)
-    out = torch.empty(u.shape, device=u.device, dtype=u.dtype)  # contiguous, in u's layout
+    u, delta, z = (_channels_adjacent(t, layout) for t in (u, delta, z))
+    B, C = _states_adjacent(B, layout), _states_adjacent(C, layout)
+    out = _empty_adjacent(u, layout, u.dtype)  # returned contiguous, in u's layout
     nseg = _num_segments(batch, length, seq_len, cu_seqlens)
     # every state buffer is (..., N, D) inside the kernels: D contiguous, so the state tile needs no shuffles
     last = torch.empty((nseg, nstate, dim) if return_last_state else (0,), device=u.device, dtype=torch.float32)
@@ -579,7 +611,7 @@ def selective_scan_fwd(
             kernel[grid](*args, **flags, SUMMARY=True)
             combine_chunks(chunk_P, chunk_S, reverse=False)
         kernel[grid](*args, **flags, SUMMARY=False)
-    return out, last.transpose(1, 2).contiguous() if return_last_state else last, ckpt
+    return out.contiguous(), last.transpose(1, 2).contiguous() if return_last_state else last, ckpt
 
 
 def selective_scan_bwd(
@@ -599,8 +631,11 @@ def selective_scan_bwd(
     def new(shape: tuple, dtype: torch.dtype = f32, present: bool = True) -> Tensor:
         return torch.empty(shape if present else (0,), device=dev, dtype=dtype)
 
-    du, ddelta = new(u.shape, u.dtype), new(u.shape, delta.dtype)
-    dz = new(u.shape, z.dtype if z is not None else f32, present=z is not None)
+    u, delta, z, dout = (_channels_adjacent(t, layout) for t in (u, delta, z, dout))
+    B_in, C_in = B, C
+    B, C = _states_adjacent(B, layout), _states_adjacent(C, layout)
+    du, ddelta = _empty_adjacent(u, layout, u.dtype), _empty_adjacent(u, layout, delta.dtype)
+    dz = _empty_adjacent(u, layout, z.dtype) if z is not None else new((0,))
     kernel = _bwd_kernel()
     n_dblocks = triton.cdiv(dim_per_group, min(c.kwargs["BLOCK_D"] for c in kernel.configs))  # the most any launches
     dB_part = new((n_dblocks, batch, groups, length, nstate))
@@ -636,11 +671,12 @@ def selective_scan_bwd(
             combine_chunks(sum_Q, sum_X, reverse=True)
         kernel[grid](*args, **flags, SUMMARY=False)
     used = triton.cdiv(dim_per_group, kernel.best_config.kwargs["BLOCK_D"])
-    dB = _bc_from_blgn(dB_part[:used].sum(0).transpose(2, 3), B, layout)
-    dC = _bc_from_blgn(dC_part[:used].sum(0).transpose(2, 3), C, layout)
+    dB = _bc_from_blgn(dB_part[:used].sum(0).transpose(2, 3), B_in, layout)
+    dC = _bc_from_blgn(dC_part[:used].sum(0).transpose(2, 3), C_in, layout)
     dD = dD_part.sum((0, 1)) if D is not None else dD_part
     dbias = dbias_part.sum((0, 1)) if delta_bias is not None else dbias_part
     dh0 = dh0.transpose(1, 2).contiguous() if initial_state is not None else dh0
+    du, ddelta, dz = du.contiguous(), ddelta.contiguous(), dz.contiguous()
     return du, ddelta, dA_part.sum((0, 1)).t().contiguous(), dB, dC, dD, dz, dbias, dh0
 
 
