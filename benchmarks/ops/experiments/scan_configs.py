@@ -28,26 +28,20 @@ import torch
 import triton
 
 HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE.parent), str(HERE)]
-from bench_selective_scan import GRAD_KEYS, MAIN_SHAPES, check, make_inputs, providers, time_provider  # noqa: E402
-from scan_tiled_vs_step import graph_flushed_us  # noqa: E402
+sys.path.insert(0, str(HERE.parent))
+from bench_selective_scan import MAIN_SHAPES, check, providers, time_provider  # noqa: E402
 
 from sfmamba.ops.selective_scan import chunk as K  # noqa: E402
+from sfmamba.testing import jit_function  # noqa: E402
 
 KERNELS = {"fwd": K.selective_scan_fwd_kernel, "bwd": K.selective_scan_bwd_kernel}
 DEFAULT_CONFIGS = {name: list(kernel.configs) for name, kernel in KERNELS.items()}  # before any setting replaces them
 DEFAULT_UNROLL = K.MAX_UNROLL
 
 
-def jit_of(kernel):
-    while not isinstance(kernel, triton.runtime.jit.JITFunction):
-        kernel = kernel.fn
-    return kernel
-
-
 def compiled_stats(kernel) -> list[tuple[int, int]]:
     """(registers, spills) of every compiled variant of `kernel` so far."""
-    jit = jit_of(kernel)
+    jit = jit_function(kernel)
     stats = []
     try:
         for cache in jit.device_caches.values():
@@ -56,21 +50,6 @@ def compiled_stats(kernel) -> list[tuple[int, int]]:
     except (AttributeError, IndexError, TypeError):  # the cache layout differs between Triton versions
         pass
     return stats
-
-
-def flushed_us(fn, shape, dtype, layout: str, mode: str) -> float:
-    """GPU time per call with L2 flushed before each call (scan_tiled_vs_step.graph_flushed_us)."""
-    x = make_inputs(shape, dtype, layout, requires_grad=mode == "fwdbwd", seed=0)
-    dout = torch.randn_like(x["u"])
-
-    def call():
-        if mode == "fwd":
-            with torch.no_grad():
-                return fn(x)
-        return torch.autograd.grad(fn(x), [x[k] for k in GRAD_KEYS], dout)
-
-    call()
-    return graph_flushed_us(call, reps=10, replays=10)
 
 
 def settings(args) -> list[tuple[str, int, list]]:
@@ -114,7 +93,7 @@ def main() -> None:
                 kernel.cache.clear()
                 err = check(fn, shape, dtype, layout, grads=mode == "fwdbwd")  # every setting: a wrong one shows
                 us = time_provider(fn, shape, dtype, layout, mode, bench_args, "graph")
-                flushed = flushed_us(fn, shape, dtype, layout, mode)
+                flushed = time_provider(fn, shape, dtype, layout, mode, bench_args, "graph_flushed")[0]
                 picked = str(kernel.best_config) if label == "autotuned" else label
                 rows.append(dict(shape=shape.name, dtype=dtype_name, kernel=args.kernel, unroll=unroll,
                                  setting=label, config=picked, us=us, flushed_us=flushed, rel_err=err,

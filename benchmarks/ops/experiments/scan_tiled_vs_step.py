@@ -26,17 +26,17 @@ import datetime
 import json
 import os
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
 
 os.environ.setdefault("SFMAMBA_VALUE_CHECKS", "0")  # time the kernels, not the value checks' device syncs
 ROOT = Path(__file__).resolve().parents[3]
-sys.path.insert(0, str(ROOT / "src"))
+sys.path[:0] = [str(ROOT / "src"), str(ROOT / "benchmarks" / "ops")]
 
 import torch  # noqa: E402
 import triton  # noqa: E402
+from bench_selective_scan import graph_flushed_us  # noqa: E402
 
 from sfmamba.ops.selective_scan import chunk, selective_scan, selective_scan_naive, tiled, tiled_bwd  # noqa: E402
 from sfmamba.testing import relative_error  # noqa: E402
@@ -49,7 +49,6 @@ SMOKE_SHAPES = [(2, 20, 19, 4, 2)]
 KERNELS = {"step": chunk.selective_scan_fwd_kernel, "tiled": tiled.selective_scan_fwd_tiled_kernel}
 BWD_KERNELS = {"step": chunk.selective_scan_bwd_kernel, "tiled": tiled_bwd.selective_scan_bwd_tiled_kernel}
 GRAD_KEYS = ("u", "delta", "A", "B", "C", "D", "delta_bias")
-FLUSH_BYTES = 256 * 2**20  # > the 50 MiB L2 of an H100 / H200
 
 
 def shape_name(shape: tuple[int, ...]) -> str:
@@ -104,35 +103,6 @@ def check_backward(shape, dtype, layout, device) -> float:
     errors = [relative_error(ref.detach(), out.detach().float())]
     errors += [relative_error(w.float(), g.float()) for w, g in zip(want, got)]
     return max(errors)
-
-
-def graph_flushed_us(call, reps: int, replays: int) -> float:
-    """Per-call GPU time with L2 flushed before each call: graph(flush + call) - graph(flush), median of replays."""
-    flush = torch.empty(FLUSH_BYTES // 4, device="cuda", dtype=torch.int32)
-
-    def capture(with_call: bool) -> torch.cuda.CUDAGraph:
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            for _ in range(reps):
-                flush.zero_()
-                if with_call:
-                    call()
-        return graph
-
-    def median_ms(graph: torch.cuda.CUDAGraph) -> float:
-        graph.replay()
-        times = []
-        for _ in range(replays):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            graph.replay()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
-        return statistics.median(times)
-
-    both, flush_only = capture(True), capture(False)
-    return (median_ms(both) - median_ms(flush_only)) / reps * 1e3
 
 
 def time_call(call, device, args) -> dict[str, float]:

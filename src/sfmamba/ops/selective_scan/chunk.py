@@ -202,17 +202,15 @@ def selective_scan_fwd_kernel(
                              offs_n, NSTATE, su_l, su_d, sdt_l, sdt_d, sB_l, sB_n, sC_l, sC_n, sz_l, sz_d, HAS_Z,
                              SUMMARY)  # fmt: skip
     for t in range(t_start, t_end):
-        if PREFETCH == 2:
+        if PREFETCH:
             x, dt, Bt, Ct, zt = ahead
-            ahead = ahead2
-            ahead2 = _fwd_inputs(u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, t + 2, t + 2 < t_end, ch, mask_d, offs_n,
-                                 NSTATE, su_l, su_d, sdt_l, sdt_d, sB_l, sB_n, sC_l, sC_n, sz_l, sz_d, HAS_Z,
-                                 SUMMARY)  # fmt: skip
-        elif PREFETCH == 1:
-            x, dt, Bt, Ct, zt = ahead
-            ahead = _fwd_inputs(u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, t + 1, t + 1 < t_end, ch, mask_d, offs_n,
-                                NSTATE, su_l, su_d, sdt_l, sdt_d, sB_l, sB_n, sC_l, sC_n, sz_l, sz_d, HAS_Z,
+            fresh = _fwd_inputs(u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, t + PREFETCH, t + PREFETCH < t_end, ch, mask_d,
+                                offs_n, NSTATE, su_l, su_d, sdt_l, sdt_d, sB_l, sB_n, sC_l, sC_n, sz_l, sz_d, HAS_Z,
                                 SUMMARY)  # fmt: skip
+            if PREFETCH == 2:
+                ahead, ahead2 = ahead2, fresh
+            else:
+                ahead = fresh
         else:
             x, dt, Bt, Ct, zt = _fwd_inputs(u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, t, True, ch, mask_d, offs_n, NSTATE,
                                             su_l, su_d, sdt_l, sdt_d, sB_l, sB_n, sC_l, sC_n, sz_l, sz_d, HAS_Z,
@@ -533,23 +531,16 @@ def _bwd_kernel():
     return selective_scan_bwd_kernel
 
 
-def _channels_adjacent(x: Tensor | None, layout: str) -> Tensor | None:
-    """A (batch, D, L) tensor whose L axis is contiguous, copied so that its channels are adjacent in memory (same
-    shape; the strides of a BLD tensor); anything else unchanged. Why: the step kernels load one time step of a block
-    of channels per warp, coalesced only when those channels are adjacent. Measured on an H200 (2026-12-02, the step
-    forward, `benchmarks/results/s6_20261202/scan_lanes_vs_step_h200.json`): (128, 384, 3136, N=1, G=4) bf16 15.2 ms
-    with L contiguous vs 0.66 ms with channels adjacent, (128, 160, 196, 8) 147 vs 65 us; a transposing copy moves
-    each tensor once at copy bandwidth (~0.1 ms for a 300 MB one), so mamba_ssm's layout pays a few copies instead of
-    uncoalesced loads in every step."""
-    if x is None or layout != "BDL" or x.stride(1) == 1 or x.shape[1] == 1:
-        return x
-    return x.transpose(1, 2).contiguous().transpose(1, 2)
-
-
-def _states_adjacent(x: Tensor, layout: str) -> Tensor:
-    """B or C in the BDL layout ((batch, N, L) or (batch, G, N, L)) copied so that one step's N values are adjacent
-    (one load per step instead of N strided ones); BLD tensors unchanged."""
-    if layout != "BDL" or x.stride(-2) == 1 or x.shape[-2] == 1:
+def _rows_adjacent(x: Tensor | None, layout: str) -> Tensor | None:
+    """A BDL tensor -- a sequence (batch, D, L) or B/C ((batch, N, L), (batch, G, N, L)) -- whose L axis is contiguous,
+    copied so that one step's channels (or states) are adjacent in memory (same shape; the strides of the BLD
+    layout); anything else unchanged. Why: the step kernels load one time step of a block of channels per warp,
+    coalesced only when those channels are adjacent (and one step's N values of B/C in one load instead of N strided
+    ones). Measured on an H200 (2026-12-02, the step forward, `benchmarks/results/s6_20261202/
+    scan_lanes_vs_step_h200.json`): (128, 384, 3136, N=1, G=4) bf16 15.2 ms with L contiguous vs 0.66 ms with channels
+    adjacent, (128, 160, 196, 8) 147 vs 65 us; a transposing copy moves each tensor once at copy bandwidth (~0.1 ms for
+    a 300 MB one), so mamba_ssm's layout pays a few copies instead of uncoalesced loads in every step."""
+    if x is None or layout != "BDL" or x.stride(-2) == 1 or x.shape[-2] == 1:
         return x
     return x.transpose(-1, -2).contiguous().transpose(-1, -2)
 
@@ -574,8 +565,7 @@ def selective_scan_fwd(
     dim_per_group = dim // groups
     ckpt_len = bwd_chunk_for(nstate)
     reset, period, seg_ids, cu = _reset_args(length, seq_len, cu_seqlens, u.device)
-    u, delta, z = (_channels_adjacent(t, layout) for t in (u, delta, z))
-    B, C = _states_adjacent(B, layout), _states_adjacent(C, layout)
+    u, delta, z, B, C = (_rows_adjacent(t, layout) for t in (u, delta, z, B, C))
     out = _empty_adjacent(u, layout, u.dtype)  # returned contiguous, in u's layout
     nseg = _num_segments(batch, length, seq_len, cu_seqlens)
     # every state buffer is (..., N, D) inside the kernels: D contiguous, so the state tile needs no shuffles
@@ -631,9 +621,8 @@ def selective_scan_bwd(
     def new(shape: tuple, dtype: torch.dtype = f32, present: bool = True) -> Tensor:
         return torch.empty(shape if present else (0,), device=dev, dtype=dtype)
 
-    u, delta, z, dout = (_channels_adjacent(t, layout) for t in (u, delta, z, dout))
     B_in, C_in = B, C
-    B, C = _states_adjacent(B, layout), _states_adjacent(C, layout)
+    u, delta, z, dout, B, C = (_rows_adjacent(t, layout) for t in (u, delta, z, dout, B, C))
     du, ddelta = _empty_adjacent(u, layout, u.dtype), _empty_adjacent(u, layout, delta.dtype)
     dz = _empty_adjacent(u, layout, z.dtype) if z is not None else new((0,))
     kernel = _bwd_kernel()

@@ -28,6 +28,7 @@ import triton.language as tl
 from torch import Tensor
 
 from ...utils._config import triton_interpret
+from .._launch import LOG2E
 from .._launch import autotune as _autotune
 from .._launch import bc_strides as _bc_strides
 from .._launch import fast_exp2 as _fast_exp2
@@ -38,8 +39,6 @@ from .._launch import scan_shape as _shape
 from .._launch import sm_count as _sm_count
 from .._launch import softplus as _softplus
 from .._launch import x_strides as _x_strides
-
-LOG2E = tl.constexpr(1.4426950408889634)
 
 
 @triton.jit

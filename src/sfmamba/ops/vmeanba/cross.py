@@ -28,7 +28,7 @@ import triton.language as tl
 from torch import Tensor
 
 from ...utils._config import triton_interpret, use_triton
-from .._launch import FAST_MATH
+from .._launch import FAST_MATH, LN2, LOG2E
 from .._launch import approx as _approx
 from .._launch import fast_exp2 as _fast_exp2
 from .._launch import linear_recurrence as _linear_recurrence
@@ -46,8 +46,6 @@ __all__ = [
 ]
 
 DIRECTIONS = 4
-LOG2E = tl.constexpr(1.4426950408889634)
-LN2 = tl.constexpr(0.6931471805599453)
 
 
 def cross_mean_inputs_naive(x: Tensor, dts: Tensor, dt_weight: Tensor, dt_bias: Tensor, A: Tensor):
