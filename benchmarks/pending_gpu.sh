@@ -38,6 +38,8 @@
 #                    or /usr/local/cuda/bin)                                                                       (~4 min)
 #   scan-bdl         the drop-in layout (batch, D, L): ours (copies to channels-adjacent since session 6) vs mamba_ssm,
 #                    fwd and fwd+bwd, 5 shapes, CUDA graphs (carry .bench_deps)                                  (~4 min)
+#   models-fused     eval-mode BN folded into the convs + fused epilogues (bench_conv_bn.py), the whole-model fused vs
+#                    plain check, and run_targets.sh graph + base with --channels-last (carry .bench_deps)      (~5 min)
 #   scan-table       issue #2's table: step forward vs mamba_ssm, fwd and fwd+bwd, 5 shapes, CUDA graphs
 #                    (after mamba-build in the same call, or with a built .so in .bench_deps/ext)               (~4 min)
 set -uo pipefail
@@ -143,6 +145,11 @@ run_step() {
     scan-bdl)
       PYTHONPATH=".bench_deps/ext:.bench_deps:$PYTHONPATH" "$PY" benchmarks/ops/bench_selective_scan.py --timers graph \
         --folds --providers sfmamba-BDL mamba_ssm --out-dir "$dir" 2>&1 | tee "$dir/log.txt" | tail -25 ;;
+    models-fused)  # the conv+BN epilogue per block, the fused-inference check, then issue #3's tiny and base tables
+      "$PY" benchmarks/ops/bench_conv_bn.py --out "$dir" 2>&1 | tee "$dir/log.txt" | tail -6
+      "$PY" benchmarks/models/check_fused_inference.py 2>&1 | tee -a "$dir/log.txt" | tail -4
+      OUT="$dir" EXTRA="--channels-last" bash benchmarks/models/run_targets.sh setup graph base 2>&1 \
+        | tee -a "$dir/log.txt" | grep -v "INFO\|Warning" | tail -20 ;;
     scan-table)
       PYTHONPATH=".bench_deps/ext:.bench_deps:$PYTHONPATH" "$PY" benchmarks/ops/bench_selective_scan.py --timers graph \
         --folds --providers sfmamba-BLD mamba_ssm --out-dir "$dir" 2>&1 | tail -45 ;;

@@ -1,6 +1,7 @@
 """Layers built on the ops: token mixers and their pieces, all in (batch, length, channels) layout."""
 
 from .aux_tokens import AuxTokens, swap_aux_tokens_
+from .conv_bn import conv_bn_act, fuses_conv_bn
 from .mamba_mixer import MambaVisionMixer
 from .norm import LayerNorm
 from .scan_mixers import GroupedLinear, ScanMixer, SeriesScanMixer
@@ -14,5 +15,7 @@ __all__ = [
     "SS2D",
     "ScanMixer",
     "SeriesScanMixer",
+    "conv_bn_act",
+    "fuses_conv_bn",
     "swap_aux_tokens_",
 ]

@@ -23,7 +23,7 @@ from timm.layers import DropPath, Mlp, SelectAdaptivePool2d, trunc_normal_
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
 from torch import Tensor, nn
 
-from ..layers import LayerNorm, MambaVisionMixer
+from ..layers import LayerNorm, MambaVisionMixer, conv_bn_act, fuses_conv_bn
 from ..ops.add_norm import fused_add_layer_norm, runs_fused
 from ._checkpoint import create_with_file_hooks, load_checkpoint_file
 from ._features import take_indices as _take_indices
@@ -66,7 +66,11 @@ class PatchEmbed(nn.Module):
         )
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.conv_down(self.proj(x))
+        x = self.proj(x)
+        conv1, bn1, _, conv2, bn2, _ = self.conv_down
+        if fuses_conv_bn(x, conv1, bn1) and fuses_conv_bn(x, conv2, bn2):  # GPU inference: BN folded into the convs
+            return conv_bn_act(conv_bn_act(x, conv1, bn1, "relu"), conv2, bn2, "relu")
+        return self.conv_down(x)
 
 
 class Downsample(nn.Module):
@@ -94,10 +98,21 @@ class ConvBlock(nn.Module):
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
+        if self._fuses_conv_bn(x):
+            # GPU inference: BN and gamma folded into the convs, bias + GELU and bias + residual one pass each
+            y = conv_bn_act(x, self.conv1, self.norm1, "gelu_tanh")
+            out_dtype = torch.result_type(x, y)  # the unfused x + gamma * y promotes with gamma
+            out_dtype = out_dtype if self.gamma is None else torch.promote_types(out_dtype, self.gamma.dtype)
+            return conv_bn_act(y, self.conv2, self.norm2, residual=x, scale=self.gamma, out_dtype=out_dtype)
         y = self.norm2(self.conv2(self.act1(self.norm1(self.conv1(x)))))
         if self.gamma is not None:
             y = y * self.gamma.view(1, -1, 1, 1)
         return x + self.drop_path(y)
+
+    def _fuses_conv_bn(self, x: Tensor) -> bool:
+        no_drop = not self.training or isinstance(self.drop_path, nn.Identity)
+        conv1_fuses = fuses_conv_bn(x, self.conv1, self.norm1, self.gamma)
+        return no_drop and conv1_fuses and fuses_conv_bn(x, self.conv2, self.norm2)
 
 
 class Attention(nn.Module):
@@ -173,9 +188,8 @@ class Block(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         y = self.mixer(self.norm1(x))
         if self._fuses_residual_norm(x, y):  # inference on the GPU: the residual add and norm2 in one kernel
-            norm_dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else None
             x, h = fused_add_layer_norm(
-                x, y, self.gamma_1, self.norm2.weight, self.norm2.bias, self.norm2.eps, norm_dtype
+                x, y, self.gamma_1, self.norm2.weight, self.norm2.bias, self.norm2.eps, _autocast_dtype(x)
             )
             y = self.mlp(h)
         else:
@@ -186,6 +200,43 @@ class Block(nn.Module):
     def _fuses_residual_norm(self, x: Tensor, y: Tensor) -> bool:
         no_drop = not self.training or isinstance(self.drop_path, nn.Identity)
         return type(self.norm2) is LayerNorm and no_drop and runs_fused(x, y, *self.norm2.parameters(), self.gamma_1)
+
+    def chains(self, x: Tensor) -> bool:
+        """Whether `forward_chained` applies: the fused inference path with both norms plain LayerNorms."""
+        norm1_fuses = type(self.norm1) is LayerNorm and runs_fused(x, *self.norm1.parameters(), self.gamma_2)
+        return norm1_fuses and self._fuses_residual_norm(x, x)
+
+    def forward_chained(
+        self, x: Tensor, normed: Tensor | None, next_norm: nn.Module | None
+    ) -> tuple[Tensor, Tensor | None]:
+        """`forward` for a run of blocks in fused inference (`chains`): `normed` is norm1(x) when the previous block
+        already computed it, and with `next_norm` (the next block's norm1) the last residual add and that norm run
+        as one kernel. Returns (output, next_norm(output) or None)."""
+        norm_dtype = _autocast_dtype(x)
+        y = self.mixer(self.norm1(x) if normed is None else normed)
+        x, h = fused_add_layer_norm(x, y, self.gamma_1, self.norm2.weight, self.norm2.bias, self.norm2.eps, norm_dtype)
+        y = self.mlp(h)
+        if next_norm is None:
+            return x + (y if self.gamma_2 is None else self.gamma_2 * y), None
+        return fused_add_layer_norm(x, y, self.gamma_2, next_norm.weight, next_norm.bias, next_norm.eps, norm_dtype)
+
+
+def _autocast_dtype(x: Tensor) -> torch.dtype | None:
+    return torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else None
+
+
+def run_token_blocks(blocks: nn.Sequential, x: Tensor, grad_checkpointing: bool = False) -> Tensor:
+    """`blocks(x)` for a run of token blocks [B, L, C]; in fused GPU inference each block's last residual add runs
+    with the next block's norm1 as one kernel (`Block.forward_chained`), one full pass over x fewer per block."""
+    if grad_checkpointing and not torch.jit.is_scripting():
+        return checkpoint_seq(blocks, x)
+    if len(blocks) < 2 or not all(isinstance(b, Block) and b.chains(x) for b in blocks):
+        return blocks(x)
+    normed = None
+    for i, block in enumerate(blocks):
+        next_norm = blocks[i + 1].norm1 if i + 1 < len(blocks) else None
+        x, normed = block.forward_chained(x, normed, next_norm)
+    return x
 
 
 def _is_scale(layer_scale) -> bool:
@@ -244,9 +295,9 @@ class MambaVisionStage(nn.Module):
         self.blocks = nn.Sequential(*blocks)
 
     def _blocks(self, x: Tensor) -> Tensor:
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            return checkpoint_seq(self.blocks, x)
-        return self.blocks(x)
+        if self.conv:
+            return checkpoint_seq(self.blocks, x) if self.grad_checkpointing else self.blocks(x)
+        return run_token_blocks(self.blocks, x, self.grad_checkpointing)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.downsample(x)

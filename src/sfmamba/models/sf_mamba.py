@@ -57,7 +57,7 @@ from functools import partial
 
 import torch
 import torch.nn.functional as F
-from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from torch import Tensor, nn
 
 from ..layers.aux_tokens import AuxTokens, swap_aux_tokens_
@@ -70,6 +70,7 @@ from .mambavision import (
     MambaVisionStage,
     _cfg,
     checkpoint_filter_fn,
+    run_token_blocks,
     window_partition,
     window_reverse,
 )
@@ -105,7 +106,15 @@ class SFMambaBlock(Block):
         self.flip = flip
 
     def forward(self, x: Tensor) -> Tensor:
-        x = super().forward(x)
+        return self._after(super().forward(x))
+
+    def forward_chained(
+        self, x: Tensor, normed: Tensor | None, next_norm: nn.Module | None
+    ) -> tuple[Tensor, Tensor | None]:
+        x, normed = super().forward_chained(x, normed, next_norm)  # normed is per token: swapped/flipped alike
+        return self._after(x), (self._after(normed) if normed is not None else None)
+
+    def _after(self, x: Tensor) -> Tensor:
         if self.swap_aux:
             x = swap_aux_tokens_(x)
         return x.flip(1) if self.flip else x
@@ -162,9 +171,7 @@ class SFMambaStage(nn.Module):
         self.blocks = nn.Sequential(*blocks)
 
     def _run(self, blocks: nn.Sequential, x: Tensor) -> Tensor:
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            return checkpoint_seq(blocks, x)
-        return blocks(x)
+        return run_token_blocks(blocks, x, self.grad_checkpointing)
 
     def _drop_aux(self, x: Tensor) -> Tensor:
         return x[:, 1:-1] if self.aux is not None else x

@@ -1,0 +1,50 @@
+"""Conv + BatchNorm (+ activation, + residual) for inference: BN folded into the conv, one epilogue pass.
+
+In eval mode a BatchNorm after a conv is a per-channel affine map; `conv_bn_act` folds it (and a layer scale) into
+the conv's weight and bias (`ops.conv_bn`) and applies bias, activation and residual in one Triton pass. Training,
+autograd, torch.compile and the CPU keep the plain modules (`fuses_conv_bn` says which path runs).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..ops.conv_bn import bias_act, fold_batch_norm, runs_fused
+
+__all__ = ["conv_bn_act", "fuses_conv_bn"]
+
+
+def fuses_conv_bn(x: Tensor, conv: nn.Conv2d, bn: nn.BatchNorm2d, *others: Tensor | None) -> bool:
+    """Whether `conv_bn_act` applies: BN in eval mode with running statistics and affine parameters, a zero-padded
+    conv, no gradient needed and the Triton kernels usable for x's device."""
+    uses_running_stats = not bn.training and bn.running_mean is not None and bn.running_var is not None
+    return (
+        uses_running_stats
+        and bn.affine
+        and conv.padding_mode == "zeros"
+        and runs_fused(x, conv.weight, conv.bias, bn.weight, bn.bias, *others)
+    )
+
+
+def conv_bn_act(
+    x: Tensor,
+    conv: nn.Conv2d,
+    bn: nn.BatchNorm2d,
+    activation: str = "none",
+    residual: Tensor | None = None,
+    scale: Tensor | None = None,
+    out_dtype: torch.dtype | None = None,
+) -> Tensor:
+    """activation(scale * bn(conv(x))) + residual with BN folded into the conv; for callers that checked
+    `fuses_conv_bn`. The folded weight is written in the autocast dtype when autocast is on, so the conv casts
+    nothing; the result comes in `out_dtype` (default: `ops.conv_bn.bias_act`'s)."""
+    device_type = x.device.type
+    autocast = torch.is_autocast_enabled(device_type)
+    dtype = torch.get_autocast_dtype(device_type) if autocast else conv.weight.dtype
+    weight, bias = fold_batch_norm(
+        conv.weight, conv.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var, bn.eps, scale, dtype
+    )
+    y = F.conv2d(x, weight, None, conv.stride, conv.padding, conv.dilation, conv.groups)
+    return bias_act(y, bias, activation, residual, out_dtype)

@@ -1,0 +1,73 @@
+"""Fused GPU inference of whole models == the plain modules: BN folded into the convs (`ops.conv_bn`), the residual
+adds fused with the next LayerNorm inside and across token blocks (`ops.add_norm`, `run_token_blocks`). The Triton
+kernels run under the interpreter; each fused path is checked to be taken."""
+
+from __future__ import annotations
+
+import os
+
+# must run before anything imports triton (see tests/ops/test_selective_scan.py)
+os.environ["TRITON_INTERPRET"] = "1"
+
+import pytest  # noqa: E402
+import timm  # noqa: E402
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+import sfmamba.models  # noqa: E402, F401  (registers the models)
+from sfmamba.models.mambavision import Block, ConvBlock  # noqa: E402
+from sfmamba.testing import assert_close  # noqa: E402
+from sfmamba.utils._config import set_kernel_backend  # noqa: E402
+
+
+# sf_mamba_nano with 4 blocks in stage 3, so its Mamba and attention halves are 2-block runs (chains)
+MODELS = {"mambavision_nano": ({}, 4), "sf_mamba_nano": (dict(depths=(1, 1, 4, 2), fold=2), 4)}
+
+
+def _randomised(name: str) -> nn.Module:
+    torch.manual_seed(0)
+    model = timm.create_model(name, num_classes=5, **MODELS[name][0]).eval()
+    with torch.no_grad():  # non-trivial statistics and affine parameters, so a wrong fold or norm shows
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.normal_(std=0.2)
+                m.running_mean.normal_(std=0.2)
+                m.running_var.uniform_(0.5, 2.0)
+            elif isinstance(m, nn.LayerNorm):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.normal_(std=0.2)
+    return model
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("autocast", [False, True])
+def test_fused_inference_equals_plain_modules(name, autocast, monkeypatch):
+    model = _randomised(name)
+    x = torch.randn(2, 3, 64, 64)
+    taken = {"chained": 0, "conv_bn": 0}
+    chained, conv_fuses = Block.forward_chained, ConvBlock._fuses_conv_bn
+
+    def count_chained(self, *args):
+        taken["chained"] += 1
+        return chained(self, *args)
+
+    def count_conv(self, x):
+        fuses = conv_fuses(self, x)
+        taken["conv_bn"] += fuses
+        return fuses
+
+    monkeypatch.setattr(Block, "forward_chained", count_chained)
+    monkeypatch.setattr(ConvBlock, "_fuses_conv_bn", count_conv)
+    outputs = {}
+    for backend in ("naive", "triton"):
+        set_kernel_backend(backend)
+        try:
+            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                outputs[backend] = model(x)
+        finally:
+            set_kernel_backend(None)
+    assert taken["conv_bn"] == 2  # one conv block per conv stage in the nano models
+    assert taken["chained"] == MODELS[name][1]  # calls of the blocks in runs of 2 or more
+    assert outputs["triton"].dtype == outputs["naive"].dtype
+    assert_close(name, outputs["naive"].float(), outputs["triton"].float(), 5e-2 if autocast else 1e-4)
