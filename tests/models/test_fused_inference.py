@@ -19,7 +19,6 @@ from sfmamba.models.mambavision import Block, ConvBlock  # noqa: E402
 from sfmamba.testing import assert_close  # noqa: E402
 from sfmamba.utils._config import set_kernel_backend  # noqa: E402
 
-
 # sf_mamba_nano with 4 blocks in stage 3, so its Mamba and attention halves are 2-block runs (chains)
 MODELS = {"mambavision_nano": ({}, 4), "sf_mamba_nano": (dict(depths=(1, 1, 4, 2), fold=2), 4)}
 

@@ -29,6 +29,7 @@ from .._launch import scan_shape as _shape
 from .._launch import sm_count as _sm_count
 from .._launch import softplus as _softplus
 from .._launch import x_strides as _x_strides
+from .._transpose import transpose_copy
 
 RESET_NONE, RESET_PERIODIC, RESET_VARLEN = 0, 1, 2
 
@@ -542,7 +543,14 @@ def _rows_adjacent(x: Tensor | None, layout: str) -> Tensor | None:
     a 300 MB one), so mamba_ssm's layout pays a few copies instead of uncoalesced loads in every step."""
     if x is None or layout != "BDL" or x.stride(-2) == 1 or x.shape[-2] == 1:
         return x
-    return x.transpose(-1, -2).contiguous().transpose(-1, -2)
+    return transpose_copy(x).transpose(-1, -2) if x.dim() == 3 else x.transpose(-1, -2).contiguous().transpose(-1, -2)
+
+
+def _contiguous(x: Tensor, layout: str) -> Tensor:
+    """A result made by `_empty_adjacent`, returned contiguous (for BDL: one tiled transpose)."""
+    if layout != "BDL" or x.is_contiguous():
+        return x.contiguous()
+    return transpose_copy(x.transpose(1, 2))
 
 
 def _empty_adjacent(like: Tensor, layout: str, dtype: torch.dtype) -> Tensor:
@@ -601,7 +609,7 @@ def selective_scan_fwd(
             kernel[grid](*args, **flags, SUMMARY=True)
             combine_chunks(chunk_P, chunk_S, reverse=False)
         kernel[grid](*args, **flags, SUMMARY=False)
-    return out.contiguous(), last.transpose(1, 2).contiguous() if return_last_state else last, ckpt
+    return _contiguous(out, layout), last.transpose(1, 2).contiguous() if return_last_state else last, ckpt
 
 
 def selective_scan_bwd(
@@ -665,7 +673,11 @@ def selective_scan_bwd(
     dD = dD_part.sum((0, 1)) if D is not None else dD_part
     dbias = dbias_part.sum((0, 1)) if delta_bias is not None else dbias_part
     dh0 = dh0.transpose(1, 2).contiguous() if initial_state is not None else dh0
-    du, ddelta, dz = du.contiguous(), ddelta.contiguous(), dz.contiguous()
+    du, ddelta, dz = (
+        _contiguous(du, layout),
+        _contiguous(ddelta, layout),
+        dz.contiguous() if z is None else _contiguous(dz, layout),
+    )
     return du, ddelta, dA_part.sum((0, 1)).t().contiguous(), dB, dC, dD, dz, dbias, dh0
 
 
