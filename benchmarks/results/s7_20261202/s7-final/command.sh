@@ -1,0 +1,3 @@
+# Last device call of session 7 (H200, 2026-12-02 ~21:13 UTC), after commit "BDL layout: tiled Triton transpose":
+mkdir -p $OUT/s7-final; PYTHONPATH="src:.bench_deps/ext:.bench_deps" /opt/torch/.venv/bin/python3 benchmarks/ops/bench_selective_scan.py --timers graph --dtypes bf16 --providers sfmamba-BDL --out-dir $OUT/s7-final; PYTHONPATH=src /opt/torch/.venv/bin/python3 benchmarks/models/host_profile.py --model sf_mamba_tiny --batch 128 --top 45 --out $OUT/s7-final/host_profile_sf_mamba_tiny.txt
+# mamba_ssm was not in this process (budget); its times are from scan-bdl/ earlier the same session on the same machine kind.
