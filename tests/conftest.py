@@ -57,3 +57,13 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def triton_backend():
+    """Ops run their Triton kernels (under the interpreter on a CPU machine) for the test, then the default again."""
+    from sfmamba.utils._config import set_kernel_backend
+
+    set_kernel_backend("triton")
+    yield
+    set_kernel_backend(None)

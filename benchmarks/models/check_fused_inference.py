@@ -21,22 +21,10 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "src"))
 
 import sfmamba.models  # noqa: E402, F401  (registers the models)
-from sfmamba.testing import relative_error  # noqa: E402
+from sfmamba.testing import randomise_norms, relative_error  # noqa: E402
 from sfmamba.utils._config import set_kernel_backend  # noqa: E402
 
 TOLERANCE = {"fp32": 1e-2, "bf16": 5e-2}  # fp32: cuDNN/cuBLAS use TF32 in both paths, in different orders
-
-
-def randomise_norms(model: nn.Module) -> nn.Module:
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, (nn.BatchNorm2d, nn.LayerNorm)):
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.normal_(std=0.1)
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.normal_(std=0.1)
-                m.running_var.uniform_(0.5, 2.0)
-    return model
 
 
 def logits(model: nn.Module, x: torch.Tensor, backend: str, dtype: str) -> torch.Tensor:

@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "src"))
 
 from sfmamba.models.mambavision import ConvBlock, PatchEmbed  # noqa: E402
-from sfmamba.testing import relative_error  # noqa: E402
+from sfmamba.testing import randomise_norms, relative_error  # noqa: E402
 from sfmamba.utils._config import set_kernel_backend  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -38,17 +38,6 @@ CASES = [
     ("conv block 80 @56", lambda: ConvBlock(80), (80, 56, 56)),
     ("conv block 160 @28", lambda: ConvBlock(160), (160, 28, 28)),
 ]
-
-
-def randomise_norms(module: nn.Module) -> nn.Module:
-    with torch.no_grad():
-        for m in module.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.normal_(std=0.1)
-                m.running_mean.normal_(std=0.1)
-                m.running_var.uniform_(0.5, 2.0)
-    return module
 
 
 def timed(module: nn.Module, x: torch.Tensor, backend: str, dtype: torch.dtype) -> tuple[torch.Tensor, float]:

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 
 def relative_error(ref: Tensor, out: Tensor) -> float:
@@ -81,3 +81,17 @@ def run_without_interpreter(code: str, timeout: float = 600, env: dict[str, str]
     subprocess.CompletedProcess."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"} | (env or {})
     return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def randomise_norms(module: nn.Module) -> nn.Module:
+    """Give every BatchNorm2d / LayerNorm in `module` non-trivial affine parameters and running statistics (fresh
+    norms are identities, which hide a wrong fold or a skipped norm); returns `module`."""
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, (nn.BatchNorm2d, nn.LayerNorm)) and m.weight is not None:
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.normal_(std=0.2)
+            if isinstance(m, nn.BatchNorm2d) and m.running_mean is not None:
+                m.running_mean.normal_(std=0.2)
+                m.running_var.uniform_(0.5, 2.0)
+    return module

@@ -16,7 +16,7 @@ from torch import nn  # noqa: E402
 
 import sfmamba.models  # noqa: E402, F401  (registers the models)
 from sfmamba.models.mambavision import Block, ConvBlock  # noqa: E402
-from sfmamba.testing import assert_close  # noqa: E402
+from sfmamba.testing import assert_close, randomise_norms  # noqa: E402
 from sfmamba.utils._config import set_kernel_backend  # noqa: E402
 
 # sf_mamba_nano with 4 blocks in stage 3, so its Mamba and attention halves are 2-block runs (chains)
@@ -25,18 +25,7 @@ MODELS = {"mambavision_nano": ({}, 4), "sf_mamba_nano": (dict(depths=(1, 1, 4, 2
 
 def _randomised(name: str) -> nn.Module:
     torch.manual_seed(0)
-    model = timm.create_model(name, num_classes=5, **MODELS[name][0]).eval()
-    with torch.no_grad():  # non-trivial statistics and affine parameters, so a wrong fold or norm shows
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.normal_(std=0.2)
-                m.running_mean.normal_(std=0.2)
-                m.running_var.uniform_(0.5, 2.0)
-            elif isinstance(m, nn.LayerNorm):
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.normal_(std=0.2)
-    return model
+    return randomise_norms(timm.create_model(name, num_classes=5, **MODELS[name][0])).eval()
 
 
 @pytest.mark.parametrize("name", list(MODELS))

@@ -18,13 +18,6 @@ from sfmamba.testing import assert_close  # noqa: E402
 from sfmamba.utils._config import set_kernel_backend  # noqa: E402
 
 
-@pytest.fixture
-def triton_backend():
-    set_kernel_backend("triton")
-    yield
-    set_kernel_backend(None)
-
-
 @pytest.mark.parametrize(("rows", "channels"), [(1, 7), (5, 64), (37, 96)])
 @pytest.mark.parametrize(
     ("x_dtype", "y_dtype", "with_gamma", "affine", "norm_dtype"),

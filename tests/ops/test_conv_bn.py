@@ -18,26 +18,13 @@ from sfmamba.layers import conv_bn_act, fuses_conv_bn  # noqa: E402
 from sfmamba.models.mambavision import ConvBlock, PatchEmbed  # noqa: E402
 from sfmamba.ops.conv_bn import bias_act, bias_act_naive, fold_batch_norm, fold_batch_norm_naive, runs_fused  # noqa: E402
 from sfmamba.ops.conv_bn.chunk import bias_act_fwd, fold_batch_norm_fwd  # noqa: E402
-from sfmamba.testing import assert_close  # noqa: E402
+from sfmamba.testing import assert_close, randomise_norms  # noqa: E402
 from sfmamba.utils._config import set_kernel_backend  # noqa: E402
-
-
-@pytest.fixture
-def triton_backend():
-    set_kernel_backend("triton")
-    yield
-    set_kernel_backend(None)
 
 
 def _random_bn(channels: int, seed: int) -> nn.BatchNorm2d:
     torch.manual_seed(seed)
-    bn = nn.BatchNorm2d(channels, eps=1e-4).eval()
-    with torch.no_grad():
-        bn.weight.normal_()
-        bn.bias.normal_()
-        bn.running_mean.normal_()
-        bn.running_var.uniform_(0.2, 3.0)
-    return bn
+    return randomise_norms(nn.BatchNorm2d(channels, eps=1e-4)).eval()
 
 
 @pytest.mark.parametrize(("out_ch", "in_ch", "kernel"), [(5, 3, 3), (16, 7, 1), (9, 40, 3)])
@@ -135,17 +122,6 @@ def test_bad_arguments_name_the_argument(call, message):
         call()
 
 
-def _randomise_norms(module: nn.Module) -> None:
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for m in module.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.weight.normal_()
-                m.bias.normal_()
-                m.running_mean.normal_(std=0.3)
-                m.running_var.uniform_(0.5, 2.0)
-
-
 def _run_both_backends(module: nn.Module, x: torch.Tensor, autocast: bool, fused_probe) -> dict:
     outputs = {}
     for backend in ("naive", "triton"):
@@ -163,7 +139,7 @@ def _run_both_backends(module: nn.Module, x: torch.Tensor, autocast: bool, fused
 @pytest.mark.parametrize("layer_scale", [None, 0.5])
 def test_conv_block_fused_equals_unfused(autocast, layer_scale):
     block = ConvBlock(8, layer_scale=layer_scale).eval().to(memory_format=torch.channels_last)
-    _randomise_norms(block)
+    randomise_norms(block)
     x = torch.randn(2, 8, 6, 5).contiguous(memory_format=torch.channels_last)
     outputs = _run_both_backends(block, x, autocast, lambda: block._fuses_conv_bn(x))
     assert outputs["triton"].dtype == outputs["naive"].dtype
@@ -173,7 +149,7 @@ def test_conv_block_fused_equals_unfused(autocast, layer_scale):
 @pytest.mark.parametrize("autocast", [False, True])
 def test_patch_embed_fused_equals_unfused(autocast):
     stem = PatchEmbed(in_chans=3, in_dim=8, dim=12).eval()
-    _randomise_norms(stem)
+    randomise_norms(stem)
     x = torch.randn(2, 3, 17, 16)  # odd size: the stride-2 convs pad
     conv1, bn1 = stem.conv_down[0], stem.conv_down[1]
     outputs = _run_both_backends(stem, x, autocast, lambda: fuses_conv_bn(x, conv1, bn1))

@@ -12,14 +12,6 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from sfmamba.ops._transpose import transpose_copy  # noqa: E402
-from sfmamba.utils._config import set_kernel_backend  # noqa: E402
-
-
-@pytest.fixture
-def triton_backend():
-    set_kernel_backend("triton")
-    yield
-    set_kernel_backend(None)
 
 
 @pytest.mark.parametrize(("batch", "rows", "cols"), [(1, 1, 1), (3, 37, 50), (2, 16, 16), (2, 5, 49)])
