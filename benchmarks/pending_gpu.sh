@@ -40,6 +40,8 @@
 #                    fwd and fwd+bwd, 5 shapes, CUDA graphs (carry .bench_deps)                                  (~4 min)
 #   models-fused     eval-mode BN folded into the convs + fused epilogues (bench_conv_bn.py), the whole-model fused vs
 #                    plain check, and run_targets.sh graph + base with --channels-last (carry .bench_deps)      (~5 min)
+#   host-overhead    host time per call and cProfile of every op (+ Triton launch floor), value checks on/off, and the
+#                    eager sf_mamba_tiny host profile (benchmarks/ops/experiments/host_overhead.py)             (~2 min)
 #   scan-table       issue #2's table: step forward vs mamba_ssm, fwd and fwd+bwd, 5 shapes, CUDA graphs
 #                    (after mamba-build in the same call, or with a built .so in .bench_deps/ext)               (~4 min)
 set -uo pipefail
@@ -150,6 +152,12 @@ run_step() {
       "$PY" benchmarks/models/check_fused_inference.py 2>&1 | tee -a "$dir/log.txt" | tail -4
       OUT="$dir" EXTRA="--channels-last" bash benchmarks/models/run_targets.sh setup graph base 2>&1 \
         | tee -a "$dir/log.txt" | grep -v "INFO\|Warning" | tail -20 ;;
+    host-overhead)  # host cost per op call + cProfile (eager inference is host-bound), value checks on and off
+      "$PY" benchmarks/ops/experiments/host_overhead.py --out "$dir/host_overhead.json" 2>&1 | tee "$dir/log.txt" \
+        | head -12
+      "$PY" benchmarks/ops/experiments/host_overhead.py --no-value-checks --top 5 --out "$dir/host_overhead_nochecks.json" \
+        2>&1 | head -8
+      "$PY" benchmarks/models/host_profile.py --model sf_mamba_tiny --out "$dir/host_profile_sf_mamba_tiny.txt" | head -3 ;;
     scan-table)
       PYTHONPATH=".bench_deps/ext:.bench_deps:$PYTHONPATH" "$PY" benchmarks/ops/bench_selective_scan.py --timers graph \
         --folds --providers sfmamba-BLD mamba_ssm --out-dir "$dir" 2>&1 | tail -45 ;;
