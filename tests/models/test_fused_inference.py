@@ -15,7 +15,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 import sfmamba.models  # noqa: E402, F401  (registers the models)
-from sfmamba.models.mambavision import Block, ConvBlock  # noqa: E402
+from sfmamba.models.mambavision import Block, ConvBlock, run_token_blocks  # noqa: E402
 from sfmamba.testing import assert_close, randomise_norms  # noqa: E402
 from sfmamba.utils._config import set_kernel_backend  # noqa: E402
 
@@ -59,3 +59,28 @@ def test_fused_inference_equals_plain_modules(name, autocast, monkeypatch):
     assert taken["chained"] == MODELS[name][1]  # calls of the blocks in runs of 2 or more
     assert outputs["triton"].dtype == outputs["naive"].dtype
     assert_close(name, outputs["naive"].float(), outputs["triton"].float(), 5e-2 if autocast else 1e-4)
+
+
+def test_chain_keeps_gradients_of_trainable_blocks(triton_backend):
+    """Frozen norms, trained mixers/MLPs, an input without grad (a frozen stem): the chain must not run, or the
+    fused kernels (no backward) would cut the earlier blocks off from the loss."""
+    torch.manual_seed(0)
+    blocks = nn.Sequential(*[Block(16, num_heads=2, use_attention=True) for _ in range(2)])
+    for block in blocks:
+        block.norm1.requires_grad_(False)
+        block.norm2.requires_grad_(False)
+    x = torch.randn(2, 9, 16)
+    assert not blocks[0].chains(x)
+    run_token_blocks(blocks, x).square().sum().backward()
+    assert blocks[0].mlp.fc1.weight.grad is not None and blocks[0].mlp.fc1.weight.grad.abs().sum() > 0
+
+
+def test_fused_paths_step_aside_for_forward_hooks(triton_backend):
+    model = _randomised("mambavision_nano")
+    calls = []
+    hooked = [model.levels[2].blocks[0], model.levels[0].blocks[0].conv1, model.patch_embed.conv_down[1]]
+    for module in hooked:
+        module.register_forward_hook(lambda m, args, out: calls.append(type(m).__name__))
+    with torch.no_grad():
+        model(torch.randn(1, 3, 64, 64))
+    assert sorted(calls) == ["BatchNorm2d", "Block", "Conv2d"]  # each hooked module ran its own forward once

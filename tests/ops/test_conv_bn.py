@@ -169,3 +169,21 @@ def test_training_and_gradients_keep_the_plain_modules(triton_backend):
         conv = nn.Conv2d(4, 4, 3, padding=1, padding_mode="reflect")
         assert not fuses_conv_bn(x, conv, block.norm1)  # only zero padding folds into F.conv2d's call
         assert conv_bn_act(x, block.conv1, block.norm1, "relu").min() >= 0
+
+
+def test_layer_scale_in_fp16_and_fp64_models_keep_the_plain_path(triton_backend):
+    block = randomise_norms(ConvBlock(8, layer_scale=1e-5)).eval()
+    x = torch.randn(2, 8, 5, 5)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.float16):
+        assert not block._fuses_conv_bn(x)  # a 1e-5 scale folded into an fp16 weight lands in its subnormals
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert block._fuses_conv_bn(x)
+    double = randomise_norms(ConvBlock(8)).eval().double()
+    x64 = x.double()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):  # autocast leaves fp64 alone, so must the fold
+        fused = double(x64)
+    set_kernel_backend("naive")
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        plain = double(x64)
+    assert fused.dtype == plain.dtype == torch.float64
+    assert_close("fp64", plain, fused, 1e-10)

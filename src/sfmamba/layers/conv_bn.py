@@ -12,20 +12,32 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..ops.conv_bn import bias_act, fold_batch_norm, runs_fused
+from ..utils.hooks import has_forward_hooks
 
-__all__ = ["conv_bn_act", "fuses_conv_bn"]
+__all__ = ["conv_bn_act", "conv_compute_dtype", "fuses_conv_bn"]
 
 
 def fuses_conv_bn(x: Tensor, conv: nn.Conv2d, bn: nn.BatchNorm2d, *others: Tensor | None) -> bool:
     """Whether `conv_bn_act` applies: BN in eval mode with running statistics and affine parameters, a zero-padded
-    conv, no gradient needed and the Triton kernels usable for x's device."""
+    conv without forward hooks (they would not run), no gradient needed and the Triton kernels usable for x's
+    device."""
     uses_running_stats = not bn.training and bn.running_mean is not None and bn.running_var is not None
     return (
         uses_running_stats
         and bn.affine
         and conv.padding_mode == "zeros"
+        and not has_forward_hooks(conv, bn)
         and runs_fused(x, conv.weight, conv.bias, bn.weight, bn.bias, *others)
     )
+
+
+def conv_compute_dtype(x: Tensor, conv: nn.Conv2d) -> torch.dtype:
+    """The dtype the conv computes in: autocast's for floating weights below fp64 (autocast leaves fp64 alone), else
+    the weight's."""
+    device_type = x.device.type
+    if torch.is_autocast_enabled(device_type) and conv.weight.dtype != torch.float64:
+        return torch.get_autocast_dtype(device_type)
+    return conv.weight.dtype
 
 
 def conv_bn_act(
@@ -40,11 +52,9 @@ def conv_bn_act(
     """activation(scale * bn(conv(x))) + residual with BN folded into the conv; for callers that checked
     `fuses_conv_bn`. The folded weight is written in the autocast dtype when autocast is on, so the conv casts
     nothing; the result comes in `out_dtype` (default: `ops.conv_bn.bias_act`'s)."""
-    device_type = x.device.type
-    autocast = torch.is_autocast_enabled(device_type)
-    dtype = torch.get_autocast_dtype(device_type) if autocast else conv.weight.dtype
     weight, bias = fold_batch_norm(
-        conv.weight, conv.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var, bn.eps, scale, dtype
-    )
+        conv.weight, conv.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var, bn.eps, scale,
+        conv_compute_dtype(x, conv),
+    )  # fmt: skip
     y = F.conv2d(x, weight, None, conv.stride, conv.padding, conv.dilation, conv.groups)
     return bias_act(y, bias, activation, residual, out_dtype)

@@ -24,7 +24,10 @@ from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_c
 from torch import Tensor, nn
 
 from ..layers import LayerNorm, MambaVisionMixer, conv_bn_act, fuses_conv_bn
+from ..layers.conv_bn import conv_compute_dtype
+from ..ops._launch import needs_grad
 from ..ops.add_norm import fused_add_layer_norm, runs_fused
+from ..utils.hooks import has_forward_hooks
 from ._checkpoint import create_with_file_hooks, load_checkpoint_file
 from ._features import take_indices as _take_indices
 
@@ -67,8 +70,9 @@ class PatchEmbed(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.proj(x)
-        conv1, bn1, _, conv2, bn2, _ = self.conv_down
-        if fuses_conv_bn(x, conv1, bn1) and fuses_conv_bn(x, conv2, bn2):  # GPU inference: BN folded into the convs
+        conv1, bn1, act1, conv2, bn2, act2 = self.conv_down
+        fuses = fuses_conv_bn(x, conv1, bn1) and fuses_conv_bn(x, conv2, bn2)
+        if fuses and not has_forward_hooks(self.conv_down, act1, act2):  # GPU inference: BN folded into the convs
             return conv_bn_act(conv_bn_act(x, conv1, bn1, "relu"), conv2, bn2, "relu")
         return self.conv_down(x)
 
@@ -111,8 +115,10 @@ class ConvBlock(nn.Module):
 
     def _fuses_conv_bn(self, x: Tensor) -> bool:
         no_drop = not self.training or isinstance(self.drop_path, nn.Identity)
-        conv1_fuses = fuses_conv_bn(x, self.conv1, self.norm1, self.gamma)
-        return no_drop and conv1_fuses and fuses_conv_bn(x, self.conv2, self.norm2)
+        # a layer scale folded into an fp16 weight would push small scales (1e-5) into fp16's subnormals
+        scale_ok = self.gamma is None or conv_compute_dtype(x, self.conv2) != torch.float16
+        conv1_fuses = fuses_conv_bn(x, self.conv1, self.norm1, self.gamma) and not has_forward_hooks(self.act1)
+        return no_drop and scale_ok and conv1_fuses and fuses_conv_bn(x, self.conv2, self.norm2)
 
 
 class Attention(nn.Module):
@@ -199,10 +205,15 @@ class Block(nn.Module):
 
     def _fuses_residual_norm(self, x: Tensor, y: Tensor) -> bool:
         no_drop = not self.training or isinstance(self.drop_path, nn.Identity)
-        return type(self.norm2) is LayerNorm and no_drop and runs_fused(x, y, *self.norm2.parameters(), self.gamma_1)
+        plain_norm = type(self.norm2) is LayerNorm and not has_forward_hooks(self.norm2)
+        return plain_norm and no_drop and runs_fused(x, y, *self.norm2.parameters(), self.gamma_1)
 
     def chains(self, x: Tensor) -> bool:
-        """Whether `forward_chained` applies: the fused inference path with both norms plain LayerNorms."""
+        """Whether `forward_chained` applies: fused inference with no gradient needed by x or any parameter of the
+        block (the fused kernels have no backward), both norms plain LayerNorms and no forward hooks on the block or
+        its norms (their `forward` is not called)."""
+        if needs_grad(x, *self.parameters()) or has_forward_hooks(self, self.norm1, self.norm2):
+            return False
         norm1_fuses = type(self.norm1) is LayerNorm and runs_fused(x, *self.norm1.parameters(), self.gamma_2)
         return norm1_fuses and self._fuses_residual_norm(x, x)
 

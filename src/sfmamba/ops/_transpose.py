@@ -23,8 +23,8 @@ _MAX_GRID_Z = 65535
 def transpose_kernel(x_ptr, y_ptr, R, C, sxb, sxr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
     # x [Bt, R, C] (unit stride along C) -> y [Bt, C, R] contiguous; one program per (BLOCK_R, BLOCK_C) tile
     b = tl.program_id(2).to(tl.int64)
-    r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
-    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    r = (tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)).to(tl.int64)  # 64-bit: a slice may pass 2**31
+    c = (tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)).to(tl.int64)
     mask = (r[:, None] < R) & (c[None, :] < C)
     tile = tl.load(x_ptr + b * sxb + r[:, None] * sxr + c[None, :], mask=mask)
     tl.store(y_ptr + b * R * C + c[None, :] * R + r[:, None], tile, mask=mask)
