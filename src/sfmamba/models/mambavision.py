@@ -212,10 +212,10 @@ class Block(nn.Module):
         """Whether `forward_chained` applies: fused inference with no gradient needed by x or any parameter of the
         block (the fused kernels have no backward), both norms plain LayerNorms and no forward hooks on the block or
         its norms (their `forward` is not called)."""
-        if needs_grad(x, *self.parameters()) or has_forward_hooks(self, self.norm1, self.norm2):
+        if torch.is_grad_enabled() and needs_grad(x, *self.parameters()):  # cheap test first: eager hot path
             return False
-        norm1_fuses = type(self.norm1) is LayerNorm and runs_fused(x, *self.norm1.parameters(), self.gamma_2)
-        return norm1_fuses and self._fuses_residual_norm(x, x)
+        plain_norm1 = type(self.norm1) is LayerNorm and not has_forward_hooks(self, self.norm1)
+        return plain_norm1 and self._fuses_residual_norm(x, x)  # norm2, drop path, compile, device
 
     def forward_chained(
         self, x: Tensor, normed: Tensor | None, next_norm: nn.Module | None

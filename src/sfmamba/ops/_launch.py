@@ -12,7 +12,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ..utils._config import fast_math
+from ..utils._config import fast_math, use_triton
 
 __all__ = [
     "FAST_MATH",
@@ -24,6 +24,7 @@ __all__ = [
     "bc_strides",
     "linear_recurrence",
     "needs_grad",
+    "runs_fused",
     "on_device",
     "scan_shape",
     "sm_count",
@@ -53,6 +54,13 @@ def autotune(configs: list[triton.Config], key: list[str], **kwargs):
 def needs_grad(*tensors: Tensor | None) -> bool:
     """Whether autograd will need a backward through an op on these tensors (None entries are skipped)."""
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def runs_fused(x: Tensor, *others: Tensor | None) -> bool:
+    """Whether an inference-only fused op (`ops.add_norm`, `ops.conv_bn`: Triton forward, no backward) on these
+    tensors takes its kernels: no gradient needed, not under torch.compile (inductor fuses the reference itself), and
+    Triton usable for x's device. Callers keep their plain modules otherwise, so CPU results stay bit-identical."""
+    return not needs_grad(x, *others) and not torch.compiler.is_compiling() and use_triton(x.device)
 
 
 def on_device(device: torch.device) -> contextlib.AbstractContextManager:

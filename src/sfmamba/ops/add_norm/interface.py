@@ -9,9 +9,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ...utils._config import use_triton
 from .._checks import ArgumentError
-from .._launch import needs_grad
+from .._launch import runs_fused
 from .naive import add_layer_norm_naive
 
 
@@ -26,12 +25,6 @@ def _check(x: Tensor, y: Tensor, gamma: Tensor | None, weight: Tensor | None, bi
             raise ArgumentError(f"add_layer_norm: {name} must be on {x.device}, got {t.device}")
     if y.device != x.device:
         raise ArgumentError(f"add_layer_norm: y must be on {x.device}, got {y.device}")
-
-
-def runs_fused(x: Tensor, *others: Tensor | None) -> bool:
-    """Whether `add_layer_norm` on these tensors takes the fused kernel (callers keep their own unfused code
-    otherwise, so CPU results stay bit-identical to the plain modules)."""
-    return not needs_grad(x, *others) and not torch.compiler.is_compiling() and use_triton(x.device)
 
 
 def fused_add_layer_norm(

@@ -10,17 +10,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ...utils._config import use_triton
 from .._checks import ArgumentError
-from .._launch import needs_grad
+from .._launch import runs_fused
 from .naive import ACTIVATIONS, bias_act_naive, fold_batch_norm_naive
 
 _INT32_LIMIT = 2**31 - 1
-
-
-def runs_fused(x: Tensor, *others: Tensor | None) -> bool:
-    """Whether the epilogue on these tensors takes the Triton kernels."""
-    return not needs_grad(x, *others) and not torch.compiler.is_compiling() and use_triton(x.device)
 
 
 def _check_vector(name: str, t: Tensor | None, channels: int, device: torch.device) -> None:

@@ -673,11 +673,7 @@ def selective_scan_bwd(
     dD = dD_part.sum((0, 1)) if D is not None else dD_part
     dbias = dbias_part.sum((0, 1)) if delta_bias is not None else dbias_part
     dh0 = dh0.transpose(1, 2).contiguous() if initial_state is not None else dh0
-    du, ddelta, dz = (
-        _contiguous(du, layout),
-        _contiguous(ddelta, layout),
-        dz.contiguous() if z is None else _contiguous(dz, layout),
-    )
+    du, ddelta, dz = _contiguous(du, layout), _contiguous(ddelta, layout), _contiguous(dz, layout)
     return du, ddelta, dA_part.sum((0, 1)).t().contiguous(), dB, dC, dD, dz, dbias, dh0
 
 
