@@ -927,23 +927,13 @@ def test_bdl_reaches_the_kernels_with_channels_adjacent(monkeypatch, grouped):
     batch, length, dim, nstate = 2, 21, 12, 4
     launched: list[torch.Tensor] = []
 
-    class Spy:
-        def __init__(self, kernel):
-            self.kernel = kernel
+    real_launch = chunk._launch_kernel
 
-        def __getitem__(self, grid):
-            def launch(*args, **kwargs):
-                launched.extend(a for a in args if isinstance(a, torch.Tensor) and a.dim() >= 3)
-                return self.kernel[grid](*args, **kwargs)
+    def spy(kernel, grid, *args, **flags):
+        launched.extend(a for a in args if isinstance(a, torch.Tensor) and a.dim() >= 3)
+        return real_launch(kernel, grid, *args, **flags)
 
-            return launch
-
-        def __getattr__(self, name):  # configs, best_config
-            return getattr(self.kernel, name)
-
-    real_fwd, real_bwd = chunk._fwd_kernel, chunk._bwd_kernel
-    monkeypatch.setattr(chunk, "_fwd_kernel", lambda choice: Spy(real_fwd(choice)))
-    monkeypatch.setattr(chunk, "_bwd_kernel", lambda: Spy(real_bwd()))
+    monkeypatch.setattr(chunk, "_launch_kernel", spy)
     inputs = make_inputs(batch, length, dim, nstate, 2 if grouped else 1, "BDL", segments=None, grouped=grouped)
     compare_with_reference(inputs, torch.float32, {"delta_softplus": True}, backward=True)
     sequences = [t for t in launched if t.shape == (batch, dim, length)]

@@ -6,11 +6,14 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
+from triton.runtime.autotuner import Autotuner, Heuristics
 
 from ..utils._config import fast_math, use_triton
 
@@ -22,6 +25,7 @@ __all__ = [
     "autotune",
     "fast_exp2",
     "bc_strides",
+    "launch",
     "linear_recurrence",
     "needs_grad",
     "runs_fused",
@@ -49,6 +53,68 @@ def autotune(configs: list[triton.Config], key: list[str], **kwargs):
     if _AUTOTUNE_CACHES:
         kwargs.setdefault("cache_results", True)
     return triton.autotune(configs=configs, key=key, **kwargs)
+
+
+@dataclass(frozen=True)
+class _Resolved:
+    """What the autotuner and heuristics chose for one launch key: the kernel's meta-parameters (BLOCK sizes,
+    num_warps, ...), the config they came from and the config list it was picked from (a list swapped in by a test or a
+    benchmark invalidates the entry)."""
+
+    meta: dict
+    config: triton.Config | None
+    configs: list | None
+
+
+_RESOLVED: dict[tuple, _Resolved] = {}
+_MAX_RESOLVED = 4096  # distinct shapes x kernels; a long run with ever-new shapes starts over instead of growing
+
+
+def launch(kernel, grid: tuple | Callable[[dict], tuple], *args, **flags) -> dict:
+    """`kernel[grid](*args, **flags)` for a `triton.jit` function under sfmamba's `autotune` and/or
+    `triton.heuristics`, without their per-call host cost after the first launch with the same scalar arguments,
+    tensor dtypes and flags: the autotuner rebuilds its key from every argument and the heuristics re-bind them on
+    each call, ~100-150 us per launch of a 60-argument scan kernel on an H200 host (`benchmarks/ops/experiments/
+    host_overhead.py`), which made eager models host-bound. The first launch goes through them (autotuning if needed)
+    and records what they chose; later ones call the JIT function with it. Returns the meta-parameters used."""
+    key = (id(kernel), *(a for a in args if not isinstance(a, Tensor)),
+           *(a.dtype for a in args if isinstance(a, Tensor)), *flags.items())  # fmt: skip
+    tuner = kernel if isinstance(kernel, Autotuner) else None
+    entry = _RESOLVED.get(key)
+    if entry is None or (tuner is not None and entry.configs is not tuner.configs):
+        kernel[grid](*args, **flags)
+        entry = _resolve(kernel, args, flags)
+        if len(_RESOLVED) >= _MAX_RESOLVED:
+            _RESOLVED.clear()
+        if entry.config is None or entry.config.pre_hook is None:
+            _RESOLVED[key] = entry
+        return entry.meta
+    if tuner is not None:
+        tuner.best_config = entry.config  # what benchmarks and tests read after a launch
+    _innermost(kernel).run(*args, grid=grid, warmup=False, **flags, **entry.meta)
+    return entry.meta
+
+
+def _innermost(kernel):
+    while isinstance(kernel, (Autotuner, Heuristics)):
+        kernel = kernel.fn
+    return kernel
+
+
+def _resolve(kernel, args: tuple, flags: dict) -> _Resolved:
+    """Replay the autotuner's pick (its `best_config`, just set by a launch) and the heuristics on these arguments."""
+    meta: dict = {}
+    config = configs = None
+    while isinstance(kernel, (Autotuner, Heuristics)):
+        if isinstance(kernel, Autotuner):
+            config, configs = kernel.best_config, kernel.configs
+            meta.update(config.all_kwargs())
+        else:
+            named = {**dict(zip(kernel.arg_names, args)), **flags, **meta}
+            for name, heuristic in kernel.values.items():
+                meta[name] = named[name] = heuristic(named)
+        kernel = kernel.fn
+    return _Resolved(meta, config, configs)
 
 
 def needs_grad(*tensors: Tensor | None) -> bool:

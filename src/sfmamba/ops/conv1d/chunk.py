@@ -10,8 +10,6 @@ SiLU is fused) and per-program partial sums of dweight and dbias, summed on the 
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 import triton
 import triton.language as tl
@@ -19,6 +17,10 @@ from torch import Tensor
 
 from ...utils._config import triton_interpret
 from .._launch import autotune as _autotune
+from .._launch import launch as _launch_kernel
+from .._launch import needs_grad as _needs_grad
+from .._launch import on_device as _on_device
+from .._launch import x_strides as _x_strides
 from .naive import pad_left
 
 RESET_NONE, RESET_PERIODIC, RESET_VARLEN = 0, 1, 2
@@ -172,16 +174,6 @@ def depthwise_conv1d_bwd_kernel(
         tl.store(db_ptr + part * D + ch, db_acc, mask=mask_d)
 
 
-def _on_device(device: torch.device):
-    """Launch on `device`: a plain CUDA device switch (cheap), not a `torch.device` mode that taxes every torch call."""
-    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
-
-
-def _x_strides(x: Tensor, layout: str) -> tuple[int, int, int]:
-    """(batch, L, D) strides of a (batch, D, L) or (batch, L, D) tensor."""
-    return (x.stride(0), x.stride(2), x.stride(1)) if layout == "BDL" else (x.stride(0), x.stride(1), x.stride(2))
-
-
 def _shape(x: Tensor, layout: str) -> tuple[int, int, int]:
     """(batch, D, L)."""
     return (x.shape[0], x.shape[1], x.shape[2]) if layout == "BDL" else (x.shape[0], x.shape[2], x.shape[1])
@@ -202,13 +194,17 @@ def depthwise_conv1d_fwd(
     x: Tensor, weight: Tensor, bias: Tensor | None, cu_seqlens: Tensor | None, seq_len: int | None, pad: int,
     silu: bool, layout: str,
 ) -> Tensor:  # fmt: skip
-    """Launch the forward kernel; returns the output, contiguous in x's layout and dtype."""
+    """Launch the forward kernel; returns the output, contiguous in x's layout and dtype (`seq_len` 0 or None: no
+    periodic reset)."""
+    seq_len = seq_len or None
     batch, dim, length = _shape(x, layout)
     reset, period, seg_ids, cu = _reset_args(length, seq_len, cu_seqlens, x.device)
     out = torch.empty(x.shape, device=x.device, dtype=x.dtype)
     anything = x  # stands in for absent optional tensors; never read
     with _on_device(x.device):
-        depthwise_conv1d_fwd_kernel[lambda meta: (triton.cdiv(length, meta["BLOCK_L"]), triton.cdiv(dim, meta["BLOCK_D"]), batch)](
+        _launch_kernel(
+            depthwise_conv1d_fwd_kernel,
+            lambda meta: (triton.cdiv(length, meta["BLOCK_L"]), triton.cdiv(dim, meta["BLOCK_D"]), batch),
             x, weight.contiguous(), anything if bias is None else bias,
             anything if seg_ids is None else seg_ids, anything if cu is None else cu, out,
             length, dim, period,
@@ -224,6 +220,7 @@ def depthwise_conv1d_bwd(
     pad: int, silu: bool, layout: str,
 ) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
     """Launch the backward kernel; returns (dx, dweight, dbias or empty), each in its input's dtype."""
+    seq_len = seq_len or None
     batch, dim, length = _shape(x, layout)
     kernel_size = weight.shape[1]
     reset, period, seg_ids, cu = _reset_args(length, seq_len, cu_seqlens, x.device)
@@ -235,7 +232,8 @@ def depthwise_conv1d_bwd(
     db_part = torch.empty(batch * n_split, dim, device=dev, dtype=torch.float32) if bias is not None else dw_part
     anything = x
     with _on_device(dev):
-        depthwise_conv1d_bwd_kernel[lambda meta: (triton.cdiv(dim, meta["BLOCK_D"]), n_split, batch)](
+        _launch_kernel(
+            depthwise_conv1d_bwd_kernel, lambda meta: (triton.cdiv(dim, meta["BLOCK_D"]), n_split, batch),
             x, weight.contiguous(), anything if bias is None else bias,
             anything if seg_ids is None else seg_ids, anything if cu is None else cu, dout,
             dx, dw_part, db_part,
@@ -289,16 +287,33 @@ def _setup_context(ctx, inputs, output) -> None:
     ctx.flags = (seq_len, pad, silu, layout)
 
 
-def _backward(ctx, dout):
+def _backward(ctx, dout, bwd=None):
+    """Gradients of x, weight and bias; `bwd` is the traceable op unless the eager autograd.Function passes the
+    launcher."""
     x, weight, bias, cu_seqlens = ctx.saved_tensors
     seq_len, pad, silu, layout = ctx.flags
-    dx, dweight, dbias = torch.ops.sfmamba.depthwise_conv1d_bwd(
-        dout, x, weight, bias, cu_seqlens, seq_len, pad, silu, layout
-    )
+    bwd = bwd or torch.ops.sfmamba.depthwise_conv1d_bwd
+    dx, dweight, dbias = bwd(dout, x, weight, bias, cu_seqlens, seq_len, pad, silu, layout)
     return dx, dweight, dbias if bias is not None else None, None, None, None, None, None
 
 
 _fwd_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+class DepthwiseConv1dFunction(torch.autograd.Function):
+    """The `sfmamba::depthwise_conv1d_fwd` op's forward and backward for eager mode, without the torch.library
+    dispatch (~100 us of host time per call on an H200 host, `benchmarks/ops/experiments/host_overhead.py`)."""
+
+    @staticmethod
+    def forward(ctx, *inputs):
+        x, weight, bias, cu_seqlens, seq_len, pad, silu, layout = inputs
+        out = depthwise_conv1d_fwd(x, weight, bias, cu_seqlens, seq_len, pad, silu, layout)
+        _setup_context(ctx, inputs, out)
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        return _backward(ctx, dout, bwd=depthwise_conv1d_bwd)
 
 
 def depthwise_conv1d_triton(
@@ -306,7 +321,9 @@ def depthwise_conv1d_triton(
     cu_seqlens: Tensor | None, layout: str,
 ) -> Tensor:  # fmt: skip
     """The Triton path of `sfmamba.ops.depthwise_conv1d` (inputs already checked)."""
-    pad = pad_left(weight.shape[1], padding)
-    return torch.ops.sfmamba.depthwise_conv1d_fwd(
-        x, weight, bias, cu_seqlens, seq_len or 0, pad, activation == "silu", layout
-    )
+    pad, silu = pad_left(weight.shape[1], padding), activation == "silu"
+    if torch.compiler.is_compiling():
+        return torch.ops.sfmamba.depthwise_conv1d_fwd(x, weight, bias, cu_seqlens, seq_len or 0, pad, silu, layout)
+    if _needs_grad(x, weight, bias):
+        return DepthwiseConv1dFunction.apply(x, weight, bias, cu_seqlens, seq_len or 0, pad, silu, layout)
+    return depthwise_conv1d_fwd(x, weight, bias, cu_seqlens, seq_len, pad, silu, layout)

@@ -23,6 +23,7 @@ from .._launch import LOG2E
 from .._launch import autotune as _autotune
 from .._launch import bc_strides as _bc_strides
 from .._launch import fast_exp2 as _exp2
+from .._launch import launch as _launch_kernel
 from .._launch import needs_grad as _needs_grad
 from .._launch import on_device as _on_device
 from .._launch import scan_shape as _shape
@@ -606,9 +607,9 @@ def selective_scan_fwd(
 
     with _on_device(u.device):
         if nchunks > 1:
-            kernel[grid](*args, **flags, SUMMARY=True)
+            _launch_kernel(kernel, grid, *args, **flags, SUMMARY=True)
             combine_chunks(chunk_P, chunk_S, reverse=False)
-        kernel[grid](*args, **flags, SUMMARY=False)
+        _launch_kernel(kernel, grid, *args, **flags, SUMMARY=False)
     return _contiguous(out, layout), last.transpose(1, 2).contiguous() if return_last_state else last, ckpt
 
 
@@ -664,10 +665,10 @@ def selective_scan_bwd(
 
     with _on_device(dev):
         if nchunks > 1:
-            kernel[grid](*args, **flags, SUMMARY=True)
+            _launch_kernel(kernel, grid, *args, **flags, SUMMARY=True)
             combine_chunks(sum_Q, sum_X, reverse=True)
-        kernel[grid](*args, **flags, SUMMARY=False)
-    used = triton.cdiv(dim_per_group, kernel.best_config.kwargs["BLOCK_D"])
+        meta = _launch_kernel(kernel, grid, *args, **flags, SUMMARY=False)
+    used = triton.cdiv(dim_per_group, meta["BLOCK_D"])
     dB = _bc_from_blgn(dB_part[:used].sum(0).transpose(2, 3), B_in, layout)
     dC = _bc_from_blgn(dC_part[:used].sum(0).transpose(2, 3), C_in, layout)
     dD = dD_part.sum((0, 1)) if D is not None else dD_part
@@ -784,9 +785,11 @@ def selective_scan_triton(
     cu_seqlens: Tensor | None, initial_state: Tensor | None, layout: str,
 ) -> Tensor | tuple[Tensor, Tensor]:  # fmt: skip
     """The Triton path of `sfmamba.ops.selective_scan` (inputs already checked)."""
-    tensors = (u, delta, A, B, C, D, z, delta_bias, initial_state)
-    save = _needs_grad(*tensors)
-    scan = torch.ops.sfmamba.selective_scan_fwd if torch.compiler.is_compiling() else SelectiveScanFunction.apply
+    save = _needs_grad(u, delta, A, B, C, D, z, delta_bias, initial_state)
+    if torch.compiler.is_compiling():
+        scan = torch.ops.sfmamba.selective_scan_fwd
+    else:  # eager: the autograd.Function only when a backward will run (its apply costs host time per call)
+        scan = SelectiveScanFunction.apply if save else selective_scan_fwd
     out, last, _ = scan(
         u, delta, A, B, C, D, z, delta_bias, initial_state, cu_seqlens, delta_softplus, seq_len or 0, layout,
         return_last_state, save,
