@@ -1,8 +1,10 @@
 """Where the host time of an eager forward goes: torch.profiler's CPU-side view of one model's inference step (self
 CPU time per op, Triton launches included as their Python ranges), next to the step's wall time. For the eager
-inference gap (our models enqueue a 5.5 ms H200 step in 14-16 ms of host time, docs/status.md).
+gap (our models enqueue a 5.5 ms H200 inference step in 14-16 ms of host time, docs/status.md). `--train` profiles a
+training step (forward, backward, AdamW) instead; `official:mamba_vision_T` profiles the official code (its wheel and
+mamba_ssm on PYTHONPATH, as `benchmarks/models/run_targets.sh` sets them), for op counts side by side.
 
-    python benchmarks/models/host_profile.py --model sf_mamba_tiny --batch 128 [--out FILE.txt]
+    python benchmarks/models/host_profile.py --model sf_mamba_tiny --batch 128 [--train] [--out FILE.txt]
 """
 
 from __future__ import annotations
@@ -28,15 +30,25 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--img-size", type=int, default=224)
     parser.add_argument("--top", type=int, default=40)
+    parser.add_argument("--train", action="store_true", help="profile forward + backward + AdamW step")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = timm.create_model(args.model).eval().to(device, memory_format=torch.channels_last)
+    model = build(args.model).train(args.train).to(device, memory_format=torch.channels_last)
     x = torch.randn(args.batch, 3, args.img_size, args.img_size, device=device).to(memory_format=torch.channels_last)
+    target = torch.randint(0, 1000, (args.batch,), device=device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4) if args.train else None
 
     def step() -> None:
-        with torch.no_grad(), torch.autocast(device, dtype=torch.bfloat16):
-            model(x)
+        if optimizer is None:
+            with torch.no_grad(), torch.autocast(device, dtype=torch.bfloat16):
+                model(x)
+            return
+        with torch.autocast(device, dtype=torch.bfloat16):
+            loss = torch.nn.functional.cross_entropy(model(x), target)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
 
     for _ in range(5):  # compiles, autotunes, picks cuDNN algorithms
         step()
@@ -51,10 +63,19 @@ def main() -> None:
         for _ in range(3):
             step()
     table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.top, max_name_column_width=70)
-    report = f"{args.model} bs {args.batch}: host {host_ms:.2f} ms per step to enqueue, wall {wall_ms:.2f} ms\n{table}"
+    kind = "training" if args.train else "inference"
+    report = f"{args.model} {kind} bs {args.batch}: host {host_ms:.2f} ms per step to enqueue, wall {wall_ms:.2f} ms\n{table}"
     print(report)
     if args.out:
         args.out.write_text(report)
+
+
+def build(name: str) -> torch.nn.Module:
+    if name.startswith("official:"):
+        from sfmamba.bench.official import official_model
+
+        return official_model(name.split(":", 1)[1], scan="mamba_ssm")
+    return timm.create_model(name)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from ..ops.conv_bn import bias_act, fold_batch_norm, runs_fused
 from ..utils.hooks import has_forward_hooks
+from ..utils.inference_cache import cached, caches_now
 
 __all__ = ["conv_bn_act", "conv_compute_dtype", "fuses_conv_bn"]
 
@@ -50,11 +51,17 @@ def conv_bn_act(
     out_dtype: torch.dtype | None = None,
 ) -> Tensor:
     """activation(scale * bn(conv(x))) + residual with BN folded into the conv; for callers that checked
-    `fuses_conv_bn`. The folded weight is written in the autocast dtype when autocast is on, so the conv casts
-    nothing; the result comes in `out_dtype` (default: `ops.conv_bn.bias_act`'s)."""
-    weight, bias = fold_batch_norm(
-        conv.weight, conv.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var, bn.eps, scale,
-        conv_compute_dtype(x, conv),
-    )  # fmt: skip
+        `fuses_conv_bn`. The folded weight is written in the autocast dtype when autocast is on, so the conv casts
+        nothing; the result comes in `out_dtype` (default: `ops.conv_bn.bias_act`'s). In eager inference the folded
+    weights are kept on the conv between calls (`utils.inference_cache`)."""
+    dtype = conv_compute_dtype(x, conv)
+
+    def fold() -> tuple[Tensor, Tensor]:
+        return fold_batch_norm(
+            conv.weight, conv.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var, bn.eps, scale, dtype
+        )
+
+    sources = (conv.weight, conv.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var, scale)
+    weight, bias = cached(conv, "_bn_fold_cache", sources, fold, (dtype, bn.eps)) if caches_now() else fold()
     y = F.conv2d(x, weight, None, conv.stride, conv.padding, conv.dilation, conv.groups)
     return bias_act(y, bias, activation, residual, out_dtype)

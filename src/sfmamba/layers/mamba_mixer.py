@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from ..ops import depthwise_conv1d, selective_scan
+from ..utils.inference_cache import cached, caches_now
 
 __all__ = ["MambaVisionMixer"]
 
@@ -112,9 +113,26 @@ class MambaVisionMixer(nn.Module):
     def forward(self, x: Tensor, seq_len: int | None = None) -> Tensor:
         """[B, L, d_model] -> [B, L, d_model]. `seq_len` (a divisor of L): every row holds L / seq_len independent
         sequences (a folded batch); the conv and the scan reset at their boundaries, so none leaks into the next."""
-        u, z = self.in_proj(x).split(self.d_half, dim=-1)  # strided views, [B, L, D/2] each
-        u, z = self._conv(u, z, seq_len)
+        u, z = self._conv_both(self.in_proj(x), seq_len)
         return self.out_proj(torch.cat((self._ssm(u, seq_len), z), dim=-1))
+
+    def _conv_both(self, xz: Tensor, seq_len: int | None) -> tuple[Tensor, Tensor]:
+        """`_conv` of both halves of the in_proj output [B, L, D] in one call (the two convs' weights side by side:
+        one launch instead of two, forward and backward); returns strided views [B, L, D/2] each."""
+        weight, bias = self._conv_weights()
+        out = depthwise_conv1d(xz, weight, bias, padding="same", activation="silu", seq_len=seq_len)
+        return out.split(self.d_half, dim=-1)
+
+    def _conv_weights(self) -> tuple[Tensor, Tensor | None]:
+        """The x and z convs' weights [D, K] and biases [D] (or None) concatenated (kept between inference calls)."""
+        x_conv, z_conv = self.conv1d_x, self.conv1d_z
+
+        def make() -> tuple[Tensor, Tensor | None]:
+            weight = torch.cat((x_conv.weight.view(self.d_half, -1), z_conv.weight.view(self.d_half, -1)))
+            return weight, torch.cat((x_conv.bias, z_conv.bias)) if x_conv.bias is not None else None
+
+        sources = (x_conv.weight, z_conv.weight, x_conv.bias, z_conv.bias)
+        return cached(self, "_conv_cache", sources, make) if caches_now(*sources) else make()
 
     def _conv(self, u: Tensor, z: Tensor, seq_len: int | None) -> tuple[Tensor, Tensor]:
         """Depthwise 'same' conv + SiLU on both branches, [B, L, D/2] each."""
@@ -138,13 +156,16 @@ class MambaVisionMixer(nn.Module):
 
     def _scan(self, u: Tensor, dt: Tensor, B: Tensor, C: Tensor, seq_len: int | None) -> Tensor:
         """The selective scan in (B, L, D) layout, or VMeanba's channel-mean scan when `self.vmeanba` is set."""
-        A = -torch.exp(self.A_log.float())
+        A = cached(self, "_A_cache", (self.A_log,), self._A) if caches_now(self.A_log) else self._A()
         args = (u, dt, A, B, C, self.D.float(), None, self.dt_proj.bias.float(), True)
         if self.vmeanba:
             from ..ops.vmeanba import mean_selective_scan  # lazy: layers must import without the VMeanba op
 
             return mean_selective_scan(*args, seq_len=seq_len, layout="BLD")
         return selective_scan(*args, seq_len=seq_len, layout="BLD")
+
+    def _A(self) -> Tensor:
+        return -torch.exp(self.A_log.float())
 
     def extra_repr(self) -> str:
         return f"d_model={self.d_model}, d_state={self.d_state}, d_conv={self.d_conv}, dt_rank={self.dt_rank}"

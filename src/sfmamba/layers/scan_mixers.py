@@ -137,14 +137,17 @@ class ScanMixer(MambaVisionMixer):
         windows, length, _ = x.shape
         if length != self.seq_len:
             raise ValueError(f"x must have {self.seq_len} tokens per window sequence, got {tuple(x.shape)}")
-        u, z = self.in_proj(x).split(self.d_half, dim=-1)
-        if self.permuted:
-            u = self._reorder(u, self.order)  # the one copy that multi-direction scans cost
-        fold = self._fold_factor(windows, u)
+        xz = self.in_proj(x)
+        fold = self._fold_factor(windows, xz)
         seq_len = length if fold > 1 else None
-        # fold: [W, L, C] -> [W / f, f * L, C]; a view, as u and z have batch stride L * row stride
-        u, z = (t.reshape(windows // fold, fold * length, self.d_half) for t in (u, z))
-        u, z = self._conv(u, z, seq_len)
+        if self.permuted:
+            u, z = xz.split(self.d_half, dim=-1)
+            u = self._reorder(u, self.order)  # the one copy that multi-direction scans cost
+            # fold: [W, L, C] -> [W / f, f * L, C]; a view, as u and z have batch stride L * row stride
+            u, z = (t.reshape(windows // fold, fold * length, self.d_half) for t in (u, z))
+            u, z = self._conv(u, z, seq_len)
+        else:
+            u, z = self._conv_both(xz.reshape(windows // fold, fold * length, xz.shape[-1]), seq_len)
         y = self._ssm(u, seq_len).view(windows, length, self.d_half)
         if self.permuted:
             y = self._reorder(y, self.inverse)

@@ -28,6 +28,7 @@ from ..layers.conv_bn import conv_compute_dtype
 from ..ops._launch import needs_grad
 from ..ops.add_norm import fused_add_layer_norm, runs_fused
 from ..utils.hooks import has_forward_hooks
+from ..utils.inference_cache import cache_linear_casts
 from ._checkpoint import create_with_file_hooks, load_checkpoint_file
 from ._features import take_indices as _take_indices
 
@@ -403,6 +404,7 @@ class MambaVision(nn.Module):
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         self.apply(self._init_weights)
+        cache_linear_casts(self)
 
     def _make_stage(self, **stage_kwargs) -> nn.Module:
         """One stage from `MambaVisionStage`'s arguments; subclasses (SF-Mamba) build their hybrid stages here."""

@@ -27,6 +27,7 @@ from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_c
 from torch import Tensor, nn
 
 from ..layers.ss2d import SS2D
+from ..utils.inference_cache import cache_linear_casts
 from ._checkpoint import create_with_file_hooks, load_checkpoint_file
 from ._features import take_indices as _take_indices
 
@@ -192,6 +193,7 @@ class VMamba(nn.Module):
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(self.num_features, num_classes, **dd) if num_classes > 0 else nn.Identity()
         self.apply(self._init_weights)
+        cache_linear_casts(self)
 
     @staticmethod
     def _init_weights(m: nn.Module) -> None:

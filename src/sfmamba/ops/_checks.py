@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from typing import NoReturn
 
@@ -33,6 +34,25 @@ def check_value(op: str, name: str, ok: Tensor, expected: str, got: Callable[[],
             fail(op, name, expected, got())
     else:
         torch._assert_async(ok, f"{op}: {name} must be {expected}")
+
+
+_CHECKED_FINITE: dict[int, tuple[weakref.ref, int]] = {}  # id -> (the tensor, its version when found finite)
+
+
+def check_finite(op: str, name: str, x: Tensor) -> None:
+    """`check_value` that `x` is finite, done once per tensor and version: a layer passing the same tensor every call
+    (A cached between eager inference calls, `utils.inference_cache`) pays its launches once. On a GPU the check is
+    asynchronous, so a tensor is remembered as checked once its check is queued: a failure still surfaces."""
+    if not value_checks_enabled():
+        return
+    remembers = not x.is_inference()  # inference tensors keep no version counter
+    entry = _CHECKED_FINITE.get(id(x)) if remembers else None
+    if entry is not None and entry[0]() is x and entry[1] == x._version:
+        return
+    check_value(op, name, torch.isfinite(x).all(), "finite everywhere", lambda: "non-finite values")
+    if remembers:
+        key = id(x)
+        _CHECKED_FINITE[key] = (weakref.ref(x, lambda _, key=key: _CHECKED_FINITE.pop(key, None)), x._version)
 
 
 def describe(x: Tensor) -> str:

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from ...utils._config import use_triton
-from .._checks import check_segments, check_sequence, check_value, describe, fail
+from .._checks import check_finite, check_segments, check_sequence, describe, fail
 from .naive import selective_scan_naive
 
 
@@ -66,7 +66,7 @@ def check_selective_scan_inputs(
     check_segments("selective_scan", seq_len, cu_seqlens, batch, length, u.device)
     segments = cu_seqlens.numel() - 1 if cu_seqlens is not None else batch * (length // (seq_len or length))
     _check_tensor("initial_state", initial_state, (segments, dim, nstate), (torch.float32,), u.device)
-    check_value("selective_scan", "A", torch.isfinite(A).all(), "finite everywhere", lambda: "non-finite values")
+    check_finite("selective_scan", "A", A)
 
 
 def selective_scan(
