@@ -1,0 +1,152 @@
+"""Triton LayerNorm forward and backward (training), with the weight and bias gradients reduced inside the backward.
+
+Why: PyTorch's CUDA LayerNorm backward computes dweight/dbias in a separate kernel (`GammaBetaBackward`) that took
+1.63 ms for 16 calls of sf_mamba_tiny's bf16 training step on an H200 (bs 128, `benchmarks/results/s7_20261202/
+models-s7/profile_train.log`), ~100 us each for ~20 us of memory traffic. Here every backward program walks a strided
+set of row blocks, keeps its dweight/dbias partial sums in fp32 registers and writes one row of partials; the few
+hundred partial rows are summed afterwards (deterministic). The forward keeps whole rows in registers and saves the
+per-row mean and 1/std for the backward.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from ...utils._config import triton_interpret
+from .._launch import on_device as _on_device
+from .._launch import sm_count as _sm_count
+
+
+@triton.jit
+def layer_norm_fwd_kernel(
+    x_ptr, w_ptr, b_ptr, out_ptr, mean_ptr, rstd_ptr, M, C, eps, sx, so,
+    HAS_W: tl.constexpr, HAS_B: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
+):  # fmt: skip
+    # One program: BLOCK_M rows of C channels, each row whole in registers.
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = tl.arange(0, BLOCK_C)
+    mask_c = cols < C
+    mask_m = rows < M
+    mask = mask_m[:, None] & mask_c[None, :]
+    x = tl.load(x_ptr + rows[:, None].to(tl.int64) * sx + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    mean = tl.sum(x, axis=1) / C
+    centred = tl.where(mask, x - mean[:, None], 0.0)
+    rstd = 1.0 / tl.sqrt(tl.sum(centred * centred, axis=1) / C + eps)
+    out = centred * rstd[:, None]
+    if HAS_W:
+        out *= tl.load(w_ptr + cols, mask=mask_c, other=0.0).to(tl.float32)[None, :]
+    if HAS_B:
+        out += tl.load(b_ptr + cols, mask=mask_c, other=0.0).to(tl.float32)[None, :]
+    tl.store(out_ptr + rows[:, None].to(tl.int64) * so + cols[None, :], out.to(out_ptr.dtype.element_ty), mask=mask)
+    tl.store(mean_ptr + rows, mean, mask=mask_m)
+    tl.store(rstd_ptr + rows, rstd, mask=mask_m)
+
+
+@triton.jit
+def layer_norm_bwd_kernel(
+    x_ptr, w_ptr, dout_ptr, mean_ptr, rstd_ptr, dx_ptr, dw_part_ptr, db_part_ptr, M, C, sx, sdo, sdx,
+    HAS_W: tl.constexpr, HAS_B: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
+):  # fmt: skip
+    # One program: row blocks pid, pid + P, pid + 2P, ... (P programs); per row
+    #   xhat = (x - mean) * rstd,  g = dout * w,  dx = rstd * (g - mean_c(g) - xhat * mean_c(g * xhat)),
+    # and the program's partial sums over its rows: dw += dout * xhat, db += dout.
+    pid, programs = tl.program_id(0), tl.num_programs(0)
+    cols = tl.arange(0, BLOCK_C)
+    mask_c = cols < C
+    w = tl.load(w_ptr + cols, mask=mask_c, other=0.0).to(tl.float32) if HAS_W else None
+    dw = tl.zeros([BLOCK_C], dtype=tl.float32)
+    db = tl.zeros([BLOCK_C], dtype=tl.float32)
+    for start in range(pid * BLOCK_M, M, programs * BLOCK_M):
+        rows = start + tl.arange(0, BLOCK_M)
+        mask_m = rows < M
+        mask = mask_m[:, None] & mask_c[None, :]
+        r64 = rows[:, None].to(tl.int64)
+        x = tl.load(x_ptr + r64 * sx + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        dout = tl.load(dout_ptr + r64 * sdo + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        mean = tl.load(mean_ptr + rows, mask=mask_m, other=0.0)
+        rstd = tl.load(rstd_ptr + rows, mask=mask_m, other=0.0)
+        xhat = tl.where(mask, (x - mean[:, None]) * rstd[:, None], 0.0)
+        g = dout * w[None, :] if HAS_W else dout
+        c1 = tl.sum(g * xhat, axis=1) / C
+        c2 = tl.sum(g, axis=1) / C
+        dx = (g - c2[:, None] - xhat * c1[:, None]) * rstd[:, None]
+        tl.store(dx_ptr + r64 * sdx + cols[None, :], dx.to(dx_ptr.dtype.element_ty), mask=mask)
+        dw += tl.sum(dout * xhat, axis=0)
+        db += tl.sum(dout, axis=0)
+    if HAS_W:
+        tl.store(dw_part_ptr + pid * C + cols, dw, mask=mask_c)
+    if HAS_B:
+        tl.store(db_part_ptr + pid * C + cols, db, mask=mask_c)
+
+
+def _blocks(channels: int) -> tuple[int, int, int]:
+    """(BLOCK_M, BLOCK_C, num_warps): whole rows, ~16 fp32 values per thread and tensor."""
+    block_c = triton.next_power_of_2(channels)
+    if triton_interpret():
+        return 4, block_c, 1
+    num_warps = 4 if block_c <= 1024 else 8
+    return max(1, min(16, (num_warps * 32 * 16) // block_c)), block_c, num_warps
+
+
+def _rows(x: Tensor) -> Tensor:
+    """x [..., C] as a 2-D [rows, C] view with unit channel stride (a copy only when it has none)."""
+    x2 = x.reshape(-1, x.shape[-1])
+    return x2 if x2.stride(-1) == 1 else x2.contiguous()
+
+
+def layer_norm_fwd(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float) -> tuple[Tensor, Tensor, Tensor]:
+    """x [..., C] -> (out in x's dtype and shape, mean [rows], rstd [rows]) (fp32 statistics)."""
+    x2 = _rows(x)
+    rows, channels = x2.shape
+    out = torch.empty_like(x2)
+    mean = torch.empty(rows, device=x.device, dtype=torch.float32)
+    rstd = torch.empty_like(mean)
+    block_m, block_c, num_warps = _blocks(channels)
+    with _on_device(x.device):
+        layer_norm_fwd_kernel[(triton.cdiv(rows, block_m),)](
+            x2, weight if weight is not None else x2, bias if bias is not None else x2, out, mean, rstd,
+            rows, channels, eps, x2.stride(0), out.stride(0),
+            HAS_W=weight is not None, HAS_B=bias is not None, BLOCK_M=block_m, BLOCK_C=block_c, num_warps=num_warps,
+        )  # fmt: skip
+    return out.view(x.shape), mean, rstd
+
+
+def layer_norm_bwd(
+    dout: Tensor, x: Tensor, weight: Tensor | None, bias: Tensor | None, mean: Tensor, rstd: Tensor
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """(dx in x's dtype, dweight and dbias in their parameters' dtypes, None where absent)."""
+    x2, dout2 = _rows(x), _rows(dout)
+    rows, channels = x2.shape
+    dx = torch.empty_like(x2)
+    block_m, block_c, num_warps = _blocks(channels)
+    programs = min(triton.cdiv(rows, block_m), 4 * _sm_count(x.device) if x.device.type == "cuda" else 4)
+    parts = torch.empty(2 if bias is not None else 1, programs, channels, device=x.device, dtype=torch.float32)
+    with _on_device(x.device):
+        layer_norm_bwd_kernel[(programs,)](
+            x2, weight if weight is not None else x2, dout2, mean, rstd, dx, parts[0], parts[-1],
+            rows, channels, x2.stride(0), dout2.stride(0), dx.stride(0),
+            HAS_W=weight is not None, HAS_B=bias is not None, BLOCK_M=block_m, BLOCK_C=block_c, num_warps=num_warps,
+        )  # fmt: skip
+    sums = parts.sum(1)
+    dweight = sums[0].to(weight.dtype) if weight is not None else None
+    dbias = sums[-1].to(bias.dtype) if bias is not None else None
+    return dx.view(x.shape), dweight, dbias
+
+
+class LayerNormFunction(torch.autograd.Function):
+    """Autograd of the Triton LayerNorm (eager; torch.compile takes the reference, which inductor fuses)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float) -> Tensor:
+        out, mean, rstd = layer_norm_fwd(x, weight, bias, eps)
+        ctx.save_for_backward(x, weight, bias, mean, rstd)
+        return out
+
+    @staticmethod
+    def backward(ctx, dout: Tensor):
+        x, weight, bias, mean, rstd = ctx.saved_tensors
+        dx, dweight, dbias = layer_norm_bwd(dout, x, weight, bias, mean, rstd)
+        return dx, dweight, dbias, None

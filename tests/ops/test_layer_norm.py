@@ -1,0 +1,123 @@
+"""Triton LayerNorm (forward and backward, the weight/bias gradients reduced in the kernel) against the fp32
+reference under the interpreter: outputs and every gradient over real token-row widths and odd ones, all dtypes,
+NaN-poisoned buffers, the dispatch rules, bad arguments, and the model LayerNorm that uses it."""
+
+from __future__ import annotations
+
+import os
+
+# must run before anything imports triton (see tests/ops/test_selective_scan.py)
+os.environ["TRITON_INTERPRET"] = "1"
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+import sfmamba.ops.layer_norm.chunk as chunk  # noqa: E402
+from sfmamba.layers import LayerNorm  # noqa: E402
+from sfmamba.ops.layer_norm import layer_norm, layer_norm_naive  # noqa: E402
+from sfmamba.testing import assert_close  # noqa: E402
+
+TOLERANCE = {torch.float32: 1e-5, torch.float16: 5e-3, torch.bfloat16: 2e-2}
+
+
+@pytest.fixture
+def poisoned(monkeypatch):
+    """Every buffer the kernels get from `torch.empty`/`empty_like` starts as NaN, so an unwritten element fails."""
+    real_empty, real_empty_like = torch.empty, torch.empty_like
+
+    def nan(t):
+        return t.fill_(float("nan")) if t.is_floating_point() else t
+
+    monkeypatch.setattr(chunk.torch, "empty", lambda *a, **k: nan(real_empty(*a, **k)))
+    monkeypatch.setattr(chunk.torch, "empty_like", lambda *a, **k: nan(real_empty_like(*a, **k)))
+
+
+@pytest.mark.parametrize(("shape", "affine"), [((2, 49, 80), "both"), ((3, 51, 33), "weight"), ((37, 160), "none"),
+                                               ((1, 7, 320), "bias"), ((70, 96), "both")])  # fmt: skip
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_forward_and_gradients_match_reference(shape, affine, dtype, poisoned, triton_backend):
+    torch.manual_seed(sum(shape))
+    channels = shape[-1]
+    x = (torch.randn(shape) * 3 + 1).to(dtype).requires_grad_()
+    weight = (torch.randn(channels) + 1).requires_grad_() if affine in ("both", "weight") else None
+    bias = torch.randn(channels).requires_grad_() if affine in ("both", "bias") else None
+    inputs = [t for t in (x, weight, bias) if t is not None]
+    out = layer_norm(x, weight, bias, 1e-5)
+    dout = torch.randn(shape)
+    got = torch.autograd.grad(out, inputs, dout.to(dtype))
+    ref_x = x.detach().float().requires_grad_()
+    ref_w = weight.detach().clone().requires_grad_() if weight is not None else None
+    ref_b = bias.detach().clone().requires_grad_() if bias is not None else None
+    ref = layer_norm_naive(ref_x, ref_w, ref_b, 1e-5)
+    want = torch.autograd.grad(ref, [t for t in (ref_x, ref_w, ref_b) if t is not None], dout.to(dtype).float())
+    assert out.dtype == dtype and out.shape == x.shape
+    assert_close("out", ref, out.float(), TOLERANCE[dtype])
+    for name, g, w in zip(("dx", "dweight", "dbias"), got, want):
+        assert g.dtype == next(t for t in inputs if t.shape == g.shape).dtype
+        assert_close(name, w, g.float(), TOLERANCE[dtype])
+
+
+def test_many_row_blocks_per_backward_program(monkeypatch, triton_backend):
+    """More rows than programs: each backward program accumulates its partial sums over several row blocks."""
+    monkeypatch.setattr(chunk, "_blocks", lambda channels: (2, 32, 1))
+    torch.manual_seed(0)
+    x, w, b = torch.randn(41, 24, requires_grad=True), torch.randn(24, requires_grad=True), torch.randn(24)
+    b.requires_grad_()
+    out = layer_norm(x, w, b)
+    dout = torch.randn_like(out)
+    got = torch.autograd.grad(out, (x, w, b), dout)
+    want = torch.autograd.grad(layer_norm_naive(x, w, b), (x, w, b), dout)
+    for name, g, ref in zip(("dx", "dweight", "dbias"), got, want):
+        assert_close(name, ref, g, 1e-5)
+
+
+def test_dispatch(triton_backend, monkeypatch):
+    calls = []
+    real = chunk.layer_norm_fwd
+    monkeypatch.setattr(chunk, "layer_norm_fwd", lambda *a: calls.append(1) or real(*a))
+    x = torch.randn(4, 16)
+    layer_norm(x)
+    assert calls == [1]
+
+
+def test_reference_without_triton():
+    x = torch.randn(4, 16, dtype=torch.bfloat16)
+    assert torch.equal(layer_norm(x), layer_norm_naive(x, None, None))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(x=torch.randn(3, 8, dtype=torch.float64)), "x must be float32, float16 or bfloat16"),
+        (dict(weight=torch.randn(9)), "weight must have shape (8,)"),
+        (dict(bias=torch.randn(2, 8)), "bias must have shape (8,)"),
+        (dict(eps=0.0), "eps must be a positive float"),
+        (dict(x=torch.randn(3, 0)), "non-empty last dim"),
+    ],
+)
+def test_bad_arguments(kwargs, message):
+    args = dict(x=torch.randn(3, 8), weight=None, bias=None, eps=1e-5) | kwargs
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        layer_norm(**args)
+
+
+def test_model_layer_norm_uses_the_kernels_in_training(triton_backend, monkeypatch):
+    """`layers.LayerNorm` runs the Triton forward and backward under autocast and gives nn.LayerNorm's results."""
+    calls = []
+    real = chunk.layer_norm_bwd
+    monkeypatch.setattr(chunk, "layer_norm_bwd", lambda *a: calls.append(1) or real(*a))
+    torch.manual_seed(0)
+    norm, plain = LayerNorm(32), torch.nn.LayerNorm(32)
+    with torch.no_grad():
+        norm.weight.normal_()
+        norm.bias.normal_()
+    plain.load_state_dict(norm.state_dict())
+    x = torch.randn(2, 5, 32, dtype=torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = norm(x)
+    out.float().sum().backward()
+    plain(x.float()).sum().backward()
+    assert calls == [1] and out.dtype == torch.bfloat16
+    assert_close("out", plain(x.float()), out.float(), 2e-2)
+    assert_close("dweight", plain.weight.grad, norm.weight.grad, 2e-2)
+    assert_close("dbias", plain.bias.grad, norm.bias.grad, 1e-5)
