@@ -31,6 +31,7 @@ def main() -> None:
     parser.add_argument("--img-size", type=int, default=224)
     parser.add_argument("--top", type=int, default=40)
     parser.add_argument("--train", action="store_true", help="profile forward + backward + AdamW step")
+    parser.add_argument("--kernels", action="store_true", help="also list the GPU kernels by device time")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -59,12 +60,17 @@ def main() -> None:
     host_ms = (time.perf_counter() - start) * 100  # per step, before the final sync
     torch.cuda.synchronize() if device == "cuda" else None
     wall_ms = (time.perf_counter() - start) * 100
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if args.kernels and device == "cuda" else [])
+    with profile(activities=activities) as prof:
         for _ in range(3):
             step()
     table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.top, max_name_column_width=70)
     kind = "training" if args.train else "inference"
     report = f"{args.model} {kind} bs {args.batch}: host {host_ms:.2f} ms per step to enqueue, wall {wall_ms:.2f} ms\n{table}"
+    if len(activities) > 1:
+        kernels = prof.key_averages().table(sort_by="self_device_time_total", row_limit=args.top,
+                                            max_name_column_width=70)  # fmt: skip
+        report += f"\n3 steps, by GPU time:\n{kernels}"
     print(report)
     if args.out:
         args.out.write_text(report)

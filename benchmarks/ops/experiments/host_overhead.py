@@ -6,9 +6,11 @@ For each op at sf_mamba_tiny's stage-3 shapes (bs 128, L 198, D 160, N 8, bf16, 
 call (median over batches of calls, no sync inside a batch), the GPU wall time per call, and a cProfile of many calls
 (the functions with the most own time: Triton's launcher, the autotuner, our checks and planners). A trivial Triton
 kernel with 1 and with 60 int arguments gives the launch floor. With `--no-value-checks` the ops skip their value
-checks (SFMAMBA_VALUE_CHECKS=0). Prints a table and the profiles; writes JSON with --out.
+checks (SFMAMBA_VALUE_CHECKS=0). With `--train` every call is a forward and a backward with gradients for every float
+input (the training step's host cost), and PyTorch's LayerNorm is timed beside ours. Prints a table and the
+profiles; writes JSON with --out.
 
-    python benchmarks/ops/experiments/host_overhead.py [--top 15] [--out FILE.json]
+    python benchmarks/ops/experiments/host_overhead.py [--top 15] [--train] [--out FILE.json]
     # CPU smoke of the plumbing (the naive ops; SFMAMBA_KERNEL=triton TRITON_INTERPRET=1 for the kernels):
     python benchmarks/ops/experiments/host_overhead.py --batch 1 --batches 1 --per-batch 1 --warmup 1 --profile-calls 1
 """
@@ -110,11 +112,43 @@ def op_calls(device: str, b: int) -> dict[str, Callable[[], object]]:
     }
 
 
+def train_calls(device: str, b: int) -> dict[str, Callable[[], object]]:
+    """Forward + backward per call, every float input needing its gradient."""
+    import torch.nn.functional as F
+
+    from sfmamba.ops import depthwise_conv1d, selective_scan
+    from sfmamba.ops.layer_norm import layer_norm
+
+    length, d, n, dtype = 198, 160, 8, torch.bfloat16
+
+    def leaf(*shape, dtype=torch.float32):
+        return torch.randn(*shape, device=device, dtype=dtype).requires_grad_()
+
+    u, dt, B, C = (leaf(b, length, k, dtype=dtype) for k in (d, d, n, n))
+    A = (-torch.rand(d, n, device=device)).requires_grad_()
+    D, bias, w_conv = leaf(d), leaf(d), leaf(d, 3)
+    x2, w_ln, b_ln = leaf(b, length, 2 * d, dtype=dtype), leaf(2 * d), leaf(2 * d)
+    g1, g2 = torch.randn_like(u), torch.randn_like(x2)
+    return {
+        "selective_scan fwd+bwd": lambda: selective_scan(u, dt, A, B, C, D, None, bias, True, layout="BLD").backward(
+            g1
+        ),
+        "depthwise_conv1d silu fwd+bwd": lambda: depthwise_conv1d(
+            u, w_conv, None, padding="same", activation="silu"
+        ).backward(g1),  # fmt: skip
+        "layer_norm fwd+bwd (ours)": lambda: layer_norm(x2, w_ln, b_ln).backward(g2),
+        "F.layer_norm bf16 fwd+bwd (PyTorch)": lambda: F.layer_norm(
+            x2, (2 * d,), w_ln.bfloat16(), b_ln.bfloat16()
+        ).backward(g2),  # fmt: skip
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--top", type=int, default=15)
     parser.add_argument("--profile-calls", type=int, default=100)
     parser.add_argument("--no-value-checks", action="store_true")
+    parser.add_argument("--train", action="store_true", help="forward + backward per call")
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--batches", type=int, default=7, help="timed batches of calls (median)")
     parser.add_argument("--per-batch", type=int, default=50, help="calls per timed batch")
@@ -125,8 +159,9 @@ def main() -> None:
         os.environ["SFMAMBA_VALUE_CHECKS"] = "0"
     device = "cuda" if torch.cuda.is_available() else "cpu"
     rows, profiles = [], {}
-    with torch.no_grad():
-        for name, call in op_calls(device, args.batch).items():
+    calls = train_calls(device, args.batch) if args.train else op_calls(device, args.batch)
+    with torch.enable_grad() if args.train else torch.no_grad():
+        for name, call in calls.items():
             for _ in range(args.warmup):  # compile, autotune
                 call()
             host_us, wall_us = host_and_wall_us(call, device, args.batches, args.per_batch)
