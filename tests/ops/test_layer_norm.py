@@ -77,7 +77,10 @@ def test_dispatch(triton_backend, monkeypatch):
     monkeypatch.setattr(chunk, "layer_norm_fwd", lambda *a: calls.append(1) or real(*a))
     x = torch.randn(4, 16)
     layer_norm(x)
-    assert calls == [1]
+    out = layer_norm(x, torch.ones(16, requires_grad=True))
+    assert calls == [1, 1] and out.requires_grad  # no autograd node without a gradient to compute, one with
+    with torch.no_grad():
+        assert not layer_norm(x, torch.ones(16, requires_grad=True)).requires_grad
 
 
 def test_reference_without_triton():

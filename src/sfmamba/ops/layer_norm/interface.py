@@ -7,6 +7,7 @@ from torch import Tensor
 
 from ...utils._config import use_triton
 from .._checks import FLOAT_DTYPES, ArgumentError
+from .._launch import needs_grad
 from .naive import layer_norm_naive
 
 
@@ -32,6 +33,8 @@ def layer_norm(x: Tensor, weight: Tensor | None = None, bias: Tensor | None = No
     _check(x, weight, bias, eps)
     if torch.compiler.is_compiling() or not use_triton(x.device) or x.numel() == 0:
         return layer_norm_naive(x, weight, bias, eps)
-    from .chunk import LayerNormFunction
+    from .chunk import LayerNormFunction, layer_norm_fwd
 
+    if not needs_grad(x, weight, bias):  # no autograd node to build (its apply costs host time per call)
+        return layer_norm_fwd(x, weight, bias, eps)[0]
     return LayerNormFunction.apply(x, weight, bias, eps)
