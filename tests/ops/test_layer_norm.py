@@ -12,7 +12,7 @@ os.environ["TRITON_INTERPRET"] = "1"
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-import sfmamba.ops.layer_norm.chunk as chunk  # noqa: E402
+from sfmamba.ops.layer_norm import chunk  # noqa: E402
 from sfmamba.layers import LayerNorm  # noqa: E402
 from sfmamba.ops.layer_norm import layer_norm, layer_norm_naive  # noqa: E402
 from sfmamba.testing import assert_close  # noqa: E402

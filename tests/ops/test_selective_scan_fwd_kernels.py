@@ -14,7 +14,6 @@ import os
 
 os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported (see test_selective_scan.py)
 
-import functools  # noqa: E402
 from unittest import mock  # noqa: E402
 
 import pytest  # noqa: E402
@@ -38,19 +37,31 @@ def kernel_name(request) -> str:
     return request.param
 
 
+class LaunchSpy:
+    """Records the forward kernels `chunk._launch_kernel` starts; with `guard` on, the step forward raises."""
+
+    def __init__(self, kernel, real_launch):
+        self.kernel, self.real_launch = kernel, real_launch
+        self.called, self.call_count, self.guard = False, 0, True
+
+    def __call__(self, kernel, grid, *args, **flags):
+        if kernel is chunk.selective_scan_fwd_kernel and self.guard:
+            raise AssertionError("the step forward kernel ran under the alternative forward's setting")
+        if kernel is self.kernel:
+            self.called, self.call_count = True, self.call_count + 1
+        return self.real_launch(kernel, grid, *args, **flags)
+
+
 @pytest.fixture
 def alt_forward(monkeypatch, kernel_name):
     """Every scan in these tests runs the chosen forward kernel: the step forward fails if launched, and the chosen
-    one must have been launched by the end of each test that scans."""
+    one must have been launched by the end of each test that scans. (Launches go through `chunk._launch_kernel`,
+    which replays the autotuner's pick after a key's first launch, so the spy sits there, not on `Autotuner.run`.)"""
     monkeypatch.setenv(SCAN_FWD_ENV, kernel_name)
     monkeypatch.setenv("SFMAMBA_KERNEL", "triton")
-    kernel = KERNELS[kernel_name]
-    step_ran = AssertionError(f"the step forward kernel ran under SFMAMBA_SCAN_FWD={kernel_name}")
-    with (
-        mock.patch.object(chunk.selective_scan_fwd_kernel, "run", side_effect=step_ran),
-        mock.patch.object(kernel, "run", wraps=kernel.run) as spy,
-    ):
-        yield spy
+    spy = LaunchSpy(KERNELS[kernel_name], chunk._launch_kernel)
+    monkeypatch.setattr(chunk, "_launch_kernel", spy)
+    yield spy
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -166,9 +177,9 @@ def test_alt_checkpoints_equal_step_checkpoints(alt_forward, kernel_name, monkey
     kernel's, as do output and last states."""
     torch.manual_seed(42)
     inputs = make_inputs(2, 45, 20, 4, 2, "BLD", segments=2)
-    step = chunk.selective_scan_fwd_kernel
-    with mock.patch.object(step, "run", functools.partial(type(step).run, step)):  # lift the fixture's guard
-        want = _forward_buffers("step", inputs, "BLD", monkeypatch)
+    alt_forward.guard = False  # the step kernel's buffers are the reference here
+    want = _forward_buffers("step", inputs, "BLD", monkeypatch)
+    alt_forward.guard = True
     got = _forward_buffers(kernel_name, inputs, "BLD", monkeypatch)
     assert alt_forward.called
     assert got[2].shape == want[2].shape == (2, triton.cdiv(45, chunk.bwd_chunk_for(4)), 4, 20)

@@ -106,6 +106,7 @@ def test_folded_conv_bn_kept_between_calls_and_refolded_after_a_change(monkeypat
 
 
 def test_mixer_keeps_A_and_checks_it_once(monkeypatch):
+    monkeypatch.setenv("SFMAMBA_VALUE_CHECKS", "1")  # a benchmark module imported by another test turns them off
     torch.manual_seed(0)
     mixer = MambaVisionMixer(d_model=16, d_state=4).eval()
     checks = []
@@ -123,7 +124,8 @@ def test_mixer_keeps_A_and_checks_it_once(monkeypatch):
     assert len(checks) == 3 and mixer.A_log.grad is not None
 
 
-def test_check_finite_sees_in_place_changes():
+def test_check_finite_sees_in_place_changes(monkeypatch):
+    monkeypatch.setenv("SFMAMBA_VALUE_CHECKS", "1")  # a benchmark module imported by another test turns them off
     torch.manual_seed(0)
     u, delta = torch.randn(1, 4, 5), torch.rand(1, 4, 5)
     A, B, C = -torch.rand(4, 2), torch.randn(1, 2, 5), torch.randn(1, 2, 5)
