@@ -12,9 +12,12 @@ os.environ["TRITON_INTERPRET"] = "1"
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from sfmamba.ops.layer_norm import chunk  # noqa: E402
 from sfmamba.layers import LayerNorm  # noqa: E402
-from sfmamba.ops.layer_norm import layer_norm, layer_norm_naive  # noqa: E402
+from sfmamba.ops.layer_norm import (  # noqa: E402
+    chunk,  # noqa: E402
+    layer_norm,
+    layer_norm_naive,
+)
 from sfmamba.testing import assert_close  # noqa: E402
 
 TOLERANCE = {torch.float32: 1e-5, torch.float16: 5e-3, torch.bfloat16: 2e-2}
@@ -124,3 +127,20 @@ def test_model_layer_norm_uses_the_kernels_in_training(triton_backend, monkeypat
     assert_close("out", plain(x.float()), out.float(), 2e-2)
     assert_close("dweight", plain.weight.grad, norm.weight.grad, 2e-2)
     assert_close("dbias", plain.bias.grad, norm.bias.grad, 1e-5)
+
+
+def test_double_backward_fails_loudly(triton_backend):
+    x, w = torch.randn(3, 8, requires_grad=True), torch.randn(8, requires_grad=True)
+    y = x + layer_norm(x, w)  # the residual path carries a graph; the norm's part must not pass as a constant
+    (grad,) = torch.autograd.grad(y.pow(3).sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        grad.sum().backward()  # (autograd.grad(..., x) prunes the error node: no path from it to x)
+
+
+def test_model_layer_norm_keeps_multi_dim_shapes(triton_backend):
+    """Only one-dim normalized shapes take the kernels; others keep nn.LayerNorm's behaviour and errors."""
+    norm = LayerNorm((4, 8))
+    x = torch.randn(2, 4, 8)
+    torch.testing.assert_close(norm(x), torch.nn.functional.layer_norm(x, (4, 8), norm.weight, norm.bias))
+    with pytest.raises(RuntimeError):
+        LayerNorm(8, elementwise_affine=False)(torch.randn(2, 9))

@@ -71,7 +71,48 @@ def test_cast_cached_linear_keeps_nothing_when_a_gradient_is_needed():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         linear(x).float().sum().backward()
     assert "_cast_cache" not in linear.__dict__ and linear.weight.grad is not None
-    assert not caches_now(linear.weight) and caches_now(linear.weight.detach())
+    linear.requires_grad_(False)  # frozen parameters, autograd still on (adapters, input gradients): nothing kept
+    assert not caches_now(linear.weight)
+    with torch.no_grad():
+        assert caches_now(linear.weight)
+
+
+def test_inference_mode_parameters_and_values_never_cached():
+    """Parameters made under inference_mode keep no version counter; values made under it must never reach a later
+    forward that autograd records."""
+    torch.manual_seed(0)
+    with torch.inference_mode():
+        mixer = MambaVisionMixer(d_model=16, d_state=4).eval()
+        mixer(torch.randn(2, 9, 16))  # built and run in inference mode: no crash, nothing cached
+    assert "_A_cache" not in mixer.__dict__
+    frozen = MambaVisionMixer(d_model=16, d_state=4).eval().requires_grad_(False)
+    with torch.inference_mode():
+        frozen(torch.randn(2, 9, 16))
+    x = torch.randn(2, 9, 16, requires_grad=True)
+    frozen(x).sum().backward()  # a cached inference tensor here would fail "cannot be saved for backward"
+    assert x.grad is not None
+
+
+def test_models_drop_caches_on_mode_and_device_changes():
+    """Writes that skip the version counter (p.data, raw-pointer optimizers, collectives) are caught at the
+    train()/eval() switch every training loop makes."""
+    torch.manual_seed(0)
+    model = timm.create_model("mambavision_nano", num_classes=5).eval()
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        first = model(x)
+    head = model.head
+    assert "_cast_cache" in head.__dict__
+    head.weight.data.add_(1.0)  # no version bump
+    model.train().eval()
+    assert "_cast_cache" not in head.__dict__
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not torch.equal(model(x), first)
+        model(x)
+    model.to(torch.float32)
+    assert "_cast_cache" not in head.__dict__
+    model.reset_classifier(3)
+    assert type(model.head) is CastCachedLinear
 
 
 def test_models_use_cast_cached_linears():

@@ -30,7 +30,8 @@ class LayerNorm(nn.LayerNorm):
     def forward(self, x: Tensor) -> Tensor:
         device_type = x.device.type
         autocast = torch.is_autocast_enabled(device_type)
-        if use_triton(x.device) and not torch.compiler.is_compiling() and x.dtype != torch.float64:
+        one_dim = len(self.normalized_shape) == 1 and x.shape[-1:] == self.normalized_shape
+        if one_dim and use_triton(x.device) and not torch.compiler.is_compiling() and x.dtype != torch.float64:
             if autocast:
                 x = x.to(torch.get_autocast_dtype(device_type))
             return layer_norm(x, self.weight, self.bias, self.eps)

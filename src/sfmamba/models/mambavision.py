@@ -28,7 +28,7 @@ from ..layers.conv_bn import conv_compute_dtype
 from ..ops._launch import needs_grad
 from ..ops.add_norm import fused_add_layer_norm, runs_fused
 from ..utils.hooks import has_forward_hooks
-from ..utils.inference_cache import cache_linear_casts
+from ..utils.inference_cache import InferenceCacheMixin, cache_linear_casts
 from ._checkpoint import create_with_file_hooks, load_checkpoint_file
 from ._features import take_indices as _take_indices
 
@@ -330,7 +330,7 @@ class MambaVisionStage(nn.Module):
 # ------------------------------------------------------------------------------------------------------ model
 
 
-class MambaVision(nn.Module):
+class MambaVision(InferenceCacheMixin, nn.Module):
     """MambaVision: conv stem (stride 4), two conv stages, two hybrid Mamba/attention stages, BN + pool + linear.
 
     Args:
@@ -457,7 +457,7 @@ class MambaVision(nn.Module):
         if global_pool is not None:
             self.global_pool_type = global_pool
             self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=bool(global_pool))
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.head = cache_linear_casts(nn.Linear(self.num_features, num_classes)) if num_classes > 0 else nn.Identity()
 
     def forward_intermediates(
         self,

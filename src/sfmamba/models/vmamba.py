@@ -27,7 +27,7 @@ from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_c
 from torch import Tensor, nn
 
 from ..layers.ss2d import SS2D
-from ..utils.inference_cache import cache_linear_casts
+from ..utils.inference_cache import InferenceCacheMixin, cache_linear_casts
 from ._checkpoint import create_with_file_hooks, load_checkpoint_file
 from ._features import take_indices as _take_indices
 
@@ -131,7 +131,7 @@ class VMambaStage(nn.Module):
 # ------------------------------------------------------------------------------------------------------ model
 
 
-class VMamba(nn.Module):
+class VMamba(InferenceCacheMixin, nn.Module):
     """VMamba v2: v2 stem (stride 4), four stages of VSS blocks with conv downsamples, LN + pool + linear.
 
     Args:
@@ -245,7 +245,7 @@ class VMamba(nn.Module):
         if global_pool is not None:
             self.global_pool_type = global_pool
             self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=bool(global_pool))
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.head = cache_linear_casts(nn.Linear(self.num_features, num_classes)) if num_classes > 0 else nn.Identity()
 
     def forward_intermediates(
         self,

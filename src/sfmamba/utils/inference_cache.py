@@ -4,9 +4,12 @@ between eager inference calls instead of recomputed every forward.
 Why: an eager step of sf_mamba_tiny at batch 128 on an H200 is host-bound (~13 ms of host time for a ~5.7 ms GPU
 step); autocast alone re-casts ~120 weights per step (~26 us of host time each) because its cache lives only as long
 as one `torch.autocast` region. Each entry is keyed on the sources' version counters, storage addresses and the
-extra key, so an in-place update (an optimizer step, `load_state_dict`, `.to()`) recomputes it. Nothing is cached
-while a gradient is needed, under torch.compile (it fuses these itself) or during CUDA-graph capture (a graph then
-records the recomputation and sees later weight updates).
+extra key, so an in-place update through autograd's view of a tensor (an optimizer step, `load_state_dict`) recomputes
+it. Writes that bypass the version counter (`p.data.add_()`, optimizers writing through raw pointers,
+`dist.broadcast` of parameters) are not seen by the key: the models drop every cached value on `train()`, `eval()`
+and device/dtype moves (`InferenceCacheMixin`), which every training loop calls between updating and evaluating.
+Nothing is cached while autograd is on, for inference-mode parameters, under torch.compile (it fuses these itself)
+or during CUDA-graph capture (a graph then records the recomputation and sees later weight updates).
 """
 
 from __future__ import annotations
@@ -18,16 +21,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["CastCachedLinear", "cache_linear_casts", "cached", "caches_now"]
+__all__ = [
+    "CastCachedLinear", "InferenceCacheMixin", "cache_linear_casts", "cached", "caches_now", "clear_inference_caches",
+]  # fmt: skip
 
 T = TypeVar("T")
+_SLOTS: set[str] = set()  # every attribute name `cached` has written, for `clear_inference_caches`
 
 
 def caches_now(*sources: Tensor | None) -> bool:
-    """Whether values derived from `sources` may be reused: no gradient through them, eager, not capturing."""
-    if torch.is_grad_enabled() and any(s is not None and s.requires_grad for s in sources):
+    """Whether values derived from `sources` may be reused: autograd off (a value made then is never saved for a
+    backward), sources that keep a version counter (not inference tensors), eager, not capturing."""
+    if torch.is_grad_enabled() or torch.compiler.is_compiling():
         return False
-    if torch.compiler.is_compiling():
+    if any(s is not None and s.is_inference() for s in sources):
         return False
     return not (torch.cuda.is_available() and torch.cuda.is_current_stream_capturing())
 
@@ -42,7 +49,28 @@ def cached(
         return hit[1]
     value = make()
     owner.__dict__[slot] = (key, value)  # a plain attribute: not a buffer, not in the state dict
+    _SLOTS.add(slot)
     return value
+
+
+def clear_inference_caches(module: nn.Module) -> None:
+    """Drop every value `cached` keeps on `module` and its submodules."""
+    for m in module.modules():
+        for slot in _SLOTS.intersection(m.__dict__):
+            del m.__dict__[slot]
+
+
+class InferenceCacheMixin:
+    """For models: drop the inference caches on `train()`/`eval()` and on `.to()`/`.cuda()`/`.half()` (`_apply`), so
+    writes the version counters miss and moved copies never leave a stale or orphaned value behind."""
+
+    def train(self, mode: bool = True):
+        clear_inference_caches(self)
+        return super().train(mode)
+
+    def _apply(self, fn, *args, **kwargs):
+        clear_inference_caches(self)
+        return super()._apply(fn, *args, **kwargs)
 
 
 class CastCachedLinear(nn.Linear):

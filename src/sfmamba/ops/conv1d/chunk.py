@@ -14,6 +14,7 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from ...utils._config import triton_interpret
 from .._launch import autotune as _autotune
@@ -312,6 +313,7 @@ class DepthwiseConv1dFunction(torch.autograd.Function):
         return out
 
     @staticmethod
+    @once_differentiable  # the backward kernels build no graph: a double backward must fail loudly
     def backward(ctx, dout):
         return _backward(ctx, dout, bwd=depthwise_conv1d_bwd)
 

@@ -14,6 +14,7 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from ...utils._config import triton_interpret
 from .._launch import on_device as _on_device
@@ -148,6 +149,7 @@ class LayerNormFunction(torch.autograd.Function):
         return out
 
     @staticmethod
+    @once_differentiable  # the backward kernels build no graph: a double backward must fail loudly
     def backward(ctx, dout: Tensor):
         x, weight, bias, mean, rstd = ctx.saved_tensors
         dx, dweight, dbias = layer_norm_bwd(dout, x, weight, bias, mean, rstd)

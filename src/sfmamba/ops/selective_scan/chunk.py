@@ -17,6 +17,7 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from ...utils._config import scan_bwd_kernel, scan_fwd_kernel, triton_interpret
 from .._launch import LOG2E
@@ -775,6 +776,7 @@ class SelectiveScanFunction(torch.autograd.Function):
         return out, last, ckpt
 
     @staticmethod
+    @once_differentiable  # the backward kernels build no graph: a double backward must fail loudly
     def backward(ctx, dout, dlast, dckpt):
         return _backward(ctx, dout, dlast, dckpt, bwd=selective_scan_bwd)
 
