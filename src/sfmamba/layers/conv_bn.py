@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from ..ops.conv_bn import bias_act, fold_batch_norm, runs_fused
 from ..utils.hooks import has_forward_hooks
-from ..utils.inference_cache import cached, caches_now
+from ..utils.inference_cache import reused
 
 __all__ = ["conv_bn_act", "conv_compute_dtype", "fuses_conv_bn"]
 
@@ -62,6 +62,6 @@ def conv_bn_act(
         )
 
     sources = (conv.weight, conv.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var, scale)
-    weight, bias = cached(conv, "_bn_fold_cache", sources, fold, (dtype, bn.eps)) if caches_now() else fold()
+    weight, bias = reused(conv, "_bn_fold_cache", sources, fold, (dtype, bn.eps))
     y = F.conv2d(x, weight, None, conv.stride, conv.padding, conv.dilation, conv.groups)
     return bias_act(y, bias, activation, residual, out_dtype)

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from ..ops import depthwise_conv1d, selective_scan
-from ..utils.inference_cache import cached, caches_now
+from ..utils.inference_cache import reused
 
 __all__ = ["MambaVisionMixer"]
 
@@ -132,7 +132,7 @@ class MambaVisionMixer(nn.Module):
             return weight, torch.cat((x_conv.bias, z_conv.bias)) if x_conv.bias is not None else None
 
         sources = (x_conv.weight, z_conv.weight, x_conv.bias, z_conv.bias)
-        return cached(self, "_conv_cache", sources, make) if caches_now(*sources) else make()
+        return reused(self, "_conv_cache", sources, make)
 
     def _conv(self, u: Tensor, z: Tensor, seq_len: int | None) -> tuple[Tensor, Tensor]:
         """Depthwise 'same' conv + SiLU on both branches, [B, L, D/2] each."""
@@ -156,7 +156,7 @@ class MambaVisionMixer(nn.Module):
 
     def _scan(self, u: Tensor, dt: Tensor, B: Tensor, C: Tensor, seq_len: int | None) -> Tensor:
         """The selective scan in (B, L, D) layout, or VMeanba's channel-mean scan when `self.vmeanba` is set."""
-        A = cached(self, "_A_cache", (self.A_log,), self._A) if caches_now(self.A_log) else self._A()
+        A = reused(self, "_A_cache", (self.A_log,), self._A)
         args = (u, dt, A, B, C, self.D.float(), None, self.dt_proj.bias.float(), True)
         if self.vmeanba:
             from ..ops.vmeanba import mean_selective_scan  # lazy: layers must import without the VMeanba op

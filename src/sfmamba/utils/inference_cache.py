@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 __all__ = [
     "CastCachedLinear", "InferenceCacheMixin", "cache_linear_casts", "cached", "caches_now", "clear_inference_caches",
+    "reused",
 ]  # fmt: skip
 
 T = TypeVar("T")
@@ -51,6 +52,13 @@ def cached(
     owner.__dict__[slot] = (key, value)  # a plain attribute: not a buffer, not in the state dict
     _SLOTS.add(slot)
     return value
+
+
+def reused(
+    owner: object, slot: str, sources: tuple[Tensor | None, ...], make: Callable[[], T], extra: Hashable = None
+) -> T:
+    """`cached` where `caches_now(*sources)` allows it, a fresh `make()` otherwise."""
+    return cached(owner, slot, sources, make, extra) if caches_now(*sources) else make()
 
 
 def clear_inference_caches(module: nn.Module) -> None:

@@ -12,8 +12,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ...utils._config import triton_interpret
 from .._launch import on_device as _on_device
+from ..layer_norm.chunk import _blocks, _rows, normalize_rows
 
 
 @triton.jit
@@ -32,26 +32,8 @@ def add_layer_norm_fwd_kernel(
         y *= tl.load(gamma_ptr + cols, mask=mask_c, other=0.0).to(tl.float32)[None, :]
     residual = (x + y).to(res_ptr.dtype.element_ty)
     tl.store(res_ptr + rows[:, None] * sr + cols[None, :], residual, mask=mask)
-    r = residual.to(tl.float32)
-    mean = tl.sum(r, axis=1) / C
-    centred = tl.where(mask, r - mean[:, None], 0.0)
-    rstd = 1.0 / tl.sqrt(tl.sum(centred * centred, axis=1) / C + eps)
-    out = centred * rstd[:, None]
-    if HAS_W:
-        out *= tl.load(w_ptr + cols, mask=mask_c, other=0.0).to(tl.float32)[None, :]
-    if HAS_B:
-        out += tl.load(b_ptr + cols, mask=mask_c, other=0.0).to(tl.float32)[None, :]
+    out, _, _ = normalize_rows(residual.to(tl.float32), mask, cols, mask_c, w_ptr, b_ptr, C, eps, HAS_W, HAS_B)
     tl.store(out_ptr + rows[:, None] * so + cols[None, :], out.to(out_ptr.dtype.element_ty), mask=mask)
-
-
-def _blocks(channels: int) -> tuple[int, int, int]:
-    """(BLOCK_M, BLOCK_C, num_warps): whole rows, ~8-16 fp32 values per thread and tensor."""
-    block_c = triton.next_power_of_2(channels)
-    if triton_interpret():
-        return 4, block_c, 1
-    num_warps = 4 if block_c <= 1024 else 8
-    block_m = max(1, min(16, (num_warps * 32 * 16) // block_c))
-    return block_m, block_c, num_warps
 
 
 def add_layer_norm_fwd(
@@ -60,9 +42,7 @@ def add_layer_norm_fwd(
 ) -> tuple[Tensor, Tensor]:  # fmt: skip
     """x, y [..., C] (any leading shape; rows with unit channel stride) -> (residual, normed), same shape."""
     shape, channels = x.shape, x.shape[-1]
-    x2, y2 = x.reshape(-1, channels), y.reshape(-1, channels)
-    x2 = x2 if x2.stride(-1) == 1 else x2.contiguous()
-    y2 = y2 if y2.stride(-1) == 1 else y2.contiguous()
+    x2, y2 = _rows(x), _rows(y)
     rows = x2.shape[0]
     residual = torch.empty(rows, channels, device=x.device, dtype=residual_dtype)
     normed = torch.empty(rows, channels, device=x.device, dtype=norm_dtype)

@@ -22,6 +22,20 @@ from .._launch import sm_count as _sm_count
 
 
 @triton.jit
+def normalize_rows(x, mask, cols, mask_c, w_ptr, b_ptr, C, eps, HAS_W: tl.constexpr, HAS_B: tl.constexpr):
+    """LayerNorm of fp32 rows x [BLOCK_M, BLOCK_C] (masked columns zero): (out, mean, rstd), the affine map in fp32."""
+    mean = tl.sum(x, axis=1) / C
+    centred = tl.where(mask, x - mean[:, None], 0.0)
+    rstd = 1.0 / tl.sqrt(tl.sum(centred * centred, axis=1) / C + eps)
+    out = centred * rstd[:, None]
+    if HAS_W:
+        out *= tl.load(w_ptr + cols, mask=mask_c, other=0.0).to(tl.float32)[None, :]
+    if HAS_B:
+        out += tl.load(b_ptr + cols, mask=mask_c, other=0.0).to(tl.float32)[None, :]
+    return out, mean, rstd
+
+
+@triton.jit
 def layer_norm_fwd_kernel(
     x_ptr, w_ptr, b_ptr, out_ptr, mean_ptr, rstd_ptr, M, C, eps, sx, so,
     HAS_W: tl.constexpr, HAS_B: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
@@ -33,14 +47,7 @@ def layer_norm_fwd_kernel(
     mask_m = rows < M
     mask = mask_m[:, None] & mask_c[None, :]
     x = tl.load(x_ptr + rows[:, None].to(tl.int64) * sx + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-    mean = tl.sum(x, axis=1) / C
-    centred = tl.where(mask, x - mean[:, None], 0.0)
-    rstd = 1.0 / tl.sqrt(tl.sum(centred * centred, axis=1) / C + eps)
-    out = centred * rstd[:, None]
-    if HAS_W:
-        out *= tl.load(w_ptr + cols, mask=mask_c, other=0.0).to(tl.float32)[None, :]
-    if HAS_B:
-        out += tl.load(b_ptr + cols, mask=mask_c, other=0.0).to(tl.float32)[None, :]
+    out, mean, rstd = normalize_rows(x, mask, cols, mask_c, w_ptr, b_ptr, C, eps, HAS_W, HAS_B)
     tl.store(out_ptr + rows[:, None].to(tl.int64) * so + cols[None, :], out.to(out_ptr.dtype.element_ty), mask=mask)
     tl.store(mean_ptr + rows, mean, mask=mask_m)
     tl.store(rstd_ptr + rows, rstd, mask=mask_m)
