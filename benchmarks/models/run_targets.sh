@@ -3,7 +3,8 @@
 # One STEP per device call keeps each call under the 10-minute limit; see benchmarks/models/README.md.
 #
 #   bash benchmarks/models/run_targets.sh STEP [STEP ...]
-#   STEP: setup | smoke | eager | graph | compile-ours | compile-baselines | train | train-graph | base | profile |
+#   STEP: setup | smoke | eager | graph | compile-ours | compile-baselines | train | train-graph | train-fused |
+#         compile-train | base | profile |
 #         ablation
 #         (cpu-smoke: the same plumbing on a CPU machine)
 #
@@ -58,6 +59,10 @@ m = official_model('mamba_vision_T', scan='mamba_ssm'); print('official baseline
                          --num-bench-iter 50 ;;
     train-graph)       bench train_graph --bench train --model "${TINY[@]}" "${COMMON[@]}" --num-warm-iter 10 \
                          --num-bench-iter 50 --cuda-graph ;;  # forward+backward replayed from CUDA graphs
+    train-fused)       bench train_fused --bench train --model sf_mamba_tiny official:mamba_vision_T "${COMMON[@]}" \
+                         --num-warm-iter 10 --num-bench-iter 50 --cuda-graph --opt adamw-fused ;;  # fused AdamW
+    compile-train)     bench compile_train --bench train --model sf_mamba_tiny official:mamba_vision_T "${COMMON[@]}" \
+                         --num-warm-iter 10 --num-bench-iter 50 --torchcompile --opt adamw-fused ;;
     base)              bench base --bench inference --model mambavision_base sf_mamba_base official:mamba_vision_B \
                          "${COMMON[@]}" --cuda-graph ;;
     profile)           bench profile_eager --bench profile --model "${TINY[@]}" "${COMMON[@]}" --num-bench-iter 10 \

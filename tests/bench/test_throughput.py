@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 from sfmamba.bench import measure_inference, measure_train
-from sfmamba.bench.throughput import summarize, time_steps
+from sfmamba.bench.throughput import OPTIMIZERS, summarize, time_steps
 
 
 class TinyNet(nn.Module):
@@ -54,16 +54,22 @@ def test_inference_channels_last_and_autocast_reach_the_model():
     assert seen == {"channels_last": True, "autocast": True, "in_chans": 4}
 
 
-def test_train_step_updates_weights_and_restores_mode():
+@pytest.mark.parametrize("opt", OPTIMIZERS)
+def test_train_step_updates_weights_and_restores_mode(opt):
     model = TinyNet().eval()
     before = _state(model)
-    result = measure_train(model, 4, 8, warmup=1, iters=2, lr=1e-2)
-    assert result["mode"] == "train" and result["optimizer"] == "AdamW"
+    result = measure_train(model, 4, 8, warmup=1, iters=2, lr=1e-2, opt=opt)
+    assert result["mode"] == "train" and result["optimizer"] == opt
     assert not model.training
     assert not torch.equal(before["conv.weight"], model.conv.weight)
     assert not torch.equal(before["norm.running_mean"], model.norm.running_mean)
     assert all(model.grad_enabled_in_forward)
     assert model.calls == 3
+
+
+def test_unknown_optimizer_is_named():
+    with pytest.raises(ValueError, match="opt must be one of"):
+        measure_train(TinyNet(), 2, 8, warmup=0, iters=1, opt="adam")
 
 
 def test_train_infers_num_classes_from_output():

@@ -30,7 +30,7 @@ from ..utils.cuda_graph import GraphedTrainForward
 
 __all__ = [
     "measure_inference", "measure_train", "make_inference_step", "make_train_step", "time_steps", "summarize",
-    "graphed_replay",
+    "graphed_replay", "make_optimizer", "OPTIMIZERS",
     "normalize_img_size",
 ]  # fmt: skip
 
@@ -165,6 +165,19 @@ def make_inference_step(
     return graphed_replay(forward, device) if cuda_graph else forward
 
 
+OPTIMIZERS = ("adamw", "adamw-fused", "sgd")
+
+
+def make_optimizer(opt: str, params: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
+    if opt == "adamw":
+        return torch.optim.AdamW(params, lr=lr)
+    if opt == "adamw-fused":
+        return torch.optim.AdamW(params, lr=lr, fused=True)
+    if opt == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=0.9)
+    raise ValueError(f"opt must be one of {OPTIMIZERS}, got {opt!r}")
+
+
 def make_train_step(
     model: nn.Module,
     batch_size: int,
@@ -175,16 +188,18 @@ def make_train_step(
     channels_last: bool = False,
     cuda_graph: bool = False,
     lr: float = 1e-4,
+    opt: str = "adamw",
 ) -> Callable[[], None]:
-    """Put `model` in train mode and return one training step (forward, cross-entropy, backward, AdamW step);
-    `cuda_graph`: forward and backward replayed from CUDA graphs (`GraphedTrainForward`, as `sfmamba train`)."""
+    """Put `model` in train mode and return one training step (forward, cross-entropy, backward, optimizer step);
+    `cuda_graph`: forward and backward replayed from CUDA graphs (`GraphedTrainForward`, as `sfmamba train`);
+    `opt`: one of `OPTIMIZERS` (adamw: torch's default multi-tensor AdamW, adamw-fused: `fused=True`, sgd)."""
     model.train()
     images = _random_images(model, batch_size, img_size, device, channels_last)
     num_classes = _num_classes(model, images, device, amp_dtype)
     if cuda_graph:
         model = GraphedTrainForward(model, amp_dtype)
     labels = torch.randint(0, num_classes, (batch_size,), device=device)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    optimizer = make_optimizer(opt, [p for p in model.parameters() if p.requires_grad], lr)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype is torch.float16)
 
     def train_step() -> None:
@@ -269,10 +284,11 @@ def measure_train(
     warmup: int = 10,
     iters: int = 50,
     lr: float = 1e-4,
+    opt: str = "adamw",
 ) -> dict:
-    """Images per second of one training step: forward, cross-entropy on random labels, backward, AdamW step.
+    """Images per second of one training step: forward, cross-entropy on random labels, backward, optimizer step.
 
-    Same arguments as `measure_inference`; `cuda_graph` replays the forward and backward from CUDA graphs. The model
+    Same arguments as `measure_inference`, plus `opt` (see `make_train_step`); `cuda_graph` replays the forward and backward from CUDA graphs. The model
     trains (its weights change); fp16 autocast uses a `GradScaler`. The optimizer state is created before the
     warm-up, so it is counted in the peak memory.
     """
@@ -282,7 +298,7 @@ def measure_train(
     try:
         step = make_train_step(
             model, batch_size, img_size, device=device, amp_dtype=amp_dtype, channels_last=channels_last,
-            cuda_graph=cuda_graph, lr=lr,
+            cuda_graph=cuda_graph, lr=lr, opt=opt,
         )  # fmt: skip
         _reset_peak_memory(device)
         times = time_steps(step, device, warmup, iters)
@@ -294,7 +310,7 @@ def measure_train(
         "cuda_graph": cuda_graph,
         "warmup": warmup,
         "iters": iters,
-        "optimizer": "AdamW",
+        "optimizer": opt,
         **summarize(times["step_s"], batch_size),
         "host_ms_per_step": 1e3 * times["host_s"][0],
         "peak_memory_mib": _peak_memory_mib(device),

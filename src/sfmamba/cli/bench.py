@@ -39,7 +39,7 @@ from .. import __version__
 from ..bench.official import OFFICIAL_PREFIX, SCAN_CHOICES, official_model
 from ..bench.official import match as match_official
 from ..bench.profile import profile_model
-from ..bench.throughput import measure_inference, measure_train
+from ..bench.throughput import OPTIMIZERS, measure_inference, measure_train
 from ..utils._config import KERNEL_CHOICES, set_kernel_backend
 from . import UsageError
 
@@ -111,6 +111,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="replay CUDA graphs: the inference forward; in train mode the forward and backward (loss and AdamW "
         "stay eager, as in `sfmamba train --cuda-graph`)",
     )
+    how.add_argument(
+        "--opt", choices=OPTIMIZERS, default="adamw",
+        help="optimizer of --bench train: adamw (torch's default multi-tensor), adamw-fused (fused=True), sgd",
+    )  # fmt: skip
     how.add_argument("--num-warm-iter", type=_non_negative_int, default=10)
     how.add_argument("--num-bench-iter", type=_positive_int, default=40)
     how.add_argument(
@@ -217,7 +221,9 @@ def _measure_once(mode: str, runner: nn.Module, size, args: argparse.Namespace, 
     if mode == "inference":
         return measure_inference(runner, args.batch_size, size, cuda_graph=args.cuda_graph, **common, **timing)
     if mode == "train":
-        return measure_train(runner, args.batch_size, size, cuda_graph=args.cuda_graph, **common, **timing)
+        return measure_train(
+            runner, args.batch_size, size, cuda_graph=args.cuda_graph, opt=args.opt, **common, **timing
+        )
     return profile_model(
         runner, args.batch_size, size, mode=args.profile_mode, top=args.profile_top,
         cuda_graph=args.cuda_graph and args.profile_mode == "inference", **common, **timing,
