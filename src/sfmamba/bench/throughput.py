@@ -288,9 +288,9 @@ def measure_train(
 ) -> dict:
     """Images per second of one training step: forward, cross-entropy on random labels, backward, optimizer step.
 
-    Same arguments as `measure_inference`, plus `opt` (see `make_train_step`); `cuda_graph` replays the forward and backward from CUDA graphs. The model
-    trains (its weights change); fp16 autocast uses a `GradScaler`. The optimizer state is created before the
-    warm-up, so it is counted in the peak memory.
+    Same arguments as `measure_inference`, plus `opt` (see `make_train_step`); `cuda_graph` replays the forward and
+    backward from CUDA graphs. The model trains (its weights change); fp16 autocast uses a `GradScaler`. The optimizer
+    state is created before the warm-up, so it is counted in the peak memory.
     """
     _check_counts(batch_size, warmup, iters)
     device = torch.device(device)

@@ -19,11 +19,11 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import DropPath, Mlp, SelectAdaptivePool2d, trunc_normal_
+from timm.layers import DropPath, SelectAdaptivePool2d, trunc_normal_
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
 from torch import Tensor, nn
 
-from ..layers import LayerNorm, MambaVisionMixer, conv_bn_act, fuses_conv_bn
+from ..layers import LayerNorm, MambaVisionMixer, Mlp, conv_bn_act, fused_linear, fuses_conv_bn
 from ..layers.conv_bn import conv_compute_dtype
 from ..ops._launch import needs_grad
 from ..ops.add_norm import fused_add_layer_norm, runs_fused
@@ -149,10 +149,11 @@ class Attention(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         b, n, c = x.shape
-        q, k, v = self.qkv(x).view(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        qkv = fused_linear(self.qkv, x).view(b, n, 3, self.num_heads, self.head_dim)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
         q, k = self.q_norm(q), self.k_norm(k)
         x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop.p if self.training else 0.0)
-        return self.proj_drop(self.proj(x.transpose(1, 2).reshape(b, n, c)))
+        return self.proj_drop(fused_linear(self.proj, x.transpose(1, 2).reshape(b, n, c)))
 
 
 class Block(nn.Module):

@@ -22,10 +22,11 @@ from functools import partial
 
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import DropPath, Mlp, SelectAdaptivePool2d, trunc_normal_
+from timm.layers import DropPath, SelectAdaptivePool2d, trunc_normal_
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
 from torch import Tensor, nn
 
+from ..layers.linear import Mlp
 from ..layers.ss2d import SS2D
 from ..utils.inference_cache import InferenceCacheMixin, cache_linear_casts
 from ._checkpoint import create_with_file_hooks, load_checkpoint_file

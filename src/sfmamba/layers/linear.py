@@ -1,0 +1,58 @@
+"""Linear layers whose training backward runs `sfmamba.ops.linear_act`: the activation's gradient and the fp32 bias
+gradient in one kernel, the weight gradient straight out of the GEMM in fp32.
+
+The modules keep timm's / torch's parameters and state-dict keys; without a gradient, under torch.compile (inductor
+fuses the same pieces itself), on the CPU or with forward hooks on a bypassed module they run their plain forward.
+"""
+
+from __future__ import annotations
+
+import torch
+from timm.layers import Mlp as TimmMlp
+from torch import Tensor, nn
+
+from ..ops._checks import FLOAT_DTYPES
+from ..ops._launch import needs_grad
+from ..ops.linear import linear_act
+from ..ops.linear.naive import activate
+from ..utils._config import use_triton
+from ..utils.hooks import has_forward_hooks
+
+__all__ = ["Mlp", "activation_name", "fused_linear", "takes_linear_kernels"]
+
+
+def activation_name(module: nn.Module) -> str | None:
+    """The `ops.linear_act` name of an activation module ('none', 'gelu', 'gelu_tanh'), None if it has none."""
+    if type(module) is nn.Identity:
+        return "none"
+    if type(module) is nn.GELU:
+        return {"none": "gelu", "tanh": "gelu_tanh"}[module.approximate]
+    return None
+
+
+def takes_linear_kernels(linear: nn.Module, x: Tensor) -> bool:
+    """Whether `fused_linear(linear, x)` runs the Triton backward: an `nn.Linear` with a gradient to compute, outside
+    torch.compile, Triton usable for x's device, no forward hooks (pruning and other reparametrisations use them)."""
+    if not isinstance(linear, nn.Linear) or not needs_grad(x, linear.weight, linear.bias):
+        return False
+    if torch.compiler.is_compiling() or x.dtype not in FLOAT_DTYPES or has_forward_hooks(linear):
+        return False
+    return use_triton(x.device)
+
+
+def fused_linear(linear: nn.Module, x: Tensor, act: str = "none") -> Tensor:
+    """`act(linear(x))`, through `ops.linear_act` where `takes_linear_kernels`."""
+    if takes_linear_kernels(linear, x):
+        return linear_act(x, linear.weight, linear.bias, act)
+    return activate(linear(x), act)
+
+
+class Mlp(TimmMlp):
+    """timm's `Mlp` (same arguments, parameters and keys) whose fc1 + GELU and fc2 train through `fused_linear`."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        act = activation_name(self.act)
+        if act is None or has_forward_hooks(self.act) or not takes_linear_kernels(self.fc1, x):
+            return super().forward(x)
+        x = self.drop1(fused_linear(self.fc1, x, act))
+        return self.drop2(fused_linear(self.fc2, self.norm(x)))

@@ -1,0 +1,131 @@
+"""Triton backward of Linear + activation: the activation's gradient and the bias gradient in one pass.
+
+Why: PyTorch's Linear backward sums the bias gradient in the autocast dtype with a separate strided reduction
+(`reduce_kernel<BFloat16>`: 55 calls, 2.6 ms of sf_mamba_tiny's 27 ms bf16 training step on an H200,
+`benchmarks/results/s8_20261203/call7/hp_train_kernels.txt`), after a separate GELU backward pass that wrote the
+tensor it reads. Here one kernel reads dout (and the saved pre-activation), writes dpre = dout * act'(pre) and keeps
+fp32 column partial sums per program; the few hundred partial rows are summed afterwards (deterministic). The weight
+gradient comes out of the GEMM in the weight's dtype (`mm` with `out_dtype` on CUDA), without a cast pass.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from ...utils._config import triton_interpret
+from .._launch import on_device as _on_device
+from .._launch import sm_count as _sm_count
+from .naive import activate
+
+ACT_CODES = {"none": 0, "gelu": 1, "gelu_tanh": 2}
+
+
+@triton.jit
+def act_grad(h, ACT: tl.constexpr):
+    """d act(h) / dh in fp32, the formulas of PyTorch's GeluBackward (exact and tanh)."""
+    if ACT == 1:
+        cdf = 0.5 * (1.0 + tl.math.erf(h * 0.7071067811865476))
+        return cdf + h * tl.exp(-0.5 * h * h) * 0.3989422804014327
+    else:
+        inner = 0.7978845608028654 * (h + 0.044715 * h * h * h)
+        inner = tl.minimum(tl.maximum(inner, -15.0), 15.0)  # tanh is +-1 in fp32 beyond; keeps exp finite
+        t = 1.0 - 2.0 / (tl.exp(2.0 * inner) + 1.0)  # tanh(inner), finite for any inner
+        return 0.5 * (1.0 + t) + 0.5 * h * (1.0 - t * t) * 0.7978845608028654 * (1.0 + 3.0 * 0.044715 * h * h)
+
+
+@triton.jit
+def bias_act_bwd_kernel(
+    dout_ptr, pre_ptr, dpre_ptr, part_ptr, M, C, s_dout, s_pre, s_dpre,
+    ACT: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
+):  # fmt: skip
+    # Program (pid_m, pid_c): columns [pid_c * BLOCK_C, +BLOCK_C) of the row blocks pid_m, pid_m + P, ... (P programs
+    # along rows); dpre = dout * act'(pre) stored when ACT, and its column sums kept as one row of fp32 partials.
+    pid_m, pid_c, programs = tl.program_id(0), tl.program_id(1), tl.num_programs(0)
+    cols = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    mask_c = cols < C
+    acc = tl.zeros([BLOCK_C], dtype=tl.float32)
+    for start in range(pid_m * BLOCK_M, M, programs * BLOCK_M):
+        rows = start + tl.arange(0, BLOCK_M)
+        mask = (rows < M)[:, None] & mask_c[None, :]
+        r64 = rows[:, None].to(tl.int64)
+        g = tl.load(dout_ptr + r64 * s_dout + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        if ACT != 0:
+            h = tl.load(pre_ptr + r64 * s_pre + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+            g = g * act_grad(h, ACT)
+            tl.store(dpre_ptr + r64 * s_dpre + cols[None, :], g.to(dpre_ptr.dtype.element_ty), mask=mask)
+        if HAS_BIAS:
+            acc += tl.sum(g, axis=0)
+    if HAS_BIAS:
+        tl.store(part_ptr + pid_m * C + cols, acc, mask=mask_c)
+
+
+def _rows(x: Tensor) -> Tensor:
+    """x [..., C] as a 2-D [rows, C] view with unit channel stride (a copy only when it has none)."""
+    x2 = x.reshape(-1, x.shape[-1])
+    return x2 if x2.stride(-1) == 1 else x2.contiguous()
+
+
+def _grid(rows: int, channels: int, device: torch.device) -> tuple[int, int, int, int]:
+    """(programs along rows, column blocks, BLOCK_M, BLOCK_C): ~16 programs per SM, 32 x 128 tiles."""
+    block_m, block_c = (4, 16) if triton_interpret() else (32, 128)
+    col_blocks = triton.cdiv(channels, block_c)
+    per_device = 16 * _sm_count(device) if device.type == "cuda" else 4
+    return max(1, min(triton.cdiv(rows, block_m), per_device // col_blocks)), col_blocks, block_m, block_c
+
+
+def bias_act_bwd(dout: Tensor, pre: Tensor | None, act: str, has_bias: bool) -> tuple[Tensor, Tensor | None]:
+    """(dpre [rows, C] in dout's dtype, fp32 dbias [C] or None) for dout and pre of shape [..., C]."""
+    dout2 = _rows(dout)
+    rows, channels = dout2.shape
+    if act == "none" and not has_bias:
+        return dout2, None
+    pre2 = _rows(pre) if act != "none" else dout2
+    dpre = torch.empty_like(dout2) if act != "none" else dout2
+    programs, col_blocks, block_m, block_c = _grid(rows, channels, dout.device)
+    parts = torch.empty(programs if has_bias else 1, channels, device=dout.device, dtype=torch.float32)
+    with _on_device(dout.device):
+        bias_act_bwd_kernel[(programs, col_blocks)](
+            dout2, pre2, dpre, parts, rows, channels, dout2.stride(0), pre2.stride(0), dpre.stride(0),
+            ACT=ACT_CODES[act], HAS_BIAS=has_bias, BLOCK_M=block_m, BLOCK_C=block_c, num_warps=4,
+        )  # fmt: skip
+    return dpre, parts.sum(0) if has_bias else None
+
+
+def _weight_grad(dpre: Tensor, x: Tensor, dtype: torch.dtype) -> Tensor:
+    """dpre.T @ x [out, in] in `dtype`: straight out of the GEMM on CUDA (fp32 accumulation either way)."""
+    if dpre.device.type == "cuda" and dtype != dpre.dtype:
+        return torch.mm(dpre.t(), x, out_dtype=dtype)
+    return torch.mm(dpre.t(), x).to(dtype)
+
+
+class LinearActFunction(torch.autograd.Function):
+    """act(x @ W.T + b) computed in `dtype` (the autocast dtype, or x's), x/W/b cast to it here; the backward
+    returns gradients in the inputs' own dtypes (fp32 master weights get fp32 gradients)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, act: str, dtype: torch.dtype) -> Tensor:
+        with torch.autocast(x.device.type, enabled=False):
+            x2 = _rows(x.to(dtype))
+            w = weight.to(dtype)
+            b = bias.to(dtype) if bias is not None else None
+            pre = torch.addmm(b, x2, w.t()) if b is not None else torch.mm(x2, w.t())
+            out = activate(pre, act)
+        ctx.save_for_backward(x2, w, pre if act != "none" else None)
+        ctx.act, ctx.x_shape, ctx.x_dtype, ctx.weight_dtype = act, x.shape, x.dtype, weight.dtype
+        ctx.bias_dtype = bias.dtype if bias is not None else None
+        return out.view(*x.shape[:-1], out.shape[-1])
+
+    @staticmethod
+    @once_differentiable  # the kernel builds no graph: a double backward must fail loudly
+    def backward(ctx, dout: Tensor):
+        x2, w, pre = ctx.saved_tensors
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        dpre, dbias = bias_act_bwd(dout.to(w.dtype), pre, ctx.act, ctx.bias_dtype is not None and need_b)
+        dx = torch.mm(dpre, w).to(ctx.x_dtype).view(ctx.x_shape) if need_x else None
+        dweight = _weight_grad(dpre, x2, ctx.weight_dtype) if need_w else None
+        dbias = dbias.to(ctx.bias_dtype) if dbias is not None else None
+        return dx, dweight, dbias, None, None
