@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "src"))
 
 import sfmamba.models  # noqa: E402, F401  (registers the models)
+from sfmamba.bench.throughput import OPTIMIZERS, make_optimizer  # noqa: E402
 
 
 def main() -> None:
@@ -32,13 +33,14 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=40)
     parser.add_argument("--train", action="store_true", help="profile forward + backward + AdamW step")
     parser.add_argument("--kernels", action="store_true", help="also list the GPU kernels by device time")
+    parser.add_argument("--opt", choices=OPTIMIZERS, default="adamw", help="optimizer of --train")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = build(args.model).train(args.train).to(device, memory_format=torch.channels_last)
     x = torch.randn(args.batch, 3, args.img_size, args.img_size, device=device).to(memory_format=torch.channels_last)
     target = torch.randint(0, 1000, (args.batch,), device=device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4) if args.train else None
+    optimizer = make_optimizer(args.opt, list(model.parameters()), 1e-4) if args.train else None
 
     def step() -> None:
         if optimizer is None:

@@ -60,7 +60,8 @@ def run_case(label: str, kind: str, tokens: int, channels: int, batch: int) -> d
     torch.manual_seed(0)
     module = (Mlp(channels, 4 * channels) if kind == "mlp" else Qkv(channels)).cuda()
     x = torch.randn(batch, tokens, channels, device="cuda").bfloat16().requires_grad_()
-    dout = torch.randn(batch, tokens, module(x).shape[-1], device="cuda").bfloat16() * 1e-2
+    out_features = channels if kind == "mlp" else 3 * channels
+    dout = torch.randn(batch, tokens, out_features, device="cuda").bfloat16() * 1e-2
     ref_x = x.detach().float().requires_grad_()
     ref = module(ref_x)  # fp32, no autocast: the reference
     want = (ref, *torch.autograd.grad(ref, (ref_x, *module.parameters()), dout.float()))
