@@ -48,8 +48,8 @@ def test_mlp_keeps_plain_forward_with_hooks_or_other_activations(triton_backend,
     calls = []
     monkeypatch.setattr(chunk, "bias_act_bwd", lambda *a: calls.append(1))
     x = torch.randn(2, 5, 8, requires_grad=True)
-    relu_mlp = Mlp(8, 16, act_layer=nn.ReLU)
-    relu_mlp(x).sum().backward()
+    silu_mlp = Mlp(8, 16, act_layer=nn.SiLU)
+    silu_mlp(x).sum().backward()
     hooked = Mlp(8, 16)
     seen = []
     hooked.act.register_forward_hook(lambda m, i, o: seen.append(o.shape))

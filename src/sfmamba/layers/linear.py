@@ -22,9 +22,11 @@ __all__ = ["Mlp", "activation_name", "fused_linear", "takes_linear_kernels"]
 
 
 def activation_name(module: nn.Module) -> str | None:
-    """The `ops.linear_act` name of an activation module ('none', 'gelu', 'gelu_tanh'), None if it has none."""
+    """The `ops.linear_act` name of an activation module ('none', 'relu', 'gelu', 'gelu_tanh'), None if it has none."""
     if type(module) is nn.Identity:
         return "none"
+    if type(module) is nn.ReLU:
+        return "relu"
     if type(module) is nn.GELU:
         return {"none": "gelu", "tanh": "gelu_tanh"}[module.approximate]
     return None

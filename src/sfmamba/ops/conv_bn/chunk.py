@@ -15,12 +15,8 @@ import triton.language as tl
 from torch import Tensor
 
 from ...utils._config import triton_interpret
-from .._launch import LOG2E
+from .._activations import ACTIVATION_CODES, act_fwd
 from .._launch import on_device as _on_device
-
-ACTIVATION_CODES = {"none": 0, "relu": 1, "gelu": 2, "gelu_tanh": 3}
-SQRT_2_OVER_PI = tl.constexpr(0.7978845608028654)
-SQRT_HALF = tl.constexpr(0.7071067811865476)
 
 
 @triton.jit
@@ -59,14 +55,7 @@ def bias_act_kernel(
     channel = (offs // inner) % C
     v = tl.load(y_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     v += tl.load(bias_ptr + channel, mask=mask, other=0.0).to(tl.float32)
-    if ACTIVATION == 1:
-        v = tl.maximum(v, 0.0)
-    elif ACTIVATION == 2:
-        v = 0.5 * v * (1.0 + tl.math.erf(v * SQRT_HALF))
-    elif ACTIVATION == 3:  # 0.5 * (1 + tanh(z)) == sigmoid(2 z)
-        z = v * (SQRT_2_OVER_PI + SQRT_2_OVER_PI * 0.044715 * v * v)
-        v = v / (1.0 + tl.exp2(tl.minimum(z * (-2.0 * LOG2E), 126.0)))  # capped: v / 2**126 is 0 to fp32 anyway
-    v = v.to(y_ptr.dtype.element_ty)  # rounded where the unfused activation leaves it
+    v = act_fwd(v, ACTIVATION).to(y_ptr.dtype.element_ty)  # rounded where the unfused activation leaves it
     if HAS_RESIDUAL:
         v = v.to(tl.float32) + tl.load(res_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     tl.store(out_ptr + offs, v.to(out_ptr.dtype.element_ty), mask=mask)

@@ -8,10 +8,11 @@ layer scale; `bias_act` then adds that bias, applies the activation and the resi
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-ACTIVATIONS = ("none", "relu", "gelu", "gelu_tanh")
+from .._activations import ACTIVATIONS, activate
+
+__all__ = ["ACTIVATIONS", "bias_act_naive", "fold_batch_norm_naive"]
 
 
 def _per_channel(v: Tensor, ndim: int) -> Tensor:
@@ -41,16 +42,6 @@ def fold_batch_norm_naive(
         s, b = s * scale.float(), b * scale.float()
     w = weight.float() * s.view(-1, *([1] * (weight.dim() - 1)))
     return w.to(out_dtype or weight.dtype, memory_format=torch.preserve_format), b
-
-
-def activate(v: Tensor, activation: str) -> Tensor:
-    if activation == "relu":
-        return F.relu(v)
-    if activation == "gelu":
-        return F.gelu(v)
-    if activation == "gelu_tanh":
-        return F.gelu(v, approximate="tanh")
-    return v
 
 
 def bias_act_naive(

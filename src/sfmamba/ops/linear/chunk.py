@@ -17,24 +17,9 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from ...utils._config import triton_interpret
+from .._activations import ACTIVATION_CODES, act_grad, activate
 from .._launch import on_device as _on_device
 from .._launch import sm_count as _sm_count
-from .naive import activate
-
-ACT_CODES = {"none": 0, "gelu": 1, "gelu_tanh": 2}
-
-
-@triton.jit
-def act_grad(h, ACT: tl.constexpr):
-    """d act(h) / dh in fp32, the formulas of PyTorch's GeluBackward (exact and tanh)."""
-    if ACT == 1:
-        cdf = 0.5 * (1.0 + tl.math.erf(h * 0.7071067811865476))
-        return cdf + h * tl.exp(-0.5 * h * h) * 0.3989422804014327
-    else:
-        inner = 0.7978845608028654 * (h + 0.044715 * h * h * h)
-        inner = tl.minimum(tl.maximum(inner, -15.0), 15.0)  # tanh is +-1 in fp32 beyond; keeps exp finite
-        t = 1.0 - 2.0 / (tl.exp(2.0 * inner) + 1.0)  # tanh(inner), finite for any inner
-        return 0.5 * (1.0 + t) + 0.5 * h * (1.0 - t * t) * 0.7978845608028654 * (1.0 + 3.0 * 0.044715 * h * h)
 
 
 @triton.jit
@@ -53,7 +38,7 @@ def bias_act_bwd_kernel(
         mask = (rows < M)[:, None] & mask_c[None, :]
         r64 = rows[:, None].to(tl.int64)
         g = tl.load(dout_ptr + r64 * s_dout + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-        if ACT != 0:
+        if ACT != 0:  # ACTIVATION_CODES["none"]
             h = tl.load(pre_ptr + r64 * s_pre + cols[None, :], mask=mask, other=0.0).to(tl.float32)
             g = g * act_grad(h, ACT)
             tl.store(dpre_ptr + r64 * s_dpre + cols[None, :], g.to(dpre_ptr.dtype.element_ty), mask=mask)
@@ -90,7 +75,7 @@ def bias_act_bwd(dout: Tensor, pre: Tensor | None, act: str, has_bias: bool) -> 
     with _on_device(dout.device):
         bias_act_bwd_kernel[(programs, col_blocks)](
             dout2, pre2, dpre, parts, rows, channels, dout2.stride(0), pre2.stride(0), dpre.stride(0),
-            ACT=ACT_CODES[act], HAS_BIAS=has_bias, BLOCK_M=block_m, BLOCK_C=block_c, num_warps=4,
+            ACT=ACTIVATION_CODES[act], HAS_BIAS=has_bias, BLOCK_M=block_m, BLOCK_C=block_c, num_warps=4,
         )  # fmt: skip
     return dpre, parts.sum(0) if has_bias else None
 

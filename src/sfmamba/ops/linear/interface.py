@@ -36,7 +36,7 @@ def _compute_dtype(x: Tensor, weight: Tensor, bias: Tensor | None) -> torch.dtyp
 
 
 def linear_act(x: Tensor, weight: Tensor, bias: Tensor | None = None, act: str = "none") -> Tensor:
-    """act(F.linear(x, weight, bias)) with act one of `ACTIVATIONS` ('none', 'gelu', 'gelu_tanh'), autocast as for
+    """act(F.linear(x, weight, bias)), act one of `ACTIVATIONS` ('none', 'relu', 'gelu', 'gelu_tanh'), autocast as for
     F.linear. When a gradient is needed and the ops use Triton (outside torch.compile), the backward computes the
     activation's gradient and the fp32 bias gradient in one kernel and the weight gradient straight in the weight's
     dtype; otherwise this is exactly `linear_act_naive` (F.linear and F.gelu)."""

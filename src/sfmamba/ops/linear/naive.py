@@ -6,15 +6,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-ACTIVATIONS = ("none", "gelu", "gelu_tanh")
+from .._activations import ACTIVATIONS, activate
 
 __all__ = ["ACTIVATIONS", "activate", "bias_act_grad_naive", "linear_act_naive"]
-
-
-def activate(x: Tensor, act: str) -> Tensor:
-    if act == "none":
-        return x
-    return F.gelu(x, approximate="tanh" if act == "gelu_tanh" else "none")
 
 
 def linear_act_naive(x: Tensor, weight: Tensor, bias: Tensor | None = None, act: str = "none") -> Tensor:
