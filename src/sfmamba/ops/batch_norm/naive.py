@@ -1,0 +1,26 @@
+"""Plain-PyTorch training-mode BatchNorm + activation: the definition of truth for the Triton kernels."""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor
+
+from .._activations import ACTIVATIONS, activate
+
+__all__ = ["ACTIVATIONS", "batch_norm_act_naive"]
+
+
+def batch_norm_act_naive(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    momentum: float,
+    eps: float,
+    activation: str = "none",
+) -> Tensor:
+    """activation(F.batch_norm(x, ..., training=True)) for x [B, C, ...]: batch statistics (the running ones updated in
+    place as nn.BatchNorm does, unbiased variance), normalisation and activation in fp32, the result in x's dtype."""
+    out = F.batch_norm(x.float(), running_mean, running_var, weight.float(), bias.float(), True, momentum, eps)
+    return activate(out, activation).to(x.dtype)
