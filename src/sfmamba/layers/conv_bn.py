@@ -1,8 +1,11 @@
-"""Conv + BatchNorm (+ activation, + residual) for inference: BN folded into the conv, one epilogue pass.
+"""Conv + BatchNorm (+ activation, + residual): BN folded into the conv for inference, BN + activation fused for
+training.
 
 In eval mode a BatchNorm after a conv is a per-channel affine map; `conv_bn_act` folds it (and a layer scale) into
-the conv's weight and bias (`ops.conv_bn`) and applies bias, activation and residual in one Triton pass. Training,
-autograd, torch.compile and the CPU keep the plain modules (`fuses_conv_bn` says which path runs).
+the conv's weight and bias (`ops.conv_bn`) and applies bias, activation and residual in one Triton pass
+(`fuses_conv_bn` says when). In training, `bn_act` runs a BatchNorm with batch statistics and the activation after it
+as `ops.batch_norm_act` on channels-last maps (`takes_bn_kernels` says when). torch.compile and the CPU keep the
+plain modules.
 """
 
 from __future__ import annotations
@@ -11,11 +14,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..ops._checks import FLOAT_DTYPES
+from ..ops.batch_norm import batch_norm_act
 from ..ops.conv_bn import bias_act, fold_batch_norm, runs_fused
+from ..utils._config import use_triton
 from ..utils.hooks import has_forward_hooks
 from ..utils.inference_cache import reused
+from .linear import activation_name
 
-__all__ = ["conv_bn_act", "conv_compute_dtype", "fuses_conv_bn"]
+__all__ = ["bn_act", "conv_bn_act", "conv_compute_dtype", "fuses_conv_bn", "takes_bn_kernels"]
 
 
 def fuses_conv_bn(x: Tensor, conv: nn.Conv2d, bn: nn.BatchNorm2d, *others: Tensor | None) -> bool:
@@ -65,3 +72,29 @@ def conv_bn_act(
     weight, bias = reused(conv, "_bn_fold_cache", sources, fold, (dtype, bn.eps))
     y = F.conv2d(x, weight, None, conv.stride, conv.padding, conv.dilation, conv.groups)
     return bias_act(y, bias, activation, residual, out_dtype)
+
+
+def takes_bn_kernels(x: Tensor, bn: nn.Module, act: nn.Module | None = None) -> bool:
+    """Whether `bn_act(x, bn, act)` runs `ops.batch_norm_act`: a plain `nn.BatchNorm2d` in training mode with affine
+    parameters and a fixed momentum, an activation it knows, no forward hooks on either, a channels-last float map,
+    outside torch.compile, Triton usable for x's device."""
+    if type(bn) is not nn.BatchNorm2d or not bn.training or not bn.affine or bn.momentum is None:
+        return False
+    if activation_name(act or nn.Identity()) is None or has_forward_hooks(bn, *([act] if act is not None else [])):
+        return False
+    if torch.compiler.is_compiling() or x.dim() != 4 or x.dtype not in FLOAT_DTYPES:
+        return False
+    return x.is_contiguous(memory_format=torch.channels_last) and use_triton(x.device)
+
+
+def bn_act(x: Tensor, bn: nn.BatchNorm2d, act: nn.Module | None = None) -> Tensor:
+    """`act(bn(x))` (act None: `bn(x)`), through `ops.batch_norm_act` where `takes_bn_kernels`: the statistics, the
+    normalisation and the activation in two passes forward and two backward, instead of BN's four and the
+    activation's two."""
+    if not takes_bn_kernels(x, bn, act):
+        return bn(x) if act is None else act(bn(x))
+    if bn.track_running_stats and bn.num_batches_tracked is not None:
+        bn.num_batches_tracked.add_(1)  # as nn.BatchNorm's forward counts
+    running = (bn.running_mean, bn.running_var) if bn.track_running_stats else (None, None)
+    return batch_norm_act(x, bn.weight, bn.bias, *running, float(bn.momentum), float(bn.eps),
+                          activation_name(act or nn.Identity()))  # fmt: skip
