@@ -53,13 +53,15 @@ def compare_backends(
 
 
 def reference_fwd_bwd(module: nn.Module, x: torch.Tensor, dout: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """fp32 forward + backward of module (x cast up, no autocast); restores nothing (call on a copy if it trains)."""
+    """fp32 forward + backward of module on the PyTorch path (x cast up, no autocast); pass a copy of a module whose
+    state changes in training (BN's running statistics)."""
     ref_x = x.detach().float().requires_grad_()
-    return (
-        _fwd_bwd(module, ref_x, dout.float(), False)[:1]
-        + (ref_x.grad,)
-        + tuple(p.grad.clone() for p in module.parameters())
-    )
+    set_kernel_backend("naive")
+    try:
+        out = _fwd_bwd(module, ref_x, dout.float(), False)[0]
+    finally:
+        set_kernel_backend(None)
+    return (out, ref_x.grad, *(p.grad.clone() for p in module.parameters()))
 
 
 def report(name: str, rows: list[dict], out_dir: Path, settings: dict) -> None:
