@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from ..layers import LayerNorm, MambaVisionMixer, Mlp, conv_bn_act, fused_linear, fuses_conv_bn
 from ..layers.conv_bn import bn_act, conv_compute_dtype
+from ..layers.residual import add_drop_path
 from ..ops._launch import needs_grad
 from ..ops.add_norm import fused_add_layer_norm, runs_fused
 from ..utils.hooks import has_forward_hooks
@@ -114,7 +115,7 @@ class ConvBlock(nn.Module):
         y = bn_act(self.conv2(bn_act(self.conv1(x), self.norm1, self.act1)), self.norm2)  # training: fused on the GPU
         if self.gamma is not None:
             y = y * self.gamma.view(1, -1, 1, 1)
-        return x + self.drop_path(y)
+        return add_drop_path(x, y, self.drop_path)
 
     def _fuses_conv_bn(self, x: Tensor) -> bool:
         no_drop = not self.training or isinstance(self.drop_path, nn.Identity)
@@ -203,9 +204,9 @@ class Block(nn.Module):
             )
             y = self.mlp(h)
         else:
-            x = x + self.drop_path(y if self.gamma_1 is None else self.gamma_1 * y)
+            x = add_drop_path(x, y if self.gamma_1 is None else self.gamma_1 * y, self.drop_path)
             y = self.mlp(self.norm2(x))
-        return x + self.drop_path(y if self.gamma_2 is None else self.gamma_2 * y)
+        return add_drop_path(x, y if self.gamma_2 is None else self.gamma_2 * y, self.drop_path)
 
     def _fuses_residual_norm(self, x: Tensor, y: Tensor) -> bool:
         no_drop = not self.training or isinstance(self.drop_path, nn.Identity)

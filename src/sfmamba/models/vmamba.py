@@ -27,6 +27,7 @@ from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_c
 from torch import Tensor, nn
 
 from ..layers.linear import Mlp
+from ..layers.residual import add_drop_path
 from ..layers.ss2d import SS2D
 from ..utils.inference_cache import InferenceCacheMixin, cache_linear_casts
 from ._checkpoint import create_with_file_hooks, load_checkpoint_file
@@ -102,8 +103,8 @@ class VSSBlock(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, drop=mlp_drop, **dd)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = x + self.drop_path(self.op(self.norm(x)))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+        x = add_drop_path(x, self.op(self.norm(x)), self.drop_path)
+        return add_drop_path(x, self.mlp(self.norm2(x)), self.drop_path)
 
 
 # ------------------------------------------------------------------------------------------------------ stage

@@ -1,0 +1,29 @@
+"""Residual add with stochastic depth in one pass.
+
+timm's `DropPath` multiplies the branch by a per-sample mask (one pass over the branch, and one more backward) before
+the residual add (another pass); `add_drop_path` draws the same mask from the same random stream and adds
+`x + y * mask` with one `addcmul` forward and one multiply backward.
+"""
+
+from __future__ import annotations
+
+import torch
+from timm.layers import DropPath
+from torch import Tensor, nn
+
+from ..utils.hooks import has_forward_hooks
+
+__all__ = ["add_drop_path"]
+
+
+def add_drop_path(x: Tensor, y: Tensor, drop_path: nn.Module) -> Tensor:
+    """`x + drop_path(y)`; for an active timm `DropPath` (training, drop_prob > 0, no hooks) as one `addcmul` with
+    the mask DropPath would draw (same shape, dtype and random numbers)."""
+    active = type(drop_path) is DropPath and drop_path.training and drop_path.drop_prob > 0.0
+    if not active or has_forward_hooks(drop_path):
+        return x + drop_path(y)
+    keep = 1.0 - drop_path.drop_prob
+    mask = y.new_empty((y.shape[0],) + (1,) * (y.ndim - 1)).bernoulli_(keep)
+    if keep > 0.0 and drop_path.scale_by_keep:
+        mask.div_(keep)
+    return torch.addcmul(x, y, mask)
