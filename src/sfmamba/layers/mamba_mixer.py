@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from ..ops import depthwise_conv1d, selective_scan
 from ..utils.inference_cache import reused
+from .linear import fused_linear
 
 __all__ = ["MambaVisionMixer"]
 
@@ -152,7 +153,7 @@ class MambaVisionMixer(nn.Module):
         dt, B, C = self.x_proj(u).split((self.dt_rank, self.d_state, self.d_state), dim=-1)
         # The official mixer applies dt_proj *with* its bias and then passes the same bias again as the scan's
         # delta_bias, so the bias counts twice. Reproduced on purpose: official checkpoints were trained that way.
-        return self._scan(u, self.dt_proj(dt), B, C, seq_len)
+        return self._scan(u, fused_linear(self.dt_proj, dt), B, C, seq_len)
 
     def _scan(self, u: Tensor, dt: Tensor, B: Tensor, C: Tensor, seq_len: int | None) -> Tensor:
         """The selective scan in (B, L, D) layout, or VMeanba's channel-mean scan when `self.vmeanba` is set."""
