@@ -64,7 +64,7 @@ def test_forward_gradients_and_running_stats_match_reference(shape, activation, 
 
 
 def test_statistics_over_many_row_blocks_and_column_blocks(monkeypatch, poisoned, triton_backend):
-    """More row blocks than programs (Welford partials combined across blocks and programs), several column blocks,
+    """More row blocks than programs (shifted-sum partials combined across programs), several column blocks,
     and a large mean next to a small spread (where sum/sum-of-squares statistics would cancel)."""
     monkeypatch.setattr(chunk, "_blocks", lambda channels: (2, 4))
     monkeypatch.setattr(chunk, "_row_programs", lambda rows, block_m, col_blocks, device: 3)

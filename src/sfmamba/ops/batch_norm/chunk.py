@@ -4,7 +4,7 @@ Why: in sf_mamba_tiny's bf16 training step on an H200 (bs 128, channels-last) Py
 2.8 ms per step for ~1.2 ms of memory traffic (the statistics pass alone ran at ~1/6 of the bandwidth:
 `benchmarks/results/s8_20261203/call7/hp_train_kernels.txt`), and the GELU/ReLU after each BN cost two more passes
 forward and three backward. Here, for x [B, C, H, W] with channels innermost, seen as rows [B*H*W, C]:
-  forward:  stats (per-program Welford partials: count, mean, M2) -> finalize (one kernel: batch mean and 1/std,
+  forward:  stats (per-program shifted sums -> count, mean, M2) -> finalize (one kernel: batch mean and 1/std,
             running-statistics update) -> apply (normalise, affine, activation; one pass);
   backward: reduce (dz = dy * act'(z) recomputed from x, partial sums of dz and dz * xhat) -> dx (one pass).
 Memory: x, the per-channel mean and 1/std are saved (PyTorch saves x too, and the activation saves its input).
@@ -28,29 +28,30 @@ from .._launch import sm_count as _sm_count
 def bn_stats_kernel(
     x_ptr, mean_part_ptr, m2_part_ptr, count_part_ptr, M, C, sx, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr
 ):  # fmt: skip
-    # Program (pid_m, pid_c): row blocks pid_m, pid_m + P, ... of columns [pid_c * BLOCK_C, +BLOCK_C); Welford
-    # partials (Chan's combination of per-block mean and M2) written as one row of mean, M2 and the row count.
+    # Program (pid_m, pid_c): row blocks pid_m, pid_m + P, ... of columns [pid_c * BLOCK_C, +BLOCK_C). Sums of x - K
+    # and (x - K)^2 with K the program's first row (a sample of the data: no cancellation of a large mean against a
+    # small spread), kept elementwise in [BLOCK_M, BLOCK_C] registers and reduced once; written as the program's
+    # count, mean and M2 (combined across programs by bn_finalize_kernel).
     pid_m, pid_c, programs = tl.program_id(0), tl.program_id(1), tl.num_programs(0)
     cols = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     mask_c = cols < C
-    mean = tl.zeros([BLOCK_C], dtype=tl.float32)
-    m2 = tl.zeros([BLOCK_C], dtype=tl.float32)
-    count = tl.sum(tl.zeros([BLOCK_M], dtype=tl.float32), axis=0)
+    shift = tl.load(x_ptr + (pid_m * BLOCK_M).to(tl.int64) * sx + cols, mask=mask_c, other=0.0).to(tl.float32)
+    s1 = tl.zeros([BLOCK_M, BLOCK_C], dtype=tl.float32)
+    s2 = tl.zeros([BLOCK_M, BLOCK_C], dtype=tl.float32)
+    n = tl.zeros([BLOCK_M], dtype=tl.float32)
     for start in range(pid_m * BLOCK_M, M, programs * BLOCK_M):
         rows = start + tl.arange(0, BLOCK_M)
         mask_m = rows < M
         mask = mask_m[:, None] & mask_c[None, :]
         x = tl.load(x_ptr + rows[:, None].to(tl.int64) * sx + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-        n_block = tl.sum(mask_m.to(tl.float32), axis=0)
-        mean_block = tl.sum(x, axis=0) / n_block
-        centred = tl.where(mask, x - mean_block[None, :], 0.0)
-        total = count + n_block
-        delta = mean_block - mean
-        mean += delta * (n_block / total)
-        m2 += tl.sum(centred * centred, axis=0) + delta * delta * (count * n_block / total)
-        count = total
-    tl.store(mean_part_ptr + pid_m * C + cols, mean, mask=mask_c)
-    tl.store(m2_part_ptr + pid_m * C + cols, m2, mask=mask_c)
+        d = tl.where(mask, x - shift[None, :], 0.0)
+        s1 += d
+        s2 += d * d
+        n += mask_m.to(tl.float32)
+    count = tl.sum(n, axis=0)
+    sum1 = tl.sum(s1, axis=0)
+    tl.store(mean_part_ptr + pid_m * C + cols, shift + sum1 / count, mask=mask_c)
+    tl.store(m2_part_ptr + pid_m * C + cols, tl.maximum(tl.sum(s2, axis=0) - sum1 * sum1 / count, 0.0), mask=mask_c)
     if pid_c == 0:
         tl.store(count_part_ptr + pid_m, count)
 
@@ -60,33 +61,34 @@ def bn_finalize_kernel(
     mean_part_ptr, m2_part_ptr, count_part_ptr, rm_ptr, rv_ptr, mean_ptr, rstd_ptr, P, M, C, momentum, eps,
     UPDATE_RUNNING: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):  # fmt: skip
-    # One program per column block: the batch mean and M2 from the P partial rows (two passes over them), 1/std of
-    # the biased variance, and the running statistics (unbiased variance) as nn.BatchNorm updates them.
+    # One program per column block: the batch mean and M2 from the P partial rows (Chan's combination, two passes over
+    # them with elementwise accumulators), 1/std of the biased variance, and the running statistics (unbiased
+    # variance) as nn.BatchNorm updates them.
     cols = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
     mask_c = cols < C
-    weighted = tl.zeros([BLOCK_C], dtype=tl.float32)
+    weighted = tl.zeros([BLOCK_P, BLOCK_C], dtype=tl.float32)
     for p0 in range(0, P, BLOCK_P):
         parts = p0 + tl.arange(0, BLOCK_P)
         mask = (parts < P)[:, None] & mask_c[None, :]
         n = tl.load(count_part_ptr + parts, mask=parts < P, other=0.0)
-        mu = tl.load(mean_part_ptr + parts[:, None] * C + cols[None, :], mask=mask, other=0.0)
-        weighted += tl.sum(mu * n[:, None], axis=0)
-    mean = weighted / M
-    m2 = tl.zeros([BLOCK_C], dtype=tl.float32)
+        weighted += tl.load(mean_part_ptr + parts[:, None] * C + cols[None, :], mask=mask, other=0.0) * n[:, None]
+    mean = tl.sum(weighted, axis=0) / M
+    m2 = tl.zeros([BLOCK_P, BLOCK_C], dtype=tl.float32)
     for p0 in range(0, P, BLOCK_P):
         parts = p0 + tl.arange(0, BLOCK_P)
         mask = (parts < P)[:, None] & mask_c[None, :]
         n = tl.load(count_part_ptr + parts, mask=parts < P, other=0.0)
         d = tl.load(mean_part_ptr + parts[:, None] * C + cols[None, :], mask=mask, other=0.0) - mean[None, :]
         q = tl.load(m2_part_ptr + parts[:, None] * C + cols[None, :], mask=mask, other=0.0)
-        m2 += tl.sum(q + tl.where(mask, n[:, None] * d * d, 0.0), axis=0)
+        m2 += q + tl.where(mask, n[:, None] * d * d, 0.0)
+    m2_sum = tl.sum(m2, axis=0)
     tl.store(mean_ptr + cols, mean, mask=mask_c)
-    tl.store(rstd_ptr + cols, 1.0 / tl.sqrt(m2 / M + eps), mask=mask_c)
+    tl.store(rstd_ptr + cols, 1.0 / tl.sqrt(m2_sum / M + eps), mask=mask_c)
     if UPDATE_RUNNING:
         rm = tl.load(rm_ptr + cols, mask=mask_c, other=0.0)
         rv = tl.load(rv_ptr + cols, mask=mask_c, other=0.0)
         new_rm = (1.0 - momentum) * rm.to(tl.float32) + momentum * mean
-        new_rv = (1.0 - momentum) * rv.to(tl.float32) + momentum * (m2 / (M - 1))
+        new_rv = (1.0 - momentum) * rv.to(tl.float32) + momentum * (m2_sum / (M - 1))
         tl.store(rm_ptr + cols, new_rm.to(rm.dtype), mask=mask_c)
         tl.store(rv_ptr + cols, new_rv.to(rv.dtype), mask=mask_c)
 
@@ -125,8 +127,8 @@ def bn_act_bwd_reduce_kernel(
     # row blocks pid_m, pid_m + P, ...; rows [0, P) and [P, 2P) of `part`.
     pid_m, pid_c, programs = tl.program_id(0), tl.program_id(1), tl.num_programs(0)
     cols = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    sum_dz = tl.zeros([BLOCK_C], dtype=tl.float32)
-    sum_dzx = tl.zeros([BLOCK_C], dtype=tl.float32)
+    sum_dz = tl.zeros([BLOCK_M, BLOCK_C], dtype=tl.float32)  # elementwise sums; one cross-thread reduction at the end
+    sum_dzx = tl.zeros([BLOCK_M, BLOCK_C], dtype=tl.float32)
     for start in range(pid_m * BLOCK_M, M, programs * BLOCK_M):
         rows = start + tl.arange(0, BLOCK_M)
         mask, r64, mean, rstd, w, b = _tile(rows, cols, M, C, mean_ptr, rstd_ptr, w_ptr, b_ptr)
@@ -134,10 +136,10 @@ def bn_act_bwd_reduce_kernel(
         dy = tl.load(dy_ptr + r64 * sdy + cols[None, :], mask=mask, other=0.0).to(tl.float32)
         xhat = tl.where(mask, (x - mean[None, :]) * rstd[None, :], 0.0)
         dz = dy * act_grad(xhat * w[None, :] + b[None, :], ACT)
-        sum_dz += tl.sum(dz, axis=0)
-        sum_dzx += tl.sum(dz * xhat, axis=0)
-    tl.store(part_ptr + pid_m * C + cols, sum_dz, mask=cols < C)
-    tl.store(part_ptr + (programs + pid_m) * C + cols, sum_dzx, mask=cols < C)
+        sum_dz += dz
+        sum_dzx += dz * xhat
+    tl.store(part_ptr + pid_m * C + cols, tl.sum(sum_dz, axis=0), mask=cols < C)
+    tl.store(part_ptr + (programs + pid_m) * C + cols, tl.sum(sum_dzx, axis=0), mask=cols < C)
 
 
 @triton.jit

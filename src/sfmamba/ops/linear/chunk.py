@@ -32,7 +32,7 @@ def bias_act_bwd_kernel(
     pid_m, pid_c, programs = tl.program_id(0), tl.program_id(1), tl.num_programs(0)
     cols = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     mask_c = cols < C
-    acc = tl.zeros([BLOCK_C], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_C], dtype=tl.float32)  # elementwise sums; one cross-thread reduction at the end
     for start in range(pid_m * BLOCK_M, M, programs * BLOCK_M):
         rows = start + tl.arange(0, BLOCK_M)
         mask = (rows < M)[:, None] & mask_c[None, :]
@@ -43,9 +43,9 @@ def bias_act_bwd_kernel(
             g = g * act_grad(h, ACT)
             tl.store(dpre_ptr + r64 * s_dpre + cols[None, :], g.to(dpre_ptr.dtype.element_ty), mask=mask)
         if HAS_BIAS:
-            acc += tl.sum(g, axis=0)
+            acc += g
     if HAS_BIAS:
-        tl.store(part_ptr + pid_m * C + cols, acc, mask=mask_c)
+        tl.store(part_ptr + pid_m * C + cols, tl.sum(acc, axis=0), mask=mask_c)
 
 
 def _rows(x: Tensor) -> Tensor:
