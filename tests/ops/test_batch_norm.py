@@ -88,6 +88,26 @@ def test_statistics_over_many_row_blocks_and_column_blocks(monkeypatch, poisoned
     torch.testing.assert_close(rm, 0.25 * x.detach().double().mean((0, 2, 3)).float())
 
 
+@pytest.mark.parametrize("use_triton", [True, False])
+def test_shift_moves_only_the_running_mean_and_has_zero_gradient(use_triton, triton_backend):
+    """BN(x + shift) == BN(x) in training: the shift only enters the running mean; its gradient is exactly zero."""
+    torch.manual_seed(2)
+    x = _channels_last(torch.randn(2, 6, 4, 5)) if use_triton else torch.randn(2, 6, 4, 5)  # NCHW: the reference
+    w, b, shift = torch.rand(6) + 0.5, torch.randn(6), torch.randn(6, requires_grad=True)
+    rm, rv = torch.zeros(6), torch.ones(6)
+    rm_ref, rv_ref = rm.clone(), rv.clone()
+    out = batch_norm_act(x, w, b, rm, rv, 0.1, 1e-5, "gelu", shift)
+    ref = F.gelu(F.batch_norm(x + shift.detach().view(1, -1, 1, 1), rm_ref, rv_ref, w, b, True, 0.1, 1e-5))
+    assert_close("out", ref, out, 1e-5)
+    assert_close("running_mean", rm_ref, rm, 1e-6)
+    assert_close("running_var", rv_ref, rv, 1e-6)
+    (grad,) = torch.autograd.grad(out.square().sum(), shift)
+    if use_triton:
+        assert not grad.any()
+    else:
+        assert grad.abs().max() < 1e-4  # the reference's autograd: zero up to rounding
+
+
 def test_without_running_statistics(triton_backend):
     x = _channels_last(torch.randn(2, 6, 4, 4))
     w, b = torch.ones(6), torch.zeros(6)
@@ -119,6 +139,7 @@ def test_reference_without_triton():
         (dict(x=torch.randn(6)), r"x must be a float32/float16/bfloat16 tensor \[B, C, \.\.\.\]"),
         (dict(weight=torch.randn(5)), r"weight must have shape \(6,\)"),
         (dict(running_mean=torch.zeros(6)), "running_mean and running_var must be given together"),
+        (dict(shift=torch.zeros(5)), r"shift must have shape \(6,\)"),
         (dict(x=torch.randn(1, 6, 1)), "more than 1 value per channel"),
         (dict(momentum=1.5), r"momentum must be a float in \[0, 1\]"),
         (dict(eps=0), "eps must be a positive float"),

@@ -22,7 +22,7 @@ from ..utils.hooks import has_forward_hooks
 from ..utils.inference_cache import reused
 from .linear import activation_name
 
-__all__ = ["bn_act", "conv_bn_act", "conv_compute_dtype", "fuses_conv_bn", "takes_bn_kernels"]
+__all__ = ["bn_act", "conv_bn_act", "conv_bn_act_train", "conv_compute_dtype", "fuses_conv_bn", "takes_bn_kernels"]
 
 
 def fuses_conv_bn(x: Tensor, conv: nn.Conv2d, bn: nn.BatchNorm2d, *others: Tensor | None) -> bool:
@@ -87,14 +87,26 @@ def takes_bn_kernels(x: Tensor, bn: nn.Module, act: nn.Module | None = None) -> 
     return x.is_contiguous(memory_format=torch.channels_last) and use_triton(x.device)
 
 
-def bn_act(x: Tensor, bn: nn.BatchNorm2d, act: nn.Module | None = None) -> Tensor:
-    """`act(bn(x))` (act None: `bn(x)`), through `ops.batch_norm_act` where `takes_bn_kernels`: the statistics, the
-    normalisation and the activation in two passes forward and two backward, instead of BN's four and the
-    activation's two."""
+def bn_act(x: Tensor, bn: nn.BatchNorm2d, act: nn.Module | None = None, shift: Tensor | None = None) -> Tensor:
+    """`act(bn(x + shift))` (act None: no activation; shift [C] optional), through `ops.batch_norm_act` where
+    `takes_bn_kernels`: the statistics, the normalisation and the activation in two passes forward and two backward,
+    instead of BN's four and the activation's two."""
     if not takes_bn_kernels(x, bn, act):
+        x = x if shift is None else x + shift.view(1, -1, *([1] * (x.dim() - 2)))
         return bn(x) if act is None else act(bn(x))
     if bn.track_running_stats and bn.num_batches_tracked is not None:
         bn.num_batches_tracked.add_(1)  # as nn.BatchNorm's forward counts
     running = (bn.running_mean, bn.running_var) if bn.track_running_stats else (None, None)
     return batch_norm_act(x, bn.weight, bn.bias, *running, float(bn.momentum), float(bn.eps),
-                          activation_name(act or nn.Identity()))  # fmt: skip
+                          activation_name(act or nn.Identity()), shift)  # fmt: skip
+
+
+def conv_bn_act_train(x: Tensor, conv: nn.Conv2d, bn: nn.BatchNorm2d, act: nn.Module | None = None) -> Tensor:
+    """`act(bn(conv(x)))` for training. Where `takes_bn_kernels`, a conv bias is left out of the conv and passed to
+    the BN as its shift: BN's batch mean cancels it exactly (its gradient is exactly zero), so the bias-add pass of
+    the forward and the bias-gradient reduction of the backward go, and it only moves the running mean."""
+    plain_conv = type(conv) is nn.Conv2d and conv.padding_mode == "zeros" and not has_forward_hooks(conv)
+    if conv.bias is None or not plain_conv or not takes_bn_kernels(x, bn, act):
+        return bn_act(conv(x), bn, act)
+    y = F.conv2d(x, conv.weight, None, conv.stride, conv.padding, conv.dilation, conv.groups)
+    return bn_act(y, bn, act, shift=conv.bias)

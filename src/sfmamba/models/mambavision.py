@@ -24,7 +24,7 @@ from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_c
 from torch import Tensor, nn
 
 from ..layers import LayerNorm, MambaVisionMixer, Mlp, conv_bn_act, fused_linear, fuses_conv_bn
-from ..layers.conv_bn import bn_act, conv_compute_dtype
+from ..layers.conv_bn import conv_bn_act_train, conv_compute_dtype
 from ..layers.residual import add_drop_path
 from ..ops._launch import needs_grad
 from ..ops.add_norm import fused_add_layer_norm, runs_fused
@@ -78,7 +78,7 @@ class PatchEmbed(nn.Module):
             return conv_bn_act(conv_bn_act(x, conv1, bn1, "relu"), conv2, bn2, "relu")
         if has_forward_hooks(self.conv_down):
             return self.conv_down(x)
-        return bn_act(conv2(bn_act(conv1(x), bn1, act1)), bn2, act2)  # training: BN + ReLU fused on the GPU
+        return conv_bn_act_train(conv_bn_act_train(x, conv1, bn1, act1), conv2, bn2, act2)  # training
 
 
 class Downsample(nn.Module):
@@ -112,7 +112,7 @@ class ConvBlock(nn.Module):
             out_dtype = torch.result_type(x, y)  # the unfused x + gamma * y promotes with gamma
             out_dtype = out_dtype if self.gamma is None else torch.promote_types(out_dtype, self.gamma.dtype)
             return conv_bn_act(y, self.conv2, self.norm2, residual=x, scale=self.gamma, out_dtype=out_dtype)
-        y = bn_act(self.conv2(bn_act(self.conv1(x), self.norm1, self.act1)), self.norm2)  # training: fused on the GPU
+        y = conv_bn_act_train(conv_bn_act_train(x, self.conv1, self.norm1, self.act1), self.conv2, self.norm2)
         if self.gamma is not None:
             y = y * self.gamma.view(1, -1, 1, 1)
         return add_drop_path(x, y, self.drop_path)

@@ -58,8 +58,8 @@ def bn_stats_kernel(
 
 @triton.jit
 def bn_finalize_kernel(
-    mean_part_ptr, m2_part_ptr, count_part_ptr, rm_ptr, rv_ptr, mean_ptr, rstd_ptr, P, M, C, momentum, eps,
-    UPDATE_RUNNING: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+    mean_part_ptr, m2_part_ptr, count_part_ptr, rm_ptr, rv_ptr, shift_ptr, mean_ptr, rstd_ptr, P, M, C, momentum,
+    eps, UPDATE_RUNNING: tl.constexpr, HAS_SHIFT: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):  # fmt: skip
     # One program per column block: the batch mean and M2 from the P partial rows (Chan's combination, two passes over
     # them with elementwise accumulators), 1/std of the biased variance, and the running statistics (unbiased
@@ -87,6 +87,8 @@ def bn_finalize_kernel(
     if UPDATE_RUNNING:
         rm = tl.load(rm_ptr + cols, mask=mask_c, other=0.0)
         rv = tl.load(rv_ptr + cols, mask=mask_c, other=0.0)
+        if HAS_SHIFT:  # the statistics of x + shift: the same variance, the mean moved by shift
+            mean += tl.load(shift_ptr + cols, mask=mask_c, other=0.0).to(tl.float32)
         new_rm = (1.0 - momentum) * rm.to(tl.float32) + momentum * mean
         new_rv = (1.0 - momentum) * rv.to(tl.float32) + momentum * (m2_sum / (M - 1))
         tl.store(rm_ptr + cols, new_rm.to(rm.dtype), mask=mask_c)
@@ -199,8 +201,10 @@ def batch_norm_act_fwd(
     momentum: float,
     eps: float,
     act: str,
+    shift: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """(y like x in layout and dtype, fp32 batch mean [C], fp32 1/std [C]); running statistics updated in place."""
+    """(y like x in layout and dtype, fp32 batch mean [C], fp32 1/std [C]) of BN(x + shift) = BN(x): `shift` (a conv
+    bias left out of the conv) only moves the running mean, updated in place with the running variance."""
     x2 = channel_rows(x)
     rows, channels = x2.shape
     block_m, block_c = _blocks(channels)
@@ -223,8 +227,9 @@ def batch_norm_act_fwd(
         fin_c = 16 if triton_interpret() else 32
         bn_finalize_kernel[(triton.cdiv(channels, fin_c),)](
             mean_part, m2_part, count_part, running_mean if update else stats, running_var if update else stats,
+            shift if shift is not None else stats,
             stats[0], stats[1], programs, rows, channels, momentum, eps,
-            UPDATE_RUNNING=update, BLOCK_P=4 if triton_interpret() else 64, BLOCK_C=fin_c,
+            UPDATE_RUNNING=update, HAS_SHIFT=shift is not None, BLOCK_P=4 if triton_interpret() else 64, BLOCK_C=fin_c,
         )  # fmt: skip
         bn_act_fwd_kernel[(triton.cdiv(rows, block_m), col_blocks)](
             x2, y2, stats[0], stats[1], weight, bias, rows, channels, x2.stride(0), y2.stride(0),
@@ -259,13 +264,15 @@ def batch_norm_act_bwd(
 
 
 class BatchNormActFunction(torch.autograd.Function):
-    """Autograd of the Triton training BatchNorm + activation (eager; torch.compile takes the reference)."""
+    """Autograd of the Triton training BatchNorm + activation of x + shift (eager; torch.compile takes the
+    reference). BN's batch mean cancels a per-channel shift exactly, so its gradient is exactly zero."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, running_mean, running_var, momentum: float, eps: float, act: str) -> Tensor:
-        y, mean, rstd = batch_norm_act_fwd(x, weight, bias, running_mean, running_var, momentum, eps, act)
+    def forward(ctx, x, weight, bias, running_mean, running_var, momentum: float, eps: float, act: str, shift=None):
+        y, mean, rstd = batch_norm_act_fwd(x, weight, bias, running_mean, running_var, momentum, eps, act, shift)
         ctx.save_for_backward(x, weight, bias, mean, rstd)
         ctx.act = act
+        ctx.shift_like = (shift.shape, shift.dtype) if shift is not None else None
         return y
 
     @staticmethod
@@ -273,4 +280,7 @@ class BatchNormActFunction(torch.autograd.Function):
     def backward(ctx, dy: Tensor):
         x, weight, bias, mean, rstd = ctx.saved_tensors
         dx, dweight, dbias = batch_norm_act_bwd(dy, x, weight, bias, mean, rstd, ctx.act)
-        return dx, dweight, dbias, None, None, None, None, None
+        dshift = None
+        if ctx.shift_like is not None and ctx.needs_input_grad[8]:
+            dshift = torch.zeros(ctx.shift_like[0], dtype=ctx.shift_like[1], device=x.device)
+        return dx, dweight, dbias, None, None, None, None, None, dshift

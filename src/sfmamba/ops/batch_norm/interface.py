@@ -43,17 +43,21 @@ def batch_norm_act(
     momentum: float = 0.1,
     eps: float = 1e-5,
     activation: str = "none",
+    shift: Tensor | None = None,
 ) -> Tensor:
-    """activation(BatchNorm(x)) in training mode for x [B, C, ...]: batch statistics in fp32, the running statistics
-    (if given) updated in place with `momentum` and the unbiased variance, the result in x's dtype and layout.
+    """activation(BatchNorm(x + shift)) in training mode for x [B, C, ...]: batch statistics in fp32, the running
+    statistics (if given) updated in place with `momentum` and the unbiased variance, the result in x's dtype and
+    layout.
+    `shift` [C] (a conv's bias left out of the conv) cancels in the normalisation: it only moves the running mean, and
+    its gradient is exactly zero.
 
     With channels innermost in memory (channels-last) and Triton usable (outside torch.compile) it runs the Triton
     forward (statistics, finalize, one normalise+activation pass) and backward (one reduction, one dx pass, the
     activation's gradient recomputed from x); otherwise the reference `batch_norm_act_naive`."""
-    params = dict(weight=weight, bias=bias, running_mean=running_mean, running_var=running_var)
+    params = dict(weight=weight, bias=bias, running_mean=running_mean, running_var=running_var, shift=shift)
     _check(x, params, momentum, eps, activation)
     if torch.compiler.is_compiling() or not use_triton(x.device) or not x.movedim(1, -1).is_contiguous():
-        return batch_norm_act_naive(x, weight, bias, running_mean, running_var, momentum, eps, activation)
+        return batch_norm_act_naive(x, weight, bias, running_mean, running_var, momentum, eps, activation, shift)
     from .chunk import BatchNormActFunction
 
-    return BatchNormActFunction.apply(x, weight, bias, running_mean, running_var, momentum, eps, activation)
+    return BatchNormActFunction.apply(x, weight, bias, running_mean, running_var, momentum, eps, activation, shift)

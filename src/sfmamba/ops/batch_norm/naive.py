@@ -19,8 +19,11 @@ def batch_norm_act_naive(
     momentum: float,
     eps: float,
     activation: str = "none",
+    shift: Tensor | None = None,
 ) -> Tensor:
-    """activation(F.batch_norm(x, ..., training=True)) for x [B, C, ...]: batch statistics (the running ones updated in
-    place as nn.BatchNorm does, unbiased variance), normalisation and activation in fp32, the result in x's dtype."""
-    out = F.batch_norm(x.float(), running_mean, running_var, weight.float(), bias.float(), True, momentum, eps)
+    """activation(F.batch_norm(x + shift, ..., training=True)) for x [B, C, ...] and an optional per-channel shift
+    [C]: batch statistics (the running ones updated in place as nn.BatchNorm does, unbiased variance), normalisation
+    and activation in fp32, the result in x's dtype."""
+    x32 = x.float() if shift is None else x.float() + shift.float().view(1, -1, *([1] * (x.dim() - 2)))
+    out = F.batch_norm(x32, running_mean, running_var, weight.float(), bias.float(), True, momentum, eps)
     return activate(out, activation).to(x.dtype)
