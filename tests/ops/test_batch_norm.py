@@ -16,7 +16,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from sfmamba.ops._activations import ACTIVATIONS  # noqa: E402
 from sfmamba.ops.batch_norm import batch_norm_act, batch_norm_act_naive, chunk  # noqa: E402
-from sfmamba.testing import assert_close  # noqa: E402
+from sfmamba.testing import assert_close, run_without_interpreter  # noqa: E402
 
 TOLERANCE = {torch.float32: 1e-5, torch.float16: 5e-3, torch.bfloat16: 2e-2}
 
@@ -158,3 +158,29 @@ def test_double_backward_fails_loudly(triton_backend):
     (grad,) = torch.autograd.grad(y.pow(3).sum(), x, create_graph=True)
     with pytest.raises(RuntimeError, match="once_differentiable"):
         grad.sum().backward()
+
+
+BATCH_NORM_SM90_COMPILE = """
+from sfmamba.ops.batch_norm import chunk
+from sfmamba.testing import compile_for_sm90
+
+for dtype in ("bf16", "fp16", "fp32"):
+    types = dict(x_ptr=dtype, y_ptr=dtype, dy_ptr=dtype, dx_ptr=dtype, rm_ptr="fp32", rv_ptr="fp32")
+    ptr = lambda name: "*" + types.get(name, "fp32")
+    blocks = dict(BLOCK_M=32, BLOCK_C=128)
+    kernels = [(chunk.bn_stats_kernel, blocks)]
+    kernels += [(chunk.bn_finalize_kernel, dict(UPDATE_RUNNING=u, HAS_SHIFT=s, BLOCK_P=64, BLOCK_C=32))
+                for u in (True, False) for s in (True, False)]
+    kernels += [(k, dict(ACT=act, **blocks)) for act in range(4)
+                for k in (chunk.bn_act_fwd_kernel, chunk.bn_act_bwd_reduce_kernel, chunk.bn_act_bwd_dx_kernel)]
+    built = [bool(compile_for_sm90(k, flags, 4, ptr).asm.get("cubin")) for k, flags in kernels]
+    print(dtype, len(built), all(built))
+"""
+
+
+def test_kernels_compile_for_sm90():
+    """The interpreter never compiles: build every BatchNorm kernel (each activation, shift and running-statistics
+    variant) for an H100 with Triton's bundled ptxas, for bf16/fp16/fp32 maps."""
+    result = run_without_interpreter(BATCH_NORM_SM90_COMPILE)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert result.stdout.split() == ["bf16", "17", "True", "fp16", "17", "True", "fp32", "17", "True"], result.stdout

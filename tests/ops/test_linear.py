@@ -20,7 +20,7 @@ from sfmamba.ops.linear import (  # noqa: E402
     linear_act,
     linear_act_naive,
 )
-from sfmamba.testing import assert_close  # noqa: E402
+from sfmamba.testing import assert_close, run_without_interpreter  # noqa: E402
 
 TOLERANCE = {torch.float32: 1e-5, torch.float16: 5e-3, torch.bfloat16: 2e-2}
 
@@ -151,3 +151,24 @@ def test_double_backward_fails_loudly(triton_backend):
     (grad,) = torch.autograd.grad(y.pow(3).sum(), x, create_graph=True)
     with pytest.raises(RuntimeError, match="once_differentiable"):
         grad.sum().backward()
+
+
+LINEAR_SM90_COMPILE = """
+from sfmamba.ops.linear import chunk
+from sfmamba.testing import compile_for_sm90
+
+for dtype in ("bf16", "fp16", "fp32"):
+    ptr = lambda name: "*fp32" if name == "part_ptr" else "*" + dtype
+    built = [bool(compile_for_sm90(chunk.bias_act_bwd_kernel, dict(ACT=act, HAS_BIAS=has_bias, BLOCK_M=32,
+                                                                  BLOCK_C=128), 4, ptr).asm.get("cubin"))
+             for act in range(4) for has_bias in (True, False)]
+    print(dtype, len(built), all(built))
+"""
+
+
+def test_kernel_compiles_for_sm90():
+    """The interpreter never compiles: build the backward kernel for an H100 (every activation, with and without a
+    bias) with Triton's bundled ptxas, for bf16/fp16/fp32 gradients."""
+    result = run_without_interpreter(LINEAR_SM90_COMPILE)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert result.stdout.split() == ["bf16", "8", "True", "fp16", "8", "True", "fp32", "8", "True"], result.stdout
