@@ -95,3 +95,63 @@ def test_conv_block_and_stem_train_through_the_kernels(kernel_calls, triton_back
     assert kernel_calls == ["gelu_tanh", "none", "relu", "relu"]
     # the ConvBlock's conv biases run as the BNs' shifts: BN cancels them, their gradient is exactly zero
     assert not block.conv1.bias.grad.any() and not block.conv2.bias.grad.any()
+
+
+def test_fallback_with_shift_keeps_the_autocast_dtype(triton_backend):
+    """The plain path adds a shift as a conv adds its bias (in the activation's dtype): no promotion to fp32."""
+    bn = nn.BatchNorm2d(4)
+    x = torch.randn(2, 4, 3, 3, dtype=torch.bfloat16)  # NCHW: the plain path
+    out = bn_act(x, bn, nn.GELU(), shift=torch.randn(4))
+    assert out.dtype == torch.bfloat16
+
+
+def test_empty_batch_as_batch_norm(kernel_calls, triton_backend):
+    bn = nn.BatchNorm2d(5)
+    x = _map(0, 5, 3, 3)
+    out = bn_act(x, bn, nn.ReLU())
+    assert out.shape == (0, 5, 3, 3) and kernel_calls == []
+
+
+def test_backward_hooks_fire(kernel_calls, triton_backend):
+    bn = nn.BatchNorm2d(4)
+    fired = []
+    bn.register_full_backward_hook(lambda *a: fired.append("bn"))
+    bn_act(_map(2, 4, 3, 3), bn, nn.ReLU()).sum().backward()
+    assert fired == ["bn"] and kernel_calls == []
+
+
+def test_batch_norm_recalibration_refreshes_the_inference_fold(triton_backend):
+    """BN-only recalibration (BN modules in train mode, forwards without gradients, eval again): the eval fold of
+    BN into the conv must be rebuilt, though in-place running-statistics writes leave their version counters alone."""
+    torch.manual_seed(0)
+    block = ConvBlock(8).eval()
+    x = _map(2, 8, 6, 6).detach()
+    with torch.no_grad():
+        block(x)  # fills the fold cache
+        for bn in (block.norm1, block.norm2):
+            bn.train()
+        block(x * 3 + 1)  # new running statistics
+        for bn in (block.norm1, block.norm2):
+            bn.eval()
+        got = block(x)
+        fresh = copy.deepcopy(block)
+        for m in fresh.modules():
+            m.__dict__.pop("_bn_fold_cache", None)
+        torch.testing.assert_close(got, fresh(x))
+
+
+def test_torch_func_grad_through_bn_act(kernel_calls, triton_backend):
+    """torch.func transforms take the plain path (batch statistics only: torch.func forbids the running-statistics
+    writes of a captured buffer anyway)."""
+    bn = nn.BatchNorm2d(4, track_running_stats=False)
+    x = _map(2, 4, 3, 3).detach()
+
+    def loss(params):
+        with torch.nn.utils.stateless._reparametrize_module(bn, params):
+            return bn_act(x, bn, nn.GELU()).square().sum()
+
+    grads = torch.func.grad(loss)(dict(bn.named_parameters()))
+    loss(dict(bn.named_parameters())).backward()
+    assert kernel_calls == ["gelu"]  # only the eager call took the kernels
+    for name, p in bn.named_parameters():
+        assert_close(name, p.grad, grads[name], 1e-5)

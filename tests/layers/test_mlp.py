@@ -15,7 +15,7 @@ from torch import nn  # noqa: E402
 from torch.nn.utils import prune  # noqa: E402
 
 from sfmamba.layers import Mlp, fused_linear  # noqa: E402
-from sfmamba.ops.linear import chunk  # noqa: E402
+from sfmamba.ops.linear import chunk, linear_act  # noqa: E402
 from sfmamba.testing import assert_close  # noqa: E402
 
 
@@ -64,3 +64,51 @@ def test_fused_linear_skips_non_linear_modules(triton_backend):
     conv = nn.Conv1d(4, 4, 1)
     x = torch.randn(2, 4, 3, requires_grad=True)
     assert torch.equal(fused_linear(conv, x), conv(x))
+
+
+class LoraLinear(nn.Linear):
+    """A subclass with its own forward (as LoRA or QAT layers have): the fused path must not bypass it."""
+
+    def forward(self, x):
+        return super().forward(x) + 1.0
+
+
+def test_linear_subclasses_with_their_own_forward_keep_it(triton_backend):
+    layer = LoraLinear(8, 4)
+    x = torch.randn(3, 8, requires_grad=True)
+    torch.testing.assert_close(fused_linear(layer, x), layer(x))
+
+
+def test_backward_hooks_fire(triton_backend):
+    """Module backward hooks (Grad-CAM, Captum) need the module calls: the plain path runs when one is set."""
+    mlp = Mlp(8, 16)
+    fired = []
+    mlp.fc1.register_full_backward_hook(lambda *a: fired.append("fc1"))
+    mlp.act.register_full_backward_hook(lambda *a: fired.append("act"))
+    mlp(torch.randn(2, 3, 8, requires_grad=True)).sum().backward()
+    assert sorted(fired) == ["act", "fc1"]
+
+
+def test_torch_func_grad_through_mlp(triton_backend):
+    """torch.func transforms take the plain path (the Triton autograd Functions do not support them)."""
+    mlp = Mlp(8, 16)
+    params = dict(mlp.named_parameters())
+    x = torch.randn(2, 8)
+    grads = torch.func.grad(lambda p: torch.func.functional_call(mlp, p, (x,)).square().sum())(params)
+    mlp(x).square().sum().backward()
+    for name, p in mlp.named_parameters():
+        torch.testing.assert_close(grads[name], p.grad)
+
+
+def test_fp64_weight_under_autocast_fails_as_plain_linear(triton_backend):
+    x, w = torch.randn(3, 8, requires_grad=True), torch.randn(4, 8, dtype=torch.float64)
+    with torch.autocast("cpu", dtype=torch.bfloat16), pytest.raises(RuntimeError, match="dtype"):
+        linear_act(x, w)
+
+
+def test_zero_out_features(triton_backend):
+    layer = nn.Linear(8, 0)
+    x = torch.randn(3, 8, requires_grad=True)
+    out = fused_linear(layer, x)
+    out.sum().backward()
+    assert out.shape == (3, 0) and torch.equal(x.grad, torch.zeros_like(x))

@@ -18,9 +18,9 @@ from ..ops._checks import FLOAT_DTYPES
 from ..ops.batch_norm import batch_norm_act
 from ..ops.conv_bn import bias_act, fold_batch_norm, runs_fused
 from ..utils._config import use_triton
-from ..utils.hooks import has_forward_hooks
+from ..utils.hooks import has_forward_hooks, has_hooks
 from ..utils.inference_cache import reused
-from .linear import activation_name
+from .linear import activation_name, in_functorch_transform
 
 __all__ = ["bn_act", "conv_bn_act", "conv_bn_act_train", "conv_compute_dtype", "fuses_conv_bn", "takes_bn_kernels"]
 
@@ -68,7 +68,10 @@ def conv_bn_act(
             conv.weight, conv.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var, bn.eps, scale, dtype
         )
 
-    sources = (conv.weight, conv.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var, scale)
+    # num_batches_tracked: every training forward bumps its version; the running statistics' in-place kernel writes
+    # (ATen's and ours) do not, so a BN-only recalibration would otherwise leave a stale fold
+    stats = (bn.running_mean, bn.running_var, bn.num_batches_tracked)
+    sources = (conv.weight, conv.bias, bn.weight, bn.bias, *stats, scale)
     weight, bias = reused(conv, "_bn_fold_cache", sources, fold, (dtype, bn.eps))
     y = F.conv2d(x, weight, None, conv.stride, conv.padding, conv.dilation, conv.groups)
     return bias_act(y, bias, activation, residual, out_dtype)
@@ -76,15 +79,16 @@ def conv_bn_act(
 
 def takes_bn_kernels(x: Tensor, bn: nn.Module, act: nn.Module | None = None) -> bool:
     """Whether `bn_act(x, bn, act)` runs `ops.batch_norm_act`: a plain `nn.BatchNorm2d` in training mode with affine
-    parameters and a fixed momentum, an activation it knows, no forward hooks on either, a channels-last float map,
-    outside torch.compile, Triton usable for x's device."""
+    parameters and a fixed momentum, an activation it knows, no forward or backward hooks on either, a non-empty
+    channels-last float map, outside torch.compile and torch.func transforms, Triton usable for x's device."""
     if type(bn) is not nn.BatchNorm2d or not bn.training or not bn.affine or bn.momentum is None:
         return False
-    if activation_name(act or nn.Identity()) is None or has_forward_hooks(bn, *([act] if act is not None else [])):
+    if activation_name(act or nn.Identity()) is None or has_hooks(bn, *([act] if act is not None else [])):
         return False
-    if torch.compiler.is_compiling() or x.dim() != 4 or x.dtype not in FLOAT_DTYPES:
+    if torch.compiler.is_compiling() or x.dim() != 4 or x.dtype not in FLOAT_DTYPES or x.numel() == 0:
         return False
-    return x.is_contiguous(memory_format=torch.channels_last) and use_triton(x.device)
+    channels_last = x.is_contiguous(memory_format=torch.channels_last)
+    return channels_last and not in_functorch_transform() and use_triton(x.device)
 
 
 def bn_act(x: Tensor, bn: nn.BatchNorm2d, act: nn.Module | None = None, shift: Tensor | None = None) -> Tensor:
@@ -92,7 +96,7 @@ def bn_act(x: Tensor, bn: nn.BatchNorm2d, act: nn.Module | None = None, shift: T
     `takes_bn_kernels`: the statistics, the normalisation and the activation in two passes forward and two backward,
     instead of BN's four and the activation's two."""
     if not takes_bn_kernels(x, bn, act):
-        x = x if shift is None else x + shift.view(1, -1, *([1] * (x.dim() - 2)))
+        x = x if shift is None else x + shift.to(x.dtype).view(1, -1, *([1] * (x.dim() - 2)))  # as a conv bias
         return bn(x) if act is None else act(bn(x))
     if bn.track_running_stats and bn.num_batches_tracked is not None:
         bn.num_batches_tracked.add_(1)  # as nn.BatchNorm's forward counts
@@ -105,7 +109,7 @@ def conv_bn_act_train(x: Tensor, conv: nn.Conv2d, bn: nn.BatchNorm2d, act: nn.Mo
     """`act(bn(conv(x)))` for training. Where `takes_bn_kernels`, a conv bias is left out of the conv and passed to
     the BN as its shift: BN's batch mean cancels it exactly (its gradient is exactly zero), so the bias-add pass of
     the forward and the bias-gradient reduction of the backward go, and it only moves the running mean."""
-    plain_conv = type(conv) is nn.Conv2d and conv.padding_mode == "zeros" and not has_forward_hooks(conv)
+    plain_conv = type(conv) is nn.Conv2d and conv.padding_mode == "zeros" and not has_hooks(conv)
     if conv.bias is None or not plain_conv or not takes_bn_kernels(x, bn, act):
         return bn_act(conv(x), bn, act)
     y = F.conv2d(x, conv.weight, None, conv.stride, conv.padding, conv.dilation, conv.groups)

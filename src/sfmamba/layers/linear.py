@@ -16,9 +16,10 @@ from ..ops._launch import needs_grad
 from ..ops.linear import linear_act
 from ..ops.linear.naive import activate
 from ..utils._config import use_triton
-from ..utils.hooks import has_forward_hooks
+from ..utils.hooks import has_hooks
+from ..utils.inference_cache import CastCachedLinear
 
-__all__ = ["Mlp", "activation_name", "fused_linear", "takes_linear_kernels"]
+__all__ = ["Mlp", "activation_name", "fused_linear", "in_functorch_transform", "takes_linear_kernels"]
 
 
 def activation_name(module: nn.Module) -> str | None:
@@ -32,14 +33,24 @@ def activation_name(module: nn.Module) -> str | None:
     return None
 
 
+_PLAIN_LINEARS = (nn.Linear, CastCachedLinear)  # subclasses with their own forward (LoRA, QAT) keep it
+
+
 def takes_linear_kernels(linear: nn.Module, x: Tensor) -> bool:
-    """Whether `fused_linear(linear, x)` runs the Triton backward: an `nn.Linear` with a gradient to compute, outside
-    torch.compile, Triton usable for x's device, no forward hooks (pruning and other reparametrisations use them)."""
-    if not isinstance(linear, nn.Linear) or not needs_grad(x, linear.weight, linear.bias):
+    """Whether `fused_linear(linear, x)` runs the Triton backward: a plain `nn.Linear` with a gradient to compute,
+    outside torch.compile and torch.func transforms, Triton usable for x's device, no forward or backward hooks
+    (pruning and other reparametrisations use forward pre-hooks)."""
+    if type(linear) not in _PLAIN_LINEARS or not needs_grad(x, linear.weight, linear.bias):
         return False
-    if torch.compiler.is_compiling() or x.dtype not in FLOAT_DTYPES or has_forward_hooks(linear):
+    if torch.compiler.is_compiling() or x.dtype not in FLOAT_DTYPES or has_hooks(linear):
         return False
-    return use_triton(x.device)
+    return not in_functorch_transform() and use_triton(x.device)
+
+
+def in_functorch_transform() -> bool:
+    """Whether a torch.func transform (grad, vmap, jacrev, ...) is running: the Triton autograd Functions do not
+    support them (no `setup_context`, kernels that take no batched tensors)."""
+    return torch._C._are_functorch_transforms_active()
 
 
 def fused_linear(linear: nn.Module, x: Tensor, act: str = "none") -> Tensor:
@@ -54,7 +65,7 @@ class Mlp(TimmMlp):
 
     def forward(self, x: Tensor) -> Tensor:
         act = activation_name(self.act)
-        if act is None or has_forward_hooks(self.act) or not takes_linear_kernels(self.fc1, x):
+        if act is None or has_hooks(self.act) or not takes_linear_kernels(self.fc1, x):
             return super().forward(x)
         x = self.drop1(fused_linear(self.fc1, x, act))
         return self.drop2(fused_linear(self.fc2, self.norm(x)))

@@ -6,7 +6,7 @@ from __future__ import annotations
 from torch import nn
 from torch.nn.modules import module as _module
 
-__all__ = ["has_forward_hooks"]
+__all__ = ["has_forward_hooks", "has_hooks"]
 
 
 def has_forward_hooks(*modules: nn.Module) -> bool:
@@ -14,3 +14,11 @@ def has_forward_hooks(*modules: nn.Module) -> bool:
     if _module._global_forward_hooks or _module._global_forward_pre_hooks:
         return True
     return any(m._forward_hooks or m._forward_pre_hooks for m in modules)
+
+
+def has_hooks(*modules: nn.Module) -> bool:
+    """`has_forward_hooks`, or a backward hook (full or pre) on any of `modules` or through the global registries:
+    for training paths that call kernels instead of the modules (their backward hooks would not fire)."""
+    if has_forward_hooks(*modules) or _module._global_backward_hooks or _module._global_backward_pre_hooks:
+        return True
+    return any(m._backward_hooks or m._backward_pre_hooks for m in modules)

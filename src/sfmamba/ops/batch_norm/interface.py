@@ -24,7 +24,7 @@ def _check(x: Tensor, params: dict[str, Tensor | None], momentum: float, eps: fl
             )
     if (params["running_mean"] is None) != (params["running_var"] is None):
         raise ArgumentError("batch_norm_act: running_mean and running_var must be given together")
-    if x.numel() // max(channels, 1) < 2:
+    if 0 < x.numel() // max(channels, 1) < 2:  # as F.batch_norm in training; an empty batch passes
         raise ArgumentError(f"batch_norm_act: x must have more than 1 value per channel, got shape {tuple(x.shape)}")
     if not isinstance(momentum, float) or not 0.0 <= momentum <= 1.0:
         raise ArgumentError(f"batch_norm_act: momentum must be a float in [0, 1], got {momentum!r}")
@@ -56,7 +56,8 @@ def batch_norm_act(
     activation's gradient recomputed from x); otherwise the reference `batch_norm_act_naive`."""
     params = dict(weight=weight, bias=bias, running_mean=running_mean, running_var=running_var, shift=shift)
     _check(x, params, momentum, eps, activation)
-    if torch.compiler.is_compiling() or not use_triton(x.device) or not x.movedim(1, -1).is_contiguous():
+    fast = x.numel() > 0 and x.movedim(1, -1).is_contiguous()
+    if torch.compiler.is_compiling() or not fast or not use_triton(x.device):
         return batch_norm_act_naive(x, weight, bias, running_mean, running_var, momentum, eps, activation, shift)
     from .chunk import BatchNormActFunction
 

@@ -81,8 +81,9 @@ def bias_act_bwd(dout: Tensor, pre: Tensor | None, act: str, has_bias: bool) -> 
 
 
 def _weight_grad(dpre: Tensor, x: Tensor, dtype: torch.dtype) -> Tensor:
-    """dpre.T @ x [out, in] in `dtype`: straight out of the GEMM on CUDA (fp32 accumulation either way)."""
-    if dpre.device.type == "cuda" and dtype != dpre.dtype:
+    """dpre.T @ x [out, in] in `dtype`: an fp32 result of 16-bit inputs straight out of the GEMM on CUDA (the only
+    out_dtype cuBLAS takes besides the inputs'), a cast otherwise (fp32 accumulation either way)."""
+    if dpre.device.type == "cuda" and dtype == torch.float32 and dpre.dtype in (torch.float16, torch.bfloat16):
         return torch.mm(dpre.t(), x, out_dtype=dtype)
     return torch.mm(dpre.t(), x).to(dtype)
 

@@ -28,9 +28,11 @@ def _check(x: Tensor, weight: Tensor, bias: Tensor | None, act: str) -> None:
 
 
 def _compute_dtype(x: Tensor, weight: Tensor, bias: Tensor | None) -> torch.dtype | None:
-    """The dtype F.linear would compute in: the autocast dtype, else x's (None: F.linear itself must decide)."""
+    """The dtype F.linear would compute in: the autocast dtype, else x's (None: F.linear itself must decide or fail,
+    e.g. an fp64 weight, which autocast leaves alone)."""
     if torch.is_autocast_enabled(x.device.type):
-        return torch.get_autocast_dtype(x.device.type)
+        castable = weight.dtype in FLOAT_DTYPES and (bias is None or bias.dtype in FLOAT_DTYPES)
+        return torch.get_autocast_dtype(x.device.type) if castable else None
     same = weight.dtype == x.dtype and (bias is None or bias.dtype == x.dtype)
     return x.dtype if same else None
 
@@ -42,7 +44,7 @@ def linear_act(x: Tensor, weight: Tensor, bias: Tensor | None = None, act: str =
     dtype; otherwise this is exactly `linear_act_naive` (F.linear and F.gelu)."""
     _check(x, weight, bias, act)
     dtype = _compute_dtype(x, weight, bias)
-    fast = dtype is not None and x.numel() > 0 and needs_grad(x, weight, bias)
+    fast = dtype is not None and x.numel() > 0 and weight.numel() > 0 and needs_grad(x, weight, bias)
     if not fast or torch.compiler.is_compiling() or not use_triton(x.device):
         return linear_act_naive(x, weight, bias, act)
     from .chunk import LinearActFunction
