@@ -18,7 +18,7 @@ from sfmamba.ops.layer_norm import (  # noqa: E402
     layer_norm,
     layer_norm_naive,
 )
-from sfmamba.testing import assert_close  # noqa: E402
+from sfmamba.testing import assert_close, run_without_interpreter  # noqa: E402
 
 TOLERANCE = {torch.float32: 1e-5, torch.float16: 5e-3, torch.bfloat16: 2e-2}
 
@@ -144,3 +144,24 @@ def test_model_layer_norm_keeps_multi_dim_shapes(triton_backend):
     torch.testing.assert_close(norm(x), torch.nn.functional.layer_norm(x, (4, 8), norm.weight, norm.bias))
     with pytest.raises(RuntimeError):
         LayerNorm(8, elementwise_affine=False)(torch.randn(2, 9))
+
+
+LAYER_NORM_SM90_COMPILE = """
+from sfmamba.ops.layer_norm import chunk
+from sfmamba.testing import compile_for_sm90
+
+stats = ("mean_ptr", "rstd_ptr", "dw_part_ptr", "db_part_ptr", "w_ptr", "b_ptr")
+for dtype in ("bf16", "fp16", "fp32"):
+    ptr = lambda name: "*fp32" if name in stats else "*" + dtype
+    flags = dict(HAS_W=True, HAS_B=True, BLOCK_M=4, BLOCK_C=512)
+    built = [bool(compile_for_sm90(k, flags, 4, ptr).asm.get("cubin"))
+             for k in (chunk.layer_norm_fwd_kernel, chunk.layer_norm_bwd_kernel)]
+    print(dtype, all(built))
+"""
+
+
+def test_kernels_compile_for_sm90():
+    """The interpreter never compiles: build the forward and backward kernels for an H100 with Triton's ptxas."""
+    result = run_without_interpreter(LAYER_NORM_SM90_COMPILE)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert result.stdout.split() == ["bf16", "True", "fp16", "True", "fp32", "True"], result.stdout

@@ -65,8 +65,10 @@ def layer_norm_bwd_kernel(
     cols = tl.arange(0, BLOCK_C)
     mask_c = cols < C
     w = tl.load(w_ptr + cols, mask=mask_c, other=0.0).to(tl.float32) if HAS_W else None
-    dw = tl.zeros([BLOCK_C], dtype=tl.float32)
-    db = tl.zeros([BLOCK_C], dtype=tl.float32)
+    # elementwise partial sums, reduced across rows once at the end: a cross-warp reduction in every iteration made
+    # the loop latency-bound (as it did BatchNorm's, benchmarks/results/s9_20261203/call2)
+    dw = tl.zeros([BLOCK_M, BLOCK_C], dtype=tl.float32)
+    db = tl.zeros([BLOCK_M, BLOCK_C], dtype=tl.float32)
     for start in range(pid * BLOCK_M, M, programs * BLOCK_M):
         rows = start + tl.arange(0, BLOCK_M)
         mask_m = rows < M
@@ -82,12 +84,12 @@ def layer_norm_bwd_kernel(
         c2 = tl.sum(g, axis=1) / C
         dx = (g - c2[:, None] - xhat * c1[:, None]) * rstd[:, None]
         tl.store(dx_ptr + r64 * sdx + cols[None, :], dx.to(dx_ptr.dtype.element_ty), mask=mask)
-        dw += tl.sum(dout * xhat, axis=0)
-        db += tl.sum(dout, axis=0)
+        dw += dout * xhat
+        db += dout
     if HAS_W:
-        tl.store(dw_part_ptr + pid * C + cols, dw, mask=mask_c)
+        tl.store(dw_part_ptr + pid * C + cols, tl.sum(dw, axis=0), mask=mask_c)
     if HAS_B:
-        tl.store(db_part_ptr + pid * C + cols, db, mask=mask_c)
+        tl.store(db_part_ptr + pid * C + cols, tl.sum(db, axis=0), mask=mask_c)
 
 
 def _blocks(channels: int) -> tuple[int, int, int]:
