@@ -1,6 +1,6 @@
-"""Shared pieces of the training-op benchmarks (`bench_linear_act.py`, `bench_batch_norm.py`): check a module's
-forward + backward against an fp32 reference under both kernel backends, time each one that passes by the device
-time of its kernels (torch.profiler), print a table and write JSON."""
+"""Shared pieces of the training-op benchmarks (`bench_layer_norm.py`, `bench_linear_act.py`, `bench_batch_norm.py`):
+check a module's forward + backward against an fp32 reference under both kernel backends, time each one that passes
+by the device time of its kernels (torch.profiler), print a table and write JSON."""
 
 from __future__ import annotations
 
@@ -11,13 +11,30 @@ from pathlib import Path
 
 import torch
 from bench_conv_bn import environment
-from bench_layer_norm import device_us
 from torch import nn
 
 from sfmamba.testing import relative_error
 from sfmamba.utils._config import set_kernel_backend
 
-__all__ = ["compare_backends", "report"]
+__all__ = ["compare_backends", "device_us", "reference_fwd_bwd", "report"]
+
+
+def device_us(call, iters: int = 20) -> tuple[float, dict]:
+    """Mean device time of `call` (sum of its kernels) and the per-kernel means, from torch.profiler."""
+    from torch.profiler import ProfilerActivity, profile
+
+    for _ in range(3):
+        call()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(iters):
+            call()
+        torch.cuda.synchronize()
+    kernels: dict[str, float] = {}
+    for event in prof.events():  # the kernels and memsets themselves, not the host ops that launched them
+        if event.device_type == torch.autograd.DeviceType.CUDA:
+            kernels[event.name] = kernels.get(event.name, 0.0) + event.time_range.elapsed_us() / iters
+    return sum(kernels.values()), kernels
 
 
 def _fwd_bwd(module: nn.Module, x: torch.Tensor, dout: torch.Tensor, autocast: bool) -> tuple[torch.Tensor, ...]:
