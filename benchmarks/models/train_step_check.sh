@@ -15,7 +15,7 @@ W=.bench_deps/wheels
 export PYTHONPATH="src:.bench_deps/ext:.bench_deps:$W/mambavision-1.2.0-py3-none-any.whl:$W/einops-0.8.1-py3-none-any.whl"
 C=(-b 128 --img-size 224 --amp --amp-dtype bfloat16 --channels-last --official-scan mamba_ssm --num-warm-iter 10
    --num-bench-iter 50 --opt "$OPT")
-(cd benchmarks/ops && for b in bench_layer_norm bench_linear_act bench_batch_norm; do
+(cd benchmarks/ops && for b in bench_layer_norm bench_linear_act bench_batch_norm bench_drop_path; do
    timeout 120 "$P" $b.py --out "$OUT" 2>&1 | tail -8; done)
 timeout 100 "$P" benchmarks/models/host_profile.py --model sf_mamba_tiny --train --kernels --opt "$OPT" --top 70 \
   --out "$OUT/hp_train_sf_mamba_tiny.txt" > /dev/null 2>&1 && head -1 "$OUT/hp_train_sf_mamba_tiny.txt"

@@ -12,7 +12,6 @@ device time, not the host's launch cost). Writes JSON to benchmarks/results/ and
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "src"))
 
-from train_op_bench import compare_backends, reference_fwd_bwd, report  # noqa: E402
+from train_op_bench import compare_backends, main, reference_fwd_bwd  # noqa: E402
 
 from sfmamba.layers import LayerNorm  # noqa: E402
 
@@ -43,16 +42,5 @@ def run_case(label: str, tokens: int, channels: int, batch: int) -> dict:
     return compare_backends(row, norm, x, dout, TOLERANCE, lambda: reference_fwd_bwd(norm, x, dout))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
-    args = parser.parse_args()
-    if not torch.cuda.is_available():
-        raise SystemExit("bench_layer_norm.py times CUDA kernels: it needs a GPU")
-    rows = [run_case(*case, args.batch) for case in CASES]
-    report("layer_norm", rows, args.out, dict(batch=args.batch))
-
-
 if __name__ == "__main__":
-    main()
+    main(__doc__, "layer_norm", CASES, run_case)

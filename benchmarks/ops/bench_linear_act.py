@@ -12,7 +12,6 @@ benchmarks/results/ and a table to stdout.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "src"))
 
-from train_op_bench import compare_backends, reference_fwd_bwd, report  # noqa: E402
+from train_op_bench import compare_backends, main, reference_fwd_bwd  # noqa: E402
 
 from sfmamba.layers import Mlp, fused_linear  # noqa: E402
 
@@ -51,16 +50,5 @@ def run_case(label: str, kind: str, tokens: int, channels: int, batch: int) -> d
     return compare_backends(row, module, x, dout, TOLERANCE, lambda: reference_fwd_bwd(module, x, dout))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
-    args = parser.parse_args()
-    if not torch.cuda.is_available():
-        raise SystemExit("bench_linear_act.py times CUDA kernels: it needs a GPU")
-    rows = [run_case(*case, args.batch) for case in CASES]
-    report("linear_act", rows, args.out, dict(batch=args.batch))
-
-
 if __name__ == "__main__":
-    main()
+    main(__doc__, "linear_act", CASES, run_case)

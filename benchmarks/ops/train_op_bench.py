@@ -4,6 +4,7 @@ by the device time of its kernels (torch.profiler), print a table and write JSON
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import json
 from collections.abc import Callable
@@ -16,7 +17,7 @@ from torch import nn
 from sfmamba.testing import relative_error
 from sfmamba.utils._config import set_kernel_backend
 
-__all__ = ["compare_backends", "device_us", "reference_fwd_bwd", "report"]
+__all__ = ["compare_backends", "device_us", "main", "reference_fwd_bwd", "report"]
 
 
 def device_us(call, iters: int = 20) -> tuple[float, dict]:
@@ -96,3 +97,16 @@ def report(name: str, rows: list[dict], out_dir: Path, settings: dict) -> None:
     settings = settings | dict(dtype="bf16 autocast", timer="torch.profiler device time, mean of 20 fwd+bwd")
     path.write_text(json.dumps(dict(environment=environment(), settings=settings, rows=rows), indent=1))
     print(f"# wrote {path}")
+
+
+def main(doc: str, name: str, cases: list[tuple], run_case: Callable[..., dict], **settings) -> None:
+    """The command line of a training-op benchmark: `--batch`, `--out`; runs `run_case(*case, batch)` for every case
+    and reports them as `name`."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "results")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit(f"{name}: the benchmark times CUDA kernels, it needs a GPU")
+    rows = [run_case(*case, args.batch) for case in cases]
+    report(name, rows, args.out, dict(batch=args.batch, **settings))

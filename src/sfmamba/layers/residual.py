@@ -2,7 +2,8 @@
 
 timm's `DropPath` multiplies the branch by a per-sample mask (one pass over the branch, and one more backward) before
 the residual add (another pass); `add_drop_path` draws the same mask from the same random stream and adds
-`x + y * mask` with one `addcmul` forward and one multiply backward.
+`x + y * mask` in one pass forward and one backward: `ops.drop_path_add` (Triton) where the ops use Triton, one
+`addcmul` otherwise.
 """
 
 from __future__ import annotations
@@ -11,19 +12,25 @@ import torch
 from timm.layers import DropPath
 from torch import Tensor, nn
 
-from ..utils.hooks import has_forward_hooks
+from ..ops._checks import FLOAT_DTYPES
+from ..ops.drop_path import drop_path_add
+from ..utils.hooks import has_hooks
+from .linear import in_functorch_transform
 
 __all__ = ["add_drop_path"]
 
 
 def add_drop_path(x: Tensor, y: Tensor, drop_path: nn.Module) -> Tensor:
-    """`x + drop_path(y)`; for an active timm `DropPath` (training, drop_prob > 0, no hooks) as one `addcmul` with
-    the mask DropPath would draw (same shape, dtype and random numbers)."""
+    """`x + drop_path(y)`; for an active timm `DropPath` (training, drop_prob > 0, no hooks) as one pass with the mask
+    DropPath would draw (same shape, dtype and random numbers)."""
     active = type(drop_path) is DropPath and drop_path.training and drop_path.drop_prob > 0.0
-    if not active or has_forward_hooks(drop_path):
+    if not active or has_hooks(drop_path):
         return x + drop_path(y)
     keep = 1.0 - drop_path.drop_prob
     mask = y.new_empty((y.shape[0],) + (1,) * (y.ndim - 1)).bernoulli_(keep)
     if keep > 0.0 and drop_path.scale_by_keep:
         mask.div_(keep)
-    return torch.addcmul(x, y, mask)
+    float_types = x.dtype in FLOAT_DTYPES and y.dtype in FLOAT_DTYPES
+    if x.shape != y.shape or not float_types or in_functorch_transform():
+        return torch.addcmul(x, y, mask)  # broadcasting residuals, fp64, torch.func transforms
+    return drop_path_add(x, y, mask.view(-1))
