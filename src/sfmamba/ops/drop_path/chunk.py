@@ -21,9 +21,10 @@ from .._launch import on_device as _on_device
 
 @triton.jit
 def scaled_add_kernel(x_ptr, y_ptr, scale_ptr, out_ptr, per_sample, HAS_X: tl.constexpr, BLOCK: tl.constexpr):
-    # Program (block, sample b): out[b, i] = (x[b, i] +) y[b, i] * scale[b] over BLOCK elements of sample b.
-    b = tl.program_id(1)
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    # Program (sample b, block): out[b, i] = (x[b, i] +) y[b, i] * scale[b] over BLOCK elements of sample b (samples
+    # on grid axis 0: batch x windows can pass the 65535 programs of axis 1).
+    b = tl.program_id(0)
+    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < per_sample
     base = b.to(tl.int64) * per_sample
     s = tl.load(scale_ptr + b).to(tl.float32)
@@ -40,7 +41,7 @@ def scaled_add(x: Tensor | None, y: Tensor, scale: Tensor, out_dtype: torch.dtyp
     per_sample = y[0].numel() if y.shape[0] else 0
     block = 64 if triton_interpret() else 2048
     with _on_device(y.device):
-        scaled_add_kernel[(triton.cdiv(per_sample, block), y.shape[0])](
+        scaled_add_kernel[(y.shape[0], triton.cdiv(per_sample, block))](
             x if x is not None else y, y, scale, out, per_sample, HAS_X=x is not None, BLOCK=block, num_warps=8
         )
     return out
