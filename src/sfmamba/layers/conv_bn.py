@@ -15,12 +15,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..ops._checks import FLOAT_DTYPES
+from ..ops._launch import in_functorch_transform
 from ..ops.batch_norm import batch_norm_act
 from ..ops.conv_bn import bias_act, fold_batch_norm, runs_fused
 from ..utils._config import use_triton
 from ..utils.hooks import has_forward_hooks, has_hooks
 from ..utils.inference_cache import reused
-from .linear import activation_name, in_functorch_transform
+from .linear import activation_name
 
 __all__ = ["bn_act", "conv_bn_act", "conv_bn_act_train", "conv_compute_dtype", "fuses_conv_bn", "takes_bn_kernels"]
 
@@ -83,7 +84,7 @@ def takes_bn_kernels(x: Tensor, bn: nn.Module, act: nn.Module | None = None) -> 
     channels-last float map, outside torch.compile and torch.func transforms, Triton usable for x's device."""
     if type(bn) is not nn.BatchNorm2d or not bn.training or not bn.affine or bn.momentum is None:
         return False
-    if activation_name(act or nn.Identity()) is None or has_hooks(bn, *([act] if act is not None else [])):
+    if _act_name(act) is None or has_hooks(bn, *([act] if act is not None else [])):
         return False
     if torch.compiler.is_compiling() or x.dim() != 4 or x.dtype not in FLOAT_DTYPES or x.numel() == 0:
         return False
@@ -91,18 +92,31 @@ def takes_bn_kernels(x: Tensor, bn: nn.Module, act: nn.Module | None = None) -> 
     return channels_last and not in_functorch_transform() and use_triton(x.device)
 
 
+def _act_name(act: nn.Module | None) -> str | None:
+    return "none" if act is None else activation_name(act)
+
+
 def bn_act(x: Tensor, bn: nn.BatchNorm2d, act: nn.Module | None = None, shift: Tensor | None = None) -> Tensor:
     """`act(bn(x + shift))` (act None: no activation; shift [C] optional), through `ops.batch_norm_act` where
     `takes_bn_kernels`: the statistics, the normalisation and the activation in two passes forward and two backward,
     instead of BN's four and the activation's two."""
     if not takes_bn_kernels(x, bn, act):
-        x = x if shift is None else x + shift.to(x.dtype).view(1, -1, *([1] * (x.dim() - 2)))  # as a conv bias
-        return bn(x) if act is None else act(bn(x))
+        return _bn_act_plain(x, bn, act, shift)
+    return _bn_act_kernels(x, bn, act, shift)
+
+
+def _bn_act_plain(x: Tensor, bn: nn.BatchNorm2d, act: nn.Module | None, shift: Tensor | None) -> Tensor:
+    x = x if shift is None else x + shift.to(x.dtype).view(1, -1, *([1] * (x.dim() - 2)))  # as a conv bias
+    return bn(x) if act is None else act(bn(x))
+
+
+def _bn_act_kernels(x: Tensor, bn: nn.BatchNorm2d, act: nn.Module | None, shift: Tensor | None) -> Tensor:
     if bn.track_running_stats and bn.num_batches_tracked is not None:
         bn.num_batches_tracked.add_(1)  # as nn.BatchNorm's forward counts
     running = (bn.running_mean, bn.running_var) if bn.track_running_stats else (None, None)
-    return batch_norm_act(x, bn.weight, bn.bias, *running, float(bn.momentum), float(bn.eps),
-                          activation_name(act or nn.Identity()), shift)  # fmt: skip
+    return batch_norm_act(
+        x, bn.weight, bn.bias, *running, float(bn.momentum), float(bn.eps), _act_name(act), shift
+    )  # fmt: skip
 
 
 def conv_bn_act_train(x: Tensor, conv: nn.Conv2d, bn: nn.BatchNorm2d, act: nn.Module | None = None) -> Tensor:
@@ -113,4 +127,8 @@ def conv_bn_act_train(x: Tensor, conv: nn.Conv2d, bn: nn.BatchNorm2d, act: nn.Mo
     if conv.bias is None or not plain_conv or not takes_bn_kernels(x, bn, act):
         return bn_act(conv(x), bn, act)
     y = F.conv2d(x, conv.weight, None, conv.stride, conv.padding, conv.dilation, conv.groups)
-    return bn_act(y, bn, act, shift=conv.bias)
+    # the rest of takes_bn_kernels holds for y as for x; only the layout can differ (a one-channel x counts as
+    # channels-last, its conv output need not)
+    if not y.is_contiguous(memory_format=torch.channels_last):
+        return _bn_act_plain(y, bn, act, conv.bias)
+    return _bn_act_kernels(y, bn, act, conv.bias)

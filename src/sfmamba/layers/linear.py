@@ -11,15 +11,15 @@ import torch
 from timm.layers import Mlp as TimmMlp
 from torch import Tensor, nn
 
+from ..ops._activations import activate
 from ..ops._checks import FLOAT_DTYPES
-from ..ops._launch import needs_grad
+from ..ops._launch import in_functorch_transform, needs_grad
 from ..ops.linear import linear_act
-from ..ops.linear.naive import activate
 from ..utils._config import use_triton
 from ..utils.hooks import has_hooks
 from ..utils.inference_cache import CastCachedLinear
 
-__all__ = ["Mlp", "activation_name", "fused_linear", "in_functorch_transform", "takes_linear_kernels"]
+__all__ = ["Mlp", "activation_name", "fused_linear", "takes_linear_kernels"]
 
 
 def activation_name(module: nn.Module) -> str | None:
@@ -47,12 +47,6 @@ def takes_linear_kernels(linear: nn.Module, x: Tensor) -> bool:
     return not in_functorch_transform() and use_triton(x.device)
 
 
-def in_functorch_transform() -> bool:
-    """Whether a torch.func transform (grad, vmap, jacrev, ...) is running: the Triton autograd Functions do not
-    support them (no `setup_context`, kernels that take no batched tensors)."""
-    return torch._C._are_functorch_transforms_active()
-
-
 def fused_linear(linear: nn.Module, x: Tensor, act: str = "none") -> Tensor:
     """`act(linear(x))`, through `ops.linear_act` where `takes_linear_kernels`."""
     if takes_linear_kernels(linear, x):
@@ -67,5 +61,5 @@ class Mlp(TimmMlp):
         act = activation_name(self.act)
         if act is None or has_hooks(self.act) or not takes_linear_kernels(self.fc1, x):
             return super().forward(x)
-        x = self.drop1(fused_linear(self.fc1, x, act))
+        x = self.drop1(linear_act(x, self.fc1.weight, self.fc1.bias, act))  # fc1 checked just above
         return self.drop2(fused_linear(self.fc2, self.norm(x)))

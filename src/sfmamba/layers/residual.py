@@ -13,9 +13,9 @@ from timm.layers import DropPath
 from torch import Tensor, nn
 
 from ..ops._checks import FLOAT_DTYPES
+from ..ops._launch import in_functorch_transform
 from ..ops.drop_path import drop_path_add
 from ..utils.hooks import has_hooks
-from .linear import in_functorch_transform
 
 __all__ = ["add_drop_path"]
 

@@ -24,6 +24,8 @@ __all__ = [
     "approx",
     "autotune",
     "fast_exp2",
+    "in_functorch_transform",
+    "last_dim_rows",
     "bc_strides",
     "launch",
     "linear_recurrence",
@@ -115,6 +117,18 @@ def _resolve(kernel, args: tuple, flags: dict) -> _Resolved:
                 meta[name] = named[name] = heuristic(named)
         kernel = kernel.fn
     return _Resolved(meta, config, configs)
+
+
+def last_dim_rows(x: Tensor) -> Tensor:
+    """x [..., C] as a 2-D [rows, C] view with unit channel stride (a copy only when it has none)."""
+    x2 = x.reshape(-1, x.shape[-1])
+    return x2 if x2.stride(-1) == 1 else x2.contiguous()
+
+
+def in_functorch_transform() -> bool:
+    """Whether a torch.func transform (grad, vmap, jacrev, ...) is running: the Triton autograd Functions do not
+    support them (no `setup_context`, kernels that take no batched tensors)."""
+    return torch._C._are_functorch_transforms_active()
 
 
 def needs_grad(*tensors: Tensor | None) -> bool:

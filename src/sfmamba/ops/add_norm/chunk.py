@@ -12,8 +12,9 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from .._launch import last_dim_rows
 from .._launch import on_device as _on_device
-from ..layer_norm.chunk import _blocks, _rows, normalize_rows
+from ..layer_norm.chunk import _blocks, normalize_rows
 
 
 @triton.jit
@@ -42,7 +43,7 @@ def add_layer_norm_fwd(
 ) -> tuple[Tensor, Tensor]:  # fmt: skip
     """x, y [..., C] (any leading shape; rows with unit channel stride) -> (residual, normed), same shape."""
     shape, channels = x.shape, x.shape[-1]
-    x2, y2 = _rows(x), _rows(y)
+    x2, y2 = last_dim_rows(x), last_dim_rows(y)
     rows = x2.shape[0]
     residual = torch.empty(rows, channels, device=x.device, dtype=residual_dtype)
     normed = torch.empty(rows, channels, device=x.device, dtype=norm_dtype)

@@ -17,6 +17,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from ...utils._config import triton_interpret
+from .._launch import last_dim_rows
 from .._launch import on_device as _on_device
 from .._launch import sm_count as _sm_count
 
@@ -101,15 +102,9 @@ def _blocks(channels: int) -> tuple[int, int, int]:
     return max(1, min(16, (num_warps * 32 * 16) // block_c)), block_c, num_warps
 
 
-def _rows(x: Tensor) -> Tensor:
-    """x [..., C] as a 2-D [rows, C] view with unit channel stride (a copy only when it has none)."""
-    x2 = x.reshape(-1, x.shape[-1])
-    return x2 if x2.stride(-1) == 1 else x2.contiguous()
-
-
 def layer_norm_fwd(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float) -> tuple[Tensor, Tensor, Tensor]:
     """x [..., C] -> (out in x's dtype and shape, mean [rows], rstd [rows]) (fp32 statistics)."""
-    x2 = _rows(x)
+    x2 = last_dim_rows(x)
     rows, channels = x2.shape
     out = torch.empty_like(x2)
     mean = torch.empty(rows, device=x.device, dtype=torch.float32)
@@ -128,7 +123,7 @@ def layer_norm_bwd(
     dout: Tensor, x: Tensor, weight: Tensor | None, bias: Tensor | None, mean: Tensor, rstd: Tensor
 ) -> tuple[Tensor, Tensor | None, Tensor | None]:
     """(dx in x's dtype, dweight and dbias in their parameters' dtypes, None where absent)."""
-    x2, dout2 = _rows(x), _rows(dout)
+    x2, dout2 = last_dim_rows(x), last_dim_rows(dout)
     rows, channels = x2.shape
     dx = torch.empty_like(x2)
     block_m, block_c, num_warps = _blocks(channels)

@@ -18,6 +18,7 @@ from torch.autograd.function import once_differentiable
 
 from ...utils._config import triton_interpret
 from .._activations import ACTIVATION_CODES, act_grad, activate
+from .._launch import last_dim_rows
 from .._launch import on_device as _on_device
 from .._launch import sm_count as _sm_count
 
@@ -48,12 +49,6 @@ def bias_act_bwd_kernel(
         tl.store(part_ptr + pid_m * C + cols, tl.sum(acc, axis=0), mask=mask_c)
 
 
-def _rows(x: Tensor) -> Tensor:
-    """x [..., C] as a 2-D [rows, C] view with unit channel stride (a copy only when it has none)."""
-    x2 = x.reshape(-1, x.shape[-1])
-    return x2 if x2.stride(-1) == 1 else x2.contiguous()
-
-
 def _grid(rows: int, channels: int, device: torch.device) -> tuple[int, int, int, int]:
     """(programs along rows, column blocks, BLOCK_M, BLOCK_C): ~16 programs per SM, 32 x 128 tiles."""
     block_m, block_c = (4, 16) if triton_interpret() else (32, 128)
@@ -64,11 +59,11 @@ def _grid(rows: int, channels: int, device: torch.device) -> tuple[int, int, int
 
 def bias_act_bwd(dout: Tensor, pre: Tensor | None, act: str, has_bias: bool) -> tuple[Tensor, Tensor | None]:
     """(dpre [rows, C] in dout's dtype, fp32 dbias [C] or None) for dout and pre of shape [..., C]."""
-    dout2 = _rows(dout)
+    dout2 = last_dim_rows(dout)
     rows, channels = dout2.shape
     if act == "none" and not has_bias:
         return dout2, None
-    pre2 = _rows(pre) if act != "none" else dout2
+    pre2 = last_dim_rows(pre) if act != "none" else dout2
     dpre = torch.empty_like(dout2) if act != "none" else dout2
     programs, col_blocks, block_m, block_c = _grid(rows, channels, dout.device)
     parts = torch.empty(programs if has_bias else 1, channels, device=dout.device, dtype=torch.float32)
@@ -95,7 +90,7 @@ class LinearActFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, act: str, dtype: torch.dtype) -> Tensor:
         with torch.autocast(x.device.type, enabled=False):
-            x2 = _rows(x.to(dtype))
+            x2 = last_dim_rows(x.to(dtype))
             w = weight.to(dtype)
             b = bias.to(dtype) if bias is not None else None
             pre = torch.addmm(b, x2, w.t()) if b is not None else torch.mm(x2, w.t())

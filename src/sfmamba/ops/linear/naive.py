@@ -8,7 +8,7 @@ from torch import Tensor
 
 from .._activations import ACTIVATIONS, activate
 
-__all__ = ["ACTIVATIONS", "activate", "bias_act_grad_naive", "linear_act_naive"]
+__all__ = ["ACTIVATIONS", "bias_act_grad_naive", "linear_act_naive"]
 
 
 def linear_act_naive(x: Tensor, weight: Tensor, bias: Tensor | None = None, act: str = "none") -> Tensor:
