@@ -155,3 +155,11 @@ def test_torch_func_grad_through_bn_act(kernel_calls, triton_backend):
     assert kernel_calls == ["gelu"]  # only the eager call took the kernels
     for name, p in bn.named_parameters():
         assert_close(name, p.grad, grads[name], 1e-5)
+
+
+def test_stem_keeps_its_sequential_for_backward_hooks(kernel_calls, triton_backend):
+    stem = PatchEmbed(in_chans=3, in_dim=4, dim=8)
+    fired = []
+    stem.conv_down.register_full_backward_hook(lambda *a: fired.append("conv_down"))
+    stem(_map(2, 3, 12, 12)).sum().backward()
+    assert fired == ["conv_down"] and kernel_calls == []

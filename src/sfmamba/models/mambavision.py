@@ -28,7 +28,7 @@ from ..layers.conv_bn import conv_bn_act_train, conv_compute_dtype
 from ..layers.residual import add_drop_path
 from ..ops._launch import needs_grad
 from ..ops.add_norm import fused_add_layer_norm, runs_fused
-from ..utils.hooks import has_forward_hooks
+from ..utils.hooks import has_forward_hooks, has_hooks
 from ..utils.inference_cache import InferenceCacheMixin, cache_linear_casts
 from ._checkpoint import create_with_file_hooks, load_checkpoint_file
 from ._features import take_indices as _take_indices
@@ -76,7 +76,7 @@ class PatchEmbed(nn.Module):
         fuses = fuses_conv_bn(x, conv1, bn1) and fuses_conv_bn(x, conv2, bn2)
         if fuses and not has_forward_hooks(self.conv_down, act1, act2):  # GPU inference: BN folded into the convs
             return conv_bn_act(conv_bn_act(x, conv1, bn1, "relu"), conv2, bn2, "relu")
-        if has_forward_hooks(self.conv_down):
+        if has_hooks(self.conv_down):  # its forward is bypassed below: its hooks need the module call
             return self.conv_down(x)
         return conv_bn_act_train(conv_bn_act_train(x, conv1, bn1, act1), conv2, bn2, act2)  # training
 
