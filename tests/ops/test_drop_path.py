@@ -61,6 +61,31 @@ def test_dispatch(triton_backend, monkeypatch):
     assert calls == [1]
 
 
+@pytest.mark.parametrize("dout_layout", ["channels_last", "contiguous"])
+def test_channels_last_maps_take_the_kernel(dout_layout, triton_backend, monkeypatch):
+    # ConvBlock residuals are channels-last maps: one dense block per sample, so the kernel runs on them as they are,
+    # and the result keeps the layout; a backward gradient in another layout is brought to the forward's first
+    calls = []
+    real = chunk.scaled_add
+    monkeypatch.setattr(chunk, "scaled_add", lambda *a: calls.append(1) or real(*a))
+    torch.manual_seed(0)
+    x, y = (torch.randn(3, 5, 4, 6).to(memory_format=torch.channels_last).requires_grad_() for _ in range(2))
+    scale = _scale(3, torch.float32)
+    out = drop_path_add(x, y, scale)
+    assert out.is_contiguous(memory_format=torch.channels_last) and calls == [1]
+    dout = torch.randn(out.shape)
+    dout = dout.to(memory_format=torch.channels_last) if dout_layout == "channels_last" else dout
+    got = torch.autograd.grad(out, (x, y), dout)
+    ref = drop_path_add_naive(x, y, scale)
+    want = torch.autograd.grad(ref, (x, y), dout)
+    torch.testing.assert_close(out, ref, atol=1e-6, rtol=1e-6)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, atol=1e-6, rtol=1e-6)
+    mixed = drop_path_add(x.detach().contiguous(), y.detach(), scale)  # x and y laid out differently: the reference
+    torch.testing.assert_close(mixed, ref.detach(), atol=1e-6, rtol=1e-6)
+    assert calls == [1, 1]
+
+
 def test_reference_without_triton():
     x, y, scale = torch.randn(2, 6, 4), torch.randn(2, 6, 4), torch.tensor([0.0, 2.0])
     assert torch.equal(drop_path_add(x, y, scale), torch.addcmul(x, y, scale.view(2, 1, 1)))

@@ -36,8 +36,9 @@ def scaled_add_kernel(x_ptr, y_ptr, scale_ptr, out_ptr, per_sample, HAS_X: tl.co
 
 
 def scaled_add(x: Tensor | None, y: Tensor, scale: Tensor, out_dtype: torch.dtype) -> Tensor:
-    """(x +) y * scale[b] in `out_dtype`, for contiguous x, y [B, ...] of one shape."""
-    out = torch.empty(y.shape, dtype=out_dtype, device=y.device)
+    """(x +) y * scale[b] in `out_dtype`, for x, y [B, ...] of one shape and one per-sample dense layout (the result
+    has it too: the kernel walks memory, not indices)."""
+    out = torch.empty_strided(y.shape, y.stride(), dtype=out_dtype, device=y.device)
     per_sample = y[0].numel() if y.shape[0] else 0
     block = 64 if triton_interpret() else 2048
     with _on_device(y.device):
@@ -53,14 +54,15 @@ class DropPathAddFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, y: Tensor, scale: Tensor) -> Tensor:
         ctx.save_for_backward(scale)
-        ctx.x_dtype, ctx.y_dtype = x.dtype, y.dtype
+        ctx.x_dtype, ctx.y_dtype, ctx.strides = x.dtype, y.dtype, y.stride()
         return scaled_add(x, y, scale, torch.result_type(x, y))
 
     @staticmethod
     @once_differentiable  # the kernel builds no graph: a double backward must fail loudly
     def backward(ctx, dout: Tensor):
         (scale,) = ctx.saved_tensors
-        dout = dout.contiguous()
+        if dout.stride() != ctx.strides:  # the kernel needs the forward's layout
+            dout = torch.empty_strided(dout.shape, ctx.strides, dtype=dout.dtype, device=dout.device).copy_(dout)
         dx = dout.to(ctx.x_dtype) if ctx.needs_input_grad[0] else None
         dy = scaled_add(None, dout, scale, ctx.y_dtype) if ctx.needs_input_grad[1] else None
         return dx, dy, None

@@ -28,12 +28,22 @@ def _check(x: Tensor, y: Tensor, scale: Tensor) -> None:
         )
 
 
+def sample_dense(t: Tensor) -> bool:
+    """Whether t [B, ...] is contiguous or channels-last (2-D or 3-D maps): then each sample fills one dense block of
+    memory right after the previous one, which is all the kernel needs (x, y and the result share the strides)."""
+    if t.is_contiguous():
+        return True
+    formats = {4: torch.channels_last, 5: torch.channels_last_3d}
+    return t.dim() in formats and t.is_contiguous(memory_format=formats[t.dim()])
+
+
 def drop_path_add(x: Tensor, y: Tensor, scale: Tensor) -> Tensor:
     """x + y * scale[b] for x, y [B, ...] and a per-sample scale [B] (stochastic depth's mask over keep_prob), in
-    `torch.result_type(x, y)`. With contiguous x and y and Triton usable (outside torch.compile) one Triton pass each
-    way; otherwise `drop_path_add_naive` (`torch.addcmul`)."""
+    `torch.result_type(x, y)`, laid out like y. With x and y in one per-sample dense layout (contiguous, or channels-last
+    feature maps) and Triton usable (outside torch.compile) one Triton pass each way; otherwise `drop_path_add_naive`
+    (`torch.addcmul`)."""
     _check(x, y, scale)
-    fast = x.is_contiguous() and y.is_contiguous() and y.numel() > 0 and scale.dtype == y.dtype
+    fast = sample_dense(y) and x.stride() == y.stride() and y.numel() > 0 and scale.dtype == y.dtype
     if torch.compiler.is_compiling() or not fast or not use_triton(y.device):
         return drop_path_add_naive(x, y, scale)
     from .chunk import DropPathAddFunction
