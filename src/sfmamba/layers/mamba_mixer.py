@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from ..ops import depthwise_conv1d, selective_scan
+from ..ops.concat import concat_last, split_last
 from ..utils.inference_cache import reused
 from .linear import fused_linear
 
@@ -115,14 +116,14 @@ class MambaVisionMixer(nn.Module):
         """[B, L, d_model] -> [B, L, d_model]. `seq_len` (a divisor of L): every row holds L / seq_len independent
         sequences (a folded batch); the conv and the scan reset at their boundaries, so none leaks into the next."""
         u, z = self._conv_both(self.in_proj(x), seq_len)
-        return self.out_proj(torch.cat((self._ssm(u, seq_len), z), dim=-1))
+        return self.out_proj(concat_last(self._ssm(u, seq_len), z))
 
     def _conv_both(self, xz: Tensor, seq_len: int | None) -> tuple[Tensor, Tensor]:
         """`_conv` of both halves of the in_proj output [B, L, D] in one call (the two convs' weights side by side:
         one launch instead of two, forward and backward); returns strided views [B, L, D/2] each."""
         weight, bias = self._conv_weights()
         out = depthwise_conv1d(xz, weight, bias, padding="same", activation="silu", seq_len=seq_len)
-        return out.split(self.d_half, dim=-1)
+        return split_last(out, self.d_half)  # its backward: one Triton concat of the two gradients
 
     def _conv_weights(self) -> tuple[Tensor, Tensor | None]:
         """The x and z convs' weights [D, K] and biases [D] (or None) concatenated (kept between inference calls)."""

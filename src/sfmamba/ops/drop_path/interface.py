@@ -39,9 +39,9 @@ def sample_dense(t: Tensor) -> bool:
 
 def drop_path_add(x: Tensor, y: Tensor, scale: Tensor) -> Tensor:
     """x + y * scale[b] for x, y [B, ...] and a per-sample scale [B] (stochastic depth's mask over keep_prob), in
-    `torch.result_type(x, y)`, laid out like y. With x and y in one per-sample dense layout (contiguous, or channels-last
-    feature maps) and Triton usable (outside torch.compile) one Triton pass each way; otherwise `drop_path_add_naive`
-    (`torch.addcmul`)."""
+    `torch.result_type(x, y)`, laid out like y. With x and y in one per-sample dense layout (contiguous, or
+    channels-last feature maps) and Triton usable (outside torch.compile) one Triton pass each way; otherwise
+    `drop_path_add_naive` (`torch.addcmul`)."""
     _check(x, y, scale)
     fast = sample_dense(y) and x.stride() == y.stride() and y.numel() > 0 and scale.dtype == y.dtype
     if torch.compiler.is_compiling() or not fast or not use_triton(y.device):
