@@ -17,6 +17,7 @@ from sfmamba.ops.layer_norm import (  # noqa: E402
     chunk,  # noqa: E402
     layer_norm,
     layer_norm_naive,
+    layer_norm_residual,
 )
 from sfmamba.testing import assert_close, run_without_interpreter  # noqa: E402
 
@@ -134,6 +135,43 @@ def test_model_layer_norm_keeps_multi_dim_shapes(triton_backend):
         LayerNorm(8, elementwise_affine=False)(torch.randn(2, 9))
 
 
+@pytest.mark.parametrize("used", ["both", "skip", "norm"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_residual_gradient_is_added_in_the_backward_kernel(used, dtype, triton_backend, monkeypatch):
+    """layer_norm_residual(x) = (x, LN(x)): the skip's gradient reaches x through the LayerNorm backward kernel (one
+    backward launch, no autograd sum), equal to the plain two-consumer graph's; either output may go unused."""
+    launches = []
+    real = chunk.layer_norm_bwd
+    monkeypatch.setattr(chunk, "layer_norm_bwd", lambda *a: launches.append(a[-1] is not None) or real(*a))
+    torch.manual_seed(1)
+    x = (torch.randn(3, 51, 40) * 2).to(dtype).requires_grad_()
+    w, b = torch.randn(40, requires_grad=True), torch.randn(40, requires_grad=True)
+    skip, out = layer_norm_residual(x, w, b, 1e-5)
+    assert type(out.grad_fn).__name__ == "LayerNormResidualFunctionBackward" and torch.equal(skip, x)
+    d_skip, d_out = torch.randn(x.shape).to(dtype), torch.randn(x.shape).to(dtype)
+    outputs, grads = {"both": ((skip, out), (d_skip, d_out)), "skip": ((skip,), (d_skip,)),
+                      "norm": ((out,), (d_out,))}[used]  # fmt: skip
+    got = torch.autograd.grad(outputs, (x, w, b), grads, allow_unused=True)
+    ref_x, ref_w, ref_b = (t.detach().float().requires_grad_() for t in (x, w, b))
+    ref_out = layer_norm_naive(ref_x, ref_w, ref_b, 1e-5)
+    ref_outputs = {"both": (ref_x * 1.0, ref_out), "skip": (ref_x * 1.0,), "norm": (ref_out,)}[used]
+    want = torch.autograd.grad(ref_outputs, (ref_x, ref_w, ref_b), [g.float() for g in grads], allow_unused=True)
+    assert launches == {"both": [True], "skip": [], "norm": [False]}[used]
+    for name, g, r in zip(("dx", "dweight", "dbias"), got, want):
+        if r is None:
+            assert g is None, name
+        else:
+            assert_close(name, r, g.float(), TOLERANCE[dtype])
+
+
+def test_residual_variant_without_gradients_is_plain(triton_backend):
+    x = torch.randn(2, 5, 8)
+    skip, out = layer_norm_residual(x)
+    assert skip is x and torch.equal(out, layer_norm(x))
+    with pytest.raises(ValueError, match="eps must be a positive float"):
+        layer_norm_residual(x, eps=0.0)
+
+
 LAYER_NORM_SM90_COMPILE = """
 from sfmamba.ops.layer_norm import chunk
 from sfmamba.testing import compile_for_sm90
@@ -142,8 +180,9 @@ stats = ("mean_ptr", "rstd_ptr", "dw_part_ptr", "db_part_ptr", "w_ptr", "b_ptr")
 for dtype in ("bf16", "fp16", "fp32"):
     ptr = lambda name: "*fp32" if name in stats else "*" + dtype
     flags = dict(HAS_W=True, HAS_B=True, BLOCK_M=4, BLOCK_C=512)
-    built = [bool(compile_for_sm90(k, flags, 4, ptr).asm.get("cubin"))
-             for k in (chunk.layer_norm_fwd_kernel, chunk.layer_norm_bwd_kernel)]
+    bwd = chunk.layer_norm_bwd_kernel
+    cases = ((chunk.layer_norm_fwd_kernel, flags), (bwd, flags | dict(HAS_RES=1)), (bwd, flags | dict(HAS_RES=0)))
+    built = [bool(compile_for_sm90(k, f, 4, ptr).asm.get("cubin")) for k, f in cases]
     print(dtype, all(built))
 """
 

@@ -18,27 +18,48 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..ops.layer_norm import layer_norm
+from ..ops._launch import needs_grad
+from ..ops.layer_norm import layer_norm, layer_norm_residual
 from ..utils._config import use_triton
+from ..utils.hooks import has_hooks
 
-__all__ = ["LayerNorm"]
+__all__ = ["LayerNorm", "norm_with_residual"]
 
 
 class LayerNorm(nn.LayerNorm):
     """`nn.LayerNorm` (same parameters and state-dict keys) that, under autocast, normalises in the autocast dtype."""
 
     def forward(self, x: Tensor) -> Tensor:
-        device_type = x.device.type
-        autocast = torch.is_autocast_enabled(device_type)
-        one_dim = len(self.normalized_shape) == 1 and x.shape[-1:] == self.normalized_shape
-        if one_dim and use_triton(x.device) and not torch.compiler.is_compiling() and x.dtype != torch.float64:
-            if autocast:
-                x = x.to(torch.get_autocast_dtype(device_type))
+        if self._takes_kernels(x):
+            if torch.is_autocast_enabled(x.device.type):
+                x = x.to(torch.get_autocast_dtype(x.device.type))
             return layer_norm(x, self.weight, self.bias, self.eps)
-        if not autocast:
+        return self._forward_plain(x)
+
+    def _takes_kernels(self, x: Tensor) -> bool:
+        one_dim = len(self.normalized_shape) == 1 and x.shape[-1:] == self.normalized_shape
+        return one_dim and use_triton(x.device) and not torch.compiler.is_compiling() and x.dtype != torch.float64
+
+    def _forward_plain(self, x: Tensor) -> Tensor:
+        device_type = x.device.type
+        if not torch.is_autocast_enabled(device_type):
             return super().forward(x)
         dtype = torch.get_autocast_dtype(device_type)
         weight = self.weight.to(dtype) if self.weight is not None else None
         bias = self.bias.to(dtype) if self.bias is not None else None
         with torch.autocast(device_type, enabled=False):
             return F.layer_norm(x.to(dtype), self.normalized_shape, weight, bias, self.eps)
+
+
+def norm_with_residual(norm: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
+    """(x, norm(x)) for a pre-norm residual block, which adds x back after its branch. In training with the Triton
+    kernels and our `LayerNorm` (no hooks, x already in the compute dtype), the returned x is a view whose gradient
+    the LayerNorm backward adds in its own kernel (`ops.layer_norm.layer_norm_residual`): one pass over the gradient
+    of x per norm fewer than autograd's sum of the skip's and the norm's gradients."""
+    if type(norm) is not LayerNorm or not needs_grad(x, norm.weight, norm.bias) or not norm._takes_kernels(x):
+        return x, norm(x)
+    device_type = x.device.type
+    same_dtype = not torch.is_autocast_enabled(device_type) or x.dtype == torch.get_autocast_dtype(device_type)
+    if not same_dtype or has_hooks(norm):  # a cast between the skip and the norm, or hooks expecting forward calls
+        return x, norm(x)
+    return layer_norm_residual(x, norm.weight, norm.bias, norm.eps)

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from ..layers import LayerNorm, MambaVisionMixer, Mlp, conv_bn_act, fused_linear, fuses_conv_bn
 from ..layers.conv_bn import conv_bn_act_train, conv_compute_dtype
+from ..layers.norm import norm_with_residual
 from ..layers.residual import add_drop_path
 from ..ops._launch import needs_grad
 from ..ops.add_norm import fused_add_layer_norm, runs_fused
@@ -197,15 +198,16 @@ class Block(nn.Module):
         self.gamma_2 = nn.Parameter(layer_scale * torch.ones(dim)) if _is_scale(layer_scale) else None
 
     def forward(self, x: Tensor) -> Tensor:
-        y = self.mixer(self.norm1(x))
+        x, h = norm_with_residual(self.norm1, x)  # training: the skip's gradient is added in the norm's backward
+        y = self.mixer(h)
         if self._fuses_residual_norm(x, y):  # inference on the GPU: the residual add and norm2 in one kernel
             x, h = fused_add_layer_norm(
                 x, y, self.gamma_1, self.norm2.weight, self.norm2.bias, self.norm2.eps, _autocast_dtype(x)
             )
-            y = self.mlp(h)
         else:
             x = add_drop_path(x, y if self.gamma_1 is None else self.gamma_1 * y, self.drop_path)
-            y = self.mlp(self.norm2(x))
+            x, h = norm_with_residual(self.norm2, x)
+        y = self.mlp(h)
         return add_drop_path(x, y if self.gamma_2 is None else self.gamma_2 * y, self.drop_path)
 
     def _fuses_residual_norm(self, x: Tensor, y: Tensor) -> bool:

@@ -56,12 +56,13 @@ def layer_norm_fwd_kernel(
 
 @triton.jit
 def layer_norm_bwd_kernel(
-    x_ptr, w_ptr, dout_ptr, mean_ptr, rstd_ptr, dx_ptr, dw_part_ptr, db_part_ptr, M, C, sx, sdo, sdx,
-    HAS_W: tl.constexpr, HAS_B: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
+    x_ptr, w_ptr, dout_ptr, mean_ptr, rstd_ptr, dres_ptr, dx_ptr, dw_part_ptr, db_part_ptr, M, C, sx, sdo, sdr, sdx,
+    HAS_W: tl.constexpr, HAS_B: tl.constexpr, HAS_RES: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
 ):  # fmt: skip
     # One program: row blocks pid, pid + P, pid + 2P, ... (P programs); per row
-    #   xhat = (x - mean) * rstd,  g = dout * w,  dx = rstd * (g - mean_c(g) - xhat * mean_c(g * xhat)),
-    # and the program's partial sums over its rows: dw += dout * xhat, db += dout.
+    #   xhat = (x - mean) * rstd,  g = dout * w,  dx = rstd * (g - mean_c(g) - xhat * mean_c(g * xhat)) (+ dres),
+    # and the program's partial sums over its rows: dw += dout * xhat, db += dout. dres (HAS_RES): the gradient that
+    # x also receives from the residual path, added here instead of by autograd in a separate pass.
     pid, programs = tl.program_id(0), tl.num_programs(0)
     cols = tl.arange(0, BLOCK_C)
     mask_c = cols < C
@@ -84,6 +85,8 @@ def layer_norm_bwd_kernel(
         c1 = tl.sum(g * xhat, axis=1) / C
         c2 = tl.sum(g, axis=1) / C
         dx = (g - c2[:, None] - xhat * c1[:, None]) * rstd[:, None]
+        if HAS_RES:
+            dx += tl.load(dres_ptr + r64 * sdr + cols[None, :], mask=mask, other=0.0).to(tl.float32)
         tl.store(dx_ptr + r64 * sdx + cols[None, :], dx.to(dx_ptr.dtype.element_ty), mask=mask)
         dw += dout * xhat
         db += dout
@@ -120,10 +123,18 @@ def layer_norm_fwd(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: f
 
 
 def layer_norm_bwd(
-    dout: Tensor, x: Tensor, weight: Tensor | None, bias: Tensor | None, mean: Tensor, rstd: Tensor
+    dout: Tensor,
+    x: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    mean: Tensor,
+    rstd: Tensor,
+    dres: Tensor | None = None,
 ) -> tuple[Tensor, Tensor | None, Tensor | None]:
-    """(dx in x's dtype, dweight and dbias in their parameters' dtypes, None where absent)."""
+    """(dx in x's dtype, dweight and dbias in their parameters' dtypes, None where absent); `dres` (x's shape), when
+    given, is added to dx."""
     x2, dout2 = last_dim_rows(x), last_dim_rows(dout)
+    dres2 = last_dim_rows(dres) if dres is not None else x2
     rows, channels = x2.shape
     dx = torch.empty_like(x2)
     block_m, block_c, num_warps = _blocks(channels)
@@ -133,9 +144,10 @@ def layer_norm_bwd(
     parts = torch.empty(2 if bias is not None else 1, programs, channels, device=x.device, dtype=torch.float32)
     with _on_device(x.device):
         layer_norm_bwd_kernel[(programs,)](
-            x2, weight if weight is not None else x2, dout2, mean, rstd, dx, parts[0], parts[-1],
-            rows, channels, x2.stride(0), dout2.stride(0), dx.stride(0),
-            HAS_W=weight is not None, HAS_B=bias is not None, BLOCK_M=block_m, BLOCK_C=block_c, num_warps=num_warps,
+            x2, weight if weight is not None else x2, dout2, mean, rstd, dres2, dx, parts[0], parts[-1],
+            rows, channels, x2.stride(0), dout2.stride(0), dres2.stride(0), dx.stride(0),
+            HAS_W=weight is not None, HAS_B=bias is not None, HAS_RES=dres is not None,
+            BLOCK_M=block_m, BLOCK_C=block_c, num_warps=num_warps,
         )  # fmt: skip
     sums = parts.sum(1)
     dweight = sums[0].to(weight.dtype) if weight is not None else None
@@ -157,4 +169,27 @@ class LayerNormFunction(torch.autograd.Function):
     def backward(ctx, dout: Tensor):
         x, weight, bias, mean, rstd = ctx.saved_tensors
         dx, dweight, dbias = layer_norm_bwd(dout, x, weight, bias, mean, rstd)
+        return dx, dweight, dbias, None
+
+
+class LayerNormResidualFunction(torch.autograd.Function):
+    """(x, LayerNorm(x)) for a pre-norm residual block, which uses x twice (the norm's input and the skip): the
+    backward adds the skip's gradient inside the LayerNorm backward kernel, where autograd would sum the two
+    gradients in a separate pass (24 passes of 16 MB per sf_mamba_tiny training step,
+    `benchmarks/results/s10_20261203/call2/census.txt`)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float) -> tuple[Tensor, Tensor]:
+        out, mean, rstd = layer_norm_fwd(x, weight, bias, eps)
+        ctx.save_for_backward(x, weight, bias, mean, rstd)
+        ctx.set_materialize_grads(False)
+        return x.view_as(x), out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dres: Tensor | None, dout: Tensor | None):
+        x, weight, bias, mean, rstd = ctx.saved_tensors
+        if dout is None:  # only the skip was used
+            return dres, None, None, None
+        dx, dweight, dbias = layer_norm_bwd(dout, x, weight, bias, mean, rstd, dres)
         return dx, dweight, dbias, None

@@ -7,7 +7,7 @@ from torch import Tensor
 
 from ...utils._config import use_triton
 from .._checks import FLOAT_DTYPES, ArgumentError
-from .._launch import needs_grad
+from .._launch import in_functorch_transform, needs_grad
 from .naive import layer_norm_naive
 
 
@@ -38,3 +38,18 @@ def layer_norm(x: Tensor, weight: Tensor | None = None, bias: Tensor | None = No
     if not needs_grad(x, weight, bias):  # no autograd node to build (its apply costs host time per call)
         return layer_norm_fwd(x, weight, bias, eps)[0]
     return LayerNormFunction.apply(x, weight, bias, eps)
+
+
+def layer_norm_residual(
+    x: Tensor, weight: Tensor | None = None, bias: Tensor | None = None, eps: float = 1e-5
+) -> tuple[Tensor, Tensor]:
+    """(x, layer_norm(x, weight, bias, eps)) for a pre-norm residual block that uses x as its skip too. In training
+    with the Triton kernels, x comes back as a view whose gradient the LayerNorm backward kernel adds to the norm's
+    input gradient (one pass over x's gradient fewer than autograd's sum of the two); otherwise x itself."""
+    _check(x, weight, bias, eps)
+    kernels = not torch.compiler.is_compiling() and use_triton(x.device) and x.numel() > 0
+    if not kernels or not needs_grad(x, weight, bias) or in_functorch_transform():
+        return x, layer_norm(x, weight, bias, eps)
+    from .chunk import LayerNormResidualFunction
+
+    return LayerNormResidualFunction.apply(x, weight, bias, eps)
