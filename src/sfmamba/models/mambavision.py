@@ -154,7 +154,9 @@ class Attention(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         b, n, c = x.shape
         qkv = fused_linear(self.qkv, x).view(b, n, 3, self.num_heads, self.head_dim)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        # [B, heads, N, hd] views of qkv; unbinding dim 2 (not a permuted dim 0) makes the backward's stack of dq, dk,
+        # dv land in qkv's layout, so the gradient's view back to [B, N, 3C] needs no copy
+        q, k, v = (t.transpose(1, 2) for t in qkv.unbind(2))
         q, k = self.q_norm(q), self.k_norm(k)
         x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop.p if self.training else 0.0)
         return self.proj_drop(fused_linear(self.proj, x.transpose(1, 2).reshape(b, n, c)))
