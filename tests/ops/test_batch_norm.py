@@ -157,7 +157,7 @@ for dtype in ("bf16", "fp16", "fp32"):
     ptr = lambda name: "*" + types.get(name, "fp32")
     blocks = dict(BLOCK_M=32, BLOCK_C=128)
     kernels = [(chunk.bn_stats_kernel, blocks)]
-    kernels += [(chunk.bn_finalize_kernel, dict(UPDATE_RUNNING=u, HAS_SHIFT=s, BLOCK_P=64, BLOCK_C=32))
+    kernels += [(chunk.bn_finalize_kernel, dict(UPDATE_RUNNING=u, HAS_SHIFT=s, BLOCK_P=256, BLOCK_C=8))
                 for u in (True, False) for s in (True, False)]
     kernels += [(k, dict(ACT=act, **blocks)) for act in range(4)
                 for k in (chunk.bn_act_fwd_kernel, chunk.bn_act_bwd_reduce_kernel, chunk.bn_act_bwd_dx_kernel)]
