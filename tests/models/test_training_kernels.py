@@ -1,0 +1,85 @@
+"""Whole-model training with the Triton training kernels == the PyTorch reference paths, under the interpreter: one
+training step of the nano models (stochastic depth on, the same masks for both) gives the same loss, gradients and
+BatchNorm running statistics; the kernels' autograd nodes are in the graph; gradient checkpointing leaves the
+gradients unchanged. The GPU version of this check: benchmarks/train/check_train_kernels.py."""
+
+from __future__ import annotations
+
+import os
+
+# must run before anything imports triton (see tests/ops/test_selective_scan.py)
+os.environ["TRITON_INTERPRET"] = "1"
+
+import copy  # noqa: E402
+
+import pytest  # noqa: E402
+import timm  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+import sfmamba.models  # noqa: E402, F401  (registers the models)
+from sfmamba.testing import assert_close, randomise_norms  # noqa: E402
+from sfmamba.utils._config import set_kernel_backend  # noqa: E402
+
+MODELS = {"mambavision_nano": {}, "sf_mamba_nano": dict(fold=2)}
+KERNEL_NODES = {"LayerNormResidualFunctionBackward", "LinearActFunctionBackward", "BatchNormActFunctionBackward",
+                "DropPathAddFunctionBackward", "ConcatLastFunctionBackward", "SplitLastFunctionBackward",
+                "SelectiveScanFunctionBackward", "DepthwiseConv1dFunctionBackward"}  # fmt: skip
+
+
+def _graph_node_names(t: torch.Tensor) -> set[str]:
+    seen, stack = set(), [t.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is not None and node not in seen:
+            seen.add(node)
+            stack.extend(n for n, _ in node.next_functions)
+    return {type(n).__name__ for n in seen}
+
+
+def _train_step(model, x, target, backend: str | None, checkpointing: bool = False):
+    model.set_grad_checkpointing(checkpointing)
+    set_kernel_backend(backend)
+    try:
+        torch.manual_seed(1)  # the same drop-path masks on both paths
+        loss = F.cross_entropy(model(x), target)
+        nodes = _graph_node_names(loss)
+        loss.backward()
+    finally:
+        set_kernel_backend(None)
+    grads = {n: p.grad for n, p in model.named_parameters()}
+    stats = {n: b.clone() for n, b in model.named_buffers() if "running" in n}
+    return loss.detach(), grads, stats, nodes
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_training_step_with_kernels_equals_reference(name):
+    torch.manual_seed(0)
+    model = randomise_norms(timm.create_model(name, num_classes=5, drop_path_rate=0.3, **MODELS[name])).train()
+    model = model.to(memory_format=torch.channels_last)
+    reference = copy.deepcopy(model)
+    x = torch.randn(2, 3, 64, 64).to(memory_format=torch.channels_last)
+    target = torch.tensor([1, 3])
+    loss, grads, stats, nodes = _train_step(model, x, target, "triton")
+    ref_loss, ref_grads, ref_stats, ref_nodes = _train_step(reference, x, target, "naive")
+    assert nodes >= KERNEL_NODES, KERNEL_NODES - nodes
+    assert not KERNEL_NODES & ref_nodes
+    assert_close("loss", ref_loss, loss, 1e-5)
+    for n, g in grads.items():
+        if n.endswith(("conv1.bias", "conv2.bias")) and "levels" in n:  # before a training BN: zero by construction
+            assert not g.any() and ref_grads[n].abs().max() < 1e-6, n
+            continue
+        assert_close(n, ref_grads[n], g, 1e-4)
+    for n, s in stats.items():
+        assert_close(n, ref_stats[n], s, 1e-5)
+
+
+def test_gradient_checkpointing_keeps_kernel_gradients():
+    torch.manual_seed(0)
+    model = timm.create_model("sf_mamba_nano", num_classes=5, drop_path_rate=0.3, fold=2).train()
+    again = copy.deepcopy(model)
+    x, target = torch.randn(2, 3, 64, 64), torch.tensor([0, 4])
+    _, grads, _, _ = _train_step(model, x, target, "triton")
+    _, checkpointed, _, _ = _train_step(again, x, target, "triton", checkpointing=True)
+    for n, g in grads.items():
+        assert_close(n, g, checkpointed[n], 1e-5)
