@@ -95,3 +95,14 @@ def randomise_norms(module: nn.Module) -> nn.Module:
                 m.running_mean.normal_(std=0.2)
                 m.running_var.uniform_(0.5, 2.0)
     return module
+
+
+def autograd_node_names(t: Tensor) -> set[str]:
+    """The class names of every autograd node behind `t` (which ops' backward a step would run)."""
+    seen, stack = set(), [t.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is not None and node not in seen:
+            seen.add(node)
+            stack.extend(n for n, _ in node.next_functions)
+    return {type(n).__name__ for n in seen}

@@ -4,6 +4,7 @@ import torch
 from torch import nn
 
 from sfmamba.layers import LayerNorm
+from sfmamba.testing import autograd_node_names
 
 
 def _pair(dim: int = 24) -> tuple[nn.LayerNorm, LayerNorm]:
@@ -71,13 +72,7 @@ def test_block_training_gradients_unchanged_by_the_fused_residual(triton_backend
     block = Block(32, num_heads=2, use_attention=True)
     x = torch.randn(2, 9, 32, requires_grad=True)
     out = block(x)
-    seen, stack = set(), [out.grad_fn]
-    while stack:
-        node = stack.pop()
-        if node is not None and node not in seen:
-            seen.add(node)
-            stack.extend(n for n, _ in node.next_functions)
-    nodes = {type(n).__name__ for n in seen}
+    nodes = autograd_node_names(out)
     assert "LayerNormResidualFunctionBackward" in nodes and "LayerNormFunctionBackward" not in nodes
     grads = torch.autograd.grad(out.square().sum(), [x, *block.parameters()])
     set_kernel_backend("naive")

@@ -11,6 +11,7 @@ import sfmamba.ops.vmeanba
 from sfmamba.layers import GroupedLinear, MambaVisionMixer, ScanMixer, SeriesScanMixer
 from sfmamba.layers.scan_mixers import direction_order
 from sfmamba.ops import selective_scan_naive
+from sfmamba.testing import autograd_node_names
 from sfmamba.utils._config import set_kernel_backend
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # Triton on CPU: the conftest's interpreter
@@ -176,18 +177,6 @@ def test_vmeanba_switch_calls_the_mean_scan(monkeypatch, mixer_cls):
     assert torch.isfinite(mean).all() and not torch.allclose(mean, full)
 
 
-def _graph_node_names(t: torch.Tensor) -> set[str]:
-    names, stack, seen = set(), [t.grad_fn], set()
-    while stack:
-        node = stack.pop()
-        if node is None or node in seen:
-            continue
-        seen.add(node)
-        names.add(type(node).__name__)
-        stack.extend(n for n, _ in node.next_functions)
-    return names
-
-
 @pytest.mark.parametrize("mixer_cls", [MambaVisionMixer, ScanMixer])
 def test_training_mixer_concats_with_the_kernel(mixer_cls):
     """With Triton, the mixer's cat(y, z) and the backward of its conv-output split run `ops.concat` (PyTorch's cat of
@@ -201,7 +190,7 @@ def test_training_mixer_concats_with_the_kernel(mixer_cls):
     set_kernel_backend("triton")
     try:
         out = m(x)
-        names = _graph_node_names(out)
+        names = autograd_node_names(out)
         grads = torch.autograd.grad(out.square().sum(), [x, *m.parameters()])
     finally:
         set_kernel_backend(None)

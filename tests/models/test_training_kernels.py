@@ -18,7 +18,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 import sfmamba.models  # noqa: E402, F401  (registers the models)
-from sfmamba.testing import assert_close, randomise_norms  # noqa: E402
+from sfmamba.testing import assert_close, autograd_node_names, randomise_norms  # noqa: E402
 from sfmamba.utils._config import set_kernel_backend  # noqa: E402
 
 MODELS = {"mambavision_nano": {}, "sf_mamba_nano": dict(fold=2)}
@@ -27,23 +27,13 @@ KERNEL_NODES = {"LayerNormResidualFunctionBackward", "LinearActFunctionBackward"
                 "SelectiveScanFunctionBackward", "DepthwiseConv1dFunctionBackward"}  # fmt: skip
 
 
-def _graph_node_names(t: torch.Tensor) -> set[str]:
-    seen, stack = set(), [t.grad_fn]
-    while stack:
-        node = stack.pop()
-        if node is not None and node not in seen:
-            seen.add(node)
-            stack.extend(n for n, _ in node.next_functions)
-    return {type(n).__name__ for n in seen}
-
-
 def _train_step(model, x, target, backend: str | None, checkpointing: bool = False):
     model.set_grad_checkpointing(checkpointing)
     set_kernel_backend(backend)
     try:
         torch.manual_seed(1)  # the same drop-path masks on both paths
         loss = F.cross_entropy(model(x), target)
-        nodes = _graph_node_names(loss)
+        nodes = autograd_node_names(loss)
         loss.backward()
     finally:
         set_kernel_backend(None)
