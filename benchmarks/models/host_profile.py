@@ -67,29 +67,26 @@ def main() -> None:
     host_ms = (time.perf_counter() - start) * 100  # per step, before the final sync
     torch.cuda.synchronize() if device == "cuda" else None
     wall_ms = (time.perf_counter() - start) * 100
-    if args.cprofile:
-        report = (
-            f"{args.model} {'training' if args.train else 'inference'} bs {args.batch}: host {host_ms:.2f} ms "
-            f"per step to enqueue, wall {wall_ms:.2f} ms\n{python_profile(step, args.top)}"
-        )
-        print(report)
-        if args.out:
-            args.out.write_text(report)
-        return
+    kind = "training" if args.train else "inference"
+    header = f"{args.model} {kind} bs {args.batch}: host {host_ms:.2f} ms per step to enqueue, wall {wall_ms:.2f} ms"
+    report = f"{header}\n{python_profile(step, args.top) if args.cprofile else kernel_tables(step, args, device)}"
+    print(report)
+    if args.out:
+        args.out.write_text(report)
+
+
+def kernel_tables(step, args: argparse.Namespace, device: str) -> str:
+    """torch.profiler of 3 steps: ops by self CPU time, and with --kernels on a GPU the kernels by device time."""
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if args.kernels and device == "cuda" else [])
     with profile(activities=activities) as prof:
         for _ in range(3):
             step()
-    table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.top, max_name_column_width=70)
-    kind = "training" if args.train else "inference"
-    report = f"{args.model} {kind} bs {args.batch}: host {host_ms:.2f} ms per step to enqueue, wall {wall_ms:.2f} ms\n{table}"
+    report = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.top, max_name_column_width=70)
     if len(activities) > 1:
         kernels = prof.key_averages().table(sort_by="self_device_time_total", row_limit=args.top,
                                             max_name_column_width=70)  # fmt: skip
         report += f"\n3 steps, by GPU time:\n{kernels}"
-    print(report)
-    if args.out:
-        args.out.write_text(report)
+    return report
 
 
 def python_profile(step, top: int) -> str:

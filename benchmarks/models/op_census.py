@@ -82,8 +82,11 @@ def main() -> None:
     with Census() as census:
         step()
     rows = sorted(census.calls.items(), key=lambda kv: -census.bytes[kv[0]])
-    lines = [f"{args.model} training step bs {args.batch} {args.img_size}px on {device}: {sum(census.calls.values())} "
-             f"calls, {sum(census.bytes.values()) / 2**20:.0f} MiB written", "calls  MiB  op  origin  shapes"]
+    lines = [
+        f"{args.model} training step bs {args.batch} {args.img_size}px on {device}: {sum(census.calls.values())} "
+        f"calls, {sum(census.bytes.values()) / 2**20:.0f} MiB written",
+        "calls  MiB  op  origin  shapes",
+    ]
     lines += [f"{n:4d} {census.bytes[k] / 2**20:7.1f}  {k[0]}  {k[1]}  {k[2]}" for k, n in rows]
     report = "\n".join(lines)
     print(report)

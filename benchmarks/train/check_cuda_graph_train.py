@@ -20,11 +20,8 @@ import torch.nn.functional as F
 
 import sfmamba.models  # noqa: F401  (registers the models)
 from sfmamba.cli.bench import split_spec
+from sfmamba.testing import max_relative_error
 from sfmamba.utils.cuda_graph import GraphedTrainForward
-
-
-def max_rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.float() - b.float()).abs().max() / b.float().abs().max().clamp_min(1e-12))
 
 
 def check(spec: str, batch: int, size: int, amp_dtype: torch.dtype, steps: int = 3, tol: float = 2e-2) -> list[str]:
@@ -48,17 +45,17 @@ def check(spec: str, batch: int, size: int, amp_dtype: torch.dtype, steps: int =
             grads.append([p.grad.clone() for p in model.parameters()])
             opt.step()
         # both copies ran one training forward per step: capture's warm-up calls must have left no trace
-        buffer_err = max((max_rel(a, b) for a, b in zip(graphed_model.buffers(), eager.buffers())
+        buffer_err = max((max_relative_error(b, a) for a, b in zip(graphed_model.buffers(), eager.buffers())
                           if a.is_floating_point()), default=0.0)  # fmt: skip
         if buffer_err > tol:
             problems.append(f"{spec} step {step}: buffers (BatchNorm statistics) differ by {buffer_err:.1e}")
-        err = max_rel(losses[1], losses[0])
-        grad_err = max(max_rel(g, e) for g, e in zip(grads[1], grads[0]))
+        err = max_relative_error(losses[0], losses[1])
+        grad_err = max(max_relative_error(e, g) for g, e in zip(grads[1], grads[0]))
         print(f"{spec:40s} step {step}: loss {losses[0].item():.5f} vs {losses[1].item():.5f} (rel {err:.1e}), "
               f"max grad rel err {grad_err:.1e}")  # fmt: skip
         if err > tol or grad_err > tol:
             problems.append(f"{spec} step {step}: loss rel {err:.1e}, grad rel {grad_err:.1e} > {tol}")
-    weight_err = max(max_rel(a, b) for a, b in zip(graphed_model.parameters(), eager.parameters()))
+    weight_err = max(max_relative_error(b, a) for a, b in zip(graphed_model.parameters(), eager.parameters()))
     print(f"{spec:40s} weights after {steps} steps: max rel err {weight_err:.1e}; captured {graphed.captured_shape}")
     if weight_err > tol:
         problems.append(f"{spec}: weights differ by {weight_err:.1e}")

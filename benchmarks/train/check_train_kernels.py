@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 import sfmamba.models  # noqa: F401  (registers the models)
+from sfmamba.testing import max_relative_error
 from sfmamba.utils._config import set_kernel_backend
 
 TOLERANCE = {torch.float32: 2e-3, torch.bfloat16: 1e-1}  # max |a - b| / max |b| per tensor
@@ -26,10 +27,6 @@ TOLERANCE = {torch.float32: 2e-3, torch.bfloat16: 1e-1}  # max |a - b| / max |b|
 # it out of the conv (`conv_bn_act_train`) and return exactly zero; the reference returns rounding noise. Such a
 # gradient passes when the reference's is below this fraction of the model's largest gradient.
 ZERO_BY_CONSTRUCTION = {torch.float32: 1e-5, torch.bfloat16: 1e-2}
-
-
-def max_rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.float() - b.float()).abs().max() / b.float().abs().max().clamp_min(1e-12))
 
 
 def train_step(model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor, dtype: torch.dtype, backend: str | None):
@@ -62,9 +59,9 @@ def check(name: str, batch: int, dtype: torch.dtype) -> list[str]:
         f"{name} {str(dtype)[6:]}: {len(zero)} gradients exactly zero here (conv biases before BatchNorm), the "
         f"reference's largest of them {noise:.1e} of the model's largest gradient"
     )
-    errors = {"loss": max_rel(got[0], want[0])}
-    errors |= {f"grad {n}": max_rel(g, want[1][n]) for n, g in got[1].items() if n not in zero}
-    errors |= {f"buffer {n}": max_rel(b, want[2][n]) for n, b in got[2].items()}
+    errors = {"loss": max_relative_error(want[0], got[0])}
+    errors |= {f"grad {n}": max_relative_error(want[1][n], g) for n, g in got[1].items() if n not in zero}
+    errors |= {f"buffer {n}": max_relative_error(want[2][n], b) for n, b in got[2].items()}
     missing = set(want[1]) ^ set(got[1])
     worst = sorted(errors.items(), key=lambda kv: -kv[1])[:5]
     print(f"{name} {str(dtype)[6:]}: {len(errors)} tensors, worst " + ", ".join(f"{k} {v:.1e}" for k, v in worst))

@@ -20,6 +20,13 @@ def relative_error(ref: Tensor, out: Tensor) -> float:
     return diff / denom if denom > 0 else diff
 
 
+def max_relative_error(ref: Tensor, out: Tensor) -> float:
+    """max |out - ref| / max |ref| (the GPU check scripts' per-tensor error; never below 1e-12 in the denominator)."""
+    return float(
+        (out.detach().float() - ref.detach().float()).abs().max() / ref.detach().float().abs().max().clamp_min(1e-12)
+    )
+
+
 def assert_close(name: str, ref: Tensor, out: Tensor, ratio: float, atol: float = 1e-6) -> None:
     """Fail unless `out` is finite wherever `ref` is, and ||out-ref||/||ref|| <= ratio (or max|diff| <= atol)."""
     assert ref.shape == out.shape, f"{name}: shape {tuple(out.shape)} != reference {tuple(ref.shape)}"

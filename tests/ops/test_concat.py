@@ -61,8 +61,8 @@ def test_split_gradient_is_the_concatenation(shape, first, dtype, grads, triton_
 def test_strided_gradients_reach_the_kernel(triton_backend, monkeypatch):
     # the mixer's case: the scan's gradient is contiguous, z's is a view of the out_proj input's gradient
     calls = []
-    real = chunk.concat_last
-    monkeypatch.setattr(chunk, "concat_last", lambda *a: calls.append([t.is_contiguous() for t in a]) or real(*a))
+    real = chunk.concat_rows
+    monkeypatch.setattr(chunk, "concat_rows", lambda *a: calls.append([t.is_contiguous() for t in a]) or real(*a))
     x = torch.randn(2, 10, 8, requires_grad=True)
     u, z = split_last(x, 4)
     y = u * 2.0

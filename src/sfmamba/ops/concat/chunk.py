@@ -37,7 +37,7 @@ def concat_last_kernel(
     tl.store(out_ptr + r64 * so + cols[None, :], tl.where(from_a, a, b), mask=from_a | from_b)
 
 
-def concat_last(a: Tensor, b: Tensor) -> Tensor:
+def concat_rows(a: Tensor, b: Tensor) -> Tensor:
     """[..., Ca] and [..., Cb] (one dtype and leading shape) -> a new contiguous [..., Ca + Cb]."""
     a2, b2 = last_dim_rows(a), last_dim_rows(b)
     rows, ca, cb = a2.shape[0], a2.shape[1], b2.shape[1]
@@ -59,7 +59,7 @@ class ConcatLastFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, a: Tensor, b: Tensor) -> Tensor:
         ctx.split = a.shape[-1]
-        return concat_last(a, b)
+        return concat_rows(a, b)
 
     @staticmethod
     @once_differentiable  # views need no graph, but keep double backward as loud as the other kernels'
@@ -85,4 +85,4 @@ class SplitLastFunction(torch.autograd.Function):
         lead = (da if da is not None else db).shape[:-1]
         a = da if da is not None else db.new_zeros((*lead, ctx.first))
         b = db if db is not None else da.new_zeros((*lead, ctx.rest))
-        return concat_last(a, b), None
+        return concat_rows(a, b), None

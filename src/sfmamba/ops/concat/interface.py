@@ -30,12 +30,11 @@ def concat_last(a: Tensor, b: Tensor) -> Tensor:
         )
     if a.numel() == 0 or b.numel() == 0 or not _kernel_usable(a):
         return concat_last_naive(a, b)
-    from .chunk import ConcatLastFunction
-    from .chunk import concat_last as concat_kernel
+    from .chunk import ConcatLastFunction, concat_rows
 
     if torch.is_grad_enabled() and (a.requires_grad or b.requires_grad):
         return ConcatLastFunction.apply(a, b)
-    return concat_kernel(a, b)
+    return concat_rows(a, b)
 
 
 def split_last(x: Tensor, first: int) -> tuple[Tensor, Tensor]:
