@@ -2,14 +2,28 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 
 import pytest
+import torch
 import triton
+import triton.language as tl
+from triton.compiler import CompiledKernel
+from triton.runtime.jit import JITFunction
 
 from sfmamba.ops import _launch
 from sfmamba.testing import run_without_interpreter
-from sfmamba.utils._config import FAST_MATH_ENV, fast_math
+from sfmamba.utils._config import (
+    DIRECT_LAUNCH_ENV,
+    FAST_MATH_ENV,
+    KERNEL_ENV,
+    direct_launch,
+    fast_math,
+    kernel_backend,
+    set_kernel_backend,
+    use_triton,
+)
 
 
 def test_autotune_keeps_timings_on_disk_where_triton_can(monkeypatch):
@@ -74,3 +88,219 @@ def test_fast_math_is_off_under_the_interpreter_and_checks_its_value(monkeypatch
     monkeypatch.setenv(FAST_MATH_ENV, "yes")
     with pytest.raises(ValueError, match=FAST_MATH_ENV):
         fast_math()
+
+
+# ---- direct launches (ops/_launch.py::launch skipping Triton's binder) ----
+
+SPECIALISATION_VALUES = [0, 1, 2, 15, 16, 17, 32, -16, -1, 2**31 - 1, 2**31, 2**31 + 16, -(2**31) - 1, 2**63 - 16,
+                         2**63, 2**64 - 16, True, False, 1.0, 16.0, 0.5, None]  # fmt: skip
+
+
+def _tensors() -> list[torch.Tensor]:
+    base = torch.zeros(64)  # CPU allocations are 64-byte aligned
+    assert base.data_ptr() % 64 == 0
+    return [base, base[1:], base[4:], base[5:], base.to(torch.float16), base.to(torch.float16)[8:], base.double()]
+
+
+def test_signature_separates_alignment_dtype_and_int_classes():
+    base = torch.zeros(64)
+    sig = lambda *args: _launch.signature(args)  # noqa: E731
+    assert sig(base) == sig(base[4:]) == sig(torch.ones(8))  # 0 and 16 bytes in: both 16-byte aligned
+    assert sig(base) != sig(base[1:]) and sig(base[1:]) == sig(base[5:])  # 4 and 20 bytes in: neither
+    assert sig(base) != sig(base.double())
+    # an int's value fixes == 1, % 16 and the i32/i64/u64 range; its type keeps True, 1 and 1.0 apart
+    for a, b in [(1, 2), (16, 17), (16, 32), (2**31 - 1, 2**31), (2**63 - 1, 2**63), (1, True), (1, 1.0), (0, None)]:
+        assert sig(a) != sig(b), (a, b)
+    assert sig(base, 17, None, 0.5) == sig(torch.ones(3), 17, None, 0.5)
+    assert sig(base, 17) != sig(17, base)
+
+
+@pytest.mark.skipif(not hasattr(triton.runtime.jit, "native_specialize_impl"), reason="no native specializer")
+@pytest.mark.parametrize("specialize, align", [(True, True), (True, False), (False, True), (False, False)])
+def test_signature_is_never_coarser_than_tritons_specialisation(specialize, align):
+    """Whenever two arguments have the same `signature`, the installed Triton's specializer (what its binder calls for
+    each argument, under each do_not_specialize / do_not_specialize_on_alignment setting) treats them alike too."""
+    from triton.backends.compiler import BaseBackend
+
+    def triton_key(arg):
+        return triton.runtime.jit.native_specialize_impl(BaseBackend, arg, False, specialize, align)
+
+    values = SPECIALISATION_VALUES + _tensors()
+    for a in values:
+        for b in values:
+            if _launch.signature([a]) == _launch.signature([b]):
+                assert triton_key(a) == triton_key(b), (a, b)
+    if specialize:  # what Triton's specialised args distinguish, which the signature must too
+        assert triton_key(1) != triton_key(2) and triton_key(1)[0] == "constexpr"
+        assert (triton_key(16) != triton_key(17)) == align
+        assert triton_key(2**31)[0] == "i64" and triton_key(2**63)[0] == "u64" and triton_key(17)[0] == "i32"
+        base = torch.zeros(64)
+        assert (triton_key(base) != triton_key(base[1:])) == align
+
+
+def test_direct_launch_needs_a_verified_triton_and_no_interpreter(monkeypatch):
+    monkeypatch.setattr(triton, "__version__", "3.6.0")
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    assert _launch.direct_launch_supported()
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert not _launch.direct_launch_supported()
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    for version in ("3.5.1", "3.8.0", "4.6.0", "unknown"):
+        monkeypatch.setattr(triton, "__version__", version)
+        assert not _launch.direct_launch_supported(), version
+    # these tests run under the interpreter: the switch cannot turn it on
+    monkeypatch.setattr(_launch, "_direct", False)
+    _launch.set_direct_launch(True)
+    assert not _launch.direct_launch_enabled()
+
+
+READ_AT_IMPORT = """
+import triton
+triton.__version__ = "3.6.0"
+from sfmamba.ops import _launch
+print(_launch.direct_launch_enabled())
+_launch.set_direct_launch(False)
+print(_launch.direct_launch_enabled())
+"""
+
+
+@pytest.mark.parametrize("setting, enabled", [(None, True), ("1", True), ("0", False)])
+def test_direct_launch_switch_is_read_at_import(setting, enabled):
+    env = {} if setting is None else {DIRECT_LAUNCH_ENV: setting}
+    result = run_without_interpreter(READ_AT_IMPORT, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert result.stdout.split() == [str(enabled), "False"]
+
+
+def test_direct_launch_switch_checks_its_value(monkeypatch):
+    monkeypatch.setenv(DIRECT_LAUNCH_ENV, "on")
+    with pytest.raises(ValueError, match=DIRECT_LAUNCH_ENV):
+        direct_launch()
+    monkeypatch.setenv(DIRECT_LAUNCH_ENV, "0")
+    assert not direct_launch()
+
+
+def test_on_device_switches_only_to_another_device(monkeypatch):
+    switched = []
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "device", lambda device: switched.append(device) or contextlib.nullcontext())
+    for device in (torch.device("cuda", 0), torch.device("cuda"), torch.device("cpu")):
+        with _launch.on_device(device):
+            pass
+    assert switched == []
+    with _launch.on_device(torch.device("cuda", 1)):
+        pass
+    assert switched == [torch.device("cuda", 1)]
+
+
+def test_kernel_backend_follows_the_override_and_env_changes(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.setenv(KERNEL_ENV, "naive")
+    assert kernel_backend() == "naive" and not use_triton(cpu)
+    monkeypatch.setenv(KERNEL_ENV, "triton")
+    assert kernel_backend() == "triton" and use_triton(cpu)  # the tests run under the interpreter
+    try:
+        set_kernel_backend("naive")
+        assert kernel_backend() == "naive" and not use_triton(cpu)
+    finally:
+        set_kernel_backend(None)
+    assert kernel_backend() == "triton"
+    monkeypatch.delenv(KERNEL_ENV)
+    assert kernel_backend() == "auto" and not use_triton(cpu)
+    monkeypatch.setenv(KERNEL_ENV, " Naive ")
+    assert kernel_backend() == "naive"
+    monkeypatch.setenv(KERNEL_ENV, "fast")
+    for _ in range(2):  # a bad value is not cached as a good one
+        with pytest.raises(ValueError, match=KERNEL_ENV):
+            kernel_backend()
+
+
+def _fake_kernel(x_ptr, n, BLOCK: tl.constexpr, FLAG: tl.constexpr = 3):
+    pass
+
+
+class FakeCompiled(CompiledKernel):
+    """A compiled kernel that records its launches (no GPU here)."""
+
+    def __init__(self, log: list):
+        self.log, self.function, self.packed_metadata, self.module = log, "function", "packed", None
+
+    def launch_metadata(self, grid, stream, *args):
+        return ("metadata", grid, stream)
+
+    def run(self, *args):
+        self.log.append(args)
+
+
+@pytest.fixture
+def direct_fake(monkeypatch):
+    """A real JITFunction whose `run` (Triton's binder path) is faked, the direct path on, CUDA faked: returns the
+    kernel and the logs of binder-path runs and direct launches."""
+    kernel = JITFunction(_fake_kernel)
+    runs, launches = [], []
+    compiled = FakeCompiled(launches)
+
+    def run(*args, grid, warmup, **kwargs):
+        runs.append((args, kwargs))
+        return compiled
+
+    monkeypatch.setattr(kernel, "run", run)
+    monkeypatch.setattr(_launch, "_RESOLVED", {})
+    monkeypatch.setattr(_launch, "_direct", True)
+    monkeypatch.setattr(_launch, "_stream_getter", lambda: lambda device: 1000 + device)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))
+    return kernel, runs, launches
+
+
+def test_repeated_launch_takes_the_recorded_kernel(direct_fake):
+    kernel, runs, launches = direct_fake
+    x = torch.zeros(64)
+    before = _launch.direct_launches()
+    for _ in range(4):
+        _launch.launch(kernel, lambda meta: (meta["n"] // meta["BLOCK"], 2), x, 96, BLOCK=32, num_warps=4)
+    assert len(runs) == 2  # resolve, then record the compiled kernel
+    assert runs[1] == ((x, 96), {"BLOCK": 32, "num_warps": 4})
+    assert _launch.direct_launches() - before == 2 and len(launches) == 2
+    # grid from the bound arguments, device 0's stream, launch metadata and Triton's hooks, every bound value in
+    # signature order (the default FLAG included)
+    hooks = triton.knobs.runtime
+    expected = (3, 2, 1, 1000, "function", "packed", ("metadata", (3, 2), 1000), hooks.launch_enter_hook,
+                hooks.launch_exit_hook, x, 96, 32, 3)  # fmt: skip
+    assert launches[0] == expected and launches[1] == expected
+
+
+@pytest.mark.parametrize(
+    "change",
+    ["misaligned", "dtype", "int_is_one", "int_div16", "int64", "bool", "flag", "device", "knob", "pre_run_hook"],
+)
+def test_a_changed_specialisation_falls_back_to_triton(direct_fake, monkeypatch, change):
+    kernel, runs, launches = direct_fake
+    x = torch.zeros(64)
+    args, flags = [x, 17], {"BLOCK": 32}
+    for _ in range(3):
+        _launch.launch(kernel, (1,), *args, **flags)
+    assert len(runs) == 2 and len(launches) == 1
+    if change == "misaligned":
+        args[0] = x[1:]
+    elif change == "dtype":
+        args[0] = x.half()
+    elif change == "int_is_one":
+        args[1] = 1
+    elif change == "int_div16":
+        args[1] = 32
+    elif change == "int64":
+        args[1] = 2**31 + 17
+    elif change == "bool":
+        args[1] = True
+    elif change == "flag":
+        flags["FLAG"] = 4
+    elif change == "device":
+        monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    elif change == "knob":
+        monkeypatch.setattr(triton.knobs.runtime, "debug", True)
+    else:
+        kernel.pre_run_hooks.append(lambda *args, **kwargs: None)
+    _launch.launch(kernel, (1,), *args, **flags)
+    assert len(runs) == 3 and len(launches) == 1  # through Triton's path, not the recorded kernel
+    assert runs[-1][0] == tuple(args)

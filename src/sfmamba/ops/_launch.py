@@ -13,9 +13,11 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
+from triton.compiler import CompiledKernel
 from triton.runtime.autotuner import Autotuner, Heuristics
+from triton.runtime.jit import JITFunction
 
-from ..utils._config import fast_math, use_triton
+from ..utils._config import direct_launch, fast_math, triton_interpret, use_triton
 
 __all__ = [
     "FAST_MATH",
@@ -27,12 +29,14 @@ __all__ = [
     "in_functorch_transform",
     "last_dim_rows",
     "bc_strides",
+    "direct_launches",
     "launch",
     "linear_recurrence",
     "needs_grad",
     "runs_fused",
     "on_device",
     "scan_shape",
+    "set_direct_launch",
     "sm_count",
     "softplus",
     "x_strides",
@@ -57,30 +61,95 @@ def autotune(configs: list[triton.Config], key: list[str], **kwargs):
     return triton.autotune(configs=configs, key=key, **kwargs)
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Resolved:
     """What the autotuner and heuristics chose for one launch key: the kernel's meta-parameters (BLOCK sizes,
     num_warps, ...), the config they came from and the config list it was picked from (a list swapped in by a test or a
-    benchmark invalidates the entry)."""
+    benchmark invalidates the entry), and, once known, the compiled kernel Triton picked for it (`_Direct`). Holds the
+    kernel, so that the id in its key cannot be reused by another kernel while the entry lives."""
 
+    kernel: object
     meta: dict
     config: triton.Config | None
     configs: list | None
+    direct: _Direct | None = None
+
+
+@dataclass(frozen=True)
+class _Direct:
+    """A Triton 3.6 `CompiledKernel` and what its launch needs besides the positional arguments: the bound values of
+    the parameters after them (flags, meta-parameters, defaults; in signature order), and the compile knobs and stream
+    getter `JITFunction.run` used."""
+
+    compiled: object
+    fn: object
+    tail: tuple
+    knobs: tuple
+    stream: Callable[[int], int]
 
 
 _RESOLVED: dict[tuple, _Resolved] = {}
 _MAX_RESOLVED = 4096  # distinct shapes x kernels; a long run with ever-new shapes starts over instead of growing
+# Triton versions whose `JITFunction.run` launch sequence `_run_direct` repeats (read from 3.6.0's runtime/jit.py,
+# compiler/compiler.py and backends/nvidia/driver.py); any other version launches through `JITFunction.run`
+DIRECT_TRITON_VERSIONS = ((3, 6),)
+_direct_launches = 0
+
+
+def triton_version() -> tuple[int, ...]:
+    """(major, minor) of the installed Triton; () when it cannot be read."""
+    try:
+        return tuple(int(part) for part in triton.__version__.split(".")[:2])
+    except (AttributeError, ValueError):
+        return ()
+
+
+def direct_launch_supported() -> bool:
+    """Whether launches may skip Triton's binder: a verified Triton version and compiled kernels (no interpreter)."""
+    return triton_version() in DIRECT_TRITON_VERSIONS and not triton_interpret()
+
+
+_direct = direct_launch() and direct_launch_supported()  # SFMAMBA_DIRECT_LAUNCH, read once
+
+
+def set_direct_launch(enabled: bool) -> None:
+    """Turn the direct launch path on (where `direct_launch_supported`) or off for this process; recorded kernels
+    stay, so turning it back on reuses them."""
+    global _direct
+    _direct = bool(enabled) and direct_launch_supported()
+
+
+def direct_launch_enabled() -> bool:
+    return _direct
+
+
+def direct_launches() -> int:
+    """How many launches so far took the direct path (for checks that it is taken)."""
+    return _direct_launches
+
+
+def signature(args: tuple) -> list:
+    """What a launch's compiled kernel depends on, per positional argument: a tensor's dtype and 16-byte alignment,
+    any other value's type and value. Triton 3.6 specialises a tensor on its dtype and `data_ptr() % 16 == 0`, an
+    int on `== 1` (then a constexpr), `% 16 == 0` and its i32/i64/u64 range, a bool (u1) and a float (fp32) on their
+    type, None as a constexpr: all fixed by these. Finer than Triton where `do_not_specialize` drops a property (the
+    same compiled kernel is then recorded under each value), never coarser: the type keeps 1, 1.0 and True apart."""
+    return [(a.dtype, a.data_ptr() % 16 == 0) if isinstance(a, Tensor) else (type(a), a) for a in args]
 
 
 def launch(kernel, grid: tuple | Callable[[dict], tuple], *args, **flags) -> dict:
-    """`kernel[grid](*args, **flags)` for a `triton.jit` function under sfmamba's `autotune` and/or
-    `triton.heuristics`, without their per-call host cost after the first launch with the same scalar arguments,
-    tensor dtypes and flags: the autotuner rebuilds its key from every argument and the heuristics re-bind them on
-    each call, ~100-150 us per launch of a 60-argument scan kernel on an H200 host (`benchmarks/ops/experiments/
-    host_overhead.py`), which made eager models host-bound. The first launch goes through them (autotuning if needed)
-    and records what they chose; later ones call the JIT function with it. Returns the meta-parameters used."""
-    key = (id(kernel), *(a for a in args if not isinstance(a, Tensor)),
-           *(a.dtype for a in args if isinstance(a, Tensor)), *flags.items())  # fmt: skip
+    """`kernel[grid](*args, **flags)` for a `triton.jit` function, plain or under sfmamba's `autotune` and/or
+    `triton.heuristics`, without their per-call host cost after the first launch with the same `signature` (scalar
+    values, tensor dtypes and alignments) and flags: the autotuner rebuilds its key from every argument and the
+    heuristics re-bind them on each call, ~100-150 us per launch of a 60-argument scan kernel on an H200 host
+    (`benchmarks/ops/experiments/host_overhead.py`), which made eager models host-bound. The first launch goes through
+    them (autotuning if needed) and records what they chose; the second calls the JIT function with it and records the
+    compiled kernel Triton picked; later ones launch that kernel directly (`_run_direct`, Triton 3.6 on a GPU), skipping
+    Triton's argument binder and cache lookup too. Returns the meta-parameters used."""
+    global _direct_launches
+    key = (id(kernel), *signature(args), *flags.items())
+    if _direct:
+        key += (torch.cuda.current_device(),)  # the device whose kernel cache Triton used
     tuner = kernel if isinstance(kernel, Autotuner) else None
     entry = _RESOLVED.get(key)
     if entry is None or (tuner is not None and entry.configs is not tuner.configs):
@@ -93,8 +162,69 @@ def launch(kernel, grid: tuple | Callable[[dict], tuple], *args, **flags) -> dic
         return entry.meta
     if tuner is not None:
         tuner.best_config = entry.config  # what benchmarks and tests read after a launch
-    _innermost(kernel).run(*args, grid=grid, warmup=False, **flags, **entry.meta)
+    if _direct and entry.direct is not None and _run_direct(entry.direct, grid, args, key[-1]):
+        _direct_launches += 1
+        return entry.meta
+    fn = _innermost(kernel)
+    compiled = fn.run(*args, grid=grid, warmup=False, **flags, **entry.meta)
+    if _direct:
+        entry.direct = _record_direct(fn, compiled, args, {**flags, **entry.meta})
     return entry.meta
+
+
+def _record_direct(fn, compiled, args: tuple, kwargs: dict) -> _Direct | None:
+    """What `_run_direct` needs to launch `compiled` (what `fn.run` just launched for `args` and `kwargs`) again;
+    None where it must not: no compiled kernel (the interpreter), pre-run hooks, tensors off the GPU."""
+    if not (isinstance(fn, JITFunction) and isinstance(compiled, CompiledKernel)) or fn.pre_run_hooks:
+        return None
+    if not all(a.is_cuda for a in args if isinstance(a, Tensor)) or any(isinstance(v, Tensor) for v in kwargs.values()):
+        return None
+    tail = []
+    for param in fn.params[len(args) :]:
+        if param.name in kwargs:
+            tail.append(kwargs[param.name])
+        elif param.has_default:
+            tail.append(param.default)
+        else:
+            return None
+    return _Direct(compiled, fn, tuple(tail), _compile_knobs(), _stream_getter())
+
+
+def _stream_getter() -> Callable[[int], int]:
+    """Triton's current-stream function (torch's raw CUDA stream of a device index), as `JITFunction.run` calls it."""
+    return triton.runtime.driver.active.get_current_stream
+
+
+def _compile_knobs() -> tuple:
+    """The global knobs Triton 3.6's `JITFunction.run` adds to a launch's compile options (and so its cache key)."""
+    knobs = triton.knobs
+    return knobs.runtime.debug, knobs.compilation.instrumentation_mode
+
+
+def _run_direct(direct: _Direct, grid: tuple | Callable[[dict], tuple], args: tuple, device: int) -> bool:
+    """Launch the recorded kernel as Triton 3.6's `JITFunction.run` does after its cache lookup: grid from the bound
+    arguments, the current stream, the changed-global check, launch metadata and hooks, every bound value in signature
+    order (the launcher skips constexprs). False, launching nothing, where its inputs changed (pre-run hooks added,
+    debug or instrumentation knobs flipped): the caller then takes Triton's path."""
+    fn, compiled = direct.fn, direct.compiled
+    if fn.pre_run_hooks or _compile_knobs() != direct.knobs:
+        return False
+    bound = (*args, *direct.tail)
+    for (name, _), (value, globals_dict) in fn.used_global_vals.items():
+        if globals_dict.get(name, _MISSING) != value:
+            return False  # Triton raises for this; let it
+    if callable(grid):
+        grid = grid(dict(zip(fn.arg_names, bound)))
+    stream = direct.stream(device)
+    grid_y, grid_z = (grid[1] if len(grid) > 1 else 1), (grid[2] if len(grid) > 2 else 1)
+    hooks = triton.knobs.runtime
+    metadata = compiled.launch_metadata(grid, stream, *bound)
+    compiled.run(grid[0], grid_y, grid_z, stream, compiled.function, compiled.packed_metadata, metadata,
+                 hooks.launch_enter_hook, hooks.launch_exit_hook, *bound)  # fmt: skip
+    return True
+
+
+_MISSING = object()
 
 
 def _innermost(kernel):
@@ -103,10 +233,11 @@ def _innermost(kernel):
     return kernel
 
 
-def _resolve(kernel, args: tuple, flags: dict) -> _Resolved:
+def _resolve(launched, args: tuple, flags: dict) -> _Resolved:
     """Replay the autotuner's pick (its `best_config`, just set by a launch) and the heuristics on these arguments."""
     meta: dict = {}
     config = configs = None
+    kernel = launched
     while isinstance(kernel, (Autotuner, Heuristics)):
         if isinstance(kernel, Autotuner):
             config, configs = kernel.best_config, kernel.configs
@@ -116,7 +247,7 @@ def _resolve(kernel, args: tuple, flags: dict) -> _Resolved:
             for name, heuristic in kernel.values.items():
                 meta[name] = named[name] = heuristic(named)
         kernel = kernel.fn
-    return _Resolved(meta, config, configs)
+    return _Resolved(launched, meta, config, configs)
 
 
 def last_dim_rows(x: Tensor) -> Tensor:
@@ -143,9 +274,15 @@ def runs_fused(x: Tensor, *others: Tensor | None) -> bool:
     return not needs_grad(x, *others) and not torch.compiler.is_compiling() and use_triton(x.device)
 
 
+_NO_SWITCH = contextlib.nullcontext()
+
+
 def on_device(device: torch.device) -> contextlib.AbstractContextManager:
-    """Launch on `device`'s GPU (Triton uses the current one); cheaper than a `torch.device` context."""
-    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+    """Launch on `device`'s GPU (Triton uses the current one): a `torch.cuda.device` context only when that is not
+    already the current device (entering and leaving one costs two device switches' worth of host time)."""
+    if device.type != "cuda" or device.index is None or device.index == torch.cuda.current_device():
+        return _NO_SWITCH
+    return torch.cuda.device(device)
 
 
 @functools.cache

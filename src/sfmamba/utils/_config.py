@@ -30,11 +30,19 @@ def _env_choice(name: str, choices: tuple[str, ...], default: str) -> str:
     return value
 
 
+_parsed_kernel_env: tuple[str | None, str] = (None, "auto")  # (raw SFMAMBA_KERNEL, its parsed value)
+
+
 def kernel_backend() -> str:
-    """The requested backend: the override if set, else `SFMAMBA_KERNEL`, else `'auto'`."""
+    """The requested backend: the override if set, else `SFMAMBA_KERNEL`, else `'auto'`. Every op asks on every
+    call, so the variable is parsed again only when its raw value changed."""
+    global _parsed_kernel_env
     if _kernel_override is not None:
         return _kernel_override
-    return _env_choice(KERNEL_ENV, KERNEL_CHOICES, "auto")
+    raw = os.environ.get(KERNEL_ENV)
+    if raw != _parsed_kernel_env[0]:
+        _parsed_kernel_env = (raw, _env_choice(KERNEL_ENV, KERNEL_CHOICES, "auto"))
+    return _parsed_kernel_env[1]
 
 
 SCAN_FWD_ENV = "SFMAMBA_SCAN_FWD"
@@ -69,6 +77,16 @@ def fast_math() -> bool:
     return _env_choice(FAST_MATH_ENV, ("0", "1"), "1") == "1" and not triton_interpret()
 
 
+DIRECT_LAUNCH_ENV = "SFMAMBA_DIRECT_LAUNCH"
+
+
+def direct_launch() -> bool:
+    """Whether repeated kernel launches may skip Triton's argument binder (`ops._launch.launch`):
+    `SFMAMBA_DIRECT_LAUNCH` (`1`, the default, or `0`). Read once, when `sfmamba.ops` is imported; only ever on for the
+    Triton versions `ops._launch` lists, and never under the interpreter."""
+    return _env_choice(DIRECT_LAUNCH_ENV, ("0", "1"), "1") == "1"
+
+
 @cache
 def triton_available() -> bool:
     try:
@@ -92,7 +110,6 @@ def use_triton(device: torch.device) -> bool:
     backend = kernel_backend()
     if backend == "naive":
         return False
-    runnable = device.type == "cuda" or (device.type == "cpu" and triton_interpret())
     if backend == "auto":
         if device.type == "cuda" and not triton_available():
             _warn_once("triton is not installed: sfmamba ops fall back to the slow PyTorch reference")
@@ -100,7 +117,7 @@ def use_triton(device: torch.device) -> bool:
         return device.type == "cuda"
     if not triton_available():
         raise RuntimeError(f"{KERNEL_ENV}=triton but triton is not installed")
-    if not runnable:
+    if not (device.type == "cuda" or (device.type == "cpu" and triton_interpret())):
         raise RuntimeError(
             f"{KERNEL_ENV}=triton needs CUDA tensors, or TRITON_INTERPRET=1 for CPU tensors; got device {device}"
         )

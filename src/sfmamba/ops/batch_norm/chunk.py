@@ -20,6 +20,7 @@ from torch.autograd.function import once_differentiable
 
 from ...utils._config import triton_interpret
 from .._activations import ACTIVATION_CODES, act_fwd, act_grad
+from .._launch import launch as _launch_kernel
 from .._launch import on_device as _on_device
 from .._launch import sm_count as _sm_count
 
@@ -221,19 +222,22 @@ def batch_norm_act_fwd(
     y, y2 = _like_channels_last(x)
     update = running_mean is not None
     with _on_device(x.device):
-        bn_stats_kernel[(programs, col_blocks)](
+        _launch_kernel(
+            bn_stats_kernel, (programs, col_blocks),
             x2, mean_part, m2_part, count_part, rows, channels, x2.stride(0), BLOCK_M=block_m, BLOCK_C=block_c
-        )
+        )  # fmt: skip
         # narrow column blocks and tall partial tiles: more programs, few dependent loop trips (3-10 programs of 32
         # columns each walked ~1000 partial rows in 64-row steps: 18 us per call on an H200, s10_20261203/call1)
         fin_c, fin_p = (16, 4) if triton_interpret() else (8, 256)
-        bn_finalize_kernel[(triton.cdiv(channels, fin_c),)](
+        _launch_kernel(
+            bn_finalize_kernel, (triton.cdiv(channels, fin_c),),
             mean_part, m2_part, count_part, running_mean if update else stats, running_var if update else stats,
             shift if shift is not None else stats,
             stats[0], stats[1], programs, rows, channels, momentum, eps,
             UPDATE_RUNNING=update, HAS_SHIFT=shift is not None, BLOCK_P=fin_p, BLOCK_C=fin_c,
         )  # fmt: skip
-        bn_act_fwd_kernel[(triton.cdiv(rows, block_m), col_blocks)](
+        _launch_kernel(
+            bn_act_fwd_kernel, (triton.cdiv(rows, block_m), col_blocks),
             x2, y2, stats[0], stats[1], weight, bias, rows, channels, x2.stride(0), y2.stride(0),
             ACT=ACTIVATION_CODES[act], BLOCK_M=block_m, BLOCK_C=block_c,
         )  # fmt: skip
@@ -253,12 +257,14 @@ def batch_norm_act_bwd(
     dx, dx2 = _like_channels_last(x)
     code = ACTIVATION_CODES[act]
     with _on_device(x.device):
-        bn_act_bwd_reduce_kernel[(programs, col_blocks)](
+        _launch_kernel(
+            bn_act_bwd_reduce_kernel, (programs, col_blocks),
             dy2, x2, parts, mean, rstd, weight, bias, rows, channels, dy2.stride(0), x2.stride(0),
             ACT=code, BLOCK_M=block_m, BLOCK_C=block_c,
         )  # fmt: skip
         sums = parts.view(2, programs, channels).sum(1)  # [dbias, dweight]
-        bn_act_bwd_dx_kernel[(triton.cdiv(rows, block_m), col_blocks)](
+        _launch_kernel(
+            bn_act_bwd_dx_kernel, (triton.cdiv(rows, block_m), col_blocks),
             dy2, x2, dx2, sums, mean, rstd, weight, bias, rows, channels, dy2.stride(0), x2.stride(0), dx2.stride(0),
             ACT=code, BLOCK_M=block_m, BLOCK_C=block_c,
         )  # fmt: skip

@@ -18,6 +18,7 @@ from torch.autograd.function import once_differentiable
 
 from ...utils._config import triton_interpret
 from .._launch import last_dim_rows
+from .._launch import launch as _launch_kernel
 from .._launch import on_device as _on_device
 
 
@@ -46,7 +47,8 @@ def concat_rows(a: Tensor, b: Tensor) -> Tensor:
     block_m = 4 if triton_interpret() else max(1, 4096 // block_c)
     grid = (triton.cdiv(rows, block_m), triton.cdiv(ca + cb, block_c))
     with _on_device(a.device):
-        concat_last_kernel[grid](
+        _launch_kernel(
+            concat_last_kernel, grid,
             a2, b2, out, rows, ca, cb, a2.stride(0), b2.stride(0), out.stride(0), BLOCK_M=block_m, BLOCK_C=block_c,
             num_warps=4,
         )  # fmt: skip

@@ -16,6 +16,7 @@ from torch import Tensor
 
 from ...utils._config import triton_interpret
 from .._activations import ACTIVATION_CODES, act_fwd
+from .._launch import launch as _launch_kernel
 from .._launch import on_device as _on_device
 
 
@@ -72,7 +73,8 @@ def fold_batch_norm_fwd(
     block_k = min(triton.next_power_of_2(k), 64 if triton_interpret() else 2048)
     dummy = running_mean  # never read: the matching HAS_* flag is off
     with _on_device(weight.device):
-        fold_batch_norm_kernel[(channels,)](
+        _launch_kernel(
+            fold_batch_norm_kernel, (channels,),
             weight, bias if bias is not None else dummy, bn_weight, bn_bias, running_mean, running_var,
             scale if scale is not None else dummy, w_out, b_out, k, eps, weight.stride(0), w_out.stride(0),
             HAS_BIAS=bias is not None, HAS_SCALE=scale is not None, BLOCK_K=block_k, num_warps=4,
@@ -88,7 +90,8 @@ def bias_act_fwd(
     n = y.numel()
     block = 256 if triton_interpret() else 1024
     with _on_device(y.device):
-        bias_act_kernel[(triton.cdiv(n, block),)](
+        _launch_kernel(
+            bias_act_kernel, (triton.cdiv(n, block),),
             y, bias, residual if residual is not None else y, out, n, y.shape[1], inner,
             ACTIVATION=ACTIVATION_CODES[activation], HAS_RESIDUAL=residual is not None, BLOCK=block, num_warps=4,
         )  # fmt: skip

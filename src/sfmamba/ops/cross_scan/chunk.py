@@ -17,6 +17,7 @@ from torch import Tensor
 
 from ...utils._config import triton_interpret
 from .._launch import autotune as _autotune
+from .._launch import launch as _launch_kernel
 from .._launch import on_device as _on_device
 from .naive import DIRECTIONS
 
@@ -122,7 +123,8 @@ def cross_scan_fwd(x: Tensor, layout: str, scan_layout: str) -> Tensor:
     out = torch.empty(seq_shape(batch, height * width, channels, scan_layout), device=x.device, dtype=x.dtype)
     xs, os_ = _map_strides(x, layout), _seq_strides(out, scan_layout)
     with _on_device(x.device):
-        cross_scan_kernel[_grid(batch, height * width, channels)](
+        _launch_kernel(
+            cross_scan_kernel, _grid(batch, height * width, channels),
             x, out, height, width, channels, *xs, *os_, CHANNELS_FAST=xs[3] == 1 and os_[3] == 1
         )  # fmt: skip
     return out
@@ -136,7 +138,8 @@ def cross_merge_fwd(y: Tensor, height: int, width: int, scan_layout: str, layout
     out = torch.empty(shape, device=y.device, dtype=y.dtype)
     ys, os_ = _seq_strides(y, scan_layout), _map_strides(out, layout)
     with _on_device(y.device):
-        cross_merge_kernel[_grid(batch, height * width, channels)](
+        _launch_kernel(
+            cross_merge_kernel, _grid(batch, height * width, channels),
             y, out, height, width, channels, *ys, *os_, CHANNELS_FAST=ys[3] == 1 and os_[3] == 1
         )  # fmt: skip
     return out

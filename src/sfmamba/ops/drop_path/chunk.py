@@ -16,6 +16,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from ...utils._config import triton_interpret
+from .._launch import launch as _launch_kernel
 from .._launch import on_device as _on_device
 
 
@@ -42,9 +43,10 @@ def scaled_add(x: Tensor | None, y: Tensor, scale: Tensor, out_dtype: torch.dtyp
     per_sample = y[0].numel() if y.shape[0] else 0
     block = 64 if triton_interpret() else 2048
     with _on_device(y.device):
-        scaled_add_kernel[(y.shape[0], triton.cdiv(per_sample, block))](
+        _launch_kernel(
+            scaled_add_kernel, (y.shape[0], triton.cdiv(per_sample, block)),
             x if x is not None else y, y, scale, out, per_sample, HAS_X=x is not None, BLOCK=block, num_warps=8
-        )
+        )  # fmt: skip
     return out
 
 

@@ -18,6 +18,7 @@ from torch.autograd.function import once_differentiable
 
 from ...utils._config import triton_interpret
 from .._launch import last_dim_rows
+from .._launch import launch as _launch_kernel
 from .._launch import on_device as _on_device
 from .._launch import sm_count as _sm_count
 
@@ -114,7 +115,8 @@ def layer_norm_fwd(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: f
     rstd = torch.empty_like(mean)
     block_m, block_c, num_warps = _blocks(channels)
     with _on_device(x.device):
-        layer_norm_fwd_kernel[(triton.cdiv(rows, block_m),)](
+        _launch_kernel(
+            layer_norm_fwd_kernel, (triton.cdiv(rows, block_m),),
             x2, weight if weight is not None else x2, bias if bias is not None else x2, out, mean, rstd,
             rows, channels, eps, x2.stride(0), out.stride(0),
             HAS_W=weight is not None, HAS_B=bias is not None, BLOCK_M=block_m, BLOCK_C=block_c, num_warps=num_warps,
@@ -143,7 +145,8 @@ def layer_norm_bwd(
     programs = min(triton.cdiv(rows, block_m), 16 * _sm_count(x.device) if x.device.type == "cuda" else 4)
     parts = torch.empty(2 if bias is not None else 1, programs, channels, device=x.device, dtype=torch.float32)
     with _on_device(x.device):
-        layer_norm_bwd_kernel[(programs,)](
+        _launch_kernel(
+            layer_norm_bwd_kernel, (programs,),
             x2, weight if weight is not None else x2, dout2, mean, rstd, dres2, dx, parts[0], parts[-1],
             rows, channels, x2.stride(0), dout2.stride(0), dres2.stride(0), dx.stride(0),
             HAS_W=weight is not None, HAS_B=bias is not None, HAS_RES=dres is not None,

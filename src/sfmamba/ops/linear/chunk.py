@@ -19,6 +19,7 @@ from torch.autograd.function import once_differentiable
 from ...utils._config import triton_interpret
 from .._activations import ACTIVATION_CODES, act_grad, activate
 from .._launch import last_dim_rows
+from .._launch import launch as _launch_kernel
 from .._launch import on_device as _on_device
 from .._launch import sm_count as _sm_count
 
@@ -68,7 +69,8 @@ def bias_act_bwd(dout: Tensor, pre: Tensor | None, act: str, has_bias: bool) -> 
     programs, col_blocks, block_m, block_c = _grid(rows, channels, dout.device)
     parts = torch.empty(programs if has_bias else 1, channels, device=dout.device, dtype=torch.float32)
     with _on_device(dout.device):
-        bias_act_bwd_kernel[(programs, col_blocks)](
+        _launch_kernel(
+            bias_act_bwd_kernel, (programs, col_blocks),
             dout2, pre2, dpre, parts, rows, channels, dout2.stride(0), pre2.stride(0), dpre.stride(0),
             ACT=ACTIVATION_CODES[act], HAS_BIAS=has_bias, BLOCK_M=block_m, BLOCK_C=block_c, num_warps=4,
         )  # fmt: skip

@@ -282,7 +282,10 @@ def combine_chunks(decay: Tensor, value: Tensor, reverse: bool) -> None:
     batch, nchunks = value.shape[:2]
     width = value[0, 0].numel()
     block = 64 if triton_interpret() else 256
-    chunk_combine_kernel[(triton.cdiv(width, block), batch)](decay, value, nchunks, width, REVERSE=reverse, BLOCK=block)
+    _launch_kernel(
+        chunk_combine_kernel, (triton.cdiv(width, block), batch), decay, value, nchunks, width, REVERSE=reverse,
+        BLOCK=block,
+    )  # fmt: skip
 
 
 def _bwd_configs() -> list[triton.Config]:
