@@ -260,6 +260,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--backward", action="store_true", help="also time forward+backward")
     parser.add_argument("--cuda-graph", action="store_true", help="time the forward under CUDA graphs")
     parser.add_argument("--smoke", action="store_true", help="one tiny shape (runs on a CPU under TRITON_INTERPRET=1)")
+    parser.add_argument("--shapes", type=int, nargs="+", default=None, help="indices into SHAPES (default: all)")
     parser.add_argument("--output", type=Path, default=None, help="JSON path (default benchmarks/results/...)")
     parser.add_argument("--model", default=None, help="also time this model's forward versus K (e.g. vmamba_v2_tiny)")
     parser.add_argument("--model-batch", type=int, default=128)
@@ -276,7 +277,7 @@ def main(argv: list[str] | None = None) -> None:
         if os.environ.get("TRITON_INTERPRET") != "1":
             parser.error("on a CPU set TRITON_INTERPRET=1 so the Triton kernels run in the interpreter")
     set_kernel_backend("triton")  # never time a silent fallback to the PyTorch reference
-    shapes = SMOKE_SHAPES if args.smoke else SHAPES
+    shapes = SMOKE_SHAPES if args.smoke else SHAPES if args.shapes is None else [SHAPES[i] for i in args.shapes]
     rows = []
     modes = [False, True] if args.backward else [False]
     for shape in [] if args.skip_ops else shapes:

@@ -31,7 +31,7 @@ import triton.language as tl  # noqa: E402
 from sfmamba.ops import selective_scan, selective_scan_naive  # noqa: E402
 from sfmamba.ops.selective_scan import chunk  # noqa: E402
 from sfmamba.testing import assert_close, relative_error, run_without_interpreter  # noqa: E402
-from sfmamba.utils._config import set_kernel_backend  # noqa: E402
+from sfmamba.utils._config import SCAN_FWD_ENV, set_kernel_backend  # noqa: E402
 
 LAYOUTS = ("BDL", "BLD")
 # "triton-2pass": the Triton forward with L split into chunks of 7 steps (summary pass + main pass), as on a GPU that
@@ -349,8 +349,10 @@ def test_chunk_backward(batch, length, dim, nstate, groups, layout, dtype):
     assert set(errors) >= {f"d{n}" for n in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state")}
 
 
-def test_chunk_long_sequence_forward():
-    """L = 3136 = 56^2 (stage-1 rows of a 224 px image), N = 1: forward and last state."""
+def test_chunk_long_sequence_forward(monkeypatch):
+    """L = 3136 = 56^2 (stage-1 rows of a 224 px image), N = 1: forward and last state of the step kernel (`auto`
+    would take the tiled one for 8 channels; test_selective_scan_fwd_kernels.py covers that)."""
+    monkeypatch.setenv(SCAN_FWD_ENV, "step")
     torch.manual_seed(42)
     inputs = make_inputs(1, 3136, 8, 1, layout="BLD", segments=1)
     compare_with_reference(inputs, torch.float32, {"delta_softplus": True, "layout": "BLD"}, backward=False)

@@ -26,6 +26,7 @@ from test_selective_scan import (  # noqa: E402
     shape_id,
 )
 
+from sfmamba.ops import selective_scan  # noqa: E402
 from sfmamba.ops.selective_scan import chunk, tiled  # noqa: E402
 from sfmamba.utils._config import SCAN_FWD_ENV, scan_fwd_kernel  # noqa: E402
 
@@ -77,6 +78,10 @@ SHAPES = [
     (1, 70, 20, 1, 1),
     (3, 9, 10, 8, 1),
     (2, 5, 7, 2, 1),
+    # narrow groups: the tiled kernel's channel block is the group's width (1, 2, 4) and its step blocks are longer
+    (2, 37, 4, 1, 4),
+    (1, 40, 6, 2, 3),
+    (2, 33, 8, 4, 2),
 ]
 
 
@@ -90,12 +95,16 @@ def _forward_grid():
 
 
 @pytest.mark.parametrize("batch, length, dim, nstate, groups, layout, dtype", list(_forward_grid()))
-def test_alt_forward(alt_forward, batch, length, dim, nstate, groups, layout, dtype):
+def test_alt_forward(alt_forward, kernel_name, batch, length, dim, nstate, groups, layout, dtype):
     """Output and last states with every option on (D, z, delta_bias, softplus, initial_state)."""
     torch.manual_seed(42)
     inputs = make_inputs(batch, length, dim, nstate, groups, layout, segments=batch)
     compare_with_reference(inputs, dtype, {"delta_softplus": True, "layout": layout}, backward=False)
     assert alt_forward.called
+    if kernel_name == "tiled":  # the interpreter's channel block: the group's width when narrow, else 16
+        width = dim // groups
+        want = triton.next_power_of_2(width) if width < 16 else 16
+        assert tiled.selective_scan_fwd_tiled_kernel.best_config.kwargs["BLOCK_D"] == want
 
 
 OPTION_SETS = [
@@ -211,25 +220,77 @@ def test_alt_forward_then_backward(alt_forward, layout, dtype, reset, chunk_len)
 
 def test_scan_fwd_env_values(monkeypatch):
     monkeypatch.delenv(SCAN_FWD_ENV, raising=False)
-    assert scan_fwd_kernel() == "step"
+    assert scan_fwd_kernel() == "auto"
     monkeypatch.setenv(SCAN_FWD_ENV, " Tiled ")
     assert scan_fwd_kernel() == "tiled"
-    monkeypatch.setenv(SCAN_FWD_ENV, "TILED")
-    assert scan_fwd_kernel() == "tiled"
+    monkeypatch.setenv(SCAN_FWD_ENV, "STEP")
+    assert scan_fwd_kernel() == "step"
     monkeypatch.setenv(SCAN_FWD_ENV, "tile")
     with pytest.raises(ValueError, match=SCAN_FWD_ENV):
         scan_fwd_kernel()
 
 
+@pytest.mark.parametrize(
+    "dim, groups, length, want",
+    [(4, 4, 300, "tiled"), (62, 2, 256, "tiled"), (4, 4, 255, "step"), (32, 1, 3136, "step"), (64, 2, 400, "step")],
+)
+def test_auto_forward_choice(monkeypatch, dim, groups, length, want):
+    """`auto` takes the tiled kernel for groups narrower than NARROW_DIM channels over NARROW_MIN_LENGTH steps or
+    more (VMeanba's reduced scans), the step kernel otherwise; an explicit setting wins."""
+    monkeypatch.delenv(SCAN_FWD_ENV, raising=False)
+    assert chunk.fwd_kernel_choice(dim // groups, length) == want
+    for forced in ("step", "tiled"):
+        monkeypatch.setenv(SCAN_FWD_ENV, forced)
+        assert chunk.fwd_kernel_choice(dim // groups, length) == forced
+
+
+@pytest.mark.parametrize("layout", ["BLD", "BDL"])
+def test_auto_runs_tiled_on_reduced_scans_without_copies(monkeypatch, layout):
+    """A VMeanba-style reduced scan (one channel per group, long rows) under `auto`: the tiled kernel runs, never the
+    step one, on the caller's own tensors (no transposing copies in BDL: the tiles coalesce along L), and the
+    output and last states equal the reference."""
+    monkeypatch.delenv(SCAN_FWD_ENV, raising=False)
+    monkeypatch.setenv("SFMAMBA_KERNEL", "triton")
+    spy = LaunchSpy(tiled.selective_scan_fwd_tiled_kernel, chunk._launch_kernel)
+    pointers: list[int] = []
+
+    def recording(kernel, grid, *args, **flags):
+        pointers.extend(a.data_ptr() for a in args if isinstance(a, torch.Tensor))
+        return spy(kernel, grid, *args, **flags)
+
+    monkeypatch.setattr(chunk, "_launch_kernel", recording)
+    torch.manual_seed(42)
+    inputs = make_inputs(2, 300, 4, 1, 4, layout, segments=2)
+    compare_with_reference(inputs, torch.float32, {"delta_softplus": True, "layout": layout}, backward=False)
+    assert spy.called
+    pointers.clear()
+    selective_scan(**{n: t.detach() for n, t in inputs.items()}, delta_softplus=True, layout=layout)
+    caller = [inputs[n] for n in ("u", "delta", "z", "B", "C")]
+    assert all(t.data_ptr() in pointers for t in caller), "a copy reached the kernel"
+
+
+def test_plan_chunks_for_narrow_tiled_programs(monkeypatch):
+    """On a GPU the step kernel's chunks are at most MAX_CHUNK_LEN steps (it walks them one by one); the tiled kernel
+    on narrow groups splits a row only until TILED_PROGRAMS_PER_SM programs per SM exist (VMamba-T stage 1's
+    reduced scan: 512 rows of 3136 steps on 132 SMs -> 2 chunks instead of 13)."""
+    monkeypatch.setattr(chunk, "_sm_count", lambda device: 132)
+    gpu = torch.device("cuda")
+    assert chunk.plan_chunks(128, 4, 1, 3136, gpu, "step") == (242, 13)
+    assert chunk.plan_chunks(128, 4, 1, 3136, gpu, "tiled") == (1568, 2)
+    assert chunk.plan_chunks(4096, 4, 1, 3136, gpu, "tiled") == (3136, 1)
+    assert chunk.plan_chunks(128, 4, 96, 3136, gpu, "tiled") == chunk.plan_chunks(128, 4, 96, 3136, gpu, "step")
+    assert chunk.plan_chunks(128, 4, 1, 3136, torch.device("cpu"), "tiled") == (3136, 1)
+
+
 @pytest.mark.parametrize("nstate", [1, 4, 8, 16, 64])
 def test_gpu_configs_pruned_to_registers(monkeypatch, nstate):
     """The GPU autotune list keeps only tiles whose [BLOCK_L, BLOCK_N, BLOCK_D] tensors fit the per-thread budget,
-    never nothing; N = 1 keeps the largest tiles."""
+    never nothing; N = 1 keeps the largest tiles; wide groups get wide tiles only."""
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     configs = tiled._fwd_configs()
-    assert len(configs) == 27
-    kept = tiled._prune_configs(configs, {"NSTATE": nstate})
-    assert kept
+    assert len(configs) == 27 + 100
+    kept = tiled._prune_configs(configs, {"Dg": 96, "NSTATE": nstate, "chunk_len": 196})
+    assert kept and all(c.kwargs["BLOCK_D"] >= 32 and c.kwargs["BLOCK_L"] <= 32 for c in kept)
     if nstate <= 16:
         assert all(tiled._fits_registers(c, nstate) for c in kept)
     else:
@@ -238,3 +299,15 @@ def test_gpu_configs_pruned_to_registers(monkeypatch, nstate):
         assert any(c.kwargs == {"BLOCK_L": 32, "BLOCK_D": 128} for c in kept)
     if nstate == 8:
         assert not any(c.kwargs == {"BLOCK_L": 32, "BLOCK_D": 128} for c in kept)
+
+
+@pytest.mark.parametrize("width, chunk_len", [(1, 1568), (1, 200), (3, 3136), (16, 196)])
+def test_gpu_configs_for_narrow_groups(monkeypatch, width, chunk_len):
+    """A narrow group gets its own width (rounded up to a power of two) as the channel block and step blocks no
+    longer than its chunk needs (at least 128), each fitting the register budget."""
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    kept = tiled._prune_configs(tiled._fwd_configs(), {"Dg": width, "NSTATE": 1, "chunk_len": chunk_len})
+    assert kept
+    assert {c.kwargs["BLOCK_D"] for c in kept} == {triton.next_power_of_2(width)}
+    assert max(c.kwargs["BLOCK_L"] for c in kept) == max(128, min(2048, triton.next_power_of_2(chunk_len)))
+    assert all(tiled._fits_registers(c, 1) for c in kept)

@@ -16,6 +16,8 @@ every (forward kernel in --kernels) x (backward kernel in --bwd-kernels), each c
 gradient against the fp32 reference's autograd on 8 images.
 Writes benchmarks/results/scan_tiled_vs_step[_bwd]_<date>.json (device, versions, date, the autotuner's choices),
 rewritten after every row so that a run cut short keeps its rows (`complete` is true only at the end).
+`--chunk-lens 0 3136 1568 ...` repeats every forward row with the chunk length forced (0: the planner's choice,
+`chunk.plan_chunks`), to find where the narrow tiled kernel should split a row.
 `--smoke`: one tiny shape, a few eager calls timed on the host -- a check that the script runs, not a measurement.
 """
 
@@ -43,8 +45,15 @@ from sfmamba.testing import relative_error  # noqa: E402
 from sfmamba.utils._config import SCAN_BWD_ENV, SCAN_FWD_ENV  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-# batch, D, L, N, G: MambaVision-T stage 3 and 4, VMamba-v2-T stage 1 (4 directions in one grouped scan)
-SHAPES = [(128, 160, 196, 8, 1), (128, 320, 49, 8, 1), (128, 384, 3136, 1, 4)]
+# batch, D, L, N, G: MambaVision-T stage 3 and 4, VMamba-v2-T stage 1 (4 directions in one grouped scan), and the
+# VMeanba reduced scans of VMamba-v2-T stages 1 and 2 (one channel per direction: the narrow tiled kernel's case)
+SHAPES = [
+    (128, 160, 196, 8, 1),
+    (128, 320, 49, 8, 1),
+    (128, 384, 3136, 1, 4),
+    (128, 4, 3136, 1, 4),
+    (128, 4, 784, 1, 4),
+]
 SMOKE_SHAPES = [(2, 20, 19, 4, 2)]
 KERNELS = {"step": chunk.selective_scan_fwd_kernel, "tiled": tiled.selective_scan_fwd_tiled_kernel}
 BWD_KERNELS = {"step": chunk.selective_scan_bwd_kernel, "tiled": tiled_bwd.selective_scan_bwd_tiled_kernel}
@@ -117,13 +126,14 @@ def time_call(call, device, args) -> dict[str, float]:
             "graph_flushed": graph_flushed_us(call, args.flush_reps, args.flush_replays)}  # fmt: skip
 
 
-def run_one(shape, dname, layout, kernel, train, device, args) -> dict | None:
+def run_one(shape, dname, layout, kernel, train, chunk_len, device, args) -> dict | None:
     os.environ[SCAN_FWD_ENV] = kernel
+    chunk.forced_chunk_len = chunk_len or None
     dtype = DTYPES[dname]
     err = check(shape, dtype, layout, device, train)
     tol = 1e-4 if dtype == torch.float32 else 3e-2
     row = dict(shape=shape_name(shape), dtype=dname, layout=layout, kernel=kernel,
-               mode="fwd+ckpt" if train else "fwd", rel_err=err)  # fmt: skip
+               mode="fwd+ckpt" if train else "fwd", forced_chunk_len=chunk_len, rel_err=err)  # fmt: skip
     if not err <= tol:  # also catches NaN
         print(f"!! {row}: rel err {err:.2e} > {tol:.0e}; not timed", flush=True)
         return None
@@ -135,8 +145,9 @@ def run_one(shape, dname, layout, kernel, train, device, args) -> dict | None:
 
     row.update(time_call(call, device, args))
     b, d, length, n, g = shape
-    row["chunks"] = chunk.plan_chunks(b, g, d // g, length, device)
+    row["chunks"] = chunk.plan_chunks(b, g, d // g, length, device, kernel)
     row["config"] = str(getattr(KERNELS[kernel], "best_config", None))
+    chunk.forced_chunk_len = None
     return row
 
 
@@ -174,6 +185,7 @@ def main() -> None:
     parser.add_argument("--kernels", nargs="+", choices=list(KERNELS), default=list(KERNELS))
     parser.add_argument("--shapes", type=int, nargs="+", default=None, help="indices into SHAPES")
     parser.add_argument("--train", action="store_true", help="also time the forward that stores checkpoints")
+    parser.add_argument("--chunk-lens", type=int, nargs="+", default=[0], help="forced chunk lengths (0: planner)")
     parser.add_argument("--backward", action="store_true", help="time forward + backward (kernel pairs)")
     parser.add_argument("--bwd-kernels", nargs="+", choices=list(BWD_KERNELS), default=list(BWD_KERNELS))
     parser.add_argument("--rep-ms", type=int, default=200)
@@ -201,7 +213,8 @@ def main() -> None:
                     runs = [(run_backward, (fwd, bwd)) for fwd in args.kernels for bwd in args.bwd_kernels]
                 else:
                     trains = (False, True) if args.train else (False,)
-                    runs = [(run_one, (kernel, train)) for train in trains for kernel in args.kernels]
+                    runs = [(run_one, (kernel, train, chunk_len)) for train in trains for kernel in args.kernels
+                            for chunk_len in args.chunk_lens]  # fmt: skip
                 for run, variant in runs:
                     row = run(shape, dname, layout, *variant, device, args)
                     if row is not None:

@@ -46,15 +46,16 @@ def kernel_backend() -> str:
 
 
 SCAN_FWD_ENV = "SFMAMBA_SCAN_FWD"
-SCAN_FWD_CHOICES = ("step", "tiled")
+SCAN_FWD_CHOICES = ("auto", "step", "tiled")
 SCAN_BWD_ENV = "SFMAMBA_SCAN_BWD"
 SCAN_BWD_CHOICES = ("step", "tiled")
 
 
 def scan_fwd_kernel() -> str:
-    """Which Triton forward kernel the selective scan runs: `'step'` (chunk.py's, the default) or `'tiled'` (the
-    experimental tiled.py), from `SFMAMBA_SCAN_FWD`; read on every call so one process can compare both."""
-    return _env_choice(SCAN_FWD_ENV, SCAN_FWD_CHOICES, "step")
+    """Which Triton forward kernel the selective scan runs, from `SFMAMBA_SCAN_FWD`: `'auto'` (the default: chunk.py's
+    step kernel, tiled.py's for narrow groups over long sequences; `chunk.fwd_kernel_choice`), `'step'` or `'tiled'`
+    everywhere; read on every call so one process can compare them."""
+    return _env_choice(SCAN_FWD_ENV, SCAN_FWD_CHOICES, "auto")
 
 
 def scan_bwd_kernel() -> str:

@@ -505,22 +505,43 @@ MAX_CHUNK_LEN = 256
 forced_chunk_len: int | None = None  # tests set this to exercise the two-pass path under the interpreter
 
 
-def plan_chunks(batch: int, groups: int, dim_per_group: int, length: int, device: torch.device) -> tuple[int, int]:
-    """(chunk length, number of chunks) for the step/tiled forward: split L only as far as needed to fill the GPU."""
+NARROW_DIM = 32  # channels per group below which the tiled forward takes a whole group per program (tiled.py)
+TILED_PROGRAMS_PER_SM = 4  # a narrow tiled program is several warps with a whole step block of loads in flight
+NARROW_MIN_LENGTH = 256  # `auto` runs the tiled forward for narrow groups from this many steps on
+
+
+def plan_chunks(
+    batch: int, groups: int, dim_per_group: int, length: int, device: torch.device, kernel: str = "step"
+) -> tuple[int, int]:
+    """(chunk length, number of chunks) for the step/tiled forward: split L only as far as needed to fill the GPU.
+    The step kernel walks a chunk one step at a time, so its chunks are also capped at MAX_CHUNK_LEN steps; the tiled
+    kernel on narrow groups solves a block of steps at once and needs only enough programs to fill the SMs."""
     if forced_chunk_len is not None:
         return forced_chunk_len, triton.cdiv(length, forced_chunk_len)
     if device.type != "cuda":
         return length, 1
-    programs = batch * groups * triton.cdiv(dim_per_group, 32)
-    wanted = TARGET_PROGRAMS_PER_SM * _sm_count(device)
-    nchunks = max(1, min(triton.cdiv(wanted, programs), length // 16), triton.cdiv(length, MAX_CHUNK_LEN))
+    narrow = kernel == "tiled" and dim_per_group < NARROW_DIM
+    per_sm, longest = (TILED_PROGRAMS_PER_SM, length) if narrow else (TARGET_PROGRAMS_PER_SM, MAX_CHUNK_LEN)
+    programs = batch * groups * triton.cdiv(dim_per_group, NARROW_DIM)
+    wanted = per_sm * _sm_count(device)
+    nchunks = max(1, min(triton.cdiv(wanted, programs), length // 16), triton.cdiv(length, longest))
     chunk_len = triton.cdiv(length, nchunks)
     return chunk_len, triton.cdiv(length, chunk_len)
 
 
+def fwd_kernel_choice(dim_per_group: int, length: int) -> str:
+    """`SFMAMBA_SCAN_FWD`, with `auto` resolved: the tiled kernel for narrow groups (fewer than NARROW_DIM channels)
+    over long sequences (VMeanba's reduced scans: one channel per group, thousands of steps), the step kernel
+    otherwise."""
+    choice = scan_fwd_kernel()
+    if choice != "auto":
+        return choice
+    return "tiled" if dim_per_group < NARROW_DIM and length >= NARROW_MIN_LENGTH else "step"
+
+
 def _fwd_kernel(choice: str):
-    """The forward kernel for `SFMAMBA_SCAN_FWD`'s value `choice` (tiled.py imports this module, so it is imported
-    here, when first chosen). The step and tiled kernels share arguments, grid and chunking."""
+    """The forward kernel for `choice` ('step' or 'tiled'; tiled.py imports this module, so it is imported here,
+    when first chosen). The step and tiled kernels share arguments, grid and chunking."""
     if choice == "tiled":
         from .tiled import selective_scan_fwd_tiled_kernel
 
@@ -578,15 +599,18 @@ def selective_scan_fwd(
     dim_per_group = dim // groups
     ckpt_len = bwd_chunk_for(nstate)
     reset, period, seg_ids, cu = _reset_args(length, seq_len, cu_seqlens, u.device)
-    u, delta, z, B, C = (_rows_adjacent(t, layout) for t in (u, delta, z, B, C))
-    out = _empty_adjacent(u, layout, u.dtype)  # returned contiguous, in u's layout
+    choice = fwd_kernel_choice(dim_per_group, length)
+    adjacent = choice == "step"  # the tiled kernel loads [steps, channels] tiles, coalesced along either axis
+    if adjacent:
+        u, delta, z, B, C = (_rows_adjacent(t, layout) for t in (u, delta, z, B, C))
+    out = _empty_adjacent(u, layout, u.dtype) if adjacent else torch.empty_like(u)  # returned contiguous
     nseg = _num_segments(batch, length, seq_len, cu_seqlens)
     # every state buffer is (..., N, D) inside the kernels: D contiguous, so the state tile needs no shuffles
     last = torch.empty((nseg, nstate, dim) if return_last_state else (0,), device=u.device, dtype=torch.float32)
     n_ckpt = triton.cdiv(length, ckpt_len)
     ckpt = torch.empty((batch, n_ckpt, nstate, dim) if save_chunks else (0,), device=u.device, dtype=torch.float32)
-    kernel = _fwd_kernel(scan_fwd_kernel())
-    chunk_len, nchunks = plan_chunks(batch, groups, dim_per_group, length, u.device)
+    kernel = _fwd_kernel(choice)
+    chunk_len, nchunks = plan_chunks(batch, groups, dim_per_group, length, u.device, choice)
     chunk_P = torch.empty((batch, nchunks, nstate, dim) if nchunks > 1 else (0,), device=u.device, dtype=torch.float32)
     chunk_S = torch.empty_like(chunk_P)
     A = A.t().contiguous()

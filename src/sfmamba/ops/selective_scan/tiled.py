@@ -22,7 +22,7 @@ from ...utils._config import triton_interpret
 from .._launch import autotune as _autotune
 from .._launch import linear_recurrence as _linear_recurrence
 from .._launch import softplus as _softplus
-from .chunk import LOG2E, _channel_block, _segments
+from .chunk import LOG2E, NARROW_DIM, _channel_block, _segments
 
 __all__ = ["selective_scan_fwd_tiled_kernel"]
 
@@ -51,14 +51,33 @@ def _bc_tile(ptr, offs_t, offs_n, mask, s_l, s_n):
 
 
 def _fwd_configs() -> list[triton.Config]:
+    """Wide tiles (BLOCK_D >= 32 channels, short step blocks) for ordinary widths, and narrow ones (BLOCK_D = the
+    group's width rounded up to a power of two, long step blocks) for a few channels per group: VMeanba's reduced
+    scans have one channel per group (L = 3136 at VMamba-T stage 1), where a 32-wide tile would idle 31 of 32 lanes
+    and the step kernel walks thousands of dependent steps; there the parallel axis is L."""
     if triton_interpret():
-        return [triton.Config({"BLOCK_L": 8, "BLOCK_D": 16}, num_warps=1)]
-    return [
+        return [triton.Config({"BLOCK_L": 8, "BLOCK_D": 16}, num_warps=1)] + [
+            triton.Config({"BLOCK_L": 16, "BLOCK_D": bd}, num_warps=1) for bd in (1, 2, 4, 8)
+        ]
+    wide = [
         triton.Config({"BLOCK_L": bl, "BLOCK_D": bd}, num_warps=w)
         for bl in (8, 16, 32)
         for bd in (32, 64, 128)
         for w in (2, 4, 8)
     ]
+    narrow = [
+        triton.Config({"BLOCK_L": bl, "BLOCK_D": bd}, num_warps=w)
+        for bl in (128, 256, 512, 1024, 2048)
+        for bd in (1, 2, 4, 8, 16)
+        for w in (1, 2, 4, 8)
+    ]
+    return wide + narrow
+
+
+def block_d_for(dim_per_group: int) -> int | None:
+    """The channel block a group of `dim_per_group` channels takes: its width rounded up to a power of two when
+    narrow, None (autotuned among the wide blocks) otherwise."""
+    return triton.next_power_of_2(dim_per_group) if dim_per_group < NARROW_DIM else None
 
 
 def _fits_registers(config: triton.Config, nstate: int) -> bool:
@@ -69,12 +88,28 @@ def _fits_registers(config: triton.Config, nstate: int) -> bool:
     return threads <= elements <= MAX_TILE_ELEMENTS_PER_THREAD * threads
 
 
+def _matches_width(config: triton.Config, dim_per_group: int, chunk_len: int) -> bool:
+    """Wide tiles for wide groups; for a narrow group, its own channel block and step blocks no longer than the
+    chunk needs (the interpreter keeps its one wide tile for groups of 16 channels or more)."""
+    block_d, block_l = config.kwargs["BLOCK_D"], config.kwargs["BLOCK_L"]
+    narrow = block_d_for(dim_per_group)
+    if triton_interpret():
+        narrow = narrow if narrow is not None and narrow < 16 else None
+        return block_d == (narrow or 16)
+    if narrow is None:
+        return block_d >= NARROW_DIM
+    return block_d == narrow and block_l <= max(128, triton.next_power_of_2(chunk_len))
+
+
 def _prune_configs(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
-    fitting = [c for c in configs if _fits_registers(c, named_args["NSTATE"])]
+    dim_per_group, nstate = named_args["Dg"], named_args["NSTATE"]
+    chunk_len = named_args.get("chunk_len", 1 << 30)
+    shaped = [c for c in configs if _matches_width(c, dim_per_group, chunk_len)] or configs
+    fitting = [c for c in shaped if _fits_registers(c, nstate)]
     if fitting:
         return fitting
     # nothing fits (very large N): the smallest tile with the most warps spills least
-    return [min(configs, key=lambda c: (c.kwargs["BLOCK_L"] * c.kwargs["BLOCK_D"], -c.num_warps))]
+    return [min(shaped, key=lambda c: (c.kwargs["BLOCK_L"] * c.kwargs["BLOCK_D"], -c.num_warps))]
 
 
 @_autotune(
