@@ -272,12 +272,13 @@ def test_auto_runs_tiled_on_reduced_scans_without_copies(monkeypatch, layout):
 def test_plan_chunks_for_narrow_tiled_programs(monkeypatch):
     """On a GPU the step kernel's chunks are at most MAX_CHUNK_LEN steps (it walks them one by one); the tiled kernel
     on narrow groups splits a row only until TILED_PROGRAMS_PER_SM programs per SM exist (VMamba-T stage 1's
-    reduced scan: 512 rows of 3136 steps on 132 SMs -> 2 chunks instead of 13)."""
+    reduced scan: 512 rows of 3136 steps on 132 SMs -> 1 chunk instead of 13; 8 images -> 5)."""
     monkeypatch.setattr(chunk, "_sm_count", lambda device: 132)
+    monkeypatch.setattr(chunk, "TILED_PROGRAMS_PER_SM", 1)
     gpu = torch.device("cuda")
     assert chunk.plan_chunks(128, 4, 1, 3136, gpu, "step") == (242, 13)
-    assert chunk.plan_chunks(128, 4, 1, 3136, gpu, "tiled") == (1568, 2)
-    assert chunk.plan_chunks(4096, 4, 1, 3136, gpu, "tiled") == (3136, 1)
+    assert chunk.plan_chunks(128, 4, 1, 3136, gpu, "tiled") == (3136, 1)
+    assert chunk.plan_chunks(8, 4, 1, 3136, gpu, "tiled") == (628, 5)
     assert chunk.plan_chunks(128, 4, 96, 3136, gpu, "tiled") == chunk.plan_chunks(128, 4, 96, 3136, gpu, "step")
     assert chunk.plan_chunks(128, 4, 1, 3136, torch.device("cpu"), "tiled") == (3136, 1)
 
@@ -288,17 +289,17 @@ def test_gpu_configs_pruned_to_registers(monkeypatch, nstate):
     never nothing; N = 1 keeps the largest tiles; wide groups get wide tiles only."""
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     configs = tiled._fwd_configs()
-    assert len(configs) == 27 + 100
+    assert len(configs) == 27 + 200
     kept = tiled._prune_configs(configs, {"Dg": 96, "NSTATE": nstate, "chunk_len": 196})
     assert kept and all(c.kwargs["BLOCK_D"] >= 32 and c.kwargs["BLOCK_L"] <= 32 for c in kept)
     if nstate <= 16:
         assert all(tiled._fits_registers(c, nstate) for c in kept)
     else:
-        assert len(kept) == 1 and kept[0].kwargs == {"BLOCK_L": 8, "BLOCK_D": 32}
+        assert len(kept) == 1 and kept[0].kwargs == {"BLOCK_L": 8, "BLOCK_D": 32, "PREFETCH": 0}
     if nstate == 1:
-        assert any(c.kwargs == {"BLOCK_L": 32, "BLOCK_D": 128} for c in kept)
+        assert any(c.kwargs == {"BLOCK_L": 32, "BLOCK_D": 128, "PREFETCH": 0} for c in kept)
     if nstate == 8:
-        assert not any(c.kwargs == {"BLOCK_L": 32, "BLOCK_D": 128} for c in kept)
+        assert not any(c.kwargs == {"BLOCK_L": 32, "BLOCK_D": 128, "PREFETCH": 0} for c in kept)
 
 
 @pytest.mark.parametrize("width, chunk_len", [(1, 1568), (1, 200), (3, 3136), (16, 196)])

@@ -11,3 +11,4 @@ timeout 270 $P $X --shapes 3 --kernels tiled --dtypes bf16 fp32 --chunk-lens 0 3
 timeout 80 $P $X --shapes 4 --kernels tiled --dtypes bf16 fp32 --chunk-lens 0 784 392 \
   --out $OUT/sweep_tiled_784.json 2>&1 | grep -v Warning | tail -14
 (cd benchmarks/ops && timeout 140 $P bench_vmeanba.py --cuda-graph --shapes 0 1 --output $OUT/vmeanba_graph.json 2>&1 | tail -12)
+PYTHONPATH=src SFMAMBA_DIRECT_LAUNCH=1 timeout 90 $P benchmarks/ops/check_direct_launch.py --out $OUT 2>&1 | tail -30

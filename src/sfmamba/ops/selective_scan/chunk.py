@@ -506,7 +506,9 @@ forced_chunk_len: int | None = None  # tests set this to exercise the two-pass p
 
 
 NARROW_DIM = 32  # channels per group below which the tiled forward takes a whole group per program (tiled.py)
-TILED_PROGRAMS_PER_SM = 4  # a narrow tiled program is several warps with a whole step block of loads in flight
+TILED_PROGRAMS_PER_SM = 1  # a narrow tiled program is up to 8 warps with a block of loads in flight; H200, 2026-12-03:
+# one 3136-step chunk per row 19.3 us vs 26.9 for two (summary pass + combine), 5.7 vs 14.3 us at 784 steps (bf16,
+# 512 rows, benchmarks/results/s11_20261203/call1)
 NARROW_MIN_LENGTH = 256  # `auto` runs the tiled forward for narrow groups from this many steps on
 
 

@@ -50,26 +50,47 @@ def _bc_tile(ptr, offs_t, offs_n, mask, s_l, s_n):
     return tl.load(ptr + offs_t[:, None] * s_l + offs_n[None, :] * s_n, mask=mask, other=0.0).to(tl.float32)
 
 
+@triton.jit
+def _block_inputs(u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, offs_t, t_end, ch, mask_d, offs_n, mask_n, su_l, su_d, sdt_l,
+                  sdt_d, sB_l, sB_n, sC_l, sC_n, sz_l, sz_d, HAS_Z: tl.constexpr, SUMMARY: tl.constexpr):  # fmt: skip
+    """One block's loads, fp32, 0 at steps >= t_end: u, raw delta [BL, BD]; B, C [BL, BN]; z [BL, BD] (C and z only
+    when the pass uses them; stand-ins otherwise)."""
+    valid = offs_t < t_end
+    mask = valid[:, None] & mask_d[None, :]
+    mask_tn = valid[:, None] & mask_n[None, :]
+    x = _seq_tile(u_ptr, offs_t, ch, mask, su_l, su_d)
+    dt = _seq_tile(delta_ptr, offs_t, ch, mask, sdt_l, sdt_d)
+    Bt = _bc_tile(B_ptr, offs_t, offs_n, mask_tn, sB_l, sB_n)
+    Ct = Bt
+    zt = x
+    if not SUMMARY:
+        Ct = _bc_tile(C_ptr, offs_t, offs_n, mask_tn, sC_l, sC_n)
+        if HAS_Z:
+            zt = _seq_tile(z_ptr, offs_t, ch, mask, sz_l, sz_d)
+    return x, dt, Bt, Ct, zt
+
+
 def _fwd_configs() -> list[triton.Config]:
     """Wide tiles (BLOCK_D >= 32 channels, short step blocks) for ordinary widths, and narrow ones (BLOCK_D = the
     group's width rounded up to a power of two, long step blocks) for a few channels per group: VMeanba's reduced
     scans have one channel per group (L = 3136 at VMamba-T stage 1), where a 32-wide tile would idle 31 of 32 lanes
     and the step kernel walks thousands of dependent steps; there the parallel axis is L."""
     if triton_interpret():
-        return [triton.Config({"BLOCK_L": 8, "BLOCK_D": 16}, num_warps=1)] + [
-            triton.Config({"BLOCK_L": 16, "BLOCK_D": bd}, num_warps=1) for bd in (1, 2, 4, 8)
+        return [triton.Config({"BLOCK_L": 8, "BLOCK_D": 16, "PREFETCH": 0}, num_warps=1)] + [
+            triton.Config({"BLOCK_L": 16, "BLOCK_D": bd, "PREFETCH": 1}, num_warps=1) for bd in (1, 2, 4, 8)
         ]
     wide = [
-        triton.Config({"BLOCK_L": bl, "BLOCK_D": bd}, num_warps=w)
+        triton.Config({"BLOCK_L": bl, "BLOCK_D": bd, "PREFETCH": 0}, num_warps=w)
         for bl in (8, 16, 32)
         for bd in (32, 64, 128)
         for w in (2, 4, 8)
     ]
     narrow = [
-        triton.Config({"BLOCK_L": bl, "BLOCK_D": bd}, num_warps=w)
+        triton.Config({"BLOCK_L": bl, "BLOCK_D": bd, "PREFETCH": p}, num_warps=w)
         for bl in (128, 256, 512, 1024, 2048)
         for bd in (1, 2, 4, 8, 16)
         for w in (1, 2, 4, 8)
+        for p in (0, 1)
     ]
     return wide + narrow
 
@@ -128,8 +149,9 @@ def selective_scan_fwd_tiled_kernel(
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_H0: tl.constexpr, RESET: tl.constexpr, STORE_LAST: tl.constexpr, STORE_CKPT: tl.constexpr,
     SUMMARY: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+    PREFETCH: tl.constexpr,
 ):  # fmt: skip
-    # Same arguments, grid and buffers as chunk.selective_scan_fwd_kernel (PREFETCH replaced by BLOCK_L).
+    # Same arguments, grid and buffers as chunk.selective_scan_fwd_kernel (BLOCK_L, and PREFETCH as blocks).
     # SUMMARY pass: the chunk's decay product P and end state S from a zero start; main pass: start from the
     # incoming state (chunk_combine_kernel's), scan the chunk block by block, write y.
     pid_d, pid_b, pid_g, c, D_total, offs_d, mask_d, ch, offs_n, mask_n, mask_dn, state_offs = _channel_block(
@@ -153,19 +175,29 @@ def selective_scan_fwd_tiled_kernel(
         h_carry = tl.load(chunk_S_ptr + chunk_base + c * STATE + state_offs, mask=mask_dn & (c > 0), other=0.0)
     t_start = c * chunk_len
     t_end = tl.minimum(t_start + chunk_len, L)
+    # PREFETCH: the next block's loads are issued before this block's scan (narrow groups walk few, long blocks, each
+    # otherwise waiting on its own loads)
+    if PREFETCH:
+        ahead = _block_inputs(u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, t_start + rows, t_end, ch, mask_d, offs_n, mask_n,
+                              su_l, su_d, sdt_l, sdt_d, sB_l, sB_n, sC_l, sC_n, sz_l, sz_d, HAS_Z, SUMMARY)  # fmt: skip
     for t0 in range(t_start, t_end, BLOCK_L):
         offs_t = t0 + rows
         valid = offs_t < t_end
         mask = valid[:, None] & mask_d[None, :]  # [BL, BD]
-        mask_tn = valid[:, None] & mask_n[None, :]  # [BL, BN]
-        x = _seq_tile(u_ptr, offs_t, ch, mask, su_l, su_d)
-        dt = _seq_tile(delta_ptr, offs_t, ch, mask, sdt_l, sdt_d)
+        if PREFETCH:
+            x, dt, Bt, Ct, zt = ahead
+            ahead = _block_inputs(u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, offs_t + BLOCK_L, t_end, ch, mask_d, offs_n,
+                                  mask_n, su_l, su_d, sdt_l, sdt_d, sB_l, sB_n, sC_l, sC_n, sz_l, sz_d, HAS_Z,
+                                  SUMMARY)  # fmt: skip
+        else:
+            x, dt, Bt, Ct, zt = _block_inputs(u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, offs_t, t_end, ch, mask_d, offs_n,
+                                              mask_n, su_l, su_d, sdt_l, sdt_d, sB_l, sB_n, sC_l, sC_n, sz_l, sz_d,
+                                              HAS_Z, SUMMARY)  # fmt: skip
         if HAS_BIAS:
             dt += bias[None, :]
         if SOFTPLUS:
             dt = _softplus(dt)
         dt = tl.where(mask, dt, 0.0)  # steps past the chunk: a = 1, b = 0 (identities), so the last row is the end
-        Bt = _bc_tile(B_ptr, offs_t, offs_n, mask_tn, sB_l, sB_n)
         dA = tl.exp2(dt[:, None, :] * A2[None, :, :])  # [BL, BN, BD]
         b = (dt * x)[:, None, :] * Bt[:, :, None]
         seg, start, end = _segments(offs_t, L, seq_len, seg_ids_ptr, cu_ptr, pid_b, RESET)
@@ -182,12 +214,10 @@ def selective_scan_fwd_tiled_kernel(
         if SUMMARY:
             decay_carry *= _step_row(a_cum, BLOCK_L - 1, BLOCK_L)
         else:
-            Ct = _bc_tile(C_ptr, offs_t, offs_n, mask_tn, sC_l, sC_n)
             y = tl.sum(h * Ct[:, :, None], axis=1)  # [BL, BD]
             if HAS_D:
                 y += x * Dv[None, :]
             if HAS_Z:
-                zt = _seq_tile(z_ptr, offs_t, ch, mask, sz_l, sz_d)
                 y *= zt * tl.sigmoid(zt)
             tl.store(out_ptr + offs_t[:, None] * so_l + ch[None, :] * so_d, y.to(out_ptr.dtype.element_ty), mask=mask)
             if STORE_LAST:
