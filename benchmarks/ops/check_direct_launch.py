@@ -206,10 +206,13 @@ def main() -> int:
         print(f"check_direct_launch: the direct path is off for Triton {triton.__version__} "
               f"(verified: {_launch.DIRECT_TRITON_VERSIONS}) or under TRITON_INTERPRET")  # fmt: skip
         return 2
-    results = [check_case(name, case) for name, case in cases()]
-    print(f"{'case':<40} {'identical':>9} {'direct launches':>16}")
-    for r in results:
-        print(f"{r['case']:<40} {str(r['identical']):>9} {r['direct_launches']:>16}")
+    # each case compiles (and autotunes) its own specialisations first: minutes in all, so rows print as they finish
+    print(f"{'case':<40} {'identical':>9} {'direct launches':>16}", flush=True)
+    results = []
+    for name, case in cases():
+        results.append(check_case(name, case))
+        r = results[-1]
+        print(f"{r['case']:<40} {str(r['identical']):>9} {r['direct_launches']:>16}", flush=True)
     times = timings(args.calls)
     print(f"\n{'op (host us per call)':<32} {'JITFunction.run':>16} {'direct':>8} {'saved':>7} {'direct/call':>12}")
     for t in times:
