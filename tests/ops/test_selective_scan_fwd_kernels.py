@@ -232,11 +232,12 @@ def test_scan_fwd_env_values(monkeypatch):
 
 @pytest.mark.parametrize(
     "dim, groups, length, want",
-    [(4, 4, 300, "tiled"), (62, 2, 256, "tiled"), (4, 4, 255, "step"), (32, 1, 3136, "step"), (64, 2, 400, "step")],
-)
+    [(4, 4, 300, "tiled"), (2, 2, 256, "tiled"), (8, 4, 300, "step"), (4, 4, 255, "step"), (32, 1, 3136, "step"),
+     (64, 2, 400, "step")],
+)  # fmt: skip
 def test_auto_forward_choice(monkeypatch, dim, groups, length, want):
-    """`auto` takes the tiled kernel for groups narrower than NARROW_DIM channels over NARROW_MIN_LENGTH steps or
-    more (VMeanba's reduced scans), the step kernel otherwise; an explicit setting wins."""
+    """`auto` takes the tiled kernel for one channel per group over NARROW_MIN_LENGTH steps or more (VMeanba's
+    reduced scans, the width timed), the step kernel otherwise; an explicit setting wins."""
     monkeypatch.delenv(SCAN_FWD_ENV, raising=False)
     assert chunk.fwd_kernel_choice(dim // groups, length) == want
     for forced in ("step", "tiled"):
@@ -289,7 +290,7 @@ def test_gpu_configs_pruned_to_registers(monkeypatch, nstate):
     never nothing; N = 1 keeps the largest tiles; wide groups get wide tiles only."""
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     configs = tiled._fwd_configs()
-    assert len(configs) == 27 + 200
+    assert len(configs) == 27 + 288
     kept = tiled._prune_configs(configs, {"Dg": 96, "NSTATE": nstate, "chunk_len": 196})
     assert kept and all(c.kwargs["BLOCK_D"] >= 32 and c.kwargs["BLOCK_L"] <= 32 for c in kept)
     if nstate <= 16:
@@ -302,13 +303,19 @@ def test_gpu_configs_pruned_to_registers(monkeypatch, nstate):
         assert not any(c.kwargs == {"BLOCK_L": 32, "BLOCK_D": 128, "PREFETCH": 0} for c in kept)
 
 
-@pytest.mark.parametrize("width, chunk_len", [(1, 1568), (1, 200), (3, 3136), (16, 196)])
-def test_gpu_configs_for_narrow_groups(monkeypatch, width, chunk_len):
+@pytest.mark.parametrize(
+    "width, chunk_len, longest",
+    [(1, 1568, 2048), (1, 200, 256), (3, 3136, 512), (16, 196, 128), (20, 200, 64)],
+)
+def test_gpu_configs_for_narrow_groups(monkeypatch, width, chunk_len, longest):
     """A narrow group gets its own width (rounded up to a power of two) as the channel block and step blocks no
-    longer than its chunk needs (at least 128), each fitting the register budget."""
+    longer than its chunk needs (at least 128), each within the narrow family's register budget (sm_90 builds spill
+    above 8 elements per thread): the longest block is what that budget leaves at 8 warps."""
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     kept = tiled._prune_configs(tiled._fwd_configs(), {"Dg": width, "NSTATE": 1, "chunk_len": chunk_len})
     assert kept
     assert {c.kwargs["BLOCK_D"] for c in kept} == {triton.next_power_of_2(width)}
-    assert max(c.kwargs["BLOCK_L"] for c in kept) == max(128, min(2048, triton.next_power_of_2(chunk_len)))
+    assert max(c.kwargs["BLOCK_L"] for c in kept) == longest
     assert all(tiled._fits_registers(c, 1) for c in kept)
+    per_thread = [c.kwargs["BLOCK_L"] * c.kwargs["BLOCK_D"] / (32 * c.num_warps) for c in kept]
+    assert max(per_thread) <= tiled.NARROW_MAX_ELEMENTS_PER_THREAD

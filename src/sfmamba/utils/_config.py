@@ -53,8 +53,8 @@ SCAN_BWD_CHOICES = ("step", "tiled")
 
 def scan_fwd_kernel() -> str:
     """Which Triton forward kernel the selective scan runs, from `SFMAMBA_SCAN_FWD`: `'auto'` (the default: chunk.py's
-    step kernel, tiled.py's for narrow groups over long sequences; `chunk.fwd_kernel_choice`), `'step'` or `'tiled'`
-    everywhere; read on every call so one process can compare them."""
+    step kernel, tiled.py's for one channel per group over long sequences; `chunk.fwd_kernel_choice`), `'step'` or
+    `'tiled'` everywhere; read on every call so one process can compare them."""
     return _env_choice(SCAN_FWD_ENV, SCAN_FWD_CHOICES, "auto")
 
 

@@ -509,7 +509,8 @@ NARROW_DIM = 32  # channels per group below which the tiled forward takes a whol
 TILED_PROGRAMS_PER_SM = 1  # a narrow tiled program is up to 8 warps with a block of loads in flight; H200, 2026-12-03:
 # one 3136-step chunk per row 19.3 us vs 26.9 for two (summary pass + combine), 5.7 vs 14.3 us at 784 steps (bf16,
 # 512 rows, benchmarks/results/s11_20261203/call1)
-NARROW_MIN_LENGTH = 256  # `auto` runs the tiled forward for narrow groups from this many steps on
+NARROW_MIN_LENGTH = 256  # `auto` runs the tiled forward on groups of AUTO_TILED_WIDTH channels from this many steps on
+AUTO_TILED_WIDTH = 1  # the only narrow width timed so far (VMeanba's reduced scans)
 
 
 def plan_chunks(
@@ -532,13 +533,14 @@ def plan_chunks(
 
 
 def fwd_kernel_choice(dim_per_group: int, length: int) -> str:
-    """`SFMAMBA_SCAN_FWD`, with `auto` resolved: the tiled kernel for narrow groups (fewer than NARROW_DIM channels)
-    over long sequences (VMeanba's reduced scans: one channel per group, thousands of steps), the step kernel
-    otherwise."""
+    """`SFMAMBA_SCAN_FWD`, with `auto` resolved: the tiled kernel for one channel per group over long sequences
+    (VMeanba's reduced scans: thousands of steps; H200: 12.4 vs 235 us at (128, 4, 3136, N=1, G=4) bf16), the step
+    kernel otherwise. Groups of 2 to NARROW_DIM - 1 channels also get the narrow tiles under `tiled`; `auto` leaves
+    them to the step kernel until they are timed."""
     choice = scan_fwd_kernel()
     if choice != "auto":
         return choice
-    return "tiled" if dim_per_group < NARROW_DIM and length >= NARROW_MIN_LENGTH else "step"
+    return "tiled" if dim_per_group <= AUTO_TILED_WIDTH and length >= NARROW_MIN_LENGTH else "step"
 
 
 def _fwd_kernel(choice: str):

@@ -29,6 +29,10 @@ __all__ = ["selective_scan_fwd_tiled_kernel"]
 # live [BLOCK_L, BLOCK_N, BLOCK_D] fp32 tensors (a, b, their scan, h) must stay in registers: at most this many
 # elements of one such tensor per thread
 MAX_TILE_ELEMENTS_PER_THREAD = 32
+# the narrow family (long step blocks, optionally prefetched) at most this many: sm_90 builds with Triton 3.6 used
+# 90-195 registers and no spills at 4-8 elements per thread, 255 registers and 48-656 bytes of spills at 16-32
+NARROW_MAX_ELEMENTS_PER_THREAD = 8
+NARROW_MIN_BLOCK_L = 64  # narrow configs walk blocks of 64-2048 steps; wide ones 8-32
 
 
 @triton.jit
@@ -87,8 +91,8 @@ def _fwd_configs() -> list[triton.Config]:
     ]
     narrow = [
         triton.Config({"BLOCK_L": bl, "BLOCK_D": bd, "PREFETCH": p}, num_warps=w)
-        for bl in (128, 256, 512, 1024, 2048)
-        for bd in (1, 2, 4, 8, 16)
+        for bl in (NARROW_MIN_BLOCK_L, 128, 256, 512, 1024, 2048)
+        for bd in (1, 2, 4, 8, 16, 32)  # 32: groups of 17-31 channels
         for w in (1, 2, 4, 8)
         for p in (0, 1)
     ]
@@ -102,11 +106,13 @@ def block_d_for(dim_per_group: int) -> int | None:
 
 
 def _fits_registers(config: triton.Config, nstate: int) -> bool:
-    """Whether one [BLOCK_L, BLOCK_N, BLOCK_D] fp32 tensor fits MAX_TILE_ELEMENTS_PER_THREAD per thread and keeps
-    every thread busy."""
+    """Whether one [BLOCK_L, BLOCK_N, BLOCK_D] fp32 tensor fits the per-thread budget of its family
+    (MAX_TILE_ELEMENTS_PER_THREAD, NARROW_MAX_ELEMENTS_PER_THREAD) and keeps every thread busy."""
     elements = config.kwargs["BLOCK_L"] * triton.next_power_of_2(nstate) * config.kwargs["BLOCK_D"]
     threads = 32 * config.num_warps
-    return threads <= elements <= MAX_TILE_ELEMENTS_PER_THREAD * threads
+    narrow = config.kwargs["BLOCK_L"] >= NARROW_MIN_BLOCK_L
+    budget = NARROW_MAX_ELEMENTS_PER_THREAD if narrow else MAX_TILE_ELEMENTS_PER_THREAD
+    return threads <= elements <= budget * threads
 
 
 def _matches_width(config: triton.Config, dim_per_group: int, chunk_len: int) -> bool:
@@ -117,9 +123,10 @@ def _matches_width(config: triton.Config, dim_per_group: int, chunk_len: int) ->
     if triton_interpret():
         narrow = narrow if narrow is not None and narrow < 16 else None
         return block_d == (narrow or 16)
+    long_blocks = block_l >= NARROW_MIN_BLOCK_L  # the narrow family
     if narrow is None:
-        return block_d >= NARROW_DIM
-    return block_d == narrow and block_l <= max(128, triton.next_power_of_2(chunk_len))
+        return not long_blocks
+    return long_blocks and block_d == narrow and block_l <= max(128, triton.next_power_of_2(chunk_len))
 
 
 def _prune_configs(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
