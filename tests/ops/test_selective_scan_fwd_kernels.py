@@ -28,6 +28,7 @@ from test_selective_scan import (  # noqa: E402
 
 from sfmamba.ops import selective_scan  # noqa: E402
 from sfmamba.ops.selective_scan import chunk, tiled  # noqa: E402
+from sfmamba.testing import run_without_interpreter  # noqa: E402
 from sfmamba.utils._config import SCAN_FWD_ENV, scan_fwd_kernel  # noqa: E402
 
 KERNELS = {"tiled": tiled.selective_scan_fwd_tiled_kernel}
@@ -319,3 +320,38 @@ def test_gpu_configs_for_narrow_groups(monkeypatch, width, chunk_len, longest):
     assert all(tiled._fits_registers(c, 1) for c in kept)
     per_thread = [c.kwargs["BLOCK_L"] * c.kwargs["BLOCK_D"] / (32 * c.num_warps) for c in kept]
     assert max(per_thread) <= tiled.NARROW_MAX_ELEMENTS_PER_THREAD
+
+
+SM90_NARROW = """
+import pathlib, subprocess, tempfile
+import triton
+from sfmamba.ops.selective_scan import tiled
+from sfmamba.testing import compile_for_sm90, scan_pointer_type
+
+TOOLS = pathlib.Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
+flags = dict(HAS_D=True, HAS_Z=False, HAS_BIAS=True, SOFTPLUS=True, HAS_H0=False, RESET=0, STORE_LAST=False,
+             STORE_CKPT=False)
+# BLOCK_L, BLOCK_D, warps: the H200's picks for (128, 4, 3136, N=1, G=4) bf16 BLD / BDL, and the narrow budget's edges
+for block_l, block_d, warps in ((512, 1, 4), (256, 1, 4), (2048, 1, 8), (64, 32, 8)):
+    for dtype in ("bf16", "fp32"):
+        for summary in (False, True):
+            tile = dict(flags, SUMMARY=summary, BLOCK_L=block_l, BLOCK_D=block_d, BLOCK_N=1, PREFETCH=1)
+            kernel = compile_for_sm90(tiled.selective_scan_fwd_tiled_kernel, tile, warps, scan_pointer_type(dtype))
+            with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+                f.write(kernel.asm["cubin"])
+                f.flush()
+                usage = subprocess.run([TOOLS / "cuobjdump", "--dump-resource-usage", f.name], capture_output=True,
+                                       text=True, check=True).stdout
+            stack = int(usage.split("STACK:")[1].split()[0])
+            print("built", block_l, block_d, dtype, summary, "stack", stack)
+"""
+
+
+def test_narrow_tiles_build_for_sm90_without_spills():
+    """The narrow tiles with prefetch, built for an H100/H200 (Triton's bundled ptxas; no GPU): the measured picks and
+    the register budget's largest tiles compile for both passes and keep everything in registers (no stack)."""
+    result = run_without_interpreter(SM90_NARROW)
+    assert result.returncode == 0, result.stderr[-4000:]
+    lines = [line for line in result.stdout.splitlines() if line.startswith("built")]
+    assert len(lines) == 16, result.stdout
+    assert all(line.endswith("stack 0") for line in lines), result.stdout
