@@ -127,8 +127,15 @@ def time_call(call, device, args) -> dict[str, float]:
 
 
 def run_one(shape, dname, layout, kernel, train, chunk_len, device, args) -> dict | None:
-    os.environ[SCAN_FWD_ENV] = kernel
     chunk.forced_chunk_len = chunk_len or None
+    try:
+        return _run_one(shape, dname, layout, kernel, train, chunk_len, device, args)
+    finally:
+        chunk.forced_chunk_len = None
+
+
+def _run_one(shape, dname, layout, kernel, train, chunk_len, device, args) -> dict | None:
+    os.environ[SCAN_FWD_ENV] = kernel
     dtype = DTYPES[dname]
     err = check(shape, dtype, layout, device, train)
     tol = 1e-4 if dtype == torch.float32 else 3e-2
@@ -147,7 +154,6 @@ def run_one(shape, dname, layout, kernel, train, chunk_len, device, args) -> dic
     b, d, length, n, g = shape
     row["chunks"] = chunk.plan_chunks(b, g, d // g, length, device, kernel)
     row["config"] = str(getattr(KERNELS[kernel], "best_config", None))
-    chunk.forced_chunk_len = None
     return row
 
 

@@ -128,12 +128,16 @@ def direct_launches() -> int:
     return _direct_launches
 
 
-def signature(args: tuple) -> list:
+def signature(args: tuple, aligned: bool = True) -> list:
     """What a launch's compiled kernel depends on, per positional argument: a tensor's dtype and 16-byte alignment,
     any other value's type and value. Triton 3.6 specialises a tensor on its dtype and `data_ptr() % 16 == 0`, an
     int on `== 1` (then a constexpr), `% 16 == 0` and its i32/i64/u64 range, a bool (u1) and a float (fp32) on their
     type, None as a constexpr: all fixed by these. Finer than Triton where `do_not_specialize` drops a property (the
-    same compiled kernel is then recorded under each value), never coarser: the type keeps 1, 1.0 and True apart."""
+    same compiled kernel is then recorded under each value), never coarser: the type keeps 1, 1.0 and True apart.
+    `aligned=False` leaves the alignment out (a tensor is its dtype): enough when Triton's own binder specialises
+    each launch, as the autotuner's and heuristics' choices do not depend on it."""
+    if not aligned:
+        return [a.dtype if isinstance(a, Tensor) else (type(a), a) for a in args]
     return [(a.dtype, a.data_ptr() % 16 == 0) if isinstance(a, Tensor) else (type(a), a) for a in args]
 
 
@@ -147,7 +151,7 @@ def launch(kernel, grid: tuple | Callable[[dict], tuple], *args, **flags) -> dic
     compiled kernel Triton picked; later ones launch that kernel directly (`_run_direct`, Triton 3.6 on a GPU), skipping
     Triton's argument binder and cache lookup too. Returns the meta-parameters used."""
     global _direct_launches
-    key = (id(kernel), *signature(args), *flags.items())
+    key = (id(kernel), *signature(args, aligned=_direct), *flags.items())
     if _direct:
         key += (torch.cuda.current_device(),)  # the device whose kernel cache Triton used
     tuner = kernel if isinstance(kernel, Autotuner) else None

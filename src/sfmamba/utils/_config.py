@@ -22,27 +22,28 @@ def set_kernel_backend(backend: str | None) -> None:
     _kernel_override = backend
 
 
+_parsed_env: dict[tuple, str] = {}  # (name, raw value, choices, default) -> the parsed value
+
+
 def _env_choice(name: str, choices: tuple[str, ...], default: str) -> str:
-    """The value of environment variable `name`, lower-cased, `default` when unset or empty; ValueError otherwise."""
-    value = os.environ.get(name, default).strip().lower() or default
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+    """The value of environment variable `name`, lower-cased, `default` when unset or empty; ValueError otherwise.
+    Ops ask on every call (backend, scan kernels), so a raw value is parsed once; a bad one raises every time."""
+    raw = os.environ.get(name)
+    key = (name, raw, choices, default)
+    value = _parsed_env.get(key)
+    if value is None:
+        value = (raw or default).strip().lower() or default
+        if value not in choices:
+            raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+        _parsed_env[key] = value
     return value
 
 
-_parsed_kernel_env: tuple[str | None, str] = (None, "auto")  # (raw SFMAMBA_KERNEL, its parsed value)
-
-
 def kernel_backend() -> str:
-    """The requested backend: the override if set, else `SFMAMBA_KERNEL`, else `'auto'`. Every op asks on every
-    call, so the variable is parsed again only when its raw value changed."""
-    global _parsed_kernel_env
+    """The requested backend: the override if set, else `SFMAMBA_KERNEL`, else `'auto'`."""
     if _kernel_override is not None:
         return _kernel_override
-    raw = os.environ.get(KERNEL_ENV)
-    if raw != _parsed_kernel_env[0]:
-        _parsed_kernel_env = (raw, _env_choice(KERNEL_ENV, KERNEL_CHOICES, "auto"))
-    return _parsed_kernel_env[1]
+    return _env_choice(KERNEL_ENV, KERNEL_CHOICES, "auto")
 
 
 SCAN_FWD_ENV = "SFMAMBA_SCAN_FWD"

@@ -513,6 +513,11 @@ NARROW_MIN_LENGTH = 256  # `auto` runs the tiled forward on groups of AUTO_TILED
 AUTO_TILED_WIDTH = 1  # the only narrow width timed so far (VMeanba's reduced scans)
 
 
+def is_narrow(dim_per_group: int) -> bool:
+    """Whether the tiled forward gives a group of this many channels one program (narrow tiles, long step blocks)."""
+    return dim_per_group < NARROW_DIM
+
+
 def plan_chunks(
     batch: int, groups: int, dim_per_group: int, length: int, device: torch.device, kernel: str = "step"
 ) -> tuple[int, int]:
@@ -523,9 +528,9 @@ def plan_chunks(
         return forced_chunk_len, triton.cdiv(length, forced_chunk_len)
     if device.type != "cuda":
         return length, 1
-    narrow = kernel == "tiled" and dim_per_group < NARROW_DIM
+    narrow = kernel == "tiled" and is_narrow(dim_per_group)
     per_sm, longest = (TILED_PROGRAMS_PER_SM, length) if narrow else (TARGET_PROGRAMS_PER_SM, MAX_CHUNK_LEN)
-    programs = batch * groups * triton.cdiv(dim_per_group, NARROW_DIM)
+    programs = batch * groups * triton.cdiv(dim_per_group, 32)  # the smallest channel block either kernel gives a group
     wanted = per_sm * _sm_count(device)
     nchunks = max(1, min(triton.cdiv(wanted, programs), length // 16), triton.cdiv(length, longest))
     chunk_len = triton.cdiv(length, nchunks)

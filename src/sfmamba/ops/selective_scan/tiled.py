@@ -22,7 +22,7 @@ from ...utils._config import triton_interpret
 from .._launch import autotune as _autotune
 from .._launch import linear_recurrence as _linear_recurrence
 from .._launch import softplus as _softplus
-from .chunk import LOG2E, NARROW_DIM, _channel_block, _segments
+from .chunk import LOG2E, _channel_block, _segments, is_narrow
 
 __all__ = ["selective_scan_fwd_tiled_kernel"]
 
@@ -102,7 +102,7 @@ def _fwd_configs() -> list[triton.Config]:
 def block_d_for(dim_per_group: int) -> int | None:
     """The channel block a group of `dim_per_group` channels takes: its width rounded up to a power of two when
     narrow, None (autotuned among the wide blocks) otherwise."""
-    return triton.next_power_of_2(dim_per_group) if dim_per_group < NARROW_DIM else None
+    return triton.next_power_of_2(dim_per_group) if is_narrow(dim_per_group) else None
 
 
 def _fits_registers(config: triton.Config, nstate: int) -> bool:
