@@ -260,7 +260,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--backward", action="store_true", help="also time forward+backward")
     parser.add_argument("--cuda-graph", action="store_true", help="time the forward under CUDA graphs")
     parser.add_argument("--smoke", action="store_true", help="one tiny shape (runs on a CPU under TRITON_INTERPRET=1)")
-    parser.add_argument("--shapes", type=int, nargs="+", default=None, help="indices into SHAPES (default: all)")
+    parser.add_argument(
+        "--shapes",
+        type=int,
+        nargs="+",
+        default=None,
+        choices=range(len(SHAPES)),
+        help="indices into SHAPES (default: all)",
+    )
     parser.add_argument("--output", type=Path, default=None, help="JSON path (default benchmarks/results/...)")
     parser.add_argument("--model", default=None, help="also time this model's forward versus K (e.g. vmamba_v2_tiny)")
     parser.add_argument("--model-batch", type=int, default=128)

@@ -189,7 +189,9 @@ def main() -> None:
     parser.add_argument("--dtypes", nargs="+", choices=list(DTYPES), default=["bf16", "fp32"])
     parser.add_argument("--layouts", nargs="+", choices=["BLD", "BDL"], default=["BLD", "BDL"])
     parser.add_argument("--kernels", nargs="+", choices=list(KERNELS), default=list(KERNELS))
-    parser.add_argument("--shapes", type=int, nargs="+", default=None, help="indices into SHAPES")
+    parser.add_argument(
+        "--shapes", type=int, nargs="+", default=None, choices=range(len(SHAPES)), help="indices into SHAPES"
+    )
     parser.add_argument("--train", action="store_true", help="also time the forward that stores checkpoints")
     parser.add_argument("--chunk-lens", type=int, nargs="+", default=[0], help="forced chunk lengths (0: planner)")
     parser.add_argument("--backward", action="store_true", help="time forward + backward (kernel pairs)")
