@@ -130,6 +130,24 @@ def cases() -> Iterator[tuple[str, Case]]:
         yield f"drop_path {batch}x{per_sample} off{offset}", drop_path_case(batch, per_sample, offset)
 
 
+def trim_autotuners(most: int) -> int:
+    """Every loaded sfmamba autotuner without a config pruner keeps its first `most` configs (at least two, so the
+    autotuned path is still exercised): each case compiles every config of every kernel it reaches, minutes in all on
+    the full lists. Returns how many autotuners were trimmed."""
+    from triton.runtime.autotuner import Autotuner
+
+    trimmed = 0
+    for name, module in list(sys.modules.items()):
+        if not name.startswith("sfmamba.ops"):
+            continue
+        for kernel in vars(module).values():
+            if isinstance(kernel, Autotuner) and kernel.early_config_prune is None and len(kernel.configs) > most:
+                kernel.configs = kernel.configs[:most]
+                kernel.cache.clear()
+                trimmed += 1
+    return trimmed
+
+
 def bits(t: Tensor) -> Tensor:
     ints = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
     return t.contiguous().view(ints[t.element_size()])
@@ -195,10 +213,18 @@ def timings(calls: int) -> list[dict]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--calls", type=int, default=1000, help="calls per timing")
+    parser.add_argument(
+        "--max-configs",
+        type=int,
+        default=0,
+        help="trim every autotuner to its first N configs (N >= 2; 0 = keep them all)",
+    )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="where the JSON goes")
     args = parser.parse_args()
     if args.calls < 1:
         raise ValueError(f"--calls must be positive, got {args.calls}")
+    if args.max_configs == 1 or args.max_configs < 0:
+        raise ValueError(f"--max-configs must be 0 (all) or at least 2, got {args.max_configs}")
     if not torch.cuda.is_available():
         print("check_direct_launch: needs a CUDA GPU")
         return 2
@@ -207,6 +233,8 @@ def main() -> int:
               f"(verified: {_launch.DIRECT_TRITON_VERSIONS}) or under TRITON_INTERPRET")  # fmt: skip
         return 2
     # each case compiles (and autotunes) its own specialisations first: minutes in all, so rows print as they finish
+    if args.max_configs:
+        print(f"trimmed {trim_autotuners(args.max_configs)} autotuners to {args.max_configs} configs", flush=True)
     print(f"{'case':<40} {'identical':>9} {'direct launches':>16}", flush=True)
     results = []
     for name, case in cases():
@@ -226,6 +254,7 @@ def main() -> int:
         "python": platform.python_version(),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "settings": {k: v for k, v in os.environ.items() if k.startswith(("SFMAMBA_", "TRITON_"))},
+        "max_configs": args.max_configs,
         "cases": results,
         "timings": times,
         "failed": failed,

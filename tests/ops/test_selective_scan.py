@@ -869,11 +869,13 @@ from sfmamba.testing import compile_for_sm90, scan_pointer_type
 
 common = dict(HAS_D=True, HAS_BIAS=True, SOFTPLUS=True, PREFETCH=1)
 infer, train = dict(HAS_Z=False, HAS_H0=False), dict(HAS_Z=True, HAS_H0=True)
-for summary, reset, extra, dtype in ((False, 0, infer, "bf16"), (True, 1, train, "fp32"), (False, 2, train, "fp16")):
+for summary, reset, extra, dtype, unroll in ((False, 0, infer, "bf16", 1), (True, 1, train, "fp32", 2),
+                                             (False, 2, train, "fp16", 4), (False, 0, infer, "bf16", 4)):
     flags = dict(common, **extra, RESET=reset, STORE_LAST=extra is train, STORE_CKPT=extra is train,
-                 SUMMARY=summary, BLOCK_D=32, BLOCK_N=8)
+                 SUMMARY=summary, BLOCK_D=32, BLOCK_N=8, UNROLL=unroll)
     compiled = compile_for_sm90(chunk.selective_scan_fwd_kernel, flags, 1, scan_pointer_type(dtype))
-    print("fwd", "cubin" if compiled.asm.get("cubin") else "no cubin", summary, reset)
+    loops = compiled.asm["ttgir"].count("scf.for")
+    print("fwd", "cubin" if compiled.asm.get("cubin") else "no cubin", summary, reset, unroll, f"loops={loops}")
 for nstate, summary, reset, extra in ((8, False, 0, infer), (8, False, 1, train), (1, False, 2, train),
                                       (8, True, 1, infer)):
     block_n, steps = triton.next_power_of_2(nstate), chunk.bwd_chunk_for(nstate)
@@ -886,14 +888,19 @@ for nstate, summary, reset, extra in ((8, False, 0, infer), (8, False, 1, train)
 
 
 def test_step_kernels_compile_for_sm90():
-    """The interpreter never compiles: build the step forward (main, summary and training flag sets) and backward for
-    an H100 with Triton's bundled ptxas, and check that the backward's main pass is fully unrolled for N = 8 and N = 1
+    """The interpreter never compiles: build the step forward (main, summary and training flag sets, step loop unrolled
+    1-4 times) and backward for an H100 with Triton's bundled ptxas, and check that the backward's main pass is fully unrolled for N = 8 and N = 1
     (bwd_chunk_for <= MAX_UNROLL: the stored states are then indexed statically, no selects) while its summary pass
     keeps its loop."""
     result = run_without_interpreter(STEP_SM90_COMPILE)
     assert result.returncode == 0, result.stderr[-4000:]
     lines = result.stdout.splitlines()
-    assert len(lines) == 7 and all(" cubin " in f" {line} " for line in lines), result.stdout
+    assert len(lines) == 8 and all(" cubin " in f" {line} " for line in lines), result.stdout
+    # UNROLL > 1 unrolls the forward's step loop (its trip count is dynamic: an unrolled loop plus a remainder loop)
+    forward = [line.split() for line in lines if line.startswith("fwd")]
+    assert [(fields[-2], fields[-1]) for fields in forward] == [
+        ("1", "loops=1"), ("2", "loops=2"), ("4", "loops=2"), ("4", "loops=2")
+    ], result.stdout
     backward = [line for line in lines if line.startswith("bwd")]
     assert [line.endswith("unrolled") for line in backward] == [True, True, True, False], result.stdout
     assert all(chunk.bwd_chunk_for(n) <= chunk.MAX_UNROLL for n in (1, 2, 4, 8, 16, 64))

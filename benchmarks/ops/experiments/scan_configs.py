@@ -4,11 +4,13 @@ the autotuner's pick, which times the kernel alone with L2 flushed.
 
     python benchmarks/ops/experiments/scan_configs.py --kernel bwd [--all-configs] [--shapes 0 2]
         [--dtypes bfloat16 float32] [--unroll 16 0] [--budget-s 300]
-    python benchmarks/ops/experiments/scan_configs.py --kernel fwd --prefetch 1 2
+    python benchmarks/ops/experiments/scan_configs.py --kernel fwd --prefetch 1 2 [--fwd-unroll 1 2 4]
+        [--blocks 16 32 64 128] [--warps 1] [--chunks 0 1 2]
 
 `--kernel bwd`: each (config, unroll) setting restricts the backward autotuner to that one config and sets
 `chunk.MAX_UNROLL` (0 = the main pass stays a loop), timing forward+backward. `--kernel fwd`: each forward config
-(BLOCK_D x warps) at each `--prefetch` depth, timing the inference forward. Every setting is checked against the
+(BLOCK_D x warps x UNROLL) at each `--prefetch` depth and each `--chunks` count (0 = the planner's), timing the
+inference forward. Every setting is checked against the
 fp32 reference (`rel_err`; forward and every gradient for bwd). Prints registers/spills of the last compiled variant and the autotuner's own pick (timed the
 same way), and writes benchmarks/results/scan_configs_<kernel>_<date>.json (the backward's first run, 2026-12-02,
 was written as bwd_configs_<date>.json).
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import itertools
 import json
 import sys
 import time
@@ -56,7 +59,8 @@ def settings(args) -> list[tuple[str, int, list]]:
     """(label, MAX_UNROLL, [one config]) per timed setting; label "autotuned" = the default configs."""
     base = DEFAULT_CONFIGS[args.kernel]
     if args.kernel == "fwd":
-        configs = K._fwd_configs(tuple(args.prefetch))
+        configs = K._fwd_configs(tuple(args.prefetch), tuple(args.fwd_unroll), tuple(args.blocks))
+        configs = [c for c in configs if c.num_warps in args.warps]
         return [(str(c), DEFAULT_UNROLL, [c]) for c in configs] + [("autotuned", DEFAULT_UNROLL, base)]
     if args.all_configs:  # the backward's configs before 2026-12-02 (also PREFETCH 0 and two warps)
         base = [triton.Config({"BLOCK_D": bd, "PREFETCH": p}, num_warps=w)
@@ -71,6 +75,18 @@ def main() -> None:
     parser.add_argument("--dtypes", nargs="+", default=["bfloat16", "float32"])
     parser.add_argument("--unroll", type=int, nargs="+", default=[DEFAULT_UNROLL, 0], help="bwd: MAX_UNROLL values")
     parser.add_argument("--prefetch", type=int, nargs="+", default=[1], choices=[0, 1, 2], help="fwd: load depths")
+    parser.add_argument(
+        "--fwd-unroll", type=int, nargs="+", default=[1], help="fwd: UNROLL values (steps per loop body)"
+    )
+    parser.add_argument("--blocks", type=int, nargs="+", default=[32, 64, 128], help="fwd: BLOCK_D values")
+    parser.add_argument("--warps", type=int, nargs="+", default=[1, 2, 4], help="fwd: num_warps values")
+    parser.add_argument(
+        "--chunks",
+        type=int,
+        nargs="+",
+        default=[0],
+        help="chunks over L per row (0 = the planner's; 1 = no summary pass)",
+    )
     parser.add_argument("--all-configs", action="store_true", help="bwd: also PREFETCH 0 and two-warp configs")
     parser.add_argument("--rep-ms", type=int, default=60)
     parser.add_argument("--budget-s", type=float, default=300)
@@ -85,9 +101,10 @@ def main() -> None:
         shape = MAIN_SHAPES[index]
         for dtype_name in args.dtypes:
             dtype = getattr(torch, dtype_name)
-            for label, unroll, configs in settings(args):
+            for nchunks, (label, unroll, configs) in itertools.product(args.chunks, settings(args)):
                 if time.time() - start > args.budget_s:
                     break
+                K.forced_chunk_len = triton.cdiv(shape.length, nchunks) if nchunks else None
                 K.MAX_UNROLL = unroll
                 kernel.configs = configs
                 kernel.cache.clear()
@@ -95,13 +112,14 @@ def main() -> None:
                 us = time_provider(fn, shape, dtype, layout, mode, bench_args, "graph")
                 flushed = time_provider(fn, shape, dtype, layout, mode, bench_args, "graph_flushed")[0]
                 picked = str(kernel.best_config) if label == "autotuned" else label
-                rows.append(dict(shape=shape.name, dtype=dtype_name, kernel=args.kernel, unroll=unroll,
+                rows.append(dict(shape=shape.name, dtype=dtype_name, kernel=args.kernel, unroll=unroll, chunks=nchunks,
                                  setting=label, config=picked, us=us, flushed_us=flushed, rel_err=err,
                                  regs_spills=compiled_stats(kernel)[-1:]))  # fmt: skip
-                print(f"{shape.name} {dtype_name} unroll={unroll:2d} {label}: {us[0]:7.1f} us (L2 flushed {flushed:7.1f}) "
+                print(f"{shape.name} {dtype_name} chunks={nchunks} unroll={unroll:2d} {label}: {us[0]:7.1f} us (L2 flushed {flushed:7.1f}) "
                       f"regs/spills {rows[-1]['regs_spills']}" + (f" picked {picked}" if label == "autotuned" else ""),
                       flush=True)  # fmt: skip
     K.MAX_UNROLL = DEFAULT_UNROLL
+    K.forced_chunk_len = None
     stamp = datetime.datetime.now().strftime("%Y%m%dT%H%M%S")
     out = HERE.parent.parent / "results" / f"scan_configs_{args.kernel}_{stamp}.json"
     meta = dict(

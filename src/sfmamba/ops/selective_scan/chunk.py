@@ -143,18 +143,22 @@ def _fwd_inputs(u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, t, valid, ch, mask_d, off
     return x, dt, Bt, Ct, zt
 
 
-def _fwd_configs(prefetch: tuple[int, ...] = (1,)) -> list[triton.Config]:
+def _fwd_configs(
+    prefetch: tuple[int, ...] = (1,), unroll: tuple[int, ...] = (1,), blocks: tuple[int, ...] = (32, 64, 128)
+) -> list[triton.Config]:
     """Loads one step ahead by default: PREFETCH 0 lost 20-25 % wherever it was swept (H100, session 2; H200
-    2026-12-02: picked by the autotuner at (128, 160, 198, 8) bf16, 73 us against 66 us at L = 196). PREFETCH 2 is
-    for experiments (`benchmarks/ops/experiments/scan_settings.py --prefetch 1 2`) until a GPU run shows it faster."""
+    2026-12-02: picked by the autotuner at (128, 160, 198, 8) bf16, 73 us against 66 us at L = 196). PREFETCH 2,
+    UNROLL > 1 and BLOCK_D 16 are for experiments (`benchmarks/ops/experiments/scan_configs.py --kernel fwd`) until a
+    GPU run shows them faster."""
     if triton_interpret():
-        return [triton.Config({"BLOCK_D": 16, "PREFETCH": 1}, num_warps=1)]
+        return [triton.Config({"BLOCK_D": 16, "PREFETCH": 1, "UNROLL": 1}, num_warps=1)]
     return [
-        triton.Config({"BLOCK_D": bd, "PREFETCH": p}, num_warps=w)
-        for bd in (32, 64, 128)
+        triton.Config({"BLOCK_D": bd, "PREFETCH": p, "UNROLL": u}, num_warps=w)
+        for bd in blocks
         for w in (1, 2, 4)
         for p in prefetch
-        if bd >= 32 * w
+        for u in unroll
+        if bd >= 32 * w or w == 1
     ]
 
 
@@ -170,6 +174,7 @@ def selective_scan_fwd_kernel(
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_H0: tl.constexpr, RESET: tl.constexpr, STORE_LAST: tl.constexpr, STORE_CKPT: tl.constexpr,
     SUMMARY: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, PREFETCH: tl.constexpr,
+    UNROLL: tl.constexpr = 1,
 ):  # fmt: skip
     # One program: one image, BLOCK_D channels of one group, one chunk of `chunk_len` steps, walked sequentially
     # with the whole [N, BLOCK_D] state in registers (state index inside each thread: no shuffles per step).
@@ -204,7 +209,9 @@ def selective_scan_fwd_kernel(
         ahead2 = _fwd_inputs(u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, t_start + 1, t_start + 1 < t_end, ch, mask_d,
                              offs_n, NSTATE, su_l, su_d, sdt_l, sdt_d, sB_l, sB_n, sC_l, sC_n, sz_l, sz_d, HAS_Z,
                              SUMMARY)  # fmt: skip
-    for t in range(t_start, t_end):
+    # UNROLL > 1: ptxas interleaves consecutive steps' math (only h carries over a step); one warp per scheduler then
+    # issues back to back instead of waiting out one step's chain of exp2/softplus latencies
+    for t in tl.range(t_start, t_end, loop_unroll_factor=UNROLL):
         if PREFETCH:
             x, dt, Bt, Ct, zt = ahead
             fresh = _fwd_inputs(u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, t + PREFETCH, t + PREFETCH < t_end, ch, mask_d,
