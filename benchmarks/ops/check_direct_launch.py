@@ -134,12 +134,15 @@ def trim_autotuners(most: int) -> int:
     """Every loaded sfmamba autotuner without a config pruner keeps its first `most` configs (at least two, so the
     autotuned path is still exercised): each case compiles every config of every kernel it reaches, minutes in all on
     the full lists. Returns how many autotuners were trimmed."""
+    import importlib
+    import pkgutil
+
+    import sfmamba.ops
     from triton.runtime.autotuner import Autotuner
 
     trimmed = 0
-    for name, module in list(sys.modules.items()):
-        if not name.startswith("sfmamba.ops"):
-            continue
+    for info in pkgutil.walk_packages(sfmamba.ops.__path__, "sfmamba.ops."):  # kernel modules load lazily: import all
+        module = importlib.import_module(info.name)
         for kernel in vars(module).values():
             if isinstance(kernel, Autotuner) and kernel.early_config_prune is None and len(kernel.configs) > most:
                 kernel.configs = kernel.configs[:most]

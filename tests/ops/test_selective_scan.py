@@ -371,12 +371,13 @@ def test_chunk_long_sequence_backward(layout, dtype, kernel):
     compare_with_reference(inputs, dtype, {"delta_softplus": True, "layout": layout}, backward=True, kernel=kernel)
 
 
-@pytest.mark.parametrize("prefetch", [0, 2])
+@pytest.mark.parametrize("prefetch", [0, 2, 8])
 @pytest.mark.parametrize("layout, kernel", [("BDL", "triton"), ("BLD", "triton-2pass")])
 def test_chunk_prefetch_depths(layout, kernel, prefetch):
     """The loop variants the interpreter's one config (PREFETCH 1) does not reach: loads issued in the step that uses
-    them (PREFETCH 0, forward and backward) and two steps ahead (PREFETCH 2, forward; the backward has 0 and 1):
-    forward, last states, every gradient."""
+    them (PREFETCH 0, forward and backward) and a ring of two or eight steps ahead (forward; the backward has 0 and 1;
+    eight is more than the two-chunk run's chunks are long, so the ring starts and ends past the chunk): forward, last
+    states, every gradient."""
     torch.manual_seed(42)
     inputs = make_inputs(2, 23, 20, 8, 2, layout, segments=2)
     kernels = (chunk.selective_scan_fwd_kernel, chunk.selective_scan_bwd_kernel)

@@ -147,7 +147,7 @@ def _fwd_configs(
     prefetch: tuple[int, ...] = (1,), unroll: tuple[int, ...] = (1,), blocks: tuple[int, ...] = (32, 64, 128)
 ) -> list[triton.Config]:
     """Loads one step ahead by default: PREFETCH 0 lost 20-25 % wherever it was swept (H100, session 2; H200
-    2026-12-02: picked by the autotuner at (128, 160, 198, 8) bf16, 73 us against 66 us at L = 196). PREFETCH 2,
+    2026-12-02: picked by the autotuner at (128, 160, 198, 8) bf16, 73 us against 66 us at L = 196). PREFETCH 2-8,
     UNROLL > 1 and BLOCK_D 16 are for experiments (`benchmarks/ops/experiments/scan_configs.py --kernel fwd`) until a
     GPU run shows them faster."""
     if triton_interpret():
@@ -200,27 +200,23 @@ def selective_scan_fwd_kernel(
         h = tl.load(chunk_S_ptr + chunk_base + c * D_total * NSTATE + state_offs, mask=mask_dn & (c > 0), other=0.0)
     t_start = c * chunk_len
     t_end = tl.minimum(t_start + chunk_len, L)
-    # PREFETCH = k: step t + k's loads are issued before step t's math (the loop waits on load latency; one step of
-    # math does not cover a load at the few warps per scheduler these grids leave)
-    ahead = _fwd_inputs(u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, t_start, t_start < t_end, ch, mask_d, offs_n, NSTATE,
-                        su_l, su_d, sdt_l, sdt_d, sB_l, sB_n, sC_l, sC_n, sz_l, sz_d, HAS_Z, SUMMARY)  # fmt: skip
-    ahead2 = ahead
-    if PREFETCH == 2:
-        ahead2 = _fwd_inputs(u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, t_start + 1, t_start + 1 < t_end, ch, mask_d,
-                             offs_n, NSTATE, su_l, su_d, sdt_l, sdt_d, sB_l, sB_n, sC_l, sC_n, sz_l, sz_d, HAS_Z,
-                             SUMMARY)  # fmt: skip
+    # PREFETCH = k: step t + k's loads are issued before step t's math, from a ring of the next k steps' loads (the
+    # loop waits on load latency: one step of math at the few warps per scheduler these grids leave covers a fraction
+    # of an L2 round trip, let alone a DRAM one)
+    ring = ()
+    for i in tl.static_range(PREFETCH):
+        ring = ring + (_fwd_inputs(u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, t_start + i, t_start + i < t_end, ch, mask_d,
+                                   offs_n, NSTATE, su_l, su_d, sdt_l, sdt_d, sB_l, sB_n, sC_l, sC_n, sz_l, sz_d, HAS_Z,
+                                   SUMMARY),)  # fmt: skip
     # UNROLL > 1: ptxas interleaves consecutive steps' math (only h carries over a step); one warp per scheduler then
     # issues back to back instead of waiting out one step's chain of exp2/softplus latencies
     for t in tl.range(t_start, t_end, loop_unroll_factor=UNROLL):
         if PREFETCH:
-            x, dt, Bt, Ct, zt = ahead
+            x, dt, Bt, Ct, zt = ring[0]
             fresh = _fwd_inputs(u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, t + PREFETCH, t + PREFETCH < t_end, ch, mask_d,
                                 offs_n, NSTATE, su_l, su_d, sdt_l, sdt_d, sB_l, sB_n, sC_l, sC_n, sz_l, sz_d, HAS_Z,
                                 SUMMARY)  # fmt: skip
-            if PREFETCH == 2:
-                ahead, ahead2 = ahead2, fresh
-            else:
-                ahead = fresh
+            ring = ring[1:] + (fresh,)
         else:
             x, dt, Bt, Ct, zt = _fwd_inputs(u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, t, True, ch, mask_d, offs_n, NSTATE,
                                             su_l, su_d, sdt_l, sdt_d, sB_l, sB_n, sC_l, sC_n, sz_l, sz_d, HAS_Z,
