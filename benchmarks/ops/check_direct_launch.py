@@ -137,8 +137,9 @@ def trim_autotuners(most: int) -> int:
     import importlib
     import pkgutil
 
-    import sfmamba.ops
     from triton.runtime.autotuner import Autotuner
+
+    import sfmamba.ops
 
     trimmed = 0
     for info in pkgutil.walk_packages(sfmamba.ops.__path__, "sfmamba.ops."):  # kernel modules load lazily: import all

@@ -890,9 +890,9 @@ for nstate, summary, reset, extra in ((8, False, 0, infer), (8, False, 1, train)
 
 def test_step_kernels_compile_for_sm90():
     """The interpreter never compiles: build the step forward (main, summary and training flag sets, step loop unrolled
-    1-4 times) and backward for an H100 with Triton's bundled ptxas, and check that the backward's main pass is fully unrolled for N = 8 and N = 1
-    (bwd_chunk_for <= MAX_UNROLL: the stored states are then indexed statically, no selects) while its summary pass
-    keeps its loop."""
+    1-4 times) and backward for an H100 with Triton's bundled ptxas, and check that the backward's main pass is fully
+    unrolled for N = 8 and N = 1 (bwd_chunk_for <= MAX_UNROLL: the stored states are then indexed statically, no
+    selects) while its summary pass keeps its loop."""
     result = run_without_interpreter(STEP_SM90_COMPILE)
     assert result.returncode == 0, result.stderr[-4000:]
     lines = result.stdout.splitlines()
@@ -900,7 +900,10 @@ def test_step_kernels_compile_for_sm90():
     # UNROLL > 1 unrolls the forward's step loop (its trip count is dynamic: an unrolled loop plus a remainder loop)
     forward = [line.split() for line in lines if line.startswith("fwd")]
     assert [(fields[-2], fields[-1]) for fields in forward] == [
-        ("1", "loops=1"), ("2", "loops=2"), ("4", "loops=2"), ("4", "loops=2")
+        ("1", "loops=1"),
+        ("2", "loops=2"),
+        ("4", "loops=2"),
+        ("4", "loops=2"),
     ], result.stdout
     backward = [line for line in lines if line.startswith("bwd")]
     assert [line.endswith("unrolled") for line in backward] == [True, True, True, False], result.stdout

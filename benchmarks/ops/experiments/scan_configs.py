@@ -74,7 +74,9 @@ def main() -> None:
     parser.add_argument("--shapes", type=int, nargs="+", default=[0], help="indices into MAIN_SHAPES")
     parser.add_argument("--dtypes", nargs="+", default=["bfloat16", "float32"])
     parser.add_argument("--unroll", type=int, nargs="+", default=[DEFAULT_UNROLL, 0], help="bwd: MAX_UNROLL values")
-    parser.add_argument("--prefetch", type=int, nargs="+", default=[1], choices=[0, 1, 2, 4, 8], help="fwd: load depths (steps ahead)")
+    parser.add_argument(
+        "--prefetch", type=int, nargs="+", default=[1], choices=[0, 1, 2, 4, 8], help="fwd: load depths (steps ahead)"
+    )
     parser.add_argument(
         "--fwd-unroll", type=int, nargs="+", default=[1], help="fwd: UNROLL values (steps per loop body)"
     )
