@@ -164,7 +164,7 @@ print(_launch.direct_launch_enabled())
 """
 
 
-@pytest.mark.parametrize("setting, enabled", [(None, False), ("1", True), ("0", False)])
+@pytest.mark.parametrize("setting, enabled", [(None, True), ("1", True), ("0", False)])
 def test_direct_launch_switch_is_read_at_import(setting, enabled):
     env = {} if setting is None else {DIRECT_LAUNCH_ENV: setting}
     result = run_without_interpreter(READ_AT_IMPORT, env=env, timeout=300)

@@ -285,6 +285,20 @@ def test_plan_chunks_for_narrow_tiled_programs(monkeypatch):
     assert chunk.plan_chunks(128, 4, 1, 3136, torch.device("cpu"), "tiled") == (3136, 1)
 
 
+def test_plan_chunks_for_step_rows(monkeypatch):
+    """The step kernel splits a row only while the rows leave fewer than TARGET_PROGRAMS_PER_SM one-warp programs per
+    SM: MambaVision-T's scans at batch 128 (640 and 1280 programs of 32 channels on 132 SMs) run one chunk per row,
+    no summary pass; a batch of 8 still splits its rows; long rows stay capped at MAX_CHUNK_LEN."""
+    monkeypatch.setattr(chunk, "_sm_count", lambda device: 132)
+    gpu = torch.device("cuda")
+    assert chunk.plan_chunks(128, 1, 160, 196, gpu) == (196, 1)
+    assert chunk.plan_chunks(128, 1, 320, 49, gpu) == (49, 1)
+    assert chunk.plan_chunks(8, 1, 160, 196, gpu) == (17, 12)  # 40 programs: as many chunks as 16-step ones allow
+    assert chunk.plan_chunks(128, 4, 96, 3136, gpu) == (242, 13)
+    monkeypatch.setattr(chunk, "TARGET_PROGRAMS_PER_SM", 16)  # the planner before 2026-12-03
+    assert chunk.plan_chunks(128, 1, 160, 196, gpu) == (49, 4)
+
+
 @pytest.mark.parametrize("nstate", [1, 4, 8, 16, 64])
 def test_gpu_configs_pruned_to_registers(monkeypatch, nstate):
     """The GPU autotune list keeps only tiles whose [BLOCK_L, BLOCK_N, BLOCK_D] tensors fit the per-thread budget,

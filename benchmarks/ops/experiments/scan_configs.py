@@ -59,8 +59,9 @@ def settings(args) -> list[tuple[str, int, list]]:
     """(label, MAX_UNROLL, [one config]) per timed setting; label "autotuned" = the default configs."""
     base = DEFAULT_CONFIGS[args.kernel]
     if args.kernel == "fwd":
-        configs = K._fwd_configs(tuple(args.prefetch), tuple(args.fwd_unroll), tuple(args.blocks))
-        configs = [c for c in configs if c.num_warps in args.warps]
+        configs = K.sweep_fwd_configs(
+            tuple(args.prefetch), tuple(args.fwd_unroll), tuple(args.blocks), tuple(args.warps)
+        )
         return [(str(c), DEFAULT_UNROLL, [c]) for c in configs] + [("autotuned", DEFAULT_UNROLL, base)]
     if args.all_configs:  # the backward's configs before 2026-12-02 (also PREFETCH 0 and two warps)
         base = [triton.Config({"BLOCK_D": bd, "PREFETCH": p}, num_warps=w)

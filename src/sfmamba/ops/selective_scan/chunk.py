@@ -143,19 +143,31 @@ def _fwd_inputs(u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, t, valid, ch, mask_d, off
     return x, dt, Bt, Ct, zt
 
 
-def _fwd_configs(
-    prefetch: tuple[int, ...] = (1,), unroll: tuple[int, ...] = (1,), blocks: tuple[int, ...] = (32, 64, 128)
-) -> list[triton.Config]:
-    """Loads one step ahead by default: PREFETCH 0 lost 20-25 % wherever it was swept (H100, session 2; H200
-    2026-12-02: picked by the autotuner at (128, 160, 198, 8) bf16, 73 us against 66 us at L = 196). PREFETCH 2-8,
-    UNROLL > 1 and BLOCK_D 16 are for experiments (`benchmarks/ops/experiments/scan_configs.py --kernel fwd`) until a
-    GPU run shows them faster."""
+def _fwd_configs() -> list[triton.Config]:
+    """One warp; loads 2-4 steps ahead (PREFETCH), the step loop unrolled 1 or 4 times (UNROLL), 32 or 64 channels
+    per program. H200, 2026-12-03, one chunk per row (benchmarks/results/s12_20261203/call2), bf16: (128, 160, 196, 8)
+    43.8 us at BLOCK_D 64 / PREFETCH 4 / UNROLL 4 against 49.9 at the old one-step prefetch; (128, 320, 49, 8)
+    18.9-19.0 us at BLOCK_D 64 with UNROLL 4 against 28.6 without. PREFETCH 8 lost everywhere (registers). BLOCK_D
+    128 with one-step loads stays for long rows split into many chunks (the old picks there)."""
     if triton_interpret():
         return [triton.Config({"BLOCK_D": 16, "PREFETCH": 1, "UNROLL": 1}, num_warps=1)]
+    ring = [
+        triton.Config({"BLOCK_D": bd, "PREFETCH": p, "UNROLL": u}, num_warps=1)
+        for bd in (32, 64)
+        for p in (2, 4)
+        for u in (1, 4)
+    ]
+    return ring + [triton.Config({"BLOCK_D": 128, "PREFETCH": 1, "UNROLL": 1}, num_warps=w) for w in (1, 2)]
+
+
+def sweep_fwd_configs(
+    prefetch: tuple[int, ...], unroll: tuple[int, ...], blocks: tuple[int, ...], warps: tuple[int, ...]
+) -> list[triton.Config]:
+    """Every forward config of the given settings (for experiments: `benchmarks/ops/experiments/scan_configs.py`)."""
     return [
         triton.Config({"BLOCK_D": bd, "PREFETCH": p, "UNROLL": u}, num_warps=w)
         for bd in blocks
-        for w in (1, 2, 4)
+        for w in warps
         for p in prefetch
         for u in unroll
         if bd >= 32 * w or w == 1
@@ -500,7 +512,11 @@ def _num_segments(batch: int, length: int, seq_len: int | None, cu_seqlens: Tens
     return batch * (length // (seq_len or length))
 
 
-TARGET_PROGRAMS_PER_SM = 16  # enough resident warps to hide the per-step load latency
+TARGET_PROGRAMS_PER_SM = 4  # rows are split into chunks only below this many programs per SM: a split costs a summary
+# pass and a combine, and the load ring (PREFETCH) hides what fewer warps leave of the load latency. H200, 2026-12-03,
+# bf16 (benchmarks/results/s12_20261203/call1-2): (128, 320, 49, 8) one chunk 18.9 us vs 30.3-32.3 for the two that
+# 16 per SM gave; (128, 160, 196, 8) one chunk 43.8 us vs 52.4-54.2 for four (with L2 flushed before each call one
+# chunk loses, 70.6 vs 56.7-60.7: fewer warps wait longer on DRAM; a model's scan reads what the layer before it wrote)
 # Long rows are split further: a program walks at most this many steps (H100, L = 3136, N = 1, bf16: 523-step chunks
 # 957 us, 242-step 891 us, 143-step 850 us, 126-step 1274 us, 64-step 1038 us (before the O(chunks) combine);
 # benchmarks/results/fwd_prefetch_chunks_20261122T215532.json, scan_settings_fwd_20261122T220855.json)
