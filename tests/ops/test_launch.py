@@ -26,6 +26,46 @@ from sfmamba.utils._config import (
 )
 
 
+@pytest.mark.parametrize("has_do_bench", [True, False])
+def test_autotune_warm_l2_times_configs_in_a_cuda_graph(monkeypatch, has_do_bench):
+    """`warm_l2=True` hands Triton the graph-replay benchmark (no L2 flush) through `do_bench`, or through the
+    older `use_cuda_graph` where Triton has no `do_bench`; without it Triton's default benchmark stays."""
+    seen = {}
+
+    def fake_autotune(configs, key, **kwargs):
+        seen.clear()
+        seen.update(kwargs)
+        return lambda fn: fn
+
+    monkeypatch.setattr(triton, "autotune", fake_autotune)
+    monkeypatch.setattr(_launch, "_AUTOTUNE_DO_BENCH", has_do_bench)
+    _launch.autotune([triton.Config({})], ["N"], warm_l2=True)(lambda: None)
+    assert seen.get("do_bench") is (_launch.bench_l2_warm if has_do_bench else None)
+    assert seen.get("use_cuda_graph", False) is (not has_do_bench)
+    _launch.autotune([triton.Config({})], ["N"])(lambda: None)
+    assert "do_bench" not in seen and "use_cuda_graph" not in seen
+
+
+def test_bench_l2_warm_replays_a_graph_without_flushing(monkeypatch):
+    import triton.testing
+
+    calls = []
+    monkeypatch.setattr(triton.testing, "do_bench_cudagraph", lambda fn, rep, quantiles: calls.append((fn, quantiles)))
+    monkeypatch.setattr(triton.testing, "do_bench", lambda *a, **k: pytest.fail("the flushing benchmark ran"))
+    kernel_call = object()
+    _launch.bench_l2_warm(kernel_call, quantiles=(0.5, 0.2, 0.8))
+    assert calls == [(kernel_call, (0.5, 0.2, 0.8))]
+
+
+def test_scan_forward_is_tuned_on_warm_l2():
+    from sfmamba.ops.selective_scan import chunk
+
+    if _launch._AUTOTUNE_DO_BENCH:
+        assert chunk.selective_scan_fwd_kernel.do_bench is _launch.bench_l2_warm
+    else:
+        assert chunk.selective_scan_fwd_kernel.use_cuda_graph
+
+
 def test_autotune_keeps_timings_on_disk_where_triton_can(monkeypatch):
     seen = {}
 

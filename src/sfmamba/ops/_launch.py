@@ -25,6 +25,7 @@ __all__ = [
     "LOG2E",
     "approx",
     "autotune",
+    "bench_l2_warm",
     "fast_exp2",
     "in_functorch_transform",
     "last_dim_rows",
@@ -44,6 +45,7 @@ __all__ = [
 
 
 _AUTOTUNE_CACHES = "cache_results" in inspect.signature(triton.autotune).parameters
+_AUTOTUNE_DO_BENCH = "do_bench" in inspect.signature(triton.autotune).parameters  # else the older use_cuda_graph
 LOG2E = tl.constexpr(1.4426950408889634)
 LN2 = tl.constexpr(0.6931471805599453)
 # single-MUFU exp2/log2 (`approx`) in the kernels on the GPU unless SFMAMBA_FAST_MATH=0; the interpreter has no inline
@@ -51,13 +53,28 @@ LN2 = tl.constexpr(0.6931471805599453)
 FAST_MATH = tl.constexpr(fast_math())
 
 
-def autotune(configs: list[triton.Config], key: list[str], **kwargs):
+def bench_l2_warm(kernel_call, quantiles):
+    """Times a config by replaying the kernel in a CUDA graph, with L2 left as the previous call left it
+    (`triton.testing.do_bench_cudagraph`); Triton's default flushes L2 before each call."""
+    from triton.testing import do_bench_cudagraph
+
+    return do_bench_cudagraph(kernel_call, rep=20, quantiles=quantiles)
+
+
+def autotune(configs: list[triton.Config], key: list[str], warm_l2: bool = False, **kwargs):
     """`triton.autotune` that keeps its timings in Triton's disk cache where the installed Triton can: a new
     process (each training run, each DDP rank) then reuses them instead of re-benchmarking every config, which
     took about a minute of start-up per process. The cache key holds the GPU target, the kernel source and the
-    tuning key, so a changed kernel or another GPU tunes afresh."""
+    tuning key, so a changed kernel or another GPU tunes afresh.
+
+    `warm_l2`: time the configs on L2-resident inputs (`bench_l2_warm`), for kernels whose inputs the layer before
+    has just written. Triton's flushed timing favours configs that wait on DRAM well, and those are not the fastest
+    on L2-resident inputs (the step scan forward, H200 2026-12-03, (128, 160, 196, 8) bf16: its flushed pick took
+    51.6 us where the best config took 43.8; benchmarks/results/s12_20261203/call2-3)."""
     if _AUTOTUNE_CACHES:
         kwargs.setdefault("cache_results", True)
+    if warm_l2:
+        kwargs.update({"do_bench": bench_l2_warm} if _AUTOTUNE_DO_BENCH else {"use_cuda_graph": True})
     return triton.autotune(configs=configs, key=key, **kwargs)
 
 
