@@ -174,7 +174,7 @@ def sweep_fwd_configs(
     ]
 
 
-@_autotune(configs=_fwd_configs(), key=["Dg", "NSTATE", "chunk_len", "SUMMARY"], warm_l2=True)
+@_autotune(configs=_fwd_configs(), key=["Dg", "NSTATE", "chunk_len", "SUMMARY", "STORE_CKPT"], warm_l2=True)
 @triton.heuristics({"BLOCK_N": lambda args: triton.next_power_of_2(args["NSTATE"])})
 @triton.jit(do_not_specialize=["L", "seq_len", "nchunks", "ckpt_len"])
 def selective_scan_fwd_kernel(
