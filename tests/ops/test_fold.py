@@ -133,8 +133,9 @@ def test_cache_dir_precedence(tmp_path, monkeypatch):
 
 
 def test_heuristic_fold():
-    assert heuristic_fold(128, 160, 196, sm_count=132) == 2  # f=4 would leave 160 programs for 264 slots
-    assert heuristic_fold(128, 320, 49, sm_count=132) == 4
+    assert heuristic_fold(128, 160, 196, sm_count=132) == 1  # f=2 would leave 320 programs for 1056 slots
+    assert heuristic_fold(128, 320, 49, sm_count=132) == 1  # f=2: 640 programs
+    assert heuristic_fold(512, 320, 49, sm_count=132) == 4  # f=4: 1280 programs; f=8: 640 (< 8 per SM)
     assert heuristic_fold(128, 384, 3136, sm_count=132) == 1  # already long
     assert heuristic_fold(6, 4096, 16, sm_count=1) == 2  # only powers of two that divide the batch
     assert heuristic_fold(1024, 32, 16, sm_count=1) == 64  # capped by the folded length 1024

@@ -46,15 +46,56 @@ def test_autotune_warm_l2_times_configs_in_a_cuda_graph(monkeypatch, has_do_benc
     assert "do_bench" not in seen and "use_cuda_graph" not in seen
 
 
-def test_bench_l2_warm_replays_a_graph_without_flushing(monkeypatch):
-    import triton.testing
+def test_bench_l2_warm_replays_a_thread_local_graph_ordered_after_the_caller(monkeypatch):
+    """No GPU here: CUDA's stream, event and graph objects are fakes that log what the benchmark does with them. It
+    must order its side stream after the caller's stream (and the caller's after it), capture thread-locally on that
+    stream, never flush L2, and return per-call times in ms at the requested quantiles."""
+    log = []
 
-    calls = []
-    monkeypatch.setattr(triton.testing, "do_bench_cudagraph", lambda fn, rep, quantiles: calls.append((fn, quantiles)))
-    monkeypatch.setattr(triton.testing, "do_bench", lambda *a, **k: pytest.fail("the flushing benchmark ran"))
-    kernel_call = object()
-    _launch.bench_l2_warm(kernel_call, quantiles=(0.5, 0.2, 0.8))
-    assert calls == [(kernel_call, (0.5, 0.2, 0.8))]
+    class Stream:
+        def __init__(self, name="side"):
+            self.name = name
+
+        def wait_stream(self, other):
+            log.append(f"{self.name} waits for {other.name}")
+
+    class Event:
+        def __init__(self, enable_timing):
+            self.stamp = 0.0
+
+        def record(self):
+            self.stamp = len(log) * 1.0
+
+        def synchronize(self):
+            pass
+
+        def elapsed_time(self, other):
+            return 10.0  # ms: 5 eager calls -> 2 ms per call -> 10 calls captured; a replay -> 1 ms per call
+
+    class Graph:
+        def replay(self):
+            log.append("replay")
+
+    @contextlib.contextmanager
+    def graph(g, stream, capture_error_mode):
+        log.append(f"capture on {stream.name} ({capture_error_mode})")
+        yield
+        log.append("end capture")
+
+    caller = Stream("caller")
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda: caller)
+    monkeypatch.setattr(torch.cuda, "Stream", Stream)
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "Event", Event)
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", Graph)
+    monkeypatch.setattr(torch.cuda, "graph", graph)
+    times = _launch.bench_l2_warm(lambda: log.append("call"), quantiles=(0.5, 0.2, 0.8), rep_ms=20.0, replays=3)
+    assert log[0] == "side waits for caller" and log[-1] == "caller waits for side"
+    capture = log.index("capture on side (thread_local)")
+    assert log[1:capture] == ["call"] * 6  # warm-up + the 5-call estimate, all on the side stream
+    assert log[capture + 1 : log.index("end capture")] == ["call"] * 10
+    assert log.count("replay") == 3 and "flush" not in " ".join(log)
+    assert times == [1.0, 1.0, 1.0]
 
 
 def test_scan_forward_is_tuned_on_warm_l2():

@@ -376,8 +376,8 @@ def test_chunk_long_sequence_backward(layout, dtype, kernel):
 def test_chunk_prefetch_depths(layout, kernel, prefetch):
     """The loop variants the interpreter's one config (PREFETCH 1) does not reach: loads issued in the step that uses
     them (PREFETCH 0, forward and backward) and a ring of two or eight steps ahead (forward; the backward has 0 and 1;
-    eight is more than the two-chunk run's chunks are long, so the ring starts and ends past the chunk): forward, last
-    states, every gradient."""
+    eight is longer than the 7-step chunks of the two-pass run, so the ring reaches past its chunk from the start):
+    forward, last states, every gradient."""
     torch.manual_seed(42)
     inputs = make_inputs(2, 23, 20, 8, 2, layout, segments=2)
     kernels = (chunk.selective_scan_fwd_kernel, chunk.selective_scan_bwd_kernel)
@@ -870,10 +870,10 @@ from sfmamba.testing import compile_for_sm90, scan_pointer_type
 
 common = dict(HAS_D=True, HAS_BIAS=True, SOFTPLUS=True, PREFETCH=1)
 infer, train = dict(HAS_Z=False, HAS_H0=False), dict(HAS_Z=True, HAS_H0=True)
-for summary, reset, extra, dtype, unroll in ((False, 0, infer, "bf16", 1), (True, 1, train, "fp32", 2),
-                                             (False, 2, train, "fp16", 4), (False, 0, infer, "bf16", 4)):
+for summary, reset, extra, dtype, unroll, ring in ((False, 0, infer, "bf16", 1, 1), (True, 1, train, "fp32", 2, 2),
+                                                   (False, 2, train, "fp16", 4, 4), (False, 0, infer, "bf16", 4, 4)):
     flags = dict(common, **extra, RESET=reset, STORE_LAST=extra is train, STORE_CKPT=extra is train,
-                 SUMMARY=summary, BLOCK_D=32, BLOCK_N=8, UNROLL=unroll)
+                 SUMMARY=summary, BLOCK_D=32, BLOCK_N=8, UNROLL=unroll, PREFETCH=ring)
     compiled = compile_for_sm90(chunk.selective_scan_fwd_kernel, flags, 1, scan_pointer_type(dtype))
     loops = compiled.asm["ttgir"].count("scf.for")
     print("fwd", "cubin" if compiled.asm.get("cubin") else "no cubin", summary, reset, unroll, f"loops={loops}")

@@ -1,6 +1,7 @@
 """Scan-kernel experiment: every config of one kernel timed where it runs (CUDA graphs, L2 as the call leaves it),
 and with L2 flushed before every call (a model's backward reads inputs its forward wrote long before), to check
-the autotuner's pick, which times the kernel alone with L2 flushed.
+the autotuner's pick (the backward's autotuner times the kernel alone with L2 flushed; the forward's, since session
+12, by graph replay on L2-resident inputs).
 
     python benchmarks/ops/experiments/scan_configs.py --kernel bwd [--all-configs] [--shapes 0 2]
         [--dtypes bfloat16 float32] [--unroll 16 0] [--budget-s 300]

@@ -53,12 +53,40 @@ LN2 = tl.constexpr(0.6931471805599453)
 FAST_MATH = tl.constexpr(fast_math())
 
 
-def bench_l2_warm(kernel_call, quantiles):
-    """Times a config by replaying the kernel in a CUDA graph, with L2 left as the previous call left it
-    (`triton.testing.do_bench_cudagraph`); Triton's default flushes L2 before each call."""
-    from triton.testing import do_bench_cudagraph
+def bench_l2_warm(kernel_call: Callable[[], object], quantiles, rep_ms: float = 20.0, replays: int = 10) -> list[float]:
+    """Times a config by replaying `kernel_call` from a CUDA graph, with L2 left as the previous call left it
+    (Triton's default benchmark flushes L2 before each call). Returns the `quantiles` of the per-call time in ms.
 
-    return do_bench_cudagraph(kernel_call, rep=20, quantiles=quantiles)
+    Unlike `triton.testing.do_bench_cudagraph`: the side stream waits for the caller's stream (the tuning calls
+    write buffers the caching allocator may have just freed from kernels still queued there) and the caller's stream
+    waits for it afterwards; and the capture is thread-local, so another thread's CUDA calls (the device loader's
+    prefetch thread, `data/prefetch.py`) neither fail nor spoil it (see `utils/cuda_graph.py`)."""
+    caller = torch.cuda.current_stream()
+    side = torch.cuda.Stream()
+    side.wait_stream(caller)
+    with torch.cuda.stream(side):
+        kernel_call()  # compiled and warm before the estimate
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(5):
+            kernel_call()
+        end.record()
+        end.synchronize()
+        calls = max(1, min(1000, int(rep_ms / max(start.elapsed_time(end) / 5, 1e-3))))
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, stream=side, capture_error_mode="thread_local"):
+            for _ in range(calls):
+                kernel_call()
+        times = []
+        for _ in range(replays):
+            start.record()
+            graph.replay()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / calls)
+    caller.wait_stream(side)
+    ordered = torch.tensor(times)
+    return [float(ordered.quantile(q)) for q in quantiles]
 
 
 def autotune(configs: list[triton.Config], key: list[str], warm_l2: bool = False, **kwargs):

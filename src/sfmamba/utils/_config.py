@@ -85,9 +85,9 @@ DIRECT_LAUNCH_ENV = "SFMAMBA_DIRECT_LAUNCH"
 def direct_launch() -> bool:
     """Whether repeated kernel launches may skip Triton's argument binder (`ops._launch.launch`):
     `SFMAMBA_DIRECT_LAUNCH` (`1`, the default, or `0`). On by default since `benchmarks/ops/check_direct_launch.py`
-    passed on an H200 with Triton 3.6 (2026-12-03: 27 cases bit-identical, the direct path taken in each; 20-27 % less
-    host time per launch-bound op call). Read once, when `sfmamba.ops` is imported; only ever on for the Triton
-    versions `ops._launch` lists, and never under the interpreter."""
+    passed on an H200 with Triton 3.6 (2026-12-03, `--max-configs 2`: 27 cases bit-identical, the direct path taken
+    in each; 20-27 % less host time per launch-bound op call). Read once, when `sfmamba.ops` is imported; only ever
+    on for the Triton versions `ops._launch` lists, and never under the interpreter."""
     return _env_choice(DIRECT_LAUNCH_ENV, ("0", "1"), "1") == "1"
 
 

@@ -144,8 +144,8 @@ def _fwd_inputs(u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, t, valid, ch, mask_d, off
 
 
 def _fwd_configs() -> list[triton.Config]:
-    """One warp; loads 2-4 steps ahead (PREFETCH), the step loop unrolled 1 or 4 times (UNROLL), 32 or 64 channels
-    per program. H200, 2026-12-03, one chunk per row (benchmarks/results/s12_20261203/call2), bf16: (128, 160, 196, 8)
+    """One-warp programs of 32 or 64 channels with loads 2-4 steps ahead (PREFETCH) and the step loop unrolled 1 or 4
+    times (UNROLL); BLOCK_D 128 (one or two warps) with one-step loads. H200, 2026-12-03, one chunk per row (benchmarks/results/s12_20261203/call2), bf16: (128, 160, 196, 8)
     43.8 us at BLOCK_D 64 / PREFETCH 4 / UNROLL 4 against 49.9 at the old one-step prefetch; (128, 320, 49, 8)
     18.9-19.0 us at BLOCK_D 64 with UNROLL 4 against 28.6 without. PREFETCH 8 lost everywhere (registers). BLOCK_D
     128 with one-step loads stays for long rows split into many chunks (the old picks there)."""

@@ -61,7 +61,10 @@ SHIPPED_TABLE_PATH = Path(__file__).with_name("fold_defaults.json")
 # Heuristic constants (see `heuristic_fold`).
 TARGET_FOLDED_LENGTH = 1024
 CHANNELS_PER_PROGRAM = 32
-MIN_PROGRAMS_PER_SM = 2
+MIN_PROGRAMS_PER_SM = 8  # twice chunk.TARGET_PROGRAMS_PER_SM: below 4 per SM the scan planner splits folded rows
+# back into chunks (a summary pass and a combine), so such a fold only adds work; and at MambaVision-T's batch-128
+# scans one unfolded chunk per row (640-1280 programs on 132 SMs) is what the forward was tuned and measured on (H200,
+# 2026-12-03, benchmarks/results/s12_20261203); the H100 table also found unfolded fastest at 5 of its 6 shapes
 
 _DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
 _KEY_FIELDS = ("batch", "length", "dim", "d_state")
