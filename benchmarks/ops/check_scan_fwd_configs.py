@@ -1,0 +1,129 @@
+"""GPU check of every default config of the step scan forward (`chunk._fwd_configs()`): each config is forced alone,
+and the op is compared with the fp32 reference on odd lengths, forced chunk lengths (one chunk; 5 and 16 steps, so
+the load ring reaches past a chunk and the unrolled loop runs its remainder), periodic and packed resets, initial and
+last states, and every gradient, in fp32 and bf16, BLD layout (the models') and BDL. The interpreter ignores UNROLL
+and never compiles the ring, so only this run checks them. Prints one row per config and exits non-zero on any
+failure; writes benchmarks/results/scan_fwd_configs_<date>.json.
+
+    PYTHONPATH=src python benchmarks/ops/check_scan_fwd_configs.py [--out benchmarks/results]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import platform
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+import triton
+
+from sfmamba.ops.selective_scan import chunk, selective_scan
+from sfmamba.ops.selective_scan.naive import selective_scan_naive
+from sfmamba.testing import max_relative_error
+
+DEV = "cuda"
+TOLERANCE = {torch.float32: 2e-4, torch.bfloat16: 6e-2}  # worst tensor's max |err| / max |ref|
+LENGTHS = (23, 37, 196)
+CHUNK_LENS = (None, 5, 16)  # None: the planner's (one chunk per row here)
+RESETS = ("none", "seq_len", "cu_seqlens")
+
+
+def make_case(length: int, resets: str, layout: str, dtype: torch.dtype, seed: int) -> tuple[dict, dict]:
+    """(inputs in `dtype` requiring grad, keyword arguments) of a stable scan: 3 images, 40 channels, N = 8."""
+    gen = torch.Generator(device=DEV).manual_seed(seed)
+    batch, dim, nstate = 3, 40, 8
+    seq = (batch, dim, length) if layout == "BDL" else (batch, length, dim)
+    bc = (batch, nstate, length) if layout == "BDL" else (batch, length, nstate)
+
+    def rand(*shape: int, scale: float = 1.0, shift: float = 0.0) -> torch.Tensor:
+        return torch.randn(shape, device=DEV, generator=gen) * scale + shift
+
+    x = {"u": rand(*seq), "delta": rand(*seq, scale=0.5, shift=-1.0), "z": rand(*seq)}
+    x |= {"B": rand(*bc), "C": rand(*bc)}
+    x = {k: v.to(dtype) for k, v in x.items()}
+    x |= {"A": -torch.exp(rand(dim, nstate, scale=0.5)), "D": rand(dim), "delta_bias": rand(dim, scale=0.1)}
+    kwargs: dict = {"layout": layout}
+    segments = batch
+    if resets == "seq_len":
+        kwargs["seq_len"] = length if length % 2 else length // 2
+        segments = batch * (length // kwargs["seq_len"])
+    elif resets == "cu_seqlens":  # one packed row of uneven segments; B/C and the sequences share it
+        x = {k: (v[:1] if v.dim() == 3 else v) for k, v in x.items()}
+        kwargs["cu_seqlens"] = torch.tensor([0, 1, length // 3, length - 2, length], device=DEV, dtype=torch.int32)
+        segments = 4
+    x["initial_state"] = rand(segments, dim, nstate, scale=0.5)
+    return {k: v.detach().requires_grad_() for k, v in x.items()}, kwargs
+
+
+def run(fn, x: dict, kwargs: dict) -> list[torch.Tensor]:
+    out, last = fn(x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], x["z"], x["delta_bias"], True, True,
+                   initial_state=x["initial_state"], **kwargs)  # fmt: skip
+    weight = torch.linspace(-1, 1, out.numel(), device=DEV).view(out.shape)
+    grads = torch.autograd.grad((out.float() * weight).sum() + last.float().sum(), list(x.values()))
+    return [out, last, *grads]
+
+
+def check_config(config: triton.Config) -> dict:
+    chunk.selective_scan_fwd_kernel.configs = [config]
+    chunk.selective_scan_fwd_kernel.cache.clear()
+    worst, failures, cases = 0.0, [], 0
+    for length, resets, layout, dtype, chunk_len in itertools.product(
+        LENGTHS, RESETS, ("BLD", "BDL"), (torch.float32, torch.bfloat16), CHUNK_LENS
+    ):
+        cases += 1
+        chunk.forced_chunk_len = chunk_len
+        try:
+            x, kwargs = make_case(length, resets, layout, dtype, seed=length)
+            ref_x = {k: v.detach().float().requires_grad_() for k, v in x.items()}
+            got, want = run(selective_scan, x, kwargs), run(selective_scan_naive, ref_x, kwargs)
+            error = max(max_relative_error(w, g) for w, g in zip(want, got))
+        finally:
+            chunk.forced_chunk_len = None
+        worst = max(worst, error)
+        if not error <= TOLERANCE[dtype]:  # NaN fails too
+            failures.append(f"L{length} {resets} {layout} {str(dtype)[6:]} chunk {chunk_len}: {error:.2e}")
+    return {"config": str(config), "cases": cases, "worst": worst, "failures": failures}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="where the JSON goes")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        print("check_scan_fwd_configs: needs a CUDA GPU")
+        return 2
+    configs = chunk._fwd_configs()
+    rows = []
+    try:
+        for config in configs:
+            rows.append(check_config(config))
+            r = rows[-1]
+            print(f"{r['config']:<100} worst {r['worst']:.2e} failures {len(r['failures'])}", flush=True)
+            for failure in r["failures"][:5]:
+                print("   ", failure)
+    finally:
+        chunk.selective_scan_fwd_kernel.configs = configs
+        chunk.selective_scan_fwd_kernel.cache.clear()
+    report = {
+        "device": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "python": platform.python_version(),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "tolerance": {str(k)[6:]: v for k, v in TOLERANCE.items()},
+        "rows": rows,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"scan_fwd_configs_{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}.json"
+    path.write_text(json.dumps(report, indent=2))
+    failed = [r["config"] for r in rows if r["failures"]]
+    print(f"wrote {path}\n" + (f"FAILED: {failed}" if failed else "every config matches the reference"))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
