@@ -3,6 +3,7 @@ without a GPU."""
 
 from __future__ import annotations
 
+import inspect
 import os
 import subprocess
 import sys
@@ -66,13 +67,16 @@ def jit_function(kernel):
 def compile_for_sm90(kernel, constexprs: dict, num_warps: int, pointer_type: Callable[[str], str]):
     """Build a Triton kernel (under any autotune/heuristics wrappers) for an H100 with Triton's bundled ptxas -- no GPU
     needed -- so CI catches what the GPU compiler rejects (the interpreter never compiles). Arguments named in
-    `constexprs` are bound to those values, other `*_ptr` arguments typed by `pointer_type(name)`, the rest int32.
+    `constexprs` are bound to those values (constexprs not named there take their defaults), other `*_ptr` arguments
+    typed by `pointer_type(name)`, the rest int32.
     Returns Triton's compiled kernel (`.asm` holds ttgir, ptx, cubin). Call it where TRITON_INTERPRET is unset."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
     fn = jit_function(kernel)
+    defaults = {p.name: p.default for p in fn.params if p.is_constexpr and p.default is not inspect.Parameter.empty}
+    constexprs = defaults | constexprs  # a constexpr with a default (UNROLL: tl.constexpr = 1) need not be named
     signature = {
         name: "constexpr" if name in constexprs else pointer_type(name) if name.endswith("_ptr") else "i32"
         for name in fn.arg_names
