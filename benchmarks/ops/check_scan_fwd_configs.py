@@ -13,13 +13,13 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import platform
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 import triton
+from bench_conv_bn import environment  # benchmarks/ops is on sys.path when this script runs
 
 from sfmamba.ops.selective_scan import chunk, selective_scan
 from sfmamba.ops.selective_scan.naive import selective_scan_naive
@@ -109,11 +109,7 @@ def main() -> int:
         chunk.selective_scan_fwd_kernel.configs = configs
         chunk.selective_scan_fwd_kernel.cache.clear()
     report = {
-        "device": torch.cuda.get_device_name(),
-        "torch": torch.__version__,
-        "triton": triton.__version__,
-        "python": platform.python_version(),
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **environment(),
         "tolerance": {str(k)[6:]: v for k, v in TOLERANCE.items()},
         "rows": rows,
     }
