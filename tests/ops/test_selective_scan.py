@@ -38,6 +38,9 @@ LAYOUTS = ("BDL", "BLD")
 # a short sequence would leave idle; on CPU the launcher otherwise scans the whole row in one chunk
 KERNELS = ("naive", "triton", "triton-2pass")
 FORCED_CHUNK_LEN = {"naive": None, "triton": None, "triton-2pass": 7}
+# and the backward in spans of 2 chunks (summary pass + combine across spans, several chunks walked per program);
+# on CPU the launcher otherwise gives each program a whole row
+FORCED_BWD_SPAN = {"naive": None, "triton": None, "triton-2pass": 2}
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 # relative error ||out - ref|| / ||ref|| allowed for (forward, gradients), kernel vs fp32 reference on the same inputs
@@ -60,6 +63,7 @@ def backend(kernel: str):
     try:
         with (
             mock.patch.object(chunk, "forced_chunk_len", FORCED_CHUNK_LEN[kernel]),
+            mock.patch.object(chunk, "forced_bwd_span", FORCED_BWD_SPAN[kernel]),
             mock.patch.object(chunk, "selective_scan_triton", wraps=chunk.selective_scan_triton) as spy,
         ):
             yield
@@ -883,16 +887,16 @@ for nstate, summary, reset, extra in ((8, False, 0, infer), (8, False, 1, train)
     flags = dict(common, **extra, RESET=reset, HAS_DLAST=extra is train, SUMMARY=summary, CHUNK=steps, BLOCK_D=32,
                  BLOCK_N=block_n, UNROLL=steps)
     compiled = compile_for_sm90(chunk.selective_scan_bwd_kernel, flags, 1, scan_pointer_type("bf16"))
-    loops = "loops" if "scf.for" in compiled.asm["ttgir"] else "unrolled"
-    print("bwd", "cubin" if compiled.asm.get("cubin") else "no cubin", summary, reset, nstate, loops)
+    loops = compiled.asm["ttgir"].count("scf.for")
+    print("bwd", "cubin" if compiled.asm.get("cubin") else "no cubin", summary, reset, nstate, f"loops={loops}")
 """
 
 
 def test_step_kernels_compile_for_sm90():
     """The interpreter never compiles: build the step forward (main, summary and training flag sets, step loop unrolled
-    1-4 times) and backward for an H100 with Triton's bundled ptxas, and check that the backward's main pass is fully
-    unrolled for N = 8 and N = 1 (bwd_chunk_for <= MAX_UNROLL: the stored states are then indexed statically, no
-    selects) while its summary pass keeps its loop."""
+    1-4 times) and backward for an H100 with Triton's bundled ptxas, and check that the backward's main pass has one
+    loop, over its span's chunks, each chunk fully unrolled for N = 8 and N = 1 (bwd_chunk_for <= MAX_UNROLL: the
+    stored states are then indexed statically, no selects), and that its summary pass keeps its step loop."""
     result = run_without_interpreter(STEP_SM90_COMPILE)
     assert result.returncode == 0, result.stderr[-4000:]
     lines = result.stdout.splitlines()
@@ -906,7 +910,7 @@ def test_step_kernels_compile_for_sm90():
         ("4", "loops=2"),
     ], result.stdout
     backward = [line for line in lines if line.startswith("bwd")]
-    assert [line.endswith("unrolled") for line in backward] == [True, True, True, False], result.stdout
+    assert [line.split()[-1] for line in backward] == ["loops=1"] * 4, result.stdout
     assert all(chunk.bwd_chunk_for(n) <= chunk.MAX_UNROLL for n in (1, 2, 4, 8, 16, 64))
 
 

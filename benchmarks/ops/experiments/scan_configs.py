@@ -4,12 +4,14 @@ the autotuner's pick (the backward's autotuner times the kernel alone with L2 fl
 12, by graph replay on L2-resident inputs).
 
     python benchmarks/ops/experiments/scan_configs.py --kernel bwd [--all-configs] [--shapes 0 2]
-        [--dtypes bfloat16 float32] [--unroll 16 0] [--budget-s 300]
+        [--dtypes bfloat16 float32] [--unroll 16 0] [--bwd-spans 0 1 4] [--budget-s 300] [--out-dir DIR]
     python benchmarks/ops/experiments/scan_configs.py --kernel fwd --prefetch 1 2 [--fwd-unroll 1 2 4]
         [--blocks 16 32 64 128] [--warps 1] [--chunks 0 1 2]
 
 `--kernel bwd`: each (config, unroll) setting restricts the backward autotuner to that one config and sets
-`chunk.MAX_UNROLL` (0 = the main pass stays a loop), timing forward+backward. `--kernel fwd`: each forward config
+`chunk.MAX_UNROLL` (0 = the main pass stays a loop), timing forward+backward, at each `--bwd-spans` value (chunks
+per backward program, `chunk.forced_bwd_span`; 0 = `plan_bwd_spans`', 1 = one chunk per program as before session
+13). `--kernel fwd`: each forward config
 (BLOCK_D x warps x UNROLL) at each `--prefetch` depth and each `--chunks` count (0 = the planner's), timing the
 inference forward. Every setting is checked against the
 fp32 reference (`rel_err`; forward and every gradient for bwd). Prints registers/spills of the last compiled variant and the autotuner's own pick (timed the
@@ -91,7 +93,11 @@ def main() -> None:
         default=[0],
         help="chunks over L per row (0 = the planner's; 1 = no summary pass)",
     )
+    parser.add_argument(
+        "--bwd-spans", type=int, nargs="+", default=[0], help="bwd: chunks per backward program (0 = the planner's)"
+    )
     parser.add_argument("--all-configs", action="store_true", help="bwd: also PREFETCH 0 and two-warp configs")
+    parser.add_argument("--out-dir", type=Path, default=HERE.parent.parent / "results")
     parser.add_argument("--rep-ms", type=int, default=60)
     parser.add_argument("--budget-s", type=float, default=300)
     args = parser.parse_args()
@@ -105,10 +111,13 @@ def main() -> None:
         shape = MAIN_SHAPES[index]
         for dtype_name in args.dtypes:
             dtype = getattr(torch, dtype_name)
-            for nchunks, (label, unroll, configs) in itertools.product(args.chunks, settings(args)):
+            for nchunks, span, (label, unroll, configs) in itertools.product(
+                args.chunks, args.bwd_spans, settings(args)
+            ):
                 if time.time() - start > args.budget_s:
                     break
                 K.forced_chunk_len = triton.cdiv(shape.length, nchunks) if nchunks else None
+                K.forced_bwd_span = span or None
                 K.MAX_UNROLL = unroll
                 kernel.configs = configs
                 kernel.cache.clear()
@@ -117,15 +126,17 @@ def main() -> None:
                 flushed = time_provider(fn, shape, dtype, layout, mode, bench_args, "graph_flushed")[0]
                 picked = str(kernel.best_config) if label == "autotuned" else label
                 rows.append(dict(shape=shape.name, dtype=dtype_name, kernel=args.kernel, unroll=unroll, chunks=nchunks,
-                                 setting=label, config=picked, us=us, flushed_us=flushed, rel_err=err,
+                                 bwd_span=span, setting=label, config=picked, us=us, flushed_us=flushed, rel_err=err,
                                  regs_spills=compiled_stats(kernel)[-1:]))  # fmt: skip
-                print(f"{shape.name} {dtype_name} chunks={nchunks} unroll={unroll:2d} {label}: {us[0]:7.1f} us (L2 flushed {flushed:7.1f}) "
+                print(f"{shape.name} {dtype_name} chunks={nchunks} span={span} unroll={unroll:2d} {label}: {us[0]:7.1f} us (L2 flushed {flushed:7.1f}) "
                       f"regs/spills {rows[-1]['regs_spills']}" + (f" picked {picked}" if label == "autotuned" else ""),
                       flush=True)  # fmt: skip
     K.MAX_UNROLL = DEFAULT_UNROLL
     K.forced_chunk_len = None
+    K.forced_bwd_span = None
     stamp = datetime.datetime.now().strftime("%Y%m%dT%H%M%S")
-    out = HERE.parent.parent / "results" / f"scan_configs_{args.kernel}_{stamp}.json"
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    out = args.out_dir / f"scan_configs_{args.kernel}_{stamp}.json"
     meta = dict(
         device=torch.cuda.get_device_name(),
         torch=torch.__version__,

@@ -318,17 +318,17 @@ MAX_UNROLL = 16  # the backward's main pass unrolls chunks up to this many steps
 # kernel spills either way (sm_90, 32 channels per warp: 144 bytes as a loop, 376 unrolled)
 
 
-@_autotune(configs=_bwd_configs(), key=["Dg", "NSTATE", "CHUNK", "SUMMARY"])
+@_autotune(configs=_bwd_configs(), key=["Dg", "NSTATE", "CHUNK", "SUMMARY", "span"])
 @triton.heuristics({
     "BLOCK_N": lambda args: triton.next_power_of_2(args["NSTATE"]),
     "UNROLL": lambda args: args["CHUNK"] if args["CHUNK"] <= MAX_UNROLL and args["NSTATE"] <= 8 else 1,
 })  # fmt: skip
-@triton.jit(do_not_specialize=["L", "seq_len", "nchunks"])
+@triton.jit(do_not_specialize=["L", "seq_len", "nchunks", "n_ckpt", "span"])
 def selective_scan_bwd_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, seg_ids_ptr, cu_ptr,
     ckpt_ptr, dout_ptr, dlast_ptr, sum_X_ptr, sum_Q_ptr,
     du_ptr, ddelta_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr, dh0_ptr,
-    L, Dg, NSTATE, seq_len, nchunks, batch,
+    L, Dg, NSTATE, seq_len, nchunks, batch, n_ckpt, span,
     su_b, su_l, su_d, sdt_b, sdt_l, sdt_d, sz_b, sz_l, sz_d, sdo_b, sdo_l, sdo_d, sg_b, sg_l, sg_d,
     sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
@@ -336,12 +336,14 @@ def selective_scan_bwd_kernel(
     CHUNK: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, PREFETCH: tl.constexpr,
     UNROLL: tl.constexpr,
 ):  # fmt: skip
-    # One program: one image, BLOCK_D channels, one chunk of CHUNK steps. The state gradient runs backwards:
+    # One program: one image, BLOCK_D channels, one span of `span` chunks of CHUNK steps (the forward checkpointed
+    # the state at every chunk end; `n_ckpt` chunks per row, `nchunks` spans). The state gradient runs backwards:
     #   dh_t = g_t + a_{t+1} dh_{t+1},  g_t = dy_t C_t (+ dlast at a segment end),  a_t = 0 at a segment start.
-    # SUMMARY pass: each chunk's dh at its first step from a zero start (X) and the decay across it (Q).
-    # Main pass: fold the later chunks' (X, Q) into dh after the chunk; recompute the chunk's states forwards from
-    # the forward's checkpoint, keeping them in registers; then walk the chunk backwards producing the gradients.
-    # Partials (dB/dC per channel block, dA/dD/dbias per chunk) are summed on the host: deterministic.
+    # SUMMARY pass: each span's dh at its first step from a zero start (X) and the decay across it (Q).
+    # Main pass: fold the later spans' (X, Q) into dh after the span; then, chunk by chunk from the span's last,
+    # recompute the chunk's states forwards from the forward's checkpoint, keeping them in registers, and walk the
+    # chunk backwards producing the gradients, carrying dh into the chunk before.
+    # Partials (dB/dC per channel block, dA/dD/dbias per span) are summed on the host: deterministic.
     pid_d, pid_b, pid_g, c, D_total, offs_d, mask_d, ch, offs_n, mask_n, mask_dn, state_offs = _channel_block(
         Dg, NSTATE, nchunks, BLOCK_D, BLOCK_N
     )
@@ -357,9 +359,9 @@ def selective_scan_bwd_kernel(
     B_ptr += pid_b * sB_b + pid_g * sB_g
     C_ptr += pid_b * sC_b + pid_g * sC_g
     STATE = D_total * NSTATE
-    t0 = c * CHUNK
-    steps = tl.minimum(CHUNK, L - t0)
-    # decay into the first step after the chunk (0 past the end or at a segment start)
+    t0 = c * span * CHUNK
+    steps = tl.minimum(span * CHUNK, L - t0)
+    # decay into the first step after the span (0 past the end or at a segment start)
     t_next = t0 + steps
     x_next, raw_next, dt_next = _load_step(u_ptr, delta_ptr, t_next, ch, mask_d & (t_next < L), su_l, su_d, sdt_l,
                                            sdt_d, bias, HAS_BIAS, SOFTPLUS)  # fmt: skip
@@ -397,102 +399,124 @@ def selective_scan_bwd_kernel(
         tl.store(sum_X_ptr + summary_offs, dh, mask=mask_dn)
         tl.store(sum_Q_ptr + summary_offs, decay, mask=mask_dn)
     else:
-        # dL/dh at the first step after this chunk (chunk_combine_kernel folded the later chunks' summaries)
+        # dL/dh at the first step after this span (chunk_combine_kernel folded the later spans' summaries)
         dh = tl.load(sum_X_ptr + summary_offs, mask=mask_dn & (c < nchunks - 1), other=0.0)
-        # forward sweep: recompute and keep the chunk's states; dz and dC need only forward quantities
-        h = tl.load(ckpt_ptr + (pid_b * nchunks + c - 1) * STATE + state_offs, mask=mask_dn & (c > 0), other=0.0)
-        rows = tl.arange(0, CHUNK)
-        states = tl.zeros([CHUNK, BLOCK_N, BLOCK_D], dtype=tl.float32)
         part_base = ((pid_d * batch + pid_b) * n_groups + pid_g) * L * NSTATE  # into the dB/dC partials
-        ahead = _bwd_inputs(u_ptr, delta_ptr, B_ptr, C_ptr, dout_ptr, z_ptr, t0, steps > 0, ch, mask_d, offs_n,
-                            NSTATE, su_l, su_d, sdt_l, sdt_d, sB_l, sB_n, sC_l, sC_n, sdo_l, sdo_d, sz_l, sz_d, HAS_Z,
-                            True)  # fmt: skip
-        # fully unrolled for short chunks (UNROLL == CHUNK): `rows == k` is then static and states[k] costs no selects
-        for k in tl.range(0, CHUNK, loop_unroll_factor=UNROLL):
-            if k < steps:
-                t = t0 + k
-                if PREFETCH:
-                    x, raw, Bt, Ct, dout, zt = ahead
-                    ahead = _bwd_inputs(u_ptr, delta_ptr, B_ptr, C_ptr, dout_ptr, z_ptr, t + 1, k + 1 < steps, ch,
-                                        mask_d, offs_n, NSTATE, su_l, su_d, sdt_l, sdt_d, sB_l, sB_n, sC_l, sC_n, sdo_l,
-                                        sdo_d, sz_l, sz_d, HAS_Z, True)  # fmt: skip
-                else:
-                    x, raw, Bt, Ct, dout, zt = _bwd_inputs(u_ptr, delta_ptr, B_ptr, C_ptr, dout_ptr, z_ptr, t, True, ch,
-                                                           mask_d, offs_n, NSTATE, su_l, su_d, sdt_l, sdt_d, sB_l, sB_n,
-                                                           sC_l, sC_n, sdo_l, sdo_d, sz_l, sz_d, HAS_Z, True)  # fmt: skip
-                raw, dt, dy = _bwd_step(raw, dout, zt, bias, HAS_BIAS, SOFTPLUS, HAS_Z)
-                seg, start, end = _segments(t, L, seq_len, seg_ids_ptr, cu_ptr, pid_b, RESET)
-                if HAS_H0:
-                    h = tl.where(start, tl.load(h0_ptr + seg * STATE + state_offs, mask=mask_dn & start, other=0.0), h)
-                elif RESET != 0:  # without resets only t = 0 starts a segment, and chunk 0 starts from zeros
-                    h = tl.where(start, 0.0, h)
-                h = _exp2(dt[None, :] * A2) * h + (dt * x)[None, :] * Bt[:, None]
-                states = tl.where((rows == k)[:, None, None], h[None, :, :], states)
-                if HAS_Z:
-                    y = tl.sum(h * Ct[:, None], axis=0)
-                    if HAS_D:
-                        y += x * Dv
-                    sz = tl.sigmoid(zt)
-                    dz = dout * y * sz * (1.0 + zt * (1.0 - sz))
-                    tl.store(dz_ptr + pid_b * sg_b + t * sg_l + ch * sg_d, dz.to(dz_ptr.dtype.element_ty), mask=mask_d)
-                dC = tl.sum(h * dy[None, :], axis=1)  # [BN]
-                tl.store(dC_ptr + part_base + t * NSTATE + offs_n, dC, mask=mask_n)
-        # backward sweep
+        rows = tl.arange(0, CHUNK)
         dA_acc = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
         dD_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
         dbias_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
-        ahead = _bwd_inputs(u_ptr, delta_ptr, B_ptr, C_ptr, dout_ptr, z_ptr, t0 + steps - 1, steps > 0, ch, mask_d,
-                            offs_n, NSTATE, su_l, su_d, sdt_l, sdt_d, sB_l, sB_n, sC_l, sC_n, sdo_l, sdo_d, sz_l, sz_d,
-                            HAS_Z, True)  # fmt: skip
-        for i in tl.range(0, CHUNK, loop_unroll_factor=UNROLL):
-            k = CHUNK - 1 - i
-            if k < steps:
-                t = t0 + k
-                if PREFETCH:
-                    x, raw, Bt, Ct, dout, zt = ahead
-                    ahead = _bwd_inputs(u_ptr, delta_ptr, B_ptr, C_ptr, dout_ptr, z_ptr, t - 1, k > 0, ch,
-                                        mask_d, offs_n, NSTATE, su_l, su_d, sdt_l, sdt_d, sB_l, sB_n, sC_l, sC_n, sdo_l,
-                                        sdo_d, sz_l, sz_d, HAS_Z, True)  # fmt: skip
-                else:
-                    x, raw, Bt, Ct, dout, zt = _bwd_inputs(u_ptr, delta_ptr, B_ptr, C_ptr, dout_ptr, z_ptr, t, True, ch,
-                                                           mask_d, offs_n, NSTATE, su_l, su_d, sdt_l, sdt_d, sB_l, sB_n,
-                                                           sC_l, sC_n, sdo_l, sdo_d, sz_l, sz_d, HAS_Z, True)  # fmt: skip
-                raw, dt, dy = _bwd_step(raw, dout, zt, bias, HAS_BIAS, SOFTPLUS, HAS_Z)
-                seg, start, end = _segments(t, L, seq_len, seg_ids_ptr, cu_ptr, pid_b, RESET)
-                # -0.0 elsewhere: x + -0.0 == x exactly, so the unrolled sum folds away to states[k]
-                h = tl.sum(tl.where((rows == k)[:, None, None], states, -0.0), axis=0)
-                g = dy[None, :] * Ct[:, None]
-                if HAS_DLAST:
-                    g += tl.load(dlast_ptr + seg * STATE + state_offs, mask=mask_dn & end, other=0.0)
-                dh = g + a_next * dh
-                dA_t = _exp2(dt[None, :] * A2)
-                dtx = dt * x
-                decayed = h - dtx[None, :] * Bt[:, None]  # = a_t h_{t-1}: the part of h_t that came through the decay
-                dA_acc += dt[None, :] * dh * decayed
-                ddt = tl.sum(dh * (Bt[:, None] * x[None, :] + A * decayed), axis=0)  # [BD]
-                du = dt * tl.sum(dh * Bt[:, None], axis=0)
-                if HAS_D:
-                    du += Dv * dy
-                    dD_acc += dy * x
-                if SOFTPLUS:
-                    ddt *= tl.sigmoid(raw)
-                ddt = tl.where(mask_d, ddt, 0.0)
-                dbias_acc += ddt
-                tl.store(du_ptr + pid_b * sg_b + t * sg_l + ch * sg_d, du.to(du_ptr.dtype.element_ty), mask=mask_d)
-                tl.store(
-                    ddelta_ptr + pid_b * sg_b + t * sg_l + ch * sg_d, ddt.to(ddelta_ptr.dtype.element_ty), mask=mask_d
-                )
-                dB = tl.sum(dh * dtx[None, :], axis=1)  # [BN]
-                tl.store(dB_ptr + part_base + t * NSTATE + offs_n, dB, mask=mask_n)
-                if HAS_H0:
-                    tl.store(dh0_ptr + seg * STATE + state_offs, dA_t * dh, mask=mask_dn & start)
-                a_next = dA_t if RESET == 0 else tl.where(start, 0.0, dA_t)  # (no reset: a_0 is never used)
+        span_chunks = tl.cdiv(steps, CHUNK)
+        for j in range(span_chunks):  # the span's chunks, last first; dh and a_next carry into the chunk before
+            cc = c * span + span_chunks - 1 - j
+            dh, a_next, dA_acc, dD_acc, dbias_acc = _bwd_chunk(
+                u_ptr, delta_ptr, A, A2, B_ptr, C_ptr, Dv, z_ptr, bias, h0_ptr, seg_ids_ptr, cu_ptr, ckpt_ptr,
+                dout_ptr, dlast_ptr, du_ptr, ddelta_ptr, dz_ptr, dB_ptr, dC_ptr, dh0_ptr,
+                dh, a_next, dA_acc, dD_acc, dbias_acc, cc, cc * CHUNK, tl.minimum(CHUNK, L - cc * CHUNK), L, seq_len,
+                pid_b, n_ckpt, STATE, part_base, rows, ch, mask_d, offs_n, mask_n, mask_dn, state_offs, NSTATE,
+                su_l, su_d, sdt_l, sdt_d, sz_l, sz_d, sdo_l, sdo_d, sg_b, sg_l, sg_d, sB_l, sB_n, sC_l, sC_n,
+                HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, HAS_H0, RESET, HAS_DLAST, CHUNK, BLOCK_D, BLOCK_N, PREFETCH, UNROLL,
+            )  # fmt: skip
         part = (pid_b * nchunks + c) * D_total
         tl.store(dA_ptr + part * NSTATE + state_offs, dA_acc, mask=mask_dn)
         if HAS_D:
             tl.store(dD_ptr + part + ch, dD_acc, mask=mask_d)
         if HAS_BIAS:
             tl.store(dbias_ptr + part + ch, dbias_acc, mask=mask_d)
+
+
+@triton.jit
+def _bwd_chunk(u_ptr, delta_ptr, A, A2, B_ptr, C_ptr, Dv, z_ptr, bias, h0_ptr, seg_ids_ptr, cu_ptr, ckpt_ptr, dout_ptr,
+               dlast_ptr, du_ptr, ddelta_ptr, dz_ptr, dB_ptr, dC_ptr, dh0_ptr, dh, a_next, dA_acc, dD_acc, dbias_acc,
+               c, t0, steps, L, seq_len, pid_b, n_ckpt, STATE, part_base, rows, ch, mask_d, offs_n, mask_n, mask_dn,
+               state_offs, NSTATE, su_l, su_d, sdt_l, sdt_d, sz_l, sz_d, sdo_l, sdo_d, sg_b, sg_l, sg_d, sB_l, sB_n,
+               sC_l, sC_n, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+               HAS_H0: tl.constexpr, RESET: tl.constexpr, HAS_DLAST: tl.constexpr, CHUNK: tl.constexpr,
+               BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, PREFETCH: tl.constexpr, UNROLL: tl.constexpr):  # fmt: skip
+    """The backward's main pass over chunk `c` (steps t0 .. t0 + steps - 1, steps <= CHUNK), given dh and the decay
+    a_next at the step after it; returns them at the chunk's first step, and the updated dA/dD/dbias accumulators."""
+    # forward sweep: recompute and keep the chunk's states; dz and dC need only forward quantities
+    h = tl.load(ckpt_ptr + (pid_b * n_ckpt + c - 1) * STATE + state_offs, mask=mask_dn & (c > 0), other=0.0)
+    states = tl.zeros([CHUNK, BLOCK_N, BLOCK_D], dtype=tl.float32)
+    ahead = _bwd_inputs(u_ptr, delta_ptr, B_ptr, C_ptr, dout_ptr, z_ptr, t0, steps > 0, ch, mask_d, offs_n,
+                        NSTATE, su_l, su_d, sdt_l, sdt_d, sB_l, sB_n, sC_l, sC_n, sdo_l, sdo_d, sz_l, sz_d, HAS_Z,
+                        True)  # fmt: skip
+    # fully unrolled for short chunks (UNROLL == CHUNK): `rows == k` is then static and states[k] costs no selects
+    for k in tl.range(0, CHUNK, loop_unroll_factor=UNROLL):
+        if k < steps:
+            t = t0 + k
+            if PREFETCH:
+                x, raw, Bt, Ct, dout, zt = ahead
+                ahead = _bwd_inputs(u_ptr, delta_ptr, B_ptr, C_ptr, dout_ptr, z_ptr, t + 1, k + 1 < steps, ch,
+                                    mask_d, offs_n, NSTATE, su_l, su_d, sdt_l, sdt_d, sB_l, sB_n, sC_l, sC_n, sdo_l,
+                                    sdo_d, sz_l, sz_d, HAS_Z, True)  # fmt: skip
+            else:
+                x, raw, Bt, Ct, dout, zt = _bwd_inputs(u_ptr, delta_ptr, B_ptr, C_ptr, dout_ptr, z_ptr, t, True, ch,
+                                                       mask_d, offs_n, NSTATE, su_l, su_d, sdt_l, sdt_d, sB_l, sB_n,
+                                                       sC_l, sC_n, sdo_l, sdo_d, sz_l, sz_d, HAS_Z, True)  # fmt: skip
+            raw, dt, dy = _bwd_step(raw, dout, zt, bias, HAS_BIAS, SOFTPLUS, HAS_Z)
+            seg, start, end = _segments(t, L, seq_len, seg_ids_ptr, cu_ptr, pid_b, RESET)
+            if HAS_H0:
+                h = tl.where(start, tl.load(h0_ptr + seg * STATE + state_offs, mask=mask_dn & start, other=0.0), h)
+            elif RESET != 0:  # without resets only t = 0 starts a segment, and chunk 0 starts from zeros
+                h = tl.where(start, 0.0, h)
+            h = _exp2(dt[None, :] * A2) * h + (dt * x)[None, :] * Bt[:, None]
+            states = tl.where((rows == k)[:, None, None], h[None, :, :], states)
+            if HAS_Z:
+                y = tl.sum(h * Ct[:, None], axis=0)
+                if HAS_D:
+                    y += x * Dv
+                sz = tl.sigmoid(zt)
+                dz = dout * y * sz * (1.0 + zt * (1.0 - sz))
+                tl.store(dz_ptr + pid_b * sg_b + t * sg_l + ch * sg_d, dz.to(dz_ptr.dtype.element_ty), mask=mask_d)
+            dC = tl.sum(h * dy[None, :], axis=1)  # [BN]
+            tl.store(dC_ptr + part_base + t * NSTATE + offs_n, dC, mask=mask_n)
+    # backward sweep
+    ahead = _bwd_inputs(u_ptr, delta_ptr, B_ptr, C_ptr, dout_ptr, z_ptr, t0 + steps - 1, steps > 0, ch, mask_d,
+                        offs_n, NSTATE, su_l, su_d, sdt_l, sdt_d, sB_l, sB_n, sC_l, sC_n, sdo_l, sdo_d, sz_l, sz_d,
+                        HAS_Z, True)  # fmt: skip
+    for i in tl.range(0, CHUNK, loop_unroll_factor=UNROLL):
+        k = CHUNK - 1 - i
+        if k < steps:
+            t = t0 + k
+            if PREFETCH:
+                x, raw, Bt, Ct, dout, zt = ahead
+                ahead = _bwd_inputs(u_ptr, delta_ptr, B_ptr, C_ptr, dout_ptr, z_ptr, t - 1, k > 0, ch,
+                                    mask_d, offs_n, NSTATE, su_l, su_d, sdt_l, sdt_d, sB_l, sB_n, sC_l, sC_n, sdo_l,
+                                    sdo_d, sz_l, sz_d, HAS_Z, True)  # fmt: skip
+            else:
+                x, raw, Bt, Ct, dout, zt = _bwd_inputs(u_ptr, delta_ptr, B_ptr, C_ptr, dout_ptr, z_ptr, t, True, ch,
+                                                       mask_d, offs_n, NSTATE, su_l, su_d, sdt_l, sdt_d, sB_l, sB_n,
+                                                       sC_l, sC_n, sdo_l, sdo_d, sz_l, sz_d, HAS_Z, True)  # fmt: skip
+            raw, dt, dy = _bwd_step(raw, dout, zt, bias, HAS_BIAS, SOFTPLUS, HAS_Z)
+            seg, start, end = _segments(t, L, seq_len, seg_ids_ptr, cu_ptr, pid_b, RESET)
+            # -0.0 elsewhere: x + -0.0 == x exactly, so the unrolled sum folds away to states[k]
+            h = tl.sum(tl.where((rows == k)[:, None, None], states, -0.0), axis=0)
+            g = dy[None, :] * Ct[:, None]
+            if HAS_DLAST:
+                g += tl.load(dlast_ptr + seg * STATE + state_offs, mask=mask_dn & end, other=0.0)
+            dh = g + a_next * dh
+            dA_t = _exp2(dt[None, :] * A2)
+            dtx = dt * x
+            decayed = h - dtx[None, :] * Bt[:, None]  # = a_t h_{t-1}: the part of h_t that came through the decay
+            dA_acc += dt[None, :] * dh * decayed
+            ddt = tl.sum(dh * (Bt[:, None] * x[None, :] + A * decayed), axis=0)  # [BD]
+            du = dt * tl.sum(dh * Bt[:, None], axis=0)
+            if HAS_D:
+                du += Dv * dy
+                dD_acc += dy * x
+            if SOFTPLUS:
+                ddt *= tl.sigmoid(raw)
+            ddt = tl.where(mask_d, ddt, 0.0)
+            dbias_acc += ddt
+            tl.store(du_ptr + pid_b * sg_b + t * sg_l + ch * sg_d, du.to(du_ptr.dtype.element_ty), mask=mask_d)
+            tl.store(ddelta_ptr + pid_b * sg_b + t * sg_l + ch * sg_d, ddt.to(ddelta_ptr.dtype.element_ty), mask=mask_d)
+            dB = tl.sum(dh * dtx[None, :], axis=1)  # [BN]
+            tl.store(dB_ptr + part_base + t * NSTATE + offs_n, dB, mask=mask_n)
+            if HAS_H0:
+                tl.store(dh0_ptr + seg * STATE + state_offs, dA_t * dh, mask=mask_dn & start)
+            a_next = dA_t if RESET == 0 else tl.where(start, 0.0, dA_t)  # (no reset: a_0 is never used)
+    return dh, a_next, dA_acc, dD_acc, dbias_acc
 
 
 def _reset_args(length: int, seq_len: int | None, cu_seqlens: Tensor | None, device: torch.device) -> tuple:
@@ -522,6 +546,24 @@ TARGET_PROGRAMS_PER_SM = 4  # rows are split into chunks only below this many pr
 # benchmarks/results/fwd_prefetch_chunks_20261122T215532.json, scan_settings_fwd_20261122T220855.json)
 MAX_CHUNK_LEN = 256
 forced_chunk_len: int | None = None  # tests set this to exercise the two-pass path under the interpreter
+BWD_PROGRAMS_PER_SM = 4  # the step backward splits a row into spans (summary pass + combine) only below this many
+# programs per SM; a span is walked chunk by chunk, so a whole row costs no summary pass, no combine, and one read of
+# the inputs instead of two
+forced_bwd_span: int | None = None  # chunks per backward program, for tests and sweeps (None: plan_bwd_spans')
+
+
+def plan_bwd_spans(batch: int, groups: int, dim_per_group: int, n_ckpt: int, device: torch.device) -> tuple[int, int]:
+    """(chunks per program, programs along L) for the step backward of a row of `n_ckpt` checkpoint chunks: whole
+    rows unless that leaves fewer than BWD_PROGRAMS_PER_SM programs per SM (on CPU: whole rows)."""
+    if forced_bwd_span is not None:
+        span = max(1, min(forced_bwd_span, n_ckpt))
+    elif device.type != "cuda":
+        span = n_ckpt
+    else:
+        programs = batch * groups * triton.cdiv(dim_per_group, 32)  # the smallest channel block gives the most
+        nspans = max(1, min(triton.cdiv(BWD_PROGRAMS_PER_SM * _sm_count(device), programs), n_ckpt))
+        span = triton.cdiv(n_ckpt, nspans)
+    return span, triton.cdiv(n_ckpt, span)
 
 
 NARROW_DIM = 32  # channels per group below which the tiled forward takes a whole group per program (tiled.py)
@@ -679,7 +721,10 @@ def selective_scan_bwd(
     batch, dim, length, nstate, groups = _shape(u, A, B, layout)
     dim_per_group = dim // groups
     chunk = bwd_chunk_for(nstate)
-    nchunks = triton.cdiv(length, chunk)
+    n_ckpt = triton.cdiv(length, chunk)
+    kernel = _bwd_kernel()
+    step_kernel = kernel is selective_scan_bwd_kernel  # the tiled kernel takes one chunk per program
+    span, nspans = plan_bwd_spans(batch, groups, dim_per_group, n_ckpt, u.device) if step_kernel else (1, n_ckpt)
     reset, period, seg_ids, cu = _reset_args(length, seq_len, cu_seqlens, u.device)
     dev, f32 = u.device, torch.float32
 
@@ -690,15 +735,14 @@ def selective_scan_bwd(
     u, delta, z, dout, B, C = (_rows_adjacent(t, layout) for t in (u, delta, z, dout, B, C))
     du, ddelta = _empty_adjacent(u, layout, u.dtype), _empty_adjacent(u, layout, delta.dtype)
     dz = _empty_adjacent(u, layout, z.dtype) if z is not None else new((0,))
-    kernel = _bwd_kernel()
     n_dblocks = triton.cdiv(dim_per_group, min(c.kwargs["BLOCK_D"] for c in kernel.configs))  # the most any launches
     dB_part = new((n_dblocks, batch, groups, length, nstate))
     dC_part = torch.empty_like(dB_part)
-    dA_part = new((batch, nchunks, nstate, dim))
-    dD_part = new((batch, nchunks, dim), present=D is not None)
-    dbias_part = new((batch, nchunks, dim), present=delta_bias is not None)
+    dA_part = new((batch, nspans, nstate, dim))
+    dD_part = new((batch, nspans, dim), present=D is not None)
+    dbias_part = new((batch, nspans, dim), present=delta_bias is not None)
     dh0 = new((initial_state.shape[0], nstate, dim)) if initial_state is not None else new((0,))
-    sum_X, sum_Q = new((batch, nchunks, nstate, dim)), new((batch, nchunks, nstate, dim))
+    sum_X, sum_Q = new((batch, nspans, nstate, dim)), new((batch, nspans, nstate, dim))
     anything = u
     args = (
         u, delta, A.t().contiguous(), B, C, anything if D is None else D.contiguous(), anything if z is None else z,
@@ -707,7 +751,7 @@ def selective_scan_bwd(
         anything if seg_ids is None else seg_ids, anything if cu is None else cu,
         ckpt, dout, anything if dlast is None else dlast.transpose(1, 2).contiguous(), sum_X, sum_Q,
         du, ddelta, dz, dA_part, dB_part, dC_part, dD_part, dbias_part, dh0,
-        length, dim_per_group, nstate, period, nchunks, batch,
+        length, dim_per_group, nstate, period, nspans, batch, n_ckpt, span,
         *_x_strides(u, layout), *_x_strides(delta, layout), *_x_strides(z if z is not None else u, layout),
         *_x_strides(dout, layout), *_x_strides(du, layout), *_bc_strides(B, layout), *_bc_strides(C, layout),
     )  # fmt: skip
@@ -717,10 +761,10 @@ def selective_scan_bwd(
     )  # fmt: skip
 
     def grid(meta: dict) -> tuple[int, int, int]:
-        return triton.cdiv(dim_per_group, meta["BLOCK_D"]), groups * nchunks, batch
+        return triton.cdiv(dim_per_group, meta["BLOCK_D"]), groups * nspans, batch
 
     with _on_device(dev):
-        if nchunks > 1:
+        if nspans > 1:
             _launch_kernel(kernel, grid, *args, **flags, SUMMARY=True)
             combine_chunks(sum_Q, sum_X, reverse=True)
         meta = _launch_kernel(kernel, grid, *args, **flags, SUMMARY=False)

@@ -149,7 +149,7 @@ def selective_scan_bwd_tiled_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, seg_ids_ptr, cu_ptr,
     ckpt_ptr, dout_ptr, dlast_ptr, sum_X_ptr, sum_Q_ptr,
     du_ptr, ddelta_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr, dh0_ptr,
-    L, Dg, NSTATE, seq_len, nchunks, batch,
+    L, Dg, NSTATE, seq_len, nchunks, batch, n_ckpt, span,
     su_b, su_l, su_d, sdt_b, sdt_l, sdt_d, sz_b, sz_l, sz_d, sdo_b, sdo_l, sdo_d, sg_b, sg_l, sg_d,
     sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
@@ -157,7 +157,8 @@ def selective_scan_bwd_tiled_kernel(
     CHUNK: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
     # Same arguments, grid and buffers as chunk.selective_scan_bwd_kernel (PREFETCH replaced by BLOCK_L, which
-    # divides CHUNK: both are powers of two and the pruning keeps BLOCK_L <= CHUNK).
+    # divides CHUNK: both are powers of two and the pruning keeps BLOCK_L <= CHUNK), always with spans of one chunk
+    # (span == 1, nchunks == n_ckpt).
     # SUMMARY pass: each chunk's dh at its first step from a zero start (X) and the decay across it (Q).
     # Main pass: dh after the chunk from the combined summaries; states recomputed from the forward's checkpoint;
     # the chunk's blocks walked backwards, each producing its gradients as tiles.
