@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Session 13 call 3 (one H200; carry .bench_deps): (1) Nsight Compute on the step backward's main pass at
+# (128, 160, 196, 8) bf16, BLOCK_D 32, whole-row spans: where its ~300 us go (stall reasons, occupancy, memory);
+# (2) the training step under CUDA graphs, sf_mamba_tiny vs the official MambaVision-T (#3's 1.5x target), with the
+# new backward.
+set -uo pipefail
+P=/opt/torch/.venv/bin/python3; [ -x $P ] || P=python3
+W=.bench_deps/wheels
+export PYTHONPATH="src:.bench_deps/ext:.bench_deps:$W/mambavision-1.2.0-py3-none-any.whl:$W/einops-0.8.1-py3-none-any.whl"
+NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+timeout 150 $NCU --clock-control none --kernel-name regex:selective_scan_bwd_kernel --launch-skip 1 --launch-count 1 \
+  --section WarpStateStats --section Occupancy --section SpeedOfLight --section MemoryWorkloadAnalysis \
+  --section LaunchStats $P benchmarks/ops/experiments/ncu_scan_bwd.py > $OUT/ncu_bwd.txt 2>&1
+grep -v "^==PROF==" $OUT/ncu_bwd.txt | grep -iE "stall|warp cycles|issued|occupancy|throughput|registers|duration|hit rate|ran |error" | head -60
+timeout 220 $P -m sfmamba.cli.main bench --bench train --model sf_mamba_tiny official:mamba_vision_T -b 128 \
+  --img-size 224 --amp --amp-dtype bfloat16 --channels-last --official-scan mamba_ssm --num-warm-iter 10 \
+  --num-bench-iter 50 --opt adamw-fused --cuda-graph --results-file $OUT/train_graph.json 2>&1 | tail -4
