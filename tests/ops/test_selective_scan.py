@@ -885,10 +885,12 @@ for nstate, summary, reset, extra in ((8, False, 0, infer), (8, False, 1, train)
                                       (8, True, 1, infer)):
     block_n, steps = triton.next_power_of_2(nstate), chunk.bwd_chunk_for(nstate)
     flags = dict(common, **extra, RESET=reset, HAS_DLAST=extra is train, SUMMARY=summary, CHUNK=steps, BLOCK_D=32,
-                 BLOCK_N=block_n, UNROLL=steps)
+                 BLOCK_N=block_n, UNROLL=steps, NEXT_TO_L1=int(extra is train))
     compiled = compile_for_sm90(chunk.selective_scan_bwd_kernel, flags, 1, scan_pointer_type("bf16"))
     loops = compiled.asm["ttgir"].count("scf.for")
-    print("bwd", "cubin" if compiled.asm.get("cubin") else "no cubin", summary, reset, nstate, f"loops={loops}")
+    hints = compiled.asm["ptx"].count("prefetch.global.L1")
+    print("bwd", "cubin" if compiled.asm.get("cubin") else "no cubin", summary, reset, nstate, f"hints={hints}",
+          f"loops={loops}")
 """
 
 
@@ -896,7 +898,8 @@ def test_step_kernels_compile_for_sm90():
     """The interpreter never compiles: build the step forward (main, summary and training flag sets, step loop unrolled
     1-4 times) and backward for an H100 with Triton's bundled ptxas, and check that the backward's main pass has one
     loop, over its span's chunks, each chunk fully unrolled for N = 8 and N = 1 (bwd_chunk_for <= MAX_UNROLL: the
-    stored states are then indexed statically, no selects), and that its summary pass keeps its step loop."""
+    stored states are then indexed statically, no selects), and that its summary pass keeps its step loop; with
+    NEXT_TO_L1 the main pass hints each of the next chunk's steps into L1 (u, delta, dout, z, B, C: 6 per step)."""
     result = run_without_interpreter(STEP_SM90_COMPILE)
     assert result.returncode == 0, result.stderr[-4000:]
     lines = result.stdout.splitlines()
@@ -911,6 +914,8 @@ def test_step_kernels_compile_for_sm90():
     ], result.stdout
     backward = [line for line in lines if line.startswith("bwd")]
     assert [line.split()[-1] for line in backward] == ["loops=1"] * 4, result.stdout
+    hints = [line.split()[-2] for line in backward]
+    assert hints == ["hints=0", "hints=48", "hints=96", "hints=0"], result.stdout  # CHUNK 8, 8, 16 (N = 1), summary
     assert all(chunk.bwd_chunk_for(n) <= chunk.MAX_UNROLL for n in (1, 2, 4, 8, 16, 64))
 
 

@@ -391,6 +391,18 @@ def approx(x, FUNCTION: tl.constexpr, FAST: tl.constexpr):
 
 
 @triton.jit
+def prefetch_l1(ptrs, mask):
+    """A hint: start pulling the lines at `ptrs` (where `mask`) into L1, without waiting and without holding registers
+    (PTX `prefetch.global.L1`), so that loads issued later hit L1 instead of waiting out an L2 or DRAM round trip.
+    The interpreter has no inline PTX: there it does nothing."""
+    if FAST_MATH:
+        tl.inline_asm_elementwise(
+            "{ .reg .pred p; setp.ne.b32 p, $2, 0; @p prefetch.global.L1 [$1]; mov.u32 $0, 0; }", "=r,l,r",
+            [ptrs, mask.to(tl.int32)], dtype=tl.int32, is_pure=False, pack=1,
+        )  # fmt: skip
+
+
+@triton.jit
 def linear_recurrence(a1, b1, a2, b2):
     """`tl.associative_scan` combine of h -> a h + b maps: (a1, b1) then (a2, b2) is h -> a2 (a1 h + b1) + b2."""
     return a1 * a2, a2 * b1 + b2

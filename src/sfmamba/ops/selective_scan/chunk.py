@@ -27,6 +27,7 @@ from .._launch import fast_exp2 as _exp2
 from .._launch import launch as _launch_kernel
 from .._launch import needs_grad as _needs_grad
 from .._launch import on_device as _on_device
+from .._launch import prefetch_l1 as _prefetch_l1
 from .._launch import scan_shape as _shape
 from .._launch import sm_count as _sm_count
 from .._launch import softplus as _softplus
@@ -112,6 +113,20 @@ def _bwd_inputs(u_ptr, delta_ptr, B_ptr, C_ptr, dout_ptr, z_ptr, t, valid, ch, m
     if HAS_Z:
         zt = tl.load(z_ptr + t * sz_l + ch * sz_d, mask=mask_d, other=0.0).to(tl.float32)
     return x, raw, Bt, Ct, dout, zt
+
+
+@triton.jit
+def _prefetch_bwd_inputs(u_ptr, delta_ptr, B_ptr, C_ptr, dout_ptr, z_ptr, t, valid, ch, mask_d, su_l, su_d, sdt_l,
+                         sdt_d, sB_l, sC_l, sdo_l, sdo_d, sz_l, sz_d, HAS_Z: tl.constexpr):  # fmt: skip
+    """Start pulling step t's backward inputs into L1 (where `valid`): the lines `_bwd_inputs` will load."""
+    mask_d = mask_d & valid
+    _prefetch_l1(u_ptr + t * su_l + ch * su_d, mask_d)
+    _prefetch_l1(delta_ptr + t * sdt_l + ch * sdt_d, mask_d)
+    _prefetch_l1(dout_ptr + t * sdo_l + ch * sdo_d, mask_d)
+    if HAS_Z:
+        _prefetch_l1(z_ptr + t * sz_l + ch * sz_d, mask_d)
+    _prefetch_l1(B_ptr + t * sB_l, valid)  # a step's N values are adjacent (one line)
+    _prefetch_l1(C_ptr + t * sC_l, valid)
 
 
 @triton.jit
@@ -305,12 +320,18 @@ def combine_chunks(decay: Tensor, value: Tensor, reverse: bool) -> None:
 
 def _bwd_configs() -> list[triton.Config]:
     if triton_interpret():
-        return [triton.Config({"BLOCK_D": 16, "PREFETCH": 1}, num_warps=1)]
+        return [triton.Config({"BLOCK_D": 16, "PREFETCH": 1, "NEXT_TO_L1": 1}, num_warps=1)]  # (the hint: a no-op)
     # One warp, loads prefetched a step ahead: on an H200 (fwd+bwd at (128, 160, 196, 8), CUDA graphs,
     # benchmarks/results/bwd_configs_20261202T172028.json) every PREFETCH 0 config lost 10-20 % to its PREFETCH 1
     # twin and two warps lost 25 %, yet the autotuner, timing the kernel alone, picked such configs (516 us instead
-    # of 348 us in bf16); only the near-equal two are left to it.
-    return [triton.Config({"BLOCK_D": bd, "PREFETCH": 1}, num_warps=1) for bd in (32, 64)]
+    # of 348 us in bf16); only the near-equal two are left to it, each with and without the next chunk pulled into
+    # L1 ahead (NEXT_TO_L1, session 13: whole-row programs walk ~3000 cycles per step at (128, 160, 196, 8), about
+    # one L2 round trip per step per sweep; untimed).
+    return [
+        triton.Config({"BLOCK_D": bd, "PREFETCH": 1, "NEXT_TO_L1": next_to_l1}, num_warps=1)
+        for bd in (32, 64)
+        for next_to_l1 in (0, 1)
+    ]
 
 
 MAX_UNROLL = 16  # the backward's main pass unrolls chunks up to this many steps (bwd_chunk_for's largest); a longer
@@ -334,7 +355,7 @@ def selective_scan_bwd_kernel(
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_H0: tl.constexpr, RESET: tl.constexpr, HAS_DLAST: tl.constexpr, SUMMARY: tl.constexpr,
     CHUNK: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, PREFETCH: tl.constexpr,
-    UNROLL: tl.constexpr,
+    UNROLL: tl.constexpr, NEXT_TO_L1: tl.constexpr = 0,
 ):  # fmt: skip
     # One program: one image, BLOCK_D channels, one span of `span` chunks of CHUNK steps (the forward checkpointed
     # the state at every chunk end; `n_ckpt` chunks per row, `nchunks` spans). The state gradient runs backwards:
@@ -415,7 +436,8 @@ def selective_scan_bwd_kernel(
                 dh, a_next, dA_acc, dD_acc, dbias_acc, cc, cc * CHUNK, tl.minimum(CHUNK, L - cc * CHUNK), L, seq_len,
                 pid_b, n_ckpt, STATE, part_base, rows, ch, mask_d, offs_n, mask_n, mask_dn, state_offs, NSTATE,
                 su_l, su_d, sdt_l, sdt_d, sz_l, sz_d, sdo_l, sdo_d, sg_b, sg_l, sg_d, sB_l, sB_n, sC_l, sC_n,
-                HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, HAS_H0, RESET, HAS_DLAST, CHUNK, BLOCK_D, BLOCK_N, PREFETCH, UNROLL,
+                j + 1 < span_chunks, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, HAS_H0, RESET, HAS_DLAST, CHUNK, BLOCK_D,
+                BLOCK_N, PREFETCH, UNROLL, NEXT_TO_L1,
             )  # fmt: skip
         part = (pid_b * nchunks + c) * D_total
         tl.store(dA_ptr + part * NSTATE + state_offs, dA_acc, mask=mask_dn)
@@ -430,11 +452,18 @@ def _bwd_chunk(u_ptr, delta_ptr, A, A2, B_ptr, C_ptr, Dv, z_ptr, bias, h0_ptr, s
                dlast_ptr, du_ptr, ddelta_ptr, dz_ptr, dB_ptr, dC_ptr, dh0_ptr, dh, a_next, dA_acc, dD_acc, dbias_acc,
                c, t0, steps, L, seq_len, pid_b, n_ckpt, STATE, part_base, rows, ch, mask_d, offs_n, mask_n, mask_dn,
                state_offs, NSTATE, su_l, su_d, sdt_l, sdt_d, sz_l, sz_d, sdo_l, sdo_d, sg_b, sg_l, sg_d, sB_l, sB_n,
-               sC_l, sC_n, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-               HAS_H0: tl.constexpr, RESET: tl.constexpr, HAS_DLAST: tl.constexpr, CHUNK: tl.constexpr,
-               BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, PREFETCH: tl.constexpr, UNROLL: tl.constexpr):  # fmt: skip
+               sC_l, sC_n, more, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
+               SOFTPLUS: tl.constexpr, HAS_H0: tl.constexpr, RESET: tl.constexpr, HAS_DLAST: tl.constexpr,
+               CHUNK: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, PREFETCH: tl.constexpr,
+               UNROLL: tl.constexpr, NEXT_TO_L1: tl.constexpr):  # fmt: skip
     """The backward's main pass over chunk `c` (steps t0 .. t0 + steps - 1, steps <= CHUNK), given dh and the decay
-    a_next at the step after it; returns them at the chunk's first step, and the updated dA/dD/dbias accumulators."""
+    a_next at the step after it; returns them at the chunk's first step, and the updated dA/dD/dbias accumulators.
+    NEXT_TO_L1: first start pulling the chunk walked next (the CHUNK steps before, if `more`) into L1, so that its
+    loads, issued only a step ahead, hit L1 instead of each waiting out an L2 or DRAM round trip."""
+    if NEXT_TO_L1:
+        for k in tl.static_range(CHUNK):
+            _prefetch_bwd_inputs(u_ptr, delta_ptr, B_ptr, C_ptr, dout_ptr, z_ptr, t0 - CHUNK + k, more, ch, mask_d,
+                                 su_l, su_d, sdt_l, sdt_d, sB_l, sC_l, sdo_l, sdo_d, sz_l, sz_d, HAS_Z)  # fmt: skip
     # forward sweep: recompute and keep the chunk's states; dz and dC need only forward quantities
     h = tl.load(ckpt_ptr + (pid_b * n_ckpt + c - 1) * STATE + state_offs, mask=mask_dn & (c > 0), other=0.0)
     states = tl.zeros([CHUNK, BLOCK_N, BLOCK_D], dtype=tl.float32)
