@@ -3,7 +3,7 @@ here): the stall breakdown of the step backward's main pass says what bounds it 
 
     ncu --clock-control none --kernel-name regex:selective_scan_bwd_kernel --launch-skip 1 --launch-count 1 \
         --section WarpStateStats --section Occupancy --section SpeedOfLight --section MemoryWorkloadAnalysis \
-        python benchmarks/ops/experiments/ncu_scan_bwd.py [--shape 0] [--dtype bfloat16] [--block-d 32] [--span 0]
+        python benchmarks/ops/experiments/ncu_scan_bwd.py [--shape 0] [--dtype bfloat16] [--block-d 32] [--span 0] [--next-to-l1 1]
 
 `--span`: chunks per backward program (`chunk.forced_bwd_span`; 0 = the planner's). Runs fwd+bwd three times.
 """
@@ -29,9 +29,12 @@ def main() -> None:
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--block-d", type=int, default=32)
     parser.add_argument("--span", type=int, default=0)
+    parser.add_argument("--next-to-l1", type=int, default=1, choices=[0, 1])
     args = parser.parse_args()
     kernel = chunk.selective_scan_bwd_kernel
-    kernel.configs = [triton.Config({"BLOCK_D": args.block_d, "PREFETCH": 1}, num_warps=1)]
+    kernel.configs = [
+        triton.Config({"BLOCK_D": args.block_d, "PREFETCH": 1, "NEXT_TO_L1": args.next_to_l1}, num_warps=1)
+    ]
     chunk.forced_bwd_span = args.span or None
     shape = MAIN_SHAPES[args.shape]
     layout, fn = providers(None)["sfmamba-BLD"]
@@ -40,7 +43,7 @@ def main() -> None:
         out = fn(inputs)
         out.backward(torch.ones_like(out))
     torch.cuda.synchronize()
-    print(f"ran {shape} {args.dtype} BLOCK_D {args.block_d} span {args.span or 'planner'}: {out.float().norm():.4g}")
+    print(f"ran {shape} {args.dtype} BLOCK_D {args.block_d} span {args.span or 'planner'} next-to-L1 {args.next_to_l1}: {out.float().norm():.4g}")
 
 
 if __name__ == "__main__":
