@@ -37,6 +37,9 @@ LAYOUTS = ("BDL", "BLD")
 # "triton-2pass": the Triton forward with L split into chunks of 7 steps (summary pass + main pass), as on a GPU that
 # a short sequence would leave idle; on CPU the launcher otherwise scans the whole row in one chunk
 KERNELS = ("naive", "triton", "triton-2pass")
+# the naive path in both layouts, each Triton variant in one (the shape x layout grids run both kernels in both): the
+# interpreter is what makes the suite long
+KERNEL_LAYOUTS = [("naive", "BDL"), ("naive", "BLD"), ("triton", "BDL"), ("triton-2pass", "BLD")]
 FORCED_CHUNK_LEN = {"naive": None, "triton": None, "triton-2pass": 7}
 # and the backward in spans of 2 chunks (summary pass + combine across spans, several chunks walked per program);
 # on CPU the launcher otherwise gives each program a whole row
@@ -378,14 +381,20 @@ def test_chunk_long_sequence_backward(layout, dtype, kernel):
 @pytest.mark.parametrize("prefetch", [0, 2, 8])
 @pytest.mark.parametrize("layout, kernel", [("BDL", "triton"), ("BLD", "triton-2pass")])
 def test_chunk_prefetch_depths(layout, kernel, prefetch):
-    """The loop variants the interpreter's one config (PREFETCH 1) does not reach: loads issued in the step that uses
-    them (PREFETCH 0, forward and backward) and a ring of two or eight steps ahead (forward; the backward has 0 and 1;
-    eight is longer than the 7-step chunks of the two-pass run, so the ring reaches past its chunk from the start):
-    forward, last states, every gradient."""
+    """The loop variants the interpreter's one config (PREFETCH 1, BRANCHLESS 1) does not reach: loads issued in the
+    step that uses them (PREFETCH 0, forward and backward) and a ring of two or eight steps ahead (forward; the
+    backward has 0 and 1; eight is longer than the 7-step chunks of the two-pass run, so the ring reaches past its
+    chunk from the start); the backward's steps past the row's end behind a branch (BRANCHLESS 0, with PREFETCH 2)
+    or masked (with PREFETCH 0 and 8; L = 23 leaves 7 of the last 8-step chunk): forward, last states, every
+    gradient."""
     torch.manual_seed(42)
     inputs = make_inputs(2, 23, 20, 8, 2, layout, segments=2)
     kernels = (chunk.selective_scan_fwd_kernel, chunk.selective_scan_bwd_kernel)
-    configs = [[triton.Config({"BLOCK_D": 16, "PREFETCH": p}, num_warps=1)] for p in (prefetch, min(prefetch, 1))]
+    branchless = int(prefetch != 2)
+    configs = [
+        [triton.Config({"BLOCK_D": 16, "PREFETCH": prefetch}, num_warps=1)],
+        [triton.Config({"BLOCK_D": 16, "PREFETCH": min(prefetch, 1), "BRANCHLESS": branchless}, num_warps=1)],
+    ]
     with mock.patch.object(kernels[0], "configs", configs[0]), mock.patch.object(kernels[1], "configs", configs[1]):
         for k in kernels:
             k.cache.clear()
@@ -393,6 +402,7 @@ def test_chunk_prefetch_depths(layout, kernel, prefetch):
             compare_with_reference(inputs, torch.float32, {"delta_softplus": True, "layout": layout}, backward=True,
                                    kernel=kernel)  # fmt: skip
             assert [k.best_config.kwargs["PREFETCH"] for k in kernels] == [prefetch, min(prefetch, 1)]
+            assert kernels[1].best_config.kwargs["BRANCHLESS"] == branchless
         finally:
             for k in kernels:
                 k.cache.clear()
@@ -541,8 +551,7 @@ def unfold(y: torch.Tensor, groups_of: int, layout: str) -> torch.Tensor:
     return y.view(b, d, groups_of, length // groups_of).movedim(2, 1).reshape(b * groups_of, d, length // groups_of)
 
 
-@pytest.mark.parametrize("kernel", KERNELS)
-@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("kernel, layout", KERNEL_LAYOUTS)
 def test_folded_batch_equals_separate_images(kernel, layout):
     """seq_len=T on (B2, k*T): outputs, last states and all grads equal k*B2 separate calls on one image each."""
     torch.manual_seed(42)
@@ -612,10 +621,10 @@ def test_varlen_equals_separate_segments(kernel, index_dtype, layout, groups):
 # 6. state chaining
 
 
-@pytest.mark.parametrize("kernel", KERNELS)
-@pytest.mark.parametrize("layout, split", [("BDL", 20), ("BLD", 35)])
-def test_state_chaining(kernel, layout, split):
+@pytest.mark.parametrize("kernel, layout", KERNEL_LAYOUTS)
+def test_state_chaining(kernel, layout):
     """Scanning [0, L) == scanning [0, L1) then [L1, L) from the first call's last state, grads included."""
+    split = {"BDL": 20, "BLD": 35}[layout]
     torch.manual_seed(42)
     batch, length, dim, nstate = 2, 51, 12, 4
     leaves = cast(make_inputs(batch, length, dim, nstate, 2, layout, segments=batch), torch.float32)
@@ -885,7 +894,7 @@ for nstate, summary, reset, extra in ((8, False, 0, infer), (8, False, 1, train)
                                       (8, True, 1, infer)):
     block_n, steps = triton.next_power_of_2(nstate), chunk.bwd_chunk_for(nstate)
     flags = dict(common, **extra, RESET=reset, HAS_DLAST=extra is train, SUMMARY=summary, CHUNK=steps, BLOCK_D=32,
-                 BLOCK_N=block_n, UNROLL=steps, NEXT_TO_L1=int(extra is train))
+                 BLOCK_N=block_n, UNROLL=steps, NEXT_TO_L1=int(extra is train), BRANCHLESS=int(reset != 1))
     compiled = compile_for_sm90(chunk.selective_scan_bwd_kernel, flags, 1, scan_pointer_type("bf16"))
     loops = compiled.asm["ttgir"].count("scf.for")
     hints = compiled.asm["ptx"].count("prefetch.global.L1")

@@ -43,7 +43,9 @@ def main() -> None:
         out = fn(inputs)
         out.backward(torch.ones_like(out))
     torch.cuda.synchronize()
-    print(f"ran {shape} {args.dtype} BLOCK_D {args.block_d} span {args.span or 'planner'} next-to-L1 {args.next_to_l1}: {out.float().norm():.4g}")
+    print(
+        f"ran {shape} {args.dtype} BLOCK_D {args.block_d} span {args.span or 'planner'} next-to-L1 {args.next_to_l1}: {out.float().norm():.4g}"
+    )
 
 
 if __name__ == "__main__":

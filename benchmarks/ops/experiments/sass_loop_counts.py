@@ -74,6 +74,9 @@ CASES = [
      dict(INFERENCE, STORE_LAST=False, STORE_CKPT=False, SUMMARY=False, BLOCK_D=128, BLOCK_N=8, PREFETCH=1), 1, 128),
     ("step bwd", chunk.selective_scan_bwd_kernel,
      dict(INFERENCE, HAS_DLAST=False, SUMMARY=False, CHUNK=8, BLOCK_D=32, BLOCK_N=8, PREFETCH=1, UNROLL=8), 1, 32),
+    ("step bwd branchless", chunk.selective_scan_bwd_kernel,  # session 13: no branch per step, hints to L1
+     dict(INFERENCE, HAS_DLAST=False, SUMMARY=False, CHUNK=8, BLOCK_D=32, BLOCK_N=8, PREFETCH=1, UNROLL=8,
+          NEXT_TO_L1=1, BRANCHLESS=1), 1, 32),
     ("step bwd BD64", chunk.selective_scan_bwd_kernel,  # the H200's pick at (128, 160, 196, 8) bf16 (2 channels/thread)
      dict(INFERENCE, HAS_DLAST=False, SUMMARY=False, CHUNK=8, BLOCK_D=64, BLOCK_N=8, PREFETCH=1, UNROLL=8), 1, 64),
     ("step bwd summary", chunk.selective_scan_bwd_kernel,

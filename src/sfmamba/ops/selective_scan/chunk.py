@@ -320,17 +320,19 @@ def combine_chunks(decay: Tensor, value: Tensor, reverse: bool) -> None:
 
 def _bwd_configs() -> list[triton.Config]:
     if triton_interpret():
-        return [triton.Config({"BLOCK_D": 16, "PREFETCH": 1, "NEXT_TO_L1": 1}, num_warps=1)]  # (the hint: a no-op)
+        return [triton.Config({"BLOCK_D": 16, "PREFETCH": 1, "NEXT_TO_L1": 1, "BRANCHLESS": 1}, num_warps=1)]
     # One warp, loads prefetched a step ahead: on an H200 (fwd+bwd at (128, 160, 196, 8), CUDA graphs,
     # benchmarks/results/bwd_configs_20261202T172028.json) every PREFETCH 0 config lost 10-20 % to its PREFETCH 1
     # twin and two warps lost 25 %, yet the autotuner, timing the kernel alone, picked such configs (516 us instead
-    # of 348 us in bf16); only the near-equal two are left to it, each with and without the next chunk pulled into
-    # L1 ahead (NEXT_TO_L1, session 13: whole-row programs walk ~3000 cycles per step at (128, 160, 196, 8), about
-    # one L2 round trip per step per sweep; untimed).
+    # of 348 us in bf16); only the near-equal two are left to it. Each pulls the next chunk into L1 ahead
+    # (NEXT_TO_L1; H200, session 13 call 3, (128, 160, 196, 8) bf16 whole rows: 353.3 -> 343.9 us at BLOCK_D 32), with
+    # and without branches around the steps past the row's end (BRANCHLESS, untimed: whole-row programs take ~3000
+    # cycles per step there for ~560 instructions, as if steps never overlap; a branch per step of the unrolled
+    # chunk keeps ptxas from interleaving them). In the interpreter the hint is a no-op.
     return [
-        triton.Config({"BLOCK_D": bd, "PREFETCH": 1, "NEXT_TO_L1": next_to_l1}, num_warps=1)
+        triton.Config({"BLOCK_D": bd, "PREFETCH": 1, "NEXT_TO_L1": 1, "BRANCHLESS": branchless}, num_warps=1)
         for bd in (32, 64)
-        for next_to_l1 in (0, 1)
+        for branchless in (0, 1)
     ]
 
 
@@ -355,7 +357,7 @@ def selective_scan_bwd_kernel(
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_H0: tl.constexpr, RESET: tl.constexpr, HAS_DLAST: tl.constexpr, SUMMARY: tl.constexpr,
     CHUNK: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, PREFETCH: tl.constexpr,
-    UNROLL: tl.constexpr, NEXT_TO_L1: tl.constexpr = 0,
+    UNROLL: tl.constexpr, NEXT_TO_L1: tl.constexpr = 0, BRANCHLESS: tl.constexpr = 0,
 ):  # fmt: skip
     # One program: one image, BLOCK_D channels, one span of `span` chunks of CHUNK steps (the forward checkpointed
     # the state at every chunk end; `n_ckpt` chunks per row, `nchunks` spans). The state gradient runs backwards:
@@ -437,7 +439,7 @@ def selective_scan_bwd_kernel(
                 pid_b, n_ckpt, STATE, part_base, rows, ch, mask_d, offs_n, mask_n, mask_dn, state_offs, NSTATE,
                 su_l, su_d, sdt_l, sdt_d, sz_l, sz_d, sdo_l, sdo_d, sg_b, sg_l, sg_d, sB_l, sB_n, sC_l, sC_n,
                 j + 1 < span_chunks, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, HAS_H0, RESET, HAS_DLAST, CHUNK, BLOCK_D,
-                BLOCK_N, PREFETCH, UNROLL, NEXT_TO_L1,
+                BLOCK_N, PREFETCH, UNROLL, NEXT_TO_L1, BRANCHLESS,
             )  # fmt: skip
         part = (pid_b * nchunks + c) * D_total
         tl.store(dA_ptr + part * NSTATE + state_offs, dA_acc, mask=mask_dn)
@@ -455,7 +457,7 @@ def _bwd_chunk(u_ptr, delta_ptr, A, A2, B_ptr, C_ptr, Dv, z_ptr, bias, h0_ptr, s
                sC_l, sC_n, more, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
                SOFTPLUS: tl.constexpr, HAS_H0: tl.constexpr, RESET: tl.constexpr, HAS_DLAST: tl.constexpr,
                CHUNK: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, PREFETCH: tl.constexpr,
-               UNROLL: tl.constexpr, NEXT_TO_L1: tl.constexpr):  # fmt: skip
+               UNROLL: tl.constexpr, NEXT_TO_L1: tl.constexpr, BRANCHLESS: tl.constexpr):  # fmt: skip
     """The backward's main pass over chunk `c` (steps t0 .. t0 + steps - 1, steps <= CHUNK), given dh and the decay
     a_next at the step after it; returns them at the chunk's first step, and the updated dA/dD/dbias accumulators.
     NEXT_TO_L1: first start pulling the chunk walked next (the CHUNK steps before, if `more`) into L1, so that its
@@ -467,85 +469,148 @@ def _bwd_chunk(u_ptr, delta_ptr, A, A2, B_ptr, C_ptr, Dv, z_ptr, bias, h0_ptr, s
     # forward sweep: recompute and keep the chunk's states; dz and dC need only forward quantities
     h = tl.load(ckpt_ptr + (pid_b * n_ckpt + c - 1) * STATE + state_offs, mask=mask_dn & (c > 0), other=0.0)
     states = tl.zeros([CHUNK, BLOCK_N, BLOCK_D], dtype=tl.float32)
-    ahead = _bwd_inputs(u_ptr, delta_ptr, B_ptr, C_ptr, dout_ptr, z_ptr, t0, steps > 0, ch, mask_d, offs_n,
-                        NSTATE, su_l, su_d, sdt_l, sdt_d, sB_l, sB_n, sC_l, sC_n, sdo_l, sdo_d, sz_l, sz_d, HAS_Z,
+    ahead = _bwd_inputs(u_ptr, delta_ptr, B_ptr, C_ptr, dout_ptr, z_ptr, t0, steps > 0, ch, mask_d, offs_n, NSTATE,
+                        su_l, su_d, sdt_l, sdt_d, sB_l, sB_n, sC_l, sC_n, sdo_l, sdo_d, sz_l, sz_d, HAS_Z,
                         True)  # fmt: skip
-    # fully unrolled for short chunks (UNROLL == CHUNK): `rows == k` is then static and states[k] costs no selects
+    # fully unrolled for short chunks (UNROLL == CHUNK): `rows == k` is then static and states[k] costs no selects.
+    # BRANCHLESS: the steps past the row's end (its last chunk only) run on masked-off loads with masked stores
+    # instead of behind a branch per step, so that ptxas may interleave consecutive steps of the unrolled chunk
     for k in tl.range(0, CHUNK, loop_unroll_factor=UNROLL):
-        if k < steps:
-            t = t0 + k
-            if PREFETCH:
-                x, raw, Bt, Ct, dout, zt = ahead
-                ahead = _bwd_inputs(u_ptr, delta_ptr, B_ptr, C_ptr, dout_ptr, z_ptr, t + 1, k + 1 < steps, ch,
-                                    mask_d, offs_n, NSTATE, su_l, su_d, sdt_l, sdt_d, sB_l, sB_n, sC_l, sC_n, sdo_l,
-                                    sdo_d, sz_l, sz_d, HAS_Z, True)  # fmt: skip
-            else:
-                x, raw, Bt, Ct, dout, zt = _bwd_inputs(u_ptr, delta_ptr, B_ptr, C_ptr, dout_ptr, z_ptr, t, True, ch,
-                                                       mask_d, offs_n, NSTATE, su_l, su_d, sdt_l, sdt_d, sB_l, sB_n,
-                                                       sC_l, sC_n, sdo_l, sdo_d, sz_l, sz_d, HAS_Z, True)  # fmt: skip
-            raw, dt, dy = _bwd_step(raw, dout, zt, bias, HAS_BIAS, SOFTPLUS, HAS_Z)
-            seg, start, end = _segments(t, L, seq_len, seg_ids_ptr, cu_ptr, pid_b, RESET)
-            if HAS_H0:
-                h = tl.where(start, tl.load(h0_ptr + seg * STATE + state_offs, mask=mask_dn & start, other=0.0), h)
-            elif RESET != 0:  # without resets only t = 0 starts a segment, and chunk 0 starts from zeros
-                h = tl.where(start, 0.0, h)
-            h = _exp2(dt[None, :] * A2) * h + (dt * x)[None, :] * Bt[:, None]
-            states = tl.where((rows == k)[:, None, None], h[None, :, :], states)
-            if HAS_Z:
-                y = tl.sum(h * Ct[:, None], axis=0)
-                if HAS_D:
-                    y += x * Dv
-                sz = tl.sigmoid(zt)
-                dz = dout * y * sz * (1.0 + zt * (1.0 - sz))
-                tl.store(dz_ptr + pid_b * sg_b + t * sg_l + ch * sg_d, dz.to(dz_ptr.dtype.element_ty), mask=mask_d)
-            dC = tl.sum(h * dy[None, :], axis=1)  # [BN]
-            tl.store(dC_ptr + part_base + t * NSTATE + offs_n, dC, mask=mask_n)
-    # backward sweep
-    ahead = _bwd_inputs(u_ptr, delta_ptr, B_ptr, C_ptr, dout_ptr, z_ptr, t0 + steps - 1, steps > 0, ch, mask_d,
-                        offs_n, NSTATE, su_l, su_d, sdt_l, sdt_d, sB_l, sB_n, sC_l, sC_n, sdo_l, sdo_d, sz_l, sz_d,
-                        HAS_Z, True)  # fmt: skip
+        if BRANCHLESS:  # noqa: SIM114 (a compile-time branch; `BRANCHLESS or k < steps` would be a runtime one)
+            h, states, ahead = _recompute_step(
+                u_ptr, delta_ptr, B_ptr, C_ptr, Dv, z_ptr, bias, h0_ptr, seg_ids_ptr, cu_ptr, dout_ptr, dz_ptr, dC_ptr,
+                A2, h, states, ahead, k, t0, steps, L, seq_len, pid_b, STATE, part_base, rows, ch, mask_d, offs_n,
+                mask_n, mask_dn, state_offs, NSTATE, su_l, su_d, sdt_l, sdt_d, sz_l, sz_d, sdo_l, sdo_d, sg_b, sg_l,
+                sg_d, sB_l, sB_n, sC_l, sC_n, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, HAS_H0, RESET, PREFETCH,
+            )  # fmt: skip
+        elif k < steps:
+            h, states, ahead = _recompute_step(
+                u_ptr, delta_ptr, B_ptr, C_ptr, Dv, z_ptr, bias, h0_ptr, seg_ids_ptr, cu_ptr, dout_ptr, dz_ptr, dC_ptr,
+                A2, h, states, ahead, k, t0, steps, L, seq_len, pid_b, STATE, part_base, rows, ch, mask_d, offs_n,
+                mask_n, mask_dn, state_offs, NSTATE, su_l, su_d, sdt_l, sdt_d, sz_l, sz_d, sdo_l, sdo_d, sg_b, sg_l,
+                sg_d, sB_l, sB_n, sC_l, sC_n, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, HAS_H0, RESET, PREFETCH,
+            )  # fmt: skip
+    # backward sweep (BRANCHLESS walks the masked steps too, from the chunk's last slot)
+    first = CHUNK - 1 if BRANCHLESS else steps - 1
+    ahead = _bwd_inputs(u_ptr, delta_ptr, B_ptr, C_ptr, dout_ptr, z_ptr, t0 + first, (first >= 0) & (first < steps),
+                        ch, mask_d, offs_n, NSTATE, su_l, su_d, sdt_l, sdt_d, sB_l, sB_n, sC_l, sC_n, sdo_l, sdo_d,
+                        sz_l, sz_d, HAS_Z, True)  # fmt: skip
     for i in tl.range(0, CHUNK, loop_unroll_factor=UNROLL):
         k = CHUNK - 1 - i
-        if k < steps:
-            t = t0 + k
-            if PREFETCH:
-                x, raw, Bt, Ct, dout, zt = ahead
-                ahead = _bwd_inputs(u_ptr, delta_ptr, B_ptr, C_ptr, dout_ptr, z_ptr, t - 1, k > 0, ch,
-                                    mask_d, offs_n, NSTATE, su_l, su_d, sdt_l, sdt_d, sB_l, sB_n, sC_l, sC_n, sdo_l,
-                                    sdo_d, sz_l, sz_d, HAS_Z, True)  # fmt: skip
-            else:
-                x, raw, Bt, Ct, dout, zt = _bwd_inputs(u_ptr, delta_ptr, B_ptr, C_ptr, dout_ptr, z_ptr, t, True, ch,
-                                                       mask_d, offs_n, NSTATE, su_l, su_d, sdt_l, sdt_d, sB_l, sB_n,
-                                                       sC_l, sC_n, sdo_l, sdo_d, sz_l, sz_d, HAS_Z, True)  # fmt: skip
-            raw, dt, dy = _bwd_step(raw, dout, zt, bias, HAS_BIAS, SOFTPLUS, HAS_Z)
-            seg, start, end = _segments(t, L, seq_len, seg_ids_ptr, cu_ptr, pid_b, RESET)
-            # -0.0 elsewhere: x + -0.0 == x exactly, so the unrolled sum folds away to states[k]
-            h = tl.sum(tl.where((rows == k)[:, None, None], states, -0.0), axis=0)
-            g = dy[None, :] * Ct[:, None]
-            if HAS_DLAST:
-                g += tl.load(dlast_ptr + seg * STATE + state_offs, mask=mask_dn & end, other=0.0)
-            dh = g + a_next * dh
-            dA_t = _exp2(dt[None, :] * A2)
-            dtx = dt * x
-            decayed = h - dtx[None, :] * Bt[:, None]  # = a_t h_{t-1}: the part of h_t that came through the decay
-            dA_acc += dt[None, :] * dh * decayed
-            ddt = tl.sum(dh * (Bt[:, None] * x[None, :] + A * decayed), axis=0)  # [BD]
-            du = dt * tl.sum(dh * Bt[:, None], axis=0)
-            if HAS_D:
-                du += Dv * dy
-                dD_acc += dy * x
-            if SOFTPLUS:
-                ddt *= tl.sigmoid(raw)
-            ddt = tl.where(mask_d, ddt, 0.0)
-            dbias_acc += ddt
-            tl.store(du_ptr + pid_b * sg_b + t * sg_l + ch * sg_d, du.to(du_ptr.dtype.element_ty), mask=mask_d)
-            tl.store(ddelta_ptr + pid_b * sg_b + t * sg_l + ch * sg_d, ddt.to(ddelta_ptr.dtype.element_ty), mask=mask_d)
-            dB = tl.sum(dh * dtx[None, :], axis=1)  # [BN]
-            tl.store(dB_ptr + part_base + t * NSTATE + offs_n, dB, mask=mask_n)
-            if HAS_H0:
-                tl.store(dh0_ptr + seg * STATE + state_offs, dA_t * dh, mask=mask_dn & start)
-            a_next = dA_t if RESET == 0 else tl.where(start, 0.0, dA_t)  # (no reset: a_0 is never used)
+        if BRANCHLESS:  # noqa: SIM114 (as above)
+            dh, a_next, dA_acc, dD_acc, dbias_acc, ahead = _gradient_step(
+                u_ptr, delta_ptr, A, A2, B_ptr, C_ptr, Dv, z_ptr, bias, seg_ids_ptr, cu_ptr, dout_ptr, dlast_ptr,
+                du_ptr, ddelta_ptr, dB_ptr, dh0_ptr, dh, a_next, dA_acc, dD_acc, dbias_acc, states, ahead, k, t0, steps,
+                L, seq_len, pid_b, STATE, part_base, rows, ch, mask_d, offs_n, mask_n, mask_dn, state_offs, NSTATE,
+                su_l, su_d, sdt_l, sdt_d, sz_l, sz_d, sdo_l, sdo_d, sg_b, sg_l, sg_d, sB_l, sB_n, sC_l, sC_n, HAS_D,
+                HAS_Z, HAS_BIAS, SOFTPLUS, HAS_H0, RESET, HAS_DLAST, PREFETCH, BRANCHLESS,
+            )  # fmt: skip
+        elif k < steps:
+            dh, a_next, dA_acc, dD_acc, dbias_acc, ahead = _gradient_step(
+                u_ptr, delta_ptr, A, A2, B_ptr, C_ptr, Dv, z_ptr, bias, seg_ids_ptr, cu_ptr, dout_ptr, dlast_ptr,
+                du_ptr, ddelta_ptr, dB_ptr, dh0_ptr, dh, a_next, dA_acc, dD_acc, dbias_acc, states, ahead, k, t0, steps,
+                L, seq_len, pid_b, STATE, part_base, rows, ch, mask_d, offs_n, mask_n, mask_dn, state_offs, NSTATE,
+                su_l, su_d, sdt_l, sdt_d, sz_l, sz_d, sdo_l, sdo_d, sg_b, sg_l, sg_d, sB_l, sB_n, sC_l, sC_n, HAS_D,
+                HAS_Z, HAS_BIAS, SOFTPLUS, HAS_H0, RESET, HAS_DLAST, PREFETCH, BRANCHLESS,
+            )  # fmt: skip
     return dh, a_next, dA_acc, dD_acc, dbias_acc
+
+
+@triton.jit
+def _recompute_step(u_ptr, delta_ptr, B_ptr, C_ptr, Dv, z_ptr, bias, h0_ptr, seg_ids_ptr, cu_ptr, dout_ptr, dz_ptr,
+                    dC_ptr, A2, h, states, ahead, k, t0, steps, L, seq_len, pid_b, STATE, part_base, rows, ch, mask_d,
+                    offs_n, mask_n, mask_dn, state_offs, NSTATE, su_l, su_d, sdt_l, sdt_d, sz_l, sz_d, sdo_l, sdo_d,
+                    sg_b, sg_l, sg_d, sB_l, sB_n, sC_l, sC_n, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
+                    HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_H0: tl.constexpr, RESET: tl.constexpr,
+                    PREFETCH: tl.constexpr):  # fmt: skip
+    """Step k of the backward's forward sweep: the state h_t into states[k], dz and the dC partial (stored only where
+    k < steps). Returns (h, states, the loads of step k + 1)."""
+    t = t0 + k
+    valid = k < steps
+    if PREFETCH:
+        x, raw, Bt, Ct, dout, zt = ahead
+        ahead = _bwd_inputs(u_ptr, delta_ptr, B_ptr, C_ptr, dout_ptr, z_ptr, t + 1, k + 1 < steps, ch, mask_d, offs_n,
+                            NSTATE, su_l, su_d, sdt_l, sdt_d, sB_l, sB_n, sC_l, sC_n, sdo_l, sdo_d, sz_l, sz_d, HAS_Z,
+                            True)  # fmt: skip
+    else:
+        x, raw, Bt, Ct, dout, zt = _bwd_inputs(u_ptr, delta_ptr, B_ptr, C_ptr, dout_ptr, z_ptr, t, valid, ch, mask_d,
+                                               offs_n, NSTATE, su_l, su_d, sdt_l, sdt_d, sB_l, sB_n, sC_l, sC_n, sdo_l,
+                                               sdo_d, sz_l, sz_d, HAS_Z, True)  # fmt: skip
+    raw, dt, dy = _bwd_step(raw, dout, zt, bias, HAS_BIAS, SOFTPLUS, HAS_Z)
+    seg, start, end = _segments(t, L, seq_len, seg_ids_ptr, cu_ptr, pid_b, RESET)
+    if HAS_H0:
+        h = tl.where(start, tl.load(h0_ptr + seg * STATE + state_offs, mask=mask_dn & start, other=0.0), h)
+    elif RESET != 0:  # without resets only t = 0 starts a segment, and chunk 0 starts from zeros
+        h = tl.where(start, 0.0, h)
+    h = _exp2(dt[None, :] * A2) * h + (dt * x)[None, :] * Bt[:, None]
+    states = tl.where((rows == k)[:, None, None], h[None, :, :], states)
+    if HAS_Z:
+        y = tl.sum(h * Ct[:, None], axis=0)
+        if HAS_D:
+            y += x * Dv
+        sz = tl.sigmoid(zt)
+        dz = dout * y * sz * (1.0 + zt * (1.0 - sz))
+        tl.store(dz_ptr + pid_b * sg_b + t * sg_l + ch * sg_d, dz.to(dz_ptr.dtype.element_ty), mask=mask_d & valid)
+    dC = tl.sum(h * dy[None, :], axis=1)  # [BN]
+    tl.store(dC_ptr + part_base + t * NSTATE + offs_n, dC, mask=mask_n & valid)
+    return h, states, ahead
+
+
+@triton.jit
+def _gradient_step(u_ptr, delta_ptr, A, A2, B_ptr, C_ptr, Dv, z_ptr, bias, seg_ids_ptr, cu_ptr, dout_ptr, dlast_ptr,
+                   du_ptr, ddelta_ptr, dB_ptr, dh0_ptr, dh, a_next, dA_acc, dD_acc, dbias_acc, states, ahead, k, t0,
+                   steps, L, seq_len, pid_b, STATE, part_base, rows, ch, mask_d, offs_n, mask_n, mask_dn, state_offs,
+                   NSTATE, su_l, su_d, sdt_l, sdt_d, sz_l, sz_d, sdo_l, sdo_d, sg_b, sg_l, sg_d, sB_l, sB_n, sC_l,
+                   sC_n, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+                   HAS_H0: tl.constexpr, RESET: tl.constexpr, HAS_DLAST: tl.constexpr, PREFETCH: tl.constexpr,
+                   BRANCHLESS: tl.constexpr):  # fmt: skip
+    """Step k of the backward sweep: dh_t from dh_{t+1}, the step's gradients (stored only where k < steps) and the
+    dA/dD/dbias accumulators. Returns (dh, the decay into this step, the accumulators, the loads of step k - 1)."""
+    t = t0 + k
+    valid = k < steps
+    if PREFETCH:
+        x, raw, Bt, Ct, dout, zt = ahead
+        ahead = _bwd_inputs(u_ptr, delta_ptr, B_ptr, C_ptr, dout_ptr, z_ptr, t - 1, (k > 0) & (k - 1 < steps), ch,
+                            mask_d, offs_n, NSTATE, su_l, su_d, sdt_l, sdt_d, sB_l, sB_n, sC_l, sC_n, sdo_l, sdo_d,
+                            sz_l, sz_d, HAS_Z, True)  # fmt: skip
+    else:
+        x, raw, Bt, Ct, dout, zt = _bwd_inputs(u_ptr, delta_ptr, B_ptr, C_ptr, dout_ptr, z_ptr, t, valid, ch, mask_d,
+                                               offs_n, NSTATE, su_l, su_d, sdt_l, sdt_d, sB_l, sB_n, sC_l, sC_n, sdo_l,
+                                               sdo_d, sz_l, sz_d, HAS_Z, True)  # fmt: skip
+    raw, dt, dy = _bwd_step(raw, dout, zt, bias, HAS_BIAS, SOFTPLUS, HAS_Z)
+    seg, start, end = _segments(t, L, seq_len, seg_ids_ptr, cu_ptr, pid_b, RESET)
+    # -0.0 elsewhere: x + -0.0 == x exactly, so the unrolled sum folds away to states[k]
+    h = tl.sum(tl.where((rows == k)[:, None, None], states, -0.0), axis=0)
+    g = dy[None, :] * Ct[:, None]
+    if HAS_DLAST:
+        g += tl.load(dlast_ptr + seg * STATE + state_offs, mask=mask_dn & end, other=0.0)
+    dh = g + a_next * dh
+    if BRANCHLESS:  # a step past the row's end (its last chunk, entered with dh = 0 and a_next = 0) keeps both at 0
+        dh = tl.where(valid, dh, 0.0)
+    dA_t = _exp2(dt[None, :] * A2)
+    dtx = dt * x
+    decayed = h - dtx[None, :] * Bt[:, None]  # = a_t h_{t-1}: the part of h_t that came through the decay
+    dA_acc += dt[None, :] * dh * decayed
+    ddt = tl.sum(dh * (Bt[:, None] * x[None, :] + A * decayed), axis=0)  # [BD]
+    du = dt * tl.sum(dh * Bt[:, None], axis=0)
+    if HAS_D:
+        du += Dv * dy
+        dD_acc += dy * x
+    if SOFTPLUS:
+        ddt *= tl.sigmoid(raw)
+    ddt = tl.where(mask_d, ddt, 0.0)
+    dbias_acc += ddt
+    grad_offs = pid_b * sg_b + t * sg_l + ch * sg_d
+    tl.store(du_ptr + grad_offs, du.to(du_ptr.dtype.element_ty), mask=mask_d & valid)
+    tl.store(ddelta_ptr + grad_offs, ddt.to(ddelta_ptr.dtype.element_ty), mask=mask_d & valid)
+    dB = tl.sum(dh * dtx[None, :], axis=1)  # [BN]
+    tl.store(dB_ptr + part_base + t * NSTATE + offs_n, dB, mask=mask_n & valid)
+    if HAS_H0:
+        tl.store(dh0_ptr + seg * STATE + state_offs, dA_t * dh, mask=mask_dn & start)
+    a_next = dA_t if RESET == 0 else tl.where(start, 0.0, dA_t)  # (no reset: a_0 is never used)
+    if BRANCHLESS:
+        a_next = tl.where(valid, a_next, 0.0)
+    return dh, a_next, dA_acc, dD_acc, dbias_acc, ahead
 
 
 def _reset_args(length: int, seq_len: int | None, cu_seqlens: Tensor | None, device: torch.device) -> tuple:
