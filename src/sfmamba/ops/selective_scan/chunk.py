@@ -646,9 +646,12 @@ BWD_PROGRAMS_PER_SM = 4  # the step backward splits a row into spans (summary pa
 forced_bwd_span: int | None = None  # chunks per backward program, for tests and sweeps (None: plan_bwd_spans')
 
 
-def plan_bwd_spans(batch: int, groups: int, dim_per_group: int, n_ckpt: int, device: torch.device) -> tuple[int, int]:
-    """(chunks per program, programs along L) for the step backward of a row of `n_ckpt` checkpoint chunks: whole
-    rows unless that leaves fewer than BWD_PROGRAMS_PER_SM programs per SM (on CPU: whole rows)."""
+def plan_bwd_spans(
+    batch: int, groups: int, dim_per_group: int, n_ckpt: int, chunk: int, device: torch.device
+) -> tuple[int, int]:
+    """(chunks per program, programs along L) for the step backward of a row of `n_ckpt` checkpoint chunks of `chunk`
+    steps: whole rows unless that leaves fewer than BWD_PROGRAMS_PER_SM programs per SM, and at most MAX_CHUNK_LEN
+    steps per program, as in the forward (long rows were timed only with one chunk per program; on CPU: whole rows)."""
     if forced_bwd_span is not None:
         span = max(1, min(forced_bwd_span, n_ckpt))
     elif device.type != "cuda":
@@ -656,7 +659,7 @@ def plan_bwd_spans(batch: int, groups: int, dim_per_group: int, n_ckpt: int, dev
     else:
         programs = batch * groups * triton.cdiv(dim_per_group, 32)  # the smallest channel block gives the most
         nspans = max(1, min(triton.cdiv(BWD_PROGRAMS_PER_SM * _sm_count(device), programs), n_ckpt))
-        span = triton.cdiv(n_ckpt, nspans)
+        span = min(triton.cdiv(n_ckpt, nspans), max(1, MAX_CHUNK_LEN // chunk))
     return span, triton.cdiv(n_ckpt, span)
 
 
@@ -818,7 +821,7 @@ def selective_scan_bwd(
     n_ckpt = triton.cdiv(length, chunk)
     kernel = _bwd_kernel()
     step_kernel = kernel is selective_scan_bwd_kernel  # the tiled kernel takes one chunk per program
-    span, nspans = plan_bwd_spans(batch, groups, dim_per_group, n_ckpt, u.device) if step_kernel else (1, n_ckpt)
+    span, nspans = plan_bwd_spans(batch, groups, dim_per_group, n_ckpt, chunk, u.device) if step_kernel else (1, n_ckpt)
     reset, period, seg_ids, cu = _reset_args(length, seq_len, cu_seqlens, u.device)
     dev, f32 = u.device, torch.float32
 
