@@ -476,14 +476,8 @@ def _bwd_chunk(u_ptr, delta_ptr, A, A2, B_ptr, C_ptr, Dv, z_ptr, bias, h0_ptr, s
     # BRANCHLESS: the steps past the row's end (its last chunk only) run on masked-off loads with masked stores
     # instead of behind a branch per step, so that ptxas may interleave consecutive steps of the unrolled chunk
     for k in tl.range(0, CHUNK, loop_unroll_factor=UNROLL):
-        if BRANCHLESS:  # noqa: SIM114 (a compile-time branch; `BRANCHLESS or k < steps` would be a runtime one)
-            h, states, ahead = _recompute_step(
-                u_ptr, delta_ptr, B_ptr, C_ptr, Dv, z_ptr, bias, h0_ptr, seg_ids_ptr, cu_ptr, dout_ptr, dz_ptr, dC_ptr,
-                A2, h, states, ahead, k, t0, steps, L, seq_len, pid_b, STATE, part_base, rows, ch, mask_d, offs_n,
-                mask_n, mask_dn, state_offs, NSTATE, su_l, su_d, sdt_l, sdt_d, sz_l, sz_d, sdo_l, sdo_d, sg_b, sg_l,
-                sg_d, sB_l, sB_n, sC_l, sC_n, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, HAS_H0, RESET, PREFETCH,
-            )  # fmt: skip
-        elif k < steps:
+        run = True if BRANCHLESS else k < steps  # compile-time True, or a branch per step
+        if run:
             h, states, ahead = _recompute_step(
                 u_ptr, delta_ptr, B_ptr, C_ptr, Dv, z_ptr, bias, h0_ptr, seg_ids_ptr, cu_ptr, dout_ptr, dz_ptr, dC_ptr,
                 A2, h, states, ahead, k, t0, steps, L, seq_len, pid_b, STATE, part_base, rows, ch, mask_d, offs_n,
@@ -497,15 +491,8 @@ def _bwd_chunk(u_ptr, delta_ptr, A, A2, B_ptr, C_ptr, Dv, z_ptr, bias, h0_ptr, s
                         sz_l, sz_d, HAS_Z, True)  # fmt: skip
     for i in tl.range(0, CHUNK, loop_unroll_factor=UNROLL):
         k = CHUNK - 1 - i
-        if BRANCHLESS:  # noqa: SIM114 (as above)
-            dh, a_next, dA_acc, dD_acc, dbias_acc, ahead = _gradient_step(
-                u_ptr, delta_ptr, A, A2, B_ptr, C_ptr, Dv, z_ptr, bias, seg_ids_ptr, cu_ptr, dout_ptr, dlast_ptr,
-                du_ptr, ddelta_ptr, dB_ptr, dh0_ptr, dh, a_next, dA_acc, dD_acc, dbias_acc, states, ahead, k, t0, steps,
-                L, seq_len, pid_b, STATE, part_base, rows, ch, mask_d, offs_n, mask_n, mask_dn, state_offs, NSTATE,
-                su_l, su_d, sdt_l, sdt_d, sz_l, sz_d, sdo_l, sdo_d, sg_b, sg_l, sg_d, sB_l, sB_n, sC_l, sC_n, HAS_D,
-                HAS_Z, HAS_BIAS, SOFTPLUS, HAS_H0, RESET, HAS_DLAST, PREFETCH, BRANCHLESS,
-            )  # fmt: skip
-        elif k < steps:
+        run = True if BRANCHLESS else k < steps
+        if run:
             dh, a_next, dA_acc, dD_acc, dbias_acc, ahead = _gradient_step(
                 u_ptr, delta_ptr, A, A2, B_ptr, C_ptr, Dv, z_ptr, bias, seg_ids_ptr, cu_ptr, dout_ptr, dlast_ptr,
                 du_ptr, ddelta_ptr, dB_ptr, dh0_ptr, dh, a_next, dA_acc, dD_acc, dbias_acc, states, ahead, k, t0, steps,
