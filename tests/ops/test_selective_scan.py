@@ -381,19 +381,24 @@ def test_chunk_long_sequence_backward(layout, dtype, kernel):
 @pytest.mark.parametrize("prefetch", [0, 2, 8])
 @pytest.mark.parametrize("layout, kernel", [("BDL", "triton"), ("BLD", "triton-2pass")])
 def test_chunk_prefetch_depths(layout, kernel, prefetch):
-    """The loop variants the interpreter's one config (PREFETCH 1, BRANCHLESS 1) does not reach: loads issued in the
-    step that uses them (PREFETCH 0, forward and backward) and a ring of two or eight steps ahead (forward; the
+    """The loop variants the interpreter's one config (PREFETCH 1, BRANCHLESS 1, TILES 1) does not reach: loads issued
+    in the step that uses them (PREFETCH 0, forward and backward) and a ring of two or eight steps ahead (forward; the
     backward has 0 and 1; eight is longer than the 7-step chunks of the two-pass run, so the ring reaches past its
     chunk from the start); the backward's steps past the row's end behind a branch (BRANCHLESS 0, with PREFETCH 2)
-    or masked (with PREFETCH 0 and 8; L = 23 leaves 7 of the last 8-step chunk): forward, last states, every
-    gradient."""
+    or masked (with PREFETCH 0 and 8; L = 23 leaves 7 of the last 8-step chunk); its chunk states as one tensor
+    (TILES 0, with PREFETCH 0 and 8) or a tuple of tiles (with PREFETCH 2): forward, last states, every gradient."""
     torch.manual_seed(42)
     inputs = make_inputs(2, 23, 20, 8, 2, layout, segments=2)
     kernels = (chunk.selective_scan_fwd_kernel, chunk.selective_scan_bwd_kernel)
     branchless = int(prefetch != 2)
     configs = [
         [triton.Config({"BLOCK_D": 16, "PREFETCH": prefetch}, num_warps=1)],
-        [triton.Config({"BLOCK_D": 16, "PREFETCH": min(prefetch, 1), "BRANCHLESS": branchless}, num_warps=1)],
+        [
+            triton.Config(
+                {"BLOCK_D": 16, "PREFETCH": min(prefetch, 1), "BRANCHLESS": branchless, "TILES": 1 - branchless},
+                num_warps=1,
+            )
+        ],
     ]
     with mock.patch.object(kernels[0], "configs", configs[0]), mock.patch.object(kernels[1], "configs", configs[1]):
         for k in kernels:
@@ -402,7 +407,9 @@ def test_chunk_prefetch_depths(layout, kernel, prefetch):
             compare_with_reference(inputs, torch.float32, {"delta_softplus": True, "layout": layout}, backward=True,
                                    kernel=kernel)  # fmt: skip
             assert [k.best_config.kwargs["PREFETCH"] for k in kernels] == [prefetch, min(prefetch, 1)]
-            assert kernels[1].best_config.kwargs["BRANCHLESS"] == branchless
+            assert (
+                kernels[1].best_config.kwargs["BRANCHLESS"] == branchless == 1 - kernels[1].best_config.kwargs["TILES"]
+            )
         finally:
             for k in kernels:
                 k.cache.clear()

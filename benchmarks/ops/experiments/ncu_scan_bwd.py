@@ -3,7 +3,7 @@ here): the stall breakdown of the step backward's main pass says what bounds it 
 
     ncu --clock-control none --kernel-name regex:selective_scan_bwd_kernel --launch-skip 1 --launch-count 1 \
         --section WarpStateStats --section Occupancy --section SpeedOfLight --section MemoryWorkloadAnalysis \
-        python benchmarks/ops/experiments/ncu_scan_bwd.py [--shape 0] [--dtype bfloat16] [--block-d 32] [--span 0] [--next-to-l1 1] [--branchless 0]
+        python benchmarks/ops/experiments/ncu_scan_bwd.py [--shape 0] [--dtype bfloat16] [--block-d 32] [--span 0] [--next-to-l1 1] [--branchless 0] [--tiles 1]
 
 `--span`: chunks per backward program (`chunk.forced_bwd_span`; 0 = the planner's). Runs fwd+bwd three times.
 `--profile`: instead, print torch.profiler's device time per kernel over 10 fwd+bwd runs (where the op's time goes
@@ -33,12 +33,19 @@ def main() -> None:
     parser.add_argument("--span", type=int, default=0)
     parser.add_argument("--next-to-l1", type=int, default=1, choices=[0, 1])
     parser.add_argument("--branchless", type=int, default=0, choices=[0, 1])
+    parser.add_argument("--tiles", type=int, default=1, choices=[0, 1])
     parser.add_argument("--profile", action="store_true")
     args = parser.parse_args()
     kernel = chunk.selective_scan_bwd_kernel
     kernel.configs = [
         triton.Config(
-            {"BLOCK_D": args.block_d, "PREFETCH": 1, "NEXT_TO_L1": args.next_to_l1, "BRANCHLESS": args.branchless},
+            {
+                "BLOCK_D": args.block_d,
+                "PREFETCH": 1,
+                "NEXT_TO_L1": args.next_to_l1,
+                "BRANCHLESS": args.branchless,
+                "TILES": args.tiles,
+            },
             num_warps=1,
         )
     ]
@@ -58,7 +65,7 @@ def main() -> None:
             torch.cuda.synchronize()
         print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=15, max_name_column_width=70))
     print(
-        f"ran {shape} {args.dtype} BLOCK_D {args.block_d} span {args.span or 'planner'} next-to-L1 {args.next_to_l1} branchless {args.branchless}: {out.float().norm():.4g}"
+        f"ran {shape} {args.dtype} BLOCK_D {args.block_d} span {args.span or 'planner'} next-to-L1 {args.next_to_l1} branchless {args.branchless} tiles {args.tiles}: {out.float().norm():.4g}"
     )
 
 

@@ -79,6 +79,9 @@ CASES = [
           NEXT_TO_L1=1, BRANCHLESS=1), 1, 32),
     ("step bwd BD64", chunk.selective_scan_bwd_kernel,  # the H200's pick at (128, 160, 196, 8) bf16 (2 channels/thread)
      dict(INFERENCE, HAS_DLAST=False, SUMMARY=False, CHUNK=8, BLOCK_D=64, BLOCK_N=8, PREFETCH=1, UNROLL=8), 1, 64),
+    *[(f"step bwd BD{bd}", chunk.selective_scan_bwd_kernel,  # session 14: lanes on N too (fewer shuffles, more warps)
+       dict(INFERENCE, HAS_DLAST=False, SUMMARY=False, CHUNK=8, BLOCK_D=bd, BLOCK_N=8, PREFETCH=1, UNROLL=8,
+            NEXT_TO_L1=1), 1, bd) for bd in (8, 16)],
     ("step bwd summary", chunk.selective_scan_bwd_kernel,
      dict(INFERENCE, HAS_DLAST=False, SUMMARY=True, CHUNK=8, BLOCK_D=32, BLOCK_N=8, PREFETCH=1, UNROLL=8), 1, 32),
     ("step bwd N1", chunk.selective_scan_bwd_kernel,  # VMamba's N = 1 (chunks of 16 steps)
