@@ -191,11 +191,11 @@ def sweep_fwd_configs(
 
 @_autotune(configs=_fwd_configs(), key=["Dg", "NSTATE", "chunk_len", "SUMMARY", "STORE_CKPT"], warm_l2=True)
 @triton.heuristics({"BLOCK_N": lambda args: triton.next_power_of_2(args["NSTATE"])})
-@triton.jit(do_not_specialize=["L", "seq_len", "nchunks", "ckpt_len"])
+@triton.jit(do_not_specialize=["L", "seq_len", "nchunks"])
 def selective_scan_fwd_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, seg_ids_ptr, cu_ptr,
     out_ptr, last_ptr, ckpt_ptr, chunk_P_ptr, chunk_S_ptr,
-    L, Dg, NSTATE, seq_len, chunk_len, nchunks, ckpt_len,
+    L, Dg, NSTATE, seq_len, chunk_len, nchunks, ckpt_len: tl.constexpr,
     su_b, su_l, su_d, sdt_b, sdt_l, sdt_d, sz_b, sz_l, sz_d, so_b, so_l, so_d,
     sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
@@ -271,10 +271,11 @@ def selective_scan_fwd_kernel(
             tl.store(out_ptr + t * so_l + ch * so_d, y.to(out_ptr.dtype.element_ty), mask=mask_d)
             if STORE_LAST:
                 tl.store(last_ptr + seg * (D_total * NSTATE) + state_offs, h, mask=mask_dn & end)
-            if STORE_CKPT:  # the state after every ckpt_len steps, for the backward
-                is_ckpt = ((t + 1) % ckpt_len == 0) | (t == L - 1)
-                ckpt_offs = (pid_b * tl.cdiv(L, ckpt_len) + t // ckpt_len) * (D_total * NSTATE) + state_offs
-                tl.store(ckpt_ptr + ckpt_offs, h, mask=mask_dn & is_ckpt)
+            if STORE_CKPT:  # the state after every ckpt_len steps, for the backward (a uniform branch: no
+                # per-step predicated stores of the whole state)
+                if ((t + 1) % ckpt_len == 0) | (t == L - 1):
+                    ckpt_offs = (pid_b * tl.cdiv(L, ckpt_len) + t // ckpt_len) * (D_total * NSTATE) + state_offs
+                    tl.store(ckpt_ptr + ckpt_offs, h, mask=mask_dn)
     if SUMMARY:
         offs = chunk_base + c * D_total * NSTATE + state_offs
         tl.store(chunk_P_ptr + offs, decay, mask=mask_dn)
