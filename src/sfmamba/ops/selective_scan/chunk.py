@@ -329,13 +329,14 @@ def _bwd_configs() -> list[triton.Config]:
     # twin and two warps lost 25 %, yet the autotuner, timing the kernel alone, picked such configs (516 us instead
     # of 348 us in bf16). Each pulls the next chunk into L1 ahead (NEXT_TO_L1; H200, session 13 call 3,
     # (128, 160, 196, 8) bf16 whole rows: 353.3 -> 343.9 us at BLOCK_D 32). Session 14 call 1 (same shape): BLOCK_D 64
-    # 434.1 us (spills), BRANCHLESS (steps past the row's end masked, not branched) 443.1 us against 335.1. TILES
-    # (session 14, timing pending): the chunk's states as a tuple of [BN, BD] tiles in the layout of the step's math,
-    # instead of a [CHUNK, BN, BD] tensor converted through shared memory every step (sm_90 build: 3880 instead of
-    # 4496 instructions per 8-step chunk, no spills). In the interpreter the L1 hint is a no-op.
+    # 434.1 us (spills), BRANCHLESS (steps past the row's end masked, not branched) 443.1 us against 335.1. TILES:
+    # the chunk's states as a tuple of [BN, BD] tiles in the layout of the step's math, instead of a [CHUNK, BN, BD]
+    # tensor converted through shared memory every step (sm_90 build: 3880 instead of 4496 instructions per 8-step
+    # chunk, no spills); session 14 call 2, same shape: bf16 330.0 -> 307.7 us, fp32 310.6 -> 285.7 (BLOCK_D 64 with
+    # TILES: 369.3, spills). In the interpreter the L1 hint is a no-op.
     return [
-        triton.Config({"BLOCK_D": bd, "PREFETCH": 1, "NEXT_TO_L1": 1, "BRANCHLESS": 0, "TILES": tiles}, num_warps=1)
-        for bd, tiles in ((32, 0), (32, 1), (64, 1))
+        triton.Config({"BLOCK_D": 32, "PREFETCH": 1, "NEXT_TO_L1": 1, "BRANCHLESS": 0, "TILES": tiles}, num_warps=1)
+        for tiles in (1, 0)
     ]
 
 
