@@ -381,22 +381,22 @@ def test_chunk_long_sequence_backward(layout, dtype, kernel):
 @pytest.mark.parametrize("prefetch", [0, 2, 8])
 @pytest.mark.parametrize("layout, kernel", [("BDL", "triton"), ("BLD", "triton-2pass")])
 def test_chunk_prefetch_depths(layout, kernel, prefetch):
-    """The loop variants the interpreter's one config (PREFETCH 1, BRANCHLESS 1, TILES 1) does not reach: loads issued
-    in the step that uses them (PREFETCH 0, forward and backward) and a ring of two or eight steps ahead (forward; the
-    backward has 0 and 1; eight is longer than the 7-step chunks of the two-pass run, so the ring reaches past its
-    chunk from the start); the backward's steps past the row's end behind a branch (BRANCHLESS 0, with PREFETCH 2)
-    or masked (with PREFETCH 0 and 8; L = 23 leaves 7 of the last 8-step chunk); its chunk states as one tensor
-    (TILES 0, with PREFETCH 0 and 8) or a tuple of tiles (with PREFETCH 2): forward, last states, every gradient."""
+    """The loop variants the interpreter's one config (PREFETCH 1, BRANCHLESS 0, TILES 1: the GPU's) does not reach:
+    loads issued in the step that uses them (PREFETCH 0, forward and backward) and a ring of two or eight steps ahead
+    (forward; the backward has 0 and 1; eight is longer than the 7-step chunks of the two-pass run, so the ring reaches
+    past its chunk from the start); the backward's steps past the row's end masked (BRANCHLESS 1, with PREFETCH 0 and
+    8; L = 23 leaves 7 of the last 8-step chunk) or behind a branch (with PREFETCH 2); its chunk states as one tensor
+    (TILES 0, with PREFETCH 0 and 2) or a tuple of tiles (with PREFETCH 8); initial states (with PREFETCH 0; they make
+    every backward BRANCHLESS): forward, last states, every gradient."""
     torch.manual_seed(42)
-    inputs = make_inputs(2, 23, 20, 8, 2, layout, segments=2)
+    inputs = make_inputs(2, 23, 20, 8, 2, layout, segments=2 if prefetch == 0 else None)
     kernels = (chunk.selective_scan_fwd_kernel, chunk.selective_scan_bwd_kernel)
-    branchless = int(prefetch != 2)
+    branchless, tiles = int(prefetch != 2), int(prefetch == 8)
     configs = [
         [triton.Config({"BLOCK_D": 16, "PREFETCH": prefetch}, num_warps=1)],
         [
             triton.Config(
-                {"BLOCK_D": 16, "PREFETCH": min(prefetch, 1), "BRANCHLESS": branchless, "TILES": 1 - branchless},
-                num_warps=1,
+                {"BLOCK_D": 16, "PREFETCH": min(prefetch, 1), "BRANCHLESS": branchless, "TILES": tiles}, num_warps=1
             )
         ],
     ]
@@ -407,8 +407,9 @@ def test_chunk_prefetch_depths(layout, kernel, prefetch):
             compare_with_reference(inputs, torch.float32, {"delta_softplus": True, "layout": layout}, backward=True,
                                    kernel=kernel)  # fmt: skip
             assert [k.best_config.kwargs["PREFETCH"] for k in kernels] == [prefetch, min(prefetch, 1)]
-            assert (
-                kernels[1].best_config.kwargs["BRANCHLESS"] == branchless == 1 - kernels[1].best_config.kwargs["TILES"]
+            assert (kernels[1].best_config.kwargs["BRANCHLESS"], kernels[1].best_config.kwargs["TILES"]) == (
+                branchless,
+                tiles,
             )
         finally:
             for k in kernels:
@@ -901,7 +902,8 @@ for nstate, summary, reset, extra in ((8, False, 0, infer), (8, False, 1, train)
                                       (8, True, 1, infer)):
     block_n, steps = triton.next_power_of_2(nstate), chunk.bwd_chunk_for(nstate)
     flags = dict(common, **extra, RESET=reset, HAS_DLAST=extra is train, SUMMARY=summary, CHUNK=steps, BLOCK_D=32,
-                 BLOCK_N=block_n, UNROLL=steps, NEXT_TO_L1=int(extra is train), BRANCHLESS=int(reset != 1))
+                 BLOCK_N=block_n, UNROLL=steps, NEXT_TO_L1=int(extra is train), BRANCHLESS=int(extra is train),
+                 TILES=int(reset != 1))
     compiled = compile_for_sm90(chunk.selective_scan_bwd_kernel, flags, 1, scan_pointer_type("bf16"))
     loops = compiled.asm["ttgir"].count("scf.for")
     hints = compiled.asm["ptx"].count("prefetch.global.L1")

@@ -33,6 +33,7 @@ from .._launch import sm_count as _sm_count
 from .._launch import softplus as _softplus
 from .._launch import x_strides as _x_strides
 from .._transpose import transpose_copy
+from .partials import sum_bc_partials, sum_param_partials
 
 RESET_NONE, RESET_PERIODIC, RESET_VARLEN = 0, 1, 2
 
@@ -271,8 +272,8 @@ def selective_scan_fwd_kernel(
             tl.store(out_ptr + t * so_l + ch * so_d, y.to(out_ptr.dtype.element_ty), mask=mask_d)
             if STORE_LAST:
                 tl.store(last_ptr + seg * (D_total * NSTATE) + state_offs, h, mask=mask_dn & end)
-            if STORE_CKPT:  # the state after every ckpt_len steps, for the backward (a uniform branch: no
-                # per-step predicated stores of the whole state)
+            if STORE_CKPT:  # noqa: SIM102 (a compile-time branch around a uniform run-time one: no per-step predicated
+                # stores of the whole state) the state after every ckpt_len steps, for the backward
                 if ((t + 1) % ckpt_len == 0) | (t == L - 1):
                     ckpt_offs = (pid_b * tl.cdiv(L, ckpt_len) + t // ckpt_len) * (D_total * NSTATE) + state_offs
                     tl.store(ckpt_ptr + ckpt_offs, h, mask=mask_dn)
@@ -322,7 +323,7 @@ def combine_chunks(decay: Tensor, value: Tensor, reverse: bool) -> None:
 def _bwd_configs() -> list[triton.Config]:
     if triton_interpret():
         return [
-            triton.Config({"BLOCK_D": 16, "PREFETCH": 1, "NEXT_TO_L1": 1, "BRANCHLESS": 1, "TILES": 1}, num_warps=1)
+            triton.Config({"BLOCK_D": 16, "PREFETCH": 1, "NEXT_TO_L1": 1, "BRANCHLESS": 0, "TILES": 1}, num_warps=1)
         ]
     # One warp, loads prefetched a step ahead: on an H200 (fwd+bwd at (128, 160, 196, 8), CUDA graphs,
     # benchmarks/results/bwd_configs_20261202T172028.json) every PREFETCH 0 config lost 10-20 % to its PREFETCH 1
@@ -349,6 +350,10 @@ MAX_UNROLL = 16  # the backward's main pass unrolls chunks up to this many steps
 @triton.heuristics({
     "BLOCK_N": lambda args: triton.next_power_of_2(args["NSTATE"]),
     "UNROLL": lambda args: args["CHUNK"] if args["CHUNK"] <= MAX_UNROLL and args["NSTATE"] <= 8 else 1,
+    # with an initial state, always masked steps: Triton 3.8 (not 3.6) fails to build the branched ones when an
+    # initial state, a gate and a last-state gradient meet (remove-layout-conversions leaves mismatched layouts
+    # across a step's scf.if); initial states are rare (folding resets states instead)
+    "BRANCHLESS": lambda args: int(args["BRANCHLESS"] or args["HAS_H0"]),
 })  # fmt: skip
 @triton.jit(do_not_specialize=["L", "seq_len", "nchunks", "n_ckpt", "span"])
 def selective_scan_bwd_kernel(
@@ -530,10 +535,10 @@ def _bwd_chunk(u_ptr, delta_ptr, A, A2, B_ptr, C_ptr, Dv, z_ptr, bias, h0_ptr, s
             run = True if BRANCHLESS else k < steps
             if run:
                 # -0.0 elsewhere: x + -0.0 == x exactly, so the unrolled sum folds away to states[k]
-                h = tl.sum(tl.where((rows == k)[:, None, None], states, -0.0), axis=0)
+                h_k = tl.sum(tl.where((rows == k)[:, None, None], states, -0.0), axis=0)
                 dh, a_next, dA_acc, dD_acc, dbias_acc, ahead = _gradient_step(
                     u_ptr, delta_ptr, A, A2, B_ptr, C_ptr, Dv, z_ptr, bias, seg_ids_ptr, cu_ptr, dout_ptr, dlast_ptr,
-                    du_ptr, ddelta_ptr, dB_ptr, dh0_ptr, dh, a_next, dA_acc, dD_acc, dbias_acc, h, ahead, k, t0,
+                    du_ptr, ddelta_ptr, dB_ptr, dh0_ptr, dh, a_next, dA_acc, dD_acc, dbias_acc, h_k, ahead, k, t0,
                     steps, L, seq_len, pid_b, STATE, part_base, ch, mask_d, offs_n, mask_n, mask_dn, state_offs,
                     NSTATE, su_l, su_d, sdt_l, sdt_d, sz_l, sz_d, sdo_l, sdo_d, sg_b, sg_l, sg_d, sB_l, sB_n, sC_l,
                     sC_n, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, HAS_H0, RESET, HAS_DLAST, PREFETCH, BRANCHLESS,
@@ -855,8 +860,8 @@ def selective_scan_bwd(
     du, ddelta = _empty_adjacent(u, layout, u.dtype), _empty_adjacent(u, layout, delta.dtype)
     dz = _empty_adjacent(u, layout, z.dtype) if z is not None else new((0,))
     n_dblocks = triton.cdiv(dim_per_group, min(c.kwargs["BLOCK_D"] for c in kernel.configs))  # the most any launches
-    dB_part = new((n_dblocks, batch, groups, length, nstate))
-    dC_part = torch.empty_like(dB_part)
+    bc_part = new((2, n_dblocks, batch, groups, length, nstate))  # dB, dC partials per channel block
+    dB_part, dC_part = bc_part[0], bc_part[1]
     dA_part = new((batch, nspans, nstate, dim))
     dD_part = new((batch, nspans, dim), present=D is not None)
     dbias_part = new((batch, nspans, dim), present=delta_bias is not None)
@@ -887,24 +892,13 @@ def selective_scan_bwd(
             _launch_kernel(kernel, grid, *args, **flags, SUMMARY=True)
             combine_chunks(sum_Q, sum_X, reverse=True)
         meta = _launch_kernel(kernel, grid, *args, **flags, SUMMARY=False)
-    used = triton.cdiv(dim_per_group, meta["BLOCK_D"])
-    dB = _bc_from_blgn(dB_part[:used].sum(0).transpose(2, 3), B_in, layout)
-    dC = _bc_from_blgn(dC_part[:used].sum(0).transpose(2, 3), C_in, layout)
-    dD = dD_part.sum((0, 1)) if D is not None else dD_part
-    dbias = dbias_part.sum((0, 1)) if delta_bias is not None else dbias_part
+        used = triton.cdiv(dim_per_group, meta["BLOCK_D"])
+        dB, dC = sum_bc_partials(bc_part, used, B_in, C_in, length, groups, layout)
+        dA, dD, dbias = sum_param_partials(dA_part, dD_part if D is not None else None,
+                                           dbias_part if delta_bias is not None else None)  # fmt: skip
     dh0 = dh0.transpose(1, 2).contiguous() if initial_state is not None else dh0
     du, ddelta, dz = _contiguous(du, layout), _contiguous(ddelta, layout), _contiguous(dz, layout)
-    return du, ddelta, dA_part.sum((0, 1)).t().contiguous(), dB, dC, dD, dz, dbias, dh0
-
-
-def _bc_from_blgn(grad: Tensor, like: Tensor, layout: str) -> Tensor:
-    """(batch, G, N, L) fp32 gradient -> the form and dtype of B or C."""
-    if layout == "BLD":
-        grad = grad.permute(0, 3, 1, 2)  # (b, L, G, N)
-        grad = grad.squeeze(2) if like.dim() == 3 else grad
-    elif like.dim() == 3:
-        grad = grad.squeeze(1)
-    return grad.to(like.dtype).contiguous()
+    return du, ddelta, dA, dB, dC, dD, dz, dbias, dh0
 
 
 _FWD_SCHEMA = (

@@ -1,0 +1,54 @@
+"""The scan backward's partial-sum kernels (ops/selective_scan/partials.py) against torch sums, in the interpreter,
+with outputs NaN-poisoned by conftest: dB/dC from the first `n_parts` of more channel blocks, written in B's and C's
+own forms (both layouts, shared and grouped) and dtypes; dA transposed into A's (D, N) form, dD and dbias."""
+
+from __future__ import annotations
+
+import os
+
+os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported (see test_selective_scan.py)
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from sfmamba.ops.selective_scan.partials import sum_bc_partials, sum_param_partials  # noqa: E402
+
+
+@pytest.mark.parametrize("layout", ["BLD", "BDL"])
+@pytest.mark.parametrize("groups", [None, 3])
+def test_sum_bc_partials(layout, groups):
+    torch.manual_seed(0)
+    batch, length, nstate, blocks, used = 2, 7, 5, 3, 2
+    g = groups or 1
+    part = torch.randn(2, blocks, batch, g, length, nstate)
+    expected = part[:, :used].sum(1)  # [2, batch, G, L, N]
+    if layout == "BLD":
+        expected = expected.permute(0, 1, 3, 2, 4)  # [2, batch, L, G, N]
+        shape = (batch, length, g, nstate) if groups else (batch, length, nstate)
+    else:
+        expected = expected.transpose(-1, -2)  # [2, batch, G, N, L]
+        shape = (batch, g, nstate, length) if groups else (batch, nstate, length)
+    B = torch.empty(shape, dtype=torch.bfloat16)
+    C = torch.empty(shape, dtype=torch.float32).transpose(-1, -2).contiguous().transpose(-1, -2)  # not contiguous
+    dB, dC = sum_bc_partials(part, used, B, C, length, g, layout)
+    assert dB.dtype == torch.bfloat16 and dC.dtype == torch.float32
+    assert dB.shape == dC.shape == shape and dB.is_contiguous() and dC.is_contiguous()
+    torch.testing.assert_close(dB, expected[0].reshape(shape).to(torch.bfloat16))
+    torch.testing.assert_close(dC, expected[1].reshape(shape))
+
+
+@pytest.mark.parametrize("has_d, has_bias", [(True, True), (False, True), (True, False), (False, False)])
+def test_sum_param_partials(has_d, has_bias):
+    torch.manual_seed(0)
+    batch, spans, nstate, dim = 3, 2, 4, 37  # dim * nstate spans several column blocks; rows not a block multiple
+    dA_part = torch.randn(batch, spans, nstate, dim)
+    dD_part = torch.randn(batch, spans, dim) if has_d else None
+    dbias_part = torch.randn(batch, spans, dim) if has_bias else None
+    dA, dD, dbias = sum_param_partials(dA_part, dD_part, dbias_part)
+    torch.testing.assert_close(dA, dA_part.sum((0, 1)).t())
+    assert dA.is_contiguous() and dA.shape == (dim, nstate)
+    for got, part in ((dD, dD_part), (dbias, dbias_part)):
+        if part is None:
+            assert got.numel() == 0
+        else:
+            torch.testing.assert_close(got, part.sum((0, 1)))
