@@ -7,7 +7,7 @@ import inspect
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 import torch
 from torch import Tensor, nn
@@ -64,11 +64,15 @@ def jit_function(kernel):
     return kernel
 
 
-def compile_for_sm90(kernel, constexprs: dict, num_warps: int, pointer_type: Callable[[str], str]):
+def compile_for_sm90(
+    kernel, constexprs: dict, num_warps: int, pointer_type: Callable[[str], str], divisible_by_16: Collection[str] = ()
+):
     """Build a Triton kernel (under any autotune/heuristics wrappers) for an H100 with Triton's bundled ptxas -- no GPU
     needed -- so CI catches what the GPU compiler rejects (the interpreter never compiles). Arguments named in
     `constexprs` are bound to those values (constexprs not named there take their defaults), other `*_ptr` arguments
     typed by `pointer_type(name)`, the rest int32.
+    `divisible_by_16`: arguments to mark as a GPU launch does for pointers and integers divisible by 16 (it changes
+    the layouts Triton picks: vectorised loads anchor other layouts).
     Returns Triton's compiled kernel (`.asm` holds ttgir, ptx, cubin). Call it where TRITON_INTERPRET is unset."""
     import triton
     from triton.backends.compiler import GPUTarget
@@ -82,7 +86,12 @@ def compile_for_sm90(kernel, constexprs: dict, num_warps: int, pointer_type: Cal
         for name in fn.arg_names
     }
     constants = {(fn.arg_names.index(k),): v for k, v in constexprs.items()}
-    source = ASTSource(fn, signature, constants)
+    attrs = {
+        (fn.arg_names.index(n),): [["tt.divisibility", 16]]
+        for n in divisible_by_16
+        if signature.get(n, "constexpr") != "constexpr"
+    }
+    source = ASTSource(fn, signature, constants, attrs)
     return triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps})
 
 

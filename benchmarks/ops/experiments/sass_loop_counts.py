@@ -15,7 +15,8 @@ about memory latency or occupancy (registers bound the resident warps: 65536 / (
 is BLD with its unit strides bound to 1, as Triton specialises integer arguments equal to 1 at launch (the GPU also
 specialises arguments divisible by 16, which this build does not: register and spill counts can differ).
 
-    python benchmarks/ops/experiments/sass_loop_counts.py [--out benchmarks/results/sass_loop_counts_<date>.json]
+    python benchmarks/ops/experiments/sass_loop_counts.py [--gpu-like] [--only NAME ...]
+        [--out benchmarks/results/sass_loop_counts_<date>.json]
 
 Prints one row per (kernel, flags, config) and innermost loop (a kernel whose chunk loop is fully unrolled, the
 backward's main pass, counts all its instructions over its CHUNK steps, prologue included); writes JSON (Triton
@@ -58,6 +59,11 @@ SEQUENCE_ARGS = {
     "C_ptr",
 }
 UNIT_STRIDES = ("su_d", "sdt_d", "sz_d", "so_d", "sdo_d", "sg_d", "sB_n", "sC_n")  # channel / state strides in BLD
+# --gpu-like: what a launch at MambaVision-T's (128, 160, 196, 8) BLD marks divisible by 16 (every pointer, batch and
+# L * D strides, channels); with it the build's layouts, shuffles and shared-memory conversions match the GPU's own
+# (session 14: the step backward's SHFL/BAR/FFMA counts equalled ncu's SASS listing of the H200 build)
+GPU_DIVISIBLE = ("su_b", "su_l", "sdt_b", "sdt_l", "sz_b", "sz_l", "so_b", "so_l", "sdo_b", "sdo_l", "sg_b", "sg_l",
+                 "sB_b", "sB_g", "sC_b", "sC_g", "Dg", "batch")  # fmt: skip
 INFERENCE = dict(HAS_D=True, HAS_Z=False, HAS_BIAS=True, SOFTPLUS=True, HAS_H0=False, RESET=0)
 # (name, kernel, flags, num_warps, channels one program's step covers): MambaVision-T's scan, N = 8, bf16
 CASES = [
@@ -79,6 +85,9 @@ CASES = [
           NEXT_TO_L1=1, BRANCHLESS=1), 1, 32),
     ("step bwd BD64", chunk.selective_scan_bwd_kernel,  # the H200's pick at (128, 160, 196, 8) bf16 (2 channels/thread)
      dict(INFERENCE, HAS_DLAST=False, SUMMARY=False, CHUNK=8, BLOCK_D=64, BLOCK_N=8, PREFETCH=1, UNROLL=8), 1, 64),
+    ("step bwd tiles", chunk.selective_scan_bwd_kernel,  # session 14's default: the chunk's states as a tuple of tiles
+     dict(INFERENCE, HAS_DLAST=False, SUMMARY=False, CHUNK=8, BLOCK_D=32, BLOCK_N=8, PREFETCH=1, UNROLL=8,
+          NEXT_TO_L1=1, TILES=1), 1, 32),
     *[(f"step bwd BD{bd}", chunk.selective_scan_bwd_kernel,  # session 14: lanes on N too (fewer shuffles, more warps)
        dict(INFERENCE, HAS_DLAST=False, SUMMARY=False, CHUNK=8, BLOCK_D=bd, BLOCK_N=8, PREFETCH=1, UNROLL=8,
             NEXT_TO_L1=1), 1, bd) for bd in (8, 16)],
@@ -134,15 +143,20 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / f"sass_loop_counts_{stamp}.json")
     parser.add_argument("--dtype", default="bf16", choices=["bf16", "fp32", "fp16"])
     parser.add_argument("--only", nargs="*", default=None, help="only the cases whose name contains one of these")
+    parser.add_argument("--gpu-like", action="store_true", help="mark what a GPU launch marks divisible by 16")
     args = parser.parse_args()
     rows = []
-    print(f"{'kernel':26s} {'regs':>4s} {'spill':>5s} {'loop instr':>10s} {'channels':>8s} {'instr/channel-step':>18s}")
+    print(f"{'kernel':26s} {'regs':>4s} {'spill':>5s} {'loop instr':>10s} {'channels':>8s} {'instr/channel-step':>18s} "
+          f"{'convs':>5s}")  # fmt: skip
     for name, kernel, flags, num_warps, channels in CASES:
         if args.only is not None and not any(part in name for part in args.only):
             continue
         # the BLD layout's unit strides, as Triton specialises integer arguments equal to 1 at launch
         unit = {name: 1 for name in UNIT_STRIDES if name in jit_function(kernel).arg_names}
-        compiled = compile_for_sm90(kernel, {**flags, **unit}, num_warps, scan_pointer_type(args.dtype))
+        names = jit_function(kernel).arg_names
+        divisible = [n for n in names if n.endswith("_ptr") or n in GPU_DIVISIBLE] if args.gpu_like else []
+        compiled = compile_for_sm90(kernel, {**flags, **unit}, num_warps, scan_pointer_type(args.dtype), divisible)
+        conversions = compiled.asm["ttgir"].count("ttg.convert_layout")
         regs, spills = registers_and_spills(compiled.asm["ptx"])
         total, found = loops(compiled.asm["cubin"])
         if not found and "CHUNK" in flags:  # a fully unrolled chunk: the whole kernel over its CHUNK steps
@@ -152,9 +166,13 @@ def main() -> None:
             top = dict(ops.most_common(8))
             rows.append(dict(kernel=name, flags=flags, num_warps=num_warps, channels_per_step=channels,
                              registers=regs, spill_bytes=spills, kernel_instructions=total, loop_instructions=size,
-                             instructions_per_channel_step=per_channel, top_opcodes=top))  # fmt: skip
-            print(f"{name:26s} {regs:4d} {spills:5d} {size:10.0f} {channels:8d} {per_channel:18.2f}  {top}")
-    meta = dict(date=stamp, triton=triton.__version__, target="sm_90 (Triton's ptxas, no GPU)", dtype=args.dtype)
+                             instructions_per_channel_step=per_channel, layout_conversions=conversions,
+                             top_opcodes=top))  # fmt: skip
+            print(
+                f"{name:26s} {regs:4d} {spills:5d} {size:10.0f} {channels:8d} {per_channel:18.2f} {conversions:5d}  {top}"
+            )
+    meta = dict(date=stamp, triton=triton.__version__, target="sm_90 (Triton's ptxas, no GPU)", dtype=args.dtype,
+                gpu_like=args.gpu_like)  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
     print(f"wrote {args.out}")
