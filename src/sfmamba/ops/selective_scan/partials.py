@@ -17,21 +17,23 @@ from .._launch import launch as _launch_kernel
 
 
 @triton.jit
-def bc_partials_kernel(part_ptr, dB_ptr, dC_ptr, n_parts, which_stride, rows, L, G, NSTATE, sB_b, sB_g, sB_n, sB_l,
-                       sC_b, sC_g, sC_n, sC_l, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr):  # fmt: skip
-    # part: [2 (dB, dC; `which_stride` apart), n_parts, rows, NSTATE] fp32 with row r = (b * G + g) * L + l. Sums over
-    # the parts and writes
-    # dB (program_id(1) 0) or dC (1) through their own (batch, G, N, L) strides, in their own dtype.
+def bc_partials_kernel(part_ptr, dB_ptr, dC_ptr, n_parts, which_stride, part_stride, rows, L, G, NSTATE, sB_b, sB_g,
+                       sB_n, sB_l, sC_b, sC_g, sC_n, sC_l, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr):  # fmt: skip
+    # part: [2 (dB, dC; `which_stride` apart), n_parts (`part_stride` apart), rows, NSTATE] fp32 with row
+    # r = (b * G + g) * L + l. Sums over the parts and writes dB (program_id(1) 0) or dC (1) through their own
+    # (batch, G, N, L) strides, in their own dtype.
     which = tl.program_id(1)
-    offs_r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R).to(tl.int64)
+    offs_r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)  # int32 (the launcher checks rows < 2**31): the
+    # row's (batch, group, step) divisions below would otherwise be 64-bit, emulated in software on the GPU
     offs_n = tl.arange(0, BLOCK_N)
     mask = (offs_r < rows)[:, None] & (offs_n < NSTATE)[None, :]
-    src = part_ptr + which.to(tl.int64) * which_stride + offs_r[:, None] * NSTATE + offs_n[None, :]
+    src = part_ptr + which.to(tl.int64) * which_stride + offs_r.to(tl.int64)[:, None] * NSTATE + offs_n[None, :]
     total = tl.zeros([BLOCK_R, BLOCK_N], dtype=tl.float32)
-    for p in range(n_parts):
-        total += tl.load(src + p * rows * NSTATE, mask=mask, other=0.0)
-    step = offs_r % L
-    batch, group = offs_r // L // G, offs_r // L % G
+    for _ in range(n_parts):
+        total += tl.load(src, mask=mask, other=0.0)
+        src += part_stride
+    step, image = offs_r % L, offs_r // L
+    batch, group = (image // G).to(tl.int64), image % G
     if which == 0:
         dst = (batch * sB_b + group * sB_g + step * sB_l)[:, None] + offs_n[None, :] * sB_n
         tl.store(dB_ptr + dst, total.to(dB_ptr.dtype.element_ty), mask=mask)
@@ -81,10 +83,12 @@ def sum_bc_partials(
     dB = torch.empty_like(B, memory_format=torch.contiguous_format)
     dC = torch.empty_like(C, memory_format=torch.contiguous_format)
     rows = batch * groups * length
+    if rows >= 2**31:
+        raise ValueError(f"selective_scan backward: batch * groups * length must be below 2**31, got {rows}")
     block_r = 16 if triton_interpret() else 128
     _launch_kernel(
-        bc_partials_kernel, (triton.cdiv(rows, block_r), 2), part, dB, dC, n_parts, part.stride(0), rows, length,
-        groups, nstate,
+        bc_partials_kernel, (triton.cdiv(rows, block_r), 2), part, dB, dC, n_parts, part.stride(0), part.stride(1),
+        rows, length, groups, nstate,
         *_bc_strides(dB, layout), *_bc_strides(dC, layout), BLOCK_R=block_r, BLOCK_N=triton.next_power_of_2(nstate),
     )  # fmt: skip
     return dB, dC
