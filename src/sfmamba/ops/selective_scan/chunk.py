@@ -272,8 +272,9 @@ def selective_scan_fwd_kernel(
             tl.store(out_ptr + t * so_l + ch * so_d, y.to(out_ptr.dtype.element_ty), mask=mask_d)
             if STORE_LAST:
                 tl.store(last_ptr + seg * (D_total * NSTATE) + state_offs, h, mask=mask_dn & end)
-            if STORE_CKPT:  # noqa: SIM102 (a compile-time branch around a uniform run-time one: no per-step predicated
-                # stores of the whole state) the state after every ckpt_len steps, for the backward
+            if STORE_CKPT:  # noqa: SIM102 (a compile-time branch around a run-time one)
+                # the state after every ckpt_len steps, for the backward, behind a uniform branch: no per-step
+                # predicated stores of the whole state, and no division (ckpt_len: a compile-time power of two)
                 if ((t + 1) % ckpt_len == 0) | (t == L - 1):
                     ckpt_offs = (pid_b * tl.cdiv(L, ckpt_len) + t // ckpt_len) * (D_total * NSTATE) + state_offs
                     tl.store(ckpt_ptr + ckpt_offs, h, mask=mask_dn)
