@@ -168,9 +168,8 @@ def main() -> None:
                              registers=regs, spill_bytes=spills, kernel_instructions=total, loop_instructions=size,
                              instructions_per_channel_step=per_channel, layout_conversions=conversions,
                              top_opcodes=top))  # fmt: skip
-            print(
-                f"{name:26s} {regs:4d} {spills:5d} {size:10.0f} {channels:8d} {per_channel:18.2f} {conversions:5d}  {top}"
-            )
+            counts = f"{regs:4d} {spills:5d} {size:10.0f} {channels:8d} {per_channel:18.2f} {conversions:5d}"
+            print(f"{name:26s} {counts}  {top}")
     meta = dict(date=stamp, triton=triton.__version__, target="sm_90 (Triton's ptxas, no GPU)", dtype=args.dtype,
                 gpu_like=args.gpu_like)  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -522,13 +522,13 @@ def _bwd_chunk(u_ptr, delta_ptr, A, A2, B_ptr, C_ptr, Dv, z_ptr, bias, h0_ptr, s
         for i in tl.static_range(CHUNK):
             k = CHUNK - 1 - i
             run = True if BRANCHLESS else k < steps
-            if run:
+            if run:  # (the tuple index is spelled out: `k` stops being a compile-time value inside a run-time `if`)
                 dh, a_next, dA_acc, dD_acc, dbias_acc, ahead = _gradient_step(
                     u_ptr, delta_ptr, A, A2, B_ptr, C_ptr, Dv, z_ptr, bias, seg_ids_ptr, cu_ptr, dout_ptr, dlast_ptr,
-                    du_ptr, ddelta_ptr, dB_ptr, dh0_ptr, dh, a_next, dA_acc, dD_acc, dbias_acc, tiles[CHUNK - 1 - i], ahead, k,
-                    t0, steps, L, seq_len, pid_b, STATE, part_base, ch, mask_d, offs_n, mask_n, mask_dn, state_offs,
-                    NSTATE, su_l, su_d, sdt_l, sdt_d, sz_l, sz_d, sdo_l, sdo_d, sg_b, sg_l, sg_d, sB_l, sB_n, sC_l,
-                    sC_n, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, HAS_H0, RESET, HAS_DLAST, PREFETCH, BRANCHLESS,
+                    du_ptr, ddelta_ptr, dB_ptr, dh0_ptr, dh, a_next, dA_acc, dD_acc, dbias_acc, tiles[CHUNK - 1 - i],
+                    ahead, k, t0, steps, L, seq_len, pid_b, STATE, part_base, ch, mask_d, offs_n, mask_n, mask_dn,
+                    state_offs, NSTATE, su_l, su_d, sdt_l, sdt_d, sz_l, sz_d, sdo_l, sdo_d, sg_b, sg_l, sg_d, sB_l,
+                    sB_n, sC_l, sC_n, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, HAS_H0, RESET, HAS_DLAST, PREFETCH, BRANCHLESS,
                 )  # fmt: skip
     else:
         for i in tl.range(0, CHUNK, loop_unroll_factor=UNROLL):
@@ -595,7 +595,8 @@ def _gradient_step(u_ptr, delta_ptr, A, A2, B_ptr, C_ptr, Dv, z_ptr, bias, seg_i
                    HAS_H0: tl.constexpr, RESET: tl.constexpr, HAS_DLAST: tl.constexpr, PREFETCH: tl.constexpr,
                    BRANCHLESS: tl.constexpr):  # fmt: skip
     """Step k of the backward sweep: dh_t from dh_{t+1}, the step's gradients (stored only where k < steps) and the
-    dA/dD/dbias accumulators (h: the state h_t). Returns (dh, the decay into this step, the accumulators, the loads of step k - 1)."""
+    dA/dD/dbias accumulators (h: the state h_t). Returns (dh, the decay into this step, the accumulators, the loads
+    of step k - 1)."""
     t = t0 + k
     valid = k < steps
     if PREFETCH:
