@@ -1,6 +1,7 @@
 """The scan backward's partial-sum kernels (ops/selective_scan/partials.py) against torch sums, in the interpreter,
 with outputs NaN-poisoned by conftest: dB/dC from the first `n_parts` of more channel blocks, written in B's and C's
-own forms (both layouts, shared and grouped) and dtypes; dA transposed into A's (D, N) form, dD and dbias."""
+own forms (both layouts, shared and grouped) and dtypes; dA transposed into A's (D, N) form, dD and dbias; and both
+kernels built for sm_90."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from sfmamba.ops.selective_scan.partials import sum_bc_partials, sum_param_partials  # noqa: E402
+from sfmamba.testing import run_without_interpreter  # noqa: E402
 
 
 @pytest.mark.parametrize("layout", ["BLD", "BDL"])
@@ -52,3 +54,25 @@ def test_sum_param_partials(has_d, has_bias):
             assert got.numel() == 0
         else:
             torch.testing.assert_close(got, part.sum((0, 1)))
+
+
+PARTIALS_SM90_COMPILE = """
+from sfmamba.ops.selective_scan import partials
+from sfmamba.testing import compile_for_sm90
+
+pointer = lambda name: "*bf16" if name in ("dB_ptr", "dC_ptr") else "*fp32"
+for divisible in ([], ["part_ptr", "dB_ptr", "rows"]):
+    compiled = compile_for_sm90(partials.bc_partials_kernel, dict(BLOCK_R=128, BLOCK_N=8), 4, pointer, divisible)
+    print(bool(compiled.asm.get("cubin")), compiled.asm["ttgir"].count("tt.divisibility = 16"))
+compiled = compile_for_sm90(partials.param_partials_kernel, dict(HAS_D=True, HAS_BIAS=False, BLOCK_R=32, BLOCK_W=128),
+                            4, lambda name: "*fp32")
+print(bool(compiled.asm.get("cubin")), 0)
+"""
+
+
+def test_partials_kernels_compile_for_sm90():
+    """The interpreter never compiles: both kernels build for an H100 with Triton's ptxas, and `compile_for_sm90`'s
+    `divisible_by_16` marks exactly the named arguments as a GPU launch does (none without it)."""
+    result = run_without_interpreter(PARTIALS_SM90_COMPILE)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert result.stdout.split() == ["True", "0", "True", "3", "True", "0"], result.stdout
