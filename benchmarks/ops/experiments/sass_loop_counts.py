@@ -91,6 +91,12 @@ CASES = [
     *[(f"step bwd BD{bd}", chunk.selective_scan_bwd_kernel,  # session 14: lanes on N too (fewer shuffles, more warps)
        dict(INFERENCE, HAS_DLAST=False, SUMMARY=False, CHUNK=8, BLOCK_D=bd, BLOCK_N=8, PREFETCH=1, UNROLL=8,
             NEXT_TO_L1=1), 1, bd) for bd in (8, 16)],
+    *[(f"step bwd tiles BD{bd}", chunk.selective_scan_bwd_kernel,  # session 15: more programs, fewer registers
+       dict(INFERENCE, HAS_DLAST=False, SUMMARY=False, CHUNK=8, BLOCK_D=bd, BLOCK_N=8, PREFETCH=1, UNROLL=8,
+            NEXT_TO_L1=1, TILES=1), 1, bd) for bd in (8, 16)],
+    ("step bwd lanes", chunk.selective_scan_bwd_kernel,  # session 15: one channel per lane, no layout conversions
+     dict(INFERENCE, HAS_DLAST=False, SUMMARY=False, CHUNK=8, BLOCK_D=32, BLOCK_N=8, PREFETCH=1, UNROLL=8,
+          NEXT_TO_L1=1, TILES=1, LANES=1), 1, 32),
     ("step bwd summary", chunk.selective_scan_bwd_kernel,
      dict(INFERENCE, HAS_DLAST=False, SUMMARY=True, CHUNK=8, BLOCK_D=32, BLOCK_N=8, PREFETCH=1, UNROLL=8), 1, 32),
     ("step bwd N1", chunk.selective_scan_bwd_kernel,  # VMamba's N = 1 (chunks of 16 steps)
@@ -163,7 +169,7 @@ def main() -> None:
             found = [(total / flags["CHUNK"], collections.Counter())]
         for size, ops in found:
             per_channel = size / channels
-            top = dict(ops.most_common(8))
+            top = dict(ops.most_common(int(os.environ.get("TOPN", 8))))
             rows.append(dict(kernel=name, flags=flags, num_warps=num_warps, channels_per_step=channels,
                              registers=regs, spill_bytes=spills, kernel_instructions=total, loop_instructions=size,
                              instructions_per_channel_step=per_channel, layout_conversions=conversions,

@@ -66,7 +66,13 @@ def settings(args) -> list[tuple[str, int, list]]:
             tuple(args.prefetch), tuple(args.fwd_unroll), tuple(args.blocks), tuple(args.warps)
         )
         return [(str(c), DEFAULT_UNROLL, [c]) for c in configs] + [("autotuned", DEFAULT_UNROLL, base)]
-    if args.all_configs:  # the backward's configs before 2026-12-02 (also PREFETCH 0 and two warps)
+    if args.bwd_configs:  # e.g. '{"BLOCK_D": 32, "TILES": 1, "LANES": 1}' (num_warps 1 unless given)
+        base = []
+        for text in args.bwd_configs:
+            kwargs = {"BLOCK_D": 32, "PREFETCH": 1, "NEXT_TO_L1": 1, "BRANCHLESS": 0, "TILES": 1, **json.loads(text)}
+            warps, maxnreg = kwargs.pop("num_warps", 1), kwargs.pop("maxnreg", None)
+            base.append(triton.Config(kwargs, num_warps=warps, maxnreg=maxnreg))
+    elif args.all_configs:  # the backward's configs before 2026-12-02 (also PREFETCH 0 and two warps)
         base = [triton.Config({"BLOCK_D": bd, "PREFETCH": p}, num_warps=w)
                 for bd in (32, 64) for w in (1, 2) for p in (0, 1) if bd >= 32 * w]  # fmt: skip
     return [(str(c), u, [c]) for u in args.unroll for c in base] + [("autotuned", DEFAULT_UNROLL, base)]
@@ -97,6 +103,7 @@ def main() -> None:
         "--bwd-spans", type=int, nargs="+", default=[0], help="bwd: chunks per backward program (0 = the planner's)"
     )
     parser.add_argument("--all-configs", action="store_true", help="bwd: also PREFETCH 0 and two-warp configs")
+    parser.add_argument("--bwd-configs", nargs="+", default=None, help="bwd: these configs (JSON kwargs) instead")
     parser.add_argument("--out-dir", type=Path, default=HERE.parent.parent / "results")
     parser.add_argument("--rep-ms", type=int, default=60)
     parser.add_argument("--budget-s", type=float, default=300)
