@@ -61,9 +61,13 @@ def one_thread():
 
 @pytest.fixture
 def triton_backend():
-    """Ops run their Triton kernels (under the interpreter on a CPU machine) for the test, then the default again."""
-    from sfmamba.utils._config import set_kernel_backend
+    """Ops run their Triton kernels (under the interpreter on a CPU machine) for the test, eager training steps
+    included (the fused training ops, which `SFMAMBA_TRAIN_KERNELS=auto` keeps for CUDA-graph capture), then the
+    defaults again."""
+    from sfmamba.utils._config import set_kernel_backend, set_train_kernels
 
     set_kernel_backend("triton")
+    set_train_kernels(True)
     yield
     set_kernel_backend(None)
+    set_train_kernels(None)

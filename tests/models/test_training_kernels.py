@@ -10,6 +10,7 @@ import os
 # must run before anything imports triton (see tests/ops/test_selective_scan.py)
 os.environ["TRITON_INTERPRET"] = "1"
 
+import contextlib  # noqa: E402
 import copy  # noqa: E402
 
 import pytest  # noqa: E402
@@ -19,7 +20,7 @@ import torch.nn.functional as F  # noqa: E402
 
 import sfmamba.models  # noqa: E402, F401  (registers the models)
 from sfmamba.testing import assert_close, autograd_node_names, randomise_norms  # noqa: E402
-from sfmamba.utils._config import set_kernel_backend  # noqa: E402
+from sfmamba.utils._config import graph_train_kernels, set_kernel_backend, set_train_kernels  # noqa: E402
 
 MODELS = {"mambavision_nano": {}, "sf_mamba_nano": dict(fold=2)}
 KERNEL_NODES = {"LayerNormResidualFunctionBackward", "LinearActFunctionBackward", "BatchNormActFunctionBackward",
@@ -30,6 +31,7 @@ KERNEL_NODES = {"LayerNormResidualFunctionBackward", "LinearActFunctionBackward"
 def _train_step(model, x, target, backend: str | None, checkpointing: bool = False):
     model.set_grad_checkpointing(checkpointing)
     set_kernel_backend(backend)
+    set_train_kernels(True)  # the fused training ops in eager steps too (auto keeps them for CUDA-graph capture)
     try:
         torch.manual_seed(1)  # the same drop-path masks on both paths
         loss = F.cross_entropy(model(x), target)
@@ -37,6 +39,7 @@ def _train_step(model, x, target, backend: str | None, checkpointing: bool = Fal
         loss.backward()
     finally:
         set_kernel_backend(None)
+        set_train_kernels(None)
     grads = {n: p.grad for n, p in model.named_parameters()}
     stats = {n: b.clone() for n, b in model.named_buffers() if "running" in n}
     return loss.detach(), grads, stats, nodes
@@ -73,3 +76,30 @@ def test_gradient_checkpointing_keeps_kernel_gradients():
     _, checkpointed, _, _ = _train_step(again, x, target, "triton", checkpointing=True)
     for n, g in grads.items():
         assert_close(n, g, checkpointed[n], 1e-5)
+
+
+SCAN_NODES = {"SelectiveScanFunctionBackward", "DepthwiseConv1dFunctionBackward"}
+
+
+@pytest.mark.parametrize(
+    "env, in_capture, fused",
+    [("auto", False, False), ("auto", True, True), ("never", True, False), ("always", False, True)],
+)
+def test_train_kernels_switch_picks_the_step_ops(env, in_capture, fused, monkeypatch):
+    """SFMAMBA_TRAIN_KERNELS: `auto` (the default) keeps PyTorch's modules in an eager training step (their backward
+    runs in C++; an eager step is bound by host time) and takes the fused training ops inside
+    `graph_train_kernels()` (what CUDA-graph capture runs); `never`/`always` everywhere. The scan and conv1d kernels
+    run either way."""
+    monkeypatch.setenv("SFMAMBA_TRAIN_KERNELS", env)
+    torch.manual_seed(0)
+    model = timm.create_model("sf_mamba_nano", num_classes=5, drop_path_rate=0.3, fold=2).train()
+    x = torch.randn(2, 3, 64, 64).to(memory_format=torch.channels_last)
+    model = model.to(memory_format=torch.channels_last)
+    set_kernel_backend("triton")
+    try:
+        with graph_train_kernels() if in_capture else contextlib.nullcontext():
+            nodes = autograd_node_names(model(x).sum())
+    finally:
+        set_kernel_backend(None)
+    assert nodes >= SCAN_NODES
+    assert (nodes >= KERNEL_NODES - SCAN_NODES) if fused else not (KERNEL_NODES - SCAN_NODES) & nodes

@@ -11,6 +11,7 @@ from torch import nn
 
 from sfmamba.bench.throughput import measure_train
 from sfmamba.train.config import TrainConfig
+from sfmamba.utils._config import train_kernels
 from sfmamba.utils.cuda_graph import GraphedTrainForward
 
 
@@ -53,7 +54,8 @@ def _fake_make_graphed_callables(calls: list[dict]):
 
     def make(module, sample_args, num_warmup_iters=3, allow_unused_input=False, **kwargs):
         assert not (torch.is_autocast_enabled("cuda") and torch.is_autocast_cache_enabled())
-        calls.append(dict(kwargs, warmup=num_warmup_iters, sample=sample_args[0], replays=0))
+        calls.append(dict(kwargs, warmup=num_warmup_iters, sample=sample_args[0], replays=0,
+                          train_kernels=train_kernels()))  # fmt: skip
         for _ in range(num_warmup_iters):
             module(*sample_args).sum().backward()
         eager = module.forward
@@ -82,6 +84,7 @@ def _wrapped_on_cpu(model: nn.Module, monkeypatch) -> GraphedTrainForward:
 
 
 def test_capture_restores_buffers_and_rng_and_replays_only_the_captured_shape(monkeypatch):
+    monkeypatch.delenv("SFMAMBA_TRAIN_KERNELS", raising=False)
     calls: list[dict] = []
     monkeypatch.setattr(torch.cuda, "make_graphed_callables", _fake_make_graphed_callables(calls))
     model = _Net()
@@ -96,6 +99,8 @@ def test_capture_restores_buffers_and_rng_and_replays_only_the_captured_shape(mo
     (call,) = calls
     # the prefetch thread keeps launching while the graph is captured: only this thread may be checked
     assert call["capture_error_mode"] == "thread_local" and call["warmup"] == 2 and call["replays"] == 1
+    # warm-up and capture with the fused training ops (auto: only there), eager steps without
+    assert call["train_kernels"] and not train_kernels()
     assert torch.equal(call["sample"], images) and call["sample"] is not images
     # the warm-up's two BatchNorm updates are undone, the captured step's own is kept
     assert int(model.norm.num_batches_tracked) == 1

@@ -3,7 +3,7 @@ and with L2 flushed before every call (a model's backward reads inputs its forwa
 the autotuner's pick (the backward's autotuner times the kernel alone with L2 flushed; the forward's, since session
 12, by graph replay on L2-resident inputs).
 
-    python benchmarks/ops/experiments/scan_configs.py --kernel bwd [--all-configs] [--shapes 0 2]
+    python benchmarks/ops/experiments/scan_configs.py --kernel bwd [--all-configs] [--shapes 0 2] [--extra-shapes 128,160,196,16]
         [--dtypes bfloat16 float32] [--unroll 16 0] [--bwd-spans 0 1 4] [--budget-s 300] [--out-dir DIR]
     python benchmarks/ops/experiments/scan_configs.py --kernel fwd --prefetch 1 2 [--fwd-unroll 1 2 4]
         [--blocks 16 32 64 128] [--warps 1] [--chunks 0 1 2]
@@ -35,7 +35,7 @@ import triton
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
-from bench_selective_scan import MAIN_SHAPES, check, providers, time_provider  # noqa: E402
+from bench_selective_scan import MAIN_SHAPES, Shape, check, providers, time_provider  # noqa: E402
 
 from sfmamba.ops.selective_scan import chunk as K  # noqa: E402
 from sfmamba.testing import jit_function  # noqa: E402
@@ -81,7 +81,10 @@ def settings(args) -> list[tuple[str, int, list]]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--kernel", choices=list(KERNELS), default="bwd")
-    parser.add_argument("--shapes", type=int, nargs="+", default=[0], help="indices into MAIN_SHAPES")
+    parser.add_argument("--shapes", type=int, nargs="*", default=[0], help="indices into MAIN_SHAPES")
+    parser.add_argument(
+        "--extra-shapes", nargs="+", default=[], help="more shapes as B,D,L,N[,G] (e.g. 128,160,196,16)"
+    )
     parser.add_argument("--dtypes", nargs="+", default=["bfloat16", "float32"])
     parser.add_argument("--unroll", type=int, nargs="+", default=[DEFAULT_UNROLL, 0], help="bwd: MAX_UNROLL values")
     parser.add_argument(
@@ -114,8 +117,9 @@ def main() -> None:
     kernel = KERNELS[args.kernel]
     mode = "fwd" if args.kernel == "fwd" else "fwdbwd"
     rows = []
-    for index in args.shapes:
-        shape = MAIN_SHAPES[index]
+    shapes = [MAIN_SHAPES[index] for index in args.shapes]
+    shapes += [Shape(*map(int, text.split(","))) for text in args.extra_shapes]
+    for shape in shapes:
         for dtype_name in args.dtypes:
             dtype = getattr(torch, dtype_name)
             for nchunks, span, (label, unroll, configs) in itertools.product(

@@ -18,7 +18,7 @@ from ..ops._checks import FLOAT_DTYPES
 from ..ops._launch import in_functorch_transform
 from ..ops.batch_norm import batch_norm_act
 from ..ops.conv_bn import bias_act, fold_batch_norm, runs_fused
-from ..utils._config import use_triton
+from ..utils._config import train_kernels, use_triton
 from ..utils.hooks import has_forward_hooks, has_hooks
 from ..utils.inference_cache import reused
 from .linear import activation_name
@@ -81,8 +81,9 @@ def conv_bn_act(
 def takes_bn_kernels(x: Tensor, bn: nn.Module, act: nn.Module | None = None) -> bool:
     """Whether `bn_act(x, bn, act)` runs `ops.batch_norm_act`: a plain `nn.BatchNorm2d` in training mode with affine
     parameters and a fixed momentum, an activation it knows, no forward or backward hooks on either, a non-empty
-    channels-last float map, outside torch.compile and torch.func transforms, Triton usable for x's device."""
-    if type(bn) is not nn.BatchNorm2d or not bn.training or not bn.affine or bn.momentum is None:
+    channels-last float map, outside torch.compile and torch.func transforms, Triton usable for x's device, the fused
+    training ops on (`train_kernels`)."""
+    if type(bn) is not nn.BatchNorm2d or not bn.training or not bn.affine or bn.momentum is None or not train_kernels():
         return False
     if _act_name(act) is None or has_hooks(bn, *([act] if act is not None else [])):
         return False

@@ -15,7 +15,7 @@ from ..ops._activations import activate
 from ..ops._checks import FLOAT_DTYPES
 from ..ops._launch import in_functorch_transform, needs_grad
 from ..ops.linear import linear_act
-from ..utils._config import use_triton
+from ..utils._config import train_kernels, use_triton
 from ..utils.hooks import has_hooks
 from ..utils.inference_cache import CastCachedLinear
 
@@ -39,8 +39,8 @@ _PLAIN_LINEARS = (nn.Linear, CastCachedLinear)  # subclasses with their own forw
 def takes_linear_kernels(linear: nn.Module, x: Tensor) -> bool:
     """Whether `fused_linear(linear, x)` runs the Triton backward: a plain `nn.Linear` with a gradient to compute,
     outside torch.compile and torch.func transforms, Triton usable for x's device, no forward or backward hooks
-    (pruning and other reparametrisations use forward pre-hooks)."""
-    if type(linear) not in _PLAIN_LINEARS or not needs_grad(x, linear.weight, linear.bias):
+    (pruning and other reparametrisations use forward pre-hooks), and the fused training ops on (`train_kernels`)."""
+    if type(linear) not in _PLAIN_LINEARS or not needs_grad(x, linear.weight, linear.bias) or not train_kernels():
         return False
     if torch.compiler.is_compiling() or x.dtype not in FLOAT_DTYPES or has_hooks(linear):
         return False

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from ..ops._launch import needs_grad
 from ..ops.layer_norm import layer_norm, layer_norm_residual
-from ..utils._config import use_triton
+from ..utils._config import train_kernels, use_triton
 from ..utils.hooks import has_hooks
 
 __all__ = ["LayerNorm", "norm_with_residual"]
@@ -38,7 +38,9 @@ class LayerNorm(nn.LayerNorm):
 
     def _takes_kernels(self, x: Tensor) -> bool:
         one_dim = len(self.normalized_shape) == 1 and x.shape[-1:] == self.normalized_shape
-        return one_dim and use_triton(x.device) and not torch.compiler.is_compiling() and x.dtype != torch.float64
+        if not one_dim or not use_triton(x.device) or torch.compiler.is_compiling() or x.dtype == torch.float64:
+            return False
+        return train_kernels() or not needs_grad(x, self.weight, self.bias)  # a backward: the fused training ops
 
     def _forward_plain(self, x: Tensor) -> Tensor:
         device_type = x.device.type

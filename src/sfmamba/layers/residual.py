@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from ..ops._checks import FLOAT_DTYPES
 from ..ops._launch import in_functorch_transform
 from ..ops.drop_path import drop_path_add
+from ..utils._config import train_kernels
 from ..utils.hooks import has_hooks
 
 __all__ = ["add_drop_path"]
@@ -31,6 +32,6 @@ def add_drop_path(x: Tensor, y: Tensor, drop_path: nn.Module) -> Tensor:
     if keep > 0.0 and drop_path.scale_by_keep:
         mask.div_(keep)
     float_types = x.dtype in FLOAT_DTYPES and y.dtype in FLOAT_DTYPES
-    if x.shape != y.shape or not float_types or in_functorch_transform():
-        return torch.addcmul(x, y, mask)  # broadcasting residuals, fp64, torch.func transforms
+    if x.shape != y.shape or not float_types or in_functorch_transform() or not train_kernels():
+        return torch.addcmul(x, y, mask)  # broadcasting residuals, fp64, torch.func transforms, eager steps
     return drop_path_add(x, y, mask.view(-1))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
 
@@ -126,6 +127,48 @@ def use_triton(device: torch.device) -> bool:
             f"{KERNEL_ENV}=triton needs CUDA tensors, or TRITON_INTERPRET=1 for CPU tensors; got device {device}"
         )
     return True
+
+
+TRAIN_KERNELS_ENV = "SFMAMBA_TRAIN_KERNELS"
+TRAIN_KERNELS_CHOICES = ("auto", "always", "never")
+_train_kernels_override: bool | None = None
+
+
+def train_kernels() -> bool:
+    """Whether the training-only fused ops (`ops.linear_act`, `ops.batch_norm_act`, `ops.drop_path_add`, the Triton
+    LayerNorm and last-dim concat/split with a gradient) replace PyTorch's modules in a training step, from
+    `SFMAMBA_TRAIN_KERNELS`: `always`, `never`, or `auto` (the default): inside `graph_train_kernels()` (what
+    `utils.cuda_graph.GraphedTrainForward` wraps its warm-up and capture in), not in eager steps.
+
+    Why not in eager steps: each fused op is a Python autograd Function whose forward and backward cost host time
+    (~0.2-0.4 ms per call on the H200 host, `benchmarks/results/s16_20261204/call1/ops_train.txt`), where PyTorch's
+    modules backward in C++; an eager training step of these models is bound by that host time, not by the GPU. Under
+    a CUDA graph the host cost is paid once, at capture, and the fused ops' device-time savings count."""
+    if _train_kernels_override is not None:
+        return _train_kernels_override
+    choice = _env_choice(TRAIN_KERNELS_ENV, TRAIN_KERNELS_CHOICES, "auto")
+    return choice == "always" or (choice == "auto" and _graph_train_depth > 0)
+
+
+_graph_train_depth = 0
+
+
+@contextmanager
+def graph_train_kernels():
+    """Where `SFMAMBA_TRAIN_KERNELS=auto` turns the fused training ops on: a step that will be captured into a CUDA
+    graph (its eager warm-up steps too, so that autotuning happens before capture)."""
+    global _graph_train_depth
+    _graph_train_depth += 1
+    try:
+        yield
+    finally:
+        _graph_train_depth -= 1
+
+
+def set_train_kernels(enabled: bool | None) -> None:
+    """Force the fused training ops on or off in code; `None` returns control to `SFMAMBA_TRAIN_KERNELS`."""
+    global _train_kernels_override
+    _train_kernels_override = enabled
 
 
 VALUE_CHECKS_ENV = "SFMAMBA_VALUE_CHECKS"

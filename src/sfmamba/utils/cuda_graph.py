@@ -6,9 +6,10 @@ two launches, so the step becomes GPU-bound. The loss, optimizer, clipping and E
 
 The graphs are captured at the first training call, for that batch's shape; calls of any other shape, and every call
 in eval mode, run the model eagerly. Capture runs a few warm-up forwards and backwards (Triton autotuning, cuDNN
-algorithm search, lazy initialisation must happen outside the graph); the model's buffers (BatchNorm statistics) and
-the RNG states are restored afterwards, so capturing leaves no trace in the training run (a resumed run stays on
-the same path). Dropout and drop-path draw from the default CUDA generator's graph-safe stream.
+algorithm search, lazy initialisation must happen outside the graph), all with the fused training ops on
+(`utils._config.train_kernels`: their device-time savings count once the host cost is gone); the model's buffers
+(BatchNorm statistics) and the RNG states are restored afterwards, so capturing leaves no trace in the training run
+(a resumed run stays on the same path). Dropout and drop-path draw from the default CUDA generator's graph-safe stream.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
+
+from ._config import graph_train_kernels
 
 __all__ = ["GraphedTrainForward"]
 
@@ -75,8 +78,10 @@ class GraphedTrainForward(nn.Module):
         saved_buffers = [b.clone() for b in buffers]
         cpu_rng, cuda_rng = torch.get_rng_state(), torch.cuda.get_rng_state(device)
         sample = images.detach().clone(memory_format=torch.preserve_format)
-        with torch.autocast("cuda", dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None,
-                            cache_enabled=False):  # fmt: skip
+        autocast = torch.autocast(
+            "cuda", dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None, cache_enabled=False
+        )
+        with graph_train_kernels(), autocast:
             torch.cuda.make_graphed_callables(
                 self.model, (sample,), num_warmup_iters=self.warmup, allow_unused_input=True, **_CAPTURE_KWARGS
             )
