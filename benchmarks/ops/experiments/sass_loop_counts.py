@@ -10,7 +10,7 @@ BLOCK_D 128 = 24 us of instructions in 65 us: latency-bound), and a kernel with 
 picks (BLOCK_D 128, not 32, for the step forward), and build with the GPU machine's Triton (3.6 there): Triton 3.8
 laid the lanes kernel's state tile out differently (no shuffles) than 3.6 did (96 shuffles per step). A Triton 3.6
 environment for this: `python -m venv /tmp/t36 && /tmp/t36/bin/pip install torch==2.14.1 && /tmp/t36/bin/pip install
---no-deps triton==3.6.0 timm torchvision==0.29.1 pillow einops safetensors pyyaml huggingface_hub`. It says nothing
+--no-deps triton==3.6.0 timm torchvision==0.29.1 pillow numpy einops safetensors pyyaml huggingface_hub`. It says nothing
 about memory latency or occupancy (registers bound the resident warps: 65536 / (32 x registers) per SM). The layout
 is BLD with its unit strides bound to 1, as Triton specialises integer arguments equal to 1 at launch (the GPU also
 specialises arguments divisible by 16, which this build does not: register and spill counts can differ).
@@ -78,6 +78,9 @@ CASES = [
       for summary in (False, True) for bd in (32, 128)],
     ("step fwd BD128", chunk.selective_scan_fwd_kernel,  # the H200's pick at (128, 160, 196, 8) bf16
      dict(INFERENCE, STORE_LAST=False, STORE_CKPT=False, SUMMARY=False, BLOCK_D=128, BLOCK_N=8, PREFETCH=1), 1, 128),
+    ("step fwd BD64 P4 U4", chunk.selective_scan_fwd_kernel,  # the H200's pick since session 12 (L = 196 and 49)
+     dict(INFERENCE, STORE_LAST=False, STORE_CKPT=False, SUMMARY=False, BLOCK_D=64, BLOCK_N=8, PREFETCH=4, UNROLL=4),
+     1, 64),
     ("step bwd", chunk.selective_scan_bwd_kernel,
      dict(INFERENCE, HAS_DLAST=False, SUMMARY=False, CHUNK=8, BLOCK_D=32, BLOCK_N=8, PREFETCH=1, UNROLL=8), 1, 32),
     ("step bwd branchless", chunk.selective_scan_bwd_kernel,  # session 13: no branch per step, hints to L1
@@ -94,9 +97,6 @@ CASES = [
     *[(f"step bwd tiles BD{bd}", chunk.selective_scan_bwd_kernel,  # session 15: more programs, fewer registers
        dict(INFERENCE, HAS_DLAST=False, SUMMARY=False, CHUNK=8, BLOCK_D=bd, BLOCK_N=8, PREFETCH=1, UNROLL=8,
             NEXT_TO_L1=1, TILES=1), 1, bd) for bd in (8, 16)],
-    ("step bwd lanes", chunk.selective_scan_bwd_kernel,  # session 15: one channel per lane, no layout conversions
-     dict(INFERENCE, HAS_DLAST=False, SUMMARY=False, CHUNK=8, BLOCK_D=32, BLOCK_N=8, PREFETCH=1, UNROLL=8,
-          NEXT_TO_L1=1, TILES=1, LANES=1), 1, 32),
     ("step bwd summary", chunk.selective_scan_bwd_kernel,
      dict(INFERENCE, HAS_DLAST=False, SUMMARY=True, CHUNK=8, BLOCK_D=32, BLOCK_N=8, PREFETCH=1, UNROLL=8), 1, 32),
     ("step bwd N1", chunk.selective_scan_bwd_kernel,  # VMamba's N = 1 (chunks of 16 steps)
