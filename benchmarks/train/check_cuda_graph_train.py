@@ -21,6 +21,7 @@ import torch.nn.functional as F
 import sfmamba.models  # noqa: F401  (registers the models)
 from sfmamba.cli.bench import split_spec
 from sfmamba.testing import max_relative_error
+from sfmamba.utils._config import graph_train_kernels
 from sfmamba.utils.cuda_graph import GraphedTrainForward
 
 
@@ -37,10 +38,11 @@ def check(spec: str, batch: int, size: int, amp_dtype: torch.dtype, steps: int =
         labels = torch.randint(0, 10, (batch,), device="cuda")
         losses, grads = [], []
         for model, runner, opt in ((eager, eager, opts[0]), (graphed_model, graphed, opts[1])):
-            with torch.autocast("cuda", dtype=amp_dtype):
+            # the eager copy runs the ops the graphs captured (the fused training ops): the same kernels both ways
+            with graph_train_kernels(), torch.autocast("cuda", dtype=amp_dtype):
                 loss = F.cross_entropy(runner(images).float(), labels)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
             losses.append(loss.detach())
             grads.append([p.grad.clone() for p in model.parameters()])
             opt.step()

@@ -103,3 +103,29 @@ def test_train_kernels_switch_picks_the_step_ops(env, in_capture, fused, monkeyp
         set_kernel_backend(None)
     assert nodes >= SCAN_NODES
     assert (nodes >= KERNEL_NODES - SCAN_NODES) if fused else not (KERNEL_NODES - SCAN_NODES) & nodes
+
+
+def test_train_kernels_off_keeps_the_inference_kernels(monkeypatch):
+    """With the fused training ops off (an eager step under `auto`), inference still takes the Triton LayerNorm and
+    concat (no autograd node to build); with a gradient the norm is PyTorch's."""
+    from sfmamba.layers import LayerNorm
+    from sfmamba.ops.concat import chunk as concat_chunk
+    from sfmamba.ops.concat import concat_last
+    from sfmamba.ops.layer_norm import chunk as norm_chunk
+
+    calls = []
+    real_fwd, real_rows = norm_chunk.layer_norm_fwd, concat_chunk.concat_rows
+    monkeypatch.setattr(norm_chunk, "layer_norm_fwd", lambda *a: calls.append("norm") or real_fwd(*a))
+    monkeypatch.setattr(concat_chunk, "concat_rows", lambda *a: calls.append("concat") or real_rows(*a))
+    norm, x = LayerNorm(16), torch.randn(3, 16)
+    set_kernel_backend("triton")
+    set_train_kernels(False)
+    try:
+        with torch.no_grad():
+            norm(x)
+            concat_last(x, x)
+        assert calls == ["norm", "concat"]
+        assert "NativeLayerNormBackward0" in autograd_node_names(norm(x).sum())
+    finally:
+        set_kernel_backend(None)
+        set_train_kernels(None)

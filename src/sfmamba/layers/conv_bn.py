@@ -4,8 +4,8 @@ training.
 In eval mode a BatchNorm after a conv is a per-channel affine map; `conv_bn_act` folds it (and a layer scale) into
 the conv's weight and bias (`ops.conv_bn`) and applies bias, activation and residual in one Triton pass
 (`fuses_conv_bn` says when). In training, `bn_act` runs a BatchNorm with batch statistics and the activation after it
-as `ops.batch_norm_act` on channels-last maps (`takes_bn_kernels` says when). torch.compile and the CPU keep the
-plain modules.
+as `ops.batch_norm_act` on channels-last maps (`takes_bn_kernels` says when; by default only under CUDA-graph capture,
+`utils._config.train_kernels`). torch.compile and the CPU keep the plain modules.
 """
 
 from __future__ import annotations

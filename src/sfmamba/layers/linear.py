@@ -2,7 +2,8 @@
 gradient in one kernel, the weight gradient straight out of the GEMM in fp32.
 
 The modules keep timm's / torch's parameters and state-dict keys; without a gradient, under torch.compile (inductor
-fuses the same pieces itself), on the CPU or with forward hooks on a bypassed module they run their plain forward.
+fuses the same pieces itself), on the CPU, with forward hooks on a bypassed module or with the fused training ops off
+(`utils._config.train_kernels`: by default they are on only under CUDA-graph capture) they run their plain forward.
 """
 
 from __future__ import annotations

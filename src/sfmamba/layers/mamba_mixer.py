@@ -13,11 +13,30 @@ import torch
 from torch import Tensor, nn
 
 from ..ops import depthwise_conv1d, selective_scan
+from ..ops._launch import needs_grad
 from ..ops.concat import concat_last, split_last
+from ..utils._config import train_kernels
 from ..utils.inference_cache import reused
 from .linear import fused_linear
 
 __all__ = ["MambaVisionMixer"]
+
+
+def mixer_concat(a: Tensor, b: Tensor) -> Tensor:
+    """cat((a, b), -1) through `ops.concat_last`, except in a training step without the fused training ops
+    (`utils._config.train_kernels`: an eager step, where its Python autograd Function costs more host time than
+    `torch.cat`'s C++ backward)."""
+    if needs_grad(a, b) and not train_kernels():
+        return torch.cat((a, b), dim=-1)
+    return concat_last(a, b)
+
+
+def mixer_split(x: Tensor, first: int) -> tuple[Tensor, Tensor]:
+    """(x[..., :first], x[..., first:]) through `ops.split_last` (a Triton concat of the gradients), except in a
+    training step without the fused training ops (as `mixer_concat`)."""
+    if needs_grad(x) and not train_kernels():
+        return x[..., :first], x[..., first:]
+    return split_last(x, first)
 
 
 class MambaVisionMixer(nn.Module):
@@ -116,14 +135,14 @@ class MambaVisionMixer(nn.Module):
         """[B, L, d_model] -> [B, L, d_model]. `seq_len` (a divisor of L): every row holds L / seq_len independent
         sequences (a folded batch); the conv and the scan reset at their boundaries, so none leaks into the next."""
         u, z = self._conv_both(self.in_proj(x), seq_len)
-        return self.out_proj(concat_last(self._ssm(u, seq_len), z))
+        return self.out_proj(mixer_concat(self._ssm(u, seq_len), z))
 
     def _conv_both(self, xz: Tensor, seq_len: int | None) -> tuple[Tensor, Tensor]:
         """`_conv` of both halves of the in_proj output [B, L, D] in one call (the two convs' weights side by side:
         one launch instead of two, forward and backward); returns strided views [B, L, D/2] each."""
         weight, bias = self._conv_weights()
         out = depthwise_conv1d(xz, weight, bias, padding="same", activation="silu", seq_len=seq_len)
-        return split_last(out, self.d_half)  # its backward: one Triton concat of the two gradients
+        return mixer_split(out, self.d_half)  # its backward: one Triton concat of the two gradients
 
     def _conv_weights(self) -> tuple[Tensor, Tensor | None]:
         """The x and z convs' weights [D, K] and biases [D] (or None) concatenated (kept between inference calls)."""

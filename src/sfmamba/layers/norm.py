@@ -9,7 +9,9 @@ cast does anyway.
 
 Where the ops use Triton (GPU, eager) the norm runs `sfmamba.ops.layer_norm`: the same statistics, the affine map in
 fp32, and a backward that reduces the weight and bias gradients inside its kernel (PyTorch's separate kernel for them
-cost ~100 us per call in sf_mamba_tiny's training step on an H200).
+cost ~100 us per call in sf_mamba_tiny's training step on an H200). With a gradient to compute it does so only where
+the fused training ops are on (`utils._config.train_kernels`: by default under CUDA-graph capture); without one
+(inference) always.
 """
 
 from __future__ import annotations

@@ -2,8 +2,9 @@
 
 timm's `DropPath` multiplies the branch by a per-sample mask (one pass over the branch, and one more backward) before
 the residual add (another pass); `add_drop_path` draws the same mask from the same random stream and adds
-`x + y * mask` in one pass forward and one backward: `ops.drop_path_add` (Triton) where the ops use Triton, one
-`addcmul` otherwise.
+`x + y * mask` in one pass forward and one backward: `ops.drop_path_add` (Triton) where the ops use Triton and the
+fused training ops are on (`utils._config.train_kernels`: by default only under CUDA-graph capture), one `addcmul`
+otherwise.
 """
 
 from __future__ import annotations

@@ -21,9 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..ops.concat import concat_last
 from ..ops.selective_scan.fold import plan_fold
-from .mamba_mixer import MambaVisionMixer
+from .mamba_mixer import MambaVisionMixer, mixer_concat
 
 __all__ = ["DIRECTIONS", "GroupedLinear", "ScanMixer", "SeriesScanMixer", "direction_order"]
 
@@ -152,7 +151,7 @@ class ScanMixer(MambaVisionMixer):
         y = self._ssm(u, seq_len).view(windows, length, self.d_half)
         if self.permuted:
             y = self._reorder(y, self.inverse)
-        return self.out_proj(concat_last(y, z.view(windows, length, self.d_half)))
+        return self.out_proj(mixer_concat(y, z.view(windows, length, self.d_half)))
 
     def _fold_factor(self, windows: int, u: Tensor) -> int:
         if self.fold is not None:

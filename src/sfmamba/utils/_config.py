@@ -135,13 +135,14 @@ _train_kernels_override: bool | None = None
 
 
 def train_kernels() -> bool:
-    """Whether the training-only fused ops (`ops.linear_act`, `ops.batch_norm_act`, `ops.drop_path_add`, the Triton
-    LayerNorm and last-dim concat/split with a gradient) replace PyTorch's modules in a training step, from
-    `SFMAMBA_TRAIN_KERNELS`: `always`, `never`, or `auto` (the default): inside `graph_train_kernels()` (what
-    `utils.cuda_graph.GraphedTrainForward` wraps its warm-up and capture in), not in eager steps.
+    """Whether the layers' training-only fused ops (`ops.linear_act`, `ops.batch_norm_act`, `ops.drop_path_add`, the
+    Triton LayerNorm and the mixers' last-dim concat/split with a gradient) replace PyTorch's modules in a training
+    step (the ops themselves, called directly, always run their kernels), from `SFMAMBA_TRAIN_KERNELS`: `always`,
+    `never`, or `auto` (the default): inside `graph_train_kernels()` (what `utils.cuda_graph.GraphedTrainForward`
+    wraps its warm-up and capture in), not in eager steps.
 
     Why not in eager steps: each fused op is a Python autograd Function whose forward and backward cost host time
-    (~0.2-0.4 ms per call on the H200 host, `benchmarks/results/s16_20261204/call1/ops_train.txt`), where PyTorch's
+    (0.12-0.51 ms per call on the H200 host, `benchmarks/results/s16_20261204/call1/ops_train.txt`), where PyTorch's
     modules backward in C++; an eager training step of these models is bound by that host time, not by the GPU. Under
     a CUDA graph the host cost is paid once, at capture, and the fused ops' device-time savings count."""
     if _train_kernels_override is not None:

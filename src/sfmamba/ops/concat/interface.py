@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ...utils._config import train_kernels, use_triton
+from ...utils._config import use_triton
 from .._checks import ArgumentError
 from .._launch import in_functorch_transform
 from .naive import concat_last_naive, split_last_naive
@@ -33,7 +33,7 @@ def concat_last(a: Tensor, b: Tensor) -> Tensor:
     from .chunk import ConcatLastFunction, concat_rows
 
     if torch.is_grad_enabled() and (a.requires_grad or b.requires_grad):
-        return ConcatLastFunction.apply(a, b) if train_kernels() else concat_last_naive(a, b)
+        return ConcatLastFunction.apply(a, b)
     return concat_rows(a, b)
 
 
@@ -44,8 +44,7 @@ def split_last(x: Tensor, first: int) -> tuple[Tensor, Tensor]:
         raise ArgumentError(f"split_last: x must be a tensor [..., C], got {getattr(x, 'shape', x)!r}")
     if isinstance(first, bool) or not isinstance(first, int) or not 0 < first < x.shape[-1]:
         raise ArgumentError(f"split_last: first must be an int in (0, {x.shape[-1]}), got {first!r}")
-    backward = torch.is_grad_enabled() and x.requires_grad
-    if x.numel() == 0 or not backward or not _kernel_usable(x) or not train_kernels():
+    if x.numel() == 0 or not (torch.is_grad_enabled() and x.requires_grad) or not _kernel_usable(x):
         return split_last_naive(x, first)
     from .chunk import SplitLastFunction
 
