@@ -104,3 +104,26 @@ def test_bad_arguments_name_the_argument(kwargs, name):
     args = dict(batch_size=2, img_size=8, warmup=0, iters=1) | kwargs
     with pytest.raises(ValueError, match=name):
         measure_inference(TinyNet(), args.pop("batch_size"), args.pop("img_size"), **args)
+
+
+class KernelSwitchProbe(TinyNet):
+    """Records, per forward, whether the layers would take the fused training ops (`train_kernels`)."""
+
+    def forward(self, x):
+        from sfmamba.utils._config import train_kernels
+
+        self.seen = getattr(self, "seen", []) + [train_kernels()]
+        return super().forward(x)
+
+
+@pytest.mark.parametrize("env, graph_kernels, fused", [("auto", False, False), ("auto", True, True),
+                                                       ("never", True, False)])  # fmt: skip
+def test_train_profile_runs_the_ops_a_graphed_step_captures(env, graph_kernels, fused, monkeypatch):
+    """`bench --bench profile --profile-mode train --cuda-graph` profiles eager steps with the ops the CUDA-graph
+    training step captures (`graph_train_kernels()`): the fused training ops under `auto`, none under `never`."""
+    from sfmamba.bench.profile import profile_model
+
+    monkeypatch.setenv("SFMAMBA_TRAIN_KERNELS", env)
+    model = KernelSwitchProbe()
+    row = profile_model(model, 2, 16, mode="train", warmup=1, iters=1, top=3, graph_kernels=graph_kernels)
+    assert model.seen == [fused, fused] and row["fused_training_ops"] is fused

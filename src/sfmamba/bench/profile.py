@@ -11,6 +11,7 @@ scan kernel is never counted as elementwise.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -20,6 +21,7 @@ from torch import nn
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
+from ..utils._config import graph_train_kernels, train_kernels
 from .throughput import _check_counts, make_inference_step, make_train_step, normalize_img_size
 
 __all__ = ["CATEGORIES", "categorize", "profile_model", "kernel_breakdown"]
@@ -102,10 +104,14 @@ def profile_model(
     warmup: int = 5,
     iters: int = 5,
     top: int = 25,
+    graph_kernels: bool = False,
 ) -> dict:
     """Profile `iters` steps of inference or training (after `warmup` unprofiled ones) and return the breakdown.
 
     Arguments as in `sfmamba.bench.throughput.measure_inference`; `mode` is "inference" or "train".
+    `graph_kernels` (train): run the steps eagerly with the ops a CUDA-graph training step captures (inside
+    `utils._config.graph_train_kernels()`: the fused training ops unless `SFMAMBA_TRAIN_KERNELS=never`), so the
+    kernel table is that of `--cuda-graph` training.
     """
     if mode not in ("inference", "train"):
         raise ValueError(f"mode must be 'inference' or 'train', got {mode!r}")
@@ -114,31 +120,35 @@ def profile_model(
     _check_counts(batch_size, warmup, iters)
     device = torch.device(device)
     was_training = model.training
+    kernels = graph_train_kernels() if graph_kernels and mode == "train" else contextlib.nullcontext()
     try:
-        step: Callable[[], object]
-        if mode == "inference":
-            step = make_inference_step(
-                model, batch_size, img_size, device=device, amp_dtype=amp_dtype, channels_last=channels_last,
-                cuda_graph=cuda_graph,
-            )  # fmt: skip
-        else:
-            step = make_train_step(
-                model, batch_size, img_size, device=device, amp_dtype=amp_dtype, channels_last=channels_last
-            )
-        for _ in range(warmup):
-            step()
-        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        with profile(activities=activities) as prof:
-            for _ in range(iters):
+        with kernels:
+            step: Callable[[], object]
+            if mode == "inference":
+                step = make_inference_step(
+                    model, batch_size, img_size, device=device, amp_dtype=amp_dtype, channels_last=channels_last,
+                    cuda_graph=cuda_graph,
+                )  # fmt: skip
+            else:
+                step = make_train_step(
+                    model, batch_size, img_size, device=device, amp_dtype=amp_dtype, channels_last=channels_last
+                )
+            for _ in range(warmup):
                 step()
+            activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
+            with profile(activities=activities) as prof:
+                for _ in range(iters):
+                    step()
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+            fused_training_ops = mode == "train" and train_kernels()
     finally:
         model.train(was_training)
     return {
         "mode": mode,
+        "fused_training_ops": fused_training_ops,
         "batch_size": batch_size,
         "img_size": list(normalize_img_size(img_size)),
         "device": str(device),

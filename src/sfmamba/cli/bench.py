@@ -109,7 +109,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--cuda-graph",
         action="store_true",
         help="replay CUDA graphs: the inference forward; in train mode the forward and backward (loss and AdamW "
-        "stay eager, as in `sfmamba train --cuda-graph`)",
+        "stay eager, as in `sfmamba train --cuda-graph`); with --profile-mode train, eager steps running the ops a "
+        "graphed training step captures (the fused training ops, SFMAMBA_TRAIN_KERNELS)",
     )
     how.add_argument(
         "--opt", choices=OPTIMIZERS, default="adamw",
@@ -226,7 +227,8 @@ def _measure_once(mode: str, runner: nn.Module, size, args: argparse.Namespace, 
         )
     return profile_model(
         runner, args.batch_size, size, mode=args.profile_mode, top=args.profile_top,
-        cuda_graph=args.cuda_graph and args.profile_mode == "inference", **common, **timing,
+        cuda_graph=args.cuda_graph and args.profile_mode == "inference",
+        graph_kernels=args.cuda_graph and args.profile_mode == "train", **common, **timing,
     )  # fmt: skip
 
 
