@@ -2,8 +2,9 @@
 CPU time per op, Triton launches included as their Python ranges), next to the step's wall time. For the eager
 gap (our models enqueue a 5.5 ms H200 inference step in 14-16 ms of host time, docs/status.md). `--train` profiles a
 training step (forward, backward, AdamW) instead, with the ops of an eager step (since session 16 PyTorch's modules
-where a CUDA-graph step captures the fused training ops: `SFMAMBA_TRAIN_KERNELS=always` for those); `official:mamba_vision_T` profiles the official code (its wheel and
-mamba_ssm on PYTHONPATH, as `benchmarks/models/run_targets.sh` sets them), for op counts side by side.
+where a CUDA-graph step captures the fused training ops: `SFMAMBA_TRAIN_KERNELS=always` for those);
+`official:mamba_vision_T` profiles the official code (its wheel and mamba_ssm on PYTHONPATH, as
+`benchmarks/models/run_targets.sh` sets them), for op counts side by side.
 
     python benchmarks/models/host_profile.py --model sf_mamba_tiny --batch 128 [--train] [--out FILE.txt]
 """
