@@ -64,10 +64,9 @@ def triton_backend():
     """Ops run their Triton kernels (under the interpreter on a CPU machine) for the test, eager training steps
     included (the fused training ops, which `SFMAMBA_TRAIN_KERNELS=auto` keeps for CUDA-graph capture), then the
     defaults again."""
-    from sfmamba.utils._config import set_kernel_backend, set_train_kernels
+    from sfmamba.utils._config import graph_train_kernels, set_kernel_backend
 
     set_kernel_backend("triton")
-    set_train_kernels(True)
-    yield
+    with graph_train_kernels():
+        yield
     set_kernel_backend(None)
-    set_train_kernels(None)

@@ -15,7 +15,7 @@ from bench_conv_bn import environment
 from torch import nn
 
 from sfmamba.testing import relative_error
-from sfmamba.utils._config import set_kernel_backend, set_train_kernels
+from sfmamba.utils._config import graph_train_kernels, set_kernel_backend
 
 __all__ = ["compare_backends", "device_us", "main", "reference_fwd_bwd", "report"]
 
@@ -57,16 +57,15 @@ def compare_backends(
     want = reference()
     for backend, name in (("naive", "pytorch"), ("triton", "sfmamba")):
         set_kernel_backend(backend)
-        set_train_kernels(True)  # the fused training ops (SFMAMBA_TRAIN_KERNELS=auto keeps them for CUDA graphs)
         try:
-            got = _fwd_bwd(module, x, dout, True)
-            errors = [relative_error(w.float(), g.float()) for w, g in zip(want, got)]
-            row[f"{name}_errors"] = errors
-            if max(errors) <= tolerance:
-                row[f"{name}_us"], row[f"{name}_kernels"] = device_us(lambda: _fwd_bwd(module, x, dout, True))
+            with graph_train_kernels():  # the fused training ops, as a CUDA-graph step captures them
+                got = _fwd_bwd(module, x, dout, True)
+                errors = [relative_error(w.float(), g.float()) for w, g in zip(want, got)]
+                row[f"{name}_errors"] = errors
+                if max(errors) <= tolerance:
+                    row[f"{name}_us"], row[f"{name}_kernels"] = device_us(lambda: _fwd_bwd(module, x, dout, True))
         finally:
             set_kernel_backend(None)
-            set_train_kernels(None)
     if "pytorch_us" in row and "sfmamba_us" in row:
         row["speedup"] = row["pytorch_us"] / row["sfmamba_us"]
     return row

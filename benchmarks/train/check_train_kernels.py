@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 import sfmamba.models  # noqa: F401  (registers the models)
 from sfmamba.testing import max_relative_error
-from sfmamba.utils._config import set_kernel_backend, set_train_kernels
+from sfmamba.utils._config import graph_train_kernels, set_kernel_backend
 
 TOLERANCE = {torch.float32: 2e-3, torch.bfloat16: 1e-1}  # max |a - b| / max |b| per tensor
 # A conv bias before a training BatchNorm has a zero gradient (BN removes any per-channel constant): the kernels leave
@@ -31,15 +31,14 @@ ZERO_BY_CONSTRUCTION = {torch.float32: 1e-5, torch.bfloat16: 1e-2}
 
 def train_step(model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor, dtype: torch.dtype, backend: str | None):
     set_kernel_backend(backend)
-    set_train_kernels(True)  # the fused training ops in this eager step (auto keeps them for CUDA-graph capture)
     try:
         torch.manual_seed(1)  # the same drop-path masks for both backends
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+        # the fused training ops in this eager step, as a CUDA-graph step captures them
+        with graph_train_kernels(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
             loss = F.cross_entropy(model(x), target)
         loss.backward()
     finally:
         set_kernel_backend(None)
-        set_train_kernels(None)
     grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
     buffers = {n: b for n, b in model.named_buffers() if "running" in n}
     return loss.detach(), grads, buffers

@@ -12,7 +12,7 @@ from sfmamba.layers import GroupedLinear, MambaVisionMixer, ScanMixer, SeriesSca
 from sfmamba.layers.scan_mixers import direction_order
 from sfmamba.ops import selective_scan_naive
 from sfmamba.testing import autograd_node_names
-from sfmamba.utils._config import set_kernel_backend, set_train_kernels
+from sfmamba.utils._config import graph_train_kernels, set_kernel_backend
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # Triton on CPU: the conftest's interpreter
 
@@ -188,14 +188,13 @@ def test_training_mixer_concats_with_the_kernel(mixer_cls):
     ref = m(x)
     ref_grads = torch.autograd.grad(ref.square().sum(), [x, *m.parameters()])
     set_kernel_backend("triton")
-    set_train_kernels(True)
     try:
-        out = m(x)
-        names = autograd_node_names(out)
-        grads = torch.autograd.grad(out.square().sum(), [x, *m.parameters()])
+        with graph_train_kernels():
+            out = m(x)
+            names = autograd_node_names(out)
+            grads = torch.autograd.grad(out.square().sum(), [x, *m.parameters()])
     finally:
         set_kernel_backend(None)
-        set_train_kernels(None)
     assert {"ConcatLastFunctionBackward", "SplitLastFunctionBackward"} <= names
     assert "SplitBackward0" not in names  # (a CatBackward0 remains: the two convs' weights, side by side)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)

@@ -31,15 +31,14 @@ KERNEL_NODES = {"LayerNormResidualFunctionBackward", "LinearActFunctionBackward"
 def _train_step(model, x, target, backend: str | None, checkpointing: bool = False):
     model.set_grad_checkpointing(checkpointing)
     set_kernel_backend(backend)
-    set_train_kernels(True)  # the fused training ops in eager steps too (auto keeps them for CUDA-graph capture)
     try:
-        torch.manual_seed(1)  # the same drop-path masks on both paths
-        loss = F.cross_entropy(model(x), target)
-        nodes = autograd_node_names(loss)
-        loss.backward()
+        with graph_train_kernels():  # the fused training ops in this eager step, as CUDA-graph capture runs them
+            torch.manual_seed(1)  # the same drop-path masks on both paths
+            loss = F.cross_entropy(model(x), target)
+            nodes = autograd_node_names(loss)
+            loss.backward()
     finally:
         set_kernel_backend(None)
-        set_train_kernels(None)
     grads = {n: p.grad for n, p in model.named_parameters()}
     stats = {n: b.clone() for n, b in model.named_buffers() if "running" in n}
     return loss.detach(), grads, stats, nodes

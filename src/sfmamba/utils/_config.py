@@ -157,7 +157,8 @@ _graph_train_depth = 0
 @contextmanager
 def graph_train_kernels():
     """Where `SFMAMBA_TRAIN_KERNELS=auto` turns the fused training ops on: a step that will be captured into a CUDA
-    graph (its eager warm-up steps too, so that autotuning happens before capture)."""
+    graph (its eager warm-up steps too, so that autotuning happens before capture), or an eager step that should run
+    what capture runs (the kernel checks, benchmarks and tests of the fused ops)."""
     global _graph_train_depth
     _graph_train_depth += 1
     try:
