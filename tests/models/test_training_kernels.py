@@ -128,3 +128,11 @@ def test_train_kernels_off_keeps_the_inference_kernels(monkeypatch):
     finally:
         set_kernel_backend(None)
         set_train_kernels(None)
+
+
+def test_train_kernels_rejects_an_unknown_value(monkeypatch):
+    from sfmamba.utils._config import train_kernels
+
+    monkeypatch.setenv("SFMAMBA_TRAIN_KERNELS", "sometimes")
+    with pytest.raises(ValueError, match="SFMAMBA_TRAIN_KERNELS must be one of"):
+        train_kernels()
