@@ -81,6 +81,12 @@ CASES = [
     ("step fwd BD64 P4 U4", chunk.selective_scan_fwd_kernel,  # the H200's pick since session 12 (L = 196 and 49)
      dict(INFERENCE, STORE_LAST=False, STORE_CKPT=False, SUMMARY=False, BLOCK_D=64, BLOCK_N=8, PREFETCH=4, UNROLL=4),
      1, 64),
+    *[(f"step fwd tuple BD{bd} P{p} U4", chunk.selective_scan_fwd_kernel,  # session 17: the state as N [BD] rows
+       dict(INFERENCE, STORE_LAST=False, STORE_CKPT=False, SUMMARY=False, BLOCK_D=bd, BLOCK_N=8, PREFETCH=p, UNROLL=4,
+            STATE_TUPLE=1), 1, bd) for bd in (32, 64) for p in (2, 4)],
+    ("step fwd tuple train BD32 P4 U4", chunk.selective_scan_fwd_kernel,
+     dict(INFERENCE, STORE_LAST=False, STORE_CKPT=True, SUMMARY=False, BLOCK_D=32, BLOCK_N=8, PREFETCH=4, UNROLL=4,
+          STATE_TUPLE=1), 1, 32),
     ("step bwd", chunk.selective_scan_bwd_kernel,
      dict(INFERENCE, HAS_DLAST=False, SUMMARY=False, CHUNK=8, BLOCK_D=32, BLOCK_N=8, PREFETCH=1, UNROLL=8), 1, 32),
     ("step bwd branchless", chunk.selective_scan_bwd_kernel,  # session 13: no branch per step, hints to L1

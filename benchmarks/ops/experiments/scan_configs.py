@@ -6,7 +6,7 @@ the autotuner's pick (the backward's autotuner times the kernel alone with L2 fl
     python benchmarks/ops/experiments/scan_configs.py --kernel bwd [--all-configs] [--shapes 0 2] [--extra-shapes 128,160,196,16]
         [--dtypes bfloat16 float32] [--unroll 16 0] [--bwd-spans 0 1 4] [--budget-s 300] [--out-dir DIR]
     python benchmarks/ops/experiments/scan_configs.py --kernel fwd --prefetch 1 2 [--fwd-unroll 1 2 4]
-        [--blocks 16 32 64 128] [--warps 1] [--chunks 0 1 2]
+        [--blocks 16 32 64 128] [--warps 1] [--chunks 0 1 2] [--fwd-configs JSON ...]
 
 `--kernel bwd`: each (config, unroll) setting restricts the backward autotuner to that one config and sets
 `chunk.MAX_UNROLL` (0 = the main pass stays a loop), timing forward+backward, at each `--bwd-spans` value (chunks
@@ -58,9 +58,21 @@ def compiled_stats(kernel) -> list[tuple[int, int]]:
     return stats
 
 
+def fwd_configs(args) -> list[triton.Config]:
+    """`--fwd-configs`: forward configs from JSON kwargs (BLOCK_D 64, PREFETCH 4, UNROLL 4, num_warps 1 unless given)."""
+    configs = []
+    for text in args.fwd_configs:
+        kwargs = {"BLOCK_D": 64, "PREFETCH": 4, "UNROLL": 4, **json.loads(text)}
+        warps, maxnreg = kwargs.pop("num_warps", 1), kwargs.pop("maxnreg", None)
+        configs.append(triton.Config(kwargs, num_warps=warps, maxnreg=maxnreg))
+    return configs
+
+
 def settings(args) -> list[tuple[str, int, list]]:
     """(label, MAX_UNROLL, [one config]) per timed setting; label "autotuned" = the default configs."""
     base = DEFAULT_CONFIGS[args.kernel]
+    if args.kernel == "fwd" and args.fwd_configs:
+        return [(str(c), DEFAULT_UNROLL, [c]) for c in fwd_configs(args)] + [("autotuned", DEFAULT_UNROLL, base)]
     if args.kernel == "fwd":
         configs = K.sweep_fwd_configs(
             tuple(args.prefetch), tuple(args.fwd_unroll), tuple(args.blocks), tuple(args.warps)
@@ -107,6 +119,12 @@ def main() -> None:
     )
     parser.add_argument("--all-configs", action="store_true", help="bwd: also PREFETCH 0 and two-warp configs")
     parser.add_argument("--bwd-configs", nargs="+", default=None, help="bwd: these configs (JSON kwargs) instead")
+    parser.add_argument(
+        "--fwd-configs",
+        nargs="+",
+        default=None,
+        help="fwd: these configs (JSON kwargs, e.g. '{\"STATE_TUPLE\": 1}'); bwd: the forward autotunes among them",
+    )
     parser.add_argument("--out-dir", type=Path, default=HERE.parent.parent / "results")
     parser.add_argument("--rep-ms", type=int, default=60)
     parser.add_argument("--budget-s", type=float, default=300)
@@ -115,6 +133,8 @@ def main() -> None:
     bench_args = SimpleNamespace(rep_ms=args.rep_ms, warmup_ms=10)
     layout, fn = providers(None)["sfmamba-BLD"]
     kernel = KERNELS[args.kernel]
+    if args.kernel == "bwd" and args.fwd_configs:
+        KERNELS["fwd"].configs = fwd_configs(args)
     mode = "fwd" if args.kernel == "fwd" else "fwdbwd"
     rows = []
     shapes = [MAIN_SHAPES[index] for index in args.shapes]

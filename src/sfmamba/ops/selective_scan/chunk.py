@@ -159,6 +159,136 @@ def _fwd_inputs(u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, t, valid, ch, mask_d, off
     return x, dt, Bt, Ct, zt
 
 
+@triton.jit
+def _fwd_inputs_tuple(u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, t, valid, ch, mask_d, NSTATE, su_l, su_d, sdt_l, sdt_d,
+                      sB_l, sB_n, sC_l, sC_n, sz_l, sz_d, HAS_Z: tl.constexpr, SUMMARY: tl.constexpr,
+                      BLOCK_N: tl.constexpr):  # fmt: skip
+    """`_fwd_inputs` for STATE_TUPLE: u, raw delta, z [BD]; B_t and C_t as tuples of BLOCK_N scalars (one load each,
+    the same address in every thread)."""
+    mask_d = mask_d & valid
+    x = tl.load(u_ptr + t * su_l + ch * su_d, mask=mask_d, other=0.0).to(tl.float32)
+    dt = tl.load(delta_ptr + t * sdt_l + ch * sdt_d, mask=mask_d, other=0.0).to(tl.float32)
+    Bs = ()
+    Cs = ()
+    for n in tl.static_range(BLOCK_N):
+        mask_n = valid & (n < NSTATE)
+        Bs = Bs + (tl.load(B_ptr + t * sB_l + n * sB_n, mask=mask_n, other=0.0).to(tl.float32),)
+        if not SUMMARY:
+            Cs = Cs + (tl.load(C_ptr + t * sC_l + n * sC_n, mask=mask_n, other=0.0).to(tl.float32),)
+    zt = x
+    if HAS_Z and not SUMMARY:
+        zt = tl.load(z_ptr + t * sz_l + ch * sz_d, mask=mask_d, other=0.0).to(tl.float32)
+    return x, dt, Bs, Cs, zt
+
+
+@triton.jit
+def _state_rows(ptr, base, D_total, ch, mask, NSTATE, BLOCK_N: tl.constexpr):
+    """One (N, D) fp32 state at `base` as a tuple of BLOCK_N [BD] rows (masked-off rows and channels are 0)."""
+    rows = ()
+    for n in tl.static_range(BLOCK_N):
+        rows = rows + (tl.load(ptr + base + n * D_total + ch, mask=mask & (n < NSTATE), other=0.0),)
+    return rows
+
+
+@triton.jit
+def _store_state_rows(ptr, base, D_total, ch, mask, NSTATE, rows, BLOCK_N: tl.constexpr):
+    for n in tl.static_range(BLOCK_N):
+        tl.store(ptr + base + n * D_total + ch, rows[n], mask=mask & (n < NSTATE))
+
+
+@triton.jit
+def _select_rows(cond, rows_if, rows_else, BLOCK_N: tl.constexpr, ZERO: tl.constexpr = False):
+    """Row-wise `where(cond, rows_if, rows_else)` of two state tuples (ZERO: 0 instead of rows_if)."""
+    out = ()
+    for n in tl.static_range(BLOCK_N):
+        out = out + (tl.where(cond, 0.0 if ZERO else rows_if[n], rows_else[n]),)
+    return out
+
+
+@triton.jit
+def _fwd_chunk_tuple(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, Dv, z_ptr, bias, h0_ptr, seg_ids_ptr, cu_ptr, out_ptr,
+                     last_ptr, ckpt_ptr, chunk_P_ptr, chunk_S_ptr, L, NSTATE, seq_len, chunk_len, nchunks, c, pid_b,
+                     D_total, ch, mask_d, ckpt_len: tl.constexpr, su_l, su_d, sdt_l, sdt_d, sz_l, sz_d, so_l, so_d,
+                     sB_l, sB_n, sC_l, sC_n, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
+                     SOFTPLUS: tl.constexpr, HAS_H0: tl.constexpr, RESET: tl.constexpr, STORE_LAST: tl.constexpr,
+                     STORE_CKPT: tl.constexpr, SUMMARY: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+                     PREFETCH: tl.constexpr, UNROLL: tl.constexpr):  # fmt: skip
+    """The forward's chunk with the state as a tuple of BLOCK_N [BD] rows (STATE_TUPLE): every tensor is 1-D over
+    the channels, so no step needs a shuffle or a layout conversion (the [BN, BD] tile's layout spreads N over lanes
+    at BLOCK_D 64: 16 shuffles per step for y's sum over N); y's sum over N is a chain of FMAs inside each thread."""
+    STATE = D_total * NSTATE
+    A = _state_rows(A_ptr, 0, D_total, ch, mask_d, NSTATE, BLOCK_N)
+    chunk_base = pid_b * nchunks * STATE
+    zero = tl.zeros([BLOCK_D], dtype=tl.float32)
+    # the state entering this chunk (chunk_combine_kernel turned the summaries into incoming states); 0 for the first
+    h = _state_rows(chunk_S_ptr, chunk_base + c * STATE, D_total, ch, mask_d & (c > 0) & (not SUMMARY), NSTATE,
+                    BLOCK_N)  # fmt: skip
+    A2 = ()
+    decay = ()
+    for n in tl.static_range(BLOCK_N):
+        A2 = A2 + (A[n] * LOG2E,)
+        decay = decay + (zero + 1.0,)
+    t_start = c * chunk_len
+    t_end = tl.minimum(t_start + chunk_len, L)
+    ring = ()
+    for i in tl.static_range(PREFETCH):
+        ring = ring + (_fwd_inputs_tuple(u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, t_start + i, t_start + i < t_end, ch,
+                                         mask_d, NSTATE, su_l, su_d, sdt_l, sdt_d, sB_l, sB_n, sC_l, sC_n, sz_l, sz_d,
+                                         HAS_Z, SUMMARY, BLOCK_N),)  # fmt: skip
+    for t in tl.range(t_start, t_end, loop_unroll_factor=UNROLL):
+        if PREFETCH:
+            x, dt, Bs, Cs, zt = ring[0]
+            fresh = _fwd_inputs_tuple(u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, t + PREFETCH, t + PREFETCH < t_end, ch,
+                                      mask_d, NSTATE, su_l, su_d, sdt_l, sdt_d, sB_l, sB_n, sC_l, sC_n, sz_l, sz_d,
+                                      HAS_Z, SUMMARY, BLOCK_N)  # fmt: skip
+            ring = ring[1:] + (fresh,)
+        else:
+            x, dt, Bs, Cs, zt = _fwd_inputs_tuple(u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, t, True, ch, mask_d, NSTATE,
+                                                  su_l, su_d, sdt_l, sdt_d, sB_l, sB_n, sC_l, sC_n, sz_l, sz_d, HAS_Z,
+                                                  SUMMARY, BLOCK_N)  # fmt: skip
+        if HAS_BIAS:
+            dt += bias
+        if SOFTPLUS:
+            dt = _softplus(dt)
+        seg, start, end = _segments(t, L, seq_len, seg_ids_ptr, cu_ptr, pid_b, RESET)
+        if HAS_H0:  # the state before a segment enters through its first step
+            h0 = _state_rows(h0_ptr, seg * STATE, D_total, ch, mask_d & start, NSTATE, BLOCK_N)
+            h = _select_rows(start, h0, h, BLOCK_N)
+        elif RESET != 0:  # without resets only t = 0 starts a segment, where h is still the zero it began as
+            h = _select_rows(start, A2, h, BLOCK_N, ZERO=True)
+        dtx = dt * x
+        y = x * Dv if HAS_D else zero
+        new_h = ()
+        new_decay = ()
+        for n in tl.static_range(BLOCK_N):
+            dA = _exp2(dt * A2[n])
+            h_n = dA * h[n] + dtx * Bs[n]
+            new_h = new_h + (h_n,)
+            if SUMMARY:
+                decay_n = decay[n] * dA
+                if RESET != 0:
+                    decay_n = tl.where(start, 0.0, decay_n)
+                new_decay = new_decay + (decay_n,)
+            else:
+                y += h_n * Cs[n]
+        h = new_h
+        if SUMMARY:
+            decay = new_decay
+        else:
+            if HAS_Z:
+                y *= zt * tl.sigmoid(zt)
+            tl.store(out_ptr + t * so_l + ch * so_d, y.to(out_ptr.dtype.element_ty), mask=mask_d)
+            if STORE_LAST:
+                _store_state_rows(last_ptr, seg * STATE, D_total, ch, mask_d & end, NSTATE, h, BLOCK_N)
+            if STORE_CKPT:  # noqa: SIM102 (a compile-time branch around a run-time one)
+                if ((t + 1) % ckpt_len == 0) | (t == L - 1):
+                    base = (pid_b * tl.cdiv(L, ckpt_len) + t // ckpt_len) * STATE
+                    _store_state_rows(ckpt_ptr, base, D_total, ch, mask_d, NSTATE, h, BLOCK_N)
+    if SUMMARY:
+        _store_state_rows(chunk_P_ptr, chunk_base + c * STATE, D_total, ch, mask_d, NSTATE, decay, BLOCK_N)
+        _store_state_rows(chunk_S_ptr, chunk_base + c * STATE, D_total, ch, mask_d, NSTATE, h, BLOCK_N)
+
+
 def _fwd_configs() -> list[triton.Config]:
     """One-warp programs of 32 or 64 channels with loads 2-4 steps ahead (PREFETCH) and the step loop unrolled 1 or 4
     times (UNROLL); BLOCK_D 128 (one or two warps) with one-step loads. H200, 2026-12-03, one chunk per row (benchmarks/results/s12_20261203/call2), bf16: (128, 160, 196, 8)
@@ -202,7 +332,7 @@ def selective_scan_fwd_kernel(
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_H0: tl.constexpr, RESET: tl.constexpr, STORE_LAST: tl.constexpr, STORE_CKPT: tl.constexpr,
     SUMMARY: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, PREFETCH: tl.constexpr,
-    UNROLL: tl.constexpr = 1,
+    UNROLL: tl.constexpr = 1, STATE_TUPLE: tl.constexpr = 0,
 ):  # fmt: skip
     # One program: one image, BLOCK_D channels of one group, one chunk of `chunk_len` steps, walked sequentially
     # with the whole [N, BLOCK_D] state in registers (state index inside each thread: no shuffles per step).
@@ -211,7 +341,6 @@ def selective_scan_fwd_kernel(
     pid_d, pid_b, pid_g, c, D_total, offs_d, mask_d, ch, offs_n, mask_n, mask_dn, state_offs = _channel_block(
         Dg, NSTATE, nchunks, BLOCK_D, BLOCK_N
     )
-    A2 = tl.load(A_ptr + state_offs, mask=mask_dn, other=0.0) * LOG2E
     Dv = tl.load(D_ptr + ch, mask=mask_d, other=0.0) if HAS_D else None
     bias = tl.load(bias_ptr + ch, mask=mask_d, other=0.0) if HAS_BIAS else None
     u_ptr += pid_b * su_b
@@ -220,6 +349,15 @@ def selective_scan_fwd_kernel(
     out_ptr += pid_b * so_b
     B_ptr += pid_b * sB_b + pid_g * sB_g
     C_ptr += pid_b * sC_b + pid_g * sC_g
+    if STATE_TUPLE:
+        _fwd_chunk_tuple(
+            u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, Dv, z_ptr, bias, h0_ptr, seg_ids_ptr, cu_ptr, out_ptr, last_ptr,
+            ckpt_ptr, chunk_P_ptr, chunk_S_ptr, L, NSTATE, seq_len, chunk_len, nchunks, c, pid_b, D_total, ch, mask_d,
+            ckpt_len, su_l, su_d, sdt_l, sdt_d, sz_l, sz_d, so_l, so_d, sB_l, sB_n, sC_l, sC_n, HAS_D, HAS_Z, HAS_BIAS,
+            SOFTPLUS, HAS_H0, RESET, STORE_LAST, STORE_CKPT, SUMMARY, BLOCK_D, BLOCK_N, PREFETCH, UNROLL,
+        )  # fmt: skip
+        return
+    A2 = tl.load(A_ptr + state_offs, mask=mask_dn, other=0.0) * LOG2E
     chunk_base = pid_b * nchunks * D_total * NSTATE
     h = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     decay = tl.full([BLOCK_N, BLOCK_D], 1.0, dtype=tl.float32)
