@@ -84,6 +84,9 @@ CASES = [
     *[(f"step fwd tuple BD{bd} P{p} U4", chunk.selective_scan_fwd_kernel,  # session 17: the state as N [BD] rows
        dict(INFERENCE, STORE_LAST=False, STORE_CKPT=False, SUMMARY=False, BLOCK_D=bd, BLOCK_N=8, PREFETCH=p, UNROLL=4,
             STATE_TUPLE=1), 1, bd) for bd in (32, 64) for p in (2, 4)],
+    *[(f"step fwd tuple vec BD{bd} P4 U4", chunk.selective_scan_fwd_kernel,  # B_t/C_t by 16-byte loads
+       dict(INFERENCE, STORE_LAST=False, STORE_CKPT=False, SUMMARY=False, BLOCK_D=bd, BLOCK_N=8, PREFETCH=4, UNROLL=4,
+            STATE_TUPLE=1, VECTOR_BC=1), 1, bd) for bd in (32, 64)],
     ("step fwd tuple train BD32 P4 U4", chunk.selective_scan_fwd_kernel,
      dict(INFERENCE, STORE_LAST=False, STORE_CKPT=True, SUMMARY=False, BLOCK_D=32, BLOCK_N=8, PREFETCH=4, UNROLL=4,
           STATE_TUPLE=1), 1, 32),

@@ -125,6 +125,7 @@ def main() -> None:
         default=None,
         help="fwd: these configs (JSON kwargs, e.g. '{\"STATE_TUPLE\": 1}'); bwd: the forward autotunes among them",
     )
+    parser.add_argument("--no-vector-bc", action="store_true", help="fwd: B_t/C_t by scalar loads (no VECTOR_BC)")
     parser.add_argument("--out-dir", type=Path, default=HERE.parent.parent / "results")
     parser.add_argument("--rep-ms", type=int, default=60)
     parser.add_argument("--budget-s", type=float, default=300)
@@ -133,6 +134,8 @@ def main() -> None:
     bench_args = SimpleNamespace(rep_ms=args.rep_ms, warmup_ms=10)
     layout, fn = providers(None)["sfmamba-BLD"]
     kernel = KERNELS[args.kernel]
+    if args.no_vector_bc:
+        K.vector_bc = lambda *_: False
     if args.kernel == "bwd" and args.fwd_configs:
         KERNELS["fwd"].configs = fwd_configs(args)
     mode = "fwd" if args.kernel == "fwd" else "fwdbwd"
@@ -157,6 +160,7 @@ def main() -> None:
                 flushed = time_provider(fn, shape, dtype, layout, mode, bench_args, "graph_flushed")[0]
                 picked = str(kernel.best_config) if label == "autotuned" else label
                 rows.append(dict(shape=shape.name, dtype=dtype_name, kernel=args.kernel, unroll=unroll, chunks=nchunks,
+                                 vector_bc=not args.no_vector_bc,
                                  bwd_span=span, setting=label, config=picked, us=us, flushed_us=flushed, rel_err=err,
                                  regs_spills=compiled_stats(kernel)[-1:]))  # fmt: skip
                 print(f"{shape.name} {dtype_name} chunks={nchunks} span={span} unroll={unroll:2d} {label}: {us[0]:7.1f} us (L2 flushed {flushed:7.1f}) "

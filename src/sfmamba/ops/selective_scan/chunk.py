@@ -160,21 +160,51 @@ def _fwd_inputs(u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, t, valid, ch, mask_d, off
 
 
 @triton.jit
+def _state_vector(ptr, BLOCK_N: tl.constexpr):
+    """BLOCK_N contiguous values at a 16-byte aligned `ptr` (a step's B or C) as a tuple of fp32 scalars, read by
+    16-byte loads (`VECTOR_BC`: 1 load and 8 shifts for N = 8 in bf16, instead of 8 loads, conversions and addresses)."""
+    WIDE: tl.constexpr = ptr.dtype.element_ty == tl.float32
+    values = ()
+    for i in tl.static_range(BLOCK_N // (4 if WIDE else 8)):
+        words = tl.inline_asm_elementwise(
+            "ld.global.nc.v4.b32 {$0, $1, $2, $3}, [$4];", "=r,=r,=r,=r,l", [ptr + i * (4 if WIDE else 8)],
+            dtype=(tl.int32, tl.int32, tl.int32, tl.int32), is_pure=True, pack=1,
+        )  # fmt: skip
+        for j in tl.static_range(4):
+            if WIDE:
+                values = values + (words[j].to(tl.float32, bitcast=True),)
+            elif ptr.dtype.element_ty == tl.bfloat16:  # a bf16 is the top half of its fp32
+                values = values + ((words[j] << 16).to(tl.float32, bitcast=True),
+                                   (words[j] & -65536).to(tl.float32, bitcast=True))  # fmt: skip
+            else:
+                low = words[j].to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+                values = values + (low, (words[j] >> 16).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32))
+    return values
+
+
+@triton.jit
 def _fwd_inputs_tuple(u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, t, valid, ch, mask_d, NSTATE, su_l, su_d, sdt_l, sdt_d,
                       sB_l, sB_n, sC_l, sC_n, sz_l, sz_d, HAS_Z: tl.constexpr, SUMMARY: tl.constexpr,
-                      BLOCK_N: tl.constexpr):  # fmt: skip
+                      BLOCK_N: tl.constexpr, VECTOR_BC: tl.constexpr):  # fmt: skip
     """`_fwd_inputs` for STATE_TUPLE: u, raw delta, z [BD]; B_t and C_t as tuples of BLOCK_N scalars (one load each,
-    the same address in every thread)."""
+    the same address in every thread; VECTOR_BC: 16-byte loads)."""
     mask_d = mask_d & valid
     x = tl.load(u_ptr + t * su_l + ch * su_d, mask=mask_d, other=0.0).to(tl.float32)
     dt = tl.load(delta_ptr + t * sdt_l + ch * sdt_d, mask=mask_d, other=0.0).to(tl.float32)
-    Bs = ()
-    Cs = ()
-    for n in tl.static_range(BLOCK_N):
-        mask_n = valid & (n < NSTATE)
-        Bs = Bs + (tl.load(B_ptr + t * sB_l + n * sB_n, mask=mask_n, other=0.0).to(tl.float32),)
+    if VECTOR_BC:  # a step past the chunk reads step 0's (in bounds; its values are never used)
+        t_in = tl.where(valid, t, 0)
+        Bs = _state_vector(B_ptr + t_in * sB_l, BLOCK_N)
+        Cs = ()
         if not SUMMARY:
-            Cs = Cs + (tl.load(C_ptr + t * sC_l + n * sC_n, mask=mask_n, other=0.0).to(tl.float32),)
+            Cs = _state_vector(C_ptr + t_in * sC_l, BLOCK_N)
+    else:
+        Bs = ()
+        Cs = ()
+        for n in tl.static_range(BLOCK_N):
+            mask_n = valid & (n < NSTATE)
+            Bs = Bs + (tl.load(B_ptr + t * sB_l + n * sB_n, mask=mask_n, other=0.0).to(tl.float32),)
+            if not SUMMARY:
+                Cs = Cs + (tl.load(C_ptr + t * sC_l + n * sC_n, mask=mask_n, other=0.0).to(tl.float32),)
     zt = x
     if HAS_Z and not SUMMARY:
         zt = tl.load(z_ptr + t * sz_l + ch * sz_d, mask=mask_d, other=0.0).to(tl.float32)
@@ -212,7 +242,7 @@ def _fwd_chunk_tuple(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, Dv, z_ptr, bias, h0_
                      sB_l, sB_n, sC_l, sC_n, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
                      SOFTPLUS: tl.constexpr, HAS_H0: tl.constexpr, RESET: tl.constexpr, STORE_LAST: tl.constexpr,
                      STORE_CKPT: tl.constexpr, SUMMARY: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
-                     PREFETCH: tl.constexpr, UNROLL: tl.constexpr):  # fmt: skip
+                     PREFETCH: tl.constexpr, UNROLL: tl.constexpr, VECTOR_BC: tl.constexpr):  # fmt: skip
     """The forward's chunk with the state as a tuple of BLOCK_N [BD] rows (STATE_TUPLE): every tensor is 1-D over
     the channels, so no step needs a shuffle or a layout conversion (the [BN, BD] tile's layout spreads N over lanes
     at BLOCK_D 64: 16 shuffles per step for y's sum over N); y's sum over N is a chain of FMAs inside each thread."""
@@ -234,18 +264,18 @@ def _fwd_chunk_tuple(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, Dv, z_ptr, bias, h0_
     for i in tl.static_range(PREFETCH):
         ring = ring + (_fwd_inputs_tuple(u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, t_start + i, t_start + i < t_end, ch,
                                          mask_d, NSTATE, su_l, su_d, sdt_l, sdt_d, sB_l, sB_n, sC_l, sC_n, sz_l, sz_d,
-                                         HAS_Z, SUMMARY, BLOCK_N),)  # fmt: skip
+                                         HAS_Z, SUMMARY, BLOCK_N, VECTOR_BC),)  # fmt: skip
     for t in tl.range(t_start, t_end, loop_unroll_factor=UNROLL):
         if PREFETCH:
             x, dt, Bs, Cs, zt = ring[0]
             fresh = _fwd_inputs_tuple(u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, t + PREFETCH, t + PREFETCH < t_end, ch,
                                       mask_d, NSTATE, su_l, su_d, sdt_l, sdt_d, sB_l, sB_n, sC_l, sC_n, sz_l, sz_d,
-                                      HAS_Z, SUMMARY, BLOCK_N)  # fmt: skip
+                                      HAS_Z, SUMMARY, BLOCK_N, VECTOR_BC)  # fmt: skip
             ring = ring[1:] + (fresh,)
         else:
             x, dt, Bs, Cs, zt = _fwd_inputs_tuple(u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, t, True, ch, mask_d, NSTATE,
                                                   su_l, su_d, sdt_l, sdt_d, sB_l, sB_n, sC_l, sC_n, sz_l, sz_d, HAS_Z,
-                                                  SUMMARY, BLOCK_N)  # fmt: skip
+                                                  SUMMARY, BLOCK_N, VECTOR_BC)  # fmt: skip
         if HAS_BIAS:
             dt += bias
         if SOFTPLUS:
@@ -291,19 +321,22 @@ def _fwd_chunk_tuple(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, Dv, z_ptr, bias, h0_
 
 def _fwd_configs() -> list[triton.Config]:
     """One-warp programs of 32 or 64 channels with loads 2-4 steps ahead (PREFETCH) and the step loop unrolled 1 or 4
-    times (UNROLL); BLOCK_D 128 (one or two warps) with one-step loads. H200, 2026-12-03, one chunk per row (benchmarks/results/s12_20261203/call2), bf16: (128, 160, 196, 8)
-    43.8 us at BLOCK_D 64 / PREFETCH 4 / UNROLL 4 against 49.9 at the old one-step prefetch; (128, 320, 49, 8)
-    18.9-19.0 us at BLOCK_D 64 with UNROLL 4 against 28.6 without. PREFETCH 8 lost everywhere (registers). BLOCK_D
-    128 with one-step loads stays for long rows split into many chunks (the old picks there)."""
+    times (UNROLL); BLOCK_D 128 (one or two warps) with one-step loads, for long rows split into many chunks. Every
+    config keeps the state as a tuple of N [BLOCK_D] rows (STATE_TUPLE). H200, 2026-12-04 (benchmarks/results/
+    s17_20261204/call1), bf16 (128, 160, 196, 8): 38.5 us at BLOCK_D 64 / PREFETCH 4 / UNROLL 4 against 43.7 for the
+    same config with the [N, BLOCK_D] tile (session 12's pick: its layout spread N over lanes, 16 shuffles per step
+    for y's sum over N, 17 layout conversions); fp32 52.0 (BLOCK_D 32) against 71.7; (128, 320, 49, 8) bf16 17.5
+    against 19.0, fp32 15.7 against 18.7. PREFETCH 8 lost everywhere (registers; session 12)."""
     if triton_interpret():
-        return [triton.Config({"BLOCK_D": 16, "PREFETCH": 1, "UNROLL": 1}, num_warps=1)]
+        return [triton.Config({"BLOCK_D": 16, "PREFETCH": 1, "UNROLL": 1, "STATE_TUPLE": 1}, num_warps=1)]
     ring = [
-        triton.Config({"BLOCK_D": bd, "PREFETCH": p, "UNROLL": u}, num_warps=1)
+        triton.Config({"BLOCK_D": bd, "PREFETCH": p, "UNROLL": u, "STATE_TUPLE": 1}, num_warps=1)
         for bd in (32, 64)
         for p in (2, 4)
         for u in (1, 4)
     ]
-    return ring + [triton.Config({"BLOCK_D": 128, "PREFETCH": 1, "UNROLL": 1}, num_warps=w) for w in (1, 2)]
+    wide = [triton.Config({"BLOCK_D": 128, "PREFETCH": 1, "UNROLL": 1, "STATE_TUPLE": 1}, num_warps=w) for w in (1, 2)]
+    return ring + wide
 
 
 def sweep_fwd_configs(
@@ -332,7 +365,7 @@ def selective_scan_fwd_kernel(
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_H0: tl.constexpr, RESET: tl.constexpr, STORE_LAST: tl.constexpr, STORE_CKPT: tl.constexpr,
     SUMMARY: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, PREFETCH: tl.constexpr,
-    UNROLL: tl.constexpr = 1, STATE_TUPLE: tl.constexpr = 0,
+    UNROLL: tl.constexpr = 1, STATE_TUPLE: tl.constexpr = 0, VECTOR_BC: tl.constexpr = 0,
 ):  # fmt: skip
     # One program: one image, BLOCK_D channels of one group, one chunk of `chunk_len` steps, walked sequentially
     # with the whole [N, BLOCK_D] state in registers (state index inside each thread: no shuffles per step).
@@ -354,7 +387,7 @@ def selective_scan_fwd_kernel(
             u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, Dv, z_ptr, bias, h0_ptr, seg_ids_ptr, cu_ptr, out_ptr, last_ptr,
             ckpt_ptr, chunk_P_ptr, chunk_S_ptr, L, NSTATE, seq_len, chunk_len, nchunks, c, pid_b, D_total, ch, mask_d,
             ckpt_len, su_l, su_d, sdt_l, sdt_d, sz_l, sz_d, so_l, so_d, sB_l, sB_n, sC_l, sC_n, HAS_D, HAS_Z, HAS_BIAS,
-            SOFTPLUS, HAS_H0, RESET, STORE_LAST, STORE_CKPT, SUMMARY, BLOCK_D, BLOCK_N, PREFETCH, UNROLL,
+            SOFTPLUS, HAS_H0, RESET, STORE_LAST, STORE_CKPT, SUMMARY, BLOCK_D, BLOCK_N, PREFETCH, UNROLL, VECTOR_BC,
         )  # fmt: skip
         return
     A2 = tl.load(A_ptr + state_offs, mask=mask_dn, other=0.0) * LOG2E
@@ -873,6 +906,18 @@ def fwd_kernel_choice(dim_per_group: int, length: int) -> str:
     return "tiled" if dim_per_group <= AUTO_TILED_WIDTH and length >= NARROW_MIN_LENGTH else "step"
 
 
+def vector_bc(x: Tensor, nstate: int, layout: str) -> bool:
+    """Whether the step forward may read each step's N values of B or C `x` with 16-byte loads (`_state_vector`): on
+    the GPU (the interpreter has no inline PTX), N a power of two filling whole 16-byte words, the N values of a step
+    adjacent and every step's row 16-byte aligned."""
+    if triton_interpret() or x.device.type != "cuda" or nstate != triton.next_power_of_2(nstate):
+        return False
+    size = x.element_size()
+    strides = _bc_strides(x, layout)  # (batch, G, N, L)
+    aligned = all(stride * size % 16 == 0 for i, stride in enumerate(strides) if i != 2)
+    return (nstate * size) % 16 == 0 and strides[2] == 1 and aligned and x.data_ptr() % 16 == 0
+
+
 def _fwd_kernel(choice: str):
     """The forward kernel for `choice` ('step' or 'tiled'; tiled.py imports this module, so it is imported here,
     when first chosen). The step and tiled kernels share arguments, grid and chunking."""
@@ -963,6 +1008,8 @@ def selective_scan_fwd(
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
         HAS_H0=initial_state is not None, RESET=reset, STORE_LAST=return_last_state, STORE_CKPT=save_chunks,
     )  # fmt: skip
+    if choice == "step":
+        flags["VECTOR_BC"] = vector_bc(B, nstate, layout) and vector_bc(C, nstate, layout)
 
     def grid(meta: dict) -> tuple[int, int, int]:
         return triton.cdiv(dim_per_group, meta["BLOCK_D"]), groups * nchunks, batch
