@@ -265,6 +265,8 @@ def run(args) -> list[Row]:
     copy_gbps = copy_bandwidth()
     print(f"# device-to-device copy: {copy_gbps:.0f} GB/s")
     shapes = [] if args.sweep_only else list(MAIN_SHAPES[:3] if args.quick else MAIN_SHAPES)
+    if args.shapes is not None:
+        shapes = [MAIN_SHAPES[index] for index in args.shapes]
     if args.sweep or args.sweep_only:
         shapes += [Shape(128, 160, length, 8) for length in SWEEP_LENGTHS]
     rows: list[Row] = []
@@ -378,6 +380,7 @@ def main() -> None:
     parser.add_argument("--sweep-only", action="store_true", help="only the length sweep")
     parser.add_argument("--providers", nargs="*", default=None, help="only these providers (default: all)")
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--shapes", type=int, nargs="+", default=None, help="only these MAIN_SHAPES (indices)")
     parser.add_argument("--warmup-ms", type=int, default=25)
     parser.add_argument("--rep-ms", type=int, default=100)
     parser.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results")

@@ -7,7 +7,9 @@ failure; writes benchmarks/results/scan_fwd_configs_<date>.json.
 
     PYTHONPATH=src python benchmarks/ops/check_scan_fwd_configs.py [--out benchmarks/results] [--full]
 
-By default each config runs a covering subset of the 108 combinations (`COVERING`: 9 cases); `--full` runs all.
+By default each config runs a covering subset of the 108 combinations (`COVERING`: 9 cases); `--full` runs all. Both
+add `BC_FORMS`: B/C with N = 1, 4, 8, 16, groups, fp16 and sliced from a wider projection, so that B_t/C_t are read
+both by 16-byte loads (VECTOR_BC: aligned rows of 16-byte multiples) and by scalar loads.
 """
 
 from __future__ import annotations
@@ -48,14 +50,33 @@ COVERING = [
     (23, "seq_len", "BDL", torch.bfloat16, 16),
     (37, "cu_seqlens", "BLD", torch.float32, None),
 ]
+# B_t/C_t read by 16-byte loads (VECTOR_BC) or not, in every B/C form (state sizes, groups, fp16, a B/C sliced from
+# a wider projection as in the models, whose rows are not 16-byte aligned): (length, resets, layout, dtype, chunk
+# length, N, groups, sliced B/C); run by default and with --full
+BC_FORMS = [
+    (196, "none", "BLD", torch.float16, None, 8, 1, False),
+    (37, "seq_len", "BDL", torch.float16, 5, 16, 1, False),
+    (196, "cu_seqlens", "BLD", torch.float32, 16, 16, 1, False),
+    (23, "none", "BLD", torch.bfloat16, None, 8, 2, False),
+    (37, "none", "BLD", torch.bfloat16, 5, 8, 1, True),
+    (37, "seq_len", "BLD", torch.bfloat16, None, 4, 1, False),
+    (23, "none", "BDL", torch.float32, None, 1, 1, False),
+]
+TOLERANCE[torch.float16] = 1e-2
+SEQUENCES = ("u", "delta", "z", "B", "C")
 
 
-def make_case(length: int, resets: str, layout: str, dtype: torch.dtype, seed: int) -> tuple[dict, dict]:
-    """(inputs in `dtype` requiring grad, keyword arguments) of a stable scan: 3 images, 40 channels, N = 8."""
+def make_case(
+    length: int, resets: str, layout: str, dtype: torch.dtype, seed: int, nstate: int = 8, groups: int = 1,
+    sliced: bool = False,
+) -> tuple[dict, dict]:  # fmt: skip
+    """(inputs in `dtype` requiring grad, keyword arguments) of a stable scan: 3 images, 40 channels, N states in
+    `groups` groups of B/C (sliced: B and C are views into one wider (.., dt_rank + 2N) projection, as in the models)."""
     gen = torch.Generator(device=DEV).manual_seed(seed)
-    batch, dim, nstate = 3, 40, 8
+    batch, dim = 3, 40
     seq = (batch, dim, length) if layout == "BDL" else (batch, length, dim)
-    bc = (batch, nstate, length) if layout == "BDL" else (batch, length, nstate)
+    group = () if groups == 1 else (groups,)
+    bc = (batch, *group, nstate, length) if layout == "BDL" else (batch, length, *group, nstate)
 
     def rand(*shape: int, scale: float = 1.0, shift: float = 0.0) -> torch.Tensor:
         return torch.randn(shape, device=DEV, generator=gen) * scale + shift
@@ -70,16 +91,32 @@ def make_case(length: int, resets: str, layout: str, dtype: torch.dtype, seed: i
         kwargs["seq_len"] = length if length % 2 else length // 2
         segments = batch * (length // kwargs["seq_len"])
     elif resets == "cu_seqlens":  # one packed row of uneven segments; B/C and the sequences share it
-        x = {k: (v[:1] if v.dim() == 3 else v) for k, v in x.items()}
+        x = {k: (v[:1] if k in SEQUENCES else v) for k, v in x.items()}
         kwargs["cu_seqlens"] = torch.tensor([0, 1, length // 3, length - 2, length], device=DEV, dtype=torch.int32)
         segments = 4
     x["initial_state"] = rand(segments, dim, nstate, scale=0.5)
-    return {k: v.detach().requires_grad_() for k, v in x.items()}, kwargs
+    x = {k: v.detach().requires_grad_() for k, v in x.items()}
+    if sliced:  # leaves stay separate tensors (for their gradients); the op sees unaligned views of one projection
+        return x, kwargs | {"sliced": True}
+    return x, kwargs
+
+
+def sliced_bc(x: dict, layout: str) -> dict:
+    """x with B and C replaced by views into one (.., 3 + 2N) tensor along the state axis (differentiable)."""
+    axis = -2 if layout == "BDL" else -1
+    shape = list(x["B"].shape)
+    shape[axis] = 3
+    dt_part = x["B"].new_zeros(shape)
+    wide = torch.cat([dt_part, x["B"], x["C"]], dim=axis)
+    nstate = x["B"].shape[axis]
+    return x | {"B": wide.narrow(axis, 3, nstate), "C": wide.narrow(axis, 3 + nstate, nstate)}
 
 
 def run(fn, x: dict, kwargs: dict) -> list[torch.Tensor]:
-    out, last = fn(x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], x["z"], x["delta_bias"], True, True,
-                   initial_state=x["initial_state"], **kwargs)  # fmt: skip
+    kwargs = dict(kwargs)
+    inputs = sliced_bc(x, kwargs["layout"]) if kwargs.pop("sliced", False) else x
+    out, last = fn(inputs["u"], inputs["delta"], inputs["A"], inputs["B"], inputs["C"], inputs["D"], inputs["z"],
+                   inputs["delta_bias"], True, True, initial_state=inputs["initial_state"], **kwargs)  # fmt: skip
     weight = torch.linspace(-1, 1, out.numel(), device=DEV).view(out.shape)
     grads = torch.autograd.grad((out.float() * weight).sum() + last.float().sum(), list(x.values()))
     return [out, last, *grads]
@@ -90,11 +127,14 @@ def check_config(config: triton.Config, full: bool) -> dict:
     chunk.selective_scan_fwd_kernel.cache.clear()
     worst, failures, cases = 0.0, [], 0
     grid = itertools.product(LENGTHS, RESETS, LAYOUTS, DTYPES, CHUNK_LENS) if full else COVERING
-    for length, resets, layout, dtype, chunk_len in grid:
+    vector_cases = 0
+    for length, resets, layout, dtype, chunk_len, *form in [*grid, *BC_FORMS]:
         cases += 1
         chunk.forced_chunk_len = chunk_len
         try:
-            x, kwargs = make_case(length, resets, layout, dtype, seed=length)
+            x, kwargs = make_case(length, resets, layout, dtype, length, *form)
+            seen = sliced_bc(x, layout) if form and form[2] else x
+            vector_cases += chunk.vector_bc(chunk._rows_adjacent(seen["B"], layout), x["A"].shape[1], layout)
             ref_x = {k: v.detach().float().requires_grad_() for k, v in x.items()}
             got, want = run(selective_scan, x, kwargs), run(selective_scan_naive, ref_x, kwargs)
             error = max(max_relative_error(w, g) for w, g in zip(want, got))
@@ -102,8 +142,14 @@ def check_config(config: triton.Config, full: bool) -> dict:
             chunk.forced_chunk_len = None
         worst = max(worst, error)
         if not error <= TOLERANCE[dtype]:  # NaN fails too
-            failures.append(f"L{length} {resets} {layout} {str(dtype)[6:]} chunk {chunk_len}: {error:.2e}")
-    return {"config": str(config), "cases": cases, "worst": worst, "failures": failures}
+            failures.append(f"L{length} {resets} {layout} {str(dtype)[6:]} chunk {chunk_len} {form}: {error:.2e}")
+    return {
+        "config": str(config),
+        "cases": cases,
+        "vector_bc_cases": vector_cases,
+        "worst": worst,
+        "failures": failures,
+    }
 
 
 def main() -> int:
@@ -120,7 +166,11 @@ def main() -> int:
         for config in configs:
             rows.append(check_config(config, args.full))
             r = rows[-1]
-            print(f"{r['config']:<100} worst {r['worst']:.2e} failures {len(r['failures'])}", flush=True)
+            print(
+                f"{r['config']:<90} worst {r['worst']:.2e} failures {len(r['failures'])} "
+                f"(B_t/C_t by 16-byte loads in {r['vector_bc_cases']} of {r['cases']} cases)",
+                flush=True,
+            )
             for failure in r["failures"][:5]:
                 print("   ", failure)
     finally:

@@ -898,6 +898,12 @@ for summary, reset, extra, dtype, unroll, ring in ((False, 0, infer, "bf16", 1, 
     compiled = compile_for_sm90(chunk.selective_scan_fwd_kernel, flags, 1, scan_pointer_type(dtype))
     loops = compiled.asm["ttgir"].count("scf.for")
     print("fwd", "cubin" if compiled.asm.get("cubin") else "no cubin", summary, reset, unroll, f"loops={loops}")
+for dtype in ("bf16", "fp16", "fp32"):  # B_t/C_t by 16-byte loads
+    flags = dict(common, **infer, RESET=0, STORE_LAST=False, STORE_CKPT=False, SUMMARY=False, BLOCK_D=64, BLOCK_N=8,
+                 UNROLL=1, PREFETCH=1, VECTOR_BC=1)
+    compiled = compile_for_sm90(chunk.selective_scan_fwd_kernel, flags, 1, scan_pointer_type(dtype))
+    print("vec", "cubin" if compiled.asm.get("cubin") else "no cubin", dtype,
+          f"loads={compiled.asm['ptx'].count('ld.global.nc.v4.b32')}")
 for nstate, summary, reset, extra in ((8, False, 0, infer), (8, False, 1, train), (1, False, 2, train),
                                       (8, True, 1, infer)):
     block_n, steps = triton.next_power_of_2(nstate), chunk.bwd_chunk_for(nstate)
@@ -914,14 +920,23 @@ for nstate, summary, reset, extra in ((8, False, 0, infer), (8, False, 1, train)
 
 def test_step_kernels_compile_for_sm90():
     """The interpreter never compiles: build the step forward (main, summary and training flag sets, step loop unrolled
-    1-4 times) and backward for an H100 with Triton's bundled ptxas, and check that the backward's main pass has one
-    loop, over its span's chunks, each chunk fully unrolled for N = 8 and N = 1 (bwd_chunk_for <= MAX_UNROLL: the
-    stored states are then indexed statically, no selects), and that its summary pass keeps its step loop; with
-    NEXT_TO_L1 the main pass hints each of the next chunk's steps into L1 (u, delta, dout, z, B, C: 6 per step)."""
+    1-4 times; B_t/C_t by 16-byte inline-PTX loads in bf16, fp16 and fp32) and backward for an H100 with Triton's
+    bundled ptxas, and check that the backward's main pass has one loop, over its span's chunks, each chunk fully
+    unrolled for N = 8 and N = 1 (bwd_chunk_for <= MAX_UNROLL: the stored states are then indexed statically, no
+    selects), and that its summary pass keeps its step loop; with NEXT_TO_L1 the main pass hints each of the next
+    chunk's steps into L1 (u, delta, dout, z, B, C: 6 per step)."""
     result = run_without_interpreter(STEP_SM90_COMPILE)
     assert result.returncode == 0, result.stderr[-4000:]
     lines = result.stdout.splitlines()
-    assert len(lines) == 8 and all(" cubin " in f" {line} " for line in lines), result.stdout
+    assert len(lines) == 11 and all(" cubin " in f" {line} " for line in lines), result.stdout
+    # VECTOR_BC: one 16-byte load per step for each of B_t and C_t (N = 8 halves), two in fp32; the ring's first load
+    # and the loop's: 4 (8 in fp32)
+    vector = [line.split() for line in lines if line.startswith("vec")]
+    assert [(fields[2], fields[3]) for fields in vector] == [
+        ("bf16", "loads=4"),
+        ("fp16", "loads=4"),
+        ("fp32", "loads=8"),
+    ], result.stdout
     # UNROLL > 1 unrolls the forward's step loop (its trip count is dynamic: an unrolled loop plus a remainder loop)
     forward = [line.split() for line in lines if line.startswith("fwd")]
     assert [(fields[-2], fields[-1]) for fields in forward] == [
@@ -954,6 +969,32 @@ def test_static_loop_counts_of_step_forward(tmp_path):
     per_step = {name: row["instructions_per_channel_step"] for name, row in rows.items()}
     assert per_step["step fwd BD128"] < 0.8 * per_step["step fwd"]
     assert per_step["step fwd P2 BD128"] < 1.25 * per_step["step fwd BD128"]
+
+
+@pytest.mark.parametrize(
+    "strides, element_size, address, nstate, expected",
+    [
+        ((196 * 8, 0, 1, 8), 2, 4096, 8, True),  # (batch, L, N) bf16, N = 8: one 16-byte word per step
+        ((196 * 16, 0, 1, 16), 4, 4096, 16, True),  # fp32 N = 16: four words
+        ((196 * 16, 8, 1, 16), 2, 4096, 8, True),  # grouped (batch, L, G, N)
+        ((196 * 36, 0, 1, 36), 2, 4096 + 40, 8, False),  # B sliced from a (.., dt_rank 20 + 2N) projection
+        ((196 * 8, 0, 1, 8), 2, 4096 + 2, 8, False),  # misaligned start
+        ((196 * 8, 0, 196, 1), 2, 4096, 8, False),  # the N values of a step strided (BDL not yet copied)
+        ((196 * 4, 0, 1, 4), 2, 4096, 4, False),  # 8 bytes per step
+        ((196 * 6, 0, 1, 6), 4, 4096, 6, False),  # N not a power of two
+        ((196 * 8 + 1, 0, 1, 8), 4, 4096, 8, False),  # batch stride off the 16-byte grid
+    ],
+)
+def test_rows_fit_vectors(strides, element_size, address, nstate, expected):
+    """The step forward reads B_t/C_t by 16-byte loads only where every step's N values fill whole aligned words."""
+    assert chunk.rows_fit_vectors(strides, element_size, address, nstate) is expected
+
+
+def test_vector_bc_is_off_off_the_gpu():
+    """The interpreter (and any CPU tensor) reads B_t/C_t by scalar loads: the 16-byte loads are inline PTX."""
+    B = torch.randn(2, 196, 8).to(torch.bfloat16)
+    assert chunk.rows_fit_vectors(B.stride()[:1] + (0,) + B.stride()[:0:-1], 2, 4096, 8)
+    assert not chunk.vector_bc(B, 8, "BLD")
 
 
 @pytest.mark.parametrize("grouped", [False, True])

@@ -78,18 +78,15 @@ CASES = [
       for summary in (False, True) for bd in (32, 128)],
     ("step fwd BD128", chunk.selective_scan_fwd_kernel,  # the H200's pick at (128, 160, 196, 8) bf16
      dict(INFERENCE, STORE_LAST=False, STORE_CKPT=False, SUMMARY=False, BLOCK_D=128, BLOCK_N=8, PREFETCH=1), 1, 128),
-    ("step fwd BD64 P4 U4", chunk.selective_scan_fwd_kernel,  # the H200's pick since session 12 (L = 196 and 49)
-     dict(INFERENCE, STORE_LAST=False, STORE_CKPT=False, SUMMARY=False, BLOCK_D=64, BLOCK_N=8, PREFETCH=4, UNROLL=4),
-     1, 64),
-    *[(f"step fwd tuple BD{bd} P{p} U4", chunk.selective_scan_fwd_kernel,  # session 17: the state as N [BD] rows
+    *[(f"step fwd{' vec' if vec else ''} BD{bd} P{p} U4", chunk.selective_scan_fwd_kernel,  # session 12-17 picks
        dict(INFERENCE, STORE_LAST=False, STORE_CKPT=False, SUMMARY=False, BLOCK_D=bd, BLOCK_N=8, PREFETCH=p, UNROLL=4,
-            STATE_TUPLE=1), 1, bd) for bd in (32, 64) for p in (2, 4)],
-    *[(f"step fwd tuple vec BD{bd} P4 U4", chunk.selective_scan_fwd_kernel,  # B_t/C_t by 16-byte loads
+            VECTOR_BC=vec), 1, bd) for vec in (0, 1) for bd in (32, 64) for p in (2, 4)],  # vec: B_t/C_t by 16 bytes
+    *[(f"step fwd vec BD{bd} P4 U4 A16", chunk.selective_scan_fwd_kernel,  # + L1 hints 16 steps ahead
        dict(INFERENCE, STORE_LAST=False, STORE_CKPT=False, SUMMARY=False, BLOCK_D=bd, BLOCK_N=8, PREFETCH=4, UNROLL=4,
-            STATE_TUPLE=1, VECTOR_BC=1), 1, bd) for bd in (32, 64)],
-    ("step fwd tuple train BD32 P4 U4", chunk.selective_scan_fwd_kernel,
-     dict(INFERENCE, STORE_LAST=False, STORE_CKPT=True, SUMMARY=False, BLOCK_D=32, BLOCK_N=8, PREFETCH=4, UNROLL=4,
-          STATE_TUPLE=1), 1, 32),
+            VECTOR_BC=1, AHEAD=16), 1, bd) for bd in (32, 64)],
+    ("step fwd vec train BD32 P2 U4", chunk.selective_scan_fwd_kernel,
+     dict(INFERENCE, STORE_LAST=False, STORE_CKPT=True, SUMMARY=False, BLOCK_D=32, BLOCK_N=8, PREFETCH=2, UNROLL=4,
+          VECTOR_BC=1), 1, 32),
     ("step bwd", chunk.selective_scan_bwd_kernel,
      dict(INFERENCE, HAS_DLAST=False, SUMMARY=False, CHUNK=8, BLOCK_D=32, BLOCK_N=8, PREFETCH=1, UNROLL=8), 1, 32),
     ("step bwd branchless", chunk.selective_scan_bwd_kernel,  # session 13: no branch per step, hints to L1

@@ -1,8 +1,8 @@
 """Triton selective scan: forward and backward kernels, launchers, and the torch.library op with its autograd.
 
 Design (why): a vision scan is short (L = 49..3136) and its state small (N = 1..16), so each program keeps the
-whole [N, BLOCK_D] state of BLOCK_D channels in registers -- the state index lives inside a thread, so a step costs
-N exp2 + 2N FMA and no shuffles -- and walks time sequentially. Short sequences alone leave the GPU idle, so L is
+whole state of BLOCK_D channels in registers -- in the forward a tuple of N [BLOCK_D] rows, so the state index lives
+inside a thread and a step costs N exp2 + 3N FMA/FMUL and no shuffles -- and walks time sequentially. Short sequences alone leave the GPU idle, so L is
 split into chunks processed in parallel in two passes: a summary pass computes each chunk's decay product and end
 state from a zero start, the main pass folds the earlier chunks into its incoming state and scans its chunk.
 Segment starts (periodic `seq_len` for folded images, packed `cu_seqlens`) zero the decay, which resets the state
@@ -141,25 +141,6 @@ def _bwd_step(raw, dout, zt, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexp
 
 
 @triton.jit
-def _fwd_inputs(u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, t, valid, ch, mask_d, offs_n, NSTATE, su_l, su_d, sdt_l,
-                sdt_d, sB_l, sB_n, sC_l, sC_n, sz_l, sz_d, HAS_Z: tl.constexpr, SUMMARY: tl.constexpr):  # fmt: skip
-    """The forward's loads for step t (all masked off unless `valid`), fp32: u, raw delta [BD]; B, C [BN]; z [BD]
-    (C and z only when used)."""
-    mask_d = mask_d & valid
-    mask_n = (offs_n < NSTATE) & valid
-    x = tl.load(u_ptr + t * su_l + ch * su_d, mask=mask_d, other=0.0).to(tl.float32)
-    dt = tl.load(delta_ptr + t * sdt_l + ch * sdt_d, mask=mask_d, other=0.0).to(tl.float32)
-    Bt = tl.load(B_ptr + t * sB_l + offs_n * sB_n, mask=mask_n, other=0.0).to(tl.float32)
-    Ct = Bt
-    zt = x
-    if not SUMMARY:
-        Ct = tl.load(C_ptr + t * sC_l + offs_n * sC_n, mask=mask_n, other=0.0).to(tl.float32)
-        if HAS_Z:
-            zt = tl.load(z_ptr + t * sz_l + ch * sz_d, mask=mask_d, other=0.0).to(tl.float32)
-    return x, dt, Bt, Ct, zt
-
-
-@triton.jit
 def _state_vector(ptr, BLOCK_N: tl.constexpr):
     """BLOCK_N contiguous values at a 16-byte aligned `ptr` (a step's B or C) as a tuple of fp32 scalars, read by
     16-byte loads (`VECTOR_BC`: 1 load and 8 shifts for N = 8 in bf16, instead of 8 loads, conversions and addresses)."""
@@ -183,11 +164,12 @@ def _state_vector(ptr, BLOCK_N: tl.constexpr):
 
 
 @triton.jit
-def _fwd_inputs_tuple(u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, t, valid, ch, mask_d, NSTATE, su_l, su_d, sdt_l, sdt_d,
-                      sB_l, sB_n, sC_l, sC_n, sz_l, sz_d, HAS_Z: tl.constexpr, SUMMARY: tl.constexpr,
-                      BLOCK_N: tl.constexpr, VECTOR_BC: tl.constexpr):  # fmt: skip
-    """`_fwd_inputs` for STATE_TUPLE: u, raw delta, z [BD]; B_t and C_t as tuples of BLOCK_N scalars (one load each,
-    the same address in every thread; VECTOR_BC: 16-byte loads)."""
+def _fwd_inputs(u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, t, valid, ch, mask_d, NSTATE, su_l, su_d, sdt_l, sdt_d, sB_l,
+                sB_n, sC_l, sC_n, sz_l, sz_d, HAS_Z: tl.constexpr, SUMMARY: tl.constexpr, BLOCK_N: tl.constexpr,
+                VECTOR_BC: tl.constexpr):  # fmt: skip
+    """The forward's loads for step t (all masked off unless `valid`), fp32: u, raw delta, z [BD] (z only when used);
+    B_t and C_t (C_t only when used) as tuples of BLOCK_N scalars, one load each at the same address in every thread,
+    or by 16-byte loads (VECTOR_BC)."""
     mask_d = mask_d & valid
     x = tl.load(u_ptr + t * su_l + ch * su_d, mask=mask_d, other=0.0).to(tl.float32)
     dt = tl.load(delta_ptr + t * sdt_l + ch * sdt_d, mask=mask_d, other=0.0).to(tl.float32)
@@ -209,6 +191,16 @@ def _fwd_inputs_tuple(u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, t, valid, ch, mask_
     if HAS_Z and not SUMMARY:
         zt = tl.load(z_ptr + t * sz_l + ch * sz_d, mask=mask_d, other=0.0).to(tl.float32)
     return x, dt, Bs, Cs, zt
+
+
+@triton.jit
+def _prefetch_row(ptr, valid, first, Dg, BLOCK_D: tl.constexpr):
+    """Hint L1 to pull the adjacent values of channels first .. first + BLOCK_D - 1 (< Dg) from `ptr` on (one step's
+    channels; where `valid`): one hint per 128-byte line, the same in every thread (one per element costs an
+    instruction per element)."""
+    PER_LINE: tl.constexpr = 128 // (4 if ptr.dtype.element_ty == tl.float32 else 2)
+    for k in tl.static_range((BLOCK_D + PER_LINE - 1) // PER_LINE):
+        _prefetch_l1(ptr + k * PER_LINE, valid & (first + k * PER_LINE < Dg))
 
 
 @triton.jit
@@ -235,17 +227,69 @@ def _select_rows(cond, rows_if, rows_else, BLOCK_N: tl.constexpr, ZERO: tl.const
     return out
 
 
-@triton.jit
-def _fwd_chunk_tuple(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, Dv, z_ptr, bias, h0_ptr, seg_ids_ptr, cu_ptr, out_ptr,
-                     last_ptr, ckpt_ptr, chunk_P_ptr, chunk_S_ptr, L, NSTATE, seq_len, chunk_len, nchunks, c, pid_b,
-                     D_total, ch, mask_d, ckpt_len: tl.constexpr, su_l, su_d, sdt_l, sdt_d, sz_l, sz_d, so_l, so_d,
-                     sB_l, sB_n, sC_l, sC_n, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
-                     SOFTPLUS: tl.constexpr, HAS_H0: tl.constexpr, RESET: tl.constexpr, STORE_LAST: tl.constexpr,
-                     STORE_CKPT: tl.constexpr, SUMMARY: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
-                     PREFETCH: tl.constexpr, UNROLL: tl.constexpr, VECTOR_BC: tl.constexpr):  # fmt: skip
-    """The forward's chunk with the state as a tuple of BLOCK_N [BD] rows (STATE_TUPLE): every tensor is 1-D over
-    the channels, so no step needs a shuffle or a layout conversion (the [BN, BD] tile's layout spreads N over lanes
-    at BLOCK_D 64: 16 shuffles per step for y's sum over N); y's sum over N is a chain of FMAs inside each thread."""
+def _fwd_configs() -> list[triton.Config]:
+    """One-warp programs of 32 or 64 channels with loads 2-4 steps ahead (PREFETCH) and the step loop unrolled 1 or 4
+    times (UNROLL); BLOCK_D 128 (one or two warps) with one-step loads, for long rows split into many chunks.
+    H200, 2026-12-04 (benchmarks/results/s17_20261204/call2-3, B_t/C_t by 16-byte loads): (128, 160, 196, 8) bf16
+    33.9 us at BLOCK_D 64 / PREFETCH 4 / UNROLL 4 (fp32 54.7); (128, 320, 49, 8) bf16 14.7 at BLOCK_D 32 / PREFETCH 2 /
+    UNROLL 4 (fp32 14.0). PREFETCH 8 lost everywhere (registers; session 12)."""
+    if triton_interpret():
+        return [triton.Config({"BLOCK_D": 16, "PREFETCH": 1, "UNROLL": 1}, num_warps=1)]
+    ring = [
+        triton.Config({"BLOCK_D": bd, "PREFETCH": p, "UNROLL": u}, num_warps=1)
+        for bd in (32, 64)
+        for p in (2, 4)
+        for u in (1, 4)
+    ]
+    wide = [triton.Config({"BLOCK_D": 128, "PREFETCH": 1, "UNROLL": 1}, num_warps=w) for w in (1, 2)]
+    return ring + wide
+
+
+def sweep_fwd_configs(
+    prefetch: tuple[int, ...], unroll: tuple[int, ...], blocks: tuple[int, ...], warps: tuple[int, ...]
+) -> list[triton.Config]:
+    """Every forward config of the given settings (for experiments: `benchmarks/ops/experiments/scan_configs.py`)."""
+    return [
+        triton.Config({"BLOCK_D": bd, "PREFETCH": p, "UNROLL": u}, num_warps=w)
+        for bd in blocks
+        for w in warps
+        for p in prefetch
+        for u in unroll
+        if bd >= 32 * w or w == 1
+    ]
+
+
+@_autotune(configs=_fwd_configs(), key=["Dg", "NSTATE", "chunk_len", "SUMMARY", "STORE_CKPT"], warm_l2=True)
+@triton.heuristics({"BLOCK_N": lambda args: triton.next_power_of_2(args["NSTATE"])})
+@triton.jit(do_not_specialize=["L", "seq_len", "nchunks"])
+def selective_scan_fwd_kernel(
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, seg_ids_ptr, cu_ptr,
+    out_ptr, last_ptr, ckpt_ptr, chunk_P_ptr, chunk_S_ptr,
+    L, Dg, NSTATE, seq_len, chunk_len, nchunks, ckpt_len: tl.constexpr,
+    su_b, su_l, su_d, sdt_b, sdt_l, sdt_d, sz_b, sz_l, sz_d, so_b, so_l, so_d,
+    sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    HAS_H0: tl.constexpr, RESET: tl.constexpr, STORE_LAST: tl.constexpr, STORE_CKPT: tl.constexpr,
+    SUMMARY: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, PREFETCH: tl.constexpr,
+    UNROLL: tl.constexpr = 1, VECTOR_BC: tl.constexpr = 0, AHEAD: tl.constexpr = 0,
+):  # fmt: skip
+    # One program: one image, BLOCK_D channels of one group, one chunk of `chunk_len` steps, walked sequentially
+    # with the whole state in registers as a tuple of N [BLOCK_D] rows: every tensor is 1-D over the channels, so no
+    # step needs a shuffle or a layout conversion, and y's sum over N is a chain of FMAs inside each thread (a
+    # [N, BLOCK_D] tile was laid out with N across lanes at BLOCK_D 64: 16 shuffles and 17 layout conversions per
+    # step on sm_90; H200: 43.7 -> 38.5 us at (128, 160, 196, 8) bf16, benchmarks/results/s17_20261204/call1).
+    # SUMMARY pass: the chunk's decay product P and end state S from a zero start; scan pass: fold the earlier
+    # chunks' (P, S) into the incoming state, then scan the chunk and write y.
+    pid_d, pid_b, pid_g, c, D_total, _, mask_d, ch, _, _, _, _ = _channel_block(Dg, NSTATE, nchunks, BLOCK_D, BLOCK_N)
+    ch_first = pid_g * Dg + pid_d * BLOCK_D
+    Dv = tl.load(D_ptr + ch, mask=mask_d, other=0.0) if HAS_D else None
+    bias = tl.load(bias_ptr + ch, mask=mask_d, other=0.0) if HAS_BIAS else None
+    u_ptr += pid_b * su_b
+    delta_ptr += pid_b * sdt_b
+    z_ptr += pid_b * sz_b
+    out_ptr += pid_b * so_b
+    B_ptr += pid_b * sB_b + pid_g * sB_g
+    C_ptr += pid_b * sC_b + pid_g * sC_g
     STATE = D_total * NSTATE
     A = _state_rows(A_ptr, 0, D_total, ch, mask_d, NSTATE, BLOCK_N)
     chunk_base = pid_b * nchunks * STATE
@@ -260,22 +304,34 @@ def _fwd_chunk_tuple(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, Dv, z_ptr, bias, h0_
         decay = decay + (zero + 1.0,)
     t_start = c * chunk_len
     t_end = tl.minimum(t_start + chunk_len, L)
+    # PREFETCH = k: step t + k's loads are issued before step t's math, from a ring of the next k steps' loads (the
+    # loop waits on load latency: one step of math at the few warps per scheduler these grids leave covers a fraction
+    # of an L2 round trip, let alone a DRAM one)
     ring = ()
     for i in tl.static_range(PREFETCH):
-        ring = ring + (_fwd_inputs_tuple(u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, t_start + i, t_start + i < t_end, ch,
-                                         mask_d, NSTATE, su_l, su_d, sdt_l, sdt_d, sB_l, sB_n, sC_l, sC_n, sz_l, sz_d,
-                                         HAS_Z, SUMMARY, BLOCK_N, VECTOR_BC),)  # fmt: skip
+        ring = ring + (_fwd_inputs(u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, t_start + i, t_start + i < t_end, ch, mask_d,
+                                   NSTATE, su_l, su_d, sdt_l, sdt_d, sB_l, sB_n, sC_l, sC_n, sz_l, sz_d, HAS_Z,
+                                   SUMMARY, BLOCK_N, VECTOR_BC),)  # fmt: skip
+    # UNROLL > 1: ptxas interleaves consecutive steps' math (only h carries over a step); one warp per scheduler then
+    # issues back to back instead of waiting out one step's chain of exp2/softplus latencies
     for t in tl.range(t_start, t_end, loop_unroll_factor=UNROLL):
+        if AHEAD:  # hints that pull step t + AHEAD's rows towards L1 without holding registers
+            ahead = t + AHEAD < t_end
+            row = t + AHEAD
+            _prefetch_row(u_ptr + row * su_l + ch_first * su_d, ahead, pid_d * BLOCK_D, Dg, BLOCK_D)
+            _prefetch_row(delta_ptr + row * sdt_l + ch_first * sdt_d, ahead, pid_d * BLOCK_D, Dg, BLOCK_D)
+            if HAS_Z and not SUMMARY:
+                _prefetch_row(z_ptr + row * sz_l + ch_first * sz_d, ahead, pid_d * BLOCK_D, Dg, BLOCK_D)
         if PREFETCH:
             x, dt, Bs, Cs, zt = ring[0]
-            fresh = _fwd_inputs_tuple(u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, t + PREFETCH, t + PREFETCH < t_end, ch,
-                                      mask_d, NSTATE, su_l, su_d, sdt_l, sdt_d, sB_l, sB_n, sC_l, sC_n, sz_l, sz_d,
-                                      HAS_Z, SUMMARY, BLOCK_N, VECTOR_BC)  # fmt: skip
+            fresh = _fwd_inputs(u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, t + PREFETCH, t + PREFETCH < t_end, ch, mask_d,
+                                NSTATE, su_l, su_d, sdt_l, sdt_d, sB_l, sB_n, sC_l, sC_n, sz_l, sz_d, HAS_Z, SUMMARY,
+                                BLOCK_N, VECTOR_BC)  # fmt: skip
             ring = ring[1:] + (fresh,)
         else:
-            x, dt, Bs, Cs, zt = _fwd_inputs_tuple(u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, t, True, ch, mask_d, NSTATE,
-                                                  su_l, su_d, sdt_l, sdt_d, sB_l, sB_n, sC_l, sC_n, sz_l, sz_d, HAS_Z,
-                                                  SUMMARY, BLOCK_N, VECTOR_BC)  # fmt: skip
+            x, dt, Bs, Cs, zt = _fwd_inputs(u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, t, True, ch, mask_d, NSTATE, su_l,
+                                            su_d, sdt_l, sdt_d, sB_l, sB_n, sC_l, sC_n, sz_l, sz_d, HAS_Z, SUMMARY,
+                                            BLOCK_N, VECTOR_BC)  # fmt: skip
         if HAS_BIAS:
             dt += bias
         if SOFTPLUS:
@@ -311,148 +367,14 @@ def _fwd_chunk_tuple(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, Dv, z_ptr, bias, h0_
             if STORE_LAST:
                 _store_state_rows(last_ptr, seg * STATE, D_total, ch, mask_d & end, NSTATE, h, BLOCK_N)
             if STORE_CKPT:  # noqa: SIM102 (a compile-time branch around a run-time one)
+                # the state after every ckpt_len steps, for the backward, behind a uniform branch: no per-step
+                # predicated stores of the whole state, and no division (ckpt_len: a compile-time power of two)
                 if ((t + 1) % ckpt_len == 0) | (t == L - 1):
                     base = (pid_b * tl.cdiv(L, ckpt_len) + t // ckpt_len) * STATE
                     _store_state_rows(ckpt_ptr, base, D_total, ch, mask_d, NSTATE, h, BLOCK_N)
     if SUMMARY:
         _store_state_rows(chunk_P_ptr, chunk_base + c * STATE, D_total, ch, mask_d, NSTATE, decay, BLOCK_N)
         _store_state_rows(chunk_S_ptr, chunk_base + c * STATE, D_total, ch, mask_d, NSTATE, h, BLOCK_N)
-
-
-def _fwd_configs() -> list[triton.Config]:
-    """One-warp programs of 32 or 64 channels with loads 2-4 steps ahead (PREFETCH) and the step loop unrolled 1 or 4
-    times (UNROLL); BLOCK_D 128 (one or two warps) with one-step loads, for long rows split into many chunks. Every
-    config keeps the state as a tuple of N [BLOCK_D] rows (STATE_TUPLE). H200, 2026-12-04 (benchmarks/results/
-    s17_20261204/call1), bf16 (128, 160, 196, 8): 38.5 us at BLOCK_D 64 / PREFETCH 4 / UNROLL 4 against 43.7 for the
-    same config with the [N, BLOCK_D] tile (session 12's pick: its layout spread N over lanes, 16 shuffles per step
-    for y's sum over N, 17 layout conversions); fp32 52.0 (BLOCK_D 32) against 71.7; (128, 320, 49, 8) bf16 17.5
-    against 19.0, fp32 15.7 against 18.7. PREFETCH 8 lost everywhere (registers; session 12)."""
-    if triton_interpret():
-        return [triton.Config({"BLOCK_D": 16, "PREFETCH": 1, "UNROLL": 1, "STATE_TUPLE": 1}, num_warps=1)]
-    ring = [
-        triton.Config({"BLOCK_D": bd, "PREFETCH": p, "UNROLL": u, "STATE_TUPLE": 1}, num_warps=1)
-        for bd in (32, 64)
-        for p in (2, 4)
-        for u in (1, 4)
-    ]
-    wide = [triton.Config({"BLOCK_D": 128, "PREFETCH": 1, "UNROLL": 1, "STATE_TUPLE": 1}, num_warps=w) for w in (1, 2)]
-    return ring + wide
-
-
-def sweep_fwd_configs(
-    prefetch: tuple[int, ...], unroll: tuple[int, ...], blocks: tuple[int, ...], warps: tuple[int, ...]
-) -> list[triton.Config]:
-    """Every forward config of the given settings (for experiments: `benchmarks/ops/experiments/scan_configs.py`)."""
-    return [
-        triton.Config({"BLOCK_D": bd, "PREFETCH": p, "UNROLL": u}, num_warps=w)
-        for bd in blocks
-        for w in warps
-        for p in prefetch
-        for u in unroll
-        if bd >= 32 * w or w == 1
-    ]
-
-
-@_autotune(configs=_fwd_configs(), key=["Dg", "NSTATE", "chunk_len", "SUMMARY", "STORE_CKPT"], warm_l2=True)
-@triton.heuristics({"BLOCK_N": lambda args: triton.next_power_of_2(args["NSTATE"])})
-@triton.jit(do_not_specialize=["L", "seq_len", "nchunks"])
-def selective_scan_fwd_kernel(
-    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, seg_ids_ptr, cu_ptr,
-    out_ptr, last_ptr, ckpt_ptr, chunk_P_ptr, chunk_S_ptr,
-    L, Dg, NSTATE, seq_len, chunk_len, nchunks, ckpt_len: tl.constexpr,
-    su_b, su_l, su_d, sdt_b, sdt_l, sdt_d, sz_b, sz_l, sz_d, so_b, so_l, so_d,
-    sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l,
-    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    HAS_H0: tl.constexpr, RESET: tl.constexpr, STORE_LAST: tl.constexpr, STORE_CKPT: tl.constexpr,
-    SUMMARY: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, PREFETCH: tl.constexpr,
-    UNROLL: tl.constexpr = 1, STATE_TUPLE: tl.constexpr = 0, VECTOR_BC: tl.constexpr = 0,
-):  # fmt: skip
-    # One program: one image, BLOCK_D channels of one group, one chunk of `chunk_len` steps, walked sequentially
-    # with the whole [N, BLOCK_D] state in registers (state index inside each thread: no shuffles per step).
-    # SUMMARY pass: the chunk's decay product P and end state S from a zero start; scan pass: fold the earlier
-    # chunks' (P, S) into the incoming state, then scan the chunk and write y.
-    pid_d, pid_b, pid_g, c, D_total, offs_d, mask_d, ch, offs_n, mask_n, mask_dn, state_offs = _channel_block(
-        Dg, NSTATE, nchunks, BLOCK_D, BLOCK_N
-    )
-    Dv = tl.load(D_ptr + ch, mask=mask_d, other=0.0) if HAS_D else None
-    bias = tl.load(bias_ptr + ch, mask=mask_d, other=0.0) if HAS_BIAS else None
-    u_ptr += pid_b * su_b
-    delta_ptr += pid_b * sdt_b
-    z_ptr += pid_b * sz_b
-    out_ptr += pid_b * so_b
-    B_ptr += pid_b * sB_b + pid_g * sB_g
-    C_ptr += pid_b * sC_b + pid_g * sC_g
-    if STATE_TUPLE:
-        _fwd_chunk_tuple(
-            u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, Dv, z_ptr, bias, h0_ptr, seg_ids_ptr, cu_ptr, out_ptr, last_ptr,
-            ckpt_ptr, chunk_P_ptr, chunk_S_ptr, L, NSTATE, seq_len, chunk_len, nchunks, c, pid_b, D_total, ch, mask_d,
-            ckpt_len, su_l, su_d, sdt_l, sdt_d, sz_l, sz_d, so_l, so_d, sB_l, sB_n, sC_l, sC_n, HAS_D, HAS_Z, HAS_BIAS,
-            SOFTPLUS, HAS_H0, RESET, STORE_LAST, STORE_CKPT, SUMMARY, BLOCK_D, BLOCK_N, PREFETCH, UNROLL, VECTOR_BC,
-        )  # fmt: skip
-        return
-    A2 = tl.load(A_ptr + state_offs, mask=mask_dn, other=0.0) * LOG2E
-    chunk_base = pid_b * nchunks * D_total * NSTATE
-    h = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
-    decay = tl.full([BLOCK_N, BLOCK_D], 1.0, dtype=tl.float32)
-    if not SUMMARY:
-        # the state entering this chunk (chunk_combine_kernel turned the summaries into incoming states)
-        h = tl.load(chunk_S_ptr + chunk_base + c * D_total * NSTATE + state_offs, mask=mask_dn & (c > 0), other=0.0)
-    t_start = c * chunk_len
-    t_end = tl.minimum(t_start + chunk_len, L)
-    # PREFETCH = k: step t + k's loads are issued before step t's math, from a ring of the next k steps' loads (the
-    # loop waits on load latency: one step of math at the few warps per scheduler these grids leave covers a fraction
-    # of an L2 round trip, let alone a DRAM one)
-    ring = ()
-    for i in tl.static_range(PREFETCH):
-        ring = ring + (_fwd_inputs(u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, t_start + i, t_start + i < t_end, ch, mask_d,
-                                   offs_n, NSTATE, su_l, su_d, sdt_l, sdt_d, sB_l, sB_n, sC_l, sC_n, sz_l, sz_d, HAS_Z,
-                                   SUMMARY),)  # fmt: skip
-    # UNROLL > 1: ptxas interleaves consecutive steps' math (only h carries over a step); one warp per scheduler then
-    # issues back to back instead of waiting out one step's chain of exp2/softplus latencies
-    for t in tl.range(t_start, t_end, loop_unroll_factor=UNROLL):
-        if PREFETCH:
-            x, dt, Bt, Ct, zt = ring[0]
-            fresh = _fwd_inputs(u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, t + PREFETCH, t + PREFETCH < t_end, ch, mask_d,
-                                offs_n, NSTATE, su_l, su_d, sdt_l, sdt_d, sB_l, sB_n, sC_l, sC_n, sz_l, sz_d, HAS_Z,
-                                SUMMARY)  # fmt: skip
-            ring = ring[1:] + (fresh,)
-        else:
-            x, dt, Bt, Ct, zt = _fwd_inputs(u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, t, True, ch, mask_d, offs_n, NSTATE,
-                                            su_l, su_d, sdt_l, sdt_d, sB_l, sB_n, sC_l, sC_n, sz_l, sz_d, HAS_Z,
-                                            SUMMARY)  # fmt: skip
-        if HAS_BIAS:
-            dt += bias
-        if SOFTPLUS:
-            dt = _softplus(dt)
-        dA = _exp2(dt[None, :] * A2)  # [BN, BD]
-        seg, start, end = _segments(t, L, seq_len, seg_ids_ptr, cu_ptr, pid_b, RESET)
-        if HAS_H0:  # the state before a segment enters through its first step
-            h0 = tl.load(h0_ptr + seg * (D_total * NSTATE) + state_offs, mask=mask_dn & start, other=0.0)
-            h = tl.where(start, h0, h)
-        else:
-            h = tl.where(start, 0.0, h)
-        h = dA * h + (dt * x)[None, :] * Bt[:, None]
-        if SUMMARY:
-            decay = tl.where(start, 0.0, decay * dA)
-        else:
-            y = tl.sum(h * Ct[:, None], axis=0)  # [BD]
-            if HAS_D:
-                y += x * Dv
-            if HAS_Z:
-                y *= zt * tl.sigmoid(zt)
-            tl.store(out_ptr + t * so_l + ch * so_d, y.to(out_ptr.dtype.element_ty), mask=mask_d)
-            if STORE_LAST:
-                tl.store(last_ptr + seg * (D_total * NSTATE) + state_offs, h, mask=mask_dn & end)
-            if STORE_CKPT:  # noqa: SIM102 (a compile-time branch around a run-time one)
-                # the state after every ckpt_len steps, for the backward, behind a uniform branch: no per-step
-                # predicated stores of the whole state, and no division (ckpt_len: a compile-time power of two)
-                if ((t + 1) % ckpt_len == 0) | (t == L - 1):
-                    ckpt_offs = (pid_b * tl.cdiv(L, ckpt_len) + t // ckpt_len) * (D_total * NSTATE) + state_offs
-                    tl.store(ckpt_ptr + ckpt_offs, h, mask=mask_dn)
-    if SUMMARY:
-        offs = chunk_base + c * D_total * NSTATE + state_offs
-        tl.store(chunk_P_ptr + offs, decay, mask=mask_dn)
-        tl.store(chunk_S_ptr + offs, h, mask=mask_dn)
 
 
 @triton.jit
@@ -907,15 +829,21 @@ def fwd_kernel_choice(dim_per_group: int, length: int) -> str:
 
 
 def vector_bc(x: Tensor, nstate: int, layout: str) -> bool:
-    """Whether the step forward may read each step's N values of B or C `x` with 16-byte loads (`_state_vector`): on
-    the GPU (the interpreter has no inline PTX), N a power of two filling whole 16-byte words, the N values of a step
-    adjacent and every step's row 16-byte aligned."""
-    if triton_interpret() or x.device.type != "cuda" or nstate != triton.next_power_of_2(nstate):
+    """Whether the step forward reads each step's N values of B or C `x` with 16-byte loads (`_state_vector`): on the
+    GPU (the interpreter has no inline PTX) and where `rows_fit_vectors`."""
+    if triton_interpret() or x.device.type != "cuda":
         return False
-    size = x.element_size()
-    strides = _bc_strides(x, layout)  # (batch, G, N, L)
-    aligned = all(stride * size % 16 == 0 for i, stride in enumerate(strides) if i != 2)
-    return (nstate * size) % 16 == 0 and strides[2] == 1 and aligned and x.data_ptr() % 16 == 0
+    return rows_fit_vectors(_bc_strides(x, layout), x.element_size(), x.data_ptr(), nstate)
+
+
+def rows_fit_vectors(strides: tuple[int, ...], element_size: int, address: int, nstate: int) -> bool:
+    """Whether the N values of every step of a B/C tensor (element strides (batch, G, N, L), first element at
+    `address`) lie adjacent in whole, 16-byte aligned 16-byte words: N a power of two of 16-byte multiples (N = 8 in
+    bf16/fp16, 4 in fp32, and more), unit N stride, and every other stride and the address 16-byte aligned."""
+    if nstate != triton.next_power_of_2(nstate) or (nstate * element_size) % 16:
+        return False
+    others = (stride for axis, stride in enumerate(strides) if axis != 2)
+    return strides[2] == 1 and address % 16 == 0 and all(stride * element_size % 16 == 0 for stride in others)
 
 
 def _fwd_kernel(choice: str):
