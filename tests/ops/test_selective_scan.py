@@ -384,7 +384,8 @@ def test_chunk_prefetch_depths(layout, kernel, prefetch):
     """The loop variants the interpreter's one config (PREFETCH 1, BRANCHLESS 0, TILES 1: the GPU's) does not reach:
     loads issued in the step that uses them (PREFETCH 0, forward and backward) and a ring of two or eight steps ahead
     (forward; the backward has 0 and 1; eight is longer than the 7-step chunks of the two-pass run, so the ring reaches
-    past its chunk from the start); the backward's steps past the row's end masked (BRANCHLESS 1, with PREFETCH 0 and
+    past its chunk from the start; with two, the forward's L1 hints four steps ahead, AHEAD, a no-op here but for
+    their addresses); the backward's steps past the row's end masked (BRANCHLESS 1, with PREFETCH 0 and
     8; L = 23 leaves 7 of the last 8-step chunk) or behind a branch (with PREFETCH 2); its chunk states as one tensor
     (TILES 0, with PREFETCH 0 and 2) or a tuple of tiles (with PREFETCH 8); initial states (with PREFETCH 0; they make
     every backward BRANCHLESS): forward, last states, every gradient."""
@@ -393,7 +394,7 @@ def test_chunk_prefetch_depths(layout, kernel, prefetch):
     kernels = (chunk.selective_scan_fwd_kernel, chunk.selective_scan_bwd_kernel)
     branchless, tiles = int(prefetch != 2), int(prefetch == 8)
     configs = [
-        [triton.Config({"BLOCK_D": 16, "PREFETCH": prefetch}, num_warps=1)],
+        [triton.Config({"BLOCK_D": 16, "PREFETCH": prefetch, "AHEAD": 4 * int(prefetch == 2)}, num_warps=1)],
         [
             triton.Config(
                 {"BLOCK_D": 16, "PREFETCH": min(prefetch, 1), "BRANCHLESS": branchless, "TILES": tiles}, num_warps=1

@@ -230,9 +230,11 @@ def _select_rows(cond, rows_if, rows_else, BLOCK_N: tl.constexpr, ZERO: tl.const
 def _fwd_configs() -> list[triton.Config]:
     """One-warp programs of 32 or 64 channels with loads 2-4 steps ahead (PREFETCH) and the step loop unrolled 1 or 4
     times (UNROLL); BLOCK_D 128 (one or two warps) with one-step loads, for long rows split into many chunks.
-    H200, 2026-12-04 (benchmarks/results/s17_20261204/call2-3, B_t/C_t by 16-byte loads): (128, 160, 196, 8) bf16
-    33.9 us at BLOCK_D 64 / PREFETCH 4 / UNROLL 4 (fp32 54.7); (128, 320, 49, 8) bf16 14.7 at BLOCK_D 32 / PREFETCH 2 /
-    UNROLL 4 (fp32 14.0). PREFETCH 8 lost everywhere (registers; session 12)."""
+    H200, 2026-12-04 (benchmarks/results/s17_20261204/call2-4, B_t/C_t by 16-byte loads): (128, 160, 196, 8) bf16
+    33.9 us at BLOCK_D 64 / PREFETCH 4 / UNROLL 4; fp32 48.5 at BLOCK_D 32 / PREFETCH 2 / UNROLL 4 with L1 hints 16
+    steps ahead (AHEAD; 65.1 without, 53.9 for the bf16 pick; the hints cost bf16 2-4 us); (128, 320, 49, 8) bf16 14.7
+    at BLOCK_D 32 / PREFETCH 2 / UNROLL 4, fp32 13.6 with AHEAD 16 (14.1 without). PREFETCH 8 lost everywhere
+    (registers; session 12)."""
     if triton_interpret():
         return [triton.Config({"BLOCK_D": 16, "PREFETCH": 1, "UNROLL": 1}, num_warps=1)]
     ring = [
@@ -241,8 +243,12 @@ def _fwd_configs() -> list[triton.Config]:
         for p in (2, 4)
         for u in (1, 4)
     ]
+    hinted = [  # L1 hints AHEAD steps ahead: more loads in flight where DRAM latency bounds (fp32 at L = 196)
+        triton.Config({"BLOCK_D": 32, "PREFETCH": 2, "UNROLL": 4, "AHEAD": 16}, num_warps=1),
+        triton.Config({"BLOCK_D": 64, "PREFETCH": 4, "UNROLL": 4, "AHEAD": 8}, num_warps=1),
+    ]
     wide = [triton.Config({"BLOCK_D": 128, "PREFETCH": 1, "UNROLL": 1}, num_warps=w) for w in (1, 2)]
-    return ring + wide
+    return ring + hinted + wide
 
 
 def sweep_fwd_configs(
