@@ -417,6 +417,29 @@ def test_chunk_prefetch_depths(layout, kernel, prefetch):
                 k.cache.clear()
 
 
+@pytest.mark.parametrize(
+    "nstate, layout, kernel, segments, branchless",
+    [(8, "BLD", "triton", None, 0), (8, "BDL", "triton", 2, 1), (4, "BLD", "triton-2pass", 2, 0)],
+)
+def test_backward_rows(nstate, layout, kernel, segments, branchless):
+    """The backward's experimental ROWS layout (every state a tuple of N [BLOCK_D] rows; not among the autotuned
+    configs until timed on a GPU): whole rows and two passes (spans), steps past the row's end behind a branch or
+    masked (BRANCHLESS), initial states, N = 4 and 8: forward, last states, every gradient. Here the channel sums take
+    tl.sum; the GPU's transposing shuffles are built by test_step_kernels_compile_for_sm90."""
+    torch.manual_seed(7)
+    inputs = make_inputs(2, 23, 20, nstate, 2, layout, segments=segments)
+    kernel_fn = chunk.selective_scan_bwd_kernel
+    config = {"BLOCK_D": 16, "PREFETCH": 1, "NEXT_TO_L1": 1, "BRANCHLESS": branchless, "ROWS": 1}
+    with mock.patch.object(kernel_fn, "configs", [triton.Config(config, num_warps=1)]):
+        kernel_fn.cache.clear()
+        try:
+            compare_with_reference(inputs, torch.float32, {"delta_softplus": True, "layout": layout}, backward=True,
+                                   kernel=kernel)  # fmt: skip
+            assert kernel_fn.best_config.kwargs["ROWS"] == 1
+        finally:
+            kernel_fn.cache.clear()
+
+
 @pytest.mark.parametrize("chunk_len", [5, 16])
 @pytest.mark.parametrize("layout, reset", [("BDL", None), ("BLD", None), ("BDL", "seq_len"), ("BLD", "cu_seqlens")])
 def test_chunk_two_pass_forward(chunk_len, layout, reset):
@@ -913,6 +936,11 @@ for nstate, summary, reset, extra in ((8, False, 0, infer), (8, False, 1, train)
                  TILES=int(reset != 1))
     compiled = compile_for_sm90(chunk.selective_scan_bwd_kernel, flags, 1, scan_pointer_type("bf16"))
     loops = compiled.asm["ttgir"].count("scf.for")
+    if reset == 1 and not summary:  # the same flags in the ROWS layout: channel sums by shuffles, no conversions
+        rows = compile_for_sm90(chunk.selective_scan_bwd_kernel, dict(flags, TILES=0, ROWS=1, VECTOR_BC=1), 1,
+                                scan_pointer_type("bf16"))
+        print("rows", "cubin" if rows.asm.get("cubin") else "no cubin", rows.asm["ptx"].count("shfl.sync.bfly"),
+              rows.asm["ttgir"].count("ttg.convert_layout"))
     hints = compiled.asm["ptx"].count("prefetch.global.L1")
     print("bwd", "cubin" if compiled.asm.get("cubin") else "no cubin", summary, reset, nstate, f"hints={hints}",
           f"loops={loops}")
@@ -929,7 +957,9 @@ def test_step_kernels_compile_for_sm90():
     result = run_without_interpreter(STEP_SM90_COMPILE)
     assert result.returncode == 0, result.stderr[-4000:]
     lines = result.stdout.splitlines()
-    assert len(lines) == 11 and all(" cubin " in f" {line} " for line in lines), result.stdout
+    assert len(lines) == 12 and all(" cubin " in f" {line} " for line in lines), result.stdout
+    # ROWS, N = 8, a chunk of 8 steps: 9 shuffles per channel sum (dC in the forward sweep, dB in the backward one)
+    assert [line.split()[2:] for line in lines if line.startswith("rows")] == [["144", "0"]], result.stdout
     # VECTOR_BC: one 16-byte load per step for each of B_t and C_t (N = 8 halves), two in fp32; the ring's first load
     # and the loop's: 4 (8 in fp32)
     vector = [line.split() for line in lines if line.startswith("vec")]

@@ -97,6 +97,9 @@ CASES = [
     ("step bwd tiles", chunk.selective_scan_bwd_kernel,  # session 14's default: the chunk's states as a tuple of tiles
      dict(INFERENCE, HAS_DLAST=False, SUMMARY=False, CHUNK=8, BLOCK_D=32, BLOCK_N=8, PREFETCH=1, UNROLL=8,
           NEXT_TO_L1=1, TILES=1), 1, 32),
+    *[(f"step bwd rows{' vec' if vec else ''}", chunk.selective_scan_bwd_kernel,  # session 17: tuples of N rows,
+       dict(INFERENCE, HAS_DLAST=False, SUMMARY=False, CHUNK=8, BLOCK_D=32, BLOCK_N=8, PREFETCH=1, UNROLL=8,
+            NEXT_TO_L1=1, ROWS=1, VECTOR_BC=vec), 1, 32) for vec in (0, 1)],  # dB/dC by transposing shuffles
     *[(f"step bwd BD{bd}", chunk.selective_scan_bwd_kernel,  # session 14: lanes on N too (fewer shuffles, more warps)
        dict(INFERENCE, HAS_DLAST=False, SUMMARY=False, CHUNK=8, BLOCK_D=bd, BLOCK_N=8, PREFETCH=1, UNROLL=8,
             NEXT_TO_L1=1), 1, bd) for bd in (8, 16)],
@@ -173,11 +176,13 @@ def main() -> None:
         total, found = loops(compiled.asm["cubin"])
         if not found and "CHUNK" in flags:  # a fully unrolled chunk: the whole kernel over its CHUNK steps
             found = [(total / flags["CHUNK"], collections.Counter())]
-        for size, ops in found:
-            per_channel = size / channels
+        for index, (size, ops) in enumerate(found):
+            # a forward step loop unrolled UNROLL times compiles to the unrolled loop, then a one-step remainder loop
+            steps = flags.get("UNROLL", 1) if "CHUNK" not in flags and len(found) > 1 and index == 0 else 1
+            per_channel = size / steps / channels
             top = dict(ops.most_common(int(os.environ.get("TOPN", 8))))
             rows.append(dict(kernel=name, flags=flags, num_warps=num_warps, channels_per_step=channels,
-                             registers=regs, spill_bytes=spills, kernel_instructions=total, loop_instructions=size,
+                             steps_per_loop=steps, registers=regs, spill_bytes=spills, kernel_instructions=total, loop_instructions=size,
                              instructions_per_channel_step=per_channel, layout_conversions=conversions,
                              top_opcodes=top))  # fmt: skip
             counts = f"{regs:4d} {spills:5d} {size:10.0f} {channels:8d} {per_channel:18.2f} {conversions:5d}"

@@ -20,7 +20,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from ...utils._config import scan_bwd_kernel, scan_fwd_kernel, triton_interpret
-from .._launch import LOG2E
+from .._launch import FAST_MATH, LOG2E
 from .._launch import autotune as _autotune
 from .._launch import bc_strides as _bc_strides
 from .._launch import fast_exp2 as _exp2
@@ -467,6 +467,7 @@ def selective_scan_bwd_kernel(
     HAS_H0: tl.constexpr, RESET: tl.constexpr, HAS_DLAST: tl.constexpr, SUMMARY: tl.constexpr,
     CHUNK: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, PREFETCH: tl.constexpr,
     UNROLL: tl.constexpr, NEXT_TO_L1: tl.constexpr = 0, BRANCHLESS: tl.constexpr = 0, TILES: tl.constexpr = 0,
+    ROWS: tl.constexpr = 0, VECTOR_BC: tl.constexpr = 0,
 ):  # fmt: skip
     # One program: one image, BLOCK_D channels, one span of `span` chunks of CHUNK steps (the forward checkpointed
     # the state at every chunk end; `n_ckpt` chunks per row, `nchunks` spans). The state gradient runs backwards:
@@ -539,19 +540,43 @@ def selective_scan_bwd_kernel(
         dD_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
         dbias_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
         span_chunks = tl.cdiv(steps, CHUNK)
-        for j in range(span_chunks):  # the span's chunks, last first; dh and a_next carry into the chunk before
-            cc = c * span + span_chunks - 1 - j
-            dh, a_next, dA_acc, dD_acc, dbias_acc = _bwd_chunk(
-                u_ptr, delta_ptr, A, A2, B_ptr, C_ptr, Dv, z_ptr, bias, h0_ptr, seg_ids_ptr, cu_ptr, ckpt_ptr,
-                dout_ptr, dlast_ptr, du_ptr, ddelta_ptr, dz_ptr, dB_ptr, dC_ptr, dh0_ptr,
-                dh, a_next, dA_acc, dD_acc, dbias_acc, cc, cc * CHUNK, tl.minimum(CHUNK, L - cc * CHUNK), L, seq_len,
-                pid_b, n_ckpt, STATE, part_base, rows, ch, mask_d, offs_n, mask_n, mask_dn, state_offs, NSTATE,
-                su_l, su_d, sdt_l, sdt_d, sz_l, sz_d, sdo_l, sdo_d, sg_b, sg_l, sg_d, sB_l, sB_n, sC_l, sC_n,
-                j + 1 < span_chunks, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, HAS_H0, RESET, HAS_DLAST, CHUNK, BLOCK_D,
-                BLOCK_N, PREFETCH, UNROLL, NEXT_TO_L1, BRANCHLESS, TILES,
-            )  # fmt: skip
         part = (pid_b * nchunks + c) * D_total
-        tl.store(dA_ptr + part * NSTATE + state_offs, dA_acc, mask=mask_dn)
+        if ROWS:
+            dh_rows = _state_rows(sum_X_ptr, (pid_b * nchunks + c) * STATE, D_total, ch, mask_d & (c < nchunks - 1),
+                                  NSTATE, BLOCK_N)  # fmt: skip
+            A_rows = _state_rows(A_ptr, 0, D_total, ch, mask_d, NSTATE, BLOCK_N)
+            A2_rows = ()
+            a_rows = ()
+            acc_rows = ()
+            for n in tl.static_range(BLOCK_N):
+                A2_rows = A2_rows + (A_rows[n] * LOG2E,)
+                a_rows = a_rows + (tl.where(start_next | (t_next >= L), 0.0, _exp2(dt_next * A2_rows[n])),)
+                acc_rows = acc_rows + (dD_acc * 0.0,)
+            for j in range(span_chunks):
+                cc = c * span + span_chunks - 1 - j
+                dh_rows, a_rows, acc_rows, dD_acc, dbias_acc = _bwd_chunk_rows(
+                    u_ptr, delta_ptr, A_rows, A2_rows, B_ptr, C_ptr, Dv, z_ptr, bias, h0_ptr, seg_ids_ptr, cu_ptr,
+                    ckpt_ptr, dout_ptr, dlast_ptr, du_ptr, ddelta_ptr, dz_ptr, dB_ptr, dC_ptr, dh0_ptr, dh_rows, a_rows,
+                    acc_rows, dD_acc, dbias_acc, cc, cc * CHUNK, tl.minimum(CHUNK, L - cc * CHUNK), L, seq_len, pid_b,
+                    n_ckpt, D_total, part_base, ch, mask_d, NSTATE, su_l, su_d, sdt_l, sdt_d, sz_l, sz_d, sdo_l, sdo_d,
+                    sg_b, sg_l, sg_d, sB_l, sB_n, sC_l, sC_n, j + 1 < span_chunks, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS,
+                    HAS_H0, RESET, HAS_DLAST, CHUNK, BLOCK_D, BLOCK_N, NEXT_TO_L1, BRANCHLESS, VECTOR_BC,
+                    FAST_MATH and BLOCK_D == 32 and BLOCK_N <= 32,
+                )  # fmt: skip
+            _store_state_rows(dA_ptr, part * NSTATE, D_total, ch, mask_d, NSTATE, acc_rows, BLOCK_N)
+        else:
+            for j in range(span_chunks):  # the span's chunks, last first; dh and a_next carry into the chunk before
+                cc = c * span + span_chunks - 1 - j
+                dh, a_next, dA_acc, dD_acc, dbias_acc = _bwd_chunk(
+                    u_ptr, delta_ptr, A, A2, B_ptr, C_ptr, Dv, z_ptr, bias, h0_ptr, seg_ids_ptr, cu_ptr, ckpt_ptr,
+                    dout_ptr, dlast_ptr, du_ptr, ddelta_ptr, dz_ptr, dB_ptr, dC_ptr, dh0_ptr,
+                    dh, a_next, dA_acc, dD_acc, dbias_acc, cc, cc * CHUNK, tl.minimum(CHUNK, L - cc * CHUNK), L,
+                    seq_len, pid_b, n_ckpt, STATE, part_base, rows, ch, mask_d, offs_n, mask_n, mask_dn, state_offs,
+                    NSTATE, su_l, su_d, sdt_l, sdt_d, sz_l, sz_d, sdo_l, sdo_d, sg_b, sg_l, sg_d, sB_l, sB_n, sC_l,
+                    sC_n, j + 1 < span_chunks, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, HAS_H0, RESET, HAS_DLAST, CHUNK,
+                    BLOCK_D, BLOCK_N, PREFETCH, UNROLL, NEXT_TO_L1, BRANCHLESS, TILES,
+                )  # fmt: skip
+            tl.store(dA_ptr + part * NSTATE + state_offs, dA_acc, mask=mask_dn)
         if HAS_D:
             tl.store(dD_ptr + part + ch, dD_acc, mask=mask_d)
         if HAS_BIAS:
@@ -739,6 +764,192 @@ def _gradient_step(u_ptr, delta_ptr, A, A2, B_ptr, C_ptr, Dv, z_ptr, bias, seg_i
     if BRANCHLESS:
         a_next = tl.where(valid, a_next, 0.0)
     return dh, a_next, dA_acc, dD_acc, dbias_acc, ahead
+
+
+@triton.jit
+def _lane_shuffle(x, MASK: tl.constexpr):
+    """x of the lane whose index differs from this one's in the bits of MASK (PTX shfl.sync.bfly, one warp)."""
+    if MASK == 16:
+        asm: tl.constexpr = "shfl.sync.bfly.b32 $0, $1, 16, 31, -1;"
+    elif MASK == 8:
+        asm: tl.constexpr = "shfl.sync.bfly.b32 $0, $1, 8, 31, -1;"
+    elif MASK == 4:
+        asm: tl.constexpr = "shfl.sync.bfly.b32 $0, $1, 4, 31, -1;"
+    elif MASK == 2:
+        asm: tl.constexpr = "shfl.sync.bfly.b32 $0, $1, 2, 31, -1;"
+    else:
+        asm: tl.constexpr = "shfl.sync.bfly.b32 $0, $1, 1, 31, -1;"
+    return tl.inline_asm_elementwise(asm, "=r,r", [x], dtype=tl.float32, is_pure=True, pack=1)
+
+
+@triton.jit
+def _store_channel_sums(ptr, values, valid, NSTATE, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+                        LANE_SUMS: tl.constexpr):  # fmt: skip
+    """ptr[n] = the sum over the BLOCK_D channels of values[n] (a tuple of BLOCK_N [BD] rows), n < NSTATE, where
+    `valid`. LANE_SUMS (one warp of 32 channels, one per lane): a transposing reduction by butterfly shuffles -- each
+    level halves the rows a lane keeps and sends the other half to its partner, so after log2(BLOCK_N) levels each
+    lane holds one row's partial and the last levels finish it: BLOCK_N - 1 + 5 - log2(BLOCK_N) shuffles (9 for N = 8)
+    instead of tl.sum's 5 BLOCK_N (40); lane l then holds row n = l >> (5 - log2 BLOCK_N), stored by the first lane of
+    each row. GPU only (inline PTX): the interpreter takes tl.sum."""
+    if LANE_SUMS:
+        lane = tl.inline_asm_elementwise("mov.u32 $0, %laneid;", "=r,r", [tl.arange(0, BLOCK_D)], dtype=tl.int32,
+                                         is_pure=True, pack=1)  # fmt: skip
+        rows = values
+        n = lane * 0
+        for level in tl.static_range(5):  # lane bit 4 - level
+            if (BLOCK_N >> (level + 1)) >= 1:  # keep one half of the rows, send the other
+                upper = (lane & (16 >> level)) != 0
+                kept = ()
+                for j in tl.static_range(BLOCK_N >> (level + 1)):
+                    send = tl.where(upper, rows[j], rows[j + (BLOCK_N >> (level + 1))])
+                    keep = tl.where(upper, rows[j + (BLOCK_N >> (level + 1))], rows[j])
+                    kept = kept + (keep + _lane_shuffle(send, 16 >> level),)
+                n += tl.where(upper, BLOCK_N >> (level + 1), 0)
+                rows = kept
+            else:  # one row left: finish its sum over the lanes that share it
+                rows = (rows[0] + _lane_shuffle(rows[0], 16 >> level),)
+        first = (lane & (32 // BLOCK_N - 1)) == 0
+        tl.store(ptr + n, rows[0], mask=first & (n < NSTATE) & valid)
+    else:
+        for n in tl.static_range(BLOCK_N):
+            tl.store(ptr + n, tl.sum(values[n], axis=0), mask=valid & (n < NSTATE))
+
+
+@triton.jit
+def _step_inputs_rows(u_ptr, delta_ptr, B_ptr, C_ptr, dout_ptr, z_ptr, t, valid, ch, mask_d, NSTATE, su_l, su_d,
+                      sdt_l, sdt_d, sB_l, sB_n, sC_l, sC_n, sdo_l, sdo_d, sz_l, sz_d, HAS_Z: tl.constexpr,
+                      BLOCK_N: tl.constexpr, VECTOR_BC: tl.constexpr):  # fmt: skip
+    """The ROWS backward's loads for step t: u, raw delta [BD]; B_t, C_t tuples of BLOCK_N scalars; dout, z [BD]."""
+    x, raw, Bs, Cs, zt = _fwd_inputs(u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, t, valid, ch, mask_d, NSTATE, su_l, su_d,
+                                     sdt_l, sdt_d, sB_l, sB_n, sC_l, sC_n, sz_l, sz_d, HAS_Z, False, BLOCK_N,
+                                     VECTOR_BC)  # fmt: skip
+    dout = tl.load(dout_ptr + t * sdo_l + ch * sdo_d, mask=mask_d & valid, other=0.0).to(tl.float32)
+    return x, raw, Bs, Cs, dout, zt
+
+
+@triton.jit
+def _bwd_chunk_rows(u_ptr, delta_ptr, A, A2, B_ptr, C_ptr, Dv, z_ptr, bias, h0_ptr, seg_ids_ptr, cu_ptr, ckpt_ptr,
+                    dout_ptr, dlast_ptr, du_ptr, ddelta_ptr, dz_ptr, dB_ptr, dC_ptr, dh0_ptr, dh, a_next, dA_acc,
+                    dD_acc, dbias_acc, c, t0, steps, L, seq_len, pid_b, n_ckpt, D_total, part_base, ch, mask_d,
+                    NSTATE, su_l, su_d, sdt_l, sdt_d, sz_l, sz_d, sdo_l, sdo_d, sg_b, sg_l, sg_d, sB_l, sB_n, sC_l,
+                    sC_n, more, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
+                    SOFTPLUS: tl.constexpr, HAS_H0: tl.constexpr, RESET: tl.constexpr, HAS_DLAST: tl.constexpr,
+                    CHUNK: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, NEXT_TO_L1: tl.constexpr,
+                    BRANCHLESS: tl.constexpr, VECTOR_BC: tl.constexpr, LANE_SUMS: tl.constexpr):  # fmt: skip
+    """`_bwd_chunk` with every state a tuple of BLOCK_N [BD] rows (ROWS): dh, a_next, dA_acc and the chunk's states
+    (a tuple of CHUNK such tuples); each step's sums over N stay inside a thread and its sums over the channels (dB,
+    dC) go through `_store_channel_sums`. Loads one step ahead (PREFETCH 1)."""
+    if NEXT_TO_L1:
+        for k in tl.static_range(CHUNK):
+            _prefetch_bwd_inputs(u_ptr, delta_ptr, B_ptr, C_ptr, dout_ptr, z_ptr, t0 - CHUNK + k, more, ch, mask_d,
+                                 su_l, su_d, sdt_l, sdt_d, sB_l, sC_l, sdo_l, sdo_d, sz_l, sz_d, HAS_Z)  # fmt: skip
+    STATE = D_total * NSTATE
+    h = _state_rows(ckpt_ptr, (pid_b * n_ckpt + c - 1) * STATE, D_total, ch, mask_d & (c > 0), NSTATE, BLOCK_N)
+    ahead = _step_inputs_rows(u_ptr, delta_ptr, B_ptr, C_ptr, dout_ptr, z_ptr, t0, steps > 0, ch, mask_d, NSTATE,
+                              su_l, su_d, sdt_l, sdt_d, sB_l, sB_n, sC_l, sC_n, sdo_l, sdo_d, sz_l, sz_d, HAS_Z,
+                              BLOCK_N, VECTOR_BC)  # fmt: skip
+    # forward sweep: recompute and keep the chunk's states; dz and dC need only forward quantities
+    tiles = ()
+    for _ in tl.static_range(CHUNK):
+        tiles = tiles + (h,)
+    for k in tl.static_range(CHUNK):
+        run = True if BRANCHLESS else k < steps
+        if run:
+            t = t0 + k
+            valid = k < steps
+            x, raw, Bs, Cs, dout, zt = ahead
+            ahead = _step_inputs_rows(u_ptr, delta_ptr, B_ptr, C_ptr, dout_ptr, z_ptr, t + 1, k + 1 < steps, ch,
+                                      mask_d, NSTATE, su_l, su_d, sdt_l, sdt_d, sB_l, sB_n, sC_l, sC_n, sdo_l, sdo_d,
+                                      sz_l, sz_d, HAS_Z, BLOCK_N, VECTOR_BC)  # fmt: skip
+            raw, dt, dy = _bwd_step(raw, dout, zt, bias, HAS_BIAS, SOFTPLUS, HAS_Z)
+            seg, start, end = _segments(t, L, seq_len, seg_ids_ptr, cu_ptr, pid_b, RESET)
+            if HAS_H0:
+                h = _select_rows(start, _state_rows(h0_ptr, seg * STATE, D_total, ch, mask_d & start, NSTATE,
+                                                    BLOCK_N), h, BLOCK_N)  # fmt: skip
+            elif RESET != 0:  # without resets only t = 0 starts a segment, and chunk 0 starts from zeros
+                h = _select_rows(start, h, h, BLOCK_N, ZERO=True)
+            dtx = dt * x
+            y = x * Dv if HAS_D else dtx * 0.0
+            new_h = ()
+            dC = ()
+            for n in tl.static_range(BLOCK_N):
+                h_n = _exp2(dt * A2[n]) * h[n] + dtx * Bs[n]
+                new_h = new_h + (h_n,)
+                y += h_n * Cs[n]
+                dC = dC + (h_n * dy,)
+            h = new_h
+            if HAS_Z:
+                sz = tl.sigmoid(zt)
+                dz = dout * y * sz * (1.0 + zt * (1.0 - sz))
+                tl.store(dz_ptr + pid_b * sg_b + t * sg_l + ch * sg_d, dz.to(dz_ptr.dtype.element_ty),
+                         mask=mask_d & valid)  # fmt: skip
+            _store_channel_sums(dC_ptr + part_base + t * NSTATE, dC, valid, NSTATE, BLOCK_D, BLOCK_N, LANE_SUMS)
+            tiles = tiles[:k] + (h,) + tiles[k + 1 :]
+    # backward sweep (BRANCHLESS walks the masked steps too, from the chunk's last slot)
+    first = CHUNK - 1 if BRANCHLESS else steps - 1
+    ahead = _step_inputs_rows(u_ptr, delta_ptr, B_ptr, C_ptr, dout_ptr, z_ptr, t0 + first,
+                              (first >= 0) & (first < steps), ch, mask_d, NSTATE, su_l, su_d, sdt_l, sdt_d, sB_l, sB_n,
+                              sC_l, sC_n, sdo_l, sdo_d, sz_l, sz_d, HAS_Z, BLOCK_N, VECTOR_BC)  # fmt: skip
+    for i in tl.static_range(CHUNK):
+        k = CHUNK - 1 - i
+        run = True if BRANCHLESS else k < steps
+        if run:
+            t = t0 + k
+            valid = k < steps
+            h = tiles[CHUNK - 1 - i]
+            x, raw, Bs, Cs, dout, zt = ahead
+            ahead = _step_inputs_rows(u_ptr, delta_ptr, B_ptr, C_ptr, dout_ptr, z_ptr, t - 1, (k > 0) & (k - 1 < steps),
+                                      ch, mask_d, NSTATE, su_l, su_d, sdt_l, sdt_d, sB_l, sB_n, sC_l, sC_n, sdo_l,
+                                      sdo_d, sz_l, sz_d, HAS_Z, BLOCK_N, VECTOR_BC)  # fmt: skip
+            raw, dt, dy = _bwd_step(raw, dout, zt, bias, HAS_BIAS, SOFTPLUS, HAS_Z)
+            seg, start, end = _segments(t, L, seq_len, seg_ids_ptr, cu_ptr, pid_b, RESET)
+            if HAS_DLAST:
+                g_last = _state_rows(dlast_ptr, seg * STATE, D_total, ch, mask_d & end, NSTATE, BLOCK_N)
+            dtx = dt * x
+            ddt = dtx * 0.0
+            du_sum = dtx * 0.0
+            new_dh = ()
+            new_a = ()
+            new_acc = ()
+            dB = ()
+            dh0 = ()
+            for n in tl.static_range(BLOCK_N):
+                dh_n = dy * Cs[n] + a_next[n] * dh[n]
+                if HAS_DLAST:
+                    dh_n += g_last[n]
+                if BRANCHLESS:  # a step past the row's end (entered with dh = 0 and a_next = 0) keeps both at 0
+                    dh_n = tl.where(valid, dh_n, 0.0)
+                dA_n = _exp2(dt * A2[n])
+                decayed = h[n] - dtx * Bs[n]  # = a_t h_{t-1}: the part of h_t that came through the decay
+                new_acc = new_acc + (dA_acc[n] + dt * dh_n * decayed,)
+                ddt += dh_n * (Bs[n] * x + A[n] * decayed)
+                du_sum += dh_n * Bs[n]
+                dB = dB + (dh_n * dtx,)
+                if HAS_H0:
+                    dh0 = dh0 + (dA_n * dh_n,)
+                a_n = dA_n if RESET == 0 else tl.where(start, 0.0, dA_n)  # (no reset: a_0 is never used)
+                if BRANCHLESS:
+                    a_n = tl.where(valid, a_n, 0.0)
+                new_dh = new_dh + (dh_n,)
+                new_a = new_a + (a_n,)
+            dh = new_dh
+            a_next = new_a
+            dA_acc = new_acc
+            du = dt * du_sum
+            if HAS_D:
+                du += Dv * dy
+                dD_acc += dy * x
+            if SOFTPLUS:
+                ddt *= tl.sigmoid(raw)
+            ddt = tl.where(mask_d, ddt, 0.0)
+            dbias_acc += ddt
+            grad_offs = pid_b * sg_b + t * sg_l + ch * sg_d
+            tl.store(du_ptr + grad_offs, du.to(du_ptr.dtype.element_ty), mask=mask_d & valid)
+            tl.store(ddelta_ptr + grad_offs, ddt.to(ddelta_ptr.dtype.element_ty), mask=mask_d & valid)
+            _store_channel_sums(dB_ptr + part_base + t * NSTATE, dB, valid, NSTATE, BLOCK_D, BLOCK_N, LANE_SUMS)
+            if HAS_H0:
+                _store_state_rows(dh0_ptr, seg * STATE, D_total, ch, mask_d & start & valid, NSTATE, dh0, BLOCK_N)
+    return dh, a_next, dA_acc, dD_acc, dbias_acc
 
 
 def _reset_args(length: int, seq_len: int | None, cu_seqlens: Tensor | None, device: torch.device) -> tuple:
@@ -1004,6 +1215,8 @@ def selective_scan_bwd(
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
         HAS_H0=initial_state is not None, RESET=reset, HAS_DLAST=dlast is not None, CHUNK=chunk,
     )  # fmt: skip
+    if step_kernel:
+        flags["VECTOR_BC"] = vector_bc(B, nstate, layout) and vector_bc(C, nstate, layout)
 
     def grid(meta: dict) -> tuple[int, int, int]:
         return triton.cdiv(dim_per_group, meta["BLOCK_D"]), groups * nspans, batch
