@@ -42,6 +42,11 @@
 #                    plain check, and run_targets.sh graph + base with --channels-last (carry .bench_deps)      (~5 min)
 #   host-overhead    host time per call and cProfile of every op (+ Triton launch floor), value checks on/off, and the
 #                    eager sf_mamba_tiny host profile (benchmarks/ops/experiments/host_overhead.py)             (~2 min)
+#   scan-check       every default forward config against the fp32 reference on the GPU (check_scan_fwd_configs.py:
+#                    resets, chunk lengths, initial/last states, every gradient, N = 1/4/8/16, groups, fp16, sliced
+#                    B/C; the first config compiles every variant)                                               (~6 min)
+#   scan-rows        the backward's ROWS layout (session 17, not autotuned) vs TILES, fwd+bwd, each checked against the
+#                    fp32 reference, L = 196 and 49, bf16 and fp32 (scan_configs.py --kernel bwd)                 (~4 min)
 #   scan-table       issue #2's table: step forward vs mamba_ssm, fwd and fwd+bwd, 5 shapes, CUDA graphs
 #                    (after mamba-build in the same call, or with a built .so in .bench_deps/ext)               (~4 min)
 set -uo pipefail
@@ -158,6 +163,13 @@ run_step() {
       "$PY" benchmarks/ops/experiments/host_overhead.py --no-value-checks --top 5 --out "$dir/host_overhead_nochecks.json" \
         2>&1 | head -8
       "$PY" benchmarks/models/host_profile.py --model sf_mamba_tiny --out "$dir/host_profile_sf_mamba_tiny.txt" | head -3 ;;
+    scan-check)
+      PYTHONPATH="benchmarks/ops:$PYTHONPATH" "$PY" benchmarks/ops/check_scan_fwd_configs.py --out "$dir" 2>&1 \
+        | tee "$dir/log.txt" | grep -v Warning ;;
+    scan-rows)
+      "$PY" benchmarks/ops/experiments/scan_configs.py --kernel bwd --unroll 16 --shapes 0 2 --dtypes bfloat16 float32 \
+        --bwd-configs '{"TILES": 1}' '{"ROWS": 1}' '{"ROWS": 1, "BRANCHLESS": 1}' --budget-s 220 --out-dir "$dir" 2>&1 \
+        | tee "$dir/log.txt" | grep -v Warning ;;
     scan-table)
       PYTHONPATH=".bench_deps/ext:.bench_deps:$PYTHONPATH" "$PY" benchmarks/ops/bench_selective_scan.py --timers graph \
         --folds --providers sfmamba-BLD mamba_ssm --out-dir "$dir" 2>&1 | tail -45 ;;

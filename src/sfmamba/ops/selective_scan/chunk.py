@@ -921,8 +921,9 @@ def _bwd_chunk_rows(u_ptr, delta_ptr, A, A2, B_ptr, C_ptr, Dv, z_ptr, bias, h0_p
                     dh_n = tl.where(valid, dh_n, 0.0)
                 dA_n = _exp2(dt * A2[n])
                 decayed = h[n] - dtx * Bs[n]  # = a_t h_{t-1}: the part of h_t that came through the decay
-                new_acc = new_acc + (dA_acc[n] + dt * dh_n * decayed,)
-                ddt += dh_n * (Bs[n] * x + A[n] * decayed)
+                through = dh_n * decayed
+                new_acc = new_acc + (dA_acc[n] + dt * through,)
+                ddt += A[n] * through  # + x * sum_n dh_n B_n, added after the loop
                 du_sum += dh_n * Bs[n]
                 dB = dB + (dh_n * dtx,)
                 if HAS_H0:
@@ -935,6 +936,7 @@ def _bwd_chunk_rows(u_ptr, delta_ptr, A, A2, B_ptr, C_ptr, Dv, z_ptr, bias, h0_p
             dh = new_dh
             a_next = new_a
             dA_acc = new_acc
+            ddt += x * du_sum
             du = dt * du_sum
             if HAS_D:
                 du += Dv * dy
