@@ -985,21 +985,29 @@ def test_step_kernels_compile_for_sm90():
 
 def test_static_loop_counts_of_step_forward(tmp_path):
     """benchmarks/ops/experiments/sass_loop_counts.py builds the step forward for sm_90 and counts its loop's SASS
-    instructions: no variant spills; four channels per thread (BLOCK_D 128 on one warp, the H200's pick) issue fewer
-    instructions per channel-step than one (per-warp loads of B_t/C_t and addresses amortised); loading two steps
-    ahead (PREFETCH 2) costs at most a quarter more than one step ahead."""
+    instructions: no variant spills or converts layouts; B_t/C_t by 16-byte loads save a tenth; four channels per
+    thread (BLOCK_D 128 on one warp) issue fewer instructions per channel-step than one (per-warp loads of B_t/C_t and
+    addresses amortised); loading two steps ahead (PREFETCH 2) costs at most a quarter more than one step ahead."""
     script = Path(__file__).resolve().parents[2] / "benchmarks/ops/experiments/sass_loop_counts.py"
     out = tmp_path / "counts.json"
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     command = [sys.executable, str(script), "--only", "step fwd", "--out", str(out)]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-4000:]
-    rows = {row["kernel"]: row for row in json.loads(out.read_text())["rows"]}
+    every = json.loads(out.read_text())["rows"]
+    rows = {row["kernel"]: row for row in every}
     assert {"step fwd", "step fwd BD128", "step fwd P2 BD128", "step fwd summary P2 BD128"} <= set(rows)
     assert all(row["spill_bytes"] == 0 for row in rows.values()), rows
+    # the state as a tuple of 1-D rows leaves Triton no layout to convert between (the [N, BLOCK_D] tile needed 17)
+    assert all(row["layout_conversions"] == 0 for row in every), every
     per_step = {name: row["instructions_per_channel_step"] for name, row in rows.items()}
     assert per_step["step fwd BD128"] < 0.8 * per_step["step fwd"]
     assert per_step["step fwd P2 BD128"] < 1.25 * per_step["step fwd BD128"]
+    # B_t/C_t by 16-byte loads: fewer instructions in the unrolled loop (each case's first row) than scalar loads
+    unrolled = {}
+    for row in every:
+        unrolled.setdefault(row["kernel"], row["instructions_per_channel_step"])
+    assert unrolled["step fwd vec BD64 P4 U4"] < 0.9 * unrolled["step fwd BD64 P4 U4"], unrolled
 
 
 @pytest.mark.parametrize(
