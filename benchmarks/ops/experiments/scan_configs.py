@@ -58,14 +58,19 @@ def compiled_stats(kernel) -> list[tuple[int, int]]:
     return stats
 
 
-def fwd_configs(args) -> list[triton.Config]:
-    """`--fwd-configs`: forward configs from JSON kwargs (BLOCK_D 64, PREFETCH 4, UNROLL 4, num_warps 1 unless given)."""
+def json_configs(texts: list[str], defaults: dict) -> list[triton.Config]:
+    """Configs from JSON kwargs over `defaults` (num_warps 1 and no register cap unless given)."""
     configs = []
-    for text in args.fwd_configs:
-        kwargs = {"BLOCK_D": 64, "PREFETCH": 4, "UNROLL": 4, **json.loads(text)}
+    for text in texts:
+        kwargs = {**defaults, **json.loads(text)}
         warps, maxnreg = kwargs.pop("num_warps", 1), kwargs.pop("maxnreg", None)
         configs.append(triton.Config(kwargs, num_warps=warps, maxnreg=maxnreg))
     return configs
+
+
+def fwd_configs(args) -> list[triton.Config]:
+    """`--fwd-configs`: forward configs from JSON kwargs (BLOCK_D 64, PREFETCH 4, UNROLL 4 unless given)."""
+    return json_configs(args.fwd_configs, {"BLOCK_D": 64, "PREFETCH": 4, "UNROLL": 4})
 
 
 def settings(args) -> list[tuple[str, int, list]]:
@@ -79,11 +84,9 @@ def settings(args) -> list[tuple[str, int, list]]:
         )
         return [(str(c), DEFAULT_UNROLL, [c]) for c in configs] + [("autotuned", DEFAULT_UNROLL, base)]
     if args.bwd_configs:  # e.g. '{"BLOCK_D": 32, "TILES": 1, "LANES": 1}' (num_warps 1 unless given)
-        base = []
-        for text in args.bwd_configs:
-            kwargs = {"BLOCK_D": 32, "PREFETCH": 1, "NEXT_TO_L1": 1, "BRANCHLESS": 0, "TILES": 1, **json.loads(text)}
-            warps, maxnreg = kwargs.pop("num_warps", 1), kwargs.pop("maxnreg", None)
-            base.append(triton.Config(kwargs, num_warps=warps, maxnreg=maxnreg))
+        base = json_configs(
+            args.bwd_configs, {"BLOCK_D": 32, "PREFETCH": 1, "NEXT_TO_L1": 1, "BRANCHLESS": 0, "TILES": 1}
+        )
     elif args.all_configs:  # the backward's configs before 2026-12-02 (also PREFETCH 0 and two warps)
         base = [triton.Config({"BLOCK_D": bd, "PREFETCH": p}, num_warps=w)
                 for bd in (32, 64) for w in (1, 2) for p in (0, 1) if bd >= 32 * w]  # fmt: skip

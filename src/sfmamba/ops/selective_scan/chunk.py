@@ -219,11 +219,20 @@ def _store_state_rows(ptr, base, D_total, ch, mask, NSTATE, rows, BLOCK_N: tl.co
 
 
 @triton.jit
-def _select_rows(cond, rows_if, rows_else, BLOCK_N: tl.constexpr, ZERO: tl.constexpr = False):
-    """Row-wise `where(cond, rows_if, rows_else)` of two state tuples (ZERO: 0 instead of rows_if)."""
+def _select_rows(cond, rows_if, rows_else, BLOCK_N: tl.constexpr):
+    """Row-wise `where(cond, rows_if, rows_else)` of two state tuples."""
     out = ()
     for n in tl.static_range(BLOCK_N):
-        out = out + (tl.where(cond, 0.0 if ZERO else rows_if[n], rows_else[n]),)
+        out = out + (tl.where(cond, rows_if[n], rows_else[n]),)
+    return out
+
+
+@triton.jit
+def _zero_rows_where(cond, rows, BLOCK_N: tl.constexpr):
+    """Row-wise `where(cond, 0, rows)` of a state tuple (a segment start forgets the carried state)."""
+    out = ()
+    for n in tl.static_range(BLOCK_N):
+        out = out + (tl.where(cond, 0.0, rows[n]),)
     return out
 
 
@@ -347,7 +356,7 @@ def selective_scan_fwd_kernel(
             h0 = _state_rows(h0_ptr, seg * STATE, D_total, ch, mask_d & start, NSTATE, BLOCK_N)
             h = _select_rows(start, h0, h, BLOCK_N)
         elif RESET != 0:  # without resets only t = 0 starts a segment, where h is still the zero it began as
-            h = _select_rows(start, A2, h, BLOCK_N, ZERO=True)
+            h = _zero_rows_where(start, h, BLOCK_N)
         dtx = dt * x
         y = x * Dv if HAS_D else zero
         new_h = ()
@@ -711,6 +720,23 @@ def _recompute_step(u_ptr, delta_ptr, B_ptr, C_ptr, Dv, z_ptr, bias, h0_ptr, seg
 
 
 @triton.jit
+def _channel_grads(du_ptr, ddelta_ptr, du, ddt, raw, x, dy, Dv, dD_acc, dbias_acc, grad_offs, mask_d, valid,
+                   HAS_D: tl.constexpr, SOFTPLUS: tl.constexpr):  # fmt: skip
+    """A backward step's per-channel epilogue, given du's and ddt's sums over the states [BD]: the D skip term,
+    softplus' derivative, the dD/dbias accumulators (returned) and the du/ddelta stores."""
+    if HAS_D:
+        du += Dv * dy
+        dD_acc += dy * x
+    if SOFTPLUS:
+        ddt *= tl.sigmoid(raw)
+    ddt = tl.where(mask_d, ddt, 0.0)
+    dbias_acc += ddt
+    tl.store(du_ptr + grad_offs, du.to(du_ptr.dtype.element_ty), mask=mask_d & valid)
+    tl.store(ddelta_ptr + grad_offs, ddt.to(ddelta_ptr.dtype.element_ty), mask=mask_d & valid)
+    return dD_acc, dbias_acc
+
+
+@triton.jit
 def _gradient_step(u_ptr, delta_ptr, A, A2, B_ptr, C_ptr, Dv, z_ptr, bias, seg_ids_ptr, cu_ptr, dout_ptr, dlast_ptr,
                    du_ptr, ddelta_ptr, dB_ptr, dh0_ptr, dh, a_next, dA_acc, dD_acc, dbias_acc, h, ahead, k, t0,
                    steps, L, seq_len, pid_b, STATE, part_base, ch, mask_d, offs_n, mask_n, mask_dn, state_offs,
@@ -745,17 +771,9 @@ def _gradient_step(u_ptr, delta_ptr, A, A2, B_ptr, C_ptr, Dv, z_ptr, bias, seg_i
     decayed = h - dtx[None, :] * Bt[:, None]  # = a_t h_{t-1}: the part of h_t that came through the decay
     dA_acc += dt[None, :] * dh * decayed
     ddt = tl.sum(dh * (Bt[:, None] * x[None, :] + A * decayed), axis=0)  # [BD]
-    du = dt * tl.sum(dh * Bt[:, None], axis=0)
-    if HAS_D:
-        du += Dv * dy
-        dD_acc += dy * x
-    if SOFTPLUS:
-        ddt *= tl.sigmoid(raw)
-    ddt = tl.where(mask_d, ddt, 0.0)
-    dbias_acc += ddt
-    grad_offs = pid_b * sg_b + t * sg_l + ch * sg_d
-    tl.store(du_ptr + grad_offs, du.to(du_ptr.dtype.element_ty), mask=mask_d & valid)
-    tl.store(ddelta_ptr + grad_offs, ddt.to(ddelta_ptr.dtype.element_ty), mask=mask_d & valid)
+    dD_acc, dbias_acc = _channel_grads(du_ptr, ddelta_ptr, dt * tl.sum(dh * Bt[:, None], axis=0), ddt, raw, x, dy, Dv,
+                                       dD_acc, dbias_acc, pid_b * sg_b + t * sg_l + ch * sg_d, mask_d, valid, HAS_D,
+                                       SOFTPLUS)  # fmt: skip
     dB = tl.sum(dh * dtx[None, :], axis=1)  # [BN]
     tl.store(dB_ptr + part_base + t * NSTATE + offs_n, dB, mask=mask_n & valid)
     if HAS_H0:
@@ -867,7 +885,7 @@ def _bwd_chunk_rows(u_ptr, delta_ptr, A, A2, B_ptr, C_ptr, Dv, z_ptr, bias, h0_p
                 h = _select_rows(start, _state_rows(h0_ptr, seg * STATE, D_total, ch, mask_d & start, NSTATE,
                                                     BLOCK_N), h, BLOCK_N)  # fmt: skip
             elif RESET != 0:  # without resets only t = 0 starts a segment, and chunk 0 starts from zeros
-                h = _select_rows(start, h, h, BLOCK_N, ZERO=True)
+                h = _zero_rows_where(start, h, BLOCK_N)
             dtx = dt * x
             y = x * Dv if HAS_D else dtx * 0.0
             new_h = ()
@@ -936,18 +954,9 @@ def _bwd_chunk_rows(u_ptr, delta_ptr, A, A2, B_ptr, C_ptr, Dv, z_ptr, bias, h0_p
             dh = new_dh
             a_next = new_a
             dA_acc = new_acc
-            ddt += x * du_sum
-            du = dt * du_sum
-            if HAS_D:
-                du += Dv * dy
-                dD_acc += dy * x
-            if SOFTPLUS:
-                ddt *= tl.sigmoid(raw)
-            ddt = tl.where(mask_d, ddt, 0.0)
-            dbias_acc += ddt
-            grad_offs = pid_b * sg_b + t * sg_l + ch * sg_d
-            tl.store(du_ptr + grad_offs, du.to(du_ptr.dtype.element_ty), mask=mask_d & valid)
-            tl.store(ddelta_ptr + grad_offs, ddt.to(ddelta_ptr.dtype.element_ty), mask=mask_d & valid)
+            dD_acc, dbias_acc = _channel_grads(du_ptr, ddelta_ptr, dt * du_sum, ddt + x * du_sum, raw, x, dy, Dv,
+                                               dD_acc, dbias_acc, pid_b * sg_b + t * sg_l + ch * sg_d, mask_d, valid,
+                                               HAS_D, SOFTPLUS)  # fmt: skip
             _store_channel_sums(dB_ptr + part_base + t * NSTATE, dB, valid, NSTATE, BLOCK_D, BLOCK_N, LANE_SUMS)
             if HAS_H0:
                 _store_state_rows(dh0_ptr, seg * STATE, D_total, ch, mask_d & start & valid, NSTATE, dh0, BLOCK_N)
