@@ -20,6 +20,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from sfmamba.ops import mean_selective_scan, selective_scan  # noqa: E402
+from sfmamba.ops.vmeanba import chunk as vmeanba_chunk  # noqa: E402, F401 (registers the sfmamba::mean_* ops)
 from sfmamba.ops.vmeanba import mean_selective_scan_naive  # noqa: E402
 from sfmamba.testing import assert_close, run_without_interpreter  # noqa: E402
 from sfmamba.utils._config import set_kernel_backend  # noqa: E402
