@@ -7,6 +7,9 @@ failure; writes benchmarks/results/scan_fwd_configs_<date>.json.
 
     PYTHONPATH=src python benchmarks/ops/check_scan_fwd_configs.py [--out benchmarks/results] [--full]
 
+`--jobs J` checks the configs in J processes at once (compiling dominates: one process per config took more than
+260 s on an H200 for the first config alone); `--configs I ...` checks only those indices of `_fwd_configs()`.
+
 By default each config runs a covering subset of the 108 combinations (`COVERING`: 9 cases); `--full` runs all. Both
 add `BC_FORMS`: B/C with N = 1, 4, 8, 16, groups, fp16 and sliced from a wider projection, so that B_t/C_t are read
 both by 16-byte loads (VECTOR_BC: aligned rows of 16-byte multiples) and by scalar loads.
@@ -17,7 +20,9 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import subprocess
 import sys
+import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -125,6 +130,8 @@ def run(fn, x: dict, kwargs: dict) -> list[torch.Tensor]:
 def check_config(config: triton.Config, full: bool) -> dict:
     chunk.selective_scan_fwd_kernel.configs = [config]
     chunk.selective_scan_fwd_kernel.cache.clear()
+    chunk.selective_scan_bwd_kernel.configs = chunk.selective_scan_bwd_kernel.configs[:1]  # the forward is checked:
+    # one backward config (the autotuner's usual pick) halves the compiling
     worst, failures, cases = 0.0, [], 0
     grid = itertools.product(LENGTHS, RESETS, LAYOUTS, DTYPES, CHUNK_LENS) if full else COVERING
     vector_cases = 0
@@ -156,26 +163,17 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="where the JSON goes")
     parser.add_argument("--full", action="store_true", help="every combination (108 cases per config)")
+    parser.add_argument("--configs", type=int, nargs="+", help="indices into _fwd_configs() (default: all)")
+    parser.add_argument("--jobs", type=int, default=1, help="configs checked in this many processes at once")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         print("check_scan_fwd_configs: needs a CUDA GPU")
         return 2
     configs = chunk._fwd_configs()
-    rows = []
-    try:
-        for config in configs:
-            rows.append(check_config(config, args.full))
-            r = rows[-1]
-            print(
-                f"{r['config']:<90} worst {r['worst']:.2e} failures {len(r['failures'])} "
-                f"(B_t/C_t by 16-byte loads in {r['vector_bc_cases']} of {r['cases']} cases)",
-                flush=True,
-            )
-            for failure in r["failures"][:5]:
-                print("   ", failure)
-    finally:
-        chunk.selective_scan_fwd_kernel.configs = configs
-        chunk.selective_scan_fwd_kernel.cache.clear()
+    indices = args.configs if args.configs is not None else list(range(len(configs)))
+    if not all(0 <= i < len(configs) for i in indices):
+        parser.error(f"--configs: indices must lie in [0, {len(configs)}), got {indices}")
+    rows = check_in_processes(indices, args) if args.jobs > 1 else check_here([configs[i] for i in indices], args.full)
     report = {
         **environment(),
         "tolerance": {str(k)[6:]: v for k, v in TOLERANCE.items()},
@@ -187,6 +185,56 @@ def main() -> int:
     failed = [r["config"] for r in rows if r["failures"]]
     print(f"wrote {path}\n" + (f"FAILED: {failed}" if failed else "every config matches the reference"))
     return 1 if failed else 0
+
+
+def print_row(r: dict) -> None:
+    print(
+        f"{r['config']:<90} worst {r['worst']:.2e} failures {len(r['failures'])} "
+        f"(B_t/C_t by 16-byte loads in {r['vector_bc_cases']} of {r['cases']} cases)",
+        flush=True,
+    )
+    for failure in r["failures"][:5]:
+        print("   ", failure)
+
+
+def check_here(configs: list[triton.Config], full: bool) -> list[dict]:
+    """Each config checked in this process, one after another."""
+    default = list(chunk.selective_scan_fwd_kernel.configs)
+    rows = []
+    try:
+        for config in configs:
+            rows.append(check_config(config, full))
+            print_row(rows[-1])
+    finally:
+        chunk.selective_scan_fwd_kernel.configs = default
+        chunk.selective_scan_fwd_kernel.cache.clear()
+    return rows
+
+
+def check_in_processes(indices: list[int], args) -> list[dict]:
+    """Each config checked in a child process of its own, `args.jobs` at a time; rows in index order."""
+    rows: dict[int, dict] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        pending, running = list(indices), {}
+        while pending or running:
+            while pending and len(running) < args.jobs:
+                i = pending.pop(0)
+                cmd = [sys.executable, __file__, "--configs", str(i), "--out", f"{tmp}/{i}"] + ["--full"] * args.full
+                with open(f"{tmp}/{i}.log", "w") as log:  # a file, not a pipe: a full pipe would stall the child
+                    running[i] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+            i, proc = next(iter(running.items()))
+            proc.wait()
+            del running[i]
+            output = Path(f"{tmp}/{i}.log").read_text()
+            report = [json.loads(f.read_text()) for f in Path(f"{tmp}/{i}").glob("*.json")]
+            if not report:
+                print(f"config {i}: no result (exit {proc.returncode})\n{output[-2000:]}", flush=True)
+                rows[i] = {"config": f"index {i}", "cases": 0, "vector_bc_cases": 0, "worst": float("nan"),
+                           "failures": [f"no result, exit {proc.returncode}"]}  # fmt: skip
+                continue
+            rows[i] = report[0]["rows"][0]
+            print_row(rows[i])
+    return [rows[i] for i in indices]
 
 
 if __name__ == "__main__":
