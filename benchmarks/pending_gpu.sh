@@ -164,11 +164,11 @@ run_step() {
         2>&1 | head -8
       "$PY" benchmarks/models/host_profile.py --model sf_mamba_tiny --out "$dir/host_profile_sf_mamba_tiny.txt" | head -3 ;;
     scan-check)
-      PYTHONPATH="benchmarks/ops:$PYTHONPATH" "$PY" benchmarks/ops/check_scan_fwd_configs.py --jobs 12 --out "$dir" 2>&1 \
+      PYTHONPATH="benchmarks/ops:$PYTHONPATH" "$PY" benchmarks/ops/check_scan_fwd_configs.py --jobs 16 --out "$dir" 2>&1 \
         | tee "$dir/log.txt" | grep -v Warning ;;
     scan-rows)
       "$PY" benchmarks/ops/experiments/scan_configs.py --kernel bwd --unroll 16 --shapes 0 2 --dtypes bfloat16 float32 \
-        --bwd-configs '{"TILES": 1}' '{"ROWS": 1}' '{"ROWS": 1, "BRANCHLESS": 1}' --budget-s 220 --out-dir "$dir" 2>&1 \
+        --bwd-configs '{"TILES": 1}' '{"ROWS": 1}' --precompile 12 --budget-s 200 --out-dir "$dir" 2>&1 \
         | tee "$dir/log.txt" | grep -v Warning ;;
     scan-table)
       PYTHONPATH=".bench_deps/ext:.bench_deps:$PYTHONPATH" "$PY" benchmarks/ops/bench_selective_scan.py --timers graph \

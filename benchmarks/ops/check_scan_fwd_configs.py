@@ -7,8 +7,9 @@ failure; writes benchmarks/results/scan_fwd_configs_<date>.json.
 
     PYTHONPATH=src python benchmarks/ops/check_scan_fwd_configs.py [--out benchmarks/results] [--full]
 
-`--jobs J` checks the configs in J processes at once (compiling dominates: one process per config took more than
-260 s on an H200 for the first config alone); `--configs I ...` checks only those indices of `_fwd_configs()`.
+`--jobs J` deals the cases to J processes, each checking every config on its share (compiling dominates: one process
+had not finished the first config after 260 s on an H200, 12 processes of one config each none after 300 s: every
+process compiled every backward variant); `--configs I ...` / `--cases I ...` check only those indices.
 
 By default each config runs a covering subset of the 108 combinations (`COVERING`: 9 cases); `--full` runs all. Both
 add `BC_FORMS`: B/C with N = 1, 4, 8, 16, groups, fp16 and sliced from a wider projection, so that B_t/C_t are read
@@ -127,16 +128,19 @@ def run(fn, x: dict, kwargs: dict) -> list[torch.Tensor]:
     return [out, last, *grads]
 
 
-def check_config(config: triton.Config, full: bool) -> dict:
+def all_cases(full: bool) -> list[tuple]:
+    """(length, resets, layout, dtype, chunk length, *B/C form) of every case checked per config."""
+    grid = itertools.product(LENGTHS, RESETS, LAYOUTS, DTYPES, CHUNK_LENS) if full else COVERING
+    return [*grid, *BC_FORMS]
+
+
+def check_config(config: triton.Config, cases: list[tuple]) -> dict:
     chunk.selective_scan_fwd_kernel.configs = [config]
     chunk.selective_scan_fwd_kernel.cache.clear()
     chunk.selective_scan_bwd_kernel.configs = chunk.selective_scan_bwd_kernel.configs[:1]  # the forward is checked:
     # one backward config (the autotuner's usual pick) halves the compiling
-    worst, failures, cases = 0.0, [], 0
-    grid = itertools.product(LENGTHS, RESETS, LAYOUTS, DTYPES, CHUNK_LENS) if full else COVERING
-    vector_cases = 0
-    for length, resets, layout, dtype, chunk_len, *form in [*grid, *BC_FORMS]:
-        cases += 1
+    worst, failures, vector_cases = 0.0, [], 0
+    for length, resets, layout, dtype, chunk_len, *form in cases:
         chunk.forced_chunk_len = chunk_len
         try:
             x, kwargs = make_case(length, resets, layout, dtype, length, *form)
@@ -152,7 +156,7 @@ def check_config(config: triton.Config, full: bool) -> dict:
             failures.append(f"L{length} {resets} {layout} {str(dtype)[6:]} chunk {chunk_len} {form}: {error:.2e}")
     return {
         "config": str(config),
-        "cases": cases,
+        "cases": len(cases),
         "vector_bc_cases": vector_cases,
         "worst": worst,
         "failures": failures,
@@ -164,16 +168,23 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="where the JSON goes")
     parser.add_argument("--full", action="store_true", help="every combination (108 cases per config)")
     parser.add_argument("--configs", type=int, nargs="+", help="indices into _fwd_configs() (default: all)")
-    parser.add_argument("--jobs", type=int, default=1, help="configs checked in this many processes at once")
+    parser.add_argument("--cases", type=int, nargs="+", help="indices into the checked cases (default: all)")
+    parser.add_argument("--jobs", type=int, default=1, help="processes at once, each checking a share of the cases")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         print("check_scan_fwd_configs: needs a CUDA GPU")
         return 2
-    configs = chunk._fwd_configs()
-    indices = args.configs if args.configs is not None else list(range(len(configs)))
-    if not all(0 <= i < len(configs) for i in indices):
-        parser.error(f"--configs: indices must lie in [0, {len(configs)}), got {indices}")
-    rows = check_in_processes(indices, args) if args.jobs > 1 else check_here([configs[i] for i in indices], args.full)
+    configs, cases = chunk._fwd_configs(), all_cases(args.full)
+    config_ids = args.configs if args.configs is not None else list(range(len(configs)))
+    case_ids = args.cases if args.cases is not None else list(range(len(cases)))
+    if not all(0 <= i < len(configs) for i in config_ids):
+        parser.error(f"--configs: indices must lie in [0, {len(configs)}), got {config_ids}")
+    if not all(0 <= i < len(cases) for i in case_ids):
+        parser.error(f"--cases: indices must lie in [0, {len(cases)}), got {case_ids}")
+    if args.jobs > 1:
+        rows = check_in_processes(config_ids, case_ids, args)
+    else:
+        rows = check_here([configs[i] for i in config_ids], [cases[i] for i in case_ids])
     report = {
         **environment(),
         "tolerance": {str(k)[6:]: v for k, v in TOLERANCE.items()},
@@ -197,13 +208,13 @@ def print_row(r: dict) -> None:
         print("   ", failure)
 
 
-def check_here(configs: list[triton.Config], full: bool) -> list[dict]:
+def check_here(configs: list[triton.Config], cases: list[tuple]) -> list[dict]:
     """Each config checked in this process, one after another."""
     default = list(chunk.selective_scan_fwd_kernel.configs)
     rows = []
     try:
         for config in configs:
-            rows.append(check_config(config, full))
+            rows.append(check_config(config, cases))
             print_row(rows[-1])
     finally:
         chunk.selective_scan_fwd_kernel.configs = default
@@ -211,30 +222,39 @@ def check_here(configs: list[triton.Config], full: bool) -> list[dict]:
     return rows
 
 
-def check_in_processes(indices: list[int], args) -> list[dict]:
-    """Each config checked in a child process of its own, `args.jobs` at a time; rows in index order."""
-    rows: dict[int, dict] = {}
+def check_in_processes(config_ids: list[int], case_ids: list[int], args) -> list[dict]:
+    """The cases dealt round-robin to `args.jobs` child processes, each checking every config on its share (so each
+    backward variant compiles in one process only); the shares' rows merged per config."""
+    shares = [case_ids[j :: args.jobs] for j in range(min(args.jobs, len(case_ids)))]
     with tempfile.TemporaryDirectory() as tmp:
-        pending, running = list(indices), {}
-        while pending or running:
-            while pending and len(running) < args.jobs:
-                i = pending.pop(0)
-                cmd = [sys.executable, __file__, "--configs", str(i), "--out", f"{tmp}/{i}"] + ["--full"] * args.full
-                with open(f"{tmp}/{i}.log", "w") as log:  # a file, not a pipe: a full pipe would stall the child
-                    running[i] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-            i, proc = next(iter(running.items()))
+        procs = []
+        for j, share in enumerate(shares):
+            cmd = [sys.executable, __file__, "--out", f"{tmp}/{j}", "--configs", *map(str, config_ids), "--cases"]
+            cmd += [*map(str, share)] + ["--full"] * args.full
+            with open(f"{tmp}/{j}.log", "w") as log:  # a file, not a pipe: a full pipe would stall the child
+                procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT))
+        merged = [{"config": f"index {i}", "cases": 0, "vector_bc_cases": 0, "worst": 0.0, "failures": []}
+                  for i in config_ids]  # fmt: skip
+        for j, proc in enumerate(procs):
             proc.wait()
-            del running[i]
-            output = Path(f"{tmp}/{i}.log").read_text()
-            report = [json.loads(f.read_text()) for f in Path(f"{tmp}/{i}").glob("*.json")]
-            if not report:
-                print(f"config {i}: no result (exit {proc.returncode})\n{output[-2000:]}", flush=True)
-                rows[i] = {"config": f"index {i}", "cases": 0, "vector_bc_cases": 0, "worst": float("nan"),
-                           "failures": [f"no result, exit {proc.returncode}"]}  # fmt: skip
+            reports = [json.loads(f.read_text()) for f in Path(f"{tmp}/{j}").glob("*.json")]
+            if not reports:
+                output = Path(f"{tmp}/{j}.log").read_text()
+                print(
+                    f"share {j} (cases {shares[j]}): no result (exit {proc.returncode})\n{output[-3000:]}", flush=True
+                )
+                for row in merged:
+                    row["failures"].append(f"cases {shares[j]}: no result, exit {proc.returncode}")
                 continue
-            rows[i] = report[0]["rows"][0]
-            print_row(rows[i])
-    return [rows[i] for i in indices]
+            print(f"share {j} of {len(shares)} done (cases {shares[j]})", flush=True)
+            for row, got in zip(merged, reports[0]["rows"]):
+                row["config"] = got["config"]
+                row["worst"] = max(row["worst"], got["worst"])
+                for key in ("cases", "vector_bc_cases", "failures"):
+                    row[key] += got[key]
+    for row in merged:
+        print_row(row)
+    return merged
 
 
 if __name__ == "__main__":

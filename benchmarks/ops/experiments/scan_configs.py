@@ -4,7 +4,7 @@ the autotuner's pick (the backward's autotuner times the kernel alone with L2 fl
 12, by graph replay on L2-resident inputs).
 
     python benchmarks/ops/experiments/scan_configs.py --kernel bwd [--all-configs] [--shapes 0 2] [--extra-shapes 128,160,196,16]
-        [--dtypes bfloat16 float32] [--unroll 16 0] [--bwd-spans 0 1 4] [--budget-s 300] [--out-dir DIR]
+        [--dtypes bfloat16 float32] [--unroll 16 0] [--bwd-spans 0 1 4] [--budget-s 300] [--precompile 12] [--out-dir DIR]
     python benchmarks/ops/experiments/scan_configs.py --kernel fwd --prefetch 1 2 [--fwd-unroll 1 2 4]
         [--blocks 16 32 64 128] [--warps 1] [--chunks 0 1 2] [--fwd-configs JSON ...]
 
@@ -15,7 +15,7 @@ per backward program, `chunk.forced_bwd_span`; 0 = `plan_bwd_spans`', 1 = one ch
 (BLOCK_D x warps x UNROLL) at each `--prefetch` depth and each `--chunks` count (0 = the planner's), timing the
 inference forward. Every setting is checked against the
 fp32 reference (`rel_err`; forward and every gradient for bwd). Prints registers/spills of the last compiled variant and the autotuner's own pick (timed the
-same way), and writes benchmarks/results/scan_configs_<kernel>_<date>.json (the backward's first run, 2026-12-02,
+same way; its JSON is rewritten after every row), and writes benchmarks/results/scan_configs_<kernel>_<date>.json (the backward's first run, 2026-12-02,
 was written as bwd_configs_<date>.json).
 """
 
@@ -25,6 +25,7 @@ import argparse
 import datetime
 import itertools
 import json
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -132,6 +133,10 @@ def main() -> None:
     parser.add_argument("--out-dir", type=Path, default=HERE.parent.parent / "results")
     parser.add_argument("--rep-ms", type=int, default=60)
     parser.add_argument("--budget-s", type=float, default=300)
+    parser.add_argument(
+        "--precompile", type=int, default=1, help="compile every setting first in this many processes at once"
+    )
+    parser.add_argument("--items", type=int, nargs="+", default=None, help=argparse.SUPPRESS)  # a precompiling child
     args = parser.parse_args()
     start = time.time()
     bench_args = SimpleNamespace(rep_ms=args.rep_ms, warmup_ms=10)
@@ -142,39 +147,65 @@ def main() -> None:
     if args.kernel == "bwd" and args.fwd_configs:
         KERNELS["fwd"].configs = fwd_configs(args)
     mode = "fwd" if args.kernel == "fwd" else "fwdbwd"
-    rows = []
     shapes = [MAIN_SHAPES[index] for index in args.shapes]
     shapes += [Shape(*map(int, text.split(","))) for text in args.extra_shapes]
-    for shape in shapes:
-        for dtype_name in args.dtypes:
-            dtype = getattr(torch, dtype_name)
-            for nchunks, span, (label, unroll, configs) in itertools.product(
-                args.chunks, args.bwd_spans, settings(args)
-            ):
-                if time.time() - start > args.budget_s:
-                    break
-                K.forced_chunk_len = triton.cdiv(shape.length, nchunks) if nchunks else None
-                K.forced_bwd_span = span or None
-                K.MAX_UNROLL = unroll
-                kernel.configs = configs
-                kernel.cache.clear()
-                err = check(fn, shape, dtype, layout, grads=mode == "fwdbwd")  # every setting: a wrong one shows
-                us = time_provider(fn, shape, dtype, layout, mode, bench_args, "graph")
-                flushed = time_provider(fn, shape, dtype, layout, mode, bench_args, "graph_flushed")[0]
-                picked = str(kernel.best_config) if label == "autotuned" else label
-                rows.append(dict(shape=shape.name, dtype=dtype_name, kernel=args.kernel, unroll=unroll, chunks=nchunks,
-                                 vector_bc=not args.no_vector_bc,
-                                 bwd_span=span, setting=label, config=picked, us=us, flushed_us=flushed, rel_err=err,
-                                 regs_spills=compiled_stats(kernel)[-1:]))  # fmt: skip
-                print(f"{shape.name} {dtype_name} chunks={nchunks} span={span} unroll={unroll:2d} {label}: {us[0]:7.1f} us (L2 flushed {flushed:7.1f}) "
-                      f"regs/spills {rows[-1]['regs_spills']}" + (f" picked {picked}" if label == "autotuned" else ""),
-                      flush=True)  # fmt: skip
-    K.MAX_UNROLL = DEFAULT_UNROLL
-    K.forced_chunk_len = None
-    K.forced_bwd_span = None
+    items = list(itertools.product(shapes, args.dtypes, args.chunks, args.bwd_spans, settings(args)))
+    if args.items is not None:
+        items = [items[i] for i in args.items]
+    elif args.precompile > 1:
+        precompile(len(items), args.precompile)
+        start = time.time()  # --budget-s bounds the timed settings
     stamp = datetime.datetime.now().strftime("%Y%m%dT%H%M%S")
     args.out_dir.mkdir(parents=True, exist_ok=True)
     out = args.out_dir / f"scan_configs_{args.kernel}_{stamp}.json"
+    rows = []
+    for shape, dtype_name, nchunks, span, (label, unroll, configs) in items:
+        if time.time() - start > args.budget_s:
+            break
+        dtype = getattr(torch, dtype_name)
+        K.forced_chunk_len = triton.cdiv(shape.length, nchunks) if nchunks else None
+        K.forced_bwd_span = span or None
+        K.MAX_UNROLL = unroll
+        kernel.configs = configs
+        kernel.cache.clear()
+        err = check(fn, shape, dtype, layout, grads=mode == "fwdbwd")  # every setting: a wrong one shows
+        if args.items is not None:  # a precompiling child: checked (so compiled), not timed
+            print(f"{shape.name} {dtype_name} {label}: rel_err {err:.2e}", flush=True)
+            continue
+        us = time_provider(fn, shape, dtype, layout, mode, bench_args, "graph")
+        flushed = time_provider(fn, shape, dtype, layout, mode, bench_args, "graph_flushed")[0]
+        picked = str(kernel.best_config) if label == "autotuned" else label
+        rows.append(dict(shape=shape.name, dtype=dtype_name, kernel=args.kernel, unroll=unroll, chunks=nchunks,
+                         vector_bc=not args.no_vector_bc,
+                         bwd_span=span, setting=label, config=picked, us=us, flushed_us=flushed, rel_err=err,
+                         regs_spills=compiled_stats(kernel)[-1:]))  # fmt: skip
+        print(f"{shape.name} {dtype_name} chunks={nchunks} span={span} unroll={unroll:2d} {label}: {us[0]:7.1f} us (L2 flushed {flushed:7.1f}) "
+              f"rel_err {err:.2e} regs/spills {rows[-1]['regs_spills']}" + (f" picked {picked}" if label == "autotuned" else ""),
+              flush=True)  # fmt: skip
+        write_report(out, mode, rows)  # after every row: a run cut by its time limit keeps what it timed
+    K.MAX_UNROLL = DEFAULT_UNROLL
+    K.forced_chunk_len = None
+    K.forced_bwd_span = None
+    if args.items is None:
+        write_report(out, mode, rows)
+        print(f"# wrote {out}")
+
+
+def precompile(count: int, jobs: int) -> None:
+    """Every setting checked once in `jobs` child processes (round-robin shares), so that the timed run below finds
+    its kernels in Triton's on-disk cache: compiling the unrolled backward takes tens of seconds per variant."""
+    began = time.time()
+    cmd = [sys.executable, *sys.argv]
+    procs = [
+        subprocess.Popen([*cmd, "--items", *map(str, range(j, count, jobs))], stdout=subprocess.DEVNULL)
+        for j in range(min(jobs, count))
+    ]
+    failed = [j for j, proc in enumerate(procs) if proc.wait() != 0]
+    print(f"# precompiled {count} settings in {len(procs)} processes: {time.time() - began:.0f} s"
+          + (f"; shares {failed} failed" if failed else ""), flush=True)  # fmt: skip
+
+
+def write_report(out: Path, mode: str, rows: list[dict]) -> None:
     meta = dict(
         device=torch.cuda.get_device_name(),
         torch=torch.__version__,
@@ -184,7 +215,6 @@ def main() -> None:
         rows=rows,
     )
     out.write_text(json.dumps(meta, indent=1))
-    print(f"# wrote {out}")
 
 
 if __name__ == "__main__":
