@@ -47,6 +47,12 @@
 #                    B/C; the first config compiles every variant)                                               (~6 min)
 #   scan-rows        the backward's ROWS layout (session 17, not autotuned) vs TILES, fwd+bwd, each checked against the
 #                    fp32 reference, L = 196 and 49, bf16 and fp32 (scan_configs.py --kernel bwd)                 (~4 min)
+#   scan-fwd-deep    forward rings 8 steps deep (PREFETCH 8, UNROLL 4/8, BLOCK_D 32/64; sm_90: 168-247 registers, no
+#                    spills) vs the pick, whole rows and 2 chunks per row (more warps per scheduler), L = 196 and 49,
+#                    bf16 and fp32, each checked against the fp32 reference                                    (~5 min)
+#   bc-align         MambaVision-T's stage-3 mixer with x_proj rows padded for 16-byte B/C loads (the default since
+#                    session 18) vs unpadded, inference forward and training fwd+bwd, CUDA graphs (bench_bc_alignment.py)
+#                                                                                                               (~2 min)
 #   scan-table       issue #2's table: step forward vs mamba_ssm, fwd and fwd+bwd, 5 shapes, CUDA graphs
 #                    (after mamba-build in the same call, or with a built .so in .bench_deps/ext)               (~4 min)
 set -uo pipefail
@@ -170,6 +176,13 @@ run_step() {
       "$PY" benchmarks/ops/experiments/scan_configs.py --kernel bwd --unroll 16 --shapes 0 2 --dtypes bfloat16 float32 \
         --bwd-configs '{"TILES": 1}' '{"ROWS": 1}' --precompile 12 --budget-s 200 --out-dir "$dir" 2>&1 \
         | tee "$dir/log.txt" | grep -v Warning ;;
+    scan-fwd-deep)  # session 18: rings 8 steps deep (the tuple state left registers for them) and 2 chunks per row
+      "$PY" benchmarks/ops/experiments/scan_configs.py --kernel fwd --shapes 0 2 --dtypes bfloat16 float32 --chunks 0 2 \
+        --fwd-configs '{}' '{"PREFETCH": 8, "UNROLL": 8}' '{"BLOCK_D": 32, "PREFETCH": 8, "UNROLL": 8}' \
+        '{"BLOCK_D": 32, "PREFETCH": 8, "UNROLL": 4}' --precompile 16 --budget-s 200 --out-dir "$dir" 2>&1 \
+        | tee "$dir/log.txt" | grep -v Warning ;;
+    bc-align)
+      "$PY" benchmarks/models/bench_bc_alignment.py --out "$dir" 2>&1 | tee "$dir/log.txt" | grep -v Warning ;;
     scan-table)
       PYTHONPATH=".bench_deps/ext:.bench_deps:$PYTHONPATH" "$PY" benchmarks/ops/bench_selective_scan.py --timers graph \
         --folds --providers sfmamba-BLD mamba_ssm --out-dir "$dir" 2>&1 | tail -45 ;;

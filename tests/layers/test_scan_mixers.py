@@ -200,3 +200,59 @@ def test_training_mixer_concats_with_the_kernel(mixer_cls):
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
     for g, r in zip(grads, ref_grads):
         torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_x_proj_rows_padded_for_vector_loads(monkeypatch, dtype):
+    """Where the scan runs in Triton, B and C reach it as rows the forward reads by 16-byte loads (x_proj runs with
+    zero rows after dt's: R = 2 -> 8); outputs and every gradient equal the unpadded projection's; the parameters and
+    the state dict keep their shapes."""
+    from sfmamba.layers import mamba_mixer
+    from sfmamba.ops.selective_scan.chunk import _bc_strides, rows_fit_vectors
+
+    seen = []
+
+    def recording(u, dt, A, B, C, *args, **kwargs):
+        seen.append(all(rows_fit_vectors(_bc_strides(t, "BLD"), t.element_size(), t.data_ptr(), 8) for t in (B, C)))
+        return real(u, dt, A, B, C, *args, **kwargs)
+
+    real = mamba_mixer.selective_scan
+    monkeypatch.setattr(mamba_mixer, "selective_scan", recording)
+    torch.manual_seed(0)
+    m = MambaVisionMixer(32, d_state=8).to(DEVICE, dtype)  # dt_rank 2: rows of 18 values, B at value 2
+    x = torch.randn(2, 7, 32, device=DEVICE, dtype=dtype, requires_grad=True)
+    ref = m(x)
+    ref_grads = torch.autograd.grad(ref.float().square().sum(), [x, *m.parameters()])
+    assert m.dt_pad == 6 and seen == [False]
+    set_kernel_backend("triton")
+    try:
+        out = m(x)
+        grads = torch.autograd.grad(out.float().square().sum(), [x, *m.parameters()])
+        with torch.no_grad():
+            again = m(x)
+    finally:
+        set_kernel_backend(None)
+    assert seen == [False, True, True]
+    tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(out, ref, **tol)
+    torch.testing.assert_close(again, out, rtol=0, atol=0)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, **tol)
+    assert m.x_proj.weight.shape == (2 + 16, 32) and m.state_dict()["x_proj.weight"].shape == (18, 32)
+
+
+def test_x_proj_padding_respects_hooks_and_state_sizes():
+    """No padding where it cannot help (N not a multiple of 4, R already a multiple of 8) and none past a hook on
+    x_proj (it must see the call)."""
+    assert MambaVisionMixer(32, d_state=6).dt_pad == 0
+    assert MambaVisionMixer(128, d_state=8).dt_pad == 0  # R = 8
+    m = MambaVisionMixer(32, d_state=8)
+    calls = []
+    m.x_proj.register_forward_hook(lambda *_: calls.append(1))
+    set_kernel_backend("triton")
+    try:
+        with torch.no_grad():
+            m(torch.randn(1, 5, 32))
+    finally:
+        set_kernel_backend(None)
+    assert calls == [1]

@@ -34,14 +34,14 @@ def activation_name(module: nn.Module) -> str | None:
     return None
 
 
-_PLAIN_LINEARS = (nn.Linear, CastCachedLinear)  # subclasses with their own forward (LoRA, QAT) keep it
+PLAIN_LINEARS = (nn.Linear, CastCachedLinear)  # subclasses with their own forward (LoRA, QAT) keep it
 
 
 def takes_linear_kernels(linear: nn.Module, x: Tensor) -> bool:
     """Whether `fused_linear(linear, x)` runs the Triton backward: a plain `nn.Linear` with a gradient to compute,
     outside torch.compile and torch.func transforms, Triton usable for x's device, no forward or backward hooks
     (pruning and other reparametrisations use forward pre-hooks), and the fused training ops on (`train_kernels`)."""
-    if type(linear) not in _PLAIN_LINEARS or not needs_grad(x, linear.weight, linear.bias) or not train_kernels():
+    if type(linear) not in PLAIN_LINEARS or not needs_grad(x, linear.weight, linear.bias) or not train_kernels():
         return False
     if torch.compiler.is_compiling() or x.dtype not in FLOAT_DTYPES or has_hooks(linear):
         return False
