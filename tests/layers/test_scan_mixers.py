@@ -202,11 +202,13 @@ def test_training_mixer_concats_with_the_kernel(mixer_cls):
         torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("directions", [None, ("row", "row_rev")])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_x_proj_rows_padded_for_vector_loads(monkeypatch, dtype):
+def test_x_proj_rows_padded_for_vector_loads(monkeypatch, dtype, directions):
     """Where the scan runs in Triton, B and C reach it as rows the forward reads by 16-byte loads (x_proj runs with
-    zero rows after dt's: R = 2 -> 8); outputs and every gradient equal the unpadded projection's; the parameters and
-    the state dict keep their shapes."""
+    zero rows after each direction's dt rows: R = 2 -> 8); outputs and every gradient equal the unpadded
+    projection's; the parameters and the state dict keep their shapes. None: MambaVisionMixer; else a ScanMixer
+    with a grouped x_proj."""
     from sfmamba.layers import mamba_mixer
     from sfmamba.ops.selective_scan.chunk import _bc_strides, rows_fit_vectors
 
@@ -219,8 +221,13 @@ def test_x_proj_rows_padded_for_vector_loads(monkeypatch, dtype):
     real = mamba_mixer.selective_scan
     monkeypatch.setattr(mamba_mixer, "selective_scan", recording)
     torch.manual_seed(0)
-    m = MambaVisionMixer(32, d_state=8).to(DEVICE, dtype)  # dt_rank 2: rows of 18 values, B at value 2
-    x = torch.randn(2, 7, 32, device=DEVICE, dtype=dtype, requires_grad=True)
+    if directions is None:
+        m = MambaVisionMixer(32, d_state=8).to(DEVICE, dtype)  # dt_rank 2: rows of 18 values, B at value 2
+        weight_shape = (18, 32)
+    else:
+        m = ScanMixer(32, d_state=8, window_size=2, directions=directions).to(DEVICE, dtype)
+        weight_shape = (2 * 18, 8)  # two directions' blocks of x_proj rows
+    x = torch.randn(2, m.seq_len if directions else 7, 32, device=DEVICE, dtype=dtype, requires_grad=True)
     ref = m(x)
     ref_grads = torch.autograd.grad(ref.float().square().sum(), [x, *m.parameters()])
     assert m.dt_pad == 6 and seen == [False]
@@ -238,7 +245,7 @@ def test_x_proj_rows_padded_for_vector_loads(monkeypatch, dtype):
     torch.testing.assert_close(again, out, rtol=0, atol=0)
     for g, r in zip(grads, ref_grads):
         torch.testing.assert_close(g, r, **tol)
-    assert m.x_proj.weight.shape == (2 + 16, 32) and m.state_dict()["x_proj.weight"].shape == (18, 32)
+    assert m.x_proj.weight.shape == weight_shape and m.state_dict()["x_proj.weight"].shape == weight_shape
 
 
 def test_x_proj_padding_respects_hooks_and_state_sizes():

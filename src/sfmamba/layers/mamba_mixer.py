@@ -181,28 +181,43 @@ class MambaVisionMixer(nn.Module):
         return self._scan(u, fused_linear(self.dt_proj, dt), B, C, seq_len)
 
     def _x_proj_split(self, u: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """x_proj(u) split into dt [.., R], B and C [.., N] (strided views of one output). Where the scan runs in
-        Triton, x_proj runs with `dt_pad` zero rows after dt's (a padded copy of the weight; the parameter and its
-        checkpoint key stay as they are): B and C then start on 16-byte boundaries in rows of 16-byte multiples, and
-        the scan reads B_t/C_t by 16-byte loads (`chunk.vector_bc`). H200, (128, 160, 196, 8) bf16 forward: 33.9 us
-        with them, 38.7 with the scalar loads that MambaVision-T's stage 3 (R = 20) took before (session 17)."""
-        pad, n = self.dt_pad, self.d_state
-        linear = self.x_proj
-        if not pad or type(linear) not in PLAIN_LINEARS or has_hooks(linear) or not use_triton(u.device):
-            return linear(u).split((self.dt_rank, n, n), dim=-1)
-        device_type = u.device.type
-        dtype = linear.weight.dtype
-        if torch.is_autocast_enabled(device_type) and dtype != torch.float64:  # cast once here (and cached in
-            dtype = torch.get_autocast_dtype(device_type)  # inference), not by autocast on every call
-        weight = reused(self, "_x_proj_cache", (linear.weight,), lambda: self._padded_x_proj_weight(dtype), dtype)
-        dt, _, B, C = F.linear(u, weight).split((self.dt_rank, pad, n, n), dim=-1)
+        """x_proj(u) split into dt [.., R], B and C [.., N] (with K grouped directions: [.., K, R], [.., K, N]),
+        strided views of one output. Where the scan runs in Triton, x_proj runs with `dt_pad` zero rows after dt's (a
+        padded copy of the weight; the parameter and its checkpoint key stay as they are): B and C then start on
+        16-byte boundaries in rows of 16-byte multiples, and the scan reads B_t/C_t by 16-byte loads
+        (`chunk.vector_bc`). H200, (128, 160, 196, 8) bf16 forward: 33.9 us with them, 38.7 with the scalar loads that
+        MambaVision-T's stage 3 (R = 20) took before (session 17)."""
+        linear, rank, n = self.x_proj, self.dt_rank, self.d_state
+        groups = getattr(linear, "groups", 1)
+        pads = self.dt_pad and type(linear) in self._x_proj_types and not has_hooks(linear) and use_triton(u.device)
+        if pads:
+            device_type = u.device.type
+            dtype = linear.weight.dtype
+            if torch.is_autocast_enabled(device_type) and dtype != torch.float64:  # cast once here (and cached in
+                dtype = torch.get_autocast_dtype(device_type)  # inference), not by autocast on every call
+            weight = reused(self, "_x_proj_cache", (linear.weight,), lambda: self._padded_x_proj_weight(dtype), dtype)
+            proj = self._x_proj_with(u, weight)
+        else:
+            proj = linear(u)
+        pad = self.dt_pad if pads else 0
+        if groups > 1:
+            proj = proj.unflatten(-1, (groups, rank + pad + 2 * n))
+        dt, _, B, C = proj.split((rank, pad, n, n), dim=-1)
         return dt, B, C
 
+    _x_proj_types: tuple[type, ...] = PLAIN_LINEARS  # x_proj modules whose forward `_x_proj_with` may stand in for
+
+    def _x_proj_with(self, u: Tensor, weight: Tensor) -> Tensor:
+        """x_proj's map with `weight` in place of its own."""
+        return F.linear(u, weight)
+
     def _padded_x_proj_weight(self, dtype: torch.dtype) -> Tensor:
-        """x_proj's weight [R + 2N, D/2] with `dt_pad` zero rows between dt's rows and B's, in `dtype`."""
+        """x_proj's weight with `dt_pad` zero rows between each group's dt rows and its B rows, in `dtype`."""
         weight = self.x_proj.weight
-        dt_rows, bc_rows = weight.split((self.dt_rank, 2 * self.d_state))
-        return torch.cat((dt_rows, weight.new_zeros(self.dt_pad, weight.shape[1]), bc_rows)).to(dtype)
+        rows = weight.view(getattr(self.x_proj, "groups", 1), -1, weight.shape[1])  # [K, R + 2N, in]
+        dt_rows, bc_rows = rows.split((self.dt_rank, 2 * self.d_state), dim=1)
+        zeros = rows.new_zeros(rows.shape[0], self.dt_pad, rows.shape[2])
+        return torch.cat((dt_rows, zeros, bc_rows), dim=1).flatten(0, 1).to(dtype)
 
     def _scan(self, u: Tensor, dt: Tensor, B: Tensor, C: Tensor, seq_len: int | None) -> Tensor:
         """The selective scan in (B, L, D) layout, or VMeanba's channel-mean scan when `self.vmeanba` is set."""

@@ -43,15 +43,19 @@ class GroupedLinear(nn.Linear):
         self.groups = groups
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.groups == 1:
-            return F.linear(x, self.weight, self.bias)
-        g = self.groups
-        w = self.weight.view(g, self.out_features // g, self.in_features)
-        y = torch.einsum("...gi,goi->...go", x.unflatten(-1, (g, self.in_features)), w).flatten(-2)
-        return y if self.bias is None else y + self.bias.to(y.dtype)  # autocast: y is in the low dtype
+        return grouped_linear(x, self.weight, self.groups, self.bias)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, groups={self.groups}"
+
+
+def grouped_linear(x: Tensor, weight: Tensor, groups: int, bias: Tensor | None = None) -> Tensor:
+    """`GroupedLinear`'s map: x [.., groups * in] with weight [out, in] (`groups` blocks of out / groups rows)."""
+    if groups == 1:
+        return F.linear(x, weight, bias)
+    w = weight.view(groups, weight.shape[0] // groups, weight.shape[1])
+    y = torch.einsum("...gi,goi->...go", x.unflatten(-1, (groups, weight.shape[1])), w).flatten(-2)
+    return y if bias is None else y + bias.to(y.dtype)  # autocast: y is in the low dtype
 
 
 def direction_order(direction: str, window_size: int, num_aux: int) -> Tensor:
@@ -175,9 +179,13 @@ class ScanMixer(MambaVisionMixer):
         k = len(self.directions)
         if k == 1:
             return super()._ssm(u, seq_len)
-        proj = self.x_proj(u).unflatten(-1, (k, self.dt_rank + 2 * self.d_state))  # [.., K, r + 2N]
-        dt, B, C = proj.split((self.dt_rank, self.d_state, self.d_state), dim=-1)  # B, C: grouped [.., L, K, N]
+        dt, B, C = self._x_proj_split(u)  # dt [.., L, K, r]; B, C: grouped [.., L, K, N]
         return self._scan(u, self.dt_proj(dt.flatten(-2)), B, C, seq_len)
+
+    _x_proj_types = (*MambaVisionMixer._x_proj_types, GroupedLinear)
+
+    def _x_proj_with(self, u: Tensor, weight: Tensor) -> Tensor:
+        return grouped_linear(u, weight, getattr(self.x_proj, "groups", 1))
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, directions={self.directions}, seq_len={self.seq_len}, fold={self.fold}"
