@@ -137,8 +137,6 @@ def all_cases(full: bool) -> list[tuple]:
 def check_config(config: triton.Config, cases: list[tuple]) -> dict:
     chunk.selective_scan_fwd_kernel.configs = [config]
     chunk.selective_scan_fwd_kernel.cache.clear()
-    chunk.selective_scan_bwd_kernel.configs = chunk.selective_scan_bwd_kernel.configs[:1]  # the forward is checked:
-    # one backward config (the autotuner's usual pick) halves the compiling
     worst, failures, vector_cases = 0.0, [], 0
     for length, resets, layout, dtype, chunk_len, *form in cases:
         chunk.forced_chunk_len = chunk_len
@@ -209,16 +207,20 @@ def print_row(r: dict) -> None:
 
 
 def check_here(configs: list[triton.Config], cases: list[tuple]) -> list[dict]:
-    """Each config checked in this process, one after another."""
-    default = list(chunk.selective_scan_fwd_kernel.configs)
+    """Each config checked in this process, one after another, with one backward config (the autotuner's usual
+    pick: the forward is what is checked, and a second backward config would double the compiling)."""
+    fwd, bwd = chunk.selective_scan_fwd_kernel, chunk.selective_scan_bwd_kernel
+    defaults = list(fwd.configs), list(bwd.configs)
+    bwd.configs = defaults[1][:1]
     rows = []
     try:
         for config in configs:
             rows.append(check_config(config, cases))
             print_row(rows[-1])
     finally:
-        chunk.selective_scan_fwd_kernel.configs = default
-        chunk.selective_scan_fwd_kernel.cache.clear()
+        fwd.configs, bwd.configs = defaults
+        fwd.cache.clear()
+        bwd.cache.clear()
     return rows
 
 

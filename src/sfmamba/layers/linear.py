@@ -9,6 +9,7 @@ fuses the same pieces itself), on the CPU, with forward hooks on a bypassed modu
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from timm.layers import Mlp as TimmMlp
 from torch import Tensor, nn
 
@@ -20,7 +21,7 @@ from ..utils._config import train_kernels, use_triton
 from ..utils.hooks import has_hooks
 from ..utils.inference_cache import CastCachedLinear
 
-__all__ = ["Mlp", "activation_name", "fused_linear", "takes_linear_kernels"]
+__all__ = ["GroupedLinear", "Mlp", "activation_name", "fused_linear", "grouped_linear", "takes_linear_kernels"]
 
 
 def activation_name(module: nn.Module) -> str | None:
@@ -64,3 +65,32 @@ class Mlp(TimmMlp):
             return super().forward(x)
         x = self.drop1(linear_act(x, self.fc1.weight, self.fc1.bias, act))  # fc1 checked just above
         return self.drop2(fused_linear(self.fc2, self.norm(x)))
+
+
+class GroupedLinear(nn.Linear):
+    """Block-diagonal linear map: `groups` independent Linear layers on consecutive slices of the features.
+
+    The weight is [out_features, in_features / groups] (grouped-conv convention), so `groups=1` is exactly an
+    `nn.Linear` with the same parameter names and shapes (and the same init by `isinstance(m, nn.Linear)`).
+    """
+
+    def __init__(self, in_features: int, out_features: int, groups: int = 1, bias: bool = True, **factory):
+        if in_features % groups or out_features % groups:
+            raise ValueError(f"groups={groups} must divide in_features={in_features} and out_features={out_features}")
+        super().__init__(in_features // groups, out_features, bias=bias, **factory)
+        self.groups = groups
+
+    def forward(self, x: Tensor) -> Tensor:
+        return grouped_linear(x, self.weight, self.groups, self.bias)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, groups={self.groups}"
+
+
+def grouped_linear(x: Tensor, weight: Tensor, groups: int, bias: Tensor | None = None) -> Tensor:
+    """`GroupedLinear`'s map: x [.., groups * in] with weight [out, in] (`groups` blocks of out / groups rows)."""
+    if groups == 1:
+        return F.linear(x, weight, bias)
+    w = weight.view(groups, weight.shape[0] // groups, weight.shape[1])
+    y = torch.einsum("...gi,goi->...go", x.unflatten(-1, (groups, weight.shape[1])), w).flatten(-2)
+    return y if bias is None else y + bias.to(y.dtype)  # autocast: y is in the low dtype

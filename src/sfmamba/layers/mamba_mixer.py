@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..ops import depthwise_conv1d, selective_scan
@@ -19,9 +18,11 @@ from ..ops.concat import concat_last, split_last
 from ..utils._config import train_kernels, use_triton
 from ..utils.hooks import has_hooks
 from ..utils.inference_cache import reused
-from .linear import PLAIN_LINEARS, fused_linear
+from .linear import PLAIN_LINEARS, GroupedLinear, fused_linear, grouped_linear
 
 __all__ = ["MambaVisionMixer"]
+
+_PADDED_X_PROJ_TYPES = (*PLAIN_LINEARS, GroupedLinear)  # x_proj modules whose map `grouped_linear` may stand in for
 
 
 def mixer_concat(a: Tensor, b: Tensor) -> Tensor:
@@ -189,32 +190,28 @@ class MambaVisionMixer(nn.Module):
         MambaVision-T's stage 3 (R = 20) took before (session 17)."""
         linear, rank, n = self.x_proj, self.dt_rank, self.d_state
         groups = getattr(linear, "groups", 1)
-        pads = self.dt_pad and type(linear) in self._x_proj_types and not has_hooks(linear) and use_triton(u.device)
-        if pads:
+        pads = self.dt_pad and type(linear) in _PADDED_X_PROJ_TYPES and not has_hooks(linear) and use_triton(u.device)
+        pad = self.dt_pad if pads else 0
+        if pad:
             device_type = u.device.type
             dtype = linear.weight.dtype
             if torch.is_autocast_enabled(device_type) and dtype != torch.float64:  # cast once here (and cached in
                 dtype = torch.get_autocast_dtype(device_type)  # inference), not by autocast on every call
-            weight = reused(self, "_x_proj_cache", (linear.weight,), lambda: self._padded_x_proj_weight(dtype), dtype)
-            proj = self._x_proj_with(u, weight)
+            weight = reused(
+                self, "_x_proj_cache", (linear.weight,), lambda: self._padded_x_proj_weight(dtype, groups), dtype
+            )
+            proj = grouped_linear(u, weight, groups)
         else:
             proj = linear(u)
-        pad = self.dt_pad if pads else 0
         if groups > 1:
             proj = proj.unflatten(-1, (groups, rank + pad + 2 * n))
         dt, _, B, C = proj.split((rank, pad, n, n), dim=-1)
         return dt, B, C
 
-    _x_proj_types: tuple[type, ...] = PLAIN_LINEARS  # x_proj modules whose forward `_x_proj_with` may stand in for
-
-    def _x_proj_with(self, u: Tensor, weight: Tensor) -> Tensor:
-        """x_proj's map with `weight` in place of its own."""
-        return F.linear(u, weight)
-
-    def _padded_x_proj_weight(self, dtype: torch.dtype) -> Tensor:
+    def _padded_x_proj_weight(self, dtype: torch.dtype, groups: int) -> Tensor:
         """x_proj's weight with `dt_pad` zero rows between each group's dt rows and its B rows, in `dtype`."""
         weight = self.x_proj.weight
-        rows = weight.view(getattr(self.x_proj, "groups", 1), -1, weight.shape[1])  # [K, R + 2N, in]
+        rows = weight.view(groups, -1, weight.shape[1])  # [K, R + 2N, in]
         dt_rows, bc_rows = rows.split((self.dt_rank, 2 * self.d_state), dim=1)
         zeros = rows.new_zeros(rows.shape[0], self.dt_pad, rows.shape[2])
         return torch.cat((dt_rows, zeros, bc_rows), dim=1).flatten(0, 1).to(dtype)

@@ -18,44 +18,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..ops.selective_scan.fold import plan_fold
+from .linear import GroupedLinear
 from .mamba_mixer import MambaVisionMixer, mixer_concat
 
 __all__ = ["DIRECTIONS", "GroupedLinear", "ScanMixer", "SeriesScanMixer", "direction_order"]
 
 DIRECTIONS = ("row", "row_rev", "col", "col_rev")
-
-
-class GroupedLinear(nn.Linear):
-    """Block-diagonal linear map: `groups` independent Linear layers on consecutive slices of the features.
-
-    The weight is [out_features, in_features / groups] (grouped-conv convention), so `groups=1` is exactly an
-    `nn.Linear` with the same parameter names and shapes (and the same init by `isinstance(m, nn.Linear)`).
-    """
-
-    def __init__(self, in_features: int, out_features: int, groups: int = 1, bias: bool = True, **factory):
-        if in_features % groups or out_features % groups:
-            raise ValueError(f"groups={groups} must divide in_features={in_features} and out_features={out_features}")
-        super().__init__(in_features // groups, out_features, bias=bias, **factory)
-        self.groups = groups
-
-    def forward(self, x: Tensor) -> Tensor:
-        return grouped_linear(x, self.weight, self.groups, self.bias)
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, groups={self.groups}"
-
-
-def grouped_linear(x: Tensor, weight: Tensor, groups: int, bias: Tensor | None = None) -> Tensor:
-    """`GroupedLinear`'s map: x [.., groups * in] with weight [out, in] (`groups` blocks of out / groups rows)."""
-    if groups == 1:
-        return F.linear(x, weight, bias)
-    w = weight.view(groups, weight.shape[0] // groups, weight.shape[1])
-    y = torch.einsum("...gi,goi->...go", x.unflatten(-1, (groups, weight.shape[1])), w).flatten(-2)
-    return y if bias is None else y + bias.to(y.dtype)  # autocast: y is in the low dtype
 
 
 def direction_order(direction: str, window_size: int, num_aux: int) -> Tensor:
@@ -181,11 +152,6 @@ class ScanMixer(MambaVisionMixer):
             return super()._ssm(u, seq_len)
         dt, B, C = self._x_proj_split(u)  # dt [.., L, K, r]; B, C: grouped [.., L, K, N]
         return self._scan(u, self.dt_proj(dt.flatten(-2)), B, C, seq_len)
-
-    _x_proj_types = (*MambaVisionMixer._x_proj_types, GroupedLinear)
-
-    def _x_proj_with(self, u: Tensor, weight: Tensor) -> Tensor:
-        return grouped_linear(u, weight, getattr(self.x_proj, "groups", 1))
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, directions={self.directions}, seq_len={self.seq_len}, fold={self.fold}"
