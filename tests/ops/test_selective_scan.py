@@ -440,6 +440,18 @@ def test_backward_rows(nstate, layout, kernel, segments, branchless):
             kernel_fn.cache.clear()
 
 
+def test_backward_keeps_rows_out_of_initial_state_launches():
+    """ROWS takes ~10 minutes to build with an initial state: the autotuner prunes it there (unless nothing else is
+    left), and tunes launches with and without initial states apart, so neither inherits the other's pick."""
+    tiles = triton.Config({"BLOCK_D": 32, "TILES": 1}, num_warps=1)
+    rows = triton.Config({"BLOCK_D": 32, "ROWS": 1}, num_warps=1)
+    assert chunk.prune_bwd_configs([tiles, rows], {"HAS_H0": True}) == [tiles]
+    assert chunk.prune_bwd_configs([tiles, rows], {}, HAS_H0=True) == [tiles]
+    assert chunk.prune_bwd_configs([tiles, rows], {"HAS_H0": False}) == [tiles, rows]
+    assert chunk.prune_bwd_configs([rows], {"HAS_H0": True}) == [rows]
+    assert "HAS_H0" in chunk.selective_scan_bwd_kernel.keys
+
+
 @pytest.mark.parametrize("chunk_len", [5, 16])
 @pytest.mark.parametrize("layout, reset", [("BDL", None), ("BLD", None), ("BDL", "seq_len"), ("BLD", "cu_seqlens")])
 def test_chunk_two_pass_forward(chunk_len, layout, reset):

@@ -450,12 +450,25 @@ def _bwd_configs() -> list[triton.Config]:
     ]
 
 
+def prune_bwd_configs(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
+    """Drop the ROWS layout where an initial state is given: its masked steps with the initial state's row selects
+    take ~10 minutes to build for sm_90 (Triton 3.8, 2 CPU cores; TILES 50 s), for a case the models never hit
+    (`benchmarks/ops/experiments/scan_compile_times.py`). Every other case keeps every config."""
+    if not {**named_args, **kwargs}.get("HAS_H0"):
+        return configs
+    return [c for c in configs if not c.kwargs.get("ROWS")] or configs
+
+
 MAX_UNROLL = 16  # the backward's main pass unrolls chunks up to this many steps (bwd_chunk_for's largest); a longer
 # chunk would stay a loop: its unrolled code would outgrow the instruction cache. N > 8 stays a loop too: at N = 16 the
 # kernel spills either way (sm_90, 32 channels per warp: 144 bytes as a loop, 376 unrolled)
 
 
-@_autotune(configs=_bwd_configs(), key=["Dg", "NSTATE", "CHUNK", "SUMMARY", "span"])
+@_autotune(
+    configs=_bwd_configs(),
+    key=["Dg", "NSTATE", "CHUNK", "SUMMARY", "span", "HAS_H0"],
+    prune_configs_by={"early_config_prune": prune_bwd_configs},
+)
 @triton.heuristics({
     "BLOCK_N": lambda args: triton.next_power_of_2(args["NSTATE"]),
     "UNROLL": lambda args: args["CHUNK"] if args["CHUNK"] <= MAX_UNROLL and args["NSTATE"] <= 8 else 1,
