@@ -418,19 +418,29 @@ def test_chunk_prefetch_depths(layout, kernel, prefetch):
 
 
 @pytest.mark.parametrize(
-    "nstate, layout, kernel, segments, branchless",
-    [(8, "BLD", "triton", None, 0), (8, "BDL", "triton", 2, 1), (4, "BLD", "triton-2pass", 2, 0)],
+    "nstate, layout, kernel, segments, branchless, lane_sums",
+    [
+        (8, "BLD", "triton", None, 0, False),
+        (8, "BDL", "triton", 2, 1, False),
+        (4, "BLD", "triton-2pass", 2, 0, False),
+        (8, "BLD", "triton", 2, 0, True),
+        (1, "BDL", "triton-2pass", None, 1, True),
+        (16, "BLD", "triton", None, 0, True),
+    ],
 )
-def test_backward_rows(nstate, layout, kernel, segments, branchless):
+def test_backward_rows(nstate, layout, kernel, segments, branchless, lane_sums):
     """The backward's experimental ROWS layout (every state a tuple of N [BLOCK_D] rows; not among the autotuned
     configs until timed on a GPU): whole rows and two passes (spans), steps past the row's end behind a branch or
-    masked (BRANCHLESS), initial states, N = 4 and 8: forward, last states, every gradient. Here the channel sums take
-    tl.sum; the GPU's transposing shuffles are built by test_step_kernels_compile_for_sm90."""
+    masked (BRANCHLESS), initial states, N = 1, 4, 8 and 16: forward, last states, every gradient. The channel sums of
+    dB and dC take tl.sum, or (`lane_sums`, 32 channels per program, 20 of them real) the GPU's transposing butterfly
+    shuffles with each shuffle emulated by Triton ops (the interpreter runs no inline PTX; the PTX itself is built by
+    test_step_kernels_compile_for_sm90)."""
     torch.manual_seed(7)
     inputs = make_inputs(2, 23, 20, nstate, 2, layout, segments=segments)
     kernel_fn = chunk.selective_scan_bwd_kernel
-    config = {"BLOCK_D": 16, "PREFETCH": 1, "NEXT_TO_L1": 1, "BRANCHLESS": branchless, "ROWS": 1}
-    with mock.patch.object(kernel_fn, "configs", [triton.Config(config, num_warps=1)]):
+    config = {"BLOCK_D": 32 if lane_sums else 16, "PREFETCH": 1, "NEXT_TO_L1": 1, "BRANCHLESS": branchless, "ROWS": 1}
+    emulate = mock.patch.object(chunk, "EMULATE_LANE_SHUFFLES", triton.language.constexpr(lane_sums))
+    with emulate, mock.patch.object(kernel_fn, "configs", [triton.Config(config, num_warps=1)]):
         kernel_fn.cache.clear()
         try:
             compare_with_reference(inputs, torch.float32, {"delta_softplus": True, "layout": layout}, backward=True,

@@ -583,7 +583,7 @@ def selective_scan_bwd_kernel(
                     n_ckpt, D_total, part_base, ch, mask_d, NSTATE, su_l, su_d, sdt_l, sdt_d, sz_l, sz_d, sdo_l, sdo_d,
                     sg_b, sg_l, sg_d, sB_l, sB_n, sC_l, sC_n, j + 1 < span_chunks, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS,
                     HAS_H0, RESET, HAS_DLAST, CHUNK, BLOCK_D, BLOCK_N, NEXT_TO_L1, BRANCHLESS, VECTOR_BC,
-                    FAST_MATH and BLOCK_D == 32 and BLOCK_N <= 32,
+                    (FAST_MATH or EMULATE_LANE_SHUFFLES) and BLOCK_D == 32 and BLOCK_N <= 32,
                 )  # fmt: skip
             _store_state_rows(dA_ptr, part * NSTATE, D_total, ch, mask_d, NSTATE, acc_rows, BLOCK_N)
         else:
@@ -797,9 +797,25 @@ def _gradient_step(u_ptr, delta_ptr, A, A2, B_ptr, C_ptr, Dv, z_ptr, bias, seg_i
     return dh, a_next, dA_acc, dD_acc, dbias_acc, ahead
 
 
+# Tests set this to run the ROWS backward's lane-shuffle channel sums (`_store_channel_sums`, LANE_SUMS) in the
+# interpreter, which has no inline PTX: the lane id and each butterfly shuffle are then computed by Triton ops
+EMULATE_LANE_SHUFFLES = tl.constexpr(False)
+
+
+@triton.jit
+def _lane_id(BLOCK_D: tl.constexpr):
+    if EMULATE_LANE_SHUFFLES:
+        return tl.arange(0, BLOCK_D) % 32
+    return tl.inline_asm_elementwise("mov.u32 $0, %laneid;", "=r,r", [tl.arange(0, BLOCK_D)], dtype=tl.int32,
+                                     is_pure=True, pack=1)  # fmt: skip
+
+
 @triton.jit
 def _lane_shuffle(x, MASK: tl.constexpr):
     """x of the lane whose index differs from this one's in the bits of MASK (PTX shfl.sync.bfly, one warp)."""
+    if EMULATE_LANE_SHUFFLES:  # x is [32], one value per lane: out[i] = x[i ^ MASK]
+        lanes = tl.arange(0, 32)
+        return tl.sum(tl.where((lanes[:, None] ^ MASK) == lanes[None, :], x[None, :], 0.0), axis=1)
     if MASK == 16:
         asm: tl.constexpr = "shfl.sync.bfly.b32 $0, $1, 16, 31, -1;"
     elif MASK == 8:
@@ -821,10 +837,9 @@ def _store_channel_sums(ptr, values, valid, NSTATE, BLOCK_D: tl.constexpr, BLOCK
     level halves the rows a lane keeps and sends the other half to its partner, so after log2(BLOCK_N) levels each
     lane holds one row's partial and the last levels finish it: BLOCK_N - 1 + 5 - log2(BLOCK_N) shuffles (9 for N = 8)
     instead of tl.sum's 5 BLOCK_N (40); lane l then holds row n = l >> (5 - log2 BLOCK_N), stored by the first lane of
-    each row. GPU only (inline PTX): the interpreter takes tl.sum."""
+    each row. GPU only (inline PTX): the interpreter takes tl.sum, unless a test sets EMULATE_LANE_SHUFFLES."""
     if LANE_SUMS:
-        lane = tl.inline_asm_elementwise("mov.u32 $0, %laneid;", "=r,r", [tl.arange(0, BLOCK_D)], dtype=tl.int32,
-                                         is_pure=True, pack=1)  # fmt: skip
+        lane = _lane_id(BLOCK_D)
         rows = values
         n = lane * 0
         for level in tl.static_range(5):  # lane bit 4 - level
