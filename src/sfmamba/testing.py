@@ -117,6 +117,28 @@ def randomise_norms(module: nn.Module) -> nn.Module:
     return module
 
 
+X_PROJ_SCALE = 4.0  # B and C (and the dt inputs) this many times the init's
+
+
+def randomise_scan_parameters(module: nn.Module) -> nn.Module:
+    """Move every Mamba mixer's and SS2D's scan parameters (A_log, D, dt_proj's bias, x_proj's weight) away from their
+    init, whose A = -(1..N), steps of 0.001-0.1 and small B and C leave the scan's share of the output and its
+    gradients (~1e-8 for A_log in the nano models) too small to compare; returns `module`."""
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(getattr(m, "A_log", None), nn.Parameter):  # MambaVisionMixer, ScanMixer
+                m.A_log.normal_(0, 0.5)
+                m.D.normal_()
+                m.dt_proj.bias.normal_(0, 0.5)  # steps around softplus(0) = 0.7
+                m.x_proj.weight.mul_(X_PROJ_SCALE)
+            if isinstance(getattr(m, "A_logs", None), nn.Parameter):  # SS2D
+                m.A_logs.normal_(0, 0.5)
+                m.Ds.normal_()
+                m.dt_projs_bias.normal_(0, 0.5)
+                m.x_proj_weight.mul_(X_PROJ_SCALE)
+    return module
+
+
 def autograd_node_names(t: Tensor) -> set[str]:
     """The class names of every autograd node behind `t` (which ops' backward a step would run)."""
     seen, stack = set(), [t.grad_fn]

@@ -174,15 +174,15 @@ def test_corrupt_file_is_a_clear_error(tiny_pair, tmp_path):
     data = tiny_pair[2].read_bytes()
     path = tmp_path / "truncated.pth.tar"
     path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(Exception) as info:
+    with pytest.raises(RuntimeError, match=f"cannot read checkpoint file {re.escape(repr(str(path)))}"):
         timm.create_model("mambavision_tiny", pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
-    assert str(path) in str(info.value)
 
 
-def test_pickled_code_is_refused(tiny_pair, tmp_path):
+def test_pickled_code_is_refused(tiny_pair, tmp_path, capsys):
     path = tmp_path / "unsafe.pth.tar"
     state = tiny_pair[1].state_dict()
     torch.save({"state_dict": state, "hook": functools.partial(print, "pwned")}, path)
-    with pytest.raises(Exception) as info:
+    with pytest.raises(RuntimeError, match="cannot read checkpoint file") as info:
         timm.create_model("mambavision_tiny", pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
     assert "weights_only" in str(info.value) or "functools.partial" in str(info.value)
+    assert "pwned" not in capsys.readouterr().out

@@ -131,7 +131,7 @@ def test_model_layer_norm_keeps_multi_dim_shapes(triton_backend):
     norm = LayerNorm((4, 8))
     x = torch.randn(2, 4, 8)
     torch.testing.assert_close(norm(x), torch.nn.functional.layer_norm(x, (4, 8), norm.weight, norm.bias))
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match=r"normalized_shape=\[8\], expected input with shape \[\*, 8\]"):
         LayerNorm(8, elementwise_affine=False)(torch.randn(2, 9))
 
 

@@ -709,7 +709,8 @@ def test_state_chaining(kernel, layout):
 
 @pytest.mark.parametrize("layout, kernel", [("BDL", "triton"), ("BLD", "triton-2pass")])
 def test_chunk_partial_tiles_leave_no_nan(layout, kernel):
-    """D = 20 (a partial channel block), N = 5 (a partial state block), L = 33 (a one-step last chunk), seq_len=11.
+    """D = 20 (a partial channel block), N = 5 (a partial state block), L = 33 (a one-step last chunk), seq_len=11:
+    finite everywhere, and equal to the reference, forward and every gradient.
 
     conftest fills every tensor sfmamba allocates with NaN, so a tile element a kernel forgets to store shows here.
     The upstream gradient comes from .sum(), i.e. stride-0 expanded tensors.
@@ -722,9 +723,13 @@ def test_chunk_partial_tiles_leave_no_nan(layout, kernel):
     assert torch.isfinite(out).all() and torch.isfinite(last).all()
     for name, x in leaves.items():
         assert x.grad is not None and torch.isfinite(x.grad).all(), f"d{name} has non-finite values"
-    ref, ref_last = scan("naive", **inputs, delta_softplus=True, return_last_state=True, seq_len=11, layout=layout)
+    ref_leaves = cast(inputs, torch.float32)
+    ref, ref_last = scan("naive", **ref_leaves, delta_softplus=True, return_last_state=True, seq_len=11, layout=layout)
+    (ref.sum() + ref_last.sum()).backward()
     assert_close("out", ref, out, 1e-5)
     assert_close("last_state", ref_last, last, 1e-5)
+    for name, x in leaves.items():  # the masked state lanes' gradients are values, not only finite
+        assert_close(f"d{name}", ref_leaves[name].grad, x.grad, TOLERANCE[torch.float32][1])
 
 
 # ---------------------------------------------------------------------------------------------------------------------

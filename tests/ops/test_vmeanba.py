@@ -14,6 +14,7 @@ import os
 os.environ["TRITON_INTERPRET"] = "1"
 
 import contextlib  # noqa: E402
+import zlib  # noqa: E402
 from unittest import mock  # noqa: E402
 
 import pytest  # noqa: E402
@@ -187,6 +188,8 @@ KERNEL_CASES = [
     (2, 21, 12, 8, 4, "BDL", torch.bfloat16, None),
     (1, 40, 16, 1, 4, "BLD", torch.bfloat16, 8),
     (2, 9, 6, 8, 1, "BLD", torch.bfloat16, None),
+    (1, 49, 24, 1, 4, "BLD", torch.float32, None),  # a 7 x 7 window
+    (1, 196, 16, 8, 4, "BDL", torch.bfloat16, 49),  # 14 x 14 tokens, four folded windows
 ]
 
 
@@ -231,7 +234,7 @@ def kernel_id(batch, length, dim, nstate, groups, layout, dtype, seq_len) -> str
     ids=[kernel_id(*case) for case in KERNEL_CASES],
 )
 def test_kernel_forward_and_gradients(batch, length, dim, nstate, groups, layout, dtype, seq_len):
-    torch.manual_seed(hash((batch, length, dim, nstate, groups, layout, seq_len)) % 2**31)
+    torch.manual_seed(zlib.crc32(repr((batch, length, dim, nstate, groups, layout, seq_len)).encode()))  # stable
     inputs = make_inputs(batch, length, dim, nstate, groups, layout)
     compare_with_reference(inputs, dtype, dict(delta_softplus=True, seq_len=seq_len, layout=layout))
 
@@ -253,7 +256,7 @@ SPLIT_CASES = [
 def test_kernel_split_forward(batch, length, dim, nstate, groups, layout, dtype, seq_len):
     """The two-pass forward (chunk summaries, then the scan from the folded incoming state) and the backward that
     reads its saved reduced states."""
-    torch.manual_seed(hash((batch, length, dim, nstate, groups, layout, seq_len)) % 2**31)
+    torch.manual_seed(zlib.crc32(repr((batch, length, dim, nstate, groups, layout, seq_len)).encode()))  # stable
     inputs = make_inputs(batch, length, dim, nstate, groups, layout)
     flags = dict(delta_softplus=True, seq_len=seq_len, layout=layout)
     compare_with_reference(inputs, dtype, flags, chunk_len=16)

@@ -49,15 +49,34 @@ def test_resume_mid_epoch_is_bit_exact(fake_fmnist, tmp_path):
     assert state["step"] == 8 and state["run_state"]["steps"][-1]["step"] == 8
 
 
-def test_checkpoint_every_k_steps_bounds_the_loss(fake_fmnist, tmp_path):
-    # a "killed" run: interval 2, stopped at step 3 -> the last checkpoint on disk may be step 3 (stop) but the
-    # interval alone guarantees step 2; check the periodic one by stopping with stop_step between intervals
-    train(_config(fake_fmnist, tmp_path / "run", checkpoint_interval=2, stop_step=3, model_ema=False, mixup=0.0,
-                  cutmix=0.0, epochs=1))  # fmt: skip
+def test_checkpoint_every_k_steps_bounds_the_loss(fake_fmnist, tmp_path, monkeypatch):
+    """With checkpoint_interval=2 the state is saved at step 2 (and at the stop, step 3); a run killed while it saves
+    at step 3 leaves step 2's complete state on disk (atomic writes), so a kill loses at most k steps."""
+    from sfmamba.train.trainer import Trainer
+
+    class Killed(Exception):
+        pass
+
+    saved, save_last = [], Trainer.save_last
+
+    def killed_at_step_3(trainer):
+        saved.append(trainer.state.step)
+        if trainer.state.step == 3:
+            raise Killed
+        save_last(trainer)
+
+    monkeypatch.setattr(Trainer, "save_last", killed_at_step_3)
+    settings = dict(checkpoint_interval=2, model_ema=False, mixup=0.0, cutmix=0.0, epochs=1)
+    with pytest.raises(Killed):
+        train(_config(fake_fmnist, tmp_path / "run", stop_step=3, **settings))
+    assert saved == [2, 3]
     state = torch.load(tmp_path / "run" / "last.state.pt", weights_only=True)
-    assert state["step"] == 3
+    assert state["step"] == 2
     for name in ("args.yaml", "steps.csv", "last.safetensors"):
         assert (tmp_path / "run" / name).is_file()
+    monkeypatch.setattr(Trainer, "save_last", save_last)
+    resumed = train(_config(fake_fmnist, None, resume=str(tmp_path / "run"), **settings))
+    assert resumed["step"] == 4 and resumed["stop"] == "done"
 
 
 def test_resume_of_a_missing_run_is_a_clear_error(fake_fmnist, tmp_path):

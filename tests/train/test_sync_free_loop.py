@@ -70,6 +70,7 @@ def test_logged_loss_is_the_mean_over_its_interval(fake_fmnist, tmp_path, monkey
     epochs = [r["train_loss"] for r in trainer.state.summary]
     assert epochs == pytest.approx([statistics.fmean(trainer.losses[:4]), statistics.fmean(trainer.losses[4:])])
     # every checkpoint (steps 3 and 6, and each epoch's end) holds every row up to its step
+    assert [step for step, _ in trainer.saved] == [3, 4, 6, 8]
     for step, logged in trainer.saved:
         assert logged == [r["step"] for r in rows if r["step"] <= step]
     with open(tmp_path / "steps.csv") as f:
