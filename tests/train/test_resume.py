@@ -108,3 +108,11 @@ def test_cpu_bf16_below_32px_warns(fake_fmnist, tmp_path, caplog, img_size, amp,
     with caplog.at_level("WARNING", logger="sfmamba.train.trainer"):
         Trainer(_config(fake_fmnist, tmp_path / "t", img_size=img_size, amp=amp, amp_dtype="bfloat16"))
     assert ("oneDNN conv backward" in caplog.text) == warned
+
+
+def test_a_new_run_never_overwrites_an_old_one(fake_fmnist, tmp_path):
+    train(_config(fake_fmnist, tmp_path / "run", stop_step=1, model_ema=False))
+    before = (tmp_path / "run" / "last.safetensors").read_bytes()
+    with pytest.raises(ValueError, match=r"run already holds a run \(last.state.pt\): pass --resume .*run to continue"):
+        train(_config(fake_fmnist, tmp_path / "run", stop_step=1, model_ema=False))
+    assert (tmp_path / "run" / "last.safetensors").read_bytes() == before

@@ -1,5 +1,63 @@
-"""The `sfmamba` command line (`sfmamba.cli.main:main`); one module per subcommand."""
+"""The `sfmamba` command line (`sfmamba.cli.main:main`); one module per subcommand, and the argument types they
+share."""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
 
 
 class UsageError(Exception):
     """A bad command-line request found after parsing; `main` reports it like an argparse error (exit status 2)."""
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    return _int_at_least(text, 1, "a positive integer")
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    return _int_at_least(text, 0, "a non-negative integer")
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = None
+    if value is None or not 0.0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number")
+    return value
+
+
+def _int_at_least(text: str, low: int, expected: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or value < low:
+        raise argparse.ArgumentTypeError(f"{text!r} is not {expected}")
+    return value
+
+
+def device_arg(text: str) -> str:
+    """argparse type for --device: cpu, cuda or cuda:N, where CUDA is available and N names a visible GPU."""
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected cpu, cuda or cuda:N")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"{text!r}: no CUDA device is available (use --device cpu)")
+    if device.index is not None and device.index >= torch.cuda.device_count():
+        raise argparse.ArgumentTypeError(f"{text!r}: only {torch.cuda.device_count()} CUDA device(s) are visible")
+    return text
+
+
+def resolve_device(name: str | None) -> torch.device:
+    """The device --device names, or cuda when available and else cpu."""
+    return torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))

@@ -25,10 +25,8 @@ import ast
 import datetime as dt
 import json
 import logging
-import os
 import platform
 import statistics
-import tempfile
 from pathlib import Path
 
 import timm
@@ -41,33 +39,14 @@ from ..bench.official import match as match_official
 from ..bench.profile import profile_model
 from ..bench.throughput import OPTIMIZERS, measure_inference, measure_train
 from ..utils._config import KERNEL_CHOICES, set_kernel_backend
-from . import UsageError
+from ..utils.files import atomic_write_text
+from . import UsageError, device_arg, non_negative_int, positive_int, resolve_device
 
 HELP = "measure model throughput (inference/train) or profile kernels, several models in one process"
 _logger = logging.getLogger(__name__)
 AMP_DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 DEFAULT_RESULTS_DIR = Path("benchmarks/results")
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a non-negative integer")
-    return value
 
 
 def _model_kwarg(text: str) -> tuple[str, object]:
@@ -92,12 +71,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--model-kwargs", nargs="*", type=_model_kwarg, default=[], metavar="KEY=VALUE",
         help="keyword arguments for every timm model (values as Python literals), e.g. fold=False",
     )  # fmt: skip
-    what.add_argument("-b", "--batch-size", type=_positive_int, default=128)
-    what.add_argument("--img-size", type=_positive_int, default=None, help="default: the model's input size")
+    what.add_argument("-b", "--batch-size", type=positive_int, default=128)
+    what.add_argument("--img-size", type=positive_int, default=None, help="default: the model's input size")
     what.add_argument("--profile-mode", choices=("inference", "train"), default="inference", help="for --bench profile")
-    what.add_argument("--profile-top", type=_positive_int, default=25, help="kernels listed by --bench profile")
+    what.add_argument("--profile-top", type=positive_int, default=25, help="kernels listed by --bench profile")
     how = parser.add_argument_group("how to run")
-    how.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    how.add_argument("--device", type=device_arg, default=None, help="default: cuda if available, else cpu")
     how.add_argument("--amp", action="store_true", help="autocast (bfloat16 unless --amp-dtype)")
     how.add_argument("--amp-dtype", choices=tuple(AMP_DTYPES), default=None, help="autocast dtype; implies --amp")
     how.add_argument("--channels-last", action="store_true")
@@ -116,10 +95,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--opt", choices=OPTIMIZERS, default="adamw",
         help="optimizer of --bench train: adamw (torch's default multi-tensor), adamw-fused (fused=True), sgd",
     )  # fmt: skip
-    how.add_argument("--num-warm-iter", type=_non_negative_int, default=10)
-    how.add_argument("--num-bench-iter", type=_positive_int, default=40)
+    how.add_argument("--num-warm-iter", type=non_negative_int, default=10)
+    how.add_argument("--num-bench-iter", type=positive_int, default=40)
     how.add_argument(
-        "--repeats", type=_positive_int, default=1,
+        "--repeats", type=positive_int, default=1,
         help="measure each model this many times (same process, same compiled model); the JSON and the table add "
         "the mean ± std of the per-run medians",
     )  # fmt: skip
@@ -316,28 +295,16 @@ def format_profile(row: dict) -> str:
 
 
 def write_json(path: Path, data: dict) -> None:
-    """Write atomically: a temp file in the same folder, then `os.replace`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1, default=str)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, json.dumps(data, indent=1, default=str) + "\n")
 
 
 def _check_args(args: argparse.Namespace, device: torch.device) -> None:
     if args.cuda_graph and device.type != "cuda":
         raise UsageError("--cuda-graph needs a CUDA device")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device {args.device} requested but CUDA is not available")
 
 
 def run(args: argparse.Namespace) -> int:
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(args.device)
     _check_args(args, device)
     names = resolve_models(args.model)
     if args.kernel:

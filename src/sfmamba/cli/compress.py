@@ -9,7 +9,7 @@ the converted blocks (`vmeanba_blocks`) and the pruning. `sfmamba.compress.vmean
 rebuilds it. --report DIR also measures accuracy and latency versus K (JSON, markdown table, PNG).
 
 examples:
-  sfmamba compress vmeanba --checkpoint output/fmnist/best.safetensors --k 4 --output vmeanba_k4.safetensors
+  sfmamba compress vmeanba --checkpoint output/fmnist/best.safetensors --k 2 --output vmeanba_k2.safetensors
   sfmamba compress vmeanba --checkpoint best.safetensors --k 4 --prune 0.4 --prune-layers linear \\
       --output k4_pruned.safetensors --report reports/vmeanba
   sfmamba compress vmeanba --model vmamba_v2_tiny --checkpoint official.pth --dataset folder --data /data/imagenet \\
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from . import UsageError
+from . import UsageError, device_arg, resolve_device
 
 HELP = "training-free compression: VMeanba block selection (+ optional L1 pruning) -> compressed checkpoint"
 _logger = logging.getLogger(__name__)
@@ -66,7 +66,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     out.add_argument("--k-step", type=int, default=1, help="K step of the report (default 1)")
     out.add_argument("--latency-iters", type=int, default=20, help="timed forward passes per K in the report")
     run = parser.add_argument_group("run")
-    run.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
+    run.add_argument("--device", type=device_arg, default=None, help="cuda or cpu (default: cuda if available)")
     run.add_argument("--amp", action="store_true", help="autocast for the report's latency")
     run.add_argument("--amp-dtype", choices=tuple(AMP_DTYPES), default="bfloat16")
 
@@ -78,8 +78,8 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UsageError(f"--k must be >= 0, got {args.k}")
     if args.prune is not None and not 0.0 < args.prune < 1.0:
         raise UsageError(f"--prune must be a fraction in (0, 1), got {args.prune}")
-    for name in ("calib_samples", "batch_size", "k_step", "latency_iters"):
-        if getattr(args, name) < 1:
+    for name in ("calib_samples", "batch_size", "k_step", "latency_iters", "max_eval_batches"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if not Path(args.checkpoint).is_file():
         raise UsageError(f"--checkpoint {args.checkpoint}: no such file")
@@ -126,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
     from ..data import create_dataset
 
     _check_args(args)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(args.device)
     try:
         from ..train.checkpoint import read_metadata
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from . import UsageError
+from . import UsageError, device_arg, non_negative_int, positive_float, positive_int, resolve_device
 
 HELP = "train and evaluate a small SF-Mamba on Fashion-MNIST; compare SF-Mamba/MambaVision/DeiT speed"
 _logger = logging.getLogger(__name__)
@@ -36,31 +36,39 @@ SPEED_MODELS = {  # name -> (timm model, kwargs beyond num_classes); DeiT-tiny w
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", default=None, help="Fashion-MNIST IDX files (default: the Debian package's)")
     parser.add_argument("--model", default="sf_mamba_nano", help="model to train (default: sf_mamba_nano)")
-    parser.add_argument("--train-minutes", type=float, default=None, help="training budget (default: 6 CPU, 8 GPU)")
-    parser.add_argument("--img-size", type=int, default=None, help="input size (default: 32 on CPU, 64 on GPU)")
-    parser.add_argument("-b", "--batch-size", type=int, default=None, help="default: 64 on CPU, 256 on GPU")
-    parser.add_argument("--lr", type=float, default=None, help="peak learning rate (default: 2e-3 CPU, 3e-3 GPU)")
+    parser.add_argument(
+        "--train-minutes", type=positive_float, default=None, help="training budget (default: 6 CPU, 8 GPU)"
+    )
+    parser.add_argument(
+        "--img-size", type=positive_int, default=None, help="input size (default: 32 on CPU, 64 on GPU)"
+    )
+    parser.add_argument("-b", "--batch-size", type=positive_int, default=None, help="default: 64 on CPU, 256 on GPU")
+    parser.add_argument(
+        "--lr", type=positive_float, default=None, help="peak learning rate (default: 2e-3 CPU, 3e-3 GPU)"
+    )
     parser.add_argument(
         "-j",
         "--workers",
-        type=int,
+        type=non_negative_int,
         default=None,
         help="loader processes (default: 0 on CPU, where one would contend with the compute threads; 8 on GPU)",
     )
-    parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
-    parser.add_argument("--output", default="output/demo", help="run folder (default: output/demo; replaced)")
+    parser.add_argument("--device", type=device_arg, default=None, help="cuda or cpu (default: cuda if available)")
+    parser.add_argument(
+        "--output", default="output/demo", help="run folder (default: output/demo; its checkpoints are deleted first)"
+    )
     parser.add_argument("--no-speed", action="store_true", help="skip the speed comparison")
 
 
 def _defaults(args: argparse.Namespace, device: torch.device) -> dict[str, object]:
     gpu = device.type == "cuda"
-    return dict(
-        minutes=args.train_minutes or (8.0 if gpu else 6.0),
-        img_size=args.img_size or (64 if gpu else 32),
-        batch_size=args.batch_size or (256 if gpu else 64),
-        lr=args.lr or (3e-3 if gpu else 2e-3),
-        workers=args.workers if args.workers is not None else (8 if gpu else 0),
-    )
+    defaults = dict(train_minutes=8.0 if gpu else 6.0, img_size=64 if gpu else 32, batch_size=256 if gpu else 64,
+                    lr=3e-3 if gpu else 2e-3, workers=8 if gpu else 0)  # fmt: skip
+    chosen = {
+        name: getattr(args, name) if getattr(args, name) is not None else value for name, value in defaults.items()
+    }
+    chosen["minutes"] = chosen.pop("train_minutes")
+    return chosen
 
 
 def speed_table(img_size: int, batch_size: int, device: torch.device) -> list[dict[str, object]]:
@@ -108,11 +116,15 @@ def train_steps_for_budget(model_name: str, seconds: float, img_size: int, batch
 
 
 def run(args: argparse.Namespace) -> int:
+    import timm
+
     from ..data import DatasetError, create_dataset
     from ..train import TrainConfig, train
     from ..train.checkpoint import atomic_write_text
 
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if not timm.is_model(args.model):
+        raise UsageError(f"--model {args.model!r}: not a registered timm model")
+    device = resolve_device(args.device)
     try:
         test = create_dataset("fashion_mnist", args.data_dir, "test")
     except DatasetError as err:

@@ -13,13 +13,14 @@ examples:
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import logging
 from pathlib import Path
 
 import torch
 
-from . import UsageError
+from . import UsageError, device_arg, non_negative_int, positive_int, resolve_device
 from .train import ParseModelKwargs
 
 HELP = "evaluate a checkpoint or a timm model: top-1/top-5, loss, img/s, per-class accuracy, confusion matrix"
@@ -46,11 +47,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     data.add_argument("--data-dir", default=None, help="dataset location (fashion_mnist: the Debian package's)")
     data.add_argument("--split", default="val", help="val (Fashion-MNIST: the test set) or train (default: val)")
-    data.add_argument("--img-size", type=int, default=None, help="default: the checkpoint's, else the model's")
-    data.add_argument("-b", "--batch-size", type=int, default=256)
-    data.add_argument("-j", "--workers", type=int, default=2)
+    data.add_argument("--img-size", type=positive_int, default=None, help="default: the checkpoint's, else the model's")
+    data.add_argument("-b", "--batch-size", type=positive_int, default=256)
+    data.add_argument("-j", "--workers", type=non_negative_int, default=2)
     run = parser.add_argument_group("run")
-    run.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
+    run.add_argument("--device", type=device_arg, default=None, help="cuda or cpu (default: cuda if available)")
     run.add_argument("--amp", action="store_true", help="autocast")
     run.add_argument("--amp-dtype", choices=tuple(AMP_DTYPES), default="bfloat16")
     run.add_argument("--channels-last", action="store_true")
@@ -88,6 +89,8 @@ def run(args: argparse.Namespace) -> int:
     from ..data import build_transform, create_dataset, create_loader
     from ..eval import evaluate, plot_confusion_matrix
 
+    if args.confusion_matrix and importlib.util.find_spec("matplotlib") is None:
+        raise UsageError("--confusion-matrix needs matplotlib: pip install 'sfmamba[bench]' (or matplotlib)")
     try:
         metadata_dataset = _checkpoint_dataset(args.checkpoint)
         dataset_name = args.dataset or metadata_dataset or "fashion_mnist"
@@ -98,8 +101,12 @@ def run(args: argparse.Namespace) -> int:
     num_classes = getattr(model, "num_classes", None)
     if num_classes != len(probe.classes):
         raise UsageError(f"the model predicts {num_classes} classes but {dataset_name} has {len(probe.classes)}")
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    img_size = args.img_size or metadata.get("img_size") or model.pretrained_cfg.get("input_size", (3, 224, 224))[-1]
+    device = resolve_device(args.device)
+    img_size = (
+        args.img_size
+        if args.img_size is not None
+        else metadata.get("img_size") or model.pretrained_cfg.get("input_size", (3, 224, 224))[-1]
+    )
     probe.transform = build_transform(dataset_name, int(img_size), training=False)
     loader = create_loader(
         probe, args.batch_size, training=False, workers=args.workers, pin_memory=device.type == "cuda"
@@ -118,9 +125,6 @@ def run(args: argparse.Namespace) -> int:
     if args.per_class:
         for cls, acc in zip(probe.classes, result["per_class_top1"]):
             print(f"  {cls:>20s}  " + (f"{acc:6.2f}%" if acc is not None else "     - (no images)"))
-    if args.confusion_matrix:
-        plot_confusion_matrix(result["confusion"], probe.classes, args.confusion_matrix, f"{name} ({args.split})")
-        _logger.info("confusion matrix: %s", args.confusion_matrix)
     if args.results_file:
         from ..train.checkpoint import atomic_write_text
 
@@ -135,6 +139,9 @@ def run(args: argparse.Namespace) -> int:
             **result,
         )
         atomic_write_text(args.results_file, json.dumps(record, indent=2) + "\n")
+    if args.confusion_matrix:
+        plot_confusion_matrix(result["confusion"], probe.classes, args.confusion_matrix, f"{name} ({args.split})")
+        _logger.info("confusion matrix: %s", args.confusion_matrix)
     return 0
 
 

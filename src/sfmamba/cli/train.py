@@ -22,7 +22,7 @@ import ast
 import dataclasses
 
 from ..train.config import TrainConfig, load_yaml_config, merge_config
-from . import UsageError
+from . import UsageError, device_arg
 
 HELP = "train a model (timm recipe, AMP, DDP via torchrun, resumable atomic checkpoints)"
 _DEFAULTS = {f.name: (f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default)
@@ -52,7 +52,7 @@ def _add(group, *flags: str, dest: str | None = None, **kwargs) -> None:
     help_text = kwargs.pop("help", "")
     if kwargs.get("action") == "store_true" and not flags[-1].startswith("--no-"):
         kwargs["action"] = argparse.BooleanOptionalAction  # --amp / --no-amp: the command line can undo the YAML
-    elif kwargs.get("action") not in ("store_true", "store_false"):
+    elif kwargs.get("action") not in ("store_true", "store_false") and "default" not in help_text:
         help_text = f"{help_text} (default: {default})".strip()
     group.add_argument(*flags, dest=dest, default=argparse.SUPPRESS, help=help_text, **kwargs)
 
@@ -126,7 +126,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run = parser.add_argument_group("precision, device and run control")
     _add(run, "--amp", action="store_true", help="mixed precision (autocast)")
     _add(run, "--amp-dtype", choices=("bfloat16", "float16"))
-    _add(run, "--device", help="cuda or cpu (default: cuda if available)")
+    _add(run, "--device", type=device_arg, help="cuda or cpu (default: cuda if available)")
     _add(run, "-b", "--batch-size", type=int, help="images per step per process")
     _add(run, "-vb", "--validation-batch-size", type=int)
     _add(run, "--seed", type=int)

@@ -29,8 +29,8 @@ import torch
 from .. import __version__
 from ..ops.selective_scan.fold import device_name, dtype_name, fold_scan, update_fold_table, user_table_path
 from ..testing import relative_error
-from ..utils._config import KERNEL_CHOICES, set_kernel_backend
-from . import UsageError
+from ..utils._config import KERNEL_CHOICES, set_kernel_backend, triton_interpret
+from . import UsageError, device_arg, positive_int, resolve_device
 
 HELP = "time batch-fold factors of the selective scan and record the fastest per shape"
 _logger = logging.getLogger(__name__)
@@ -97,16 +97,6 @@ def parse_dtype(text: str) -> torch.dtype:
     return DTYPES[text.lower()]
 
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
-    return value
-
-
 def non_negative_float(text: str) -> float:
     try:
         value = float(text)
@@ -152,7 +142,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="tensor layout (BDL folding includes its transpose copies; default: BLD)",
     )
     how = parser.add_argument_group("how to time")
-    how.add_argument("--device", choices=("cuda", "cpu"), default=None, help="default: cuda if available, else cpu")
+    how.add_argument("--device", type=device_arg, default=None, help="default: cuda if available, else cpu")
     how.add_argument("--kernel", choices=KERNEL_CHOICES, default=None, help="force a backend (default: SFMAMBA_KERNEL)")
     how.add_argument("--warmup-ms", type=non_negative_float, default=25.0, help="warm-up time per candidate")
     how.add_argument("--rep-ms", type=non_negative_float, default=100.0, help="measuring time per candidate")
@@ -289,7 +279,7 @@ def _entry(shape: ScanShape, dtype: torch.dtype, times: dict, chosen: int, args:
 
 
 def _source(args: argparse.Namespace) -> str:
-    timer = "triton.testing.do_bench median" if args.device == "cuda" else "time.perf_counter median"
+    timer = "triton.testing.do_bench median" if args.device.startswith("cuda") else "time.perf_counter median"
     return (
         f"sfmamba tune {__version__} ({timer}, warmup {args.warmup_ms:g} ms, rep {args.rep_ms:g} ms, "
         f"min gain {args.min_gain:g}, kernel {args.kernel or 'default'}, torch {torch.__version__}), "
@@ -298,10 +288,9 @@ def _source(args: argparse.Namespace) -> str:
 
 
 def _resolve_device(args: argparse.Namespace) -> None:
-    if args.device is None:
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda: no CUDA device is available (use --device cpu)")
+    args.device = str(resolve_device(args.device))  # (argparse checked a given one: device_arg)
+    if args.kernel == "triton" and not args.device.startswith("cuda") and not triton_interpret():
+        raise UsageError("--kernel triton needs a CUDA device (or TRITON_INTERPRET=1 for the interpreter)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..utils.files import atomic_write_bytes
+
 DEFAULT_FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_CLASSES = (
     "T-shirt/top",
@@ -126,9 +128,6 @@ class FashionMNIST(torch.utils.data.Dataset):
 
 def write_idx(path: str | Path, array: np.ndarray) -> None:
     """Write `array` (uint8, any rank) as an IDX file, gzipped when `path` ends in '.gz'; written atomically."""
-    import os
-    import tempfile
-
     array = np.ascontiguousarray(array)
     if array.dtype != np.uint8 or array.ndim == 0:
         raise ValueError(f"array must be a uint8 array of rank >= 1, got {array.dtype} of rank {array.ndim}")
@@ -137,14 +136,7 @@ def write_idx(path: str | Path, array: np.ndarray) -> None:
     payload = header + array.tobytes()
     if path.suffix == ".gz":
         payload = gzip.compress(payload, mtime=0)
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, payload)
 
 
 def make_synthetic_fashion_mnist(root: str | Path, n_train: int = 32, n_test: int = 16, size: int = 28, seed: int = 0):

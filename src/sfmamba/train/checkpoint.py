@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import random
-import tempfile
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -29,6 +27,7 @@ from torch import nn
 
 from ..layers.vmeanba_switch import apply as apply_vmeanba
 from ..models._checkpoint import VMEANBA_METADATA_KEY
+from ..utils.files import atomic_write, atomic_write_all, atomic_write_text  # noqa: F401  (re-exported)
 
 STATE_SUFFIX = ".state.pt"
 WEIGHTS_SUFFIX = ".safetensors"
@@ -39,36 +38,6 @@ _logger = logging.getLogger(__name__)
 
 class CheckpointError(ValueError):
     """A checkpoint that is missing, corrupt or inconsistent; the message names the file."""
-
-
-def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
-    """Call `write(temp_path)` for a temporary file next to `path`, then rename it onto `path` (atomic on POSIX)."""
-    atomic_write_all([(path, write)])
-
-
-def atomic_write_all(files: list[tuple[str | Path, Callable[[str], None]]]) -> None:
-    """`atomic_write` for several files: every file is written to its temporary name first, then all are renamed
-    into place in order. A failure while writing (disk full) leaves every old file as it was, and a kill can leave a
-    mix of old and new files only between the renames (microseconds, not the seconds the writes take)."""
-    temps: list[str] = []
-    try:
-        for path, write in files:
-            path = Path(path)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-            temps.append(temp)
-            os.close(fd)
-            write(temp)
-        for (path, _), temp in zip(files, temps):
-            os.replace(temp, path)
-    except BaseException:
-        for temp in temps:  # the renamed ones are gone already
-            Path(temp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    atomic_write(path, lambda temp: Path(temp).write_text(text))
 
 
 def _weights_of(module: nn.Module) -> dict[str, torch.Tensor]:

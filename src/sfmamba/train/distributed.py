@@ -31,6 +31,10 @@ def init_distributed(device: str | None) -> DistributedInfo:
     """Read torchrun's RANK/LOCAL_RANK/WORLD_SIZE; start the process group when there is more than one process."""
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"device {device!r}: expected cpu, cuda or cuda:N") from None
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device {device!r}: CUDA is not available (use --device cpu)")
     world_size = int(os.environ.get("WORLD_SIZE", "1"))

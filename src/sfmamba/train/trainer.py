@@ -326,6 +326,11 @@ class Trainer:
             self.run_dir = resume_path.parent
         else:
             self.run_dir = default_run_dir(c)
+        if resume_path is None and (self.run_dir / "last.state.pt").is_file():
+            raise ValueError(
+                f"{self.run_dir} already holds a run (last.state.pt): pass --resume {self.run_dir} to continue it, "
+                "or another --output (a new run would overwrite its checkpoints)"
+            )
         if resume_path is not None:
             self._resume(resume_path)
         else:

@@ -30,7 +30,6 @@ import functools
 import json
 import math
 import os
-import tempfile
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
@@ -40,6 +39,7 @@ import torch
 from torch import Tensor
 
 from ...utils._config import CACHE_DIR_INPUTS, cache_dir
+from ...utils.files import atomic_write_text
 from .._checks import LAYOUTS
 from .interface import check_selective_scan_inputs, selective_scan
 
@@ -262,19 +262,7 @@ def update_fold_table(path: Path | str, device: str, entries: Iterable[dict], so
     merged.update({tuple(e[f] for f in ("dtype", *_KEY_FIELDS)): dict(e) for e in entries})
     block["entries"] = [merged[k] for k in sorted(merged)]
     _parse_table(data)  # never write a table that plan_fold would reject
-    path.parent.mkdir(parents=True, exist_ok=True)
-    mode = path.stat().st_mode & 0o777 if path.exists() else 0o644  # mkstemp's 0o600 would hide the table
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(tmp, mode)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(dumps_table(data))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, dumps_table(data))
     return path
 
 

@@ -1,0 +1,44 @@
+"""Atomic writes: the old file survives a failed write, a new file gets the umask's mode (not mkstemp's 0o600), an
+existing file keeps its own mode."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+
+from sfmamba.utils.files import atomic_write, atomic_write_text
+
+
+def _mode(path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_new_files_follow_the_umask_and_old_ones_keep_their_mode(tmp_path):
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "new.json", "{}")
+        assert _mode(tmp_path / "new.json") == 0o644
+        shared = tmp_path / "shared.json"
+        shared.write_text("1")
+        shared.chmod(0o664)
+        atomic_write_text(shared, "2")
+        assert _mode(shared) == 0o664 and shared.read_text() == "2"
+    finally:
+        os.umask(old)
+
+
+def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
+    path = tmp_path / "last.state.pt"
+    path.write_text("step 2")
+
+    def half_written(temp: str) -> None:
+        with open(temp, "w") as f:
+            f.write("step 3, trunc")
+        raise OSError("No space left on device")
+
+    with pytest.raises(OSError, match="No space left"):
+        atomic_write(path, half_written)
+    assert path.read_text() == "step 2"
+    assert [p.name for p in tmp_path.iterdir()] == ["last.state.pt"]
