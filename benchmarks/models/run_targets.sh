@@ -52,9 +52,9 @@ m = official_model('mamba_vision_T', scan='mamba_ssm'); print('official baseline
     eager)             bench eager --bench inference --model "${TINY[@]}" "${COMMON[@]}" ;;
     graph)             bench graph --bench inference --model "${TINY[@]}" "${COMMON[@]}" --cuda-graph ;;
     compile-ours)      bench compile_ours --bench inference --model mambavision_tiny sf_mamba_tiny "${COMMON[@]}" \
-                         --torchcompile reduce-overhead ;;
+                         --torchcompile --torchcompile-mode reduce-overhead ;;
     compile-baselines) bench compile_baselines --bench inference --model official:mamba_vision_T \
-                         deit_small_patch16_224 "${COMMON[@]}" --torchcompile reduce-overhead ;;
+                         deit_small_patch16_224 "${COMMON[@]}" --torchcompile --torchcompile-mode reduce-overhead ;;
     train)             bench train --bench train --model "${TINY[@]}" "${COMMON[@]}" --num-warm-iter 10 \
                          --num-bench-iter 50 ;;
     train-graph)       bench train_graph --bench train --model "${TINY[@]}" "${COMMON[@]}" --num-warm-iter 10 \

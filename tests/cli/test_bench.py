@@ -171,7 +171,9 @@ def test_official_model_rejects_unknown_names():
         (["--cuda-graph"], "--cuda-graph needs a CUDA device"),
         (["--model", "nothing_like_this_*"], "matches no registered model"),
         (["-b", "0"], "not a positive integer"),
-        (["--torchcompile", "fastest"], "invalid choice"),
+        (["--torchcompile", "fastest"], "--torchcompile 'fastest': not a torch.compile backend"),
+        (["--torchcompile", "--torchcompile-mode", "fastest"], "invalid choice"),
+        (["--torchcompile-mode", "max-autotune"], "--torchcompile-mode needs --torchcompile"),
     ],
 )
 def test_bad_requests_exit_with_usage_errors(extra, message, capsys):

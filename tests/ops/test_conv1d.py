@@ -323,7 +323,7 @@ def _bad_cases():
         "layout": ({"layout": "LBD"}, "layout must be one of"),
         "seq_len-divides": ({"seq_len": 5}, "seq_len must be a positive int that divides L=12"),
         "seq_len-zero": ({"seq_len": 0}, "seq_len must be a positive int"),
-        "seq_len-float": ({"seq_len": 6.0}, "seq_len must be a positive int"),
+        "seq_len-float": ({"seq_len": 6.0}, "seq_len must be a Python int, got float 6.0"),
         "both": ({"x": x1, "seq_len": 6, "cu_seqlens": cu}, "seq_len must be None when cu_seqlens"),
         "cu-batch": ({"cu_seqlens": cu}, "batch size with cu_seqlens"),
         "cu-2d": ({"x": x1, "cu_seqlens": cu[None]}, "cu_seqlens must be a 1-D"),

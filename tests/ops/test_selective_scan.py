@@ -23,6 +23,7 @@ import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 from unittest import mock  # noqa: E402
 
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 import triton  # noqa: E402
@@ -830,6 +831,19 @@ def test_bad_inputs_raise_value_error(change, name, monkeypatch):
     kwargs.update(change(kwargs))
     with pytest.raises(ValueError, match=rf"\b{name} must"), backend("naive"):
         selective_scan(**kwargs)
+
+
+def test_messages_say_what_went_wrong(monkeypatch):
+    """u in the other layout is named as such (A's shape is where it shows), a numpy int is not taken for an int that
+    fails to divide L, and a dtype appears once in the expected list."""
+    monkeypatch.setenv("SFMAMBA_VALUE_CHECKS", "1")
+    with pytest.raises(ValueError, match=r"layout='BLD' reads u \(2, 8, 12\) as D=12 \(is u BDL\?\)"), backend("naive"):
+        selective_scan(**_valid(), layout="BLD")
+    with pytest.raises(ValueError, match=r"seq_len must be a Python int, got int64 4"), backend("naive"):
+        selective_scan(**_valid(), seq_len=np.int64(4))
+    half_b = {**_valid(), "B": _valid()["B"].half()}
+    with pytest.raises(ValueError, match=r"B must be of dtype torch\.float32, got"), backend("naive"):
+        selective_scan(**half_b)
 
 
 @pytest.mark.parametrize("extra, name", [pytest.param(e, n, id=i) for i, e, n in ONE_ROW])

@@ -61,7 +61,8 @@ def _model_kwarg(text: str) -> tuple[str, object]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     what = parser.add_argument_group("what to measure")
-    what.add_argument("--bench", choices=("inference", "train", "both", "profile"), default="both")
+    what.add_argument("--bench", choices=("inference", "train", "both", "profile"), default="both",
+                      help="what to time (default: both, inference and a training step)")  # fmt: skip
     what.add_argument(
         "-m", "--model", nargs="+", default=["mambavision_tiny"], metavar="NAME",
         help="timm names, wildcards ('sf_mamba_*'), official:mamba_vision_T; NAME:key=value,... adds kwargs for "
@@ -80,10 +81,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     how.add_argument("--amp", action="store_true", help="autocast (bfloat16 unless --amp-dtype)")
     how.add_argument("--amp-dtype", choices=tuple(AMP_DTYPES), default=None, help="autocast dtype; implies --amp")
     how.add_argument("--channels-last", action="store_true")
-    how.add_argument(
-        "--torchcompile", nargs="?", const="default", default=None, choices=COMPILE_MODES, metavar="MODE",
-        help=f"torch.compile every model, mode one of {', '.join(COMPILE_MODES)} (default mode: default)",
-    )  # fmt: skip
+    how.add_argument("--torchcompile", nargs="?", const="inductor", default=None, metavar="BACKEND",
+                     help="torch.compile every model (default backend: inductor; as in train and timm)")  # fmt: skip
+    how.add_argument("--torchcompile-mode", choices=COMPILE_MODES, default=None, help="torch.compile mode")
     how.add_argument(
         "--cuda-graph",
         action="store_true",
@@ -228,12 +228,14 @@ def measure_model(name: str, args: argparse.Namespace, device: torch.device) -> 
     rows = []
     for mode in modes:
         torch.manual_seed(args.seed)
-        row = {"model": name, "mode": mode, "compile": args.torchcompile}
+        row = {"model": name, "mode": mode, "compile": args.torchcompile, "compile_mode": args.torchcompile_mode}
         try:
             model = build_model(name, args, device)
             row["params_m"] = sum(p.numel() for p in model.parameters()) / 1e6
             size = _img_size(model, args)
-            runner = torch.compile(model, mode=args.torchcompile) if args.torchcompile else model
+            runner = model
+            if args.torchcompile:
+                runner = torch.compile(model, backend=args.torchcompile, mode=args.torchcompile_mode)
             runs = [
                 _measure_once(mode, runner, size, args, common) for _ in range(1 if mode == "profile" else args.repeats)
             ]
@@ -299,6 +301,10 @@ def write_json(path: Path, data: dict) -> None:
 
 
 def _check_args(args: argparse.Namespace, device: torch.device) -> None:
+    if args.torchcompile and args.torchcompile not in torch.compiler.list_backends(exclude_tags=()):
+        raise UsageError(f"--torchcompile {args.torchcompile!r}: not a torch.compile backend (e.g. inductor)")
+    if args.torchcompile_mode and not args.torchcompile:
+        raise UsageError("--torchcompile-mode needs --torchcompile")
     if args.cuda_graph and device.type != "cuda":
         raise UsageError("--cuda-graph needs a CUDA device")
 

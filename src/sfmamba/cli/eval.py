@@ -68,6 +68,8 @@ def build_model(args: argparse.Namespace, num_classes: int) -> tuple[torch.nn.Mo
 
     from ..train.checkpoint import model_from_checkpoint, read_metadata
 
+    if args.checkpoint and Path(args.checkpoint).is_dir():
+        raise UsageError(f"--checkpoint {args.checkpoint} is a folder: pass a file in it (e.g. its best.safetensors)")
     metadata = read_metadata(args.checkpoint) if args.checkpoint and args.checkpoint.endswith(".safetensors") else {}
     if metadata and not args.model:
         return model_from_checkpoint(args.checkpoint, **args.model_kwargs)

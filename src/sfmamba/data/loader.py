@@ -88,6 +88,8 @@ def create_dataset(name: str, data_dir: str | Path | None, split: str, transform
     if name not in DATASETS:
         raise ValueError(f"dataset must be one of {', '.join(DATASETS)}, got {name!r}")
     if name == "fashion_mnist":
+        if split not in ("train", "val", "test"):
+            raise ValueError(f"split must be one of train, val, test (val: Fashion-MNIST's test set), got {split!r}")
         root = data_dir or DEFAULT_FASHION_MNIST_DIR
         return FashionMNIST(root, "test" if split == "val" else split, transform)
     if data_dir is None:

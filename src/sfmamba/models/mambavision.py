@@ -375,6 +375,9 @@ class MambaVision(InferenceCacheMixin, nn.Module):
         super().__init__()
         if not len(depths) == len(num_heads) == len(window_size) == 4:
             raise ValueError("depths, num_heads and window_size need one entry per stage (4)")
+        for name, rate in (("drop_path_rate", drop_path_rate), ("drop_rate", drop_rate)):
+            if not 0.0 <= rate < 1.0:
+                raise ValueError(f"{name} must be a probability in [0, 1), got {rate}")
         self.num_classes = num_classes
         self.global_pool_type = global_pool
         self.drop_rate = drop_rate

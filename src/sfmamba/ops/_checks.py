@@ -91,7 +91,9 @@ def check_cu_seqlens(op: str, cu_seqlens: object, batch: int, length: int, devic
 def check_segments(op: str, seq_len: object, cu_seqlens: object, batch: int, length: int, device: torch.device) -> None:
     """The two ways to mark segments: `seq_len` dividing L (periodic) or packed `cu_seqlens`, never both."""
     if seq_len is not None:
-        if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len <= 0 or length % seq_len:
+        if isinstance(seq_len, bool) or not isinstance(seq_len, int):
+            fail(op, "seq_len", "a Python int", f"{type(seq_len).__name__} {seq_len}")
+        if seq_len <= 0 or length % seq_len:
             fail(op, "seq_len", f"a positive int that divides L={length}", repr(seq_len))
         if cu_seqlens is not None:
             fail(op, "seq_len", "None when cu_seqlens is given (choose one way to mark segments)", seq_len)

@@ -177,11 +177,10 @@ VALUE_CHECKS_ENV = "SFMAMBA_VALUE_CHECKS"
 
 
 def value_checks_enabled() -> bool:
-    """Whether ops check input *values* (finite A, monotonic cu_seqlens), which costs a device sync.
-
-    Off while torch.compile traces or a CUDA graph is being captured, and when `SFMAMBA_VALUE_CHECKS=0`.
-    """
-    if os.environ.get(VALUE_CHECKS_ENV, "1") == "0" or torch.compiler.is_compiling():
+    """Whether ops check input *values* (finite A, monotonic cu_seqlens): on the CPU a raise, on a GPU an asynchronous
+    device assertion. Off while torch.compile traces or a CUDA graph is being captured, and when
+    `SFMAMBA_VALUE_CHECKS=0` (any value but 0 or 1 is an error, not silently "on")."""
+    if _env_choice(VALUE_CHECKS_ENV, ("0", "1"), "1") == "0" or torch.compiler.is_compiling():
         return False
     return not (torch.cuda.is_available() and torch.cuda.is_current_stream_capturing())
 

@@ -22,7 +22,7 @@ def _check_tensor(name: str, x: Tensor | None, shape: tuple[int, ...], dtypes: t
     if tuple(x.shape) != shape:
         _fail(name, f"of shape {shape}", describe(x))
     if x.dtype not in dtypes:
-        _fail(name, f"of dtype {' or '.join(map(str, dtypes))}", describe(x))
+        _fail(name, f"of dtype {' or '.join(map(str, dict.fromkeys(dtypes)))}", describe(x))
     if x.device != device:
         _fail(name, f"on {device} like u", describe(x))
 
@@ -52,6 +52,10 @@ def check_selective_scan_inputs(
     if not isinstance(A, Tensor) or A.dim() != 2:
         _fail("A", f"a 2-D (D={dim}, N) tensor", getattr(A, "shape", type(A)))
     nstate = A.shape[1]
+    if A.shape[0] != dim:  # often u in the other layout: say how u was read
+        other = "BLD" if layout == "BDL" else "BDL"
+        _fail("A", f"of shape ({dim}, N): layout={layout!r} reads u {tuple(u.shape)} as D={dim} (is u {other}?)",
+              describe(A))  # fmt: skip
     _check_tensor("A", A, (dim, nstate), (torch.float32,), u.device)
     _check_bc("B", B, u, batch, dim, nstate, length, layout)
     _check_bc("C", C, u, batch, dim, nstate, length, layout)
