@@ -3,11 +3,11 @@ existing file keeps its own mode."""
 
 from __future__ import annotations
 
-import os
 import stat
 
 import pytest
 
+from sfmamba.utils import files
 from sfmamba.utils.files import atomic_write, atomic_write_text
 
 
@@ -15,18 +15,15 @@ def _mode(path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
 
-def test_new_files_follow_the_umask_and_old_ones_keep_their_mode(tmp_path):
-    old = os.umask(0o022)
-    try:
-        atomic_write_text(tmp_path / "new.json", "{}")
-        assert _mode(tmp_path / "new.json") == 0o644
-        shared = tmp_path / "shared.json"
-        shared.write_text("1")
-        shared.chmod(0o664)
-        atomic_write_text(shared, "2")
-        assert _mode(shared) == 0o664 and shared.read_text() == "2"
-    finally:
-        os.umask(old)
+def test_new_files_follow_the_umask_and_old_ones_keep_their_mode(tmp_path, monkeypatch):
+    monkeypatch.setattr(files, "_UMASK", 0o027)  # the process's umask, read at import
+    atomic_write_text(tmp_path / "new.json", "{}")
+    assert _mode(tmp_path / "new.json") == 0o640
+    shared = tmp_path / "shared.json"
+    shared.write_text("1")
+    shared.chmod(0o664)
+    atomic_write_text(shared, "2")
+    assert _mode(shared) == 0o664 and shared.read_text() == "2"
 
 
 def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):

@@ -29,7 +29,7 @@ def atomic_write_all(files: list[tuple[str | Path, Callable[[str], None]]]) -> N
             os.close(fd)
             write(temp)
             _sync(temp)
-            os.chmod(temp, path.stat().st_mode & 0o777 if path.exists() else 0o666 & ~_umask())
+            os.chmod(temp, path.stat().st_mode & 0o777 if path.exists() else 0o666 & ~_UMASK)
         for (path, _), temp in zip(files, temps):
             os.replace(temp, path)
     except BaseException:
@@ -55,7 +55,10 @@ def _sync(path: str) -> None:
         os.close(fd)
 
 
-def _umask() -> int:
-    mask = os.umask(0)  # the only portable way to read it
+def _read_umask() -> int:
+    mask = os.umask(0)  # the only portable way to read it: set and restore, once, at import (not thread-safe later)
     os.umask(mask)
     return mask
+
+
+_UMASK = _read_umask()
