@@ -116,3 +116,11 @@ def test_model(name):
     assert len(outs) == 4
     for o, t in zip(outs, inters):
         _close(o, t)
+
+
+@pytest.mark.parametrize("name", [n for n in MODELS if n.endswith("nano")])
+def test_dropout_rates_must_be_probabilities(name):
+    with pytest.raises(ValueError, match=r"drop_path_rate must be a probability in \[0, 1\), got 1.5"):
+        timm.create_model(name, drop_path_rate=1.5)
+    with pytest.raises(ValueError, match=r"drop_rate must be a probability in \[0, 1\), got -0.1"):
+        timm.create_model(name, drop_rate=-0.1)

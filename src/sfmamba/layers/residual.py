@@ -19,7 +19,18 @@ from ..ops.drop_path import drop_path_add
 from ..utils._config import train_kernels
 from ..utils.hooks import has_hooks
 
-__all__ = ["add_drop_path"]
+__all__ = ["add_drop_path", "check_probability", "drop_path_rates"]
+
+
+def check_probability(name: str, value: float) -> None:
+    if not 0.0 <= value < 1.0:
+        raise ValueError(f"{name} must be a probability in [0, 1), got {value}")
+
+
+def drop_path_rates(drop_path_rate: float, depths: list[int] | tuple[int, ...]) -> list[list[float]]:
+    """Stochastic depth per block, linear from 0 to `drop_path_rate` over all blocks, split per stage."""
+    check_probability("drop_path_rate", drop_path_rate)
+    return [r.tolist() for r in torch.linspace(0, drop_path_rate, sum(depths), device="cpu").split(list(depths))]
 
 
 def add_drop_path(x: Tensor, y: Tensor, drop_path: nn.Module) -> Tensor:

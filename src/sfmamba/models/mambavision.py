@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from ..layers import LayerNorm, MambaVisionMixer, Mlp, conv_bn_act, fused_linear, fuses_conv_bn
 from ..layers.conv_bn import conv_bn_act_train, conv_compute_dtype
 from ..layers.norm import norm_with_residual
-from ..layers.residual import add_drop_path
+from ..layers.residual import add_drop_path, check_probability, drop_path_rates
 from ..ops._launch import needs_grad
 from ..ops.add_norm import fused_add_layer_norm, runs_fused
 from ..utils.hooks import has_forward_hooks, has_hooks
@@ -375,9 +375,7 @@ class MambaVision(InferenceCacheMixin, nn.Module):
         super().__init__()
         if not len(depths) == len(num_heads) == len(window_size) == 4:
             raise ValueError("depths, num_heads and window_size need one entry per stage (4)")
-        for name, rate in (("drop_path_rate", drop_path_rate), ("drop_rate", drop_rate)):
-            if not 0.0 <= rate < 1.0:
-                raise ValueError(f"{name} must be a probability in [0, 1), got {rate}")
+        check_probability("drop_rate", drop_rate)
         self.num_classes = num_classes
         self.global_pool_type = global_pool
         self.drop_rate = drop_rate
@@ -387,7 +385,7 @@ class MambaVision(InferenceCacheMixin, nn.Module):
         self.num_features = self.head_hidden_size = dims[-1]
 
         self.patch_embed = PatchEmbed(in_chans=in_chans, in_dim=in_dim, dim=dim)
-        dpr = [r.tolist() for r in torch.linspace(0, drop_path_rate, sum(depths), device="cpu").split(list(depths))]
+        dpr = drop_path_rates(drop_path_rate, depths)
         stages, self.feature_info = [], []
         for i, depth in enumerate(depths):
             stages.append(

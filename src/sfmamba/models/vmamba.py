@@ -27,7 +27,7 @@ from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_c
 from torch import Tensor, nn
 
 from ..layers.linear import Mlp
-from ..layers.residual import add_drop_path
+from ..layers.residual import add_drop_path, check_probability, drop_path_rates
 from ..layers.ss2d import SS2D
 from ..utils.inference_cache import InferenceCacheMixin, cache_linear_casts
 from ._checkpoint import create_with_file_hooks, load_checkpoint_file
@@ -171,6 +171,7 @@ class VMamba(InferenceCacheMixin, nn.Module):
         dims = [int(dims * 2**i) for i in range(len(depths))] if isinstance(dims, int) else list(dims)
         if len(dims) != len(depths):
             raise ValueError(f"dims ({len(dims)} entries) and depths ({len(depths)}) need one entry per stage")
+        check_probability("drop_rate", drop_rate)
         self.num_classes = num_classes
         self.global_pool_type = global_pool
         self.drop_rate = drop_rate
@@ -183,7 +184,7 @@ class VMamba(InferenceCacheMixin, nn.Module):
         )  # fmt: skip
 
         self.patch_embed = PatchEmbed(in_chans, dims[0], **dd)
-        dpr = [r.tolist() for r in torch.linspace(0, drop_path_rate, sum(depths), device="cpu").split(list(depths))]
+        dpr = drop_path_rates(drop_path_rate, depths)
         stages, self.feature_info = [], []
         for i, depth in enumerate(depths):
             in_dim = dims[i - 1] if i else None
