@@ -61,14 +61,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _defaults(args: argparse.Namespace, device: torch.device) -> dict[str, object]:
+    """The run's settings: each one given on the command line, else its CPU or GPU default (a given 0 never reaches
+    here: the argument types refuse it)."""
     gpu = device.type == "cuda"
-    defaults = dict(train_minutes=8.0 if gpu else 6.0, img_size=64 if gpu else 32, batch_size=256 if gpu else 64,
-                    lr=3e-3 if gpu else 2e-3, workers=8 if gpu else 0)  # fmt: skip
-    chosen = {
-        name: getattr(args, name) if getattr(args, name) is not None else value for name, value in defaults.items()
-    }
-    chosen["minutes"] = chosen.pop("train_minutes")
-    return chosen
+
+    def given_or(value, default):
+        return default if value is None else value
+
+    return dict(
+        minutes=given_or(args.train_minutes, 8.0 if gpu else 6.0),
+        img_size=given_or(args.img_size, 64 if gpu else 32),
+        batch_size=given_or(args.batch_size, 256 if gpu else 64),
+        lr=given_or(args.lr, 3e-3 if gpu else 2e-3),
+        workers=given_or(args.workers, 8 if gpu else 0),
+    )
 
 
 def speed_table(img_size: int, batch_size: int, device: torch.device) -> list[dict[str, object]]:
