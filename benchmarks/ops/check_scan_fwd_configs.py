@@ -24,6 +24,7 @@ import json
 import subprocess
 import sys
 import tempfile
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -207,11 +208,12 @@ def print_row(r: dict) -> None:
 
 
 def check_here(configs: list[triton.Config], cases: list[tuple]) -> list[dict]:
-    """Each config checked in this process, one after another, with one backward config (the autotuner's usual
-    pick: the forward is what is checked, and a second backward config would double the compiling)."""
+    """Each config checked in this process, one after another, with one backward config, TILES (the forward is what
+    is checked; a second backward config would double the compiling, and ROWS, with the cases' initial states, would
+    take ~10 minutes to build)."""
     fwd, bwd = chunk.selective_scan_fwd_kernel, chunk.selective_scan_bwd_kernel
     defaults = list(fwd.configs), list(bwd.configs)
-    bwd.configs = defaults[1][:1]
+    bwd.configs = [c for c in defaults[1] if c.kwargs.get("TILES")][:1]
     rows = []
     try:
         for config in configs:
@@ -222,6 +224,15 @@ def check_here(configs: list[triton.Config], cases: list[tuple]) -> list[dict]:
         fwd.cache.clear()
         bwd.cache.clear()
     return rows
+
+
+def _in_order_of_completion(procs: list[subprocess.Popen]):
+    """(index, process) of each process as it exits."""
+    waiting = dict(enumerate(procs))
+    while waiting:
+        for j in [j for j, proc in waiting.items() if proc.poll() is not None]:
+            yield j, waiting.pop(j)
+        time.sleep(0.5)
 
 
 def check_in_processes(config_ids: list[int], case_ids: list[int], args) -> list[dict]:
@@ -237,8 +248,7 @@ def check_in_processes(config_ids: list[int], case_ids: list[int], args) -> list
                 procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT))
         merged = [{"config": f"index {i}", "cases": 0, "vector_bc_cases": 0, "worst": 0.0, "failures": []}
                   for i in config_ids]  # fmt: skip
-        for j, proc in enumerate(procs):
-            proc.wait()
+        for j, proc in _in_order_of_completion(procs):
             reports = [json.loads(f.read_text()) for f in Path(f"{tmp}/{j}").glob("*.json")]
             if not reports:
                 output = Path(f"{tmp}/{j}.log").read_text()
@@ -248,8 +258,9 @@ def check_in_processes(config_ids: list[int], case_ids: list[int], args) -> list
                 for row in merged:
                     row["failures"].append(f"cases {shares[j]}: no result, exit {proc.returncode}")
                 continue
-            print(f"share {j} of {len(shares)} done (cases {shares[j]})", flush=True)
+            print(f"share {j} of {len(shares)} done (cases {shares[j]}):", flush=True)
             for row, got in zip(merged, reports[0]["rows"]):
+                print_row(got)  # each share's rows as it ends: a call cut by its time limit still shows them
                 row["config"] = got["config"]
                 row["worst"] = max(row["worst"], got["worst"])
                 for key in ("cases", "vector_bc_cases", "failures"):

@@ -452,13 +452,16 @@ def test_backward_rows(nstate, layout, kernel, segments, branchless, lane_sums):
 
 
 def test_backward_keeps_rows_out_of_initial_state_launches():
-    """ROWS takes ~10 minutes to build with an initial state: the autotuner prunes it there (unless nothing else is
-    left), and tunes launches with and without initial states apart, so neither inherits the other's pick."""
+    """ROWS takes ~10 minutes to build with an initial state and does not fit the registers above N = 8: the autotuner
+    prunes it there (unless nothing else is left), and tunes launches with and without initial states apart, so
+    neither inherits the other's pick."""
     tiles = triton.Config({"BLOCK_D": 32, "TILES": 1}, num_warps=1)
     rows = triton.Config({"BLOCK_D": 32, "ROWS": 1}, num_warps=1)
     assert chunk.prune_bwd_configs([tiles, rows], {"HAS_H0": True}) == [tiles]
     assert chunk.prune_bwd_configs([tiles, rows], {}, HAS_H0=True) == [tiles]
     assert chunk.prune_bwd_configs([tiles, rows], {"HAS_H0": False}) == [tiles, rows]
+    assert chunk.prune_bwd_configs([tiles, rows], {"HAS_H0": False, "NSTATE": 16}) == [tiles]  # N > 8: registers
+    assert chunk.prune_bwd_configs([tiles, rows], {"HAS_H0": False, "NSTATE": 8}) == [tiles, rows]
     assert chunk.prune_bwd_configs([rows], {"HAS_H0": True}) == [rows]
     assert "HAS_H0" in chunk.selective_scan_bwd_kernel.keys
 

@@ -443,18 +443,27 @@ def _bwd_configs() -> list[triton.Config]:
     # the chunk's states as a tuple of [BN, BD] tiles in the layout of the step's math, instead of a [CHUNK, BN, BD]
     # tensor converted through shared memory every step (sm_90 build: 3880 instead of 4496 instructions per 8-step
     # chunk, no spills); session 14 call 2, same shape: bf16 330.0 -> 307.7 us, fp32 310.6 -> 285.7 (BLOCK_D 64 with
-    # TILES: 369.3, spills). In the interpreter the L1 hint is a no-op.
-    return [
+    # TILES: 369.3, spills). In the interpreter the L1 hint is a no-op. ROWS: every state a tuple of N [BD] rows and
+    # the channel sums by butterfly shuffles; H200 session 19 (benchmarks/results/s19_20261205/, CUDA graphs,
+    # fwd+bwd, each checked against the fp32 reference): bf16 (128, 160, 196, 8) 248.9 vs TILES 276.7 us, (128, 320,
+    # 49, 8) 116.7 vs 130.7; fp32 259.0 vs 258.6 and 125.7 vs 124.4 (the autotuner keeps TILES there).
+    # `prune_bwd_configs` keeps ROWS to N <= 8 and out of initial-state launches.
+    tiles = [
         triton.Config({"BLOCK_D": 32, "PREFETCH": 1, "NEXT_TO_L1": 1, "BRANCHLESS": 0, "TILES": tiles}, num_warps=1)
         for tiles in (1, 0)
     ]
+    rows = triton.Config({"BLOCK_D": 32, "PREFETCH": 1, "NEXT_TO_L1": 1, "BRANCHLESS": 0, "ROWS": 1}, num_warps=1)
+    return [rows, *tiles]
 
 
 def prune_bwd_configs(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
     """Drop the ROWS layout where an initial state is given: its masked steps with the initial state's row selects
     take ~10 minutes to build for sm_90 (Triton 3.8, 2 CPU cores; TILES 50 s), for a case the models never hit
-    (`benchmarks/ops/experiments/scan_compile_times.py`). Every other case keeps every config."""
-    if not {**named_args, **kwargs}.get("HAS_H0"):
+    (`benchmarks/ops/experiments/scan_compile_times.py`); and above N = 8, where its unrolled chunk of N rows per
+    state would not fit the registers (the chunk is unrolled whatever UNROLL says). Every other case keeps every
+    config."""
+    args = {**named_args, **kwargs}
+    if not args.get("HAS_H0") and args.get("NSTATE", 0) <= 8:
         return configs
     return [c for c in configs if not c.kwargs.get("ROWS")] or configs
 
