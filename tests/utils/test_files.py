@@ -26,16 +26,18 @@ def test_new_files_follow_the_umask_and_old_ones_keep_their_mode(tmp_path, monke
     assert _mode(shared) == 0o664 and shared.read_text() == "2"
 
 
-def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
+@pytest.mark.parametrize("failure", [KeyboardInterrupt(), OSError("No space left on device")], ids=["kill", "full"])
+def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path, failure):
     path = tmp_path / "last.state.pt"
     path.write_text("step 2")
 
     def half_written(temp: str) -> None:
         with open(temp, "w") as f:
             f.write("step 3, trunc")
-        raise OSError("No space left on device")
+        raise failure
 
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(type(failure)) as raised:
         atomic_write(path, half_written)
+    assert raised.value is failure
     assert path.read_text() == "step 2"
     assert [p.name for p in tmp_path.iterdir()] == ["last.state.pt"]

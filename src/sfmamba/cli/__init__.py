@@ -7,6 +7,8 @@ import argparse
 
 import torch
 
+from ..utils._config import check_device
+
 
 class UsageError(Exception):
     """A bad command-line request found after parsing; `main` reports it like an argparse error (exit status 2)."""
@@ -46,15 +48,9 @@ def _int_at_least(text: str, low: int, expected: str) -> int:
 def device_arg(text: str) -> str:
     """argparse type for --device: cpu, cuda or cuda:N, where CUDA is available and N names a visible GPU."""
     try:
-        device = torch.device(text)
-    except RuntimeError:
-        device = None
-    if device is None or device.type not in ("cpu", "cuda"):
-        raise argparse.ArgumentTypeError(f"{text!r}: expected cpu, cuda or cuda:N")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise argparse.ArgumentTypeError(f"{text!r}: no CUDA device is available (use --device cpu)")
-    if device.index is not None and device.index >= torch.cuda.device_count():
-        raise argparse.ArgumentTypeError(f"{text!r}: only {torch.cuda.device_count()} CUDA device(s) are visible")
+        check_device(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
     return text
 
 

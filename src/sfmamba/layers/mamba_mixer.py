@@ -190,8 +190,8 @@ class MambaVisionMixer(nn.Module):
         MambaVision-T's stage 3 (R = 20) took before (session 17)."""
         linear, rank, n = self.x_proj, self.dt_rank, self.d_state
         groups = getattr(linear, "groups", 1)
-        pads = self.dt_pad and type(linear) in _PADDED_X_PROJ_TYPES and not has_hooks(linear) and use_triton(u.device)
-        pad = self.dt_pad if pads else 0
+        paddable = self.dt_pad and type(linear) in _PADDED_X_PROJ_TYPES and not has_hooks(linear)
+        pad = self.dt_pad if paddable and use_triton(u.device) else 0
         if pad:
             device_type = u.device.type
             dtype = linear.weight.dtype

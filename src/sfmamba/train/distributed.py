@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from ..utils._config import check_device
+
 _cpu_group: dist.ProcessGroup | None = None
 
 
@@ -32,11 +34,9 @@ def init_distributed(device: str | None) -> DistributedInfo:
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
-        torch.device(device)
-    except RuntimeError:
-        raise ValueError(f"device {device!r}: expected cpu, cuda or cuda:N") from None
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r}: CUDA is not available (use --device cpu)")
+        check_device(device)
+    except ValueError as err:
+        raise ValueError(f"device {err}") from None
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     dev = torch.device(device)

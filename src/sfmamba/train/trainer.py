@@ -35,6 +35,7 @@ from .checkpoint import (
     BackgroundWriter,
     atomic_write_text,
     capture_rng_state,
+    checkpoint_paths,
     load_training_checkpoint,
     resolve_resume_path,
     restore_rng_state,
@@ -326,9 +327,10 @@ class Trainer:
             self.run_dir = resume_path.parent
         else:
             self.run_dir = default_run_dir(c)
-        if resume_path is None and (self.run_dir / "last.state.pt").is_file():
+        last_state = checkpoint_paths(self.run_dir, "last")["state"]
+        if resume_path is None and last_state.is_file():
             raise ValueError(
-                f"{self.run_dir} already holds a run (last.state.pt): pass --resume {self.run_dir} to continue it, "
+                f"{self.run_dir} already holds a run ({last_state.name}): pass --resume {self.run_dir} to continue it, "
                 "or another --output (a new run would overwrite its checkpoints)"
             )
         if resume_path is not None:

@@ -176,6 +176,22 @@ def set_train_kernels(enabled: bool | None) -> None:
 VALUE_CHECKS_ENV = "SFMAMBA_VALUE_CHECKS"
 
 
+def check_device(name: str) -> torch.device:
+    """`name` as a device: cpu, cuda or cuda:N, where CUDA is available and N names a visible GPU; ValueError
+    otherwise (the command line's --device and the training config's `device` both go through here)."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise ValueError(f"{name!r}: expected cpu, cuda or cuda:N")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"{name!r}: no CUDA device is available (use --device cpu)")
+    if device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"{name!r}: only {torch.cuda.device_count()} CUDA device(s) are visible")
+    return device
+
+
 def value_checks_enabled() -> bool:
     """Whether ops check input *values* (finite A, monotonic cu_seqlens): on the CPU a raise, on a GPU an asynchronous
     device assertion. Off while torch.compile traces or a CUDA graph is being captured, and when
