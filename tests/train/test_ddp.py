@@ -90,3 +90,19 @@ def test_average_gradients_and_broadcast_over_two_processes(tmp_path):
         assert torch.equal(got["g0"], torch.full((3,), 1.5))
         assert torch.equal(got["g1"], torch.full((2, 2), 15.0, dtype=torch.float64))
         assert got["g2"] is None and torch.equal(got["w"], torch.full((2,), 5.0))
+
+
+@pytest.mark.parametrize(
+    ("device", "message"),
+    [
+        ("foo", r"device 'foo': expected cpu, cuda or cuda:N"),
+        ("cuda:0", r"device 'cuda:0': no CUDA device is available"),
+    ],
+)
+def test_a_bad_device_in_the_config_is_a_clear_error(monkeypatch, device, message):
+    """The training config's device goes through the same check as the command line's --device (YAML skips argparse)."""
+    from sfmamba.train.distributed import init_distributed
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match=message):
+        init_distributed(device)
