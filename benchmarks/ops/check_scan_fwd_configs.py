@@ -7,9 +7,12 @@ failure; writes benchmarks/results/scan_fwd_configs_<date>.json.
 
     PYTHONPATH=src python benchmarks/ops/check_scan_fwd_configs.py [--out benchmarks/results] [--full]
 
-`--jobs J` deals the cases to J processes, each checking every config on its share (compiling dominates: one process
+`--jobs J` deals the cases to J processes, each checking its configs on its share (compiling dominates: one process
 had not finished the first config after 260 s on an H200, 12 processes of one config each none after 300 s: every
-process compiled every backward variant); `--configs I ...` / `--cases I ...` check only those indices.
+process compiled every backward variant; 16 processes of one case and 12 configs each left the six B/C-form cases
+from N = 16 on unfinished after 230 s). With more processes than cases, each case's configs are split among
+J // cases processes, so a process compiles the backward of one case and a few forward configs;
+`--configs I ...` / `--cases I ...` check only those indices.
 
 By default each config runs a covering subset of the 108 combinations (`COVERING`: 9 cases); `--full` runs all. Both
 add `BC_FORMS`: B/C with N = 1, 4, 8, 16, groups, fp16 and sliced from a wider projection, so that B_t/C_t are read
@@ -238,16 +241,16 @@ def _in_order_of_completion(procs: list[subprocess.Popen]):
 def check_in_processes(config_ids: list[int], case_ids: list[int], args) -> list[dict]:
     """The cases dealt round-robin to `args.jobs` child processes, each checking every config on its share (so each
     backward variant compiles in one process only); the shares' rows merged per config."""
-    shares = [case_ids[j :: args.jobs] for j in range(min(args.jobs, len(case_ids)))]
+    shares = deal_shares(config_ids, case_ids, args.jobs)
     with tempfile.TemporaryDirectory() as tmp:
         procs = []
-        for j, share in enumerate(shares):
-            cmd = [sys.executable, __file__, "--out", f"{tmp}/{j}", "--configs", *map(str, config_ids), "--cases"]
-            cmd += [*map(str, share)] + ["--full"] * args.full
+        for j, (configs, cases) in enumerate(shares):
+            cmd = [sys.executable, __file__, "--out", f"{tmp}/{j}", "--configs", *map(str, configs), "--cases"]
+            cmd += [*map(str, cases)] + ["--full"] * args.full
             with open(f"{tmp}/{j}.log", "w") as log:  # a file, not a pipe: a full pipe would stall the child
                 procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT))
-        merged = [{"config": f"index {i}", "cases": 0, "vector_bc_cases": 0, "worst": 0.0, "failures": []}
-                  for i in config_ids]  # fmt: skip
+        merged = {i: {"config": f"index {i}", "cases": 0, "vector_bc_cases": 0, "worst": 0.0, "failures": []}
+                  for i in config_ids}  # fmt: skip
         for j, proc in _in_order_of_completion(procs):
             reports = [json.loads(f.read_text()) for f in Path(f"{tmp}/{j}").glob("*.json")]
             if not reports:
@@ -255,19 +258,28 @@ def check_in_processes(config_ids: list[int], case_ids: list[int], args) -> list
                 print(
                     f"share {j} (cases {shares[j]}): no result (exit {proc.returncode})\n{output[-3000:]}", flush=True
                 )
-                for row in merged:
-                    row["failures"].append(f"cases {shares[j]}: no result, exit {proc.returncode}")
+                for i in shares[j][0]:
+                    merged[i]["failures"].append(f"cases {shares[j][1]}: no result, exit {proc.returncode}")
                 continue
-            print(f"share {j} of {len(shares)} done (cases {shares[j]}):", flush=True)
-            for row, got in zip(merged, reports[0]["rows"]):
+            print(f"share {j} of {len(shares)} done (configs {shares[j][0]}, cases {shares[j][1]}):", flush=True)
+            for row, got in zip([merged[i] for i in shares[j][0]], reports[0]["rows"]):
                 print_row(got)  # each share's rows as it ends: a call cut by its time limit still shows them
                 row["config"] = got["config"]
                 row["worst"] = max(row["worst"], got["worst"])
                 for key in ("cases", "vector_bc_cases", "failures"):
                     row[key] += got[key]
-    for row in merged:
+    for row in merged.values():
         print_row(row)
-    return merged
+    return list(merged.values())
+
+
+def deal_shares(config_ids: list[int], case_ids: list[int], jobs: int) -> list[tuple[list[int], list[int]]]:
+    """(config ids, case ids) of each process: the cases dealt round-robin; with more processes than cases, each
+    case's configs split among `jobs // cases` processes."""
+    if jobs <= len(case_ids):
+        return [(config_ids, case_ids[j::jobs]) for j in range(jobs)]
+    per_case = min(jobs // len(case_ids), len(config_ids))
+    return [(config_ids[k::per_case], [case]) for case in case_ids for k in range(per_case)]
 
 
 if __name__ == "__main__":
