@@ -466,6 +466,24 @@ def test_backward_keeps_rows_out_of_initial_state_launches():
     assert "HAS_H0" in chunk.selective_scan_bwd_kernel.keys
 
 
+@pytest.mark.parametrize("nstate", [1, 8, 16])
+def test_forward_keeps_deep_rings_to_small_states(nstate):
+    """The GPU forward's rings deeper than 2 steps hold PREFETCH steps of B_t/C_t per thread: the autotuner times them
+    up to N = 8 only (at N = 16 they spill and take minutes to build), and always keeps something to time."""
+    with mock.patch.object(chunk, "triton_interpret", lambda: False):
+        configs = chunk._fwd_configs()
+    assert any(c.kwargs["PREFETCH"] == 8 for c in configs)
+    kept = chunk.prune_fwd_configs(configs, {"NSTATE": nstate})
+    if nstate <= 8:
+        assert kept == configs
+    else:
+        assert kept and all(c.kwargs["PREFETCH"] <= 2 for c in kept)
+        assert any(c.kwargs["UNROLL"] > 1 for c in kept)
+    assert chunk.prune_fwd_configs(configs, {}, NSTATE=nstate) == kept
+    assert chunk.prune_fwd_configs(configs[:1], {"NSTATE": 16}) == configs[:1]  # never nothing to time
+    assert chunk.selective_scan_fwd_kernel.early_config_prune is chunk.prune_fwd_configs
+
+
 @pytest.mark.parametrize("chunk_len", [5, 16])
 @pytest.mark.parametrize("layout, reset", [("BDL", None), ("BLD", None), ("BDL", "seq_len"), ("BLD", "cu_seqlens")])
 def test_chunk_two_pass_forward(chunk_len, layout, reset):

@@ -242,8 +242,11 @@ def _fwd_configs() -> list[triton.Config]:
     H200, 2026-12-04 (benchmarks/results/s17_20261204/call2-4, B_t/C_t by 16-byte loads): (128, 160, 196, 8) bf16
     33.9 us at BLOCK_D 64 / PREFETCH 4 / UNROLL 4; fp32 48.5 at BLOCK_D 32 / PREFETCH 2 / UNROLL 4 with L1 hints 16
     steps ahead (AHEAD; 65.1 without, 53.9 for the bf16 pick; the hints cost bf16 2-4 us); (128, 320, 49, 8) bf16 14.7
-    at BLOCK_D 32 / PREFETCH 2 / UNROLL 4, fp32 13.6 with AHEAD 16 (14.1 without). PREFETCH 8 lost everywhere
-    (registers; session 12)."""
+    at BLOCK_D 32 / PREFETCH 2 / UNROLL 4, fp32 13.6 with AHEAD 16 (14.1 without). A ring 8 steps deep (PREFETCH 8,
+    UNROLL 8, BLOCK_D 32: 216-220 registers, no spills, once the tuple state freed them; session 12's tile state
+    spilled) is the best at L = 196 (H200, session 20, benchmarks/results/s20_20261205/): fp32 41.7 us against the
+    autotuner's former pick 49.0, bf16 33.0 against 34.0 (L2 flushed 40.5 against 52.7); at L = 49 bf16 14.6 against
+    14.9 (fp32 keeps AHEAD 16: 13.8 against 16.9). `prune_fwd_configs` keeps rings deeper than 2 steps to N <= 8."""
     if triton_interpret():
         return [triton.Config({"BLOCK_D": 16, "PREFETCH": 1, "UNROLL": 1}, num_warps=1)]
     ring = [
@@ -256,8 +259,24 @@ def _fwd_configs() -> list[triton.Config]:
         triton.Config({"BLOCK_D": 32, "PREFETCH": 2, "UNROLL": 4, "AHEAD": 16}, num_warps=1),
         triton.Config({"BLOCK_D": 64, "PREFETCH": 4, "UNROLL": 4, "AHEAD": 8}, num_warps=1),
     ]
+    deep = [triton.Config({"BLOCK_D": 32, "PREFETCH": 8, "UNROLL": 8}, num_warps=1)]
     wide = [triton.Config({"BLOCK_D": 128, "PREFETCH": 1, "UNROLL": 1}, num_warps=w) for w in (1, 2)]
-    return ring + hinted + wide
+    return ring + hinted + deep + wide
+
+
+def prune_fwd_configs(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
+    """Above N = 8, drop the rings more than 2 steps deep: each thread holds PREFETCH steps of B_t and C_t (2N values
+    each) besides its N state values, so at N = 16 BLOCK_D 64 / PREFETCH 4 / UNROLL 4 spills 320 bytes, and the
+    unrolled deep rings take minutes to build (sm_90, Triton 3.8, 2 CPU cores, training flags: N = 16 PREFETCH 2 /
+    UNROLL 4 25 s, 197 registers; PREFETCH 4 at BLOCK_D 64 36 s; on an H200's host, N = 16 with UNROLL 4 did not
+    finish 6 configs in 370 s, session 20). Every other case keeps every config."""
+    nstate = {**named_args, **kwargs}.get("NSTATE", 0)
+    return [c for c in configs if fwd_ring_fits(c, nstate)] or configs
+
+
+def fwd_ring_fits(config: triton.Config, nstate: int) -> bool:
+    """Whether `prune_fwd_configs` keeps the forward `config` at state size `nstate`."""
+    return nstate <= 8 or config.kwargs["PREFETCH"] <= 2
 
 
 def sweep_fwd_configs(
@@ -274,7 +293,12 @@ def sweep_fwd_configs(
     ]
 
 
-@_autotune(configs=_fwd_configs(), key=["Dg", "NSTATE", "chunk_len", "SUMMARY", "STORE_CKPT"], warm_l2=True)
+@_autotune(
+    configs=_fwd_configs(),
+    key=["Dg", "NSTATE", "chunk_len", "SUMMARY", "STORE_CKPT"],
+    warm_l2=True,
+    prune_configs_by={"early_config_prune": prune_fwd_configs},
+)
 @triton.heuristics({"BLOCK_N": lambda args: triton.next_power_of_2(args["NSTATE"])})
 @triton.jit(do_not_specialize=["L", "seq_len", "nchunks"])
 def selective_scan_fwd_kernel(
