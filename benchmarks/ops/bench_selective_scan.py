@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from sfmamba.ops.selective_scan import selective_scan, selective_scan_naive  # noqa: E402
 from sfmamba.testing import relative_error  # noqa: E402
+from sfmamba.utils.files import atomic_write_text  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -259,7 +260,8 @@ class Row:
     rel_err: float
 
 
-def run(args) -> list[Row]:
+def run(args, on_row=lambda rows, copy_gbps: None) -> tuple[list[Row], float]:
+    """Every (shape, timer, dtype, mode, provider) row; `on_row(rows, copy_gbps)` after each."""
     mamba_fn = load_mamba()
     provs = providers(mamba_fn)
     copy_gbps = copy_bandwidth()
@@ -315,8 +317,10 @@ def run(args) -> list[Row]:
                             )  # fmt: skip
                         )
                         print(
-                            f"{shape.name:26s} {timer:5s} {dname:4s} {mode:6s} {pname:20s} {med:8.1f} us [{p20:.1f}, {p80:.1f}] {gbps:6.0f} GB/s ({100 * gbps / copy_gbps:4.1f}% copy) err {err:.1e}"
+                            f"{shape.name:26s} {timer:5s} {dname:4s} {mode:6s} {pname:20s} {med:8.1f} us [{p20:.1f}, {p80:.1f}] {gbps:6.0f} GB/s ({100 * gbps / copy_gbps:4.1f}% copy) err {err:.1e}",
+                            flush=True,
                         )
+                        on_row(rows, copy_gbps)
     return rows, copy_gbps
 
 
@@ -388,7 +392,6 @@ def main() -> None:
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("this benchmark needs a CUDA device")
-    rows, copy_gbps = run(args)
     import triton
 
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
@@ -399,13 +402,18 @@ def main() -> None:
         cuda=torch.version.cuda,
         python=platform.python_version(),
         date=stamp,
-        copy_gbps=copy_gbps,
         settings={k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         command="python " + " ".join(sys.argv),
     )
     args.out_dir.mkdir(parents=True, exist_ok=True)
     out = args.out_dir / f"{args.tag}_{stamp}.json"
-    out.write_text(json.dumps(dict(meta=meta, rows=[asdict(r) for r in rows]), indent=1))
+
+    def write_json(rows: list[Row], copy_gbps: float) -> None:  # after every row: a run cut short keeps its rows
+        atomic_write_text(out, json.dumps(dict(meta=meta | {"copy_gbps": copy_gbps}, rows=[asdict(r) for r in rows]),
+                                          indent=1))  # fmt: skip
+
+    rows, copy_gbps = run(args, write_json)
+    write_json(rows, copy_gbps)
     table = summarize(rows)
     print(table)
     (args.out_dir / f"{args.tag}_{stamp}.md").write_text(table + "\n")
