@@ -54,7 +54,8 @@
 #                    session 18) vs unpadded, inference forward and training fwd+bwd, CUDA graphs (bench_bc_alignment.py)
 #                                                                                                               (~2 min)
 #   scan-table       issue #2's table: step forward vs mamba_ssm, fwd and fwd+bwd, 5 shapes, CUDA graphs
-#                    (after mamba-build in the same call, or with a built .so in .bench_deps/ext)               (~4 min)
+#                    (after mamba-build in the same call, or with a built .so in .bench_deps/ext; every config built
+#                    first in 16 processes; SHAPES="0 2" for some of the shapes)                               (~4 min)
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 if [ -z "${PY:-}" ]; then
@@ -185,7 +186,8 @@ run_step() {
       "$PY" benchmarks/models/bench_bc_alignment.py --out "$dir" 2>&1 | tee "$dir/log.txt" | grep -v Warning ;;
     scan-table)
       PYTHONPATH=".bench_deps/ext:.bench_deps:$PYTHONPATH" "$PY" benchmarks/ops/bench_selective_scan.py --timers graph \
-        --folds --providers sfmamba-BLD mamba_ssm --out-dir "$dir" 2>&1 | tail -45 ;;
+        --folds --providers sfmamba-BLD mamba_ssm --precompile 16 ${SHAPES:+--shapes $SHAPES} --out-dir "$dir" 2>&1 \
+        | tee "$dir/log.txt" | grep -v Warning | tail -45 ;;
     *) echo "unknown step $step"; return 2 ;;
   esac
   find "$dir" \( -name '*.safetensors' -o -name '*.pt' \) -delete  # weights stay on the device

@@ -1,0 +1,56 @@
+"""The GPU scan tools' work splitting (benchmarks/ops/): every config and case reaches exactly one process."""
+
+from __future__ import annotations
+
+import importlib
+import itertools
+import sys
+from pathlib import Path
+
+import pytest
+import triton
+
+BENCH_OPS = Path(__file__).resolve().parents[2] / "benchmarks" / "ops"
+
+
+@pytest.fixture
+def bench_module(monkeypatch):
+    def load(name: str):
+        monkeypatch.syspath_prepend(str(BENCH_OPS))
+        monkeypatch.setenv("SFMAMBA_VALUE_CHECKS", "1")  # bench_selective_scan sets a default at import
+        return importlib.import_module(name)
+
+    yield load
+    for name in ("check_scan_fwd_configs", "bench_selective_scan"):
+        sys.modules.pop(name, None)
+
+
+@pytest.mark.parametrize(("configs", "cases", "jobs"), [(12, 16, 16), (12, 6, 16), (13, 2, 4), (3, 5, 2), (2, 1, 8)])
+def test_check_shares_cover_every_pair_once(bench_module, configs, cases, jobs):
+    deal_shares = bench_module("check_scan_fwd_configs").deal_shares
+    config_ids, case_ids = list(range(configs)), list(range(100, 100 + cases))
+    shares = deal_shares(config_ids, case_ids, jobs)
+    pairs = [pair for share_configs, share_cases in shares for pair in itertools.product(share_configs, share_cases)]
+    assert sorted(pairs) == sorted(itertools.product(config_ids, case_ids))
+    assert len(shares) <= jobs
+    if jobs > cases:  # the spare processes split each case's configs
+        assert len(shares) == cases * min(jobs // cases, configs)
+
+
+def test_precompile_shares_cover_every_config(bench_module, monkeypatch):
+    bench = bench_module("bench_selective_scan")
+    from sfmamba.ops.selective_scan import chunk
+
+    fwd, bwd = chunk.selective_scan_fwd_kernel, chunk.selective_scan_bwd_kernel
+    fwd_all = [triton.Config({"BLOCK_D": 32, "PREFETCH": p}, num_warps=1) for p in range(5)]
+    bwd_all = [triton.Config({"BLOCK_D": 32, "ROWS": r}, num_warps=1) for r in range(3)]
+    seen_fwd, seen_bwd = [], []
+    for share in range(4):
+        monkeypatch.setattr(fwd, "configs", fwd_all)
+        monkeypatch.setattr(bwd, "configs", bwd_all)
+        bench.force_config_share(share, 4)
+        seen_fwd += fwd.configs
+        seen_bwd += bwd.configs
+        assert fwd.configs and bwd.configs  # every process has something to build
+    assert seen_fwd == [fwd_all[i] for i in (0, 4, 1, 2, 3)]
+    assert seen_bwd == [bwd_all[i] for i in (0, 1, 2, 0)]  # the fourth share rebuilds the first config
