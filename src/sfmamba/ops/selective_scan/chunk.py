@@ -265,7 +265,7 @@ def _fwd_configs() -> list[triton.Config]:
 
 
 def prune_fwd_configs(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
-    """Above N = 8, drop the rings more than 2 steps deep: each thread holds PREFETCH steps of B_t and C_t (2N values
+    """Above N = 8, drop the rings more than 2 steps deep: each thread holds PREFETCH steps of B_t and C_t (N values
     each) besides its N state values, so at N = 16 BLOCK_D 64 / PREFETCH 4 / UNROLL 4 spills 320 bytes, and the
     unrolled deep rings take minutes to build (sm_90, Triton 3.8, 2 CPU cores, training flags: N = 16 PREFETCH 2 /
     UNROLL 4 25 s, 197 registers; PREFETCH 4 at BLOCK_D 64 36 s; on an H200's host, N = 16 with UNROLL 4 did not
