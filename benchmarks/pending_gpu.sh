@@ -47,6 +47,8 @@
 #                    B/C; the first config compiles every variant)                                               (~6 min)
 #   scan-rows        the backward's ROWS layout (session 17, not autotuned) vs TILES, fwd+bwd, each checked against the
 #                    fp32 reference, L = 196 and 49, bf16 and fp32 (scan_configs.py --kernel bwd)                 (~4 min)
+#   scan-tiles-n1    the backward's TILES 1 vs TILES 0 vs ROWS at the VMamba shape (128, 384, 3136, 1, G = 4), fwd+bwd,
+#                    bf16 and fp32, each checked against the fp32 reference (scan_configs.py --kernel bwd)        (~4 min)
 #   scan-fwd-deep    forward rings 8 steps deep (PREFETCH 8, UNROLL 4/8, BLOCK_D 32/64; sm_90: 168-247 registers, no
 #                    spills) vs the pick, whole rows and 2 chunks per row (more warps per scheduler), L = 196 and 49,
 #                    bf16 and fp32, each checked against the fp32 reference                                    (~5 min)
@@ -176,6 +178,10 @@ run_step() {
     scan-rows)
       "$PY" benchmarks/ops/experiments/scan_configs.py --kernel bwd --unroll 16 --shapes 0 2 --dtypes bfloat16 float32 \
         --bwd-configs '{"TILES": 1}' '{"ROWS": 1}' --precompile 12 --budget-s 200 --out-dir "$dir" 2>&1 \
+        | tee "$dir/log.txt" | grep -v Warning ;;
+    scan-tiles-n1)  # does TILES 1 (or ROWS) hold at N = 1? then the [CHUNK, N, BD] path (TILES 0) can go
+      "$PY" benchmarks/ops/experiments/scan_configs.py --kernel bwd --unroll 16 --shapes 4 --dtypes bfloat16 float32 \
+        --bwd-configs '{"TILES": 1}' '{"TILES": 0}' '{"ROWS": 1}' --precompile 8 --budget-s 200 --out-dir "$dir" 2>&1 \
         | tee "$dir/log.txt" | grep -v Warning ;;
     scan-fwd-deep)  # session 18: rings 8 steps deep (the tuple state left registers for them) and 2 chunks per row
       "$PY" benchmarks/ops/experiments/scan_configs.py --kernel fwd --shapes 0 2 --dtypes bfloat16 float32 --chunks 0 2 \
