@@ -49,6 +49,10 @@
 #                    fp32 reference, L = 196 and 49, bf16 and fp32 (scan_configs.py --kernel bwd)                 (~4 min)
 #   scan-tiles-n1    the backward's TILES 1 vs TILES 0 vs ROWS at the VMamba shape (128, 384, 3136, 1, G = 4), fwd+bwd,
 #                    bf16 and fp32, each checked against the fp32 reference (scan_configs.py --kernel bwd)        (~4 min)
+#   scan-vmamba-chunks the forward at the VMamba shape (128, 384, 3136, 1, G = 4): the planner's 13 chunks of <= 256
+#                    steps (a summary pass re-reads u, delta and B: ~1.2 GB in fp32) vs whole rows (1536 one-warp programs
+#                    already fill the GPU) vs 4 chunks, with the 8-step ring, the L1-hinted config and the autotuner, fp32
+#                    and bf16 (MAX_CHUNK_LEN was set on an H100 in 2026-11 with the old kernels)                    (~4 min)
 #   scan-fwd-deep    forward rings 8 steps deep (PREFETCH 8, UNROLL 4/8, BLOCK_D 32/64; sm_90: 168-247 registers, no
 #                    spills) vs the pick, whole rows and 2 chunks per row (more warps per scheduler), L = 196 and 49,
 #                    bf16 and fp32, each checked against the fp32 reference                                    (~5 min)
@@ -183,6 +187,10 @@ run_step() {
       "$PY" benchmarks/ops/experiments/scan_configs.py --kernel bwd --unroll 16 --shapes 4 --dtypes bfloat16 float32 \
         --bwd-configs '{"TILES": 1}' '{"TILES": 0}' '{"ROWS": 1}' --precompile 8 --budget-s 200 --out-dir "$dir" 2>&1 \
         | tee "$dir/log.txt" | grep -v Warning ;;
+    scan-vmamba-chunks)  # issue #2's VMamba fp32 forward is 1.29x mamba_ssm (target 1.5x; session 12's kernels)
+      "$PY" benchmarks/ops/experiments/scan_configs.py --kernel fwd --shapes 4 --dtypes float32 bfloat16 --chunks 0 1 4 \
+        --fwd-configs '{"BLOCK_D": 32, "PREFETCH": 8, "UNROLL": 8}' '{"BLOCK_D": 32, "PREFETCH": 2, "UNROLL": 4, "AHEAD": 16}' \
+        --precompile 12 --budget-s 240 --out-dir "$dir" 2>&1 | tee "$dir/log.txt" | grep -v Warning ;;
     scan-fwd-deep)  # session 18: rings 8 steps deep (the tuple state left registers for them) and 2 chunks per row
       "$PY" benchmarks/ops/experiments/scan_configs.py --kernel fwd --shapes 0 2 --dtypes bfloat16 float32 --chunks 0 2 \
         --fwd-configs '{}' '{"PREFETCH": 8, "UNROLL": 8}' '{"BLOCK_D": 32, "PREFETCH": 8, "UNROLL": 8}' \
