@@ -126,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..data import DatasetError, create_dataset
     from ..train import TrainConfig, train
-    from ..train.checkpoint import atomic_write_text
+    from ..utils.files import atomic_write_text
 
     if not timm.is_model(args.model):
         raise UsageError(f"--model {args.model!r}: not a registered timm model")

@@ -128,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
         for cls, acc in zip(probe.classes, result["per_class_top1"]):
             print(f"  {cls:>20s}  " + (f"{acc:6.2f}%" if acc is not None else "     - (no images)"))
     if args.results_file:
-        from ..train.checkpoint import atomic_write_text
+        from ..utils.files import atomic_write_text
 
         record = dict(
             checkpoint=args.checkpoint,

@@ -64,7 +64,7 @@ def plot_confusion_matrix(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..train.checkpoint import atomic_write
+    from ..utils.files import atomic_write
 
     matrix = torch.tensor(confusion, dtype=torch.float64)
     rates = (matrix / matrix.sum(dim=1, keepdim=True).clamp_min(1)).numpy()

@@ -27,7 +27,7 @@ from torch import nn
 
 from ..layers.vmeanba_switch import apply as apply_vmeanba
 from ..models._checkpoint import VMEANBA_METADATA_KEY
-from ..utils.files import atomic_write, atomic_write_all, atomic_write_text  # noqa: F401  (re-exported)
+from ..utils.files import atomic_write, atomic_write_all
 
 STATE_SUFFIX = ".state.pt"
 WEIGHTS_SUFFIX = ".safetensors"

@@ -9,7 +9,7 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from .checkpoint import atomic_write, atomic_write_text
+from ..utils.files import atomic_write, atomic_write_text
 
 _logger = logging.getLogger(__name__)
 

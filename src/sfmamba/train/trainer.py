@@ -31,9 +31,9 @@ from ..data import AugmentConfig, build_transform, create_dataset, create_loader
 from ..data.device_loader import create_device_loaders
 from ..eval.evaluate import autocast_context, evaluate
 from ..utils.cuda_graph import GraphedTrainForward
+from ..utils.files import atomic_write_text
 from .checkpoint import (
     BackgroundWriter,
-    atomic_write_text,
     capture_rng_state,
     checkpoint_paths,
     load_training_checkpoint,
