@@ -49,10 +49,13 @@
 #                    fp32 reference, L = 196 and 49, bf16 and fp32 (scan_configs.py --kernel bwd)                 (~4 min)
 #   scan-tiles-n1    the backward's TILES 1 vs TILES 0 vs ROWS at the VMamba shape (128, 384, 3136, 1, G = 4), fwd+bwd,
 #                    bf16 and fp32, each checked against the fp32 reference (scan_configs.py --kernel bwd)        (~4 min)
-#   scan-vmamba-chunks the forward at the VMamba shape (128, 384, 3136, 1, G = 4): the planner's 13 chunks of <= 256
-#                    steps (a summary pass re-reads u, delta and B: ~1.2 GB in fp32) vs whole rows (1536 one-warp programs
-#                    already fill the GPU) vs 4 chunks, with the 8-step ring, the L1-hinted config and the autotuner, fp32
-#                    and bf16 (MAX_CHUNK_LEN was set on an H100 in 2026-11 with the old kernels)                    (~4 min)
+#   scan-vmamba-chunks the forward at the VMamba shape (128, 384, 3136, 1, G = 4): the planner's chunks (whole rows
+#                    since 2026-12-05; 13 chunks of <= 256 steps before, whose summary pass re-reads u, delta and B) vs
+#                    whole rows vs 4 chunks, with the 8-step ring, the L1-hinted config and the autotuner, fp32 and bf16
+#                                                                                                               (~1 min)
+#   scan-vmamba-spans the backward at the VMamba shape: the planner's spans (13 of 16 chunks of 16 steps) vs whole rows
+#                    (196 chunks) vs 4 spans, fwd+bwd, TILES 0, bf16 and fp32, checked (scan_configs.py --kernel bwd)
+#                                                                                                               (~3 min)
 #   scan-fwd-deep    forward rings 8 steps deep (PREFETCH 8, UNROLL 4/8, BLOCK_D 32/64; sm_90: 168-247 registers, no
 #                    spills) vs the pick, whole rows and 2 chunks per row (more warps per scheduler), L = 196 and 49,
 #                    bf16 and fp32, each checked against the fp32 reference                                    (~5 min)
@@ -191,6 +194,10 @@ run_step() {
       "$PY" benchmarks/ops/experiments/scan_configs.py --kernel fwd --shapes 4 --dtypes float32 bfloat16 --chunks 0 1 4 \
         --fwd-configs '{"BLOCK_D": 32, "PREFETCH": 8, "UNROLL": 8}' '{"BLOCK_D": 32, "PREFETCH": 2, "UNROLL": 4, "AHEAD": 16}' \
         --precompile 12 --budget-s 240 --out-dir "$dir" 2>&1 | tee "$dir/log.txt" | grep -v Warning ;;
+    scan-vmamba-spans)  # the forward keeps VMamba's rows whole since 2026-12-05: does the backward want them too?
+      "$PY" benchmarks/ops/experiments/scan_configs.py --kernel bwd --unroll 16 --shapes 4 --dtypes float32 bfloat16 \
+        --bwd-spans 0 196 49 --bwd-configs '{"TILES": 0}' --precompile 6 --budget-s 200 --out-dir "$dir" 2>&1 \
+        | tee "$dir/log.txt" | grep -v Warning ;;
     scan-fwd-deep)  # session 18: rings 8 steps deep (the tuple state left registers for them) and 2 chunks per row
       "$PY" benchmarks/ops/experiments/scan_configs.py --kernel fwd --shapes 0 2 --dtypes bfloat16 float32 --chunks 0 2 \
         --fwd-configs '{}' '{"PREFETCH": 8, "UNROLL": 8}' '{"BLOCK_D": 32, "PREFETCH": 8, "UNROLL": 8}' \

@@ -272,13 +272,13 @@ def test_auto_runs_tiled_on_reduced_scans_without_copies(monkeypatch, layout):
 
 
 def test_plan_chunks_for_narrow_tiled_programs(monkeypatch):
-    """On a GPU the step kernel's chunks are at most MAX_CHUNK_LEN steps (it walks them one by one); the tiled kernel
-    on narrow groups splits a row only until TILED_PROGRAMS_PER_SM programs per SM exist (VMamba-T stage 1's
-    reduced scan: 512 rows of 3136 steps on 132 SMs -> 1 chunk instead of 13; 8 images -> 5)."""
+    """The tiled kernel on narrow groups splits a row only until TILED_PROGRAMS_PER_SM programs per SM exist
+    (VMamba-T stage 1's reduced scan: 512 rows of 3136 steps on 132 SMs -> 1 chunk; 8 images -> 5), the step kernel
+    until TARGET_PROGRAMS_PER_SM do (512 one-warp programs -> 2 chunks)."""
     monkeypatch.setattr(chunk, "_sm_count", lambda device: 132)
     monkeypatch.setattr(chunk, "TILED_PROGRAMS_PER_SM", 1)
     gpu = torch.device("cuda")
-    assert chunk.plan_chunks(128, 4, 1, 3136, gpu, "step") == (242, 13)
+    assert chunk.plan_chunks(128, 4, 1, 3136, gpu, "step") == (1568, 2)
     assert chunk.plan_chunks(128, 4, 1, 3136, gpu, "tiled") == (3136, 1)
     assert chunk.plan_chunks(8, 4, 1, 3136, gpu, "tiled") == (628, 5)
     assert chunk.plan_chunks(128, 4, 96, 3136, gpu, "tiled") == chunk.plan_chunks(128, 4, 96, 3136, gpu, "step")
@@ -287,14 +287,20 @@ def test_plan_chunks_for_narrow_tiled_programs(monkeypatch):
 
 def test_plan_chunks_for_step_rows(monkeypatch):
     """The step kernel splits a row only while the rows leave fewer than TARGET_PROGRAMS_PER_SM one-warp programs per
-    SM: MambaVision-T's scans at batch 128 (640 and 1280 programs of 32 channels on 132 SMs) run one chunk per row,
-    no summary pass; a batch of 8 still splits its rows; long rows stay capped at MAX_CHUNK_LEN."""
+    SM: MambaVision-T's scans at batch 128 (640 and 1280 programs of 32 channels on 132 SMs) and VMamba's 3136-step
+    rows (1536 programs) run one chunk per row, no summary pass; a batch of 8 still splits its rows, into chunks of
+    at least 16 steps."""
     monkeypatch.setattr(chunk, "_sm_count", lambda device: 132)
     gpu = torch.device("cuda")
     assert chunk.plan_chunks(128, 1, 160, 196, gpu) == (196, 1)
     assert chunk.plan_chunks(128, 1, 320, 49, gpu) == (49, 1)
     assert chunk.plan_chunks(8, 1, 160, 196, gpu) == (17, 12)  # 40 programs: as many chunks as 16-step ones allow
-    assert chunk.plan_chunks(128, 4, 96, 3136, gpu) == (242, 13)
+    assert chunk.plan_chunks(128, 4, 96, 3136, gpu) == (3136, 1)
+    assert chunk.plan_chunks(8, 4, 96, 3136, gpu) == (523, 6)  # 96 programs
+    assert chunk.plan_chunks(33, 4, 128, 3136, gpu) == (3136, 1)  # 528 programs: exactly 4 per SM
+    assert chunk.plan_chunks(33, 4, 120, 3136, gpu) == (3136, 1)  # the 4 channel blocks of 120 count too
+    assert chunk.plan_chunks(32, 4, 128, 3136, gpu) == (1568, 2)  # 512 programs: 16 short
+    assert chunk.plan_chunks(1, 1, 32, 40, gpu) == (20, 2)  # 1 program, but chunks of at least 16 steps
     monkeypatch.setattr(chunk, "TARGET_PROGRAMS_PER_SM", 16)  # the planner before 2026-12-03
     assert chunk.plan_chunks(128, 1, 160, 196, gpu) == (49, 4)
 

@@ -6,7 +6,7 @@ forward+backward, vs mamba_ssm in the same run.
 
 Each setting gives both autotuners one PREFETCH value (the forward's 2 = loads two steps ahead; the backward's
 capped at 1) and sets `chunk.TARGET_PROGRAMS_PER_SM` and
-`chunk.MAX_CHUNK_LEN`; every setting is checked against the fp32 reference (gradients too for fwdbwd) before it is
+`chunk.MAX_CHUNK_LEN` (since 2026-12-05 the backward's longest span only: the forward keeps long rows whole); every setting is checked against the fp32 reference (gradients too for fwdbwd) before it is
 timed (CUDA-graph medians). Writes benchmarks/results/scan_settings_<mode>_<date>.json.
 """
 

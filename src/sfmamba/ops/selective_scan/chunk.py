@@ -1046,10 +1046,10 @@ TARGET_PROGRAMS_PER_SM = 4  # rows are split into chunks only below this many pr
 # bf16 (benchmarks/results/s12_20261203/call1-2): (128, 320, 49, 8) one chunk 18.9 us vs 30.3-32.3 for the two that
 # 16 per SM gave; (128, 160, 196, 8) one chunk 43.8 us vs 52.4-54.2 for four (with L2 flushed before each call one
 # chunk loses, 70.6 vs 56.7-60.7: fewer warps wait longer on DRAM; a model's scan reads what the layer before it wrote)
-# Long rows are split further: a program walks at most this many steps (H100, L = 3136, N = 1, bf16: 523-step chunks
-# 957 us, 242-step 891 us, 143-step 850 us, 126-step 1274 us, 64-step 1038 us (before the O(chunks) combine);
-# benchmarks/results/fwd_prefetch_chunks_20261122T215532.json, scan_settings_fwd_20261122T220855.json)
-MAX_CHUNK_LEN = 256
+# WHOLE_ROWS_WIN: long rows are no longer split into chunks of at most 256 steps (a cap set on an H100 with 2026-11's
+# kernels). H200, 2026-12-05, (128, 384, 3136, 1, G = 4), the 8-step ring, CUDA graphs: fp32 625 us whole vs 811 for
+# 13 chunks of 242 steps and 840 for 4; bf16 534 vs 613 and 661 (benchmarks/results/s21_20261205/scan-vmamba-chunks).
+MAX_CHUNK_LEN = 256  # the steps one backward program walks at most (its spans of checkpoint chunks; timed at 1 chunk)
 forced_chunk_len: int | None = None  # tests set this to exercise the two-pass path under the interpreter
 BWD_PROGRAMS_PER_SM = 4  # the step backward splits a row into spans (summary pass + combine) only below this many
 # programs per SM; a span is walked chunk by chunk, so a whole row costs no summary pass, no combine, and one read of
@@ -1062,7 +1062,8 @@ def plan_bwd_spans(
 ) -> tuple[int, int]:
     """(chunks per program, programs along L) for the step backward of a row of `n_ckpt` checkpoint chunks of `chunk`
     steps: whole rows unless that leaves fewer than BWD_PROGRAMS_PER_SM programs per SM, and at most MAX_CHUNK_LEN
-    steps per program, as in the forward (long rows were timed only with one chunk per program; on CPU: whole rows)."""
+    steps per program (long rows were timed only with one chunk per program; on CPU: whole rows). The forward keeps
+    long rows whole since WHOLE_ROWS_WIN; `pending_gpu.sh scan-vmamba-spans` times the backward's spans so."""
     if forced_bwd_span is not None:
         span = max(1, min(forced_bwd_span, n_ckpt))
     elif device.type != "cuda":
@@ -1090,18 +1091,17 @@ def is_narrow(dim_per_group: int) -> bool:
 def plan_chunks(
     batch: int, groups: int, dim_per_group: int, length: int, device: torch.device, kernel: str = "step"
 ) -> tuple[int, int]:
-    """(chunk length, number of chunks) for the step/tiled forward: split L only as far as needed to fill the GPU.
-    The step kernel walks a chunk one step at a time, so its chunks are also capped at MAX_CHUNK_LEN steps; the tiled
-    kernel on narrow groups solves a block of steps at once and needs only enough programs to fill the SMs."""
+    """(chunk length, number of chunks) for the step/tiled forward: split L only as far as needed to fill the GPU
+    (TARGET_PROGRAMS_PER_SM one-warp step programs per SM, or TILED_PROGRAMS_PER_SM for the tiled kernel on narrow
+    groups), into chunks of at least 16 steps. Long rows that fill it stay whole (WHOLE_ROWS_WIN)."""
     if forced_chunk_len is not None:
         return forced_chunk_len, triton.cdiv(length, forced_chunk_len)
     if device.type != "cuda":
         return length, 1
     narrow = kernel == "tiled" and is_narrow(dim_per_group)
-    per_sm, longest = (TILED_PROGRAMS_PER_SM, length) if narrow else (TARGET_PROGRAMS_PER_SM, MAX_CHUNK_LEN)
+    per_sm = TILED_PROGRAMS_PER_SM if narrow else TARGET_PROGRAMS_PER_SM
     programs = batch * groups * triton.cdiv(dim_per_group, 32)  # the smallest channel block either kernel gives a group
-    wanted = per_sm * _sm_count(device)
-    nchunks = max(1, min(triton.cdiv(wanted, programs), length // 16), triton.cdiv(length, longest))
+    nchunks = max(1, min(triton.cdiv(per_sm * _sm_count(device), programs), length // 16))
     chunk_len = triton.cdiv(length, nchunks)
     return chunk_len, triton.cdiv(length, chunk_len)
 
