@@ -62,6 +62,8 @@
 #   bc-align         MambaVision-T's stage-3 mixer with x_proj rows padded for 16-byte B/C loads (the default since
 #                    session 18) vs unpadded, inference forward and training fwd+bwd, CUDA graphs (bench_bc_alignment.py)
 #                                                                                                               (~2 min)
+#   first-use        first use of the scan (inference forward, training fwd+bwd) in a fresh Triton cache with its configs
+#                    built in 16 threads vs one after another (first_use_build.py; SFMAMBA_BUILD_THREADS)         (~5 min)
 #   scan-table       issue #2's table: step forward vs mamba_ssm, fwd and fwd+bwd, 5 shapes, CUDA graphs
 #                    (after mamba-build in the same call, or with a built .so in .bench_deps/ext; every config built
 #                    first in 16 processes; SHAPES="0 2" for some of the shapes)                               (~4 min)
@@ -202,6 +204,9 @@ run_step() {
       "$PY" benchmarks/ops/experiments/scan_configs.py --kernel fwd --shapes 0 2 --dtypes bfloat16 float32 --chunks 0 2 \
         --fwd-configs '{}' '{"PREFETCH": 8, "UNROLL": 8}' '{"BLOCK_D": 32, "PREFETCH": 8, "UNROLL": 8}' \
         '{"BLOCK_D": 32, "PREFETCH": 8, "UNROLL": 4}' --precompile 16 --budget-s 200 --out-dir "$dir" 2>&1 \
+        | tee "$dir/log.txt" | grep -v Warning ;;
+    first-use)
+      "$PY" benchmarks/ops/experiments/first_use_build.py --threads 16 1 --child-timeout 200 --out "$dir" 2>&1 \
         | tee "$dir/log.txt" | grep -v Warning ;;
     bc-align)
       "$PY" benchmarks/models/bench_bc_alignment.py --out "$dir" 2>&1 | tee "$dir/log.txt" | grep -v Warning ;;

@@ -4,20 +4,27 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
 import triton
 import triton.language as tl
 from triton.compiler import CompiledKernel
+from triton.runtime.autotuner import Autotuner
 from triton.runtime.jit import JITFunction
 
 from sfmamba.ops import _launch
 from sfmamba.testing import run_without_interpreter
 from sfmamba.utils._config import (
+    BUILD_THREADS_ENV,
     DIRECT_LAUNCH_ENV,
     FAST_MATH_ENV,
     KERNEL_ENV,
+    build_threads,
     direct_launch,
     fast_math,
     kernel_backend,
@@ -129,6 +136,114 @@ def test_autotune_lets_a_caller_turn_the_disk_cache_off(monkeypatch):
     monkeypatch.setattr(triton, "autotune", lambda configs, key, **kwargs: seen.update(kwargs) or (lambda fn: fn))
     _launch.autotune([], ["N"], cache_results=False)
     assert seen["cache_results"] is False
+
+
+@triton.jit
+def _tiny_kernel(x_ptr, n, BLOCK: tl.constexpr, FLAG: tl.constexpr):
+    tl.store(x_ptr + tl.arange(0, BLOCK), tl.zeros([BLOCK], tl.float32), mask=tl.arange(0, BLOCK) < n)
+
+
+class _BuildLog:
+    """Stands in for a JIT function under `ParallelBuildAutotuner`: `warmup` hands a build to the active
+    AsyncCompileMode exactly as Triton's `JITFunction._do_compile` does (the build runs in the executor, its result
+    is recorded by the finalize step in the caller's thread); `run` logs the launch of the pick."""
+
+    def __init__(self):
+        self.events, self.threads, self.running, self.most_at_once = [], set(), 0, 0
+        self.lock = threading.Lock()
+
+    def build(self, key):
+        with self.lock:
+            self.running += 1
+            self.most_at_once = max(self.most_at_once, self.running)
+        self.threads.add(threading.current_thread().name)
+        time.sleep(0.05)  # long enough for the other builds to start
+        with self.lock:
+            self.running -= 1
+        return key
+
+    def warmup(self, *args, grid, **kwargs):
+        key = tuple(sorted(kwargs.items()))
+        mode = _launch.active_mode.get()
+        assert mode is not None, "configs must be built under an AsyncCompileMode"
+        return mode.submit(key, lambda: self.build(key), lambda built: self.events.append(("built", dict(built))))
+
+    def run(self, *args, **kwargs):
+        self.events.append(("launched", kwargs))
+
+
+def _log_tuner(monkeypatch, timings: list):
+    """A `ParallelBuildAutotuner` of 4 configs whose JIT function is a `_BuildLog` and whose timing of a config is
+    logged instead of run (no GPU here)."""
+    configs = [triton.Config({"BLOCK": b}, num_warps=w) for b in (16, 32) for w in (1, 2)]
+    tuner = _launch.autotune(configs, ["n"], cache_results=False)(_tiny_kernel)
+    assert isinstance(tuner, _launch.ParallelBuildAutotuner)
+    tuner.fn = log = _BuildLog()
+
+    def timed(self, *args, config, **meta):
+        log.events.append(("timed", {**meta, **config.all_kwargs()}))
+        return timings.pop(0)
+
+    monkeypatch.setattr(Autotuner, "_bench", timed)
+    return tuner, log, configs
+
+
+@pytest.mark.skipif(_launch.AsyncCompileMode is None, reason="Triton < 3.4 has no AsyncCompileMode")
+def test_autotune_builds_every_config_of_a_new_key_in_threads_before_timing(monkeypatch):
+    monkeypatch.setenv(BUILD_THREADS_ENV, "4")
+    monkeypatch.setattr(_launch, "triton_interpret", lambda: False)
+    tuner, log, configs = _log_tuner(monkeypatch, [[3.0] * 3, [1.0] * 3, [2.0] * 3, [4.0] * 3])
+    x = torch.empty(32)
+    tuner.run(x, 7, FLAG=True)
+    kinds = [kind for kind, _ in log.events]
+    assert kinds == ["built"] * 4 + ["timed"] * 4 + ["launched"]
+    wanted = [{"FLAG": True, **c.all_kwargs()} for c in configs]
+    as_keys = lambda kwargs_list: sorted(tuple(sorted(kw.items())) for kw in kwargs_list)  # noqa: E731
+    assert as_keys(kw for _, kw in log.events[:4]) == as_keys(wanted)
+    assert [kw for _, kw in log.events[4:8]] == wanted
+    assert log.events[-1][1] == {"FLAG": True, **configs[1].all_kwargs()}  # the fastest
+    assert log.threads and all(name.startswith("sfmamba-build") for name in log.threads)
+    assert log.most_at_once > 1
+    log.events.clear()
+    tuner.run(x, 7, FLAG=True)  # a tuned key: nothing built or timed again
+    assert [kind for kind, _ in log.events] == ["launched"]
+
+
+@pytest.mark.skipif(_launch.AsyncCompileMode is None, reason="Triton < 3.4 has no AsyncCompileMode")
+@pytest.mark.parametrize("case", ["one thread", "disk cache hit", "interpreter", "another async mode"])
+def test_autotune_builds_one_after_another_where_it_must(monkeypatch, case):
+    """One thread asked for, a key whose timings come from the disk cache (only the pick is built, at launch), the
+    interpreter, or another AsyncCompileMode (torch.compile's): Triton's own path, each config built as it is timed."""
+    monkeypatch.setenv(BUILD_THREADS_ENV, "1" if case == "one thread" else "4")
+    monkeypatch.setattr(_launch, "triton_interpret", lambda: case == "interpreter")
+    tuner, log, configs = _log_tuner(monkeypatch, [[1.0] * 3 for _ in range(4)])
+    if case == "disk cache hit":
+        tuner.cache_results = True
+
+        def hit(tuning_key, pruned, bench):
+            tuner.cache[tuning_key] = pruned[2]
+            return True
+
+        monkeypatch.setattr(tuner, "check_disk_cache", hit)
+    x = torch.empty(32)
+    with _launch.AsyncCompileMode(ThreadPoolExecutor(1)) if case == "another async mode" else contextlib.nullcontext():
+        tuner.run(x, 7, FLAG=False)
+    kinds = [kind for kind, _ in log.events]
+    assert kinds == (["launched"] if case == "disk cache hit" else ["timed"] * 4 + ["launched"])
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "many", "1.5"])
+def test_build_threads_checks_its_value(monkeypatch, value):
+    monkeypatch.setenv(BUILD_THREADS_ENV, value)
+    with pytest.raises(ValueError, match=f"{BUILD_THREADS_ENV} must be a positive integer or 'auto'"):
+        build_threads()
+
+
+def test_build_threads_defaults_to_the_usable_cpus(monkeypatch):
+    monkeypatch.delenv(BUILD_THREADS_ENV, raising=False)
+    assert build_threads() == min(16, len(os.sched_getaffinity(0)))
+    monkeypatch.setenv(BUILD_THREADS_ENV, " 12 ")
+    assert build_threads() == 12
 
 
 FAST_MATH_PTX = """

@@ -92,6 +92,22 @@ def direct_launch() -> bool:
     return _env_choice(DIRECT_LAUNCH_ENV, ("0", "1"), "1") == "1"
 
 
+BUILD_THREADS_ENV = "SFMAMBA_BUILD_THREADS"
+
+
+def build_threads() -> int:
+    """How many threads build the configs of a new autotuning key at once before they are timed
+    (`ops._launch.autotune`): `SFMAMBA_BUILD_THREADS`, a positive integer, or `auto` (the default: the CPUs this
+    process may use, at most 16); 1 builds them one after another, as Triton does. Read on every new key."""
+    raw = os.environ.get(BUILD_THREADS_ENV, "").strip().lower() or "auto"
+    if raw == "auto":
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        return min(16, cpus)
+    if not raw.isdigit() or int(raw) < 1:
+        raise ValueError(f"{BUILD_THREADS_ENV} must be a positive integer or 'auto', got {raw!r}")
+    return int(raw)
+
+
 @cache
 def triton_available() -> bool:
     try:
