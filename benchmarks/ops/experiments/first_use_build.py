@@ -60,12 +60,14 @@ def child() -> None:
     torch.cuda.synchronize()
     result["first_fwd_s"] = time.perf_counter() - began
     result["fwd_kernels"] = kernels_built()
+    print(json.dumps(result), flush=True)  # each stage's line: a process cut by its time limit keeps what it timed
     x = make_inputs(shape, dtype, layout, requires_grad=True, seed=1)
     began = time.perf_counter()
     fn(x).float().square().mean().backward()
     torch.cuda.synchronize()
     result["first_fwdbwd_s"] = time.perf_counter() - began
     result["kernels"] = kernels_built()
+    print(json.dumps(result), flush=True)
     result["rel_error"] = check(fn, shape, dtype, layout, grads=True)
     result["picks"] = {k: str(getattr(chunk, k).best_config) for k in ("selective_scan_fwd_kernel",
                                                                          "selective_scan_bwd_kernel")}  # fmt: skip
@@ -91,10 +93,15 @@ def main() -> None:
         try:
             done = subprocess.run([sys.executable, __file__, "--child"], env=env, capture_output=True, text=True,
                                   timeout=args.child_timeout)  # fmt: skip
-            lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-            row = json.loads(lines[-1]) if done.returncode == 0 and lines else dict(error=done.stderr[-2000:])
-        except subprocess.TimeoutExpired:
-            row = dict(error=f"timed out after {args.child_timeout:.0f} s")
+            stdout, error = done.stdout, (done.stderr[-2000:] if done.returncode else None)
+        except subprocess.TimeoutExpired as cut:
+            stdout, error = cut.stdout or "", f"timed out after {args.child_timeout:.0f} s"
+        if isinstance(stdout, bytes):
+            stdout = stdout.decode(errors="replace")
+        lines = [line for line in stdout.splitlines() if line.startswith("{")]
+        row = json.loads(lines[-1]) if lines else {}
+        if error:
+            row["error"] = error
         row.update(threads=threads, wall_s=time.perf_counter() - began)
         rows.append(row)
         print(json.dumps(row), flush=True)
