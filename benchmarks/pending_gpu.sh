@@ -54,7 +54,7 @@
 #                    whole rows vs 4 chunks, with the 8-step ring, the L1-hinted config and the autotuner, fp32 and bf16
 #                                                                                                               (~1 min)
 #   scan-vmamba-spans the backward at the VMamba shape: the planner's spans (13 of 16 chunks of 16 steps) vs whole rows
-#                    (196 chunks) vs 4 spans, fwd+bwd, TILES 0, bf16 and fp32, checked (scan_configs.py --kernel bwd)
+#                    (196 chunks) vs 4 spans, fwd+bwd, TILES 1, bf16 and fp32, checked (scan_configs.py --kernel bwd)
 #                                                                                                               (~3 min)
 #   scan-fwd-deep    forward rings 8 steps deep (PREFETCH 8, UNROLL 4/8, BLOCK_D 32/64; sm_90: 168-247 registers, no
 #                    spills) vs the pick, whole rows and 2 chunks per row (more warps per scheduler), L = 196 and 49,
@@ -198,7 +198,7 @@ run_step() {
         --precompile 12 --budget-s 240 --out-dir "$dir" 2>&1 | tee "$dir/log.txt" | grep -v Warning ;;
     scan-vmamba-spans)  # the forward keeps VMamba's rows whole since 2026-12-05: does the backward want them too?
       "$PY" benchmarks/ops/experiments/scan_configs.py --kernel bwd --unroll 16 --shapes 4 --dtypes float32 bfloat16 \
-        --bwd-spans 0 196 49 --bwd-configs '{"TILES": 0}' --precompile 6 --budget-s 200 --out-dir "$dir" 2>&1 \
+        --bwd-spans 0 196 49 --bwd-configs '{"TILES": 1}' --precompile 6 --budget-s 200 --out-dir "$dir" 2>&1 \
         | tee "$dir/log.txt" | grep -v Warning ;;
     scan-fwd-deep)  # session 18: rings 8 steps deep (the tuple state left registers for them) and 2 chunks per row
       "$PY" benchmarks/ops/experiments/scan_configs.py --kernel fwd --shapes 0 2 --dtypes bfloat16 float32 --chunks 0 2 \

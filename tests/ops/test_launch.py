@@ -239,8 +239,11 @@ def test_build_threads_checks_its_value(monkeypatch, value):
         build_threads()
 
 
-def test_build_threads_defaults_to_the_usable_cpus(monkeypatch):
+def test_build_threads_reads_its_setting(monkeypatch):
+    """One after another (Triton's way) unless asked: the threads are not yet checked on a GPU host."""
     monkeypatch.delenv(BUILD_THREADS_ENV, raising=False)
+    assert build_threads() == 1
+    monkeypatch.setenv(BUILD_THREADS_ENV, "AUTO")
     assert build_threads() == min(16, len(os.sched_getaffinity(0)))
     monkeypatch.setenv(BUILD_THREADS_ENV, " 12 ")
     assert build_threads() == 12

@@ -466,6 +466,21 @@ def test_backward_keeps_rows_out_of_initial_state_launches():
     assert "HAS_H0" in chunk.selective_scan_bwd_kernel.keys
 
 
+def test_backward_builds_the_state_tensor_only_above_n8():
+    """TILES 0 (one [CHUNK, N, BD] state tensor) lost or tied to TILES 1 wherever both unroll the chunk (N <= 8): it is
+    pruned there, kept above N = 8 (its rolled loop is that case's only layout besides spilling TILES 1)."""
+    tiles, tensor = (triton.Config({"BLOCK_D": 32, "TILES": t}, num_warps=1) for t in (1, 0))
+    default = triton.Config({"BLOCK_D": 32}, num_warps=1)  # TILES defaults to 0 in the kernel
+    rows = triton.Config({"BLOCK_D": 32, "ROWS": 1}, num_warps=1)
+    for nstate in (1, 4, 8):
+        assert chunk.prune_bwd_configs([rows, tiles, tensor, default], {"NSTATE": nstate}) == [rows, tiles]
+        assert chunk.prune_bwd_configs([tiles, tensor], {"NSTATE": nstate, "HAS_H0": True}) == [tiles]
+    assert chunk.prune_bwd_configs([rows, tiles, tensor], {"NSTATE": 16}) == [tiles, tensor]
+    assert chunk.prune_bwd_configs([tensor], {"NSTATE": 8}) == [tensor]  # never none
+    kept = chunk.prune_bwd_configs(chunk._bwd_configs(), {"NSTATE": 8, "HAS_H0": False})
+    assert kept and all(c.kwargs.get("ROWS") or c.kwargs.get("TILES") for c in kept)
+
+
 @pytest.mark.parametrize("nstate", [1, 8, 16])
 def test_forward_keeps_deep_rings_to_small_states(nstate):
     """The GPU forward's rings deeper than 2 steps hold PREFETCH steps of B_t/C_t per thread: the autotuner times them

@@ -97,9 +97,10 @@ BUILD_THREADS_ENV = "SFMAMBA_BUILD_THREADS"
 
 def build_threads() -> int:
     """How many threads build the configs of a new autotuning key at once before they are timed
-    (`ops._launch.autotune`): `SFMAMBA_BUILD_THREADS`, a positive integer, or `auto` (the default: the CPUs this
-    process may use, at most 16); 1 builds them one after another, as Triton does. Read on every new key."""
-    raw = os.environ.get(BUILD_THREADS_ENV, "").strip().lower() or "auto"
+    (`ops._launch.autotune`): `SFMAMBA_BUILD_THREADS`, a positive integer or `auto` (the CPUs this process may use,
+    at most 16). The default, 1, builds them one after another, as Triton does, until
+    `benchmarks/ops/experiments/first_use_build.py` has checked the threads on a GPU host. Read on every new key."""
+    raw = os.environ.get(BUILD_THREADS_ENV, "").strip().lower() or "1"
     if raw == "auto":
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         return min(16, cpus)

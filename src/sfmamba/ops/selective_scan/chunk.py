@@ -481,15 +481,21 @@ def _bwd_configs() -> list[triton.Config]:
 
 
 def prune_bwd_configs(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
-    """Drop the ROWS layout where an initial state is given: its masked steps with the initial state's row selects
-    take ~10 minutes to build for sm_90 (Triton 3.8, 2 CPU cores; TILES 50 s), for a case the models never hit
-    (`benchmarks/ops/experiments/scan_compile_times.py`); and above N = 8, where its unrolled chunk of N rows per
-    state would not fit the registers (the chunk is unrolled whatever UNROLL says). Every other case keeps every
-    config."""
+    """The backward's configs worth building for a launch (all of them where none would be left):
+    - up to N = 8, not the [CHUNK, N, BD] state tensor (TILES 0): its chunk is unrolled there as TILES 1's is, and the
+      tuple of tiles won or tied wherever both were timed (sm_90: 3880 instead of 4496 instructions per 8-step chunk;
+      H200 fwd+bwd: (128, 160, 196, 8) bf16 307.7 vs 330.0 us, session 14; (128, 384, 3136, 1, G = 4) bf16 2917.5 vs
+      2903.2 us, fp32 3701.7 vs 3697.4, session 21's `scan-tiles-n1`): one config fewer to build on first use;
+    - not ROWS where an initial state is given: its masked steps with the initial state's row selects take ~10
+      minutes to build for sm_90 (Triton 3.8, 2 CPU cores; TILES 50 s), for a case the models never hit
+      (`benchmarks/ops/experiments/scan_compile_times.py`); nor above N = 8, where its unrolled chunk of N rows per
+      state would not fit the registers (the chunk is unrolled whatever UNROLL says)."""
     args = {**named_args, **kwargs}
-    if not args.get("HAS_H0") and args.get("NSTATE", 0) <= 8:
-        return configs
-    return [c for c in configs if not c.kwargs.get("ROWS")] or configs
+    small = args.get("NSTATE", 0) <= 8
+    kept = [c for c in configs if c.kwargs.get("ROWS") or c.kwargs.get("TILES", 0) or not small]
+    if args.get("HAS_H0") or not small:
+        kept = [c for c in kept if not c.kwargs.get("ROWS")]
+    return kept or configs
 
 
 MAX_UNROLL = 16  # the backward's main pass unrolls chunks up to this many steps (bwd_chunk_for's largest); a longer
