@@ -8,6 +8,7 @@ import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from unittest import mock
 
 import pytest
 import torch
@@ -140,19 +141,24 @@ def test_autotune_lets_a_caller_turn_the_disk_cache_off(monkeypatch):
 
 @triton.jit
 def _tiny_kernel(x_ptr, n, BLOCK: tl.constexpr, FLAG: tl.constexpr):
-    tl.store(x_ptr + tl.arange(0, BLOCK), tl.zeros([BLOCK], tl.float32), mask=tl.arange(0, BLOCK) < n)
+    offs = tl.arange(0, BLOCK)
+    tl.store(x_ptr + offs, tl.zeros([BLOCK], tl.float32) + FLAG, mask=offs < n)
+
+
+LAUNCH_ONLY = ("grid", "warmup")  # what `kernel[grid](...)` adds to every launch's keywords
 
 
 class _BuildLog:
-    """Stands in for a JIT function under `ParallelBuildAutotuner`: `warmup` hands a build to the active
-    AsyncCompileMode exactly as Triton's `JITFunction._do_compile` does (the build runs in the executor, its result
-    is recorded by the finalize step in the caller's thread); `run` logs the launch of the pick."""
+    """Stands in for a JIT function under `ParallelBuildAutotuner`: a run with `warmup=True` hands its build to the
+    active AsyncCompileMode exactly as Triton's `JITFunction._do_compile` does (the build runs in the executor, the
+    finalize step records it in the caller's thread); any other run logs a launch. `failing`: a BLOCK whose build
+    raises."""
 
-    def __init__(self):
+    def __init__(self, failing: int | None = None):
         self.events, self.threads, self.running, self.most_at_once = [], set(), 0, 0
-        self.lock = threading.Lock()
+        self.lock, self.failing = threading.Lock(), failing
 
-    def build(self, key):
+    def build(self, kwargs: dict) -> dict:
         with self.lock:
             self.running += 1
             self.most_at_once = max(self.most_at_once, self.running)
@@ -160,53 +166,91 @@ class _BuildLog:
         time.sleep(0.05)  # long enough for the other builds to start
         with self.lock:
             self.running -= 1
-        return key
+        if kwargs["BLOCK"] == self.failing:
+            raise RuntimeError("ptxas failed")
+        return kwargs
 
-    def warmup(self, *args, grid, **kwargs):
-        key = tuple(sorted(kwargs.items()))
+    def run(self, *args, grid, warmup, **kwargs):
+        if not warmup:
+            self.events.append(("launched", kwargs))
+            return None
         mode = _launch.active_mode.get()
         assert mode is not None, "configs must be built under an AsyncCompileMode"
-        return mode.submit(key, lambda: self.build(key), lambda built: self.events.append(("built", dict(built))))
-
-    def run(self, *args, **kwargs):
-        self.events.append(("launched", kwargs))
+        key = tuple(sorted(kwargs.items()))
+        return mode.submit(key, lambda: self.build(kwargs), lambda built: self.events.append(("built", built)))
 
 
-def _log_tuner(monkeypatch, timings: list):
-    """A `ParallelBuildAutotuner` of 4 configs whose JIT function is a `_BuildLog` and whose timing of a config is
+CONFIGS = [triton.Config({"BLOCK": b}, num_warps=w) for b in (16, 32) for w in (1, 2)]
+
+
+def _log_tuner(monkeypatch, timings: list, failing: int | None = None):
+    """A `ParallelBuildAutotuner` of CONFIGS whose JIT function is a `_BuildLog` and whose timing of a config is
     logged instead of run (no GPU here)."""
-    configs = [triton.Config({"BLOCK": b}, num_warps=w) for b in (16, 32) for w in (1, 2)]
-    tuner = _launch.autotune(configs, ["n"], cache_results=False)(_tiny_kernel)
+    tuner = _launch.autotune(CONFIGS, ["n"], cache_results=False)(_tiny_kernel)
     assert isinstance(tuner, _launch.ParallelBuildAutotuner)
-    tuner.fn = log = _BuildLog()
+    tuner.fn = log = _BuildLog(failing)
 
     def timed(self, *args, config, **meta):
-        log.events.append(("timed", {**meta, **config.all_kwargs()}))
+        launch = {k: v for k, v in meta.items() if k not in LAUNCH_ONLY}
+        log.events.append(("timed", {**launch, **config.all_kwargs()}))
         return timings.pop(0)
 
     monkeypatch.setattr(Autotuner, "_bench", timed)
-    return tuner, log, configs
+    return tuner, log
+
+
+def _as_keys(kwargs_list) -> list:
+    return sorted(tuple(sorted(kw.items())) for kw in kwargs_list)
 
 
 @pytest.mark.skipif(_launch.AsyncCompileMode is None, reason="Triton < 3.4 has no AsyncCompileMode")
 def test_autotune_builds_every_config_of_a_new_key_in_threads_before_timing(monkeypatch):
+    """Launched as the ops launch (`kernel[grid](...)`): every config of a new key built at once, in the build
+    threads, with the launch's own keywords, before the first is timed; the fastest launched; a tuned key builds and
+    times nothing."""
     monkeypatch.setenv(BUILD_THREADS_ENV, "4")
     monkeypatch.setattr(_launch, "triton_interpret", lambda: False)
-    tuner, log, configs = _log_tuner(monkeypatch, [[3.0] * 3, [1.0] * 3, [2.0] * 3, [4.0] * 3])
+    tuner, log = _log_tuner(monkeypatch, [[3.0] * 3, [1.0] * 3, [2.0] * 3, [4.0] * 3])
     x = torch.empty(32)
-    tuner.run(x, 7, FLAG=True)
+    tuner[(1,)](x, 7, FLAG=True)
     kinds = [kind for kind, _ in log.events]
     assert kinds == ["built"] * 4 + ["timed"] * 4 + ["launched"]
-    wanted = [{"FLAG": True, **c.all_kwargs()} for c in configs]
-    as_keys = lambda kwargs_list: sorted(tuple(sorted(kw.items())) for kw in kwargs_list)  # noqa: E731
-    assert as_keys(kw for _, kw in log.events[:4]) == as_keys(wanted)
+    wanted = [{"FLAG": True, **c.all_kwargs()} for c in CONFIGS]
+    assert _as_keys(kw for _, kw in log.events[:4]) == _as_keys(wanted)
     assert [kw for _, kw in log.events[4:8]] == wanted
-    assert log.events[-1][1] == {"FLAG": True, **configs[1].all_kwargs()}  # the fastest
+    assert log.events[-1][1] == {"FLAG": True, **CONFIGS[1].all_kwargs()}  # the fastest
     assert log.threads and all(name.startswith("sfmamba-build") for name in log.threads)
     assert log.most_at_once > 1
     log.events.clear()
-    tuner.run(x, 7, FLAG=True)  # a tuned key: nothing built or timed again
+    tuner[(1,)](x, 7, FLAG=True)
     assert [kind for kind, _ in log.events] == ["launched"]
+
+
+@pytest.mark.skipif(_launch.AsyncCompileMode is None, reason="Triton < 3.4 has no AsyncCompileMode")
+def test_a_config_that_fails_to_build_is_left_to_the_timing(monkeypatch):
+    """A build error in a thread is not raised there: the config is timed (and, on a GPU, built again and reported
+    or skipped) as without the threads."""
+    monkeypatch.setenv(BUILD_THREADS_ENV, "4")
+    monkeypatch.setattr(_launch, "triton_interpret", lambda: False)
+    tuner, log = _log_tuner(monkeypatch, [[float(i + 1)] * 3 for i in range(4)], failing=32)
+    tuner[(1,)](torch.empty(32), 7, FLAG=False)
+    built = [kw for kind, kw in log.events if kind == "built"]
+    assert _as_keys(built) == _as_keys({"FLAG": False, **c.all_kwargs()} for c in CONFIGS if c.kwargs["BLOCK"] == 16)
+    assert [kind for kind, _ in log.events].count("timed") == 4
+
+
+@pytest.mark.skipif(_launch.AsyncCompileMode is None, reason="Triton < 3.4 has no AsyncCompileMode")
+def test_failed_builds_leave_the_kernel_cache(monkeypatch):
+    """Triton 3.8 caches a build's future when it is submitted: a failed one is dropped, so that the next run builds
+    the config again instead of re-raising the thread's error; finished builds and plain kernels stay."""
+    with ThreadPoolExecutor(2) as pool:
+        failed = _launch.FutureKernel(lambda kernel: None, pool.submit(lambda: 1 / 0))
+        finished = _launch.FutureKernel(lambda kernel: None, pool.submit(lambda: "kernel"))
+        failed.future.exception(), finished.future.result()
+    kernels = {"failed": failed, "finished": finished, "plain": "compiled"}
+    jit = mock.Mock(device_caches={0: (kernels, None, None, None, None)})
+    _launch._forget_failed_builds(jit)
+    assert sorted(kernels) == ["finished", "plain"]
 
 
 @pytest.mark.skipif(_launch.AsyncCompileMode is None, reason="Triton < 3.4 has no AsyncCompileMode")
@@ -216,7 +260,7 @@ def test_autotune_builds_one_after_another_where_it_must(monkeypatch, case):
     interpreter, or another AsyncCompileMode (torch.compile's): Triton's own path, each config built as it is timed."""
     monkeypatch.setenv(BUILD_THREADS_ENV, "1" if case == "one thread" else "4")
     monkeypatch.setattr(_launch, "triton_interpret", lambda: case == "interpreter")
-    tuner, log, configs = _log_tuner(monkeypatch, [[1.0] * 3 for _ in range(4)])
+    tuner, log = _log_tuner(monkeypatch, [[1.0] * 3 for _ in range(4)])
     if case == "disk cache hit":
         tuner.cache_results = True
 
@@ -225,14 +269,36 @@ def test_autotune_builds_one_after_another_where_it_must(monkeypatch, case):
             return True
 
         monkeypatch.setattr(tuner, "check_disk_cache", hit)
-    x = torch.empty(32)
-    with _launch.AsyncCompileMode(ThreadPoolExecutor(1)) if case == "another async mode" else contextlib.nullcontext():
-        tuner.run(x, 7, FLAG=False)
+    pool = ThreadPoolExecutor(1)
+    with pool, _launch.AsyncCompileMode(pool) if case == "another async mode" else contextlib.nullcontext():
+        tuner[(1,)](torch.empty(32), 7, FLAG=False)
     kinds = [kind for kind, _ in log.events]
     assert kinds == (["launched"] if case == "disk cache hit" else ["timed"] * 4 + ["launched"])
 
 
-@pytest.mark.parametrize("value", ["0", "-2", "many", "1.5"])
+@pytest.mark.skipif(
+    not torch.cuda.is_available() or _launch.AsyncCompileMode is None, reason="builds and runs a kernel on a GPU"
+)
+def test_threaded_builds_are_the_kernels_the_autotuner_runs(monkeypatch):
+    """On a GPU: each config compiled once, in a build thread, and the tuned kernel runs (a fresh JIT function, so no
+    kernel is in its cache already)."""
+    monkeypatch.setenv(BUILD_THREADS_ENV, "4")
+    tuner = _launch.autotune(CONFIGS, ["n"], cache_results=False)(triton.jit(_tiny_kernel.fn))
+    compiles, compile_fn = [], tuner.fn.compile
+
+    def counted(*args, **kwargs):
+        compiles.append(threading.current_thread().name)
+        return compile_fn(*args, **kwargs)
+
+    monkeypatch.setattr(tuner.fn, "compile", counted)
+    x = torch.full((32,), 5.0, device="cuda")
+    tuner[(1,)](x, 7, FLAG=True)
+    torch.cuda.synchronize()
+    assert len(compiles) == 4 and all(name.startswith("sfmamba-build") for name in compiles)
+    assert x[:7].eq(1).all() and x[7:].eq(5).all()
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "many", "1.5", "²"])
 def test_build_threads_checks_its_value(monkeypatch, value):
     monkeypatch.setenv(BUILD_THREADS_ENV, value)
     with pytest.raises(ValueError, match=f"{BUILD_THREADS_ENV} must be a positive integer or 'auto'"):

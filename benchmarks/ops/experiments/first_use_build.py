@@ -16,6 +16,7 @@ import argparse
 import datetime as dt
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -45,6 +46,18 @@ def kernels_built() -> dict[str, int]:
         cache = fn.device_caches.get(torch.cuda.current_device())
         counts[name] = len(cache[0]) if cache else 0
     return counts
+
+
+def last_result(stdout: str) -> dict:
+    """The child's last JSON result line ({} if none): each stage prints one, other output is skipped."""
+    for line in reversed(stdout.splitlines()):
+        try:
+            result = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(result, dict):
+            return result
+    return {}
 
 
 def child() -> None:
@@ -87,7 +100,8 @@ def main() -> None:
         return child()
     rows = []
     for threads in args.threads:
-        env = dict(os.environ, SFMAMBA_BUILD_THREADS=str(threads), TRITON_CACHE_DIR=tempfile.mkdtemp(prefix="fub_"))
+        cache = tempfile.mkdtemp(prefix="first_use_build_")
+        env = dict(os.environ, SFMAMBA_BUILD_THREADS=str(threads), TRITON_CACHE_DIR=cache)
         env.pop("TRITON_INTERPRET", None)
         began = time.perf_counter()
         try:
@@ -98,8 +112,8 @@ def main() -> None:
             stdout, error = cut.stdout or "", f"timed out after {args.child_timeout:.0f} s"
         if isinstance(stdout, bytes):
             stdout = stdout.decode(errors="replace")
-        lines = [line for line in stdout.splitlines() if line.startswith("{")]
-        row = json.loads(lines[-1]) if lines else {}
+        shutil.rmtree(cache, ignore_errors=True)
+        row = last_result(stdout)
         if error:
             row["error"] = error
         row.update(threads=threads, wall_s=time.perf_counter() - began)

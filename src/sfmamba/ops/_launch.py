@@ -21,9 +21,9 @@ from triton.runtime.jit import JITFunction
 from ..utils._config import build_threads, direct_launch, fast_math, triton_interpret, use_triton
 
 try:  # Triton >= 3.4: JITFunction builds hand their work to an executor while this mode is active
-    from triton.runtime._async_compile import AsyncCompileMode, active_mode
+    from triton.runtime._async_compile import AsyncCompileMode, FutureKernel, active_mode
 except ImportError:
-    AsyncCompileMode = active_mode = None
+    AsyncCompileMode = FutureKernel = active_mode = None
 
 __all__ = [
     "FAST_MATH",
@@ -143,17 +143,33 @@ class ParallelBuildAutotuner(Autotuner):
 
 
 def build_configs(fn, args: tuple, meta: dict, configs: list) -> None:
-    """Build `fn` (a JIT function, under heuristics or not) for each config on these arguments, in threads; a config
-    that fails to build is left to the sequential path, which reports or skips it as Triton does."""
-    threads = min(build_threads(), len(configs))
-    if threads < 2 or AsyncCompileMode is None or triton_interpret() or active_mode.get() is not None:
+    """Build `fn` (a JIT function, under heuristics or not) for each config on these arguments, in threads, exactly
+    as `Autotuner._bench` will run it (`meta`: the launch's keywords, `grid` and `warmup` among them when launched as
+    `kernel[grid](...)`), so that its runs find them built. A config that fails to build is left to those runs, which
+    report or skip it as Triton does."""
+    if AsyncCompileMode is None or triton_interpret() or active_mode.get() is not None or len(configs) < 2:
         return
+    threads = min(build_threads(), len(configs))
+    if threads < 2:
+        return
+    keywords = {k: v for k, v in meta.items() if k not in ("grid", "warmup")}
     with (
         ThreadPoolExecutor(threads, thread_name_prefix="sfmamba-build") as pool,
         AsyncCompileMode(pool, ignore_errors=True),
     ):
         for config in configs:
-            fn.warmup(*args, grid=(1,), **{**meta, **config.all_kwargs()})  # conflicts: Autotuner._bench's error
+            fn.run(*args, grid=None, warmup=True, **{**keywords, **config.all_kwargs()})
+    _forget_failed_builds(_innermost(fn))
+
+
+def _forget_failed_builds(jit) -> None:
+    """Drop the builds that failed from a JIT function's kernel caches: Triton 3.8 caches a build's future when it is
+    submitted, failed or not, and a later run would re-raise its error instead of building the config again."""
+    for caches in getattr(jit, "device_caches", {}).values():
+        kernels = caches[0]
+        for key, kernel in list(kernels.items()):
+            if isinstance(kernel, FutureKernel) and kernel.future.done() and kernel.future.exception() is not None:
+                del kernels[key]
 
 
 @dataclass

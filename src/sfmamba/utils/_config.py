@@ -104,7 +104,7 @@ def build_threads() -> int:
     if raw == "auto":
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         return min(16, cpus)
-    if not raw.isdigit() or int(raw) < 1:
+    if not (raw.isascii() and raw.isdigit()) or int(raw) < 1:
         raise ValueError(f"{BUILD_THREADS_ENV} must be a positive integer or 'auto', got {raw!r}")
     return int(raw)
 

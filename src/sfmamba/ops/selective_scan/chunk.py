@@ -481,7 +481,7 @@ def _bwd_configs() -> list[triton.Config]:
 
 
 def prune_bwd_configs(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
-    """The backward's configs worth building for a launch (all of them where none would be left):
+    """The backward's configs worth building for a launch (each rule drops nothing where it would leave none):
     - up to N = 8, not the [CHUNK, N, BD] state tensor (TILES 0): its chunk is unrolled there as TILES 1's is, and the
       tuple of tiles won or tied wherever both were timed (sm_90: 3880 instead of 4496 instructions per 8-step chunk;
       H200 fwd+bwd: (128, 160, 196, 8) bf16 307.7 vs 330.0 us, session 14; (128, 384, 3136, 1, G = 4) bf16 2917.5 vs
@@ -492,10 +492,11 @@ def prune_bwd_configs(configs: list[triton.Config], named_args: dict, **kwargs) 
       state would not fit the registers (the chunk is unrolled whatever UNROLL says)."""
     args = {**named_args, **kwargs}
     small = args.get("NSTATE", 0) <= 8
-    kept = [c for c in configs if c.kwargs.get("ROWS") or c.kwargs.get("TILES", 0) or not small]
     if args.get("HAS_H0") or not small:
-        kept = [c for c in kept if not c.kwargs.get("ROWS")]
-    return kept or configs
+        configs = [c for c in configs if not c.kwargs.get("ROWS")] or configs
+    if small:
+        configs = [c for c in configs if c.kwargs.get("ROWS") or c.kwargs.get("TILES", 0)] or configs
+    return configs
 
 
 MAX_UNROLL = 16  # the backward's main pass unrolls chunks up to this many steps (bwd_chunk_for's largest); a longer
