@@ -66,9 +66,11 @@ def main() -> None:
         outputs, times = {}, {}
         for pad in (padded, 0):
             mixer.dt_pad = pad
+            print(f"# {mode}, dt_pad {pad}: building and tuning the kernels", flush=True)  # minutes on a fresh host
             with torch.set_grad_enabled(train):
                 outputs[pad] = step(mixer, x, train)().float()
                 times[pad] = timed_us(step(mixer, x, train), args.repeats)
+            print(f"# {mode}, dt_pad {pad}: {times[pad]['median']:.1f} us", flush=True)
         error = relative_error(outputs[0], outputs[padded])
         rows.append(dict(mode=mode, dt_pad=padded, padded_us=times[padded], unpadded_us=times[0], rel_error=error,
                          speedup=times[0]["median"] / times[padded]["median"]))  # fmt: skip
