@@ -354,15 +354,17 @@ def force_config_share(share: int, shares: int) -> None:
 
 def precompile(jobs: int) -> None:
     """Run this command in `jobs` child processes, each building its share of the configs (see the module doc)."""
+    run_children([["--precompile-share", str(j), str(jobs)] for j in range(jobs)], "precompiled")
+
+
+def run_children(extra_args: list[list[str]], what: str) -> None:
+    """This command once per entry of `extra_args`, with those arguments added, all at once (output discarded: they
+    only fill Triton's on-disk cache for the timed run); prints the wall time and the children that failed."""
     began = time.time()
-    with open(os.devnull, "w") as quiet:
-        procs = [
-            subprocess.Popen([sys.executable, *sys.argv, "--precompile-share", str(j), str(jobs)], stdout=quiet)
-            for j in range(jobs)
-        ]
-        failed = [j for j, proc in enumerate(procs) if proc.wait() != 0]
-    print(f"# precompiled in {jobs} processes: {time.time() - began:.0f} s" + (f"; {failed} failed" if failed else ""),
-          flush=True)  # fmt: skip
+    procs = [subprocess.Popen([sys.executable, *sys.argv, *extra], stdout=subprocess.DEVNULL) for extra in extra_args]
+    failed = [j for j, proc in enumerate(procs) if proc.wait() != 0]
+    print(f"# {what} in {len(procs)} processes: {time.time() - began:.0f} s"
+          + (f"; processes {failed} failed" if failed else ""), flush=True)  # fmt: skip
 
 
 def summarize(rows: list[Row]) -> str:

@@ -37,13 +37,11 @@ from bench_selective_scan import MAIN_SHAPES, check, make_inputs, providers  # n
 def kernels_built() -> dict[str, int]:
     """Compiled kernels held by each scan JIT function on the current device."""
     from sfmamba.ops.selective_scan import chunk
+    from sfmamba.testing import jit_function
 
     counts = {}
     for name in ("selective_scan_fwd_kernel", "selective_scan_bwd_kernel"):
-        fn = getattr(chunk, name)
-        while not hasattr(fn, "device_caches"):
-            fn = fn.fn
-        cache = fn.device_caches.get(torch.cuda.current_device())
+        cache = jit_function(getattr(chunk, name)).device_caches.get(torch.cuda.current_device())
         counts[name] = len(cache[0]) if cache else 0
     return counts
 

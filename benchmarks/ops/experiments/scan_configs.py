@@ -25,7 +25,6 @@ import argparse
 import datetime
 import itertools
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -36,7 +35,7 @@ import triton
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
-from bench_selective_scan import MAIN_SHAPES, Shape, check, providers, time_provider  # noqa: E402
+from bench_selective_scan import MAIN_SHAPES, Shape, check, providers, run_children, time_provider  # noqa: E402
 
 from sfmamba.ops.selective_scan import chunk as K  # noqa: E402
 from sfmamba.testing import jit_function  # noqa: E402
@@ -194,15 +193,8 @@ def main() -> None:
 def precompile(count: int, jobs: int) -> None:
     """Every setting checked once in `jobs` child processes (round-robin shares), so that the timed run below finds
     its kernels in Triton's on-disk cache: compiling the unrolled backward takes tens of seconds per variant."""
-    began = time.time()
-    cmd = [sys.executable, *sys.argv]
-    procs = [
-        subprocess.Popen([*cmd, "--items", *map(str, range(j, count, jobs))], stdout=subprocess.DEVNULL)
-        for j in range(min(jobs, count))
-    ]
-    failed = [j for j, proc in enumerate(procs) if proc.wait() != 0]
-    print(f"# precompiled {count} settings in {len(procs)} processes: {time.time() - began:.0f} s"
-          + (f"; shares {failed} failed" if failed else ""), flush=True)  # fmt: skip
+    shares = [["--items", *map(str, range(j, count, jobs))] for j in range(min(jobs, count))]
+    run_children(shares, f"precompiled {count} settings")
 
 
 def write_report(out: Path, mode: str, rows: list[dict]) -> None:
