@@ -59,6 +59,9 @@
 #   scan-fwd-deep    forward rings 8 steps deep (PREFETCH 8, UNROLL 4/8, BLOCK_D 32/64; sm_90: 168-247 registers, no
 #                    spills) vs the pick, whole rows and 2 chunks per row (more warps per scheduler), L = 196 and 49,
 #                    bf16 and fp32, each checked against the fp32 reference                                    (~5 min)
+#   scan-fwd-split   the forward with two lanes per channel (SPLIT 2, session 22: 1280 one-warp programs at L = 196
+#                    instead of 640, 72 instructions per warp-step instead of 102) vs the 8-step ring, L = 196 and 49,
+#                    bf16 and fp32, each checked against the fp32 reference (scan_configs.py --kernel fwd)     (~4 min)
 #   bc-align         MambaVision-T's stage-3 mixer with x_proj rows padded for 16-byte B/C loads (the default since
 #                    session 18) vs unpadded, inference forward and training fwd+bwd, CUDA graphs (bench_bc_alignment.py)
 #                                                                                                               (~2 min)
@@ -200,6 +203,12 @@ run_step() {
       "$PY" benchmarks/ops/experiments/scan_configs.py --kernel bwd --unroll 16 --shapes 4 --dtypes float32 bfloat16 \
         --bwd-spans 0 196 49 --bwd-configs '{"TILES": 1}' --precompile 6 --budget-s 200 --out-dir "$dir" 2>&1 \
         | tee "$dir/log.txt" | grep -v Warning ;;
+    scan-fwd-split)  # session 22: twice the warps at L = 196 (640 one-warp programs leave 112 of 528 schedulers two)
+      "$PY" benchmarks/ops/experiments/scan_configs.py --kernel fwd --shapes 0 2 --dtypes bfloat16 float32 --chunks 0 \
+        --fwd-configs '{"BLOCK_D": 32, "PREFETCH": 8, "UNROLL": 8}' '{"BLOCK_D": 16, "SPLIT": 2, "PREFETCH": 8, "UNROLL": 8}' \
+        '{"BLOCK_D": 16, "SPLIT": 2, "PREFETCH": 4, "UNROLL": 4}' '{"BLOCK_D": 16, "SPLIT": 2, "PREFETCH": 8, "UNROLL": 4}' \
+        '{"BLOCK_D": 16, "SPLIT": 2, "PREFETCH": 2, "UNROLL": 4, "AHEAD": 16}' --precompile 16 --budget-s 200 \
+        --out-dir "$dir" 2>&1 | tee "$dir/log.txt" | grep -v Warning ;;
     scan-fwd-deep)  # session 18: rings 8 steps deep (the tuple state left registers for them) and 2 chunks per row
       "$PY" benchmarks/ops/experiments/scan_configs.py --kernel fwd --shapes 0 2 --dtypes bfloat16 float32 --chunks 0 2 \
         --fwd-configs '{}' '{"PREFETCH": 8, "UNROLL": 8}' '{"BLOCK_D": 32, "PREFETCH": 8, "UNROLL": 8}' \

@@ -499,6 +499,44 @@ def test_forward_keeps_deep_rings_to_small_states(nstate):
     assert chunk.selective_scan_fwd_kernel.early_config_prune is chunk.prune_fwd_configs
 
 
+@pytest.mark.parametrize(
+    "nstate, layout, kernel, segments, seq_len, dtype",
+    [
+        (8, "BLD", "triton", None, None, torch.float32),
+        (4, "BDL", "triton-2pass", 2, None, torch.float32),  # initial states; chunks of 7 steps
+        (3, "BLD", "triton-2pass", None, 6, torch.float32),  # N not a power of two; periodic resets
+        (16, "BLD", "triton", None, None, torch.bfloat16),
+    ],
+)
+def test_forward_split_lanes(nstate, layout, kernel, segments, seq_len, dtype):
+    """The forward with two lanes per channel (SPLIT 2: BLOCK_D 16 channels on 32 lanes, each lane half the states, y's
+    halves summed by a lane shuffle, emulated by Triton ops in the interpreter): whole rows and two passes, initial
+    and last states, resets, N = 3, 4, 8, 16, bf16; forward, and every gradient through its checkpoints."""
+    torch.manual_seed(3)
+    inputs = make_inputs(2, 24, 20, nstate, 2, layout, segments=segments)
+    kernel_fn = chunk.selective_scan_fwd_kernel
+    config = triton.Config({"BLOCK_D": 16, "PREFETCH": 2, "UNROLL": 2, "SPLIT": 2}, num_warps=1)
+    flags = {"delta_softplus": True, "layout": layout, **({"seq_len": seq_len} if seq_len else {})}
+    with mock.patch.object(kernel_fn, "configs", [config]):
+        kernel_fn.cache.clear()
+        try:
+            compare_with_reference(inputs, dtype, flags, backward=True, kernel=kernel)
+            assert kernel_fn.best_config.kwargs["SPLIT"] == 2
+        finally:
+            kernel_fn.cache.clear()
+
+
+def test_forward_split_needs_two_states():
+    """SPLIT configs give each lane a share of N >= 2 states: the autotuner drops them at N = 1, and a list of only
+    those runs them unsplit (never nothing to time)."""
+    split = triton.Config({"BLOCK_D": 16, "PREFETCH": 8, "UNROLL": 8, "SPLIT": 2}, num_warps=1)
+    whole = triton.Config({"BLOCK_D": 32, "PREFETCH": 8, "UNROLL": 8}, num_warps=1)
+    assert chunk.prune_fwd_configs([split, whole], {"NSTATE": 1}) == [whole]
+    assert chunk.prune_fwd_configs([split, whole], {"NSTATE": 2}) == [split, whole]
+    (unsplit,) = chunk.prune_fwd_configs([split], {"NSTATE": 1})
+    assert unsplit.kwargs == {**split.kwargs, "SPLIT": 1} and unsplit.num_warps == 1
+
+
 @pytest.mark.parametrize("chunk_len", [5, 16])
 @pytest.mark.parametrize("layout, reset", [("BDL", None), ("BLD", None), ("BDL", "seq_len"), ("BLD", "cu_seqlens")])
 def test_chunk_two_pass_forward(chunk_len, layout, reset):
@@ -1005,6 +1043,14 @@ for dtype in ("bf16", "fp16", "fp32"):  # B_t/C_t by 16-byte loads
     compiled = compile_for_sm90(chunk.selective_scan_fwd_kernel, flags, 1, scan_pointer_type(dtype))
     print("vec", "cubin" if compiled.asm.get("cubin") else "no cubin", dtype,
           f"loads={compiled.asm['ptx'].count('ld.global.nc.v4.b32')}")
+for dtype, nstate, extra in (("bf16", 8, infer), ("fp32", 8, train), ("bf16", 16, train)):  # two lanes per channel
+    flags = dict(common, **extra, RESET=1, STORE_LAST=extra is train, STORE_CKPT=extra is train, SUMMARY=False,
+                 BLOCK_D=16, BLOCK_N=nstate, UNROLL=1, PREFETCH=1, VECTOR_BC=1, SPLIT=2)
+    compiled = compile_for_sm90(chunk.selective_scan_fwd_kernel, flags, 1, scan_pointer_type(dtype))
+    ptx = compiled.asm["ptx"]
+    print("split", "cubin" if compiled.asm.get("cubin") else "no cubin", dtype, nstate,
+          ptx.count("ld.global.nc.v2.b32"), ptx.count("ld.global.nc.v4.b32"), ptx.count("shfl.sync.bfly"),
+          compiled.asm["ttgir"].count("ttg.convert_layout"))
 for nstate, summary, reset, extra in ((8, False, 0, infer), (8, False, 1, train), (1, False, 2, train),
                                       (8, True, 1, infer)):
     block_n, steps = triton.next_power_of_2(nstate), chunk.bwd_chunk_for(nstate)
@@ -1026,7 +1072,8 @@ for nstate, summary, reset, extra in ((8, False, 0, infer), (8, False, 1, train)
 
 def test_step_kernels_compile_for_sm90():
     """The interpreter never compiles: build the step forward (main, summary and training flag sets, step loop unrolled
-    1-4 times; B_t/C_t by 16-byte inline-PTX loads in bf16, fp16 and fp32) and backward for an H100 with Triton's
+    1-4 times; B_t/C_t by 16-byte inline-PTX loads in bf16, fp16 and fp32; two lanes per channel, SPLIT, with 8- or
+    16-byte loads of each lane's share) and backward for an H100 with Triton's
     bundled ptxas, and check that the backward's main pass has one loop, over its span's chunks, each chunk fully
     unrolled for N = 8 and N = 1 (bwd_chunk_for <= MAX_UNROLL: the stored states are then indexed statically, no
     selects), and that its summary pass keeps its step loop; with NEXT_TO_L1 the main pass hints each of the next
@@ -1034,7 +1081,14 @@ def test_step_kernels_compile_for_sm90():
     result = run_without_interpreter(STEP_SM90_COMPILE)
     assert result.returncode == 0, result.stderr[-4000:]
     lines = result.stdout.splitlines()
-    assert len(lines) == 12 and all(" cubin " in f" {line} " for line in lines), result.stdout
+    assert len(lines) == 15 and all(" cubin " in f" {line} " for line in lines), result.stdout
+    # SPLIT: each lane's share of B_t/C_t by one 8-byte (N = 8 bf16) or 16-byte load per step (the ring's first and
+    # the loop's), y's halves by one shuffle per step, and no layout conversions
+    assert [line.split()[2:] for line in lines if line.startswith("split")] == [
+        ["bf16", "8", "4", "0", "1", "0"],
+        ["fp32", "8", "0", "4", "1", "0"],
+        ["bf16", "16", "0", "4", "1", "0"],
+    ], result.stdout
     # ROWS, N = 8, a chunk of 8 steps: 9 shuffles per channel sum (dC in the forward sweep, dB in the backward one)
     assert [line.split()[2:] for line in lines if line.startswith("rows")] == [["144", "0"]], result.stdout
     # VECTOR_BC: one 16-byte load per step for each of B_t and C_t (N = 8 halves), two in fp32; the ring's first load

@@ -141,17 +141,30 @@ def _bwd_step(raw, dout, zt, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexp
 
 
 @triton.jit
-def _state_vector(ptr, BLOCK_N: tl.constexpr):
-    """BLOCK_N contiguous values at a 16-byte aligned `ptr` (a step's B or C) as a tuple of fp32 scalars, read by
-    16-byte loads (`VECTOR_BC`: 1 load and 8 shifts for N = 8 in bf16, instead of 8 loads, conversions and addresses)."""
+def _load_words(ptr, WORDS: tl.constexpr):
+    """WORDS (2 or 4) 32-bit words at the WORDS x 4-byte aligned `ptr` by one read-only vector load, as int32s."""
+    tl.static_assert(WORDS == 2 or WORDS == 4, "vector loads of B/C take 8 or 16 bytes")
+    if WORDS == 4:
+        words = tl.inline_asm_elementwise("ld.global.nc.v4.b32 {$0, $1, $2, $3}, [$4];", "=r,=r,=r,=r,l", [ptr],
+                                          dtype=(tl.int32, tl.int32, tl.int32, tl.int32), is_pure=True, pack=1)  # fmt: skip
+    else:
+        words = tl.inline_asm_elementwise("ld.global.nc.v2.b32 {$0, $1}, [$2];", "=r,=r,l", [ptr],
+                                          dtype=(tl.int32, tl.int32), is_pure=True, pack=1)  # fmt: skip
+    return words
+
+
+@triton.jit
+def _state_vector(ptr, COUNT: tl.constexpr):
+    """COUNT contiguous values at `ptr` (a step's B or C, or a lane's share of it) as a tuple of fp32 values, read by
+    vector loads (`VECTOR_BC`: 1 load and 8 shifts for N = 8 in bf16, instead of 8 loads, conversions and addresses):
+    16-byte loads, or one 8-byte load for a share of 8 bytes; `ptr` aligned to the loads' width."""
     WIDE: tl.constexpr = ptr.dtype.element_ty == tl.float32
+    WORDS: tl.constexpr = COUNT if WIDE else COUNT // 2  # 32-bit words in all
+    PER_LOAD: tl.constexpr = 4 if WORDS >= 4 else 2
     values = ()
-    for i in tl.static_range(BLOCK_N // (4 if WIDE else 8)):
-        words = tl.inline_asm_elementwise(
-            "ld.global.nc.v4.b32 {$0, $1, $2, $3}, [$4];", "=r,=r,=r,=r,l", [ptr + i * (4 if WIDE else 8)],
-            dtype=(tl.int32, tl.int32, tl.int32, tl.int32), is_pure=True, pack=1,
-        )  # fmt: skip
-        for j in tl.static_range(4):
+    for i in tl.static_range(WORDS // PER_LOAD):
+        words = _load_words(ptr + i * (PER_LOAD if WIDE else 2 * PER_LOAD), PER_LOAD)
+        for j in tl.static_range(PER_LOAD):
             if WIDE:
                 values = values + (words[j].to(tl.float32, bitcast=True),)
             elif ptr.dtype.element_ty == tl.bfloat16:  # a bf16 is the top half of its fp32
@@ -201,6 +214,20 @@ def _prefetch_row(ptr, valid, first, Dg, BLOCK_D: tl.constexpr):
     PER_LINE: tl.constexpr = 128 // (4 if ptr.dtype.element_ty == tl.float32 else 2)
     for k in tl.static_range((BLOCK_D + PER_LINE - 1) // PER_LINE):
         _prefetch_l1(ptr + k * PER_LINE, valid & (first + k * PER_LINE < Dg))
+
+
+@triton.jit
+def _split_channels(pid_d, pid_g, Dg, BLOCK_D: tl.constexpr, ROWS: tl.constexpr, SPLIT: tl.constexpr):
+    """The forward's lanes when SPLIT (2) adjacent lanes of one warp share each of its BLOCK_D channels, lane k of a
+    channel holding its states k x ROWS .. (k + 1) x ROWS - 1: per lane [BD x SPLIT] its channel, channel mask and
+    first state."""
+    tl.static_assert(SPLIT == 2 and BLOCK_D * SPLIT == 32, "SPLIT: 2 lanes per channel, one warp of 32 lanes")
+    lane = _lane_id(BLOCK_D * SPLIT)  # from the hardware: the shuffle pairs lanes, whatever the tensor's layout
+    offs_d = pid_d * BLOCK_D + lane // SPLIT
+    mask_d = offs_d < Dg
+    ch = pid_g * Dg + offs_d
+    n0 = (lane % SPLIT) * ROWS
+    return ch, mask_d, n0
 
 
 @triton.jit
@@ -269,8 +296,11 @@ def prune_fwd_configs(configs: list[triton.Config], named_args: dict, **kwargs) 
     each) besides its N state values, so at N = 16 BLOCK_D 64 / PREFETCH 4 / UNROLL 4 spills 320 bytes, and the
     unrolled deep rings take minutes to build (sm_90, Triton 3.8, 2 CPU cores, training flags: N = 16 PREFETCH 2 /
     UNROLL 4 25 s, 197 registers; PREFETCH 4 at BLOCK_D 64 36 s; on an H200's host, N = 16 with UNROLL 4 did not
-    finish 6 configs in 370 s, session 20). Every other case keeps every config."""
+    finish 6 configs in 370 s, session 20). SPLIT configs (lanes sharing a channel's states) need N >= 2; at N = 1 a
+    list of only those runs them unsplit. Every other case keeps every config."""
     nstate = {**named_args, **kwargs}.get("NSTATE", 0)
+    split_fits = [c for c in configs if triton.next_power_of_2(nstate) >= c.kwargs.get("SPLIT", 1)]
+    configs = split_fits or [triton.Config({**c.kwargs, "SPLIT": 1}, num_warps=c.num_warps) for c in configs]
     return [c for c in configs if fwd_ring_fits(c, nstate)] or configs
 
 
@@ -310,7 +340,7 @@ def selective_scan_fwd_kernel(
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_H0: tl.constexpr, RESET: tl.constexpr, STORE_LAST: tl.constexpr, STORE_CKPT: tl.constexpr,
     SUMMARY: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, PREFETCH: tl.constexpr,
-    UNROLL: tl.constexpr = 1, VECTOR_BC: tl.constexpr = 0, AHEAD: tl.constexpr = 0,
+    UNROLL: tl.constexpr = 1, VECTOR_BC: tl.constexpr = 0, AHEAD: tl.constexpr = 0, SPLIT: tl.constexpr = 1,
 ):  # fmt: skip
     # One program: one image, BLOCK_D channels of one group, one chunk of `chunk_len` steps, walked sequentially
     # with the whole state in registers as a tuple of N [BLOCK_D] rows: every tensor is 1-D over the channels, so no
@@ -319,7 +349,16 @@ def selective_scan_fwd_kernel(
     # step on sm_90; H200: 43.7 -> 38.5 us at (128, 160, 196, 8) bf16, benchmarks/results/s17_20261204/call1).
     # SUMMARY pass: the chunk's decay product P and end state S from a zero start; scan pass: fold the earlier
     # chunks' (P, S) into the incoming state, then scan the chunk and write y.
+    # SPLIT 2: two adjacent lanes share a channel, each holding half its N states (twice the warps per scheduler, at
+    # half the state work each; y's halves meet by one shuffle)
     pid_d, pid_b, pid_g, c, D_total, _, mask_d, ch, _, _, _, _ = _channel_block(Dg, NSTATE, nchunks, BLOCK_D, BLOCK_N)
+    ROWS: tl.constexpr = BLOCK_N // SPLIT  # state rows per thread
+    state_ch, nleft, y_mask = ch, NSTATE, mask_d  # a thread's first state row at state_ch (offsets in an (N, D) state)
+    if SPLIT > 1:
+        ch, mask_d, n0 = _split_channels(pid_d, pid_g, Dg, BLOCK_D, ROWS, SPLIT)
+        state_ch, nleft, y_mask = ch + n0 * D_total, NSTATE - n0, mask_d & (n0 == 0)
+        B_ptr += n0 * sB_n  # each lane's share of B_t and C_t
+        C_ptr += n0 * sC_n
     ch_first = pid_g * Dg + pid_d * BLOCK_D
     Dv = tl.load(D_ptr + ch, mask=mask_d, other=0.0) if HAS_D else None
     bias = tl.load(bias_ptr + ch, mask=mask_d, other=0.0) if HAS_BIAS else None
@@ -330,15 +369,15 @@ def selective_scan_fwd_kernel(
     B_ptr += pid_b * sB_b + pid_g * sB_g
     C_ptr += pid_b * sC_b + pid_g * sC_g
     STATE = D_total * NSTATE
-    A = _state_rows(A_ptr, 0, D_total, ch, mask_d, NSTATE, BLOCK_N)
+    A = _state_rows(A_ptr, 0, D_total, state_ch, mask_d, nleft, ROWS)
     chunk_base = pid_b * nchunks * STATE
-    zero = tl.zeros([BLOCK_D], dtype=tl.float32)
+    zero = tl.zeros([BLOCK_D * SPLIT], dtype=tl.float32)
     # the state entering this chunk (chunk_combine_kernel turned the summaries into incoming states); 0 for the first
-    h = _state_rows(chunk_S_ptr, chunk_base + c * STATE, D_total, ch, mask_d & (c > 0) & (not SUMMARY), NSTATE,
-                    BLOCK_N)  # fmt: skip
+    h = _state_rows(chunk_S_ptr, chunk_base + c * STATE, D_total, state_ch, mask_d & (c > 0) & (not SUMMARY), nleft,
+                    ROWS)  # fmt: skip
     A2 = ()
     decay = ()
-    for n in tl.static_range(BLOCK_N):
+    for n in tl.static_range(ROWS):
         A2 = A2 + (A[n] * LOG2E,)
         decay = decay + (zero + 1.0,)
     t_start = c * chunk_len
@@ -349,8 +388,8 @@ def selective_scan_fwd_kernel(
     ring = ()
     for i in tl.static_range(PREFETCH):
         ring = ring + (_fwd_inputs(u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, t_start + i, t_start + i < t_end, ch, mask_d,
-                                   NSTATE, su_l, su_d, sdt_l, sdt_d, sB_l, sB_n, sC_l, sC_n, sz_l, sz_d, HAS_Z,
-                                   SUMMARY, BLOCK_N, VECTOR_BC),)  # fmt: skip
+                                   nleft, su_l, su_d, sdt_l, sdt_d, sB_l, sB_n, sC_l, sC_n, sz_l, sz_d, HAS_Z,
+                                   SUMMARY, ROWS, VECTOR_BC),)  # fmt: skip
     # UNROLL > 1: ptxas interleaves consecutive steps' math (only h carries over a step); one warp per scheduler then
     # issues back to back instead of waiting out one step's chain of exp2/softplus latencies
     for t in tl.range(t_start, t_end, loop_unroll_factor=UNROLL):
@@ -364,28 +403,28 @@ def selective_scan_fwd_kernel(
         if PREFETCH:
             x, dt, Bs, Cs, zt = ring[0]
             fresh = _fwd_inputs(u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, t + PREFETCH, t + PREFETCH < t_end, ch, mask_d,
-                                NSTATE, su_l, su_d, sdt_l, sdt_d, sB_l, sB_n, sC_l, sC_n, sz_l, sz_d, HAS_Z, SUMMARY,
-                                BLOCK_N, VECTOR_BC)  # fmt: skip
+                                nleft, su_l, su_d, sdt_l, sdt_d, sB_l, sB_n, sC_l, sC_n, sz_l, sz_d, HAS_Z, SUMMARY,
+                                ROWS, VECTOR_BC)  # fmt: skip
             ring = ring[1:] + (fresh,)
         else:
-            x, dt, Bs, Cs, zt = _fwd_inputs(u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, t, True, ch, mask_d, NSTATE, su_l,
+            x, dt, Bs, Cs, zt = _fwd_inputs(u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, t, True, ch, mask_d, nleft, su_l,
                                             su_d, sdt_l, sdt_d, sB_l, sB_n, sC_l, sC_n, sz_l, sz_d, HAS_Z, SUMMARY,
-                                            BLOCK_N, VECTOR_BC)  # fmt: skip
+                                            ROWS, VECTOR_BC)  # fmt: skip
         if HAS_BIAS:
             dt += bias
         if SOFTPLUS:
             dt = _softplus(dt)
         seg, start, end = _segments(t, L, seq_len, seg_ids_ptr, cu_ptr, pid_b, RESET)
         if HAS_H0:  # the state before a segment enters through its first step
-            h0 = _state_rows(h0_ptr, seg * STATE, D_total, ch, mask_d & start, NSTATE, BLOCK_N)
-            h = _select_rows(start, h0, h, BLOCK_N)
+            h0 = _state_rows(h0_ptr, seg * STATE, D_total, state_ch, mask_d & start, nleft, ROWS)
+            h = _select_rows(start, h0, h, ROWS)
         elif RESET != 0:  # without resets only t = 0 starts a segment, where h is still the zero it began as
-            h = _zero_rows_where(start, h, BLOCK_N)
+            h = _zero_rows_where(start, h, ROWS)
         dtx = dt * x
-        y = x * Dv if HAS_D else zero
+        y = x * Dv if HAS_D and SPLIT == 1 else zero
         new_h = ()
         new_decay = ()
-        for n in tl.static_range(BLOCK_N):
+        for n in tl.static_range(ROWS):
             dA = _exp2(dt * A2[n])
             h_n = dA * h[n] + dtx * Bs[n]
             new_h = new_h + (h_n,)
@@ -400,20 +439,24 @@ def selective_scan_fwd_kernel(
         if SUMMARY:
             decay = new_decay
         else:
+            if SPLIT > 1:  # the other half's sum, from the partner lane
+                y += _lane_shuffle(y, 1)
+                if HAS_D:
+                    y += x * Dv
             if HAS_Z:
                 y *= zt * tl.sigmoid(zt)
-            tl.store(out_ptr + t * so_l + ch * so_d, y.to(out_ptr.dtype.element_ty), mask=mask_d)
+            tl.store(out_ptr + t * so_l + ch * so_d, y.to(out_ptr.dtype.element_ty), mask=y_mask)
             if STORE_LAST:
-                _store_state_rows(last_ptr, seg * STATE, D_total, ch, mask_d & end, NSTATE, h, BLOCK_N)
+                _store_state_rows(last_ptr, seg * STATE, D_total, state_ch, mask_d & end, nleft, h, ROWS)
             if STORE_CKPT:  # noqa: SIM102 (a compile-time branch around a run-time one)
                 # the state after every ckpt_len steps, for the backward, behind a uniform branch: no per-step
                 # predicated stores of the whole state, and no division (ckpt_len: a compile-time power of two)
                 if ((t + 1) % ckpt_len == 0) | (t == L - 1):
                     base = (pid_b * tl.cdiv(L, ckpt_len) + t // ckpt_len) * STATE
-                    _store_state_rows(ckpt_ptr, base, D_total, ch, mask_d, NSTATE, h, BLOCK_N)
+                    _store_state_rows(ckpt_ptr, base, D_total, state_ch, mask_d, nleft, h, ROWS)
     if SUMMARY:
-        _store_state_rows(chunk_P_ptr, chunk_base + c * STATE, D_total, ch, mask_d, NSTATE, decay, BLOCK_N)
-        _store_state_rows(chunk_S_ptr, chunk_base + c * STATE, D_total, ch, mask_d, NSTATE, h, BLOCK_N)
+        _store_state_rows(chunk_P_ptr, chunk_base + c * STATE, D_total, state_ch, mask_d, nleft, decay, ROWS)
+        _store_state_rows(chunk_S_ptr, chunk_base + c * STATE, D_total, state_ch, mask_d, nleft, h, ROWS)
 
 
 @triton.jit
@@ -838,13 +881,15 @@ def _gradient_step(u_ptr, delta_ptr, A, A2, B_ptr, C_ptr, Dv, z_ptr, bias, seg_i
 
 
 # Tests set this to run the ROWS backward's lane-shuffle channel sums (`_store_channel_sums`, LANE_SUMS) in the
-# interpreter, which has no inline PTX: the lane id and each butterfly shuffle are then computed by Triton ops
+# interpreter, which has no inline PTX: the lane id and each butterfly shuffle are then computed by Triton ops (as
+# they always are there for the forward's SPLIT lanes)
 EMULATE_LANE_SHUFFLES = tl.constexpr(False)
+_INTERPRETED = tl.constexpr(triton_interpret())  # read at import, as Triton reads TRITON_INTERPRET
 
 
 @triton.jit
 def _lane_id(BLOCK_D: tl.constexpr):
-    if EMULATE_LANE_SHUFFLES:
+    if EMULATE_LANE_SHUFFLES or _INTERPRETED:
         return tl.arange(0, BLOCK_D) % 32
     return tl.inline_asm_elementwise("mov.u32 $0, %laneid;", "=r,r", [tl.arange(0, BLOCK_D)], dtype=tl.int32,
                                      is_pure=True, pack=1)  # fmt: skip
@@ -853,7 +898,7 @@ def _lane_id(BLOCK_D: tl.constexpr):
 @triton.jit
 def _lane_shuffle(x, MASK: tl.constexpr):
     """x of the lane whose index differs from this one's in the bits of MASK (PTX shfl.sync.bfly, one warp)."""
-    if EMULATE_LANE_SHUFFLES:  # x is [32], one value per lane: out[i] = x[i ^ MASK]
+    if EMULATE_LANE_SHUFFLES or _INTERPRETED:  # x is [32], one value per lane: out[i] = x[i ^ MASK]
         lanes = tl.arange(0, 32)
         return tl.sum(tl.where((lanes[:, None] ^ MASK) == lanes[None, :], x[None, :], 0.0), axis=1)
     if MASK == 16:
