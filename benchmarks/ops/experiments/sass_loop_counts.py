@@ -184,6 +184,7 @@ def main() -> None:
             found = [(total / flags["CHUNK"], collections.Counter())]
         for index, (size, ops) in enumerate(found):
             # a forward step loop unrolled UNROLL times compiles to the unrolled loop, then a one-step remainder loop
+            # (and, with PREFETCH, the loop that drains the ring)
             steps = flags.get("UNROLL", 1) if "CHUNK" not in flags and len(found) > 1 and index == 0 else 1
             per_channel = size / steps / channels
             top = dict(ops.most_common(int(os.environ.get("TOPN", 8))))

@@ -180,30 +180,95 @@ def _state_vector(ptr, COUNT: tl.constexpr):
 def _fwd_inputs(u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, t, valid, ch, mask_d, NSTATE, su_l, su_d, sdt_l, sdt_d, sB_l,
                 sB_n, sC_l, sC_n, sz_l, sz_d, HAS_Z: tl.constexpr, SUMMARY: tl.constexpr, BLOCK_N: tl.constexpr,
                 VECTOR_BC: tl.constexpr):  # fmt: skip
-    """The forward's loads for step t (all masked off unless `valid`), fp32: u, raw delta, z [BD] (z only when used);
-    B_t and C_t (C_t only when used) as tuples of BLOCK_N scalars, one load each at the same address in every thread,
-    or by 16-byte loads (VECTOR_BC)."""
-    mask_d = mask_d & valid
-    x = tl.load(u_ptr + t * su_l + ch * su_d, mask=mask_d, other=0.0).to(tl.float32)
-    dt = tl.load(delta_ptr + t * sdt_l + ch * sdt_d, mask=mask_d, other=0.0).to(tl.float32)
-    if VECTOR_BC:  # a step past the chunk reads step 0's (in bounds; its values are never used)
-        t_in = tl.where(valid, t, 0)
-        Bs = _state_vector(B_ptr + t_in * sB_l, BLOCK_N)
+    """The forward's loads for step t (all masked off unless `valid`): `_fwd_loads` at step t's addresses."""
+    t_bc = tl.where(valid, t, 0) if VECTOR_BC else t  # a step past the chunk reads step 0's B/C (in bounds; unused)
+    return _fwd_loads(u_ptr + t * su_l + ch * su_d, delta_ptr + t * sdt_l + ch * sdt_d, B_ptr + t_bc * sB_l,
+                      C_ptr + t_bc * sC_l, z_ptr + t * sz_l + ch * sz_d, mask_d & valid, valid, NSTATE, sB_n, sC_n,
+                      HAS_Z, SUMMARY, BLOCK_N, VECTOR_BC)  # fmt: skip
+
+
+@triton.jit
+def _fwd_loads(u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, mask_d, valid, NSTATE, sB_n, sC_n, HAS_Z: tl.constexpr,
+               SUMMARY: tl.constexpr, BLOCK_N: tl.constexpr, VECTOR_BC: tl.constexpr):  # fmt: skip
+    """One step's forward inputs from pointers at that step (u, delta, z: [BD] channel pointers; B, C: at the step's
+    first state), fp32: u, raw delta, z [BD] (z only when used; masked channels read 0); B_t and C_t (C_t only when
+    used) as tuples of BLOCK_N values, one load each at the same address in every thread (masked off unless `valid`),
+    or by vector loads (VECTOR_BC: the address must be readable whether or not `valid`)."""
+    x = tl.load(u_ptr, mask=mask_d, other=0.0).to(tl.float32)
+    dt = tl.load(delta_ptr, mask=mask_d, other=0.0).to(tl.float32)
+    if VECTOR_BC:
+        Bs = _state_vector(B_ptr, BLOCK_N)
         Cs = ()
         if not SUMMARY:
-            Cs = _state_vector(C_ptr + t_in * sC_l, BLOCK_N)
+            Cs = _state_vector(C_ptr, BLOCK_N)
     else:
         Bs = ()
         Cs = ()
         for n in tl.static_range(BLOCK_N):
             mask_n = valid & (n < NSTATE)
-            Bs = Bs + (tl.load(B_ptr + t * sB_l + n * sB_n, mask=mask_n, other=0.0).to(tl.float32),)
+            Bs = Bs + (tl.load(B_ptr + n * sB_n, mask=mask_n, other=0.0).to(tl.float32),)
             if not SUMMARY:
-                Cs = Cs + (tl.load(C_ptr + t * sC_l + n * sC_n, mask=mask_n, other=0.0).to(tl.float32),)
+                Cs = Cs + (tl.load(C_ptr + n * sC_n, mask=mask_n, other=0.0).to(tl.float32),)
     zt = x
     if HAS_Z and not SUMMARY:
-        zt = tl.load(z_ptr + t * sz_l + ch * sz_d, mask=mask_d, other=0.0).to(tl.float32)
+        zt = tl.load(z_ptr, mask=mask_d, other=0.0).to(tl.float32)
     return x, dt, Bs, Cs, zt
+
+
+@triton.jit
+def _fwd_step(inputs, t, h, decay, A2, Dv, bias, zero, out_ptr, y_mask, last_ptr, ckpt_ptr, h0_ptr, seg_ids_ptr, cu_ptr,
+              L, seq_len, pid_b, STATE, D_total, state_ch, mask_d, nleft, ckpt_len: tl.constexpr, HAS_D: tl.constexpr,
+              HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_H0: tl.constexpr,
+              RESET: tl.constexpr, STORE_LAST: tl.constexpr, STORE_CKPT: tl.constexpr, SUMMARY: tl.constexpr,
+              ROWS: tl.constexpr, SPLIT: tl.constexpr):  # fmt: skip
+    """One step t of the forward from its loaded `inputs`: the new state h (and, in the SUMMARY pass, the decay
+    product); the scan pass writes y at `out_ptr` (step t's row) and the last / checkpointed states."""
+    x, dt, Bs, Cs, zt = inputs
+    if HAS_BIAS:
+        dt += bias
+    if SOFTPLUS:
+        dt = _softplus(dt)
+    seg, start, end = _segments(t, L, seq_len, seg_ids_ptr, cu_ptr, pid_b, RESET)
+    if HAS_H0:  # the state before a segment enters through its first step
+        h0 = _state_rows(h0_ptr, seg * STATE, D_total, state_ch, mask_d & start, nleft, ROWS)
+        h = _select_rows(start, h0, h, ROWS)
+    elif RESET != 0:  # without resets only t = 0 starts a segment, where h is still the zero it began as
+        h = _zero_rows_where(start, h, ROWS)
+    dtx = dt * x
+    y = x * Dv if HAS_D and SPLIT == 1 else zero
+    new_h = ()
+    new_decay = ()
+    for n in tl.static_range(ROWS):
+        dA = _exp2(dt * A2[n])
+        h_n = dA * h[n] + dtx * Bs[n]
+        new_h = new_h + (h_n,)
+        if SUMMARY:
+            decay_n = decay[n] * dA
+            if RESET != 0:
+                decay_n = tl.where(start, 0.0, decay_n)
+            new_decay = new_decay + (decay_n,)
+        else:
+            y += h_n * Cs[n]
+    h = new_h
+    if SUMMARY:
+        decay = new_decay
+    else:
+        if SPLIT > 1:  # the other half's sum, from the partner lane
+            y += _lane_shuffle(y, 1)
+            if HAS_D:
+                y += x * Dv
+        if HAS_Z:
+            y *= zt * tl.sigmoid(zt)
+        tl.store(out_ptr, y.to(out_ptr.dtype.element_ty), mask=y_mask)
+        if STORE_LAST:
+            _store_state_rows(last_ptr, seg * STATE, D_total, state_ch, mask_d & end, nleft, h, ROWS)
+        if STORE_CKPT:  # noqa: SIM102 (a compile-time branch around a run-time one)
+            # the state after every ckpt_len steps, for the backward, behind a uniform branch: no per-step
+            # predicated stores of the whole state, and no division (ckpt_len: a compile-time power of two)
+            if ((t + 1) % ckpt_len == 0) | (t == L - 1):
+                base = (pid_b * tl.cdiv(L, ckpt_len) + t // ckpt_len) * STATE
+                _store_state_rows(ckpt_ptr, base, D_total, state_ch, mask_d, nleft, h, ROWS)
+    return h, decay
 
 
 @triton.jit
@@ -390,70 +455,53 @@ def selective_scan_fwd_kernel(
         ring = ring + (_fwd_inputs(u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, t_start + i, t_start + i < t_end, ch, mask_d,
                                    nleft, su_l, su_d, sdt_l, sdt_d, sB_l, sB_n, sC_l, sC_n, sz_l, sz_d, HAS_Z,
                                    SUMMARY, ROWS, VECTOR_BC),)  # fmt: skip
+    # The loads walk their pointers one step at a time (a 64-bit add instead of t x stride, its sign extension and
+    # scaling per load: 815 -> 676 sm_90 instructions per 8 steps of the 8-step ring; walked pointers of channels
+    # would lose their layout, so the step's row pointer walks and the channels are added at each load). The main loop
+    # stops PREFETCH steps before the chunk's end, so every load it issues lies inside the chunk (no step mask), and
+    # the drain loop scans the ring's last steps without loading.
+    u_row = u_ptr + (t_start + PREFETCH) * su_l
+    delta_row = delta_ptr + (t_start + PREFETCH) * sdt_l
+    z_row = z_ptr + (t_start + PREFETCH) * sz_l
+    B_row = B_ptr + (t_start + PREFETCH) * sB_l
+    C_row = C_ptr + (t_start + PREFETCH) * sC_l
+    out_row = out_ptr + t_start * so_l
     # UNROLL > 1: ptxas interleaves consecutive steps' math (only h carries over a step); one warp per scheduler then
     # issues back to back instead of waiting out one step's chain of exp2/softplus latencies
-    for t in tl.range(t_start, t_end, loop_unroll_factor=UNROLL):
+    for t in tl.range(t_start, t_end - PREFETCH, loop_unroll_factor=UNROLL):
         if AHEAD:  # hints that pull step t + AHEAD's rows towards L1 without holding registers
             ahead = t + AHEAD < t_end
-            row = t + AHEAD
-            _prefetch_row(u_ptr + row * su_l + ch_first * su_d, ahead, pid_d * BLOCK_D, Dg, BLOCK_D)
-            _prefetch_row(delta_ptr + row * sdt_l + ch_first * sdt_d, ahead, pid_d * BLOCK_D, Dg, BLOCK_D)
+            _prefetch_row(u_row + (AHEAD - PREFETCH) * su_l + ch_first * su_d, ahead, pid_d * BLOCK_D, Dg, BLOCK_D)
+            _prefetch_row(delta_row + (AHEAD - PREFETCH) * sdt_l + ch_first * sdt_d, ahead, pid_d * BLOCK_D, Dg,
+                          BLOCK_D)  # fmt: skip
             if HAS_Z and not SUMMARY:
-                _prefetch_row(z_ptr + row * sz_l + ch_first * sz_d, ahead, pid_d * BLOCK_D, Dg, BLOCK_D)
+                _prefetch_row(z_row + (AHEAD - PREFETCH) * sz_l + ch_first * sz_d, ahead, pid_d * BLOCK_D, Dg, BLOCK_D)
+        fresh = _fwd_loads(u_row + ch * su_d, delta_row + ch * sdt_d, B_row, C_row, z_row + ch * sz_d, mask_d, True,
+                           nleft, sB_n, sC_n, HAS_Z, SUMMARY, ROWS, VECTOR_BC)  # fmt: skip
+        u_row += su_l
+        delta_row += sdt_l
+        z_row += sz_l
+        B_row += sB_l
+        C_row += sC_l
         if PREFETCH:
-            x, dt, Bs, Cs, zt = ring[0]
-            fresh = _fwd_inputs(u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, t + PREFETCH, t + PREFETCH < t_end, ch, mask_d,
-                                nleft, su_l, su_d, sdt_l, sdt_d, sB_l, sB_n, sC_l, sC_n, sz_l, sz_d, HAS_Z, SUMMARY,
-                                ROWS, VECTOR_BC)  # fmt: skip
+            inputs = ring[0]
             ring = ring[1:] + (fresh,)
         else:
-            x, dt, Bs, Cs, zt = _fwd_inputs(u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, t, True, ch, mask_d, nleft, su_l,
-                                            su_d, sdt_l, sdt_d, sB_l, sB_n, sC_l, sC_n, sz_l, sz_d, HAS_Z, SUMMARY,
-                                            ROWS, VECTOR_BC)  # fmt: skip
-        if HAS_BIAS:
-            dt += bias
-        if SOFTPLUS:
-            dt = _softplus(dt)
-        seg, start, end = _segments(t, L, seq_len, seg_ids_ptr, cu_ptr, pid_b, RESET)
-        if HAS_H0:  # the state before a segment enters through its first step
-            h0 = _state_rows(h0_ptr, seg * STATE, D_total, state_ch, mask_d & start, nleft, ROWS)
-            h = _select_rows(start, h0, h, ROWS)
-        elif RESET != 0:  # without resets only t = 0 starts a segment, where h is still the zero it began as
-            h = _zero_rows_where(start, h, ROWS)
-        dtx = dt * x
-        y = x * Dv if HAS_D and SPLIT == 1 else zero
-        new_h = ()
-        new_decay = ()
-        for n in tl.static_range(ROWS):
-            dA = _exp2(dt * A2[n])
-            h_n = dA * h[n] + dtx * Bs[n]
-            new_h = new_h + (h_n,)
-            if SUMMARY:
-                decay_n = decay[n] * dA
-                if RESET != 0:
-                    decay_n = tl.where(start, 0.0, decay_n)
-                new_decay = new_decay + (decay_n,)
-            else:
-                y += h_n * Cs[n]
-        h = new_h
-        if SUMMARY:
-            decay = new_decay
-        else:
-            if SPLIT > 1:  # the other half's sum, from the partner lane
-                y += _lane_shuffle(y, 1)
-                if HAS_D:
-                    y += x * Dv
-            if HAS_Z:
-                y *= zt * tl.sigmoid(zt)
-            tl.store(out_ptr + t * so_l + ch * so_d, y.to(out_ptr.dtype.element_ty), mask=y_mask)
-            if STORE_LAST:
-                _store_state_rows(last_ptr, seg * STATE, D_total, state_ch, mask_d & end, nleft, h, ROWS)
-            if STORE_CKPT:  # noqa: SIM102 (a compile-time branch around a run-time one)
-                # the state after every ckpt_len steps, for the backward, behind a uniform branch: no per-step
-                # predicated stores of the whole state, and no division (ckpt_len: a compile-time power of two)
-                if ((t + 1) % ckpt_len == 0) | (t == L - 1):
-                    base = (pid_b * tl.cdiv(L, ckpt_len) + t // ckpt_len) * STATE
-                    _store_state_rows(ckpt_ptr, base, D_total, state_ch, mask_d, nleft, h, ROWS)
+            inputs = fresh
+        h, decay = _fwd_step(inputs, t, h, decay, A2, Dv, bias, zero, out_row + ch * so_d, y_mask, last_ptr, ckpt_ptr,
+                             h0_ptr, seg_ids_ptr, cu_ptr, L, seq_len, pid_b, STATE, D_total, state_ch, mask_d, nleft,
+                             ckpt_len, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, HAS_H0, RESET, STORE_LAST, STORE_CKPT, SUMMARY,
+                             ROWS, SPLIT)  # fmt: skip
+        out_row += so_l
+    if PREFETCH:
+        for t in tl.range(tl.maximum(t_end - PREFETCH, t_start), t_end):  # the ring's last steps
+            inputs = ring[0]
+            ring = ring[1:] + (inputs,)
+            h, decay = _fwd_step(inputs, t, h, decay, A2, Dv, bias, zero, out_row + ch * so_d, y_mask, last_ptr,
+                                 ckpt_ptr, h0_ptr, seg_ids_ptr, cu_ptr, L, seq_len, pid_b, STATE, D_total, state_ch,
+                                 mask_d, nleft, ckpt_len, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, HAS_H0, RESET, STORE_LAST,
+                                 STORE_CKPT, SUMMARY, ROWS, SPLIT)  # fmt: skip
+            out_row += so_l
     if SUMMARY:
         _store_state_rows(chunk_P_ptr, chunk_base + c * STATE, D_total, state_ch, mask_d, nleft, decay, ROWS)
         _store_state_rows(chunk_S_ptr, chunk_base + c * STATE, D_total, state_ch, mask_d, nleft, h, ROWS)
