@@ -60,8 +60,9 @@
 #                    spills) vs the pick, whole rows and 2 chunks per row (more warps per scheduler), L = 196 and 49,
 #                    bf16 and fp32, each checked against the fp32 reference                                    (~5 min)
 #   scan-fwd-split   the forward with two lanes per channel (SPLIT 2, session 22: 1280 one-warp programs at L = 196
-#                    instead of 640, 72 instructions per warp-step instead of 102) vs the 8-step ring, L = 196 and 49,
-#                    bf16 and fp32, each checked against the fp32 reference (scan_configs.py --kernel fwd)     (~4 min)
+#                    instead of 640, 58.5 instructions per warp-step instead of 85; a 16-step ring fits its registers:
+#                    fp32's loads in flight) vs the 8-step ring, L = 196 and 49, bf16 and fp32, each checked against
+#                    the fp32 reference (scan_configs.py --kernel fwd)                                          (~4 min)
 #   bc-align         MambaVision-T's stage-3 mixer with x_proj rows padded for 16-byte B/C loads (the default since
 #                    session 18) vs unpadded, inference forward and training fwd+bwd, CUDA graphs (bench_bc_alignment.py)
 #                                                                                                               (~2 min)
@@ -207,7 +208,8 @@ run_step() {
       "$PY" benchmarks/ops/experiments/scan_configs.py --kernel fwd --shapes 0 2 --dtypes bfloat16 float32 --chunks 0 \
         --fwd-configs '{"BLOCK_D": 32, "PREFETCH": 8, "UNROLL": 8}' '{"BLOCK_D": 16, "SPLIT": 2, "PREFETCH": 8, "UNROLL": 8}' \
         '{"BLOCK_D": 16, "SPLIT": 2, "PREFETCH": 4, "UNROLL": 4}' '{"BLOCK_D": 16, "SPLIT": 2, "PREFETCH": 8, "UNROLL": 4}' \
-        '{"BLOCK_D": 16, "SPLIT": 2, "PREFETCH": 2, "UNROLL": 4, "AHEAD": 16}' --precompile 16 --budget-s 200 \
+        '{"BLOCK_D": 16, "SPLIT": 2, "PREFETCH": 2, "UNROLL": 4, "AHEAD": 16}' \
+        '{"BLOCK_D": 16, "SPLIT": 2, "PREFETCH": 16, "UNROLL": 8}' --precompile 16 --budget-s 200 \
         --out-dir "$dir" 2>&1 | tee "$dir/log.txt" | grep -v Warning ;;
     scan-fwd-deep)  # session 18: rings 8 steps deep (the tuple state left registers for them) and 2 chunks per row
       "$PY" benchmarks/ops/experiments/scan_configs.py --kernel fwd --shapes 0 2 --dtypes bfloat16 float32 --chunks 0 2 \

@@ -89,7 +89,7 @@ CASES = [
             VECTOR_BC=1), 1, bd) for bd, u in ((32, 8), (64, 4), (64, 8))],  # (BD32 P8 U4 spills with Triton 3.8)
     *[(f"step fwd vec split BD16 P{p} U{u}", chunk.selective_scan_fwd_kernel,  # session 22: 2 lanes per channel
        dict(INFERENCE, STORE_LAST=False, STORE_CKPT=False, SUMMARY=False, BLOCK_D=16, BLOCK_N=8, PREFETCH=p, UNROLL=u,
-            VECTOR_BC=1, SPLIT=2), 1, 16) for p, u in ((4, 4), (8, 8), (8, 4))],  # (each lane: 4 of the 8 states)
+            VECTOR_BC=1, SPLIT=2), 1, 16) for p, u in ((4, 4), (8, 8), (8, 4), (16, 8))],  # (each lane: 4 of 8 states)
     ("step fwd vec train BD32 P2 U4", chunk.selective_scan_fwd_kernel,
      dict(INFERENCE, STORE_LAST=False, STORE_CKPT=True, SUMMARY=False, BLOCK_D=32, BLOCK_N=8, PREFETCH=2, UNROLL=4,
           VECTOR_BC=1), 1, 32),
