@@ -527,14 +527,69 @@ def test_forward_split_lanes(nstate, layout, kernel, segments, seq_len, dtype):
 
 
 def test_forward_split_needs_two_states():
-    """SPLIT configs give each lane a share of N >= 2 states: the autotuner drops them at N = 1, and a list of only
-    those runs them unsplit (never nothing to time)."""
+    """SPLIT configs give each lane a share of N >= 2 states on one warp: the autotuner drops them at N = 1 and with
+    more warps, and a list of only those runs them unsplit on the same lanes (never nothing to time). A SPLIT lane
+    holds N / 2 states, so at N = 16 the deep SPLIT rings stay (their registers are the N = 8 rings')."""
     split = triton.Config({"BLOCK_D": 16, "PREFETCH": 8, "UNROLL": 8, "SPLIT": 2}, num_warps=1)
     whole = triton.Config({"BLOCK_D": 32, "PREFETCH": 8, "UNROLL": 8}, num_warps=1)
+    two_warps = triton.Config({"BLOCK_D": 32, "PREFETCH": 2, "UNROLL": 4, "SPLIT": 2}, num_warps=2)
     assert chunk.prune_fwd_configs([split, whole], {"NSTATE": 1}) == [whole]
     assert chunk.prune_fwd_configs([split, whole], {"NSTATE": 2}) == [split, whole]
+    assert chunk.prune_fwd_configs([split, whole, two_warps], {"NSTATE": 16}) == [split]
     (unsplit,) = chunk.prune_fwd_configs([split], {"NSTATE": 1})
-    assert unsplit.kwargs == {**split.kwargs, "SPLIT": 1} and unsplit.num_warps == 1
+    assert unsplit.kwargs == {**split.kwargs, "BLOCK_D": 32, "SPLIT": 1} and unsplit.num_warps == 1
+    assert split.kwargs["SPLIT"] == 2 and split.kwargs["BLOCK_D"] == 16  # the original is left as it was
+
+
+def test_forward_split_refuses_one_state():
+    """A SPLIT config forced at N = 1 (one config skips the autotuner's pruning) fails to build instead of scanning
+    without a state."""
+    inputs = make_inputs(1, 8, 20, 1, 1, "BLD")
+    kernel_fn = chunk.selective_scan_fwd_kernel
+    config = triton.Config({"BLOCK_D": 16, "PREFETCH": 2, "UNROLL": 1, "SPLIT": 2}, num_warps=1)
+    with mock.patch.object(kernel_fn, "configs", [config]):
+        kernel_fn.cache.clear()
+        try:
+            with pytest.raises(Exception, match="needs N >= 2"):
+                scan("triton", **cast(inputs, torch.float32, requires_grad=False), delta_softplus=True, layout="BLD")
+        finally:
+            kernel_fn.cache.clear()
+
+
+@pytest.mark.parametrize(
+    "dtype, nstate, split",
+    [(torch.bfloat16, 8, 1), (torch.bfloat16, 8, 2), (torch.float16, 8, 2), (torch.float32, 4, 2),
+     (torch.float32, 8, 1), (torch.bfloat16, 16, 2)],
+)  # fmt: skip
+def test_forward_vector_bc_loads(monkeypatch, dtype, nstate, split):
+    """The GPU's B_t/C_t vector loads (VECTOR_BC: 16-byte words, or 8-byte shares under SPLIT; decoded from bf16,
+    fp16 or fp32 words), with the interpreter reading the same words one by one: chunks of 7 steps with a 4-step ring,
+    so the ring reaches past every chunk (those loads predicated off), grouped B/C; output, last states and every
+    gradient."""
+    torch.manual_seed(5)
+    launches: list[int] = []
+    real_launch = chunk._launch_kernel
+
+    def spy(kernel, grid, *args, **flags):
+        launches.append(flags.get("VECTOR_BC", -1))
+        return real_launch(kernel, grid, *args, **flags)
+
+    def vector_bc(x, nstate, layout):
+        return chunk.rows_fit_vectors(chunk._bc_strides(x, layout), x.element_size(), x.data_ptr(), nstate)
+
+    monkeypatch.setattr(chunk, "_launch_kernel", spy)
+    monkeypatch.setattr(chunk, "vector_bc", vector_bc)
+    inputs = make_inputs(2, 17, 20, nstate, 2, "BLD", segments=None)
+    kernel_fn = chunk.selective_scan_fwd_kernel
+    config = triton.Config({"BLOCK_D": 32 // split, "PREFETCH": 4, "UNROLL": 2, "SPLIT": split}, num_warps=1)
+    with mock.patch.object(kernel_fn, "configs", [config]):
+        kernel_fn.cache.clear()
+        try:
+            compare_with_reference(inputs, dtype, {"delta_softplus": True, "layout": "BLD"}, backward=True,
+                                   bc_dtype=dtype, kernel="triton-2pass")  # fmt: skip
+        finally:
+            kernel_fn.cache.clear()
+    assert launches and 1 in launches, launches  # the forward launches took the vector loads
 
 
 @pytest.mark.parametrize("chunk_len", [5, 16])
@@ -1083,12 +1138,11 @@ def test_step_kernels_compile_for_sm90():
     lines = result.stdout.splitlines()
     assert len(lines) == 15 and all(" cubin " in f" {line} " for line in lines), result.stdout
     # SPLIT: each lane's share of B_t/C_t by one 8-byte (N = 8 bf16) or 16-byte load per step (the ring's first and
-    # the loop's), y's halves by one shuffle per step (the main loop's and the ring-draining loop's), and no layout
-    # conversions
+    # the loop's), y's halves by one shuffle per step, and no layout conversions
     assert [line.split()[2:] for line in lines if line.startswith("split")] == [
-        ["bf16", "8", "4", "0", "2", "0"],
-        ["fp32", "8", "0", "4", "2", "0"],
-        ["bf16", "16", "0", "4", "2", "0"],
+        ["bf16", "8", "4", "0", "1", "0"],
+        ["fp32", "8", "0", "4", "1", "0"],
+        ["bf16", "16", "0", "4", "1", "0"],
     ], result.stdout
     # ROWS, N = 8, a chunk of 8 steps: 9 shuffles per channel sum (dC in the forward sweep, dB in the backward one)
     assert [line.split()[2:] for line in lines if line.startswith("rows")] == [["144", "0"]], result.stdout
@@ -1100,14 +1154,13 @@ def test_step_kernels_compile_for_sm90():
         ("fp16", "loads=4"),
         ("fp32", "loads=8"),
     ], result.stdout
-    # UNROLL > 1 unrolls the forward's step loop (its trip count is dynamic: an unrolled loop plus a remainder loop);
-    # with loads ahead (PREFETCH) a last loop drains the ring
+    # UNROLL > 1 unrolls the forward's step loop (its trip count is dynamic: an unrolled loop plus a remainder loop)
     forward = [line.split() for line in lines if line.startswith("fwd")]
     assert [(fields[-2], fields[-1]) for fields in forward] == [
-        ("1", "loops=2"),
-        ("2", "loops=3"),
-        ("4", "loops=3"),
-        ("4", "loops=3"),
+        ("1", "loops=1"),
+        ("2", "loops=2"),
+        ("4", "loops=2"),
+        ("4", "loops=2"),
     ], result.stdout
     backward = [line for line in lines if line.startswith("bwd")]
     assert [line.split()[-1] for line in backward] == ["loops=1"] * 4, result.stdout
@@ -1130,14 +1183,17 @@ def test_static_loop_counts_of_step_forward(tmp_path):
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-4000:]
     every = json.loads(out.read_text())["rows"]
-    rows = {}  # each case's main loop: its first (the unrolled loop before its remainder and the ring's drain loop)
+    rows = {}  # each case's main loop: its first (the unrolled loop before its remainder loop)
     for row in every:
         rows.setdefault(row["kernel"], row)
     assert {"step fwd", "step fwd BD128", "step fwd P2 BD128", "step fwd summary P2 BD128"} <= set(rows)
     assert all(row["spill_bytes"] == 0 for row in every), every
     # the state as a tuple of 1-D rows leaves Triton no layout to convert between (the [N, BLOCK_D] tile needed 17)
     assert all(row["layout_conversions"] == 0 for row in every), every
-    addresses = {name: row["top_opcodes"].get("LEA", 0) for name, row in rows.items() if "train" not in name}
+    # (the training forward's checkpoint stores and the L1 hints of AHEAD configs keep t-based addresses)
+    addresses = {
+        name: row["top_opcodes"].get("LEA", 0) for name, row in rows.items() if not {"train", "A16"} & set(name.split())
+    }
     assert all(count <= 1 for count in addresses.values()), addresses
     per_step = {name: row["instructions_per_channel_step"] for name, row in rows.items()}
     assert per_step["step fwd BD128"] < 0.8 * per_step["step fwd"]

@@ -86,7 +86,8 @@ CASES = [
             VECTOR_BC=1, AHEAD=16), 1, bd) for bd in (32, 64)],
     *[(f"step fwd vec BD{bd} P8 U{u}", chunk.selective_scan_fwd_kernel,  # session 18: deeper rings with the tuple state
        dict(INFERENCE, STORE_LAST=False, STORE_CKPT=False, SUMMARY=False, BLOCK_D=bd, BLOCK_N=8, PREFETCH=8, UNROLL=u,
-            VECTOR_BC=1), 1, bd) for bd, u in ((32, 8), (64, 4), (64, 8))],  # (BD32 P8 U4 spills with Triton 3.8)
+            VECTOR_BC=1), 1, bd) for bd, u in ((32, 8), (64, 4))],  # (BD32 P8 U4 spills with Triton 3.8; BD64 P8 U8
+    # too since the loads walk their pointers, session 22: 256 bytes with Triton 3.8, none with 3.6; not autotuned)
     *[(f"step fwd vec split BD16 P{p} U{u}", chunk.selective_scan_fwd_kernel,  # session 22: 2 lanes per channel
        dict(INFERENCE, STORE_LAST=False, STORE_CKPT=False, SUMMARY=False, BLOCK_D=16, BLOCK_N=8, PREFETCH=p, UNROLL=u,
             VECTOR_BC=1, SPLIT=2), 1, 16) for p, u in ((4, 4), (8, 8), (8, 4), (16, 8))],  # (each lane: 4 of 8 states)
@@ -184,7 +185,6 @@ def main() -> None:
             found = [(total / flags["CHUNK"], collections.Counter())]
         for index, (size, ops) in enumerate(found):
             # a forward step loop unrolled UNROLL times compiles to the unrolled loop, then a one-step remainder loop
-            # (and, with PREFETCH, the loop that drains the ring)
             steps = flags.get("UNROLL", 1) if "CHUNK" not in flags and len(found) > 1 and index == 0 else 1
             per_channel = size / steps / channels
             top = dict(ops.most_common(int(os.environ.get("TOPN", 8))))

@@ -13,6 +13,8 @@ into a [chunk, N, BLOCK_D] register tile so that the reverse walk can read them.
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import triton
 import triton.language as tl
@@ -36,6 +38,8 @@ from .._transpose import transpose_copy
 from .partials import sum_bc_partials, sum_param_partials
 
 RESET_NONE, RESET_PERIODIC, RESET_VARLEN = 0, 1, 2
+# the interpreter runs no inline PTX: the kernels' PTX pieces (lane ids, shuffles, vector loads) take Triton ops there
+_INTERPRETED = tl.constexpr(triton_interpret())  # read at import, as Triton reads TRITON_INTERPRET
 
 
 def bwd_chunk_for(nstate: int) -> int:
@@ -141,29 +145,40 @@ def _bwd_step(raw, dout, zt, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexp
 
 
 @triton.jit
-def _load_words(ptr, WORDS: tl.constexpr):
-    """WORDS (2 or 4) 32-bit words at the WORDS x 4-byte aligned `ptr` by one read-only vector load, as int32s."""
+def _load_words(ptr, valid, WORDS: tl.constexpr):
+    """WORDS (2 or 4) 32-bit words at the WORDS x 4-byte aligned `ptr` by one read-only vector load, as int32s; where
+    not `valid` nothing is read (the words are then undefined). The interpreter, which runs no inline PTX, reads the
+    same words one by one."""
     tl.static_assert(WORDS == 2 or WORDS == 4, "vector loads of B/C take 8 or 16 bytes")
-    if WORDS == 4:
-        words = tl.inline_asm_elementwise("ld.global.nc.v4.b32 {$0, $1, $2, $3}, [$4];", "=r,=r,=r,=r,l", [ptr],
-                                          dtype=(tl.int32, tl.int32, tl.int32, tl.int32), is_pure=True, pack=1)  # fmt: skip
+    if _INTERPRETED:
+        word_ptr = ptr.to(tl.pointer_type(tl.int32), bitcast=True)
+        words = ()
+        for j in tl.static_range(WORDS):
+            words = words + (tl.load(word_ptr + j, mask=valid, other=0),)
+    elif WORDS == 4:
+        words = tl.inline_asm_elementwise(
+            "{ .reg .pred p; setp.ne.b32 p, $5, 0; @p ld.global.nc.v4.b32 {$0, $1, $2, $3}, [$4]; }",
+            "=r,=r,=r,=r,l,r", [ptr, valid.to(tl.int32)], dtype=(tl.int32, tl.int32, tl.int32, tl.int32), is_pure=True,
+            pack=1)  # fmt: skip
     else:
-        words = tl.inline_asm_elementwise("ld.global.nc.v2.b32 {$0, $1}, [$2];", "=r,=r,l", [ptr],
-                                          dtype=(tl.int32, tl.int32), is_pure=True, pack=1)  # fmt: skip
+        words = tl.inline_asm_elementwise("{ .reg .pred p; setp.ne.b32 p, $3, 0; @p ld.global.nc.v2.b32 {$0, $1}, [$2]; }",
+                                          "=r,=r,l,r", [ptr, valid.to(tl.int32)], dtype=(tl.int32, tl.int32),
+                                          is_pure=True, pack=1)  # fmt: skip
     return words
 
 
 @triton.jit
-def _state_vector(ptr, COUNT: tl.constexpr):
+def _state_vector(ptr, valid, COUNT: tl.constexpr):
     """COUNT contiguous values at `ptr` (a step's B or C, or a lane's share of it) as a tuple of fp32 values, read by
     vector loads (`VECTOR_BC`: 1 load and 8 shifts for N = 8 in bf16, instead of 8 loads, conversions and addresses):
     16-byte loads, or one 8-byte load for a share of 8 bytes; `ptr` aligned to the loads' width."""
     WIDE: tl.constexpr = ptr.dtype.element_ty == tl.float32
     WORDS: tl.constexpr = COUNT if WIDE else COUNT // 2  # 32-bit words in all
     PER_LOAD: tl.constexpr = 4 if WORDS >= 4 else 2
+    tl.static_assert(WORDS >= 2 and WORDS % PER_LOAD == 0, "B/C vector loads: 8 bytes, or whole 16-byte words")
     values = ()
     for i in tl.static_range(WORDS // PER_LOAD):
-        words = _load_words(ptr + i * (PER_LOAD if WIDE else 2 * PER_LOAD), PER_LOAD)
+        words = _load_words(ptr + i * (PER_LOAD if WIDE else 2 * PER_LOAD), valid, PER_LOAD)
         for j in tl.static_range(PER_LOAD):
             if WIDE:
                 values = values + (words[j].to(tl.float32, bitcast=True),)
@@ -181,10 +196,9 @@ def _fwd_inputs(u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, t, valid, ch, mask_d, NST
                 sB_n, sC_l, sC_n, sz_l, sz_d, HAS_Z: tl.constexpr, SUMMARY: tl.constexpr, BLOCK_N: tl.constexpr,
                 VECTOR_BC: tl.constexpr):  # fmt: skip
     """The forward's loads for step t (all masked off unless `valid`): `_fwd_loads` at step t's addresses."""
-    t_bc = tl.where(valid, t, 0) if VECTOR_BC else t  # a step past the chunk reads step 0's B/C (in bounds; unused)
-    return _fwd_loads(u_ptr + t * su_l + ch * su_d, delta_ptr + t * sdt_l + ch * sdt_d, B_ptr + t_bc * sB_l,
-                      C_ptr + t_bc * sC_l, z_ptr + t * sz_l + ch * sz_d, mask_d & valid, valid, NSTATE, sB_n, sC_n,
-                      HAS_Z, SUMMARY, BLOCK_N, VECTOR_BC)  # fmt: skip
+    return _fwd_loads(u_ptr + t * su_l + ch * su_d, delta_ptr + t * sdt_l + ch * sdt_d, B_ptr + t * sB_l,
+                      C_ptr + t * sC_l, z_ptr + t * sz_l + ch * sz_d, mask_d, valid, NSTATE, sB_n, sC_n, HAS_Z,
+                      SUMMARY, BLOCK_N, VECTOR_BC)  # fmt: skip
 
 
 @triton.jit
@@ -194,13 +208,13 @@ def _fwd_loads(u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, mask_d, valid, NSTATE, sB_
     first state), fp32: u, raw delta, z [BD] (z only when used; masked channels read 0); B_t and C_t (C_t only when
     used) as tuples of BLOCK_N values, one load each at the same address in every thread (masked off unless `valid`),
     or by vector loads (VECTOR_BC: the address must be readable whether or not `valid`)."""
-    x = tl.load(u_ptr, mask=mask_d, other=0.0).to(tl.float32)
-    dt = tl.load(delta_ptr, mask=mask_d, other=0.0).to(tl.float32)
+    x = tl.load(u_ptr, mask=mask_d & valid, other=0.0).to(tl.float32)
+    dt = tl.load(delta_ptr, mask=mask_d & valid, other=0.0).to(tl.float32)
     if VECTOR_BC:
-        Bs = _state_vector(B_ptr, BLOCK_N)
+        Bs = _state_vector(B_ptr, valid, BLOCK_N)
         Cs = ()
         if not SUMMARY:
-            Cs = _state_vector(C_ptr, BLOCK_N)
+            Cs = _state_vector(C_ptr, valid, BLOCK_N)
     else:
         Bs = ()
         Cs = ()
@@ -211,64 +225,8 @@ def _fwd_loads(u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, mask_d, valid, NSTATE, sB_
                 Cs = Cs + (tl.load(C_ptr + n * sC_n, mask=mask_n, other=0.0).to(tl.float32),)
     zt = x
     if HAS_Z and not SUMMARY:
-        zt = tl.load(z_ptr, mask=mask_d, other=0.0).to(tl.float32)
+        zt = tl.load(z_ptr, mask=mask_d & valid, other=0.0).to(tl.float32)
     return x, dt, Bs, Cs, zt
-
-
-@triton.jit
-def _fwd_step(inputs, t, h, decay, A2, Dv, bias, zero, out_ptr, y_mask, last_ptr, ckpt_ptr, h0_ptr, seg_ids_ptr, cu_ptr,
-              L, seq_len, pid_b, STATE, D_total, state_ch, mask_d, nleft, ckpt_len: tl.constexpr, HAS_D: tl.constexpr,
-              HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_H0: tl.constexpr,
-              RESET: tl.constexpr, STORE_LAST: tl.constexpr, STORE_CKPT: tl.constexpr, SUMMARY: tl.constexpr,
-              ROWS: tl.constexpr, SPLIT: tl.constexpr):  # fmt: skip
-    """One step t of the forward from its loaded `inputs`: the new state h (and, in the SUMMARY pass, the decay
-    product); the scan pass writes y at `out_ptr` (step t's row) and the last / checkpointed states."""
-    x, dt, Bs, Cs, zt = inputs
-    if HAS_BIAS:
-        dt += bias
-    if SOFTPLUS:
-        dt = _softplus(dt)
-    seg, start, end = _segments(t, L, seq_len, seg_ids_ptr, cu_ptr, pid_b, RESET)
-    if HAS_H0:  # the state before a segment enters through its first step
-        h0 = _state_rows(h0_ptr, seg * STATE, D_total, state_ch, mask_d & start, nleft, ROWS)
-        h = _select_rows(start, h0, h, ROWS)
-    elif RESET != 0:  # without resets only t = 0 starts a segment, where h is still the zero it began as
-        h = _zero_rows_where(start, h, ROWS)
-    dtx = dt * x
-    y = x * Dv if HAS_D and SPLIT == 1 else zero
-    new_h = ()
-    new_decay = ()
-    for n in tl.static_range(ROWS):
-        dA = _exp2(dt * A2[n])
-        h_n = dA * h[n] + dtx * Bs[n]
-        new_h = new_h + (h_n,)
-        if SUMMARY:
-            decay_n = decay[n] * dA
-            if RESET != 0:
-                decay_n = tl.where(start, 0.0, decay_n)
-            new_decay = new_decay + (decay_n,)
-        else:
-            y += h_n * Cs[n]
-    h = new_h
-    if SUMMARY:
-        decay = new_decay
-    else:
-        if SPLIT > 1:  # the other half's sum, from the partner lane
-            y += _lane_shuffle(y, 1)
-            if HAS_D:
-                y += x * Dv
-        if HAS_Z:
-            y *= zt * tl.sigmoid(zt)
-        tl.store(out_ptr, y.to(out_ptr.dtype.element_ty), mask=y_mask)
-        if STORE_LAST:
-            _store_state_rows(last_ptr, seg * STATE, D_total, state_ch, mask_d & end, nleft, h, ROWS)
-        if STORE_CKPT:  # noqa: SIM102 (a compile-time branch around a run-time one)
-            # the state after every ckpt_len steps, for the backward, behind a uniform branch: no per-step
-            # predicated stores of the whole state, and no division (ckpt_len: a compile-time power of two)
-            if ((t + 1) % ckpt_len == 0) | (t == L - 1):
-                base = (pid_b * tl.cdiv(L, ckpt_len) + t // ckpt_len) * STATE
-                _store_state_rows(ckpt_ptr, base, D_total, state_ch, mask_d, nleft, h, ROWS)
-    return h, decay
 
 
 @triton.jit
@@ -287,6 +245,7 @@ def _split_channels(pid_d, pid_g, Dg, BLOCK_D: tl.constexpr, ROWS: tl.constexpr,
     channel holding its states k x ROWS .. (k + 1) x ROWS - 1: per lane [BD x SPLIT] its channel, channel mask and
     first state."""
     tl.static_assert(SPLIT == 2 and BLOCK_D * SPLIT == 32, "SPLIT: 2 lanes per channel, one warp of 32 lanes")
+    tl.static_assert(ROWS >= 1, "SPLIT: needs N >= 2 (a share of the states per lane)")
     lane = _lane_id(BLOCK_D * SPLIT)  # from the hardware: the shuffle pairs lanes, whatever the tensor's layout
     offs_d = pid_d * BLOCK_D + lane // SPLIT
     mask_d = offs_d < Dg
@@ -361,17 +320,32 @@ def prune_fwd_configs(configs: list[triton.Config], named_args: dict, **kwargs) 
     each) besides its N state values, so at N = 16 BLOCK_D 64 / PREFETCH 4 / UNROLL 4 spills 320 bytes, and the
     unrolled deep rings take minutes to build (sm_90, Triton 3.8, 2 CPU cores, training flags: N = 16 PREFETCH 2 /
     UNROLL 4 25 s, 197 registers; PREFETCH 4 at BLOCK_D 64 36 s; on an H200's host, N = 16 with UNROLL 4 did not
-    finish 6 configs in 370 s, session 20). SPLIT configs (lanes sharing a channel's states) need N >= 2; at N = 1 a
-    list of only those runs them unsplit. Every other case keeps every config."""
+    finish 6 configs in 370 s, session 20). SPLIT configs (lanes sharing a channel's states) need N >= 2 and one warp;
+    a list of only SPLIT configs that do not fit runs them unsplit. Every other case keeps every config."""
     nstate = {**named_args, **kwargs}.get("NSTATE", 0)
-    split_fits = [c for c in configs if triton.next_power_of_2(nstate) >= c.kwargs.get("SPLIT", 1)]
-    configs = split_fits or [triton.Config({**c.kwargs, "SPLIT": 1}, num_warps=c.num_warps) for c in configs]
+    split_fits = [c for c in configs if _split_fits(c, nstate)]
+    configs = split_fits or [_unsplit(c) for c in configs]
     return [c for c in configs if fwd_ring_fits(c, nstate)] or configs
 
 
 def fwd_ring_fits(config: triton.Config, nstate: int) -> bool:
-    """Whether `prune_fwd_configs` keeps the forward `config` at state size `nstate`."""
-    return nstate <= 8 or config.kwargs["PREFETCH"] <= 2
+    """Whether `prune_fwd_configs` keeps the forward `config` at state size `nstate` (a SPLIT lane holds N / SPLIT
+    states, and as many values of each step's B_t and C_t)."""
+    return nstate // config.kwargs.get("SPLIT", 1) <= 8 or config.kwargs["PREFETCH"] <= 2
+
+
+def _split_fits(config: triton.Config, nstate: int) -> bool:
+    """A SPLIT config (lanes sharing a channel's states) needs a share of N >= 2 states per lane and one warp."""
+    split = config.kwargs.get("SPLIT", 1)
+    return split == 1 or (triton.next_power_of_2(nstate) >= split and config.num_warps == 1)
+
+
+def _unsplit(config: triton.Config) -> triton.Config:
+    """`config` with one channel per lane on the same lanes."""
+    unsplit = copy.copy(config)
+    split = config.kwargs.get("SPLIT", 1)
+    unsplit.kwargs = {**config.kwargs, "BLOCK_D": config.kwargs["BLOCK_D"] * split, "SPLIT": 1}
+    return unsplit
 
 
 def sweep_fwd_configs(
@@ -455,53 +429,83 @@ def selective_scan_fwd_kernel(
         ring = ring + (_fwd_inputs(u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, t_start + i, t_start + i < t_end, ch, mask_d,
                                    nleft, su_l, su_d, sdt_l, sdt_d, sB_l, sB_n, sC_l, sC_n, sz_l, sz_d, HAS_Z,
                                    SUMMARY, ROWS, VECTOR_BC),)  # fmt: skip
-    # The loads walk their pointers one step at a time (a 64-bit add instead of t x stride, its sign extension and
-    # scaling per load: 815 -> 676 sm_90 instructions per 8 steps of the 8-step ring; walked pointers of channels
-    # would lose their layout, so the step's row pointer walks and the channels are added at each load). The main loop
-    # stops PREFETCH steps before the chunk's end, so every load it issues lies inside the chunk (no step mask), and
-    # the drain loop scans the ring's last steps without loading.
+    # The loads walk their row pointers one step at a time: ptxas then advances each channel pointer by one IMAD.WIDE
+    # per step instead of t x stride, its sign extension and scaling (IMAD + LEA + LEA.HI.X) per load; sm_90, the
+    # 8-step ring: 815 -> 688 instructions per 8 steps. (Walked pointers of channels lose their layout: BLOCK_D 64
+    # then converts layouts; a loop that stops PREFETCH steps early plus a loop that drains the ring costs register
+    # moves for every drained step: +5 % over a whole 49-step row.) Past the chunk's end the pointers run on
+    # unread: those loads are masked, and B_t/C_t's vector loads predicated.
     u_row = u_ptr + (t_start + PREFETCH) * su_l
     delta_row = delta_ptr + (t_start + PREFETCH) * sdt_l
     z_row = z_ptr + (t_start + PREFETCH) * sz_l
     B_row = B_ptr + (t_start + PREFETCH) * sB_l
     C_row = C_ptr + (t_start + PREFETCH) * sC_l
     out_row = out_ptr + t_start * so_l
-    # UNROLL > 1: ptxas interleaves consecutive steps' math (only h carries over a step); one warp per scheduler then
-    # issues back to back instead of waiting out one step's chain of exp2/softplus latencies
-    for t in tl.range(t_start, t_end - PREFETCH, loop_unroll_factor=UNROLL):
+    for t in tl.range(t_start, t_end, loop_unroll_factor=UNROLL):
         if AHEAD:  # hints that pull step t + AHEAD's rows towards L1 without holding registers
             ahead = t + AHEAD < t_end
-            _prefetch_row(u_row + (AHEAD - PREFETCH) * su_l + ch_first * su_d, ahead, pid_d * BLOCK_D, Dg, BLOCK_D)
-            _prefetch_row(delta_row + (AHEAD - PREFETCH) * sdt_l + ch_first * sdt_d, ahead, pid_d * BLOCK_D, Dg,
-                          BLOCK_D)  # fmt: skip
+            row = t + AHEAD
+            _prefetch_row(u_ptr + row * su_l + ch_first * su_d, ahead, pid_d * BLOCK_D, Dg, BLOCK_D)
+            _prefetch_row(delta_ptr + row * sdt_l + ch_first * sdt_d, ahead, pid_d * BLOCK_D, Dg, BLOCK_D)
             if HAS_Z and not SUMMARY:
-                _prefetch_row(z_row + (AHEAD - PREFETCH) * sz_l + ch_first * sz_d, ahead, pid_d * BLOCK_D, Dg, BLOCK_D)
-        fresh = _fwd_loads(u_row + ch * su_d, delta_row + ch * sdt_d, B_row, C_row, z_row + ch * sz_d, mask_d, True,
-                           nleft, sB_n, sC_n, HAS_Z, SUMMARY, ROWS, VECTOR_BC)  # fmt: skip
+                _prefetch_row(z_ptr + row * sz_l + ch_first * sz_d, ahead, pid_d * BLOCK_D, Dg, BLOCK_D)
+        fresh = _fwd_loads(u_row + ch * su_d, delta_row + ch * sdt_d, B_row, C_row, z_row + ch * sz_d, mask_d,
+                           t + PREFETCH < t_end, nleft, sB_n, sC_n, HAS_Z, SUMMARY, ROWS, VECTOR_BC)  # fmt: skip
         u_row += su_l
         delta_row += sdt_l
         z_row += sz_l
         B_row += sB_l
         C_row += sC_l
         if PREFETCH:
-            inputs = ring[0]
+            x, dt, Bs, Cs, zt = ring[0]
             ring = ring[1:] + (fresh,)
         else:
-            inputs = fresh
-        h, decay = _fwd_step(inputs, t, h, decay, A2, Dv, bias, zero, out_row + ch * so_d, y_mask, last_ptr, ckpt_ptr,
-                             h0_ptr, seg_ids_ptr, cu_ptr, L, seq_len, pid_b, STATE, D_total, state_ch, mask_d, nleft,
-                             ckpt_len, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, HAS_H0, RESET, STORE_LAST, STORE_CKPT, SUMMARY,
-                             ROWS, SPLIT)  # fmt: skip
+            x, dt, Bs, Cs, zt = fresh
+        if HAS_BIAS:
+            dt += bias
+        if SOFTPLUS:
+            dt = _softplus(dt)
+        seg, start, end = _segments(t, L, seq_len, seg_ids_ptr, cu_ptr, pid_b, RESET)
+        if HAS_H0:  # the state before a segment enters through its first step
+            h0 = _state_rows(h0_ptr, seg * STATE, D_total, state_ch, mask_d & start, nleft, ROWS)
+            h = _select_rows(start, h0, h, ROWS)
+        elif RESET != 0:  # without resets only t = 0 starts a segment, where h is still the zero it began as
+            h = _zero_rows_where(start, h, ROWS)
+        dtx = dt * x
+        y = x * Dv if HAS_D and SPLIT == 1 else zero
+        new_h = ()
+        new_decay = ()
+        for n in tl.static_range(ROWS):
+            dA = _exp2(dt * A2[n])
+            h_n = dA * h[n] + dtx * Bs[n]
+            new_h = new_h + (h_n,)
+            if SUMMARY:
+                decay_n = decay[n] * dA
+                if RESET != 0:
+                    decay_n = tl.where(start, 0.0, decay_n)
+                new_decay = new_decay + (decay_n,)
+            else:
+                y += h_n * Cs[n]
+        h = new_h
+        if SUMMARY:
+            decay = new_decay
+        else:
+            if SPLIT > 1:  # the other half's sum, from the partner lane
+                y += _lane_shuffle(y, 1)
+                if HAS_D:
+                    y += x * Dv
+            if HAS_Z:
+                y *= zt * tl.sigmoid(zt)
+            tl.store(out_row + ch * so_d, y.to(out_ptr.dtype.element_ty), mask=y_mask)
+            if STORE_LAST:
+                _store_state_rows(last_ptr, seg * STATE, D_total, state_ch, mask_d & end, nleft, h, ROWS)
+            if STORE_CKPT:  # noqa: SIM102 (a compile-time branch around a run-time one)
+                # the state after every ckpt_len steps, for the backward, behind a uniform branch: no per-step
+                # predicated stores of the whole state, and no division (ckpt_len: a compile-time power of two)
+                if ((t + 1) % ckpt_len == 0) | (t == L - 1):
+                    base = (pid_b * tl.cdiv(L, ckpt_len) + t // ckpt_len) * STATE
+                    _store_state_rows(ckpt_ptr, base, D_total, state_ch, mask_d, nleft, h, ROWS)
         out_row += so_l
-    if PREFETCH:
-        for t in tl.range(tl.maximum(t_end - PREFETCH, t_start), t_end):  # the ring's last steps
-            inputs = ring[0]
-            ring = ring[1:] + (inputs,)
-            h, decay = _fwd_step(inputs, t, h, decay, A2, Dv, bias, zero, out_row + ch * so_d, y_mask, last_ptr,
-                                 ckpt_ptr, h0_ptr, seg_ids_ptr, cu_ptr, L, seq_len, pid_b, STATE, D_total, state_ch,
-                                 mask_d, nleft, ckpt_len, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, HAS_H0, RESET, STORE_LAST,
-                                 STORE_CKPT, SUMMARY, ROWS, SPLIT)  # fmt: skip
-            out_row += so_l
     if SUMMARY:
         _store_state_rows(chunk_P_ptr, chunk_base + c * STATE, D_total, state_ch, mask_d, nleft, decay, ROWS)
         _store_state_rows(chunk_S_ptr, chunk_base + c * STATE, D_total, state_ch, mask_d, nleft, h, ROWS)
@@ -932,7 +936,6 @@ def _gradient_step(u_ptr, delta_ptr, A, A2, B_ptr, C_ptr, Dv, z_ptr, bias, seg_i
 # interpreter, which has no inline PTX: the lane id and each butterfly shuffle are then computed by Triton ops (as
 # they always are there for the forward's SPLIT lanes)
 EMULATE_LANE_SHUFFLES = tl.constexpr(False)
-_INTERPRETED = tl.constexpr(triton_interpret())  # read at import, as Triton reads TRITON_INTERPRET
 
 
 @triton.jit
