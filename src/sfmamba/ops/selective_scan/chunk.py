@@ -207,7 +207,7 @@ def _fwd_loads(u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, mask_d, valid, NSTATE, sB_
     """One step's forward inputs from pointers at that step (u, delta, z: [BD] channel pointers; B, C: at the step's
     first state), fp32: u, raw delta, z [BD] (z only when used; masked channels read 0); B_t and C_t (C_t only when
     used) as tuples of BLOCK_N values, one load each at the same address in every thread (masked off unless `valid`),
-    or by vector loads (VECTOR_BC: the address must be readable whether or not `valid`)."""
+    or by vector loads (VECTOR_BC; predicated off unless `valid`)."""
     x = tl.load(u_ptr, mask=mask_d & valid, other=0.0).to(tl.float32)
     dt = tl.load(delta_ptr, mask=mask_d & valid, other=0.0).to(tl.float32)
     if VECTOR_BC:
@@ -441,6 +441,8 @@ def selective_scan_fwd_kernel(
     B_row = B_ptr + (t_start + PREFETCH) * sB_l
     C_row = C_ptr + (t_start + PREFETCH) * sC_l
     out_row = out_ptr + t_start * so_l
+    # UNROLL > 1: ptxas interleaves consecutive steps' math (only h carries over a step); one warp per scheduler then
+    # issues back to back instead of waiting out one step's chain of exp2/softplus latencies
     for t in tl.range(t_start, t_end, loop_unroll_factor=UNROLL):
         if AHEAD:  # hints that pull step t + AHEAD's rows towards L1 without holding registers
             ahead = t + AHEAD < t_end
