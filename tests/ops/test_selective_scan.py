@@ -81,6 +81,17 @@ def scan(kernel: str, *args, **kwargs):
         return selective_scan(*args, **kwargs)
 
 
+@contextlib.contextmanager
+def forced_configs(kernel, configs: list[triton.Config]):
+    """An autotuned scan kernel tuning over `configs` only, with no pick cached from before or kept after."""
+    with mock.patch.object(kernel, "configs", configs):
+        kernel.cache.clear()
+        try:
+            yield kernel
+        finally:
+            kernel.cache.clear()
+
+
 def loop_reference(
     u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, *,
     seq_len=None, cu_seqlens=None, initial_state=None, layout="BDL",
@@ -402,20 +413,14 @@ def test_chunk_prefetch_depths(layout, kernel, prefetch):
             )
         ],
     ]
-    with mock.patch.object(kernels[0], "configs", configs[0]), mock.patch.object(kernels[1], "configs", configs[1]):
-        for k in kernels:
-            k.cache.clear()
-        try:
-            compare_with_reference(inputs, torch.float32, {"delta_softplus": True, "layout": layout}, backward=True,
-                                   kernel=kernel)  # fmt: skip
-            assert [k.best_config.kwargs["PREFETCH"] for k in kernels] == [prefetch, min(prefetch, 1)]
-            assert (kernels[1].best_config.kwargs["BRANCHLESS"], kernels[1].best_config.kwargs["TILES"]) == (
-                branchless,
-                tiles,
-            )
-        finally:
-            for k in kernels:
-                k.cache.clear()
+    with forced_configs(kernels[0], configs[0]), forced_configs(kernels[1], configs[1]):
+        compare_with_reference(inputs, torch.float32, {"delta_softplus": True, "layout": layout}, backward=True,
+                               kernel=kernel)  # fmt: skip
+        assert [k.best_config.kwargs["PREFETCH"] for k in kernels] == [prefetch, min(prefetch, 1)]
+        assert (kernels[1].best_config.kwargs["BRANCHLESS"], kernels[1].best_config.kwargs["TILES"]) == (
+            branchless,
+            tiles,
+        )
 
 
 @pytest.mark.parametrize(
@@ -441,14 +446,10 @@ def test_backward_rows(nstate, layout, kernel, segments, branchless, lane_sums):
     kernel_fn = chunk.selective_scan_bwd_kernel
     config = {"BLOCK_D": 32 if lane_sums else 16, "PREFETCH": 1, "NEXT_TO_L1": 1, "BRANCHLESS": branchless, "ROWS": 1}
     emulate = mock.patch.object(chunk, "EMULATE_LANE_SHUFFLES", triton.language.constexpr(lane_sums))
-    with emulate, mock.patch.object(kernel_fn, "configs", [triton.Config(config, num_warps=1)]):
-        kernel_fn.cache.clear()
-        try:
-            compare_with_reference(inputs, torch.float32, {"delta_softplus": True, "layout": layout}, backward=True,
-                                   kernel=kernel)  # fmt: skip
-            assert kernel_fn.best_config.kwargs["ROWS"] == 1
-        finally:
-            kernel_fn.cache.clear()
+    with emulate, forced_configs(kernel_fn, [triton.Config(config, num_warps=1)]):
+        compare_with_reference(inputs, torch.float32, {"delta_softplus": True, "layout": layout}, backward=True,
+                               kernel=kernel)  # fmt: skip
+        assert kernel_fn.best_config.kwargs["ROWS"] == 1
 
 
 def test_backward_keeps_rows_out_of_initial_state_launches():
@@ -517,13 +518,9 @@ def test_forward_split_lanes(nstate, layout, kernel, segments, seq_len, dtype):
     kernel_fn = chunk.selective_scan_fwd_kernel
     config = triton.Config({"BLOCK_D": 16, "PREFETCH": 2, "UNROLL": 2, "SPLIT": 2}, num_warps=1)
     flags = {"delta_softplus": True, "layout": layout, **({"seq_len": seq_len} if seq_len else {})}
-    with mock.patch.object(kernel_fn, "configs", [config]):
-        kernel_fn.cache.clear()
-        try:
-            compare_with_reference(inputs, dtype, flags, backward=True, kernel=kernel)
-            assert kernel_fn.best_config.kwargs["SPLIT"] == 2
-        finally:
-            kernel_fn.cache.clear()
+    with forced_configs(kernel_fn, [config]):
+        compare_with_reference(inputs, dtype, flags, backward=True, kernel=kernel)
+        assert kernel_fn.best_config.kwargs["SPLIT"] == 2
 
 
 def test_forward_split_needs_two_states():
@@ -545,15 +542,9 @@ def test_forward_split_refuses_one_state():
     """A SPLIT config forced at N = 1 (one config skips the autotuner's pruning) fails to build instead of scanning
     without a state."""
     inputs = make_inputs(1, 8, 20, 1, 1, "BLD")
-    kernel_fn = chunk.selective_scan_fwd_kernel
     config = triton.Config({"BLOCK_D": 16, "PREFETCH": 2, "UNROLL": 1, "SPLIT": 2}, num_warps=1)
-    with mock.patch.object(kernel_fn, "configs", [config]):
-        kernel_fn.cache.clear()
-        try:
-            with pytest.raises(Exception, match="needs N >= 2"):
-                scan("triton", **cast(inputs, torch.float32, requires_grad=False), delta_softplus=True, layout="BLD")
-        finally:
-            kernel_fn.cache.clear()
+    with forced_configs(chunk.selective_scan_fwd_kernel, [config]), pytest.raises(Exception, match="needs N >= 2"):
+        scan("triton", **cast(inputs, torch.float32, requires_grad=False), delta_softplus=True, layout="BLD")
 
 
 @pytest.mark.parametrize(
@@ -580,15 +571,10 @@ def test_forward_vector_bc_loads(monkeypatch, dtype, nstate, split):
     monkeypatch.setattr(chunk, "_launch_kernel", spy)
     monkeypatch.setattr(chunk, "vector_bc", vector_bc)
     inputs = make_inputs(2, 17, 20, nstate, 2, "BLD", segments=None)
-    kernel_fn = chunk.selective_scan_fwd_kernel
     config = triton.Config({"BLOCK_D": 32 // split, "PREFETCH": 4, "UNROLL": 2, "SPLIT": split}, num_warps=1)
-    with mock.patch.object(kernel_fn, "configs", [config]):
-        kernel_fn.cache.clear()
-        try:
-            compare_with_reference(inputs, dtype, {"delta_softplus": True, "layout": "BLD"}, backward=True,
-                                   bc_dtype=dtype, kernel="triton-2pass")  # fmt: skip
-        finally:
-            kernel_fn.cache.clear()
+    with forced_configs(chunk.selective_scan_fwd_kernel, [config]):
+        compare_with_reference(inputs, dtype, {"delta_softplus": True, "layout": "BLD"}, backward=True,
+                               bc_dtype=dtype, kernel="triton-2pass")  # fmt: skip
     assert launches and 1 in launches, launches  # the forward launches took the vector loads
 
 

@@ -935,14 +935,13 @@ def _gradient_step(u_ptr, delta_ptr, A, A2, B_ptr, C_ptr, Dv, z_ptr, bias, seg_i
 
 
 # Tests set this to run the ROWS backward's lane-shuffle channel sums (`_store_channel_sums`, LANE_SUMS) in the
-# interpreter, which has no inline PTX: the lane id and each butterfly shuffle are then computed by Triton ops (as
-# they always are there for the forward's SPLIT lanes)
+# interpreter, where `_lane_id` and `_lane_shuffle` compute the lane id and each butterfly shuffle by Triton ops
 EMULATE_LANE_SHUFFLES = tl.constexpr(False)
 
 
 @triton.jit
 def _lane_id(BLOCK_D: tl.constexpr):
-    if EMULATE_LANE_SHUFFLES or _INTERPRETED:
+    if _INTERPRETED:
         return tl.arange(0, BLOCK_D) % 32
     return tl.inline_asm_elementwise("mov.u32 $0, %laneid;", "=r,r", [tl.arange(0, BLOCK_D)], dtype=tl.int32,
                                      is_pure=True, pack=1)  # fmt: skip
@@ -951,7 +950,7 @@ def _lane_id(BLOCK_D: tl.constexpr):
 @triton.jit
 def _lane_shuffle(x, MASK: tl.constexpr):
     """x of the lane whose index differs from this one's in the bits of MASK (PTX shfl.sync.bfly, one warp)."""
-    if EMULATE_LANE_SHUFFLES or _INTERPRETED:  # x is [32], one value per lane: out[i] = x[i ^ MASK]
+    if _INTERPRETED:  # x is [32], one value per lane: out[i] = x[i ^ MASK]
         lanes = tl.arange(0, 32)
         return tl.sum(tl.where((lanes[:, None] ^ MASK) == lanes[None, :], x[None, :], 0.0), axis=1)
     if MASK == 16:
