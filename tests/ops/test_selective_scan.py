@@ -485,16 +485,22 @@ def test_backward_builds_the_state_tensor_only_above_n8():
 @pytest.mark.parametrize("nstate", [1, 8, 16])
 def test_forward_keeps_deep_rings_to_small_states(nstate):
     """The GPU forward's rings deeper than 2 steps hold PREFETCH steps of B_t/C_t per thread: the autotuner times them
-    up to N = 8 only (at N = 16 they spill and take minutes to build), and always keeps something to time."""
+    up to N = 8 states per lane only (at N = 16 they spill and take minutes to build; a SPLIT lane holds N / 2), drops
+    SPLIT at N = 1, and always keeps something to time."""
     with mock.patch.object(chunk, "triton_interpret", lambda: False):
         configs = chunk._fwd_configs()
     assert any(c.kwargs["PREFETCH"] == 8 for c in configs)
+    assert any(c.kwargs.get("SPLIT", 1) == 2 for c in configs)
     kept = chunk.prune_fwd_configs(configs, {"NSTATE": nstate})
-    if nstate <= 8:
+    split = [c for c in configs if c.kwargs.get("SPLIT", 1) > 1]
+    if nstate == 1:  # a lane of a split channel needs a state of its own
+        assert kept == [c for c in configs if c not in split]
+    elif nstate <= 8:
         assert kept == configs
-    else:
-        assert kept and all(c.kwargs["PREFETCH"] <= 2 for c in kept)
-        assert any(c.kwargs["UNROLL"] > 1 for c in kept)
+    else:  # deep rings only where each lane holds <= 8 states: the split ones
+        assert kept and all(c.kwargs["PREFETCH"] <= 2 or c in split for c in kept)
+        assert split and all(c in kept for c in split)
+        assert any(c.kwargs["UNROLL"] > 1 and c not in split for c in kept)
     assert chunk.prune_fwd_configs(configs, {}, NSTATE=nstate) == kept
     assert chunk.prune_fwd_configs(configs[:1], {"NSTATE": 16}) == configs[:1]  # never nothing to time
     assert chunk.selective_scan_fwd_kernel.early_config_prune is chunk.prune_fwd_configs

@@ -297,7 +297,10 @@ def _fwd_configs() -> list[triton.Config]:
     UNROLL 8, BLOCK_D 32: 216-220 registers, no spills, once the tuple state freed them; session 12's tile state
     spilled) is the best at L = 196 (H200, session 20, benchmarks/results/s20_20261205/): fp32 41.7 us against the
     autotuner's former pick 49.0, bf16 33.0 against 34.0 (L2 flushed 40.5 against 52.7); at L = 49 bf16 14.6 against
-    14.9 (fp32 keeps AHEAD 16: 13.8 against 16.9). `prune_fwd_configs` keeps rings deeper than 2 steps to N <= 8."""
+    14.9 (fp32 keeps AHEAD 16: 13.8 against 16.9). Two lanes per channel (SPLIT 2, BLOCK_D 16, 8-step ring: 1280
+    one-warp programs at L = 196 instead of 640, 156-162 registers) wins fp32 at L = 196 (H100, session 23,
+    benchmarks/results/s23_20261205/: 39.2 us against the ring's 47.3; bf16 32.6 against 32.4, L2 flushed 36.2
+    against 42.4; L = 49 ties). `prune_fwd_configs` keeps rings deeper than 2 steps to N <= 8 states per lane."""
     if triton_interpret():
         return [triton.Config({"BLOCK_D": 16, "PREFETCH": 1, "UNROLL": 1}, num_warps=1)]
     ring = [
@@ -310,7 +313,10 @@ def _fwd_configs() -> list[triton.Config]:
         triton.Config({"BLOCK_D": 32, "PREFETCH": 2, "UNROLL": 4, "AHEAD": 16}, num_warps=1),
         triton.Config({"BLOCK_D": 64, "PREFETCH": 4, "UNROLL": 4, "AHEAD": 8}, num_warps=1),
     ]
-    deep = [triton.Config({"BLOCK_D": 32, "PREFETCH": 8, "UNROLL": 8}, num_warps=1)]
+    deep = [
+        triton.Config({"BLOCK_D": 32, "PREFETCH": 8, "UNROLL": 8}, num_warps=1),
+        triton.Config({"BLOCK_D": 16, "PREFETCH": 8, "UNROLL": 8, "SPLIT": 2}, num_warps=1),
+    ]
     wide = [triton.Config({"BLOCK_D": 128, "PREFETCH": 1, "UNROLL": 1}, num_warps=w) for w in (1, 2)]
     return ring + hinted + deep + wide
 
