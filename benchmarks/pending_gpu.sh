@@ -186,7 +186,7 @@ run_step() {
         2>&1 | head -8
       "$PY" benchmarks/models/host_profile.py --model sf_mamba_tiny --out "$dir/host_profile_sf_mamba_tiny.txt" | head -3 ;;
     scan-check)
-      PYTHONPATH="benchmarks/ops:$PYTHONPATH" "$PY" benchmarks/ops/check_scan_fwd_configs.py --jobs 16 ${CONFIGS:+--configs $CONFIGS} --out "$dir" 2>&1 \
+      PYTHONPATH="benchmarks/ops:$PYTHONPATH" "$PY" benchmarks/ops/check_scan_fwd_configs.py --jobs 16 ${CONFIGS:+--configs $CONFIGS} ${CASES:+--cases $CASES} --out "$dir" 2>&1 \
         | tee "$dir/log.txt" | grep -v Warning ;;
     scan-rows)
       "$PY" benchmarks/ops/experiments/scan_configs.py --kernel bwd --unroll 16 --shapes 0 2 --dtypes bfloat16 float32 \

@@ -143,7 +143,7 @@ def check_config(config: triton.Config, cases: list[tuple]) -> dict:
     chunk.selective_scan_fwd_kernel.cache.clear()
     worst, failures, vector_cases, pruned = 0.0, [], 0, 0
     for length, resets, layout, dtype, chunk_len, *form in cases:
-        if not chunk.fwd_ring_fits(config, form[0] if form else 8):
+        if not chunk.fwd_config_kept(config, form[0] if form else 8):
             pruned += 1  # the autotuner never times this config at this state size
             continue
         chunk.forced_chunk_len = chunk_len

@@ -485,8 +485,8 @@ def test_backward_builds_the_state_tensor_only_above_n8():
 @pytest.mark.parametrize("nstate", [1, 8, 16])
 def test_forward_keeps_deep_rings_to_small_states(nstate):
     """The GPU forward's rings deeper than 2 steps hold PREFETCH steps of B_t/C_t per thread: the autotuner times them
-    up to N = 8 states per lane only (at N = 16 they spill and take minutes to build; a SPLIT lane holds N / 2), drops
-    SPLIT at N = 1, and always keeps something to time."""
+    up to N = 8 only (at N = 16 they spill and take minutes to build; the SPLIT ones are unchecked there), drops SPLIT
+    at N = 1, and always keeps something to time."""
     with mock.patch.object(chunk, "triton_interpret", lambda: False):
         configs = chunk._fwd_configs()
     assert any(c.kwargs["PREFETCH"] == 8 for c in configs)
@@ -497,10 +497,9 @@ def test_forward_keeps_deep_rings_to_small_states(nstate):
         assert kept == [c for c in configs if c not in split]
     elif nstate <= 8:
         assert kept == configs
-    else:  # deep rings only where each lane holds <= 8 states: the split ones
-        assert kept and all(c.kwargs["PREFETCH"] <= 2 or c in split for c in kept)
-        assert split and all(c in kept for c in split)
-        assert any(c.kwargs["UNROLL"] > 1 and c not in split for c in kept)
+    else:
+        assert kept and all(c.kwargs["PREFETCH"] <= 2 for c in kept)
+        assert any(c.kwargs["UNROLL"] > 1 for c in kept)
     assert chunk.prune_fwd_configs(configs, {}, NSTATE=nstate) == kept
     assert chunk.prune_fwd_configs(configs[:1], {"NSTATE": 16}) == configs[:1]  # never nothing to time
     assert chunk.selective_scan_fwd_kernel.early_config_prune is chunk.prune_fwd_configs
@@ -531,14 +530,17 @@ def test_forward_split_lanes(nstate, layout, kernel, segments, seq_len, dtype):
 
 def test_forward_split_needs_two_states():
     """SPLIT configs give each lane a share of N >= 2 states on one warp: the autotuner drops them at N = 1 and with
-    more warps, and a list of only those runs them unsplit on the same lanes (never nothing to time). A SPLIT lane
-    holds N / 2 states, so at N = 16 the deep SPLIT rings stay (their registers are the N = 8 rings')."""
+    more warps, and a list of only those runs them unsplit on the same lanes (never nothing to time). Above N = 8 the
+    deep SPLIT rings go as the others do (unchecked on the GPU there)."""
     split = triton.Config({"BLOCK_D": 16, "PREFETCH": 8, "UNROLL": 8, "SPLIT": 2}, num_warps=1)
+    shallow = triton.Config({"BLOCK_D": 16, "PREFETCH": 2, "UNROLL": 4, "SPLIT": 2}, num_warps=1)
     whole = triton.Config({"BLOCK_D": 32, "PREFETCH": 8, "UNROLL": 8}, num_warps=1)
     two_warps = triton.Config({"BLOCK_D": 32, "PREFETCH": 2, "UNROLL": 4, "SPLIT": 2}, num_warps=2)
     assert chunk.prune_fwd_configs([split, whole], {"NSTATE": 1}) == [whole]
     assert chunk.prune_fwd_configs([split, whole], {"NSTATE": 2}) == [split, whole]
-    assert chunk.prune_fwd_configs([split, whole, two_warps], {"NSTATE": 16}) == [split]
+    assert chunk.prune_fwd_configs([split, shallow, whole, two_warps], {"NSTATE": 16}) == [shallow]
+    assert [chunk.fwd_config_kept(c, 16) for c in (split, shallow, whole, two_warps)] == [False, True, False, False]
+    assert [chunk.fwd_config_kept(c, 1) for c in (split, shallow, whole)] == [False, False, True]
     (unsplit,) = chunk.prune_fwd_configs([split], {"NSTATE": 1})
     assert unsplit.kwargs == {**split.kwargs, "BLOCK_D": 32, "SPLIT": 1} and unsplit.num_warps == 1
     assert split.kwargs["SPLIT"] == 2 and split.kwargs["BLOCK_D"] == 16  # the original is left as it was
