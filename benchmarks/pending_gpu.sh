@@ -63,6 +63,11 @@
 #                    instead of 640, 58.5 instructions per warp-step instead of 85; a 16-step ring fits its registers:
 #                    fp32's loads in flight) vs the 8-step ring, L = 196 and 49, bf16 and fp32, each checked against
 #                    the fp32 reference (scan_configs.py --kernel fwd)                                          (~4 min)
+#   scan-bwd-split   the ROWS backward with two lanes per channel (SPLIT 2, session 23: 1280 one-warp programs at
+#                    L = 196 instead of 640; sm_90, Triton 3.6, 8-step chunk: 2233 instructions per warp against ROWS'
+#                    3529, 246 registers and no spills against 255 and 108 bytes) vs ROWS vs TILES, fwd+bwd, L = 196
+#                    and 49, bf16 and fp32, each checked against the fp32 reference (scan_configs.py --kernel bwd)
+#                                                                                                               (~4 min)
 #   bc-align         MambaVision-T's stage-3 mixer with x_proj rows padded for 16-byte B/C loads (the default since
 #                    session 18) vs unpadded, inference forward and training fwd+bwd, CUDA graphs (bench_bc_alignment.py)
 #                                                                                                               (~2 min)
@@ -188,6 +193,10 @@ run_step() {
     scan-check)
       PYTHONPATH="benchmarks/ops:$PYTHONPATH" "$PY" benchmarks/ops/check_scan_fwd_configs.py --jobs 16 ${CONFIGS:+--configs $CONFIGS} ${CASES:+--cases $CASES} --out "$dir" 2>&1 \
         | tee "$dir/log.txt" | grep -v Warning ;;
+    scan-bwd-split)
+      "$PY" benchmarks/ops/experiments/scan_configs.py --kernel bwd --unroll 16 --shapes 0 2 --dtypes bfloat16 float32 \
+        --bwd-configs '{"TILES": 1}' '{"ROWS": 1}' '{"ROWS": 1, "TILES": 0, "BLOCK_D": 16, "SPLIT": 2}' \
+        --precompile 12 --budget-s 220 --out-dir "$dir" 2>&1 | tee "$dir/log.txt" | grep -v Warning ;;
     scan-rows)
       "$PY" benchmarks/ops/experiments/scan_configs.py --kernel bwd --unroll 16 --shapes 0 2 --dtypes bfloat16 float32 \
         --bwd-configs '{"TILES": 1}' '{"ROWS": 1}' --precompile 12 --budget-s 200 --out-dir "$dir" 2>&1 \

@@ -424,32 +424,52 @@ def test_chunk_prefetch_depths(layout, kernel, prefetch):
 
 
 @pytest.mark.parametrize(
-    "nstate, layout, kernel, segments, branchless, lane_sums",
+    "nstate, layout, kernel, segments, branchless, lane_sums, split",
     [
-        (8, "BLD", "triton", None, 0, False),
-        (8, "BDL", "triton", 2, 1, False),
-        (4, "BLD", "triton-2pass", 2, 0, False),
-        (8, "BLD", "triton", 2, 0, True),
-        (1, "BDL", "triton-2pass", None, 1, True),
-        (16, "BLD", "triton", None, 0, True),
+        (8, "BLD", "triton", None, 0, False, 1),
+        (8, "BDL", "triton", 2, 1, False, 1),
+        (4, "BLD", "triton-2pass", 2, 0, False, 1),
+        (8, "BLD", "triton", 2, 0, True, 1),
+        (1, "BDL", "triton-2pass", None, 1, True, 1),
+        (16, "BLD", "triton", None, 0, True, 1),
+        (8, "BLD", "triton", 2, 0, False, 2),
+        (8, "BDL", "triton-2pass", None, 1, True, 2),
+        (3, "BLD", "triton", 2, 0, True, 2),
+        (2, "BLD", "triton-2pass", None, 0, True, 2),
     ],
 )
-def test_backward_rows(nstate, layout, kernel, segments, branchless, lane_sums):
+def test_backward_rows(nstate, layout, kernel, segments, branchless, lane_sums, split):
     """The backward's experimental ROWS layout (every state a tuple of N [BLOCK_D] rows; not among the autotuned
     configs until timed on a GPU): whole rows and two passes (spans), steps past the row's end behind a branch or
     masked (BRANCHLESS), initial states, N = 1, 4, 8 and 16: forward, last states, every gradient. The channel sums of
-    dB and dC take tl.sum, or (`lane_sums`, 32 channels per program, 20 of them real) the GPU's transposing butterfly
-    shuffles with each shuffle emulated by Triton ops (the interpreter runs no inline PTX; the PTX itself is built by
-    test_step_kernels_compile_for_sm90)."""
+    dB and dC take tl.sum, or (`lane_sums`, 32 lanes per program, 20 channels of them real) the GPU's transposing
+    butterfly shuffles with each shuffle emulated by Triton ops (the interpreter runs no inline PTX; the PTX itself
+    is built by test_step_kernels_compile_for_sm90). `split` 2: two lanes per channel (16 channels per program),
+    each holding half the states (N = 2, 3, 8; N = 3 leaves the odd lane one real state of two)."""
     torch.manual_seed(7)
     inputs = make_inputs(2, 23, 20, nstate, 2, layout, segments=segments)
     kernel_fn = chunk.selective_scan_bwd_kernel
-    config = {"BLOCK_D": 32 if lane_sums else 16, "PREFETCH": 1, "NEXT_TO_L1": 1, "BRANCHLESS": branchless, "ROWS": 1}
+    lanes = 32 if lane_sums or split > 1 else 16
+    config = {"BLOCK_D": lanes // split, "PREFETCH": 1, "NEXT_TO_L1": 1, "BRANCHLESS": branchless, "ROWS": 1}
+    if split > 1:
+        config["SPLIT"] = split
     emulate = mock.patch.object(chunk, "EMULATE_LANE_SHUFFLES", triton.language.constexpr(lane_sums))
     with emulate, forced_configs(kernel_fn, [triton.Config(config, num_warps=1)]):
         compare_with_reference(inputs, torch.float32, {"delta_softplus": True, "layout": layout}, backward=True,
                                kernel=kernel)  # fmt: skip
         assert kernel_fn.best_config.kwargs["ROWS"] == 1
+        assert kernel_fn.best_config.kwargs.get("SPLIT", 1) == split
+
+
+def test_backward_split_needs_two_states():
+    """The ROWS backward's SPLIT configs give each lane a share of N >= 2 states: the autotuner drops them at N = 1,
+    and a list of only those runs them unsplit on the same 32 lanes (never nothing to time)."""
+    split = triton.Config({"BLOCK_D": 16, "ROWS": 1, "SPLIT": 2}, num_warps=1)
+    rows = triton.Config({"BLOCK_D": 32, "ROWS": 1}, num_warps=1)
+    assert chunk.prune_bwd_configs([split, rows], {"NSTATE": 1}) == [rows]
+    assert chunk.prune_bwd_configs([split, rows], {"NSTATE": 8}) == [split, rows]
+    (unsplit,) = chunk.prune_bwd_configs([split], {"NSTATE": 1})
+    assert unsplit.kwargs == {"BLOCK_D": 32, "ROWS": 1, "SPLIT": 1} and split.kwargs["SPLIT"] == 2
 
 
 def test_backward_keeps_rows_out_of_initial_state_launches():
@@ -1113,6 +1133,11 @@ for nstate, summary, reset, extra in ((8, False, 0, infer), (8, False, 1, train)
                                 scan_pointer_type("bf16"))
         print("rows", "cubin" if rows.asm.get("cubin") else "no cubin", rows.asm["ptx"].count("shfl.sync.bfly"),
               rows.asm["ttgir"].count("ttg.convert_layout"))
+        split_flags = dict(flags, TILES=0, ROWS=1, VECTOR_BC=1, HAS_H0=False, BRANCHLESS=0, BLOCK_D=16, SPLIT=2)
+        split = compile_for_sm90(chunk.selective_scan_bwd_kernel, split_flags, 1, scan_pointer_type("bf16"))
+        print("rows-split", "cubin" if split.asm.get("cubin") else "no cubin",
+              split.asm["ptx"].count("shfl.sync.bfly"), split.asm["ptx"].count("ld.global.nc.v2.b32"),
+              split.asm["ttgir"].count("ttg.convert_layout"))
     hints = compiled.asm["ptx"].count("prefetch.global.L1")
     print("bwd", "cubin" if compiled.asm.get("cubin") else "no cubin", summary, reset, nstate, f"hints={hints}",
           f"loops={loops}")
@@ -1122,7 +1147,7 @@ for nstate, summary, reset, extra in ((8, False, 0, infer), (8, False, 1, train)
 def test_step_kernels_compile_for_sm90():
     """The interpreter never compiles: build the step forward (main, summary and training flag sets, step loop unrolled
     1-4 times; B_t/C_t by 16-byte inline-PTX loads in bf16, fp16 and fp32; two lanes per channel, SPLIT, with 8- or
-    16-byte loads of each lane's share) and backward for an H100 with Triton's
+    16-byte loads of each lane's share) and backward (ROWS, also SPLIT) for an H100 with Triton's
     bundled ptxas, and check that the backward's main pass has one loop, over its span's chunks, each chunk fully
     unrolled for N = 8 and N = 1 (bwd_chunk_for <= MAX_UNROLL: the stored states are then indexed statically, no
     selects), and that its summary pass keeps its step loop; with NEXT_TO_L1 the main pass hints each of the next
@@ -1130,7 +1155,7 @@ def test_step_kernels_compile_for_sm90():
     result = run_without_interpreter(STEP_SM90_COMPILE)
     assert result.returncode == 0, result.stderr[-4000:]
     lines = result.stdout.splitlines()
-    assert len(lines) == 15 and all(" cubin " in f" {line} " for line in lines), result.stdout
+    assert len(lines) == 16 and all(" cubin " in f" {line} " for line in lines), result.stdout
     # SPLIT: each lane's share of B_t/C_t by one 8-byte (N = 8 bf16) or 16-byte load per step (the ring's first and
     # the loop's), y's halves by one shuffle per step, and no layout conversions
     assert [line.split()[2:] for line in lines if line.startswith("split")] == [
@@ -1139,7 +1164,12 @@ def test_step_kernels_compile_for_sm90():
         ["bf16", "16", "0", "4", "1", "0"],
     ], result.stdout
     # ROWS, N = 8, a chunk of 8 steps: 9 shuffles per channel sum (dC in the forward sweep, dB in the backward one)
-    assert [line.split()[2:] for line in lines if line.startswith("rows")] == [["144", "0"]], result.stdout
+    assert [line.split()[2:] for line in lines if line.startswith("rows ")] == [["144", "0"]], result.stdout
+    # ROWS with two lanes per channel (SPLIT), 4 states each: 5 shuffles per channel sum over the 16 channels, and one
+    # per step for each of y's, ddt's and du's halves: 13 per step, 104 per chunk; each lane's share of B_t/C_t by
+    # 8-byte loads
+    split = [line.split()[2:] for line in lines if line.startswith("rows-split")]
+    assert len(split) == 1 and split[0][0] == "104" and int(split[0][1]) >= 16 and split[0][2] == "0", result.stdout
     # VECTOR_BC: one 16-byte load per step for each of B_t and C_t (N = 8 halves), two in fp32; the ring's first load
     # and the loop's: 4 (8 in fp32)
     vector = [line.split() for line in lines if line.startswith("vec")]

@@ -107,6 +107,9 @@ CASES = [
     *[(f"step bwd rows{' vec' if vec else ''}", chunk.selective_scan_bwd_kernel,  # session 17: tuples of N rows,
        dict(INFERENCE, HAS_DLAST=False, SUMMARY=False, CHUNK=8, BLOCK_D=32, BLOCK_N=8, PREFETCH=1, UNROLL=8,
             NEXT_TO_L1=1, ROWS=1, VECTOR_BC=vec), 1, 32) for vec in (0, 1)],  # dB/dC by transposing shuffles
+    ("step bwd rows vec split BD16", chunk.selective_scan_bwd_kernel,  # session 23: 2 lanes per channel (4 states each)
+     dict(INFERENCE, HAS_DLAST=False, SUMMARY=False, CHUNK=8, BLOCK_D=16, BLOCK_N=8, PREFETCH=1, UNROLL=8,
+          NEXT_TO_L1=1, ROWS=1, VECTOR_BC=1, SPLIT=2), 1, 16),
     *[(f"step bwd BD{bd}", chunk.selective_scan_bwd_kernel,  # session 14: lanes on N too (fewer shuffles, more warps)
        dict(INFERENCE, HAS_DLAST=False, SUMMARY=False, CHUNK=8, BLOCK_D=bd, BLOCK_N=8, PREFETCH=1, UNROLL=8,
             NEXT_TO_L1=1), 1, bd) for bd in (8, 16)],

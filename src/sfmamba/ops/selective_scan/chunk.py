@@ -343,9 +343,9 @@ def fwd_config_kept(config: triton.Config, nstate: int) -> bool:
 def _ring_fits(config: triton.Config, nstate: int) -> bool:
     """A ring more than 2 steps deep only up to N = 8, SPLIT or not. A SPLIT lane holds N / 2 states and as many
     values of each step's B_t and C_t, so its registers would fit at N = 16 (sm_90 build of the training forward,
-    fp16: Triton 3.6 23.4 s, as long as the N = 8 ring's 22.6 s), but no N = 16 case of `check_scan_fwd_configs.py`
-    has finished on the GPU for it yet (session 23: the case's process, which builds the N = 16 backward too, was
-    cut at 150 s and at 400 s); it is also untimed there."""
+    fp16: Triton 3.6 23.4 s, as long as the N = 8 ring's 22.6 s), but at N = 16 it is untimed and passed only one of
+    `check_scan_fwd_configs.py`'s two cases on the GPU (fp32 with cu_seqlens; the fp16 one never finished, for any
+    config: session 23 cut it at 150 s and 400 s)."""
     return nstate <= 8 or config.kwargs["PREFETCH"] <= 2
 
 
@@ -601,8 +601,11 @@ def prune_bwd_configs(configs: list[triton.Config], named_args: dict, **kwargs) 
     - not ROWS where an initial state is given: its masked steps with the initial state's row selects take ~10
       minutes to build for sm_90 (Triton 3.8, 2 CPU cores; TILES 50 s), for a case the models never hit
       (`benchmarks/ops/experiments/scan_compile_times.py`); nor above N = 8, where its unrolled chunk of N rows per
-      state would not fit the registers (the chunk is unrolled whatever UNROLL says)."""
+      state would not fit the registers (the chunk is unrolled whatever UNROLL says);
+    - SPLIT (ROWS with two lanes per channel) only where each lane gets a share of N >= 2 states (a list of only SPLIT
+      configs runs them unsplit, as the forward's pruning does)."""
     args = {**named_args, **kwargs}
+    configs = [c for c in configs if _split_fits(c, args.get("NSTATE", 0))] or [_unsplit(c) for c in configs]
     small = args.get("NSTATE", 0) <= 8
     if args.get("HAS_H0") or not small:
         configs = [c for c in configs if not c.kwargs.get("ROWS")] or configs
@@ -641,7 +644,7 @@ def selective_scan_bwd_kernel(
     HAS_H0: tl.constexpr, RESET: tl.constexpr, HAS_DLAST: tl.constexpr, SUMMARY: tl.constexpr,
     CHUNK: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, PREFETCH: tl.constexpr,
     UNROLL: tl.constexpr, NEXT_TO_L1: tl.constexpr = 0, BRANCHLESS: tl.constexpr = 0, TILES: tl.constexpr = 0,
-    ROWS: tl.constexpr = 0, VECTOR_BC: tl.constexpr = 0,
+    ROWS: tl.constexpr = 0, VECTOR_BC: tl.constexpr = 0, SPLIT: tl.constexpr = 1,
 ):  # fmt: skip
     # One program: one image, BLOCK_D channels, one span of `span` chunks of CHUNK steps (the forward checkpointed
     # the state at every chunk end; `n_ckpt` chunks per row, `nchunks` spans). The state gradient runs backwards:
@@ -651,9 +654,21 @@ def selective_scan_bwd_kernel(
     # recompute the chunk's states forwards from the forward's checkpoint, keeping them in registers, and walk the
     # chunk backwards producing the gradients, carrying dh into the chunk before.
     # Partials (dB/dC per channel block, dA/dD/dbias per span) are summed on the host: deterministic.
+    # SPLIT 2 (ROWS main pass only; the SUMMARY pass keeps one lane per channel): two adjacent lanes share a channel,
+    # each holding half its N states, as in the forward: twice the programs, half the state work per lane; the
+    # per-channel sums over N (y, ddt, du) meet by one shuffle each, and the lane holding the first half stores them.
     pid_d, pid_b, pid_g, c, D_total, offs_d, mask_d, ch, offs_n, mask_n, mask_dn, state_offs = _channel_block(
         Dg, NSTATE, nchunks, BLOCK_D, BLOCK_N
     )
+    R: tl.constexpr = BLOCK_N // SPLIT  # ROWS: state rows per lane
+    state_ch, nleft, lead, n0 = ch, NSTATE, mask_d, 0  # a lane's first state row (offsets in an (N, D) state)
+    if SPLIT > 1:
+        tl.static_assert(ROWS != 0, "SPLIT: ROWS backward only")
+        if not SUMMARY:
+            ch, mask_d, n0 = _split_channels(pid_d, pid_g, Dg, BLOCK_D, R, SPLIT)
+            state_ch, nleft, lead = ch + n0 * D_total, NSTATE - n0, mask_d & (n0 == 0)
+            B_ptr += n0 * sB_n  # each lane's share of B_t and C_t
+            C_ptr += n0 * sC_n
     n_groups = tl.num_programs(1) // nchunks
     A = tl.load(A_ptr + state_offs, mask=mask_dn, other=0.0)
     A2 = A * LOG2E
@@ -673,7 +688,11 @@ def selective_scan_bwd_kernel(
     x_next, raw_next, dt_next = _load_step(u_ptr, delta_ptr, t_next, ch, mask_d & (t_next < L), su_l, su_d, sdt_l,
                                            sdt_d, bias, HAS_BIAS, SOFTPLUS)  # fmt: skip
     seg_next, start_next, end_next = _segments(t_next, L, seq_len, seg_ids_ptr, cu_ptr, pid_b, RESET)
-    a_next = tl.where(start_next | (t_next >= L), 0.0, _exp2(dt_next[None, :] * A2))
+    a_next = dt_next  # a SPLIT main pass (ROWS) decays its own rows; the tile is for one lane per channel
+    if SPLIT == 1:  # noqa: SIM114 (Triton 3.6 cannot fold `or` of constexprs in a compile-time condition)
+        a_next = tl.where(start_next | (t_next >= L), 0.0, _exp2(dt_next[None, :] * A2))
+    elif SUMMARY:
+        a_next = tl.where(start_next | (t_next >= L), 0.0, _exp2(dt_next[None, :] * A2))
     summary_offs = (pid_b * nchunks + c) * STATE + state_offs
 
     if SUMMARY:
@@ -711,18 +730,18 @@ def selective_scan_bwd_kernel(
         part_base = ((pid_d * batch + pid_b) * n_groups + pid_g) * L * NSTATE  # into the dB/dC partials
         rows = tl.arange(0, CHUNK)
         dA_acc = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
-        dD_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
-        dbias_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+        dD_acc = tl.zeros([BLOCK_D * SPLIT], dtype=tl.float32)
+        dbias_acc = tl.zeros([BLOCK_D * SPLIT], dtype=tl.float32)
         span_chunks = tl.cdiv(steps, CHUNK)
         part = (pid_b * nchunks + c) * D_total
         if ROWS:
-            dh_rows = _state_rows(sum_X_ptr, (pid_b * nchunks + c) * STATE, D_total, ch, mask_d & (c < nchunks - 1),
-                                  NSTATE, BLOCK_N)  # fmt: skip
-            A_rows = _state_rows(A_ptr, 0, D_total, ch, mask_d, NSTATE, BLOCK_N)
+            dh_rows = _state_rows(sum_X_ptr, (pid_b * nchunks + c) * STATE, D_total, state_ch,
+                                  mask_d & (c < nchunks - 1), nleft, R)  # fmt: skip
+            A_rows = _state_rows(A_ptr, 0, D_total, state_ch, mask_d, nleft, R)
             A2_rows = ()
             a_rows = ()
             acc_rows = ()
-            for n in tl.static_range(BLOCK_N):
+            for n in tl.static_range(R):
                 A2_rows = A2_rows + (A_rows[n] * LOG2E,)
                 a_rows = a_rows + (tl.where(start_next | (t_next >= L), 0.0, _exp2(dt_next * A2_rows[n])),)
                 acc_rows = acc_rows + (dD_acc * 0.0,)
@@ -732,12 +751,13 @@ def selective_scan_bwd_kernel(
                     u_ptr, delta_ptr, A_rows, A2_rows, B_ptr, C_ptr, Dv, z_ptr, bias, h0_ptr, seg_ids_ptr, cu_ptr,
                     ckpt_ptr, dout_ptr, dlast_ptr, du_ptr, ddelta_ptr, dz_ptr, dB_ptr, dC_ptr, dh0_ptr, dh_rows, a_rows,
                     acc_rows, dD_acc, dbias_acc, cc, cc * CHUNK, tl.minimum(CHUNK, L - cc * CHUNK), L, seq_len, pid_b,
-                    n_ckpt, D_total, part_base, ch, mask_d, NSTATE, su_l, su_d, sdt_l, sdt_d, sz_l, sz_d, sdo_l, sdo_d,
-                    sg_b, sg_l, sg_d, sB_l, sB_n, sC_l, sC_n, j + 1 < span_chunks, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS,
-                    HAS_H0, RESET, HAS_DLAST, CHUNK, BLOCK_D, BLOCK_N, NEXT_TO_L1, BRANCHLESS, VECTOR_BC,
-                    (FAST_MATH or EMULATE_LANE_SHUFFLES) and BLOCK_D == 32 and BLOCK_N <= 32,
+                    n_ckpt, D_total, part_base, ch, mask_d, state_ch, nleft, lead, n0, NSTATE, su_l, su_d, sdt_l,
+                    sdt_d, sz_l, sz_d, sdo_l, sdo_d, sg_b, sg_l, sg_d, sB_l, sB_n, sC_l, sC_n, j + 1 < span_chunks,
+                    HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, HAS_H0, RESET, HAS_DLAST, CHUNK, BLOCK_D * SPLIT, R, NEXT_TO_L1,
+                    BRANCHLESS, VECTOR_BC, (FAST_MATH or EMULATE_LANE_SHUFFLES) and BLOCK_D * SPLIT == 32 and R <= 32,
+                    SPLIT,
                 )  # fmt: skip
-            _store_state_rows(dA_ptr, part * NSTATE, D_total, ch, mask_d, NSTATE, acc_rows, BLOCK_N)
+            _store_state_rows(dA_ptr, part * NSTATE, D_total, state_ch, mask_d, nleft, acc_rows, R)
         else:
             for j in range(span_chunks):  # the span's chunks, last first; dh and a_next carry into the chunk before
                 cc = c * span + span_chunks - 1 - j
@@ -752,9 +772,9 @@ def selective_scan_bwd_kernel(
                 )  # fmt: skip
             tl.store(dA_ptr + part * NSTATE + state_offs, dA_acc, mask=mask_dn)
         if HAS_D:
-            tl.store(dD_ptr + part + ch, dD_acc, mask=mask_d)
+            tl.store(dD_ptr + part + ch, dD_acc, mask=lead)
         if HAS_BIAS:
-            tl.store(dbias_ptr + part + ch, dbias_acc, mask=mask_d)
+            tl.store(dbias_ptr + part + ch, dbias_acc, mask=lead)
 
 
 @triton.jit
@@ -982,19 +1002,23 @@ def _lane_shuffle(x, MASK: tl.constexpr):
 
 
 @triton.jit
-def _store_channel_sums(ptr, values, valid, NSTATE, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
-                        LANE_SUMS: tl.constexpr):  # fmt: skip
-    """ptr[n] = the sum over the BLOCK_D channels of values[n] (a tuple of BLOCK_N [BD] rows), n < NSTATE, where
-    `valid`. LANE_SUMS (one warp of 32 channels, one per lane): a transposing reduction by butterfly shuffles -- each
-    level halves the rows a lane keeps and sends the other half to its partner, so after log2(BLOCK_N) levels each
-    lane holds one row's partial and the last levels finish it: BLOCK_N - 1 + 5 - log2(BLOCK_N) shuffles (9 for N = 8)
-    instead of tl.sum's 5 BLOCK_N (40); lane l then holds row n = l >> (5 - log2 BLOCK_N), stored by the first lane of
-    each row. GPU only (inline PTX): the interpreter takes tl.sum, unless a test sets EMULATE_LANE_SHUFFLES."""
+def _store_channel_sums(ptr, values, valid, NSTATE, n0, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+                        LANE_SUMS: tl.constexpr, SPLIT: tl.constexpr = 1):  # fmt: skip
+    """ptr[n0 + n] = the sum over the channels of values[n] (a tuple of BLOCK_N [BD] rows: each lane's share of the
+    states from n0 on), n0 + n < NSTATE, where `valid`. SPLIT (2): adjacent lanes share a channel, the even lane
+    holding states 0 .. BLOCK_N - 1 (n0 = 0), the odd one the next BLOCK_N. LANE_SUMS (one warp of BLOCK_D = 32
+    lanes): a transposing reduction by butterfly shuffles over the lane bits that pick the channel -- each level
+    halves the rows a lane keeps and sends the other half to its partner, so after log2(BLOCK_N) levels each lane
+    holds one row's partial and the last levels finish it: BLOCK_N - 1 + 5 - log2(SPLIT) - log2(BLOCK_N) shuffles
+    (9 for N = 8; 5 per lane for SPLIT 2's 4 rows) instead of tl.sum's 5 BLOCK_N (40); lane l then holds row n0 +
+    (l >> (5 - log2 BLOCK_N)), stored by the first lane of each row. GPU only (inline PTX): the interpreter takes
+    tl.sum, unless a test sets EMULATE_LANE_SHUFFLES."""
+    CHANNEL_BITS: tl.constexpr = 5 - (SPLIT // 2)  # lane bits 4 .. log2(SPLIT) pick the channel (SPLIT 1 or 2)
     if LANE_SUMS:
         lane = _lane_id(BLOCK_D)
         rows = values
-        n = lane * 0
-        for level in tl.static_range(5):  # lane bit 4 - level
+        n = lane * 0 + n0
+        for level in tl.static_range(CHANNEL_BITS):  # lane bit 4 - level
             if (BLOCK_N >> (level + 1)) >= 1:  # keep one half of the rows, send the other
                 upper = (lane & (16 >> level)) != 0
                 kept = ()
@@ -1006,8 +1030,14 @@ def _store_channel_sums(ptr, values, valid, NSTATE, BLOCK_D: tl.constexpr, BLOCK
                 rows = kept
             else:  # one row left: finish its sum over the lanes that share it
                 rows = (rows[0] + _lane_shuffle(rows[0], 16 >> level),)
-        first = (lane & (32 // BLOCK_N - 1)) == 0
+        first = (lane & ((32 // BLOCK_N - 1) & (32 - SPLIT))) == 0
         tl.store(ptr + n, rows[0], mask=first & (n < NSTATE) & valid)
+    elif SPLIT > 1:
+        half = _lane_id(BLOCK_D) % SPLIT
+        for k in tl.static_range(SPLIT):
+            for n in tl.static_range(BLOCK_N):
+                total = tl.sum(tl.where(half == k, values[n], 0.0), axis=0)
+                tl.store(ptr + k * BLOCK_N + n, total, mask=valid & (k * BLOCK_N + n < NSTATE))
     else:
         for n in tl.static_range(BLOCK_N):
             tl.store(ptr + n, tl.sum(values[n], axis=0), mask=valid & (n < NSTATE))
@@ -1029,21 +1059,25 @@ def _step_inputs_rows(u_ptr, delta_ptr, B_ptr, C_ptr, dout_ptr, z_ptr, t, valid,
 def _bwd_chunk_rows(u_ptr, delta_ptr, A, A2, B_ptr, C_ptr, Dv, z_ptr, bias, h0_ptr, seg_ids_ptr, cu_ptr, ckpt_ptr,
                     dout_ptr, dlast_ptr, du_ptr, ddelta_ptr, dz_ptr, dB_ptr, dC_ptr, dh0_ptr, dh, a_next, dA_acc,
                     dD_acc, dbias_acc, c, t0, steps, L, seq_len, pid_b, n_ckpt, D_total, part_base, ch, mask_d,
-                    NSTATE, su_l, su_d, sdt_l, sdt_d, sz_l, sz_d, sdo_l, sdo_d, sg_b, sg_l, sg_d, sB_l, sB_n, sC_l,
-                    sC_n, more, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
-                    SOFTPLUS: tl.constexpr, HAS_H0: tl.constexpr, RESET: tl.constexpr, HAS_DLAST: tl.constexpr,
-                    CHUNK: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, NEXT_TO_L1: tl.constexpr,
-                    BRANCHLESS: tl.constexpr, VECTOR_BC: tl.constexpr, LANE_SUMS: tl.constexpr):  # fmt: skip
+                    state_ch, nleft, lead, n0, NSTATE, su_l, su_d, sdt_l, sdt_d, sz_l, sz_d, sdo_l, sdo_d, sg_b, sg_l,
+                    sg_d, sB_l, sB_n, sC_l, sC_n, more, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
+                    HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_H0: tl.constexpr, RESET: tl.constexpr,
+                    HAS_DLAST: tl.constexpr, CHUNK: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+                    NEXT_TO_L1: tl.constexpr, BRANCHLESS: tl.constexpr, VECTOR_BC: tl.constexpr,
+                    LANE_SUMS: tl.constexpr, SPLIT: tl.constexpr):  # fmt: skip
     """`_bwd_chunk` with every state a tuple of BLOCK_N [BD] rows (ROWS): dh, a_next, dA_acc and the chunk's states
     (a tuple of CHUNK such tuples); each step's sums over N stay inside a thread and its sums over the channels (dB,
-    dC) go through `_store_channel_sums`. Loads one step ahead (PREFETCH 1)."""
+    dC) go through `_store_channel_sums`. Loads one step ahead (PREFETCH 1). BLOCK_D: lanes ([BD] tensors); SPLIT 2:
+    a lane holds the BLOCK_N states from n0 (of the NSTATE, `nleft` of them from n0 on; rows of (N, D) states at
+    `state_ch`) of its channel `ch`, B_ptr/C_ptr point at its share, and the lane holding n0 = 0 (`lead`) stores
+    the channel's values."""
     if NEXT_TO_L1:
         for k in tl.static_range(CHUNK):
             _prefetch_bwd_inputs(u_ptr, delta_ptr, B_ptr, C_ptr, dout_ptr, z_ptr, t0 - CHUNK + k, more, ch, mask_d,
                                  su_l, su_d, sdt_l, sdt_d, sB_l, sC_l, sdo_l, sdo_d, sz_l, sz_d, HAS_Z)  # fmt: skip
     STATE = D_total * NSTATE
-    h = _state_rows(ckpt_ptr, (pid_b * n_ckpt + c - 1) * STATE, D_total, ch, mask_d & (c > 0), NSTATE, BLOCK_N)
-    ahead = _step_inputs_rows(u_ptr, delta_ptr, B_ptr, C_ptr, dout_ptr, z_ptr, t0, steps > 0, ch, mask_d, NSTATE,
+    h = _state_rows(ckpt_ptr, (pid_b * n_ckpt + c - 1) * STATE, D_total, state_ch, mask_d & (c > 0), nleft, BLOCK_N)
+    ahead = _step_inputs_rows(u_ptr, delta_ptr, B_ptr, C_ptr, dout_ptr, z_ptr, t0, steps > 0, ch, mask_d, nleft,
                               su_l, su_d, sdt_l, sdt_d, sB_l, sB_n, sC_l, sC_n, sdo_l, sdo_d, sz_l, sz_d, HAS_Z,
                               BLOCK_N, VECTOR_BC)  # fmt: skip
     # forward sweep: recompute and keep the chunk's states; dz and dC need only forward quantities
@@ -1057,17 +1091,17 @@ def _bwd_chunk_rows(u_ptr, delta_ptr, A, A2, B_ptr, C_ptr, Dv, z_ptr, bias, h0_p
             valid = k < steps
             x, raw, Bs, Cs, dout, zt = ahead
             ahead = _step_inputs_rows(u_ptr, delta_ptr, B_ptr, C_ptr, dout_ptr, z_ptr, t + 1, k + 1 < steps, ch,
-                                      mask_d, NSTATE, su_l, su_d, sdt_l, sdt_d, sB_l, sB_n, sC_l, sC_n, sdo_l, sdo_d,
+                                      mask_d, nleft, su_l, su_d, sdt_l, sdt_d, sB_l, sB_n, sC_l, sC_n, sdo_l, sdo_d,
                                       sz_l, sz_d, HAS_Z, BLOCK_N, VECTOR_BC)  # fmt: skip
             raw, dt, dy = _bwd_step(raw, dout, zt, bias, HAS_BIAS, SOFTPLUS, HAS_Z)
             seg, start, end = _segments(t, L, seq_len, seg_ids_ptr, cu_ptr, pid_b, RESET)
             if HAS_H0:
-                h = _select_rows(start, _state_rows(h0_ptr, seg * STATE, D_total, ch, mask_d & start, NSTATE,
+                h = _select_rows(start, _state_rows(h0_ptr, seg * STATE, D_total, state_ch, mask_d & start, nleft,
                                                     BLOCK_N), h, BLOCK_N)  # fmt: skip
             elif RESET != 0:  # without resets only t = 0 starts a segment, and chunk 0 starts from zeros
                 h = _zero_rows_where(start, h, BLOCK_N)
             dtx = dt * x
-            y = x * Dv if HAS_D else dtx * 0.0
+            y = x * Dv if HAS_D and SPLIT == 1 else dtx * 0.0
             new_h = ()
             dC = ()
             for n in tl.static_range(BLOCK_N):
@@ -1077,16 +1111,21 @@ def _bwd_chunk_rows(u_ptr, delta_ptr, A, A2, B_ptr, C_ptr, Dv, z_ptr, bias, h0_p
                 dC = dC + (h_n * dy,)
             h = new_h
             if HAS_Z:
+                if SPLIT > 1:  # the other half's sum, from the partner lane
+                    y += _lane_shuffle(y, 1)
+                    if HAS_D:
+                        y += x * Dv
                 sz = tl.sigmoid(zt)
                 dz = dout * y * sz * (1.0 + zt * (1.0 - sz))
                 tl.store(dz_ptr + pid_b * sg_b + t * sg_l + ch * sg_d, dz.to(dz_ptr.dtype.element_ty),
-                         mask=mask_d & valid)  # fmt: skip
-            _store_channel_sums(dC_ptr + part_base + t * NSTATE, dC, valid, NSTATE, BLOCK_D, BLOCK_N, LANE_SUMS)
+                         mask=lead & valid)  # fmt: skip
+            _store_channel_sums(dC_ptr + part_base + t * NSTATE, dC, valid, NSTATE, n0, BLOCK_D, BLOCK_N, LANE_SUMS,
+                                SPLIT)  # fmt: skip
             tiles = tiles[:k] + (h,) + tiles[k + 1 :]
     # backward sweep (BRANCHLESS walks the masked steps too, from the chunk's last slot)
     first = CHUNK - 1 if BRANCHLESS else steps - 1
     ahead = _step_inputs_rows(u_ptr, delta_ptr, B_ptr, C_ptr, dout_ptr, z_ptr, t0 + first,
-                              (first >= 0) & (first < steps), ch, mask_d, NSTATE, su_l, su_d, sdt_l, sdt_d, sB_l, sB_n,
+                              (first >= 0) & (first < steps), ch, mask_d, nleft, su_l, su_d, sdt_l, sdt_d, sB_l, sB_n,
                               sC_l, sC_n, sdo_l, sdo_d, sz_l, sz_d, HAS_Z, BLOCK_N, VECTOR_BC)  # fmt: skip
     for i in tl.static_range(CHUNK):
         k = CHUNK - 1 - i
@@ -1097,12 +1136,12 @@ def _bwd_chunk_rows(u_ptr, delta_ptr, A, A2, B_ptr, C_ptr, Dv, z_ptr, bias, h0_p
             h = tiles[CHUNK - 1 - i]
             x, raw, Bs, Cs, dout, zt = ahead
             ahead = _step_inputs_rows(u_ptr, delta_ptr, B_ptr, C_ptr, dout_ptr, z_ptr, t - 1, (k > 0) & (k - 1 < steps),
-                                      ch, mask_d, NSTATE, su_l, su_d, sdt_l, sdt_d, sB_l, sB_n, sC_l, sC_n, sdo_l,
+                                      ch, mask_d, nleft, su_l, su_d, sdt_l, sdt_d, sB_l, sB_n, sC_l, sC_n, sdo_l,
                                       sdo_d, sz_l, sz_d, HAS_Z, BLOCK_N, VECTOR_BC)  # fmt: skip
             raw, dt, dy = _bwd_step(raw, dout, zt, bias, HAS_BIAS, SOFTPLUS, HAS_Z)
             seg, start, end = _segments(t, L, seq_len, seg_ids_ptr, cu_ptr, pid_b, RESET)
             if HAS_DLAST:
-                g_last = _state_rows(dlast_ptr, seg * STATE, D_total, ch, mask_d & end, NSTATE, BLOCK_N)
+                g_last = _state_rows(dlast_ptr, seg * STATE, D_total, state_ch, mask_d & end, nleft, BLOCK_N)
             dtx = dt * x
             ddt = dtx * 0.0
             du_sum = dtx * 0.0
@@ -1134,12 +1173,17 @@ def _bwd_chunk_rows(u_ptr, delta_ptr, A, A2, B_ptr, C_ptr, Dv, z_ptr, bias, h0_p
             dh = new_dh
             a_next = new_a
             dA_acc = new_acc
+            if SPLIT > 1:  # the other half's sums over N, from the partner lane
+                ddt += _lane_shuffle(ddt, 1)
+                du_sum += _lane_shuffle(du_sum, 1)
             dD_acc, dbias_acc = _channel_grads(du_ptr, ddelta_ptr, dt * du_sum, ddt + x * du_sum, raw, x, dy, Dv,
-                                               dD_acc, dbias_acc, pid_b * sg_b + t * sg_l + ch * sg_d, mask_d, valid,
+                                               dD_acc, dbias_acc, pid_b * sg_b + t * sg_l + ch * sg_d, lead, valid,
                                                HAS_D, SOFTPLUS)  # fmt: skip
-            _store_channel_sums(dB_ptr + part_base + t * NSTATE, dB, valid, NSTATE, BLOCK_D, BLOCK_N, LANE_SUMS)
+            _store_channel_sums(dB_ptr + part_base + t * NSTATE, dB, valid, NSTATE, n0, BLOCK_D, BLOCK_N, LANE_SUMS,
+                                SPLIT)  # fmt: skip
             if HAS_H0:
-                _store_state_rows(dh0_ptr, seg * STATE, D_total, ch, mask_d & start & valid, NSTATE, dh0, BLOCK_N)
+                _store_state_rows(dh0_ptr, seg * STATE, D_total, state_ch, mask_d & start & valid, nleft, dh0,
+                                  BLOCK_N)  # fmt: skip
     return dh, a_next, dA_acc, dD_acc, dbias_acc
 
 
