@@ -583,7 +583,8 @@ def _bwd_configs() -> list[triton.Config]:
     # the channel sums by butterfly shuffles; H200 session 19 (benchmarks/results/s19_20261205/, CUDA graphs,
     # fwd+bwd, each checked against the fp32 reference): bf16 (128, 160, 196, 8) 248.9 vs TILES 276.7 us, (128, 320,
     # 49, 8) 116.7 vs 130.7; fp32 259.0 vs 258.6 and 125.7 vs 124.4 (the autotuner keeps TILES there).
-    # `prune_bwd_configs` keeps ROWS to N <= 8 and out of initial-state launches.
+    # `prune_bwd_configs` keeps ROWS to N <= 8 and out of initial-state launches. ROWS with two lanes per channel
+    # (`{"BLOCK_D": 16, "ROWS": 1, "SPLIT": 2}`, session 23) is not here until timed: `pending_gpu.sh scan-bwd-split`.
     tiles = [
         triton.Config({"BLOCK_D": 32, "PREFETCH": 1, "NEXT_TO_L1": 1, "BRANCHLESS": 0, "TILES": tiles}, num_warps=1)
         for tiles in (1, 0)
