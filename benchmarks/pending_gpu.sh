@@ -68,6 +68,9 @@
 #                    3529, 246 registers and no spills against 255 and 108 bytes) vs ROWS vs TILES, fwd+bwd, L = 196
 #                    and 49, bf16 and fp32, each checked against the fp32 reference (scan_configs.py --kernel bwd)
 #                                                                                                               (~4 min)
+#   scan-ncu-split   Nsight Compute stall reasons per issued instruction, issue use and warps per scheduler of the
+#                    forward and backward at (128, 160, 196, 8), bf16 and fp32: the 8-step ring + ROWS against SPLIT +
+#                    SPLIT (why bf16's forward stays at ~32.5 us with either; scan_ncu.py, ncu_summary.py)     (~3 min)
 #   bc-align         MambaVision-T's stage-3 mixer with x_proj rows padded for 16-byte B/C loads (the default since
 #                    session 18) vs unpadded, inference forward and training fwd+bwd, CUDA graphs (bench_bc_alignment.py)
 #                                                                                                               (~2 min)
@@ -83,6 +86,7 @@ if [ -z "${PY:-}" ]; then
 fi
 export PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}"
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1  # the device machines' rule
+export PYTHONUNBUFFERED=1  # piped output reaches log.txt as it is printed (a call cut by its limit keeps it)
 OUT="${OUT:-output/pending_gpu}"
 DATA="${DATA:-data/fashion-mnist}"
 FMNIST=(--config configs/fashion_mnist_sf_mamba.yaml --data-dir "$DATA" --no-progress)
@@ -175,6 +179,27 @@ run_step() {
           "$PY" benchmarks/ops/experiments/scan_ncu.py --op "$1" --dtype "$2" > "$dir/ncu_$1_$2.csv" \
           2> "$dir/ncu_$1_$2.err"
         tail -3 "$dir/ncu_$1_$2.err"; wc -l "$dir/ncu_$1_$2.csv"
+      done ;;
+    scan-ncu-split)
+      NCU=$(command -v ncu || echo /usr/local/cuda/bin/ncu)
+      metrics="gpu__time_duration.sum,launch__registers_per_thread,smsp__issue_active.avg.pct_of_peak_sustained_active"
+      metrics="$metrics,smsp__warps_active.avg.per_cycle_active,dram__throughput.avg.pct_of_peak_sustained_elapsed"
+      metrics="$metrics,regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio"
+      ring='{"BLOCK_D": 32, "PREFETCH": 8, "UNROLL": 8}'
+      rows='{"BLOCK_D": 32, "PREFETCH": 1, "NEXT_TO_L1": 1, "BRANCHLESS": 0, "ROWS": 1}'
+      split='{"BLOCK_D": 16, "PREFETCH": 8, "UNROLL": 8, "SPLIT": 2}'
+      split_rows='{"BLOCK_D": 16, "PREFETCH": 1, "NEXT_TO_L1": 1, "BRANCHLESS": 0, "ROWS": 1, "SPLIT": 2}'
+      for dtype in bfloat16 float32; do
+        for variant in ring split; do
+          if [ "$variant" = ring ]; then fwd=$ring; bwd=$rows; else fwd=$split; bwd=$split_rows; fi
+          name="ncu_${dtype}_$variant"
+          "$NCU" --profile-from-start off --metrics "$metrics" --csv --page raw "$PY" \
+            benchmarks/ops/experiments/scan_ncu.py --dtype "$dtype" --fwd-config "$fwd" --bwd-config "$bwd" \
+            > "$dir/$name.csv" 2> "$dir/$name.err"
+          echo "## $dtype $variant" | tee -a "$dir/log.txt"
+          "$PY" benchmarks/ops/experiments/ncu_summary.py "$dir/$name.csv" 2>&1 | tee -a "$dir/log.txt" \
+            || tail -5 "$dir/$name.err"
+        done
       done ;;
     scan-bdl)
       PYTHONPATH=".bench_deps/ext:.bench_deps:$PYTHONPATH" "$PY" benchmarks/ops/bench_selective_scan.py --timers graph \

@@ -54,3 +54,34 @@ def test_precompile_shares_cover_every_config(bench_module, monkeypatch):
         assert fwd.configs and bwd.configs  # every process has something to build
     assert seen_fwd == [fwd_all[i] for i in (0, 4, 1, 2, 3)]
     assert seen_bwd == [bwd_all[i] for i in (0, 1, 2, 0)]  # the fourth share rebuilds the first config
+
+
+_REASONS = ("long_scoreboard", "math_pipe_throttle", "wait")
+_STALLS = [f"smsp__average_warps_issue_stalled_{r}_per_issue_active.ratio" for r in _REASONS]
+_HEADER = ["ID", "Kernel Name", "gpu__time_duration.sum", "launch__registers_per_thread",
+           "smsp__issue_active.avg.pct_of_peak_sustained_active", *_STALLS]  # fmt: skip
+NCU_RAW = "\n".join([
+    "==PROF== Connected to process 1234",
+    ",".join(f'"{name}"' for name in _HEADER),
+    '"","","usecond","register/thread","%","ratio","ratio","ratio"',
+    '"0","selective_scan_fwd_kernel","32.80","156","41.5","0.45","2.10","1,234.5"',
+    '"1","selective_scan_bwd_kernel","210.00","246","27.0","3.00","0.10","0.50"',
+    "==PROF== Disconnected from process 1234",
+])  # fmt: skip
+
+
+def test_ncu_summary_ranks_stall_reasons():
+    """ncu_summary.py reads ncu's raw CSV page (header, units, one row per launch; ncu's own lines skipped) and lists
+    each launch's time, registers and issue use with its largest stall reasons first."""
+    sys.path.insert(0, str(BENCH_OPS / "experiments"))
+    try:
+        summary = importlib.import_module("ncu_summary")
+    finally:
+        sys.path.pop(0)
+    lines = summary.summarise(NCU_RAW, top=2)
+    assert lines[0].startswith("selective_scan_fwd_kernel: time 32.80 usecond, issue % 41.5 %")
+    assert "regs 156 register/thread" in lines[0]
+    assert lines[1] == "    stalls per issue: wait 1234.50, math_pipe_throttle 2.10"
+    assert lines[3] == "    stalls per issue: long_scoreboard 3.00, wait 0.50"
+    with pytest.raises(ValueError, match="at least one launch"):
+        summary.summarise(NCU_RAW.splitlines()[1] + "\n", top=2)

@@ -4,6 +4,11 @@ of the forward (summary + main pass), the chunk combine and the backward at one 
     ncu --profile-from-start off --section SpeedOfLight --section Occupancy --section SchedulerStats \
         --section WarpStateStats --section LaunchStats --csv --page details \
         python benchmarks/ops/experiments/scan_ncu.py [--op scan|vmeanba] [--shape 0] [--dtype bfloat16] > ncu.csv
+        [--fwd-config JSON] [--bwd-config JSON]
+
+`--fwd-config` / `--bwd-config`: profile one step-kernel config instead of the autotuner's pick (e.g. the forward's
+8-step ring against SPLIT, two lanes per channel). `pending_gpu.sh scan-ncu-split` collects the stall reasons so
+(`--page raw` with `smsp__average_warps_issue_stalled_*` metrics) and prints them with `ncu_summary.py`.
 
 `--op vmeanba`: the VMeanba SS2D path (`ops.vmeanba.cross.vmeanba_cross_merged`: channel means, reduced scans,
 merged output) at VMamba-T stage 1 (x [128, 56, 56, 96], rank 6, N = 1), whose channel-mean kernel took 485 of its
@@ -19,10 +24,12 @@ too few warps -- and only the stall counters can say which.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
 import torch
+import triton
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench_selective_scan import GRAD_KEYS, MAIN_SHAPES, make_inputs, providers  # noqa: E402
@@ -55,7 +62,14 @@ def main() -> None:
     parser.add_argument("--op", choices=["scan", "vmeanba"], default="scan")
     parser.add_argument("--shape", type=int, default=0, help="scan: index into bench_selective_scan.MAIN_SHAPES")
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    parser.add_argument("--fwd-config", help='scan: force this step forward config (JSON kwargs, e.g. \'{"BLOCK_D": 16, '
+                        '"PREFETCH": 8, "UNROLL": 8, "SPLIT": 2}\'; num_warps 1 unless given)')  # fmt: skip
+    parser.add_argument("--bwd-config", help="scan: force this step backward config (JSON kwargs, as --fwd-config)")
     args = parser.parse_args()
+    from sfmamba.ops.selective_scan import chunk
+
+    force_config(chunk.selective_scan_fwd_kernel, args.fwd_config)
+    force_config(chunk.selective_scan_bwd_kernel, args.bwd_config)
     if args.op == "vmeanba":
         return profile(vmeanba_step(getattr(torch, args.dtype)), f"vmeanba stage 1 {args.dtype}")
     layout, fn = providers(None)["sfmamba-BLD"]
@@ -68,6 +82,15 @@ def main() -> None:
         torch.autograd.grad(fn(x), [x[k] for k in GRAD_KEYS], dout)  # training forward + backward
 
     profile(step, f"{MAIN_SHAPES[args.shape]} {args.dtype} {layout}")
+
+
+def force_config(kernel, text: str | None) -> None:
+    """Make the autotuned `kernel` run the one config of JSON kwargs `text` (nothing when None)."""
+    if text is None:
+        return
+    kwargs = json.loads(text)
+    kernel.configs = [triton.Config(kwargs, num_warps=kwargs.pop("num_warps", 1))]
+    kernel.cache.clear()
 
 
 def profile(step, label: str) -> None:
