@@ -59,14 +59,15 @@
 #   scan-fwd-deep    forward rings 8 steps deep (PREFETCH 8, UNROLL 4/8, BLOCK_D 32/64; sm_90: 168-247 registers, no
 #                    spills) vs the pick, whole rows and 2 chunks per row (more warps per scheduler), L = 196 and 49,
 #                    bf16 and fp32, each checked against the fp32 reference                                    (~5 min)
-#   scan-fwd-split   the forward with two lanes per channel (SPLIT 2, session 22: 1280 one-warp programs at L = 196
-#                    instead of 640, 58.5 instructions per warp-step instead of 85; a 16-step ring fits its registers:
-#                    fp32's loads in flight) vs the 8-step ring, L = 196 and 49, bf16 and fp32, each checked against
-#                    the fp32 reference (scan_configs.py --kernel fwd)                                          (~4 min)
-#   scan-bwd-split   the ROWS backward with two lanes per channel (SPLIT 2, session 23: 1280 one-warp programs at
-#                    L = 196 instead of 640; sm_90, Triton 3.6, 8-step chunk: 2233 instructions per warp against ROWS'
-#                    3529, 246 registers and no spills against 255 and 108 bytes) vs ROWS vs TILES, fwd+bwd, L = 196
-#                    and 49, bf16 and fp32, each checked against the fp32 reference (scan_configs.py --kernel bwd)
+#   scan-fwd-split   the forward with 2 or 4 lanes per channel (SPLIT 2, a default config since session 23: 1280
+#                    one-warp programs at L = 196 instead of 640, 60 instructions per warp-step instead of 86; SPLIT
+#                    4, session 23: 2560 programs, 48 per warp-step, 94 registers) vs the 8-step ring, L = 196 and 49,
+#                    bf16 and fp32, each checked against the fp32 reference (scan_configs.py --kernel fwd)      (~4 min)
+#   scan-bwd-split   the ROWS backward with 2 or 4 lanes per channel (SPLIT, session 23: 1280 / 2560 one-warp programs
+#                    at L = 196 instead of 640; sm_90, Triton 3.6, 8-step chunk: 2233 / 1784 instructions per warp
+#                    against ROWS' 3529, 246 / 168 registers and no spills against 255 and 108 bytes) vs ROWS vs
+#                    TILES, fwd+bwd, L = 196 and 49, bf16 and fp32, each checked against the fp32 reference
+#                    (scan_configs.py --kernel bwd)
 #                                                                                                               (~4 min)
 #   scan-ncu-split   Nsight Compute stall reasons per issued instruction, issue use and warps per scheduler of the
 #                    forward and backward at (128, 160, 196, 8), bf16 and fp32: the 8-step ring + ROWS against SPLIT +
@@ -221,6 +222,7 @@ run_step() {
     scan-bwd-split)
       "$PY" benchmarks/ops/experiments/scan_configs.py --kernel bwd --unroll 16 --shapes 0 2 --dtypes bfloat16 float32 \
         --bwd-configs '{"TILES": 1}' '{"ROWS": 1}' '{"ROWS": 1, "TILES": 0, "BLOCK_D": 16, "SPLIT": 2}' \
+        '{"ROWS": 1, "TILES": 0, "BLOCK_D": 8, "SPLIT": 4}' \
         --precompile 12 --budget-s 220 --out-dir "$dir" 2>&1 | tee "$dir/log.txt" | grep -v Warning ;;
     scan-rows)
       "$PY" benchmarks/ops/experiments/scan_configs.py --kernel bwd --unroll 16 --shapes 0 2 --dtypes bfloat16 float32 \
@@ -238,13 +240,12 @@ run_step() {
       "$PY" benchmarks/ops/experiments/scan_configs.py --kernel bwd --unroll 16 --shapes 4 --dtypes float32 bfloat16 \
         --bwd-spans 0 196 49 --bwd-configs '{"TILES": 1}' --precompile 6 --budget-s 200 --out-dir "$dir" 2>&1 \
         | tee "$dir/log.txt" | grep -v Warning ;;
-    scan-fwd-split)  # session 22: twice the warps at L = 196 (640 one-warp programs leave 112 of 528 schedulers two)
+    scan-fwd-split)  # sessions 22-23: 2 or 4 lanes per channel (more warps per scheduler at L = 196)
       "$PY" benchmarks/ops/experiments/scan_configs.py --kernel fwd --shapes 0 2 --dtypes bfloat16 float32 --chunks 0 \
         --fwd-configs '{"BLOCK_D": 32, "PREFETCH": 8, "UNROLL": 8}' '{"BLOCK_D": 16, "SPLIT": 2, "PREFETCH": 8, "UNROLL": 8}' \
-        '{"BLOCK_D": 16, "SPLIT": 2, "PREFETCH": 4, "UNROLL": 4}' '{"BLOCK_D": 16, "SPLIT": 2, "PREFETCH": 8, "UNROLL": 4}' \
-        '{"BLOCK_D": 16, "SPLIT": 2, "PREFETCH": 2, "UNROLL": 4, "AHEAD": 16}' \
-        '{"BLOCK_D": 16, "SPLIT": 2, "PREFETCH": 16, "UNROLL": 8}' --precompile 16 --budget-s 200 \
-        --out-dir "$dir" 2>&1 | tee "$dir/log.txt" | grep -v Warning ;;
+        '{"BLOCK_D": 8, "SPLIT": 4, "PREFETCH": 8, "UNROLL": 8}' '{"BLOCK_D": 8, "SPLIT": 4, "PREFETCH": 4, "UNROLL": 4}' \
+        '{"BLOCK_D": 8, "SPLIT": 4, "PREFETCH": 16, "UNROLL": 8}' '{"BLOCK_D": 16, "SPLIT": 2, "PREFETCH": 16, "UNROLL": 8}' \
+        --precompile 16 --budget-s 200 --out-dir "$dir" 2>&1 | tee "$dir/log.txt" | grep -v Warning ;;
     scan-fwd-deep)  # session 18: rings 8 steps deep (the tuple state left registers for them) and 2 chunks per row
       "$PY" benchmarks/ops/experiments/scan_configs.py --kernel fwd --shapes 0 2 --dtypes bfloat16 float32 --chunks 0 2 \
         --fwd-configs '{}' '{"PREFETCH": 8, "UNROLL": 8}' '{"BLOCK_D": 32, "PREFETCH": 8, "UNROLL": 8}' \

@@ -436,6 +436,8 @@ def test_chunk_prefetch_depths(layout, kernel, prefetch):
         (8, "BDL", "triton-2pass", None, 1, True, 2),
         (3, "BLD", "triton", 2, 0, True, 2),
         (2, "BLD", "triton-2pass", None, 0, True, 2),
+        (8, "BLD", "triton", 2, 0, True, 4),
+        (4, "BDL", "triton-2pass", None, 0, False, 4),
     ],
 )
 def test_backward_rows(nstate, layout, kernel, segments, branchless, lane_sums, split):
@@ -444,8 +446,8 @@ def test_backward_rows(nstate, layout, kernel, segments, branchless, lane_sums, 
     masked (BRANCHLESS), initial states, N = 1, 4, 8 and 16: forward, last states, every gradient. The channel sums of
     dB and dC take tl.sum, or (`lane_sums`, 32 lanes per program, 20 channels of them real) the GPU's transposing
     butterfly shuffles with each shuffle emulated by Triton ops (the interpreter runs no inline PTX; the PTX itself
-    is built by test_step_kernels_compile_for_sm90). `split` 2: two lanes per channel (16 channels per program),
-    each holding half the states (N = 2, 3, 8; N = 3 leaves the odd lane one real state of two)."""
+    is built by test_step_kernels_compile_for_sm90). `split` 2 or 4: that many lanes per channel (16 or 8 channels per
+    program), each holding a share of the states (N = 2, 3, 4, 8; N = 3 leaves the odd lane one real state of two)."""
     torch.manual_seed(7)
     inputs = make_inputs(2, 23, 20, nstate, 2, layout, segments=segments)
     kernel_fn = chunk.selective_scan_bwd_kernel
@@ -462,7 +464,7 @@ def test_backward_rows(nstate, layout, kernel, segments, branchless, lane_sums, 
 
 
 def test_backward_split_needs_two_states():
-    """The ROWS backward's SPLIT configs give each lane a share of N >= 2 states: the autotuner drops them at N = 1,
+    """The ROWS backward's SPLIT configs give each lane a row of the states: the autotuner drops them at N = 1,
     and a list of only those runs them unsplit on the same 32 lanes (never nothing to time)."""
     split = triton.Config({"BLOCK_D": 16, "ROWS": 1, "SPLIT": 2}, num_warps=1)
     rows = triton.Config({"BLOCK_D": 32, "ROWS": 1}, num_warps=1)
@@ -470,6 +472,9 @@ def test_backward_split_needs_two_states():
     assert chunk.prune_bwd_configs([split, rows], {"NSTATE": 8}) == [split, rows]
     (unsplit,) = chunk.prune_bwd_configs([split], {"NSTATE": 1})
     assert unsplit.kwargs == {"BLOCK_D": 32, "ROWS": 1, "SPLIT": 1} and split.kwargs["SPLIT"] == 2
+    quarter = triton.Config({"BLOCK_D": 8, "ROWS": 1, "SPLIT": 4}, num_warps=1)  # a row per lane from N = 3 on
+    assert chunk.prune_bwd_configs([quarter, split, rows], {"NSTATE": 2}) == [split, rows]
+    assert chunk.prune_bwd_configs([quarter, rows], {"NSTATE": 3}) == [quarter, rows]
 
 
 def test_backward_keeps_rows_out_of_initial_state_launches():
@@ -526,30 +531,33 @@ def test_forward_keeps_deep_rings_to_small_states(nstate):
 
 
 @pytest.mark.parametrize(
-    "nstate, layout, kernel, segments, seq_len, dtype",
+    "nstate, layout, kernel, segments, seq_len, dtype, split",
     [
-        (8, "BLD", "triton", None, None, torch.float32),
-        (4, "BDL", "triton-2pass", 2, None, torch.float32),  # initial states; chunks of 7 steps
-        (3, "BLD", "triton-2pass", None, 6, torch.float32),  # N not a power of two; periodic resets
-        (16, "BLD", "triton", None, None, torch.bfloat16),
+        (8, "BLD", "triton", None, None, torch.float32, 2),
+        (4, "BDL", "triton-2pass", 2, None, torch.float32, 2),  # initial states; chunks of 7 steps
+        (3, "BLD", "triton-2pass", None, 6, torch.float32, 2),  # N not a power of two; periodic resets
+        (16, "BLD", "triton", None, None, torch.bfloat16, 2),
+        (8, "BDL", "triton-2pass", 2, None, torch.float32, 4),
+        (3, "BLD", "triton", None, 6, torch.bfloat16, 4),  # the fourth lane of a channel holds no state
     ],
 )
-def test_forward_split_lanes(nstate, layout, kernel, segments, seq_len, dtype):
-    """The forward with two lanes per channel (SPLIT 2: BLOCK_D 16 channels on 32 lanes, each lane half the states, y's
-    halves summed by a lane shuffle, emulated by Triton ops in the interpreter): whole rows and two passes, initial
-    and last states, resets, N = 3, 4, 8, 16, bf16; forward, and every gradient through its checkpoints."""
+def test_forward_split_lanes(nstate, layout, kernel, segments, seq_len, dtype, split):
+    """The forward with two or four lanes per channel (SPLIT 2: BLOCK_D 16 channels on 32 lanes, each lane half the
+    states; SPLIT 4: 8 channels, a quarter each; y's shares summed by lane shuffles, emulated by Triton ops in the
+    interpreter): whole rows and two passes, initial and last states, resets, N = 3, 4, 8, 16, bf16; forward, and
+    every gradient through its checkpoints."""
     torch.manual_seed(3)
     inputs = make_inputs(2, 24, 20, nstate, 2, layout, segments=segments)
     kernel_fn = chunk.selective_scan_fwd_kernel
-    config = triton.Config({"BLOCK_D": 16, "PREFETCH": 2, "UNROLL": 2, "SPLIT": 2}, num_warps=1)
+    config = triton.Config({"BLOCK_D": 32 // split, "PREFETCH": 2, "UNROLL": 2, "SPLIT": split}, num_warps=1)
     flags = {"delta_softplus": True, "layout": layout, **({"seq_len": seq_len} if seq_len else {})}
     with forced_configs(kernel_fn, [config]):
         compare_with_reference(inputs, dtype, flags, backward=True, kernel=kernel)
-        assert kernel_fn.best_config.kwargs["SPLIT"] == 2
+        assert kernel_fn.best_config.kwargs["SPLIT"] == split
 
 
 def test_forward_split_needs_two_states():
-    """SPLIT configs give each lane a share of N >= 2 states on one warp: the autotuner drops them at N = 1 and with
+    """SPLIT configs give each lane a row of the states on one warp: the autotuner drops them at N = 1 and with
     more warps, and a list of only those runs them unsplit on the same lanes (never nothing to time). Above N = 8 the
     deep SPLIT rings go as the others do (unchecked on the GPU there)."""
     split = triton.Config({"BLOCK_D": 16, "PREFETCH": 8, "UNROLL": 8, "SPLIT": 2}, num_warps=1)
@@ -561,6 +569,9 @@ def test_forward_split_needs_two_states():
     assert chunk.prune_fwd_configs([split, shallow, whole, two_warps], {"NSTATE": 16}) == [shallow]
     assert [chunk.fwd_config_kept(c, 16) for c in (split, shallow, whole, two_warps)] == [False, True, False, False]
     assert [chunk.fwd_config_kept(c, 1) for c in (split, shallow, whole)] == [False, False, True]
+    quarter = triton.Config({"BLOCK_D": 8, "PREFETCH": 8, "UNROLL": 8, "SPLIT": 4}, num_warps=1)
+    assert chunk.prune_fwd_configs([quarter, split, whole], {"NSTATE": 2}) == [split, whole]
+    assert chunk.prune_fwd_configs([quarter, whole], {"NSTATE": 4}) == [quarter, whole]
     (unsplit,) = chunk.prune_fwd_configs([split], {"NSTATE": 1})
     assert unsplit.kwargs == {**split.kwargs, "BLOCK_D": 32, "SPLIT": 1} and unsplit.num_warps == 1
     assert split.kwargs["SPLIT"] == 2 and split.kwargs["BLOCK_D"] == 16  # the original is left as it was
@@ -571,14 +582,14 @@ def test_forward_split_refuses_one_state():
     without a state."""
     inputs = make_inputs(1, 8, 20, 1, 1, "BLD")
     config = triton.Config({"BLOCK_D": 16, "PREFETCH": 2, "UNROLL": 1, "SPLIT": 2}, num_warps=1)
-    with forced_configs(chunk.selective_scan_fwd_kernel, [config]), pytest.raises(Exception, match="needs N >= 2"):
+    with forced_configs(chunk.selective_scan_fwd_kernel, [config]), pytest.raises(Exception, match="needs N >= SPLIT"):
         scan("triton", **cast(inputs, torch.float32, requires_grad=False), delta_softplus=True, layout="BLD")
 
 
 @pytest.mark.parametrize(
     "dtype, nstate, split",
     [(torch.bfloat16, 8, 1), (torch.bfloat16, 8, 2), (torch.float16, 8, 2), (torch.float32, 4, 2),
-     (torch.float32, 8, 1), (torch.bfloat16, 16, 2)],
+     (torch.float32, 8, 1), (torch.bfloat16, 16, 2), (torch.bfloat16, 8, 4), (torch.float32, 8, 4)],
 )  # fmt: skip
 def test_forward_vector_bc_loads(monkeypatch, dtype, nstate, split):
     """The GPU's B_t/C_t vector loads (VECTOR_BC: 16-byte words, or 8-byte shares under SPLIT; decoded from bf16,
@@ -1112,14 +1123,15 @@ for dtype in ("bf16", "fp16", "fp32"):  # B_t/C_t by 16-byte loads
     compiled = compile_for_sm90(chunk.selective_scan_fwd_kernel, flags, 1, scan_pointer_type(dtype))
     print("vec", "cubin" if compiled.asm.get("cubin") else "no cubin", dtype,
           f"loads={compiled.asm['ptx'].count('ld.global.nc.v4.b32')}")
-for dtype, nstate, extra in (("bf16", 8, infer), ("fp32", 8, train), ("bf16", 16, train)):  # two lanes per channel
+for dtype, nstate, extra, split in (("bf16", 8, infer, 2), ("fp32", 8, train, 2), ("bf16", 16, train, 2),
+                                    ("bf16", 8, infer, 4)):  # two or four lanes per channel
     flags = dict(common, **extra, RESET=1, STORE_LAST=extra is train, STORE_CKPT=extra is train, SUMMARY=False,
-                 BLOCK_D=16, BLOCK_N=nstate, UNROLL=1, PREFETCH=1, VECTOR_BC=1, SPLIT=2)
+                 BLOCK_D=32 // split, BLOCK_N=nstate, UNROLL=1, PREFETCH=1, VECTOR_BC=1, SPLIT=split)
     compiled = compile_for_sm90(chunk.selective_scan_fwd_kernel, flags, 1, scan_pointer_type(dtype))
     ptx = compiled.asm["ptx"]
-    print("split", "cubin" if compiled.asm.get("cubin") else "no cubin", dtype, nstate,
-          ptx.count("ld.global.nc.v2.b32"), ptx.count("ld.global.nc.v4.b32"), ptx.count("shfl.sync.bfly"),
-          compiled.asm["ttgir"].count("ttg.convert_layout"))
+    print("split", "cubin" if compiled.asm.get("cubin") else "no cubin", dtype, nstate, split,
+          ptx.count("ld.global.nc.b32"), ptx.count("ld.global.nc.v2.b32"), ptx.count("ld.global.nc.v4.b32"),
+          ptx.count("shfl.sync.bfly"), compiled.asm["ttgir"].count("ttg.convert_layout"))
 for nstate, summary, reset, extra in ((8, False, 0, infer), (8, False, 1, train), (1, False, 2, train),
                                       (8, True, 1, infer)):
     block_n, steps = triton.next_power_of_2(nstate), chunk.bwd_chunk_for(nstate)
@@ -1146,8 +1158,8 @@ for nstate, summary, reset, extra in ((8, False, 0, infer), (8, False, 1, train)
 
 def test_step_kernels_compile_for_sm90():
     """The interpreter never compiles: build the step forward (main, summary and training flag sets, step loop unrolled
-    1-4 times; B_t/C_t by 16-byte inline-PTX loads in bf16, fp16 and fp32; two lanes per channel, SPLIT, with 8- or
-    16-byte loads of each lane's share) and backward (ROWS, also SPLIT) for an H100 with Triton's
+    1-4 times; B_t/C_t by 16-byte inline-PTX loads in bf16, fp16 and fp32; two or four lanes per channel, SPLIT, with
+    4-, 8- or 16-byte loads of each lane's share) and backward (ROWS, also SPLIT) for an H100 with Triton's
     bundled ptxas, and check that the backward's main pass has one loop, over its span's chunks, each chunk fully
     unrolled for N = 8 and N = 1 (bwd_chunk_for <= MAX_UNROLL: the stored states are then indexed statically, no
     selects), and that its summary pass keeps its step loop; with NEXT_TO_L1 the main pass hints each of the next
@@ -1155,13 +1167,15 @@ def test_step_kernels_compile_for_sm90():
     result = run_without_interpreter(STEP_SM90_COMPILE)
     assert result.returncode == 0, result.stderr[-4000:]
     lines = result.stdout.splitlines()
-    assert len(lines) == 16 and all(" cubin " in f" {line} " for line in lines), result.stdout
-    # SPLIT: each lane's share of B_t/C_t by one 8-byte (N = 8 bf16) or 16-byte load per step (the ring's first and
-    # the loop's), y's halves by one shuffle per step, and no layout conversions
+    assert len(lines) == 17 and all(" cubin " in f" {line} " for line in lines), result.stdout
+    # SPLIT: each lane's share of B_t/C_t by one 4-byte (SPLIT 4, N = 8 bf16), 8-byte (SPLIT 2, N = 8 bf16) or
+    # 16-byte load per step (the ring's first and the loop's), y's shares by log2(SPLIT) shuffles per step, and no
+    # layout conversions
     assert [line.split()[2:] for line in lines if line.startswith("split")] == [
-        ["bf16", "8", "4", "0", "1", "0"],
-        ["fp32", "8", "0", "4", "1", "0"],
-        ["bf16", "16", "0", "4", "1", "0"],
+        ["bf16", "8", "2", "0", "4", "0", "1", "0"],
+        ["fp32", "8", "2", "0", "0", "4", "1", "0"],
+        ["bf16", "16", "2", "0", "0", "4", "1", "0"],
+        ["bf16", "8", "4", "4", "0", "0", "2", "0"],
     ], result.stdout
     # ROWS, N = 8, a chunk of 8 steps: 9 shuffles per channel sum (dC in the forward sweep, dB in the backward one)
     assert [line.split()[2:] for line in lines if line.startswith("rows ")] == [["144", "0"]], result.stdout

@@ -91,6 +91,9 @@ CASES = [
     *[(f"step fwd vec split BD16 P{p} U{u}", chunk.selective_scan_fwd_kernel,  # session 22: 2 lanes per channel
        dict(INFERENCE, STORE_LAST=False, STORE_CKPT=False, SUMMARY=False, BLOCK_D=16, BLOCK_N=8, PREFETCH=p, UNROLL=u,
             VECTOR_BC=1, SPLIT=2), 1, 16) for p, u in ((4, 4), (8, 8), (8, 4), (16, 8))],  # (each lane: 4 of 8 states)
+    ("step fwd vec split4 BD8 P8 U8", chunk.selective_scan_fwd_kernel,  # session 23: 4 lanes per channel (2 states)
+     dict(INFERENCE, STORE_LAST=False, STORE_CKPT=False, SUMMARY=False, BLOCK_D=8, BLOCK_N=8, PREFETCH=8, UNROLL=8,
+          VECTOR_BC=1, SPLIT=4), 1, 8),
     ("step fwd vec train BD32 P2 U4", chunk.selective_scan_fwd_kernel,
      dict(INFERENCE, STORE_LAST=False, STORE_CKPT=True, SUMMARY=False, BLOCK_D=32, BLOCK_N=8, PREFETCH=2, UNROLL=4,
           VECTOR_BC=1), 1, 32),
@@ -110,6 +113,9 @@ CASES = [
     ("step bwd rows vec split BD16", chunk.selective_scan_bwd_kernel,  # session 23: 2 lanes per channel (4 states each)
      dict(INFERENCE, HAS_DLAST=False, SUMMARY=False, CHUNK=8, BLOCK_D=16, BLOCK_N=8, PREFETCH=1, UNROLL=8,
           NEXT_TO_L1=1, ROWS=1, VECTOR_BC=1, SPLIT=2), 1, 16),
+    ("step bwd rows vec split4 BD8", chunk.selective_scan_bwd_kernel,  # 4 lanes per channel (2 states each)
+     dict(INFERENCE, HAS_DLAST=False, SUMMARY=False, CHUNK=8, BLOCK_D=8, BLOCK_N=8, PREFETCH=1, UNROLL=8,
+          NEXT_TO_L1=1, ROWS=1, VECTOR_BC=1, SPLIT=4), 1, 8),
     *[(f"step bwd BD{bd}", chunk.selective_scan_bwd_kernel,  # session 14: lanes on N too (fewer shuffles, more warps)
        dict(INFERENCE, HAS_DLAST=False, SUMMARY=False, CHUNK=8, BLOCK_D=bd, BLOCK_N=8, PREFETCH=1, UNROLL=8,
             NEXT_TO_L1=1), 1, bd) for bd in (8, 16)],

@@ -146,10 +146,10 @@ def _bwd_step(raw, dout, zt, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexp
 
 @triton.jit
 def _load_words(ptr, valid, WORDS: tl.constexpr):
-    """WORDS (2 or 4) 32-bit words at the WORDS x 4-byte aligned `ptr` by one read-only vector load, as int32s; where
-    not `valid` nothing is read (the words are then undefined). The interpreter, which runs no inline PTX, reads the
-    same words one by one."""
-    tl.static_assert(WORDS == 2 or WORDS == 4, "vector loads of B/C take 8 or 16 bytes")
+    """WORDS (1, 2 or 4) 32-bit words at the WORDS x 4-byte aligned `ptr` by one read-only (vector) load, as a tuple of
+    int32s; where not `valid` nothing is read (the words are then undefined). The interpreter, which runs no inline
+    PTX, reads the same words one by one."""
+    tl.static_assert(WORDS == 1 or WORDS == 2 or WORDS == 4, "loads of B/C words take 4, 8 or 16 bytes")
     if _INTERPRETED:
         word_ptr = ptr.to(tl.pointer_type(tl.int32), bitcast=True)
         words = ()
@@ -160,10 +160,14 @@ def _load_words(ptr, valid, WORDS: tl.constexpr):
             "{ .reg .pred p; setp.ne.b32 p, $5, 0; @p ld.global.nc.v4.b32 {$0, $1, $2, $3}, [$4]; }",
             "=r,=r,=r,=r,l,r", [ptr, valid.to(tl.int32)], dtype=(tl.int32, tl.int32, tl.int32, tl.int32), is_pure=True,
             pack=1)  # fmt: skip
-    else:
+    elif WORDS == 2:
         words = tl.inline_asm_elementwise("{ .reg .pred p; setp.ne.b32 p, $3, 0; @p ld.global.nc.v2.b32 {$0, $1}, [$2]; }",
                                           "=r,=r,l,r", [ptr, valid.to(tl.int32)], dtype=(tl.int32, tl.int32),
                                           is_pure=True, pack=1)  # fmt: skip
+    else:
+        words = (tl.inline_asm_elementwise("{ .reg .pred p; setp.ne.b32 p, $2, 0; @p ld.global.nc.b32 $0, [$1]; }",
+                                           "=r,l,r", [ptr, valid.to(tl.int32)], dtype=tl.int32, is_pure=True,
+                                           pack=1),)  # fmt: skip
     return words
 
 
@@ -171,11 +175,11 @@ def _load_words(ptr, valid, WORDS: tl.constexpr):
 def _state_vector(ptr, valid, COUNT: tl.constexpr):
     """COUNT contiguous values at `ptr` (a step's B or C, or a lane's share of it) as a tuple of fp32 values, read by
     vector loads (`VECTOR_BC`: 1 load and 8 shifts for N = 8 in bf16, instead of 8 loads, conversions and addresses):
-    16-byte loads, or one 8-byte load for a share of 8 bytes; `ptr` aligned to the loads' width."""
+    16-byte loads, or one 8- or 4-byte load for a share of 8 or 4 bytes; `ptr` aligned to the loads' width."""
     WIDE: tl.constexpr = ptr.dtype.element_ty == tl.float32
     WORDS: tl.constexpr = COUNT if WIDE else COUNT // 2  # 32-bit words in all
-    PER_LOAD: tl.constexpr = 4 if WORDS >= 4 else 2
-    tl.static_assert(WORDS >= 2 and WORDS % PER_LOAD == 0, "B/C vector loads: 8 bytes, or whole 16-byte words")
+    PER_LOAD: tl.constexpr = 4 if WORDS >= 4 else WORDS
+    tl.static_assert(WORDS >= 1 and WORDS % PER_LOAD == 0, "B/C vector loads: 4 or 8 bytes, or whole 16-byte words")
     values = ()
     for i in tl.static_range(WORDS // PER_LOAD):
         words = _load_words(ptr + i * (PER_LOAD if WIDE else 2 * PER_LOAD), valid, PER_LOAD)
@@ -241,17 +245,27 @@ def _prefetch_row(ptr, valid, first, Dg, BLOCK_D: tl.constexpr):
 
 @triton.jit
 def _split_channels(pid_d, pid_g, Dg, BLOCK_D: tl.constexpr, ROWS: tl.constexpr, SPLIT: tl.constexpr):
-    """The forward's lanes when SPLIT (2) adjacent lanes of one warp share each of its BLOCK_D channels, lane k of a
+    """The lanes when SPLIT (2 or 4) adjacent lanes of one warp share each of its BLOCK_D channels, lane k of a
     channel holding its states k x ROWS .. (k + 1) x ROWS - 1: per lane [BD x SPLIT] its channel, channel mask and
     first state."""
-    tl.static_assert(SPLIT == 2 and BLOCK_D * SPLIT == 32, "SPLIT: 2 lanes per channel, one warp of 32 lanes")
-    tl.static_assert(ROWS >= 1, "SPLIT: needs N >= 2 (a share of the states per lane)")
+    tl.static_assert((SPLIT == 2 or SPLIT == 4) and BLOCK_D * SPLIT == 32,
+                     "SPLIT: 2 or 4 lanes per channel, one warp of 32 lanes")  # fmt: skip
+    tl.static_assert(ROWS >= 1, "SPLIT: needs N >= SPLIT (a share of the states per lane)")
     lane = _lane_id(BLOCK_D * SPLIT)  # from the hardware: the shuffle pairs lanes, whatever the tensor's layout
     offs_d = pid_d * BLOCK_D + lane // SPLIT
     mask_d = offs_d < Dg
     ch = pid_g * Dg + offs_d
     n0 = (lane % SPLIT) * ROWS
     return ch, mask_d, n0
+
+
+@triton.jit
+def _split_sum(x, SPLIT: tl.constexpr):
+    """The sum of x over the SPLIT lanes sharing a channel (butterfly shuffles: every lane gets the same sum)."""
+    x += _lane_shuffle(x, 1)
+    if SPLIT > 2:
+        x += _lane_shuffle(x, 2)
+    return x
 
 
 @triton.jit
@@ -326,7 +340,7 @@ def prune_fwd_configs(configs: list[triton.Config], named_args: dict, **kwargs) 
     each) besides its N state values, so at N = 16 BLOCK_D 64 / PREFETCH 4 / UNROLL 4 spills 320 bytes, and the
     unrolled deep rings take minutes to build (sm_90, Triton 3.8, 2 CPU cores, training flags: N = 16 PREFETCH 2 /
     UNROLL 4 25 s, 197 registers; PREFETCH 4 at BLOCK_D 64 36 s; on an H200's host, N = 16 with UNROLL 4 did not
-    finish 6 configs in 370 s, session 20). SPLIT configs (lanes sharing a channel's states) need N >= 2 and one warp;
+    finish 6 configs in 370 s, session 20). SPLIT configs (lanes sharing a channel's states) need a state row per lane and one warp;
     a list of only SPLIT configs that do not fit runs them unsplit. Every other case keeps every config."""
     nstate = {**named_args, **kwargs}.get("NSTATE", 0)
     split_fits = [c for c in configs if _split_fits(c, nstate)]
@@ -350,7 +364,8 @@ def _ring_fits(config: triton.Config, nstate: int) -> bool:
 
 
 def _split_fits(config: triton.Config, nstate: int) -> bool:
-    """A SPLIT config (lanes sharing a channel's states) needs a share of N >= 2 states per lane and one warp."""
+    """A SPLIT config (SPLIT lanes sharing a channel's states) needs a state row per lane (next_power_of_2(N) >=
+    SPLIT) and one warp."""
     split = config.kwargs.get("SPLIT", 1)
     return split == 1 or (triton.next_power_of_2(nstate) >= split and config.num_warps == 1)
 
@@ -403,8 +418,8 @@ def selective_scan_fwd_kernel(
     # step on sm_90; H200: 43.7 -> 38.5 us at (128, 160, 196, 8) bf16, benchmarks/results/s17_20261204/call1).
     # SUMMARY pass: the chunk's decay product P and end state S from a zero start; scan pass: fold the earlier
     # chunks' (P, S) into the incoming state, then scan the chunk and write y.
-    # SPLIT 2: two adjacent lanes share a channel, each holding half its N states (twice the warps per scheduler, at
-    # half the state work each; y's halves meet by one shuffle)
+    # SPLIT 2 (4): two (four) adjacent lanes share a channel, each holding a half (quarter) of its N states (twice
+    # (four times) the warps per scheduler, at that share of the state work each; y's shares meet by 1 (2) shuffles)
     pid_d, pid_b, pid_g, c, D_total, _, mask_d, ch, _, _, _, _ = _channel_block(Dg, NSTATE, nchunks, BLOCK_D, BLOCK_N)
     ROWS: tl.constexpr = BLOCK_N // SPLIT  # state rows per thread
     state_ch, nleft, y_mask = ch, NSTATE, mask_d  # a thread's first state row at state_ch (offsets in an (N, D) state)
@@ -507,8 +522,8 @@ def selective_scan_fwd_kernel(
         if SUMMARY:
             decay = new_decay
         else:
-            if SPLIT > 1:  # the other half's sum, from the partner lane
-                y += _lane_shuffle(y, 1)
+            if SPLIT > 1:  # the other shares' sums, from the partner lanes
+                y = _split_sum(y, SPLIT)
                 if HAS_D:
                     y += x * Dv
             if HAS_Z:
@@ -603,7 +618,7 @@ def prune_bwd_configs(configs: list[triton.Config], named_args: dict, **kwargs) 
       minutes to build for sm_90 (Triton 3.8, 2 CPU cores; TILES 50 s), for a case the models never hit
       (`benchmarks/ops/experiments/scan_compile_times.py`); nor above N = 8, where its unrolled chunk of N rows per
       state would not fit the registers (the chunk is unrolled whatever UNROLL says);
-    - SPLIT (ROWS with two lanes per channel) only where each lane gets a share of N >= 2 states (a list of only SPLIT
+    - SPLIT (ROWS with 2 or 4 lanes per channel) only where each lane gets a row of the states (a list of only SPLIT
       configs runs them unsplit, as the forward's pruning does)."""
     args = {**named_args, **kwargs}
     configs = [c for c in configs if _split_fits(c, args.get("NSTATE", 0))] or [_unsplit(c) for c in configs]
@@ -655,9 +670,10 @@ def selective_scan_bwd_kernel(
     # recompute the chunk's states forwards from the forward's checkpoint, keeping them in registers, and walk the
     # chunk backwards producing the gradients, carrying dh into the chunk before.
     # Partials (dB/dC per channel block, dA/dD/dbias per span) are summed on the host: deterministic.
-    # SPLIT 2 (ROWS main pass only; the SUMMARY pass keeps one lane per channel): two adjacent lanes share a channel,
-    # each holding half its N states, as in the forward: twice the programs, half the state work per lane; the
-    # per-channel sums over N (y, ddt, du) meet by one shuffle each, and the lane holding the first half stores them.
+    # SPLIT 2 or 4 (ROWS main pass only; the SUMMARY pass keeps one lane per channel): SPLIT adjacent lanes share a
+    # channel, each holding a share of its N states, as in the forward: SPLIT times the programs, a share of the
+    # state work per lane; the per-channel sums over N (y, ddt, du) meet by log2(SPLIT) shuffles each, and the lane
+    # holding the first share stores them.
     pid_d, pid_b, pid_g, c, D_total, offs_d, mask_d, ch, offs_n, mask_n, mask_dn, state_offs = _channel_block(
         Dg, NSTATE, nchunks, BLOCK_D, BLOCK_N
     )
@@ -1006,15 +1022,15 @@ def _lane_shuffle(x, MASK: tl.constexpr):
 def _store_channel_sums(ptr, values, valid, NSTATE, n0, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
                         LANE_SUMS: tl.constexpr, SPLIT: tl.constexpr = 1):  # fmt: skip
     """ptr[n0 + n] = the sum over the channels of values[n] (a tuple of BLOCK_N [BD] rows: each lane's share of the
-    states from n0 on), n0 + n < NSTATE, where `valid`. SPLIT (2): adjacent lanes share a channel, the even lane
-    holding states 0 .. BLOCK_N - 1 (n0 = 0), the odd one the next BLOCK_N. LANE_SUMS (one warp of BLOCK_D = 32
+    states from n0 on), n0 + n < NSTATE, where `valid`. SPLIT (2 or 4): adjacent lanes share a channel, lane k of it
+    holding states k BLOCK_N .. (k + 1) BLOCK_N - 1 (n0 = k BLOCK_N). LANE_SUMS (one warp of BLOCK_D = 32
     lanes): a transposing reduction by butterfly shuffles over the lane bits that pick the channel -- each level
     halves the rows a lane keeps and sends the other half to its partner, so after log2(BLOCK_N) levels each lane
     holds one row's partial and the last levels finish it: BLOCK_N - 1 + 5 - log2(SPLIT) - log2(BLOCK_N) shuffles
     (9 for N = 8; 5 per lane for SPLIT 2's 4 rows) instead of tl.sum's 5 BLOCK_N (40); lane l then holds row n0 +
     (l >> (5 - log2 BLOCK_N)), stored by the first lane of each row. GPU only (inline PTX): the interpreter takes
     tl.sum, unless a test sets EMULATE_LANE_SHUFFLES."""
-    CHANNEL_BITS: tl.constexpr = 5 - (SPLIT // 2)  # lane bits 4 .. log2(SPLIT) pick the channel (SPLIT 1 or 2)
+    CHANNEL_BITS: tl.constexpr = 5 - (SPLIT // 2)  # lane bits 4 .. log2(SPLIT) pick the channel (SPLIT 1, 2, 4)
     if LANE_SUMS:
         lane = _lane_id(BLOCK_D)
         rows = values
@@ -1068,7 +1084,7 @@ def _bwd_chunk_rows(u_ptr, delta_ptr, A, A2, B_ptr, C_ptr, Dv, z_ptr, bias, h0_p
                     LANE_SUMS: tl.constexpr, SPLIT: tl.constexpr):  # fmt: skip
     """`_bwd_chunk` with every state a tuple of BLOCK_N [BD] rows (ROWS): dh, a_next, dA_acc and the chunk's states
     (a tuple of CHUNK such tuples); each step's sums over N stay inside a thread and its sums over the channels (dB,
-    dC) go through `_store_channel_sums`. Loads one step ahead (PREFETCH 1). BLOCK_D: lanes ([BD] tensors); SPLIT 2:
+    dC) go through `_store_channel_sums`. Loads one step ahead (PREFETCH 1). BLOCK_D: lanes ([BD] tensors); SPLIT > 1:
     a lane holds the BLOCK_N states from n0 (of the NSTATE, `nleft` of them from n0 on; rows of (N, D) states at
     `state_ch`) of its channel `ch`, B_ptr/C_ptr point at its share, and the lane holding n0 = 0 (`lead`) stores
     the channel's values."""
@@ -1112,8 +1128,8 @@ def _bwd_chunk_rows(u_ptr, delta_ptr, A, A2, B_ptr, C_ptr, Dv, z_ptr, bias, h0_p
                 dC = dC + (h_n * dy,)
             h = new_h
             if HAS_Z:
-                if SPLIT > 1:  # the other half's sum, from the partner lane
-                    y += _lane_shuffle(y, 1)
+                if SPLIT > 1:  # the other shares' sums, from the partner lanes
+                    y = _split_sum(y, SPLIT)
                     if HAS_D:
                         y += x * Dv
                 sz = tl.sigmoid(zt)
@@ -1174,9 +1190,9 @@ def _bwd_chunk_rows(u_ptr, delta_ptr, A, A2, B_ptr, C_ptr, Dv, z_ptr, bias, h0_p
             dh = new_dh
             a_next = new_a
             dA_acc = new_acc
-            if SPLIT > 1:  # the other half's sums over N, from the partner lane
-                ddt += _lane_shuffle(ddt, 1)
-                du_sum += _lane_shuffle(du_sum, 1)
+            if SPLIT > 1:  # the other shares' sums over N, from the partner lanes
+                ddt = _split_sum(ddt, SPLIT)
+                du_sum = _split_sum(du_sum, SPLIT)
             dD_acc, dbias_acc = _channel_grads(du_ptr, ddelta_ptr, dt * du_sum, ddt + x * du_sum, raw, x, dy, Dv,
                                                dD_acc, dbias_acc, pid_b * sg_b + t * sg_l + ch * sg_d, lead, valid,
                                                HAS_D, SOFTPLUS)  # fmt: skip
