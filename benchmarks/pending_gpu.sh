@@ -185,6 +185,7 @@ run_step() {
       NCU=$(command -v ncu || echo /usr/local/cuda/bin/ncu)
       metrics="gpu__time_duration.sum,launch__registers_per_thread,smsp__issue_active.avg.pct_of_peak_sustained_active"
       metrics="$metrics,smsp__warps_active.avg.per_cycle_active,dram__throughput.avg.pct_of_peak_sustained_elapsed"
+      metrics="$metrics,lts__t_sector_hit_rate.pct"
       metrics="$metrics,regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio"
       ring='{"BLOCK_D": 32, "PREFETCH": 8, "UNROLL": 8}'
       rows='{"BLOCK_D": 32, "PREFETCH": 1, "NEXT_TO_L1": 1, "BRANCHLESS": 0, "ROWS": 1}'

@@ -1,5 +1,5 @@
 """One table per kernel launch from an Nsight Compute raw-page CSV (`ncu --csv --page raw --metrics ...`): time,
-issue-slot use, active warps per scheduler, DRAM throughput, registers, and the largest warp stall reasons (cycles a
+issue-slot use, active warps per scheduler, DRAM throughput, L2 hit rate, registers, and the largest warp stall reasons (cycles a
 warp spends stalled on each, per issued instruction).
 
     python benchmarks/ops/experiments/ncu_summary.py ncu.csv [--top 6]
@@ -23,6 +23,7 @@ COLUMNS = {  # metric -> short name
     "smsp__issue_active.avg.pct_of_peak_sustained_active": "issue %",
     "smsp__warps_active.avg.per_cycle_active": "warps/sched",
     "dram__throughput.avg.pct_of_peak_sustained_elapsed": "dram %",
+    "lts__t_sector_hit_rate.pct": "L2 hit %",
     "launch__registers_per_thread": "regs",
 }
 
