@@ -598,8 +598,9 @@ def _bwd_configs() -> list[triton.Config]:
     # the channel sums by butterfly shuffles; H200 session 19 (benchmarks/results/s19_20261205/, CUDA graphs,
     # fwd+bwd, each checked against the fp32 reference): bf16 (128, 160, 196, 8) 248.9 vs TILES 276.7 us, (128, 320,
     # 49, 8) 116.7 vs 130.7; fp32 259.0 vs 258.6 and 125.7 vs 124.4 (the autotuner keeps TILES there).
-    # `prune_bwd_configs` keeps ROWS to N <= 8 and out of initial-state launches. ROWS with two lanes per channel
-    # (`{"BLOCK_D": 16, "ROWS": 1, "SPLIT": 2}`, session 23) is not here until timed: `pending_gpu.sh scan-bwd-split`.
+    # `prune_bwd_configs` keeps ROWS to N <= 8 and out of initial-state launches. ROWS with 2 or 4 lanes per channel
+    # (`{"BLOCK_D": 32 // SPLIT, "ROWS": 1, "SPLIT": SPLIT}`, session 23) is not here until timed: `pending_gpu.sh
+    # scan-bwd-split`.
     tiles = [
         triton.Config({"BLOCK_D": 32, "PREFETCH": 1, "NEXT_TO_L1": 1, "BRANCHLESS": 0, "TILES": tiles}, num_warps=1)
         for tiles in (1, 0)
@@ -1050,10 +1051,10 @@ def _store_channel_sums(ptr, values, valid, NSTATE, n0, BLOCK_D: tl.constexpr, B
         first = (lane & ((32 // BLOCK_N - 1) & (32 - SPLIT))) == 0
         tl.store(ptr + n, rows[0], mask=first & (n < NSTATE) & valid)
     elif SPLIT > 1:
-        half = _lane_id(BLOCK_D) % SPLIT
+        share = _lane_id(BLOCK_D) % SPLIT  # which share of a channel's states each lane holds
         for k in tl.static_range(SPLIT):
             for n in tl.static_range(BLOCK_N):
-                total = tl.sum(tl.where(half == k, values[n], 0.0), axis=0)
+                total = tl.sum(tl.where(share == k, values[n], 0.0), axis=0)
                 tl.store(ptr + k * BLOCK_N + n, total, mask=valid & (k * BLOCK_N + n < NSTATE))
     else:
         for n in tl.static_range(BLOCK_N):
