@@ -24,12 +24,10 @@ too few warps -- and only the stall counters can say which.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import torch
-import triton
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench_selective_scan import GRAD_KEYS, MAIN_SHAPES, make_inputs, providers  # noqa: E402
@@ -88,8 +86,10 @@ def force_config(kernel, text: str | None) -> None:
     """Make the autotuned `kernel` run the one config of JSON kwargs `text` (nothing when None)."""
     if text is None:
         return
-    kwargs = json.loads(text)
-    kernel.configs = [triton.Config(kwargs, num_warps=kwargs.pop("num_warps", 1))]
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from scan_configs import json_configs
+
+    kernel.configs = json_configs([text], {})
     kernel.cache.clear()
 
 

@@ -244,10 +244,12 @@ def _prefetch_row(ptr, valid, first, Dg, BLOCK_D: tl.constexpr):
 
 
 @triton.jit
-def _split_channels(pid_d, pid_g, Dg, BLOCK_D: tl.constexpr, ROWS: tl.constexpr, SPLIT: tl.constexpr):
+def _split_channels(pid_d, pid_g, Dg, D_total, NSTATE, BLOCK_D: tl.constexpr, ROWS: tl.constexpr,
+                    SPLIT: tl.constexpr):  # fmt: skip
     """The lanes when SPLIT (2 or 4) adjacent lanes of one warp share each of its BLOCK_D channels, lane k of a
-    channel holding its states k x ROWS .. (k + 1) x ROWS - 1: per lane [BD x SPLIT] its channel, channel mask and
-    first state."""
+    channel holding its states n0 = k x ROWS .. (k + 1) x ROWS - 1: per lane [BD x SPLIT] its channel, channel mask,
+    n0, its first state row's offset in an (N, D) state, the states left from n0 on, and whether it is the lane that
+    stores the channel's own values (n0 = 0)."""
     tl.static_assert((SPLIT == 2 or SPLIT == 4) and BLOCK_D * SPLIT == 32,
                      "SPLIT: 2 or 4 lanes per channel, one warp of 32 lanes")  # fmt: skip
     tl.static_assert(ROWS >= 1, "SPLIT: needs N >= SPLIT (a share of the states per lane)")
@@ -256,7 +258,7 @@ def _split_channels(pid_d, pid_g, Dg, BLOCK_D: tl.constexpr, ROWS: tl.constexpr,
     mask_d = offs_d < Dg
     ch = pid_g * Dg + offs_d
     n0 = (lane % SPLIT) * ROWS
-    return ch, mask_d, n0
+    return ch, mask_d, n0, ch + n0 * D_total, NSTATE - n0, mask_d & (n0 == 0)
 
 
 @triton.jit
@@ -340,11 +342,11 @@ def prune_fwd_configs(configs: list[triton.Config], named_args: dict, **kwargs) 
     each) besides its N state values, so at N = 16 BLOCK_D 64 / PREFETCH 4 / UNROLL 4 spills 320 bytes, and the
     unrolled deep rings take minutes to build (sm_90, Triton 3.8, 2 CPU cores, training flags: N = 16 PREFETCH 2 /
     UNROLL 4 25 s, 197 registers; PREFETCH 4 at BLOCK_D 64 36 s; on an H200's host, N = 16 with UNROLL 4 did not
-    finish 6 configs in 370 s, session 20). SPLIT configs (lanes sharing a channel's states) need a state row per lane and one warp;
-    a list of only SPLIT configs that do not fit runs them unsplit. Every other case keeps every config."""
+    finish 6 configs in 370 s, session 20). SPLIT configs (lanes sharing a channel's states) need a state row per
+    lane and one warp; a list of only SPLIT configs that do not fit runs them unsplit. Every other case keeps every
+    config."""
     nstate = {**named_args, **kwargs}.get("NSTATE", 0)
-    split_fits = [c for c in configs if _split_fits(c, nstate)]
-    configs = split_fits or [_unsplit(c) for c in configs]
+    configs = _fitting_splits(configs, nstate)
     return [c for c in configs if _ring_fits(c, nstate)] or configs
 
 
@@ -368,6 +370,11 @@ def _split_fits(config: triton.Config, nstate: int) -> bool:
     SPLIT) and one warp."""
     split = config.kwargs.get("SPLIT", 1)
     return split == 1 or (triton.next_power_of_2(nstate) >= split and config.num_warps == 1)
+
+
+def _fitting_splits(configs: list[triton.Config], nstate: int) -> list[triton.Config]:
+    """The configs whose SPLIT fits `nstate` (forward and backward alike), or, where none does, all of them unsplit."""
+    return [c for c in configs if _split_fits(c, nstate)] or [_unsplit(c) for c in configs]
 
 
 def _unsplit(config: triton.Config) -> triton.Config:
@@ -424,8 +431,8 @@ def selective_scan_fwd_kernel(
     ROWS: tl.constexpr = BLOCK_N // SPLIT  # state rows per thread
     state_ch, nleft, y_mask = ch, NSTATE, mask_d  # a thread's first state row at state_ch (offsets in an (N, D) state)
     if SPLIT > 1:
-        ch, mask_d, n0 = _split_channels(pid_d, pid_g, Dg, BLOCK_D, ROWS, SPLIT)
-        state_ch, nleft, y_mask = ch + n0 * D_total, NSTATE - n0, mask_d & (n0 == 0)
+        ch, mask_d, n0, state_ch, nleft, y_mask = _split_channels(pid_d, pid_g, Dg, D_total, NSTATE, BLOCK_D, ROWS,
+                                                                  SPLIT)  # fmt: skip
         B_ptr += n0 * sB_n  # each lane's share of B_t and C_t
         C_ptr += n0 * sC_n
     ch_first = pid_g * Dg + pid_d * BLOCK_D
@@ -622,7 +629,7 @@ def prune_bwd_configs(configs: list[triton.Config], named_args: dict, **kwargs) 
     - SPLIT (ROWS with 2 or 4 lanes per channel) only where each lane gets a row of the states (a list of only SPLIT
       configs runs them unsplit, as the forward's pruning does)."""
     args = {**named_args, **kwargs}
-    configs = [c for c in configs if _split_fits(c, args.get("NSTATE", 0))] or [_unsplit(c) for c in configs]
+    configs = _fitting_splits(configs, args.get("NSTATE", 0))
     small = args.get("NSTATE", 0) <= 8
     if args.get("HAS_H0") or not small:
         configs = [c for c in configs if not c.kwargs.get("ROWS")] or configs
@@ -683,8 +690,8 @@ def selective_scan_bwd_kernel(
     if SPLIT > 1:
         tl.static_assert(ROWS != 0, "SPLIT: ROWS backward only")
         if not SUMMARY:
-            ch, mask_d, n0 = _split_channels(pid_d, pid_g, Dg, BLOCK_D, R, SPLIT)
-            state_ch, nleft, lead = ch + n0 * D_total, NSTATE - n0, mask_d & (n0 == 0)
+            ch, mask_d, n0, state_ch, nleft, lead = _split_channels(pid_d, pid_g, Dg, D_total, NSTATE, BLOCK_D, R,
+                                                                    SPLIT)  # fmt: skip
             B_ptr += n0 * sB_n  # each lane's share of B_t and C_t
             C_ptr += n0 * sC_n
     n_groups = tl.num_programs(1) // nchunks
@@ -707,9 +714,7 @@ def selective_scan_bwd_kernel(
                                            sdt_d, bias, HAS_BIAS, SOFTPLUS)  # fmt: skip
     seg_next, start_next, end_next = _segments(t_next, L, seq_len, seg_ids_ptr, cu_ptr, pid_b, RESET)
     a_next = dt_next  # a SPLIT main pass (ROWS) decays its own rows; the tile is for one lane per channel
-    if SPLIT == 1:  # noqa: SIM114 (Triton 3.6 cannot fold `or` of constexprs in a compile-time condition)
-        a_next = tl.where(start_next | (t_next >= L), 0.0, _exp2(dt_next[None, :] * A2))
-    elif SUMMARY:
+    if SPLIT == 1 or SUMMARY:
         a_next = tl.where(start_next | (t_next >= L), 0.0, _exp2(dt_next[None, :] * A2))
     summary_offs = (pid_b * nchunks + c) * STATE + state_offs
 
@@ -1050,15 +1055,12 @@ def _store_channel_sums(ptr, values, valid, NSTATE, n0, BLOCK_D: tl.constexpr, B
                 rows = (rows[0] + _lane_shuffle(rows[0], 16 >> level),)
         first = (lane & ((32 // BLOCK_N - 1) & (32 - SPLIT))) == 0
         tl.store(ptr + n, rows[0], mask=first & (n < NSTATE) & valid)
-    elif SPLIT > 1:
+    else:
         share = _lane_id(BLOCK_D) % SPLIT  # which share of a channel's states each lane holds
         for k in tl.static_range(SPLIT):
             for n in tl.static_range(BLOCK_N):
-                total = tl.sum(tl.where(share == k, values[n], 0.0), axis=0)
-                tl.store(ptr + k * BLOCK_N + n, total, mask=valid & (k * BLOCK_N + n < NSTATE))
-    else:
-        for n in tl.static_range(BLOCK_N):
-            tl.store(ptr + n, tl.sum(values[n], axis=0), mask=valid & (n < NSTATE))
+                part = values[n] if SPLIT == 1 else tl.where(share == k, values[n], 0.0)
+                tl.store(ptr + k * BLOCK_N + n, tl.sum(part, axis=0), mask=valid & (k * BLOCK_N + n < NSTATE))
 
 
 @triton.jit
