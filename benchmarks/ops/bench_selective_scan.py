@@ -209,12 +209,17 @@ def time_provider(
 ) -> tuple[float, float, float]:
     import triton
 
-    x = make_inputs(shape, dtype, layout, requires_grad=mode == "fwdbwd", seed=0)
+    x = make_inputs(shape, dtype, layout, requires_grad=mode != "fwd", seed=0)
     if mode == "fwd":
 
         def call():
             with torch.no_grad():
                 fn(x)
+
+    elif mode == "fwdtrain":  # the forward of a training step: it also stores the backward's checkpoint states
+
+        def call():
+            fn(x)
     else:
         dout = torch.randn_like(x["u"])
 

@@ -6,6 +6,7 @@ import importlib
 import itertools
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import triton
@@ -21,7 +22,7 @@ def bench_module(monkeypatch):
         return importlib.import_module(name)
 
     yield load
-    for name in ("check_scan_fwd_configs", "bench_selective_scan"):
+    for name in ("check_scan_fwd_configs", "bench_selective_scan", "scan_configs"):
         sys.modules.pop(name, None)
 
 
@@ -54,6 +55,20 @@ def test_precompile_shares_cover_every_config(bench_module, monkeypatch):
         assert fwd.configs and bwd.configs  # every process has something to build
     assert seen_fwd == [fwd_all[i] for i in (0, 4, 1, 2, 3)]
     assert seen_bwd == [bwd_all[i] for i in (0, 1, 2, 0)]  # the fourth share rebuilds the first config
+
+
+@pytest.mark.parametrize("no_autotuned", [False, True])
+def test_scan_configs_times_the_autotuner_unless_told_not_to(bench_module, monkeypatch, no_autotuned):
+    monkeypatch.syspath_prepend(str(BENCH_OPS / "experiments"))
+    scan_configs = bench_module("scan_configs")
+    texts = ['{"BLOCK_D": 16, "SPLIT": 2}', '{"PREFETCH": 8, "UNROLL": 8}']
+    args = SimpleNamespace(kernel="fwd", fwd_configs=texts, no_autotuned=no_autotuned)
+    settings = scan_configs.settings(args)
+    labels = [label for label, _, _ in settings]
+    forced = [configs[0].kwargs for label, _, configs in settings if label != "autotuned"]
+    split = {"BLOCK_D": 16, "PREFETCH": 4, "UNROLL": 4, "SPLIT": 2}  # over the defaults BD64 P4 U4
+    assert forced == [split, {"BLOCK_D": 64, "PREFETCH": 8, "UNROLL": 8}]
+    assert labels.count("autotuned") == (0 if no_autotuned else 1)
 
 
 _REASONS = ("long_scoreboard", "math_pipe_throttle", "wait")

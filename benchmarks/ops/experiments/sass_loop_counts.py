@@ -72,7 +72,8 @@ CASES = [
     ("step fwd summary", chunk.selective_scan_fwd_kernel,
      dict(INFERENCE, STORE_LAST=False, STORE_CKPT=False, SUMMARY=True, BLOCK_D=32, BLOCK_N=8, PREFETCH=1), 1, 32),
     ("step fwd train", chunk.selective_scan_fwd_kernel,
-     dict(INFERENCE, STORE_LAST=False, STORE_CKPT=True, SUMMARY=False, BLOCK_D=32, BLOCK_N=8, PREFETCH=1), 1, 32),
+     dict(INFERENCE, STORE_LAST=False, STORE_CKPT=True, SUMMARY=False, BLOCK_D=32, BLOCK_N=8, PREFETCH=1,
+          ckpt_len=8), 1, 32),
     *[(f"step fwd{' summary' if summary else ''} P2 BD{bd}", chunk.selective_scan_fwd_kernel,  # two steps ahead
        dict(INFERENCE, STORE_LAST=False, STORE_CKPT=False, SUMMARY=summary, BLOCK_D=bd, BLOCK_N=8, PREFETCH=2), 1, bd)
       for summary in (False, True) for bd in (32, 128)],
@@ -96,7 +97,10 @@ CASES = [
           VECTOR_BC=1, SPLIT=4), 1, 8),
     ("step fwd vec train BD32 P2 U4", chunk.selective_scan_fwd_kernel,
      dict(INFERENCE, STORE_LAST=False, STORE_CKPT=True, SUMMARY=False, BLOCK_D=32, BLOCK_N=8, PREFETCH=2, UNROLL=4,
-          VECTOR_BC=1), 1, 32),
+          VECTOR_BC=1, ckpt_len=8), 1, 32),
+    *[(f"step fwd vec train BD{bd} P8 U8{' split' if split > 1 else ''}", chunk.selective_scan_fwd_kernel,
+       dict(INFERENCE, STORE_LAST=False, STORE_CKPT=True, SUMMARY=False, BLOCK_D=bd, BLOCK_N=8, PREFETCH=8, UNROLL=8,
+            VECTOR_BC=1, SPLIT=split, ckpt_len=8), 1, bd) for bd, split in ((32, 1), (16, 2))],  # ckpt_len 8 as at N = 8
     ("step bwd", chunk.selective_scan_bwd_kernel,
      dict(INFERENCE, HAS_DLAST=False, SUMMARY=False, CHUNK=8, BLOCK_D=32, BLOCK_N=8, PREFETCH=1, UNROLL=8), 1, 32),
     ("step bwd branchless", chunk.selective_scan_bwd_kernel,  # session 13: no branch per step, hints to L1

@@ -13,7 +13,8 @@ the autotuner's pick (the backward's autotuner times the kernel alone with L2 fl
 per backward program, `chunk.forced_bwd_span`; 0 = `plan_bwd_spans`', 1 = one chunk per program as before session
 13). `--kernel fwd`: each forward config
 (BLOCK_D x warps x UNROLL) at each `--prefetch` depth and each `--chunks` count (0 = the planner's), timing the
-inference forward. Every setting is checked against the
+inference forward, or with `--train` the training forward (which also stores the backward's checkpoint states; checked
+through a backward of the one config `--bwd-configs`, TILES by default). Every setting is checked against the
 fp32 reference (`rel_err`; forward and every gradient for bwd). Prints registers/spills of the last compiled variant and the autotuner's own pick (timed the
 same way; its JSON is rewritten after every row), and writes benchmarks/results/scan_configs_<kernel>_<date>.json (the backward's first run, 2026-12-02,
 was written as bwd_configs_<date>.json).
@@ -43,6 +44,7 @@ from sfmamba.testing import jit_function  # noqa: E402
 KERNELS = {"fwd": K.selective_scan_fwd_kernel, "bwd": K.selective_scan_bwd_kernel}
 DEFAULT_CONFIGS = {name: list(kernel.configs) for name, kernel in KERNELS.items()}  # before any setting replaces them
 DEFAULT_UNROLL = K.MAX_UNROLL
+BWD_DEFAULTS = {"BLOCK_D": 32, "PREFETCH": 1, "NEXT_TO_L1": 1, "BRANCHLESS": 0, "TILES": 1}  # of --bwd-configs
 
 
 def compiled_stats(kernel) -> list[tuple[int, int]]:
@@ -76,21 +78,20 @@ def fwd_configs(args) -> list[triton.Config]:
 def settings(args) -> list[tuple[str, int, list]]:
     """(label, MAX_UNROLL, [one config]) per timed setting; label "autotuned" = the default configs."""
     base = DEFAULT_CONFIGS[args.kernel]
+    autotuned = [] if args.no_autotuned else [("autotuned", DEFAULT_UNROLL, base)]
     if args.kernel == "fwd" and args.fwd_configs:
-        return [(str(c), DEFAULT_UNROLL, [c]) for c in fwd_configs(args)] + [("autotuned", DEFAULT_UNROLL, base)]
+        return [(str(c), DEFAULT_UNROLL, [c]) for c in fwd_configs(args)] + autotuned
     if args.kernel == "fwd":
         configs = K.sweep_fwd_configs(
             tuple(args.prefetch), tuple(args.fwd_unroll), tuple(args.blocks), tuple(args.warps)
         )
-        return [(str(c), DEFAULT_UNROLL, [c]) for c in configs] + [("autotuned", DEFAULT_UNROLL, base)]
+        return [(str(c), DEFAULT_UNROLL, [c]) for c in configs] + autotuned
     if args.bwd_configs:  # e.g. '{"BLOCK_D": 32, "TILES": 1, "LANES": 1}' (num_warps 1 unless given)
-        base = json_configs(
-            args.bwd_configs, {"BLOCK_D": 32, "PREFETCH": 1, "NEXT_TO_L1": 1, "BRANCHLESS": 0, "TILES": 1}
-        )
+        base = json_configs(args.bwd_configs, BWD_DEFAULTS)
     elif args.all_configs:  # the backward's configs before 2026-12-02 (also PREFETCH 0 and two warps)
         base = [triton.Config({"BLOCK_D": bd, "PREFETCH": p}, num_warps=w)
                 for bd in (32, 64) for w in (1, 2) for p in (0, 1) if bd >= 32 * w]  # fmt: skip
-    return [(str(c), u, [c]) for u in args.unroll for c in base] + [("autotuned", DEFAULT_UNROLL, base)]
+    return [(str(c), u, [c]) for u in args.unroll for c in base] + autotuned
 
 
 def main() -> None:
@@ -129,6 +130,8 @@ def main() -> None:
         help="fwd: these configs (JSON kwargs, e.g. '{\"STATE_TUPLE\": 1}'); bwd: the forward autotunes among them",
     )
     parser.add_argument("--no-vector-bc", action="store_true", help="fwd: B_t/C_t by scalar loads (no VECTOR_BC)")
+    parser.add_argument("--train", action="store_true", help="fwd: time the training forward (checkpoints stored)")
+    parser.add_argument("--no-autotuned", action="store_true", help="time only the given configs, not the autotuner")
     parser.add_argument("--out-dir", type=Path, default=HERE.parent.parent / "results")
     parser.add_argument("--rep-ms", type=int, default=60)
     parser.add_argument("--budget-s", type=float, default=300)
@@ -145,7 +148,9 @@ def main() -> None:
         K.vector_bc = lambda *_: False
     if args.kernel == "bwd" and args.fwd_configs:
         KERNELS["fwd"].configs = fwd_configs(args)
-    mode = "fwd" if args.kernel == "fwd" else "fwdbwd"
+    mode = "fwdbwd" if args.kernel == "bwd" else "fwdtrain" if args.train else "fwd"
+    if args.train:  # checked through one backward config (compiling every one would take minutes)
+        KERNELS["bwd"].configs = json_configs(args.bwd_configs or ['{"TILES": 1}'], BWD_DEFAULTS)
     shapes = [MAIN_SHAPES[index] for index in args.shapes]
     shapes += [Shape(*map(int, text.split(","))) for text in args.extra_shapes]
     items = list(itertools.product(shapes, args.dtypes, args.chunks, args.bwd_spans, settings(args)))
@@ -167,7 +172,7 @@ def main() -> None:
         K.MAX_UNROLL = unroll
         kernel.configs = configs
         kernel.cache.clear()
-        err = check(fn, shape, dtype, layout, grads=mode == "fwdbwd")  # every setting: a wrong one shows
+        err = check(fn, shape, dtype, layout, grads=mode != "fwd")  # every setting: a wrong one shows
         if args.items is not None:  # a precompiling child: checked (so compiled), not timed
             print(f"{shape.name} {dtype_name} {label}: rel_err {err:.2e}", flush=True)
             continue
