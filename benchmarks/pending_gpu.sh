@@ -63,6 +63,9 @@
 #                    one-warp programs at L = 196 instead of 640, 60 instructions per warp-step instead of 86; SPLIT
 #                    4, session 23: 2560 programs, 48 per warp-step, 94 registers) vs the 8-step ring, L = 196 and 49,
 #                    bf16 and fp32, each checked against the fp32 reference (scan_configs.py --kernel fwd)      (~4 min)
+#   scan-train-fwd   the training forward (checkpoints stored; whole unrolled checkpoint blocks since session 24) of the
+#                    ring, SPLIT 2 and BD32 P4 U4, L = 196 and 49, bf16 and fp32, each checked through a TILES backward
+#                    (scan_configs.py --kernel fwd --train)                                                      (~2 min)
 #   scan-bwd-split   the ROWS backward with 2 or 4 lanes per channel (SPLIT, session 23: 1280 / 2560 one-warp programs
 #                    at L = 196 instead of 640; sm_90, Triton 3.6, 8-step chunk: 2233 / 1784 instructions per warp
 #                    against ROWS' 3529, 246 / 168 registers and no spills against 255 and 108 bytes) vs ROWS vs
@@ -241,6 +244,11 @@ run_step() {
       "$PY" benchmarks/ops/experiments/scan_configs.py --kernel bwd --unroll 16 --shapes 4 --dtypes float32 bfloat16 \
         --bwd-spans 0 196 49 --bwd-configs '{"TILES": 1}' --precompile 6 --budget-s 200 --out-dir "$dir" 2>&1 \
         | tee "$dir/log.txt" | grep -v Warning ;;
+    scan-train-fwd)
+      "$PY" benchmarks/ops/experiments/scan_configs.py --kernel fwd --train --no-autotuned --shapes 0 2 \
+        --dtypes bfloat16 float32 --chunks 0 --fwd-configs '{"BLOCK_D": 32, "PREFETCH": 8, "UNROLL": 8}' \
+        '{"BLOCK_D": 16, "SPLIT": 2, "PREFETCH": 8, "UNROLL": 8}' '{"BLOCK_D": 32, "PREFETCH": 4, "UNROLL": 4}' \
+        --precompile 12 --budget-s 100 --out-dir "$dir" 2>&1 | tee "$dir/log.txt" | grep -v Warning ;;
     scan-fwd-split)  # sessions 22-23: 2 or 4 lanes per channel (more warps per scheduler at L = 196)
       "$PY" benchmarks/ops/experiments/scan_configs.py --kernel fwd --shapes 0 2 --dtypes bfloat16 float32 --chunks 0 \
         --fwd-configs '{"BLOCK_D": 32, "PREFETCH": 8, "UNROLL": 8}' '{"BLOCK_D": 16, "SPLIT": 2, "PREFETCH": 8, "UNROLL": 8}' \

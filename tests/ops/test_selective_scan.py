@@ -636,6 +636,51 @@ def test_chunk_two_pass_forward(chunk_len, layout, reset):
         compare_with_reference(inputs, torch.float32, flags, backward=True, kernel="triton-2pass")
 
 
+@pytest.mark.parametrize(
+    "chunk_len, blocks",
+    [(None, True), (16, True), (7, False)],  # whole rows, chunks of 2 checkpoint blocks, chunks across blocks
+)
+@pytest.mark.parametrize("prefetch, unroll", [(4, 2), (8, 8)])
+def test_training_forward_checkpoint_blocks(monkeypatch, chunk_len, blocks, prefetch, unroll):
+    """The training forward walks whole checkpoint blocks (CKPT_BLOCKS) where its chunks start at multiples of
+    ckpt_len (8 at N = 8), then the row's last steps, with B_t/C_t by vector loads whose ring reaches past the row;
+    chunks that start inside a block store checkpoints step by step. Output, last states and every gradient, which
+    the backward computes from those checkpoints; periodic resets across blocks."""
+    torch.manual_seed(11)
+    launches: list[tuple] = []
+    real_launch = chunk._launch_kernel
+
+    def spy(kernel, grid, *args, **flags):
+        if flags.get("STORE_CKPT") and not flags.get("SUMMARY"):
+            launches.append(flags.get("CKPT_BLOCKS"))
+        return real_launch(kernel, grid, *args, **flags)
+
+    def vector_bc(x, nstate, layout):
+        return chunk.rows_fit_vectors(chunk._bc_strides(x, layout), x.element_size(), x.data_ptr(), nstate)
+
+    monkeypatch.setattr(chunk, "_launch_kernel", spy)
+    monkeypatch.setattr(chunk, "vector_bc", vector_bc)
+    inputs = make_inputs(2, 36, 20, 8, 2, "BLD", segments=6)  # 4 blocks and 4 steps; segments of 12 steps
+    config = triton.Config({"BLOCK_D": 32, "PREFETCH": prefetch, "UNROLL": unroll}, num_warps=1)
+    flags = {"delta_softplus": True, "layout": "BLD", "seq_len": 12}
+    with (
+        forced_configs(chunk.selective_scan_fwd_kernel, [config]),
+        mock.patch.dict(FORCED_CHUNK_LEN, {"triton-2pass": chunk_len}),
+    ):
+        compare_with_reference(inputs, torch.bfloat16, flags, backward=True, kernel="triton-2pass")
+    assert launches == [blocks]
+
+
+def test_training_chunks_start_at_checkpoint_blocks(monkeypatch):
+    """On the GPU the planner splits a training forward's rows into chunks of whole checkpoint blocks."""
+    monkeypatch.setattr(chunk, "_sm_count", lambda device: 132)
+    cuda = torch.device("cuda")
+    for length in (49, 196, 3136):
+        for align in (1, 4, 8, 16):
+            chunk_len, nchunks = chunk.plan_chunks(2, 1, 160, length, cuda, "step", align)
+            assert nchunks > 1 and chunk_len % align == 0 and (nchunks - 1) * chunk_len < length <= nchunks * chunk_len
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # 3. options
 

@@ -98,9 +98,11 @@ CASES = [
     ("step fwd vec train BD32 P2 U4", chunk.selective_scan_fwd_kernel,
      dict(INFERENCE, STORE_LAST=False, STORE_CKPT=True, SUMMARY=False, BLOCK_D=32, BLOCK_N=8, PREFETCH=2, UNROLL=4,
           VECTOR_BC=1, ckpt_len=8), 1, 32),
-    *[(f"step fwd vec train BD{bd} P8 U8{' split' if split > 1 else ''}", chunk.selective_scan_fwd_kernel,
+    *[(f"step fwd vec train{' blocks' if blocks else ''} BD{bd} P8 U8{' split' if split > 1 else ''}",
+       chunk.selective_scan_fwd_kernel,  # session 24: checkpoints after whole unrolled blocks (ckpt_len 8 as at N = 8)
        dict(INFERENCE, STORE_LAST=False, STORE_CKPT=True, SUMMARY=False, BLOCK_D=bd, BLOCK_N=8, PREFETCH=8, UNROLL=8,
-            VECTOR_BC=1, SPLIT=split, ckpt_len=8), 1, bd) for bd, split in ((32, 1), (16, 2))],  # ckpt_len 8 as at N = 8
+            VECTOR_BC=1, SPLIT=split, ckpt_len=8, CKPT_BLOCKS=blocks), 1, bd)
+      for blocks in (0, 1) for bd, split in ((32, 1), (16, 2))],
     ("step bwd", chunk.selective_scan_bwd_kernel,
      dict(INFERENCE, HAS_DLAST=False, SUMMARY=False, CHUNK=8, BLOCK_D=32, BLOCK_N=8, PREFETCH=1, UNROLL=8), 1, 32),
     ("step bwd branchless", chunk.selective_scan_bwd_kernel,  # session 13: no branch per step, hints to L1

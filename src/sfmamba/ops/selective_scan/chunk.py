@@ -417,6 +417,7 @@ def selective_scan_fwd_kernel(
     HAS_H0: tl.constexpr, RESET: tl.constexpr, STORE_LAST: tl.constexpr, STORE_CKPT: tl.constexpr,
     SUMMARY: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, PREFETCH: tl.constexpr,
     UNROLL: tl.constexpr = 1, VECTOR_BC: tl.constexpr = 0, AHEAD: tl.constexpr = 0, SPLIT: tl.constexpr = 1,
+    CKPT_BLOCKS: tl.constexpr = 0,
 ):  # fmt: skip
     # One program: one image, BLOCK_D channels of one group, one chunk of `chunk_len` steps, walked sequentially
     # with the whole state in registers as a tuple of N [BLOCK_D] rows: every tensor is 1-D over the channels, so no
@@ -461,6 +462,9 @@ def selective_scan_fwd_kernel(
     # PREFETCH = k: step t + k's loads are issued before step t's math, from a ring of the next k steps' loads (the
     # loop waits on load latency: one step of math at the few warps per scheduler these grids leave covers a fraction
     # of an L2 round trip, let alone a DRAM one)
+    # CKPT_BLOCKS (the launcher's flag: every chunk starts at a multiple of ckpt_len): the training forward walks its
+    # chunk in whole checkpoint blocks, then the steps left
+    BLOCKS: tl.constexpr = STORE_CKPT and CKPT_BLOCKS and not SUMMARY
     ring = ()
     for i in tl.static_range(PREFETCH):
         ring = ring + (_fwd_inputs(u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, t_start + i, t_start + i < t_end, ch, mask_d,
@@ -472,82 +476,114 @@ def selective_scan_fwd_kernel(
     # then converts layouts; a loop that stops PREFETCH steps early plus a loop that drains the ring costs register
     # moves for every drained step: +5 % over a whole 49-step row.) Past the chunk's end the pointers run on
     # unread: those loads are masked, and B_t/C_t's vector loads predicated.
-    u_row = u_ptr + (t_start + PREFETCH) * su_l
-    delta_row = delta_ptr + (t_start + PREFETCH) * sdt_l
-    z_row = z_ptr + (t_start + PREFETCH) * sz_l
-    B_row = B_ptr + (t_start + PREFETCH) * sB_l
-    C_row = C_ptr + (t_start + PREFETCH) * sC_l
-    out_row = out_ptr + t_start * so_l
+    rows = (u_ptr + (t_start + PREFETCH) * su_l, delta_ptr + (t_start + PREFETCH) * sdt_l,
+            z_ptr + (t_start + PREFETCH) * sz_l, B_ptr + (t_start + PREFETCH) * sB_l,
+            C_ptr + (t_start + PREFETCH) * sC_l, out_ptr + t_start * so_l)  # fmt: skip
+    t_blocks = t_start  # the end of the steps walked in whole checkpoint blocks
+    if BLOCKS:
+        # each block of ckpt_len steps (a compile-time power of two) unrolled whole, its checkpoint stored after it.
+        # (The per-step branch of the loop below, where ptxas predicates every step's checkpoint stores and their
+        # addresses: sm_90, the 8-step ring, 1053 against 688 instructions per 8 steps without checkpoints; H100,
+        # (128, 160, 196, 8), 77.1 us against 32.8, benchmarks/results/s24_20261205.)
+        t_blocks = t_start + (t_end - t_start) // ckpt_len * ckpt_len
+        for t0 in tl.range(t_start, t_blocks, ckpt_len):
+            for i in tl.static_range(ckpt_len):
+                h, decay, ring, rows = _fwd_step(
+                    t0 + i, t_end, h, decay, ring, rows, u_ptr, delta_ptr, z_ptr, h0_ptr, seg_ids_ptr, cu_ptr,
+                    last_ptr, ckpt_ptr, A2, Dv, bias, zero, ch, ch_first, mask_d, y_mask, state_ch, nleft, L, Dg,
+                    seq_len, pid_b, pid_d, D_total, STATE, su_l, su_d, sdt_l, sdt_d, sz_l, sz_d, so_l, so_d, sB_l,
+                    sB_n, sC_l, sC_n, ckpt_len, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, HAS_H0, RESET, STORE_LAST, False,
+                    SUMMARY, BLOCK_D, ROWS, PREFETCH, VECTOR_BC, AHEAD, SPLIT)  # fmt: skip
+            _store_state_rows(ckpt_ptr, (pid_b * tl.cdiv(L, ckpt_len) + t0 // ckpt_len) * STATE, D_total, state_ch,
+                              mask_d, nleft, h, ROWS)  # fmt: skip
     # UNROLL > 1: ptxas interleaves consecutive steps' math (only h carries over a step); one warp per scheduler then
-    # issues back to back instead of waiting out one step's chain of exp2/softplus latencies
-    for t in tl.range(t_start, t_end, loop_unroll_factor=UNROLL):
-        if AHEAD:  # hints that pull step t + AHEAD's rows towards L1 without holding registers
-            ahead = t + AHEAD < t_end
-            row = t + AHEAD
-            _prefetch_row(u_ptr + row * su_l + ch_first * su_d, ahead, pid_d * BLOCK_D, Dg, BLOCK_D)
-            _prefetch_row(delta_ptr + row * sdt_l + ch_first * sdt_d, ahead, pid_d * BLOCK_D, Dg, BLOCK_D)
-            if HAS_Z and not SUMMARY:
-                _prefetch_row(z_ptr + row * sz_l + ch_first * sz_d, ahead, pid_d * BLOCK_D, Dg, BLOCK_D)
-        fresh = _fwd_loads(u_row + ch * su_d, delta_row + ch * sdt_d, B_row, C_row, z_row + ch * sz_d, mask_d,
-                           t + PREFETCH < t_end, nleft, sB_n, sC_n, HAS_Z, SUMMARY, ROWS, VECTOR_BC)  # fmt: skip
-        u_row += su_l
-        delta_row += sdt_l
-        z_row += sz_l
-        B_row += sB_l
-        C_row += sC_l
-        if PREFETCH:
-            x, dt, Bs, Cs, zt = ring[0]
-            ring = ring[1:] + (fresh,)
-        else:
-            x, dt, Bs, Cs, zt = fresh
-        if HAS_BIAS:
-            dt += bias
-        if SOFTPLUS:
-            dt = _softplus(dt)
-        seg, start, end = _segments(t, L, seq_len, seg_ids_ptr, cu_ptr, pid_b, RESET)
-        if HAS_H0:  # the state before a segment enters through its first step
-            h0 = _state_rows(h0_ptr, seg * STATE, D_total, state_ch, mask_d & start, nleft, ROWS)
-            h = _select_rows(start, h0, h, ROWS)
-        elif RESET != 0:  # without resets only t = 0 starts a segment, where h is still the zero it began as
-            h = _zero_rows_where(start, h, ROWS)
-        dtx = dt * x
-        y = x * Dv if HAS_D and SPLIT == 1 else zero
-        new_h = ()
-        new_decay = ()
-        for n in tl.static_range(ROWS):
-            dA = _exp2(dt * A2[n])
-            h_n = dA * h[n] + dtx * Bs[n]
-            new_h = new_h + (h_n,)
-            if SUMMARY:
-                decay_n = decay[n] * dA
-                if RESET != 0:
-                    decay_n = tl.where(start, 0.0, decay_n)
-                new_decay = new_decay + (decay_n,)
-            else:
-                y += h_n * Cs[n]
-        h = new_h
-        if SUMMARY:
-            decay = new_decay
-        else:
-            if SPLIT > 1:  # the other shares' sums, from the partner lanes
-                y = _split_sum(y, SPLIT)
-                if HAS_D:
-                    y += x * Dv
-            if HAS_Z:
-                y *= zt * tl.sigmoid(zt)
-            tl.store(out_row + ch * so_d, y.to(out_ptr.dtype.element_ty), mask=y_mask)
-            if STORE_LAST:
-                _store_state_rows(last_ptr, seg * STATE, D_total, state_ch, mask_d & end, nleft, h, ROWS)
-            if STORE_CKPT:  # noqa: SIM102 (a compile-time branch around a run-time one)
-                # the state after every ckpt_len steps, for the backward, behind a uniform branch: no per-step
-                # predicated stores of the whole state, and no division (ckpt_len: a compile-time power of two)
-                if ((t + 1) % ckpt_len == 0) | (t == L - 1):
-                    base = (pid_b * tl.cdiv(L, ckpt_len) + t // ckpt_len) * STATE
-                    _store_state_rows(ckpt_ptr, base, D_total, state_ch, mask_d, nleft, h, ROWS)
-        out_row += so_l
+    # issues back to back instead of waiting out one step's chain of exp2/softplus latencies. After whole blocks
+    # (BLOCKS): the row's last steps (fewer than a block: one step per iteration), their checkpoint stored at L - 1
+    LOOP_UNROLL: tl.constexpr = 1 if BLOCKS else UNROLL
+    for t in tl.range(t_blocks, t_end, loop_unroll_factor=LOOP_UNROLL):
+        h, decay, ring, rows = _fwd_step(
+            t, t_end, h, decay, ring, rows, u_ptr, delta_ptr, z_ptr, h0_ptr, seg_ids_ptr, cu_ptr, last_ptr,
+            ckpt_ptr, A2, Dv, bias, zero, ch, ch_first, mask_d, y_mask, state_ch, nleft, L, Dg, seq_len, pid_b, pid_d,
+            D_total, STATE, su_l, su_d, sdt_l, sdt_d, sz_l, sz_d, so_l, so_d, sB_l, sB_n, sC_l, sC_n, ckpt_len, HAS_D,
+            HAS_Z, HAS_BIAS, SOFTPLUS, HAS_H0, RESET, STORE_LAST, STORE_CKPT and not SUMMARY, SUMMARY, BLOCK_D, ROWS,
+            PREFETCH, VECTOR_BC, AHEAD, SPLIT)  # fmt: skip
     if SUMMARY:
         _store_state_rows(chunk_P_ptr, chunk_base + c * STATE, D_total, state_ch, mask_d, nleft, decay, ROWS)
         _store_state_rows(chunk_S_ptr, chunk_base + c * STATE, D_total, state_ch, mask_d, nleft, h, ROWS)
+
+
+@triton.jit
+def _fwd_step(t, t_end, h, decay, ring, rows, u_ptr, delta_ptr, z_ptr, h0_ptr, seg_ids_ptr, cu_ptr, last_ptr, ckpt_ptr,
+              A2, Dv, bias, zero, ch, ch_first, mask_d, y_mask, state_ch, nleft, L, Dg, seq_len, pid_b, pid_d, D_total,
+              STATE, su_l, su_d, sdt_l, sdt_d, sz_l, sz_d, so_l, so_d, sB_l, sB_n, sC_l, sC_n, ckpt_len: tl.constexpr,
+              HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+              HAS_H0: tl.constexpr, RESET: tl.constexpr, STORE_LAST: tl.constexpr, STORE_CKPT: tl.constexpr,
+              SUMMARY: tl.constexpr, BLOCK_D: tl.constexpr, ROWS: tl.constexpr, PREFETCH: tl.constexpr,
+              VECTOR_BC: tl.constexpr, AHEAD: tl.constexpr, SPLIT: tl.constexpr):  # fmt: skip
+    """One step of the forward: step t + PREFETCH's loads issued, step t's state update, y stored (or the chunk's
+    decay product, SUMMARY), and with STORE_CKPT the state where a checkpoint block ends. `rows`: the (u, delta, z,
+    B, C) pointers at step t + PREFETCH and out's at step t."""
+    u_row, delta_row, z_row, B_row, C_row, out_row = rows
+    if AHEAD:  # hints that pull step t + AHEAD's rows towards L1 without holding registers
+        ahead = t + AHEAD < t_end
+        row = t + AHEAD
+        _prefetch_row(u_ptr + row * su_l + ch_first * su_d, ahead, pid_d * BLOCK_D, Dg, BLOCK_D)
+        _prefetch_row(delta_ptr + row * sdt_l + ch_first * sdt_d, ahead, pid_d * BLOCK_D, Dg, BLOCK_D)
+        if HAS_Z and not SUMMARY:
+            _prefetch_row(z_ptr + row * sz_l + ch_first * sz_d, ahead, pid_d * BLOCK_D, Dg, BLOCK_D)
+    fresh = _fwd_loads(u_row + ch * su_d, delta_row + ch * sdt_d, B_row, C_row, z_row + ch * sz_d, mask_d,
+                       t + PREFETCH < t_end, nleft, sB_n, sC_n, HAS_Z, SUMMARY, ROWS, VECTOR_BC)  # fmt: skip
+    rows = (u_row + su_l, delta_row + sdt_l, z_row + sz_l, B_row + sB_l, C_row + sC_l, out_row + so_l)
+    if PREFETCH:
+        x, dt, Bs, Cs, zt = ring[0]
+        ring = ring[1:] + (fresh,)
+    else:
+        x, dt, Bs, Cs, zt = fresh
+    if HAS_BIAS:
+        dt += bias
+    if SOFTPLUS:
+        dt = _softplus(dt)
+    seg, start, end = _segments(t, L, seq_len, seg_ids_ptr, cu_ptr, pid_b, RESET)
+    if HAS_H0:  # the state before a segment enters through its first step
+        h0 = _state_rows(h0_ptr, seg * STATE, D_total, state_ch, mask_d & start, nleft, ROWS)
+        h = _select_rows(start, h0, h, ROWS)
+    elif RESET != 0:  # without resets only t = 0 starts a segment, where h is still the zero it began as
+        h = _zero_rows_where(start, h, ROWS)
+    dtx = dt * x
+    y = x * Dv if HAS_D and SPLIT == 1 else zero
+    new_h = ()
+    new_decay = ()
+    for n in tl.static_range(ROWS):
+        dA = _exp2(dt * A2[n])
+        h_n = dA * h[n] + dtx * Bs[n]
+        new_h = new_h + (h_n,)
+        if SUMMARY:
+            decay_n = decay[n] * dA
+            if RESET != 0:
+                decay_n = tl.where(start, 0.0, decay_n)
+            new_decay = new_decay + (decay_n,)
+        else:
+            y += h_n * Cs[n]
+    h = new_h
+    if SUMMARY:
+        decay = new_decay
+    else:
+        if SPLIT > 1:  # the other shares' sums, from the partner lanes
+            y = _split_sum(y, SPLIT)
+            if HAS_D:
+                y += x * Dv
+        if HAS_Z:
+            y *= zt * tl.sigmoid(zt)
+        tl.store(out_row + ch * so_d, y.to(out_row.dtype.element_ty), mask=y_mask)
+        if STORE_LAST:
+            _store_state_rows(last_ptr, seg * STATE, D_total, state_ch, mask_d & end, nleft, h, ROWS)
+        if STORE_CKPT:  # noqa: SIM102 (a compile-time branch around a run-time one)
+            # the state after every ckpt_len steps, for the backward (ptxas predicates these stores in every step:
+            # the kernel's BLOCKS walk avoids that); no division (ckpt_len: a compile-time power of two)
+            if ((t + 1) % ckpt_len == 0) | (t == L - 1):
+                base = (pid_b * tl.cdiv(L, ckpt_len) + t // ckpt_len) * STATE
+                _store_state_rows(ckpt_ptr, base, D_total, state_ch, mask_d, nleft, h, ROWS)
+    return h, decay, ring, rows
 
 
 @triton.jit
@@ -1272,11 +1308,18 @@ def is_narrow(dim_per_group: int) -> bool:
 
 
 def plan_chunks(
-    batch: int, groups: int, dim_per_group: int, length: int, device: torch.device, kernel: str = "step"
+    batch: int,
+    groups: int,
+    dim_per_group: int,
+    length: int,
+    device: torch.device,
+    kernel: str = "step",
+    align: int = 1,
 ) -> tuple[int, int]:
     """(chunk length, number of chunks) for the step/tiled forward: split L only as far as needed to fill the GPU
     (TARGET_PROGRAMS_PER_SM one-warp step programs per SM, or TILED_PROGRAMS_PER_SM for the tiled kernel on narrow
-    groups), into chunks of at least 16 steps. Long rows that fill it stay whole (WHOLE_ROWS_WIN)."""
+    groups), into chunks of at least 16 steps, a multiple of `align` steps. Long rows that fill it stay whole
+    (WHOLE_ROWS_WIN)."""
     if forced_chunk_len is not None:
         return forced_chunk_len, triton.cdiv(length, forced_chunk_len)
     if device.type != "cuda":
@@ -1285,7 +1328,7 @@ def plan_chunks(
     per_sm = TILED_PROGRAMS_PER_SM if narrow else TARGET_PROGRAMS_PER_SM
     programs = batch * groups * triton.cdiv(dim_per_group, 32)  # the smallest channel block either kernel gives a group
     nchunks = max(1, min(triton.cdiv(per_sm * _sm_count(device), programs), length // 16))
-    chunk_len = triton.cdiv(length, nchunks)
+    chunk_len = triton.cdiv(triton.cdiv(length, nchunks), align) * align
     return chunk_len, triton.cdiv(length, chunk_len)
 
 
@@ -1389,7 +1432,9 @@ def selective_scan_fwd(
     n_ckpt = triton.cdiv(length, ckpt_len)
     ckpt = torch.empty((batch, n_ckpt, nstate, dim) if save_chunks else (0,), device=u.device, dtype=torch.float32)
     kernel = _fwd_kernel(choice)
-    chunk_len, nchunks = plan_chunks(batch, groups, dim_per_group, length, u.device, choice)
+    # a training forward's chunks start where checkpoint blocks do (the step kernel's CKPT_BLOCKS)
+    align = ckpt_len if save_chunks else 1
+    chunk_len, nchunks = plan_chunks(batch, groups, dim_per_group, length, u.device, choice, align)
     chunk_P = torch.empty((batch, nchunks, nstate, dim) if nchunks > 1 else (0,), device=u.device, dtype=torch.float32)
     chunk_S = torch.empty_like(chunk_P)
     A = A.t().contiguous()
@@ -1410,6 +1455,7 @@ def selective_scan_fwd(
     )  # fmt: skip
     if choice == "step":
         flags["VECTOR_BC"] = vector_bc(B, nstate, layout) and vector_bc(C, nstate, layout)
+        flags["CKPT_BLOCKS"] = save_chunks and (nchunks == 1 or chunk_len % ckpt_len == 0)
 
     def grid(meta: dict) -> tuple[int, int, int]:
         return triton.cdiv(dim_per_group, meta["BLOCK_D"]), groups * nchunks, batch
