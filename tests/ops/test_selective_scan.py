@@ -637,15 +637,16 @@ def test_chunk_two_pass_forward(chunk_len, layout, reset):
 
 
 @pytest.mark.parametrize(
-    "chunk_len, blocks",
-    [(None, True), (16, True), (7, False)],  # whole rows, chunks of 2 checkpoint blocks, chunks across blocks
+    "chunk_len, nstate, blocks",  # whole rows, chunks of 2 checkpoint blocks, chunks across blocks, 16-step blocks
+    [(None, 8, True), (16, 8, True), (7, 8, False), (None, 4, False)],
 )
 @pytest.mark.parametrize("prefetch, unroll", [(4, 2), (8, 8)])
-def test_training_forward_checkpoint_blocks(monkeypatch, chunk_len, blocks, prefetch, unroll):
+def test_training_forward_checkpoint_blocks(monkeypatch, chunk_len, nstate, blocks, prefetch, unroll):
     """The training forward walks whole checkpoint blocks (CKPT_BLOCKS) where its chunks start at multiples of
     ckpt_len (8 at N = 8), then the row's last steps, with B_t/C_t by vector loads whose ring reaches past the row;
-    chunks that start inside a block store checkpoints step by step. Output, last states and every gradient, which
-    the backward computes from those checkpoints; periodic resets across blocks."""
+    chunks that start inside a block, and checkpoint lengths not in CKPT_BLOCK_LENS (16 at N = 4), store checkpoints
+    step by step. Output, last states and every gradient, which the backward computes from those checkpoints;
+    periodic resets across blocks."""
     torch.manual_seed(11)
     launches: list[tuple] = []
     real_launch = chunk._launch_kernel
@@ -660,7 +661,7 @@ def test_training_forward_checkpoint_blocks(monkeypatch, chunk_len, blocks, pref
 
     monkeypatch.setattr(chunk, "_launch_kernel", spy)
     monkeypatch.setattr(chunk, "vector_bc", vector_bc)
-    inputs = make_inputs(2, 36, 20, 8, 2, "BLD", segments=6)  # 4 blocks and 4 steps; segments of 12 steps
+    inputs = make_inputs(2, 36, 20, nstate, 2, "BLD", segments=6)  # (N = 8) 4 blocks and 4 steps; segments of 12
     config = triton.Config({"BLOCK_D": 32, "PREFETCH": prefetch, "UNROLL": unroll}, num_warps=1)
     flags = {"delta_softplus": True, "layout": "BLD", "seq_len": 12}
     with (

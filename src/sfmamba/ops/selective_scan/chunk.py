@@ -42,6 +42,12 @@ RESET_NONE, RESET_PERIODIC, RESET_VARLEN = 0, 1, 2
 _INTERPRETED = tl.constexpr(triton_interpret())  # read at import, as Triton reads TRITON_INTERPRET
 
 
+# checkpoint lengths (bwd_chunk_for) whose training forward walks whole checkpoint blocks (the step kernel's
+# CKPT_BLOCKS): H100, (128, 160, 196, 8), the autotuned configs' best 42.2 -> 38.1 us bf16, 58.2 -> 44.6 fp32
+# (benchmarks/results/s24_20261205); N = 1-4 (16 steps) and N = 16 (4) keep per-step stores until timed
+CKPT_BLOCK_LENS = (8,)
+
+
 def bwd_chunk_for(nstate: int) -> int:
     """Steps per backward program. The forward checkpoints the state every this many steps; the backward keeps
     one chunk's states in registers ([chunk, N, BLOCK_D]), so the chunk shrinks as N grows, and unrolls the chunk
@@ -1433,7 +1439,8 @@ def selective_scan_fwd(
     ckpt = torch.empty((batch, n_ckpt, nstate, dim) if save_chunks else (0,), device=u.device, dtype=torch.float32)
     kernel = _fwd_kernel(choice)
     # a training forward's chunks start where checkpoint blocks do (the step kernel's CKPT_BLOCKS)
-    align = ckpt_len if save_chunks else 1
+    blocks = save_chunks and ckpt_len in CKPT_BLOCK_LENS
+    align = ckpt_len if blocks else 1
     chunk_len, nchunks = plan_chunks(batch, groups, dim_per_group, length, u.device, choice, align)
     chunk_P = torch.empty((batch, nchunks, nstate, dim) if nchunks > 1 else (0,), device=u.device, dtype=torch.float32)
     chunk_S = torch.empty_like(chunk_P)
@@ -1455,7 +1462,7 @@ def selective_scan_fwd(
     )  # fmt: skip
     if choice == "step":
         flags["VECTOR_BC"] = vector_bc(B, nstate, layout) and vector_bc(C, nstate, layout)
-        flags["CKPT_BLOCKS"] = save_chunks and (nchunks == 1 or chunk_len % ckpt_len == 0)
+        flags["CKPT_BLOCKS"] = blocks and (nchunks == 1 or chunk_len % ckpt_len == 0)
 
     def grid(meta: dict) -> tuple[int, int, int]:
         return triton.cdiv(dim_per_group, meta["BLOCK_D"]), groups * nchunks, batch
