@@ -87,8 +87,13 @@ def tiny_and_input():
             elif name.endswith("running_var"):
                 buf.uniform_(0.5, 1.5)
     x = torch.randn(1, 3, 72, 88)  # not a window multiple in either direction
-    with torch.no_grad():
-        ref = model(x)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the tests run (conftest's one_thread starts after this module-scoped fixture)
+    try:
+        with torch.no_grad():
+            ref = model(x)
+    finally:
+        torch.set_num_threads(threads)
     return model, x, ref
 
 

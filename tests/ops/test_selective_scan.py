@@ -76,6 +76,11 @@ def backend(kernel: str):
         set_kernel_backend(None)
 
 
+def vector_bc_where_rows_fit(x, nstate: int, layout: str) -> bool:
+    """`chunk.vector_bc` as on the GPU (which switches it off off the GPU): B/C by vector loads where rows fit."""
+    return chunk.rows_fit_vectors(chunk._bc_strides(x, layout), x.element_size(), x.data_ptr(), nstate)
+
+
 def scan(kernel: str, *args, **kwargs):
     with backend(kernel):
         return selective_scan(*args, **kwargs)
@@ -604,11 +609,8 @@ def test_forward_vector_bc_loads(monkeypatch, dtype, nstate, split):
         launches.append(flags.get("VECTOR_BC", -1))
         return real_launch(kernel, grid, *args, **flags)
 
-    def vector_bc(x, nstate, layout):
-        return chunk.rows_fit_vectors(chunk._bc_strides(x, layout), x.element_size(), x.data_ptr(), nstate)
-
     monkeypatch.setattr(chunk, "_launch_kernel", spy)
-    monkeypatch.setattr(chunk, "vector_bc", vector_bc)
+    monkeypatch.setattr(chunk, "vector_bc", vector_bc_where_rows_fit)
     inputs = make_inputs(2, 17, 20, nstate, 2, "BLD", segments=None)
     config = triton.Config({"BLOCK_D": 32 // split, "PREFETCH": 4, "UNROLL": 2, "SPLIT": split}, num_warps=1)
     with forced_configs(chunk.selective_scan_fwd_kernel, [config]):
@@ -648,7 +650,7 @@ def test_training_forward_checkpoint_blocks(monkeypatch, chunk_len, nstate, bloc
     step by step. Output, last states and every gradient, which the backward computes from those checkpoints;
     periodic resets across blocks."""
     torch.manual_seed(11)
-    launches: list[tuple] = []
+    launches: list[bool] = []
     real_launch = chunk._launch_kernel
 
     def spy(kernel, grid, *args, **flags):
@@ -656,11 +658,8 @@ def test_training_forward_checkpoint_blocks(monkeypatch, chunk_len, nstate, bloc
             launches.append(flags.get("CKPT_BLOCKS"))
         return real_launch(kernel, grid, *args, **flags)
 
-    def vector_bc(x, nstate, layout):
-        return chunk.rows_fit_vectors(chunk._bc_strides(x, layout), x.element_size(), x.data_ptr(), nstate)
-
     monkeypatch.setattr(chunk, "_launch_kernel", spy)
-    monkeypatch.setattr(chunk, "vector_bc", vector_bc)
+    monkeypatch.setattr(chunk, "vector_bc", vector_bc_where_rows_fit)
     inputs = make_inputs(2, 36, 20, nstate, 2, "BLD", segments=6)  # (N = 8) 4 blocks and 4 steps; segments of 12
     config = triton.Config({"BLOCK_D": 32, "PREFETCH": prefetch, "UNROLL": unroll}, num_warps=1)
     flags = {"delta_softplus": True, "layout": "BLD", "seq_len": 12}
@@ -673,7 +672,7 @@ def test_training_forward_checkpoint_blocks(monkeypatch, chunk_len, nstate, bloc
 
 
 def test_training_chunks_start_at_checkpoint_blocks(monkeypatch):
-    """On the GPU the planner splits a training forward's rows into chunks of whole checkpoint blocks."""
+    """For a GPU (132 SMs), the planner splits a training forward's rows into chunks of whole checkpoint blocks."""
     monkeypatch.setattr(chunk, "_sm_count", lambda device: 132)
     cuda = torch.device("cuda")
     for length in (49, 196, 3136):

@@ -43,8 +43,8 @@ _INTERPRETED = tl.constexpr(triton_interpret())  # read at import, as Triton rea
 
 
 # checkpoint lengths (bwd_chunk_for) whose training forward walks whole checkpoint blocks (the step kernel's
-# CKPT_BLOCKS): H100, (128, 160, 196, 8), the autotuned configs' best 42.2 -> 38.1 us bf16, 58.2 -> 44.6 fp32
-# (benchmarks/results/s24_20261205); N = 1-4 (16 steps) and N = 16 (4) keep per-step stores until timed
+# CKPT_BLOCKS): H100, (128, 160, 196, 8), the best of the ring, SPLIT2 and BD32 P4 U4 42.2 -> 38.1 us bf16, 58.2 ->
+# 44.6 fp32 (benchmarks/results/s24_20261205); N = 1-4 (16 steps) and N = 16 (4) keep per-step stores until timed
 CKPT_BLOCK_LENS = (8,)
 
 
