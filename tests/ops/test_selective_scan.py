@@ -1313,6 +1313,28 @@ def test_vector_bc_is_off_off_the_gpu():
     assert not chunk.vector_bc(B, 8, "BLD")
 
 
+@triton.jit
+def _state_vector_kernel(ptr, out_ptr, valid, COUNT: tl.constexpr):
+    values = chunk._state_vector(ptr, valid != 0, COUNT)
+    for i in tl.static_range(COUNT):
+        tl.store(out_ptr + i, values[i])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_vector_loads_read_nan_where_predicated_off(dtype):
+    """The interpreter's stand-in for the B/C vector loads reads the values where `valid`, and NaN where not: the GPU
+    leaves those registers undefined, so a kernel must never compute with them (a masked step's 0 x B_t gave NaN in
+    bf16 on an H100 while zeros here passed, session 24)."""
+    values = torch.randn(8).to(dtype)
+    for valid in (1, 0):
+        out = torch.zeros(8)
+        _state_vector_kernel[(1,)](values, out, valid, COUNT=8)
+        if valid:
+            torch.testing.assert_close(out, values.float(), rtol=0, atol=0)
+        else:
+            assert out.isnan().all(), out
+
+
 @pytest.mark.parametrize("grouped", [False, True])
 def test_bdl_reaches_the_kernels_with_channels_adjacent(monkeypatch, grouped):
     """mamba_ssm's (batch, D, L) layout keeps L contiguous, so one step's channels are L apart: uncoalesced loads in

@@ -40,6 +40,7 @@ from .partials import sum_bc_partials, sum_param_partials
 RESET_NONE, RESET_PERIODIC, RESET_VARLEN = 0, 1, 2
 # the interpreter runs no inline PTX: the kernels' PTX pieces (lane ids, shuffles, vector loads) take Triton ops there
 _INTERPRETED = tl.constexpr(triton_interpret())  # read at import, as Triton reads TRITON_INTERPRET
+NAN_WORD = tl.constexpr(0x7FC07FC0)  # a NaN as one fp32 or as two bf16 (fp16: 0x7FC0 is NaN too)
 
 
 # checkpoint lengths (bwd_chunk_for) whose training forward walks whole checkpoint blocks (the step kernel's
@@ -154,13 +155,15 @@ def _bwd_step(raw, dout, zt, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexp
 def _load_words(ptr, valid, WORDS: tl.constexpr):
     """WORDS (1, 2 or 4) 32-bit words at the WORDS x 4-byte aligned `ptr` by one read-only (vector) load, as a tuple of
     int32s; where not `valid` nothing is read (the words are then undefined). The interpreter, which runs no inline
-    PTX, reads the same words one by one."""
+    PTX, reads the same words one by one and gives NaN words where not `valid` (both bf16 halves and the fp32 word
+    NaN): a kernel that computes with them fails its CPU tests, as it can on the GPU (session 24's masked training
+    forward: 0 x an undefined B_t gave NaN in bf16 on an H100 while the interpreter's zeros passed)."""
     tl.static_assert(WORDS == 1 or WORDS == 2 or WORDS == 4, "loads of B/C words take 4, 8 or 16 bytes")
     if _INTERPRETED:
         word_ptr = ptr.to(tl.pointer_type(tl.int32), bitcast=True)
         words = ()
         for j in tl.static_range(WORDS):
-            words = words + (tl.load(word_ptr + j, mask=valid, other=0),)
+            words = words + (tl.load(word_ptr + j, mask=valid, other=NAN_WORD),)
     elif WORDS == 4:
         words = tl.inline_asm_elementwise(
             "{ .reg .pred p; setp.ne.b32 p, $5, 0; @p ld.global.nc.v4.b32 {$0, $1, $2, $3}, [$4]; }",
