@@ -140,6 +140,8 @@ def main() -> None:
     )
     parser.add_argument("--items", type=int, nargs="+", default=None, help=argparse.SUPPRESS)  # a precompiling child
     args = parser.parse_args()
+    if args.train and args.kernel != "fwd":
+        parser.error(f"--train times the training forward: it needs --kernel fwd, got --kernel {args.kernel}")
     start = time.time()
     bench_args = SimpleNamespace(rep_ms=args.rep_ms, warmup_ms=10)
     layout, fn = providers(None)["sfmamba-BLD"]
