@@ -488,6 +488,11 @@ def selective_scan_fwd_kernel(
     rows = (u_ptr + (t_start + PREFETCH) * su_l, delta_ptr + (t_start + PREFETCH) * sdt_l,
             z_ptr + (t_start + PREFETCH) * sz_l, B_ptr + (t_start + PREFETCH) * sB_l,
             C_ptr + (t_start + PREFETCH) * sC_l, out_ptr + t_start * so_l)  # fmt: skip
+    # what every step reads besides its own loads (tuples: one argument list for both loops below)
+    ptrs = (u_ptr, delta_ptr, z_ptr, h0_ptr, seg_ids_ptr, cu_ptr, last_ptr, ckpt_ptr)
+    lanes = (A2, Dv, bias, zero, ch, ch_first, mask_d, y_mask, state_ch, nleft)
+    sizes = (L, Dg, seq_len, pid_b, pid_d, D_total, STATE)
+    strides = (su_l, su_d, sdt_l, sdt_d, sz_l, sz_d, so_l, so_d, sB_l, sB_n, sC_l, sC_n)
     t_blocks = t_start  # the end of the steps walked in whole checkpoint blocks
     if BLOCKS:
         # each block of ckpt_len steps (a compile-time power of two) unrolled whole, its checkpoint stored after it.
@@ -497,12 +502,10 @@ def selective_scan_fwd_kernel(
         t_blocks = t_start + (t_end - t_start) // ckpt_len * ckpt_len
         for t0 in tl.range(t_start, t_blocks, ckpt_len):
             for i in tl.static_range(ckpt_len):
-                h, decay, ring, rows = _fwd_step(
-                    t0 + i, t_end, h, decay, ring, rows, u_ptr, delta_ptr, z_ptr, h0_ptr, seg_ids_ptr, cu_ptr,
-                    last_ptr, ckpt_ptr, A2, Dv, bias, zero, ch, ch_first, mask_d, y_mask, state_ch, nleft, L, Dg,
-                    seq_len, pid_b, pid_d, D_total, STATE, su_l, su_d, sdt_l, sdt_d, sz_l, sz_d, so_l, so_d, sB_l,
-                    sB_n, sC_l, sC_n, ckpt_len, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, HAS_H0, RESET, STORE_LAST, False,
-                    SUMMARY, BLOCK_D, ROWS, PREFETCH, VECTOR_BC, AHEAD, SPLIT)  # fmt: skip
+                h, decay, ring, rows = _fwd_step(t0 + i, t_end, h, decay, ring, rows, ptrs, lanes, sizes, strides,
+                                                 ckpt_len, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, HAS_H0, RESET,
+                                                 STORE_LAST, False, SUMMARY, BLOCK_D, ROWS, PREFETCH, VECTOR_BC,
+                                                 AHEAD, SPLIT)  # fmt: skip
             _store_state_rows(ckpt_ptr, (pid_b * tl.cdiv(L, ckpt_len) + t0 // ckpt_len) * STATE, D_total, state_ch,
                               mask_d, nleft, h, ROWS)  # fmt: skip
     # UNROLL > 1: ptxas interleaves consecutive steps' math (only h carries over a step); one warp per scheduler then
@@ -510,28 +513,29 @@ def selective_scan_fwd_kernel(
     # (BLOCKS): the row's last steps (fewer than a block: one step per iteration), their checkpoint stored at L - 1
     LOOP_UNROLL: tl.constexpr = 1 if BLOCKS else UNROLL
     for t in tl.range(t_blocks, t_end, loop_unroll_factor=LOOP_UNROLL):
-        h, decay, ring, rows = _fwd_step(
-            t, t_end, h, decay, ring, rows, u_ptr, delta_ptr, z_ptr, h0_ptr, seg_ids_ptr, cu_ptr, last_ptr,
-            ckpt_ptr, A2, Dv, bias, zero, ch, ch_first, mask_d, y_mask, state_ch, nleft, L, Dg, seq_len, pid_b, pid_d,
-            D_total, STATE, su_l, su_d, sdt_l, sdt_d, sz_l, sz_d, so_l, so_d, sB_l, sB_n, sC_l, sC_n, ckpt_len, HAS_D,
-            HAS_Z, HAS_BIAS, SOFTPLUS, HAS_H0, RESET, STORE_LAST, STORE_CKPT and not SUMMARY, SUMMARY, BLOCK_D, ROWS,
-            PREFETCH, VECTOR_BC, AHEAD, SPLIT)  # fmt: skip
+        h, decay, ring, rows = _fwd_step(t, t_end, h, decay, ring, rows, ptrs, lanes, sizes, strides, ckpt_len, HAS_D,
+                                         HAS_Z, HAS_BIAS, SOFTPLUS, HAS_H0, RESET, STORE_LAST,
+                                         STORE_CKPT and not SUMMARY, SUMMARY, BLOCK_D, ROWS, PREFETCH, VECTOR_BC, AHEAD,
+                                         SPLIT)  # fmt: skip
     if SUMMARY:
         _store_state_rows(chunk_P_ptr, chunk_base + c * STATE, D_total, state_ch, mask_d, nleft, decay, ROWS)
         _store_state_rows(chunk_S_ptr, chunk_base + c * STATE, D_total, state_ch, mask_d, nleft, h, ROWS)
 
 
 @triton.jit
-def _fwd_step(t, t_end, h, decay, ring, rows, u_ptr, delta_ptr, z_ptr, h0_ptr, seg_ids_ptr, cu_ptr, last_ptr, ckpt_ptr,
-              A2, Dv, bias, zero, ch, ch_first, mask_d, y_mask, state_ch, nleft, L, Dg, seq_len, pid_b, pid_d, D_total,
-              STATE, su_l, su_d, sdt_l, sdt_d, sz_l, sz_d, so_l, so_d, sB_l, sB_n, sC_l, sC_n, ckpt_len: tl.constexpr,
+def _fwd_step(t, t_end, h, decay, ring, rows, ptrs, lanes, sizes, strides, ckpt_len: tl.constexpr,
               HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
               HAS_H0: tl.constexpr, RESET: tl.constexpr, STORE_LAST: tl.constexpr, STORE_CKPT: tl.constexpr,
               SUMMARY: tl.constexpr, BLOCK_D: tl.constexpr, ROWS: tl.constexpr, PREFETCH: tl.constexpr,
               VECTOR_BC: tl.constexpr, AHEAD: tl.constexpr, SPLIT: tl.constexpr):  # fmt: skip
     """One step of the forward: step t + PREFETCH's loads issued, step t's state update, y stored (or the chunk's
     decay product, SUMMARY), and with STORE_CKPT the state where a checkpoint block ends. `rows`: the (u, delta, z,
-    B, C) pointers at step t + PREFETCH and out's at step t."""
+    B, C) pointers at step t + PREFETCH and out's at step t; `ptrs`, `lanes`, `sizes`, `strides`: as the kernel
+    packs them."""
+    u_ptr, delta_ptr, z_ptr, h0_ptr, seg_ids_ptr, cu_ptr, last_ptr, ckpt_ptr = ptrs
+    A2, Dv, bias, zero, ch, ch_first, mask_d, y_mask, state_ch, nleft = lanes
+    L, Dg, seq_len, pid_b, pid_d, D_total, STATE = sizes
+    su_l, su_d, sdt_l, sdt_d, sz_l, sz_d, so_l, so_d, sB_l, sB_n, sC_l, sC_n = strides
     u_row, delta_row, z_row, B_row, C_row, out_row = rows
     if AHEAD:  # hints that pull step t + AHEAD's rows towards L1 without holding registers
         ahead = t + AHEAD < t_end
