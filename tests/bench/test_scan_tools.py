@@ -71,6 +71,16 @@ def test_scan_configs_times_the_autotuner_unless_told_not_to(bench_module, monke
     assert labels.count("autotuned") == (0 if no_autotuned else 1)
 
 
+def test_scan_configs_train_needs_the_forward_kernel(bench_module, monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(BENCH_OPS / "experiments"))
+    scan_configs = bench_module("scan_configs")
+    monkeypatch.setattr(sys, "argv", ["scan_configs.py", "--kernel", "bwd", "--train"])
+    with pytest.raises(SystemExit) as exit_info:
+        scan_configs.main()
+    assert exit_info.value.code == 2
+    assert "--train times the training forward: it needs --kernel fwd, got --kernel bwd" in capsys.readouterr().err
+
+
 _REASONS = ("long_scoreboard", "math_pipe_throttle", "wait")
 _STALLS = [f"smsp__average_warps_issue_stalled_{r}_per_issue_active.ratio" for r in _REASONS]
 _HEADER = ["ID", "Kernel Name", "gpu__time_duration.sum", "launch__registers_per_thread",
