@@ -83,6 +83,11 @@
 #   scan-table       issue #2's table: step forward vs mamba_ssm, fwd and fwd+bwd, 5 shapes, CUDA graphs
 #                    (after mamba-build in the same call, or with a built .so in .bench_deps/ext; every config built
 #                    first in 16 processes; SHAPES="0 2" for some of the shapes)                               (~4 min)
+#   scan-train-blocks the training forward at N = 16 (4-step checkpoints) and VMamba's N = 1, G = 4 (16-step), with
+#                    checkpoint blocks only at 8 steps (CKPT_BLOCK_LENS, the default) and at 4, 8 and 16: the ring,
+#                    SPLIT 2 and BD32 P4 U4, bf16 and fp32, each checked through a TILES backward              (~6 min)
+#   scan-fb-profile  every kernel of one fwd+bwd through the op and its time (torch.profiler) against the step's CUDA-graph
+#                    time, (128, 160, 196, 8) and (128, 320, 49, 8), bf16 and fp32 (scan_fb_profile.py)        (~2 min)
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 if [ -z "${PY:-}" ]; then
@@ -265,6 +270,17 @@ run_step() {
         | tee "$dir/log.txt" | grep -v Warning ;;
     bc-align)
       "$PY" benchmarks/models/bench_bc_alignment.py --out "$dir" 2>&1 | tee "$dir/log.txt" | grep -v Warning ;;
+    scan-train-blocks)
+      for lens in "8" "4 8 16"; do
+        "$PY" benchmarks/ops/experiments/scan_configs.py --kernel fwd --train --no-autotuned --shapes \
+          --extra-shapes 128,160,196,16 128,384,3136,1,4 --dtypes bfloat16 float32 --chunks 0 \
+          --fwd-configs '{"BLOCK_D": 32, "PREFETCH": 8, "UNROLL": 8}' '{"BLOCK_D": 16, "SPLIT": 2, "PREFETCH": 8, "UNROLL": 8}' \
+          '{"BLOCK_D": 32, "PREFETCH": 4, "UNROLL": 4}' --ckpt-block-lens $lens --precompile 12 --budget-s 120 \
+          --out-dir "$dir" 2>&1 | tee -a "$dir/log.txt" | grep -v Warning
+      done ;;
+    scan-fb-profile)
+      "$PY" benchmarks/ops/experiments/scan_fb_profile.py --out "$dir/scan_fb_profile.json" 2>&1 | tee "$dir/log.txt" \
+        | grep -v Warning ;;
     scan-table)
       PYTHONPATH=".bench_deps/ext:.bench_deps:$PYTHONPATH" "$PY" benchmarks/ops/bench_selective_scan.py --timers graph \
         --folds --providers sfmamba-BLD mamba_ssm --precompile 16 ${SHAPES:+--shapes $SHAPES} --out-dir "$dir" 2>&1 \

@@ -639,17 +639,26 @@ def test_chunk_two_pass_forward(chunk_len, layout, reset):
 
 
 @pytest.mark.parametrize(
-    "chunk_len, nstate, blocks",  # whole rows, chunks of 2 checkpoint blocks, chunks across blocks, 16-step blocks
-    [(None, 8, True), (16, 8, True), (7, 8, False), (None, 4, False)],
+    "chunk_len, nstate, block_lens, blocks",  # whole rows, chunks of 2 checkpoint blocks, chunks across blocks,
+    # 16-step checkpoints stored per step unless their length is among the block lengths, 4-step blocks (N = 16)
+    [
+        (None, 8, (8,), True),
+        (16, 8, (8,), True),
+        (7, 8, (8,), False),
+        (None, 4, (8,), False),
+        (None, 4, (4, 8, 16), True),
+        (None, 16, (4, 8, 16), True),
+    ],
 )
 @pytest.mark.parametrize("prefetch, unroll", [(4, 2), (8, 8)])
-def test_training_forward_checkpoint_blocks(monkeypatch, chunk_len, nstate, blocks, prefetch, unroll):
+def test_training_forward_checkpoint_blocks(monkeypatch, chunk_len, nstate, block_lens, blocks, prefetch, unroll):
     """The training forward walks whole checkpoint blocks (CKPT_BLOCKS) where its chunks start at multiples of
-    ckpt_len (8 at N = 8), then the row's last steps, with B_t/C_t by vector loads whose ring reaches past the row;
-    chunks that start inside a block, and checkpoint lengths not in CKPT_BLOCK_LENS (16 at N = 4), store checkpoints
-    step by step. Output, last states and every gradient, which the backward computes from those checkpoints;
-    periodic resets across blocks."""
+    ckpt_len (8 at N = 8) and ckpt_len is in CKPT_BLOCK_LENS, then the row's last steps, with B_t/C_t by vector
+    loads whose ring reaches past the row; chunks that start inside a block, and other checkpoint lengths, store
+    checkpoints step by step. Output, last states and every gradient, which the backward computes from those
+    checkpoints; periodic resets across blocks."""
     torch.manual_seed(11)
+    monkeypatch.setattr(chunk, "CKPT_BLOCK_LENS", block_lens)
     launches: list[bool] = []
     real_launch = chunk._launch_kernel
 

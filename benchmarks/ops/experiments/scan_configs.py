@@ -14,7 +14,8 @@ per backward program, `chunk.forced_bwd_span`; 0 = `plan_bwd_spans`', 1 = one ch
 13). `--kernel fwd`: each forward config
 (BLOCK_D x warps x UNROLL) at each `--prefetch` depth and each `--chunks` count (0 = the planner's), timing the
 inference forward, or with `--train` the training forward (which also stores the backward's checkpoint states; checked
-through a backward of the one config `--bwd-configs`, TILES by default). Every setting is checked against the
+through a backward of the one config `--bwd-configs`, TILES by default; `--ckpt-block-lens 4 8 16` walks those
+checkpoint lengths in whole blocks). Every setting is checked against the
 fp32 reference (`rel_err`; forward and every gradient for bwd). Prints registers/spills of the last compiled variant and the autotuner's own pick (timed the
 same way; its JSON is rewritten after every row), and writes benchmarks/results/scan_configs_<kernel>_<date>.json (the backward's first run, 2026-12-02,
 was written as bwd_configs_<date>.json).
@@ -132,6 +133,13 @@ def main() -> None:
     parser.add_argument("--no-vector-bc", action="store_true", help="fwd: B_t/C_t by scalar loads (no VECTOR_BC)")
     parser.add_argument("--train", action="store_true", help="fwd: time the training forward (checkpoints stored)")
     parser.add_argument("--no-autotuned", action="store_true", help="time only the given configs, not the autotuner")
+    parser.add_argument(
+        "--ckpt-block-lens",
+        type=int,
+        nargs="+",
+        default=None,
+        help="fwd --train: the checkpoint lengths walked in whole blocks (chunk.CKPT_BLOCK_LENS; others store per step)",
+    )
     parser.add_argument("--out-dir", type=Path, default=HERE.parent.parent / "results")
     parser.add_argument("--rep-ms", type=int, default=60)
     parser.add_argument("--budget-s", type=float, default=300)
@@ -146,6 +154,8 @@ def main() -> None:
     bench_args = SimpleNamespace(rep_ms=args.rep_ms, warmup_ms=10)
     layout, fn = providers(None)["sfmamba-BLD"]
     kernel = KERNELS[args.kernel]
+    if args.ckpt_block_lens is not None:
+        K.CKPT_BLOCK_LENS = tuple(args.ckpt_block_lens)
     if args.no_vector_bc:
         K.vector_bc = lambda *_: False
     if args.kernel == "bwd" and args.fwd_configs:
