@@ -86,6 +86,9 @@
 #   scan-train-blocks the training forward at N = 16 (4-step checkpoints) and VMamba's N = 1, G = 4 (16-step), with
 #                    checkpoint blocks only at 8 steps (CKPT_BLOCK_LENS, the default) and at 4, 8 and 16: the ring,
 #                    SPLIT 2 and BD32 P4 U4, bf16 and fp32, each checked through a TILES backward              (~6 min)
+#   scan-bwd-maxnreg the backward at (128, 320, 49, 8): 1280 one-warp programs, of which 1056 fit the H100 at once with
+#                    ROWS' 255 registers (8 warps per SM), all with <= 200 (10 per SM): ROWS and TILES capped at 224 / 200
+#                    registers vs uncapped, fwd+bwd, bf16 and fp32, each checked (scan_configs.py --kernel bwd) (~4 min)
 #   scan-fb-profile  every kernel of one fwd+bwd through the op and its time (torch.profiler) against the step's CUDA-graph
 #                    time, (128, 160, 196, 8) and (128, 320, 49, 8), bf16 and fp32 (scan_fb_profile.py)        (~2 min)
 set -uo pipefail
@@ -278,6 +281,11 @@ run_step() {
           '{"BLOCK_D": 32, "PREFETCH": 4, "UNROLL": 4}' --ckpt-block-lens $lens --precompile 12 --budget-s 120 \
           --out-dir "$dir" 2>&1 | tee -a "$dir/log.txt" | grep -v Warning
       done ;;
+    scan-bwd-maxnreg)
+      "$PY" benchmarks/ops/experiments/scan_configs.py --kernel bwd --no-autotuned --shapes 2 --dtypes bfloat16 float32 \
+        --unroll 16 --bwd-configs '{"ROWS": 1}' '{"ROWS": 1, "maxnreg": 224}' '{"ROWS": 1, "maxnreg": 200}' \
+        '{"TILES": 1}' '{"TILES": 1, "maxnreg": 200}' --precompile 10 --budget-s 150 --out-dir "$dir" 2>&1 \
+        | tee "$dir/log.txt" | grep -v Warning ;;
     scan-fb-profile)
       "$PY" benchmarks/ops/experiments/scan_fb_profile.py --out "$dir/scan_fb_profile.json" 2>&1 | tee "$dir/log.txt" \
         | grep -v Warning ;;
