@@ -1267,7 +1267,8 @@ def test_static_loop_counts_of_step_forward(tmp_path):
     arithmetic: LEA); B_t/C_t by 16-byte loads save a tenth; four channels per thread (BLOCK_D 128 on one warp) issue
     fewer instructions per channel-step than one (per-warp loads of B_t/C_t and addresses amortised); loading two steps
     ahead (PREFETCH 2) costs at most a quarter more than one step ahead; two lanes per channel (SPLIT) take one
-    shuffle per step and at most three quarters of the instructions per warp-step of one channel per lane."""
+    shuffle per step and at most three quarters of the instructions per warp-step of one channel per lane. Each main
+    loop's fixed stalls (read from the instructions' control bits) come to 1-3 cycles per instruction."""
     script = Path(__file__).resolve().parents[2] / "benchmarks/ops/experiments/sass_loop_counts.py"
     out = tmp_path / "counts.json"
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"} | {"TOPN": "40"}
@@ -1294,6 +1295,8 @@ def test_static_loop_counts_of_step_forward(tmp_path):
     split, whole = rows["step fwd vec split BD16 P8 U8"], rows["step fwd vec BD32 P8 U8"]
     assert split["top_opcodes"].get("SHFL") == split["steps_per_loop"] == 8, split
     assert split["loop_instructions"] < 0.75 * whole["loop_instructions"], (split, whole)
+    stalls = {name: row["loop_stall_cycles"] / row["loop_instructions"] for name, row in rows.items()}
+    assert all(1.0 <= ratio <= 3.0 for ratio in stalls.values()), stalls
 
 
 @pytest.mark.parametrize(
