@@ -89,6 +89,9 @@
 #   scan-bwd-maxnreg the backward at (128, 320, 49, 8): 1280 one-warp programs, of which 1056 fit the H100 at once with
 #                    ROWS' 255 registers (8 warps per SM), all with <= 200 (10 per SM): ROWS and TILES capped at 224 / 200
 #                    registers vs uncapped, fwd+bwd, bf16 and fp32, each checked (scan_configs.py --kernel bwd) (~4 min)
+#   scan-folds       batch folding through fold_scan's path (2 and 4 images per row, state reset between them) vs unfolded
+#                    vs mamba_ssm, fwd and fwd+bwd, CUDA graphs (the shipped H100 fold table was measured on the
+#                    forward of 2026-11-22's kernel; carry .bench_deps; SHAPES="2 0" for some of the shapes)    (~5 min)
 #   scan-fb-profile  every kernel of one fwd+bwd through the op and its time (torch.profiler) against the step's CUDA-graph
 #                    time, (128, 160, 196, 8) and (128, 320, 49, 8), bf16 and fp32 (scan_fb_profile.py)        (~2 min)
 set -uo pipefail
@@ -286,8 +289,12 @@ run_step() {
         --unroll 16 --bwd-configs '{"ROWS": 1}' '{"ROWS": 1, "maxnreg": 224}' '{"ROWS": 1, "maxnreg": 200}' \
         '{"TILES": 1}' '{"TILES": 1, "maxnreg": 200}' --precompile 10 --budget-s 150 --out-dir "$dir" 2>&1 \
         | tee "$dir/log.txt" | grep -v Warning ;;
+    scan-folds)
+      PYTHONPATH=".bench_deps/ext:.bench_deps:$PYTHONPATH" "$PY" benchmarks/ops/bench_selective_scan.py --timers graph \
+        --folds 2 4 --providers sfmamba-BLD sfmamba-BLD-fold2 sfmamba-BLD-fold4 mamba_ssm --precompile 16 \
+        ${SHAPES:+--shapes $SHAPES} --out-dir "$dir" 2>&1 | tee "$dir/log.txt" | grep -v Warning | tail -45 ;;
     scan-fb-profile)
-      "$PY" benchmarks/ops/experiments/scan_fb_profile.py --out "$dir/scan_fb_profile.json" 2>&1 | tee "$dir/log.txt" \
+      "$PY" benchmarks/ops/experiments/scan_fb_profile.py --shapes ${SHAPES:-0 2} --out "$dir/scan_fb_profile.json" 2>&1 | tee "$dir/log.txt" \
         | grep -v Warning ;;
     scan-table)
       PYTHONPATH=".bench_deps/ext:.bench_deps:$PYTHONPATH" "$PY" benchmarks/ops/bench_selective_scan.py --timers graph \

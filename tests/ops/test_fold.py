@@ -146,12 +146,15 @@ def test_largest_divisor_at_most():
 
 
 def test_shipped_defaults_are_valid():
+    """The shipped table parses, and on an H100 MambaVision-T's batch-128 scans run unfolded in both dtypes: folds 2
+    and 4 lost everywhere in session 25 (fp32 (128, 160, 196, 8) fold 2, the table's pick until then, took 104.0 us
+    forward against 38.9 unfolded)."""
     data = json.loads(SHIPPED_TABLE_PATH.read_text())
-    index = fold_mod._parse_table(data)
-    h100 = data["devices"]["NVIDIA H100 80GB HBM3"]
-    assert h100["source"]
-    assert index["NVIDIA H100 80GB HBM3"][("bfloat16", 196, 160, 8)] == {128: 1}
-    assert index["NVIDIA H100 80GB HBM3"][("float32", 51, 320, 8)] == {128: 1}
+    index = fold_mod._parse_table(data)["NVIDIA H100 80GB HBM3"]
+    assert data["devices"]["NVIDIA H100 80GB HBM3"]["source"]
+    for dtype in ("bfloat16", "float32"):
+        for length, dim in ((196, 160), (198, 160), (49, 320), (51, 320)):
+            assert index[(dtype, length, dim, 8)] == {128: 1}, (dtype, length, dim)
 
 
 @pytest.mark.parametrize("bad", [0, -1, 1.5, True, None])

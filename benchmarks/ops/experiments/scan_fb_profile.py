@@ -73,10 +73,10 @@ def main() -> None:
             torch.cuda.synchronize()
             graph_us = triton.testing.do_bench_cudagraph(call, rep=200) * 1e3
             kernels = kernel_times(call, args.calls)
-            print(f"\n{shape.name()} {name}: graph {graph_us:.1f} us, kernels {sum(kernels.values()):.1f} us")
+            print(f"\n{shape.name} {name}: graph {graph_us:.1f} us, kernels {sum(kernels.values()):.1f} us")
             for kernel, us in kernels.items():
                 print(f"  {us:8.1f}  {kernel[:110]}")
-            rows.append(dict(shape=shape.name(), dtype=name, graph_us=graph_us, kernels_us=kernels))
+            rows.append(dict(shape=shape.name, dtype=name, graph_us=graph_us, kernels_us=kernels))
     meta = dict(date=stamp, device=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__,
                 calls=args.calls)  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
