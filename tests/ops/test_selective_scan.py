@@ -619,6 +619,31 @@ def test_forward_vector_bc_loads(monkeypatch, dtype, nstate, split):
     assert launches and 1 in launches, launches  # the forward launches took the vector loads
 
 
+@pytest.mark.parametrize("chunk_len, summary", [(12, False), (24, False), (16, True)])
+@pytest.mark.parametrize("initial", [False, True])
+def test_chunks_at_segment_starts_skip_the_summary(monkeypatch, chunk_len, summary, initial):
+    """Chunks that each start a segment (periodic resets every 12 steps, chunks of 12 or 24) run the main pass alone,
+    with no summary pass or combine: the reset at a chunk's first step replaces the incoming state (the initial
+    state's segment's, where given). Chunks of 16 still take the summary pass. Output, initial and last states, and
+    every gradient."""
+    torch.manual_seed(7)
+    summaries: list[bool] = []
+    real_launch = chunk._launch_kernel
+
+    def spy(kernel, grid, *args, **flags):
+        if kernel is chunk.selective_scan_fwd_kernel:
+            summaries.append(flags["SUMMARY"])
+        return real_launch(kernel, grid, *args, **flags)
+
+    monkeypatch.setattr(chunk, "_launch_kernel", spy)
+    inputs = make_inputs(2, 48, 20, 4, 1, "BLD", segments=8 if initial else None)
+    flags = {"delta_softplus": True, "layout": "BLD", "seq_len": 12}
+    with mock.patch.dict(FORCED_CHUNK_LEN, {"triton-2pass": chunk_len}):
+        compare_with_reference(inputs, torch.float32, flags, backward=True, return_last_state=True,
+                               kernel="triton-2pass")  # fmt: skip
+    assert summaries and any(summaries) == summary, summaries
+
+
 @pytest.mark.parametrize("chunk_len", [5, 16])
 @pytest.mark.parametrize("layout, reset", [("BDL", None), ("BLD", None), ("BDL", "seq_len"), ("BLD", "cu_seqlens")])
 def test_chunk_two_pass_forward(chunk_len, layout, reset):

@@ -1449,8 +1449,13 @@ def selective_scan_fwd(
     blocks = save_chunks and ckpt_len in CKPT_BLOCK_LENS
     align = ckpt_len if blocks else 1
     chunk_len, nchunks = plan_chunks(batch, groups, dim_per_group, length, u.device, choice, align)
+    # chunks that each start a segment (resets every `period` steps, chunks a multiple of it, e.g. a folded batch
+    # split at its images) take no incoming state: the reset at their first step replaces it, so no summary pass and
+    # no combine (H100, fold 2 at (128, 160, 196, 8) fp32: chunks of one image each, 104.0 us with them against 38.9
+    # unfolded; benchmarks/results/s25_20261206)
+    independent = nchunks > 1 and reset == 1 and chunk_len % period == 0
     chunk_P = torch.empty((batch, nchunks, nstate, dim) if nchunks > 1 else (0,), device=u.device, dtype=torch.float32)
-    chunk_S = torch.empty_like(chunk_P)
+    chunk_S = torch.zeros_like(chunk_P) if independent else torch.empty_like(chunk_P)
     A = A.t().contiguous()
     anything = u  # stands in for absent optional tensors; never read
     args = (
@@ -1475,7 +1480,7 @@ def selective_scan_fwd(
         return triton.cdiv(dim_per_group, meta["BLOCK_D"]), groups * nchunks, batch
 
     with _on_device(u.device):
-        if nchunks > 1:
+        if nchunks > 1 and not independent:
             _launch_kernel(kernel, grid, *args, **flags, SUMMARY=True)
             combine_chunks(chunk_P, chunk_S, reverse=False)
         _launch_kernel(kernel, grid, *args, **flags, SUMMARY=False)
