@@ -1451,8 +1451,8 @@ def selective_scan_fwd(
     chunk_len, nchunks = plan_chunks(batch, groups, dim_per_group, length, u.device, choice, align)
     # chunks that each start a segment (resets every `period` steps, chunks a multiple of it, e.g. a folded batch
     # split at its images) take no incoming state: the reset at their first step replaces it, so no summary pass and
-    # no combine (H100, fold 2 at (128, 160, 196, 8) fp32: chunks of one image each, 104.0 us with them against 38.9
-    # unfolded; benchmarks/results/s25_20261206)
+    # no combine. (H100, fold 2 at (128, 160, 196, 8) fp32, whose rows were split into chunks of one image each: 104.0
+    # us with the summary pass and the combine against 38.9 unfolded, benchmarks/results/s25_20261206; untimed since)
     independent = nchunks > 1 and reset == 1 and chunk_len % period == 0
     chunk_P = torch.empty((batch, nchunks, nstate, dim) if nchunks > 1 else (0,), device=u.device, dtype=torch.float32)
     chunk_S = torch.zeros_like(chunk_P) if independent else torch.empty_like(chunk_P)
