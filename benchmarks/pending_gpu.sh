@@ -92,6 +92,9 @@
 #   scan-folds       batch folding through fold_scan's path (2 and 4 images per row, state reset between them) vs unfolded
 #                    vs mamba_ssm, fwd and fwd+bwd, CUDA graphs (the shipped H100 fold table was measured on the
 #                    forward of 2026-11-22's kernel; carry .bench_deps; SHAPES="2 0" for some of the shapes)    (~5 min)
+#   scan-fwd-l2      the forward walking blocks of 8 steps, each hinting L2 to pull the u/delta rows 16 or 32 steps on
+#                    (L2_AHEAD, session 25; sm_90: +10 instructions per 8 steps) vs the same configs without, the
+#                    ring, SPLIT 2 and BD32 P4 U4, L = 196 and 49, bf16 and fp32, each checked (scan_configs.py) (~4 min)
 #   scan-fb-profile  every kernel of one fwd+bwd through the op and its time (torch.profiler) against the step's CUDA-graph
 #                    time, (128, 160, 196, 8) and (128, 320, 49, 8), bf16 and fp32 (scan_fb_profile.py)        (~2 min)
 set -uo pipefail
@@ -293,6 +296,13 @@ run_step() {
       PYTHONPATH=".bench_deps/ext:.bench_deps:$PYTHONPATH" "$PY" benchmarks/ops/bench_selective_scan.py --timers graph \
         --folds 2 4 --providers sfmamba-BLD sfmamba-BLD-fold2 sfmamba-BLD-fold4 mamba_ssm --precompile 16 \
         ${SHAPES:+--shapes $SHAPES} --out-dir "$dir" 2>&1 | tee "$dir/log.txt" | grep -v Warning | tail -45 ;;
+    scan-fwd-l2)
+      "$PY" benchmarks/ops/experiments/scan_configs.py --kernel fwd --no-autotuned --shapes 0 2 --dtypes bfloat16 float32 \
+        --chunks 0 --fwd-configs '{"BLOCK_D": 32, "PREFETCH": 8, "UNROLL": 8}' \
+        '{"BLOCK_D": 32, "PREFETCH": 8, "UNROLL": 8, "L2_AHEAD": 32}' '{"BLOCK_D": 16, "SPLIT": 2, "PREFETCH": 8, "UNROLL": 8}' \
+        '{"BLOCK_D": 16, "SPLIT": 2, "PREFETCH": 8, "UNROLL": 8, "L2_AHEAD": 32}' '{"BLOCK_D": 32, "PREFETCH": 4, "UNROLL": 4}' \
+        '{"BLOCK_D": 32, "PREFETCH": 4, "UNROLL": 4, "L2_AHEAD": 16}' '{"BLOCK_D": 32, "PREFETCH": 4, "UNROLL": 4, "L2_AHEAD": 32}' \
+        --precompile 14 --budget-s 200 --out-dir "$dir" 2>&1 | tee "$dir/log.txt" | grep -v Warning ;;
     scan-fb-profile)
       "$PY" benchmarks/ops/experiments/scan_fb_profile.py --shapes ${SHAPES:-0 2} --out "$dir/scan_fb_profile.json" 2>&1 | tee "$dir/log.txt" \
         | grep -v Warning ;;

@@ -705,6 +705,24 @@ def test_training_forward_checkpoint_blocks(monkeypatch, chunk_len, nstate, bloc
     assert launches == [blocks]
 
 
+@pytest.mark.parametrize("chunk_len, ahead", [(None, 16), (20, 8)])
+def test_forward_with_l2_hints_walks_blocks(chunk_len, ahead):
+    """L2_AHEAD: the forward walks blocks of 8 steps, each hinting L2 (a no-op in the interpreter) `ahead` steps on,
+    then the row's last steps; inference and training (checkpoint blocks), whole rows and chunks of 20 (blocks, then
+    4 steps), with periodic resets, a gate and the vector B/C loads: output, last states and every gradient."""
+    torch.manual_seed(13)
+    inputs = make_inputs(2, 44, 20, 8, 1, "BLD", segments=None)
+    config = triton.Config({"BLOCK_D": 32, "PREFETCH": 4, "UNROLL": 4, "L2_AHEAD": ahead}, num_warps=1)
+    flags = {"delta_softplus": True, "layout": "BLD", "seq_len": 11}
+    with (
+        forced_configs(chunk.selective_scan_fwd_kernel, [config]),
+        mock.patch.dict(FORCED_CHUNK_LEN, {"triton-2pass": chunk_len}),
+        mock.patch.object(chunk, "vector_bc", vector_bc_where_rows_fit),
+    ):
+        compare_with_reference(inputs, torch.bfloat16, flags, backward=True, return_last_state=True,
+                               kernel="triton-2pass")  # fmt: skip
+
+
 def test_training_chunks_start_at_checkpoint_blocks(monkeypatch):
     """For a GPU (132 SMs), the planner splits a training forward's rows into chunks of whole checkpoint blocks."""
     monkeypatch.setattr(chunk, "_sm_count", lambda device: 132)
@@ -1308,9 +1326,12 @@ def test_static_loop_counts_of_step_forward(tmp_path):
     assert all(row["spill_bytes"] == 0 for row in every), every
     # the state as a tuple of 1-D rows leaves Triton no layout to convert between (the [N, BLOCK_D] tile needed 17)
     assert all(row["layout_conversions"] == 0 for row in every), every
-    # (the training forward's checkpoint stores and the L1 hints of AHEAD configs keep t-based addresses)
+    # (the training forward's checkpoint stores, the L1 hints of AHEAD configs and the L2 hints of L2_AHEAD ones, one
+    # per block of 8 steps, keep t-based addresses)
     addresses = {
-        name: row["top_opcodes"].get("LEA", 0) for name, row in rows.items() if not {"train", "A16"} & set(name.split())
+        name: row["top_opcodes"].get("LEA", 0)
+        for name, row in rows.items()
+        if not ({"train", "A16"} & set(name.split()) or "L2A" in name)
     }
     assert all(count <= 1 for count in addresses.values()), addresses
     per_step = {name: row["instructions_per_channel_step"] for name, row in rows.items()}

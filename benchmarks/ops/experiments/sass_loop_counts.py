@@ -98,6 +98,11 @@ CASES = [
     ("step fwd vec split4 BD8 P8 U8", chunk.selective_scan_fwd_kernel,  # session 23: 4 lanes per channel (2 states)
      dict(INFERENCE, STORE_LAST=False, STORE_CKPT=False, SUMMARY=False, BLOCK_D=8, BLOCK_N=8, PREFETCH=8, UNROLL=8,
           VECTOR_BC=1, SPLIT=4), 1, 8),
+    *[(f"step fwd vec BD{bd} P{p} U{p} L2A{ahead}{' split' if split > 1 else ''}", chunk.selective_scan_fwd_kernel,
+       # session 25: blocks of 8 steps, each hinting L2 to pull the rows `ahead` steps on (one instruction a tensor)
+       dict(INFERENCE, STORE_LAST=False, STORE_CKPT=False, SUMMARY=False, BLOCK_D=bd, BLOCK_N=8, PREFETCH=p, UNROLL=p,
+            VECTOR_BC=1, SPLIT=split, L2_AHEAD=ahead), 1, bd)
+      for bd, split, p, ahead in ((32, 1, 4, 16), (32, 1, 4, 32), (32, 1, 8, 32), (16, 2, 8, 32))],
     ("step fwd vec train BD32 P2 U4", chunk.selective_scan_fwd_kernel,
      dict(INFERENCE, STORE_LAST=False, STORE_CKPT=True, SUMMARY=False, BLOCK_D=32, BLOCK_N=8, PREFETCH=2, UNROLL=4,
           VECTOR_BC=1, ckpt_len=8), 1, 32),

@@ -469,6 +469,16 @@ def prefetch_l1(ptrs, mask):
 
 
 @triton.jit
+def prefetch_l2(ptrs, mask):
+    """`prefetch_l1`, into L2 only (PTX `prefetch.global.L2`): a DRAM round trip started far ahead of the loads."""
+    if FAST_MATH:
+        tl.inline_asm_elementwise(
+            "{ .reg .pred p; setp.ne.b32 p, $2, 0; @p prefetch.global.L2 [$1]; mov.u32 $0, 0; }", "=r,l,r",
+            [ptrs, mask.to(tl.int32)], dtype=tl.int32, is_pure=False, pack=1,
+        )  # fmt: skip
+
+
+@triton.jit
 def linear_recurrence(a1, b1, a2, b2):
     """`tl.associative_scan` combine of h -> a h + b maps: (a1, b1) then (a2, b2) is h -> a2 (a1 h + b1) + b2."""
     return a1 * a2, a2 * b1 + b2

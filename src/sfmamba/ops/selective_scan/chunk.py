@@ -30,6 +30,7 @@ from .._launch import launch as _launch_kernel
 from .._launch import needs_grad as _needs_grad
 from .._launch import on_device as _on_device
 from .._launch import prefetch_l1 as _prefetch_l1
+from .._launch import prefetch_l2 as _prefetch_l2
 from .._launch import scan_shape as _shape
 from .._launch import sm_count as _sm_count
 from .._launch import softplus as _softplus
@@ -253,6 +254,28 @@ def _prefetch_row(ptr, valid, first, Dg, BLOCK_D: tl.constexpr):
 
 
 @triton.jit
+def _prefetch_block_l2(ptrs, lanes, sizes, strides, t, t_end, HAS_Z: tl.constexpr, BLOCK_D: tl.constexpr,
+                       SPLIT: tl.constexpr, STEPS: tl.constexpr):  # fmt: skip
+    """Hint L2 to pull the u, delta (and z) rows of steps t .. t + STEPS - 1 (< t_end) for this program's channels,
+    one 128-byte line per lane (the forward kernel's `ptrs`, `lanes`, `sizes`, `strides` tuples)."""
+    u_ptr, delta_ptr, z_ptr, _, _, _, _, _ = ptrs
+    _, _, _, _, _, ch_first, _, _, _, _ = lanes
+    _, Dg, _, _, pid_d, _, _ = sizes
+    su_l, su_d, sdt_l, sdt_d, sz_l, sz_d, _, _, _, _, _, _ = strides
+    PER_LINE: tl.constexpr = 128 // (4 if u_ptr.dtype.element_ty == tl.float32 else 2)
+    LINES: tl.constexpr = (BLOCK_D + PER_LINE - 1) // PER_LINE  # lines per step of one tensor
+    tl.static_assert(STEPS * LINES <= BLOCK_D * SPLIT, "L2_AHEAD: a lane per line of a block's rows")
+    lane = tl.arange(0, BLOCK_D * SPLIT)
+    step = t + lane // LINES
+    channel = lane % LINES * PER_LINE
+    mask = (lane < STEPS * LINES) & (step < t_end) & (pid_d * BLOCK_D + channel < Dg)
+    _prefetch_l2(u_ptr + step * su_l + (ch_first + channel) * su_d, mask)
+    _prefetch_l2(delta_ptr + step * sdt_l + (ch_first + channel) * sdt_d, mask)
+    if HAS_Z:
+        _prefetch_l2(z_ptr + step * sz_l + (ch_first + channel) * sz_d, mask)
+
+
+@triton.jit
 def _split_channels(pid_d, pid_g, Dg, D_total, NSTATE, BLOCK_D: tl.constexpr, ROWS: tl.constexpr,
                     SPLIT: tl.constexpr):  # fmt: skip
     """The lanes when SPLIT (2 or 4) adjacent lanes of one warp share each of its BLOCK_D channels, lane k of a
@@ -426,7 +449,7 @@ def selective_scan_fwd_kernel(
     HAS_H0: tl.constexpr, RESET: tl.constexpr, STORE_LAST: tl.constexpr, STORE_CKPT: tl.constexpr,
     SUMMARY: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, PREFETCH: tl.constexpr,
     UNROLL: tl.constexpr = 1, VECTOR_BC: tl.constexpr = 0, AHEAD: tl.constexpr = 0, SPLIT: tl.constexpr = 1,
-    CKPT_BLOCKS: tl.constexpr = 0,
+    CKPT_BLOCKS: tl.constexpr = 0, L2_AHEAD: tl.constexpr = 0,
 ):  # fmt: skip
     # One program: one image, BLOCK_D channels of one group, one chunk of `chunk_len` steps, walked sequentially
     # with the whole state in registers as a tuple of N [BLOCK_D] rows: every tensor is 1-D over the channels, so no
@@ -493,25 +516,39 @@ def selective_scan_fwd_kernel(
     lanes = (A2, Dv, bias, zero, ch, ch_first, mask_d, y_mask, state_ch, nleft)
     sizes = (L, Dg, seq_len, pid_b, pid_d, D_total, STATE)
     strides = (su_l, su_d, sdt_l, sdt_d, sz_l, sz_d, so_l, so_d, sB_l, sB_n, sC_l, sC_n)
-    t_blocks = t_start  # the end of the steps walked in whole checkpoint blocks
-    if BLOCKS:
-        # each block of ckpt_len steps (a compile-time power of two) unrolled whole, its checkpoint stored after it.
-        # (The per-step branch of the loop below, where ptxas predicates every step's checkpoint stores and their
-        # addresses: sm_90, the 8-step ring, 1053 against 688 instructions per 8 steps without checkpoints; H100,
-        # (128, 160, 196, 8), 77.1 us against 32.8, benchmarks/results/s24_20261205.)
-        t_blocks = t_start + (t_end - t_start) // ckpt_len * ckpt_len
-        for t0 in tl.range(t_start, t_blocks, ckpt_len):
-            for i in tl.static_range(ckpt_len):
+    # L2_AHEAD (steps, a multiple of the block): walk in blocks, each of which first hints L2 to pull the u, delta
+    # (and z) rows L2_AHEAD steps on, one 128-byte line per lane: one instruction per tensor and block, where the
+    # per-step L1 hints (AHEAD) take one per tensor and step. The ring then waits on L2, not on DRAM (ncu, H100,
+    # session 24: the 8-step ring's top stalls were fixed-latency waits and long_scoreboard, 0.80 and 0.75 per issue)
+    L2_BLOCK: tl.constexpr = 8  # steps per block of the L2_AHEAD walk (one L2 hint per tensor and block)
+    WALK: tl.constexpr = ckpt_len if BLOCKS else L2_BLOCK if L2_AHEAD else 0  # steps per unrolled block
+    tl.static_assert(L2_AHEAD % L2_BLOCK == 0, "L2_AHEAD: a multiple of L2_BLOCK steps")
+    t_blocks = t_start  # the end of the steps walked in whole blocks
+    if WALK:
+        # each block of WALK steps (a compile-time power of two) unrolled whole; BLOCKS: each of ckpt_len steps, its
+        # checkpoint stored after it. (The per-step branch of the loop below, where ptxas predicates every step's
+        # checkpoint stores and their addresses: sm_90, the 8-step ring, 1053 against 688 instructions per 8 steps
+        # without checkpoints; H100, (128, 160, 196, 8), 77.1 us against 32.8, benchmarks/results/s24_20261205.)
+        t_blocks = t_start + (t_end - t_start) // WALK * WALK
+        for k in tl.static_range(L2_AHEAD // L2_BLOCK):  # the first L2_AHEAD steps' rows, before the walk
+            _prefetch_block_l2(ptrs, lanes, sizes, strides, t_start + k * L2_BLOCK, t_end, HAS_Z and not SUMMARY,
+                               BLOCK_D, SPLIT, L2_BLOCK)  # fmt: skip
+        for t0 in tl.range(t_start, t_blocks, WALK):
+            if L2_AHEAD:
+                _prefetch_block_l2(ptrs, lanes, sizes, strides, t0 + L2_AHEAD, t_end, HAS_Z and not SUMMARY, BLOCK_D,
+                                   SPLIT, WALK)  # fmt: skip
+            for i in tl.static_range(WALK):  # (checkpoints per step where the blocks are not checkpoint blocks)
                 h, decay, ring, rows = _fwd_step(t0 + i, t_end, h, decay, ring, rows, ptrs, lanes, sizes, strides,
                                                  ckpt_len, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, HAS_H0, RESET,
-                                                 STORE_LAST, False, SUMMARY, BLOCK_D, ROWS, PREFETCH, VECTOR_BC,
-                                                 AHEAD, SPLIT)  # fmt: skip
-            _store_state_rows(ckpt_ptr, (pid_b * tl.cdiv(L, ckpt_len) + t0 // ckpt_len) * STATE, D_total, state_ch,
-                              mask_d, nleft, h, ROWS)  # fmt: skip
+                                                 STORE_LAST, STORE_CKPT and not SUMMARY and not BLOCKS, SUMMARY,
+                                                 BLOCK_D, ROWS, PREFETCH, VECTOR_BC, AHEAD, SPLIT)  # fmt: skip
+            if BLOCKS:
+                _store_state_rows(ckpt_ptr, (pid_b * tl.cdiv(L, ckpt_len) + t0 // ckpt_len) * STATE, D_total,
+                                  state_ch, mask_d, nleft, h, ROWS)  # fmt: skip
     # UNROLL > 1: ptxas interleaves consecutive steps' math (only h carries over a step); one warp per scheduler then
     # issues back to back instead of waiting out one step's chain of exp2/softplus latencies. After whole blocks
-    # (BLOCKS): the row's last steps (fewer than a block: one step per iteration), their checkpoint stored at L - 1
-    LOOP_UNROLL: tl.constexpr = 1 if BLOCKS else UNROLL
+    # (WALK): the row's last steps (fewer than a block: one step per iteration), their checkpoint stored at L - 1
+    LOOP_UNROLL: tl.constexpr = 1 if WALK else UNROLL
     for t in tl.range(t_blocks, t_end, loop_unroll_factor=LOOP_UNROLL):
         h, decay, ring, rows = _fwd_step(t, t_end, h, decay, ring, rows, ptrs, lanes, sizes, strides, ckpt_len, HAS_D,
                                          HAS_Z, HAS_BIAS, SOFTPLUS, HAS_H0, RESET, STORE_LAST,
