@@ -95,6 +95,10 @@
 #   scan-fwd-l2      the forward walking blocks of 8 steps, each hinting L2 to pull the u/delta rows 16 or 32 steps on
 #                    (L2_AHEAD, session 25; sm_90: +10 instructions per 8 steps) vs the same configs without, the
 #                    ring, SPLIT 2 and BD32 P4 U4, L = 196 and 49, bf16 and fp32, each checked (scan_configs.py) (~4 min)
+#   scan-bwd-hints   the backward's next-chunk L1 hints as one per tensor for the chunk (NEXT_TO_L1 2, session 25; sm_90
+#                    ROWS: 3529 -> 3402 instructions, 7259 -> 6627 stall cycles per 8-step chunk) vs one per tensor
+#                    and step (1, the default), ROWS and TILES, fwd+bwd, L = 196 and 49, bf16 and fp32, each checked
+#                    (scan_configs.py --kernel bwd)                                                             (~4 min)
 #   scan-fb-profile  every kernel of one fwd+bwd through the op and its time (torch.profiler) against the step's CUDA-graph
 #                    time, (128, 160, 196, 8) and (128, 320, 49, 8), bf16 and fp32 (scan_fb_profile.py)        (~2 min)
 set -uo pipefail
@@ -302,6 +306,10 @@ run_step() {
         '{"BLOCK_D": 32, "PREFETCH": 8, "UNROLL": 8, "L2_AHEAD": 32}' '{"BLOCK_D": 16, "SPLIT": 2, "PREFETCH": 8, "UNROLL": 8}' \
         '{"BLOCK_D": 16, "SPLIT": 2, "PREFETCH": 8, "UNROLL": 8, "L2_AHEAD": 32}' '{"BLOCK_D": 32, "PREFETCH": 4, "UNROLL": 4}' \
         '{"BLOCK_D": 32, "PREFETCH": 4, "UNROLL": 4, "L2_AHEAD": 16}' '{"BLOCK_D": 32, "PREFETCH": 4, "UNROLL": 4, "L2_AHEAD": 32}' \
+        --precompile 14 --budget-s 200 --out-dir "$dir" 2>&1 | tee "$dir/log.txt" | grep -v Warning ;;
+    scan-bwd-hints)
+      "$PY" benchmarks/ops/experiments/scan_configs.py --kernel bwd --no-autotuned --shapes 0 2 --dtypes bfloat16 float32 \
+        --unroll 16 --bwd-configs '{"ROWS": 1}' '{"ROWS": 1, "NEXT_TO_L1": 2}' '{"TILES": 1}' '{"TILES": 1, "NEXT_TO_L1": 2}' \
         --precompile 14 --budget-s 200 --out-dir "$dir" 2>&1 | tee "$dir/log.txt" | grep -v Warning ;;
     scan-fb-profile)
       "$PY" benchmarks/ops/experiments/scan_fb_profile.py --shapes ${SHAPES:-0 2} --out "$dir/scan_fb_profile.json" 2>&1 | tee "$dir/log.txt" \

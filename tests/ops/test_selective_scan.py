@@ -1247,6 +1247,10 @@ for nstate, summary, reset, extra in ((8, False, 0, infer), (8, False, 1, train)
         print("rows-split", "cubin" if split.asm.get("cubin") else "no cubin",
               split.asm["ptx"].count("shfl.sync.bfly"), split.asm["ptx"].count("ld.global.nc.v2.b32"),
               split.asm["ttgir"].count("ttg.convert_layout"))
+        hints_flags = dict(flags, TILES=0, ROWS=1, VECTOR_BC=1, HAS_H0=False, BRANCHLESS=0, NEXT_TO_L1=2)
+        chunk_hints = compile_for_sm90(chunk.selective_scan_bwd_kernel, hints_flags, 1, scan_pointer_type("bf16"))
+        print("rows-hints", "cubin" if chunk_hints.asm.get("cubin") else "no cubin",
+              chunk_hints.asm["ptx"].count("prefetch.global.L1"))
     hints = compiled.asm["ptx"].count("prefetch.global.L1")
     print("bwd", "cubin" if compiled.asm.get("cubin") else "no cubin", summary, reset, nstate, f"hints={hints}",
           f"loops={loops}")
@@ -1260,11 +1264,13 @@ def test_step_kernels_compile_for_sm90():
     bundled ptxas, and check that the backward's main pass has one loop, over its span's chunks, each chunk fully
     unrolled for N = 8 and N = 1 (bwd_chunk_for <= MAX_UNROLL: the stored states are then indexed statically, no
     selects), and that its summary pass keeps its step loop; with NEXT_TO_L1 the main pass hints each of the next
-    chunk's steps into L1 (u, delta, dout, z, B, C: 6 per step)."""
+    chunk's steps into L1 (u, delta, dout, z, B, C: 6 per step), and with NEXT_TO_L1 2 all of them by 6 hints, one per
+    tensor, each lane at one of the chunk's steps."""
     result = run_without_interpreter(STEP_SM90_COMPILE)
     assert result.returncode == 0, result.stderr[-4000:]
     lines = result.stdout.splitlines()
-    assert len(lines) == 17 and all(" cubin " in f" {line} " for line in lines), result.stdout
+    assert len(lines) == 18 and all(" cubin " in f" {line} " for line in lines), result.stdout
+    assert [line.split()[2:] for line in lines if line.startswith("rows-hints")] == [["6"]], result.stdout
     # SPLIT: each lane's share of B_t/C_t by one 4-byte (SPLIT 4, N = 8 bf16), 8-byte (SPLIT 2, N = 8 bf16) or
     # 16-byte load per step (the ring's first and the loop's), y's shares by log2(SPLIT) shuffles per step, and no
     # layout conversions

@@ -124,6 +124,10 @@ CASES = [
     *[(f"step bwd rows{' vec' if vec else ''}", chunk.selective_scan_bwd_kernel,  # session 17: tuples of N rows,
        dict(INFERENCE, HAS_DLAST=False, SUMMARY=False, CHUNK=8, BLOCK_D=32, BLOCK_N=8, PREFETCH=1, UNROLL=8,
             NEXT_TO_L1=1, ROWS=1, VECTOR_BC=vec), 1, 32) for vec in (0, 1)],  # dB/dC by transposing shuffles
+    *[(f"step bwd rows vec{' split BD16' if split > 1 else ''} chunk hints", chunk.selective_scan_bwd_kernel,
+       # session 25: the next chunk's L1 hints, one per tensor for the chunk (NEXT_TO_L1 2), not one per step
+       dict(INFERENCE, HAS_DLAST=False, SUMMARY=False, CHUNK=8, BLOCK_D=32 // split, BLOCK_N=8, PREFETCH=1, UNROLL=8,
+            NEXT_TO_L1=2, ROWS=1, VECTOR_BC=1, SPLIT=split), 1, 32 // split) for split in (1, 2)],
     ("step bwd rows vec split BD16", chunk.selective_scan_bwd_kernel,  # session 23: 2 lanes per channel (4 states each)
      dict(INFERENCE, HAS_DLAST=False, SUMMARY=False, CHUNK=8, BLOCK_D=16, BLOCK_N=8, PREFETCH=1, UNROLL=8,
           NEXT_TO_L1=1, ROWS=1, VECTOR_BC=1, SPLIT=2), 1, 16),
