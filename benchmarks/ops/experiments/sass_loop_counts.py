@@ -134,6 +134,9 @@ CASES = [
     ("step bwd rows vec split4 BD8", chunk.selective_scan_bwd_kernel,  # 4 lanes per channel (2 states each)
      dict(INFERENCE, HAS_DLAST=False, SUMMARY=False, CHUNK=8, BLOCK_D=8, BLOCK_N=8, PREFETCH=1, UNROLL=8,
           NEXT_TO_L1=1, ROWS=1, VECTOR_BC=1, SPLIT=4), 1, 8),
+    ("step bwd tiles chunk hints", chunk.selective_scan_bwd_kernel,  # session 25: NEXT_TO_L1 2 in the TILES layout
+     dict(INFERENCE, HAS_DLAST=False, SUMMARY=False, CHUNK=8, BLOCK_D=32, BLOCK_N=8, PREFETCH=1, UNROLL=8,
+          NEXT_TO_L1=2, TILES=1), 1, 32),
     *[(f"step bwd BD{bd}", chunk.selective_scan_bwd_kernel,  # session 14: lanes on N too (fewer shuffles, more warps)
        dict(INFERENCE, HAS_DLAST=False, SUMMARY=False, CHUNK=8, BLOCK_D=bd, BLOCK_N=8, PREFETCH=1, UNROLL=8,
             NEXT_TO_L1=1), 1, bd) for bd in (8, 16)],
