@@ -171,9 +171,8 @@ def stall_cycles(control: int) -> int:
 
 def loops(cubin: bytes) -> tuple[int, int, list[tuple[int, int, collections.Counter]]]:
     """(all instructions, their stall cycles, [(instructions, stall cycles, opcode counts) of every innermost loop]):
-    a loop is the
-    instructions between a backward branch and its target; its stall cycles, the fixed stalls ptxas scheduled in it
-    (`stall_cycles`), are the fewest cycles one warp alone on its scheduler takes per iteration."""
+    a loop is the instructions between a backward branch and its target; its stall cycles, the fixed stalls ptxas
+    scheduled in it (`stall_cycles`), are the fewest cycles one warp alone on its scheduler takes per iteration."""
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(cubin)
         f.flush()

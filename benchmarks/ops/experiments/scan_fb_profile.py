@@ -26,6 +26,8 @@ sys.path.insert(0, str(ROOT / "benchmarks" / "ops"))
 
 from bench_selective_scan import DTYPES, GRAD_KEYS, MAIN_SHAPES, make_inputs, providers  # noqa: E402
 
+from sfmamba.utils.files import atomic_write_text  # noqa: E402
+
 
 def step_call(shape, dtype: torch.dtype):
     """One fwd+bwd of the op at `shape`, as the benchmark's fwd+bwd rows run it."""
@@ -64,6 +66,9 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=20)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / f"scan_fb_profile_{stamp}.json")
     args = parser.parse_args()
+    meta = dict(date=stamp, device=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__,
+                calls=args.calls)  # fmt: skip
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     rows = []
     for index in args.shapes:
         shape = MAIN_SHAPES[index]
@@ -77,10 +82,8 @@ def main() -> None:
             for kernel, us in kernels.items():
                 print(f"  {us:8.1f}  {kernel[:110]}")
             rows.append(dict(shape=shape.name, dtype=name, graph_us=graph_us, kernels_us=kernels))
-    meta = dict(date=stamp, device=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__,
-                calls=args.calls)  # fmt: skip
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
+            # after every row: a call cut by its time limit keeps the rows it finished
+            atomic_write_text(args.out, json.dumps(dict(meta=meta, rows=rows), indent=1))
     print(f"wrote {args.out}")
 
 

@@ -461,21 +461,19 @@ def prefetch_l1(ptrs, mask):
     """A hint: start pulling the lines at `ptrs` (where `mask`) into L1, without waiting and without holding registers
     (PTX `prefetch.global.L1`), so that loads issued later hit L1 instead of waiting out an L2 or DRAM round trip.
     The interpreter has no inline PTX: there it does nothing."""
-    if FAST_MATH:
-        tl.inline_asm_elementwise(
-            "{ .reg .pred p; setp.ne.b32 p, $2, 0; @p prefetch.global.L1 [$1]; mov.u32 $0, 0; }", "=r,l,r",
-            [ptrs, mask.to(tl.int32)], dtype=tl.int32, is_pure=False, pack=1,
-        )  # fmt: skip
+    _prefetch(ptrs, mask, "{ .reg .pred p; setp.ne.b32 p, $2, 0; @p prefetch.global.L1 [$1]; mov.u32 $0, 0; }")
 
 
 @triton.jit
 def prefetch_l2(ptrs, mask):
     """`prefetch_l1`, into L2 only (PTX `prefetch.global.L2`): a DRAM round trip started far ahead of the loads."""
+    _prefetch(ptrs, mask, "{ .reg .pred p; setp.ne.b32 p, $2, 0; @p prefetch.global.L2 [$1]; mov.u32 $0, 0; }")
+
+
+@triton.jit
+def _prefetch(ptrs, mask, ASM: tl.constexpr):
     if FAST_MATH:
-        tl.inline_asm_elementwise(
-            "{ .reg .pred p; setp.ne.b32 p, $2, 0; @p prefetch.global.L2 [$1]; mov.u32 $0, 0; }", "=r,l,r",
-            [ptrs, mask.to(tl.int32)], dtype=tl.int32, is_pure=False, pack=1,
-        )  # fmt: skip
+        tl.inline_asm_elementwise(ASM, "=r,l,r", [ptrs, mask.to(tl.int32)], dtype=tl.int32, is_pure=False, pack=1)
 
 
 @triton.jit
