@@ -81,6 +81,26 @@ def test_scan_configs_train_needs_the_forward_kernel(bench_module, monkeypatch, 
     assert "--train times the training forward: it needs --kernel fwd, got --kernel bwd" in capsys.readouterr().err
 
 
+def test_scan_configs_sets_the_checkpoint_block_lengths(bench_module, monkeypatch):
+    """`--ckpt-block-lens 4 16` replaces chunk.CKPT_BLOCK_LENS before any setting is built (stopped there: the
+    timings need a GPU)."""
+    monkeypatch.syspath_prepend(str(BENCH_OPS / "experiments"))
+    scan_configs = bench_module("scan_configs")
+    monkeypatch.setattr(scan_configs.K, "CKPT_BLOCK_LENS", scan_configs.K.CKPT_BLOCK_LENS)  # restored afterwards
+    seen = []
+
+    def stop(args):
+        seen.append(scan_configs.K.CKPT_BLOCK_LENS)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(scan_configs, "settings", stop)
+    argv = ["scan_configs.py", "--kernel", "fwd", "--train", "--shapes", "0", "--ckpt-block-lens", "4", "16"]
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(KeyboardInterrupt):
+        scan_configs.main()
+    assert seen == [(4, 16)]
+
+
 _REASONS = ("long_scoreboard", "math_pipe_throttle", "wait")
 _STALLS = [f"smsp__average_warps_issue_stalled_{r}_per_issue_active.ratio" for r in _REASONS]
 _HEADER = ["ID", "Kernel Name", "gpu__time_duration.sum", "launch__registers_per_thread",
