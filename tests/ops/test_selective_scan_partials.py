@@ -12,15 +12,19 @@ os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported (see test_sele
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+from sfmamba.ops.selective_scan import partials  # noqa: E402
 from sfmamba.ops.selective_scan.partials import sum_bc_partials, sum_param_partials  # noqa: E402
 from sfmamba.testing import run_without_interpreter  # noqa: E402
 
 
 @pytest.mark.parametrize("layout", ["BLD", "BDL"])
 @pytest.mark.parametrize("groups", [None, 3])
-def test_sum_bc_partials(layout, groups):
+@pytest.mark.parametrize("at_once", [16, 2], ids=["parts-at-once", "parts-in-steps"])
+def test_sum_bc_partials(layout, groups, at_once, monkeypatch):
+    """Parts loaded all at once, and BLOCK_P at a time with the last step partly masked (3 used of 5 blocks)."""
+    monkeypatch.setattr(partials, "MAX_PARTS_AT_ONCE", at_once)
     torch.manual_seed(0)
-    batch, length, nstate, blocks, used = 2, 7, 5, 3, 2
+    batch, length, nstate, blocks, used = 2, 7, 5, 5, 3
     g = groups or 1
     part = torch.randn(2, blocks, batch, g, length, nstate)
     expected = part[:, :used].sum(1)  # [2, batch, G, L, N]
@@ -62,9 +66,10 @@ from sfmamba.testing import compile_for_sm90
 
 pointer = lambda name: "*bf16" if name in ("dB_ptr", "dC_ptr") else "*fp32"
 for divisible in ([], ["part_ptr", "dB_ptr", "rows"]):
-    compiled = compile_for_sm90(partials.bc_partials_kernel, dict(BLOCK_R=128, BLOCK_N=8), 4, pointer, divisible)
+    compiled = compile_for_sm90(partials.bc_partials_kernel, dict(BLOCK_P=8, BLOCK_R=64, BLOCK_N=8), 4, pointer,
+                                divisible)
     print(bool(compiled.asm.get("cubin")), compiled.asm["ttgir"].count("tt.divisibility = 16"))
-compiled = compile_for_sm90(partials.param_partials_kernel, dict(HAS_D=True, HAS_BIAS=False, BLOCK_R=32, BLOCK_W=128),
+compiled = compile_for_sm90(partials.param_partials_kernel, dict(HAS_D=True, HAS_BIAS=False, BLOCK_R=128, BLOCK_W=32),
                             4, lambda name: "*fp32")
 print(bool(compiled.asm.get("cubin")), 0)
 """

@@ -15,23 +15,30 @@ from ...utils._config import triton_interpret
 from .._launch import bc_strides as _bc_strides
 from .._launch import launch as _launch_kernel
 
+TILE_ELEMENTS = 4096  # values one 4-warp program loads at once (32 per thread)
+MAX_PARTS_AT_ONCE = 16  # channel blocks the dB/dC sum loads together (more are walked BLOCK_P at a time)
+
 
 @triton.jit
 def bc_partials_kernel(part_ptr, dB_ptr, dC_ptr, n_parts, which_stride, part_stride, rows, L, G, NSTATE, sB_b, sB_g,
-                       sB_n, sB_l, sC_b, sC_g, sC_n, sC_l, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr):  # fmt: skip
+                       sB_n, sB_l, sC_b, sC_g, sC_n, sC_l, BLOCK_P: tl.constexpr, BLOCK_R: tl.constexpr,
+                       BLOCK_N: tl.constexpr):  # fmt: skip
     # part: [2 (dB, dC; `which_stride` apart), n_parts (`part_stride` apart), rows, NSTATE] fp32 with row
     # r = (b * G + g) * L + l. Sums over the parts and writes dB (program_id(1) 0) or dC (1) through their own
-    # (batch, G, N, L) strides, in their own dtype.
+    # (batch, G, N, L) strides, in their own dtype. BLOCK_P parts are loaded at once: one part per iteration left
+    # each program waiting on its loads one after another (n_parts of them: 10 at (128, 320, 49, 8))
     which = tl.program_id(1)
     offs_r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)  # int32 (the launcher checks rows < 2**31): the
     # row's (batch, group, step) divisions below would otherwise be 64-bit, emulated in software on the GPU
     offs_n = tl.arange(0, BLOCK_N)
+    offs_p = tl.arange(0, BLOCK_P)
     mask = (offs_r < rows)[:, None] & (offs_n < NSTATE)[None, :]
-    src = part_ptr + which.to(tl.int64) * which_stride + offs_r.to(tl.int64)[:, None] * NSTATE + offs_n[None, :]
+    src = part_ptr + which.to(tl.int64) * which_stride + (offs_r.to(tl.int64)[:, None] * NSTATE + offs_n[None, :])
     total = tl.zeros([BLOCK_R, BLOCK_N], dtype=tl.float32)
-    for _ in range(n_parts):
-        total += tl.load(src, mask=mask, other=0.0)
-        src += part_stride
+    for p0 in range(0, n_parts, BLOCK_P):
+        parts = (p0 + offs_p).to(tl.int64)[:, None, None]
+        tile = tl.load(src[None, :, :] + parts * part_stride, mask=mask[None, :, :] & (parts < n_parts), other=0.0)
+        total += tl.sum(tile, axis=0)
     step, image = offs_r % L, offs_r // L
     batch, group = (image // G).to(tl.int64), image % G
     if which == 0:
@@ -85,11 +92,13 @@ def sum_bc_partials(
     rows = batch * groups * length
     if rows >= 2**31:
         raise ValueError(f"selective_scan backward: batch * groups * length must be below 2**31, got {rows}")
-    block_r = 16 if triton_interpret() else 128
+    block_n = triton.next_power_of_2(nstate)
+    block_p = min(triton.next_power_of_2(n_parts), MAX_PARTS_AT_ONCE)
+    block_r = 16 if triton_interpret() else max(16, TILE_ELEMENTS // (block_p * block_n))
     _launch_kernel(
         bc_partials_kernel, (triton.cdiv(rows, block_r), 2), part, dB, dC, n_parts, part.stride(0), part.stride(1),
-        rows, length, groups, nstate,
-        *_bc_strides(dB, layout), *_bc_strides(dC, layout), BLOCK_R=block_r, BLOCK_N=triton.next_power_of_2(nstate),
+        rows, length, groups, nstate, *_bc_strides(dB, layout), *_bc_strides(dC, layout),
+        BLOCK_P=block_p, BLOCK_R=block_r, BLOCK_N=block_n,
     )  # fmt: skip
     return dB, dC
 
@@ -102,7 +111,7 @@ def sum_param_partials(dA_part: Tensor, dD_part: Tensor | None, dbias_part: Tens
     dA = torch.empty((dim, nstate), device=dev, dtype=f32)
     dD = torch.empty((dim if dD_part is not None else 0,), device=dev, dtype=f32)
     dbias = torch.empty((dim if dbias_part is not None else 0,), device=dev, dtype=f32)
-    block_r, block_w = (16, 32) if triton_interpret() else (32, 128)
+    block_r, block_w = (16, 32) if triton_interpret() else (128, 32)  # the batch's rows at once, more programs
     _launch_kernel(
         param_partials_kernel, (triton.cdiv(nstate * dim, block_w), 3), dA_part,
         dA_part if dD_part is None else dD_part, dA_part if dbias_part is None else dbias_part, dA,
