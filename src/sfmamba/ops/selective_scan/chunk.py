@@ -484,9 +484,11 @@ def selective_scan_fwd_kernel(
     pid_d, pid_b, pid_g, c, D_total, _, mask_d, ch, _, _, _, _ = _channel_block(Dg, NSTATE, nchunks, BLOCK_D, BLOCK_N)
     ROWS: tl.constexpr = BLOCK_N // SPLIT  # state rows per thread
     state_ch, nleft, y_mask = ch, NSTATE, mask_d  # a thread's first state row at state_ch (offsets in an (N, D) state)
+    a_first = ch * NSTATE  # its first entry of A, which stays (D, N) (no transposed copy per call)
     if SPLIT > 1:
         ch, mask_d, n0, state_ch, nleft, y_mask = _split_channels(pid_d, pid_g, Dg, D_total, NSTATE, BLOCK_D, ROWS,
                                                                   SPLIT)  # fmt: skip
+        a_first = ch * NSTATE + n0
         B_ptr += n0 * sB_n  # each lane's share of B_t and C_t
         C_ptr += n0 * sC_n
     ch_first = pid_g * Dg + pid_d * BLOCK_D
@@ -499,7 +501,7 @@ def selective_scan_fwd_kernel(
     B_ptr += pid_b * sB_b + pid_g * sB_g
     C_ptr += pid_b * sC_b + pid_g * sC_g
     STATE = D_total * NSTATE
-    A = _state_rows(A_ptr, 0, D_total, state_ch, mask_d, nleft, ROWS)
+    A = _state_rows(A_ptr, 0, 1, a_first, mask_d, nleft, ROWS)  # A (D, N): row n at a_first + n
     chunk_base = pid_b * nchunks * STATE
     zero = tl.zeros([BLOCK_D * SPLIT], dtype=tl.float32)
     # the state entering this chunk (chunk_combine_kernel turned the summaries into incoming states); 0 for the first
@@ -793,6 +795,7 @@ def selective_scan_bwd_kernel(
         Dg, NSTATE, nchunks, BLOCK_D, BLOCK_N
     )
     R: tl.constexpr = BLOCK_N // SPLIT  # ROWS: state rows per lane
+    a_offs = offs_n[:, None] + ch[None, :] * NSTATE  # [BN, BD] entries of A, which stays (D, N) (no transposed copy)
     state_ch, nleft, lead, n0 = ch, NSTATE, mask_d, 0  # a lane's first state row (offsets in an (N, D) state)
     if SPLIT > 1:
         tl.static_assert(ROWS != 0, "SPLIT: ROWS backward only")
@@ -802,7 +805,7 @@ def selective_scan_bwd_kernel(
             B_ptr += n0 * sB_n  # each lane's share of B_t and C_t
             C_ptr += n0 * sC_n
     n_groups = tl.num_programs(1) // nchunks
-    A = tl.load(A_ptr + state_offs, mask=mask_dn, other=0.0)
+    A = tl.load(A_ptr + a_offs, mask=mask_dn, other=0.0)
     A2 = A * LOG2E
     Dv = tl.load(D_ptr + ch, mask=mask_d, other=0.0) if HAS_D else None
     bias = tl.load(bias_ptr + ch, mask=mask_d, other=0.0) if HAS_BIAS else None
@@ -867,7 +870,7 @@ def selective_scan_bwd_kernel(
         if ROWS:
             dh_rows = _state_rows(sum_X_ptr, (pid_b * nchunks + c) * STATE, D_total, state_ch,
                                   mask_d & (c < nchunks - 1), nleft, R)  # fmt: skip
-            A_rows = _state_rows(A_ptr, 0, D_total, state_ch, mask_d, nleft, R)
+            A_rows = _state_rows(A_ptr, 0, 1, ch * NSTATE + n0, mask_d, nleft, R)  # A (D, N)
             A2_rows = ()
             a_rows = ()
             acc_rows = ()
@@ -1514,7 +1517,7 @@ def selective_scan_fwd(
     independent = nchunks > 1 and reset == 1 and chunk_len % period == 0
     chunk_P = torch.empty((batch, nchunks, nstate, dim) if nchunks > 1 else (0,), device=u.device, dtype=torch.float32)
     chunk_S = torch.zeros_like(chunk_P) if independent else torch.empty_like(chunk_P)
-    A = A.t().contiguous()
+    A = A.contiguous()  # (D, N), read as it is
     anything = u  # stands in for absent optional tensors; never read
     args = (
         u, delta, A, B, C, anything if D is None else D.contiguous(), anything if z is None else z,
@@ -1579,7 +1582,7 @@ def selective_scan_bwd(
     sum_X, sum_Q = new((batch, nspans, nstate, dim)), new((batch, nspans, nstate, dim))
     anything = u
     args = (
-        u, delta, A.t().contiguous(), B, C, anything if D is None else D.contiguous(), anything if z is None else z,
+        u, delta, A.contiguous(), B, C, anything if D is None else D.contiguous(), anything if z is None else z,
         anything if delta_bias is None else delta_bias.contiguous(),
         anything if initial_state is None else initial_state.transpose(1, 2).contiguous(),
         anything if seg_ids is None else seg_ids, anything if cu is None else cu,

@@ -165,7 +165,7 @@ def selective_scan_fwd_tiled_kernel(
         Dg, NSTATE, nchunks, BLOCK_D, BLOCK_N
     )
     STATE = D_total * NSTATE  # one (N, D) state, D contiguous
-    A2 = tl.load(A_ptr + state_offs, mask=mask_dn, other=0.0) * LOG2E
+    A2 = tl.load(A_ptr + offs_n[:, None] + ch[None, :] * NSTATE, mask=mask_dn, other=0.0) * LOG2E  # A: (D, N)
     Dv = tl.load(D_ptr + ch, mask=mask_d, other=0.0) if HAS_D else None
     bias = tl.load(bias_ptr + ch, mask=mask_d, other=0.0) if HAS_BIAS else None
     u_ptr += pid_b * su_b

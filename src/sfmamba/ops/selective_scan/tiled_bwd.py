@@ -167,7 +167,7 @@ def selective_scan_bwd_tiled_kernel(
     )
     n_groups = tl.num_programs(1) // nchunks
     STATE = D_total * NSTATE
-    A = tl.load(A_ptr + state_offs, mask=mask_dn, other=0.0)
+    A = tl.load(A_ptr + offs_n[:, None] + ch[None, :] * NSTATE, mask=mask_dn, other=0.0)  # A (D, N)
     A2 = A * LOG2E
     Dv = tl.load(D_ptr + ch, mask=mask_d, other=0.0) if HAS_D else None
     bias = tl.load(bias_ptr + ch, mask=mask_d, other=0.0) if HAS_BIAS else None
