@@ -1,7 +1,8 @@
-"""The scan backward's partial-sum kernels (ops/selective_scan/partials.py) against torch sums, in the interpreter,
+"""The scan backward's partial-sum kernel (ops/selective_scan/partials.py) against torch sums, in the interpreter,
 with outputs NaN-poisoned by conftest: dB/dC from the first `n_parts` of more channel blocks, written in B's and C's
-own forms (both layouts, shared and grouped) and dtypes; dA transposed into A's (D, N) form, dD and dbias; and both
-kernels built for sm_90."""
+own forms (both layouts, shared and grouped) and dtypes; dA transposed into A's (D, N) form, dD and dbias, each
+present or absent; all from one launch, whose grid is sized by the larger of the two kinds of sums; and the kernel
+built for sm_90."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from sfmamba.ops.selective_scan import partials  # noqa: E402
-from sfmamba.ops.selective_scan.partials import sum_bc_partials, sum_param_partials  # noqa: E402
+from sfmamba.ops.selective_scan.partials import sum_partials  # noqa: E402
 from sfmamba.testing import run_without_interpreter  # noqa: E402
 
 
@@ -36,7 +37,10 @@ def test_sum_bc_partials(layout, groups, at_once, monkeypatch):
         shape = (batch, g, nstate, length) if groups else (batch, nstate, length)
     B = torch.empty(shape, dtype=torch.bfloat16)
     C = torch.empty(shape, dtype=torch.float32).transpose(-1, -2).contiguous().transpose(-1, -2)  # not contiguous
-    dB, dC = sum_bc_partials(part, used, B, C, length, g, layout)
+    dA_part = torch.randn(batch, 1, nstate, 3)
+    dB, dC, dA, dD, dbias = sum_partials(part, used, B, C, length, g, layout, dA_part, None, None)
+    torch.testing.assert_close(dA, dA_part.sum((0, 1)).t())
+    assert dD.numel() == dbias.numel() == 0
     assert dB.dtype == torch.bfloat16 and dC.dtype == torch.float32
     assert dB.shape == dC.shape == shape and dB.is_contiguous() and dC.is_contiguous()
     torch.testing.assert_close(dB, expected[0].reshape(shape).to(torch.bfloat16))
@@ -44,13 +48,18 @@ def test_sum_bc_partials(layout, groups, at_once, monkeypatch):
 
 
 @pytest.mark.parametrize("has_d, has_bias", [(True, True), (False, True), (True, False), (False, False)])
-def test_sum_param_partials(has_d, has_bias):
+@pytest.mark.parametrize("length", [1, 40], ids=["more-param-blocks", "more-bc-blocks"])
+def test_sum_param_partials(has_d, has_bias, length):
     torch.manual_seed(0)
     batch, spans, nstate, dim = 3, 2, 4, 37  # dim * nstate spans several column blocks; rows not a block multiple
     dA_part = torch.randn(batch, spans, nstate, dim)
     dD_part = torch.randn(batch, spans, dim) if has_d else None
     dbias_part = torch.randn(batch, spans, dim) if has_bias else None
-    dA, dD, dbias = sum_param_partials(dA_part, dD_part, dbias_part)
+    part = torch.randn(2, 2, batch, 1, length, nstate)
+    B = torch.empty(batch, length, nstate)
+    dB, dC, dA, dD, dbias = sum_partials(part, 2, B, B, length, 1, "BLD", dA_part, dD_part, dbias_part)
+    torch.testing.assert_close(dB, part[0].sum(0).reshape(B.shape))
+    torch.testing.assert_close(dC, part[1].sum(0).reshape(B.shape))
     torch.testing.assert_close(dA, dA_part.sum((0, 1)).t())
     assert dA.is_contiguous() and dA.shape == (dim, nstate)
     for got, part in ((dD, dD_part), (dbias, dbias_part)):
@@ -65,19 +74,16 @@ from sfmamba.ops.selective_scan import partials
 from sfmamba.testing import compile_for_sm90
 
 pointer = lambda name: "*bf16" if name in ("dB_ptr", "dC_ptr") else "*fp32"
+flags = dict(HAS_D=True, HAS_BIAS=False, BLOCK_P=8, BLOCK_R=64, BLOCK_N=8, PARAM_ROWS=128, BLOCK_W=32)
 for divisible in ([], ["part_ptr", "dB_ptr", "rows"]):
-    compiled = compile_for_sm90(partials.bc_partials_kernel, dict(BLOCK_P=8, BLOCK_R=64, BLOCK_N=8), 4, pointer,
-                                divisible)
+    compiled = compile_for_sm90(partials.partials_kernel, flags, 4, pointer, divisible)
     print(bool(compiled.asm.get("cubin")), compiled.asm["ttgir"].count("tt.divisibility = 16"))
-compiled = compile_for_sm90(partials.param_partials_kernel, dict(HAS_D=True, HAS_BIAS=False, BLOCK_R=128, BLOCK_W=32),
-                            4, lambda name: "*fp32")
-print(bool(compiled.asm.get("cubin")), 0)
 """
 
 
 def test_partials_kernels_compile_for_sm90():
-    """The interpreter never compiles: both kernels build for an H100 with Triton's ptxas, and `compile_for_sm90`'s
+    """The interpreter never compiles: the kernel builds for an H100 with Triton's ptxas, and `compile_for_sm90`'s
     `divisible_by_16` marks exactly the named arguments as a GPU launch does (none without it)."""
     result = run_without_interpreter(PARTIALS_SM90_COMPILE)
     assert result.returncode == 0, result.stderr[-4000:]
-    assert result.stdout.split() == ["True", "0", "True", "3", "True", "0"], result.stdout
+    assert result.stdout.split() == ["True", "0", "True", "3"], result.stdout

@@ -36,7 +36,7 @@ from .._launch import sm_count as _sm_count
 from .._launch import softplus as _softplus
 from .._launch import x_strides as _x_strides
 from .._transpose import transpose_copy
-from .partials import sum_bc_partials, sum_param_partials
+from .partials import sum_partials
 
 RESET_NONE, RESET_PERIODIC, RESET_VARLEN = 0, 1, 2
 # the interpreter runs no inline PTX: the kernels' PTX pieces (lane ids, shuffles, vector loads) take Triton ops there
@@ -1608,9 +1608,9 @@ def selective_scan_bwd(
             combine_chunks(sum_Q, sum_X, reverse=True)
         meta = _launch_kernel(kernel, grid, *args, **flags, SUMMARY=False)
         used = triton.cdiv(dim_per_group, meta["BLOCK_D"])
-        dB, dC = sum_bc_partials(bc_part, used, B_in, C_in, length, groups, layout)
-        dA, dD, dbias = sum_param_partials(dA_part, dD_part if D is not None else None,
-                                           dbias_part if delta_bias is not None else None)  # fmt: skip
+        dB, dC, dA, dD, dbias = sum_partials(bc_part, used, B_in, C_in, length, groups, layout, dA_part,
+                                             dD_part if D is not None else None,
+                                             dbias_part if delta_bias is not None else None)  # fmt: skip
     dh0 = dh0.transpose(1, 2).contiguous() if initial_state is not None else dh0
     du, ddelta, dz = _contiguous(du, layout), _contiguous(ddelta, layout), _contiguous(dz, layout)
     return du, ddelta, dA, dB, dC, dD, dz, dbias, dh0
