@@ -1,7 +1,7 @@
 """The scan backward's partial-sum kernel (ops/selective_scan/partials.py) against torch sums, in the interpreter,
 with outputs NaN-poisoned by conftest: dB/dC from the first `n_parts` of more channel blocks, written in B's and C's
 own forms (both layouts, shared and grouped) and dtypes; dA transposed into A's (D, N) form, dD and dbias, each
-present or absent; all from one launch, whose grid is sized by the larger of the two kinds of sums; and the kernel
+present or absent; all from one launch (row blocks of dB/dC, then column blocks of dA/dD/dbias); and the kernel
 built for sm_90."""
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def test_sum_bc_partials(layout, groups, at_once, monkeypatch):
 
 
 @pytest.mark.parametrize("has_d, has_bias", [(True, True), (False, True), (True, False), (False, False)])
-@pytest.mark.parametrize("length", [1, 40], ids=["more-param-blocks", "more-bc-blocks"])
+@pytest.mark.parametrize("length", [1, 40], ids=["few-bc-blocks", "more-bc-blocks"])
 def test_sum_param_partials(has_d, has_bias, length):
     torch.manual_seed(0)
     batch, spans, nstate, dim = 3, 2, 4, 37  # dim * nstate spans several column blocks; rows not a block multiple

@@ -71,12 +71,16 @@ def _sum_columns(part_ptr, out_ptr, block, rows, width, D, NSTATE, TRANSPOSE: tl
 @triton.jit
 def partials_kernel(part_ptr, dB_ptr, dC_ptr, dA_part_ptr, dD_part_ptr, dbias_part_ptr, dA_ptr, dD_ptr, dbias_ptr,
                     n_parts, which_stride, part_stride, rows, L, G, NSTATE, sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n,
-                    sC_l, param_rows, D, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_P: tl.constexpr,
-                    BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr, PARAM_ROWS: tl.constexpr,
+                    sC_l, param_rows, D, bc_blocks, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr,
+                    BLOCK_P: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr, PARAM_ROWS: tl.constexpr,
                     BLOCK_W: tl.constexpr):  # fmt: skip
-    # program_id(1): 0 dB, 1 dC (row blocks of `_sum_bc`), 2 dA [param_rows, N * D], 3 dD and 4 dbias
-    # [param_rows, D] (column blocks of `_sum_columns`); program_id(0): the block, past the output's end for some
-    which, block = tl.program_id(1), tl.program_id(0)
+    # programs 0 .. 2 x bc_blocks - 1: dB and dC by turns (row blocks of `_sum_bc`); then dA [param_rows, N * D], dD
+    # and dbias [param_rows, D] by turns (column blocks of `_sum_columns`; dD's and dbias' run out first)
+    pid = tl.program_id(0)
+    if pid < 2 * bc_blocks:
+        which, block = pid % 2, pid // 2
+    else:
+        which, block = 2 + (pid - 2 * bc_blocks) % 3, (pid - 2 * bc_blocks) // 3
     if which < 2:
         if block * BLOCK_R < rows:
             _sum_bc(part_ptr, dB_ptr, dC_ptr, which, block, n_parts, which_stride, part_stride, rows, L, G, NSTATE,
@@ -116,12 +120,13 @@ def sum_partials(
     interpreted = triton_interpret()
     block_r = 16 if interpreted else max(16, TILE_ELEMENTS // (block_p * block_n))
     param_rows, block_w = (16, 32) if interpreted else (TILE_ELEMENTS // 32, 32)  # a batch of 128 at once
-    blocks = max(triton.cdiv(rows, block_r), triton.cdiv(nstate * dim, block_w))
+    bc_blocks = triton.cdiv(rows, block_r)
+    grid = (2 * bc_blocks + 3 * triton.cdiv(nstate * dim, block_w),)
     _launch_kernel(
-        partials_kernel, (blocks, 5), part, dB, dC, dA_part, dA_part if dD_part is None else dD_part,
+        partials_kernel, grid, part, dB, dC, dA_part, dA_part if dD_part is None else dD_part,
         dA_part if dbias_part is None else dbias_part, dA, dA if dD_part is None else dD,
         dA if dbias_part is None else dbias, n_parts, part.stride(0), part.stride(1), rows, length, groups, nstate,
-        *_bc_strides(dB, layout), *_bc_strides(dC, layout), pbatch * spans, dim,
+        *_bc_strides(dB, layout), *_bc_strides(dC, layout), pbatch * spans, dim, bc_blocks,
         HAS_D=dD_part is not None, HAS_BIAS=dbias_part is not None, BLOCK_P=block_p, BLOCK_R=block_r,
         BLOCK_N=block_n, PARAM_ROWS=param_rows, BLOCK_W=block_w,
     )  # fmt: skip
