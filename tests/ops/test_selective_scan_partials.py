@@ -74,7 +74,7 @@ from sfmamba.ops.selective_scan import partials
 from sfmamba.testing import compile_for_sm90
 
 pointer = lambda name: "*bf16" if name in ("dB_ptr", "dC_ptr") else "*fp32"
-flags = dict(HAS_D=True, HAS_BIAS=False, BLOCK_P=8, BLOCK_R=64, BLOCK_N=8, PARAM_ROWS=128, BLOCK_W=32)
+flags = dict(NSTATE=8, HAS_D=True, HAS_BIAS=False, BLOCK_P=8, BLOCK_R=64, BLOCK_N=8, PARAM_ROWS=128, BLOCK_W=32)
 for divisible in ([], ["part_ptr", "dB_ptr", "rows"]):
     compiled = compile_for_sm90(partials.partials_kernel, flags, 4, pointer, divisible)
     print(bool(compiled.asm.get("cubin")), compiled.asm["ttgir"].count("tt.divisibility = 16"))

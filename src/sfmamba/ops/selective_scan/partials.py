@@ -23,9 +23,9 @@ MAX_PARTS_AT_ONCE = 16  # channel blocks the dB/dC sum loads together (more are 
 
 
 @triton.jit
-def _sum_bc(part_ptr, dB_ptr, dC_ptr, which, block, n_parts, which_stride, part_stride, rows, L, G, NSTATE, sB_b, sB_g,
-            sB_n, sB_l, sC_b, sC_g, sC_n, sC_l, BLOCK_P: tl.constexpr, BLOCK_R: tl.constexpr,
-            BLOCK_N: tl.constexpr):  # fmt: skip
+def _sum_bc(part_ptr, dB_ptr, dC_ptr, which, block, n_parts, which_stride, part_stride, rows, L, G,
+            NSTATE: tl.constexpr, sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l, BLOCK_P: tl.constexpr,
+            BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr):  # fmt: skip
     # part: [2 (dB, dC; `which_stride` apart), n_parts (`part_stride` apart), rows, NSTATE] fp32 with row
     # r = (b * G + g) * L + l. Sums rows `block` x BLOCK_R.. over the parts and writes dB (which 0) or dC (1)
     # through their own (batch, G, N, L) strides, in their own dtype; BLOCK_P parts loaded at once
@@ -70,12 +70,14 @@ def _sum_columns(part_ptr, out_ptr, block, rows, width, D, NSTATE, TRANSPOSE: tl
 
 @triton.jit
 def partials_kernel(part_ptr, dB_ptr, dC_ptr, dA_part_ptr, dD_part_ptr, dbias_part_ptr, dA_ptr, dD_ptr, dbias_ptr,
-                    n_parts, which_stride, part_stride, rows, L, G, NSTATE, sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n,
-                    sC_l, param_rows, D, bc_blocks, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr,
+                    n_parts, which_stride, part_stride, rows, L, G, NSTATE: tl.constexpr, sB_b, sB_g, sB_n, sB_l,
+                    sC_b, sC_g, sC_n, sC_l, param_rows, D, bc_blocks, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr,
                     BLOCK_P: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr, PARAM_ROWS: tl.constexpr,
                     BLOCK_W: tl.constexpr):  # fmt: skip
-    # programs 0 .. 2 x bc_blocks - 1: dB and dC by turns (row blocks of `_sum_bc`); then dA [param_rows, N * D], dD
-    # and dbias [param_rows, D] by turns (column blocks of `_sum_columns`; dD's and dbias' run out first)
+    # NSTATE is a constant so that a row's N partials (contiguous) load as vectors (sm_90, N = 8: 16 LDG.128 per
+    # program instead of 128 scalar loads). Programs 0 .. 2 x bc_blocks - 1: dB and dC by turns (row blocks of
+    # `_sum_bc`); then dA [param_rows, N * D], dD and dbias [param_rows, D] by turns (column blocks of `_sum_columns`;
+    # dD's and dbias' run out first)
     pid = tl.program_id(0)
     if pid < 2 * bc_blocks:
         which, block = pid % 2, pid // 2
