@@ -65,14 +65,15 @@ def jit_function(kernel):
 
 
 def compile_for_sm90(
-    kernel, constexprs: dict, num_warps: int, pointer_type: Callable[[str], str], divisible_by_16: Collection[str] = ()
-):
+    kernel, constexprs: dict, num_warps: int, pointer_type: Callable[[str], str], divisible_by_16: Collection[str] = (),
+    maxnreg: int | None = None,
+):  # fmt: skip
     """Build a Triton kernel (under any autotune/heuristics wrappers) for an H100 with Triton's bundled ptxas -- no GPU
     needed -- so CI catches what the GPU compiler rejects (the interpreter never compiles). Arguments named in
     `constexprs` are bound to those values (constexprs not named there take their defaults), other `*_ptr` arguments
     typed by `pointer_type(name)`, the rest int32.
     `divisible_by_16`: arguments to mark as a GPU launch does for pointers and integers divisible by 16 (it changes
-    the layouts Triton picks: vectorised loads anchor other layouts).
+    the layouts Triton picks: vectorised loads anchor other layouts). `maxnreg`: a config's register cap.
     Returns Triton's compiled kernel (`.asm` holds ttgir, ptx, cubin). Call it where TRITON_INTERPRET is unset."""
     import triton
     from triton.backends.compiler import GPUTarget
@@ -92,7 +93,8 @@ def compile_for_sm90(
         if signature.get(n, "constexpr") != "constexpr"
     }
     source = ASTSource(fn, signature, constants, attrs)
-    return triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps})
+    options = {"num_warps": num_warps} | ({"maxnreg": maxnreg} if maxnreg else {})
+    return triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options)
 
 
 def run_without_interpreter(code: str, timeout: float = 600, env: dict[str, str] | None = None):

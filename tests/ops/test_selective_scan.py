@@ -1362,6 +1362,61 @@ def test_step_kernels_compile_for_sm90():
     assert all(chunk.bwd_chunk_for(n) <= chunk.MAX_UNROLL for n in (1, 2, 4, 8, 16, 64))
 
 
+def test_backward_defaults_on_the_gpu(monkeypatch):
+    """The GPU's backward configs (timed on an H100, session 26): every one hints the next chunk into L1 by one
+    instruction per tensor (NEXT_TO_L1 2), and ROWS with two lanes per channel runs capped at 168 registers (12 one-warp
+    programs per SM: L = 196's 1280 in one wave); the cap is pruned with SPLIT where N < 2, with ROWS above N = 8 and
+    where an initial state is given."""
+    monkeypatch.setattr(chunk, "triton_interpret", lambda: False)
+    configs = chunk._bwd_configs()
+    assert all(c.kwargs["NEXT_TO_L1"] == 2 and c.num_warps == 1 for c in configs)
+    (split,) = [c for c in configs if c.kwargs.get("SPLIT", 1) > 1]
+    assert (
+        split.kwargs["SPLIT"] == 2 and split.kwargs["BLOCK_D"] == 16 and split.kwargs["ROWS"] and split.maxnreg == 168
+    )
+    assert all(c.maxnreg is None for c in configs if c is not split)
+    assert split in chunk.prune_bwd_configs(configs, {"NSTATE": 8, "HAS_H0": False})
+    for args in ({"NSTATE": 1}, {"NSTATE": 16}, {"NSTATE": 8, "HAS_H0": True}):
+        assert split not in chunk.prune_bwd_configs(configs, args), args
+
+
+SPLIT_CAP_SM90 = """
+import os, re, subprocess, tempfile
+from pathlib import Path
+from unittest import mock
+import triton
+from sfmamba.ops.selective_scan import chunk
+from sfmamba.testing import compile_for_sm90, jit_function, scan_pointer_type
+
+with mock.patch.object(chunk, "triton_interpret", lambda: False):
+    (split,) = [c for c in chunk._bwd_configs() if c.kwargs.get("SPLIT", 1) > 1]
+names = jit_function(chunk.selective_scan_bwd_kernel).arg_names
+flags = dict(HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, HAS_H0=False, RESET=0, HAS_DLAST=False,
+             SUMMARY=False, CHUNK=8, BLOCK_N=8, UNROLL=8, VECTOR_BC=1, **split.kwargs)
+divisible = [n for n in names if n.endswith("_ptr")]
+ptxas = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
+for cap in (None, split.maxnreg):
+    ptx = compile_for_sm90(chunk.selective_scan_bwd_kernel, flags, 1, scan_pointer_type("bf16"), divisible,
+                           maxnreg=cap).asm["ptx"]
+    with tempfile.NamedTemporaryFile("w", suffix=".ptx") as f:
+        f.write(ptx)
+        f.flush()
+        arch = "sm_90a" if ".target sm_90a" in ptx else "sm_90"
+        report = subprocess.run([ptxas, f"-arch={arch}", "-v", f.name, "-o", os.devnull], capture_output=True,
+                                text=True).stderr
+    print(cap, re.search(r"Used (\\d+) registers", report).group(1))
+"""
+
+
+def test_backward_split_config_builds_under_its_register_cap():
+    """The SPLIT backward config's `maxnreg` reaches ptxas: built for sm_90 it uses at most 168 registers, where the
+    same kernel uncapped takes more (the cap is what fits 12 programs per SM)."""
+    result = run_without_interpreter(SPLIT_CAP_SM90)
+    assert result.returncode == 0, result.stderr[-4000:]
+    (uncapped, free), (cap, capped) = (line.split() for line in result.stdout.splitlines())
+    assert uncapped == "None" and cap == "168" and int(capped) <= 168 < int(free), result.stdout
+
+
 def test_static_loop_counts_of_step_forward(tmp_path):
     """benchmarks/ops/experiments/sass_loop_counts.py builds the step forward for sm_90 and counts its main loop's SASS
     instructions: no variant spills or converts layouts; the inference loops walk their pointers (no per-load address

@@ -714,15 +714,20 @@ def _bwd_configs() -> list[triton.Config]:
     # the channel sums by butterfly shuffles; H200 session 19 (benchmarks/results/s19_20261205/, CUDA graphs,
     # fwd+bwd, each checked against the fp32 reference): bf16 (128, 160, 196, 8) 248.9 vs TILES 276.7 us, (128, 320,
     # 49, 8) 116.7 vs 130.7; fp32 259.0 vs 258.6 and 125.7 vs 124.4 (the autotuner keeps TILES there).
-    # `prune_bwd_configs` keeps ROWS to N <= 8 and out of initial-state launches. ROWS with 2 or 4 lanes per channel
-    # (`{"BLOCK_D": 32 // SPLIT, "ROWS": 1, "SPLIT": SPLIT}`, session 23) is not here until timed: `pending_gpu.sh
-    # scan-bwd-split`.
+    # `prune_bwd_configs` keeps ROWS to N <= 8 and out of initial-state launches. H100 session 26
+    # (benchmarks/results/s26_20261206/call2, fwd+bwd at (128, 160, 196, 8), CUDA graphs, each checked): the next
+    # chunk's L1 hints as one instruction per tensor (NEXT_TO_L1 2) bf16 ROWS 248.6 -> 230.1 us, fp32 TILES 259.6 ->
+    # 243.1; ROWS with 2 lanes per channel (SPLIT 2, BLOCK_D 16) capped at 168 registers (no spills in bf16; 12 warps
+    # per SM hold L = 196's 1280 programs in one wave, 2.4 per scheduler) bf16 183.0, fp32 234.4 (uncapped: 274.2 /
+    # 306.0, the programs in two waves; 200 registers: 271.8 / 300.7). SPLIT 4 lost (session 24).
     tiles = [
-        triton.Config({"BLOCK_D": 32, "PREFETCH": 1, "NEXT_TO_L1": 1, "BRANCHLESS": 0, "TILES": tiles}, num_warps=1)
+        triton.Config({"BLOCK_D": 32, "PREFETCH": 1, "NEXT_TO_L1": 2, "BRANCHLESS": 0, "TILES": tiles}, num_warps=1)
         for tiles in (1, 0)
     ]
-    rows = triton.Config({"BLOCK_D": 32, "PREFETCH": 1, "NEXT_TO_L1": 1, "BRANCHLESS": 0, "ROWS": 1}, num_warps=1)
-    return [rows, *tiles]
+    rows = triton.Config({"BLOCK_D": 32, "PREFETCH": 1, "NEXT_TO_L1": 2, "BRANCHLESS": 0, "ROWS": 1}, num_warps=1)
+    split = triton.Config({"BLOCK_D": 16, "PREFETCH": 1, "NEXT_TO_L1": 2, "BRANCHLESS": 0, "ROWS": 1, "SPLIT": 2},
+                          num_warps=1, maxnreg=168)  # fmt: skip
+    return [rows, split, *tiles]
 
 
 def prune_bwd_configs(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
