@@ -101,10 +101,11 @@
 #                    (scan_configs.py --kernel bwd)                                                             (~4 min)
 #   scan-fb-profile  every kernel of one fwd+bwd through the op and its time (torch.profiler) against the step's CUDA-graph
 #                    time, (128, 160, 196, 8) and (128, 320, 49, 8), bf16 and fp32 (scan_fb_profile.py)        (~2 min)
-#   scan-bwd-split-cap ROWS with 2 lanes per channel (SPLIT 2, BD16) and next-chunk hints (NEXT_TO_L1 2) capped at 200 /
-#                    168 registers (sm_90 bf16: 233 -> 168 registers, no spills; 12 warps per SM hold L = 196's 1280
-#                    programs in one wave, 2.4 per scheduler instead of ROWS' 1.2) vs ROWS and TILES with hints 1 / 2,
-#                    fwd+bwd, L = 196 and 49, bf16 and fp32, each checked (scan_configs.py --kernel bwd)     (~6 min)
+#   scan-bwd-split-cap ROWS with 2 lanes per channel (SPLIT 2, BD16) and next-chunk hints (NEXT_TO_L1 2) under each
+#                    register cap in CAPS (default "184 176 168 160"; 184 still fits 11 warps per SM, 1452 programs, one
+#                    wave at L = 196; session 26 timed 168: bf16 183.0 us vs ROWS 230.1, fp32 234.4 with 28 bytes of
+#                    spills vs TILES 243.1) vs ROWS and TILES (both NEXT_TO_L1 2, the defaults since session 26),
+#                    fwd+bwd, SHAPES (default "0 2"), bf16 and fp32, each checked (scan_configs.py --kernel bwd) (~5 min)
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 if [ -z "${PY:-}" ]; then
@@ -317,10 +318,11 @@ run_step() {
         --precompile 14 --budget-s 200 --out-dir "$dir" 2>&1 | tee "$dir/log.txt" | grep -v Warning ;;
     scan-bwd-split-cap)
       split='"ROWS": 1, "TILES": 0, "BLOCK_D": 16, "SPLIT": 2, "NEXT_TO_L1": 2'
+      capped=()
+      for cap in ${CAPS:-184 176 168 160}; do capped+=("{$split, \"maxnreg\": $cap}"); done
       "$PY" benchmarks/ops/experiments/scan_configs.py --kernel bwd --no-autotuned --shapes ${SHAPES:-0 2} \
-        --dtypes bfloat16 float32 --unroll 16 --bwd-configs '{"ROWS": 1}' '{"ROWS": 1, "NEXT_TO_L1": 2}' '{"TILES": 1}' \
-        '{"TILES": 1, "NEXT_TO_L1": 2}' "{$split}" "{$split, \"maxnreg\": 200}" "{$split, \"maxnreg\": 168}" \
-        --precompile 14 --budget-s 300 --out-dir "$dir" 2>&1 | tee "$dir/log.txt" | grep -v Warning ;;
+        --dtypes bfloat16 float32 --unroll 16 --bwd-configs '{"ROWS": 1, "NEXT_TO_L1": 2}' '{"TILES": 1, "NEXT_TO_L1": 2}' \
+        "${capped[@]}" --precompile 14 --budget-s 300 --out-dir "$dir" 2>&1 | tee "$dir/log.txt" | grep -v Warning ;;
     scan-fb-profile)
       "$PY" benchmarks/ops/experiments/scan_fb_profile.py --shapes ${SHAPES:-0 2} --out "$dir/scan_fb_profile.json" 2>&1 | tee "$dir/log.txt" \
         | grep -v Warning ;;
