@@ -11,6 +11,7 @@ from collections.abc import Callable, Collection
 
 import torch
 from torch import Tensor, nn
+from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
 
 
 def relative_error(ref: Tensor, out: Tensor) -> float:
@@ -150,3 +151,29 @@ def autograd_node_names(t: Tensor) -> set[str]:
             seen.add(node)
             stack.extend(n for n, _ in node.next_functions)
     return {type(n).__name__ for n in seen}
+
+
+class FillRecorder(TorchDispatchMode):
+    """Records the element count of every tensor an aten fill / zeros op writes while active (autograd's zero-filled
+    gradients of unused outputs among them). `unrecorded(fn)` runs `fn` outside it (the Triton interpreter's kernels
+    are plain Python over raw pointers)."""
+
+    FILLS = ("fill", "zero", "zeros", "new_zeros", "zeros_like", "full", "full_like", "new_full")
+
+    def __init__(self):
+        super().__init__()
+        self.sizes: list[int] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func.overloadpacket.__name__.rstrip("_") in self.FILLS and isinstance(out, Tensor):
+            self.sizes.append(out.numel())
+        return out
+
+    @staticmethod
+    def unrecorded(fn: Callable) -> Callable:
+        def run(*args, **kwargs):
+            with _disable_current_modes():
+                return fn(*args, **kwargs)
+
+        return run

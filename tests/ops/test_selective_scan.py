@@ -28,11 +28,10 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
-from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes  # noqa: E402
 
 from sfmamba.ops import selective_scan, selective_scan_naive  # noqa: E402
 from sfmamba.ops.selective_scan import chunk  # noqa: E402
-from sfmamba.testing import assert_close, relative_error, run_without_interpreter  # noqa: E402
+from sfmamba.testing import FillRecorder, assert_close, relative_error, run_without_interpreter  # noqa: E402
 from sfmamba.utils._config import SCAN_FWD_ENV, set_kernel_backend  # noqa: E402
 
 LAYOUTS = ("BDL", "BLD")
@@ -1144,22 +1143,6 @@ def test_custom_ops_opcheck(op_name):
     torch.library.opcheck(torch.ops.sfmamba.selective_scan_bwd.default, bwd_args)
 
 
-class _FillRecorder(TorchDispatchMode):
-    """Records the element count of every tensor an aten fill / zeros op writes."""
-
-    FILLS = ("fill", "zero", "zeros", "new_zeros", "zeros_like", "full", "full_like", "new_full")
-
-    def __init__(self):
-        super().__init__()
-        self.sizes = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        if func.overloadpacket.__name__.rstrip("_") in self.FILLS and isinstance(out, torch.Tensor):
-            self.sizes.append(out.numel())
-        return out
-
-
 @pytest.mark.parametrize("path", ["eager", "op"])
 @pytest.mark.parametrize("use", ["out", "last", "both"])
 def test_backward_fills_no_zero_gradients(path, use):
@@ -1173,13 +1156,8 @@ def test_backward_fills_no_zero_gradients(path, use):
                          t["initial_state"], None, True, 5, "BLD", True, True)  # fmt: skip
     loss = {"out": out.square().sum(), "last": last.square().sum()}
     loss = sum(loss.values()) if use == "both" else loss[use]
-    launcher = chunk.selective_scan_bwd
-
-    def unrecorded(*args):  # the interpreter's kernels are plain Python: keep them out of the dispatch mode
-        with _disable_current_modes():
-            return launcher(*args)
-
-    with mock.patch.object(chunk, "selective_scan_bwd", unrecorded), _FillRecorder() as recorder:
+    unrecorded = FillRecorder.unrecorded(chunk.selective_scan_bwd)  # the op path's kernels run outside modes anyway
+    with mock.patch.object(chunk, "selective_scan_bwd", unrecorded), FillRecorder() as recorder:
         grads = torch.autograd.grad(loss, list(t.values()), allow_unused=True)
     assert ckpt.numel() > 0 and ckpt.numel() not in recorder.sizes, recorder.sizes
     r = cast(base, torch.float32)

@@ -23,7 +23,7 @@ import torch  # noqa: E402
 from sfmamba.ops import mean_selective_scan, selective_scan  # noqa: E402
 from sfmamba.ops.vmeanba import chunk as vmeanba_chunk  # noqa: E402, F401 (registers the sfmamba::mean_* ops)
 from sfmamba.ops.vmeanba import mean_selective_scan_naive  # noqa: E402
-from sfmamba.testing import assert_close, run_without_interpreter  # noqa: E402
+from sfmamba.testing import FillRecorder, assert_close, run_without_interpreter  # noqa: E402
 from sfmamba.utils._config import set_kernel_backend  # noqa: E402
 
 LAYOUTS = ("BDL", "BLD")
@@ -305,6 +305,29 @@ def test_kernel_without_grad_saves_nothing():
         out = mean_selective_scan(**inputs, delta_softplus=True)
     assert fwd.call_args.args[-1] is False  # save
     assert_close("out", mean_selective_scan_naive(**inputs, delta_softplus=True), out, 1e-5)
+
+
+@pytest.mark.parametrize("path", ["eager", "op"])
+def test_backward_fills_no_zero_gradients(path):
+    """Autograd passes no zero-filled gradients for the saved decays and states (unused outputs) to the backward;
+    the gradients match the naive reference."""
+    from sfmamba.ops.vmeanba import chunk
+
+    torch.manual_seed(3)
+    base = make_inputs(2, 12, 8, 2, 2, "BLD")
+    t = cast(base, torch.float32)
+    fn = chunk.MeanSelectiveScanFunction.apply if path == "eager" else torch.ops.sfmamba.mean_selective_scan_fwd
+    out, a_save, h_save = fn(*(t.get(k) for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")), True, 6,
+                             "BLD", True)  # fmt: skip
+    unrecorded = FillRecorder.unrecorded(chunk.mean_scan_bwd)
+    with mock.patch.object(chunk, "mean_scan_bwd", unrecorded), FillRecorder() as recorder:
+        grads = torch.autograd.grad(out.square().sum(), list(t.values()))
+    saved = {a_save.numel(), h_save.numel()}
+    assert 0 not in saved and not saved & set(recorder.sizes), (saved, recorder.sizes)
+    r = cast(base, torch.float32)
+    ref = mean_selective_scan_naive(**r, delta_softplus=True, seq_len=6, layout="BLD")
+    for name, grad, want in zip(t, grads, torch.autograd.grad(ref.square().sum(), list(r.values()))):
+        assert_close(f"d{name}", want, grad, 1e-4)
 
 
 @pytest.mark.parametrize("op_name", ["fwd", "bwd"])

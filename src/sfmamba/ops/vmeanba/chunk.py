@@ -591,6 +591,7 @@ def _setup_context(ctx, inputs, output) -> None:
     u, delta, A, B, C, D, z, delta_bias, delta_softplus, seq_len, layout, _ = inputs
     ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, output[1], output[2])
     ctx.flags = (delta_softplus, seq_len, layout)
+    ctx.set_materialize_grads(False)  # no zero-filled gradients of the saved decays and states on every backward
 
 
 def _backward(ctx, dout, _da, _dh, bwd=None):
@@ -599,6 +600,8 @@ def _backward(ctx, dout, _da, _dh, bwd=None):
     delta_softplus, seq_len, layout = ctx.flags
     if h_save.numel() == 0:
         raise RuntimeError("mean_selective_scan: backward called but the forward ran without grad on its inputs")
+    if dout is None:  # only the saved tensors reached the loss (the op path leaves them differentiable)
+        dout = torch.zeros_like(u)
     bwd = bwd or torch.ops.sfmamba.mean_selective_scan_bwd
     grads = bwd(dout, u, delta, A, B, C, D, z, delta_bias, a_save, h_save, delta_softplus, seq_len, layout)
     du, ddelta, dA, dB, dC, dD, dz, dbias = (g if g.numel() else None for g in grads)
