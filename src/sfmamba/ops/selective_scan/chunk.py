@@ -348,6 +348,19 @@ def _select_rows(cond, rows_if, rows_else, BLOCK_N: tl.constexpr):
 
 
 @triton.jit
+def _A_tile(A_ptr, offs_n, ch, NSTATE, mask_dn):
+    """The [BN, BD] tile of A at states offs_n and channels ch; A stays in its own (D, N) form (no transposed copy
+    per call)."""
+    return tl.load(A_ptr + offs_n[:, None] + ch[None, :] * NSTATE, mask=mask_dn, other=0.0)
+
+
+@triton.jit
+def _A_rows(A_ptr, ch, n0, mask, nleft, NSTATE, ROWS: tl.constexpr):
+    """A's states n0 .. n0 + ROWS - 1 of channels ch as a tuple of [BD] rows (`_state_rows` over A's (D, N) form)."""
+    return _state_rows(A_ptr, 0, 1, ch * NSTATE + n0, mask, nleft, ROWS)
+
+
+@triton.jit
 def _zero_rows_where(cond, rows, BLOCK_N: tl.constexpr):
     """Row-wise `where(cond, 0, rows)` of a state tuple (a segment start forgets the carried state)."""
     out = ()
@@ -483,12 +496,10 @@ def selective_scan_fwd_kernel(
     # (four times) the warps per scheduler, at that share of the state work each; y's shares meet by 1 (2) shuffles)
     pid_d, pid_b, pid_g, c, D_total, _, mask_d, ch, _, _, _, _ = _channel_block(Dg, NSTATE, nchunks, BLOCK_D, BLOCK_N)
     ROWS: tl.constexpr = BLOCK_N // SPLIT  # state rows per thread
-    state_ch, nleft, y_mask = ch, NSTATE, mask_d  # a thread's first state row at state_ch (offsets in an (N, D) state)
-    a_first = ch * NSTATE  # its first entry of A, which stays (D, N) (no transposed copy per call)
+    state_ch, nleft, y_mask, n0 = ch, NSTATE, mask_d, 0  # a thread's first state row (offsets in an (N, D) state)
     if SPLIT > 1:
         ch, mask_d, n0, state_ch, nleft, y_mask = _split_channels(pid_d, pid_g, Dg, D_total, NSTATE, BLOCK_D, ROWS,
                                                                   SPLIT)  # fmt: skip
-        a_first = ch * NSTATE + n0
         B_ptr += n0 * sB_n  # each lane's share of B_t and C_t
         C_ptr += n0 * sC_n
     ch_first = pid_g * Dg + pid_d * BLOCK_D
@@ -501,7 +512,7 @@ def selective_scan_fwd_kernel(
     B_ptr += pid_b * sB_b + pid_g * sB_g
     C_ptr += pid_b * sC_b + pid_g * sC_g
     STATE = D_total * NSTATE
-    A = _state_rows(A_ptr, 0, 1, a_first, mask_d, nleft, ROWS)  # A (D, N): row n at a_first + n
+    A = _A_rows(A_ptr, ch, n0, mask_d, nleft, NSTATE, ROWS)
     chunk_base = pid_b * nchunks * STATE
     zero = tl.zeros([BLOCK_D * SPLIT], dtype=tl.float32)
     # the state entering this chunk (chunk_combine_kernel turned the summaries into incoming states); 0 for the first
@@ -800,7 +811,6 @@ def selective_scan_bwd_kernel(
         Dg, NSTATE, nchunks, BLOCK_D, BLOCK_N
     )
     R: tl.constexpr = BLOCK_N // SPLIT  # ROWS: state rows per lane
-    a_offs = offs_n[:, None] + ch[None, :] * NSTATE  # [BN, BD] entries of A, which stays (D, N) (no transposed copy)
     state_ch, nleft, lead, n0 = ch, NSTATE, mask_d, 0  # a lane's first state row (offsets in an (N, D) state)
     if SPLIT > 1:
         tl.static_assert(ROWS != 0, "SPLIT: ROWS backward only")
@@ -810,7 +820,7 @@ def selective_scan_bwd_kernel(
             B_ptr += n0 * sB_n  # each lane's share of B_t and C_t
             C_ptr += n0 * sC_n
     n_groups = tl.num_programs(1) // nchunks
-    A = tl.load(A_ptr + a_offs, mask=mask_dn, other=0.0)
+    A = _A_tile(A_ptr, offs_n, pid_g * Dg + offs_d, NSTATE, mask_dn)  # the block's channels (before any SPLIT)
     A2 = A * LOG2E
     Dv = tl.load(D_ptr + ch, mask=mask_d, other=0.0) if HAS_D else None
     bias = tl.load(bias_ptr + ch, mask=mask_d, other=0.0) if HAS_BIAS else None
@@ -875,7 +885,7 @@ def selective_scan_bwd_kernel(
         if ROWS:
             dh_rows = _state_rows(sum_X_ptr, (pid_b * nchunks + c) * STATE, D_total, state_ch,
                                   mask_d & (c < nchunks - 1), nleft, R)  # fmt: skip
-            A_rows = _state_rows(A_ptr, 0, 1, ch * NSTATE + n0, mask_d, nleft, R)  # A (D, N)
+            A_rows = _A_rows(A_ptr, ch, n0, mask_d, nleft, NSTATE, R)
             A2_rows = ()
             a_rows = ()
             acc_rows = ()

@@ -22,7 +22,7 @@ from ...utils._config import triton_interpret
 from .._launch import autotune as _autotune
 from .._launch import linear_recurrence as _linear_recurrence
 from .._launch import softplus as _softplus
-from .chunk import LOG2E, _channel_block, _segments, is_narrow
+from .chunk import LOG2E, _A_tile, _channel_block, _segments, is_narrow
 
 __all__ = ["selective_scan_fwd_tiled_kernel"]
 
@@ -165,7 +165,7 @@ def selective_scan_fwd_tiled_kernel(
         Dg, NSTATE, nchunks, BLOCK_D, BLOCK_N
     )
     STATE = D_total * NSTATE  # one (N, D) state, D contiguous
-    A2 = tl.load(A_ptr + offs_n[:, None] + ch[None, :] * NSTATE, mask=mask_dn, other=0.0) * LOG2E  # A: (D, N)
+    A2 = _A_tile(A_ptr, offs_n, ch, NSTATE, mask_dn) * LOG2E
     Dv = tl.load(D_ptr + ch, mask=mask_d, other=0.0) if HAS_D else None
     bias = tl.load(bias_ptr + ch, mask=mask_d, other=0.0) if HAS_BIAS else None
     u_ptr += pid_b * su_b

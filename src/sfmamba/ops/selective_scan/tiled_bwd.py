@@ -25,7 +25,7 @@ from ...utils._config import triton_interpret
 from .._launch import autotune as _autotune
 from .._launch import linear_recurrence as _linear_recurrence
 from .._launch import softplus as _softplus
-from .chunk import LOG2E, _channel_block, _segments
+from .chunk import LOG2E, _A_tile, _channel_block, _segments
 from .tiled import _bc_tile, _seq_tile, _step_row
 
 __all__ = ["selective_scan_bwd_tiled_kernel"]
@@ -167,7 +167,7 @@ def selective_scan_bwd_tiled_kernel(
     )
     n_groups = tl.num_programs(1) // nchunks
     STATE = D_total * NSTATE
-    A = tl.load(A_ptr + offs_n[:, None] + ch[None, :] * NSTATE, mask=mask_dn, other=0.0)  # A (D, N)
+    A = _A_tile(A_ptr, offs_n, ch, NSTATE, mask_dn)
     A2 = A * LOG2E
     Dv = tl.load(D_ptr + ch, mask=mask_d, other=0.0) if HAS_D else None
     bias = tl.load(bias_ptr + ch, mask=mask_d, other=0.0) if HAS_BIAS else None
