@@ -705,14 +705,16 @@ def test_training_forward_checkpoint_blocks(monkeypatch, chunk_len, nstate, bloc
     assert launches == [blocks]
 
 
-@pytest.mark.parametrize("chunk_len, ahead", [(None, 16), (20, 8)])
-def test_forward_with_l2_hints_walks_blocks(chunk_len, ahead):
+@pytest.mark.parametrize("chunk_len, ahead, split", [(None, 16, 1), (20, 8, 1), (None, 32, 2)])
+def test_forward_with_l2_hints_walks_blocks(chunk_len, ahead, split):
     """L2_AHEAD: the forward walks blocks of 8 steps, each hinting L2 (a no-op in the interpreter) `ahead` steps on,
     then the row's last steps; inference and training (checkpoint blocks), whole rows and chunks of 20 (blocks, then
-    4 steps), with periodic resets, a gate and the vector B/C loads: output, last states and every gradient."""
+    4 steps), with periodic resets, a gate and the vector B/C loads, and on two lanes per channel (the default
+    config): output, last states and every gradient."""
     torch.manual_seed(13)
     inputs = make_inputs(2, 44, 20, 8, 1, "BLD", segments=None)
-    config = triton.Config({"BLOCK_D": 32, "PREFETCH": 4, "UNROLL": 4, "L2_AHEAD": ahead}, num_warps=1)
+    ring = {"PREFETCH": 8, "UNROLL": 8} if split > 1 else {"PREFETCH": 4, "UNROLL": 4}
+    config = triton.Config({"BLOCK_D": 32 // split, **ring, "SPLIT": split, "L2_AHEAD": ahead}, num_warps=1)
     flags = {"delta_softplus": True, "layout": "BLD", "seq_len": 11}
     with (
         forced_configs(chunk.selective_scan_fwd_kernel, [config]),

@@ -382,7 +382,9 @@ def _fwd_configs() -> list[triton.Config]:
     14.9 (fp32 keeps AHEAD 16: 13.8 against 16.9). Two lanes per channel (SPLIT 2, BLOCK_D 16, 8-step ring: 1280
     one-warp programs at L = 196 instead of 640, 156-162 registers) wins fp32 at L = 196 (H100, session 23,
     benchmarks/results/s23_20261205/: 39.2 us against the ring's 47.3; bf16 32.6 against 32.4, L2 flushed 36.2
-    against 42.4; L = 49 ties). `prune_fwd_configs` keeps rings deeper than 2 steps to N <= 8."""
+    against 42.4; L = 49 ties). Its L2 hints 32 steps ahead (L2_AHEAD) take fp32 at L = 196 from 37.2 to 33.6 us
+    (H100, session 27, benchmarks/results/s27_20261206/; bf16 31.6 against 30.9, L = 49 15.3 against 14.8: the
+    autotuner picks per shape). `prune_fwd_configs` keeps rings deeper than 2 steps to N <= 8."""
     if triton_interpret():
         return [triton.Config({"BLOCK_D": 16, "PREFETCH": 1, "UNROLL": 1}, num_warps=1)]
     ring = [
@@ -398,6 +400,7 @@ def _fwd_configs() -> list[triton.Config]:
     deep = [
         triton.Config({"BLOCK_D": 32, "PREFETCH": 8, "UNROLL": 8}, num_warps=1),
         triton.Config({"BLOCK_D": 16, "PREFETCH": 8, "UNROLL": 8, "SPLIT": 2}, num_warps=1),
+        triton.Config({"BLOCK_D": 16, "PREFETCH": 8, "UNROLL": 8, "SPLIT": 2, "L2_AHEAD": 32}, num_warps=1),
     ]
     wide = [triton.Config({"BLOCK_D": 128, "PREFETCH": 1, "UNROLL": 1}, num_warps=w) for w in (1, 2)]
     return ring + hinted + deep + wide
