@@ -106,6 +106,10 @@
 #                    wave at L = 196; session 26 timed 168: bf16 183.0 us vs ROWS 230.1, fp32 234.4 with 28 bytes of
 #                    spills vs TILES 243.1) vs ROWS and TILES (both NEXT_TO_L1 2, the defaults since session 26),
 #                    fwd+bwd, SHAPES (default "0 2"), bf16 and fp32, each checked (scan_configs.py --kernel bwd) (~5 min)
+#                    Session 27 (H100): 168 stays; 176-184 hold 2 warps per scheduler, not 3 (two waves), 160 spills.
+#   scan-bwd-atomic  the backward's dB/dC sums by fp32 atomics into one block (SFMAMBA_SCAN_BC_SUM=atomic) against its
+#                    per-block partials, the SPLIT (cap 168) and TILES configs, fwd+bwd, SHAPES (default "0 2"), bf16
+#                    and fp32, each checked; the partials' sum took 13 us of 183 at L = 196 bf16 (session 27) (~6 min)
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 if [ -z "${PY:-}" ]; then
@@ -323,6 +327,15 @@ run_step() {
       "$PY" benchmarks/ops/experiments/scan_configs.py --kernel bwd --no-autotuned --shapes ${SHAPES:-0 2} \
         --dtypes bfloat16 float32 --unroll 16 --bwd-configs '{"ROWS": 1, "NEXT_TO_L1": 2}' '{"TILES": 1, "NEXT_TO_L1": 2}' \
         "${capped[@]}" --precompile 14 --budget-s 300 --out-dir "$dir" 2>&1 | tee "$dir/log.txt" | grep -v Warning ;;
+    scan-bwd-atomic)  # the backward's dB/dC sums by atomics (SFMAMBA_SCAN_BC_SUM) against its partials, same run
+      split='{"ROWS": 1, "TILES": 0, "BLOCK_D": 16, "SPLIT": 2, "NEXT_TO_L1": 2, "maxnreg": 168}'
+      for sum in partials atomic; do
+        echo "## SFMAMBA_SCAN_BC_SUM=$sum" | tee -a "$dir/log.txt"
+        SFMAMBA_SCAN_BC_SUM=$sum "$PY" benchmarks/ops/experiments/scan_configs.py --kernel bwd --no-autotuned \
+          --shapes ${SHAPES:-0 2} --dtypes bfloat16 float32 --unroll 16 --bwd-configs "$split" \
+          '{"TILES": 1, "NEXT_TO_L1": 2}' --precompile 8 --budget-s 150 --out-dir "$dir/$sum" 2>&1 \
+          | tee -a "$dir/log.txt" | grep -v Warning
+      done ;;
     scan-fb-profile)
       "$PY" benchmarks/ops/experiments/scan_fb_profile.py --shapes ${SHAPES:-0 2} --out "$dir/scan_fb_profile.json" 2>&1 | tee "$dir/log.txt" \
         | grep -v Warning ;;

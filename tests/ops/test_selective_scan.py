@@ -28,11 +28,12 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
+from triton.runtime.autotuner import Autotuner  # noqa: E402
 
 from sfmamba.ops import selective_scan, selective_scan_naive  # noqa: E402
 from sfmamba.ops.selective_scan import chunk  # noqa: E402
 from sfmamba.testing import FillRecorder, assert_close, relative_error, run_without_interpreter  # noqa: E402
-from sfmamba.utils._config import SCAN_FWD_ENV, set_kernel_backend  # noqa: E402
+from sfmamba.utils._config import SCAN_BC_SUM_ENV, SCAN_FWD_ENV, set_kernel_backend  # noqa: E402
 
 LAYOUTS = ("BDL", "BLD")
 # "triton-2pass": the Triton forward with L split into chunks of 7 steps (summary pass + main pass), as on a GPU that
@@ -426,6 +427,66 @@ def test_chunk_prefetch_depths(layout, kernel, prefetch):
             branchless,
             tiles,
         )
+
+
+ATOMIC_CASES = {  # name: (configs the autotuner times, N, layout, kernel, segments)
+    "rows-split": ([{"BLOCK_D": 16, "ROWS": 1, "SPLIT": 2}], 8, "BLD", "triton", None),
+    "rows": ([{"BLOCK_D": 8, "ROWS": 1}], 4, "BDL", "triton-2pass", None),
+    "tiles": ([{"BLOCK_D": 8, "TILES": 1}], 8, "BLD", "triton", 2),  # initial states
+    "tensor": ([{"BLOCK_D": 8, "TILES": 0}], 16, "BLD", "triton-2pass", None),
+    "tuned": ([{"BLOCK_D": 8, "TILES": 1}, {"BLOCK_D": 16, "ROWS": 1}], 8, "BLD", "triton", None),
+}
+
+
+@pytest.mark.parametrize("case", list(ATOMIC_CASES))
+def test_backward_atomic_bc_sums(case, monkeypatch):
+    """SFMAMBA_SCAN_BC_SUM=atomic: the channel blocks add their dB/dC sums into one zeroed block by atomics, so the
+    partial sums read one block: every layout of the states, whole rows and two passes, initial states; and a
+    launch that tunes two configs, whose timing runs add into the sums too (the launcher zeroes and launches again).
+    Forward, last states and every gradient against the reference; two groups of 20 channels, in blocks of 8 or 16
+    (2-3 blocks adding into each group's sums)."""
+    configs, nstate, layout, kernel, segments = ATOMIC_CASES[case]
+    torch.manual_seed(11)
+    inputs = make_inputs(2, 23, 40, nstate, 2, layout, segments=segments)
+    kernel_fn = chunk.selective_scan_bwd_kernel
+    base = {"PREFETCH": 1, "NEXT_TO_L1": 1, "BRANCHLESS": 0}
+    forced = [triton.Config({**base, **c}, num_warps=1) for c in configs]
+    monkeypatch.setenv(SCAN_BC_SUM_ENV, "atomic")
+    timed = []
+
+    def run_as_timed(self, *args, config, **meta):  # a timing run (no GPU here): its atomics add into the sums
+        self.fn.run(*args, **meta, **config.all_kwargs())
+        timed.append(config)
+        return [2.0 - forced.index(config)] * 3  # the last config is the fastest
+
+    monkeypatch.setattr(Autotuner, "_bench", run_as_timed)
+    summed = mock.patch.object(chunk, "sum_partials", wraps=chunk.sum_partials)
+    with summed as spy, forced_configs(kernel_fn, forced):
+        compare_with_reference(inputs, torch.float32, {"delta_softplus": True, "layout": layout}, backward=True,
+                               kernel=kernel)  # fmt: skip
+        assert kernel_fn.best_config == forced[-1]
+    assert len(timed) == (len(forced) if len(forced) > 1 else 0)
+    part, n_parts = spy.call_args.args[:2]
+    assert n_parts == 1 and part.shape[1] == 1
+
+
+def test_backward_atomic_bc_sums_yield_to_deterministic_algorithms(monkeypatch):
+    """Under torch.use_deterministic_algorithms(True) the backward keeps its ordered partial sums, atomic asked or
+    not, and the gradients match the reference."""
+    torch.manual_seed(12)
+    inputs = make_inputs(2, 23, 20, 8, 1, "BLD", segments=None)
+    config = triton.Config({"BLOCK_D": 8, "PREFETCH": 1, "NEXT_TO_L1": 1, "BRANCHLESS": 0, "TILES": 1}, num_warps=1)
+    monkeypatch.setenv(SCAN_BC_SUM_ENV, "atomic")
+    was = torch.are_deterministic_algorithms_enabled()
+    summed = mock.patch.object(chunk, "sum_partials", wraps=chunk.sum_partials)
+    try:
+        torch.use_deterministic_algorithms(True)
+        with summed as spy, forced_configs(chunk.selective_scan_bwd_kernel, [config]):
+            compare_with_reference(inputs, torch.float32, {"delta_softplus": True, "layout": "BLD"}, backward=True,
+                                   kernel="triton")  # fmt: skip
+    finally:
+        torch.use_deterministic_algorithms(was)
+    assert spy.call_args.args[1] == 3  # 20 channels in blocks of 8, each its own partials
 
 
 @pytest.mark.parametrize(
@@ -1375,26 +1436,31 @@ flags = dict(HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, HAS_H0=False,
              SUMMARY=False, CHUNK=8, BLOCK_N=8, UNROLL=8, VECTOR_BC=1, **split.kwargs)
 divisible = [n for n in names if n.endswith("_ptr")]
 ptxas = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
-for cap in (None, split.maxnreg):
-    ptx = compile_for_sm90(chunk.selective_scan_bwd_kernel, flags, 1, scan_pointer_type("bf16"), divisible,
-                           maxnreg=cap).asm["ptx"]
+for cap, atomic in ((None, 0), (split.maxnreg, 0), (split.maxnreg, 1)):
+    ptx = compile_for_sm90(chunk.selective_scan_bwd_kernel, {**flags, "ATOMIC_BC": atomic}, 1,
+                           scan_pointer_type("bf16"), divisible, maxnreg=cap).asm["ptx"]
     with tempfile.NamedTemporaryFile("w", suffix=".ptx") as f:
         f.write(ptx)
         f.flush()
         arch = "sm_90a" if ".target sm_90a" in ptx else "sm_90"
         report = subprocess.run([ptxas, f"-arch={arch}", "-v", f.name, "-o", os.devnull], capture_output=True,
                                 text=True).stderr
-    print(cap, re.search(r"Used (\\d+) registers", report).group(1))
+    adds = len(re.findall(r"(?:atom|red)\\.global\\S*\\.add\\.f32", ptx))
+    print(cap, atomic, re.search(r"Used (\\d+) registers", report).group(1), adds)
 """
 
 
 def test_backward_split_config_builds_under_its_register_cap():
     """The SPLIT backward config's `maxnreg` reaches ptxas: built for sm_90 it uses at most 168 registers, where the
-    same kernel uncapped takes more (the cap is what fits 12 programs per SM)."""
+    same kernel uncapped takes more (the cap is what fits 12 programs per SM). With ATOMIC_BC it stays under the cap
+    and adds its dB/dC sums by one fp32 atomic per lane-row and step: 2 x 8 in a chunk of 8 steps (none without)."""
     result = run_without_interpreter(SPLIT_CAP_SM90)
     assert result.returncode == 0, result.stderr[-4000:]
-    (uncapped, free), (cap, capped) = (line.split() for line in result.stdout.splitlines())
+    (uncapped, _, free, adds), (cap, _, capped, capped_adds), (_, _, atomic, atomic_adds) = (
+        line.split() for line in result.stdout.splitlines()
+    )
     assert uncapped == "None" and cap == "168" and int(capped) <= 168 < int(free), result.stdout
+    assert int(atomic) <= 168 and (adds, capped_adds, atomic_adds) == ("0", "0", "16"), result.stdout
 
 
 def test_static_loop_counts_of_step_forward(tmp_path):

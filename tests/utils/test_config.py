@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from sfmamba.utils._config import kernel_backend, value_checks_enabled
+from sfmamba.utils._config import SCAN_BC_SUM_ENV, kernel_backend, scan_bc_sum, value_checks_enabled
 
 
 @pytest.mark.parametrize("value, enabled", [("0", False), ("1", True), ("", True)])
@@ -25,3 +25,18 @@ def test_kernel_backend_refuses_a_typo(monkeypatch):
     monkeypatch.setenv("SFMAMBA_KERNEL", "trition")
     with pytest.raises(ValueError, match="SFMAMBA_KERNEL must be one of"):
         kernel_backend()
+
+
+@pytest.mark.parametrize("value, choice", [(None, "partials"), ("partials", "partials"), ("atomic", "atomic")])
+def test_scan_bc_sum_choice(monkeypatch, value, choice):
+    if value is None:
+        monkeypatch.delenv(SCAN_BC_SUM_ENV, raising=False)
+    else:
+        monkeypatch.setenv(SCAN_BC_SUM_ENV, value)
+    assert scan_bc_sum() == choice
+
+
+def test_scan_bc_sum_refuses_a_typo(monkeypatch):
+    monkeypatch.setenv(SCAN_BC_SUM_ENV, "atomics")
+    with pytest.raises(ValueError, match=r"SFMAMBA_SCAN_BC_SUM must be one of \('partials', 'atomic'\), got 'atomics'"):
+        scan_bc_sum()

@@ -66,6 +66,18 @@ def scan_bwd_kernel() -> str:
     return _env_choice(SCAN_BWD_ENV, SCAN_BWD_CHOICES, "step")
 
 
+SCAN_BC_SUM_ENV = "SFMAMBA_SCAN_BC_SUM"
+SCAN_BC_SUM_CHOICES = ("partials", "atomic")
+
+
+def scan_bc_sum() -> str:
+    """How the selective scan's step backward sums dB and dC over its channel blocks, from `SFMAMBA_SCAN_BC_SUM`:
+    `'partials'` (the default: each block writes its own sums, added in a fixed order by one kernel afterwards;
+    deterministic) or `'atomic'` (fp32 atomic adds into one zeroed block: the bits of dB and dC vary from run to run,
+    and `torch.use_deterministic_algorithms(True)` keeps `'partials'`); read on every call."""
+    return _env_choice(SCAN_BC_SUM_ENV, SCAN_BC_SUM_CHOICES, "partials")
+
+
 def triton_interpret() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 

@@ -21,7 +21,7 @@ import triton.language as tl
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from ...utils._config import scan_bwd_kernel, scan_fwd_kernel, triton_interpret
+from ...utils._config import scan_bc_sum, scan_bwd_kernel, scan_fwd_kernel, triton_interpret
 from .._launch import FAST_MATH, LOG2E
 from .._launch import autotune as _autotune
 from .._launch import bc_strides as _bc_strides
@@ -773,7 +773,7 @@ MAX_UNROLL = 16  # the backward's main pass unrolls chunks up to this many steps
 
 @_autotune(
     configs=_bwd_configs(),
-    key=["Dg", "NSTATE", "CHUNK", "SUMMARY", "span", "HAS_H0"],
+    key=["Dg", "NSTATE", "CHUNK", "SUMMARY", "span", "HAS_H0", "ATOMIC_BC"],
     prune_configs_by={"early_config_prune": prune_bwd_configs},
 )
 @triton.heuristics({
@@ -796,7 +796,7 @@ def selective_scan_bwd_kernel(
     HAS_H0: tl.constexpr, RESET: tl.constexpr, HAS_DLAST: tl.constexpr, SUMMARY: tl.constexpr,
     CHUNK: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, PREFETCH: tl.constexpr,
     UNROLL: tl.constexpr, NEXT_TO_L1: tl.constexpr = 0, BRANCHLESS: tl.constexpr = 0, TILES: tl.constexpr = 0,
-    ROWS: tl.constexpr = 0, VECTOR_BC: tl.constexpr = 0, SPLIT: tl.constexpr = 1,
+    ROWS: tl.constexpr = 0, VECTOR_BC: tl.constexpr = 0, SPLIT: tl.constexpr = 1, ATOMIC_BC: tl.constexpr = 0,
 ):  # fmt: skip
     # One program: one image, BLOCK_D channels, one span of `span` chunks of CHUNK steps (the forward checkpointed
     # the state at every chunk end; `n_ckpt` chunks per row, `nchunks` spans). The state gradient runs backwards:
@@ -805,7 +805,10 @@ def selective_scan_bwd_kernel(
     # Main pass: fold the later spans' (X, Q) into dh after the span; then, chunk by chunk from the span's last,
     # recompute the chunk's states forwards from the forward's checkpoint, keeping them in registers, and walk the
     # chunk backwards producing the gradients, carrying dh into the chunk before.
-    # Partials (dB/dC per channel block, dA/dD/dbias per span) are summed on the host: deterministic.
+    # Partials (dB/dC per channel block, dA/dD/dbias per span) are summed by `partials.sum_partials`: deterministic.
+    # ATOMIC_BC (SFMAMBA_SCAN_BC_SUM=atomic; not under torch.use_deterministic_algorithms): the channel blocks add their dB/dC sums into one zeroed block
+    # of the partials by fp32 atomics instead, so `sum_partials` reads one block, not Dg / BLOCK_D (10 at
+    # (128, 160, 196, 8) with SPLIT 2: 16 MB written and read back, 13 us of a 183 us fwd+bwd, session 27)
     # SPLIT 2 or 4 (ROWS main pass only; the SUMMARY pass keeps one lane per channel): SPLIT adjacent lanes share a
     # channel, each holding a share of its N states, as in the forward: SPLIT times the programs, a share of the
     # state work per lane; the per-channel sums over N (y, ddt, du) meet by log2(SPLIT) shuffles each, and the lane
@@ -878,7 +881,8 @@ def selective_scan_bwd_kernel(
     else:
         # dL/dh at the first step after this span (chunk_combine_kernel folded the later spans' summaries)
         dh = tl.load(sum_X_ptr + summary_offs, mask=mask_dn & (c < nchunks - 1), other=0.0)
-        part_base = ((pid_d * batch + pid_b) * n_groups + pid_g) * L * NSTATE  # into the dB/dC partials
+        bc_block = 0 if ATOMIC_BC else pid_d  # the block of the dB/dC partials this program writes into
+        part_base = ((bc_block * batch + pid_b) * n_groups + pid_g) * L * NSTATE
         rows = tl.arange(0, CHUNK)
         dA_acc = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
         dD_acc = tl.zeros([BLOCK_D * SPLIT], dtype=tl.float32)
@@ -906,7 +910,7 @@ def selective_scan_bwd_kernel(
                     sdt_d, sz_l, sz_d, sdo_l, sdo_d, sg_b, sg_l, sg_d, sB_l, sB_n, sC_l, sC_n, j + 1 < span_chunks,
                     HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, HAS_H0, RESET, HAS_DLAST, CHUNK, BLOCK_D * SPLIT, R, NEXT_TO_L1,
                     BRANCHLESS, VECTOR_BC, (FAST_MATH or EMULATE_LANE_SHUFFLES) and BLOCK_D * SPLIT == 32 and R <= 32,
-                    SPLIT,
+                    SPLIT, ATOMIC_BC,
                 )  # fmt: skip
             _store_state_rows(dA_ptr, part * NSTATE, D_total, state_ch, mask_d, nleft, acc_rows, R)
         else:
@@ -919,7 +923,7 @@ def selective_scan_bwd_kernel(
                     seq_len, pid_b, n_ckpt, STATE, part_base, rows, ch, mask_d, offs_n, mask_n, mask_dn, state_offs,
                     NSTATE, su_l, su_d, sdt_l, sdt_d, sz_l, sz_d, sdo_l, sdo_d, sg_b, sg_l, sg_d, sB_l, sB_n, sC_l,
                     sC_n, j + 1 < span_chunks, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, HAS_H0, RESET, HAS_DLAST, CHUNK,
-                    BLOCK_D, BLOCK_N, PREFETCH, UNROLL, NEXT_TO_L1, BRANCHLESS, TILES,
+                    BLOCK_D, BLOCK_N, PREFETCH, UNROLL, NEXT_TO_L1, BRANCHLESS, TILES, ATOMIC_BC,
                 )  # fmt: skip
             tl.store(dA_ptr + part * NSTATE + state_offs, dA_acc, mask=mask_dn)
         if HAS_D:
@@ -937,7 +941,7 @@ def _bwd_chunk(u_ptr, delta_ptr, A, A2, B_ptr, C_ptr, Dv, z_ptr, bias, h0_ptr, s
                SOFTPLUS: tl.constexpr, HAS_H0: tl.constexpr, RESET: tl.constexpr, HAS_DLAST: tl.constexpr,
                CHUNK: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, PREFETCH: tl.constexpr,
                UNROLL: tl.constexpr, NEXT_TO_L1: tl.constexpr, BRANCHLESS: tl.constexpr,
-               TILES: tl.constexpr):  # fmt: skip
+               TILES: tl.constexpr, ATOMIC: tl.constexpr):  # fmt: skip
     """The backward's main pass over chunk `c` (steps t0 .. t0 + steps - 1, steps <= CHUNK), given dh and the decay
     a_next at the step after it; returns them at the chunk's first step, and the updated dA/dD/dbias accumulators.
     NEXT_TO_L1: first start pulling the chunk walked next (the CHUNK steps before, if `more`) into L1, so that its
@@ -968,6 +972,7 @@ def _bwd_chunk(u_ptr, delta_ptr, A, A2, B_ptr, C_ptr, Dv, z_ptr, bias, h0_ptr, s
                     dC_ptr, A2, h, ahead, k, t0, steps, L, seq_len, pid_b, STATE, part_base, ch, mask_d, offs_n,
                     mask_n, mask_dn, state_offs, NSTATE, su_l, su_d, sdt_l, sdt_d, sz_l, sz_d, sdo_l, sdo_d, sg_b,
                     sg_l, sg_d, sB_l, sB_n, sC_l, sC_n, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, HAS_H0, RESET, PREFETCH,
+                    ATOMIC,
                 )  # fmt: skip
                 tiles = tiles[:k] + (h,) + tiles[k + 1 :]
     else:
@@ -980,6 +985,7 @@ def _bwd_chunk(u_ptr, delta_ptr, A, A2, B_ptr, C_ptr, Dv, z_ptr, bias, h0_ptr, s
                     dC_ptr, A2, h, ahead, k, t0, steps, L, seq_len, pid_b, STATE, part_base, ch, mask_d, offs_n,
                     mask_n, mask_dn, state_offs, NSTATE, su_l, su_d, sdt_l, sdt_d, sz_l, sz_d, sdo_l, sdo_d, sg_b,
                     sg_l, sg_d, sB_l, sB_n, sC_l, sC_n, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, HAS_H0, RESET, PREFETCH,
+                    ATOMIC,
                 )  # fmt: skip
                 states = tl.where((rows == k)[:, None, None], h[None, :, :], states)
     # backward sweep (BRANCHLESS walks the masked steps too, from the chunk's last slot)
@@ -998,6 +1004,7 @@ def _bwd_chunk(u_ptr, delta_ptr, A, A2, B_ptr, C_ptr, Dv, z_ptr, bias, h0_ptr, s
                     ahead, k, t0, steps, L, seq_len, pid_b, STATE, part_base, ch, mask_d, offs_n, mask_n, mask_dn,
                     state_offs, NSTATE, su_l, su_d, sdt_l, sdt_d, sz_l, sz_d, sdo_l, sdo_d, sg_b, sg_l, sg_d, sB_l,
                     sB_n, sC_l, sC_n, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, HAS_H0, RESET, HAS_DLAST, PREFETCH, BRANCHLESS,
+                    ATOMIC,
                 )  # fmt: skip
     else:
         for i in tl.range(0, CHUNK, loop_unroll_factor=UNROLL):
@@ -1011,7 +1018,7 @@ def _bwd_chunk(u_ptr, delta_ptr, A, A2, B_ptr, C_ptr, Dv, z_ptr, bias, h0_ptr, s
                     du_ptr, ddelta_ptr, dB_ptr, dh0_ptr, dh, a_next, dA_acc, dD_acc, dbias_acc, h_k, ahead, k, t0,
                     steps, L, seq_len, pid_b, STATE, part_base, ch, mask_d, offs_n, mask_n, mask_dn, state_offs,
                     NSTATE, su_l, su_d, sdt_l, sdt_d, sz_l, sz_d, sdo_l, sdo_d, sg_b, sg_l, sg_d, sB_l, sB_n, sC_l,
-                    sC_n, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, HAS_H0, RESET, HAS_DLAST, PREFETCH, BRANCHLESS,
+                    sC_n, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, HAS_H0, RESET, HAS_DLAST, PREFETCH, BRANCHLESS, ATOMIC,
                 )  # fmt: skip
     return dh, a_next, dA_acc, dD_acc, dbias_acc
 
@@ -1022,7 +1029,7 @@ def _recompute_step(u_ptr, delta_ptr, B_ptr, C_ptr, Dv, z_ptr, bias, h0_ptr, seg
                     offs_n, mask_n, mask_dn, state_offs, NSTATE, su_l, su_d, sdt_l, sdt_d, sz_l, sz_d, sdo_l, sdo_d,
                     sg_b, sg_l, sg_d, sB_l, sB_n, sC_l, sC_n, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
                     HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_H0: tl.constexpr, RESET: tl.constexpr,
-                    PREFETCH: tl.constexpr):  # fmt: skip
+                    PREFETCH: tl.constexpr, ATOMIC: tl.constexpr):  # fmt: skip
     """Step k of the backward's forward sweep: the state h_t, dz and the dC partial (stored only where k < steps).
     Returns (h_t, the loads of step k + 1)."""
     t = t0 + k
@@ -1051,7 +1058,7 @@ def _recompute_step(u_ptr, delta_ptr, B_ptr, C_ptr, Dv, z_ptr, bias, h0_ptr, seg
         dz = dout * y * sz * (1.0 + zt * (1.0 - sz))
         tl.store(dz_ptr + pid_b * sg_b + t * sg_l + ch * sg_d, dz.to(dz_ptr.dtype.element_ty), mask=mask_d & valid)
     dC = tl.sum(h * dy[None, :], axis=1)  # [BN]
-    tl.store(dC_ptr + part_base + t * NSTATE + offs_n, dC, mask=mask_n & valid)
+    _put(dC_ptr + part_base + t * NSTATE + offs_n, dC, mask_n & valid, ATOMIC)
     return h, ahead
 
 
@@ -1079,7 +1086,7 @@ def _gradient_step(u_ptr, delta_ptr, A, A2, B_ptr, C_ptr, Dv, z_ptr, bias, seg_i
                    NSTATE, su_l, su_d, sdt_l, sdt_d, sz_l, sz_d, sdo_l, sdo_d, sg_b, sg_l, sg_d, sB_l, sB_n, sC_l,
                    sC_n, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
                    HAS_H0: tl.constexpr, RESET: tl.constexpr, HAS_DLAST: tl.constexpr, PREFETCH: tl.constexpr,
-                   BRANCHLESS: tl.constexpr):  # fmt: skip
+                   BRANCHLESS: tl.constexpr, ATOMIC: tl.constexpr):  # fmt: skip
     """Step k of the backward sweep: dh_t from dh_{t+1}, the step's gradients (stored only where k < steps) and the
     dA/dD/dbias accumulators (h: the state h_t). Returns (dh, the decay into this step, the accumulators, the loads
     of step k - 1)."""
@@ -1111,7 +1118,7 @@ def _gradient_step(u_ptr, delta_ptr, A, A2, B_ptr, C_ptr, Dv, z_ptr, bias, seg_i
                                        dD_acc, dbias_acc, pid_b * sg_b + t * sg_l + ch * sg_d, mask_d, valid, HAS_D,
                                        SOFTPLUS)  # fmt: skip
     dB = tl.sum(dh * dtx[None, :], axis=1)  # [BN]
-    tl.store(dB_ptr + part_base + t * NSTATE + offs_n, dB, mask=mask_n & valid)
+    _put(dB_ptr + part_base + t * NSTATE + offs_n, dB, mask_n & valid, ATOMIC)
     if HAS_H0:
         tl.store(dh0_ptr + seg * STATE + state_offs, dA_t * dh, mask=mask_dn & start)
     a_next = dA_t if RESET == 0 else tl.where(start, 0.0, dA_t)  # (no reset: a_0 is never used)
@@ -1153,9 +1160,18 @@ def _lane_shuffle(x, MASK: tl.constexpr):
 
 
 @triton.jit
+def _put(ptr, value, mask, ATOMIC: tl.constexpr):
+    """*ptr = value, or (ATOMIC) *ptr += value by an fp32 atomic add, where mask."""
+    if ATOMIC:
+        tl.atomic_add(ptr, value, mask=mask, sem="relaxed")
+    else:
+        tl.store(ptr, value, mask=mask)
+
+
+@triton.jit
 def _store_channel_sums(ptr, values, valid, NSTATE, n0, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
-                        LANE_SUMS: tl.constexpr, SPLIT: tl.constexpr = 1):  # fmt: skip
-    """ptr[n0 + n] = the sum over the channels of values[n] (a tuple of BLOCK_N [BD] rows: each lane's share of the
+                        LANE_SUMS: tl.constexpr, SPLIT: tl.constexpr = 1, ATOMIC: tl.constexpr = 0):  # fmt: skip
+    """ptr[n0 + n] = (ATOMIC: +=) the sum over the channels of values[n] (a tuple of BLOCK_N [BD] rows: each lane's share of the
     states from n0 on), n0 + n < NSTATE, where `valid`. SPLIT (2 or 4): adjacent lanes share a channel, lane k of it
     holding states k BLOCK_N .. (k + 1) BLOCK_N - 1 (n0 = k BLOCK_N). LANE_SUMS (one warp of BLOCK_D = 32
     lanes): a transposing reduction by butterfly shuffles over the lane bits that pick the channel -- each level
@@ -1182,13 +1198,13 @@ def _store_channel_sums(ptr, values, valid, NSTATE, n0, BLOCK_D: tl.constexpr, B
             else:  # one row left: finish its sum over the lanes that share it
                 rows = (rows[0] + _lane_shuffle(rows[0], 16 >> level),)
         first = (lane & ((32 // BLOCK_N - 1) & (32 - SPLIT))) == 0
-        tl.store(ptr + n, rows[0], mask=first & (n < NSTATE) & valid)
+        _put(ptr + n, rows[0], first & (n < NSTATE) & valid, ATOMIC)
     else:
         share = _lane_id(BLOCK_D) % SPLIT  # which share of a channel's states each lane holds
         for k in tl.static_range(SPLIT):
             for n in tl.static_range(BLOCK_N):
                 part = values[n] if SPLIT == 1 else tl.where(share == k, values[n], 0.0)
-                tl.store(ptr + k * BLOCK_N + n, tl.sum(part, axis=0), mask=valid & (k * BLOCK_N + n < NSTATE))
+                _put(ptr + k * BLOCK_N + n, tl.sum(part, axis=0), valid & (k * BLOCK_N + n < NSTATE), ATOMIC)
 
 
 @triton.jit
@@ -1212,7 +1228,7 @@ def _bwd_chunk_rows(u_ptr, delta_ptr, A, A2, B_ptr, C_ptr, Dv, z_ptr, bias, h0_p
                     HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_H0: tl.constexpr, RESET: tl.constexpr,
                     HAS_DLAST: tl.constexpr, CHUNK: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
                     NEXT_TO_L1: tl.constexpr, BRANCHLESS: tl.constexpr, VECTOR_BC: tl.constexpr,
-                    LANE_SUMS: tl.constexpr, SPLIT: tl.constexpr):  # fmt: skip
+                    LANE_SUMS: tl.constexpr, SPLIT: tl.constexpr, ATOMIC: tl.constexpr):  # fmt: skip
     """`_bwd_chunk` with every state a tuple of BLOCK_N [BD] rows (ROWS): dh, a_next, dA_acc and the chunk's states
     (a tuple of CHUNK such tuples); each step's sums over N stay inside a thread and its sums over the channels (dB,
     dC) go through `_store_channel_sums`. Loads one step ahead (PREFETCH 1). BLOCK_D: lanes ([BD] tensors); SPLIT > 1:
@@ -1268,7 +1284,7 @@ def _bwd_chunk_rows(u_ptr, delta_ptr, A, A2, B_ptr, C_ptr, Dv, z_ptr, bias, h0_p
                 tl.store(dz_ptr + pid_b * sg_b + t * sg_l + ch * sg_d, dz.to(dz_ptr.dtype.element_ty),
                          mask=lead & valid)  # fmt: skip
             _store_channel_sums(dC_ptr + part_base + t * NSTATE, dC, valid, NSTATE, n0, BLOCK_D, BLOCK_N, LANE_SUMS,
-                                SPLIT)  # fmt: skip
+                                SPLIT, ATOMIC)  # fmt: skip
             tiles = tiles[:k] + (h,) + tiles[k + 1 :]
     # backward sweep (BRANCHLESS walks the masked steps too, from the chunk's last slot)
     first = CHUNK - 1 if BRANCHLESS else steps - 1
@@ -1328,7 +1344,7 @@ def _bwd_chunk_rows(u_ptr, delta_ptr, A, A2, B_ptr, C_ptr, Dv, z_ptr, bias, h0_p
                                                dD_acc, dbias_acc, pid_b * sg_b + t * sg_l + ch * sg_d, lead, valid,
                                                HAS_D, SOFTPLUS)  # fmt: skip
             _store_channel_sums(dB_ptr + part_base + t * NSTATE, dB, valid, NSTATE, n0, BLOCK_D, BLOCK_N, LANE_SUMS,
-                                SPLIT)  # fmt: skip
+                                SPLIT, ATOMIC)  # fmt: skip
             if HAS_H0:
                 _store_state_rows(dh0_ptr, seg * STATE, D_total, state_ch, mask_d & start & valid, nleft, dh0,
                                   BLOCK_N)  # fmt: skip
@@ -1579,6 +1595,7 @@ def selective_scan_bwd(
     n_ckpt = triton.cdiv(length, chunk)
     kernel = _bwd_kernel()
     step_kernel = kernel is selective_scan_bwd_kernel  # the tiled kernel takes one chunk per program
+    atomic_bc = step_kernel and scan_bc_sum() == "atomic" and not torch.are_deterministic_algorithms_enabled()
     span, nspans = plan_bwd_spans(batch, groups, dim_per_group, n_ckpt, chunk, u.device) if step_kernel else (1, n_ckpt)
     reset, period, seg_ids, cu = _reset_args(length, seq_len, cu_seqlens, u.device)
     dev, f32 = u.device, torch.float32
@@ -1591,7 +1608,10 @@ def selective_scan_bwd(
     du, ddelta = _empty_adjacent(u, layout, u.dtype), _empty_adjacent(u, layout, delta.dtype)
     dz = _empty_adjacent(u, layout, z.dtype) if z is not None else new((0,))
     n_dblocks = triton.cdiv(dim_per_group, min(c.kwargs["BLOCK_D"] for c in kernel.configs))  # the most any launches
-    bc_part = new((2, n_dblocks, batch, groups, length, nstate))  # dB, dC partials per channel block
+    if atomic_bc:  # every channel block adds into block 0
+        bc_part = torch.zeros((2, 1, batch, groups, length, nstate), device=dev, dtype=f32)
+    else:
+        bc_part = new((2, n_dblocks, batch, groups, length, nstate))  # dB, dC partials per channel block
     dB_part, dC_part = bc_part[0], bc_part[1]
     dA_part = new((batch, nspans, nstate, dim))
     dD_part = new((batch, nspans, dim), present=D is not None)
@@ -1616,6 +1636,7 @@ def selective_scan_bwd(
     )  # fmt: skip
     if step_kernel:
         flags["VECTOR_BC"] = vector_bc(B, nstate, layout) and vector_bc(C, nstate, layout)
+        flags["ATOMIC_BC"] = atomic_bc
 
     def grid(meta: dict) -> tuple[int, int, int]:
         return triton.cdiv(dim_per_group, meta["BLOCK_D"]), groups * nspans, batch
@@ -1624,8 +1645,12 @@ def selective_scan_bwd(
         if nspans > 1:
             _launch_kernel(kernel, grid, *args, **flags, SUMMARY=True)
             combine_chunks(sum_Q, sum_X, reverse=True)
+        tuned_keys = len(kernel.cache)
         meta = _launch_kernel(kernel, grid, *args, **flags, SUMMARY=False)
-        used = triton.cdiv(dim_per_group, meta["BLOCK_D"])
+        if atomic_bc and len(kernel.cache) > tuned_keys:  # the autotuner's timing runs added into the sums too
+            bc_part.zero_()
+            meta = _launch_kernel(kernel, grid, *args, **flags, SUMMARY=False)
+        used = 1 if atomic_bc else triton.cdiv(dim_per_group, meta["BLOCK_D"])
         dB, dC, dA, dD, dbias = sum_partials(bc_part, used, B_in, C_in, length, groups, layout, dA_part,
                                              dD_part if D is not None else None,
                                              dbias_part if delta_bias is not None else None)  # fmt: skip
