@@ -107,9 +107,11 @@
 #                    spills vs TILES 243.1) vs ROWS and TILES (both NEXT_TO_L1 2, the defaults since session 26),
 #                    fwd+bwd, SHAPES (default "0 2"), bf16 and fp32, each checked (scan_configs.py --kernel bwd) (~5 min)
 #                    Session 27 (H100): 168 stays; 176-184 hold 2 warps per scheduler, not 3 (two waves), 160 spills.
-#   scan-bwd-atomic  the backward's dB/dC sums by fp32 atomics into one block (SFMAMBA_SCAN_BC_SUM=atomic) against its
-#                    per-block partials, the SPLIT (cap 168) and TILES configs, fwd+bwd, SHAPES (default "0 2"), bf16
-#                    and fp32, each checked; the partials' sum took 13 us of 183 at L = 196 bf16 (session 27) (~6 min)
+#   scan-bwd-atomic  session 27's backward changes one at a time, in MODES (default "runtime-strides partials
+#                    atomic"): the step strides read at run time (as before), bound at compile time (L_STRIDE, the
+#                    default), and with the dB/dC sums by fp32 atomics into one block (SFMAMBA_SCAN_BC_SUM=atomic);
+#                    the SPLIT (cap 168) and TILES configs, fwd+bwd, SHAPES (default "0 2"), bf16 and fp32, each
+#                    checked; the partials' sum took 13 us of 183 at L = 196 bf16 (session 27)          (~9 min cold)
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 if [ -z "${PY:-}" ]; then
@@ -327,13 +329,15 @@ run_step() {
       "$PY" benchmarks/ops/experiments/scan_configs.py --kernel bwd --no-autotuned --shapes ${SHAPES:-0 2} \
         --dtypes bfloat16 float32 --unroll 16 --bwd-configs '{"ROWS": 1, "NEXT_TO_L1": 2}' '{"TILES": 1, "NEXT_TO_L1": 2}' \
         "${capped[@]}" --precompile 14 --budget-s 300 --out-dir "$dir" 2>&1 | tee "$dir/log.txt" | grep -v Warning ;;
-    scan-bwd-atomic)  # the backward's dB/dC sums by atomics (SFMAMBA_SCAN_BC_SUM) against its partials, same run
+    scan-bwd-atomic)  # session 27's backward changes, same run: step strides bound, then dB/dC sums by atomics
       split='{"ROWS": 1, "TILES": 0, "BLOCK_D": 16, "SPLIT": 2, "NEXT_TO_L1": 2, "maxnreg": 168}'
-      for sum in partials atomic; do
-        echo "## SFMAMBA_SCAN_BC_SUM=$sum" | tee -a "$dir/log.txt"
+      for mode in ${MODES:-runtime-strides partials atomic}; do
+        sum=$([ "$mode" = atomic ] && echo atomic || echo partials)
+        extra=$([ "$mode" = runtime-strides ] && echo --runtime-strides)
+        echo "## $mode (SFMAMBA_SCAN_BC_SUM=$sum $extra)" | tee -a "$dir/log.txt"
         SFMAMBA_SCAN_BC_SUM=$sum "$PY" benchmarks/ops/experiments/scan_configs.py --kernel bwd --no-autotuned \
           --shapes ${SHAPES:-0 2} --dtypes bfloat16 float32 --unroll 16 --bwd-configs "$split" \
-          '{"TILES": 1, "NEXT_TO_L1": 2}' --precompile 8 --budget-s 150 --out-dir "$dir/$sum" 2>&1 \
+          '{"TILES": 1, "NEXT_TO_L1": 2}' $extra --precompile 8 --budget-s 90 --out-dir "$dir/$mode" 2>&1 \
           | tee -a "$dir/log.txt" | grep -v Warning
       done ;;
     scan-fb-profile)

@@ -131,6 +131,9 @@ def main() -> None:
         help="fwd: these configs (JSON kwargs, e.g. '{\"STATE_TUPLE\": 1}'); bwd: the forward autotunes among them",
     )
     parser.add_argument("--no-vector-bc", action="store_true", help="fwd: B_t/C_t by scalar loads (no VECTOR_BC)")
+    parser.add_argument(
+        "--runtime-strides", action="store_true", help="bwd: read the step strides at run time (no L_STRIDE binding)"
+    )
     parser.add_argument("--train", action="store_true", help="fwd: time the training forward (checkpoints stored)")
     parser.add_argument("--no-autotuned", action="store_true", help="time only the given configs, not the autotuner")
     parser.add_argument(
@@ -158,6 +161,8 @@ def main() -> None:
         K.CKPT_BLOCK_LENS = tuple(args.ckpt_block_lens)
     if args.no_vector_bc:
         K.vector_bc = lambda *_: False
+    if args.runtime_strides:
+        K.BIND_STEP_STRIDES = False
     if args.kernel == "bwd" and args.fwd_configs:
         KERNELS["fwd"].configs = fwd_configs(args)
     mode = "fwdbwd" if args.kernel == "bwd" else "fwdtrain" if args.train else "fwd"
