@@ -430,11 +430,11 @@ def test_chunk_prefetch_depths(layout, kernel, prefetch):
 
 
 @pytest.mark.parametrize("strided", [False, True])
-def test_backward_binds_shared_step_strides(strided, monkeypatch):
-    """The backward binds the step stride at compile time where every sequence tensor shares one (L_STRIDE) and
-    where B and C share one (BC_L_STRIDE); u taken from a wider tensor (step stride 2 D) and B from a wider one (2 N,
-    C keeps N) leave both read at run time. Every gradient against the reference either way (binding a stride that is
-    not shared would read the wrong steps)."""
+def test_step_kernels_bind_shared_step_strides(strided, monkeypatch):
+    """The forward and the backward bind the step stride at compile time where every sequence tensor shares one
+    (L_STRIDE) and where B and C share one (BC_L_STRIDE); u taken from a wider tensor (step stride 2 D) and B from a
+    wider one (2 N, C keeps N) leave both read at run time. Output and every gradient against the reference either
+    way (binding a stride that is not shared would read the wrong steps)."""
     torch.manual_seed(14)
     dim, nstate = 20, 8
     fresh = make_inputs(2, 23, dim, nstate, 1, "BLD", segments=None)
@@ -446,13 +446,14 @@ def test_backward_binds_shared_step_strides(strided, monkeypatch):
     launch = chunk._launch_kernel
 
     def spy(kernel, grid, *args, **flags):
-        if kernel is chunk.selective_scan_bwd_kernel and not flags["SUMMARY"]:
+        if kernel in (chunk.selective_scan_fwd_kernel, chunk.selective_scan_bwd_kernel) and not flags["SUMMARY"]:
             seen.append((flags["L_STRIDE"], flags["BC_L_STRIDE"]))
         return launch(kernel, grid, *args, **flags)
 
     monkeypatch.setattr(chunk, "_launch_kernel", spy)
     flags = {"delta_softplus": True, "layout": "BLD"}
     out, ref = scan("triton", **k_in, **flags), scan("naive", **r_in, **flags)
+    assert_close("out", ref, out, TOLERANCE[torch.float32][0])
     upstream = torch.randn_like(ref)
     got, want = grads(out, leaves, upstream), grads(ref, r_in, upstream)
     for name in leaves:
@@ -460,7 +461,7 @@ def test_backward_binds_shared_step_strides(strided, monkeypatch):
         assert_close(f"d{name}", want[name], grad, TOLERANCE[torch.float32][1])
         if name in widen:
             assert torch.all(got[name][..., widen[name] :] == 0), f"d{name}: the unused half got a gradient"
-    assert seen == [(0, 0) if strided else (dim, nstate)]
+    assert seen == [(0, 0) if strided else (dim, nstate)] * 2  # the training forward, then the backward
 
 
 ATOMIC_CASES = {  # name: (configs the autotuner times, N, layout, kernel, segments)

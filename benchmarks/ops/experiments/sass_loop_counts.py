@@ -206,6 +206,11 @@ def main() -> None:
     parser.add_argument("--dtype", default="bf16", choices=["bf16", "fp32", "fp16"])
     parser.add_argument("--only", nargs="*", default=None, help="only the cases whose name contains one of these")
     parser.add_argument("--gpu-like", action="store_true", help="mark what a GPU launch marks divisible by 16")
+    parser.add_argument(
+        "--bound-strides",
+        action="store_true",
+        help="bind the step strides as the launchers do where tensors share them (L_STRIDE 160, BC_L_STRIDE 8)",
+    )
     args = parser.parse_args()
     rows = []
     print(f"{'kernel':26s} {'regs':>4s} {'spill':>5s} {'loop instr':>10s} {'stalls':>6s} {'channels':>8s} "
@@ -216,8 +221,10 @@ def main() -> None:
         # the BLD layout's unit strides, as Triton specialises integer arguments equal to 1 at launch
         unit = {name: 1 for name in UNIT_STRIDES if name in jit_function(kernel).arg_names}
         names = jit_function(kernel).arg_names
+        bound = {"L_STRIDE": 160, "BC_L_STRIDE": 8} if args.bound_strides and "L_STRIDE" in names else {}
         divisible = [n for n in names if n.endswith("_ptr") or n in GPU_DIVISIBLE] if args.gpu_like else []
-        compiled = compile_for_sm90(kernel, {**flags, **unit}, num_warps, scan_pointer_type(args.dtype), divisible)
+        compiled = compile_for_sm90(kernel, {**flags, **unit, **bound}, num_warps, scan_pointer_type(args.dtype),
+                                    divisible)  # fmt: skip
         conversions = compiled.asm["ttgir"].count("ttg.convert_layout")
         regs, spills = registers_and_spills(compiled.asm["ptx"])
         total, total_stalls, found = loops(compiled.asm["cubin"])

@@ -486,7 +486,7 @@ def selective_scan_fwd_kernel(
     HAS_H0: tl.constexpr, RESET: tl.constexpr, STORE_LAST: tl.constexpr, STORE_CKPT: tl.constexpr,
     SUMMARY: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, PREFETCH: tl.constexpr,
     UNROLL: tl.constexpr = 1, VECTOR_BC: tl.constexpr = 0, AHEAD: tl.constexpr = 0, SPLIT: tl.constexpr = 1,
-    CKPT_BLOCKS: tl.constexpr = 0, L2_AHEAD: tl.constexpr = 0,
+    CKPT_BLOCKS: tl.constexpr = 0, L2_AHEAD: tl.constexpr = 0, L_STRIDE: tl.constexpr = 0, BC_L_STRIDE: tl.constexpr = 0,
 ):  # fmt: skip
     # One program: one image, BLOCK_D channels of one group, one chunk of `chunk_len` steps, walked sequentially
     # with the whole state in registers as a tuple of N [BLOCK_D] rows: every tensor is 1-D over the channels, so no
@@ -497,6 +497,12 @@ def selective_scan_fwd_kernel(
     # chunks' (P, S) into the incoming state, then scan the chunk and write y.
     # SPLIT 2 (4): two (four) adjacent lanes share a channel, each holding a half (quarter) of its N states (twice
     # (four times) the warps per scheduler, at that share of the state work each; y's shares meet by 1 (2) shuffles)
+    # L_STRIDE / BC_L_STRIDE: `step_strides` (sm_90 bf16 per 8 steps, stall cycles: ring 1193 -> 1104, SPLIT 2 787 ->
+    # 741, the training ring 1656 -> 1245)
+    if L_STRIDE:
+        su_l, sdt_l, sz_l, so_l = L_STRIDE, L_STRIDE, L_STRIDE, L_STRIDE
+    if BC_L_STRIDE:
+        sB_l, sC_l = BC_L_STRIDE, BC_L_STRIDE
     pid_d, pid_b, pid_g, c, D_total, _, mask_d, ch, _, _, _, _ = _channel_block(Dg, NSTATE, nchunks, BLOCK_D, BLOCK_N)
     ROWS: tl.constexpr = BLOCK_N // SPLIT  # state rows per thread
     state_ch, nleft, y_mask, n0 = ch, NSTATE, mask_d, 0  # a thread's first state row (offsets in an (N, D) state)
@@ -814,9 +820,8 @@ def selective_scan_bwd_kernel(
     # channel, each holding a share of its N states, as in the forward: SPLIT times the programs, a share of the
     # state work per lane; the per-channel sums over N (y, ddt, du) meet by log2(SPLIT) shuffles each, and the lane
     # holding the first share stores them.
-    # L_STRIDE / BC_L_STRIDE (nonzero): the step stride every sequence tensor / both of B and C share, bound at compile
-    # time, so that each unrolled step's addresses are constant offsets (sm_90, SPLIT 2 at 168 registers, bf16: 2680
-    # -> 2472 instructions and 5267 -> 4808 stall cycles per 8-step chunk; the backward issues ~2/3 of its time)
+    # L_STRIDE / BC_L_STRIDE: `step_strides` (sm_90, SPLIT 2 at 168 registers, bf16: 2680 -> 2472 instructions and
+    # 5267 -> 4808 stall cycles per 8-step chunk; the backward issues ~2/3 of its time)
     if L_STRIDE:
         su_l, sdt_l, sz_l, sdo_l, sg_l = L_STRIDE, L_STRIDE, L_STRIDE, L_STRIDE, L_STRIDE
     if BC_L_STRIDE:
@@ -1578,6 +1583,7 @@ def selective_scan_fwd(
     if choice == "step":
         flags["VECTOR_BC"] = vector_bc(B, nstate, layout) and vector_bc(C, nstate, layout)
         flags["CKPT_BLOCKS"] = blocks and (nchunks == 1 or chunk_len % ckpt_len == 0)
+        flags.update(step_strides((u, delta, out) + ((z,) if z is not None else ()), B, C, layout))
 
     def grid(meta: dict) -> tuple[int, int, int]:
         return triton.cdiv(dim_per_group, meta["BLOCK_D"]), groups * nchunks, batch
@@ -1590,13 +1596,24 @@ def selective_scan_fwd(
     return _contiguous(out, layout), last.transpose(1, 2).contiguous() if return_last_state else last, ckpt
 
 
-BIND_STEP_STRIDES = True  # the backward's L_STRIDE / BC_L_STRIDE (False: strides read at run time, for A/B timings)
+BIND_STEP_STRIDES = True  # the step kernels' L_STRIDE / BC_L_STRIDE (False: strides read at run time, for A/B timings)
 
 
 def shared_value(*values: int) -> int:
-    """The value every one of `values` has (a stride the backward binds at compile time), else 0 (strides read at
-    run time). One build per distinct value: a model has a few (its stages' widths)."""
+    """The value every one of `values` has, else 0."""
     return values[0] if len(set(values)) == 1 else 0
+
+
+def step_strides(sequences: tuple[Tensor, ...], B: Tensor, C: Tensor, layout: str) -> dict[str, int]:
+    """The step kernels' L_STRIDE (the step stride all of `sequences` share) and BC_L_STRIDE (the one B and C share),
+    bound at compile time so that each unrolled step's addresses are constant offsets from its block's; 0 where they
+    differ (read at run time). One build per distinct value: a model has a few (its stages' widths)."""
+    if not BIND_STEP_STRIDES:
+        return {"L_STRIDE": 0, "BC_L_STRIDE": 0}
+    return {
+        "L_STRIDE": shared_value(*(_x_strides(t, layout)[1] for t in sequences)),
+        "BC_L_STRIDE": shared_value(_bc_strides(B, layout)[3], _bc_strides(C, layout)[3]),
+    }
 
 
 def selective_scan_bwd(
@@ -1654,9 +1671,7 @@ def selective_scan_bwd(
     if step_kernel:
         flags["VECTOR_BC"] = vector_bc(B, nstate, layout) and vector_bc(C, nstate, layout)
         sequences = (u, delta, dout, du) + ((z,) if z is not None else ())  # (ddelta and dz share du's strides)
-        bind = BIND_STEP_STRIDES
-        flags["L_STRIDE"] = shared_value(*(_x_strides(t, layout)[1] for t in sequences)) if bind else 0
-        flags["BC_L_STRIDE"] = shared_value(_bc_strides(B, layout)[3], _bc_strides(C, layout)[3]) if bind else 0
+        flags.update(step_strides(sequences, B, C, layout))
     main = {"ATOMIC_BC": atomic_bc} if step_kernel else {}  # (the summary pass writes no dB/dC: one build for both)
 
     def grid(meta: dict) -> tuple[int, int, int]:
