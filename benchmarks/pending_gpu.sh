@@ -112,6 +112,9 @@
 #                    default), and with the dB/dC sums by fp32 atomics into one block (SFMAMBA_SCAN_BC_SUM=atomic);
 #                    the SPLIT (cap 168) and TILES configs, fwd+bwd, SHAPES (default "0 2"), bf16 and fp32, each
 #                    checked; the partials' sum took 13 us of 183 at L = 196 bf16 (session 27)          (~9 min cold)
+#   scan-fwd-strides the forward's step strides read at run time, then bound (L_STRIDE / BC_L_STRIDE, the default
+#                    since session 27), the configs the autotuner picks at SHAPES (default "0 2"), bf16 and fp32, each
+#                    checked (scan_configs.py --kernel fwd)                                             (~5 min cold)
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 if [ -z "${PY:-}" ]; then
@@ -338,6 +341,17 @@ run_step() {
         SFMAMBA_SCAN_BC_SUM=$sum "$PY" benchmarks/ops/experiments/scan_configs.py --kernel bwd --no-autotuned \
           --shapes ${SHAPES:-0 2} --dtypes bfloat16 float32 --unroll 16 --bwd-configs "$split" \
           '{"TILES": 1, "NEXT_TO_L1": 2}' $extra --precompile 8 --budget-s 90 --out-dir "$dir/$mode" 2>&1 \
+          | tee -a "$dir/log.txt" | grep -v Warning
+      done ;;
+    scan-fwd-strides)  # the forward's step strides read at run time, then bound (L_STRIDE), the default configs' picks
+      for mode in runtime-strides bound; do
+        extra=$([ "$mode" = runtime-strides ] && echo --runtime-strides)
+        echo "## $mode" | tee -a "$dir/log.txt"
+        "$PY" benchmarks/ops/experiments/scan_configs.py --kernel fwd --no-autotuned --shapes ${SHAPES:-0 2} \
+          --dtypes bfloat16 float32 --chunks 0 --fwd-configs '{"BLOCK_D": 32, "PREFETCH": 8, "UNROLL": 8}' \
+          '{"BLOCK_D": 16, "SPLIT": 2, "PREFETCH": 8, "UNROLL": 8}' \
+          '{"BLOCK_D": 16, "SPLIT": 2, "PREFETCH": 8, "UNROLL": 8, "L2_AHEAD": 32}' \
+          '{"BLOCK_D": 32, "PREFETCH": 4, "UNROLL": 4}' $extra --precompile 16 --budget-s 90 --out-dir "$dir/$mode" 2>&1 \
           | tee -a "$dir/log.txt" | grep -v Warning
       done ;;
     scan-fb-profile)

@@ -132,7 +132,7 @@ def main() -> None:
     )
     parser.add_argument("--no-vector-bc", action="store_true", help="fwd: B_t/C_t by scalar loads (no VECTOR_BC)")
     parser.add_argument(
-        "--runtime-strides", action="store_true", help="bwd: read the step strides at run time (no L_STRIDE binding)"
+        "--runtime-strides", action="store_true", help="read the step strides at run time (no L_STRIDE binding)"
     )
     parser.add_argument("--train", action="store_true", help="fwd: time the training forward (checkpoints stored)")
     parser.add_argument("--no-autotuned", action="store_true", help="time only the given configs, not the autotuner")
