@@ -486,7 +486,8 @@ def selective_scan_fwd_kernel(
     HAS_H0: tl.constexpr, RESET: tl.constexpr, STORE_LAST: tl.constexpr, STORE_CKPT: tl.constexpr,
     SUMMARY: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, PREFETCH: tl.constexpr,
     UNROLL: tl.constexpr = 1, VECTOR_BC: tl.constexpr = 0, AHEAD: tl.constexpr = 0, SPLIT: tl.constexpr = 1,
-    CKPT_BLOCKS: tl.constexpr = 0, L2_AHEAD: tl.constexpr = 0, L_STRIDE: tl.constexpr = 0, BC_L_STRIDE: tl.constexpr = 0,
+    CKPT_BLOCKS: tl.constexpr = 0, L2_AHEAD: tl.constexpr = 0, L_STRIDE: tl.constexpr = 0,
+    BC_L_STRIDE: tl.constexpr = 0,
 ):  # fmt: skip
     # One program: one image, BLOCK_D channels of one group, one chunk of `chunk_len` steps, walked sequentially
     # with the whole state in registers as a tuple of N [BLOCK_D] rows: every tensor is 1-D over the channels, so no
@@ -813,9 +814,10 @@ def selective_scan_bwd_kernel(
     # recompute the chunk's states forwards from the forward's checkpoint, keeping them in registers, and walk the
     # chunk backwards producing the gradients, carrying dh into the chunk before.
     # Partials (dB/dC per channel block, dA/dD/dbias per span) are summed by `partials.sum_partials`: deterministic.
-    # ATOMIC_BC (SFMAMBA_SCAN_BC_SUM=atomic; not under torch.use_deterministic_algorithms): the channel blocks add their dB/dC sums into one zeroed block
-    # of the partials by fp32 atomics instead, so `sum_partials` reads one block, not Dg / BLOCK_D (10 at
-    # (128, 160, 196, 8) with SPLIT 2: 16 MB written and read back, 13 us of a 183 us fwd+bwd, session 27)
+    # ATOMIC_BC (SFMAMBA_SCAN_BC_SUM=atomic; never under torch.use_deterministic_algorithms): the channel blocks add
+    # their dB/dC sums into one zeroed block of the partials by fp32 atomics instead, so `sum_partials` reads one block,
+    # not Dg / BLOCK_D (10 at (128, 160, 196, 8) with SPLIT 2: 16 MB written and read back, 13 us of a 183 us fwd+bwd,
+    # session 27)
     # SPLIT 2 or 4 (ROWS main pass only; the SUMMARY pass keeps one lane per channel): SPLIT adjacent lanes share a
     # channel, each holding a share of its N states, as in the forward: SPLIT times the programs, a share of the
     # state work per lane; the per-channel sums over N (y, ddt, du) meet by log2(SPLIT) shuffles each, and the lane
@@ -1184,9 +1186,9 @@ def _put(ptr, value, mask, ATOMIC: tl.constexpr):
 @triton.jit
 def _store_channel_sums(ptr, values, valid, NSTATE, n0, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
                         LANE_SUMS: tl.constexpr, SPLIT: tl.constexpr = 1, ATOMIC: tl.constexpr = 0):  # fmt: skip
-    """ptr[n0 + n] = (ATOMIC: +=) the sum over the channels of values[n] (a tuple of BLOCK_N [BD] rows: each lane's share of the
-    states from n0 on), n0 + n < NSTATE, where `valid`. SPLIT (2 or 4): adjacent lanes share a channel, lane k of it
-    holding states k BLOCK_N .. (k + 1) BLOCK_N - 1 (n0 = k BLOCK_N). LANE_SUMS (one warp of BLOCK_D = 32
+    """ptr[n0 + n] = (ATOMIC: +=) the sum over the channels of values[n] (a tuple of BLOCK_N [BD] rows: each lane's
+    share of the states from n0 on), n0 + n < NSTATE, where `valid`. SPLIT (2 or 4): adjacent lanes share a channel,
+    lane k of it holding states k BLOCK_N .. (k + 1) BLOCK_N - 1 (n0 = k BLOCK_N). LANE_SUMS (one warp of BLOCK_D = 32
     lanes): a transposing reduction by butterfly shuffles over the lane bits that pick the channel -- each level
     halves the rows a lane keeps and sends the other half to its partner, so after log2(BLOCK_N) levels each lane
     holds one row's partial and the last levels finish it: BLOCK_N - 1 + 5 - log2(SPLIT) - log2(BLOCK_N) shuffles
