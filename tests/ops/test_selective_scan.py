@@ -429,25 +429,38 @@ def test_chunk_prefetch_depths(layout, kernel, prefetch):
         )
 
 
-@pytest.mark.parametrize("strided", [False, True])
-def test_step_kernels_bind_shared_step_strides(strided, monkeypatch):
-    """The forward and the backward bind the step stride at compile time where every sequence tensor shares one
-    (L_STRIDE) and where B and C share one (BC_L_STRIDE); u taken from a wider tensor (step stride 2 D) and B from a
-    wider one (2 N, C keeps N) leave both read at run time. Output and every gradient against the reference either
-    way (binding a stride that is not shared would read the wrong steps)."""
+STRIDE_CASES = {  # name: (tensors taken from twice-wider ones, dout too, (L, BC, Z) bound in the forward, (L, BC,
+    # Z, DOUT) in the backward: D = 20 and N = 8 where shared, 0 where not)
+    "contiguous": ((), False, (20, 8, 20), (20, 8, 20, 20)),
+    "u and B": (("u", "B"), False, (0, 0, 20), (0, 0, 20, 20)),
+    "delta": (("delta",), False, (0, 8, 20), (0, 8, 20, 20)),
+    "C": (("C",), False, (20, 0, 20), (20, 0, 20, 20)),
+    "z": (("z",), False, (20, 8, 40), (20, 8, 40, 20)),  # z alone: still bound, at its own stride
+    "dout": ((), True, (20, 8, 20), (20, 8, 20, 40)),  # a concat's gradient is a view of a wider one
+}
+
+
+@pytest.mark.parametrize("case", list(STRIDE_CASES))
+def test_step_kernels_bind_shared_step_strides(case, monkeypatch):
+    """The forward and the backward bind the step strides at compile time: L_STRIDE where the sequence tensors (u,
+    delta and out / du) share one, BC_L_STRIDE where B and C do, Z_L_STRIDE and DOUT_L_STRIDE each its own; a tensor
+    taken from a twice-wider one leaves its group's stride read at run time. Output and every gradient against the
+    reference in each case (binding a stride that is not shared would read the wrong steps)."""
+    widened, wide_dout, fwd_strides, bwd_strides = STRIDE_CASES[case]
     torch.manual_seed(14)
     dim, nstate = 20, 8
     fresh = make_inputs(2, 23, dim, nstate, 1, "BLD", segments=None)
-    widen = {"u": dim, "B": nstate} if strided else {}
-    leaves = {k: (torch.cat([v, v], -1) if k in widen else v).clone().requires_grad_() for k, v in fresh.items()}
-    k_in = {k: v[..., : widen[k]] if k in widen else v for k, v in leaves.items()}
+    width = {name: fresh[name].shape[-1] for name in widened}
+    leaves = {k: (torch.cat([v, v], -1) if k in width else v).clone().requires_grad_() for k, v in fresh.items()}
+    k_in = {k: v[..., : width[k]] if k in width else v for k, v in leaves.items()}
     r_in = upcast(fresh)
     seen = []
     launch = chunk._launch_kernel
 
     def spy(kernel, grid, *args, **flags):
         if kernel in (chunk.selective_scan_fwd_kernel, chunk.selective_scan_bwd_kernel) and not flags["SUMMARY"]:
-            seen.append((flags["L_STRIDE"], flags["BC_L_STRIDE"]))
+            names = ("L_STRIDE", "BC_L_STRIDE", "Z_L_STRIDE", "DOUT_L_STRIDE")
+            seen.append(tuple(flags[name] for name in names if name in flags))
         return launch(kernel, grid, *args, **flags)
 
     monkeypatch.setattr(chunk, "_launch_kernel", spy)
@@ -455,32 +468,34 @@ def test_step_kernels_bind_shared_step_strides(strided, monkeypatch):
     out, ref = scan("triton", **k_in, **flags), scan("naive", **r_in, **flags)
     assert_close("out", ref, out, TOLERANCE[torch.float32][0])
     upstream = torch.randn_like(ref)
-    got, want = grads(out, leaves, upstream), grads(ref, r_in, upstream)
+    dout = torch.cat([upstream, upstream], -1)[..., :dim] if wide_dout else upstream
+    got, want = grads(out, leaves, dout), grads(ref, r_in, upstream)
     for name in leaves:
-        grad = got[name][..., : widen[name]] if name in widen else got[name]
+        grad = got[name][..., : width[name]] if name in width else got[name]
         assert_close(f"d{name}", want[name], grad, TOLERANCE[torch.float32][1])
-        if name in widen:
-            assert torch.all(got[name][..., widen[name] :] == 0), f"d{name}: the unused half got a gradient"
-    assert seen == [(0, 0) if strided else (dim, nstate)] * 2  # the training forward, then the backward
+        if name in width:
+            assert torch.all(got[name][..., width[name] :] == 0), f"d{name}: the unused half got a gradient"
+    assert seen == [fwd_strides, bwd_strides]  # the training forward, then the backward
 
 
-ATOMIC_CASES = {  # name: (configs the autotuner times, N, layout, kernel, segments)
-    "rows-split": ([{"BLOCK_D": 16, "ROWS": 1, "SPLIT": 2}], 8, "BLD", "triton", None),
-    "rows": ([{"BLOCK_D": 8, "ROWS": 1}], 4, "BDL", "triton-2pass", None),
-    "tiles": ([{"BLOCK_D": 8, "TILES": 1}], 8, "BLD", "triton", 2),  # initial states
-    "tensor": ([{"BLOCK_D": 8, "TILES": 0}], 16, "BLD", "triton-2pass", None),
-    "tuned": ([{"BLOCK_D": 8, "TILES": 1}, {"BLOCK_D": 16, "ROWS": 1}], 8, "BLD", "triton", None),
+ATOMIC_CASES = {  # name: (configs the autotuner times, N, layout, kernel, segments, emulated lane shuffles)
+    "rows-split": ([{"BLOCK_D": 16, "ROWS": 1, "SPLIT": 2}], 8, "BLD", "triton", None, False),
+    "rows-split-lanes": ([{"BLOCK_D": 16, "ROWS": 1, "SPLIT": 2}], 8, "BLD", "triton", None, True),  # the GPU's sums
+    "rows": ([{"BLOCK_D": 8, "ROWS": 1}], 4, "BDL", "triton-2pass", None, False),
+    "tiles": ([{"BLOCK_D": 8, "TILES": 1}], 8, "BLD", "triton", 2, False),  # initial states
+    "tensor": ([{"BLOCK_D": 8, "TILES": 0}], 16, "BLD", "triton-2pass", None, False),
+    "tuned": ([{"BLOCK_D": 8, "TILES": 1}, {"BLOCK_D": 16, "ROWS": 1}], 8, "BLD", "triton", None, False),
 }
 
 
 @pytest.mark.parametrize("case", list(ATOMIC_CASES))
 def test_backward_atomic_bc_sums(case, monkeypatch):
     """SFMAMBA_SCAN_BC_SUM=atomic: the channel blocks add their dB/dC sums into one zeroed block by atomics, so the
-    partial sums read one block: every layout of the states, whole rows and two passes, initial states; and a
-    launch that tunes two configs, whose timing runs add into the sums too (the launcher zeroes and launches again).
-    Forward, last states and every gradient against the reference; two groups of 20 channels, in blocks of 8 or 16
-    (2-3 blocks adding into each group's sums)."""
-    configs, nstate, layout, kernel, segments = ATOMIC_CASES[case]
+    partial sums read one block: every layout of the states (ROWS also with the GPU's butterfly-shuffle sums,
+    emulated), whole rows and two passes, initial states; and a launch that tunes two configs, whose timing runs add
+    into the sums too (the autotuner zeroes them after its last). Forward, last states and every gradient against the
+    reference; two groups of 20 channels, in blocks of 8 or 16 (2-3 blocks adding into each group's sums)."""
+    configs, nstate, layout, kernel, segments, lanes = ATOMIC_CASES[case]
     torch.manual_seed(11)
     inputs = make_inputs(2, 23, 40, nstate, 2, layout, segments=segments)
     kernel_fn = chunk.selective_scan_bwd_kernel
@@ -495,6 +510,7 @@ def test_backward_atomic_bc_sums(case, monkeypatch):
         return [2.0 - forced.index(config)] * 3  # the last config is the fastest
 
     monkeypatch.setattr(Autotuner, "_bench", run_as_timed)
+    monkeypatch.setattr(chunk, "EMULATE_LANE_SHUFFLES", triton.language.constexpr(lanes))
     summed = mock.patch.object(chunk, "sum_partials", wraps=chunk.sum_partials)
     with summed as spy, forced_configs(kernel_fn, forced):
         compare_with_reference(inputs, torch.float32, {"delta_softplus": True, "layout": layout}, backward=True,
@@ -1468,7 +1484,8 @@ with mock.patch.object(chunk, "triton_interpret", lambda: False):
     (split,) = [c for c in chunk._bwd_configs() if c.kwargs.get("SPLIT", 1) > 1]
 names = jit_function(chunk.selective_scan_bwd_kernel).arg_names
 flags = dict(HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, HAS_H0=False, RESET=0, HAS_DLAST=False,
-             SUMMARY=False, CHUNK=8, BLOCK_N=8, UNROLL=8, VECTOR_BC=1, **split.kwargs)
+             SUMMARY=False, CHUNK=8, BLOCK_N=8, UNROLL=8, VECTOR_BC=1, L_STRIDE=160, BC_L_STRIDE=8, Z_L_STRIDE=320,
+             DOUT_L_STRIDE=320, **split.kwargs)  # (strides bound as a model's launch binds them)
 divisible = [n for n in names if n.endswith("_ptr")]
 ptxas = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
 for cap, atomic in ((None, 0), (split.maxnreg, 0), (split.maxnreg, 1)):

@@ -487,7 +487,7 @@ def selective_scan_fwd_kernel(
     SUMMARY: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, PREFETCH: tl.constexpr,
     UNROLL: tl.constexpr = 1, VECTOR_BC: tl.constexpr = 0, AHEAD: tl.constexpr = 0, SPLIT: tl.constexpr = 1,
     CKPT_BLOCKS: tl.constexpr = 0, L2_AHEAD: tl.constexpr = 0, L_STRIDE: tl.constexpr = 0,
-    BC_L_STRIDE: tl.constexpr = 0,
+    BC_L_STRIDE: tl.constexpr = 0, Z_L_STRIDE: tl.constexpr = 0,
 ):  # fmt: skip
     # One program: one image, BLOCK_D channels of one group, one chunk of `chunk_len` steps, walked sequentially
     # with the whole state in registers as a tuple of N [BLOCK_D] rows: every tensor is 1-D over the channels, so no
@@ -498,10 +498,12 @@ def selective_scan_fwd_kernel(
     # chunks' (P, S) into the incoming state, then scan the chunk and write y.
     # SPLIT 2 (4): two (four) adjacent lanes share a channel, each holding a half (quarter) of its N states (twice
     # (four times) the warps per scheduler, at that share of the state work each; y's shares meet by 1 (2) shuffles)
-    # L_STRIDE / BC_L_STRIDE: `step_strides` (sm_90 bf16 per 8 steps, stall cycles: ring 1193 -> 1104, SPLIT 2 787 ->
-    # 741, the training ring 1656 -> 1245)
+    # L_STRIDE (u, delta, out), Z_L_STRIDE, BC_L_STRIDE: `step_strides` (sm_90 bf16 per 8 steps, stall cycles: ring
+    # 1193 -> 1104, SPLIT 2 787 -> 749, the training ring 1656 -> 1245)
     if L_STRIDE:
-        su_l, sdt_l, sz_l, so_l = L_STRIDE, L_STRIDE, L_STRIDE, L_STRIDE
+        su_l, sdt_l, so_l = L_STRIDE, L_STRIDE, L_STRIDE
+    if Z_L_STRIDE:
+        sz_l = Z_L_STRIDE
     if BC_L_STRIDE:
         sB_l, sC_l = BC_L_STRIDE, BC_L_STRIDE
     pid_d, pid_b, pid_g, c, D_total, _, mask_d, ch, _, _, _, _ = _channel_block(Dg, NSTATE, nchunks, BLOCK_D, BLOCK_N)
@@ -782,6 +784,9 @@ MAX_UNROLL = 16  # the backward's main pass unrolls chunks up to this many steps
     configs=_bwd_configs(),
     key=["Dg", "NSTATE", "CHUNK", "SUMMARY", "span", "HAS_H0", "ATOMIC_BC"],
     prune_configs_by={"early_config_prune": prune_bwd_configs},
+    # the timing runs of a new key add into ATOMIC_BC's sums too: zeroed before each and after the last (the launch
+    # then starts from zeros); on a disk-cache hit nothing is timed or zeroed
+    reset_to_zero=["dB_ptr", "dC_ptr"],
 )
 @triton.heuristics({
     "BLOCK_N": lambda args: triton.next_power_of_2(args["NSTATE"]),
@@ -804,7 +809,8 @@ def selective_scan_bwd_kernel(
     CHUNK: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, PREFETCH: tl.constexpr,
     UNROLL: tl.constexpr, NEXT_TO_L1: tl.constexpr = 0, BRANCHLESS: tl.constexpr = 0, TILES: tl.constexpr = 0,
     ROWS: tl.constexpr = 0, VECTOR_BC: tl.constexpr = 0, SPLIT: tl.constexpr = 1, ATOMIC_BC: tl.constexpr = 0,
-    L_STRIDE: tl.constexpr = 0, BC_L_STRIDE: tl.constexpr = 0,
+    L_STRIDE: tl.constexpr = 0, BC_L_STRIDE: tl.constexpr = 0, Z_L_STRIDE: tl.constexpr = 0,
+    DOUT_L_STRIDE: tl.constexpr = 0,
 ):  # fmt: skip
     # One program: one image, BLOCK_D channels, one span of `span` chunks of CHUNK steps (the forward checkpointed
     # the state at every chunk end; `n_ckpt` chunks per row, `nchunks` spans). The state gradient runs backwards:
@@ -822,10 +828,15 @@ def selective_scan_bwd_kernel(
     # channel, each holding a share of its N states, as in the forward: SPLIT times the programs, a share of the
     # state work per lane; the per-channel sums over N (y, ddt, du) meet by log2(SPLIT) shuffles each, and the lane
     # holding the first share stores them.
-    # L_STRIDE / BC_L_STRIDE: `step_strides` (sm_90, SPLIT 2 at 168 registers, bf16: 2680 -> 2472 instructions and
-    # 5267 -> 4808 stall cycles per 8-step chunk; the backward issues ~2/3 of its time)
+    # L_STRIDE (u, delta, and du, ddelta, dz), Z_L_STRIDE, DOUT_L_STRIDE, BC_L_STRIDE: `step_strides` (sm_90, SPLIT 2
+    # at 168 registers, bf16: 2680 -> 2472 instructions and 5267 -> 4808 stall cycles per 8-step chunk; the backward
+    # issues ~2/3 of its time)
     if L_STRIDE:
-        su_l, sdt_l, sz_l, sdo_l, sg_l = L_STRIDE, L_STRIDE, L_STRIDE, L_STRIDE, L_STRIDE
+        su_l, sdt_l, sg_l = L_STRIDE, L_STRIDE, L_STRIDE
+    if Z_L_STRIDE:
+        sz_l = Z_L_STRIDE
+    if DOUT_L_STRIDE:
+        sdo_l = DOUT_L_STRIDE
     if BC_L_STRIDE:
         sB_l, sC_l = BC_L_STRIDE, BC_L_STRIDE
     pid_d, pid_b, pid_g, c, D_total, offs_d, mask_d, ch, offs_n, mask_n, mask_dn, state_offs = _channel_block(
@@ -1585,7 +1596,7 @@ def selective_scan_fwd(
     if choice == "step":
         flags["VECTOR_BC"] = vector_bc(B, nstate, layout) and vector_bc(C, nstate, layout)
         flags["CKPT_BLOCKS"] = blocks and (nchunks == 1 or chunk_len % ckpt_len == 0)
-        flags.update(step_strides((u, delta, out) + ((z,) if z is not None else ()), B, C, layout))
+        flags.update(step_strides((u, delta, out), B, C, layout, Z_L_STRIDE=z))
 
     def grid(meta: dict) -> tuple[int, int, int]:
         return triton.cdiv(dim_per_group, meta["BLOCK_D"]), groups * nchunks, batch
@@ -1602,20 +1613,23 @@ BIND_STEP_STRIDES = True  # the step kernels' L_STRIDE / BC_L_STRIDE (False: str
 
 
 def shared_value(*values: int) -> int:
-    """The value every one of `values` has, else 0."""
-    return values[0] if len(set(values)) == 1 else 0
+    """The value every one of `values` has, if a positive int32 (a kernel constant), else 0."""
+    return values[0] if len(set(values)) == 1 and 0 < values[0] < 2**31 else 0
 
 
-def step_strides(sequences: tuple[Tensor, ...], B: Tensor, C: Tensor, layout: str) -> dict[str, int]:
-    """The step kernels' L_STRIDE (the step stride all of `sequences` share) and BC_L_STRIDE (the one B and C share),
-    bound at compile time so that each unrolled step's addresses are constant offsets from its block's; 0 where they
-    differ (read at run time). One build per distinct value: a model has a few (its stages' widths)."""
-    if not BIND_STEP_STRIDES:
-        return {"L_STRIDE": 0, "BC_L_STRIDE": 0}
-    return {
+def step_strides(
+    sequences: tuple[Tensor, ...], B: Tensor, C: Tensor, layout: str, **own: Tensor | None
+) -> dict[str, int]:  # fmt: skip
+    """The step kernels' step strides bound at compile time, so that each unrolled step's addresses are constant
+    offsets from its block's: L_STRIDE (the one all of `sequences` share), BC_L_STRIDE (the one B and C share) and
+    one per keyword of `own` (Z_L_STRIDE=z, DOUT_L_STRIDE=dout: often views of wider tensors); 0 where not shared or
+    absent (read at run time). One build per distinct set: a model has a few (its stages' widths)."""
+    strides = {
         "L_STRIDE": shared_value(*(_x_strides(t, layout)[1] for t in sequences)),
         "BC_L_STRIDE": shared_value(_bc_strides(B, layout)[3], _bc_strides(C, layout)[3]),
+        **{name: shared_value(_x_strides(t, layout)[1]) if t is not None else 0 for name, t in own.items()},
     }
+    return strides if BIND_STEP_STRIDES else dict.fromkeys(strides, 0)
 
 
 def selective_scan_bwd(
@@ -1672,9 +1686,9 @@ def selective_scan_bwd(
     )  # fmt: skip
     if step_kernel:
         flags["VECTOR_BC"] = vector_bc(B, nstate, layout) and vector_bc(C, nstate, layout)
-        sequences = (u, delta, dout, du) + ((z,) if z is not None else ())  # (ddelta and dz share du's strides)
-        flags.update(step_strides(sequences, B, C, layout))
-    main = {"ATOMIC_BC": atomic_bc} if step_kernel else {}  # (the summary pass writes no dB/dC: one build for both)
+        # (ddelta and dz share du's strides; dout is often a view of a wider gradient, e.g. a concat's)
+        flags.update(step_strides((u, delta, du), B, C, layout, Z_L_STRIDE=z, DOUT_L_STRIDE=dout))
+    atomic_flag = {"ATOMIC_BC": atomic_bc} if step_kernel else {}  # (not the summary pass's: it writes no dB/dC)
 
     def grid(meta: dict) -> tuple[int, int, int]:
         return triton.cdiv(dim_per_group, meta["BLOCK_D"]), groups * nspans, batch
@@ -1683,11 +1697,7 @@ def selective_scan_bwd(
         if nspans > 1:
             _launch_kernel(kernel, grid, *args, **flags, SUMMARY=True)
             combine_chunks(sum_Q, sum_X, reverse=True)
-        tuned_keys = len(kernel.cache)
-        meta = _launch_kernel(kernel, grid, *args, **flags, **main, SUMMARY=False)
-        if atomic_bc and len(kernel.cache) > tuned_keys:  # the autotuner's timing runs added into the sums too
-            bc_part.zero_()
-            meta = _launch_kernel(kernel, grid, *args, **flags, **main, SUMMARY=False)
+        meta = _launch_kernel(kernel, grid, *args, **flags, **atomic_flag, SUMMARY=False)
         used = 1 if atomic_bc else triton.cdiv(dim_per_group, meta["BLOCK_D"])
         dB, dC, dA, dD, dbias = sum_partials(bc_part, used, B_in, C_in, length, groups, layout, dA_part,
                                              dD_part if D is not None else None,
