@@ -33,7 +33,7 @@ from triton.runtime.autotuner import Autotuner  # noqa: E402
 from sfmamba.ops import selective_scan, selective_scan_naive  # noqa: E402
 from sfmamba.ops.selective_scan import chunk  # noqa: E402
 from sfmamba.testing import FillRecorder, assert_close, relative_error, run_without_interpreter  # noqa: E402
-from sfmamba.utils._config import SCAN_BC_SUM_ENV, SCAN_FWD_ENV, set_kernel_backend  # noqa: E402
+from sfmamba.utils._config import SCAN_BC_SUM_ENV, SCAN_BWD_ENV, SCAN_FWD_ENV, set_kernel_backend  # noqa: E402
 
 LAYOUTS = ("BDL", "BLD")
 # "triton-2pass": the Triton forward with L split into chunks of 7 steps (summary pass + main pass), as on a GPU that
@@ -519,6 +519,18 @@ def test_backward_atomic_bc_sums(case, monkeypatch):
     assert len(timed) == (len(forced) if len(forced) > 1 else 0)
     part, n_parts = spy.call_args.args[:2]
     assert n_parts == 1 and part.shape[1] == 1
+
+
+@pytest.mark.parametrize("bwd_kernel", ["step", "tiled"])
+def test_backward_refuses_a_bc_sum_typo(bwd_kernel, monkeypatch):
+    """A misspelt SFMAMBA_SCAN_BC_SUM fails the backward with either backward kernel (the tiled one takes no atomic
+    sums, but the setting is read first)."""
+    monkeypatch.setenv(SCAN_BC_SUM_ENV, "atomics")
+    monkeypatch.setenv(SCAN_BWD_ENV, bwd_kernel)
+    inputs = cast(make_inputs(1, 5, 4, 2, 1, "BLD", segments=None), torch.float32)
+    out = scan("triton", **inputs, delta_softplus=True, layout="BLD")
+    with pytest.raises(ValueError, match=r"SFMAMBA_SCAN_BC_SUM must be one of \('partials', 'atomic'\)"):
+        out.sum().backward()
 
 
 def test_backward_atomic_bc_sums_yield_to_deterministic_algorithms(monkeypatch):

@@ -785,7 +785,8 @@ MAX_UNROLL = 16  # the backward's main pass unrolls chunks up to this many steps
     key=["Dg", "NSTATE", "CHUNK", "SUMMARY", "span", "HAS_H0", "ATOMIC_BC"],
     prune_configs_by={"early_config_prune": prune_bwd_configs},
     # the timing runs of a new key add into ATOMIC_BC's sums too: zeroed before each and after the last (the launch
-    # then starts from zeros); on a disk-cache hit nothing is timed or zeroed
+    # then starts from zeros); on a disk-cache hit nothing is timed or zeroed. (Without ATOMIC_BC each timing run
+    # then includes zeroing the partials too, the same for every config.)
     reset_to_zero=["dB_ptr", "dC_ptr"],
 )
 @triton.heuristics({
@@ -1645,7 +1646,8 @@ def selective_scan_bwd(
     n_ckpt = triton.cdiv(length, chunk)
     kernel = _bwd_kernel()
     step_kernel = kernel is selective_scan_bwd_kernel  # the tiled kernel takes one chunk per program
-    atomic_bc = step_kernel and scan_bc_sum() == "atomic" and not torch.are_deterministic_algorithms_enabled()
+    # (the setting read first: a typo fails with either kernel)
+    atomic_bc = scan_bc_sum() == "atomic" and step_kernel and not torch.are_deterministic_algorithms_enabled()
     span, nspans = plan_bwd_spans(batch, groups, dim_per_group, n_ckpt, chunk, u.device) if step_kernel else (1, n_ckpt)
     reset, period, seg_ids, cu = _reset_args(length, seq_len, cu_seqlens, u.device)
     dev, f32 = u.device, torch.float32
