@@ -464,6 +464,7 @@ def test_step_kernels_bind_shared_step_strides(case, monkeypatch):
         return launch(kernel, grid, *args, **flags)
 
     monkeypatch.setattr(chunk, "_launch_kernel", spy)
+    monkeypatch.setattr(chunk, "FWD_BIND_DTYPES", (torch.float32,))  # (the fp32 forward binds none by default)
     flags = {"delta_softplus": True, "layout": "BLD"}
     out, ref = scan("triton", **k_in, **flags), scan("naive", **r_in, **flags)
     assert_close("out", ref, out, TOLERANCE[torch.float32][0])
@@ -476,6 +477,32 @@ def test_step_kernels_bind_shared_step_strides(case, monkeypatch):
         if name in width:
             assert torch.all(got[name][..., width[name] :] == 0), f"d{name}: the unused half got a gradient"
     assert seen == [fwd_strides, bwd_strides]  # the training forward, then the backward
+
+
+@pytest.mark.parametrize("dtype, bound, atomic", [(torch.float32, False, True), (torch.bfloat16, True, False)])
+def test_default_strides_and_bc_sums_follow_the_dtype(dtype, bound, atomic, monkeypatch):
+    """By default the forward binds its step strides for 16-bit inputs only (bound, the fp32 forward lost on the
+    H100), and the backward adds its dB/dC sums by atomics for fp32 inputs only (SFMAMBA_SCAN_BC_SUM=auto); the
+    backward binds its strides in both. Output and gradients against the reference."""
+    torch.manual_seed(15)
+    inputs = make_inputs(2, 9, 20, 8, 1, "BLD", segments=None)
+    config = triton.Config({"BLOCK_D": 8, "PREFETCH": 1, "NEXT_TO_L1": 1, "BRANCHLESS": 0, "TILES": 1}, num_warps=1)
+    monkeypatch.delenv(SCAN_BC_SUM_ENV, raising=False)
+    seen = {}
+    launch = chunk._launch_kernel
+
+    def spy(kernel, grid, *args, **flags):
+        if kernel in (chunk.selective_scan_fwd_kernel, chunk.selective_scan_bwd_kernel) and not flags["SUMMARY"]:
+            seen["fwd" if kernel is chunk.selective_scan_fwd_kernel else "bwd"] = (
+                flags["L_STRIDE"], flags["BC_L_STRIDE"], flags.get("ATOMIC_BC")
+            )  # fmt: skip
+        return launch(kernel, grid, *args, **flags)
+
+    monkeypatch.setattr(chunk, "_launch_kernel", spy)
+    with forced_configs(chunk.selective_scan_bwd_kernel, [config]):
+        compare_with_reference(inputs, dtype, {"delta_softplus": True, "layout": "BLD"}, backward=True)
+    assert seen["fwd"] == ((20, 8) if bound else (0, 0)) + (None,)
+    assert seen["bwd"] == (20, 8, atomic)
 
 
 ATOMIC_CASES = {  # name: (configs the autotuner times, N, layout, kernel, segments, emulated lane shuffles)
@@ -529,7 +556,7 @@ def test_backward_refuses_a_bc_sum_typo(bwd_kernel, monkeypatch):
     monkeypatch.setenv(SCAN_BWD_ENV, bwd_kernel)
     inputs = cast(make_inputs(1, 5, 4, 2, 1, "BLD", segments=None), torch.float32)
     out = scan("triton", **inputs, delta_softplus=True, layout="BLD")
-    with pytest.raises(ValueError, match=r"SFMAMBA_SCAN_BC_SUM must be one of \('partials', 'atomic'\)"):
+    with pytest.raises(ValueError, match=r"SFMAMBA_SCAN_BC_SUM must be one of \('auto', 'partials', 'atomic'\)"):
         out.sum().backward()
 
 

@@ -27,7 +27,9 @@ def test_kernel_backend_refuses_a_typo(monkeypatch):
         kernel_backend()
 
 
-@pytest.mark.parametrize("value, choice", [(None, "partials"), ("partials", "partials"), ("atomic", "atomic")])
+@pytest.mark.parametrize(
+    "value, choice", [(None, "auto"), ("auto", "auto"), ("partials", "partials"), ("atomic", "atomic")]
+)
 def test_scan_bc_sum_choice(monkeypatch, value, choice):
     if value is None:
         monkeypatch.delenv(SCAN_BC_SUM_ENV, raising=False)
@@ -38,5 +40,6 @@ def test_scan_bc_sum_choice(monkeypatch, value, choice):
 
 def test_scan_bc_sum_refuses_a_typo(monkeypatch):
     monkeypatch.setenv(SCAN_BC_SUM_ENV, "atomics")
-    with pytest.raises(ValueError, match=r"SFMAMBA_SCAN_BC_SUM must be one of \('partials', 'atomic'\), got 'atomics'"):
+    choices = r"\('auto', 'partials', 'atomic'\)"
+    with pytest.raises(ValueError, match=rf"SFMAMBA_SCAN_BC_SUM must be one of {choices}, got 'atomics'"):
         scan_bc_sum()

@@ -67,15 +67,16 @@ def scan_bwd_kernel() -> str:
 
 
 SCAN_BC_SUM_ENV = "SFMAMBA_SCAN_BC_SUM"
-SCAN_BC_SUM_CHOICES = ("partials", "atomic")
+SCAN_BC_SUM_CHOICES = ("auto", "partials", "atomic")
 
 
 def scan_bc_sum() -> str:
     """How the selective scan's step backward sums dB and dC over its channel blocks, from `SFMAMBA_SCAN_BC_SUM`:
-    `'partials'` (the default: each block writes its own sums, added in a fixed order by one kernel afterwards;
-    deterministic) or `'atomic'` (fp32 atomic adds into one zeroed block: the bits of dB and dC vary from run to run,
-    and `torch.use_deterministic_algorithms(True)` keeps `'partials'`); read on every call."""
-    return _env_choice(SCAN_BC_SUM_ENV, SCAN_BC_SUM_CHOICES, "partials")
+    `'partials'` (each block writes its own sums, added in a fixed order by one kernel afterwards; deterministic),
+    `'atomic'` (fp32 atomic adds into one zeroed block: the bits of dB and dC vary from run to run) or `'auto'` (the
+    default: atomic for fp32 inputs, where they won on the H100, partials for 16-bit ones, where they lost at L = 196);
+    `torch.use_deterministic_algorithms(True)` keeps `'partials'`. Read on every call."""
+    return _env_choice(SCAN_BC_SUM_ENV, SCAN_BC_SUM_CHOICES, "auto")
 
 
 def triton_interpret() -> bool:

@@ -1597,7 +1597,8 @@ def selective_scan_fwd(
     if choice == "step":
         flags["VECTOR_BC"] = vector_bc(B, nstate, layout) and vector_bc(C, nstate, layout)
         flags["CKPT_BLOCKS"] = blocks and (nchunks == 1 or chunk_len % ckpt_len == 0)
-        flags.update(step_strides((u, delta, out), B, C, layout, Z_L_STRIDE=z))
+        bind = u.dtype in FWD_BIND_DTYPES
+        flags.update(step_strides((u, delta, out), B, C, layout, bind=bind, Z_L_STRIDE=z))
 
     def grid(meta: dict) -> tuple[int, int, int]:
         return triton.cdiv(dim_per_group, meta["BLOCK_D"]), groups * nchunks, batch
@@ -1611,6 +1612,10 @@ def selective_scan_fwd(
 
 
 BIND_STEP_STRIDES = True  # the step kernels' L_STRIDE / BC_L_STRIDE (False: strides read at run time, for A/B timings)
+# The forward binds them for 16-bit inputs only. H100, (128, 160, 196, 8), SPLIT 2 ring, run-time vs bound: bf16 30.8
+# -> 27.6 us, fp32 37.2 -> 57.9 (181 registers instead of 162; L2 hints 33.7 -> 61.8); L = 49 fp32 14.2 -> 16.6
+# (benchmarks/results/s28_20261206, scan-fwd-strides). The backward gains in both (fp32 230.2 vs 233.9 us).
+FWD_BIND_DTYPES = (torch.float16, torch.bfloat16)
 
 
 def shared_value(*values: int) -> int:
@@ -1619,18 +1624,26 @@ def shared_value(*values: int) -> int:
 
 
 def step_strides(
-    sequences: tuple[Tensor, ...], B: Tensor, C: Tensor, layout: str, **own: Tensor | None
+    sequences: tuple[Tensor, ...], B: Tensor, C: Tensor, layout: str, bind: bool = True, **own: Tensor | None
 ) -> dict[str, int]:  # fmt: skip
     """The step kernels' step strides bound at compile time, so that each unrolled step's addresses are constant
     offsets from its block's: L_STRIDE (the one all of `sequences` share), BC_L_STRIDE (the one B and C share) and
     one per keyword of `own` (Z_L_STRIDE=z, DOUT_L_STRIDE=dout: often views of wider tensors); 0 where not shared or
-    absent (read at run time). One build per distinct set: a model has a few (its stages' widths)."""
+    absent (read at run time), and all 0 where `bind` is False. One build per distinct set: a model has a few (its
+    stages' widths)."""
     strides = {
         "L_STRIDE": shared_value(*(_x_strides(t, layout)[1] for t in sequences)),
         "BC_L_STRIDE": shared_value(_bc_strides(B, layout)[3], _bc_strides(C, layout)[3]),
         **{name: shared_value(_x_strides(t, layout)[1]) if t is not None else 0 for name, t in own.items()},
     }
-    return strides if BIND_STEP_STRIDES else dict.fromkeys(strides, 0)
+    return strides if bind and BIND_STEP_STRIDES else dict.fromkeys(strides, 0)
+
+
+def atomic_bc_sums(choice: str, dtype: torch.dtype) -> bool:
+    """Whether the step backward adds its dB/dC sums by atomics (`SFMAMBA_SCAN_BC_SUM`): `'auto'` does for fp32
+    inputs only. H100, SPLIT 2 at (128, 160, 196, 8) / (128, 320, 49, 8), partials vs atomics: fp32 230.2 -> 225.3 /
+    125.2 -> 118.9 us, bf16 180.8 -> 189.6 / 94.7 -> 93.3 (benchmarks/results/s28_20261206, scan-bwd-atomic)."""
+    return choice == "atomic" or (choice == "auto" and dtype == torch.float32)
 
 
 def selective_scan_bwd(
@@ -1647,7 +1660,8 @@ def selective_scan_bwd(
     kernel = _bwd_kernel()
     step_kernel = kernel is selective_scan_bwd_kernel  # the tiled kernel takes one chunk per program
     # (the setting read first: a typo fails with either kernel)
-    atomic_bc = scan_bc_sum() == "atomic" and step_kernel and not torch.are_deterministic_algorithms_enabled()
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    atomic_bc = atomic_bc_sums(scan_bc_sum(), u.dtype) and step_kernel and not deterministic
     span, nspans = plan_bwd_spans(batch, groups, dim_per_group, n_ckpt, chunk, u.device) if step_kernel else (1, n_ckpt)
     reset, period, seg_ids, cu = _reset_args(length, seq_len, cu_seqlens, u.device)
     dev, f32 = u.device, torch.float32
@@ -1659,11 +1673,10 @@ def selective_scan_bwd(
     u, delta, z, dout, B, C = (_rows_adjacent(t, layout) for t in (u, delta, z, dout, B, C))
     du, ddelta = _empty_adjacent(u, layout, u.dtype), _empty_adjacent(u, layout, delta.dtype)
     dz = _empty_adjacent(u, layout, z.dtype) if z is not None else new((0,))
-    n_dblocks = triton.cdiv(dim_per_group, min(c.kwargs["BLOCK_D"] for c in kernel.configs))  # the most any launches
-    if atomic_bc:  # every channel block adds into block 0
-        bc_part = torch.zeros((2, 1, batch, groups, length, nstate), device=dev, dtype=f32)
-    else:
-        bc_part = new((2, n_dblocks, batch, groups, length, nstate))  # dB, dC partials per channel block
+    # dB, dC partials per channel block (the most any config launches), or one zeroed block every block adds into
+    n_dblocks = 1 if atomic_bc else triton.cdiv(dim_per_group, min(c.kwargs["BLOCK_D"] for c in kernel.configs))
+    bc_part = (torch.zeros if atomic_bc else torch.empty)((2, n_dblocks, batch, groups, length, nstate), device=dev,
+                                                          dtype=f32)  # fmt: skip
     dB_part, dC_part = bc_part[0], bc_part[1]
     dA_part = new((batch, nspans, nstate, dim))
     dD_part = new((batch, nspans, dim), present=D is not None)

@@ -8,7 +8,9 @@ at every image boundary, so the result equals the unfolded scan. Whether it pays
 
 1. the user table `fold_table.json` in the cache dir (`sfmamba.utils._config.cache_dir()`), written by `sfmamba tune`;
 2. the shipped defaults `fold_defaults.json` next to this file;
-3. `heuristic_fold`, which needs no measurement (always 1 on CPU).
+3. no fold (`f = 1`) where neither table has the shape: no fold has won at a measured shape with these kernels (H100,
+   CUDA graphs and eager, batch 128-512 at L = 49 and 196; benchmarks/results/s25_20261206 and s28_20261206), so an
+   unmeasured device folds only after `sfmamba tune` has measured a fold that wins there.
 
 Both tables have the same format::
 
@@ -28,7 +30,6 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import os
 import warnings
 from collections.abc import Iterable
@@ -47,7 +48,6 @@ __all__ = [
     "TABLE_VERSION",
     "device_name",
     "fold_scan",
-    "heuristic_fold",
     "largest_divisor_at_most",
     "plan_fold",
     "update_fold_table",
@@ -57,14 +57,6 @@ __all__ = [
 TABLE_VERSION = 1
 USER_TABLE_NAME = "fold_table.json"
 SHIPPED_TABLE_PATH = Path(__file__).with_name("fold_defaults.json")
-
-# Heuristic constants (see `heuristic_fold`).
-TARGET_FOLDED_LENGTH = 1024
-CHANNELS_PER_PROGRAM = 32
-MIN_PROGRAMS_PER_SM = 8  # twice chunk.TARGET_PROGRAMS_PER_SM: below 4 per SM the scan planner splits folded rows
-# back into chunks (a summary pass and a combine), so such a fold only adds work; and at MambaVision-T's batch-128
-# scans one unfolded chunk per row (640-1280 programs on 132 SMs) is what the forward was tuned and measured on (H200,
-# 2026-12-03, benchmarks/results/s12_20261203); the H100 table also found unfolded fastest at 5 of its 6 shapes
 
 _DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
 _KEY_FIELDS = ("batch", "length", "dim", "d_state")
@@ -104,27 +96,6 @@ def dtype_name(dtype: torch.dtype) -> str:
 def largest_divisor_at_most(n: int, cap: int) -> int:
     """The largest divisor of `n` that is <= `cap` (at least 1)."""
     return next(d for d in range(min(n, max(cap, 1)), 0, -1) if n % d == 0)
-
-
-def heuristic_fold(batch: int, dim: int, length: int, sm_count: int) -> int:
-    """Fold factor for a GPU with `sm_count` SMs when no measurement exists.
-
-    Folding only removes per-row fixed costs (program launch, loading A/D, the loop's pipeline fill), which matter
-    when rows are short; it also divides the number of programs by `f` and multiplies the sequential work of each by
-    `f`. So take the largest power of two `f` dividing `batch` such that a folded row stays short
-    (`f * length <= TARGET_FOLDED_LENGTH`: the serial latency of one program stays bounded) and the grid still fills
-    the GPU (`batch / f * ceil(dim / CHANNELS_PER_PROGRAM) >= MIN_PROGRAMS_PER_SM * sm_count`, counting one program
-    per image and 32-channel block, as the kernels launch). Returns 1 when no `f > 1` meets both.
-    """
-    blocks = math.ceil(dim / CHANNELS_PER_PROGRAM)
-    fold = 1
-    while (
-        batch % (fold * 2) == 0
-        and fold * 2 * length <= TARGET_FOLDED_LENGTH
-        and batch // (fold * 2) * blocks >= MIN_PROGRAMS_PER_SM * sm_count
-    ):
-        fold *= 2
-    return fold
 
 
 def _file_identity(path: Path) -> tuple[int, int, int] | None:
@@ -199,8 +170,8 @@ def _lookup(index: _Index, device: str, dtype: str, batch: int, length: int, dim
 def plan_fold(batch: int, dim: int, length: int, d_state: int, dtype: torch.dtype, device: torch.device) -> int:
     """Fold factor `f` (a divisor of `batch`; 1 = no folding) for a scan of `batch` sequences of `length` steps.
 
-    Looks up the user table (`sfmamba tune`), then the shipped defaults, then falls back to `heuristic_fold`
-    (always 1 on CPU). See the module docstring for the table format and the nearest-batch rule.
+    Looks up the user table (`sfmamba tune`), then the shipped defaults, and returns 1 where neither has the shape
+    (why: the module docstring, with the table format and the nearest-batch rule).
 
     Args:
         batch (int): number of images (rows before folding).
@@ -219,9 +190,7 @@ def plan_fold(batch: int, dim: int, length: int, d_state: int, dtype: torch.dtyp
         fold = _lookup(_load_index(path), *key)
         if fold is not None:
             return fold
-    if device.type != "cuda":
-        return 1
-    return heuristic_fold(batch, dim, length, torch.cuda.get_device_properties(device).multi_processor_count)
+    return 1
 
 
 def dumps_table(data: dict) -> str:
