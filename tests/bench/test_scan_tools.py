@@ -9,6 +9,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import torch
 import triton
 
 BENCH_OPS = Path(__file__).resolve().parents[2] / "benchmarks" / "ops"
@@ -99,6 +100,34 @@ def test_scan_configs_sets_the_checkpoint_block_lengths(bench_module, monkeypatc
     with pytest.raises(KeyboardInterrupt):
         scan_configs.main()
     assert seen == [(4, 16)]
+
+
+@pytest.mark.parametrize(
+    "flag, bind, fwd_dtypes",
+    [
+        ([], True, (torch.float16, torch.bfloat16)),
+        (["--runtime-strides"], False, (torch.float16, torch.bfloat16)),
+        (["--bound-strides"], True, (torch.float16, torch.bfloat16, torch.float32)),
+    ],
+)
+def test_scan_configs_stride_binding_flags(bench_module, monkeypatch, flag, bind, fwd_dtypes):
+    """`--runtime-strides` reads every step stride at run time; `--bound-strides` binds the forward's in fp32 too
+    (the launchers' default binds it for 16-bit inputs only); set before any setting is built."""
+    monkeypatch.syspath_prepend(str(BENCH_OPS / "experiments"))
+    scan_configs = bench_module("scan_configs")
+    for name in ("BIND_STEP_STRIDES", "FWD_BIND_DTYPES"):  # restored afterwards
+        monkeypatch.setattr(scan_configs.K, name, getattr(scan_configs.K, name))
+    seen = []
+
+    def stop(args):
+        seen.append((scan_configs.K.BIND_STEP_STRIDES, scan_configs.K.FWD_BIND_DTYPES))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(scan_configs, "settings", stop)
+    monkeypatch.setattr(sys, "argv", ["scan_configs.py", "--kernel", "fwd", "--shapes", "0", *flag])
+    with pytest.raises(KeyboardInterrupt):
+        scan_configs.main()
+    assert seen == [(bind, fwd_dtypes)]
 
 
 _REASONS = ("long_scoreboard", "math_pipe_throttle", "wait")

@@ -131,8 +131,12 @@ def main() -> None:
         help="fwd: these configs (JSON kwargs, e.g. '{\"STATE_TUPLE\": 1}'); bwd: the forward autotunes among them",
     )
     parser.add_argument("--no-vector-bc", action="store_true", help="fwd: B_t/C_t by scalar loads (no VECTOR_BC)")
-    parser.add_argument(
+    strides = parser.add_mutually_exclusive_group()
+    strides.add_argument(
         "--runtime-strides", action="store_true", help="read the step strides at run time (no L_STRIDE binding)"
+    )
+    strides.add_argument(
+        "--bound-strides", action="store_true", help="fwd: bind the step strides in fp32 too (default: 16-bit only)"
     )
     parser.add_argument("--train", action="store_true", help="fwd: time the training forward (checkpoints stored)")
     parser.add_argument("--no-autotuned", action="store_true", help="time only the given configs, not the autotuner")
@@ -163,6 +167,8 @@ def main() -> None:
         K.vector_bc = lambda *_: False
     if args.runtime_strides:
         K.BIND_STEP_STRIDES = False
+    if args.bound_strides:
+        K.FWD_BIND_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
     if args.kernel == "bwd" and args.fwd_configs:
         KERNELS["fwd"].configs = fwd_configs(args)
     mode = "fwdbwd" if args.kernel == "bwd" else "fwdtrain" if args.train else "fwd"
