@@ -116,7 +116,8 @@
 #                    since session 27), the configs the autotuner picks at SHAPES (default "0 2"), bf16 and fp32, each
 #                    checked (scan_configs.py --kernel fwd)                                             (~5 min cold)
 #   scan-fwd-fp32-cap the fp32 forward's SPLIT 2 rings (with and without L2 hints) with strides read at run time, then
-#                    bound (--bound-strides), each uncapped and capped at 168 registers: bound, they took 181-185
+#                    bound (--bound-strides: all, then L_STRIDE and Z_L_STRIDE only: 163 registers uncapped, 386
+#                    instructions, 680 stalls), each uncapped and capped at 168 registers: bound, they took 181-185
 #                    registers (two warps per scheduler: L = 196's 1280 programs in two waves) and lost 37.2 -> 57.9
 #                    us (session 28); sm_90 at cap 168: 149 registers, no spills, 377 instructions and 709 stall
 #                    cycles per 8 steps against 398 / 746 unbound (SHAPES default "0 2")                (~3 min cold)
@@ -361,12 +362,13 @@ run_step() {
       done ;;
     scan-fwd-fp32-cap)  # fp32 forward, SPLIT 2 rings: run-time vs bound strides, uncapped vs capped at 168 registers
       split='"BLOCK_D": 16, "SPLIT": 2, "PREFETCH": 8, "UNROLL": 8'
-      for mode in runtime-strides bound-strides; do
+      for mode in runtime-strides bound-strides bound-strides=L_STRIDE,Z_L_STRIDE; do
+        flags=$(echo "--$mode" | tr '=,' '  ')
         echo "## $mode" | tee -a "$dir/log.txt"
         "$PY" benchmarks/ops/experiments/scan_configs.py --kernel fwd --no-autotuned --shapes ${SHAPES:-0 2} \
           --dtypes float32 --chunks 0 --fwd-configs "{$split}" "{$split, \"maxnreg\": 168}" \
-          "{$split, \"L2_AHEAD\": 32}" "{$split, \"L2_AHEAD\": 32, \"maxnreg\": 168}" --$mode --precompile 8 \
-          --budget-s 90 --out-dir "$dir/$mode" 2>&1 | tee -a "$dir/log.txt" | grep -v Warning
+          "{$split, \"L2_AHEAD\": 32}" "{$split, \"L2_AHEAD\": 32, \"maxnreg\": 168}" $flags --precompile 8 \
+          --budget-s 90 --out-dir "$dir/${mode//[=,]/-}" 2>&1 | tee -a "$dir/log.txt" | grep -v Warning
       done ;;
     scan-fb-profile)
       "$PY" benchmarks/ops/experiments/scan_fb_profile.py --shapes ${SHAPES:-0 2} --out "$dir/scan_fb_profile.json" 2>&1 | tee "$dir/log.txt" \

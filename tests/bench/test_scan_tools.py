@@ -102,32 +102,38 @@ def test_scan_configs_sets_the_checkpoint_block_lengths(bench_module, monkeypatc
     assert seen == [(4, 16)]
 
 
+ALL_STRIDES = ("L_STRIDE", "BC_L_STRIDE", "Z_L_STRIDE", "DOUT_L_STRIDE")
+
+
 @pytest.mark.parametrize(
-    "flag, bind, fwd_dtypes",
+    "flag, bind, fp32_bound",
     [
-        ([], True, (torch.float16, torch.bfloat16)),
-        (["--runtime-strides"], False, (torch.float16, torch.bfloat16)),
-        (["--bound-strides"], True, (torch.float16, torch.bfloat16, torch.float32)),
+        ([], True, ()),
+        (["--runtime-strides"], False, ()),
+        (["--bound-strides"], True, ALL_STRIDES),
+        (["--bound-strides", "L_STRIDE", "Z_L_STRIDE"], True, ("L_STRIDE", "Z_L_STRIDE")),
     ],
 )
-def test_scan_configs_stride_binding_flags(bench_module, monkeypatch, flag, bind, fwd_dtypes):
-    """`--runtime-strides` reads every step stride at run time; `--bound-strides` binds the forward's in fp32 too
-    (the launchers' default binds it for 16-bit inputs only); set before any setting is built."""
+def test_scan_configs_stride_binding_flags(bench_module, monkeypatch, flag, bind, fp32_bound):
+    """`--runtime-strides` reads every step stride at run time; `--bound-strides [NAME ...]` binds the fp32 forward's
+    (all, or those named; the launchers' default binds them for 16-bit inputs only); set before any setting is
+    built."""
     monkeypatch.syspath_prepend(str(BENCH_OPS / "experiments"))
     scan_configs = bench_module("scan_configs")
-    for name in ("BIND_STEP_STRIDES", "FWD_BIND_DTYPES"):  # restored afterwards
+    for name in ("BIND_STEP_STRIDES", "FWD_BOUND_STRIDES"):  # restored afterwards
         monkeypatch.setattr(scan_configs.K, name, getattr(scan_configs.K, name))
     seen = []
 
     def stop(args):
-        seen.append((scan_configs.K.BIND_STEP_STRIDES, scan_configs.K.FWD_BIND_DTYPES))
+        bound = scan_configs.K.FWD_BOUND_STRIDES
+        seen.append((scan_configs.K.BIND_STEP_STRIDES, bound[torch.float32], bound[torch.bfloat16]))
         raise KeyboardInterrupt
 
     monkeypatch.setattr(scan_configs, "settings", stop)
     monkeypatch.setattr(sys, "argv", ["scan_configs.py", "--kernel", "fwd", "--shapes", "0", *flag])
     with pytest.raises(KeyboardInterrupt):
         scan_configs.main()
-    assert seen == [(bind, fwd_dtypes)]
+    assert seen == [(bind, fp32_bound, ALL_STRIDES)]
 
 
 _REASONS = ("long_scoreboard", "math_pipe_throttle", "wait")

@@ -464,7 +464,7 @@ def test_step_kernels_bind_shared_step_strides(case, monkeypatch):
         return launch(kernel, grid, *args, **flags)
 
     monkeypatch.setattr(chunk, "_launch_kernel", spy)
-    monkeypatch.setattr(chunk, "FWD_BIND_DTYPES", (torch.float32,))  # (the fp32 forward binds none by default)
+    monkeypatch.setitem(chunk.FWD_BOUND_STRIDES, torch.float32, chunk.STEP_STRIDES)  # (by default fp32 binds none)
     flags = {"delta_softplus": True, "layout": "BLD"}
     out, ref = scan("triton", **k_in, **flags), scan("naive", **r_in, **flags)
     assert_close("out", ref, out, TOLERANCE[torch.float32][0])

@@ -136,8 +136,9 @@ def main() -> None:
         "--runtime-strides", action="store_true", help="read the step strides at run time (no L_STRIDE binding)"
     )
     strides.add_argument(
-        "--bound-strides", action="store_true", help="fwd: bind the step strides in fp32 too (default: 16-bit only)"
-    )
+        "--bound-strides", nargs="*", default=None, choices=K.STEP_STRIDES, metavar="NAME",
+        help="fwd: bind these step strides in fp32 too (all when none is named; by default fp32 binds none)",
+    )  # fmt: skip
     parser.add_argument("--train", action="store_true", help="fwd: time the training forward (checkpoints stored)")
     parser.add_argument("--no-autotuned", action="store_true", help="time only the given configs, not the autotuner")
     parser.add_argument(
@@ -167,8 +168,8 @@ def main() -> None:
         K.vector_bc = lambda *_: False
     if args.runtime_strides:
         K.BIND_STEP_STRIDES = False
-    if args.bound_strides:
-        K.FWD_BIND_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+    if args.bound_strides is not None:
+        K.FWD_BOUND_STRIDES = {**K.FWD_BOUND_STRIDES, torch.float32: tuple(args.bound_strides or K.STEP_STRIDES)}
     if args.kernel == "bwd" and args.fwd_configs:
         KERNELS["fwd"].configs = fwd_configs(args)
     mode = "fwdbwd" if args.kernel == "bwd" else "fwdtrain" if args.train else "fwd"

@@ -14,6 +14,7 @@ into a [chunk, N, BLOCK_D] register tile so that the reverse walk can read them.
 from __future__ import annotations
 
 import copy
+from collections.abc import Collection
 
 import torch
 import triton
@@ -1597,8 +1598,8 @@ def selective_scan_fwd(
     if choice == "step":
         flags["VECTOR_BC"] = vector_bc(B, nstate, layout) and vector_bc(C, nstate, layout)
         flags["CKPT_BLOCKS"] = blocks and (nchunks == 1 or chunk_len % ckpt_len == 0)
-        bind = u.dtype in FWD_BIND_DTYPES
-        flags.update(step_strides((u, delta, out), B, C, layout, bind=bind, Z_L_STRIDE=z))
+        bound = FWD_BOUND_STRIDES.get(u.dtype, ())
+        flags.update(step_strides((u, delta, out), B, C, layout, bound=bound, Z_L_STRIDE=z))
 
     def grid(meta: dict) -> tuple[int, int, int]:
         return triton.cdiv(dim_per_group, meta["BLOCK_D"]), groups * nchunks, batch
@@ -1612,10 +1613,12 @@ def selective_scan_fwd(
 
 
 BIND_STEP_STRIDES = True  # the step kernels' L_STRIDE / BC_L_STRIDE (False: strides read at run time, for A/B timings)
-# The forward binds them for 16-bit inputs only. H100, (128, 160, 196, 8), SPLIT 2 ring, run-time vs bound: bf16 30.8
-# -> 27.6 us, fp32 37.2 -> 57.9 (181 registers instead of 162; L2 hints 33.7 -> 61.8); L = 49 fp32 14.2 -> 16.6
-# (benchmarks/results/s28_20261206, scan-fwd-strides). The backward gains in both (fp32 230.2 vs 233.9 us).
-FWD_BIND_DTYPES = (torch.float16, torch.bfloat16)
+STEP_STRIDES = ("L_STRIDE", "BC_L_STRIDE", "Z_L_STRIDE", "DOUT_L_STRIDE")
+# The forward binds them for 16-bit inputs only (which, per dtype of u). H100, (128, 160, 196, 8), SPLIT 2 ring,
+# run-time vs bound: bf16 30.8 -> 27.6 us, fp32 37.2 -> 57.9 (181 registers instead of 162: two warps per scheduler
+# instead of three; L2 hints 33.7 -> 61.8); L = 49 fp32 14.2 -> 16.6 (benchmarks/results/s28_20261206,
+# scan-fwd-strides). The backward binds all of them in every dtype (fp32 230.2 vs 233.9 us).
+FWD_BOUND_STRIDES = {torch.float16: STEP_STRIDES, torch.bfloat16: STEP_STRIDES, torch.float32: ()}
 
 
 def shared_value(*values: int) -> int:
@@ -1624,19 +1627,20 @@ def shared_value(*values: int) -> int:
 
 
 def step_strides(
-    sequences: tuple[Tensor, ...], B: Tensor, C: Tensor, layout: str, bind: bool = True, **own: Tensor | None
+    sequences: tuple[Tensor, ...], B: Tensor, C: Tensor, layout: str, bound: Collection[str] = STEP_STRIDES,
+    **own: Tensor | None,
 ) -> dict[str, int]:  # fmt: skip
     """The step kernels' step strides bound at compile time, so that each unrolled step's addresses are constant
     offsets from its block's: L_STRIDE (the one all of `sequences` share), BC_L_STRIDE (the one B and C share) and
     one per keyword of `own` (Z_L_STRIDE=z, DOUT_L_STRIDE=dout: often views of wider tensors); 0 where not shared or
-    absent (read at run time), and all 0 where `bind` is False. One build per distinct set: a model has a few (its
-    stages' widths)."""
+    absent (read at run time), and 0 for every name not in `bound`. One build per distinct set: a model has a few
+    (its stages' widths)."""
     strides = {
         "L_STRIDE": shared_value(*(_x_strides(t, layout)[1] for t in sequences)),
         "BC_L_STRIDE": shared_value(_bc_strides(B, layout)[3], _bc_strides(C, layout)[3]),
         **{name: shared_value(_x_strides(t, layout)[1]) if t is not None else 0 for name, t in own.items()},
     }
-    return strides if bind and BIND_STEP_STRIDES else dict.fromkeys(strides, 0)
+    return {name: value if name in bound and BIND_STEP_STRIDES else 0 for name, value in strides.items()}
 
 
 def atomic_bc_sums(choice: str, dtype: torch.dtype) -> bool:
