@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -14,6 +15,7 @@ from sfmamba.ops.selective_scan import selective_scan
 from sfmamba.ops.selective_scan.fold import (
     SHIPPED_TABLE_PATH,
     fold_scan,
+    heuristic_fold,
     largest_divisor_at_most,
     plan_fold,
     update_fold_table,
@@ -46,7 +48,7 @@ def tables(tmp_path, monkeypatch):
     return user_table_path(), tmp_path / "shipped.json"
 
 
-def test_user_table_beats_shipped_beats_no_fold(tables):
+def test_user_table_beats_shipped_beats_heuristic(tables):
     user, shipped = tables
     assert user == user.parent / "fold_table.json" and user.parent.name == "cache"
     write_table(user, [entry(128, 4)])
@@ -55,7 +57,7 @@ def test_user_table_beats_shipped_beats_no_fold(tables):
     user.unlink()
     assert plan(128) == 2
     shipped.unlink()
-    assert plan(128) == 1  # neither table has it
+    assert plan(128) == 1  # heuristic on CPU
 
 
 def test_user_nearest_batch_beats_shipped_exact(tables):
@@ -132,12 +134,22 @@ def test_cache_dir_precedence(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("shape", [(512, 320, 49), (256, 320, 49), (128, 640, 49), (1024, 32, 16)])
-def test_unmeasured_gpu_runs_unfolded(tables, shape):
-    """A GPU that neither table knows runs unfolded: no fold won at a measured shape (the shapes here are ones the
-    old program-count heuristic folded by 2-64; on the H100 folds 2-16 lost at the first two, session 28)."""
+def test_unmeasured_gpu_keeps_measured_lengths_unfolded(tables, monkeypatch, shape):
+    """A GPU that neither table knows runs rows of 16+ steps unfolded: folds 2-16 lost on the H100 at the first two
+    (session 28); the old program-count heuristic folded all four by 2-64."""
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: SimpleNamespace(multi_processor_count=132))
     batch, dim, length = shape
     for dtype in (torch.bfloat16, torch.float32):
         assert plan_fold(batch, dim, length, 8, dtype, torch.device("cuda")) == 1
+
+
+def test_heuristic_fold():
+    assert heuristic_fold(1024, 320, 8, sm_count=132) == 8  # 20 blocks: f=8 leaves 2560 programs, f=16 a 128-step row
+    assert heuristic_fold(128, 320, 8, sm_count=132) == 2  # f=2: 1280 programs; f=4: 640 (< 8 per SM)
+    assert heuristic_fold(128, 160, 8, sm_count=132) == 1  # f=2 would leave 640 programs for 1056 slots
+    assert heuristic_fold(6, 4096, 4, sm_count=1) == 2  # only powers of two that divide the batch
+    assert heuristic_fold(1024, 320, 16, sm_count=132) == 1  # 16 steps: measured lengths run unfolded
+    assert heuristic_fold(512, 320, 49, sm_count=132) == 1  # lost on the H100 (fold 4: 122 us vs 71 unfolded)
 
 
 def test_largest_divisor_at_most():

@@ -8,9 +8,9 @@ at every image boundary, so the result equals the unfolded scan. Whether it pays
 
 1. the user table `fold_table.json` in the cache dir (`sfmamba.utils._config.cache_dir()`), written by `sfmamba tune`;
 2. the shipped defaults `fold_defaults.json` next to this file;
-3. no fold (`f = 1`) where neither table has the shape: no fold has won at a measured shape with these kernels (H100,
-   CUDA graphs and eager, batch 128-512 at L = 49 and 196; benchmarks/results/s25_20261206 and s28_20261206), so an
-   unmeasured device folds only after `sfmamba tune` has measured a fold that wins there.
+3. `heuristic_fold`, which needs no measurement (always 1 on CPU): it folds only rows shorter than 16 steps, as no
+   fold has won at a measured shape with these kernels (H100, CUDA graphs and eager, batch 128-512 at L = 49 and 196;
+   benchmarks/results/s25_20261206 and s28_20261206).
 
 Both tables have the same format::
 
@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import warnings
 from collections.abc import Iterable
@@ -48,6 +49,7 @@ __all__ = [
     "TABLE_VERSION",
     "device_name",
     "fold_scan",
+    "heuristic_fold",
     "largest_divisor_at_most",
     "plan_fold",
     "update_fold_table",
@@ -57,6 +59,12 @@ __all__ = [
 TABLE_VERSION = 1
 USER_TABLE_NAME = "fold_table.json"
 SHIPPED_TABLE_PATH = Path(__file__).with_name("fold_defaults.json")
+
+# Heuristic constants (see `heuristic_fold`).
+SHORT_ROW_STEPS = 16  # two of the forward's 8-step load rings: shorter rows are mostly set-up (A, D, the ring's fill)
+FOLDED_ROW_STEPS = 64  # the longest folded row the heuristic makes
+CHANNELS_PER_PROGRAM = 16  # the forward's picks at MambaVision's shapes: BLOCK_D 16, two lanes per channel
+MIN_PROGRAMS_PER_SM = 8  # a fold must leave the grid this full (each program runs f times longer)
 
 _DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
 _KEY_FIELDS = ("batch", "length", "dim", "d_state")
@@ -96,6 +104,29 @@ def dtype_name(dtype: torch.dtype) -> str:
 def largest_divisor_at_most(n: int, cap: int) -> int:
     """The largest divisor of `n` that is <= `cap` (at least 1)."""
     return next(d for d in range(min(n, max(cap, 1)), 0, -1) if n % d == 0)
+
+
+def heuristic_fold(batch: int, dim: int, length: int, sm_count: int) -> int:
+    """Fold factor for a GPU with `sm_count` SMs when no table has the shape.
+
+    Folding `f` images into one row divides the programs by `f` and multiplies each one's steps by `f`; it saves only
+    per-row set-up (loading A and D, filling the load ring), which the current kernels keep small: every fold of 2-16
+    measured on the H100 lost, at L = 49 and 196, batch 128-512 (e.g. (512, 320, 49, 8) forward 71.4 us unfolded
+    against 122-134 folded; benchmarks/results/s28_20261206). So only rows shorter than `SHORT_ROW_STEPS` fold: by
+    the largest power of two dividing `batch` that keeps a folded row within `FOLDED_ROW_STEPS` and the grid at least
+    `MIN_PROGRAMS_PER_SM` programs per SM. `sfmamba tune` measures the real answer on a device.
+    """
+    if length >= SHORT_ROW_STEPS:
+        return 1
+    blocks = math.ceil(dim / CHANNELS_PER_PROGRAM)
+    fold = 1
+    while (
+        batch % (fold * 2) == 0
+        and fold * 2 * length <= FOLDED_ROW_STEPS
+        and batch // (fold * 2) * blocks >= MIN_PROGRAMS_PER_SM * sm_count
+    ):
+        fold *= 2
+    return fold
 
 
 def _file_identity(path: Path) -> tuple[int, int, int] | None:
@@ -170,8 +201,8 @@ def _lookup(index: _Index, device: str, dtype: str, batch: int, length: int, dim
 def plan_fold(batch: int, dim: int, length: int, d_state: int, dtype: torch.dtype, device: torch.device) -> int:
     """Fold factor `f` (a divisor of `batch`; 1 = no folding) for a scan of `batch` sequences of `length` steps.
 
-    Looks up the user table (`sfmamba tune`), then the shipped defaults, and returns 1 where neither has the shape
-    (why: the module docstring, with the table format and the nearest-batch rule).
+    Looks up the user table (`sfmamba tune`), then the shipped defaults, then falls back to `heuristic_fold`
+    (always 1 on CPU). See the module docstring for the table format and the nearest-batch rule.
 
     Args:
         batch (int): number of images (rows before folding).
@@ -190,7 +221,9 @@ def plan_fold(batch: int, dim: int, length: int, d_state: int, dtype: torch.dtyp
         fold = _lookup(_load_index(path), *key)
         if fold is not None:
             return fold
-    return 1
+    if device.type != "cuda":
+        return 1
+    return heuristic_fold(batch, dim, length, torch.cuda.get_device_properties(device).multi_processor_count)
 
 
 def dumps_table(data: dict) -> str:
