@@ -112,9 +112,9 @@
 #                    default), and with the dB/dC sums by fp32 atomics into one block (SFMAMBA_SCAN_BC_SUM=atomic);
 #                    the SPLIT (cap 168) and TILES configs, fwd+bwd, SHAPES (default "0 2"), bf16 and fp32, each
 #                    checked; the partials' sum took 13 us of 183 at L = 196 bf16 (session 27)          (~9 min cold)
-#   scan-fwd-strides the forward's step strides read at run time, then bound (L_STRIDE / BC_L_STRIDE, the default
-#                    since session 27), the configs the autotuner picks at SHAPES (default "0 2"), bf16 and fp32, each
-#                    checked (scan_configs.py --kernel fwd)                                             (~5 min cold)
+#   scan-fwd-strides the forward's step strides read at run time, then bound (L_STRIDE / BC_L_STRIDE; the default
+#                    for 16-bit inputs, bound in fp32 too here by --bound-strides), the configs the autotuner picks at
+#                    SHAPES (default "0 2"), bf16 and fp32, each checked (scan_configs.py --kernel fwd)  (~5 min cold)
 #   scan-fwd-fp32-cap the fp32 forward's SPLIT 2 rings (with and without L2 hints) with strides read at run time, then
 #                    bound (--bound-strides: all, then L_STRIDE and Z_L_STRIDE only: 163 registers uncapped, 386
 #                    instructions, 680 stalls), each uncapped and capped at 168 registers: bound, they took 181-185
@@ -351,7 +351,7 @@ run_step() {
       done ;;
     scan-fwd-strides)  # the forward's step strides read at run time, then bound (L_STRIDE), the default configs' picks
       for mode in runtime-strides bound; do
-        extra=$([ "$mode" = runtime-strides ] && echo --runtime-strides)
+        extra=$([ "$mode" = runtime-strides ] && echo --runtime-strides || echo --bound-strides)  # (fp32 binds too)
         echo "## $mode" | tee -a "$dir/log.txt"
         "$PY" benchmarks/ops/experiments/scan_configs.py --kernel fwd --no-autotuned --shapes ${SHAPES:-0 2} \
           --dtypes bfloat16 float32 --chunks 0 --fwd-configs '{"BLOCK_D": 32, "PREFETCH": 8, "UNROLL": 8}' \

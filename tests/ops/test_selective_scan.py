@@ -487,7 +487,8 @@ def test_default_strides_and_bc_sums_follow_the_dtype(dtype, bound, atomic, monk
     torch.manual_seed(15)
     inputs = make_inputs(2, 9, 20, 8, 1, "BLD", segments=None)
     config = triton.Config({"BLOCK_D": 8, "PREFETCH": 1, "NEXT_TO_L1": 1, "BRANCHLESS": 0, "TILES": 1}, num_warps=1)
-    monkeypatch.delenv(SCAN_BC_SUM_ENV, raising=False)
+    for name in (SCAN_BC_SUM_ENV, SCAN_BWD_ENV, SCAN_FWD_ENV):  # the defaults
+        monkeypatch.delenv(name, raising=False)
     seen = {}
     launch = chunk._launch_kernel
 

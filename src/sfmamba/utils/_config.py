@@ -74,7 +74,8 @@ def scan_bc_sum() -> str:
     """How the selective scan's step backward sums dB and dC over its channel blocks, from `SFMAMBA_SCAN_BC_SUM`:
     `'partials'` (each block writes its own sums, added in a fixed order by one kernel afterwards; deterministic),
     `'atomic'` (fp32 atomic adds into one zeroed block: the bits of dB and dC vary from run to run) or `'auto'` (the
-    default: atomic for fp32 inputs, where they won on the H100, partials for 16-bit ones, where they lost at L = 196);
+    default: atomic for fp32 inputs, where they won on the H100, partials for 16-bit ones: they lost at L = 196 in
+    bf16; fp16 assumed alike);
     `torch.use_deterministic_algorithms(True)` keeps `'partials'`. Read on every call."""
     return _env_choice(SCAN_BC_SUM_ENV, SCAN_BC_SUM_CHOICES, "auto")
 

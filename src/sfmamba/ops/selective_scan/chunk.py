@@ -822,7 +822,8 @@ def selective_scan_bwd_kernel(
     # recompute the chunk's states forwards from the forward's checkpoint, keeping them in registers, and walk the
     # chunk backwards producing the gradients, carrying dh into the chunk before.
     # Partials (dB/dC per channel block, dA/dD/dbias per span) are summed by `partials.sum_partials`: deterministic.
-    # ATOMIC_BC (SFMAMBA_SCAN_BC_SUM=atomic; never under torch.use_deterministic_algorithms): the channel blocks add
+    # ATOMIC_BC (SFMAMBA_SCAN_BC_SUM=atomic, or auto with fp32 inputs; never under torch.use_deterministic_algorithms,
+    # `atomic_bc_sums`): the channel blocks add
     # their dB/dC sums into one zeroed block of the partials by fp32 atomics instead, so `sum_partials` reads one block,
     # not Dg / BLOCK_D (10 at (128, 160, 196, 8) with SPLIT 2: 16 MB written and read back, 13 us of a 183 us fwd+bwd,
     # session 27)
@@ -1614,7 +1615,7 @@ def selective_scan_fwd(
 
 BIND_STEP_STRIDES = True  # the step kernels' L_STRIDE / BC_L_STRIDE (False: strides read at run time, for A/B timings)
 STEP_STRIDES = ("L_STRIDE", "BC_L_STRIDE", "Z_L_STRIDE", "DOUT_L_STRIDE")
-# The forward binds them for 16-bit inputs only (which, per dtype of u). H100, (128, 160, 196, 8), SPLIT 2 ring,
+# The forward binds them for 16-bit inputs only (which, per dtype of u; bf16 measured, fp16 assumed alike). H100, (128, 160, 196, 8), SPLIT 2 ring,
 # run-time vs bound: bf16 30.8 -> 27.6 us, fp32 37.2 -> 57.9 (181 registers instead of 162: two warps per scheduler
 # instead of three; L2 hints 33.7 -> 61.8); L = 49 fp32 14.2 -> 16.6 (benchmarks/results/s28_20261206,
 # scan-fwd-strides). The backward binds all of them in every dtype (fp32 230.2 vs 233.9 us).

@@ -111,10 +111,10 @@ def heuristic_fold(batch: int, dim: int, length: int, sm_count: int) -> int:
 
     Folding `f` images into one row divides the programs by `f` and multiplies each one's steps by `f`; it saves only
     per-row set-up (loading A and D, filling the load ring), which the current kernels keep small: every fold of 2-16
-    measured on the H100 lost, at L = 49 and 196, batch 128-512 (e.g. (512, 320, 49, 8) forward 71.4 us unfolded
-    against 122-134 folded; benchmarks/results/s28_20261206). So only rows shorter than `SHORT_ROW_STEPS` fold: by
-    the largest power of two dividing `batch` that keeps a folded row within `FOLDED_ROW_STEPS` and the grid at least
-    `MIN_PROGRAMS_PER_SM` programs per SM. `sfmamba tune` measures the real answer on a device.
+    measured on the H100 lost, at L = 49 and 196, batch 128-512 (e.g. (512, 320, 49, 8) eager forward 71.4 us
+    unfolded against 122-134 folded; benchmarks/results/s28_20261206). So only rows shorter than `SHORT_ROW_STEPS`
+    fold: by the largest power of two dividing `batch` that keeps a folded row within `FOLDED_ROW_STEPS` and the grid
+    at least `MIN_PROGRAMS_PER_SM` programs per SM. `sfmamba tune` measures the real answer on a device.
     """
     if length >= SHORT_ROW_STEPS:
         return 1

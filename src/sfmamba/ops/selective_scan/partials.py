@@ -1,5 +1,6 @@
 """The scan backward's partial sums, finished in one launch: the step and tiled backward kernels write
-deterministic partials (dB/dC per channel block, dA/dD/dbias per span) instead of racing atomics; summing them with
+deterministic partials (dB/dC per channel block, dA/dD/dbias per span; dB/dC by atomics into one block instead where
+`chunk.atomic_bc_sums` says so: fp32 inputs by default); summing them with
 torch took five reductions and two to three copies per backward (transposes and casts into the inputs' forms): ~27 us
 of a (128, 160, 196, 8) bf16 fwd+bwd on an H200, against 9.8 + 4.1 us for the two kernels these were until session 26
 (torch.profiler, benchmarks/results/s14_20261203/call1 and call4), and six fewer host launches per backward in eager
