@@ -75,8 +75,7 @@ def scan_bc_sum() -> str:
     `'partials'` (each block writes its own sums, added in a fixed order by one kernel afterwards; deterministic),
     `'atomic'` (fp32 atomic adds into one zeroed block: the bits of dB and dC vary from run to run) or `'auto'` (the
     default: atomic for fp32 inputs, where they won on the H100, partials for 16-bit ones: they lost at L = 196 in
-    bf16; fp16 assumed alike);
-    `torch.use_deterministic_algorithms(True)` keeps `'partials'`. Read on every call."""
+    bf16; fp16 assumed alike); `torch.use_deterministic_algorithms(True)` keeps `'partials'`. Read on every call."""
     return _env_choice(SCAN_BC_SUM_ENV, SCAN_BC_SUM_CHOICES, "auto")
 
 

@@ -822,11 +822,10 @@ def selective_scan_bwd_kernel(
     # recompute the chunk's states forwards from the forward's checkpoint, keeping them in registers, and walk the
     # chunk backwards producing the gradients, carrying dh into the chunk before.
     # Partials (dB/dC per channel block, dA/dD/dbias per span) are summed by `partials.sum_partials`: deterministic.
-    # ATOMIC_BC (SFMAMBA_SCAN_BC_SUM=atomic, or auto with fp32 inputs; never under torch.use_deterministic_algorithms,
-    # `atomic_bc_sums`): the channel blocks add
-    # their dB/dC sums into one zeroed block of the partials by fp32 atomics instead, so `sum_partials` reads one block,
-    # not Dg / BLOCK_D (10 at (128, 160, 196, 8) with SPLIT 2: 16 MB written and read back, 13 us of a 183 us fwd+bwd,
-    # session 27)
+    # ATOMIC_BC (`atomic_bc_sums`: SFMAMBA_SCAN_BC_SUM=atomic, or auto with fp32 inputs; never under
+    # torch.use_deterministic_algorithms): the channel blocks add their dB/dC sums into one zeroed block of the
+    # partials by fp32 atomics instead, so `sum_partials` reads one block, not Dg / BLOCK_D (10 at (128, 160, 196, 8)
+    # with SPLIT 2: 16 MB written and read back, 13 us of a 183 us fwd+bwd, session 27)
     # SPLIT 2 or 4 (ROWS main pass only; the SUMMARY pass keeps one lane per channel): SPLIT adjacent lanes share a
     # channel, each holding a share of its N states, as in the forward: SPLIT times the programs, a share of the
     # state work per lane; the per-channel sums over N (y, ddt, du) meet by log2(SPLIT) shuffles each, and the lane
@@ -1615,10 +1614,11 @@ def selective_scan_fwd(
 
 BIND_STEP_STRIDES = True  # the step kernels' L_STRIDE / BC_L_STRIDE (False: strides read at run time, for A/B timings)
 STEP_STRIDES = ("L_STRIDE", "BC_L_STRIDE", "Z_L_STRIDE", "DOUT_L_STRIDE")
-# The forward binds them for 16-bit inputs only (which, per dtype of u; bf16 measured, fp16 assumed alike). H100, (128, 160, 196, 8), SPLIT 2 ring,
-# run-time vs bound: bf16 30.8 -> 27.6 us, fp32 37.2 -> 57.9 (181 registers instead of 162: two warps per scheduler
-# instead of three; L2 hints 33.7 -> 61.8); L = 49 fp32 14.2 -> 16.6 (benchmarks/results/s28_20261206,
-# scan-fwd-strides). The backward binds all of them in every dtype (fp32 230.2 vs 233.9 us).
+# The forward binds them for 16-bit inputs only (which, per dtype of u; bf16 measured, fp16 assumed alike). H100,
+# (128, 160, 196, 8), SPLIT 2 ring, run-time vs bound: bf16 30.8 -> 27.6 us, fp32 37.2 -> 57.9 (181 registers instead
+# of 162: two warps per scheduler instead of three; L2 hints 33.7 -> 61.8); L = 49 fp32 14.2 -> 16.6
+# (benchmarks/results/s28_20261206, scan-fwd-strides). The backward binds all of them in every dtype (fp32 230.2 vs
+# 233.9 us).
 FWD_BOUND_STRIDES = {torch.float16: STEP_STRIDES, torch.bfloat16: STEP_STRIDES, torch.float32: ()}
 
 
@@ -1636,12 +1636,14 @@ def step_strides(
     one per keyword of `own` (Z_L_STRIDE=z, DOUT_L_STRIDE=dout: often views of wider tensors); 0 where not shared or
     absent (read at run time), and 0 for every name not in `bound`. One build per distinct set: a model has a few
     (its stages' widths)."""
+    if not (bound and BIND_STEP_STRIDES):  # (nothing to work out: the fp32 forward, on every call)
+        return dict.fromkeys(("L_STRIDE", "BC_L_STRIDE", *own), 0)
     strides = {
         "L_STRIDE": shared_value(*(_x_strides(t, layout)[1] for t in sequences)),
         "BC_L_STRIDE": shared_value(_bc_strides(B, layout)[3], _bc_strides(C, layout)[3]),
         **{name: shared_value(_x_strides(t, layout)[1]) if t is not None else 0 for name, t in own.items()},
     }
-    return {name: value if name in bound and BIND_STEP_STRIDES else 0 for name, value in strides.items()}
+    return {name: value if name in bound else 0 for name, value in strides.items()}
 
 
 def atomic_bc_sums(choice: str, dtype: torch.dtype) -> bool:
