@@ -121,6 +121,9 @@
 #                    registers (two warps per scheduler: L = 196's 1280 programs in two waves) and lost 37.2 -> 57.9
 #                    us (session 28); sm_90 at cap 168: 149 registers, no spills, 377 instructions and 709 stall
 #                    cycles per 8 steps against 398 / 746 unbound (SHAPES default "0 2")                (~3 min cold)
+#   scan-fwd-fp32-l2  the fp32 forward's SPLIT 2 ring with its strides bound (the default since session 29): L2 hints
+#                    16, 32, 48 or 64 steps ahead, capped at 168 or 160 registers (session 29: 32 ahead, cap 168, 31.7
+#                    us at L = 196; 3x needs 29.8)                                                      (~1 min cold)
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 if [ -z "${PY:-}" ]; then
@@ -370,6 +373,15 @@ run_step() {
           "{$split, \"L2_AHEAD\": 32}" "{$split, \"L2_AHEAD\": 32, \"maxnreg\": 168}" $flags --precompile 8 \
           --budget-s 90 --out-dir "$dir/${mode//[=,]/-}" 2>&1 | tee -a "$dir/log.txt" | grep -v Warning
       done ;;
+    scan-fwd-fp32-l2)  # fp32 forward, SPLIT 2 ring, bound strides: L2 hints 16-64 steps ahead, capped at 168 or 160
+      split='"BLOCK_D": 16, "SPLIT": 2, "PREFETCH": 8, "UNROLL": 8'
+      configs=()
+      for cap in 168 160; do
+        for ahead in 16 32 48 64; do configs+=("{$split, \"L2_AHEAD\": $ahead, \"maxnreg\": $cap}"); done
+      done
+      "$PY" benchmarks/ops/experiments/scan_configs.py --kernel fwd --no-autotuned --shapes ${SHAPES:-0 2} \
+        --dtypes float32 --chunks 0 --fwd-configs "${configs[@]}" --precompile 8 --budget-s 90 --out-dir "$dir" 2>&1 \
+        | tee "$dir/log.txt" | grep -v Warning ;;
     scan-fb-profile)
       "$PY" benchmarks/ops/experiments/scan_fb_profile.py --shapes ${SHAPES:-0 2} --out "$dir/scan_fb_profile.json" 2>&1 | tee "$dir/log.txt" \
         | grep -v Warning ;;

@@ -70,7 +70,9 @@ def main() -> None:
             mixer.dt_pad = pad
             print(f"# {mode}, dt_pad {pad}: building and tuning the kernels", flush=True)  # minutes on a fresh host
             with torch.set_grad_enabled(train):
-                outputs[pad] = step(mixer, x, train)().float()
+                # detached: a kept graph keeps x's gradient node, bound to the default stream, which the capture's
+                # backward would then wait on (cudaErrorStreamCaptureImplicit, sessions 28-29)
+                outputs[pad] = step(mixer, x, train)().float().detach()
                 times[pad] = timed_us(step(mixer, x, train), args.repeats)
             print(f"# {mode}, dt_pad {pad}: {times[pad]['median']:.1f} us", flush=True)
         error = relative_error(outputs[0], outputs[padded])

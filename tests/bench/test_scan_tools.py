@@ -108,16 +108,16 @@ ALL_STRIDES = ("L_STRIDE", "BC_L_STRIDE", "Z_L_STRIDE", "DOUT_L_STRIDE")
 @pytest.mark.parametrize(
     "flag, bind, fp32_bound",
     [
-        ([], True, ()),
-        (["--runtime-strides"], False, ()),
+        ([], True, ALL_STRIDES),
+        (["--runtime-strides"], False, ALL_STRIDES),
         (["--bound-strides"], True, ALL_STRIDES),
         (["--bound-strides", "L_STRIDE", "Z_L_STRIDE"], True, ("L_STRIDE", "Z_L_STRIDE")),
     ],
 )
 def test_scan_configs_stride_binding_flags(bench_module, monkeypatch, flag, bind, fp32_bound):
     """`--runtime-strides` reads every step stride at run time; `--bound-strides [NAME ...]` binds the fp32 forward's
-    (all, or those named; the launchers' default binds them for 16-bit inputs only); set before any setting is
-    built."""
+    (all, or only those named; the launchers' default binds all of them in every dtype); set before any setting
+    is built."""
     monkeypatch.syspath_prepend(str(BENCH_OPS / "experiments"))
     scan_configs = bench_module("scan_configs")
     for name in ("BIND_STEP_STRIDES", "FWD_BOUND_STRIDES"):  # restored afterwards

@@ -464,7 +464,7 @@ def test_step_kernels_bind_shared_step_strides(case, monkeypatch):
         return launch(kernel, grid, *args, **flags)
 
     monkeypatch.setattr(chunk, "_launch_kernel", spy)
-    monkeypatch.setitem(chunk.FWD_BOUND_STRIDES, torch.float32, chunk.STEP_STRIDES)  # (by default fp32 binds none)
+    monkeypatch.setitem(chunk.FWD_BOUND_STRIDES, torch.float32, chunk.STEP_STRIDES)  # whatever the default
     flags = {"delta_softplus": True, "layout": "BLD"}
     out, ref = scan("triton", **k_in, **flags), scan("naive", **r_in, **flags)
     assert_close("out", ref, out, TOLERANCE[torch.float32][0])
@@ -479,11 +479,12 @@ def test_step_kernels_bind_shared_step_strides(case, monkeypatch):
     assert seen == [fwd_strides, bwd_strides]  # the training forward, then the backward
 
 
-@pytest.mark.parametrize("dtype, bound, atomic", [(torch.float32, False, True), (torch.bfloat16, True, False)])
+@pytest.mark.parametrize("dtype, bound, atomic", [(torch.float32, True, True), (torch.bfloat16, True, False)])
 def test_default_strides_and_bc_sums_follow_the_dtype(dtype, bound, atomic, monkeypatch):
-    """By default the forward binds its step strides for 16-bit inputs only (bound, the fp32 forward lost on the
-    H100), and the backward adds its dB/dC sums by atomics for fp32 inputs only (SFMAMBA_SCAN_BC_SUM=auto); the
-    backward binds its strides in both. Output and gradients against the reference."""
+    """By default the forward binds its step strides per `chunk.FWD_BOUND_STRIDES` (every dtype since session 29, with
+    the SPLIT configs capped at 168 registers), and the backward adds its dB/dC sums by atomics for fp32 inputs only
+    (SFMAMBA_SCAN_BC_SUM=auto); the backward binds its strides in both. Output and gradients against the
+    reference."""
     torch.manual_seed(15)
     inputs = make_inputs(2, 9, 20, 8, 1, "BLD", segments=None)
     config = triton.Config({"BLOCK_D": 8, "PREFETCH": 1, "NEXT_TO_L1": 1, "BRANCHLESS": 0, "TILES": 1}, num_warps=1)

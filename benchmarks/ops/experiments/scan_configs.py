@@ -137,7 +137,7 @@ def main() -> None:
     )
     strides.add_argument(
         "--bound-strides", nargs="*", default=None, choices=K.STEP_STRIDES, metavar="NAME",
-        help="fwd: bind these step strides in fp32 too (all when none is named; by default fp32 binds none)",
+        help="fwd: bind only these step strides in fp32 (all when none is named, the default since session 29)",
     )  # fmt: skip
     parser.add_argument("--train", action="store_true", help="fwd: time the training forward (checkpoints stored)")
     parser.add_argument("--no-autotuned", action="store_true", help="time only the given configs, not the autotuner")

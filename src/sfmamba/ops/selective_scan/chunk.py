@@ -385,7 +385,10 @@ def _fwd_configs() -> list[triton.Config]:
     benchmarks/results/s23_20261205/: 39.2 us against the ring's 47.3; bf16 32.6 against 32.4, L2 flushed 36.2
     against 42.4; L = 49 ties). Its L2 hints 32 steps ahead (L2_AHEAD) take fp32 at L = 196 from 37.2 to 33.6 us
     (H100, session 27, benchmarks/results/s27_20261206/; bf16 31.6 against 30.9, L = 49 15.3 against 14.8: the
-    autotuner picks per shape). `prune_fwd_configs` keeps rings deeper than 2 steps to N <= 8."""
+    autotuner picks per shape). Capped at 168 registers (3 one-warp programs per scheduler: L = 196's 1280 in one
+    wave), with the step strides bound, fp32 at L = 196 takes 31.7 us against 33.8 unbound uncapped (H100, session 29,
+    benchmarks/results/s29_20261206/; bound uncapped: 181-185 registers, 57.5-62.0 us), L = 49 13.5 against 15.4.
+    `prune_fwd_configs` keeps rings deeper than 2 steps to N <= 8."""
     if triton_interpret():
         return [triton.Config({"BLOCK_D": 16, "PREFETCH": 1, "UNROLL": 1}, num_warps=1)]
     ring = [
@@ -398,10 +401,11 @@ def _fwd_configs() -> list[triton.Config]:
         triton.Config({"BLOCK_D": 32, "PREFETCH": 2, "UNROLL": 4, "AHEAD": 16}, num_warps=1),
         triton.Config({"BLOCK_D": 64, "PREFETCH": 4, "UNROLL": 4, "AHEAD": 8}, num_warps=1),
     ]
+    split = {"BLOCK_D": 16, "PREFETCH": 8, "UNROLL": 8, "SPLIT": 2}
     deep = [
         triton.Config({"BLOCK_D": 32, "PREFETCH": 8, "UNROLL": 8}, num_warps=1),
-        triton.Config({"BLOCK_D": 16, "PREFETCH": 8, "UNROLL": 8, "SPLIT": 2}, num_warps=1),
-        triton.Config({"BLOCK_D": 16, "PREFETCH": 8, "UNROLL": 8, "SPLIT": 2, "L2_AHEAD": 32}, num_warps=1),
+        triton.Config(split, num_warps=1, maxnreg=168),
+        triton.Config({**split, "L2_AHEAD": 32}, num_warps=1, maxnreg=168),
     ]
     wide = [triton.Config({"BLOCK_D": 128, "PREFETCH": 1, "UNROLL": 1}, num_warps=w) for w in (1, 2)]
     return ring + hinted + deep + wide
@@ -1614,12 +1618,13 @@ def selective_scan_fwd(
 
 BIND_STEP_STRIDES = True  # the step kernels' L_STRIDE / BC_L_STRIDE (False: strides read at run time, for A/B timings)
 STEP_STRIDES = ("L_STRIDE", "BC_L_STRIDE", "Z_L_STRIDE", "DOUT_L_STRIDE")
-# The forward binds them for 16-bit inputs only (which, per dtype of u; bf16 measured, fp16 assumed alike). H100,
-# (128, 160, 196, 8), SPLIT 2 ring, run-time vs bound: bf16 30.8 -> 27.6 us, fp32 37.2 -> 57.9 (181 registers instead
-# of 162: two warps per scheduler instead of three; L2 hints 33.7 -> 61.8); L = 49 fp32 14.2 -> 16.6
-# (benchmarks/results/s28_20261206, scan-fwd-strides). The backward binds all of them in every dtype (fp32 230.2 vs
+# Which of them the forward binds, per dtype of u (bf16 and fp32 measured, fp16 assumed like bf16). H100,
+# (128, 160, 196, 8), SPLIT 2 ring, run-time vs bound: bf16 30.8 -> 27.6 us (session 28, scan-fwd-strides); fp32
+# 37.2 -> 57.9 uncapped (181 registers instead of 162: two warps per scheduler instead of three), but with the SPLIT
+# configs' cap of 168 registers 36.0 -> 35.2, with L2 hints 33.8 (unbound, uncapped) -> 31.7 (session 29,
+# scan-fwd-fp32-cap; L and Z strides alone 32.1). The backward binds all of them in every dtype (fp32 230.2 vs
 # 233.9 us).
-FWD_BOUND_STRIDES = {torch.float16: STEP_STRIDES, torch.bfloat16: STEP_STRIDES, torch.float32: ()}
+FWD_BOUND_STRIDES = {torch.float16: STEP_STRIDES, torch.bfloat16: STEP_STRIDES, torch.float32: STEP_STRIDES}
 
 
 def shared_value(*values: int) -> int:
