@@ -121,6 +121,10 @@
 #                    registers (two warps per scheduler: L = 196's 1280 programs in two waves) and lost 37.2 -> 57.9
 #                    us (session 28); sm_90 at cap 168: 149 registers, no spills, 377 instructions and 709 stall
 #                    cycles per 8 steps against 398 / 746 unbound (SHAPES default "0 2")                (~3 min cold)
+#   scan-bwd-keep-dt the SPLIT 2 backward (cap 168, the default pick) with and without KEEP_DT (the forward sweep keeps
+#                    each step's dt: no softplus in the reverse sweep; sm_90 static, bf16, no gate: 2090 -> 2036
+#                    instructions, 4217 -> 3941 stall cycles per 8-step chunk; fp32 spills 200 bytes instead of 148)
+#                                                                                                       (~3 min cold)
 #   scan-fwd-fp32-l2  the fp32 forward's SPLIT 2 ring with its strides bound (the default since session 29): L2 hints
 #                    16, 32, 48 or 64 steps ahead, capped at 168 or 160 registers (session 29: 32 ahead, cap 168, 31.7
 #                    us at L = 196; 3x needs 29.8)                                                      (~1 min cold)
@@ -373,6 +377,11 @@ run_step() {
           "{$split, \"L2_AHEAD\": 32}" "{$split, \"L2_AHEAD\": 32, \"maxnreg\": 168}" $flags --precompile 8 \
           --budget-s 90 --out-dir "$dir/${mode//[=,]/-}" 2>&1 | tee -a "$dir/log.txt" | grep -v Warning
       done ;;
+    scan-bwd-keep-dt)  # the SPLIT 2 backward (the default pick) with and without KEEP_DT, fwd+bwd per config
+      split='"ROWS": 1, "TILES": 0, "BLOCK_D": 16, "SPLIT": 2, "NEXT_TO_L1": 2, "maxnreg": 168'
+      "$PY" benchmarks/ops/experiments/scan_configs.py --kernel bwd --no-autotuned --shapes ${SHAPES:-0 2} \
+        --dtypes bfloat16 float32 --unroll 16 --bwd-configs "{$split}" "{$split, \"KEEP_DT\": 1}" --precompile 4 \
+        --budget-s 300 --out-dir "$dir" 2>&1 | tee "$dir/log.txt" | grep -v Warning ;;
     scan-fwd-fp32-l2)  # fp32 forward, SPLIT 2 ring, bound strides: L2 hints 16-64 steps ahead, capped at 168 or 160
       split='"BLOCK_D": 16, "SPLIT": 2, "PREFETCH": 8, "UNROLL": 8'
       configs=()

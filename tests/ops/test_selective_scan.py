@@ -582,30 +582,34 @@ def test_backward_atomic_bc_sums_yield_to_deterministic_algorithms(monkeypatch):
 
 
 @pytest.mark.parametrize(
-    "nstate, layout, kernel, segments, branchless, lane_sums, split",
+    "nstate, layout, kernel, segments, branchless, lane_sums, split, keep_dt",
     [
-        (8, "BLD", "triton", None, 0, False, 1),
-        (8, "BDL", "triton", 2, 1, False, 1),
-        (4, "BLD", "triton-2pass", 2, 0, False, 1),
-        (8, "BLD", "triton", 2, 0, True, 1),
-        (1, "BDL", "triton-2pass", None, 1, True, 1),
-        (16, "BLD", "triton", None, 0, True, 1),
-        (8, "BLD", "triton", 2, 0, False, 2),
-        (8, "BDL", "triton-2pass", None, 1, True, 2),
-        (3, "BLD", "triton", 2, 0, True, 2),
-        (2, "BLD", "triton-2pass", None, 0, True, 2),
-        (8, "BLD", "triton", 2, 0, True, 4),
-        (4, "BDL", "triton-2pass", None, 0, False, 4),
+        (8, "BLD", "triton", None, 0, False, 1, 0),
+        (8, "BDL", "triton", 2, 1, False, 1, 0),
+        (4, "BLD", "triton-2pass", 2, 0, False, 1, 0),
+        (8, "BLD", "triton", 2, 0, True, 1, 0),
+        (1, "BDL", "triton-2pass", None, 1, True, 1, 0),
+        (16, "BLD", "triton", None, 0, True, 1, 0),
+        (8, "BLD", "triton", 2, 0, False, 2, 0),
+        (8, "BDL", "triton-2pass", None, 1, True, 2, 0),
+        (3, "BLD", "triton", 2, 0, True, 2, 0),
+        (2, "BLD", "triton-2pass", None, 0, True, 2, 0),
+        (8, "BLD", "triton", 2, 0, True, 4, 0),
+        (4, "BDL", "triton-2pass", None, 0, False, 4, 0),
+        (8, "BLD", "triton", 2, 0, True, 2, 1),
+        (4, "BDL", "triton-2pass", None, 1, False, 1, 1),
+        (3, "BLD", "triton", None, 0, False, 2, 1),
     ],
 )
-def test_backward_rows(nstate, layout, kernel, segments, branchless, lane_sums, split):
+def test_backward_rows(nstate, layout, kernel, segments, branchless, lane_sums, split, keep_dt):
     """The backward's experimental ROWS layout (every state a tuple of N [BLOCK_D] rows; not among the autotuned
     configs until timed on a GPU): whole rows and two passes (spans), steps past the row's end behind a branch or
     masked (BRANCHLESS), initial states, N = 1, 4, 8 and 16: forward, last states, every gradient. The channel sums of
     dB and dC take tl.sum, or (`lane_sums`, 32 lanes per program, 20 channels of them real) the GPU's transposing
     butterfly shuffles with each shuffle emulated by Triton ops (the interpreter runs no inline PTX; the PTX itself
     is built by test_step_kernels_compile_for_sm90). `split` 2 or 4: that many lanes per channel (16 or 8 channels per
-    program), each holding a share of the states (N = 2, 3, 4, 8; N = 3 leaves the odd lane one real state of two)."""
+    program), each holding a share of the states (N = 2, 3, 4, 8; N = 3 leaves the odd lane one real state of two).
+    `keep_dt`: the forward sweep keeps each step's dt for the backward sweep (KEEP_DT), with and without softplus."""
     torch.manual_seed(7)
     inputs = make_inputs(2, 23, 20, nstate, 2, layout, segments=segments)
     kernel_fn = chunk.selective_scan_bwd_kernel
@@ -613,10 +617,16 @@ def test_backward_rows(nstate, layout, kernel, segments, branchless, lane_sums, 
     config = {"BLOCK_D": lanes // split, "PREFETCH": 1, "NEXT_TO_L1": 1, "BRANCHLESS": branchless, "ROWS": 1}
     if split > 1:
         config["SPLIT"] = split
+    if keep_dt:
+        config["KEEP_DT"] = 1
     emulate = mock.patch.object(chunk, "EMULATE_LANE_SHUFFLES", triton.language.constexpr(lane_sums))
-    with emulate, forced_configs(kernel_fn, [triton.Config(config, num_warps=1)]):
-        compare_with_reference(inputs, torch.float32, {"delta_softplus": True, "layout": layout}, backward=True,
-                               kernel=kernel)  # fmt: skip
+    for softplus in (True, False) if keep_dt else (True,):
+        if not softplus:  # a raw step that is already positive
+            inputs = make_inputs(2, 23, 20, nstate, 2, layout, segments=segments, softplus=False)
+        with emulate, forced_configs(kernel_fn, [triton.Config(config, num_warps=1)]):
+            compare_with_reference(inputs, torch.float32, {"delta_softplus": softplus, "layout": layout},
+                                   backward=True, kernel=kernel)  # fmt: skip
+            assert kernel_fn.best_config.kwargs.get("KEEP_DT", 0) == keep_dt
         assert kernel_fn.best_config.kwargs["ROWS"] == 1
         assert kernel_fn.best_config.kwargs.get("SPLIT", 1) == split
 

@@ -816,7 +816,7 @@ def selective_scan_bwd_kernel(
     UNROLL: tl.constexpr, NEXT_TO_L1: tl.constexpr = 0, BRANCHLESS: tl.constexpr = 0, TILES: tl.constexpr = 0,
     ROWS: tl.constexpr = 0, VECTOR_BC: tl.constexpr = 0, SPLIT: tl.constexpr = 1, ATOMIC_BC: tl.constexpr = 0,
     L_STRIDE: tl.constexpr = 0, BC_L_STRIDE: tl.constexpr = 0, Z_L_STRIDE: tl.constexpr = 0,
-    DOUT_L_STRIDE: tl.constexpr = 0,
+    DOUT_L_STRIDE: tl.constexpr = 0, KEEP_DT: tl.constexpr = 0,
 ):  # fmt: skip
     # One program: one image, BLOCK_D channels, one span of `span` chunks of CHUNK steps (the forward checkpointed
     # the state at every chunk end; `n_ckpt` chunks per row, `nchunks` spans). The state gradient runs backwards:
@@ -942,7 +942,7 @@ def selective_scan_bwd_kernel(
                     sdt_d, sz_l, sz_d, sdo_l, sdo_d, sg_b, sg_l, sg_d, sB_l, sB_n, sC_l, sC_n, j + 1 < span_chunks,
                     HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, HAS_H0, RESET, HAS_DLAST, CHUNK, BLOCK_D * SPLIT, R, NEXT_TO_L1,
                     BRANCHLESS, VECTOR_BC, (FAST_MATH or EMULATE_LANE_SHUFFLES) and BLOCK_D * SPLIT == 32 and R <= 32,
-                    SPLIT, ATOMIC_BC,
+                    SPLIT, ATOMIC_BC, KEEP_DT,
                 )  # fmt: skip
             _store_state_rows(dA_ptr, part * NSTATE, D_total, state_ch, mask_d, nleft, acc_rows, R)
         else:
@@ -1260,13 +1260,17 @@ def _bwd_chunk_rows(u_ptr, delta_ptr, A, A2, B_ptr, C_ptr, Dv, z_ptr, bias, h0_p
                     HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_H0: tl.constexpr, RESET: tl.constexpr,
                     HAS_DLAST: tl.constexpr, CHUNK: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
                     NEXT_TO_L1: tl.constexpr, BRANCHLESS: tl.constexpr, VECTOR_BC: tl.constexpr,
-                    LANE_SUMS: tl.constexpr, SPLIT: tl.constexpr, ATOMIC: tl.constexpr):  # fmt: skip
+                    LANE_SUMS: tl.constexpr, SPLIT: tl.constexpr, ATOMIC: tl.constexpr,
+                    KEEP_DT: tl.constexpr):  # fmt: skip
     """`_bwd_chunk` with every state a tuple of BLOCK_N [BD] rows (ROWS): dh, a_next, dA_acc and the chunk's states
     (a tuple of CHUNK such tuples); each step's sums over N stay inside a thread and its sums over the channels (dB,
     dC) go through `_store_channel_sums`. Loads one step ahead (PREFETCH 1). BLOCK_D: lanes ([BD] tensors); SPLIT > 1:
     a lane holds the BLOCK_N states from n0 (of the NSTATE, `nleft` of them from n0 on; rows of (N, D) states at
     `state_ch`) of its channel `ch`, B_ptr/C_ptr point at its share, and the lane holding n0 = 0 (`lead`) stores
-    the channel's values."""
+    the channel's values. KEEP_DT: the forward sweep keeps each step's dt (a [BD] row per step) for the backward
+    sweep, which then computes no softplus (sm_90, SPLIT 2 at cap 168, no gate, bf16: 2090 -> 2036 instructions and
+    4217 -> 3941 stall cycles per 8-step chunk, 159 -> 162 registers; fp32 148 -> 200 spilled bytes; with a gate
+    the bf16 build spills 88 bytes instead of 56; untimed, not among the autotuned configs)."""
     if NEXT_TO_L1:
         _prefetch_chunk_before(u_ptr, delta_ptr, B_ptr, C_ptr, dout_ptr, z_ptr, t0, more, ch, mask_d, su_l, su_d,
                                sdt_l, sdt_d, sB_l, sC_l, sdo_l, sdo_d, sz_l, sz_d, HAS_Z, CHUNK, BLOCK_D,
@@ -1278,8 +1282,10 @@ def _bwd_chunk_rows(u_ptr, delta_ptr, A, A2, B_ptr, C_ptr, Dv, z_ptr, bias, h0_p
                               BLOCK_N, VECTOR_BC)  # fmt: skip
     # forward sweep: recompute and keep the chunk's states; dz and dC need only forward quantities
     tiles = ()
+    dts = ()  # KEEP_DT: each step's dt
     for _ in tl.static_range(CHUNK):
         tiles = tiles + (h,)
+        dts = dts + (ahead[0] * 0.0,)
     for k in tl.static_range(CHUNK):
         run = True if BRANCHLESS else k < steps
         if run:
@@ -1290,6 +1296,8 @@ def _bwd_chunk_rows(u_ptr, delta_ptr, A, A2, B_ptr, C_ptr, Dv, z_ptr, bias, h0_p
                                       mask_d, nleft, su_l, su_d, sdt_l, sdt_d, sB_l, sB_n, sC_l, sC_n, sdo_l, sdo_d,
                                       sz_l, sz_d, HAS_Z, BLOCK_N, VECTOR_BC)  # fmt: skip
             raw, dt, dy = _bwd_step(raw, dout, zt, bias, HAS_BIAS, SOFTPLUS, HAS_Z)
+            if KEEP_DT:
+                dts = dts[:k] + (dt,) + dts[k + 1 :]
             seg, start, end = _segments(t, L, seq_len, seg_ids_ptr, cu_ptr, pid_b, RESET)
             if HAS_H0:
                 h = _select_rows(start, _state_rows(h0_ptr, seg * STATE, D_total, state_ch, mask_d & start, nleft,
@@ -1334,7 +1342,11 @@ def _bwd_chunk_rows(u_ptr, delta_ptr, A, A2, B_ptr, C_ptr, Dv, z_ptr, bias, h0_p
             ahead = _step_inputs_rows(u_ptr, delta_ptr, B_ptr, C_ptr, dout_ptr, z_ptr, t - 1, (k > 0) & (k - 1 < steps),
                                       ch, mask_d, nleft, su_l, su_d, sdt_l, sdt_d, sB_l, sB_n, sC_l, sC_n, sdo_l,
                                       sdo_d, sz_l, sz_d, HAS_Z, BLOCK_N, VECTOR_BC)  # fmt: skip
-            raw, dt, dy = _bwd_step(raw, dout, zt, bias, HAS_BIAS, SOFTPLUS, HAS_Z)
+            if KEEP_DT:
+                raw, unused, dy = _bwd_step(raw, dout, zt, bias, HAS_BIAS, False, HAS_Z)  # no softplus: dt is kept
+                dt = dts[CHUNK - 1 - i]
+            else:
+                raw, dt, dy = _bwd_step(raw, dout, zt, bias, HAS_BIAS, SOFTPLUS, HAS_Z)
             seg, start, end = _segments(t, L, seq_len, seg_ids_ptr, cu_ptr, pid_b, RESET)
             if HAS_DLAST:
                 g_last = _state_rows(dlast_ptr, seg * STATE, D_total, state_ch, mask_d & end, nleft, BLOCK_N)
