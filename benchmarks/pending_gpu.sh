@@ -139,6 +139,10 @@ export PYTHONUNBUFFERED=1  # piped output reaches log.txt as it is printed (a ca
 OUT="${OUT:-output/pending_gpu}"
 DATA="${DATA:-data/fashion-mnist}"
 FMNIST=(--config configs/fashion_mnist_sf_mamba.yaml --data-dir "$DATA" --no-progress)
+# the default picks at MambaVision's shapes (JSON kwargs without braces): the forward's two-lane ring, the backward's
+# two-lane rows
+FWD_SPLIT='"BLOCK_D": 16, "SPLIT": 2, "PREFETCH": 8, "UNROLL": 8'
+BWD_SPLIT='"ROWS": 1, "TILES": 0, "BLOCK_D": 16, "SPLIT": 2, "NEXT_TO_L1": 2'
 
 run_step() {
   local step=$1 dir="$OUT/$1"
@@ -237,7 +241,7 @@ run_step() {
       metrics="$metrics,regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio"
       ring='{"BLOCK_D": 32, "PREFETCH": 8, "UNROLL": 8}'
       rows='{"BLOCK_D": 32, "PREFETCH": 1, "NEXT_TO_L1": 1, "BRANCHLESS": 0, "ROWS": 1}'
-      split='{"BLOCK_D": 16, "PREFETCH": 8, "UNROLL": 8, "SPLIT": 2}'
+      split="{$FWD_SPLIT}"
       split_rows='{"BLOCK_D": 16, "PREFETCH": 1, "NEXT_TO_L1": 1, "BRANCHLESS": 0, "ROWS": 1, "SPLIT": 2}'
       for dtype in bfloat16 float32; do
         for variant in ring split; do
@@ -339,14 +343,13 @@ run_step() {
         --unroll 16 --bwd-configs '{"ROWS": 1}' '{"ROWS": 1, "NEXT_TO_L1": 2}' '{"TILES": 1}' '{"TILES": 1, "NEXT_TO_L1": 2}' \
         --precompile 14 --budget-s 200 --out-dir "$dir" 2>&1 | tee "$dir/log.txt" | grep -v Warning ;;
     scan-bwd-split-cap)
-      split='"ROWS": 1, "TILES": 0, "BLOCK_D": 16, "SPLIT": 2, "NEXT_TO_L1": 2'
       capped=()
-      for cap in ${CAPS:-184 176 168 160}; do capped+=("{$split, \"maxnreg\": $cap}"); done
+      for cap in ${CAPS:-184 176 168 160}; do capped+=("{$BWD_SPLIT, \"maxnreg\": $cap}"); done
       "$PY" benchmarks/ops/experiments/scan_configs.py --kernel bwd --no-autotuned --shapes ${SHAPES:-0 2} \
         --dtypes bfloat16 float32 --unroll 16 --bwd-configs '{"ROWS": 1, "NEXT_TO_L1": 2}' '{"TILES": 1, "NEXT_TO_L1": 2}' \
         "${capped[@]}" --precompile 14 --budget-s 300 --out-dir "$dir" 2>&1 | tee "$dir/log.txt" | grep -v Warning ;;
     scan-bwd-atomic)  # session 27's backward changes, same run: step strides bound, then dB/dC sums by atomics
-      split='{"ROWS": 1, "TILES": 0, "BLOCK_D": 16, "SPLIT": 2, "NEXT_TO_L1": 2, "maxnreg": 168}'
+      split="{$BWD_SPLIT, \"maxnreg\": 168}"
       for mode in ${MODES:-runtime-strides partials atomic}; do
         sum=$([ "$mode" = atomic ] && echo atomic || echo partials)
         extra=$([ "$mode" = runtime-strides ] && echo --runtime-strides)
@@ -362,31 +365,28 @@ run_step() {
         echo "## $mode" | tee -a "$dir/log.txt"
         "$PY" benchmarks/ops/experiments/scan_configs.py --kernel fwd --no-autotuned --shapes ${SHAPES:-0 2} \
           --dtypes bfloat16 float32 --chunks 0 --fwd-configs '{"BLOCK_D": 32, "PREFETCH": 8, "UNROLL": 8}' \
-          '{"BLOCK_D": 16, "SPLIT": 2, "PREFETCH": 8, "UNROLL": 8}' \
-          '{"BLOCK_D": 16, "SPLIT": 2, "PREFETCH": 8, "UNROLL": 8, "L2_AHEAD": 32}' \
+          "{$FWD_SPLIT}" "{$FWD_SPLIT, \"L2_AHEAD\": 32}" \
           '{"BLOCK_D": 32, "PREFETCH": 4, "UNROLL": 4}' $extra --precompile 16 --budget-s 90 --out-dir "$dir/$mode" 2>&1 \
           | tee -a "$dir/log.txt" | grep -v Warning
       done ;;
     scan-fwd-fp32-cap)  # fp32 forward, SPLIT 2 rings: run-time vs bound strides, uncapped vs capped at 168 registers
-      split='"BLOCK_D": 16, "SPLIT": 2, "PREFETCH": 8, "UNROLL": 8'
       for mode in runtime-strides bound-strides bound-strides=L_STRIDE,Z_L_STRIDE; do
         flags=$(echo "--$mode" | tr '=,' '  ')
         echo "## $mode" | tee -a "$dir/log.txt"
         "$PY" benchmarks/ops/experiments/scan_configs.py --kernel fwd --no-autotuned --shapes ${SHAPES:-0 2} \
-          --dtypes float32 --chunks 0 --fwd-configs "{$split}" "{$split, \"maxnreg\": 168}" \
-          "{$split, \"L2_AHEAD\": 32}" "{$split, \"L2_AHEAD\": 32, \"maxnreg\": 168}" $flags --precompile 8 \
+          --dtypes float32 --chunks 0 --fwd-configs "{$FWD_SPLIT}" "{$FWD_SPLIT, \"maxnreg\": 168}" \
+          "{$FWD_SPLIT, \"L2_AHEAD\": 32}" "{$FWD_SPLIT, \"L2_AHEAD\": 32, \"maxnreg\": 168}" $flags --precompile 8 \
           --budget-s 90 --out-dir "$dir/${mode//[=,]/-}" 2>&1 | tee -a "$dir/log.txt" | grep -v Warning
       done ;;
     scan-bwd-keep-dt)  # the SPLIT 2 backward (the default pick) with and without KEEP_DT, fwd+bwd per config
-      split='"ROWS": 1, "TILES": 0, "BLOCK_D": 16, "SPLIT": 2, "NEXT_TO_L1": 2, "maxnreg": 168'
+      split="$BWD_SPLIT, \"maxnreg\": 168"
       "$PY" benchmarks/ops/experiments/scan_configs.py --kernel bwd --no-autotuned --shapes ${SHAPES:-0 2} \
         --dtypes bfloat16 float32 --unroll 16 --bwd-configs "{$split}" "{$split, \"KEEP_DT\": 1}" --precompile 4 \
         --budget-s 300 --out-dir "$dir" 2>&1 | tee "$dir/log.txt" | grep -v Warning ;;
     scan-fwd-fp32-l2)  # fp32 forward, SPLIT 2 ring, bound strides: L2 hints 16-64 steps ahead, capped at 168 or 160
-      split='"BLOCK_D": 16, "SPLIT": 2, "PREFETCH": 8, "UNROLL": 8'
       configs=()
       for cap in 168 160; do
-        for ahead in 16 32 48 64; do configs+=("{$split, \"L2_AHEAD\": $ahead, \"maxnreg\": $cap}"); done
+        for ahead in 16 32 48 64; do configs+=("{$FWD_SPLIT, \"L2_AHEAD\": $ahead, \"maxnreg\": $cap}"); done
       done
       "$PY" benchmarks/ops/experiments/scan_configs.py --kernel fwd --no-autotuned --shapes ${SHAPES:-0 2} \
         --dtypes float32 --chunks 0 --fwd-configs "${configs[@]}" --precompile 8 --budget-s 90 --out-dir "$dir" 2>&1 \

@@ -214,6 +214,7 @@ def main() -> None:
     parser.add_argument("--maxnreg", type=int, default=None, help="cap every build at this many registers")
     parser.add_argument("--extra", default="{}", help="JSON constexprs added to every case, e.g. '{\"L2_AHEAD\": 32}'")
     args = parser.parse_args()
+    extra_flags = json.loads(args.extra)
     rows = []
     print(f"{'kernel':26s} {'regs':>4s} {'spill':>5s} {'loop instr':>10s} {'stalls':>6s} {'channels':>8s} "
           f"{'instr/channel-step':>18s} {'convs':>5s}")  # fmt: skip
@@ -226,7 +227,7 @@ def main() -> None:
         strides = {"L_STRIDE": 160, "BC_L_STRIDE": 8, "Z_L_STRIDE": 160, "DOUT_L_STRIDE": 320}  # dout: a concat's view
         bound = {k: v for k, v in strides.items() if k in names} if args.bound_strides else {}
         divisible = [n for n in names if n.endswith("_ptr") or n in GPU_DIVISIBLE] if args.gpu_like else []
-        extra = {k: v for k, v in json.loads(args.extra).items() if k in names}
+        extra = {k: v for k, v in extra_flags.items() if k in names}
         compiled = compile_for_sm90(kernel, {**flags, **extra, **unit, **bound}, num_warps,
                                     scan_pointer_type(args.dtype), divisible, maxnreg=args.maxnreg)  # fmt: skip
         conversions = compiled.asm["ttgir"].count("ttg.convert_layout")
@@ -248,7 +249,7 @@ def main() -> None:
             )
             print(f"{name:26s} {counts}  {top}")
     meta = dict(date=stamp, triton=triton.__version__, target="sm_90 (Triton's ptxas, no GPU)", dtype=args.dtype,
-                maxnreg=args.maxnreg, extra=json.loads(args.extra),
+                maxnreg=args.maxnreg, extra=extra_flags,
                 gpu_like=args.gpu_like)  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))

@@ -1653,7 +1653,7 @@ def step_strides(
     one per keyword of `own` (Z_L_STRIDE=z, DOUT_L_STRIDE=dout: often views of wider tensors); 0 where not shared or
     absent (read at run time), and 0 for every name not in `bound`. One build per distinct set: a model has a few
     (its stages' widths)."""
-    if not (bound and BIND_STEP_STRIDES):  # (nothing to work out: the fp32 forward, on every call)
+    if not (bound and BIND_STEP_STRIDES):  # (nothing to work out: runs with strides read at run time)
         return dict.fromkeys(("L_STRIDE", "BC_L_STRIDE", *own), 0)
     strides = {
         "L_STRIDE": shared_value(*(_x_strides(t, layout)[1] for t in sequences)),
