@@ -747,14 +747,17 @@ def _bwd_configs() -> list[triton.Config]:
     # chunk's L1 hints as one instruction per tensor (NEXT_TO_L1 2) bf16 ROWS 248.6 -> 230.1 us, fp32 TILES 259.6 ->
     # 243.1; ROWS with 2 lanes per channel (SPLIT 2, BLOCK_D 16) capped at 168 registers (no spills in bf16; 12 warps
     # per SM hold L = 196's 1280 programs in one wave, 2.4 per scheduler) bf16 183.0, fp32 234.4 (uncapped: 274.2 /
-    # 306.0, the programs in two waves; 200 registers: 271.8 / 300.7). SPLIT 4 lost (session 24).
+    # 306.0, the programs in two waves; 200 registers: 271.8 / 300.7). SPLIT 4 lost (session 24). KEEP_DT (the forward
+    # sweep keeps each step's dt; H100 session 30, benchmarks/results/s30_20261206/, fwd+bwd per config at (128, 160,
+    # 196, 8) / (128, 320, 49, 8)): bf16 178.6 -> 174.3 / 93.7 -> 90.8 us, fp32 225.6 -> 242.0 / 118.6 -> 125.4 (it
+    # spills more there): `prune_bwd_configs` keeps it to 16-bit inputs without a gate.
     tiles = [
         triton.Config({"BLOCK_D": 32, "PREFETCH": 1, "NEXT_TO_L1": 2, "BRANCHLESS": 0, "TILES": tiles}, num_warps=1)
         for tiles in (1, 0)
     ]
     rows = triton.Config({"BLOCK_D": 32, "PREFETCH": 1, "NEXT_TO_L1": 2, "BRANCHLESS": 0, "ROWS": 1}, num_warps=1)
-    split = triton.Config({"BLOCK_D": 16, "PREFETCH": 1, "NEXT_TO_L1": 2, "BRANCHLESS": 0, "ROWS": 1, "SPLIT": 2},
-                          num_warps=1, maxnreg=168)  # fmt: skip
+    split = triton.Config({"BLOCK_D": 16, "PREFETCH": 1, "NEXT_TO_L1": 2, "BRANCHLESS": 0, "ROWS": 1, "SPLIT": 2,
+                           "KEEP_DT": 1}, num_warps=1, maxnreg=168)  # fmt: skip
     return [rows, split, *tiles]
 
 
@@ -769,15 +772,36 @@ def prune_bwd_configs(configs: list[triton.Config], named_args: dict, **kwargs) 
       (`benchmarks/ops/experiments/scan_compile_times.py`); nor above N = 8, where its unrolled chunk of N rows per
       state would not fit the registers (the chunk is unrolled whatever UNROLL says);
     - SPLIT (ROWS with 2 or 4 lanes per channel) only where each lane gets a row of the states (a list of only SPLIT
-      configs runs them unsplit, as the forward's pruning does)."""
+      configs runs them unsplit, as the forward's pruning does);
+    - KEEP_DT only where it won (`keeps_dt`); elsewhere its configs run without it."""
     args = {**named_args, **kwargs}
     configs = _fitting_splits(configs, args.get("NSTATE", 0))
+    if not keeps_dt(args):
+        configs = [_without_keep_dt(c) for c in configs]
     small = args.get("NSTATE", 0) <= 8
     if args.get("HAS_H0") or not small:
         configs = [c for c in configs if not c.kwargs.get("ROWS")] or configs
     if small:
         configs = [c for c in configs if c.kwargs.get("ROWS") or c.kwargs.get("TILES", 0)] or configs
     return configs
+
+
+KEEP_DT_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def keeps_dt(args: dict) -> bool:
+    """Whether a backward launch with these arguments keeps each step's dt (KEEP_DT): with 16-bit inputs (`u_ptr`) and
+    no gate. H100 session 30, fwd+bwd: bf16 gains 3-4 us, fp32 loses 7-16 (spills); with a gate the sm_90 build spills
+    more (bf16 56 -> 88 bytes, session 29's static counts) and the models' scans pass none."""
+    return getattr(args.get("u_ptr"), "dtype", None) in KEEP_DT_DTYPES and not args.get("HAS_Z")
+
+
+def _without_keep_dt(config: triton.Config) -> triton.Config:
+    if not config.kwargs.get("KEEP_DT"):
+        return config
+    plain = copy.copy(config)
+    plain.kwargs = {**config.kwargs, "KEEP_DT": 0}
+    return plain
 
 
 MAX_UNROLL = 16  # the backward's main pass unrolls chunks up to this many steps (bwd_chunk_for's largest); a longer
@@ -787,7 +811,7 @@ MAX_UNROLL = 16  # the backward's main pass unrolls chunks up to this many steps
 
 @_autotune(
     configs=_bwd_configs(),
-    key=["Dg", "NSTATE", "CHUNK", "SUMMARY", "span", "HAS_H0", "ATOMIC_BC"],
+    key=["Dg", "NSTATE", "CHUNK", "SUMMARY", "span", "HAS_H0", "ATOMIC_BC", "HAS_Z"],  # (HAS_Z: KEEP_DT's pruning)
     prune_configs_by={"early_config_prune": prune_bwd_configs},
     # the timing runs of a new key add into ATOMIC_BC's sums too: zeroed before each and after the last (the launch
     # then starts from zeros); on a disk-cache hit nothing is timed or zeroed. (Without ATOMIC_BC each timing run
@@ -1270,7 +1294,7 @@ def _bwd_chunk_rows(u_ptr, delta_ptr, A, A2, B_ptr, C_ptr, Dv, z_ptr, bias, h0_p
     the channel's values. KEEP_DT: the forward sweep keeps each step's dt (a [BD] row per step) for the backward
     sweep, which then computes no softplus (sm_90, SPLIT 2 at cap 168, no gate, bf16: 2090 -> 2036 instructions and
     4217 -> 3941 stall cycles per 8-step chunk, 159 -> 162 registers; fp32 148 -> 200 spilled bytes; with a gate
-    the bf16 build spills 88 bytes instead of 56; untimed, not among the autotuned configs)."""
+    the bf16 build spills 88 bytes instead of 56; timed and pruned: `keeps_dt`)."""
     if NEXT_TO_L1:
         _prefetch_chunk_before(u_ptr, delta_ptr, B_ptr, C_ptr, dout_ptr, z_ptr, t0, more, ch, mask_d, su_l, su_d,
                                sdt_l, sdt_d, sB_l, sC_l, sdo_l, sdo_d, sz_l, sz_d, HAS_Z, CHUNK, BLOCK_D,
