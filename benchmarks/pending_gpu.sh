@@ -128,6 +128,9 @@
 #   scan-fwd-fp32-l2  the fp32 forward's SPLIT 2 ring with its strides bound (the default since session 29): L2 hints
 #                    16, 32, 48 or 64 steps ahead, capped at 168 or 160 registers (session 29: 32 ahead, cap 168, 31.7
 #                    us at L = 196; 3x needs 29.8)                                                      (~1 min cold)
+#   scan-fwd-l2-short the forward's SPLIT 2 ring (cap 168) without L2 hints and with them 8, 16 or 24 steps ahead, bf16
+#                    and fp32 (session 30, fp32: 16 / 32 / 48 / 64 ahead 31.3 / 31.8 / 33.0 / 34.4 us at L = 196, so
+#                    the default went from 32 to 16: is 8 better still?)                              (~1 min cold)
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 if [ -z "${PY:-}" ]; then
@@ -391,6 +394,12 @@ run_step() {
       "$PY" benchmarks/ops/experiments/scan_configs.py --kernel fwd --no-autotuned --shapes ${SHAPES:-0 2} \
         --dtypes float32 --chunks 0 --fwd-configs "${configs[@]}" --precompile 8 --budget-s 90 --out-dir "$dir" 2>&1 \
         | tee "$dir/log.txt" | grep -v Warning ;;
+    scan-fwd-l2-short)  # the SPLIT 2 forward ring at cap 168: no L2 hints, hints 8, 16 or 24 steps ahead
+      configs=("{$FWD_SPLIT, \"maxnreg\": 168}")
+      for ahead in 8 16 24; do configs+=("{$FWD_SPLIT, \"L2_AHEAD\": $ahead, \"maxnreg\": 168}"); done
+      "$PY" benchmarks/ops/experiments/scan_configs.py --kernel fwd --no-autotuned --shapes ${SHAPES:-0 2} \
+        --dtypes bfloat16 float32 --chunks 0 --fwd-configs "${configs[@]}" --precompile 8 --budget-s 90 \
+        --out-dir "$dir" 2>&1 | tee "$dir/log.txt" | grep -v Warning ;;
     scan-fb-profile)
       "$PY" benchmarks/ops/experiments/scan_fb_profile.py --shapes ${SHAPES:-0 2} --out "$dir/scan_fb_profile.json" 2>&1 | tee "$dir/log.txt" \
         | grep -v Warning ;;

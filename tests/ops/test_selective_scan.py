@@ -890,7 +890,7 @@ def test_training_forward_checkpoint_blocks(monkeypatch, chunk_len, nstate, bloc
     assert launches == [blocks]
 
 
-@pytest.mark.parametrize("chunk_len, ahead, split", [(None, 16, 1), (20, 8, 1), (None, 32, 2)])
+@pytest.mark.parametrize("chunk_len, ahead, split", [(None, 32, 1), (20, 8, 1), (None, 16, 2)])
 def test_forward_with_l2_hints_walks_blocks(chunk_len, ahead, split):
     """L2_AHEAD: the forward walks blocks of 8 steps, each hinting L2 (a no-op in the interpreter) `ahead` steps on,
     then the row's last steps; inference and training (checkpoint blocks), whole rows and chunks of 20 (blocks, then

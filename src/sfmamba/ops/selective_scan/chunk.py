@@ -388,6 +388,8 @@ def _fwd_configs() -> list[triton.Config]:
     autotuner picks per shape). Capped at 168 registers (3 one-warp programs per scheduler: L = 196's 1280 in one
     wave), with the step strides bound, fp32 at L = 196 takes 31.7 us against 33.8 unbound uncapped (H100, session 29,
     benchmarks/results/s29_20261206/; bound uncapped: 181-185 registers, 57.5-62.0 us), L = 49 13.5 against 15.4.
+    The hints' depth (H100, session 30, benchmarks/results/s30_20261206/call1, fp32, cap 168): 16 / 32 / 48 / 64 steps
+    ahead 31.3 / 31.8 / 33.0 / 34.4 us at L = 196, 13.6 / 14.5 / 14.8 / 14.9 at L = 49 (cap 160: 0.3-0.8 us slower).
     `prune_fwd_configs` keeps rings deeper than 2 steps to N <= 8."""
     if triton_interpret():
         return [triton.Config({"BLOCK_D": 16, "PREFETCH": 1, "UNROLL": 1}, num_warps=1)]
@@ -405,7 +407,7 @@ def _fwd_configs() -> list[triton.Config]:
     deep = [
         triton.Config({"BLOCK_D": 32, "PREFETCH": 8, "UNROLL": 8}, num_warps=1),
         triton.Config(split, num_warps=1, maxnreg=168),
-        triton.Config({**split, "L2_AHEAD": 32}, num_warps=1, maxnreg=168),
+        triton.Config({**split, "L2_AHEAD": 16}, num_warps=1, maxnreg=168),
     ]
     wide = [triton.Config({"BLOCK_D": 128, "PREFETCH": 1, "UNROLL": 1}, num_warps=w) for w in (1, 2)]
     return ring + hinted + deep + wide
