@@ -349,11 +349,14 @@ def run(args, on_row=lambda rows, copy_gbps: None) -> tuple[list[Row], float]:
 
 def force_config_share(share: int, shares: int) -> None:
     """Our forward and backward kernels autotune among their configs `share`, `share + shares`, ... only (the first
-    config where a share has none)."""
+    config where a share has none), plus another where a share has one: Triton's autotuner prunes only lists of two or
+    more, and a lone SPLIT config would otherwise be built where the pruning drops it (N = 1) and fail."""
     from sfmamba.ops.selective_scan import chunk
 
     for kernel in (chunk.selective_scan_fwd_kernel, chunk.selective_scan_bwd_kernel):
-        kernel.configs = kernel.configs[share::shares] or kernel.configs[:1]
+        picked = kernel.configs[share::shares] or kernel.configs[:1]
+        others = [c for c in kernel.configs if c not in picked]
+        kernel.configs = picked if len(picked) > 1 else picked + others[:1]
         kernel.cache.clear()
 
 
