@@ -82,7 +82,7 @@
 #                    built in 16 threads vs one after another (first_use_build.py; SFMAMBA_BUILD_THREADS)         (~5 min)
 #   scan-table       issue #2's table: step forward vs mamba_ssm, fwd and fwd+bwd, 5 shapes, CUDA graphs
 #                    (after mamba-build in the same call, or with a built .so in .bench_deps/ext; every config built
-#                    first in 16 processes; SHAPES="0 2" for some of the shapes)                               (~4 min)
+#                    first in 16 processes; SHAPES="0 2" for some of the shapes, DTYPES=bf16 for one dtype)    (~4 min)
 #   scan-train-blocks the training forward at N = 16 (4-step checkpoints) and VMamba's N = 1, G = 4 (16-step), with
 #                    checkpoint blocks only at 8 steps (CKPT_BLOCK_LENS, the default) and at 4, 8 and 16: the ring,
 #                    SPLIT 2 and BD32 P4 U4, bf16 and fp32, each checked through a TILES backward              (~6 min)
@@ -405,7 +405,7 @@ run_step() {
         | grep -v Warning ;;
     scan-table)
       PYTHONPATH=".bench_deps/ext:.bench_deps:$PYTHONPATH" "$PY" benchmarks/ops/bench_selective_scan.py --timers graph \
-        --folds --providers sfmamba-BLD mamba_ssm --precompile 16 ${SHAPES:+--shapes $SHAPES} --out-dir "$dir" 2>&1 \
+        --folds --providers sfmamba-BLD mamba_ssm --precompile 16 ${SHAPES:+--shapes $SHAPES} ${DTYPES:+--dtypes $DTYPES} --out-dir "$dir" 2>&1 \
         | tee "$dir/log.txt" | grep -v Warning | tail -45 ;;
     *) echo "unknown step $step"; return 2 ;;
   esac
