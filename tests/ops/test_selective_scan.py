@@ -910,6 +910,28 @@ def test_forward_with_l2_hints_walks_blocks(chunk_len, ahead, split):
                                kernel="triton-2pass")  # fmt: skip
 
 
+@pytest.mark.parametrize("chunk_len, l2_ahead, split, prefetch, bc_prefetch, dtype", [
+    (None, 16, 2, 16, 4, torch.float32), (20, 0, 1, 4, 3, torch.bfloat16), (None, 0, 2, 8, 1, torch.float32),
+])  # fmt: skip
+def test_forward_with_a_shallower_bc_ring(chunk_len, l2_ahead, split, prefetch, bc_prefetch, dtype):
+    """BC_PREFETCH: B_t/C_t loaded that many steps ahead in a ring of their own while u, delta and z are loaded
+    PREFETCH steps ahead (the SPLIT ring 16 deep with a 4-step B/C ring, the L2 walk, training checkpoints; chunks of
+    20 with their summary pass; a one-step B/C ring): output, last states and every gradient, with periodic resets, a
+    gate and the vector B/C loads."""
+    torch.manual_seed(17)
+    inputs = make_inputs(2, 45, 20, 8, 1, "BLD", segments=None)
+    config = triton.Config({"BLOCK_D": 32 // split, "PREFETCH": prefetch, "UNROLL": min(prefetch, 8), "SPLIT": split,
+                            "L2_AHEAD": l2_ahead, "BC_PREFETCH": bc_prefetch}, num_warps=1)  # fmt: skip
+    flags = {"delta_softplus": True, "layout": "BLD", "seq_len": 15}
+    with (
+        forced_configs(chunk.selective_scan_fwd_kernel, [config]),
+        mock.patch.dict(FORCED_CHUNK_LEN, {"triton-2pass": chunk_len}),
+        mock.patch.object(chunk, "vector_bc", vector_bc_where_rows_fit),
+    ):
+        compare_with_reference(inputs, dtype, flags, backward=True, return_last_state=True, kernel="triton-2pass")
+        assert chunk.selective_scan_fwd_kernel.best_config.kwargs["BC_PREFETCH"] == bc_prefetch
+
+
 def test_training_chunks_start_at_checkpoint_blocks(monkeypatch):
     """For a GPU (132 SMs), the planner splits a training forward's rows into chunks of whole checkpoint blocks."""
     monkeypatch.setattr(chunk, "_sm_count", lambda device: 132)
