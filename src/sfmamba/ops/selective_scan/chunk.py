@@ -575,19 +575,9 @@ def selective_scan_fwd_kernel(
     if BC_PREFETCH:
         bc_ring = ()
         for i in tl.static_range(BC_PREFETCH):
-            bc_ring = bc_ring + (
-                _fwd_bc_loads(
-                    B_ptr + (t_start + i) * sB_l,
-                    C_ptr + (t_start + i) * sC_l,
-                    t_start + i < t_end,
-                    nleft,
-                    sB_n,
-                    sC_n,
-                    SUMMARY,
-                    ROWS,
-                    VECTOR_BC,
-                ),
-            )
+            bc_ring = bc_ring + (_fwd_bc_loads(B_ptr + (t_start + i) * sB_l, C_ptr + (t_start + i) * sC_l,
+                                               t_start + i < t_end, nleft, sB_n, sC_n, SUMMARY, ROWS,
+                                               VECTOR_BC),)  # fmt: skip
         ring = (ring, bc_ring)
     # The loads walk their row pointers one step at a time: ptxas then advances each channel pointer by one IMAD.WIDE
     # per step instead of t x stride, its sign extension and scaling (IMAD + LEA + LEA.HI.X) per load; sm_90, the
