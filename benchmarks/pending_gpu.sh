@@ -131,10 +131,11 @@
 #   scan-fwd-l2-short the forward's SPLIT 2 ring (cap 168) without L2 hints and with them 8, 16 or 24 steps ahead, bf16
 #                    and fp32 (session 30, fp32: 16 / 32 / 48 / 64 ahead 31.3 / 31.8 / 33.0 / 34.4 us at L = 196, so
 #                    the default went from 32 to 16: is 8 better still?)                              (~1 min cold)
-#   scan-fwd-bc-ring the SPLIT 2 forward ring (cap 168, L2 hints 16 ahead) 8 deep (the default) against 16 deep for u and
-#                    delta with B/C in a ring of their own 2 or 4 deep (BC_PREFETCH; sm_90 static, fp32: P16 + BC4
-#                    160 registers, no spills, 411 instructions and 745 stall cycles per 8 steps, against P8's 157 /
-#                    386 / 708; P16 without its own B/C ring spills 972 bytes), bf16 and fp32      (~1 min cold)
+#   scan-fwd-bc-ring the SPLIT 2 forward ring (cap 168, L2 hints 16 ahead) 8 deep (the default) against 12, 16 or 24
+#                    deep for u and delta with B/C in a ring of their own 2 or 4 deep (BC_PREFETCH; sm_90 static,
+#                    fp32, registers / instructions / stall cycles per 8 steps, no spills: P8 157 / 386 / 708, P12+BC4
+#                    150 / 399 / 718, P16+BC4 160 / 411 / 745, P24+BC4 165 / 426 / 765; P16 without its own B/C
+#                    ring spills 972 bytes), bf16 and fp32                                              (~1 min cold)
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 if [ -z "${PY:-}" ]; then
@@ -398,10 +399,11 @@ run_step() {
       "$PY" benchmarks/ops/experiments/scan_configs.py --kernel fwd --no-autotuned --shapes ${SHAPES:-0 2} \
         --dtypes float32 --chunks 0 --fwd-configs "${configs[@]}" --precompile 8 --budget-s 90 --out-dir "$dir" 2>&1 \
         | tee "$dir/log.txt" | grep -v Warning ;;
-    scan-fwd-bc-ring)  # the SPLIT 2 forward ring 8 deep vs u/delta 16 deep with B/C 2 or 4 deep (cap 168, L2 16)
+    scan-fwd-bc-ring)  # the SPLIT 2 forward ring 8 deep vs u/delta 12-24 deep with B/C 2 or 4 deep (cap 168, L2 16)
       configs=("{$FWD_SPLIT, \"L2_AHEAD\": 16, \"maxnreg\": 168}")
-      for bc in 2 4; do
-        configs+=("{\"BLOCK_D\": 16, \"SPLIT\": 2, \"PREFETCH\": 16, \"UNROLL\": 8, \"BC_PREFETCH\": $bc, \"L2_AHEAD\": 16, \"maxnreg\": 168}")
+      for depths in "12 4" "16 2" "16 4" "24 4"; do
+        read -r deep bc <<< "$depths"
+        configs+=("{\"BLOCK_D\": 16, \"SPLIT\": 2, \"PREFETCH\": $deep, \"UNROLL\": 8, \"BC_PREFETCH\": $bc, \"L2_AHEAD\": 16, \"maxnreg\": 168}")
       done
       "$PY" benchmarks/ops/experiments/scan_configs.py --kernel fwd --no-autotuned --shapes ${SHAPES:-0 2} \
         --dtypes bfloat16 float32 --chunks 0 --fwd-configs "${configs[@]}" --precompile 6 --budget-s 90 \
