@@ -467,10 +467,14 @@ def _fitting_splits(configs: list[triton.Config], nstate: int) -> list[triton.Co
 
 def _unsplit(config: triton.Config) -> triton.Config:
     """`config` with one channel per lane on the same lanes."""
-    unsplit = copy.copy(config)
-    split = config.kwargs.get("SPLIT", 1)
-    unsplit.kwargs = {**config.kwargs, "BLOCK_D": config.kwargs["BLOCK_D"] * split, "SPLIT": 1}
-    return unsplit
+    return _with_kwargs(config, BLOCK_D=config.kwargs["BLOCK_D"] * config.kwargs.get("SPLIT", 1), SPLIT=1)
+
+
+def _with_kwargs(config: triton.Config, **changes) -> triton.Config:
+    """A copy of `config` with these meta-parameters changed (the autotuner's list keeps the original)."""
+    changed = copy.copy(config)
+    changed.kwargs = {**config.kwargs, **changes}
+    return changed
 
 
 def sweep_fwd_configs(
@@ -664,7 +668,7 @@ def _fwd_step(t, t_end, h, decay, ring, rows, ptrs, lanes, sizes, strides, ckpt_
     fresh = _fwd_loads(u_row + ch * su_d, delta_row + ch * sdt_d, B_row, C_row, z_row + ch * sz_d, mask_d,
                        t + PREFETCH < t_end, nleft, sB_n, sC_n, HAS_Z, SUMMARY, ROWS, VECTOR_BC,
                        BC_PREFETCH == 0)  # fmt: skip
-    if BC_PREFETCH:
+    if BC_PREFETCH:  # (issued before the pointers move: ptxas then schedules P16 + BC4 in 745 stall cycles, not 758)
         fresh_bc = _fwd_bc_loads(B_row, C_row, t + BC_PREFETCH < t_end, nleft, sB_n, sC_n, SUMMARY, ROWS, VECTOR_BC)
     rows = (u_row + su_l, delta_row + sdt_l, z_row + sz_l, B_row + sB_l, C_row + sC_l, out_row + so_l)
     if BC_PREFETCH:
@@ -814,7 +818,7 @@ def prune_bwd_configs(configs: list[triton.Config], named_args: dict, **kwargs) 
     args = {**named_args, **kwargs}
     configs = _fitting_splits(configs, args.get("NSTATE", 0))
     if not keeps_dt(args):
-        configs = [_without_keep_dt(c) for c in configs]
+        configs = [_with_kwargs(c, KEEP_DT=0) if c.kwargs.get("KEEP_DT") else c for c in configs]
     small = args.get("NSTATE", 0) <= 8
     if args.get("HAS_H0") or not small:
         configs = [c for c in configs if not c.kwargs.get("ROWS")] or configs
@@ -823,22 +827,11 @@ def prune_bwd_configs(configs: list[triton.Config], named_args: dict, **kwargs) 
     return configs
 
 
-KEEP_DT_DTYPES = (torch.float16, torch.bfloat16)
-
-
 def keeps_dt(args: dict) -> bool:
     """Whether a backward launch with these arguments keeps each step's dt (KEEP_DT): with 16-bit inputs (`u_ptr`) and
     no gate. H100 session 30, fwd+bwd: bf16 gains 3-4 us, fp32 loses 7-16 (spills); with a gate the sm_90 build spills
     more (bf16 56 -> 88 bytes, session 29's static counts) and the models' scans pass none."""
-    return getattr(args.get("u_ptr"), "dtype", None) in KEEP_DT_DTYPES and not args.get("HAS_Z")
-
-
-def _without_keep_dt(config: triton.Config) -> triton.Config:
-    if not config.kwargs.get("KEEP_DT"):
-        return config
-    plain = copy.copy(config)
-    plain.kwargs = {**config.kwargs, "KEEP_DT": 0}
-    return plain
+    return getattr(args.get("u_ptr"), "dtype", None) in (torch.float16, torch.bfloat16) and not args.get("HAS_Z")
 
 
 MAX_UNROLL = 16  # the backward's main pass unrolls chunks up to this many steps (bwd_chunk_for's largest); a longer
