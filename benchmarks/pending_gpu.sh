@@ -86,6 +86,9 @@
 #   scan-train-blocks the training forward at N = 16 (4-step checkpoints) and VMamba's N = 1, G = 4 (16-step), with
 #                    checkpoint blocks only at 8 steps (CKPT_BLOCK_LENS, the default) and at 4, 8 and 16: the ring,
 #                    SPLIT 2 and BD32 P4 U4, bf16 and fp32, each checked through a TILES backward              (~6 min)
+#   scan-train-blocks-auto the training forward as the autotuner picks it (and BD32 P2 U4, a default config) with
+#                    checkpoint blocks at 8 steps only vs at 4, 8 and 16: VMamba's (128, 384, 3136, 1, G = 4) and
+#                    (128, 160, 196, 16), bf16 and fp32 (EXTRA_SHAPES, DTYPES, BUDGET_S per run)             (~5 min)
 #   scan-bwd-maxnreg the backward at (128, 320, 49, 8): 1280 one-warp programs, of which 1056 fit the H100 at once with
 #                    ROWS' 255 registers (8 warps per SM), all with <= 200 (10 per SM): ROWS and TILES capped at 224 / 200
 #                    registers vs uncapped, fwd+bwd, bf16 and fp32, each checked (scan_configs.py --kernel bwd) (~4 min)
@@ -298,8 +301,8 @@ run_step() {
         --fwd-configs '{"BLOCK_D": 32, "PREFETCH": 8, "UNROLL": 8}' '{"BLOCK_D": 32, "PREFETCH": 2, "UNROLL": 4, "AHEAD": 16}' \
         --precompile 12 --budget-s 240 --out-dir "$dir" 2>&1 | tee "$dir/log.txt" | grep -v Warning ;;
     scan-vmamba-spans)  # the forward keeps VMamba's rows whole since 2026-12-05: does the backward want them too?
-      "$PY" benchmarks/ops/experiments/scan_configs.py --kernel bwd --unroll 16 --shapes 4 --dtypes float32 bfloat16 \
-        --bwd-spans 0 196 49 --bwd-configs '{"TILES": 1}' --precompile 6 --budget-s 200 --out-dir "$dir" 2>&1 \
+      "$PY" benchmarks/ops/experiments/scan_configs.py --kernel bwd --unroll 16 --shapes 4 --dtypes ${DTYPES:-float32 bfloat16} \
+        --bwd-spans ${SPANS:-0 196 49} --bwd-configs '{"TILES": 1}' --precompile 6 --budget-s 200 --out-dir "$dir" 2>&1 \
         | tee "$dir/log.txt" | grep -v Warning ;;
     scan-train-fwd)
       "$PY" benchmarks/ops/experiments/scan_configs.py --kernel fwd --train --no-autotuned --shapes 0 2 \
@@ -329,6 +332,13 @@ run_step() {
           --fwd-configs '{"BLOCK_D": 32, "PREFETCH": 8, "UNROLL": 8}' '{"BLOCK_D": 16, "SPLIT": 2, "PREFETCH": 8, "UNROLL": 8}' \
           '{"BLOCK_D": 32, "PREFETCH": 4, "UNROLL": 4}' --ckpt-block-lens $lens --precompile 12 --budget-s 120 \
           --out-dir "$dir" 2>&1 | tee -a "$dir/log.txt" | grep -v Warning
+      done ;;
+    scan-train-blocks-auto)  # what the autotuner gives the training forward with blocks at 8 steps only vs 4, 8 and 16
+      for lens in "8" "4 8 16"; do
+        "$PY" benchmarks/ops/experiments/scan_configs.py --kernel fwd --train --shapes ${TRAIN_SHAPES:-} \
+          --extra-shapes ${EXTRA_SHAPES:-128,384,3136,1,4 128,160,196,16} --dtypes ${DTYPES:-bfloat16 float32} \
+          --chunks 0 --fwd-configs '{"BLOCK_D": 32, "PREFETCH": 2, "UNROLL": 4}' --ckpt-block-lens $lens \
+          --precompile 16 --budget-s ${BUDGET_S:-90} --out-dir "$dir" 2>&1 | tee -a "$dir/log.txt" | grep -v Warning
       done ;;
     scan-bwd-maxnreg)
       "$PY" benchmarks/ops/experiments/scan_configs.py --kernel bwd --no-autotuned --shapes 2 --dtypes bfloat16 float32 \
