@@ -74,6 +74,20 @@ def test_scan_configs_times_the_autotuner_unless_told_not_to(bench_module, monke
     assert labels.count("autotuned") == (0 if no_autotuned else 1)
 
 
+def test_scan_configs_skips_split_configs_that_cannot_build(bench_module, monkeypatch, capsys):
+    """A forced SPLIT config needs N >= SPLIT (a state row per lane): at N = 1 it is skipped with a note instead of
+    failing its precompiling child; the autotuned setting and unsplit configs stay."""
+    monkeypatch.syspath_prepend(str(BENCH_OPS / "experiments"))
+    scan_configs = bench_module("scan_configs")
+    texts = ['{"BLOCK_D": 16, "SPLIT": 2}', '{"PREFETCH": 8, "UNROLL": 8}']
+    settings = scan_configs.settings(SimpleNamespace(kernel="fwd", fwd_configs=texts, no_autotuned=False))
+    vmamba, mambavision = scan_configs.Shape(128, 384, 3136, 1, 4), scan_configs.Shape(128, 160, 196, 8)
+    kept = [s[0] for s in settings if scan_configs.builds(vmamba, "float32", 0, 0, s)]
+    assert len(kept) == 2 and "SPLIT" not in kept[0] and kept[1] == "autotuned"
+    assert "skipped at B128-D384-L3136-N1-G4 float32" in capsys.readouterr().out
+    assert all(scan_configs.builds(mambavision, "float32", 0, 0, s) for s in settings)
+
+
 def test_scan_configs_train_needs_the_forward_kernel(bench_module, monkeypatch, capsys):
     monkeypatch.syspath_prepend(str(BENCH_OPS / "experiments"))
     scan_configs = bench_module("scan_configs")

@@ -441,7 +441,7 @@ def prune_fwd_configs(configs: list[triton.Config], named_args: dict, **kwargs) 
 def fwd_config_kept(config: triton.Config, nstate: int) -> bool:
     """Whether `prune_fwd_configs` keeps the forward `config` at state size `nstate` among other configs that fit
     (the autotuner prunes only lists of two or more configs: a config forced alone is built as it is)."""
-    return _split_fits(config, nstate) and _ring_fits(config, nstate)
+    return split_fits(config, nstate) and _ring_fits(config, nstate)
 
 
 def _ring_fits(config: triton.Config, nstate: int) -> bool:
@@ -453,7 +453,7 @@ def _ring_fits(config: triton.Config, nstate: int) -> bool:
     return nstate <= 8 or config.kwargs["PREFETCH"] <= 2
 
 
-def _split_fits(config: triton.Config, nstate: int) -> bool:
+def split_fits(config: triton.Config, nstate: int) -> bool:
     """A SPLIT config (SPLIT lanes sharing a channel's states) needs a state row per lane (next_power_of_2(N) >=
     SPLIT) and one warp."""
     split = config.kwargs.get("SPLIT", 1)
@@ -462,7 +462,7 @@ def _split_fits(config: triton.Config, nstate: int) -> bool:
 
 def _fitting_splits(configs: list[triton.Config], nstate: int) -> list[triton.Config]:
     """The configs whose SPLIT fits `nstate` (forward and backward alike), or, where none does, all of them unsplit."""
-    return [c for c in configs if _split_fits(c, nstate)] or [_unsplit(c) for c in configs]
+    return [c for c in configs if split_fits(c, nstate)] or [_unsplit(c) for c in configs]
 
 
 def _unsplit(config: triton.Config) -> triton.Config:
