@@ -134,6 +134,10 @@
 #   scan-fwd-l2-short the forward's SPLIT 2 ring (cap 168) without L2 hints and with them 8, 16 or 24 steps ahead, bf16
 #                    and fp32 (session 30, fp32: 16 / 32 / 48 / 64 ahead 31.3 / 31.8 / 33.0 / 34.4 us at L = 196, so
 #                    the default went from 32 to 16: is 8 better still?)                              (~1 min cold)
+#   scan-fwd-stream  the hinted SPLIT 2 forward ring (cap 168, L2 16 ahead) with its streams plain (STREAM 0, the
+#                    default), marked first to evict (1: u/delta/z loads and y's store; sm_90 fp32 451 instructions and
+#                    802 stall cycles per 8 steps against 386 / 708) or L2-only loads and streaming stores (2: .cg/.cs,
+#                    same counts); and STREAM 2 without L2 hints; bf16 and fp32                       (~1 min cold)
 #   scan-fwd-bc-ring the SPLIT 2 forward ring (cap 168, L2 hints 16 ahead) 8 deep (the default) against 12, 16 or 24
 #                    deep for u and delta with B/C in a ring of their own 2 or 4 deep (BC_PREFETCH; sm_90 static,
 #                    fp32, registers / instructions / stall cycles per 8 steps, no spills: P8 157 / 386 / 708, P12+BC4
@@ -421,6 +425,13 @@ run_step() {
     scan-fwd-l2-short)  # the SPLIT 2 forward ring at cap 168: no L2 hints, hints 8, 16 or 24 steps ahead
       configs=("{$FWD_SPLIT, \"maxnreg\": 168}")
       for ahead in 8 16 24; do configs+=("{$FWD_SPLIT, \"L2_AHEAD\": $ahead, \"maxnreg\": 168}"); done
+      "$PY" benchmarks/ops/experiments/scan_configs.py --kernel fwd --no-autotuned --shapes ${SHAPES:-0 2} \
+        --dtypes bfloat16 float32 --chunks 0 --fwd-configs "${configs[@]}" --precompile 8 --budget-s 90 \
+        --out-dir "$dir" 2>&1 | tee "$dir/log.txt" | grep -v Warning ;;
+    scan-fwd-stream)  # the hinted SPLIT 2 forward (cap 168, L2 16) with u/delta/z and y streamed (STREAM 1, 2) or not
+      configs=()
+      for stream in 0 1 2; do configs+=("{$FWD_SPLIT, \"L2_AHEAD\": 16, \"STREAM\": $stream, \"maxnreg\": 168}"); done
+      configs+=("{$FWD_SPLIT, \"STREAM\": 2, \"maxnreg\": 168}")
       "$PY" benchmarks/ops/experiments/scan_configs.py --kernel fwd --no-autotuned --shapes ${SHAPES:-0 2} \
         --dtypes bfloat16 float32 --chunks 0 --fwd-configs "${configs[@]}" --precompile 8 --budget-s 90 \
         --out-dir "$dir" 2>&1 | tee "$dir/log.txt" | grep -v Warning ;;

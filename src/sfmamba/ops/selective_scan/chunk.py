@@ -240,19 +240,43 @@ def _fwd_inputs(u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, t, valid, ch, mask_d, NST
 @triton.jit
 def _fwd_loads(u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, mask_d, valid, NSTATE, sB_n, sC_n, HAS_Z: tl.constexpr,
                SUMMARY: tl.constexpr, BLOCK_N: tl.constexpr, VECTOR_BC: tl.constexpr,
-               WITH_BC: tl.constexpr = True):  # fmt: skip
+               WITH_BC: tl.constexpr = True, STREAM: tl.constexpr = 0):  # fmt: skip
     """One step's forward inputs from pointers at that step (u, delta, z: [BD] channel pointers; B, C: at the step's
     first state), fp32: u, raw delta, z [BD] (z only when used; masked channels read 0); B_t and C_t as
-    `_fwd_bc_loads` gives them (empty tuples unless WITH_BC)."""
-    x = tl.load(u_ptr, mask=mask_d & valid, other=0.0).to(tl.float32)
-    dt = tl.load(delta_ptr, mask=mask_d & valid, other=0.0).to(tl.float32)
+    `_fwd_bc_loads` gives them (empty tuples unless WITH_BC). u, delta and z as `_stream_load` reads them."""
+    x = _stream_load(u_ptr, mask_d & valid, STREAM).to(tl.float32)
+    dt = _stream_load(delta_ptr, mask_d & valid, STREAM).to(tl.float32)
     Bs, Cs = (), ()
     if WITH_BC:
         Bs, Cs = _fwd_bc_loads(B_ptr, C_ptr, valid, NSTATE, sB_n, sC_n, SUMMARY, BLOCK_N, VECTOR_BC)
     zt = x
     if HAS_Z and not SUMMARY:
-        zt = tl.load(z_ptr, mask=mask_d & valid, other=0.0).to(tl.float32)
+        zt = _stream_load(z_ptr, mask_d & valid, STREAM).to(tl.float32)
     return x, dt, Bs, Cs, zt
+
+
+@triton.jit
+def _stream_load(ptr, mask, STREAM: tl.constexpr):
+    """A load of a tensor each of whose values one lane reads once (u, delta, z), masked values 0. STREAM (untimed):
+    0 plain; 1 marked first to evict (L1 and L2); 2 cached in L2 only (.cg), so that B_t/C_t, which every channel of
+    a warp reads, keep L1 to themselves."""
+    if STREAM == 1:
+        return tl.load(ptr, mask=mask, other=0.0, eviction_policy="evict_first")
+    elif STREAM == 2:
+        return tl.load(ptr, mask=mask, other=0.0, cache_modifier=".cg")
+    else:
+        return tl.load(ptr, mask=mask, other=0.0)
+
+
+@triton.jit
+def _stream_store(ptr, value, mask, STREAM: tl.constexpr):
+    """A store of values nothing in the kernel reads again (y): STREAM 1 marked first to evict, 2 streaming (.cs)."""
+    if STREAM == 1:
+        tl.store(ptr, value, mask=mask, eviction_policy="evict_first")
+    elif STREAM == 2:
+        tl.store(ptr, value, mask=mask, cache_modifier=".cs")
+    else:
+        tl.store(ptr, value, mask=mask)
 
 
 @triton.jit
@@ -511,6 +535,7 @@ def selective_scan_fwd_kernel(
     UNROLL: tl.constexpr = 1, VECTOR_BC: tl.constexpr = 0, AHEAD: tl.constexpr = 0, SPLIT: tl.constexpr = 1,
     CKPT_BLOCKS: tl.constexpr = 0, L2_AHEAD: tl.constexpr = 0, L_STRIDE: tl.constexpr = 0,
     BC_L_STRIDE: tl.constexpr = 0, Z_L_STRIDE: tl.constexpr = 0, BC_PREFETCH: tl.constexpr = 0,
+    STREAM: tl.constexpr = 0,
 ):  # fmt: skip
     # One program: one image, BLOCK_D channels of one group, one chunk of `chunk_len` steps, walked sequentially
     # with the whole state in registers as a tuple of N [BLOCK_D] rows: every tensor is 1-D over the channels, so no
@@ -623,7 +648,7 @@ def selective_scan_fwd_kernel(
                                                  ckpt_len, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, HAS_H0, RESET,
                                                  STORE_LAST, STORE_CKPT and not SUMMARY and not BLOCKS, SUMMARY,
                                                  BLOCK_D, ROWS, PREFETCH, VECTOR_BC, AHEAD, SPLIT,
-                                                 BC_PREFETCH)  # fmt: skip
+                                                 BC_PREFETCH, STREAM)  # fmt: skip
             if BLOCKS:
                 _store_state_rows(ckpt_ptr, (pid_b * tl.cdiv(L, ckpt_len) + t0 // ckpt_len) * STATE, D_total,
                                   state_ch, mask_d, nleft, h, ROWS)  # fmt: skip
@@ -635,7 +660,7 @@ def selective_scan_fwd_kernel(
         h, decay, ring, rows = _fwd_step(t, t_end, h, decay, ring, rows, ptrs, lanes, sizes, strides, ckpt_len, HAS_D,
                                          HAS_Z, HAS_BIAS, SOFTPLUS, HAS_H0, RESET, STORE_LAST,
                                          STORE_CKPT and not SUMMARY, SUMMARY, BLOCK_D, ROWS, PREFETCH, VECTOR_BC, AHEAD,
-                                         SPLIT, BC_PREFETCH)  # fmt: skip
+                                         SPLIT, BC_PREFETCH, STREAM)  # fmt: skip
     if SUMMARY:
         _store_state_rows(chunk_P_ptr, chunk_base + c * STATE, D_total, state_ch, mask_d, nleft, decay, ROWS)
         _store_state_rows(chunk_S_ptr, chunk_base + c * STATE, D_total, state_ch, mask_d, nleft, h, ROWS)
@@ -647,7 +672,7 @@ def _fwd_step(t, t_end, h, decay, ring, rows, ptrs, lanes, sizes, strides, ckpt_
               HAS_H0: tl.constexpr, RESET: tl.constexpr, STORE_LAST: tl.constexpr, STORE_CKPT: tl.constexpr,
               SUMMARY: tl.constexpr, BLOCK_D: tl.constexpr, ROWS: tl.constexpr, PREFETCH: tl.constexpr,
               VECTOR_BC: tl.constexpr, AHEAD: tl.constexpr, SPLIT: tl.constexpr,
-              BC_PREFETCH: tl.constexpr = 0):  # fmt: skip
+              BC_PREFETCH: tl.constexpr = 0, STREAM: tl.constexpr = 0):  # fmt: skip
     """One step of the forward: step t + PREFETCH's loads issued, step t's state update, y stored (or the chunk's
     decay product, SUMMARY), and with STORE_CKPT the state where a checkpoint block ends. `rows`: the (u, delta, z)
     pointers at step t + PREFETCH, (B, C) at t + BC_PREFETCH (0: PREFETCH) and out's at step t; `ring`: the steps
@@ -667,7 +692,7 @@ def _fwd_step(t, t_end, h, decay, ring, rows, ptrs, lanes, sizes, strides, ckpt_
             _prefetch_row(z_ptr + row * sz_l + ch_first * sz_d, ahead, pid_d * BLOCK_D, Dg, BLOCK_D)
     fresh = _fwd_loads(u_row + ch * su_d, delta_row + ch * sdt_d, B_row, C_row, z_row + ch * sz_d, mask_d,
                        t + PREFETCH < t_end, nleft, sB_n, sC_n, HAS_Z, SUMMARY, ROWS, VECTOR_BC,
-                       BC_PREFETCH == 0)  # fmt: skip
+                       BC_PREFETCH == 0, STREAM)  # fmt: skip
     if BC_PREFETCH:  # (issued before the pointers move: ptxas then schedules P16 + BC4 in 745 stall cycles, not 758)
         fresh_bc = _fwd_bc_loads(B_row, C_row, t + BC_PREFETCH < t_end, nleft, sB_n, sC_n, SUMMARY, ROWS, VECTOR_BC)
     rows = (u_row + su_l, delta_row + sdt_l, z_row + sz_l, B_row + sB_l, C_row + sC_l, out_row + so_l)
@@ -716,7 +741,7 @@ def _fwd_step(t, t_end, h, decay, ring, rows, ptrs, lanes, sizes, strides, ckpt_
                 y += x * Dv
         if HAS_Z:
             y *= zt * tl.sigmoid(zt)
-        tl.store(out_row + ch * so_d, y.to(out_row.dtype.element_ty), mask=y_mask)
+        _stream_store(out_row + ch * so_d, y.to(out_row.dtype.element_ty), y_mask, STREAM)
         if STORE_LAST:
             _store_state_rows(last_ptr, seg * STATE, D_total, state_ch, mask_d & end, nleft, h, ROWS)
         if STORE_CKPT:  # noqa: SIM102 (a compile-time branch around a run-time one)
