@@ -890,14 +890,16 @@ def test_training_forward_checkpoint_blocks(monkeypatch, chunk_len, nstate, bloc
     assert launches == [blocks]
 
 
-@pytest.mark.parametrize("chunk_len, ahead, split", [(None, 32, 1), (20, 8, 1), (None, 16, 2)])
-def test_forward_with_l2_hints_walks_blocks(chunk_len, ahead, split):
+@pytest.mark.parametrize("chunk_len, ahead, split, nstate", [(None, 32, 1, 8), (20, 8, 1, 8), (None, 16, 2, 8),
+                                                              (None, 16, 2, 4)])  # fmt: skip
+def test_forward_with_l2_hints_walks_blocks(chunk_len, ahead, split, nstate):
     """L2_AHEAD: the forward walks blocks of 8 steps, each hinting L2 (a no-op in the interpreter) `ahead` steps on,
-    then the row's last steps; inference and training (checkpoint blocks), whole rows and chunks of 20 (blocks, then
-    4 steps), with periodic resets, a gate and the vector B/C loads, and on two lanes per channel (the default
-    config): output, last states and every gradient."""
+    then the row's last steps; inference and training (checkpoint blocks: 16 steps at N = 4), whole rows and chunks
+    of 20 (blocks, then 4 steps), with periodic resets, a gate and the vector B/C loads, and on two lanes per channel
+    (the default config): output, last states and every gradient."""
     torch.manual_seed(13)
-    inputs = make_inputs(2, 44, 20, 8, 1, "BLD", segments=None)
+    assert chunk.bwd_chunk_for(4) in chunk.CKPT_BLOCK_LENS
+    inputs = make_inputs(2, 44, 20, nstate, 1, "BLD", segments=None)
     ring = {"PREFETCH": 8, "UNROLL": 8} if split > 1 else {"PREFETCH": 4, "UNROLL": 4}
     config = triton.Config({"BLOCK_D": 32 // split, **ring, "SPLIT": split, "L2_AHEAD": ahead}, num_warps=1)
     flags = {"delta_softplus": True, "layout": "BLD", "seq_len": 11}

@@ -307,15 +307,17 @@ def test_plan_chunks_for_step_rows(monkeypatch):
 
 def test_plan_bwd_spans(monkeypatch):
     """The step backward walks whole rows (no summary pass, no combine) when the rows fill BWD_PROGRAMS_PER_SM
-    programs per SM -- MambaVision-T's scans at batch 128 (25 and 7 chunks of 8 steps) -- splits them into spans when
-    they do not (batch 8), caps a span at MAX_CHUNK_LEN steps (VMamba's 3136-step rows: spans of 16 chunks of 16),
-    and gives each program its whole row on CPU; `forced_bwd_span` overrides it, clipped to the row."""
+    programs per SM -- MambaVision-T's scans at batch 128 (25 and 7 chunks of 8 steps), VMamba's 3136-step rows at
+    batch 128 (196 chunks of 16) -- splits them into spans when they do not (batch 8), each of at most MAX_CHUNK_LEN
+    steps (VMamba at batch 8: 6 spans wanted, 13 of 16 chunks), and gives each program its whole row on CPU;
+    `forced_bwd_span` overrides it, clipped to the row."""
     monkeypatch.setattr(chunk, "_sm_count", lambda device: 132)
     gpu, cpu = torch.device("cuda"), torch.device("cpu")
     assert chunk.plan_bwd_spans(128, 1, 160, 25, 8, gpu) == (25, 1)
     assert chunk.plan_bwd_spans(128, 1, 320, 7, 8, gpu) == (7, 1)
     assert chunk.plan_bwd_spans(8, 1, 160, 25, 8, gpu) == (2, 13)  # 40 programs: 14 spans wanted, 13 of 2 chunks
-    assert chunk.plan_bwd_spans(128, 4, 96, 196, 16, gpu) == (16, 13)
+    assert chunk.plan_bwd_spans(128, 4, 96, 196, 16, gpu) == (196, 1)
+    assert chunk.plan_bwd_spans(8, 4, 96, 196, 16, gpu) == (16, 13)
     assert chunk.plan_bwd_spans(8, 1, 160, 25, 8, cpu) == (25, 1)
     monkeypatch.setattr(chunk, "forced_bwd_span", 40)
     assert chunk.plan_bwd_spans(128, 1, 160, 25, 8, gpu) == (25, 1)

@@ -47,8 +47,11 @@ NAN_WORD = tl.constexpr(0x7FC07FC0)  # a NaN as one fp32 or as two bf16 (fp16: 0
 
 # checkpoint lengths (bwd_chunk_for) whose training forward walks whole checkpoint blocks (the step kernel's
 # CKPT_BLOCKS): H100, (128, 160, 196, 8), the best of the ring, SPLIT2 and BD32 P4 U4 42.2 -> 38.1 us bf16, 58.2 ->
-# 44.6 fp32 (benchmarks/results/s24_20261205); N = 1-4 (16 steps) and N = 16 (4) keep per-step stores until timed
-CKPT_BLOCK_LENS = (8,)
+# 44.6 fp32 (benchmarks/results/s24_20261205). 16 steps (N = 1-4): H100, VMamba's (128, 384, 3136, 1, G = 4) bf16,
+# the 8-step ring 539.9 -> 509.2 us (benchmarks/results/s31_20261206/call2; sm_90 fp32 N = 1: 119 -> 55 stall cycles
+# per step). N = 16 (4 steps) keeps per-step stores: blocks helped the rings deeper than 2 steps there (fp32 BD32 P4
+# U4 172.5 -> 101.2 us at (128, 160, 196, 16), bf16 SPLIT2 88.6 -> 106.8), which `prune_fwd_configs` drops at N = 16
+CKPT_BLOCK_LENS = (8, 16)
 
 
 def bwd_chunk_for(nstate: int) -> int:
@@ -1511,9 +1514,10 @@ def plan_bwd_spans(
     batch: int, groups: int, dim_per_group: int, n_ckpt: int, chunk: int, device: torch.device
 ) -> tuple[int, int]:
     """(chunks per program, programs along L) for the step backward of a row of `n_ckpt` checkpoint chunks of `chunk`
-    steps: whole rows unless that leaves fewer than BWD_PROGRAMS_PER_SM programs per SM, and at most MAX_CHUNK_LEN
-    steps per program (long rows were timed only with one chunk per program; on CPU: whole rows). The forward keeps
-    long rows whole since WHOLE_ROWS_WIN; `pending_gpu.sh scan-vmamba-spans` times the backward's spans so."""
+    steps: whole rows unless that leaves fewer than BWD_PROGRAMS_PER_SM programs per SM; rows split into spans take at
+    most MAX_CHUNK_LEN steps per program (on CPU: whole rows). Long rows that fill the GPU stay whole, as the forward's
+    do (WHOLE_ROWS_WIN): H100, VMamba's (128, 384, 3136, 1, G = 4) fp32 fwd+bwd 3499.3 us whole against 3782.2 for
+    13 spans of 256 steps and 3892.1 for 4 (benchmarks/results/s31_20261206/call2; bf16 untimed)."""
     if forced_bwd_span is not None:
         span = max(1, min(forced_bwd_span, n_ckpt))
     elif device.type != "cuda":
@@ -1521,7 +1525,7 @@ def plan_bwd_spans(
     else:
         programs = batch * groups * triton.cdiv(dim_per_group, 32)  # the smallest channel block gives the most
         nspans = max(1, min(triton.cdiv(BWD_PROGRAMS_PER_SM * _sm_count(device), programs), n_ckpt))
-        span = min(triton.cdiv(n_ckpt, nspans), max(1, MAX_CHUNK_LEN // chunk))
+        span = n_ckpt if nspans == 1 else min(triton.cdiv(n_ckpt, nspans), max(1, MAX_CHUNK_LEN // chunk))
     return span, triton.cdiv(n_ckpt, span)
 
 
