@@ -606,7 +606,7 @@ def test_backward_rows(nstate, layout, kernel, segments, branchless, lane_sums, 
     masked (BRANCHLESS), initial states, N = 1, 4, 8 and 16: forward, last states, every gradient. The channel sums of
     dB and dC take tl.sum, or (`lane_sums`, 32 lanes per program, 20 channels of them real) the GPU's transposing
     butterfly shuffles with each shuffle emulated by Triton ops (the interpreter runs no inline PTX; the PTX itself
-    is built by test_step_kernels_compile_for_sm90). `split` 2 or 4: that many lanes per channel (16 or 8 channels per
+    is built by test_step_backward_compiles_for_sm90). `split` 2 or 4: that many lanes per channel (16 or 8 channels per
     program), each holding a share of the states (N = 2, 3, 4, 8; N = 3 leaves the odd lane one real state of two).
     `keep_dt`: the forward sweep keeps each step's dt for the backward sweep (KEEP_DT), with and without softplus
     (here in fp32 and with a gate: a single forced config is never pruned)."""
@@ -1444,13 +1444,17 @@ def test_value_checks_on_a_gpu_do_not_sync(monkeypatch):
     assert queued.call_args.args[1] == "selective_scan: A must be finite everywhere"
 
 
-STEP_SM90_COMPILE = """
+SM90_COMPILE_HEADER = """
 import triton
 from sfmamba.ops.selective_scan import chunk
 from sfmamba.testing import compile_for_sm90, scan_pointer_type
 
 common = dict(HAS_D=True, HAS_BIAS=True, SOFTPLUS=True, PREFETCH=1)
 infer, train = dict(HAS_Z=False, HAS_H0=False), dict(HAS_Z=True, HAS_H0=True)
+"""
+STEP_FWD_SM90_COMPILE = (
+    SM90_COMPILE_HEADER
+    + """
 for summary, reset, extra, dtype, unroll, ring in ((False, 0, infer, "bf16", 1, 1), (True, 1, train, "fp32", 2, 2),
                                                    (False, 2, train, "fp16", 4, 4), (False, 0, infer, "bf16", 4, 4)):
     flags = dict(common, **extra, RESET=reset, STORE_LAST=extra is train, STORE_CKPT=extra is train,
@@ -1473,6 +1477,11 @@ for dtype, nstate, extra, split in (("bf16", 8, infer, 2), ("fp32", 8, train, 2)
     print("split", "cubin" if compiled.asm.get("cubin") else "no cubin", dtype, nstate, split,
           ptx.count("ld.global.nc.b32"), ptx.count("ld.global.nc.v2.b32"), ptx.count("ld.global.nc.v4.b32"),
           ptx.count("shfl.sync.bfly"), compiled.asm["ttgir"].count("ttg.convert_layout"))
+"""
+)
+STEP_BWD_SM90_COMPILE = (
+    SM90_COMPILE_HEADER
+    + """
 for nstate, summary, reset, extra in ((8, False, 0, infer), (8, False, 1, train), (1, False, 2, train),
                                       (8, True, 1, infer)):
     block_n, steps = triton.next_power_of_2(nstate), chunk.bwd_chunk_for(nstate)
@@ -1499,22 +1508,18 @@ for nstate, summary, reset, extra in ((8, False, 0, infer), (8, False, 1, train)
     print("bwd", "cubin" if compiled.asm.get("cubin") else "no cubin", summary, reset, nstate, f"hints={hints}",
           f"loops={loops}")
 """
+)
 
 
-def test_step_kernels_compile_for_sm90():
+def test_step_forward_compiles_for_sm90():
     """The interpreter never compiles: build the step forward (main, summary and training flag sets, step loop unrolled
     1-4 times; B_t/C_t by 16-byte inline-PTX loads in bf16, fp16 and fp32; two or four lanes per channel, SPLIT, with
-    4-, 8- or 16-byte loads of each lane's share) and backward (ROWS, also SPLIT) for an H100 with Triton's
-    bundled ptxas, and check that the backward's main pass has one loop, over its span's chunks, each chunk fully
-    unrolled for N = 8 and N = 1 (bwd_chunk_for <= MAX_UNROLL: the stored states are then indexed statically, no
-    selects), and that its summary pass keeps its step loop; with NEXT_TO_L1 the main pass hints each of the next
-    chunk's steps into L1 (u, delta, dout, z, B, C: 6 per step), and with NEXT_TO_L1 2 all of them by 6 hints, one per
-    tensor, each lane at one of the chunk's steps."""
-    result = run_without_interpreter(STEP_SM90_COMPILE)
+    4-, 8- or 16-byte loads of each lane's share) for an H100 with Triton's bundled ptxas. (The forward's and the
+    backward's builds run as two tests, so that the two test workers share them.)"""
+    result = run_without_interpreter(STEP_FWD_SM90_COMPILE)
     assert result.returncode == 0, result.stderr[-4000:]
     lines = result.stdout.splitlines()
-    assert len(lines) == 18 and all(" cubin " in f" {line} " for line in lines), result.stdout
-    assert [line.split()[2:] for line in lines if line.startswith("rows-hints")] == [["6"]], result.stdout
+    assert len(lines) == 11 and all(" cubin " in f" {line} " for line in lines), result.stdout
     # SPLIT: each lane's share of B_t/C_t by one 4-byte (SPLIT 4, N = 8 bf16), 8-byte (SPLIT 2, N = 8 bf16) or
     # 16-byte load per step (the ring's first and the loop's), y's shares by log2(SPLIT) shuffles per step, and no
     # layout conversions
@@ -1524,13 +1529,6 @@ def test_step_kernels_compile_for_sm90():
         ["bf16", "16", "2", "0", "0", "4", "1", "0"],
         ["bf16", "8", "4", "4", "0", "0", "2", "0"],
     ], result.stdout
-    # ROWS, N = 8, a chunk of 8 steps: 9 shuffles per channel sum (dC in the forward sweep, dB in the backward one)
-    assert [line.split()[2:] for line in lines if line.startswith("rows ")] == [["144", "0"]], result.stdout
-    # ROWS with two lanes per channel (SPLIT), 4 states each: 5 shuffles per channel sum over the 16 channels, and one
-    # per step for each of y's, ddt's and du's halves: 13 per step, 104 per chunk; each lane's share of B_t/C_t by
-    # 8-byte loads
-    split = [line.split()[2:] for line in lines if line.startswith("rows-split")]
-    assert len(split) == 1 and split[0][0] == "104" and int(split[0][1]) >= 16 and split[0][2] == "0", result.stdout
     # VECTOR_BC: one 16-byte load per step for each of B_t and C_t (N = 8 halves), two in fp32; the ring's first load
     # and the loop's: 4 (8 in fp32)
     vector = [line.split() for line in lines if line.startswith("vec")]
@@ -1547,6 +1545,26 @@ def test_step_kernels_compile_for_sm90():
         ("4", "loops=2"),
         ("4", "loops=2"),
     ], result.stdout
+
+
+def test_step_backward_compiles_for_sm90():
+    """Build the step backward (ROWS, also SPLIT) for an H100 with Triton's bundled ptxas, and check that its main pass
+    has one loop, over its span's chunks, each chunk fully unrolled for N = 8 and N = 1 (bwd_chunk_for <= MAX_UNROLL:
+    the stored states are then indexed statically, no selects), and that its summary pass keeps its step loop; with
+    NEXT_TO_L1 the main pass hints each of the next chunk's steps into L1 (u, delta, dout, z, B, C: 6 per step), and
+    with NEXT_TO_L1 2 all of them by 6 hints, one per tensor, each lane at one of the chunk's steps."""
+    result = run_without_interpreter(STEP_BWD_SM90_COMPILE)
+    assert result.returncode == 0, result.stderr[-4000:]
+    lines = result.stdout.splitlines()
+    assert len(lines) == 7 and all(" cubin " in f" {line} " for line in lines), result.stdout
+    assert [line.split()[2:] for line in lines if line.startswith("rows-hints")] == [["6"]], result.stdout
+    # ROWS, N = 8, a chunk of 8 steps: 9 shuffles per channel sum (dC in the forward sweep, dB in the backward one)
+    assert [line.split()[2:] for line in lines if line.startswith("rows ")] == [["144", "0"]], result.stdout
+    # ROWS with two lanes per channel (SPLIT), 4 states each: 5 shuffles per channel sum over the 16 channels, and one
+    # per step for each of y's, ddt's and du's halves: 13 per step, 104 per chunk; each lane's share of B_t/C_t by
+    # 8-byte loads
+    split = [line.split()[2:] for line in lines if line.startswith("rows-split")]
+    assert len(split) == 1 and split[0][0] == "104" and int(split[0][1]) >= 16 and split[0][2] == "0", result.stdout
     backward = [line for line in lines if line.startswith("bwd")]
     assert [line.split()[-1] for line in backward] == ["loops=1"] * 4, result.stdout
     hints = [line.split()[-2] for line in backward]
