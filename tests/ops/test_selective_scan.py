@@ -1488,9 +1488,7 @@ for nstate, summary, reset, extra in ((8, False, 0, infer), (8, False, 1, train)
     flags = dict(common, **extra, RESET=reset, HAS_DLAST=extra is train, SUMMARY=summary, CHUNK=steps, BLOCK_D=32,
                  BLOCK_N=block_n, UNROLL=steps, NEXT_TO_L1=int(extra is train), BRANCHLESS=int(extra is train),
                  TILES=int(reset != 1))
-    compiled = compile_for_sm90(chunk.selective_scan_bwd_kernel, flags, 1, scan_pointer_type("bf16"))
-    loops = compiled.asm["ttgir"].count("scf.for")
-    if reset == 1 and not summary:  # the same flags in the ROWS layout: channel sums by shuffles, no conversions
+    if PART == "rows" and reset == 1 and not summary:  # the same flags in the ROWS layout: channel sums by shuffles
         rows = compile_for_sm90(chunk.selective_scan_bwd_kernel, dict(flags, TILES=0, ROWS=1, VECTOR_BC=1), 1,
                                 scan_pointer_type("bf16"))
         print("rows", "cubin" if rows.asm.get("cubin") else "no cubin", rows.asm["ptx"].count("shfl.sync.bfly"),
@@ -1504,9 +1502,11 @@ for nstate, summary, reset, extra in ((8, False, 0, infer), (8, False, 1, train)
         chunk_hints = compile_for_sm90(chunk.selective_scan_bwd_kernel, hints_flags, 1, scan_pointer_type("bf16"))
         print("rows-hints", "cubin" if chunk_hints.asm.get("cubin") else "no cubin",
               chunk_hints.asm["ptx"].count("prefetch.global.L1"))
-    hints = compiled.asm["ptx"].count("prefetch.global.L1")
-    print("bwd", "cubin" if compiled.asm.get("cubin") else "no cubin", summary, reset, nstate, f"hints={hints}",
-          f"loops={loops}")
+    if PART == "chunks":
+        compiled = compile_for_sm90(chunk.selective_scan_bwd_kernel, flags, 1, scan_pointer_type("bf16"))
+        loops, hints = compiled.asm["ttgir"].count("scf.for"), compiled.asm["ptx"].count("prefetch.global.L1")
+        print("bwd", "cubin" if compiled.asm.get("cubin") else "no cubin", summary, reset, nstate, f"hints={hints}",
+              f"loops={loops}")
 """
 )
 
@@ -1547,16 +1547,26 @@ def test_step_forward_compiles_for_sm90():
     ], result.stdout
 
 
-def test_step_backward_compiles_for_sm90():
-    """Build the step backward (ROWS, also SPLIT) for an H100 with Triton's bundled ptxas, and check that its main pass
-    has one loop, over its span's chunks, each chunk fully unrolled for N = 8 and N = 1 (bwd_chunk_for <= MAX_UNROLL:
-    the stored states are then indexed statically, no selects), and that its summary pass keeps its step loop; with
-    NEXT_TO_L1 the main pass hints each of the next chunk's steps into L1 (u, delta, dout, z, B, C: 6 per step), and
-    with NEXT_TO_L1 2 all of them by 6 hints, one per tensor, each lane at one of the chunk's steps."""
-    result = run_without_interpreter(STEP_BWD_SM90_COMPILE)
+@pytest.mark.parametrize("part", ["chunks", "rows"])
+def test_step_backward_compiles_for_sm90(part):
+    """Build the step backward for an H100 with Triton's bundled ptxas (two tests, the chunk layouts and ROWS, so that
+    the two test workers share ~200 s of builds). `chunks`: the main pass has one loop, over its span's chunks, each
+    chunk fully unrolled for N = 8 and N = 1 (bwd_chunk_for <= MAX_UNROLL: the stored states are then indexed
+    statically, no selects), and the summary pass keeps its step loop; with NEXT_TO_L1 the main pass hints each of
+    the next chunk's steps into L1 (u, delta, dout, z, B, C: 6 per step). `rows`: ROWS' channel sums by shuffles and
+    no layout conversions, also with two lanes per channel (SPLIT), and with NEXT_TO_L1 2 the next chunk hinted by 6
+    hints, one per tensor, each lane at one of the chunk's steps."""
+    result = run_without_interpreter(f"PART = {part!r}\n" + STEP_BWD_SM90_COMPILE)
     assert result.returncode == 0, result.stderr[-4000:]
     lines = result.stdout.splitlines()
-    assert len(lines) == 7 and all(" cubin " in f" {line} " for line in lines), result.stdout
+    assert len(lines) == {"chunks": 4, "rows": 3}[part], result.stdout
+    assert all(" cubin " in f" {line} " for line in lines), result.stdout
+    if part == "chunks":
+        assert [line.split()[-1] for line in lines] == ["loops=1"] * 4, result.stdout
+        hints = [line.split()[-2] for line in lines]
+        assert hints == ["hints=0", "hints=48", "hints=96", "hints=0"], result.stdout  # CHUNK 8, 8, 16 (N = 1), summary
+        assert all(chunk.bwd_chunk_for(n) <= chunk.MAX_UNROLL for n in (1, 2, 4, 8, 16, 64))
+        return
     assert [line.split()[2:] for line in lines if line.startswith("rows-hints")] == [["6"]], result.stdout
     # ROWS, N = 8, a chunk of 8 steps: 9 shuffles per channel sum (dC in the forward sweep, dB in the backward one)
     assert [line.split()[2:] for line in lines if line.startswith("rows ")] == [["144", "0"]], result.stdout
@@ -1565,11 +1575,6 @@ def test_step_backward_compiles_for_sm90():
     # 8-byte loads
     split = [line.split()[2:] for line in lines if line.startswith("rows-split")]
     assert len(split) == 1 and split[0][0] == "104" and int(split[0][1]) >= 16 and split[0][2] == "0", result.stdout
-    backward = [line for line in lines if line.startswith("bwd")]
-    assert [line.split()[-1] for line in backward] == ["loops=1"] * 4, result.stdout
-    hints = [line.split()[-2] for line in backward]
-    assert hints == ["hints=0", "hints=48", "hints=96", "hints=0"], result.stdout  # CHUNK 8, 8, 16 (N = 1), summary
-    assert all(chunk.bwd_chunk_for(n) <= chunk.MAX_UNROLL for n in (1, 2, 4, 8, 16, 64))
 
 
 def test_backward_defaults_on_the_gpu(monkeypatch):
