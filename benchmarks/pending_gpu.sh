@@ -339,7 +339,7 @@ run_step() {
       done ;;
     scan-train-blocks-auto)  # what the autotuner gives the training forward with blocks at 8 steps only vs 4, 8 and 16
       for lens in "8" "4 8 16"; do
-        "$PY" benchmarks/ops/experiments/scan_configs.py --kernel fwd --train --shapes ${TRAIN_SHAPES:-} \
+        "$PY" benchmarks/ops/experiments/scan_configs.py --kernel fwd --train --shapes \
           --extra-shapes ${EXTRA_SHAPES:-128,384,3136,1,4 128,160,196,16} --dtypes ${DTYPES:-bfloat16 float32} \
           --chunks 0 --fwd-configs '{"BLOCK_D": 32, "PREFETCH": 2, "UNROLL": 4}' --ckpt-block-lens $lens \
           --precompile 16 --budget-s ${BUDGET_S:-90} --out-dir "$dir" 2>&1 | tee -a "$dir/log.txt" | grep -v Warning

@@ -177,8 +177,12 @@ def main() -> None:
         KERNELS["bwd"].configs = json_configs(args.bwd_configs or ['{"TILES": 1}'], BWD_DEFAULTS)
     shapes = [MAIN_SHAPES[index] for index in args.shapes]
     shapes += [Shape(*map(int, text.split(","))) for text in args.extra_shapes]
-    items = [item for item in itertools.product(shapes, args.dtypes, args.chunks, args.bwd_spans, settings(args))
-             if builds(*item)]  # fmt: skip
+    items, skipped = [], []
+    for item in itertools.product(shapes, args.dtypes, args.chunks, args.bwd_spans, settings(args)):
+        (items if builds(item[0], item[-1]) else skipped).append(item)
+    if args.items is None:  # (the parent: precompiling children skip the same items silently)
+        for shape, dtype_name, _, _, (label, _, _) in skipped:
+            print(f"# skipped at {shape.name} {dtype_name}: {label} (SPLIT needs N >= SPLIT)", flush=True)
     if args.items is not None:
         items = [items[i] for i in args.items]
     elif args.precompile > 1:
@@ -220,16 +224,12 @@ def main() -> None:
         print(f"# wrote {out}")
 
 
-def builds(shape: Shape, dtype_name: str, nchunks: int, span: int, setting: tuple[str, int, list]) -> bool:
+def builds(shape: Shape, setting: tuple[str, int, list]) -> bool:
     """Whether a forced setting builds at `shape`: a SPLIT config needs a state row per lane (the autotuner prunes it
     where it does not; a list of one is built as given and fails, costing a precompiling child and the device time its
-    compile takes). Prints the skipped ones once (from the parent)."""
+    compile takes)."""
     label, _, configs = setting
-    if label == "autotuned" or all(K.split_fits(c, shape.nstate) for c in configs):
-        return True
-    if "--items" not in sys.argv:
-        print(f"# skipped at {shape.name} {dtype_name}: {label} (SPLIT needs N >= SPLIT)", flush=True)
-    return False
+    return label == "autotuned" or all(K.split_fits(c, shape.nstate) for c in configs)
 
 
 def precompile(count: int, jobs: int) -> None:

@@ -1502,7 +1502,7 @@ TARGET_PROGRAMS_PER_SM = 4  # rows are split into chunks only below this many pr
 # WHOLE_ROWS_WIN: long rows are no longer split into chunks of at most 256 steps (a cap set on an H100 with 2026-11's
 # kernels). H200, 2026-12-05, (128, 384, 3136, 1, G = 4), the 8-step ring, CUDA graphs: fp32 625 us whole vs 811 for
 # 13 chunks of 242 steps and 840 for 4; bf16 534 vs 613 and 661 (benchmarks/results/s21_20261205/scan-vmamba-chunks).
-MAX_CHUNK_LEN = 256  # the steps one backward program walks at most (its spans of checkpoint chunks; timed at 1 chunk)
+MAX_CHUNK_LEN = 256  # the steps one backward program walks at most where rows are split into spans (`plan_bwd_spans`)
 forced_chunk_len: int | None = None  # tests set this to exercise the two-pass path under the interpreter
 BWD_PROGRAMS_PER_SM = 4  # the step backward splits a row into spans (summary pass + combine) only below this many
 # programs per SM; a span is walked chunk by chunk, so a whole row costs no summary pass, no combine, and one read of
