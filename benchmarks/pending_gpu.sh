@@ -159,6 +159,14 @@ FMNIST=(--config configs/fashion_mnist_sf_mamba.yaml --data-dir "$DATA" --no-pro
 FWD_SPLIT='"BLOCK_D": 16, "SPLIT": 2, "PREFETCH": 8, "UNROLL": 8'
 BWD_SPLIT='"ROWS": 1, "TILES": 0, "BLOCK_D": 16, "SPLIT": 2, "NEXT_TO_L1": 2'
 
+# the forward configs given (JSON kwargs) timed alone at SHAPES (default "0 2") and DTYPES (default bf16 and fp32),
+# each checked against the fp32 reference; into run_step's $dir
+time_fwd_configs() {
+  "$PY" benchmarks/ops/experiments/scan_configs.py --kernel fwd --no-autotuned --shapes ${SHAPES:-0 2} \
+    --dtypes ${DTYPES:-bfloat16 float32} --chunks 0 --fwd-configs "$@" --precompile 8 --budget-s 90 \
+    --out-dir "$dir" 2>&1 | tee "$dir/log.txt" | grep -v Warning
+}
+
 run_step() {
   local step=$1 dir="$OUT/$1"
   mkdir -p "$dir"
@@ -410,31 +418,23 @@ run_step() {
       for cap in 168 160; do
         for ahead in 16 32 48 64; do configs+=("{$FWD_SPLIT, \"L2_AHEAD\": $ahead, \"maxnreg\": $cap}"); done
       done
-      "$PY" benchmarks/ops/experiments/scan_configs.py --kernel fwd --no-autotuned --shapes ${SHAPES:-0 2} \
-        --dtypes float32 --chunks 0 --fwd-configs "${configs[@]}" --precompile 8 --budget-s 90 --out-dir "$dir" 2>&1 \
-        | tee "$dir/log.txt" | grep -v Warning ;;
+      DTYPES=float32 time_fwd_configs "${configs[@]}" ;;
     scan-fwd-bc-ring)  # the SPLIT 2 forward ring 8 deep vs u/delta 12-24 deep with B/C 2 or 4 deep (cap 168, L2 16)
       configs=("{$FWD_SPLIT, \"L2_AHEAD\": 16, \"maxnreg\": 168}")
       for depths in "12 4" "16 2" "16 4" "24 4"; do
         read -r deep bc <<< "$depths"
         configs+=("{\"BLOCK_D\": 16, \"SPLIT\": 2, \"PREFETCH\": $deep, \"UNROLL\": 8, \"BC_PREFETCH\": $bc, \"L2_AHEAD\": 16, \"maxnreg\": 168}")
       done
-      "$PY" benchmarks/ops/experiments/scan_configs.py --kernel fwd --no-autotuned --shapes ${SHAPES:-0 2} \
-        --dtypes bfloat16 float32 --chunks 0 --fwd-configs "${configs[@]}" --precompile 6 --budget-s 90 \
-        --out-dir "$dir" 2>&1 | tee "$dir/log.txt" | grep -v Warning ;;
+      time_fwd_configs "${configs[@]}" ;;
     scan-fwd-l2-short)  # the SPLIT 2 forward ring at cap 168: no L2 hints, hints 8, 16 or 24 steps ahead
       configs=("{$FWD_SPLIT, \"maxnreg\": 168}")
       for ahead in 8 16 24; do configs+=("{$FWD_SPLIT, \"L2_AHEAD\": $ahead, \"maxnreg\": 168}"); done
-      "$PY" benchmarks/ops/experiments/scan_configs.py --kernel fwd --no-autotuned --shapes ${SHAPES:-0 2} \
-        --dtypes bfloat16 float32 --chunks 0 --fwd-configs "${configs[@]}" --precompile 8 --budget-s 90 \
-        --out-dir "$dir" 2>&1 | tee "$dir/log.txt" | grep -v Warning ;;
+      time_fwd_configs "${configs[@]}" ;;
     scan-fwd-stream)  # the hinted SPLIT 2 forward (cap 168, L2 16) with u/delta/z and y streamed (STREAM 1, 2) or not
       configs=()
       for stream in 0 1 2; do configs+=("{$FWD_SPLIT, \"L2_AHEAD\": 16, \"STREAM\": $stream, \"maxnreg\": 168}"); done
       configs+=("{$FWD_SPLIT, \"STREAM\": 2, \"maxnreg\": 168}")
-      "$PY" benchmarks/ops/experiments/scan_configs.py --kernel fwd --no-autotuned --shapes ${SHAPES:-0 2} \
-        --dtypes bfloat16 float32 --chunks 0 --fwd-configs "${configs[@]}" --precompile 8 --budget-s 90 \
-        --out-dir "$dir" 2>&1 | tee "$dir/log.txt" | grep -v Warning ;;
+      time_fwd_configs "${configs[@]}" ;;
     scan-fb-profile)
       "$PY" benchmarks/ops/experiments/scan_fb_profile.py --shapes ${SHAPES:-0 2} --out "$dir/scan_fb_profile.json" 2>&1 | tee "$dir/log.txt" \
         | grep -v Warning ;;

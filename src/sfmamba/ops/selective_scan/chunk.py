@@ -263,23 +263,15 @@ def _stream_load(ptr, mask, STREAM: tl.constexpr):
     """A load of a tensor each of whose values one lane reads once (u, delta, z), masked values 0. STREAM (untimed):
     0 plain; 1 marked first to evict (L1 and L2); 2 cached in L2 only (.cg), so that B_t/C_t, which every channel of
     a warp reads, keep L1 to themselves."""
-    if STREAM == 1:
-        return tl.load(ptr, mask=mask, other=0.0, eviction_policy="evict_first")
-    elif STREAM == 2:
-        return tl.load(ptr, mask=mask, other=0.0, cache_modifier=".cg")
-    else:
-        return tl.load(ptr, mask=mask, other=0.0)
+    return tl.load(ptr, mask=mask, other=0.0, cache_modifier=".cg" if STREAM == 2 else "",
+                   eviction_policy="evict_first" if STREAM == 1 else "")  # fmt: skip
 
 
 @triton.jit
 def _stream_store(ptr, value, mask, STREAM: tl.constexpr):
     """A store of values nothing in the kernel reads again (y): STREAM 1 marked first to evict, 2 streaming (.cs)."""
-    if STREAM == 1:
-        tl.store(ptr, value, mask=mask, eviction_policy="evict_first")
-    elif STREAM == 2:
-        tl.store(ptr, value, mask=mask, cache_modifier=".cs")
-    else:
-        tl.store(ptr, value, mask=mask)
+    tl.store(ptr, value, mask=mask, cache_modifier=".cs" if STREAM == 2 else "",
+             eviction_policy="evict_first" if STREAM == 1 else "")  # fmt: skip
 
 
 @triton.jit
