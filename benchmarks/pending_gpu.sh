@@ -138,11 +138,6 @@
 #                    default), marked first to evict (1: u/delta/z loads and y's store; sm_90 fp32 451 instructions and
 #                    802 stall cycles per 8 steps against 386 / 708) or L2-only loads and streaming stores (2: .cg/.cs,
 #                    same counts); and STREAM 2 without L2 hints; bf16 and fp32                       (~1 min cold)
-#   scan-fwd-bc-ring the SPLIT 2 forward ring (cap 168, L2 hints 16 ahead) 8 deep (the default) against 12, 16 or 24
-#                    deep for u and delta with B/C in a ring of their own 2 or 4 deep (BC_PREFETCH; sm_90 static,
-#                    fp32, registers / instructions / stall cycles per 8 steps, no spills: P8 157 / 386 / 708, P12+BC4
-#                    150 / 399 / 718, P16+BC4 160 / 411 / 745, P24+BC4 165 / 426 / 765; P16 without its own B/C
-#                    ring spills 972 bytes), bf16 and fp32                                              (~1 min cold)
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 if [ -z "${PY:-}" ]; then
@@ -419,13 +414,6 @@ run_step() {
         for ahead in 16 32 48 64; do configs+=("{$FWD_SPLIT, \"L2_AHEAD\": $ahead, \"maxnreg\": $cap}"); done
       done
       DTYPES=float32 time_fwd_configs "${configs[@]}" ;;
-    scan-fwd-bc-ring)  # the SPLIT 2 forward ring 8 deep vs u/delta 12-24 deep with B/C 2 or 4 deep (cap 168, L2 16)
-      configs=("{$FWD_SPLIT, \"L2_AHEAD\": 16, \"maxnreg\": 168}")
-      for depths in "12 4" "16 2" "16 4" "24 4"; do
-        read -r deep bc <<< "$depths"
-        configs+=("{\"BLOCK_D\": 16, \"SPLIT\": 2, \"PREFETCH\": $deep, \"UNROLL\": 8, \"BC_PREFETCH\": $bc, \"L2_AHEAD\": 16, \"maxnreg\": 168}")
-      done
-      time_fwd_configs "${configs[@]}" ;;
     scan-fwd-l2-short)  # the SPLIT 2 forward ring at cap 168: no L2 hints, hints 8, 16 or 24 steps ahead
       configs=("{$FWD_SPLIT, \"maxnreg\": 168}")
       for ahead in 8 16 24; do configs+=("{$FWD_SPLIT, \"L2_AHEAD\": $ahead, \"maxnreg\": 168}"); done

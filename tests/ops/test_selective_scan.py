@@ -912,21 +912,17 @@ def test_forward_with_l2_hints_walks_blocks(chunk_len, ahead, split, nstate):
                                kernel="triton-2pass")  # fmt: skip
 
 
-@pytest.mark.parametrize("chunk_len, l2_ahead, split, prefetch, bc_prefetch, stream, dtype", [
-    (None, 16, 2, 16, 4, 1, torch.float32), (20, 0, 1, 4, 3, 2, torch.bfloat16), (None, 0, 2, 8, 1, 0, torch.float32),
-    (None, 16, 2, 8, 0, 2, torch.float32),
+@pytest.mark.parametrize("chunk_len, l2_ahead, split, prefetch, stream, dtype", [
+    (None, 16, 2, 16, 1, torch.float32), (20, 0, 1, 4, 2, torch.bfloat16), (None, 16, 2, 8, 2, torch.float32),
 ])  # fmt: skip
-def test_forward_with_a_shallower_bc_ring(chunk_len, l2_ahead, split, prefetch, bc_prefetch, stream, dtype):
-    """BC_PREFETCH: B_t/C_t loaded that many steps ahead in a ring of their own while u, delta and z are loaded
-    PREFETCH steps ahead (the SPLIT ring 16 deep with a 4-step B/C ring, the L2 walk, training checkpoints; chunks of
-    20 with their summary pass; a one-step B/C ring), and STREAM's cache hints on u, delta, z and y (1: evict first;
-    2: .cg loads, .cs stores; last case: the default ring with them): output, last states and every gradient, with
-    periodic resets, a gate and the vector B/C loads."""
+def test_forward_streams_its_once_read_tensors(chunk_len, l2_ahead, split, prefetch, stream, dtype):
+    """STREAM's cache hints on u, delta, z and y (1: evict first; 2: .cg loads, .cs stores), on a 16-step SPLIT ring
+    with the L2 walk and training checkpoints, on chunks of 20 with their summary pass, and on the default ring:
+    output, last states and every gradient, with periodic resets, a gate and the vector B/C loads."""
     torch.manual_seed(17)
     inputs = make_inputs(2, 45, 20, 8, 1, "BLD", segments=None)
     config = triton.Config({"BLOCK_D": 32 // split, "PREFETCH": prefetch, "UNROLL": min(prefetch, 8), "SPLIT": split,
-                            "L2_AHEAD": l2_ahead, "BC_PREFETCH": bc_prefetch, "STREAM": stream},
-                           num_warps=1)  # fmt: skip
+                            "L2_AHEAD": l2_ahead, "STREAM": stream}, num_warps=1)  # fmt: skip
     flags = {"delta_softplus": True, "layout": "BLD", "seq_len": 15}
     with (
         forced_configs(chunk.selective_scan_fwd_kernel, [config]),
@@ -934,7 +930,7 @@ def test_forward_with_a_shallower_bc_ring(chunk_len, l2_ahead, split, prefetch, 
         mock.patch.object(chunk, "vector_bc", vector_bc_where_rows_fit),
     ):
         compare_with_reference(inputs, dtype, flags, backward=True, return_last_state=True, kernel="triton-2pass")
-        assert chunk.selective_scan_fwd_kernel.best_config.kwargs["BC_PREFETCH"] == bc_prefetch
+        assert chunk.selective_scan_fwd_kernel.best_config.kwargs["STREAM"] == stream
 
 
 def test_training_chunks_start_at_checkpoint_blocks(monkeypatch):

@@ -233,25 +233,23 @@ def _state_vector(ptr, valid, COUNT: tl.constexpr):
 @triton.jit
 def _fwd_inputs(u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, t, valid, ch, mask_d, NSTATE, su_l, su_d, sdt_l, sdt_d, sB_l,
                 sB_n, sC_l, sC_n, sz_l, sz_d, HAS_Z: tl.constexpr, SUMMARY: tl.constexpr, BLOCK_N: tl.constexpr,
-                VECTOR_BC: tl.constexpr, WITH_BC: tl.constexpr = True):  # fmt: skip
+                VECTOR_BC: tl.constexpr):  # fmt: skip
     """The forward's loads for step t (all masked off unless `valid`): `_fwd_loads` at step t's addresses."""
     return _fwd_loads(u_ptr + t * su_l + ch * su_d, delta_ptr + t * sdt_l + ch * sdt_d, B_ptr + t * sB_l,
                       C_ptr + t * sC_l, z_ptr + t * sz_l + ch * sz_d, mask_d, valid, NSTATE, sB_n, sC_n, HAS_Z,
-                      SUMMARY, BLOCK_N, VECTOR_BC, WITH_BC)  # fmt: skip
+                      SUMMARY, BLOCK_N, VECTOR_BC)  # fmt: skip
 
 
 @triton.jit
 def _fwd_loads(u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, mask_d, valid, NSTATE, sB_n, sC_n, HAS_Z: tl.constexpr,
                SUMMARY: tl.constexpr, BLOCK_N: tl.constexpr, VECTOR_BC: tl.constexpr,
-               WITH_BC: tl.constexpr = True, STREAM: tl.constexpr = 0):  # fmt: skip
+               STREAM: tl.constexpr = 0):  # fmt: skip
     """One step's forward inputs from pointers at that step (u, delta, z: [BD] channel pointers; B, C: at the step's
     first state), fp32: u, raw delta, z [BD] (z only when used; masked channels read 0); B_t and C_t as
-    `_fwd_bc_loads` gives them (empty tuples unless WITH_BC). u, delta and z as `_stream_load` reads them."""
+    `_fwd_bc_loads` gives them. u, delta and z as `_stream_load` reads them."""
     x = _stream_load(u_ptr, mask_d & valid, STREAM).to(tl.float32)
     dt = _stream_load(delta_ptr, mask_d & valid, STREAM).to(tl.float32)
-    Bs, Cs = (), ()
-    if WITH_BC:
-        Bs, Cs = _fwd_bc_loads(B_ptr, C_ptr, valid, NSTATE, sB_n, sC_n, SUMMARY, BLOCK_N, VECTOR_BC)
+    Bs, Cs = _fwd_bc_loads(B_ptr, C_ptr, valid, NSTATE, sB_n, sC_n, SUMMARY, BLOCK_N, VECTOR_BC)
     zt = x
     if HAS_Z and not SUMMARY:
         zt = _stream_load(z_ptr, mask_d & valid, STREAM).to(tl.float32)
@@ -529,8 +527,7 @@ def selective_scan_fwd_kernel(
     SUMMARY: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, PREFETCH: tl.constexpr,
     UNROLL: tl.constexpr = 1, VECTOR_BC: tl.constexpr = 0, AHEAD: tl.constexpr = 0, SPLIT: tl.constexpr = 1,
     CKPT_BLOCKS: tl.constexpr = 0, L2_AHEAD: tl.constexpr = 0, L_STRIDE: tl.constexpr = 0,
-    BC_L_STRIDE: tl.constexpr = 0, Z_L_STRIDE: tl.constexpr = 0, BC_PREFETCH: tl.constexpr = 0,
-    STREAM: tl.constexpr = 0,
+    BC_L_STRIDE: tl.constexpr = 0, Z_L_STRIDE: tl.constexpr = 0, STREAM: tl.constexpr = 0,
 ):  # fmt: skip
     # One program: one image, BLOCK_D channels of one group, one chunk of `chunk_len` steps, walked sequentially
     # with the whole state in registers as a tuple of N [BLOCK_D] rows: every tensor is 1-D over the channels, so no
@@ -586,23 +583,11 @@ def selective_scan_fwd_kernel(
     # CKPT_BLOCKS (the launcher's flag: every chunk starts at a multiple of ckpt_len): the training forward walks its
     # chunk in whole checkpoint blocks, then the steps left
     BLOCKS: tl.constexpr = STORE_CKPT and CKPT_BLOCKS and not SUMMARY
-    # BC_PREFETCH (1 .. PREFETCH; 0: PREFETCH): B_t/C_t in a ring of their own, that many steps deep (they are L1/L2
-    # hits, one row per image and step shared by the warp's channels, where u and delta stream from DRAM: a shallow B/C
-    # ring frees registers for a deeper u/delta one; fp32 SPLIT 2 holds 8 B/C and 2 u/delta registers per step)
-    tl.static_assert(BC_PREFETCH <= PREFETCH, "BC_PREFETCH: 1 .. PREFETCH steps, or 0 for PREFETCH")
-    BC_AHEAD: tl.constexpr = BC_PREFETCH if BC_PREFETCH else PREFETCH
     ring = ()
     for i in tl.static_range(PREFETCH):
         ring = ring + (_fwd_inputs(u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, t_start + i, t_start + i < t_end, ch, mask_d,
                                    nleft, su_l, su_d, sdt_l, sdt_d, sB_l, sB_n, sC_l, sC_n, sz_l, sz_d, HAS_Z,
-                                   SUMMARY, ROWS, VECTOR_BC, BC_PREFETCH == 0),)  # fmt: skip
-    if BC_PREFETCH:
-        bc_ring = ()
-        for i in tl.static_range(BC_PREFETCH):
-            bc_ring = bc_ring + (_fwd_bc_loads(B_ptr + (t_start + i) * sB_l, C_ptr + (t_start + i) * sC_l,
-                                               t_start + i < t_end, nleft, sB_n, sC_n, SUMMARY, ROWS,
-                                               VECTOR_BC),)  # fmt: skip
-        ring = (ring, bc_ring)
+                                   SUMMARY, ROWS, VECTOR_BC),)  # fmt: skip
     # The loads walk their row pointers one step at a time: ptxas then advances each channel pointer by one IMAD.WIDE
     # per step instead of t x stride, its sign extension and scaling (IMAD + LEA + LEA.HI.X) per load; sm_90, the
     # 8-step ring: 815 -> 688 instructions per 8 steps. (Walked pointers of channels lose their layout: BLOCK_D 64
@@ -610,8 +595,8 @@ def selective_scan_fwd_kernel(
     # moves for every drained step: +5 % over a whole 49-step row.) Past the chunk's end the pointers run on
     # unread: those loads are masked, and B_t/C_t's vector loads predicated.
     rows = (u_ptr + (t_start + PREFETCH) * su_l, delta_ptr + (t_start + PREFETCH) * sdt_l,
-            z_ptr + (t_start + PREFETCH) * sz_l, B_ptr + (t_start + BC_AHEAD) * sB_l,
-            C_ptr + (t_start + BC_AHEAD) * sC_l, out_ptr + t_start * so_l)  # fmt: skip
+            z_ptr + (t_start + PREFETCH) * sz_l, B_ptr + (t_start + PREFETCH) * sB_l,
+            C_ptr + (t_start + PREFETCH) * sC_l, out_ptr + t_start * so_l)  # fmt: skip
     # what every step reads besides its own loads (tuples: one argument list for both loops below)
     ptrs = (u_ptr, delta_ptr, z_ptr, h0_ptr, seg_ids_ptr, cu_ptr, last_ptr, ckpt_ptr)
     lanes = (A2, Dv, bias, zero, ch, ch_first, mask_d, y_mask, state_ch, nleft)
@@ -643,7 +628,7 @@ def selective_scan_fwd_kernel(
                                                  ckpt_len, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, HAS_H0, RESET,
                                                  STORE_LAST, STORE_CKPT and not SUMMARY and not BLOCKS, SUMMARY,
                                                  BLOCK_D, ROWS, PREFETCH, VECTOR_BC, AHEAD, SPLIT,
-                                                 BC_PREFETCH, STREAM)  # fmt: skip
+                                                 STREAM)  # fmt: skip
             if BLOCKS:
                 _store_state_rows(ckpt_ptr, (pid_b * tl.cdiv(L, ckpt_len) + t0 // ckpt_len) * STATE, D_total,
                                   state_ch, mask_d, nleft, h, ROWS)  # fmt: skip
@@ -655,7 +640,7 @@ def selective_scan_fwd_kernel(
         h, decay, ring, rows = _fwd_step(t, t_end, h, decay, ring, rows, ptrs, lanes, sizes, strides, ckpt_len, HAS_D,
                                          HAS_Z, HAS_BIAS, SOFTPLUS, HAS_H0, RESET, STORE_LAST,
                                          STORE_CKPT and not SUMMARY, SUMMARY, BLOCK_D, ROWS, PREFETCH, VECTOR_BC, AHEAD,
-                                         SPLIT, BC_PREFETCH, STREAM)  # fmt: skip
+                                         SPLIT, STREAM)  # fmt: skip
     if SUMMARY:
         _store_state_rows(chunk_P_ptr, chunk_base + c * STATE, D_total, state_ch, mask_d, nleft, decay, ROWS)
         _store_state_rows(chunk_S_ptr, chunk_base + c * STATE, D_total, state_ch, mask_d, nleft, h, ROWS)
@@ -667,12 +652,11 @@ def _fwd_step(t, t_end, h, decay, ring, rows, ptrs, lanes, sizes, strides, ckpt_
               HAS_H0: tl.constexpr, RESET: tl.constexpr, STORE_LAST: tl.constexpr, STORE_CKPT: tl.constexpr,
               SUMMARY: tl.constexpr, BLOCK_D: tl.constexpr, ROWS: tl.constexpr, PREFETCH: tl.constexpr,
               VECTOR_BC: tl.constexpr, AHEAD: tl.constexpr, SPLIT: tl.constexpr,
-              BC_PREFETCH: tl.constexpr = 0, STREAM: tl.constexpr = 0):  # fmt: skip
+              STREAM: tl.constexpr = 0):  # fmt: skip
     """One step of the forward: step t + PREFETCH's loads issued, step t's state update, y stored (or the chunk's
-    decay product, SUMMARY), and with STORE_CKPT the state where a checkpoint block ends. `rows`: the (u, delta, z)
-    pointers at step t + PREFETCH, (B, C) at t + BC_PREFETCH (0: PREFETCH) and out's at step t; `ring`: the steps
-    loaded ahead, or with BC_PREFETCH a pair of rings, (u, delta, z) and (B, C); `ptrs`, `lanes`, `sizes`,
-    `strides`: as the kernel packs them."""
+    decay product, SUMMARY), and with STORE_CKPT the state where a checkpoint block ends. `rows`: the (u, delta, z,
+    B, C) pointers at step t + PREFETCH and out's at step t; `ring`: the steps loaded ahead; `ptrs`, `lanes`,
+    `sizes`, `strides`: as the kernel packs them."""
     u_ptr, delta_ptr, z_ptr, h0_ptr, seg_ids_ptr, cu_ptr, last_ptr, ckpt_ptr = ptrs
     A2, Dv, bias, zero, ch, ch_first, mask_d, y_mask, state_ch, nleft = lanes
     L, Dg, seq_len, pid_b, pid_d, D_total, STATE = sizes
@@ -686,17 +670,9 @@ def _fwd_step(t, t_end, h, decay, ring, rows, ptrs, lanes, sizes, strides, ckpt_
         if HAS_Z and not SUMMARY:
             _prefetch_row(z_ptr + row * sz_l + ch_first * sz_d, ahead, pid_d * BLOCK_D, Dg, BLOCK_D)
     fresh = _fwd_loads(u_row + ch * su_d, delta_row + ch * sdt_d, B_row, C_row, z_row + ch * sz_d, mask_d,
-                       t + PREFETCH < t_end, nleft, sB_n, sC_n, HAS_Z, SUMMARY, ROWS, VECTOR_BC,
-                       BC_PREFETCH == 0, STREAM)  # fmt: skip
-    if BC_PREFETCH:  # (issued before the pointers move: ptxas then schedules P16 + BC4 in 745 stall cycles, not 758)
-        fresh_bc = _fwd_bc_loads(B_row, C_row, t + BC_PREFETCH < t_end, nleft, sB_n, sC_n, SUMMARY, ROWS, VECTOR_BC)
+                       t + PREFETCH < t_end, nleft, sB_n, sC_n, HAS_Z, SUMMARY, ROWS, VECTOR_BC, STREAM)  # fmt: skip
     rows = (u_row + su_l, delta_row + sdt_l, z_row + sz_l, B_row + sB_l, C_row + sC_l, out_row + so_l)
-    if BC_PREFETCH:
-        uz_ring, bc_ring = ring
-        x, dt, _, _, zt = uz_ring[0]
-        Bs, Cs = bc_ring[0]
-        ring = (uz_ring[1:] + (fresh,), bc_ring[1:] + (fresh_bc,))
-    elif PREFETCH:
+    if PREFETCH:
         x, dt, Bs, Cs, zt = ring[0]
         ring = ring[1:] + (fresh,)
     else:
