@@ -701,12 +701,18 @@ def test_backward_builds_the_state_tensor_only_above_n8():
 def test_forward_keeps_deep_rings_to_small_states(nstate):
     """The GPU forward's rings deeper than 2 steps hold PREFETCH steps of B_t/C_t per thread: the autotuner times them
     up to N = 8 only (at N = 16 they spill and take minutes to build; the SPLIT ones are unchecked there), drops SPLIT
-    at N = 1, and always keeps something to time."""
+    at N = 1, times the STREAM config (a SPLIT one) with fp32 inputs only, and always keeps something to time."""
     with mock.patch.object(chunk, "triton_interpret", lambda: False):
         configs = chunk._fwd_configs()
     assert any(c.kwargs["PREFETCH"] == 8 for c in configs)
     assert any(c.kwargs.get("SPLIT", 1) == 2 for c in configs)
-    kept = chunk.prune_fwd_configs(configs, {"NSTATE": nstate})
+    (stream,) = [c for c in configs if c.kwargs.get("STREAM")]
+    assert stream.kwargs["STREAM"] == 1 and stream.kwargs["SPLIT"] == 2 and stream.maxnreg == 168
+    fp32, bf16 = torch.empty(0), torch.empty(0, dtype=torch.bfloat16)
+    assert chunk.prune_fwd_configs(configs, {"NSTATE": nstate, "u_ptr": bf16}) == [
+        c for c in chunk.prune_fwd_configs(configs, {"NSTATE": nstate, "u_ptr": fp32}) if c is not stream
+    ]
+    kept = chunk.prune_fwd_configs(configs, {"NSTATE": nstate, "u_ptr": fp32})
     split = [c for c in configs if c.kwargs.get("SPLIT", 1) > 1]
     if nstate == 1:  # a lane of a split channel needs a state of its own
         assert kept == [c for c in configs if c not in split]
@@ -715,8 +721,9 @@ def test_forward_keeps_deep_rings_to_small_states(nstate):
     else:
         assert kept and all(c.kwargs["PREFETCH"] <= 2 for c in kept)
         assert any(c.kwargs["UNROLL"] > 1 for c in kept)
-    assert chunk.prune_fwd_configs(configs, {}, NSTATE=nstate) == kept
+    assert chunk.prune_fwd_configs(configs, {"u_ptr": fp32}, NSTATE=nstate) == kept
     assert chunk.prune_fwd_configs(configs[:1], {"NSTATE": 16}) == configs[:1]  # never nothing to time
+    assert chunk.prune_fwd_configs([stream], {"NSTATE": 8, "u_ptr": bf16}) == [stream]
     assert chunk.selective_scan_fwd_kernel.early_config_prune is chunk.prune_fwd_configs
 
 

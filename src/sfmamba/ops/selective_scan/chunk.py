@@ -419,6 +419,9 @@ def _fwd_configs() -> list[triton.Config]:
     benchmarks/results/s29_20261206/; bound uncapped: 181-185 registers, 57.5-62.0 us), L = 49 13.5 against 15.4.
     The hints' depth (H100, session 30, benchmarks/results/s30_20261206/call1, fp32, cap 168): 16 / 32 / 48 / 64 steps
     ahead 31.3 / 31.8 / 33.0 / 34.4 us at L = 196, 13.6 / 14.5 / 14.8 / 14.9 at L = 49 (cap 160: 0.3-0.8 us slower).
+    The same ring with u/delta/z loads and y's store marked first to evict (STREAM 1): fp32 at L = 196 28.6 us against
+    31.5 (H100, session 32, benchmarks/results/s32_20261206/call1; L2 flushed 33.7 against 33.4; L = 49 14.3 against
+    13.4; bf16 29.8 against 27.9 at L = 196): timed for fp32 inputs only, the autotuner picking per shape.
     `prune_fwd_configs` keeps rings deeper than 2 steps to N <= 8."""
     if triton_interpret():
         return [triton.Config({"BLOCK_D": 16, "PREFETCH": 1, "UNROLL": 1}, num_warps=1)]
@@ -437,6 +440,7 @@ def _fwd_configs() -> list[triton.Config]:
         triton.Config({"BLOCK_D": 32, "PREFETCH": 8, "UNROLL": 8}, num_warps=1),
         triton.Config(split, num_warps=1, maxnreg=168),
         triton.Config({**split, "L2_AHEAD": 16}, num_warps=1, maxnreg=168),
+        triton.Config({**split, "L2_AHEAD": 16, "STREAM": 1}, num_warps=1, maxnreg=168),
     ]
     wide = [triton.Config({"BLOCK_D": 128, "PREFETCH": 1, "UNROLL": 1}, num_warps=w) for w in (1, 2)]
     return ring + hinted + deep + wide
@@ -448,11 +452,19 @@ def prune_fwd_configs(configs: list[triton.Config], named_args: dict, **kwargs) 
     unrolled deep rings take minutes to build (sm_90, Triton 3.8, 2 CPU cores, training flags: N = 16 PREFETCH 2 /
     UNROLL 4 25 s, 197 registers; PREFETCH 4 at BLOCK_D 64 36 s; on an H200's host, N = 16 with UNROLL 4 did not
     finish 6 configs in 370 s, session 20). SPLIT configs (lanes sharing a channel's states) need a state row per
-    lane and one warp; a list of only SPLIT configs that do not fit runs them unsplit. Every other case keeps every
-    config."""
-    nstate = {**named_args, **kwargs}.get("NSTATE", 0)
+    lane and one warp; a list of only SPLIT configs that do not fit runs them unsplit. STREAM configs run with fp32
+    inputs only (`streams`). Every other case keeps every config."""
+    args = {**named_args, **kwargs}
+    nstate = args.get("NSTATE", 0)
     configs = _fitting_splits(configs, nstate)
-    return [c for c in configs if _ring_fits(c, nstate)] or configs
+    configs = [c for c in configs if _ring_fits(c, nstate)] or configs
+    return [c for c in configs if streams(args) or not c.kwargs.get("STREAM")] or configs
+
+
+def streams(args: dict) -> bool:
+    """Whether a forward launch with these arguments times the STREAM configs (u, delta, z and y marked first to
+    evict): with fp32 inputs (`u_ptr`), where they won on the H100 at L = 196; 16-bit inputs lost (session 32)."""
+    return getattr(args.get("u_ptr"), "dtype", None) == torch.float32
 
 
 def fwd_config_kept(config: triton.Config, nstate: int) -> bool:
