@@ -53,8 +53,9 @@
 #                    since 2026-12-05; 13 chunks of <= 256 steps before, whose summary pass re-reads u, delta and B) vs
 #                    whole rows vs 4 chunks, with the 8-step ring, the L1-hinted config and the autotuner, fp32 and bf16
 #                                                                                                               (~1 min)
-#   scan-vmamba-spans the backward at the VMamba shape: the planner's spans (13 of 16 chunks of 16 steps) vs whole rows
-#                    (196 chunks) vs 4 spans, fwd+bwd, TILES 1, bf16 and fp32, checked (scan_configs.py --kernel bwd)
+#   scan-vmamba-spans the backward at the VMamba shape: spans of 16 chunks of 16 steps (13 per row, the planner's before
+#                    session 31) vs the planner's (whole rows since session 31: 0 and 196 are the same setting) vs 4
+#                    spans, fwd+bwd, TILES 1 and autotuned, bf16 and fp32 (SPANS, DTYPES), checked
 #                                                                                                               (~3 min)
 #   scan-fwd-deep    forward rings 8 steps deep (PREFETCH 8, UNROLL 4/8, BLOCK_D 32/64; sm_90: 168-247 registers, no
 #                    spills) vs the pick, whole rows and 2 chunks per row (more warps per scheduler), L = 196 and 49,
@@ -307,9 +308,9 @@ run_step() {
       "$PY" benchmarks/ops/experiments/scan_configs.py --kernel fwd --shapes 4 --dtypes float32 bfloat16 --chunks 0 1 4 \
         --fwd-configs '{"BLOCK_D": 32, "PREFETCH": 8, "UNROLL": 8}' '{"BLOCK_D": 32, "PREFETCH": 2, "UNROLL": 4, "AHEAD": 16}' \
         --precompile 12 --budget-s 240 --out-dir "$dir" 2>&1 | tee "$dir/log.txt" | grep -v Warning ;;
-    scan-vmamba-spans)  # the forward keeps VMamba's rows whole since 2026-12-05: does the backward want them too?
+    scan-vmamba-spans)  # VMamba's backward: 13 spans per row vs whole rows (the planner's) vs 4 spans
       "$PY" benchmarks/ops/experiments/scan_configs.py --kernel bwd --unroll 16 --shapes 4 --dtypes ${DTYPES:-float32 bfloat16} \
-        --bwd-spans ${SPANS:-0 196 49} --bwd-configs '{"TILES": 1}' --precompile 6 --budget-s 200 --out-dir "$dir" 2>&1 \
+        --bwd-spans ${SPANS:-16 0 49} --bwd-configs '{"TILES": 1}' --precompile 6 --budget-s 200 --out-dir "$dir" 2>&1 \
         | tee "$dir/log.txt" | grep -v Warning ;;
     scan-train-fwd)
       "$PY" benchmarks/ops/experiments/scan_configs.py --kernel fwd --train --no-autotuned --shapes 0 2 \
