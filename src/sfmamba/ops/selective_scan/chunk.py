@@ -245,39 +245,11 @@ def _fwd_loads(u_ptr, delta_ptr, B_ptr, C_ptr, z_ptr, mask_d, valid, NSTATE, sB_
                SUMMARY: tl.constexpr, BLOCK_N: tl.constexpr, VECTOR_BC: tl.constexpr,
                STREAM: tl.constexpr = 0):  # fmt: skip
     """One step's forward inputs from pointers at that step (u, delta, z: [BD] channel pointers; B, C: at the step's
-    first state), fp32: u, raw delta, z [BD] (z only when used; masked channels read 0); B_t and C_t as
-    `_fwd_bc_loads` gives them. u, delta and z as `_stream_load` reads them."""
+    first state), fp32: u, raw delta, z [BD] (z only when used; masked channels read 0); B_t and C_t (C_t only when
+    used) as tuples of BLOCK_N values: one load each at the same address in every thread (masked off unless `valid`),
+    or by vector loads (VECTOR_BC; predicated off unless `valid`). u, delta and z as `_stream_load` reads them."""
     x = _stream_load(u_ptr, mask_d & valid, STREAM).to(tl.float32)
     dt = _stream_load(delta_ptr, mask_d & valid, STREAM).to(tl.float32)
-    Bs, Cs = _fwd_bc_loads(B_ptr, C_ptr, valid, NSTATE, sB_n, sC_n, SUMMARY, BLOCK_N, VECTOR_BC)
-    zt = x
-    if HAS_Z and not SUMMARY:
-        zt = _stream_load(z_ptr, mask_d & valid, STREAM).to(tl.float32)
-    return x, dt, Bs, Cs, zt
-
-
-@triton.jit
-def _stream_load(ptr, mask, STREAM: tl.constexpr):
-    """A load of a tensor each of whose values one lane reads once (u, delta, z), masked values 0. STREAM (untimed):
-    0 plain; 1 marked first to evict (L1 and L2); 2 cached in L2 only (.cg), so that B_t/C_t, which every channel of
-    a warp reads, keep L1 to themselves."""
-    return tl.load(ptr, mask=mask, other=0.0, cache_modifier=".cg" if STREAM == 2 else "",
-                   eviction_policy="evict_first" if STREAM == 1 else "")  # fmt: skip
-
-
-@triton.jit
-def _stream_store(ptr, value, mask, STREAM: tl.constexpr):
-    """A store of values nothing in the kernel reads again (y): STREAM 1 marked first to evict, 2 streaming (.cs)."""
-    tl.store(ptr, value, mask=mask, cache_modifier=".cs" if STREAM == 2 else "",
-             eviction_policy="evict_first" if STREAM == 1 else "")  # fmt: skip
-
-
-@triton.jit
-def _fwd_bc_loads(B_ptr, C_ptr, valid, NSTATE, sB_n, sC_n, SUMMARY: tl.constexpr, BLOCK_N: tl.constexpr,
-                  VECTOR_BC: tl.constexpr):  # fmt: skip
-    """B_t and C_t (C_t only when used) from pointers at the step's first state, as tuples of BLOCK_N fp32 values: one
-    load each at the same address in every thread (masked off unless `valid`), or by vector loads (VECTOR_BC;
-    predicated off unless `valid`)."""
     if VECTOR_BC:
         Bs = _state_vector(B_ptr, valid, BLOCK_N)
         Cs = ()
@@ -291,7 +263,26 @@ def _fwd_bc_loads(B_ptr, C_ptr, valid, NSTATE, sB_n, sC_n, SUMMARY: tl.constexpr
             Bs = Bs + (tl.load(B_ptr + n * sB_n, mask=mask_n, other=0.0).to(tl.float32),)
             if not SUMMARY:
                 Cs = Cs + (tl.load(C_ptr + n * sC_n, mask=mask_n, other=0.0).to(tl.float32),)
-    return Bs, Cs
+    zt = x
+    if HAS_Z and not SUMMARY:
+        zt = _stream_load(z_ptr, mask_d & valid, STREAM).to(tl.float32)
+    return x, dt, Bs, Cs, zt
+
+
+@triton.jit
+def _stream_load(ptr, mask, STREAM: tl.constexpr):
+    """A load of a tensor each of whose values one lane reads once (u, delta, z), masked values 0. STREAM: 0 plain;
+    1 marked first to evict (L1 and L2; a GPU config for fp32 inputs, `streams`); 2 cached in L2 only (.cg), so that
+    B_t/C_t, which every channel of a warp reads, keep L1 to themselves (tied plain on the H100, session 32)."""
+    return tl.load(ptr, mask=mask, other=0.0, cache_modifier=".cg" if STREAM == 2 else "",
+                   eviction_policy="evict_first" if STREAM == 1 else "")  # fmt: skip
+
+
+@triton.jit
+def _stream_store(ptr, value, mask, STREAM: tl.constexpr):
+    """A store of values nothing in the kernel reads again (y): STREAM 1 marked first to evict, 2 streaming (.cs)."""
+    tl.store(ptr, value, mask=mask, cache_modifier=".cs" if STREAM == 2 else "",
+             eviction_policy="evict_first" if STREAM == 1 else "")  # fmt: skip
 
 
 @triton.jit
