@@ -18,12 +18,13 @@ about memory latency or occupancy (registers bound the resident warps: 65536 / (
 is BLD with its unit strides bound to 1, as Triton specialises integer arguments equal to 1 at launch (the GPU also
 specialises arguments divisible by 16, which this build does not: register and spill counts can differ).
 
-    python benchmarks/ops/experiments/sass_loop_counts.py [--gpu-like] [--only NAME ...]
+    python benchmarks/ops/experiments/sass_loop_counts.py [--gpu-like] [--only NAME ...] [--names NAME ...]
         [--out benchmarks/results/sass_loop_counts_<date>.json]
 
 Prints one row per (kernel, flags, config) and innermost loop (a kernel whose chunk loop is fully unrolled, the
 backward's main pass, counts all its instructions over its CHUNK steps, prologue included); writes JSON (Triton
-version, date, rows). `--only NAME ...` keeps the cases whose name contains one of the words.
+version, date, rows). `--only NAME ...` keeps the cases whose name contains one of the words, `--names NAME ...` the
+cases of exactly these names.
 """
 
 from __future__ import annotations
@@ -205,6 +206,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / f"sass_loop_counts_{stamp}.json")
     parser.add_argument("--dtype", default="bf16", choices=["bf16", "fp32", "fp16"])
     parser.add_argument("--only", nargs="*", default=None, help="only the cases whose name contains one of these")
+    parser.add_argument("--names", nargs="*", default=None, help="only the cases of exactly these names")
     parser.add_argument("--gpu-like", action="store_true", help="mark what a GPU launch marks divisible by 16")
     parser.add_argument(
         "--bound-strides",
@@ -214,12 +216,17 @@ def main() -> None:
     parser.add_argument("--maxnreg", type=int, default=None, help="cap every build at this many registers")
     parser.add_argument("--extra", default="{}", help="JSON constexprs added to every case, e.g. '{\"L2_AHEAD\": 32}'")
     args = parser.parse_args()
+    unknown = sorted(set(args.names or ()) - {case[0] for case in CASES})
+    if unknown:
+        parser.error(f"--names: no case is named {unknown}; the cases are {[case[0] for case in CASES]}")
     extra_flags = json.loads(args.extra)
     rows = []
     print(f"{'kernel':26s} {'regs':>4s} {'spill':>5s} {'loop instr':>10s} {'stalls':>6s} {'channels':>8s} "
           f"{'instr/channel-step':>18s} {'convs':>5s}")  # fmt: skip
     for name, kernel, flags, num_warps, channels in CASES:
         if args.only is not None and not any(part in name for part in args.only):
+            continue
+        if args.names is not None and name not in args.names:
             continue
         # the BLD layout's unit strides, as Triton specialises integer arguments equal to 1 at launch
         unit = {name: 1 for name in UNIT_STRIDES if name in jit_function(kernel).arg_names}
