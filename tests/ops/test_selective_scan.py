@@ -1647,9 +1647,9 @@ def test_backward_split_config_builds_under_its_register_cap():
 
 # sass_loop_counts.py's forward cases that the test below compares, and the GPU's deep rings (the inference SPLIT ring
 # with L2 hints, the training forward's): 11 of its 34 (each a ~3 s build on 2 cores)
-STATIC_FWD_CASES = ["step fwd", "step fwd BD128", "step fwd P2 BD128", "step fwd summary P2 BD128", "step fwd BD64 P4 U4",
-                    "step fwd vec BD64 P4 U4", "step fwd vec BD32 P4 U4 A16", "step fwd vec BD32 P8 U8",
-                    "step fwd vec split BD16 P8 U8", "step fwd vec BD16 P8 U8 L2A32 split",
+STATIC_FWD_CASES = ["step fwd", "step fwd BD128", "step fwd P2 BD128", "step fwd summary P2 BD128",
+                    "step fwd BD64 P4 U4", "step fwd vec BD64 P4 U4", "step fwd vec BD32 P4 U4 A16",
+                    "step fwd vec BD32 P8 U8", "step fwd vec split BD16 P8 U8", "step fwd vec BD16 P8 U8 L2A32 split",
                     "step fwd vec train blocks BD16 P8 U8 split"]  # fmt: skip
 
 
