@@ -148,6 +148,14 @@ export PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}"
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1  # the device machines' rule
 export PYTHONUNBUFFERED=1  # piped output reaches log.txt as it is printed (a call cut by its limit keeps it)
 OUT="${OUT:-output/pending_gpu}"
+# Triton's kernel cache travels from call to call (a cold machine spent 306 s building scan-table's configs in session
+# 31). It sits at one fixed path, as Triton's cache index records absolute paths. A call restores TRITON_CACHE_TGZ
+# (default .bench_deps/triton_cache.tgz, or its parts TRITON_CACHE_TGZ.part-*: carry .bench_deps) and, after each
+# step, returns the whole cache as $OUT/triton_cache.tgz, split into parts of TRITON_CACHE_PART_MIB (15) where larger
+# (the runner returns files of 16 MiB at most); put what came back into .bench_deps/ for the next call, and delete it
+# there to build cold. A cache over 45 MiB packed is not returned.
+export TRITON_CACHE_DIR="${TRITON_CACHE_DIR:-/tmp/sfmamba_triton_cache}"
+TRITON_CACHE_TGZ="${TRITON_CACHE_TGZ:-.bench_deps/triton_cache.tgz}"
 DATA="${DATA:-data/fashion-mnist}"
 FMNIST=(--config configs/fashion_mnist_sf_mamba.yaml --data-dir "$DATA" --no-progress)
 # the default picks at MambaVision's shapes (JSON kwargs without braces): the forward's two-lane ring, the backward's
@@ -161,6 +169,32 @@ time_fwd_configs() {
   "$PY" benchmarks/ops/experiments/scan_configs.py --kernel fwd --no-autotuned --shapes ${SHAPES:-0 2} \
     --dtypes ${DTYPES:-bfloat16 float32} --chunks 0 --fwd-configs "$@" --precompile 8 --budget-s 90 \
     --out-dir "$dir" 2>&1 | tee "$dir/log.txt" | grep -v Warning
+}
+
+restore_triton_cache() {
+  local parts=("$TRITON_CACHE_TGZ")
+  [ -f "$TRITON_CACHE_TGZ" ] || parts=("$TRITON_CACHE_TGZ".part-*)
+  [ -f "${parts[0]}" ] || return 0
+  mkdir -p "$TRITON_CACHE_DIR"
+  if cat "${parts[@]}" | tar xzf - -C "$TRITON_CACHE_DIR"; then
+    echo "# triton cache: restored ${#parts[@]} file(s) into $TRITON_CACHE_DIR ($(ls "$TRITON_CACHE_DIR" | wc -l) entries)"
+  else
+    echo "# triton cache: could not restore $TRITON_CACHE_TGZ; building cold"
+  fi
+}
+
+save_triton_cache() {
+  [ -d "$TRITON_CACHE_DIR" ] && [ -n "$(ls -A "$TRITON_CACHE_DIR")" ] || return 0
+  local packed="$OUT/triton_cache.tgz" size
+  rm -f "$packed" "$packed".part-*
+  tar czf "$packed" -C "$TRITON_CACHE_DIR" . || { echo "# triton cache: could not pack it"; rm -f "$packed"; return 0; }
+  size=$(stat -c %s "$packed")
+  if [ "$size" -gt $((45 << 20)) ]; then
+    rm -f "$packed"
+    echo "# triton cache: $size bytes packed, over 45 MiB: not returned (start a smaller one: delete $TRITON_CACHE_TGZ)"
+  elif [ "$size" -gt $((${TRITON_CACHE_PART_MIB:-15} << 20)) ]; then
+    split -b "${TRITON_CACHE_PART_MIB:-15}M" "$packed" "$packed.part-" && rm -f "$packed"
+  fi
 }
 
 run_step() {
@@ -435,6 +469,8 @@ run_step() {
   esac
   find "$dir" \( -name '*.safetensors' -o -name '*.pt' \) -delete  # weights stay on the device
   tar czf "$OUT/$step.tgz" -C "$OUT" "$step" && rm -rf "$dir"
+  save_triton_cache
 }
 
+restore_triton_cache
 for step in "$@"; do run_step "$step"; done
