@@ -153,7 +153,7 @@ OUT="${OUT:-output/pending_gpu}"
 # (default .bench_deps/triton_cache.tgz, or its parts TRITON_CACHE_TGZ.part-*: carry .bench_deps) and, after each
 # step, returns the whole cache as $OUT/triton_cache.tgz, split into parts of TRITON_CACHE_PART_MIB (15) where larger
 # (the runner returns files of 16 MiB at most); put what came back into .bench_deps/ for the next call, and delete it
-# there to build cold. A cache over 45 MiB packed is not returned.
+# there to build cold. A cache over 30 MiB packed is not returned (files back and the tree carried: 64 MiB at most).
 export TRITON_CACHE_DIR="${TRITON_CACHE_DIR:-/tmp/sfmamba_triton_cache}"
 TRITON_CACHE_TGZ="${TRITON_CACHE_TGZ:-.bench_deps/triton_cache.tgz}"
 DATA="${DATA:-data/fashion-mnist}"
@@ -189,9 +189,9 @@ save_triton_cache() {
   rm -f "$packed" "$packed".part-*
   tar czf "$packed" -C "$TRITON_CACHE_DIR" . || { echo "# triton cache: could not pack it"; rm -f "$packed"; return 0; }
   size=$(stat -c %s "$packed")
-  if [ "$size" -gt $((45 << 20)) ]; then
+  if [ "$size" -gt $((30 << 20)) ]; then
     rm -f "$packed"
-    echo "# triton cache: $size bytes packed, over 45 MiB: not returned (start a smaller one: delete $TRITON_CACHE_TGZ)"
+    echo "# triton cache: $size bytes packed, over 30 MiB: not returned (start a smaller one: delete $TRITON_CACHE_TGZ)"
   elif [ "$size" -gt $((${TRITON_CACHE_PART_MIB:-15} << 20)) ]; then
     split -b "${TRITON_CACHE_PART_MIB:-15}M" "$packed" "$packed.part-" && rm -f "$packed"
   fi
