@@ -178,23 +178,28 @@ restore_triton_cache() {
   mkdir -p "$TRITON_CACHE_DIR"
   if cat "${parts[@]}" | tar xzf - -C "$TRITON_CACHE_DIR"; then
     echo "# triton cache: restored ${#parts[@]} file(s) into $TRITON_CACHE_DIR ($(ls "$TRITON_CACHE_DIR" | wc -l) entries)"
-  else
+  else  # a file cut short would be a cache hit that fails to load: drop the whole cache
+    rm -rf "$TRITON_CACHE_DIR"
     echo "# triton cache: could not restore $TRITON_CACHE_TGZ; building cold"
   fi
 }
 
-save_triton_cache() {
+save_triton_cache() {  # packed beside $OUT and moved in whole, so that a call cut by its limit returns no torn file
   [ -d "$TRITON_CACHE_DIR" ] && [ -n "$(ls -A "$TRITON_CACHE_DIR")" ] || return 0
-  local packed="$OUT/triton_cache.tgz" size
-  rm -f "$packed" "$packed".part-*
-  tar czf "$packed" -C "$TRITON_CACHE_DIR" . || { echo "# triton cache: could not pack it"; rm -f "$packed"; return 0; }
-  size=$(stat -c %s "$packed")
-  if [ "$size" -gt $((30 << 20)) ]; then
-    rm -f "$packed"
+  local tmp size part_bytes=$((${TRITON_CACHE_PART_MIB:-15} << 20))
+  tmp=$(mktemp -d) || return 0
+  if ! tar czf "$tmp/triton_cache.tgz" -C "$TRITON_CACHE_DIR" .; then
+    echo "# triton cache: could not pack it"
+  elif size=$(stat -c %s "$tmp/triton_cache.tgz") && [ "$size" -gt $((30 << 20)) ]; then
     echo "# triton cache: $size bytes packed, over 30 MiB: not returned (start a smaller one: delete $TRITON_CACHE_TGZ)"
-  elif [ "$size" -gt $((${TRITON_CACHE_PART_MIB:-15} << 20)) ]; then
-    split -b "${TRITON_CACHE_PART_MIB:-15}M" "$packed" "$packed.part-" && rm -f "$packed"
+  else
+    if [ "$size" -gt "$part_bytes" ]; then
+      split -b "$part_bytes" "$tmp/triton_cache.tgz" "$tmp/triton_cache.tgz.part-" && rm "$tmp/triton_cache.tgz"
+    fi
+    rm -f "$OUT"/triton_cache.tgz "$OUT"/triton_cache.tgz.part-*
+    mv "$tmp"/triton_cache.tgz* "$OUT"/
   fi
+  rm -rf "$tmp"
 }
 
 run_step() {

@@ -12,7 +12,7 @@ import pytest
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "pending_gpu.sh"
 
 
-def _run(tmp_path: Path, cache: Path, out: Path, tgz: Path, **env: str) -> subprocess.CompletedProcess:
+def _run(cache: Path, out: Path, tgz: Path, **env: str) -> subprocess.CompletedProcess:
     """One step (`scan-table`) with `true` as its Python: only the script's own work runs."""
     variables = dict(os.environ, PY="true", OUT=str(out), TRITON_CACHE_DIR=str(cache), TRITON_CACHE_TGZ=str(tgz), **env)
     return subprocess.run(
@@ -32,9 +32,7 @@ def _fill(cache: Path, sizes: dict[str, int]) -> dict[str, bytes]:
 def test_triton_cache_travels_between_calls(tmp_path, part_mib, parts):
     contents = _fill(tmp_path / "cache", {"ABC/kernel.cubin": 1 << 20, "ABC/__grp__kernel.json": 100,
                                           "DEF/other.cubin": (1 << 20) + 5000})  # fmt: skip
-    first = _run(
-        tmp_path, tmp_path / "cache", tmp_path / "out1", tmp_path / "none.tgz", TRITON_CACHE_PART_MIB=str(part_mib)
-    )
+    first = _run(tmp_path / "cache", tmp_path / "out1", tmp_path / "none.tgz", TRITON_CACHE_PART_MIB=str(part_mib))
     assert first.returncode == 0, first.stderr
     returned = sorted(p.name for p in (tmp_path / "out1").iterdir() if p.name.startswith("triton_cache"))
     if parts:  # ~2 MiB packed in 1 MiB parts
@@ -42,14 +40,27 @@ def test_triton_cache_travels_between_calls(tmp_path, part_mib, parts):
     else:
         assert returned == ["triton_cache.tgz"], returned
     # the next call, on a fresh machine: restored from what came back, whole or in parts
-    second = _run(tmp_path, tmp_path / "cache2", tmp_path / "out2", tmp_path / "out1" / "triton_cache.tgz")
+    second = _run(tmp_path / "cache2", tmp_path / "out2", tmp_path / "out1" / "triton_cache.tgz")
     assert second.returncode == 0, second.stderr
     assert "# triton cache: restored" in second.stdout, second.stdout
     assert {name: (tmp_path / "cache2" / name).read_bytes() for name in contents} == contents
 
 
 def test_a_call_without_a_cache_returns_none(tmp_path):
-    result = _run(tmp_path, tmp_path / "absent", tmp_path / "out", tmp_path / "none.tgz")
+    result = _run(tmp_path / "absent", tmp_path / "out", tmp_path / "none.tgz")
     assert result.returncode == 0, result.stderr
     assert "restored" not in result.stdout
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["scan-table.tgz"]
+
+
+def test_a_torn_cache_is_dropped(tmp_path):
+    """A packed cache cut short would restore a file cut short, which Triton would take for a hit: the call drops the
+    whole restored cache and builds cold."""
+    _fill(tmp_path / "cache", {"ABC/kernel.cubin": 1 << 20})
+    assert _run(tmp_path / "cache", tmp_path / "out1", tmp_path / "none.tgz").returncode == 0
+    packed = (tmp_path / "out1" / "triton_cache.tgz").read_bytes()
+    (tmp_path / "torn.tgz").write_bytes(packed[: len(packed) // 2])
+    result = _run(tmp_path / "cache2", tmp_path / "out2", tmp_path / "torn.tgz")
+    assert result.returncode == 0, result.stderr
+    assert "# triton cache: could not restore" in result.stdout, result.stdout
+    assert not (tmp_path / "cache2").exists()
