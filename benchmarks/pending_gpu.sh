@@ -186,16 +186,15 @@ restore_triton_cache() {
 
 save_triton_cache() {  # packed beside $OUT and moved in whole, so that a call cut by its limit returns no torn file
   [ -d "$TRITON_CACHE_DIR" ] && [ -n "$(ls -A "$TRITON_CACHE_DIR")" ] || return 0
-  local tmp size part_bytes=$((${TRITON_CACHE_PART_MIB:-15} << 20))
+  local tmp packed size part_bytes=$((${TRITON_CACHE_PART_MIB:-15} << 20))
   tmp=$(mktemp -d) || return 0
-  if ! tar czf "$tmp/triton_cache.tgz" -C "$TRITON_CACHE_DIR" .; then
+  packed="$tmp/triton_cache.tgz"
+  if ! tar czf "$packed" -C "$TRITON_CACHE_DIR" .; then
     echo "# triton cache: could not pack it"
-  elif size=$(stat -c %s "$tmp/triton_cache.tgz") && [ "$size" -gt $((30 << 20)) ]; then
+  elif size=$(stat -c %s "$packed") && [ "$size" -gt $((30 << 20)) ]; then
     echo "# triton cache: $size bytes packed, over 30 MiB: not returned (start a smaller one: delete $TRITON_CACHE_TGZ)"
   else
-    if [ "$size" -gt "$part_bytes" ]; then
-      split -b "$part_bytes" "$tmp/triton_cache.tgz" "$tmp/triton_cache.tgz.part-" && rm "$tmp/triton_cache.tgz"
-    fi
+    if [ "$size" -gt "$part_bytes" ]; then split -b "$part_bytes" "$packed" "$packed.part-" && rm "$packed"; fi
     rm -f "$OUT"/triton_cache.tgz "$OUT"/triton_cache.tgz.part-*
     mv "$tmp"/triton_cache.tgz* "$OUT"/
   fi

@@ -1694,6 +1694,15 @@ def test_static_loop_counts_of_step_forward(tmp_path):
     assert all(1.0 <= ratio <= 3.0 for ratio in stalls.values()), stalls
 
 
+def test_static_loop_counts_rejects_an_unknown_case_name(tmp_path):
+    """`sass_loop_counts.py --names` takes exact case names: one that names no case is an error, not an empty table."""
+    script = Path(__file__).resolve().parents[2] / "benchmarks/ops/experiments/sass_loop_counts.py"
+    command = [sys.executable, str(script), "--names", "step fwd", "step fwd BD999", "--out", str(tmp_path / "x.json")]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "--names: no case is named ['step fwd BD999']" in result.stderr, result.stderr
+    assert not (tmp_path / "x.json").exists()
+
+
 @pytest.mark.parametrize(
     "strides, element_size, address, nstate, expected",
     [
