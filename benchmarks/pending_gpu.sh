@@ -153,7 +153,8 @@ OUT="${OUT:-output/pending_gpu}"
 # (default .bench_deps/triton_cache.tgz, or its parts TRITON_CACHE_TGZ.part-*: carry .bench_deps) and, after each
 # step, returns the whole cache as $OUT/triton_cache.tgz, split into parts of TRITON_CACHE_PART_MIB (15) where larger
 # (the runner returns files of 16 MiB at most); put what came back into .bench_deps/ for the next call, and delete it
-# there to build cold. A cache over 30 MiB packed is not returned (files back and the tree carried: 64 MiB at most).
+# there to build cold. A cache over 30 MiB packed is not returned (files back and the tree carried: 64 MiB at most);
+# its IR texts go back empty (see save_triton_cache).
 export TRITON_CACHE_DIR="${TRITON_CACHE_DIR:-/tmp/sfmamba_triton_cache}"
 TRITON_CACHE_TGZ="${TRITON_CACHE_TGZ:-.bench_deps/triton_cache.tgz}"
 DATA="${DATA:-data/fashion-mnist}"
@@ -189,7 +190,11 @@ save_triton_cache() {  # packed beside $OUT and moved in whole, so that a call c
   local tmp packed size part_bytes=$((${TRITON_CACHE_PART_MIB:-15} << 20))
   tmp=$(mktemp -d) || return 0
   packed="$tmp/triton_cache.tgz"
-  if ! tar czf "$packed" -C "$TRITON_CACHE_DIR" .; then
+  # the IR texts (ttir, ttgir, llir, ptx, source: ~80 % of the cache) go back empty: a launch reads only the binary and
+  # the metadata json, and Triton takes a group with a file missing for a miss (session 34: 32 MB packed whole)
+  if ! cp -a "$TRITON_CACHE_DIR" "$tmp/cache" || ! find "$tmp/cache" -type f \( -name '*.ttir' -o -name '*.ttgir' \
+      -o -name '*.llir' -o -name '*.ptx' -o -name '*.source' -o -name '*.amdgcn' \) -exec truncate -s 0 {} + ||
+      ! tar czf "$packed" -C "$tmp/cache" .; then
     echo "# triton cache: could not pack it"
   elif size=$(stat -c %s "$packed") && [ "$size" -gt $((30 << 20)) ]; then
     echo "# triton cache: $size bytes packed, over 30 MiB: not returned (start a smaller one: delete $TRITON_CACHE_TGZ)"

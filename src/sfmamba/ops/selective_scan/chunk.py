@@ -813,6 +813,10 @@ def prune_bwd_configs(configs: list[triton.Config], named_args: dict, **kwargs) 
       state would not fit the registers (the chunk is unrolled whatever UNROLL says);
     - SPLIT (ROWS with 2 or 4 lanes per channel) only where each lane gets a row of the states (a list of only SPLIT
       configs runs them unsplit, as the forward's pruning does);
+    - at N = 5-8 (the models' N = 8) only the SPLIT ROWS configs, where they are left: they were the pick of every H100
+      timing through the op since session 26 (both MambaVision-T shapes and dtypes), and the one time the autotuner,
+      timing the kernel alone, picked TILES instead it cost 27 % (session 34, (128, 320, 49, 8) bf16 fwd+bwd 117.0 us
+      against session 31's 91.9); a single config also skips the autotuner's timing runs on first use;
     - KEEP_DT only where it won (`keeps_dt`); elsewhere its configs run without it."""
     args = {**named_args, **kwargs}
     configs = _fitting_splits(configs, args.get("NSTATE", 0))
@@ -823,6 +827,8 @@ def prune_bwd_configs(configs: list[triton.Config], named_args: dict, **kwargs) 
         configs = [c for c in configs if not c.kwargs.get("ROWS")] or configs
     if small:
         configs = [c for c in configs if c.kwargs.get("ROWS") or c.kwargs.get("TILES", 0)] or configs
+    if 4 < args.get("NSTATE", 0) <= 8:
+        configs = [c for c in configs if c.kwargs.get("ROWS") and c.kwargs.get("SPLIT", 1) > 1] or configs
     return configs
 
 
