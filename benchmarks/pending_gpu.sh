@@ -190,8 +190,8 @@ save_triton_cache() {  # packed beside $OUT and moved in whole, so that a call c
   local tmp packed size part_bytes=$((${TRITON_CACHE_PART_MIB:-15} << 20))
   tmp=$(mktemp -d) || return 0
   packed="$tmp/triton_cache.tgz"
-  # the IR texts (ttir, ttgir, llir, ptx, source: ~80 % of the cache) go back empty: a launch reads only the binary and
-  # the metadata json, and Triton takes a group with a file missing for a miss (session 34: 32 MB packed whole)
+  # the IR texts (ttir, ttgir, llir, ptx, source, amdgcn: ~80 % of the cache) go back empty: a launch reads only the
+  # binary and the metadata json, and Triton takes a group with a file missing for a miss (session 34: 32 MB whole)
   if ! cp -a "$TRITON_CACHE_DIR" "$tmp/cache" || ! find "$tmp/cache" -type f \( -name '*.ttir' -o -name '*.ttgir' \
       -o -name '*.llir' -o -name '*.ptx' -o -name '*.source' -o -name '*.amdgcn' \) -exec truncate -s 0 {} + ||
       ! tar czf "$packed" -C "$tmp/cache" .; then

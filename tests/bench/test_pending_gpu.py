@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "pending_gpu.sh"
+IR_SUFFIXES = ("ttir", "ttgir", "llir", "ptx", "source")  # what a call returns emptied (a launch reads none of them)
 
 
 def _run(cache: Path, out: Path, tgz: Path, **env: str) -> subprocess.CompletedProcess:
@@ -48,9 +49,6 @@ def test_triton_cache_travels_between_calls(tmp_path, part_mib, parts):
     for suffix in IR_SUFFIXES:  # the IR travels empty but present (Triton takes a group with a file missing for a miss)
         assert (tmp_path / "cache" / f"ABC/kernel.{suffix}").stat().st_size == 5000  # this machine's cache keeps it
         assert (tmp_path / "cache2" / f"ABC/kernel.{suffix}").read_bytes() == b""
-
-
-IR_SUFFIXES = ("ttir", "ttgir", "llir", "ptx", "source")
 
 
 def _fill_with_ir(cache: Path) -> None:
