@@ -185,7 +185,8 @@ restore_triton_cache() {
   fi
 }
 
-save_triton_cache() {  # packed beside $OUT and moved in whole, so that a call cut by its limit returns no torn file
+save_triton_cache() {  # after every step, so that a call cut by its limit keeps what its finished steps built; packed
+  # beside $OUT and moved in whole, so that such a call returns no torn file
   [ -d "$TRITON_CACHE_DIR" ] && [ -n "$(ls -A "$TRITON_CACHE_DIR")" ] || return 0
   local tmp packed size part_bytes=$((${TRITON_CACHE_PART_MIB:-15} << 20))
   tmp=$(mktemp -d) || return 0

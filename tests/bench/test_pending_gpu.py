@@ -33,7 +33,7 @@ def _fill(cache: Path, sizes: dict[str, int]) -> dict[str, bytes]:
 def test_triton_cache_travels_between_calls(tmp_path, part_mib, parts):
     contents = _fill(tmp_path / "cache", {"ABC/kernel.cubin": 1 << 20, "ABC/__grp__kernel.json": 100,
                                           "DEF/other.cubin": (1 << 20) + 5000})  # fmt: skip
-    _fill_with_ir(tmp_path / "cache")
+    _fill(tmp_path / "cache", {f"ABC/kernel.{suffix}": 5000 for suffix in IR_SUFFIXES})
     first = _run(tmp_path / "cache", tmp_path / "out1", tmp_path / "none.tgz", TRITON_CACHE_PART_MIB=str(part_mib))
     assert first.returncode == 0, first.stderr
     returned = sorted(p.name for p in (tmp_path / "out1").iterdir() if p.name.startswith("triton_cache"))
@@ -49,10 +49,6 @@ def test_triton_cache_travels_between_calls(tmp_path, part_mib, parts):
     for suffix in IR_SUFFIXES:  # the IR travels empty but present (Triton takes a group with a file missing for a miss)
         assert (tmp_path / "cache" / f"ABC/kernel.{suffix}").stat().st_size == 5000  # this machine's cache keeps it
         assert (tmp_path / "cache2" / f"ABC/kernel.{suffix}").read_bytes() == b""
-
-
-def _fill_with_ir(cache: Path) -> None:
-    _fill(cache, {f"ABC/kernel.{suffix}": 5000 for suffix in IR_SUFFIXES})
 
 
 def test_a_call_without_a_cache_returns_none(tmp_path):

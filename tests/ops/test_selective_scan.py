@@ -1659,6 +1659,7 @@ def test_backward_split_config_builds_under_its_register_cap():
     assert int(atomic) <= 168 and (adds, capped_adds, atomic_adds) == ("0", "0", "16"), result.stdout
 
 
+SASS_LOOP_COUNTS = Path(__file__).resolve().parents[2] / "benchmarks/ops/experiments/sass_loop_counts.py"
 # sass_loop_counts.py's forward cases that the test below compares, and the GPU's deep rings (the inference SPLIT ring
 # with L2 hints, the training forward's): 11 of its 34 (each a ~3 s build on 2 cores)
 STATIC_FWD_CASES = ["step fwd", "step fwd BD128", "step fwd P2 BD128", "step fwd summary P2 BD128",
@@ -1675,10 +1676,9 @@ def test_static_loop_counts_of_step_forward(tmp_path):
     ahead (PREFETCH 2) costs at most a quarter more than one step ahead; two lanes per channel (SPLIT) take one
     shuffle per step and at most three quarters of the instructions per warp-step of one channel per lane. Each main
     loop's fixed stalls (read from the instructions' control bits) come to 1-3 cycles per instruction."""
-    script = Path(__file__).resolve().parents[2] / "benchmarks/ops/experiments/sass_loop_counts.py"
     out = tmp_path / "counts.json"
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"} | {"TOPN": "40"}
-    command = [sys.executable, str(script), "--names", *STATIC_FWD_CASES, "--out", str(out)]
+    command = [sys.executable, str(SASS_LOOP_COUNTS), "--names", *STATIC_FWD_CASES, "--out", str(out)]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-4000:]
     every = json.loads(out.read_text())["rows"]
@@ -1710,11 +1710,11 @@ def test_static_loop_counts_of_step_forward(tmp_path):
 
 def test_static_loop_counts_rejects_an_unknown_case_name(tmp_path):
     """`sass_loop_counts.py --names` takes exact case names: one that names no case is an error, not an empty table."""
-    script = Path(__file__).resolve().parents[2] / "benchmarks/ops/experiments/sass_loop_counts.py"
-    command = [sys.executable, str(script), "--names", "step fwd", "step fwd BD999", "--out", str(tmp_path / "x.json")]
+    out = tmp_path / "x.json"
+    command = [sys.executable, str(SASS_LOOP_COUNTS), "--names", "step fwd", "step fwd BD999", "--out", str(out)]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2 and "--names: no case is named ['step fwd BD999']" in result.stderr, result.stderr
-    assert not (tmp_path / "x.json").exists()
+    assert not out.exists()
 
 
 @pytest.mark.parametrize(

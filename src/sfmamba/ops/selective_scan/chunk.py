@@ -819,15 +819,16 @@ def prune_bwd_configs(configs: list[triton.Config], named_args: dict, **kwargs) 
       against session 31's 91.9); a single config also skips the autotuner's timing runs on first use;
     - KEEP_DT only where it won (`keeps_dt`); elsewhere its configs run without it."""
     args = {**named_args, **kwargs}
-    configs = _fitting_splits(configs, args.get("NSTATE", 0))
+    nstate = args.get("NSTATE", 0)
+    configs = _fitting_splits(configs, nstate)
     if not keeps_dt(args):
         configs = [_with_kwargs(c, KEEP_DT=0) if c.kwargs.get("KEEP_DT") else c for c in configs]
-    small = args.get("NSTATE", 0) <= 8
+    small = nstate <= 8
     if args.get("HAS_H0") or not small:
         configs = [c for c in configs if not c.kwargs.get("ROWS")] or configs
     if small:
         configs = [c for c in configs if c.kwargs.get("ROWS") or c.kwargs.get("TILES", 0)] or configs
-    if 4 < args.get("NSTATE", 0) <= 8:
+    if 4 < nstate <= 8:
         configs = [c for c in configs if c.kwargs.get("ROWS") and c.kwargs.get("SPLIT", 1) > 1] or configs
     return configs
 
