@@ -135,6 +135,15 @@
 #   scan-fwd-l2-short the forward's SPLIT 2 ring (cap 168) without L2 hints and with them 8, 16 or 24 steps ahead, bf16
 #                    and fp32 (session 30, fp32: 16 / 32 / 48 / 64 ahead 31.3 / 31.8 / 33.0 / 34.4 us at L = 196, so
 #                    the default went from 32 to 16: is 8 better still?)                              (~1 min cold)
+#   scan-ncu-stalls  Nsight Compute stall reasons per issued instruction of the autotuner's current picks (forward,
+#                    training forward, backward, partial sums) at SHAPES (default 0), bf16 and fp32      (~2 min)
+#   scan-bwd-ckpt    fwd+bwd per backward config: the default (SPLIT 2 at cap 168, KEEP_DT in bf16) with and without
+#                    CKPT_TO_L1 (the chunk before's checkpoint rows hinted into L1 a chunk ahead; sm_90 bf16 2051 ->
+#                    2076 instructions, no spills), SHAPES default "0 2"                                (~4 min cold)
+#   scan-ncu-source  the backward's SASS instructions its warps stall on most, with the reasons (Nsight Compute's
+#                    source counters; ncu_source_top.py), SHAPES (one, default 0) and DTYPES (default bfloat16) (~2 min)
+#   partials-time    the backward's partial-sum launch alone (dB/dC over channel blocks, dA/dD/dbias over rows) at
+#                    MambaVision-T's shapes, whole and by half, per tile size and warp count, then under ncu (~2 min)
 #   scan-fwd-stream  the hinted SPLIT 2 forward ring (cap 168, L2 16 ahead) with its streams plain (STREAM 0, the
 #                    default), marked first to evict (1: u/delta/z loads and y's store; sm_90 fp32 451 instructions and
 #                    802 stall cycles per 8 steps against 386 / 708) or L2-only loads and streaming stores (2: .cg/.cs,
@@ -163,6 +172,11 @@ FMNIST=(--config configs/fashion_mnist_sf_mamba.yaml --data-dir "$DATA" --no-pro
 # two-lane rows
 FWD_SPLIT='"BLOCK_D": 16, "SPLIT": 2, "PREFETCH": 8, "UNROLL": 8'
 BWD_SPLIT='"ROWS": 1, "TILES": 0, "BLOCK_D": 16, "SPLIT": 2, "NEXT_TO_L1": 2'
+# Nsight Compute metrics for `ncu --page raw` read by ncu_summary.py: time, registers, issue use, warps per scheduler,
+# DRAM and L2, and the stall reasons per issued instruction
+NCU_STALLS="gpu__time_duration.sum,launch__registers_per_thread,smsp__issue_active.avg.pct_of_peak_sustained_active"
+NCU_STALLS="$NCU_STALLS,smsp__warps_active.avg.per_cycle_active,dram__throughput.avg.pct_of_peak_sustained_elapsed"
+NCU_STALLS="$NCU_STALLS,lts__t_sector_hit_rate.pct,regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio"
 
 # the forward configs given (JSON kwargs) timed alone at SHAPES (default "0 2") and DTYPES (default bf16 and fp32),
 # each checked against the fp32 reference; into run_step's $dir
@@ -298,10 +312,7 @@ run_step() {
       done ;;
     scan-ncu-split)
       NCU=$(command -v ncu || echo /usr/local/cuda/bin/ncu)
-      metrics="gpu__time_duration.sum,launch__registers_per_thread,smsp__issue_active.avg.pct_of_peak_sustained_active"
-      metrics="$metrics,smsp__warps_active.avg.per_cycle_active,dram__throughput.avg.pct_of_peak_sustained_elapsed"
-      metrics="$metrics,lts__t_sector_hit_rate.pct"
-      metrics="$metrics,regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio"
+      metrics=$NCU_STALLS
       ring='{"BLOCK_D": 32, "PREFETCH": 8, "UNROLL": 8}'
       rows='{"BLOCK_D": 32, "PREFETCH": 1, "NEXT_TO_L1": 1, "BRANCHLESS": 0, "ROWS": 1}'
       split="{$FWD_SPLIT}"
@@ -453,6 +464,15 @@ run_step() {
       "$PY" benchmarks/ops/experiments/scan_configs.py --kernel bwd --no-autotuned --shapes ${SHAPES:-0 2} \
         --dtypes bfloat16 float32 --unroll 16 --bwd-configs "{$split}" "{$split, \"KEEP_DT\": 1}" --precompile 4 \
         --budget-s 300 --out-dir "$dir" 2>&1 | tee "$dir/log.txt" | grep -v Warning ;;
+    scan-bwd-ckpt)  # the default backward with and without the next chunk's checkpoint hinted into L1, fwd+bwd
+      split="$BWD_SPLIT, \"maxnreg\": 168"
+      for dtype in ${DTYPES:-bfloat16 float32}; do
+        keep=$([ "$dtype" = float32 ] && echo 0 || echo 1)  # KEEP_DT as the autotuner's pruning gives it
+        "$PY" benchmarks/ops/experiments/scan_configs.py --kernel bwd --no-autotuned --shapes ${SHAPES:-0 2} \
+          --dtypes "$dtype" --unroll 16 --bwd-configs "{$split, \"KEEP_DT\": $keep}" \
+          "{$split, \"KEEP_DT\": $keep, \"CKPT_TO_L1\": 1}" --precompile 4 --budget-s 150 --out-dir "$dir" 2>&1 \
+          | tee -a "$dir/log.txt" | grep -v Warning
+      done ;;
     scan-fwd-fp32-l2)  # fp32 forward, SPLIT 2 ring, bound strides: L2 hints 16-64 steps ahead, capped at 168 or 160
       configs=()
       for cap in 168 160; do
@@ -468,6 +488,43 @@ run_step() {
       for stream in 0 1 2; do configs+=("{$FWD_SPLIT, \"L2_AHEAD\": 16, \"STREAM\": $stream, \"maxnreg\": 168}"); done
       configs+=("{$FWD_SPLIT, \"STREAM\": 2, \"maxnreg\": 168}")
       time_fwd_configs "${configs[@]}" ;;
+    partials-time)  # the backward's partial-sum launch alone (13-14 us of a 173-225 us fwd+bwd at L = 196)
+      "$PY" benchmarks/ops/experiments/partials_time.py --tiles 4096 2048 1024 --warps 4 8 \
+        --out "$dir/partials_time.json" 2>&1 | tee "$dir/log.txt" | grep -v Warning
+      NCU=$(command -v ncu || echo /usr/local/cuda/bin/ncu)
+      "$NCU" --kernel-name partials_kernel --metrics "$NCU_STALLS" --csv --page raw "$PY" \
+        benchmarks/ops/experiments/partials_time.py --ncu --tiles 4096 1024 > "$dir/ncu.csv" 2> "$dir/ncu.err"
+      "$PY" benchmarks/ops/experiments/ncu_summary.py "$dir/ncu.csv" 2>&1 | tee -a "$dir/log.txt" \
+        || tail -5 "$dir/ncu.err" ;;
+    scan-ncu-stalls)  # the autotuner's current picks at SHAPES (default 0), bf16 and fp32: stalls per issue
+      NCU=$(command -v ncu || echo /usr/local/cuda/bin/ncu)
+      for shape in ${SHAPES:-0}; do
+        for dtype in bfloat16 float32; do
+          name="ncu_${shape}_$dtype"
+          "$NCU" --profile-from-start off --metrics "$NCU_STALLS" --csv --page raw "$PY" \
+            benchmarks/ops/experiments/scan_ncu.py --shape "$shape" --dtype "$dtype" > "$dir/$name.csv" 2> "$dir/$name.err"
+          echo "## shape $shape $dtype" | tee -a "$dir/log.txt"
+          "$PY" benchmarks/ops/experiments/ncu_summary.py "$dir/$name.csv" 2>&1 | tee -a "$dir/log.txt" \
+            || tail -5 "$dir/$name.err"
+        done
+      done ;;
+    scan-ncu-source)  # which instructions the backward's warps stall on (the first of SHAPES, default 0; DTYPES default
+      # bfloat16)
+      NCU=$(command -v ncu || echo /usr/local/cuda/bin/ncu)
+      shape=${SHAPES:-0}
+      shape=${shape%% *}
+      for dtype in ${DTYPES:-bfloat16}; do
+        rep="$dir/bwd_$dtype"
+        "$NCU" --profile-from-start off --kernel-name regex:selective_scan_bwd --launch-count 1 \
+          --section SourceCounters --section WarpStateStats -f -o "$rep" "$PY" benchmarks/ops/experiments/scan_ncu.py \
+          --shape "$shape" --dtype "$dtype" > "$rep.log" 2>&1
+        tail -3 "$rep.log"
+        "$NCU" --import "$rep.ncu-rep" --page source --csv --print-source sass > "${rep}_sass.csv" 2>> "$rep.log"
+        echo "## $dtype" | tee -a "$dir/log.txt"
+        "$PY" benchmarks/ops/experiments/ncu_source_top.py "${rep}_sass.csv" --top 45 2>&1 | tee -a "$dir/log.txt" \
+          || { head -c 600 "${rep}_sass.csv"; tail -5 "$rep.log"; }
+        rm -f "$rep.ncu-rep"
+      done ;;
     scan-fb-profile)
       "$PY" benchmarks/ops/experiments/scan_fb_profile.py --shapes ${SHAPES:-0 2} --out "$dir/scan_fb_profile.json" 2>&1 | tee "$dir/log.txt" \
         | grep -v Warning ;;

@@ -188,3 +188,32 @@ def test_ncu_summary_ranks_stall_reasons():
     assert lines[3] == "    stalls per issue: long_scoreboard 3.00, wait 0.50"
     with pytest.raises(ValueError, match="at least one launch"):
         summary.summarise(NCU_RAW.splitlines()[1] + "\n", top=2)
+
+
+NCU_SOURCE = "\n".join([
+    "==PROF== Connected to process 1234",
+    '"Address","Source","Warp Stall Sampling (All Samples)","stall_long_sb","stall_wait","Warp Stall Sampling (Not'
+    ' Issued Samples)"',
+    '"0x10","@!P0 LDG.E.128 R4, desc[UR4][R2.64]","600","550","50","590"',
+    '"0x20","FFMA R1, R2, R3, R4","300","0","300","200"',
+    '"0x30","SHFL.BFLY PT, R5, R6, 0x1, 0x1f","100","0","1,000","90"',
+])  # fmt: skip
+
+
+def test_ncu_source_top_ranks_instructions_and_opcodes():
+    """ncu_source_top.py reads ncu's source page (SASS rows; ncu's own lines skipped) and lists the most sampled
+    instructions first with their largest stall reasons, then the samples per opcode without predicates or
+    modifiers."""
+    sys.path.insert(0, str(BENCH_OPS / "experiments"))
+    try:
+        source_top = importlib.import_module("ncu_source_top")
+    finally:
+        sys.path.pop(0)
+    lines = source_top.summarise(NCU_SOURCE, top=2)
+    assert lines[0].startswith("# 3 instructions, 1000 samples")
+    assert lines[1].split()[:3] == ["60.0%", "0x10", "@!P0"] and lines[1].endswith("stall_long_sb 550, stall_wait 50")
+    assert lines[2].split()[:2] == ["30.0%", "0x20"] and lines[2].endswith("stall_wait 300")
+    assert lines[3] == "# samples per opcode"
+    assert lines[4:] == [" 60.0%  LDG", " 30.0%  FFMA", " 10.0%  SHFL"]
+    with pytest.raises(ValueError, match="no instruction rows"):
+        source_top.summarise(NCU_SOURCE.splitlines()[1] + "\n", top=2)

@@ -619,6 +619,7 @@ def test_backward_rows(nstate, layout, kernel, segments, branchless, lane_sums, 
         config["SPLIT"] = split
     if keep_dt:
         config["KEEP_DT"] = 1
+        config["CKPT_TO_L1"] = 1  # (a no-op hint in the interpreter: its addresses and masks are built all the same)
     emulate = mock.patch.object(chunk, "EMULATE_LANE_SHUFFLES", triton.language.constexpr(lane_sums))
     for softplus in (True, False) if keep_dt else (True,):
         if not softplus:  # a raw step that is already positive

@@ -876,7 +876,7 @@ def selective_scan_bwd_kernel(
     UNROLL: tl.constexpr, NEXT_TO_L1: tl.constexpr = 0, BRANCHLESS: tl.constexpr = 0, TILES: tl.constexpr = 0,
     ROWS: tl.constexpr = 0, VECTOR_BC: tl.constexpr = 0, SPLIT: tl.constexpr = 1, ATOMIC_BC: tl.constexpr = 0,
     L_STRIDE: tl.constexpr = 0, BC_L_STRIDE: tl.constexpr = 0, Z_L_STRIDE: tl.constexpr = 0,
-    DOUT_L_STRIDE: tl.constexpr = 0, KEEP_DT: tl.constexpr = 0,
+    DOUT_L_STRIDE: tl.constexpr = 0, KEEP_DT: tl.constexpr = 0, CKPT_TO_L1: tl.constexpr = 0,
 ):  # fmt: skip
     # One program: one image, BLOCK_D channels, one span of `span` chunks of CHUNK steps (the forward checkpointed
     # the state at every chunk end; `n_ckpt` chunks per row, `nchunks` spans). The state gradient runs backwards:
@@ -1002,7 +1002,7 @@ def selective_scan_bwd_kernel(
                     sdt_d, sz_l, sz_d, sdo_l, sdo_d, sg_b, sg_l, sg_d, sB_l, sB_n, sC_l, sC_n, j + 1 < span_chunks,
                     HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, HAS_H0, RESET, HAS_DLAST, CHUNK, BLOCK_D * SPLIT, R, NEXT_TO_L1,
                     BRANCHLESS, VECTOR_BC, (FAST_MATH or EMULATE_LANE_SHUFFLES) and BLOCK_D * SPLIT == 32 and R <= 32,
-                    SPLIT, ATOMIC_BC, KEEP_DT,
+                    SPLIT, ATOMIC_BC, KEEP_DT, CKPT_TO_L1,
                 )  # fmt: skip
             _store_state_rows(dA_ptr, part * NSTATE, D_total, state_ch, mask_d, nleft, acc_rows, R)
         else:
@@ -1321,7 +1321,7 @@ def _bwd_chunk_rows(u_ptr, delta_ptr, A, A2, B_ptr, C_ptr, Dv, z_ptr, bias, h0_p
                     HAS_DLAST: tl.constexpr, CHUNK: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
                     NEXT_TO_L1: tl.constexpr, BRANCHLESS: tl.constexpr, VECTOR_BC: tl.constexpr,
                     LANE_SUMS: tl.constexpr, SPLIT: tl.constexpr, ATOMIC: tl.constexpr,
-                    KEEP_DT: tl.constexpr):  # fmt: skip
+                    KEEP_DT: tl.constexpr, CKPT_TO_L1: tl.constexpr):  # fmt: skip
     """`_bwd_chunk` with every state a tuple of BLOCK_N [BD] rows (ROWS): dh, a_next, dA_acc and the chunk's states
     (a tuple of CHUNK such tuples); each step's sums over N stay inside a thread and its sums over the channels (dB,
     dC) go through `_store_channel_sums`. Loads one step ahead (PREFETCH 1). BLOCK_D: lanes ([BD] tensors); SPLIT > 1:
@@ -1336,6 +1336,10 @@ def _bwd_chunk_rows(u_ptr, delta_ptr, A, A2, B_ptr, C_ptr, Dv, z_ptr, bias, h0_p
                                sdt_l, sdt_d, sB_l, sC_l, sdo_l, sdo_d, sz_l, sz_d, HAS_Z, CHUNK, BLOCK_D,
                                NEXT_TO_L1)  # fmt: skip
     STATE = D_total * NSTATE
+    if CKPT_TO_L1:  # the chunk before starts from checkpoint c - 2: its rows into L1 a chunk ahead of their loads
+        for n in tl.static_range(BLOCK_N):
+            _prefetch_l1(ckpt_ptr + (pid_b * n_ckpt + c - 2) * STATE + n * D_total + state_ch,
+                         mask_d & more & (c > 1) & (n < nleft))  # fmt: skip
     h = _state_rows(ckpt_ptr, (pid_b * n_ckpt + c - 1) * STATE, D_total, state_ch, mask_d & (c > 0), nleft, BLOCK_N)
     ahead = _step_inputs_rows(u_ptr, delta_ptr, B_ptr, C_ptr, dout_ptr, z_ptr, t0, steps > 0, ch, mask_d, nleft,
                               su_l, su_d, sdt_l, sdt_d, sB_l, sB_n, sC_l, sC_n, sdo_l, sdo_d, sz_l, sz_d, HAS_Z,

@@ -19,8 +19,14 @@ from ...utils._config import triton_interpret
 from .._launch import bc_strides as _bc_strides
 from .._launch import launch as _launch_kernel
 
-TILE_ELEMENTS = 4096  # values one 4-warp program loads at once (32 per thread)
+# values one program loads at once (16 per thread of NUM_WARPS): H100, the launch alone under CUDA graphs
+# (benchmarks/results/s35_20261207/call1/partials-time, `partials_time.py`), 2048 values and 4 warps against session
+# 26's 4096: (128, 160, 196, 8) bf16 (10 blocks) 8.08 vs 8.84 us, fp32 (1 block) 2.65 vs 2.83; (128, 320, 49, 8) bf16
+# (20 blocks) 5.29 vs 6.38, fp32 2.53 vs 2.61; 1024 values or 8 warps lost to it everywhere but fp32 at L = 196 (4096
+# values with 8 warps: 2.57)
+TILE_ELEMENTS = 2048
 MAX_PARTS_AT_ONCE = 16  # channel blocks the dB/dC sum loads together (more are walked BLOCK_P at a time)
+NUM_WARPS = 4
 
 
 @triton.jit
@@ -122,7 +128,7 @@ def sum_partials(
     block_p = min(triton.next_power_of_2(n_parts), MAX_PARTS_AT_ONCE)
     interpreted = triton_interpret()
     block_r = 16 if interpreted else max(16, TILE_ELEMENTS // (block_p * block_n))
-    param_rows, block_w = (16, 32) if interpreted else (TILE_ELEMENTS // 32, 32)  # a batch of 128 at once
+    param_rows, block_w = (16, 32) if interpreted else (TILE_ELEMENTS // 32, 32)  # rows of a column block at once
     bc_blocks = triton.cdiv(rows, block_r)
     grid = (2 * bc_blocks + 3 * triton.cdiv(nstate * dim, block_w),)
     _launch_kernel(
@@ -131,6 +137,6 @@ def sum_partials(
         dA if dbias_part is None else dbias, n_parts, part.stride(0), part.stride(1), rows, length, groups, nstate,
         *_bc_strides(dB, layout), *_bc_strides(dC, layout), pbatch * spans, dim, bc_blocks,
         HAS_D=dD_part is not None, HAS_BIAS=dbias_part is not None, BLOCK_P=block_p, BLOCK_R=block_r,
-        BLOCK_N=block_n, PARAM_ROWS=param_rows, BLOCK_W=block_w,
+        BLOCK_N=block_n, PARAM_ROWS=param_rows, BLOCK_W=block_w, num_warps=NUM_WARPS,
     )  # fmt: skip
     return dB, dC, dA, dD, dbias
