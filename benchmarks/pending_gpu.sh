@@ -137,9 +137,11 @@
 #                    the default went from 32 to 16: is 8 better still?)                              (~1 min cold)
 #   scan-ncu-stalls  Nsight Compute stall reasons per issued instruction of the autotuner's current picks (forward,
 #                    training forward, backward, partial sums) at SHAPES (default 0), bf16 and fp32      (~2 min)
-#   scan-bwd-ckpt    fwd+bwd per backward config: the default (SPLIT 2 at cap 168, KEEP_DT in bf16) with and without
+#   scan-bwd-ckpt-l2 fwd+bwd per backward config: the default (SPLIT 2 at cap 168, KEEP_DT in bf16) with and without
 #                    CKPT_TO_L1 (the chunk before's checkpoint rows hinted into L1 a chunk ahead; sm_90 bf16 2051 ->
-#                    2076 instructions, no spills), SHAPES default "0 2"                                (~4 min cold)
+#                    2076 instructions, no spills) and PARTIALS_L2 (the dB/dC partials stored last to evict from L2,
+#                    for the partial-sum launch right after: 2108 instructions, a cache policy per store), SHAPES
+#                    default "0 2", DTYPES default bf16 and fp32                                         (~6 min cold)
 #   scan-ncu-source  the backward's SASS instructions its warps stall on most, with the reasons (Nsight Compute's
 #                    source counters; ncu_source_top.py), SHAPES (one, default 0) and DTYPES (default bfloat16) (~2 min)
 #   partials-time    the backward's partial-sum launch alone (dB/dC over channel blocks, dA/dD/dbias over rows) at
@@ -464,14 +466,14 @@ run_step() {
       "$PY" benchmarks/ops/experiments/scan_configs.py --kernel bwd --no-autotuned --shapes ${SHAPES:-0 2} \
         --dtypes bfloat16 float32 --unroll 16 --bwd-configs "{$split}" "{$split, \"KEEP_DT\": 1}" --precompile 4 \
         --budget-s 300 --out-dir "$dir" 2>&1 | tee "$dir/log.txt" | grep -v Warning ;;
-    scan-bwd-ckpt)  # the default backward with and without the next chunk's checkpoint hinted into L1, fwd+bwd
-      split="$BWD_SPLIT, \"maxnreg\": 168"
+    scan-bwd-ckpt-l2)  # the default backward with and without CKPT_TO_L1 and PARTIALS_L2, fwd+bwd per config
       for dtype in ${DTYPES:-bfloat16 float32}; do
         keep=$([ "$dtype" = float32 ] && echo 0 || echo 1)  # KEEP_DT as the autotuner's pruning gives it
+        base="$BWD_SPLIT, \"maxnreg\": 168, \"KEEP_DT\": $keep"
         "$PY" benchmarks/ops/experiments/scan_configs.py --kernel bwd --no-autotuned --shapes ${SHAPES:-0 2} \
-          --dtypes "$dtype" --unroll 16 --bwd-configs "{$split, \"KEEP_DT\": $keep}" \
-          "{$split, \"KEEP_DT\": $keep, \"CKPT_TO_L1\": 1}" --precompile 4 --budget-s 150 --out-dir "$dir" 2>&1 \
-          | tee -a "$dir/log.txt" | grep -v Warning
+          --dtypes "$dtype" --unroll 16 --bwd-configs "{$base}" "{$base, \"CKPT_TO_L1\": 1}" \
+          "{$base, \"PARTIALS_L2\": 1}" "{$base, \"CKPT_TO_L1\": 1, \"PARTIALS_L2\": 1}" --precompile 4 \
+          --budget-s 240 --out-dir "$dir" 2>&1 | tee -a "$dir/log.txt" | grep -v Warning
       done ;;
     scan-fwd-fp32-l2)  # fp32 forward, SPLIT 2 ring, bound strides: L2 hints 16-64 steps ahead, capped at 168 or 160
       configs=()

@@ -877,6 +877,7 @@ def selective_scan_bwd_kernel(
     ROWS: tl.constexpr = 0, VECTOR_BC: tl.constexpr = 0, SPLIT: tl.constexpr = 1, ATOMIC_BC: tl.constexpr = 0,
     L_STRIDE: tl.constexpr = 0, BC_L_STRIDE: tl.constexpr = 0, Z_L_STRIDE: tl.constexpr = 0,
     DOUT_L_STRIDE: tl.constexpr = 0, KEEP_DT: tl.constexpr = 0, CKPT_TO_L1: tl.constexpr = 0,
+    PARTIALS_L2: tl.constexpr = 0,
 ):  # fmt: skip
     # One program: one image, BLOCK_D channels, one span of `span` chunks of CHUNK steps (the forward checkpointed
     # the state at every chunk end; `n_ckpt` chunks per row, `nchunks` spans). The state gradient runs backwards:
@@ -1002,7 +1003,7 @@ def selective_scan_bwd_kernel(
                     sdt_d, sz_l, sz_d, sdo_l, sdo_d, sg_b, sg_l, sg_d, sB_l, sB_n, sC_l, sC_n, j + 1 < span_chunks,
                     HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, HAS_H0, RESET, HAS_DLAST, CHUNK, BLOCK_D * SPLIT, R, NEXT_TO_L1,
                     BRANCHLESS, VECTOR_BC, (FAST_MATH or EMULATE_LANE_SHUFFLES) and BLOCK_D * SPLIT == 32 and R <= 32,
-                    SPLIT, ATOMIC_BC, KEEP_DT, CKPT_TO_L1,
+                    SPLIT, ATOMIC_BC, KEEP_DT, CKPT_TO_L1, PARTIALS_L2,
                 )  # fmt: skip
             _store_state_rows(dA_ptr, part * NSTATE, D_total, state_ch, mask_d, nleft, acc_rows, R)
         else:
@@ -1252,17 +1253,21 @@ def _lane_shuffle(x, MASK: tl.constexpr):
 
 
 @triton.jit
-def _put(ptr, value, mask, ATOMIC: tl.constexpr):
-    """*ptr = value, or (ATOMIC) *ptr += value by an fp32 atomic add, where mask."""
+def _put(ptr, value, mask, ATOMIC: tl.constexpr, KEEP_IN_L2: tl.constexpr = 0):
+    """*ptr = value, or (ATOMIC) *ptr += value by an fp32 atomic add, where mask. KEEP_IN_L2: the store marked last
+    to evict from L2 (a partial the partial-sum launch reads right after the kernel)."""
     if ATOMIC:
         tl.atomic_add(ptr, value, mask=mask, sem="relaxed")
+    elif KEEP_IN_L2:
+        tl.store(ptr, value, mask=mask, eviction_policy="evict_last")
     else:
         tl.store(ptr, value, mask=mask)
 
 
 @triton.jit
 def _store_channel_sums(ptr, values, valid, NSTATE, n0, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
-                        LANE_SUMS: tl.constexpr, SPLIT: tl.constexpr = 1, ATOMIC: tl.constexpr = 0):  # fmt: skip
+                        LANE_SUMS: tl.constexpr, SPLIT: tl.constexpr = 1, ATOMIC: tl.constexpr = 0,
+                        KEEP_IN_L2: tl.constexpr = 0):  # fmt: skip
     """ptr[n0 + n] = (ATOMIC: +=) the sum over the channels of values[n] (a tuple of BLOCK_N [BD] rows: each lane's
     share of the states from n0 on), n0 + n < NSTATE, where `valid`. SPLIT (2 or 4): adjacent lanes share a channel,
     lane k of it holding states k BLOCK_N .. (k + 1) BLOCK_N - 1 (n0 = k BLOCK_N). LANE_SUMS (one warp of BLOCK_D = 32
@@ -1290,13 +1295,14 @@ def _store_channel_sums(ptr, values, valid, NSTATE, n0, BLOCK_D: tl.constexpr, B
             else:  # one row left: finish its sum over the lanes that share it
                 rows = (rows[0] + _lane_shuffle(rows[0], 16 >> level),)
         first = (lane & ((32 // BLOCK_N - 1) & (32 - SPLIT))) == 0
-        _put(ptr + n, rows[0], first & (n < NSTATE) & valid, ATOMIC)
+        _put(ptr + n, rows[0], first & (n < NSTATE) & valid, ATOMIC, KEEP_IN_L2)
     else:
         share = _lane_id(BLOCK_D) % SPLIT  # which share of a channel's states each lane holds
         for k in tl.static_range(SPLIT):
             for n in tl.static_range(BLOCK_N):
                 part = values[n] if SPLIT == 1 else tl.where(share == k, values[n], 0.0)
-                _put(ptr + k * BLOCK_N + n, tl.sum(part, axis=0), valid & (k * BLOCK_N + n < NSTATE), ATOMIC)
+                _put(ptr + k * BLOCK_N + n, tl.sum(part, axis=0), valid & (k * BLOCK_N + n < NSTATE), ATOMIC,
+                     KEEP_IN_L2)  # fmt: skip
 
 
 @triton.jit
@@ -1321,7 +1327,7 @@ def _bwd_chunk_rows(u_ptr, delta_ptr, A, A2, B_ptr, C_ptr, Dv, z_ptr, bias, h0_p
                     HAS_DLAST: tl.constexpr, CHUNK: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
                     NEXT_TO_L1: tl.constexpr, BRANCHLESS: tl.constexpr, VECTOR_BC: tl.constexpr,
                     LANE_SUMS: tl.constexpr, SPLIT: tl.constexpr, ATOMIC: tl.constexpr,
-                    KEEP_DT: tl.constexpr, CKPT_TO_L1: tl.constexpr):  # fmt: skip
+                    KEEP_DT: tl.constexpr, CKPT_TO_L1: tl.constexpr, PARTIALS_L2: tl.constexpr):  # fmt: skip
     """`_bwd_chunk` with every state a tuple of BLOCK_N [BD] rows (ROWS): dh, a_next, dA_acc and the chunk's states
     (a tuple of CHUNK such tuples); each step's sums over N stay inside a thread and its sums over the channels (dB,
     dC) go through `_store_channel_sums`. Loads one step ahead (PREFETCH 1). BLOCK_D: lanes ([BD] tensors); SPLIT > 1:
@@ -1330,7 +1336,11 @@ def _bwd_chunk_rows(u_ptr, delta_ptr, A, A2, B_ptr, C_ptr, Dv, z_ptr, bias, h0_p
     the channel's values. KEEP_DT: the forward sweep keeps each step's dt (a [BD] row per step) for the backward
     sweep, which then computes no softplus (sm_90, SPLIT 2 at cap 168, no gate, bf16: 2090 -> 2036 instructions and
     4217 -> 3941 stall cycles per 8-step chunk, 159 -> 162 registers; fp32 148 -> 200 spilled bytes; with a gate
-    the bf16 build spills 88 bytes instead of 56; timed and pruned: `keeps_dt`)."""
+    the bf16 build spills 88 bytes instead of 56; timed and pruned: `keeps_dt`). Untimed, off by default (session 35:
+    ncu has the bf16 backward at (128, 160, 196, 8) waiting on memory 0.73 cycles per issued instruction, and the
+    partial-sum launch after it at 27 % L2 hits): CKPT_TO_L1 hints the checkpoint rows of the chunk before into L1 a
+    chunk ahead of their loads (sm_90 bf16: 2051 -> 2076 instructions, no spills); PARTIALS_L2 stores the dB/dC
+    partials last to evict from L2 (2108 instructions: a cache policy per store)."""
     if NEXT_TO_L1:
         _prefetch_chunk_before(u_ptr, delta_ptr, B_ptr, C_ptr, dout_ptr, z_ptr, t0, more, ch, mask_d, su_l, su_d,
                                sdt_l, sdt_d, sB_l, sC_l, sdo_l, sdo_d, sz_l, sz_d, HAS_Z, CHUNK, BLOCK_D,
@@ -1388,7 +1398,7 @@ def _bwd_chunk_rows(u_ptr, delta_ptr, A, A2, B_ptr, C_ptr, Dv, z_ptr, bias, h0_p
                 tl.store(dz_ptr + pid_b * sg_b + t * sg_l + ch * sg_d, dz.to(dz_ptr.dtype.element_ty),
                          mask=lead & valid)  # fmt: skip
             _store_channel_sums(dC_ptr + part_base + t * NSTATE, dC, valid, NSTATE, n0, BLOCK_D, BLOCK_N, LANE_SUMS,
-                                SPLIT, ATOMIC)  # fmt: skip
+                                SPLIT, ATOMIC, PARTIALS_L2)  # fmt: skip
             tiles = tiles[:k] + (h,) + tiles[k + 1 :]
     # backward sweep (BRANCHLESS walks the masked steps too, from the chunk's last slot)
     first = CHUNK - 1 if BRANCHLESS else steps - 1
@@ -1452,7 +1462,7 @@ def _bwd_chunk_rows(u_ptr, delta_ptr, A, A2, B_ptr, C_ptr, Dv, z_ptr, bias, h0_p
                                                dD_acc, dbias_acc, pid_b * sg_b + t * sg_l + ch * sg_d, lead, valid,
                                                HAS_D, SOFTPLUS)  # fmt: skip
             _store_channel_sums(dB_ptr + part_base + t * NSTATE, dB, valid, NSTATE, n0, BLOCK_D, BLOCK_N, LANE_SUMS,
-                                SPLIT, ATOMIC)  # fmt: skip
+                                SPLIT, ATOMIC, PARTIALS_L2)  # fmt: skip
             if HAS_H0:
                 _store_state_rows(dh0_ptr, seg * STATE, D_total, state_ch, mask_d & start & valid, nleft, dh0,
                                   BLOCK_N)  # fmt: skip
