@@ -142,6 +142,8 @@
 #                    2076 instructions, no spills) and PARTIALS_L2 (the dB/dC partials stored last to evict from L2,
 #                    for the partial-sum launch right after: 2108 instructions, a cache policy per store), SHAPES
 #                    default "0 2", DTYPES default bf16 and fp32                                         (~6 min cold)
+#   scan-train-fwd-now the training forward (checkpoints stored) per config: the 8-step ring at BLOCK_D 32 against
+#                    the SPLIT 2 rings capped at 168 registers, with and without L2 hints; SHAPES, DTYPES (~3 min cold)
 #   scan-ncu-source  the backward's SASS instructions its warps stall on most, with the reasons (Nsight Compute's
 #                    source counters; ncu_source_top.py), SHAPES (one, default 0) and DTYPES (default bfloat16) (~2 min)
 #   partials-time    the backward's partial-sum launch alone (dB/dC over channel blocks, dA/dD/dbias over rows) at
@@ -374,6 +376,12 @@ run_step() {
         --dtypes bfloat16 float32 --chunks 0 --fwd-configs '{"BLOCK_D": 32, "PREFETCH": 8, "UNROLL": 8}' \
         '{"BLOCK_D": 16, "SPLIT": 2, "PREFETCH": 8, "UNROLL": 8}' '{"BLOCK_D": 32, "PREFETCH": 4, "UNROLL": 4}' \
         --precompile 12 --budget-s 100 --out-dir "$dir" 2>&1 | tee "$dir/log.txt" | grep -v Warning ;;
+    scan-train-fwd-now)  # the training forward per config of today's defaults: the deep ring (ncu, session 35: bf16 at
+      # L = 196 picked a 246-register config at 1.22 warps per scheduler) against the SPLIT rings capped at 168
+      "$PY" benchmarks/ops/experiments/scan_configs.py --kernel fwd --train --no-autotuned --shapes ${SHAPES:-0 2} \
+        --dtypes ${DTYPES:-bfloat16 float32} --chunks 0 --fwd-configs '{"BLOCK_D": 32, "PREFETCH": 8, "UNROLL": 8}' \
+        "{$FWD_SPLIT, \"maxnreg\": 168}" "{$FWD_SPLIT, \"L2_AHEAD\": 16, \"maxnreg\": 168}" --precompile 6 \
+        --budget-s 150 --out-dir "$dir" 2>&1 | tee "$dir/log.txt" | grep -v Warning ;;
     scan-fwd-split)  # sessions 22-23: 2 or 4 lanes per channel (more warps per scheduler at L = 196)
       "$PY" benchmarks/ops/experiments/scan_configs.py --kernel fwd --shapes 0 2 --dtypes bfloat16 float32 --chunks 0 \
         --fwd-configs '{"BLOCK_D": 32, "PREFETCH": 8, "UNROLL": 8}' '{"BLOCK_D": 16, "SPLIT": 2, "PREFETCH": 8, "UNROLL": 8}' \
