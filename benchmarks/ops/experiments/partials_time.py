@@ -1,13 +1,15 @@
 """Where the scan backward's partial-sum launch (`partials.sum_partials`) spends its time: 13.1 us of a (128, 160,
-196, 8) bf16 fwd+bwd and 14.1 us in fp32 (session 27's `scan-fb-profile`), although fp32's dB/dC sums read one block
-(atomics: 1.6 MB) and bf16's ten (16 MB, ~5.5 us at copy bandwidth). Times the launch alone (CUDA graphs, median of
-`do_bench_cudagraph` runs) at issue #2's MambaVision-T shapes, whole and with either half made tiny (dB/dC rows or
-dA/dD/dbias rows), for each tile size and warp count given; every variant is checked against torch sums first.
+196, 8) bf16 fwd+bwd and 14.1 us in fp32 (session 27's `scan-fb-profile`, both summing ten channel blocks of dB/dC
+partials: 16 MB, ~5.5 us at copy bandwidth; fp32 adds into one block by atomics since session 28). Times the launch
+alone (CUDA graphs, median of `do_bench_cudagraph` runs) at issue #2's MambaVision-T shapes, whole and with either
+half made tiny (dB/dC rows or dA/dD/dbias rows), for each tile size and warp count given; every variant is checked
+against torch sums first.
 
     python benchmarks/ops/experiments/partials_time.py [--tiles 4096 1024] [--warps 4 8] [--runs 5]
         [--out benchmarks/results/partials_time_<date>.json]
 
-`--ncu`: run every case of the default tile once per variant, for `ncu --kernel-name partials_kernel` (no timing).
+`--ncu`: run each case (whole) once per tile and warp count given, for `ncu --kernel-name partials_kernel` (no
+timing, no table).
 """
 
 from __future__ import annotations
