@@ -142,6 +142,12 @@
 #                    2076 instructions, no spills) and PARTIALS_L2 (the dB/dC partials stored last to evict from L2,
 #                    for the partial-sum launch right after: 2108 instructions, a cache policy per store), SHAPES
 #                    default "0 2", DTYPES default bf16 and fp32                                         (~6 min cold)
+#   scan-bwd-chunk4  fwd+bwd (the default backward config; fp32 also with KEEP_DT) with the checkpoint chunk at 8 steps
+#                    (N = 8's) and at 4 (`--bwd-chunk-len`; the training forward walks whole 4-step blocks), for twice
+#                    the checkpoints (16.4 -> 32.8 MB written and read at (128, 160, 196, 8)). sm_90 per 8 steps, cap
+#                    168: bf16 2051 -> 1926 instructions, 3983 -> 3864 stall cycles, 163 -> 149 registers; fp32 2148 ->
+#                    1884, 4874 -> 3966, 140 spilled bytes -> none (KEEP_DT: 1838 / 3750, 154 registers); SHAPES,
+#                    DTYPES                                                                              (~6 min cold)
 #   scan-train-fwd-now the training forward (checkpoints stored) per config: the 8-step ring at BLOCK_D 32 against
 #                    the SPLIT 2 rings capped at 168 registers, with and without L2 hints; SHAPES, DTYPES (~3 min cold)
 #   scan-ncu-source  the backward's SASS instructions its warps stall on most, with the reasons (Nsight Compute's
@@ -482,6 +488,17 @@ run_step() {
           --dtypes "$dtype" --unroll 16 --bwd-configs "{$base}" "{$base, \"CKPT_TO_L1\": 1}" \
           "{$base, \"PARTIALS_L2\": 1}" "{$base, \"CKPT_TO_L1\": 1, \"PARTIALS_L2\": 1}" --precompile 4 \
           --budget-s 240 --out-dir "$dir" 2>&1 | tee -a "$dir/log.txt" | grep -v Warning
+      done ;;
+    scan-bwd-chunk4)  # fwd+bwd, the default backward config, checkpoints every 8 steps (N = 8's own) and every 4
+      for dtype in ${DTYPES:-bfloat16 float32}; do
+        configs=("{$BWD_SPLIT, \"maxnreg\": 168, \"KEEP_DT\": 1}")  # bf16's default; fp32's is KEEP_DT 0, which
+        # spilled with KEEP_DT at 8-step chunks (200 bytes) but not at 4 (sm_90: 154 registers)
+        [ "$dtype" = float32 ] && configs=("{$BWD_SPLIT, \"maxnreg\": 168, \"KEEP_DT\": 0}" "${configs[@]}")
+        for len in 8 4; do
+          "$PY" benchmarks/ops/experiments/scan_configs.py --kernel bwd --no-autotuned --shapes ${SHAPES:-0 2} \
+            --dtypes "$dtype" --unroll 16 --bwd-configs "${configs[@]}" --bwd-chunk-len "$len" --precompile 2 \
+            --budget-s 120 --out-dir "$dir" 2>&1 | tee -a "$dir/log.txt" | grep -v Warning
+        done
       done ;;
     scan-fwd-fp32-l2)  # fp32 forward, SPLIT 2 ring, bound strides: L2 hints 16-64 steps ahead, capped at 168 or 160
       configs=()

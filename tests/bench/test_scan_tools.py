@@ -125,6 +125,26 @@ def test_scan_configs_sets_the_checkpoint_block_lengths(bench_module, monkeypatc
     assert seen == [(4, 16)]
 
 
+def test_scan_configs_forces_the_checkpoint_chunk(bench_module, monkeypatch):
+    """`--bwd-chunk-len 4` sets chunk.forced_bwd_chunk (what bwd_chunk_for returns at any N) and adds 4 to the
+    lengths the training forward walks in whole blocks, before any setting is built."""
+    monkeypatch.syspath_prepend(str(BENCH_OPS / "experiments"))
+    scan_configs = bench_module("scan_configs")
+    monkeypatch.setattr(scan_configs.K, "CKPT_BLOCK_LENS", (8, 16))  # restored afterwards
+    monkeypatch.setattr(scan_configs.K, "forced_bwd_chunk", None)
+    seen = []
+
+    def stop(args):
+        seen.append((scan_configs.K.bwd_chunk_for(8), scan_configs.K.bwd_chunk_for(1), scan_configs.K.CKPT_BLOCK_LENS))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(scan_configs, "settings", stop)
+    monkeypatch.setattr(sys, "argv", ["scan_configs.py", "--kernel", "bwd", "--shapes", "0", "--bwd-chunk-len", "4"])
+    with pytest.raises(KeyboardInterrupt):
+        scan_configs.main()
+    assert seen == [(4, 4, (4, 8, 16))]
+
+
 ALL_STRIDES = ("L_STRIDE", "BC_L_STRIDE", "Z_L_STRIDE", "DOUT_L_STRIDE")
 
 

@@ -635,6 +635,25 @@ def test_backward_rows(nstate, layout, kernel, segments, branchless, lane_sums, 
         assert kernel_fn.best_config.kwargs.get("SPLIT", 1) == split
 
 
+def test_forced_checkpoint_chunk_keeps_every_gradient(monkeypatch):
+    """`chunk.forced_bwd_chunk` (a sweep's knob: 4-step chunks at N = 8, where bwd_chunk_for gives 8): the training
+    forward checkpoints every 4 steps (5 states for 19 steps, not 3), and the backward's 4-step chunks give the
+    reference's output and gradients."""
+    monkeypatch.setattr(chunk, "forced_bwd_chunk", 4)
+    original, saved = chunk.selective_scan_fwd, []
+
+    def recording(*args, **kwargs):
+        result = original(*args, **kwargs)
+        saved.append(tuple(result[2].shape))
+        return result
+
+    monkeypatch.setattr(chunk, "selective_scan_fwd", recording)
+    torch.manual_seed(3)
+    inputs = make_inputs(2, 19, 21, 8, 1, "BLD")
+    compare_with_reference(inputs, torch.float32, {"delta_softplus": True, "layout": "BLD"}, backward=True)
+    assert saved == [(2, 5, 8, 21)]  # (batch, checkpoints, N, D)
+
+
 def test_backward_keeps_dt_for_16_bit_inputs_without_a_gate():
     """KEEP_DT (timed on an H100, session 30: bf16 fwd+bwd 3-4 us faster, fp32 7-16 us slower) runs where the inputs
     are 16-bit and no gate is given; elsewhere the autotuner's pruning runs its config without it (a copy: the config

@@ -142,6 +142,13 @@ def main() -> None:
     parser.add_argument("--train", action="store_true", help="fwd: time the training forward (checkpoints stored)")
     parser.add_argument("--no-autotuned", action="store_true", help="time only the given configs, not the autotuner")
     parser.add_argument(
+        "--bwd-chunk-len",
+        type=int,
+        default=None,
+        help="steps per checkpoint chunk (chunk.forced_bwd_chunk; default bwd_chunk_for's, 8 at N = 8), walked in "
+        "whole blocks by the training forward",
+    )
+    parser.add_argument(
         "--ckpt-block-lens",
         type=int,
         nargs="+",
@@ -164,6 +171,9 @@ def main() -> None:
     kernel = KERNELS[args.kernel]
     if args.ckpt_block_lens is not None:
         K.CKPT_BLOCK_LENS = tuple(args.ckpt_block_lens)
+    if args.bwd_chunk_len is not None:
+        K.forced_bwd_chunk = args.bwd_chunk_len
+        K.CKPT_BLOCK_LENS = tuple(sorted({*K.CKPT_BLOCK_LENS, args.bwd_chunk_len}))
     if args.no_vector_bc:
         K.vector_bc = lambda *_: False
     if args.runtime_strides:
@@ -209,10 +219,11 @@ def main() -> None:
         flushed = time_provider(fn, shape, dtype, layout, mode, bench_args, "graph_flushed")[0]
         picked = str(kernel.best_config) if label == "autotuned" else label
         rows.append(dict(shape=shape.name, dtype=dtype_name, kernel=args.kernel, unroll=unroll, chunks=nchunks,
-                         vector_bc=not args.no_vector_bc,
+                         vector_bc=not args.no_vector_bc, bwd_chunk_len=args.bwd_chunk_len,
                          bwd_span=span, setting=label, config=picked, us=us, flushed_us=flushed, rel_err=err,
                          regs_spills=compiled_stats(kernel)[-1:]))  # fmt: skip
-        print(f"{shape.name} {dtype_name} chunks={nchunks} span={span} unroll={unroll:2d} {label}: {us[0]:7.1f} us (L2 flushed {flushed:7.1f}) "
+        print(f"{shape.name} {dtype_name} chunks={nchunks} span={span} unroll={unroll:2d} "
+              f"ckpt={K.bwd_chunk_for(shape.nstate)} {label}: {us[0]:7.1f} us (L2 flushed {flushed:7.1f}) "
               f"rel_err {err:.2e} regs/spills {rows[-1]['regs_spills']}" + (f" picked {picked}" if label == "autotuned" else ""),
               flush=True)  # fmt: skip
         write_report(out, mode, rows)  # after every row: a run cut by its time limit keeps what it timed

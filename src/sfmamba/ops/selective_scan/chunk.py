@@ -54,11 +54,20 @@ NAN_WORD = tl.constexpr(0x7FC07FC0)  # a NaN as one fp32 or as two bf16 (fp16: 0
 CKPT_BLOCK_LENS = (8, 16)
 
 
+forced_bwd_chunk: int | None = None  # steps per checkpoint chunk, for sweeps (None: bwd_chunk_for's own)
+
+
 def bwd_chunk_for(nstate: int) -> int:
     """Steps per backward program. The forward checkpoints the state every this many steps; the backward keeps
     one chunk's states in registers ([chunk, N, BLOCK_D]), so the chunk shrinks as N grows, and unrolls the chunk
     (`MAX_UNROLL`), so it is at most 16 steps: N = 1 and 2 had 64 and 32, whose dynamic loops paid a select per
-    stored state per step (sm_90 build, N = 1: 684 instructions per step for 32 channels, mostly ISETP/FSEL; 228 now)."""
+    stored state per step (sm_90 build, N = 1: 684 instructions per step for 32 channels, mostly ISETP/FSEL; 228 now).
+    `forced_bwd_chunk` overrides it. Session 35 (sm_90, the SPLIT 2 backward at cap 168, per 8 steps at N = 8): 4-step
+    chunks take bf16 (KEEP_DT) 1926 instructions and 3864 stall cycles against 3983 / 2051, 149 registers against
+    163; fp32 1884 / 3966 against 2148 / 4874, and no spills against 140 bytes; for twice the checkpoints. Untimed:
+    `pending_gpu.sh scan-bwd-chunk4`."""
+    if forced_bwd_chunk is not None:
+        return forced_bwd_chunk
     return max(4, min(16, 64 // triton.next_power_of_2(nstate)))
 
 
