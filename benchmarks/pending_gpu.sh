@@ -196,6 +196,23 @@ time_fwd_configs() {
     --out-dir "$dir" 2>&1 | tee "$dir/log.txt" | grep -v Warning
 }
 
+# the backward's default config at N = 8 for DTYPE (JSON kwargs without braces): SPLIT ROWS capped at 168 registers,
+# KEEP_DT as the autotuner's pruning gives it (16-bit inputs only)
+bwd_default() {
+  local keep=1
+  [ "$1" = float32 ] && keep=0
+  echo "$BWD_SPLIT, \"maxnreg\": 168, \"KEEP_DT\": $keep"
+}
+
+# fwd+bwd per backward config at SHAPES (default "0 2") for DTYPE, each checked; the rest of the arguments go to
+# scan_configs.py (--bwd-configs ..., --budget-s, ...); into run_step's $dir
+time_bwd_configs() {
+  local dtype=$1
+  shift
+  "$PY" benchmarks/ops/experiments/scan_configs.py --kernel bwd --no-autotuned --shapes ${SHAPES:-0 2} \
+    --dtypes "$dtype" --unroll 16 --out-dir "$dir" "$@" 2>&1 | tee -a "$dir/log.txt" | grep -v Warning
+}
+
 restore_triton_cache() {
   local parts=("$TRITON_CACHE_TGZ")
   [ -f "$TRITON_CACHE_TGZ" ] || parts=("$TRITON_CACHE_TGZ".part-*)
@@ -482,22 +499,17 @@ run_step() {
         --budget-s 300 --out-dir "$dir" 2>&1 | tee "$dir/log.txt" | grep -v Warning ;;
     scan-bwd-ckpt-l2)  # the default backward with and without CKPT_TO_L1 and PARTIALS_L2, fwd+bwd per config
       for dtype in ${DTYPES:-bfloat16 float32}; do
-        keep=$([ "$dtype" = float32 ] && echo 0 || echo 1)  # KEEP_DT as the autotuner's pruning gives it
-        base="$BWD_SPLIT, \"maxnreg\": 168, \"KEEP_DT\": $keep"
-        "$PY" benchmarks/ops/experiments/scan_configs.py --kernel bwd --no-autotuned --shapes ${SHAPES:-0 2} \
-          --dtypes "$dtype" --unroll 16 --bwd-configs "{$base}" "{$base, \"CKPT_TO_L1\": 1}" \
-          "{$base, \"PARTIALS_L2\": 1}" "{$base, \"CKPT_TO_L1\": 1, \"PARTIALS_L2\": 1}" --precompile 4 \
-          --budget-s 240 --out-dir "$dir" 2>&1 | tee -a "$dir/log.txt" | grep -v Warning
+        base=$(bwd_default "$dtype")
+        time_bwd_configs "$dtype" --bwd-configs "{$base}" "{$base, \"CKPT_TO_L1\": 1}" "{$base, \"PARTIALS_L2\": 1}" \
+          "{$base, \"CKPT_TO_L1\": 1, \"PARTIALS_L2\": 1}" --precompile 4 --budget-s 240
       done ;;
     scan-bwd-chunk4)  # fwd+bwd, the default backward config, checkpoints every 8 steps (N = 8's own) and every 4
       for dtype in ${DTYPES:-bfloat16 float32}; do
-        configs=("{$BWD_SPLIT, \"maxnreg\": 168, \"KEEP_DT\": 1}")  # bf16's default; fp32's is KEEP_DT 0, which
-        # spilled with KEEP_DT at 8-step chunks (200 bytes) but not at 4 (sm_90: 154 registers)
-        [ "$dtype" = float32 ] && configs=("{$BWD_SPLIT, \"maxnreg\": 168, \"KEEP_DT\": 0}" "${configs[@]}")
+        configs=("{$(bwd_default "$dtype")}")
+        # fp32 also with KEEP_DT: it spilled at 8-step chunks (200 bytes) but not at 4 (sm_90: 154 registers)
+        [ "$dtype" = float32 ] && configs+=("{$(bwd_default bfloat16)}")
         for len in 8 4; do
-          "$PY" benchmarks/ops/experiments/scan_configs.py --kernel bwd --no-autotuned --shapes ${SHAPES:-0 2} \
-            --dtypes "$dtype" --unroll 16 --bwd-configs "${configs[@]}" --bwd-chunk-len "$len" --precompile 2 \
-            --budget-s 120 --out-dir "$dir" 2>&1 | tee -a "$dir/log.txt" | grep -v Warning
+          time_bwd_configs "$dtype" --bwd-configs "${configs[@]}" --bwd-chunk-len "$len" --precompile 2 --budget-s 120
         done
       done ;;
     scan-fwd-fp32-l2)  # fp32 forward, SPLIT 2 ring, bound strides: L2 hints 16-64 steps ahead, capped at 168 or 160

@@ -179,6 +179,15 @@ def test_scan_configs_stride_binding_flags(bench_module, monkeypatch, flag, bind
     assert seen == [(bind, fp32_bound, ALL_STRIDES)]
 
 
+def experiment_module(name: str):
+    """A module of benchmarks/ops/experiments (which import each other by name)."""
+    sys.path.insert(0, str(BENCH_OPS / "experiments"))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.pop(0)
+
+
 _REASONS = ("long_scoreboard", "math_pipe_throttle", "wait")
 _STALLS = [f"smsp__average_warps_issue_stalled_{r}_per_issue_active.ratio" for r in _REASONS]
 _HEADER = ["ID", "Kernel Name", "gpu__time_duration.sum", "launch__registers_per_thread",
@@ -196,11 +205,7 @@ NCU_RAW = "\n".join([
 def test_ncu_summary_ranks_stall_reasons():
     """ncu_summary.py reads ncu's raw CSV page (header, units, one row per launch; ncu's own lines skipped) and lists
     each launch's time, registers and issue use with its largest stall reasons first."""
-    sys.path.insert(0, str(BENCH_OPS / "experiments"))
-    try:
-        summary = importlib.import_module("ncu_summary")
-    finally:
-        sys.path.pop(0)
+    summary = experiment_module("ncu_summary")
     lines = summary.summarise(NCU_RAW, top=2)
     assert lines[0].startswith("selective_scan_fwd_kernel: time 32.80 usecond, issue % 41.5 %")
     assert "regs 156 register/thread" in lines[0]
@@ -224,11 +229,7 @@ def test_ncu_source_top_ranks_instructions_and_opcodes():
     """ncu_source_top.py reads ncu's source page (SASS rows; ncu's own lines skipped) and lists the most sampled
     instructions first with their largest stall reasons, then the samples per opcode without predicates or
     modifiers."""
-    sys.path.insert(0, str(BENCH_OPS / "experiments"))
-    try:
-        source_top = importlib.import_module("ncu_source_top")
-    finally:
-        sys.path.pop(0)
+    source_top = experiment_module("ncu_source_top")
     lines = source_top.summarise(NCU_SOURCE, top=2)
     assert lines[0].startswith("# 3 instructions, 1000 samples")
     assert lines[1].split()[:3] == ["60.0%", "0x10", "@!P0"] and lines[1].endswith("stall_long_sb 550, stall_wait 50")

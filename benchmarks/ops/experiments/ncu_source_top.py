@@ -18,19 +18,18 @@ import io
 import sys
 from pathlib import Path
 
+from ncu_summary import csv_text
+from ncu_summary import number as _number
+
 
 def number(text: str) -> float:
-    try:
-        return float(text.replace(",", ""))
-    except ValueError:
-        return 0.0
+    return _number(text, missing=0.0)  # a blank sample count is none
 
 
 def summarise(text: str, top: int) -> list[str]:
     """The report's lines: a header, the `top` most sampled instructions (share, address, SASS, three largest
     reasons), then the share per opcode (predicates and modifiers dropped)."""
-    lines = [line for line in text.splitlines() if not line.startswith("==")]
-    reader = csv.DictReader(io.StringIO("\n".join(lines)))
+    reader = csv.DictReader(io.StringIO(csv_text(text)))
     names, rows = list(reader.fieldnames or []), list(reader)
     samples = next((n for n in names if "Stall Sampling" in n and "All" in n), None)
     if samples is None or not rows:

@@ -28,10 +28,14 @@ COLUMNS = {  # metric -> short name
 }
 
 
+def csv_text(text: str) -> str:
+    """An ncu CSV page without ncu's own messages (lines starting with "==") and blank lines."""
+    return "\n".join(line for line in text.splitlines() if line.strip() and not line.startswith("=="))
+
+
 def read_rows(text: str) -> tuple[list[str], list[str], list[list[str]]]:
     """(header, units, value rows) of a raw-page CSV."""
-    lines = [line for line in text.splitlines() if line.strip() and not line.startswith("==")]
-    rows = list(csv.reader(io.StringIO("\n".join(lines))))
+    rows = list(csv.reader(io.StringIO(csv_text(text))))
     if len(rows) < 3:
         raise ValueError(f"expected a header, a units row and at least one launch, got {len(rows)} rows")
     return rows[0], rows[1], rows[2:]
@@ -47,18 +51,19 @@ def summarise(text: str, top: int) -> list[str]:
         kernel = row[name_col] if name_col is not None else "?"
         fields = [f"{short} {row[index[m]]}{' ' + units[index[m]] if units[index[m]] else ''}"
                   for m, short in COLUMNS.items() if m in index]  # fmt: skip
-        ranked = sorted(((_number(row[index[s]]), s[len(STALL_PREFIX) : -len(STALL_SUFFIX)]) for s in stalls),
+        ranked = sorted(((number(row[index[s]]), s[len(STALL_PREFIX) : -len(STALL_SUFFIX)]) for s in stalls),
                         reverse=True)  # fmt: skip
         out.append(f"{kernel[:60]}: " + ", ".join(fields))
         out.append("    stalls per issue: " + ", ".join(f"{name} {value:.2f}" for value, name in ranked[:top]))
     return out
 
 
-def _number(text: str) -> float:
+def number(text: str, missing: float = float("nan")) -> float:
+    """An ncu value ("1,234.5" -> 1234.5); `missing` where it is not a number."""
     try:
         return float(text.replace(",", ""))
     except ValueError:
-        return float("nan")
+        return missing
 
 
 def main() -> int:
