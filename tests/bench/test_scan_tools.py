@@ -135,7 +135,8 @@ def test_scan_configs_forces_the_checkpoint_chunk(bench_module, monkeypatch):
     seen = []
 
     def stop(args):
-        seen.append((scan_configs.K.bwd_chunk_for(8), scan_configs.K.bwd_chunk_for(1), scan_configs.K.CKPT_BLOCK_LENS))
+        chunk_at = scan_configs.K.bwd_chunk_for
+        seen.append((chunk_at(8, torch.bfloat16), chunk_at(1, torch.float32), scan_configs.K.CKPT_BLOCK_LENS))
         raise KeyboardInterrupt
 
     monkeypatch.setattr(scan_configs, "settings", stop)

@@ -668,6 +668,7 @@ def test_backward_keeps_dt_for_16_bit_inputs_without_a_gate():
 
     assert kept(torch.bfloat16, HAS_Z=False) == kept(torch.float16, HAS_Z=False) == [1]  # N = 8: SPLIT ROWS alone
     assert kept(torch.float32, HAS_Z=False) == kept(torch.bfloat16, HAS_Z=True) == [0]
+    assert kept(torch.float32, HAS_Z=False, CHUNK=4) == [1] and kept(torch.float32, HAS_Z=True, CHUNK=4) == [0]
     assert config.kwargs["KEEP_DT"] == 1
     inputs = make_inputs(2, 21, 20, 8, 1, "BLD", z=False)
     kernel_fn = chunk.selective_scan_bwd_kernel
@@ -893,24 +894,28 @@ def test_chunk_two_pass_forward(chunk_len, layout, reset):
 
 
 @pytest.mark.parametrize(
-    "chunk_len, nstate, block_lens, blocks",  # whole rows, chunks of 2 checkpoint blocks, chunks across blocks,
-    # 16-step checkpoints stored per step unless their length is among the block lengths, 4-step blocks (N = 16)
+    "chunk_len, nstate, dtype, block_lens, blocks",  # whole rows, chunks of 2 checkpoint blocks, chunks across
+    # blocks, 16-step checkpoints stored per step unless their length is among the block lengths, N = 16's 4 steps
+    # stored per step (above CKPT_BLOCK_MAX_NSTATE), fp32's 4-step blocks at N = 8 (whole rows and chunks of 2)
     [
-        (None, 8, (8,), True),
-        (16, 8, (8,), True),
-        (7, 8, (8,), False),
-        (None, 4, (8,), False),
-        (None, 4, (4, 8, 16), True),
-        (None, 16, (4, 8, 16), True),
+        (None, 8, torch.bfloat16, (8,), True),
+        (16, 8, torch.bfloat16, (8,), True),
+        (7, 8, torch.bfloat16, (8,), False),
+        (None, 4, torch.bfloat16, (8,), False),
+        (None, 4, torch.bfloat16, (4, 8, 16), True),
+        (None, 16, torch.bfloat16, (4, 8, 16), False),
+        (None, 8, torch.float32, (4, 8, 16), True),
+        (8, 8, torch.float32, (4, 8, 16), True),
     ],
 )
 @pytest.mark.parametrize("prefetch, unroll", [(4, 2), (8, 8)])
-def test_training_forward_checkpoint_blocks(monkeypatch, chunk_len, nstate, block_lens, blocks, prefetch, unroll):
+def test_training_forward_checkpoint_blocks(monkeypatch, chunk_len, nstate, dtype, block_lens, blocks, prefetch,
+                                             unroll):  # fmt: skip
     """The training forward walks whole checkpoint blocks (CKPT_BLOCKS) where its chunks start at multiples of
-    ckpt_len (8 at N = 8) and ckpt_len is in CKPT_BLOCK_LENS, then the row's last steps, with B_t/C_t by vector
-    loads whose ring reaches past the row; chunks that start inside a block, and other checkpoint lengths, store
-    checkpoints step by step. Output, last states and every gradient, which the backward computes from those
-    checkpoints; periodic resets across blocks."""
+    ckpt_len (8 at N = 8 in 16 bits, 4 in fp32) and ckpt_len is in CKPT_BLOCK_LENS (up to N = 8), then the row's last
+    steps, with B_t/C_t by vector loads whose ring reaches past the row; chunks that start inside a block, and other
+    checkpoint lengths, store checkpoints step by step. Output, last states and every gradient, which the backward
+    computes from those checkpoints; periodic resets across blocks."""
     torch.manual_seed(11)
     monkeypatch.setattr(chunk, "CKPT_BLOCK_LENS", block_lens)
     launches: list[bool] = []
@@ -930,7 +935,7 @@ def test_training_forward_checkpoint_blocks(monkeypatch, chunk_len, nstate, bloc
         forced_configs(chunk.selective_scan_fwd_kernel, [config]),
         mock.patch.dict(FORCED_CHUNK_LEN, {"triton-2pass": chunk_len}),
     ):
-        compare_with_reference(inputs, torch.bfloat16, flags, backward=True, kernel="triton-2pass")
+        compare_with_reference(inputs, dtype, flags, backward=True, kernel="triton-2pass")
     assert launches == [blocks]
 
 
@@ -942,7 +947,7 @@ def test_forward_with_l2_hints_walks_blocks(chunk_len, ahead, split, nstate):
     of 20 (blocks, then 4 steps), with periodic resets, a gate and the vector B/C loads, and on two lanes per channel
     (the default config): output, last states and every gradient."""
     torch.manual_seed(13)
-    assert chunk.bwd_chunk_for(4) in chunk.CKPT_BLOCK_LENS
+    assert chunk.walks_ckpt_blocks(4, chunk.bwd_chunk_for(4, torch.float32))
     inputs = make_inputs(2, 44, 20, nstate, 1, "BLD", segments=None)
     ring = {"PREFETCH": 8, "UNROLL": 8} if split > 1 else {"PREFETCH": 4, "UNROLL": 4}
     config = triton.Config({"BLOCK_D": 32 // split, **ring, "SPLIT": split, "L2_AHEAD": ahead}, num_warps=1)
@@ -1485,6 +1490,7 @@ def test_value_checks_on_a_gpu_do_not_sync(monkeypatch):
 
 
 SM90_COMPILE_HEADER = """
+import torch
 import triton
 from sfmamba.ops.selective_scan import chunk
 from sfmamba.testing import compile_for_sm90, scan_pointer_type
@@ -1524,7 +1530,7 @@ STEP_BWD_SM90_COMPILE = (
     + """
 for nstate, summary, reset, extra in ((8, False, 0, infer), (8, False, 1, train), (1, False, 2, train),
                                       (8, True, 1, infer)):
-    block_n, steps = triton.next_power_of_2(nstate), chunk.bwd_chunk_for(nstate)
+    block_n, steps = triton.next_power_of_2(nstate), chunk.bwd_chunk_for(nstate, torch.bfloat16)
     flags = dict(common, **extra, RESET=reset, HAS_DLAST=extra is train, SUMMARY=summary, CHUNK=steps, BLOCK_D=32,
                  BLOCK_N=block_n, UNROLL=steps, NEXT_TO_L1=int(extra is train), BRANCHLESS=int(extra is train),
                  TILES=int(reset != 1))
@@ -1603,7 +1609,7 @@ def test_step_backward_compiles_for_sm90(part):
         assert [line.split()[-1] for line in lines] == ["loops=1"] * 4, result.stdout
         hints = [line.split()[-2] for line in lines]
         assert hints == ["hints=0", "hints=48", "hints=96", "hints=0"], result.stdout  # CHUNK 8, 8, 16 (N = 1), summary
-        assert all(chunk.bwd_chunk_for(n) <= chunk.MAX_UNROLL for n in (1, 2, 4, 8, 16, 64))
+        assert all(chunk.bwd_chunk_for(n, dtype) <= chunk.MAX_UNROLL for n in (1, 2, 4, 8, 16, 64) for dtype in DTYPES)
         return
     # ROWS, N = 8, a chunk of 8 steps: 9 shuffles per channel sum (dC in the forward sweep, dB in the backward one)
     assert [line.split()[2:] for line in lines if line.startswith("rows ")] == [["144", "0"]], result.stdout

@@ -61,9 +61,9 @@ def _use_forward(kind: str, monkeypatch) -> mock._patch:
     return mock.patch.object(other, "run", side_effect=AssertionError(f"not the {kind} forward"))
 
 
-def _launches(length: int, nstate: int) -> int:
+def _launches(length: int, nstate: int, dtype: torch.dtype) -> int:
     """Tiled backward launches of one backward: the summary pass too when the row spans several chunks."""
-    return 2 if length > chunk.bwd_chunk_for(nstate) else 1
+    return 2 if length > chunk.bwd_chunk_for(nstate, dtype) else 1
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -97,7 +97,7 @@ def test_tiled_backward(tiled_backward, monkeypatch, batch, length, dim, nstate,
     with _use_forward(forward, monkeypatch):
         errors = compare_with_reference(inputs, dtype, {"delta_softplus": True, "layout": layout}, backward=True)
     assert set(errors) >= ALL_GRADS
-    assert tiled_backward.call_count == _launches(length, nstate)
+    assert tiled_backward.call_count == _launches(length, nstate, dtype)
 
 
 OPTION_SETS = [
@@ -215,15 +215,16 @@ def test_gpu_configs_pruned_to_registers_and_chunk(monkeypatch, nstate):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     configs = tiled_bwd._bwd_configs()
     assert len(configs) == 40
-    chunk_len = chunk.bwd_chunk_for(nstate)
-    kept = tiled_bwd._prune_configs(configs, {"NSTATE": nstate}, CHUNK=chunk_len)
-    assert kept and all(c.kwargs["BLOCK_L"] <= chunk_len for c in kept)
     assert min(c.kwargs["BLOCK_D"] for c in configs) >= min(c.kwargs["BLOCK_D"] for c in chunk._bwd_configs())
-    if nstate <= 16:
-        assert all(tiled_bwd._fits_registers(c, nstate, chunk_len) for c in kept)
-        assert any(c.kwargs["BLOCK_L"] == chunk_len for c in kept)  # one block per chunk is always a candidate
-    else:
-        assert len(kept) == 1 and kept[0].kwargs == {"BLOCK_L": 4, "BLOCK_D": 32}
+    for dtype in (torch.bfloat16, torch.float32):
+        chunk_len = chunk.bwd_chunk_for(nstate, dtype)
+        kept = tiled_bwd._prune_configs(configs, {"NSTATE": nstate}, CHUNK=chunk_len)
+        assert kept and all(c.kwargs["BLOCK_L"] <= chunk_len for c in kept)
+        if nstate <= 16:
+            assert all(tiled_bwd._fits_registers(c, nstate, chunk_len) for c in kept)
+            assert any(c.kwargs["BLOCK_L"] == chunk_len for c in kept)  # one block per chunk is always a candidate
+        else:
+            assert len(kept) == 1 and kept[0].kwargs == {"BLOCK_L": 4, "BLOCK_D": 32}
 
 
 SM90_COMPILE = """
@@ -251,11 +252,11 @@ def test_kernels_compile_for_sm90():
 
 
 def test_interpreter_tile_is_smaller_than_the_chunks():
-    """The interpreter config runs several blocks per backward chunk for N = 1, 4, 8 (the entering-state sweep) and
-    one for N = 16."""
+    """The interpreter config runs several blocks per backward chunk for N = 1, 4, 8 (the entering-state sweep; fp32's
+    4-step chunks at N = 8 take one) and one for N = 16."""
     (config,) = tiled_bwd._bwd_configs()
     block_l = config.kwargs["BLOCK_L"]
-    assert block_l < chunk.bwd_chunk_for(8) and block_l == chunk.bwd_chunk_for(16)
+    assert block_l < chunk.bwd_chunk_for(8, torch.bfloat16) and block_l == chunk.bwd_chunk_for(16, torch.bfloat16)
 
 
 def test_backward_benchmark_smoke_runs_on_the_cpu(tmp_path):

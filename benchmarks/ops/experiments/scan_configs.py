@@ -223,7 +223,7 @@ def main() -> None:
                          bwd_span=span, setting=label, config=picked, us=us, flushed_us=flushed, rel_err=err,
                          regs_spills=compiled_stats(kernel)[-1:]))  # fmt: skip
         print(f"{shape.name} {dtype_name} chunks={nchunks} span={span} unroll={unroll:2d} "
-              f"ckpt={K.bwd_chunk_for(shape.nstate)} {label}: {us[0]:7.1f} us (L2 flushed {flushed:7.1f}) "
+              f"ckpt={K.bwd_chunk_for(shape.nstate, dtype)} {label}: {us[0]:7.1f} us (L2 flushed {flushed:7.1f}) "
               f"rel_err {err:.2e} regs/spills {rows[-1]['regs_spills']}" + (f" picked {picked}" if label == "autotuned" else ""),
               flush=True)  # fmt: skip
         write_report(out, mode, rows)  # after every row: a run cut by its time limit keeps what it timed

@@ -178,7 +178,7 @@ def run_backward(shape, dname, layout, fwd_kernel, bwd_kernel, device, args) -> 
     row.update(time_call(call, device, args))
     b, d, length, n, g = shape
     row["chunks"] = chunk.plan_chunks(b, g, d // g, length, device)
-    row["bwd_chunk"] = chunk.bwd_chunk_for(n)
+    row["bwd_chunk"] = chunk.bwd_chunk_for(n, dtype)
     kernels = (KERNELS[fwd_kernel], BWD_KERNELS[bwd_kernel])
     row["config"] = " | ".join(str(getattr(k, "best_config", None)) for k in kernels)
     return row

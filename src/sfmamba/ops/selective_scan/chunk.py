@@ -6,7 +6,7 @@ inside a thread and a step costs N exp2 + 3N FMA/FMUL and no shuffles -- and wal
 split into chunks processed in parallel in two passes: a summary pass computes each chunk's decay product and end
 state from a zero start, the main pass folds the earlier chunks into its incoming state and scans its chunk.
 Segment starts (periodic `seq_len` for folded images, packed `cu_seqlens`) zero the decay, which resets the state
-exactly, so folded images never mix. With autograd the forward also checkpoints the state every `bwd_chunk_for(N)`
+exactly, so folded images never mix. With autograd the forward also checkpoints the state every `bwd_chunk_for(N, dtype)`
 steps; the backward runs the same two-pass scheme in reverse over those chunks, recomputing each chunk's states
 into a [chunk, N, BLOCK_D] register tile so that the reverse walk can read them.
 """
@@ -51,23 +51,34 @@ NAN_WORD = tl.constexpr(0x7FC07FC0)  # a NaN as one fp32 or as two bf16 (fp16: 0
 # the 8-step ring 539.9 -> 509.2 us (benchmarks/results/s31_20261206/call2; sm_90 fp32 N = 1: 119 -> 55 stall cycles
 # per step). N = 16 (4 steps) keeps per-step stores: blocks helped the rings deeper than 2 steps there (fp32 BD32 P4
 # U4 172.5 -> 101.2 us at (128, 160, 196, 16), bf16 SPLIT2 88.6 -> 106.8), which `prune_fwd_configs` drops at N = 16
-CKPT_BLOCK_LENS = (8, 16)
+# (`CKPT_BLOCK_MAX_NSTATE`). 4 steps (fp32 at N = 5-8): as timed in session 36 (`bwd_chunk_for`)
+CKPT_BLOCK_LENS = (4, 8, 16)
+CKPT_BLOCK_MAX_NSTATE = 8
+
+
+def walks_ckpt_blocks(nstate: int, ckpt_len: int) -> bool:
+    """Whether a training forward at state size `nstate` checkpointing every `ckpt_len` steps walks whole blocks."""
+    return ckpt_len in CKPT_BLOCK_LENS and nstate <= CKPT_BLOCK_MAX_NSTATE
 
 
 forced_bwd_chunk: int | None = None  # steps per checkpoint chunk, for sweeps (None: bwd_chunk_for's own)
 
 
-def bwd_chunk_for(nstate: int) -> int:
-    """Steps per backward program. The forward checkpoints the state every this many steps; the backward keeps
-    one chunk's states in registers ([chunk, N, BLOCK_D]), so the chunk shrinks as N grows, and unrolls the chunk
-    (`MAX_UNROLL`), so it is at most 16 steps: N = 1 and 2 had 64 and 32, whose dynamic loops paid a select per
-    stored state per step (sm_90 build, N = 1: 684 instructions per step for 32 channels, mostly ISETP/FSEL; 228 now).
-    `forced_bwd_chunk` overrides it. Session 35 (sm_90, the SPLIT 2 backward at cap 168, per 8 steps at N = 8): 4-step
-    chunks take bf16 (KEEP_DT) 1926 instructions and 3864 stall cycles against 3983 / 2051, 149 registers against
-    163; fp32 1884 / 3966 against 2148 / 4874, and no spills against 140 bytes; for twice the checkpoints. Untimed:
-    `pending_gpu.sh scan-bwd-chunk4`."""
+def bwd_chunk_for(nstate: int, dtype: torch.dtype) -> int:
+    """Steps per backward program for inputs of `dtype`. The forward checkpoints the state every this many steps; the
+    backward keeps one chunk's states in registers ([chunk, N, BLOCK_D]), so the chunk shrinks as N grows, and unrolls
+    the chunk (`MAX_UNROLL`), so it is at most 16 steps: N = 1 and 2 had 64 and 32, whose dynamic loops paid a select
+    per stored state per step (sm_90 build, N = 1: 684 instructions per step for 32 channels, mostly ISETP/FSEL; 228
+    now). fp32 inputs at N = 5-8 take 4 steps, not 8: H100 session 36 (benchmarks/results/s36_20261207, fwd+bwd, CUDA
+    graphs, the SPLIT 2 backward, each checked against the fp32 reference), (128, 160, 196, 8) 225.1 -> 191.9 us,
+    (128, 320, 49, 8) 117.1 -> 99.4 (with KEEP_DT, `keeps_dt`), for twice the checkpoints (16.4 -> 32.8 MB at L = 196):
+    the 8-step chunk spilled (sm_90, cap 168, per 8 steps: 2148 -> 1884 instructions, 4874 -> 3966 stall cycles,
+    140 spilled bytes -> none). bf16 lost there (171.5 -> 183.5 us, 87.8 -> 90.8): 16-bit inputs keep 8 steps.
+    `forced_bwd_chunk` overrides it."""
     if forced_bwd_chunk is not None:
         return forced_bwd_chunk
+    if dtype == torch.float32 and 4 < nstate <= 8:
+        return 4
     return max(4, min(16, 64 // triton.next_power_of_2(nstate)))
 
 
@@ -843,10 +854,13 @@ def prune_bwd_configs(configs: list[triton.Config], named_args: dict, **kwargs) 
 
 
 def keeps_dt(args: dict) -> bool:
-    """Whether a backward launch with these arguments keeps each step's dt (KEEP_DT): with 16-bit inputs (`u_ptr`) and
-    no gate. H100 session 30, fwd+bwd: bf16 gains 3-4 us, fp32 loses 7-16 (spills); with a gate the sm_90 build spills
-    more (bf16 56 -> 88 bytes, session 29's static counts) and the models' scans pass none."""
-    return getattr(args.get("u_ptr"), "dtype", None) in (torch.float16, torch.bfloat16) and not args.get("HAS_Z")
+    """Whether a backward launch with these arguments keeps each step's dt (KEEP_DT): with 16-bit inputs (`u_ptr`) or
+    4-step chunks (`CHUNK`; fp32 at N = 5-8), and no gate. H100 session 30, fwd+bwd in 8-step chunks: bf16 gains 3-4
+    us, fp32 loses 7-16 (spills); session 36, fp32 in 4-step chunks (no spills): (128, 160, 196, 8) 194.7 -> 191.9 us,
+    (128, 320, 49, 8) 101.3 -> 99.4. With a gate the sm_90 build spills more (bf16 56 -> 88 bytes, session 29's static
+    counts) and the models' scans pass none."""
+    narrow = getattr(args.get("u_ptr"), "dtype", None) in (torch.float16, torch.bfloat16)
+    return (narrow or args.get("CHUNK") == 4) and not args.get("HAS_Z")
 
 
 MAX_UNROLL = 16  # the backward's main pass unrolls chunks up to this many steps (bwd_chunk_for's largest); a longer
@@ -1655,7 +1669,7 @@ def selective_scan_fwd(
     seq_len = seq_len or None  # the op schema passes 0 for "no periodic reset"
     batch, dim, length, nstate, groups = _shape(u, A, B, layout)
     dim_per_group = dim // groups
-    ckpt_len = bwd_chunk_for(nstate)
+    ckpt_len = bwd_chunk_for(nstate, u.dtype)
     reset, period, seg_ids, cu = _reset_args(length, seq_len, cu_seqlens, u.device)
     choice = fwd_kernel_choice(dim_per_group, length)
     adjacent = choice == "step"  # the tiled kernel loads [steps, channels] tiles, coalesced along either axis
@@ -1669,7 +1683,7 @@ def selective_scan_fwd(
     ckpt = torch.empty((batch, n_ckpt, nstate, dim) if save_chunks else (0,), device=u.device, dtype=torch.float32)
     kernel = _fwd_kernel(choice)
     # a training forward's chunks start where checkpoint blocks do (the step kernel's CKPT_BLOCKS)
-    blocks = save_chunks and ckpt_len in CKPT_BLOCK_LENS
+    blocks = save_chunks and walks_ckpt_blocks(nstate, ckpt_len)
     align = ckpt_len if blocks else 1
     chunk_len, nchunks = plan_chunks(batch, groups, dim_per_group, length, u.device, choice, align)
     # chunks that each start a segment (resets every `period` steps, chunks a multiple of it, e.g. a folded batch
@@ -1763,7 +1777,7 @@ def selective_scan_bwd(
     seq_len = seq_len or None
     batch, dim, length, nstate, groups = _shape(u, A, B, layout)
     dim_per_group = dim // groups
-    chunk = bwd_chunk_for(nstate)
+    chunk = bwd_chunk_for(nstate, u.dtype)
     n_ckpt = triton.cdiv(length, chunk)
     kernel = _bwd_kernel()
     step_kernel = kernel is selective_scan_bwd_kernel  # the tiled kernel takes one chunk per program
@@ -1854,7 +1868,7 @@ def _(u, delta, A, B, C, D, z, delta_bias, initial_state, cu_seqlens, delta_soft
       return_last_state, save_chunks):  # fmt: skip
     batch, dim, length, nstate, _ = _shape(u, A, B, layout)
     nseg = _num_segments(batch, length, seq_len or None, cu_seqlens)
-    nchunks = triton.cdiv(length, bwd_chunk_for(nstate))
+    nchunks = triton.cdiv(length, bwd_chunk_for(nstate, u.dtype))
     last = u.new_empty((nseg, dim, nstate) if return_last_state else (0,), dtype=torch.float32)
     chunks = u.new_empty((batch, nchunks, nstate, dim) if save_chunks else (0,), dtype=torch.float32)
     return torch.empty_like(u, memory_format=torch.contiguous_format), last, chunks
