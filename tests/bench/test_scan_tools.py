@@ -216,26 +216,27 @@ def test_ncu_summary_ranks_stall_reasons():
         summary.summarise(NCU_RAW.splitlines()[1] + "\n", top=2)
 
 
-NCU_SOURCE = "\n".join([
+NCU_SOURCE = "\n".join([  # ncu 2025's layout (session 36's H100): a kernel line before the header
     "==PROF== Connected to process 1234",
+    '"Kernel Name","selective_scan_bwd_kernel",',
     '"Address","Source","Warp Stall Sampling (All Samples)","stall_long_sb","stall_wait","Warp Stall Sampling (Not'
-    ' Issued Samples)"',
-    '"0x10","@!P0 LDG.E.128 R4, desc[UR4][R2.64]","600","550","50","590"',
-    '"0x20","FFMA R1, R2, R3, R4","300","0","300","200"',
-    '"0x30","SHFL.BFLY PT, R5, R6, 0x1, 0x1f","100","0","1,000","90"',
+    '-issued Samples)","stall_wait (Not Issued)"',
+    '"0x10","@!P0 LDG.E.128 R4, desc[UR4][R2.64]","600","550","50","590","900"',
+    '"0x20","FFMA R1, R2, R3, R4","300","0","300","200","900"',
+    '"0x30","SHFL.BFLY PT, R5, R6, 0x1, 0x1f","100","0","1,000","90","900"',
 ])  # fmt: skip
 
 
 def test_ncu_source_top_ranks_instructions_and_opcodes():
-    """ncu_source_top.py reads ncu's source page (SASS rows; ncu's own lines skipped) and lists the most sampled
-    instructions first with their largest stall reasons, then the samples per opcode without predicates or
-    modifiers."""
+    """ncu_source_top.py reads ncu's source page (SASS rows; ncu's own lines and the kernel line skipped) and lists
+    the most sampled instructions first with their largest stall reasons (not the not-issued columns), then the
+    samples per opcode without predicates or modifiers."""
     source_top = experiment_module("ncu_source_top")
     lines = source_top.summarise(NCU_SOURCE, top=2)
-    assert lines[0].startswith("# 3 instructions, 1000 samples")
-    assert lines[1].split()[:3] == ["60.0%", "0x10", "@!P0"] and lines[1].endswith("stall_long_sb 550, stall_wait 50")
-    assert lines[2].split()[:2] == ["30.0%", "0x20"] and lines[2].endswith("stall_wait 300")
+    assert lines[0] == "# 3 instructions, 1000 samples; reasons: ['long_sb', 'wait']"
+    assert lines[1].split()[:3] == ["60.0%", "0x10", "@!P0"] and lines[1].endswith("long_sb 550, wait 50")
+    assert lines[2].split()[:2] == ["30.0%", "0x20"] and lines[2].endswith("wait 300")
     assert lines[3] == "# samples per opcode"
     assert lines[4:] == [" 60.0%  LDG", " 30.0%  FFMA", " 10.0%  SHFL"]
     with pytest.raises(ValueError, match="no instruction rows"):
-        source_top.summarise(NCU_SOURCE.splitlines()[1] + "\n", top=2)
+        source_top.summarise("\n".join(NCU_SOURCE.splitlines()[1:3]) + "\n", top=2)
