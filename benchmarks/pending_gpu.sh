@@ -137,17 +137,15 @@
 #                    the default went from 32 to 16: is 8 better still?)                              (~1 min cold)
 #   scan-ncu-stalls  Nsight Compute stall reasons per issued instruction of the autotuner's current picks (forward,
 #                    training forward, backward, partial sums) at SHAPES (default 0), bf16 and fp32      (~2 min)
-#   scan-bwd-ckpt-l2 fwd+bwd per backward config: the default (SPLIT 2 at cap 168, KEEP_DT in bf16) with and without
-#                    CKPT_TO_L1 (the chunk before's checkpoint rows hinted into L1 a chunk ahead; sm_90 bf16 2051 ->
-#                    2076 instructions, no spills) and PARTIALS_L2 (the dB/dC partials stored last to evict from L2,
-#                    for the partial-sum launch right after: 2108 instructions, a cache policy per store), SHAPES
-#                    default "0 2", DTYPES default bf16 and fp32                                         (~6 min cold)
-#   scan-bwd-chunk4  fwd+bwd (the default backward config; fp32 also with KEEP_DT) with the checkpoint chunk at 8 steps
-#                    (N = 8's) and at 4 (`--bwd-chunk-len`; the training forward walks whole 4-step blocks), for twice
-#                    the checkpoints (16.4 -> 32.8 MB written and read at (128, 160, 196, 8)). sm_90 per 8 steps, cap
-#                    168: bf16 2051 -> 1926 instructions, 3983 -> 3864 stall cycles, 163 -> 149 registers; fp32 2148 ->
-#                    1884, 4874 -> 3966, 140 spilled bytes -> none (KEEP_DT: 1838 / 3750, 154 registers); SHAPES,
-#                    DTYPES                                                                              (~6 min cold)
+#   scan-bwd-ckpt-ahead fwd+bwd per backward config: the default (SPLIT 2 at cap 168, KEEP_DT) with and without
+#                    CKPT_AHEAD (each chunk's checkpoint loaded by the chunk after it, as its backward sweep starts:
+#                    ncu put 6.7 % of the bf16 backward's samples on the checkpoint's first use, session 36); SHAPES
+#                    default "0 2", DTYPES default "bfloat16 float32"                                 (~4 min cold)
+#   scan-bwd-chunk4  fwd+bwd (the default backward config; fp32 also without KEEP_DT) with the checkpoint chunk at 8
+#                    steps and at 4 (`--bwd-chunk-len`; the training forward walks whole 4-step blocks), for twice the
+#                    checkpoints (16.4 -> 32.8 MB written and read at (128, 160, 196, 8)). Session 36 (H100): fp32
+#                    225.1 -> 191.9 us at L = 196 (4 steps became fp32's default at N = 5-8), bf16 171.5 -> 183.5
+#                    (kept at 8); SHAPES, DTYPES                                                         (~6 min cold)
 #   scan-train-fwd-now the training forward (checkpoints stored) per config: the 8-step ring at BLOCK_D 32 against
 #                    the SPLIT 2 rings capped at 168 registers, with and without L2 hints; SHAPES, DTYPES (~3 min cold)
 #   scan-ncu-source  the backward's SASS instructions its warps stall on most, with the reasons (Nsight Compute's
@@ -196,21 +194,20 @@ time_fwd_configs() {
     --out-dir "$dir" 2>&1 | tee "$dir/log.txt" | grep -v Warning
 }
 
-# the backward's default config at N = 8 for DTYPE (JSON kwargs without braces): SPLIT ROWS capped at 168 registers,
-# KEEP_DT as the autotuner's pruning gives it (16-bit inputs only)
+# the backward's default config at N = 8 (JSON kwargs without braces): SPLIT ROWS capped at 168 registers, KEEP_DT
+# 1 (the autotuner's pruning keeps it for 16-bit inputs and for fp32's 4-step chunks) or the argument's value
 bwd_default() {
-  local keep=1
-  [ "$1" = float32 ] && keep=0
-  echo "$BWD_SPLIT, \"maxnreg\": 168, \"KEEP_DT\": $keep"
+  echo "$BWD_SPLIT, \"maxnreg\": 168, \"KEEP_DT\": ${1:-1}"
 }
 
-# fwd+bwd per backward config at SHAPES (default "0 2") for DTYPE, each checked; the rest of the arguments go to
-# scan_configs.py (--bwd-configs ..., --budget-s, ...); into run_step's $dir
+# fwd+bwd per backward config at SHAPES (default "0 2") for DTYPES (one argument: "bfloat16 float32" builds both
+# dtypes' settings in one precompile), each checked; the rest of the arguments go to scan_configs.py (--bwd-configs
+# ..., --budget-s, ...); into run_step's $dir
 time_bwd_configs() {
-  local dtype=$1
+  local dtypes=$1
   shift
   "$PY" benchmarks/ops/experiments/scan_configs.py --kernel bwd --no-autotuned --shapes ${SHAPES:-0 2} \
-    --dtypes "$dtype" --unroll 16 --out-dir "$dir" "$@" 2>&1 | tee -a "$dir/log.txt" | grep -v Warning
+    --dtypes $dtypes --unroll 16 --out-dir "$dir" "$@" 2>&1 | tee -a "$dir/log.txt" | grep -v Warning
 }
 
 restore_triton_cache() {
@@ -497,17 +494,14 @@ run_step() {
       "$PY" benchmarks/ops/experiments/scan_configs.py --kernel bwd --no-autotuned --shapes ${SHAPES:-0 2} \
         --dtypes bfloat16 float32 --unroll 16 --bwd-configs "{$split}" "{$split, \"KEEP_DT\": 1}" --precompile 4 \
         --budget-s 300 --out-dir "$dir" 2>&1 | tee "$dir/log.txt" | grep -v Warning ;;
-    scan-bwd-ckpt-l2)  # the default backward with and without CKPT_TO_L1 and PARTIALS_L2, fwd+bwd per config
+    scan-bwd-ckpt-ahead)  # fwd+bwd, the default backward config with and without CKPT_AHEAD, both dtypes in one build
+      time_bwd_configs "${DTYPES:-bfloat16 float32}" --bwd-configs "{$(bwd_default)}" \
+        "{$(bwd_default), \"CKPT_AHEAD\": 1}" --precompile 8 --budget-s 240 ;;
+    scan-bwd-chunk4)  # fwd+bwd, the default backward config, checkpoints every 8 steps and every 4
       for dtype in ${DTYPES:-bfloat16 float32}; do
-        base=$(bwd_default "$dtype")
-        time_bwd_configs "$dtype" --bwd-configs "{$base}" "{$base, \"CKPT_TO_L1\": 1}" "{$base, \"PARTIALS_L2\": 1}" \
-          "{$base, \"CKPT_TO_L1\": 1, \"PARTIALS_L2\": 1}" --precompile 4 --budget-s 240
-      done ;;
-    scan-bwd-chunk4)  # fwd+bwd, the default backward config, checkpoints every 8 steps (N = 8's own) and every 4
-      for dtype in ${DTYPES:-bfloat16 float32}; do
-        configs=("{$(bwd_default "$dtype")}")
-        # fp32 also with KEEP_DT: it spilled at 8-step chunks (200 bytes) but not at 4 (sm_90: 154 registers)
-        [ "$dtype" = float32 ] && configs+=("{$(bwd_default bfloat16)}")
+        configs=("{$(bwd_default)}")
+        # fp32 also without KEEP_DT: it spilled at 8-step chunks (200 bytes) but not at 4 (sm_90: 154 registers)
+        [ "$dtype" = float32 ] && configs+=("{$(bwd_default 0)}")
         for len in 8 4; do
           time_bwd_configs "$dtype" --bwd-configs "${configs[@]}" --bwd-chunk-len "$len" --precompile 2 --budget-s 120
         done

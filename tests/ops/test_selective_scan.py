@@ -609,8 +609,8 @@ def test_backward_rows(nstate, layout, kernel, segments, branchless, lane_sums, 
     is built by test_step_backward_compiles_for_sm90). `split` 2 or 4: that many lanes per channel (16 or 8 channels per
     program), each holding a share of the states (N = 2, 3, 4, 8; N = 3 leaves the odd lane one real state of two).
     `keep_dt`: the forward sweep keeps each step's dt for the backward sweep (KEEP_DT), with and without softplus
-    (here in fp32 and with a gate: a single forced config is never pruned); those rows also turn on the checkpoint's
-    L1 hint (CKPT_TO_L1) and the partials' L2 store hint (PARTIALS_L2)."""
+    (here in fp32 and with a gate: a single forced config is never pruned); those rows also carry each chunk's
+    checkpoint from the chunk after it (CKPT_AHEAD), over whole rows and spans."""
     torch.manual_seed(7)
     inputs = make_inputs(2, 23, 20, nstate, 2, layout, segments=segments)
     kernel_fn = chunk.selective_scan_bwd_kernel
@@ -619,10 +619,7 @@ def test_backward_rows(nstate, layout, kernel, segments, branchless, lane_sums, 
     if split > 1:
         config["SPLIT"] = split
     if keep_dt:
-        config["KEEP_DT"] = 1
-        # L2/L1 hints, untimed (pending_gpu.sh scan-bwd-ckpt-l2): no-ops in the interpreter, but their addresses,
-        # masks and store paths are built all the same
-        config.update(CKPT_TO_L1=1, PARTIALS_L2=1)
+        config.update(KEEP_DT=1, CKPT_AHEAD=1)
     emulate = mock.patch.object(chunk, "EMULATE_LANE_SHUFFLES", triton.language.constexpr(lane_sums))
     for softplus in (True, False) if keep_dt else (True,):
         if not softplus:  # a raw step that is already positive

@@ -899,8 +899,7 @@ def selective_scan_bwd_kernel(
     UNROLL: tl.constexpr, NEXT_TO_L1: tl.constexpr = 0, BRANCHLESS: tl.constexpr = 0, TILES: tl.constexpr = 0,
     ROWS: tl.constexpr = 0, VECTOR_BC: tl.constexpr = 0, SPLIT: tl.constexpr = 1, ATOMIC_BC: tl.constexpr = 0,
     L_STRIDE: tl.constexpr = 0, BC_L_STRIDE: tl.constexpr = 0, Z_L_STRIDE: tl.constexpr = 0,
-    DOUT_L_STRIDE: tl.constexpr = 0, KEEP_DT: tl.constexpr = 0, CKPT_TO_L1: tl.constexpr = 0,
-    PARTIALS_L2: tl.constexpr = 0,
+    DOUT_L_STRIDE: tl.constexpr = 0, KEEP_DT: tl.constexpr = 0, CKPT_AHEAD: tl.constexpr = 0,
 ):  # fmt: skip
     # One program: one image, BLOCK_D channels, one span of `span` chunks of CHUNK steps (the forward checkpointed
     # the state at every chunk end; `n_ckpt` chunks per row, `nchunks` spans). The state gradient runs backwards:
@@ -1016,17 +1015,23 @@ def selective_scan_bwd_kernel(
                 A2_rows = A2_rows + (A_rows[n] * LOG2E,)
                 a_rows = a_rows + (tl.where(start_next | (t_next >= L), 0.0, _exp2(dt_next * A2_rows[n])),)
                 acc_rows = acc_rows + (dD_acc * 0.0,)
+            if CKPT_AHEAD:  # the span's last chunk starts from this checkpoint; each chunk loads the next one's
+                last_cc = c * span + span_chunks - 1
+                ckpt_rows = _state_rows(ckpt_ptr, (pid_b * n_ckpt + last_cc - 1) * STATE, D_total, state_ch,
+                                        mask_d & (last_cc > 0), nleft, R)  # fmt: skip
+            else:
+                ckpt_rows = acc_rows  # (unused, carried as it came)
             for j in range(span_chunks):
                 cc = c * span + span_chunks - 1 - j
-                dh_rows, a_rows, acc_rows, dD_acc, dbias_acc = _bwd_chunk_rows(
+                dh_rows, a_rows, acc_rows, dD_acc, dbias_acc, ckpt_rows = _bwd_chunk_rows(
                     u_ptr, delta_ptr, A_rows, A2_rows, B_ptr, C_ptr, Dv, z_ptr, bias, h0_ptr, seg_ids_ptr, cu_ptr,
                     ckpt_ptr, dout_ptr, dlast_ptr, du_ptr, ddelta_ptr, dz_ptr, dB_ptr, dC_ptr, dh0_ptr, dh_rows, a_rows,
-                    acc_rows, dD_acc, dbias_acc, cc, cc * CHUNK, tl.minimum(CHUNK, L - cc * CHUNK), L, seq_len, pid_b,
+                    acc_rows, dD_acc, dbias_acc, ckpt_rows, cc, cc * CHUNK, tl.minimum(CHUNK, L - cc * CHUNK), L, seq_len, pid_b,
                     n_ckpt, D_total, part_base, ch, mask_d, state_ch, nleft, lead, n0, NSTATE, su_l, su_d, sdt_l,
                     sdt_d, sz_l, sz_d, sdo_l, sdo_d, sg_b, sg_l, sg_d, sB_l, sB_n, sC_l, sC_n, j + 1 < span_chunks,
                     HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, HAS_H0, RESET, HAS_DLAST, CHUNK, BLOCK_D * SPLIT, R, NEXT_TO_L1,
                     BRANCHLESS, VECTOR_BC, (FAST_MATH or EMULATE_LANE_SHUFFLES) and BLOCK_D * SPLIT == 32 and R <= 32,
-                    SPLIT, ATOMIC_BC, KEEP_DT, CKPT_TO_L1, PARTIALS_L2,
+                    SPLIT, ATOMIC_BC, KEEP_DT, CKPT_AHEAD,
                 )  # fmt: skip
             _store_state_rows(dA_ptr, part * NSTATE, D_total, state_ch, mask_d, nleft, acc_rows, R)
         else:
@@ -1276,21 +1281,17 @@ def _lane_shuffle(x, MASK: tl.constexpr):
 
 
 @triton.jit
-def _put(ptr, value, mask, ATOMIC: tl.constexpr, KEEP_IN_L2: tl.constexpr = 0):
-    """*ptr = value, or (ATOMIC) *ptr += value by an fp32 atomic add, where mask. KEEP_IN_L2: the store marked last
-    to evict from L2 (a partial the partial-sum launch reads right after the kernel)."""
+def _put(ptr, value, mask, ATOMIC: tl.constexpr):
+    """*ptr = value, or (ATOMIC) *ptr += value by an fp32 atomic add, where mask."""
     if ATOMIC:
         tl.atomic_add(ptr, value, mask=mask, sem="relaxed")
-    elif KEEP_IN_L2:
-        tl.store(ptr, value, mask=mask, eviction_policy="evict_last")
     else:
         tl.store(ptr, value, mask=mask)
 
 
 @triton.jit
 def _store_channel_sums(ptr, values, valid, NSTATE, n0, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
-                        LANE_SUMS: tl.constexpr, SPLIT: tl.constexpr = 1, ATOMIC: tl.constexpr = 0,
-                        KEEP_IN_L2: tl.constexpr = 0):  # fmt: skip
+                        LANE_SUMS: tl.constexpr, SPLIT: tl.constexpr = 1, ATOMIC: tl.constexpr = 0):  # fmt: skip
     """ptr[n0 + n] = (ATOMIC: +=) the sum over the channels of values[n] (a tuple of BLOCK_N [BD] rows: each lane's
     share of the states from n0 on), n0 + n < NSTATE, where `valid`. SPLIT (2 or 4): adjacent lanes share a channel,
     lane k of it holding states k BLOCK_N .. (k + 1) BLOCK_N - 1 (n0 = k BLOCK_N). LANE_SUMS (one warp of BLOCK_D = 32
@@ -1318,14 +1319,13 @@ def _store_channel_sums(ptr, values, valid, NSTATE, n0, BLOCK_D: tl.constexpr, B
             else:  # one row left: finish its sum over the lanes that share it
                 rows = (rows[0] + _lane_shuffle(rows[0], 16 >> level),)
         first = (lane & ((32 // BLOCK_N - 1) & (32 - SPLIT))) == 0
-        _put(ptr + n, rows[0], first & (n < NSTATE) & valid, ATOMIC, KEEP_IN_L2)
+        _put(ptr + n, rows[0], first & (n < NSTATE) & valid, ATOMIC)
     else:
         share = _lane_id(BLOCK_D) % SPLIT  # which share of a channel's states each lane holds
         for k in tl.static_range(SPLIT):
             for n in tl.static_range(BLOCK_N):
                 part = values[n] if SPLIT == 1 else tl.where(share == k, values[n], 0.0)
-                _put(ptr + k * BLOCK_N + n, tl.sum(part, axis=0), valid & (k * BLOCK_N + n < NSTATE), ATOMIC,
-                     KEEP_IN_L2)  # fmt: skip
+                _put(ptr + k * BLOCK_N + n, tl.sum(part, axis=0), valid & (k * BLOCK_N + n < NSTATE), ATOMIC)
 
 
 @triton.jit
@@ -1343,14 +1343,14 @@ def _step_inputs_rows(u_ptr, delta_ptr, B_ptr, C_ptr, dout_ptr, z_ptr, t, valid,
 @triton.jit
 def _bwd_chunk_rows(u_ptr, delta_ptr, A, A2, B_ptr, C_ptr, Dv, z_ptr, bias, h0_ptr, seg_ids_ptr, cu_ptr, ckpt_ptr,
                     dout_ptr, dlast_ptr, du_ptr, ddelta_ptr, dz_ptr, dB_ptr, dC_ptr, dh0_ptr, dh, a_next, dA_acc,
-                    dD_acc, dbias_acc, c, t0, steps, L, seq_len, pid_b, n_ckpt, D_total, part_base, ch, mask_d,
-                    state_ch, nleft, lead, n0, NSTATE, su_l, su_d, sdt_l, sdt_d, sz_l, sz_d, sdo_l, sdo_d, sg_b, sg_l,
-                    sg_d, sB_l, sB_n, sC_l, sC_n, more, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
+                    dD_acc, dbias_acc, ckpt_rows, c, t0, steps, L, seq_len, pid_b, n_ckpt, D_total, part_base, ch,
+                    mask_d, state_ch, nleft, lead, n0, NSTATE, su_l, su_d, sdt_l, sdt_d, sz_l, sz_d, sdo_l, sdo_d, sg_b,
+                    sg_l, sg_d, sB_l, sB_n, sC_l, sC_n, more, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
                     HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_H0: tl.constexpr, RESET: tl.constexpr,
                     HAS_DLAST: tl.constexpr, CHUNK: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
                     NEXT_TO_L1: tl.constexpr, BRANCHLESS: tl.constexpr, VECTOR_BC: tl.constexpr,
                     LANE_SUMS: tl.constexpr, SPLIT: tl.constexpr, ATOMIC: tl.constexpr,
-                    KEEP_DT: tl.constexpr, CKPT_TO_L1: tl.constexpr, PARTIALS_L2: tl.constexpr):  # fmt: skip
+                    KEEP_DT: tl.constexpr, CKPT_AHEAD: tl.constexpr):  # fmt: skip
     """`_bwd_chunk` with every state a tuple of BLOCK_N [BD] rows (ROWS): dh, a_next, dA_acc and the chunk's states
     (a tuple of CHUNK such tuples); each step's sums over N stay inside a thread and its sums over the channels (dB,
     dC) go through `_store_channel_sums`. Loads one step ahead (PREFETCH 1). BLOCK_D: lanes ([BD] tensors); SPLIT > 1:
@@ -1359,21 +1359,24 @@ def _bwd_chunk_rows(u_ptr, delta_ptr, A, A2, B_ptr, C_ptr, Dv, z_ptr, bias, h0_p
     the channel's values. KEEP_DT: the forward sweep keeps each step's dt (a [BD] row per step) for the backward
     sweep, which then computes no softplus (sm_90, SPLIT 2 at cap 168, no gate, bf16: 2090 -> 2036 instructions and
     4217 -> 3941 stall cycles per 8-step chunk, 159 -> 162 registers; fp32 148 -> 200 spilled bytes; with a gate
-    the bf16 build spills 88 bytes instead of 56; timed and pruned: `keeps_dt`). Untimed, off by default (session 35:
-    ncu has the bf16 backward at (128, 160, 196, 8) waiting on memory 0.73 cycles per issued instruction, and the
-    partial-sum launch after it at 27 % L2 hits): CKPT_TO_L1 hints the checkpoint rows of the chunk before into L1 a
-    chunk ahead of their loads (sm_90 bf16: 2051 -> 2076 instructions, no spills); PARTIALS_L2 stores the dB/dC
-    partials last to evict from L2 (2108 instructions: a cache policy per store)."""
+    the bf16 build spills 88 bytes instead of 56; timed and pruned: `keeps_dt`). Tried and dropped (H100 session 36,
+    bf16 fwd+bwd, benchmarks/results/s36_20261207/call3): the checkpoint rows of the chunk before hinted into L1 a
+    chunk ahead, and the dB/dC partials stored last to evict from L2, each within 1 % of the default (170.0 and 171.6
+    us against 171.2 at (128, 160, 196, 8); 87.9 and 88.3 against 87.4 at (128, 320, 49, 8)). CKPT_AHEAD: the chunk
+    starts from `ckpt_rows` (its checkpoint, loaded by the chunk after it, or before the span's loop) and loads the
+    chunk before's as its backward sweep starts, returned last: ncu (session 36, (128, 160, 196, 8) bf16) put 6.7 % of
+    the backward's warp samples on the chunk's first use of its checkpoint, loaded right before. Without it
+    `ckpt_rows` is ignored and returned as it came."""
     if NEXT_TO_L1:
         _prefetch_chunk_before(u_ptr, delta_ptr, B_ptr, C_ptr, dout_ptr, z_ptr, t0, more, ch, mask_d, su_l, su_d,
                                sdt_l, sdt_d, sB_l, sC_l, sdo_l, sdo_d, sz_l, sz_d, HAS_Z, CHUNK, BLOCK_D,
                                NEXT_TO_L1)  # fmt: skip
     STATE = D_total * NSTATE
-    if CKPT_TO_L1:  # the chunk before starts from checkpoint c - 2: its rows into L1 a chunk ahead of their loads
-        for n in tl.static_range(BLOCK_N):
-            _prefetch_l1(ckpt_ptr + (pid_b * n_ckpt + c - 2) * STATE + n * D_total + state_ch,
-                         mask_d & more & (c > 1) & (n < nleft))  # fmt: skip
-    h = _state_rows(ckpt_ptr, (pid_b * n_ckpt + c - 1) * STATE, D_total, state_ch, mask_d & (c > 0), nleft, BLOCK_N)
+    if CKPT_AHEAD:
+        h = ckpt_rows
+    else:
+        h = _state_rows(ckpt_ptr, (pid_b * n_ckpt + c - 1) * STATE, D_total, state_ch, mask_d & (c > 0), nleft,
+                        BLOCK_N)  # fmt: skip
     ahead = _step_inputs_rows(u_ptr, delta_ptr, B_ptr, C_ptr, dout_ptr, z_ptr, t0, steps > 0, ch, mask_d, nleft,
                               su_l, su_d, sdt_l, sdt_d, sB_l, sB_n, sC_l, sC_n, sdo_l, sdo_d, sz_l, sz_d, HAS_Z,
                               BLOCK_N, VECTOR_BC)  # fmt: skip
@@ -1421,13 +1424,16 @@ def _bwd_chunk_rows(u_ptr, delta_ptr, A, A2, B_ptr, C_ptr, Dv, z_ptr, bias, h0_p
                 tl.store(dz_ptr + pid_b * sg_b + t * sg_l + ch * sg_d, dz.to(dz_ptr.dtype.element_ty),
                          mask=lead & valid)  # fmt: skip
             _store_channel_sums(dC_ptr + part_base + t * NSTATE, dC, valid, NSTATE, n0, BLOCK_D, BLOCK_N, LANE_SUMS,
-                                SPLIT, ATOMIC, PARTIALS_L2)  # fmt: skip
+                                SPLIT, ATOMIC)  # fmt: skip
             tiles = tiles[:k] + (h,) + tiles[k + 1 :]
     # backward sweep (BRANCHLESS walks the masked steps too, from the chunk's last slot)
     first = CHUNK - 1 if BRANCHLESS else steps - 1
     ahead = _step_inputs_rows(u_ptr, delta_ptr, B_ptr, C_ptr, dout_ptr, z_ptr, t0 + first,
                               (first >= 0) & (first < steps), ch, mask_d, nleft, su_l, su_d, sdt_l, sdt_d, sB_l, sB_n,
                               sC_l, sC_n, sdo_l, sdo_d, sz_l, sz_d, HAS_Z, BLOCK_N, VECTOR_BC)  # fmt: skip
+    if CKPT_AHEAD:  # the chunk before starts from checkpoint c - 2
+        ckpt_rows = _state_rows(ckpt_ptr, (pid_b * n_ckpt + c - 2) * STATE, D_total, state_ch,
+                                mask_d & more & (c > 1), nleft, BLOCK_N)  # fmt: skip
     for i in tl.static_range(CHUNK):
         k = CHUNK - 1 - i
         run = True if BRANCHLESS else k < steps
@@ -1485,11 +1491,11 @@ def _bwd_chunk_rows(u_ptr, delta_ptr, A, A2, B_ptr, C_ptr, Dv, z_ptr, bias, h0_p
                                                dD_acc, dbias_acc, pid_b * sg_b + t * sg_l + ch * sg_d, lead, valid,
                                                HAS_D, SOFTPLUS)  # fmt: skip
             _store_channel_sums(dB_ptr + part_base + t * NSTATE, dB, valid, NSTATE, n0, BLOCK_D, BLOCK_N, LANE_SUMS,
-                                SPLIT, ATOMIC, PARTIALS_L2)  # fmt: skip
+                                SPLIT, ATOMIC)  # fmt: skip
             if HAS_H0:
                 _store_state_rows(dh0_ptr, seg * STATE, D_total, state_ch, mask_d & start & valid, nleft, dh0,
                                   BLOCK_N)  # fmt: skip
-    return dh, a_next, dA_acc, dD_acc, dbias_acc
+    return dh, a_next, dA_acc, dD_acc, dbias_acc, ckpt_rows
 
 
 def _reset_args(length: int, seq_len: int | None, cu_seqlens: Tensor | None, device: torch.device) -> tuple:
