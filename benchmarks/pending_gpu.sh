@@ -137,10 +137,11 @@
 #                    the default went from 32 to 16: is 8 better still?)                              (~1 min cold)
 #   scan-ncu-stalls  Nsight Compute stall reasons per issued instruction of the autotuner's current picks (forward,
 #                    training forward, backward, partial sums) at SHAPES (default 0), bf16 and fp32      (~2 min)
-#   scan-bwd-ckpt-ahead fwd+bwd per backward config: the default (SPLIT 2 at cap 168, KEEP_DT) with and without
+#   scan-bwd-ckpt-ahead fwd+bwd per backward config: the default (SPLIT 2 at cap 168, KEEP_DT) without and with
 #                    CKPT_AHEAD (each chunk's checkpoint loaded by the chunk after it, as its backward sweep starts:
-#                    ncu put 6.7 % of the bf16 backward's samples on the checkpoint's first use, session 36); SHAPES
-#                    default "0 2", DTYPES default "bfloat16 float32"                                 (~4 min cold)
+#                    ncu put 6.7 % of the bf16 backward's samples on the checkpoint's first use; session 36 at L = 196:
+#                    bf16 171.2 -> 168.4 us, fp32 192.8 -> 193.1, so it became the default); SHAPES default "0 2",
+#                    DTYPES default "bfloat16 float32"                                                 (~4 min cold)
 #   scan-bwd-chunk4  fwd+bwd (the default backward config; fp32 also without KEEP_DT) with the checkpoint chunk at 8
 #                    steps and at 4 (`--bwd-chunk-len`; the training forward walks whole 4-step blocks), for twice the
 #                    checkpoints (16.4 -> 32.8 MB written and read at (128, 160, 196, 8)). Session 36 (H100): fp32
@@ -195,9 +196,10 @@ time_fwd_configs() {
 }
 
 # the backward's default config at N = 8 (JSON kwargs without braces): SPLIT ROWS capped at 168 registers, KEEP_DT
-# 1 (the autotuner's pruning keeps it for 16-bit inputs and for fp32's 4-step chunks) or the argument's value
+# 1 (the autotuner's pruning keeps it for 16-bit inputs and for fp32's 4-step chunks) and CKPT_AHEAD 1, or the
+# arguments' values (bwd_default [KEEP_DT [CKPT_AHEAD]])
 bwd_default() {
-  echo "$BWD_SPLIT, \"maxnreg\": 168, \"KEEP_DT\": ${1:-1}"
+  echo "$BWD_SPLIT, \"maxnreg\": 168, \"KEEP_DT\": ${1:-1}, \"CKPT_AHEAD\": ${2:-1}"
 }
 
 # fwd+bwd per backward config at SHAPES (default "0 2") for DTYPES (one argument: "bfloat16 float32" builds both
@@ -495,13 +497,13 @@ run_step() {
         --dtypes bfloat16 float32 --unroll 16 --bwd-configs "{$split}" "{$split, \"KEEP_DT\": 1}" --precompile 4 \
         --budget-s 300 --out-dir "$dir" 2>&1 | tee "$dir/log.txt" | grep -v Warning ;;
     scan-bwd-ckpt-ahead)  # fwd+bwd, the default backward config with and without CKPT_AHEAD, both dtypes in one build
-      time_bwd_configs "${DTYPES:-bfloat16 float32}" --bwd-configs "{$(bwd_default)}" \
-        "{$(bwd_default), \"CKPT_AHEAD\": 1}" --precompile 8 --budget-s 240 ;;
+      time_bwd_configs "${DTYPES:-bfloat16 float32}" --bwd-configs "{$(bwd_default 1 0)}" "{$(bwd_default)}" \
+        --precompile 8 --budget-s 240 ;;
     scan-bwd-chunk4)  # fwd+bwd, the default backward config, checkpoints every 8 steps and every 4
       for dtype in ${DTYPES:-bfloat16 float32}; do
         configs=("{$(bwd_default)}")
         # fp32 also without KEEP_DT: it spilled at 8-step chunks (200 bytes) but not at 4 (sm_90: 154 registers)
-        [ "$dtype" = float32 ] && configs+=("{$(bwd_default 0)}")
+        [ "$dtype" = float32 ] && configs+=("{$(bwd_default 0 1)}")
         for len in 8 4; do
           time_bwd_configs "$dtype" --bwd-configs "${configs[@]}" --bwd-chunk-len "$len" --precompile 2 --budget-s 120
         done

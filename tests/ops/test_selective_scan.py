@@ -1622,8 +1622,8 @@ def test_step_backward_compiles_for_sm90(part):
 def test_backward_defaults_on_the_gpu(monkeypatch):
     """The GPU's backward configs (timed on an H100, session 26): every one hints the next chunk into L1 by one
     instruction per tensor (NEXT_TO_L1 2), and ROWS with two lanes per channel runs capped at 168 registers (12 one-warp
-    programs per SM: L = 196's 1280 in one wave); the cap is pruned with SPLIT where N < 2, with ROWS above N = 8 and
-    where an initial state is given."""
+    programs per SM: L = 196's 1280 in one wave) and loads each chunk's checkpoint a chunk ahead (CKPT_AHEAD, session
+    36); the cap is pruned with SPLIT where N < 2, with ROWS above N = 8 and where an initial state is given."""
     monkeypatch.setattr(chunk, "triton_interpret", lambda: False)
     configs = chunk._bwd_configs()
     assert all(c.kwargs["NEXT_TO_L1"] == 2 and c.num_warps == 1 for c in configs)
@@ -1633,6 +1633,7 @@ def test_backward_defaults_on_the_gpu(monkeypatch):
     )
     assert all(c.maxnreg is None for c in configs if c is not split)
     assert split.kwargs["KEEP_DT"] == 1  # (pruned to 16-bit inputs without a gate: test_backward_keeps_dt_...)
+    assert split.kwargs["CKPT_AHEAD"] == 1
     bf16 = torch.empty(0, dtype=torch.bfloat16)
     assert split in chunk.prune_bwd_configs(configs, {"NSTATE": 8, "HAS_H0": False, "u_ptr": bf16})
     for args in ({"NSTATE": 1}, {"NSTATE": 16}, {"NSTATE": 8, "HAS_H0": True}):

@@ -810,14 +810,17 @@ def _bwd_configs() -> list[triton.Config]:
     # 306.0, the programs in two waves; 200 registers: 271.8 / 300.7). SPLIT 4 lost (session 24). KEEP_DT (the forward
     # sweep keeps each step's dt; H100 session 30, benchmarks/results/s30_20261206/, fwd+bwd per config at (128, 160,
     # 196, 8) / (128, 320, 49, 8)): bf16 178.6 -> 174.3 / 93.7 -> 90.8 us, fp32 225.6 -> 242.0 / 118.6 -> 125.4 (it
-    # spills more there): `prune_bwd_configs` keeps it to 16-bit inputs without a gate.
+    # spills more there): `prune_bwd_configs` keeps it to 16-bit inputs without a gate (and, since session 36, fp32's
+    # 4-step chunks). CKPT_AHEAD (each chunk's checkpoint loaded by the chunk after it; H100 session 36,
+    # benchmarks/results/s36_20261207/call9, fwd+bwd at (128, 160, 196, 8)): bf16 171.2 -> 168.4 us (L2 flushed 174.0
+    # -> 168.9), fp32 192.8 -> 193.1; sm_90 bf16 163 -> 168 registers, no spills, 2051 -> 2065 instructions per chunk.
     tiles = [
         triton.Config({"BLOCK_D": 32, "PREFETCH": 1, "NEXT_TO_L1": 2, "BRANCHLESS": 0, "TILES": tiles}, num_warps=1)
         for tiles in (1, 0)
     ]
     rows = triton.Config({"BLOCK_D": 32, "PREFETCH": 1, "NEXT_TO_L1": 2, "BRANCHLESS": 0, "ROWS": 1}, num_warps=1)
     split = triton.Config({"BLOCK_D": 16, "PREFETCH": 1, "NEXT_TO_L1": 2, "BRANCHLESS": 0, "ROWS": 1, "SPLIT": 2,
-                           "KEEP_DT": 1}, num_warps=1, maxnreg=168)  # fmt: skip
+                           "KEEP_DT": 1, "CKPT_AHEAD": 1}, num_warps=1, maxnreg=168)  # fmt: skip
     return [rows, split, *tiles]
 
 
@@ -1362,11 +1365,11 @@ def _bwd_chunk_rows(u_ptr, delta_ptr, A, A2, B_ptr, C_ptr, Dv, z_ptr, bias, h0_p
     the bf16 build spills 88 bytes instead of 56; timed and pruned: `keeps_dt`). Tried and dropped (H100 session 36,
     bf16 fwd+bwd, benchmarks/results/s36_20261207/call3): the checkpoint rows of the chunk before hinted into L1 a
     chunk ahead, and the dB/dC partials stored last to evict from L2, each within 1 % of the default (170.0 and 171.6
-    us against 171.2 at (128, 160, 196, 8); 87.9 and 88.3 against 87.4 at (128, 320, 49, 8)). CKPT_AHEAD: the chunk
-    starts from `ckpt_rows` (its checkpoint, loaded by the chunk after it, or before the span's loop) and loads the
-    chunk before's as its backward sweep starts, returned last: ncu (session 36, (128, 160, 196, 8) bf16) put 6.7 % of
-    the backward's warp samples on the chunk's first use of its checkpoint, loaded right before. Without it
-    `ckpt_rows` is ignored and returned as it came."""
+    us against 171.2 at (128, 160, 196, 8); 87.9 and 88.3 against 87.4 at (128, 320, 49, 8)). CKPT_AHEAD (in the
+    default SPLIT config, `_bwd_configs`): the chunk starts from `ckpt_rows` (its checkpoint, loaded by the chunk
+    after it, or before the span's loop) and loads the chunk before's as its backward sweep starts, returned last: ncu
+    (session 36, (128, 160, 196, 8) bf16) put 6.7 % of the backward's warp samples on the chunk's first use of its
+    checkpoint, loaded right before. Without it `ckpt_rows` is ignored and returned as it came."""
     if NEXT_TO_L1:
         _prefetch_chunk_before(u_ptr, delta_ptr, B_ptr, C_ptr, dout_ptr, z_ptr, t0, more, ch, mask_d, su_l, su_d,
                                sdt_l, sdt_d, sB_l, sC_l, sdo_l, sdo_d, sz_l, sz_d, HAS_Z, CHUNK, BLOCK_D,
