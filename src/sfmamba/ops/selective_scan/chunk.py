@@ -6,9 +6,9 @@ inside a thread and a step costs N exp2 + 3N FMA/FMUL and no shuffles -- and wal
 split into chunks processed in parallel in two passes: a summary pass computes each chunk's decay product and end
 state from a zero start, the main pass folds the earlier chunks into its incoming state and scans its chunk.
 Segment starts (periodic `seq_len` for folded images, packed `cu_seqlens`) zero the decay, which resets the state
-exactly, so folded images never mix. With autograd the forward also checkpoints the state every `bwd_chunk_for(N, dtype)`
-steps; the backward runs the same two-pass scheme in reverse over those chunks, recomputing each chunk's states
-into a [chunk, N, BLOCK_D] register tile so that the reverse walk can read them.
+exactly, so folded images never mix. With autograd the forward also checkpoints the state every
+`bwd_chunk_for(N, dtype)` steps; the backward runs the same two-pass scheme in reverse over those chunks,
+recomputing each chunk's states into a [chunk, N, BLOCK_D] register tile so that the reverse walk can read them.
 """
 
 from __future__ import annotations
@@ -1029,9 +1029,10 @@ def selective_scan_bwd_kernel(
                 dh_rows, a_rows, acc_rows, dD_acc, dbias_acc, ckpt_rows = _bwd_chunk_rows(
                     u_ptr, delta_ptr, A_rows, A2_rows, B_ptr, C_ptr, Dv, z_ptr, bias, h0_ptr, seg_ids_ptr, cu_ptr,
                     ckpt_ptr, dout_ptr, dlast_ptr, du_ptr, ddelta_ptr, dz_ptr, dB_ptr, dC_ptr, dh0_ptr, dh_rows, a_rows,
-                    acc_rows, dD_acc, dbias_acc, ckpt_rows, cc, cc * CHUNK, tl.minimum(CHUNK, L - cc * CHUNK), L, seq_len, pid_b,
-                    n_ckpt, D_total, part_base, ch, mask_d, state_ch, nleft, lead, n0, NSTATE, su_l, su_d, sdt_l,
-                    sdt_d, sz_l, sz_d, sdo_l, sdo_d, sg_b, sg_l, sg_d, sB_l, sB_n, sC_l, sC_n, j + 1 < span_chunks,
+                    acc_rows, dD_acc, dbias_acc, ckpt_rows, cc, cc * CHUNK, tl.minimum(CHUNK, L - cc * CHUNK), L,
+                    seq_len, pid_b, n_ckpt, D_total, part_base, ch, mask_d, state_ch, nleft, lead, n0, NSTATE, su_l,
+                    su_d, sdt_l, sdt_d, sz_l, sz_d, sdo_l, sdo_d, sg_b, sg_l, sg_d, sB_l, sB_n, sC_l, sC_n,
+                    j + 1 < span_chunks,
                     HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, HAS_H0, RESET, HAS_DLAST, CHUNK, BLOCK_D * SPLIT, R, NEXT_TO_L1,
                     BRANCHLESS, VECTOR_BC, (FAST_MATH or EMULATE_LANE_SHUFFLES) and BLOCK_D * SPLIT == 32 and R <= 32,
                     SPLIT, ATOMIC_BC, KEEP_DT, CKPT_AHEAD,
