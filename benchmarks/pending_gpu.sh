@@ -142,6 +142,11 @@
 #                    ncu put 6.7 % of the bf16 backward's samples on the checkpoint's first use; session 36 at L = 196:
 #                    bf16 171.2 -> 168.4 us, fp32 192.8 -> 193.1, so it became the default); SHAPES default "0 2",
 #                    DTYPES default "bfloat16 float32"                                                 (~4 min cold)
+#   scan-bwd-ring2   fwd+bwd per backward config: the default against INPUT_RING 2 (each step's inputs loaded two
+#                    steps ahead; session 36's ncu put ~12 % of the bf16 backward's samples on unpacks waiting for
+#                    their one-step-ahead loads). sm_90, cap 168: fp32 (4-step chunks) fits, 164 registers, no
+#                    spills; bf16 (8-step chunks) spills 72 bytes. SHAPES default "0 2", DTYPES default "bfloat16
+#                    float32"; for bf16 with 4-step chunks add a `--bwd-chunk-len 4` run by hand       (~4 min cold)
 #   scan-bwd-chunk4  fwd+bwd (the default backward config; fp32 also without KEEP_DT) with the checkpoint chunk at 8
 #                    steps and at 4 (`--bwd-chunk-len`; the training forward walks whole 4-step blocks), for twice the
 #                    checkpoints (16.4 -> 32.8 MB written and read at (128, 160, 196, 8)). Session 36 (H100): fp32
@@ -499,6 +504,9 @@ run_step() {
     scan-bwd-ckpt-ahead)  # fwd+bwd, the default backward config with and without CKPT_AHEAD, both dtypes in one build
       time_bwd_configs "${DTYPES:-bfloat16 float32}" --bwd-configs "{$(bwd_default 1 0)}" "{$(bwd_default)}" \
         --precompile 8 --budget-s 240 ;;
+    scan-bwd-ring2)  # fwd+bwd, the default backward config with and without INPUT_RING 2, both dtypes in one build
+      time_bwd_configs "${DTYPES:-bfloat16 float32}" --bwd-configs "{$(bwd_default)}" \
+        "{$(bwd_default), \"INPUT_RING\": 2}" --precompile 8 --budget-s 240 ;;
     scan-bwd-chunk4)  # fwd+bwd, the default backward config, checkpoints every 8 steps and every 4
       for dtype in ${DTYPES:-bfloat16 float32}; do
         configs=("{$(bwd_default)}")

@@ -632,10 +632,29 @@ def test_backward_rows(nstate, layout, kernel, segments, branchless, lane_sums, 
         assert kernel_fn.best_config.kwargs.get("SPLIT", 1) == split
 
 
+@pytest.mark.parametrize(
+    "nstate, split, kernel, branchless",
+    [(8, 2, "triton", 0), (8, 2, "triton-2pass", 1), (4, 2, "triton-2pass", 0), (3, 1, "triton", 1)],
+)
+def test_backward_rows_two_step_input_ring(nstate, split, kernel, branchless):
+    """INPUT_RING 2 (the ROWS backward loading each step's inputs two steps ahead; off, untimed) with the default
+    config's KEEP_DT and CKPT_AHEAD: fp32 4-step chunks at N = 8 (6 per row), 16-step chunks at N = 3-4, whole rows
+    and spans, steps past the row's end behind branches or masked, segments: every gradient against the reference."""
+    torch.manual_seed(7)
+    inputs = make_inputs(2, 23, 20, nstate, 2, "BLD", segments=2)
+    config = {"BLOCK_D": 32 // split, "PREFETCH": 1, "NEXT_TO_L1": 1, "BRANCHLESS": branchless, "ROWS": 1,
+              "SPLIT": split, "KEEP_DT": 1, "CKPT_AHEAD": 1, "INPUT_RING": 2}  # fmt: skip
+    kernel_fn = chunk.selective_scan_bwd_kernel
+    with forced_configs(kernel_fn, [triton.Config(config, num_warps=1)]):
+        compare_with_reference(inputs, torch.float32, {"delta_softplus": True, "layout": "BLD"}, backward=True,
+                               kernel=kernel)  # fmt: skip
+        assert kernel_fn.best_config.kwargs["INPUT_RING"] == 2
+
+
 def test_forced_checkpoint_chunk_keeps_every_gradient(monkeypatch):
-    """`chunk.forced_bwd_chunk` (a sweep's knob: 4-step chunks at N = 8, where bwd_chunk_for gives 8): the training
-    forward checkpoints every 4 steps (5 states for 19 steps, not 3), and the backward's 4-step chunks give the
-    reference's output and gradients."""
+    """`chunk.forced_bwd_chunk` (a sweep's knob: 4-step chunks at N = 8 in bf16, where bwd_chunk_for gives 8): the
+    training forward checkpoints every 4 steps (5 states for 19 steps, not 3), and the backward's 4-step chunks give
+    the reference's output and gradients."""
     monkeypatch.setattr(chunk, "forced_bwd_chunk", 4)
     original, saved = chunk.selective_scan_fwd, []
 
@@ -647,7 +666,7 @@ def test_forced_checkpoint_chunk_keeps_every_gradient(monkeypatch):
     monkeypatch.setattr(chunk, "selective_scan_fwd", recording)
     torch.manual_seed(3)
     inputs = make_inputs(2, 19, 21, 8, 1, "BLD")
-    compare_with_reference(inputs, torch.float32, {"delta_softplus": True, "layout": "BLD"}, backward=True)
+    compare_with_reference(inputs, torch.bfloat16, {"delta_softplus": True, "layout": "BLD"}, backward=True)
     assert saved == [(2, 5, 8, 21)]  # (batch, checkpoints, N, D)
 
 

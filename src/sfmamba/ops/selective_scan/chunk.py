@@ -903,6 +903,7 @@ def selective_scan_bwd_kernel(
     ROWS: tl.constexpr = 0, VECTOR_BC: tl.constexpr = 0, SPLIT: tl.constexpr = 1, ATOMIC_BC: tl.constexpr = 0,
     L_STRIDE: tl.constexpr = 0, BC_L_STRIDE: tl.constexpr = 0, Z_L_STRIDE: tl.constexpr = 0,
     DOUT_L_STRIDE: tl.constexpr = 0, KEEP_DT: tl.constexpr = 0, CKPT_AHEAD: tl.constexpr = 0,
+    INPUT_RING: tl.constexpr = 1,
 ):  # fmt: skip
     # One program: one image, BLOCK_D channels, one span of `span` chunks of CHUNK steps (the forward checkpointed
     # the state at every chunk end; `n_ckpt` chunks per row, `nchunks` spans). The state gradient runs backwards:
@@ -1035,7 +1036,7 @@ def selective_scan_bwd_kernel(
                     j + 1 < span_chunks,
                     HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, HAS_H0, RESET, HAS_DLAST, CHUNK, BLOCK_D * SPLIT, R, NEXT_TO_L1,
                     BRANCHLESS, VECTOR_BC, (FAST_MATH or EMULATE_LANE_SHUFFLES) and BLOCK_D * SPLIT == 32 and R <= 32,
-                    SPLIT, ATOMIC_BC, KEEP_DT, CKPT_AHEAD,
+                    SPLIT, ATOMIC_BC, KEEP_DT, CKPT_AHEAD, INPUT_RING,
                 )  # fmt: skip
             _store_state_rows(dA_ptr, part * NSTATE, D_total, state_ch, mask_d, nleft, acc_rows, R)
         else:
@@ -1354,7 +1355,7 @@ def _bwd_chunk_rows(u_ptr, delta_ptr, A, A2, B_ptr, C_ptr, Dv, z_ptr, bias, h0_p
                     HAS_DLAST: tl.constexpr, CHUNK: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
                     NEXT_TO_L1: tl.constexpr, BRANCHLESS: tl.constexpr, VECTOR_BC: tl.constexpr,
                     LANE_SUMS: tl.constexpr, SPLIT: tl.constexpr, ATOMIC: tl.constexpr,
-                    KEEP_DT: tl.constexpr, CKPT_AHEAD: tl.constexpr):  # fmt: skip
+                    KEEP_DT: tl.constexpr, CKPT_AHEAD: tl.constexpr, INPUT_RING: tl.constexpr):  # fmt: skip
     """`_bwd_chunk` with every state a tuple of BLOCK_N [BD] rows (ROWS): dh, a_next, dA_acc and the chunk's states
     (a tuple of CHUNK such tuples); each step's sums over N stay inside a thread and its sums over the channels (dB,
     dC) go through `_store_channel_sums`. Loads one step ahead (PREFETCH 1). BLOCK_D: lanes ([BD] tensors); SPLIT > 1:
@@ -1370,7 +1371,12 @@ def _bwd_chunk_rows(u_ptr, delta_ptr, A, A2, B_ptr, C_ptr, Dv, z_ptr, bias, h0_p
     default SPLIT config, `_bwd_configs`): the chunk starts from `ckpt_rows` (its checkpoint, loaded by the chunk
     after it, or before the span's loop) and loads the chunk before's as its backward sweep starts, returned last: ncu
     (session 36, (128, 160, 196, 8) bf16) put 6.7 % of the backward's warp samples on the chunk's first use of its
-    checkpoint, loaded right before. Without it `ckpt_rows` is ignored and returned as it came."""
+    checkpoint, loaded right before. Without it `ckpt_rows` is ignored and returned as it came. INPUT_RING 2 (off,
+    untimed): each step's inputs loaded two steps ahead instead of one (the same ncu run put ~12 % of the samples on
+    bf16 unpacks waiting for their one-step-ahead loads). sm_90, cap 168, with KEEP_DT and CKPT_AHEAD: bf16 8-step
+    chunks 168 registers and 72 spilled bytes, 2065 -> 2262 instructions, 4033 -> 4303 stall cycles; fp32 4-step
+    chunks 165 -> 164 registers, no spills, 905 -> 955 instructions, 1950 -> 1921 stall cycles
+    (`pending_gpu.sh scan-bwd-ring2` times it)."""
     if NEXT_TO_L1:
         _prefetch_chunk_before(u_ptr, delta_ptr, B_ptr, C_ptr, dout_ptr, z_ptr, t0, more, ch, mask_d, su_l, su_d,
                                sdt_l, sdt_d, sB_l, sC_l, sdo_l, sdo_d, sz_l, sz_d, HAS_Z, CHUNK, BLOCK_D,
@@ -1384,6 +1390,10 @@ def _bwd_chunk_rows(u_ptr, delta_ptr, A, A2, B_ptr, C_ptr, Dv, z_ptr, bias, h0_p
     ahead = _step_inputs_rows(u_ptr, delta_ptr, B_ptr, C_ptr, dout_ptr, z_ptr, t0, steps > 0, ch, mask_d, nleft,
                               su_l, su_d, sdt_l, sdt_d, sB_l, sB_n, sC_l, sC_n, sdo_l, sdo_d, sz_l, sz_d, HAS_Z,
                               BLOCK_N, VECTOR_BC)  # fmt: skip
+    if INPUT_RING == 2:  # the step after it too
+        ahead2 = _step_inputs_rows(u_ptr, delta_ptr, B_ptr, C_ptr, dout_ptr, z_ptr, t0 + 1, steps > 1, ch, mask_d,
+                                   nleft, su_l, su_d, sdt_l, sdt_d, sB_l, sB_n, sC_l, sC_n, sdo_l, sdo_d, sz_l, sz_d,
+                                   HAS_Z, BLOCK_N, VECTOR_BC)  # fmt: skip
     # forward sweep: recompute and keep the chunk's states; dz and dC need only forward quantities
     tiles = ()
     dts = ()  # KEEP_DT: each step's dt
@@ -1396,9 +1406,15 @@ def _bwd_chunk_rows(u_ptr, delta_ptr, A, A2, B_ptr, C_ptr, Dv, z_ptr, bias, h0_p
             t = t0 + k
             valid = k < steps
             x, raw, Bs, Cs, dout, zt = ahead
-            ahead = _step_inputs_rows(u_ptr, delta_ptr, B_ptr, C_ptr, dout_ptr, z_ptr, t + 1, k + 1 < steps, ch,
-                                      mask_d, nleft, su_l, su_d, sdt_l, sdt_d, sB_l, sB_n, sC_l, sC_n, sdo_l, sdo_d,
-                                      sz_l, sz_d, HAS_Z, BLOCK_N, VECTOR_BC)  # fmt: skip
+            if INPUT_RING == 2:
+                ahead = ahead2
+                ahead2 = _step_inputs_rows(u_ptr, delta_ptr, B_ptr, C_ptr, dout_ptr, z_ptr, t + 2, k + 2 < steps, ch,
+                                           mask_d, nleft, su_l, su_d, sdt_l, sdt_d, sB_l, sB_n, sC_l, sC_n, sdo_l,
+                                           sdo_d, sz_l, sz_d, HAS_Z, BLOCK_N, VECTOR_BC)  # fmt: skip
+            else:
+                ahead = _step_inputs_rows(u_ptr, delta_ptr, B_ptr, C_ptr, dout_ptr, z_ptr, t + 1, k + 1 < steps, ch,
+                                          mask_d, nleft, su_l, su_d, sdt_l, sdt_d, sB_l, sB_n, sC_l, sC_n, sdo_l,
+                                          sdo_d, sz_l, sz_d, HAS_Z, BLOCK_N, VECTOR_BC)  # fmt: skip
             raw, dt, dy = _bwd_step(raw, dout, zt, bias, HAS_BIAS, SOFTPLUS, HAS_Z)
             if KEEP_DT:
                 dts = dts[:k] + (dt,) + dts[k + 1 :]
@@ -1435,6 +1451,11 @@ def _bwd_chunk_rows(u_ptr, delta_ptr, A, A2, B_ptr, C_ptr, Dv, z_ptr, bias, h0_p
     ahead = _step_inputs_rows(u_ptr, delta_ptr, B_ptr, C_ptr, dout_ptr, z_ptr, t0 + first,
                               (first >= 0) & (first < steps), ch, mask_d, nleft, su_l, su_d, sdt_l, sdt_d, sB_l, sB_n,
                               sC_l, sC_n, sdo_l, sdo_d, sz_l, sz_d, HAS_Z, BLOCK_N, VECTOR_BC)  # fmt: skip
+    if INPUT_RING == 2:
+        ahead2 = _step_inputs_rows(u_ptr, delta_ptr, B_ptr, C_ptr, dout_ptr, z_ptr, t0 + first - 1,
+                                   (first >= 1) & (first - 1 < steps), ch, mask_d, nleft, su_l, su_d, sdt_l, sdt_d,
+                                   sB_l, sB_n, sC_l, sC_n, sdo_l, sdo_d, sz_l, sz_d, HAS_Z, BLOCK_N,
+                                   VECTOR_BC)  # fmt: skip
     if CKPT_AHEAD:  # the chunk before starts from checkpoint c - 2
         ckpt_rows = _state_rows(ckpt_ptr, (pid_b * n_ckpt + c - 2) * STATE, D_total, state_ch,
                                 mask_d & more & (c > 1), nleft, BLOCK_N)  # fmt: skip
@@ -1446,9 +1467,17 @@ def _bwd_chunk_rows(u_ptr, delta_ptr, A, A2, B_ptr, C_ptr, Dv, z_ptr, bias, h0_p
             valid = k < steps
             h = tiles[CHUNK - 1 - i]
             x, raw, Bs, Cs, dout, zt = ahead
-            ahead = _step_inputs_rows(u_ptr, delta_ptr, B_ptr, C_ptr, dout_ptr, z_ptr, t - 1, (k > 0) & (k - 1 < steps),
-                                      ch, mask_d, nleft, su_l, su_d, sdt_l, sdt_d, sB_l, sB_n, sC_l, sC_n, sdo_l,
-                                      sdo_d, sz_l, sz_d, HAS_Z, BLOCK_N, VECTOR_BC)  # fmt: skip
+            if INPUT_RING == 2:
+                ahead = ahead2
+                ahead2 = _step_inputs_rows(u_ptr, delta_ptr, B_ptr, C_ptr, dout_ptr, z_ptr, t - 2,
+                                           (k > 1) & (k - 2 < steps), ch, mask_d, nleft, su_l, su_d, sdt_l, sdt_d,
+                                           sB_l, sB_n, sC_l, sC_n, sdo_l, sdo_d, sz_l, sz_d, HAS_Z, BLOCK_N,
+                                           VECTOR_BC)  # fmt: skip
+            else:
+                ahead = _step_inputs_rows(u_ptr, delta_ptr, B_ptr, C_ptr, dout_ptr, z_ptr, t - 1,
+                                          (k > 0) & (k - 1 < steps), ch, mask_d, nleft, su_l, su_d, sdt_l, sdt_d, sB_l,
+                                          sB_n, sC_l, sC_n, sdo_l, sdo_d, sz_l, sz_d, HAS_Z, BLOCK_N,
+                                          VECTOR_BC)  # fmt: skip
             if KEEP_DT:
                 raw, unused, dy = _bwd_step(raw, dout, zt, bias, HAS_BIAS, False, HAS_Z)  # no softplus: dt is kept
                 dt = dts[CHUNK - 1 - i]
