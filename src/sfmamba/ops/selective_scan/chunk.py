@@ -1406,15 +1406,13 @@ def _bwd_chunk_rows(u_ptr, delta_ptr, A, A2, B_ptr, C_ptr, Dv, z_ptr, bias, h0_p
             t = t0 + k
             valid = k < steps
             x, raw, Bs, Cs, dout, zt = ahead
+            loaded = _step_inputs_rows(u_ptr, delta_ptr, B_ptr, C_ptr, dout_ptr, z_ptr, t + INPUT_RING,
+                                       k + INPUT_RING < steps, ch, mask_d, nleft, su_l, su_d, sdt_l, sdt_d, sB_l, sB_n,
+                                       sC_l, sC_n, sdo_l, sdo_d, sz_l, sz_d, HAS_Z, BLOCK_N, VECTOR_BC)  # fmt: skip
             if INPUT_RING == 2:
-                ahead = ahead2
-                ahead2 = _step_inputs_rows(u_ptr, delta_ptr, B_ptr, C_ptr, dout_ptr, z_ptr, t + 2, k + 2 < steps, ch,
-                                           mask_d, nleft, su_l, su_d, sdt_l, sdt_d, sB_l, sB_n, sC_l, sC_n, sdo_l,
-                                           sdo_d, sz_l, sz_d, HAS_Z, BLOCK_N, VECTOR_BC)  # fmt: skip
+                ahead, ahead2 = ahead2, loaded
             else:
-                ahead = _step_inputs_rows(u_ptr, delta_ptr, B_ptr, C_ptr, dout_ptr, z_ptr, t + 1, k + 1 < steps, ch,
-                                          mask_d, nleft, su_l, su_d, sdt_l, sdt_d, sB_l, sB_n, sC_l, sC_n, sdo_l,
-                                          sdo_d, sz_l, sz_d, HAS_Z, BLOCK_N, VECTOR_BC)  # fmt: skip
+                ahead = loaded
             raw, dt, dy = _bwd_step(raw, dout, zt, bias, HAS_BIAS, SOFTPLUS, HAS_Z)
             if KEEP_DT:
                 dts = dts[:k] + (dt,) + dts[k + 1 :]
@@ -1467,17 +1465,14 @@ def _bwd_chunk_rows(u_ptr, delta_ptr, A, A2, B_ptr, C_ptr, Dv, z_ptr, bias, h0_p
             valid = k < steps
             h = tiles[CHUNK - 1 - i]
             x, raw, Bs, Cs, dout, zt = ahead
+            loaded = _step_inputs_rows(u_ptr, delta_ptr, B_ptr, C_ptr, dout_ptr, z_ptr, t - INPUT_RING,
+                                       (k >= INPUT_RING) & (k - INPUT_RING < steps), ch, mask_d, nleft, su_l, su_d,
+                                       sdt_l, sdt_d, sB_l, sB_n, sC_l, sC_n, sdo_l, sdo_d, sz_l, sz_d, HAS_Z, BLOCK_N,
+                                       VECTOR_BC)  # fmt: skip
             if INPUT_RING == 2:
-                ahead = ahead2
-                ahead2 = _step_inputs_rows(u_ptr, delta_ptr, B_ptr, C_ptr, dout_ptr, z_ptr, t - 2,
-                                           (k > 1) & (k - 2 < steps), ch, mask_d, nleft, su_l, su_d, sdt_l, sdt_d,
-                                           sB_l, sB_n, sC_l, sC_n, sdo_l, sdo_d, sz_l, sz_d, HAS_Z, BLOCK_N,
-                                           VECTOR_BC)  # fmt: skip
+                ahead, ahead2 = ahead2, loaded
             else:
-                ahead = _step_inputs_rows(u_ptr, delta_ptr, B_ptr, C_ptr, dout_ptr, z_ptr, t - 1,
-                                          (k > 0) & (k - 1 < steps), ch, mask_d, nleft, su_l, su_d, sdt_l, sdt_d, sB_l,
-                                          sB_n, sC_l, sC_n, sdo_l, sdo_d, sz_l, sz_d, HAS_Z, BLOCK_N,
-                                          VECTOR_BC)  # fmt: skip
+                ahead = loaded
             if KEEP_DT:
                 raw, unused, dy = _bwd_step(raw, dout, zt, bias, HAS_BIAS, False, HAS_Z)  # no softplus: dt is kept
                 dt = dts[CHUNK - 1 - i]
