@@ -146,7 +146,7 @@
 #                    steps ahead; session 36's ncu put ~12 % of the bf16 backward's samples on unpacks waiting for
 #                    their one-step-ahead loads). sm_90, cap 168: fp32 (4-step chunks) fits, 164 registers, no
 #                    spills; bf16 (8-step chunks) spills 72 bytes. SHAPES default "0 2", DTYPES default "bfloat16
-#                    float32"; for bf16 with 4-step chunks add a `--bwd-chunk-len 4` run by hand       (~4 min cold)
+#                    float32"; then bf16 with 4-step chunks (`--bwd-chunk-len 4`) too                  (~6 min cold)
 #   scan-bwd-chunk4  fwd+bwd (the default backward config; fp32 also without KEEP_DT) with the checkpoint chunk at 8
 #                    steps and at 4 (`--bwd-chunk-len`; the training forward walks whole 4-step blocks), for twice the
 #                    checkpoints (16.4 -> 32.8 MB written and read at (128, 160, 196, 8)). Session 36 (H100): fp32
@@ -506,7 +506,10 @@ run_step() {
         --precompile 8 --budget-s 240 ;;
     scan-bwd-ring2)  # fwd+bwd, the default backward config with and without INPUT_RING 2, both dtypes in one build
       time_bwd_configs "${DTYPES:-bfloat16 float32}" --bwd-configs "{$(bwd_default)}" \
-        "{$(bwd_default), \"INPUT_RING\": 2}" --precompile 8 --budget-s 240 ;;
+        "{$(bwd_default), \"INPUT_RING\": 2}" --precompile 8 --budget-s 240
+      # bf16 with fp32's 4-step chunks: the two-step ring fits its registers there
+      [[ "${DTYPES:-bfloat16}" == *bfloat16* ]] && time_bwd_configs bfloat16 --bwd-chunk-len 4 \
+        --bwd-configs "{$(bwd_default)}" "{$(bwd_default), \"INPUT_RING\": 2}" --precompile 4 --budget-s 120 ;;
     scan-bwd-chunk4)  # fwd+bwd, the default backward config, checkpoints every 8 steps and every 4
       for dtype in ${DTYPES:-bfloat16 float32}; do
         configs=("{$(bwd_default)}")
