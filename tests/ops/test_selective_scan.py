@@ -637,9 +637,10 @@ def test_backward_rows(nstate, layout, kernel, segments, branchless, lane_sums, 
     [(8, 2, "triton", 0), (8, 2, "triton-2pass", 1), (4, 2, "triton-2pass", 0), (3, 1, "triton", 1)],
 )
 def test_backward_rows_two_step_input_ring(nstate, split, kernel, branchless):
-    """INPUT_RING 2 (the ROWS backward loading each step's inputs two steps ahead; off, untimed) with the default
-    config's KEEP_DT and CKPT_AHEAD: fp32 4-step chunks at N = 8 (6 per row), 16-step chunks at N = 3-4, whole rows
-    and spans, steps past the row's end behind branches or masked, segments: every gradient against the reference."""
+    """INPUT_RING 2 (the ROWS backward loading each step's inputs two steps ahead; the default for fp32's 4-step
+    chunks) with the default config's KEEP_DT and CKPT_AHEAD: fp32 4-step chunks at N = 8 (6 per row), 16-step chunks
+    at N = 3-4, whole rows and spans, steps past the row's end behind branches or masked, segments: every gradient
+    against the reference."""
     torch.manual_seed(7)
     inputs = make_inputs(2, 23, 20, nstate, 2, "BLD", segments=2)
     config = {"BLOCK_D": 32 // split, "PREFETCH": 1, "NEXT_TO_L1": 1, "BRANCHLESS": branchless, "ROWS": 1,
@@ -691,6 +692,24 @@ def test_backward_keeps_dt_for_16_bit_inputs_without_a_gate():
     with forced_configs(kernel_fn, [config]):
         compare_with_reference(inputs, torch.bfloat16, {"delta_softplus": True, "layout": "BLD"}, backward=True)
         assert kernel_fn.best_config.kwargs["KEEP_DT"] == 1
+
+
+def test_backward_rings_two_steps_for_fp32_four_step_chunks():
+    """INPUT_RING 2 (timed on an H100, session 37: fp32 4-step chunks 3-7 us faster, bf16 5-18 us slower) runs for
+    fp32 inputs in 4-step chunks without a gate; elsewhere the pruning runs its config with the one-step ring (a copy:
+    the config keeps the flag)."""
+    config = triton.Config({"BLOCK_D": 16, "ROWS": 1, "SPLIT": 2, "KEEP_DT": 1, "INPUT_RING": 2}, num_warps=1)
+
+    def ring(dtype: torch.dtype, **flags) -> int:
+        args = {"NSTATE": 8, "u_ptr": torch.empty(0, dtype=dtype)}
+        (pruned,) = chunk.prune_bwd_configs([config], args, **flags)
+        return pruned.kwargs["INPUT_RING"]
+
+    assert ring(torch.float32, HAS_Z=False, CHUNK=4) == 2
+    assert ring(torch.float32, HAS_Z=True, CHUNK=4) == ring(torch.float32, HAS_Z=False, CHUNK=8) == 1
+    assert ring(torch.bfloat16, HAS_Z=False, CHUNK=8) == ring(torch.bfloat16, HAS_Z=False, CHUNK=4) == 1
+    assert ring(torch.float16, HAS_Z=False, CHUNK=4) == 1
+    assert config.kwargs["INPUT_RING"] == 2
 
 
 def test_backward_split_needs_two_states():
@@ -1642,7 +1661,8 @@ def test_backward_defaults_on_the_gpu(monkeypatch):
     """The GPU's backward configs (timed on an H100, session 26): every one hints the next chunk into L1 by one
     instruction per tensor (NEXT_TO_L1 2), and ROWS with two lanes per channel runs capped at 168 registers (12 one-warp
     programs per SM: L = 196's 1280 in one wave) and loads each chunk's checkpoint a chunk ahead (CKPT_AHEAD, session
-    36); the cap is pruned with SPLIT where N < 2, with ROWS above N = 8 and where an initial state is given."""
+    36) and its inputs two steps ahead (INPUT_RING 2, session 37); the cap is pruned with SPLIT where N < 2, with
+    ROWS above N = 8 and where an initial state is given."""
     monkeypatch.setattr(chunk, "triton_interpret", lambda: False)
     configs = chunk._bwd_configs()
     assert all(c.kwargs["NEXT_TO_L1"] == 2 and c.num_warps == 1 for c in configs)
@@ -1652,11 +1672,15 @@ def test_backward_defaults_on_the_gpu(monkeypatch):
     )
     assert all(c.maxnreg is None for c in configs if c is not split)
     assert split.kwargs["KEEP_DT"] == 1  # (pruned to 16-bit inputs without a gate: test_backward_keeps_dt_...)
-    assert split.kwargs["CKPT_AHEAD"] == 1
+    assert split.kwargs["CKPT_AHEAD"] == 1 and split.kwargs["INPUT_RING"] == 2  # (pruned: test_backward_rings_...)
     bf16 = torch.empty(0, dtype=torch.bfloat16)
-    assert split in chunk.prune_bwd_configs(configs, {"NSTATE": 8, "HAS_H0": False, "u_ptr": bf16})
+
+    def splits(args: dict) -> list[int]:  # (the pruning may return a copy of the config, with flags turned off)
+        return [c.kwargs.get("SPLIT", 1) for c in chunk.prune_bwd_configs(configs, {**args, "u_ptr": bf16})]
+
+    assert splits({"NSTATE": 8, "HAS_H0": False}) == [2]
     for args in ({"NSTATE": 1}, {"NSTATE": 16}, {"NSTATE": 8, "HAS_H0": True}):
-        assert split not in chunk.prune_bwd_configs(configs, {**args, "u_ptr": bf16}), args
+        assert 2 not in splits(args), args
 
 
 SPLIT_CAP_SM90 = """
@@ -1669,40 +1693,52 @@ from sfmamba.ops.selective_scan import chunk
 from sfmamba.testing import compile_for_sm90, jit_function, scan_pointer_type
 
 with mock.patch.object(chunk, "triton_interpret", lambda: False):
-    (split,) = [c for c in chunk._bwd_configs() if c.kwargs.get("SPLIT", 1) > 1]
+    (default,) = [c for c in chunk._bwd_configs() if c.kwargs.get("SPLIT", 1) > 1]
 # as the autotuner launches it with a gate (HAS_Z below): pruned
-(split,) = chunk.prune_bwd_configs([split], {"NSTATE": 8, "u_ptr": torch.empty(0, dtype=torch.bfloat16)}, HAS_Z=True)
+(split,) = chunk.prune_bwd_configs([default], {"NSTATE": 8, "u_ptr": torch.empty(0, dtype=torch.bfloat16)}, HAS_Z=True)
 names = jit_function(chunk.selective_scan_bwd_kernel).arg_names
 flags = dict(HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, HAS_H0=False, RESET=0, HAS_DLAST=False,
              SUMMARY=False, CHUNK=8, BLOCK_N=8, UNROLL=8, VECTOR_BC=1, L_STRIDE=160, BC_L_STRIDE=8, Z_L_STRIDE=320,
              DOUT_L_STRIDE=320, **split.kwargs)  # (strides bound as a model's launch binds them)
 divisible = [n for n in names if n.endswith("_ptr")]
 ptxas = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
-for cap, atomic in ((None, 0), (split.maxnreg, 0), (split.maxnreg, 1)):
-    ptx = compile_for_sm90(chunk.selective_scan_bwd_kernel, {**flags, "ATOMIC_BC": atomic}, 1,
-                           scan_pointer_type("bf16"), divisible, maxnreg=cap).asm["ptx"]
+
+
+def build(changes: dict, dtype: str, cap: int | None) -> tuple[str, str]:  # sm_90 PTX, and ptxas' registers
+    ptx = compile_for_sm90(chunk.selective_scan_bwd_kernel, {**flags, **changes}, 1, scan_pointer_type(dtype),
+                           divisible, maxnreg=cap).asm["ptx"]
     with tempfile.NamedTemporaryFile("w", suffix=".ptx") as f:
         f.write(ptx)
         f.flush()
         arch = "sm_90a" if ".target sm_90a" in ptx else "sm_90"
         report = subprocess.run([ptxas, f"-arch={arch}", "-v", f.name, "-o", os.devnull], capture_output=True,
                                 text=True).stderr
-    adds = len(re.findall(r"(?:atom|red)\\.global\\S*\\.add\\.f32", ptx))
-    print(cap, atomic, re.search(r"Used (\\d+) registers", report).group(1), adds)
+    return ptx, re.search(r"Used (\\d+) registers", report).group(1)
+
+
+for cap, atomic in ((None, 0), (split.maxnreg, 0), (split.maxnreg, 1)):
+    ptx, registers = build({"ATOMIC_BC": atomic}, "bf16", cap)
+    print(cap, atomic, registers, len(re.findall(r"(?:atom|red)\\.global\\S*\\.add\\.f32", ptx)))
+# fp32 inputs without a gate, as the models launch it: 4-step chunks, KEEP_DT and INPUT_RING 2 kept
+(fp32,) = chunk.prune_bwd_configs([default], {"NSTATE": 8, "u_ptr": torch.empty(0)}, HAS_Z=False, CHUNK=4)
+_, registers = build({**fp32.kwargs, "HAS_Z": False, "CHUNK": 4, "UNROLL": 4, "ATOMIC_BC": 0}, "fp32", fp32.maxnreg)
+print(fp32.maxnreg, fp32.kwargs["KEEP_DT"], fp32.kwargs["INPUT_RING"], registers)
 """
 
 
 def test_backward_split_config_builds_under_its_register_cap():
     """The SPLIT backward config's `maxnreg` reaches ptxas: built for sm_90 it uses at most 168 registers, where the
     same kernel uncapped takes more (the cap is what fits 12 programs per SM). With ATOMIC_BC it stays under the cap
-    and adds its dB/dC sums by one fp32 atomic per lane-row and step: 2 x 8 in a chunk of 8 steps (none without)."""
+    and adds its dB/dC sums by one fp32 atomic per lane-row and step: 2 x 8 in a chunk of 8 steps (none without).
+    fp32 inputs without a gate (4-step chunks, KEEP_DT, INPUT_RING 2) build under the cap too."""
     result = run_without_interpreter(SPLIT_CAP_SM90)
     assert result.returncode == 0, result.stderr[-4000:]
-    (uncapped, _, free, adds), (cap, _, capped, capped_adds), (_, _, atomic, atomic_adds) = (
+    (uncapped, _, free, adds), (cap, _, capped, capped_adds), (_, _, atomic, atomic_adds), fp32 = (
         line.split() for line in result.stdout.splitlines()
     )
     assert uncapped == "None" and cap == "168" and int(capped) <= 168 < int(free), result.stdout
     assert int(atomic) <= 168 and (adds, capped_adds, atomic_adds) == ("0", "0", "16"), result.stdout
+    assert fp32[:3] == ["168", "1", "2"] and int(fp32[3]) <= 168, result.stdout
 
 
 SASS_LOOP_COUNTS = Path(__file__).resolve().parents[2] / "benchmarks/ops/experiments/sass_loop_counts.py"

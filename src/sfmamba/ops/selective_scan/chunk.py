@@ -814,13 +814,14 @@ def _bwd_configs() -> list[triton.Config]:
     # 4-step chunks). CKPT_AHEAD (each chunk's checkpoint loaded by the chunk after it; H100 session 36,
     # benchmarks/results/s36_20261207/call9, fwd+bwd at (128, 160, 196, 8)): bf16 171.2 -> 168.4 us (L2 flushed 174.0
     # -> 168.9), fp32 192.8 -> 193.1; sm_90 bf16 163 -> 168 registers, no spills, 2051 -> 2065 instructions per chunk.
+    # INPUT_RING 2 (each step's inputs loaded two steps ahead): kept to fp32's 4-step chunks (`rings_two_steps`).
     tiles = [
         triton.Config({"BLOCK_D": 32, "PREFETCH": 1, "NEXT_TO_L1": 2, "BRANCHLESS": 0, "TILES": tiles}, num_warps=1)
         for tiles in (1, 0)
     ]
     rows = triton.Config({"BLOCK_D": 32, "PREFETCH": 1, "NEXT_TO_L1": 2, "BRANCHLESS": 0, "ROWS": 1}, num_warps=1)
     split = triton.Config({"BLOCK_D": 16, "PREFETCH": 1, "NEXT_TO_L1": 2, "BRANCHLESS": 0, "ROWS": 1, "SPLIT": 2,
-                           "KEEP_DT": 1, "CKPT_AHEAD": 1}, num_warps=1, maxnreg=168)  # fmt: skip
+                           "KEEP_DT": 1, "CKPT_AHEAD": 1, "INPUT_RING": 2}, num_warps=1, maxnreg=168)  # fmt: skip
     return [rows, split, *tiles]
 
 
@@ -840,12 +841,14 @@ def prune_bwd_configs(configs: list[triton.Config], named_args: dict, **kwargs) 
       timing through the op since session 26 (both MambaVision-T shapes and dtypes), and the one time the autotuner,
       timing the kernel alone, picked TILES instead it cost 27 % (session 34, (128, 320, 49, 8) bf16 fwd+bwd 117.0 us
       against session 31's 91.9); a single config also skips the autotuner's timing runs on first use;
-    - KEEP_DT only where it won (`keeps_dt`); elsewhere its configs run without it."""
+    - KEEP_DT and INPUT_RING 2 only where they won (`keeps_dt`, `rings_two_steps`); elsewhere their configs run
+      without them (KEEP_DT 0, INPUT_RING 1)."""
     args = {**named_args, **kwargs}
     nstate = args.get("NSTATE", 0)
     configs = _fitting_splits(configs, nstate)
-    if not keeps_dt(args):
-        configs = [_with_kwargs(c, KEEP_DT=0) if c.kwargs.get("KEEP_DT") else c for c in configs]
+    for flag, kept, off in (("KEEP_DT", keeps_dt(args), 0), ("INPUT_RING", rings_two_steps(args), 1)):
+        if not kept:
+            configs = [_with_kwargs(c, **{flag: off}) if c.kwargs.get(flag, off) != off else c for c in configs]
     small = nstate <= 8
     if args.get("HAS_H0") or not small:
         configs = [c for c in configs if not c.kwargs.get("ROWS")] or configs
@@ -864,6 +867,16 @@ def keeps_dt(args: dict) -> bool:
     counts) and the models' scans pass none."""
     narrow = getattr(args.get("u_ptr"), "dtype", None) in (torch.float16, torch.bfloat16)
     return (narrow or args.get("CHUNK") == 4) and not args.get("HAS_Z")
+
+
+def rings_two_steps(args: dict) -> bool:
+    """Whether a backward launch with these arguments loads each step's inputs two steps ahead (INPUT_RING 2): fp32
+    inputs (`u_ptr`) in 4-step chunks (`CHUNK`: N = 5-8), no gate. H100 session 37 (benchmarks/results/s37_20261207,
+    fwd+bwd through the op, CUDA graphs, the default SPLIT config, each checked): fp32 (128, 160, 196, 8) 192.8 ->
+    185.9 us, (128, 320, 49, 8) 101.0 -> 98.2 (sm_90, cap 168: 164 registers, no spills); bf16 lost in 8-step chunks
+    (167.1 -> 185.1, 18 bytes spilled) and in 4-step ones (182.1 -> 187.3). With a gate it is untimed."""
+    fp32 = getattr(args.get("u_ptr"), "dtype", None) == torch.float32
+    return fp32 and args.get("CHUNK") == 4 and not args.get("HAS_Z")
 
 
 MAX_UNROLL = 16  # the backward's main pass unrolls chunks up to this many steps (bwd_chunk_for's largest); a longer
@@ -1371,12 +1384,12 @@ def _bwd_chunk_rows(u_ptr, delta_ptr, A, A2, B_ptr, C_ptr, Dv, z_ptr, bias, h0_p
     default SPLIT config, `_bwd_configs`): the chunk starts from `ckpt_rows` (its checkpoint, loaded by the chunk
     after it, or before the span's loop) and loads the chunk before's as its backward sweep starts, returned last: ncu
     (session 36, (128, 160, 196, 8) bf16) put 6.7 % of the backward's warp samples on the chunk's first use of its
-    checkpoint, loaded right before. Without it `ckpt_rows` is ignored and returned as it came. INPUT_RING 2 (off,
-    untimed): each step's inputs loaded two steps ahead instead of one (the same ncu run put ~12 % of the samples on
-    bf16 unpacks waiting for their one-step-ahead loads). sm_90, cap 168, with KEEP_DT and CKPT_AHEAD: bf16 8-step
-    chunks 168 registers and 72 spilled bytes, 2065 -> 2262 instructions, 4033 -> 4303 stall cycles; fp32 4-step
-    chunks 165 -> 164 registers, no spills, 905 -> 955 instructions, 1950 -> 1921 stall cycles
-    (`pending_gpu.sh scan-bwd-ring2` times it)."""
+    checkpoint, loaded right before. Without it `ckpt_rows` is ignored and returned as it came. INPUT_RING 2 (the
+    default SPLIT config's for fp32 4-step chunks, `rings_two_steps`): each step's inputs loaded two steps ahead
+    instead of one (the same ncu run put ~12 % of the samples on bf16 unpacks waiting for their one-step-ahead loads).
+    sm_90, cap 168, with KEEP_DT and CKPT_AHEAD: bf16 8-step chunks 168 registers and 72 spilled bytes, 2065 -> 2262
+    instructions, 4033 -> 4303 stall cycles (H100: 167.1 -> 185.1 us fwd+bwd at (128, 160, 196, 8)); fp32 4-step
+    chunks 165 -> 164 registers, no spills, 905 -> 955 instructions, 1950 -> 1921 stall cycles (192.8 -> 185.9 us)."""
     if NEXT_TO_L1:
         _prefetch_chunk_before(u_ptr, delta_ptr, B_ptr, C_ptr, dout_ptr, z_ptr, t0, more, ch, mask_d, su_l, su_d,
                                sdt_l, sdt_d, sB_l, sC_l, sdo_l, sdo_d, sz_l, sz_d, HAS_Z, CHUNK, BLOCK_D,
