@@ -475,7 +475,12 @@ def prune_fwd_configs(configs: list[triton.Config], named_args: dict, **kwargs) 
 def streams(args: dict) -> bool:
     """Whether a forward launch with these arguments times the STREAM configs (u, delta, z and y marked first to
     evict): with fp32 inputs (`u_ptr`), where they won on the H100 at L = 196; 16-bit inputs lost (session 32)."""
-    return getattr(args.get("u_ptr"), "dtype", None) == torch.float32
+    return _input_dtype(args) == torch.float32
+
+
+def _input_dtype(args: dict) -> torch.dtype | None:
+    """The dtype of a launch's inputs (its `u_ptr` tensor; None where the arguments have none, as in tests)."""
+    return getattr(args.get("u_ptr"), "dtype", None)
 
 
 def fwd_config_kept(config: triton.Config, nstate: int) -> bool:
@@ -865,7 +870,7 @@ def keeps_dt(args: dict) -> bool:
     us, fp32 loses 7-16 (spills); session 36, fp32 in 4-step chunks (no spills): (128, 160, 196, 8) 194.7 -> 191.9 us,
     (128, 320, 49, 8) 101.3 -> 99.4. With a gate the sm_90 build spills more (bf16 56 -> 88 bytes, session 29's static
     counts) and the models' scans pass none."""
-    narrow = getattr(args.get("u_ptr"), "dtype", None) in (torch.float16, torch.bfloat16)
+    narrow = _input_dtype(args) in (torch.float16, torch.bfloat16)
     return (narrow or args.get("CHUNK") == 4) and not args.get("HAS_Z")
 
 
@@ -875,8 +880,7 @@ def rings_two_steps(args: dict) -> bool:
     fwd+bwd through the op, CUDA graphs, the default SPLIT config, each checked): fp32 (128, 160, 196, 8) 192.8 ->
     185.9 us, (128, 320, 49, 8) 101.0 -> 98.2 (sm_90, cap 168: 164 registers, no spills); bf16 lost in 8-step chunks
     (167.1 -> 185.1, 18 bytes spilled) and in 4-step ones (182.1 -> 187.3). With a gate it is untimed."""
-    fp32 = getattr(args.get("u_ptr"), "dtype", None) == torch.float32
-    return fp32 and args.get("CHUNK") == 4 and not args.get("HAS_Z")
+    return _input_dtype(args) == torch.float32 and args.get("CHUNK") == 4 and not args.get("HAS_Z")
 
 
 MAX_UNROLL = 16  # the backward's main pass unrolls chunks up to this many steps (bwd_chunk_for's largest); a longer
@@ -1400,32 +1404,30 @@ def _bwd_chunk_rows(u_ptr, delta_ptr, A, A2, B_ptr, C_ptr, Dv, z_ptr, bias, h0_p
     else:
         h = _state_rows(ckpt_ptr, (pid_b * n_ckpt + c - 1) * STATE, D_total, state_ch, mask_d & (c > 0), nleft,
                         BLOCK_N)  # fmt: skip
-    ahead = _step_inputs_rows(u_ptr, delta_ptr, B_ptr, C_ptr, dout_ptr, z_ptr, t0, steps > 0, ch, mask_d, nleft,
+    # the next INPUT_RING steps' inputs, the next step's first
+    ring = (_step_inputs_rows(u_ptr, delta_ptr, B_ptr, C_ptr, dout_ptr, z_ptr, t0, steps > 0, ch, mask_d, nleft,
                               su_l, su_d, sdt_l, sdt_d, sB_l, sB_n, sC_l, sC_n, sdo_l, sdo_d, sz_l, sz_d, HAS_Z,
-                              BLOCK_N, VECTOR_BC)  # fmt: skip
+                              BLOCK_N, VECTOR_BC),)  # fmt: skip
     if INPUT_RING == 2:  # the step after it too
-        ahead2 = _step_inputs_rows(u_ptr, delta_ptr, B_ptr, C_ptr, dout_ptr, z_ptr, t0 + 1, steps > 1, ch, mask_d,
-                                   nleft, su_l, su_d, sdt_l, sdt_d, sB_l, sB_n, sC_l, sC_n, sdo_l, sdo_d, sz_l, sz_d,
-                                   HAS_Z, BLOCK_N, VECTOR_BC)  # fmt: skip
+        ring = ring + (_step_inputs_rows(u_ptr, delta_ptr, B_ptr, C_ptr, dout_ptr, z_ptr, t0 + 1, steps > 1, ch,
+                                         mask_d, nleft, su_l, su_d, sdt_l, sdt_d, sB_l, sB_n, sC_l, sC_n, sdo_l, sdo_d,
+                                         sz_l, sz_d, HAS_Z, BLOCK_N, VECTOR_BC),)  # fmt: skip
     # forward sweep: recompute and keep the chunk's states; dz and dC need only forward quantities
     tiles = ()
     dts = ()  # KEEP_DT: each step's dt
     for _ in tl.static_range(CHUNK):
         tiles = tiles + (h,)
-        dts = dts + (ahead[0] * 0.0,)
+        dts = dts + (ring[0][0] * 0.0,)
     for k in tl.static_range(CHUNK):
         run = True if BRANCHLESS else k < steps
         if run:
             t = t0 + k
             valid = k < steps
-            x, raw, Bs, Cs, dout, zt = ahead
-            loaded = _step_inputs_rows(u_ptr, delta_ptr, B_ptr, C_ptr, dout_ptr, z_ptr, t + INPUT_RING,
-                                       k + INPUT_RING < steps, ch, mask_d, nleft, su_l, su_d, sdt_l, sdt_d, sB_l, sB_n,
-                                       sC_l, sC_n, sdo_l, sdo_d, sz_l, sz_d, HAS_Z, BLOCK_N, VECTOR_BC)  # fmt: skip
-            if INPUT_RING == 2:
-                ahead, ahead2 = ahead2, loaded
-            else:
-                ahead = loaded
+            x, raw, Bs, Cs, dout, zt = ring[0]
+            ring = ring[1:] + (_step_inputs_rows(u_ptr, delta_ptr, B_ptr, C_ptr, dout_ptr, z_ptr, t + INPUT_RING,
+                                                 k + INPUT_RING < steps, ch, mask_d, nleft, su_l, su_d, sdt_l, sdt_d,
+                                                 sB_l, sB_n, sC_l, sC_n, sdo_l, sdo_d, sz_l, sz_d, HAS_Z, BLOCK_N,
+                                                 VECTOR_BC),)  # fmt: skip
             raw, dt, dy = _bwd_step(raw, dout, zt, bias, HAS_BIAS, SOFTPLUS, HAS_Z)
             if KEEP_DT:
                 dts = dts[:k] + (dt,) + dts[k + 1 :]
@@ -1459,14 +1461,14 @@ def _bwd_chunk_rows(u_ptr, delta_ptr, A, A2, B_ptr, C_ptr, Dv, z_ptr, bias, h0_p
             tiles = tiles[:k] + (h,) + tiles[k + 1 :]
     # backward sweep (BRANCHLESS walks the masked steps too, from the chunk's last slot)
     first = CHUNK - 1 if BRANCHLESS else steps - 1
-    ahead = _step_inputs_rows(u_ptr, delta_ptr, B_ptr, C_ptr, dout_ptr, z_ptr, t0 + first,
+    ring = (_step_inputs_rows(u_ptr, delta_ptr, B_ptr, C_ptr, dout_ptr, z_ptr, t0 + first,
                               (first >= 0) & (first < steps), ch, mask_d, nleft, su_l, su_d, sdt_l, sdt_d, sB_l, sB_n,
-                              sC_l, sC_n, sdo_l, sdo_d, sz_l, sz_d, HAS_Z, BLOCK_N, VECTOR_BC)  # fmt: skip
+                              sC_l, sC_n, sdo_l, sdo_d, sz_l, sz_d, HAS_Z, BLOCK_N, VECTOR_BC),)  # fmt: skip
     if INPUT_RING == 2:
-        ahead2 = _step_inputs_rows(u_ptr, delta_ptr, B_ptr, C_ptr, dout_ptr, z_ptr, t0 + first - 1,
-                                   (first >= 1) & (first - 1 < steps), ch, mask_d, nleft, su_l, su_d, sdt_l, sdt_d,
-                                   sB_l, sB_n, sC_l, sC_n, sdo_l, sdo_d, sz_l, sz_d, HAS_Z, BLOCK_N,
-                                   VECTOR_BC)  # fmt: skip
+        ring = ring + (_step_inputs_rows(u_ptr, delta_ptr, B_ptr, C_ptr, dout_ptr, z_ptr, t0 + first - 1,
+                                         (first >= 1) & (first - 1 < steps), ch, mask_d, nleft, su_l, su_d, sdt_l,
+                                         sdt_d, sB_l, sB_n, sC_l, sC_n, sdo_l, sdo_d, sz_l, sz_d, HAS_Z, BLOCK_N,
+                                         VECTOR_BC),)  # fmt: skip
     if CKPT_AHEAD:  # the chunk before starts from checkpoint c - 2
         ckpt_rows = _state_rows(ckpt_ptr, (pid_b * n_ckpt + c - 2) * STATE, D_total, state_ch,
                                 mask_d & more & (c > 1), nleft, BLOCK_N)  # fmt: skip
@@ -1477,15 +1479,11 @@ def _bwd_chunk_rows(u_ptr, delta_ptr, A, A2, B_ptr, C_ptr, Dv, z_ptr, bias, h0_p
             t = t0 + k
             valid = k < steps
             h = tiles[CHUNK - 1 - i]
-            x, raw, Bs, Cs, dout, zt = ahead
-            loaded = _step_inputs_rows(u_ptr, delta_ptr, B_ptr, C_ptr, dout_ptr, z_ptr, t - INPUT_RING,
-                                       (k >= INPUT_RING) & (k - INPUT_RING < steps), ch, mask_d, nleft, su_l, su_d,
-                                       sdt_l, sdt_d, sB_l, sB_n, sC_l, sC_n, sdo_l, sdo_d, sz_l, sz_d, HAS_Z, BLOCK_N,
-                                       VECTOR_BC)  # fmt: skip
-            if INPUT_RING == 2:
-                ahead, ahead2 = ahead2, loaded
-            else:
-                ahead = loaded
+            x, raw, Bs, Cs, dout, zt = ring[0]
+            ring = ring[1:] + (_step_inputs_rows(u_ptr, delta_ptr, B_ptr, C_ptr, dout_ptr, z_ptr, t - INPUT_RING,
+                                                 (k >= INPUT_RING) & (k - INPUT_RING < steps), ch, mask_d, nleft, su_l,
+                                                 su_d, sdt_l, sdt_d, sB_l, sB_n, sC_l, sC_n, sdo_l, sdo_d, sz_l, sz_d,
+                                                 HAS_Z, BLOCK_N, VECTOR_BC),)  # fmt: skip
             if KEEP_DT:
                 raw, unused, dy = _bwd_step(raw, dout, zt, bias, HAS_BIAS, False, HAS_Z)  # no softplus: dt is kept
                 dt = dts[CHUNK - 1 - i]
