@@ -158,6 +158,12 @@
 #                    source counters; ncu_source_top.py), SHAPES (one, default 0) and DTYPES (default bfloat16) (~2 min)
 #   partials-time    the backward's partial-sum launch alone (dB/dC over channel blocks, dA/dD/dbias over rows) at
 #                    MambaVision-T's shapes, whole and by half, per tile size and warp count, then under ncu (~2 min)
+#   scan-sweep       issue #2's time-vs-length table and PNG (bench_selective_scan.py --sweep-only): (128, 160, L, 8)
+#                    for L = 49 .. 3136, ours unfolded and folded by 2 against mamba_ssm, fwd and fwd+bwd, DTYPES
+#                    (default bf16; carry .bench_deps)                                                     (~5 min)
+#   scan-naive       the PyTorch reference on the GPU against ours, eager timers, SHAPES (default "0 2")    (~1 min)
+#   scan-bwd-n1      VMamba's backward at (128, 384, 3136, 1, G = 4): TILES vs ROWS with NEXT_TO_L1 2 or 1, and the
+#                    autotuner's pick, fwd+bwd, bf16 and fp32, each checked                                (~4 min)
 #   scan-fwd-stream  the hinted SPLIT 2 forward ring (cap 168, L2 16 ahead) with its streams plain (STREAM 0, the
 #                    default), marked first to evict (1: u/delta/z loads and y's store; sm_90 fp32 451 instructions and
 #                    802 stall cycles per 8 steps against 386 / 708) or L2-only loads and streaming stores (2: .cg/.cs,
@@ -578,6 +584,20 @@ run_step() {
       PYTHONPATH=".bench_deps/ext:.bench_deps:$PYTHONPATH" "$PY" benchmarks/ops/bench_selective_scan.py --timers graph \
         --folds --providers sfmamba-BLD mamba_ssm --precompile 16 ${SHAPES:+--shapes $SHAPES} ${DTYPES:+--dtypes $DTYPES} --out-dir "$dir" 2>&1 \
         | tee "$dir/log.txt" | grep -v Warning | tail -45 ;;
+    scan-sweep)  # issue #2's time-vs-length plot: L = 49 .. 3136 at (128, 160, L, 8), fwd and fwd+bwd, folds 1 and 2
+      PYTHONPATH=".bench_deps/ext:.bench_deps:$PYTHONPATH" "$PY" benchmarks/ops/bench_selective_scan.py --timers graph \
+        --sweep-only --folds 2 --providers sfmamba-BLD sfmamba-BLD-fold2 mamba_ssm --precompile 16 \
+        --dtypes ${DTYPES:-bf16} --out-dir "$dir" 2>&1 | tee "$dir/log.txt" | grep -v Warning | tail -45 ;;
+    scan-naive)  # the PyTorch reference on the GPU (eager: a loop of L steps) against ours, eager too
+      "$PY" benchmarks/ops/bench_selective_scan.py --timers eager --folds --providers sfmamba-BLD naive-torch \
+        --shapes ${SHAPES:-0 2} ${DTYPES:+--dtypes $DTYPES} --out-dir "$dir" 2>&1 | tee "$dir/log.txt" \
+        | grep -v Warning | tail -20 ;;
+    scan-bwd-n1)  # VMamba's backward (N = 1): TILES vs ROWS, the next chunk's L1 hints as one instruction per tensor
+      # (NEXT_TO_L1 2, the default configs') or one per row (1), and the autotuner's pick; fwd+bwd, checked
+      "$PY" benchmarks/ops/experiments/scan_configs.py --kernel bwd --unroll 16 --shapes 4 \
+        --dtypes ${DTYPES:-bfloat16 float32} --bwd-configs '{"TILES": 1, "NEXT_TO_L1": 2}' \
+        '{"ROWS": 1, "NEXT_TO_L1": 2}' '{"TILES": 1}' '{"ROWS": 1}' --precompile 10 --budget-s 240 \
+        --out-dir "$dir" 2>&1 | tee "$dir/log.txt" | grep -v Warning ;;
     *) echo "unknown step $step"; return 2 ;;
   esac
   find "$dir" \( -name '*.safetensors' -o -name '*.pt' \) -delete  # weights stay on the device
