@@ -920,7 +920,7 @@ def selective_scan_bwd_kernel(
     ROWS: tl.constexpr = 0, VECTOR_BC: tl.constexpr = 0, SPLIT: tl.constexpr = 1, ATOMIC_BC: tl.constexpr = 0,
     L_STRIDE: tl.constexpr = 0, BC_L_STRIDE: tl.constexpr = 0, Z_L_STRIDE: tl.constexpr = 0,
     DOUT_L_STRIDE: tl.constexpr = 0, KEEP_DT: tl.constexpr = 0, CKPT_AHEAD: tl.constexpr = 0,
-    INPUT_RING: tl.constexpr = 1,
+    INPUT_RING: tl.constexpr = 1, LATE_SUMS: tl.constexpr = 0,
 ):  # fmt: skip
     # One program: one image, BLOCK_D channels, one span of `span` chunks of CHUNK steps (the forward checkpointed
     # the state at every chunk end; `n_ckpt` chunks per row, `nchunks` spans). The state gradient runs backwards:
@@ -1053,7 +1053,7 @@ def selective_scan_bwd_kernel(
                     j + 1 < span_chunks,
                     HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, HAS_H0, RESET, HAS_DLAST, CHUNK, BLOCK_D * SPLIT, R, NEXT_TO_L1,
                     BRANCHLESS, VECTOR_BC, (FAST_MATH or EMULATE_LANE_SHUFFLES) and BLOCK_D * SPLIT == 32 and R <= 32,
-                    SPLIT, ATOMIC_BC, KEEP_DT, CKPT_AHEAD, INPUT_RING,
+                    SPLIT, ATOMIC_BC, KEEP_DT, CKPT_AHEAD, INPUT_RING, LATE_SUMS,
                 )  # fmt: skip
             _store_state_rows(dA_ptr, part * NSTATE, D_total, state_ch, mask_d, nleft, acc_rows, R)
         else:
@@ -1351,6 +1351,25 @@ def _store_channel_sums(ptr, values, valid, NSTATE, n0, BLOCK_D: tl.constexpr, B
 
 
 @triton.jit
+def _channel_sums_late(ptr, late, values, t, valid, FIRST: tl.constexpr, NSTATE, n0, BLOCK_D: tl.constexpr,
+                       BLOCK_N: tl.constexpr, LANE_SUMS: tl.constexpr, SPLIT: tl.constexpr, ATOMIC: tl.constexpr,
+                       LATE: tl.constexpr):  # fmt: skip
+    """A sweep step's channel sums (`_store_channel_sums` of `values` into ptr + t N where `valid`), or, LATE, the
+    sums of the step before (`late`: (values, t, valid), none where FIRST), so that their shuffle chain shares this
+    step's block with its math instead of closing the step before's (each step is a branch); returns what is left to
+    store: (values, t, valid) for LATE, `late` as it came otherwise. The sweep's last `late` goes to
+    `_store_channel_sums` after the loop."""
+    if LATE:
+        if not FIRST:
+            _store_channel_sums(ptr + late[1] * NSTATE, late[0], late[2], NSTATE, n0, BLOCK_D, BLOCK_N, LANE_SUMS,
+                                SPLIT, ATOMIC)  # fmt: skip
+        late = (values, t, valid)
+    else:
+        _store_channel_sums(ptr + t * NSTATE, values, valid, NSTATE, n0, BLOCK_D, BLOCK_N, LANE_SUMS, SPLIT, ATOMIC)
+    return late
+
+
+@triton.jit
 def _step_inputs_rows(u_ptr, delta_ptr, B_ptr, C_ptr, dout_ptr, z_ptr, t, valid, ch, mask_d, NSTATE, su_l, su_d,
                       sdt_l, sdt_d, sB_l, sB_n, sC_l, sC_n, sdo_l, sdo_d, sz_l, sz_d, HAS_Z: tl.constexpr,
                       BLOCK_N: tl.constexpr, VECTOR_BC: tl.constexpr):  # fmt: skip
@@ -1372,7 +1391,8 @@ def _bwd_chunk_rows(u_ptr, delta_ptr, A, A2, B_ptr, C_ptr, Dv, z_ptr, bias, h0_p
                     HAS_DLAST: tl.constexpr, CHUNK: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
                     NEXT_TO_L1: tl.constexpr, BRANCHLESS: tl.constexpr, VECTOR_BC: tl.constexpr,
                     LANE_SUMS: tl.constexpr, SPLIT: tl.constexpr, ATOMIC: tl.constexpr,
-                    KEEP_DT: tl.constexpr, CKPT_AHEAD: tl.constexpr, INPUT_RING: tl.constexpr):  # fmt: skip
+                    KEEP_DT: tl.constexpr, CKPT_AHEAD: tl.constexpr, INPUT_RING: tl.constexpr,
+                    LATE_SUMS: tl.constexpr = 0):  # fmt: skip
     """`_bwd_chunk` with every state a tuple of BLOCK_N [BD] rows (ROWS): dh, a_next, dA_acc and the chunk's states
     (a tuple of CHUNK such tuples); each step's sums over N stay inside a thread and its sums over the channels (dB,
     dC) go through `_store_channel_sums`. Loads one step ahead (PREFETCH 1). BLOCK_D: lanes ([BD] tensors); SPLIT > 1:
@@ -1418,6 +1438,10 @@ def _bwd_chunk_rows(u_ptr, delta_ptr, A, A2, B_ptr, C_ptr, Dv, z_ptr, bias, h0_p
     for _ in tl.static_range(CHUNK):
         tiles = tiles + (h,)
         dts = dts + (ring[0][0] * 0.0,)
+    no_sums = ()
+    for _ in tl.static_range(BLOCK_N):
+        no_sums = no_sums + (ring[0][0] * 0.0,)
+    late = (no_sums, t0, steps < 0)  # LATE_SUMS: the channel sums not yet stored (none yet)
     for k in tl.static_range(CHUNK):
         run = True if BRANCHLESS else k < steps
         if run:
@@ -1456,9 +1480,13 @@ def _bwd_chunk_rows(u_ptr, delta_ptr, A, A2, B_ptr, C_ptr, Dv, z_ptr, bias, h0_p
                 dz = dout * y * sz * (1.0 + zt * (1.0 - sz))
                 tl.store(dz_ptr + pid_b * sg_b + t * sg_l + ch * sg_d, dz.to(dz_ptr.dtype.element_ty),
                          mask=lead & valid)  # fmt: skip
-            _store_channel_sums(dC_ptr + part_base + t * NSTATE, dC, valid, NSTATE, n0, BLOCK_D, BLOCK_N, LANE_SUMS,
-                                SPLIT, ATOMIC)  # fmt: skip
+            late = _channel_sums_late(dC_ptr + part_base, late, dC, t, valid, k == 0, NSTATE, n0, BLOCK_D, BLOCK_N,
+                                      LANE_SUMS, SPLIT, ATOMIC, LATE_SUMS)  # fmt: skip
             tiles = tiles[:k] + (h,) + tiles[k + 1 :]
+    if LATE_SUMS:
+        _store_channel_sums(dC_ptr + part_base + late[1] * NSTATE, late[0], late[2], NSTATE, n0, BLOCK_D, BLOCK_N,
+                            LANE_SUMS, SPLIT, ATOMIC)  # fmt: skip
+        late = (late[0], t0, steps < 0)
     # backward sweep (BRANCHLESS walks the masked steps too, from the chunk's last slot)
     first = CHUNK - 1 if BRANCHLESS else steps - 1
     ring = (_step_inputs_rows(u_ptr, delta_ptr, B_ptr, C_ptr, dout_ptr, z_ptr, t0 + first,
@@ -1529,11 +1557,14 @@ def _bwd_chunk_rows(u_ptr, delta_ptr, A, A2, B_ptr, C_ptr, Dv, z_ptr, bias, h0_p
             dD_acc, dbias_acc = _channel_grads(du_ptr, ddelta_ptr, dt * du_sum, ddt + x * du_sum, raw, x, dy, Dv,
                                                dD_acc, dbias_acc, pid_b * sg_b + t * sg_l + ch * sg_d, lead, valid,
                                                HAS_D, SOFTPLUS)  # fmt: skip
-            _store_channel_sums(dB_ptr + part_base + t * NSTATE, dB, valid, NSTATE, n0, BLOCK_D, BLOCK_N, LANE_SUMS,
-                                SPLIT, ATOMIC)  # fmt: skip
+            late = _channel_sums_late(dB_ptr + part_base, late, dB, t, valid, i == 0, NSTATE, n0, BLOCK_D, BLOCK_N,
+                                      LANE_SUMS, SPLIT, ATOMIC, LATE_SUMS)  # fmt: skip
             if HAS_H0:
                 _store_state_rows(dh0_ptr, seg * STATE, D_total, state_ch, mask_d & start & valid, nleft, dh0,
                                   BLOCK_N)  # fmt: skip
+    if LATE_SUMS:
+        _store_channel_sums(dB_ptr + part_base + late[1] * NSTATE, late[0], late[2], NSTATE, n0, BLOCK_D, BLOCK_N,
+                            LANE_SUMS, SPLIT, ATOMIC)  # fmt: skip
     return dh, a_next, dA_acc, dD_acc, dbias_acc, ckpt_rows
 
 
