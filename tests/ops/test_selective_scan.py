@@ -654,8 +654,12 @@ def test_backward_rows_two_step_input_ring(nstate, split, kernel, branchless):
 
 @pytest.mark.parametrize(
     "nstate, split, kernel, branchless, lane_sums",
-    [(8, 2, "triton", 0, True), (8, 2, "triton-2pass", 1, True), (4, 1, "triton-2pass", 0, False),
-     (3, 2, "triton", 1, False)],
+    [
+        (8, 2, "triton", 0, True),
+        (8, 2, "triton-2pass", 1, True),
+        (4, 1, "triton-2pass", 0, False),
+        (3, 2, "triton", 1, False),
+    ],
 )
 def test_backward_rows_late_channel_sums(nstate, split, kernel, branchless, lane_sums):
     """LATE_SUMS (each sweep step stores the step before's dB/dC channel sums, the last after the loop) with the
