@@ -149,8 +149,10 @@
 #                    float32"; then bf16 with 4-step chunks (`--bwd-chunk-len 4`) too                  (~6 min cold)
 #   scan-bwd-late    fwd+bwd per backward config: the default (fp32: with INPUT_RING 2) against LATE_SUMS (each sweep
 #                    step stores the step before's dB/dC channel sums, so their shuffle chain shares a step's block with
-#                    its math; sm_90, cap 168: bf16 2065 -> 2179 instructions, 4033 -> 3898 stall cycles per 8-step
-#                    chunk; fp32 4-step 955 -> 988, 1921 -> 1749; shuffle waits are not in the stall count);
+#                    its math), BC_TOGETHER (dC summed with dB in the backward sweep, one reduction of 8 rows: 8
+#                    shuffles a step instead of 10) and both. sm_90, cap 168, instructions / stall cycles per chunk:
+#                    bf16 8 steps 2065/4031, LATE 2179/3898, TOGETHER 1952/3582, both 2034/3736; fp32 4 steps
+#                    955/1919, 988/1749, 908/1704, 940/1643 (shuffle waits are not in the stall count);
 #                    SHAPES default "0 2", DTYPES default "bfloat16 float32"                           (~5 min cold)
 #   scan-bwd-chunk4  fwd+bwd (the default backward config; fp32 also without KEEP_DT) with the checkpoint chunk at 8
 #                    steps and at 4 (`--bwd-chunk-len`; the training forward walks whole 4-step blocks), for twice the
@@ -521,12 +523,15 @@ run_step() {
       # bf16 with fp32's 4-step chunks: the two-step ring fits its registers there
       [[ "${DTYPES:-bfloat16}" == *bfloat16* ]] && time_bwd_configs bfloat16 --bwd-chunk-len 4 \
         --bwd-configs "{$(bwd_default)}" "{$(bwd_default), \"INPUT_RING\": 2}" --precompile 4 --budget-s 120 ;;
-    scan-bwd-late)  # fwd+bwd, the default backward config with and without LATE_SUMS, each dtype's own default
+    scan-bwd-late)  # fwd+bwd, the default backward config (fp32: with INPUT_RING 2) with and without LATE_SUMS and
+      # BC_TOGETHER
+      local late='"LATE_SUMS": 1' together='"BC_TOGETHER": 1' ring='"INPUT_RING": 2'
       [[ "${DTYPES:-bfloat16 float32}" == *bfloat16* ]] && time_bwd_configs bfloat16 --bwd-configs "{$(bwd_default)}" \
-        "{$(bwd_default), \"LATE_SUMS\": 1}" --precompile 4 --budget-s 100
-      [[ "${DTYPES:-bfloat16 float32}" == *float32* ]] && time_bwd_configs float32 \
-        --bwd-configs "{$(bwd_default), \"INPUT_RING\": 2}" "{$(bwd_default), \"INPUT_RING\": 2, \"LATE_SUMS\": 1}" \
-        --precompile 4 --budget-s 100 ;;
+        "{$(bwd_default), $late}" "{$(bwd_default), $together}" "{$(bwd_default), $late, $together}" \
+        --precompile 8 --budget-s 120
+      [[ "${DTYPES:-bfloat16 float32}" == *float32* ]] && time_bwd_configs float32 --bwd-configs \
+        "{$(bwd_default), $ring}" "{$(bwd_default), $ring, $late}" "{$(bwd_default), $ring, $together}" \
+        "{$(bwd_default), $ring, $late, $together}" --precompile 8 --budget-s 120 ;;
     scan-bwd-chunk4)  # fwd+bwd, the default backward config, checkpoints every 8 steps and every 4
       for dtype in ${DTYPES:-bfloat16 float32}; do
         configs=("{$(bwd_default)}")

@@ -920,7 +920,7 @@ def selective_scan_bwd_kernel(
     ROWS: tl.constexpr = 0, VECTOR_BC: tl.constexpr = 0, SPLIT: tl.constexpr = 1, ATOMIC_BC: tl.constexpr = 0,
     L_STRIDE: tl.constexpr = 0, BC_L_STRIDE: tl.constexpr = 0, Z_L_STRIDE: tl.constexpr = 0,
     DOUT_L_STRIDE: tl.constexpr = 0, KEEP_DT: tl.constexpr = 0, CKPT_AHEAD: tl.constexpr = 0,
-    INPUT_RING: tl.constexpr = 1, LATE_SUMS: tl.constexpr = 0,
+    INPUT_RING: tl.constexpr = 1, LATE_SUMS: tl.constexpr = 0, BC_TOGETHER: tl.constexpr = 0,
 ):  # fmt: skip
     # One program: one image, BLOCK_D channels, one span of `span` chunks of CHUNK steps (the forward checkpointed
     # the state at every chunk end; `n_ckpt` chunks per row, `nchunks` spans). The state gradient runs backwards:
@@ -1053,7 +1053,7 @@ def selective_scan_bwd_kernel(
                     j + 1 < span_chunks,
                     HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, HAS_H0, RESET, HAS_DLAST, CHUNK, BLOCK_D * SPLIT, R, NEXT_TO_L1,
                     BRANCHLESS, VECTOR_BC, (FAST_MATH or EMULATE_LANE_SHUFFLES) and BLOCK_D * SPLIT == 32 and R <= 32,
-                    SPLIT, ATOMIC_BC, KEEP_DT, CKPT_AHEAD, INPUT_RING, LATE_SUMS,
+                    SPLIT, ATOMIC_BC, KEEP_DT, CKPT_AHEAD, INPUT_RING, LATE_SUMS, BC_TOGETHER,
                 )  # fmt: skip
             _store_state_rows(dA_ptr, part * NSTATE, D_total, state_ch, mask_d, nleft, acc_rows, R)
         else:
@@ -1313,60 +1313,80 @@ def _put(ptr, value, mask, ATOMIC: tl.constexpr):
 
 @triton.jit
 def _store_channel_sums(ptr, values, valid, NSTATE, n0, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
-                        LANE_SUMS: tl.constexpr, SPLIT: tl.constexpr = 1, ATOMIC: tl.constexpr = 0):  # fmt: skip
+                        LANE_SUMS: tl.constexpr, SPLIT: tl.constexpr = 1, ATOMIC: tl.constexpr = 0,
+                        second_ptr=None):  # fmt: skip
     """ptr[n0 + n] = (ATOMIC: +=) the sum over the channels of values[n] (a tuple of BLOCK_N [BD] rows: each lane's
-    share of the states from n0 on), n0 + n < NSTATE, where `valid`. SPLIT (2 or 4): adjacent lanes share a channel,
-    lane k of it holding states k BLOCK_N .. (k + 1) BLOCK_N - 1 (n0 = k BLOCK_N). LANE_SUMS (one warp of BLOCK_D = 32
-    lanes): a transposing reduction by butterfly shuffles over the lane bits that pick the channel -- each level
-    halves the rows a lane keeps and sends the other half to its partner, so after log2(BLOCK_N) levels each lane
-    holds one row's partial and the last levels finish it: BLOCK_N - 1 + 5 - log2(SPLIT) - log2(BLOCK_N) shuffles
-    (9 for N = 8; 5 per lane for SPLIT 2's 4 rows) instead of tl.sum's 5 BLOCK_N (40); lane l then holds row n0 +
-    (l >> (5 - log2 BLOCK_N)), stored by the first lane of each row. GPU only (inline PTX): the interpreter takes
-    tl.sum, unless a test sets EMULATE_LANE_SHUFFLES."""
+    share of the states from n0 on), n0 + n < NSTATE, where `valid`; with `second_ptr`, values holds 2 BLOCK_N rows
+    and the second BLOCK_N go to second_ptr[n0 + n] (dB and dC in one reduction: fewer shuffles than two). SPLIT (2 or
+    4): adjacent lanes share a channel, lane k of it holding states k BLOCK_N .. (k + 1) BLOCK_N - 1 (n0 = k BLOCK_N).
+    LANE_SUMS (one warp of BLOCK_D = 32 lanes): a transposing reduction by butterfly shuffles over the lane bits that
+    pick the channel -- each level halves the rows a lane keeps and sends the other half to its partner, so after
+    log2(rows) levels each lane holds one row's partial and the last levels finish it: rows - 1 + 5 - log2(SPLIT) -
+    log2(rows) shuffles (9 for N = 8; 5 per lane for SPLIT 2's 4 rows, 8 for its dB and dC together) instead of
+    tl.sum's 5 per row (40 for N = 8); lane l then holds row n0 + (l >> (5 - log2 rows)), stored by the first lane of
+    each row. GPU only (inline PTX): the interpreter takes tl.sum, unless a test sets EMULATE_LANE_SHUFFLES."""
     CHANNEL_BITS: tl.constexpr = 5 - (SPLIT // 2)  # lane bits 4 .. log2(SPLIT) pick the channel (SPLIT 1, 2, 4)
+    ROW_COUNT: tl.constexpr = BLOCK_N if second_ptr is None else 2 * BLOCK_N
     if LANE_SUMS:
         lane = _lane_id(BLOCK_D)
         rows = values
-        n = lane * 0 + n0
+        r = lane * 0  # the row this lane keeps
         for level in tl.static_range(CHANNEL_BITS):  # lane bit 4 - level
-            if (BLOCK_N >> (level + 1)) >= 1:  # keep one half of the rows, send the other
+            if (ROW_COUNT >> (level + 1)) >= 1:  # keep one half of the rows, send the other
                 upper = (lane & (16 >> level)) != 0
                 kept = ()
-                for j in tl.static_range(BLOCK_N >> (level + 1)):
-                    send = tl.where(upper, rows[j], rows[j + (BLOCK_N >> (level + 1))])
-                    keep = tl.where(upper, rows[j + (BLOCK_N >> (level + 1))], rows[j])
+                for j in tl.static_range(ROW_COUNT >> (level + 1)):
+                    send = tl.where(upper, rows[j], rows[j + (ROW_COUNT >> (level + 1))])
+                    keep = tl.where(upper, rows[j + (ROW_COUNT >> (level + 1))], rows[j])
                     kept = kept + (keep + _lane_shuffle(send, 16 >> level),)
-                n += tl.where(upper, BLOCK_N >> (level + 1), 0)
+                r += tl.where(upper, ROW_COUNT >> (level + 1), 0)
                 rows = kept
             else:  # one row left: finish its sum over the lanes that share it
                 rows = (rows[0] + _lane_shuffle(rows[0], 16 >> level),)
-        first = (lane & ((32 // BLOCK_N - 1) & (32 - SPLIT))) == 0
-        _put(ptr + n, rows[0], first & (n < NSTATE) & valid, ATOMIC)
+        first = (lane & ((32 // ROW_COUNT - 1) & (32 - SPLIT))) == 0
+        if second_ptr is None:
+            _put(ptr + n0 + r, rows[0], first & (n0 + r < NSTATE) & valid, ATOMIC)
+        else:
+            n = n0 + r % BLOCK_N
+            _put(tl.where(r < BLOCK_N, ptr + n, second_ptr + n), rows[0], first & (n < NSTATE) & valid, ATOMIC)
     else:
         share = _lane_id(BLOCK_D) % SPLIT  # which share of a channel's states each lane holds
         for k in tl.static_range(SPLIT):
-            for n in tl.static_range(BLOCK_N):
+            for n in tl.static_range(ROW_COUNT):
                 part = values[n] if SPLIT == 1 else tl.where(share == k, values[n], 0.0)
-                _put(ptr + k * BLOCK_N + n, tl.sum(part, axis=0), valid & (k * BLOCK_N + n < NSTATE), ATOMIC)
+                target = ptr if n < BLOCK_N else second_ptr
+                state = k * BLOCK_N + n % BLOCK_N
+                _put(target + state, tl.sum(part, axis=0), valid & (state < NSTATE), ATOMIC)
 
 
 @triton.jit
 def _channel_sums_late(ptr, late, values, t, valid, FIRST: tl.constexpr, NSTATE, n0, BLOCK_D: tl.constexpr,
                        BLOCK_N: tl.constexpr, LANE_SUMS: tl.constexpr, SPLIT: tl.constexpr, ATOMIC: tl.constexpr,
-                       LATE: tl.constexpr):  # fmt: skip
-    """A sweep step's channel sums (`_store_channel_sums` of `values` into ptr + t N where `valid`), or, LATE, the
-    sums of the step before (`late`: (values, t, valid), none where FIRST), so that their shuffle chain shares this
-    step's block with its math instead of closing the step before's (each step is a branch); returns what is left to
-    store: (values, t, valid) for LATE, `late` as it came otherwise. The sweep's last `late` goes to
-    `_store_channel_sums` after the loop."""
+                       LATE: tl.constexpr, second_ptr=None):  # fmt: skip
+    """A sweep step's channel sums (`_store_channel_sums` of `values` into ptr + t N, and second_ptr + t N where
+    given, where `valid`), or, LATE, the sums of the step before (`late`: (values, t, valid), none where FIRST), so
+    that their shuffle chain shares this step's block with its math instead of closing the step before's (each step
+    is a branch); returns what is left to store: (values, t, valid) for LATE, `late` as it came otherwise. The
+    sweep's last `late` goes to `_store_late_sums` after the loop."""
     if LATE:
         if not FIRST:
-            _store_channel_sums(ptr + late[1] * NSTATE, late[0], late[2], NSTATE, n0, BLOCK_D, BLOCK_N, LANE_SUMS,
-                                SPLIT, ATOMIC)  # fmt: skip
+            _store_late_sums(ptr, late, NSTATE, n0, BLOCK_D, BLOCK_N, LANE_SUMS, SPLIT, ATOMIC, second_ptr)
         late = (values, t, valid)
     else:
-        _store_channel_sums(ptr + t * NSTATE, values, valid, NSTATE, n0, BLOCK_D, BLOCK_N, LANE_SUMS, SPLIT, ATOMIC)
+        _store_late_sums(ptr, (values, t, valid), NSTATE, n0, BLOCK_D, BLOCK_N, LANE_SUMS, SPLIT, ATOMIC, second_ptr)
     return late
+
+
+@triton.jit
+def _store_late_sums(ptr, late, NSTATE, n0, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, LANE_SUMS: tl.constexpr,
+                     SPLIT: tl.constexpr, ATOMIC: tl.constexpr, second_ptr=None):  # fmt: skip
+    """`_store_channel_sums` of late = (values, t, valid) into ptr + t N (and second_ptr + t N where given)."""
+    values, t, valid = late
+    if second_ptr is None:
+        _store_channel_sums(ptr + t * NSTATE, values, valid, NSTATE, n0, BLOCK_D, BLOCK_N, LANE_SUMS, SPLIT, ATOMIC)
+    else:
+        _store_channel_sums(ptr + t * NSTATE, values, valid, NSTATE, n0, BLOCK_D, BLOCK_N, LANE_SUMS, SPLIT, ATOMIC,
+                            second_ptr + t * NSTATE)  # fmt: skip
 
 
 @triton.jit
@@ -1392,7 +1412,7 @@ def _bwd_chunk_rows(u_ptr, delta_ptr, A, A2, B_ptr, C_ptr, Dv, z_ptr, bias, h0_p
                     NEXT_TO_L1: tl.constexpr, BRANCHLESS: tl.constexpr, VECTOR_BC: tl.constexpr,
                     LANE_SUMS: tl.constexpr, SPLIT: tl.constexpr, ATOMIC: tl.constexpr,
                     KEEP_DT: tl.constexpr, CKPT_AHEAD: tl.constexpr, INPUT_RING: tl.constexpr,
-                    LATE_SUMS: tl.constexpr = 0):  # fmt: skip
+                    LATE_SUMS: tl.constexpr = 0, BC_TOGETHER: tl.constexpr = 0):  # fmt: skip
     """`_bwd_chunk` with every state a tuple of BLOCK_N [BD] rows (ROWS): dh, a_next, dA_acc and the chunk's states
     (a tuple of CHUNK such tuples); each step's sums over N stay inside a thread and its sums over the channels (dB,
     dC) go through `_store_channel_sums`. Loads one step ahead (PREFETCH 1). BLOCK_D: lanes ([BD] tensors); SPLIT > 1:
@@ -1480,13 +1500,16 @@ def _bwd_chunk_rows(u_ptr, delta_ptr, A, A2, B_ptr, C_ptr, Dv, z_ptr, bias, h0_p
                 dz = dout * y * sz * (1.0 + zt * (1.0 - sz))
                 tl.store(dz_ptr + pid_b * sg_b + t * sg_l + ch * sg_d, dz.to(dz_ptr.dtype.element_ty),
                          mask=lead & valid)  # fmt: skip
-            late = _channel_sums_late(dC_ptr + part_base, late, dC, t, valid, k == 0, NSTATE, n0, BLOCK_D, BLOCK_N,
-                                      LANE_SUMS, SPLIT, ATOMIC, LATE_SUMS)  # fmt: skip
+            if not BC_TOGETHER:  # (else the backward sweep sums dC with dB)
+                late = _channel_sums_late(dC_ptr + part_base, late, dC, t, valid, k == 0, NSTATE, n0, BLOCK_D,
+                                          BLOCK_N, LANE_SUMS, SPLIT, ATOMIC, LATE_SUMS)  # fmt: skip
             tiles = tiles[:k] + (h,) + tiles[k + 1 :]
-    if LATE_SUMS:
-        _store_channel_sums(dC_ptr + part_base + late[1] * NSTATE, late[0], late[2], NSTATE, n0, BLOCK_D, BLOCK_N,
-                            LANE_SUMS, SPLIT, ATOMIC)  # fmt: skip
-        late = (late[0], t0, steps < 0)
+    if LATE_SUMS and not BC_TOGETHER:
+        _store_late_sums(dC_ptr + part_base, late, NSTATE, n0, BLOCK_D, BLOCK_N, LANE_SUMS, SPLIT, ATOMIC)
+    if BC_TOGETHER:  # the backward sweep's late sums: dB's and dC's rows
+        late = (no_sums + no_sums, t0, steps < 0)
+    else:
+        late = (no_sums, t0, steps < 0)
     # backward sweep (BRANCHLESS walks the masked steps too, from the chunk's last slot)
     first = CHUNK - 1 if BRANCHLESS else steps - 1
     ring = (_step_inputs_rows(u_ptr, delta_ptr, B_ptr, C_ptr, dout_ptr, z_ptr, t0 + first,
@@ -1557,14 +1580,24 @@ def _bwd_chunk_rows(u_ptr, delta_ptr, A, A2, B_ptr, C_ptr, Dv, z_ptr, bias, h0_p
             dD_acc, dbias_acc = _channel_grads(du_ptr, ddelta_ptr, dt * du_sum, ddt + x * du_sum, raw, x, dy, Dv,
                                                dD_acc, dbias_acc, pid_b * sg_b + t * sg_l + ch * sg_d, lead, valid,
                                                HAS_D, SOFTPLUS)  # fmt: skip
-            late = _channel_sums_late(dB_ptr + part_base, late, dB, t, valid, i == 0, NSTATE, n0, BLOCK_D, BLOCK_N,
-                                      LANE_SUMS, SPLIT, ATOMIC, LATE_SUMS)  # fmt: skip
+            if BC_TOGETHER:  # dC's sums with dB's, in one reduction of twice the rows
+                dC = ()
+                for n in tl.static_range(BLOCK_N):
+                    dC = dC + (h[n] * dy,)
+                late = _channel_sums_late(dB_ptr + part_base, late, dB + dC, t, valid, i == 0, NSTATE, n0, BLOCK_D,
+                                          BLOCK_N, LANE_SUMS, SPLIT, ATOMIC, LATE_SUMS, dC_ptr + part_base)  # fmt: skip
+            else:
+                late = _channel_sums_late(dB_ptr + part_base, late, dB, t, valid, i == 0, NSTATE, n0, BLOCK_D,
+                                          BLOCK_N, LANE_SUMS, SPLIT, ATOMIC, LATE_SUMS)  # fmt: skip
             if HAS_H0:
                 _store_state_rows(dh0_ptr, seg * STATE, D_total, state_ch, mask_d & start & valid, nleft, dh0,
                                   BLOCK_N)  # fmt: skip
     if LATE_SUMS:
-        _store_channel_sums(dB_ptr + part_base + late[1] * NSTATE, late[0], late[2], NSTATE, n0, BLOCK_D, BLOCK_N,
-                            LANE_SUMS, SPLIT, ATOMIC)  # fmt: skip
+        if BC_TOGETHER:
+            _store_late_sums(dB_ptr + part_base, late, NSTATE, n0, BLOCK_D, BLOCK_N, LANE_SUMS, SPLIT, ATOMIC,
+                             dC_ptr + part_base)  # fmt: skip
+        else:
+            _store_late_sums(dB_ptr + part_base, late, NSTATE, n0, BLOCK_D, BLOCK_N, LANE_SUMS, SPLIT, ATOMIC)
     return dh, a_next, dA_acc, dD_acc, dbias_acc, ckpt_rows
 
 
