@@ -1506,10 +1506,7 @@ def _bwd_chunk_rows(u_ptr, delta_ptr, A, A2, B_ptr, C_ptr, Dv, z_ptr, bias, h0_p
             tiles = tiles[:k] + (h,) + tiles[k + 1 :]
     if LATE_SUMS and not BC_TOGETHER:
         _store_late_sums(dC_ptr + part_base, late, NSTATE, n0, BLOCK_D, BLOCK_N, LANE_SUMS, SPLIT, ATOMIC)
-    if BC_TOGETHER:  # the backward sweep's late sums: dB's and dC's rows
-        late = (no_sums + no_sums, t0, steps < 0)
-    else:
-        late = (no_sums, t0, steps < 0)
+    late = (no_sums + no_sums if BC_TOGETHER else no_sums, t0, steps < 0)  # the backward sweep's (dB's, dC's) rows
     # backward sweep (BRANCHLESS walks the masked steps too, from the chunk's last slot)
     first = CHUNK - 1 if BRANCHLESS else steps - 1
     ring = (_step_inputs_rows(u_ptr, delta_ptr, B_ptr, C_ptr, dout_ptr, z_ptr, t0 + first,
