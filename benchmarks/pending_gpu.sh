@@ -169,8 +169,10 @@
 #                    for L = 49 .. 3136, ours unfolded and folded by 2 against mamba_ssm, fwd and fwd+bwd, DTYPES
 #                    (default bf16; carry .bench_deps)                                                     (~5 min)
 #   scan-naive       the PyTorch reference on the GPU against ours, eager timers, SHAPES (default "0 2")    (~1 min)
-#   scan-bwd-n1      VMamba's backward at (128, 384, 3136, 1, G = 4): TILES vs ROWS with NEXT_TO_L1 2 or 1 (and ROWS
-#                    with LATE_SUMS), and the autotuner's pick, fwd+bwd, bf16 and fp32, each checked       (~4 min)
+#   scan-bwd-n1      VMamba's backward at (128, 384, 3136, 1, G = 4): TILES with NEXT_TO_L1 2 or 1, ROWS (NEXT_TO_L1
+#                    2) with and without LATE_SUMS and BC_TOGETHER (sm_90: 3046/6802 instructions/stall cycles per
+#                    16-step chunk, TOGETHER 2861/6181, both 2764/6171), and the autotuner's pick, fwd+bwd, bf16 and
+#                    fp32, each checked                                                                    (~4 min)
 #   scan-fwd-stream  the hinted SPLIT 2 forward ring (cap 168, L2 16 ahead) with its streams plain (STREAM 0, the
 #                    default), marked first to evict (1: u/delta/z loads and y's store; sm_90 fp32 451 instructions and
 #                    802 stall cycles per 8 steps against 386 / 708) or L2-only loads and streaming stores (2: .cg/.cs,
@@ -612,8 +614,9 @@ run_step() {
       # (NEXT_TO_L1 2, the default configs') or one per row (1), and the autotuner's pick; fwd+bwd, checked
       "$PY" benchmarks/ops/experiments/scan_configs.py --kernel bwd --unroll 16 --shapes 4 \
         --dtypes ${DTYPES:-bfloat16 float32} --bwd-configs '{"TILES": 1, "NEXT_TO_L1": 2}' \
-        '{"ROWS": 1, "NEXT_TO_L1": 2}' '{"ROWS": 1, "NEXT_TO_L1": 2, "LATE_SUMS": 1}' '{"TILES": 1}' '{"ROWS": 1}' \
-        --precompile 12 --budget-s 240 \
+        '{"ROWS": 1, "NEXT_TO_L1": 2}' '{"ROWS": 1, "NEXT_TO_L1": 2, "LATE_SUMS": 1}' \
+        '{"ROWS": 1, "NEXT_TO_L1": 2, "BC_TOGETHER": 1}' '{"ROWS": 1, "NEXT_TO_L1": 2, "LATE_SUMS": 1, "BC_TOGETHER": 1}' \
+        '{"TILES": 1}' --precompile 14 --budget-s 240 \
         --out-dir "$dir" 2>&1 | tee "$dir/log.txt" | grep -v Warning ;;
     *) echo "unknown step $step"; return 2 ;;
   esac
