@@ -1433,7 +1433,13 @@ def _bwd_chunk_rows(u_ptr, delta_ptr, A, A2, B_ptr, C_ptr, Dv, z_ptr, bias, h0_p
     instead of one (the same ncu run put ~12 % of the samples on bf16 unpacks waiting for their one-step-ahead loads).
     sm_90, cap 168, with KEEP_DT and CKPT_AHEAD: bf16 8-step chunks 168 registers and 72 spilled bytes, 2065 -> 2262
     instructions, 4033 -> 4303 stall cycles (H100: 167.1 -> 185.1 us fwd+bwd at (128, 160, 196, 8)); fp32 4-step
-    chunks 165 -> 164 registers, no spills, 905 -> 955 instructions, 1950 -> 1921 stall cycles (192.8 -> 185.9 us)."""
+    chunks 165 -> 164 registers, no spills, 905 -> 955 instructions, 1950 -> 1921 stall cycles (192.8 -> 185.9 us).
+    LATE_SUMS (off by default, untimed): each sweep step stores the step before's dB/dC channel sums, so that their
+    shuffle chain shares a step's block (each step is a branch) with its math. BC_TOGETHER (off by default, untimed):
+    the backward sweep sums dC (h dy) with dB in one transposing reduction of twice the rows (SPLIT 2 at N = 8: 8
+    shuffles a step instead of 5 + 5) and the forward sweep sums none. sm_90, cap 168, instructions / stall cycles per
+    chunk: bf16 8 steps 2065/4031, LATE 2179/3898, TOGETHER 1952/3582, both 2034/3736; fp32 4 steps (INPUT_RING 2)
+    955/1919, 988/1749, 908/1704, 940/1643; no spills (shuffle waits are not in the stall count)."""
     if NEXT_TO_L1:
         _prefetch_chunk_before(u_ptr, delta_ptr, B_ptr, C_ptr, dout_ptr, z_ptr, t0, more, ch, mask_d, su_l, su_d,
                                sdt_l, sdt_d, sB_l, sC_l, sdo_l, sdo_d, sz_l, sz_d, HAS_Z, CHUNK, BLOCK_D,
