@@ -147,13 +147,12 @@
 #                    their one-step-ahead loads). sm_90, cap 168: fp32 (4-step chunks) fits, 164 registers, no
 #                    spills; bf16 (8-step chunks) spills 72 bytes. SHAPES default "0 2", DTYPES default "bfloat16
 #                    float32"; then bf16 with 4-step chunks (`--bwd-chunk-len 4`) too                  (~6 min cold)
-#   scan-bwd-late    fwd+bwd per backward config: the default (fp32: with INPUT_RING 2) against LATE_SUMS (each sweep
-#                    step stores the step before's dB/dC channel sums, so their shuffle chain shares a step's block with
-#                    its math), BC_TOGETHER (dC summed with dB in the backward sweep, one reduction of 8 rows: 8
-#                    shuffles a step instead of 10) and both. sm_90, cap 168, instructions / stall cycles per chunk:
-#                    bf16 8 steps 2065/4031, LATE 2179/3898, TOGETHER 1952/3582, both 2034/3736; fp32 4 steps
-#                    955/1919, 988/1749, 908/1704, 940/1643 (shuffle waits are not in the stall count);
-#                    SHAPES default "0 2", DTYPES default "bfloat16 float32"                           (~5 min cold)
+#   scan-bwd-together fwd+bwd per backward config: the default (fp32: with INPUT_RING 2) against BC_TOGETHER (dC
+#                    summed with dB in the backward sweep, one reduction of 8 rows: 8 shuffles a step instead of 10;
+#                    sm_90, cap 168: bf16 2065 -> 1952 instructions and 4031 -> 3582 stall cycles per 8-step chunk,
+#                    fp32 955 -> 908 and 1919 -> 1704 per 4-step chunk). Session 38 (H100): bf16 at L = 196 166.3
+#                    against 166.4 us, a tie; fp32 and L = 49 untimed. SHAPES default "0 2", DTYPES default "float32
+#                    bfloat16" (fp32 first)                                                            (~5 min cold)
 #   scan-bwd-chunk4  fwd+bwd (the default backward config; fp32 also without KEEP_DT) with the checkpoint chunk at 8
 #                    steps and at 4 (`--bwd-chunk-len`; the training forward walks whole 4-step blocks), for twice the
 #                    checkpoints (16.4 -> 32.8 MB written and read at (128, 160, 196, 8)). Session 36 (H100): fp32
@@ -170,9 +169,8 @@
 #                    (default bf16; carry .bench_deps)                                                     (~5 min)
 #   scan-naive       the PyTorch reference on the GPU against ours, eager timers, SHAPES (default "0 2")    (~1 min)
 #   scan-bwd-n1      VMamba's backward at (128, 384, 3136, 1, G = 4): TILES with NEXT_TO_L1 2 or 1, ROWS (NEXT_TO_L1
-#                    2) with and without LATE_SUMS and BC_TOGETHER (sm_90: 3046/6802 instructions/stall cycles per
-#                    16-step chunk, TOGETHER 2861/6181, both 2764/6171), and the autotuner's pick, fwd+bwd, bf16 and
-#                    fp32, each checked                                                                    (~4 min)
+#                    2) with and without BC_TOGETHER (sm_90: 3046 -> 2861 instructions, 6802 -> 6181 stall cycles
+#                    per 16-step chunk), and the autotuner's pick, fwd+bwd, bf16 and fp32, each checked    (~4 min)
 #   scan-fwd-stream  the hinted SPLIT 2 forward ring (cap 168, L2 16 ahead) with its streams plain (STREAM 0, the
 #                    default), marked first to evict (1: u/delta/z loads and y's store; sm_90 fp32 451 instructions and
 #                    802 stall cycles per 8 steps against 386 / 708) or L2-only loads and streaming stores (2: .cg/.cs,
@@ -525,15 +523,12 @@ run_step() {
       # bf16 with fp32's 4-step chunks: the two-step ring fits its registers there
       [[ "${DTYPES:-bfloat16}" == *bfloat16* ]] && time_bwd_configs bfloat16 --bwd-chunk-len 4 \
         --bwd-configs "{$(bwd_default)}" "{$(bwd_default), \"INPUT_RING\": 2}" --precompile 4 --budget-s 120 ;;
-    scan-bwd-late)  # fwd+bwd, the default backward config (fp32: with INPUT_RING 2) with and without LATE_SUMS and
-      # BC_TOGETHER
-      local late='"LATE_SUMS": 1' together='"BC_TOGETHER": 1' ring='"INPUT_RING": 2'
-      [[ "${DTYPES:-bfloat16 float32}" == *bfloat16* ]] && time_bwd_configs bfloat16 --bwd-configs "{$(bwd_default)}" \
-        "{$(bwd_default), $late}" "{$(bwd_default), $together}" "{$(bwd_default), $late, $together}" \
-        --precompile 8 --budget-s 120
-      [[ "${DTYPES:-bfloat16 float32}" == *float32* ]] && time_bwd_configs float32 --bwd-configs \
-        "{$(bwd_default), $ring}" "{$(bwd_default), $ring, $late}" "{$(bwd_default), $ring, $together}" \
-        "{$(bwd_default), $ring, $late, $together}" --precompile 8 --budget-s 120 ;;
+    scan-bwd-together)  # fwd+bwd, the default backward config (fp32: with INPUT_RING 2) with and without BC_TOGETHER
+      local together='"BC_TOGETHER": 1' ring='"INPUT_RING": 2'
+      [[ "${DTYPES:-float32 bfloat16}" == *float32* ]] && time_bwd_configs float32 \
+        --bwd-configs "{$(bwd_default), $ring}" "{$(bwd_default), $ring, $together}" --precompile 4 --budget-s 100
+      [[ "${DTYPES:-float32 bfloat16}" == *bfloat16* ]] && time_bwd_configs bfloat16 \
+        --bwd-configs "{$(bwd_default)}" "{$(bwd_default), $together}" --precompile 4 --budget-s 100 ;;
     scan-bwd-chunk4)  # fwd+bwd, the default backward config, checkpoints every 8 steps and every 4
       for dtype in ${DTYPES:-bfloat16 float32}; do
         configs=("{$(bwd_default)}")
@@ -614,9 +609,8 @@ run_step() {
       # (NEXT_TO_L1 2, the default configs') or one per row (1), and the autotuner's pick; fwd+bwd, checked
       "$PY" benchmarks/ops/experiments/scan_configs.py --kernel bwd --unroll 16 --shapes 4 \
         --dtypes ${DTYPES:-bfloat16 float32} --bwd-configs '{"TILES": 1, "NEXT_TO_L1": 2}' \
-        '{"ROWS": 1, "NEXT_TO_L1": 2}' '{"ROWS": 1, "NEXT_TO_L1": 2, "LATE_SUMS": 1}' \
-        '{"ROWS": 1, "NEXT_TO_L1": 2, "BC_TOGETHER": 1}' '{"ROWS": 1, "NEXT_TO_L1": 2, "LATE_SUMS": 1, "BC_TOGETHER": 1}' \
-        '{"TILES": 1}' --precompile 14 --budget-s 240 \
+        '{"ROWS": 1, "NEXT_TO_L1": 2}' '{"ROWS": 1, "NEXT_TO_L1": 2, "BC_TOGETHER": 1}' '{"TILES": 1}' \
+        --precompile 10 --budget-s 240 \
         --out-dir "$dir" 2>&1 | tee "$dir/log.txt" | grep -v Warning ;;
     *) echo "unknown step $step"; return 2 ;;
   esac

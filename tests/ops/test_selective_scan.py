@@ -653,34 +653,30 @@ def test_backward_rows_two_step_input_ring(nstate, split, kernel, branchless):
 
 
 @pytest.mark.parametrize(
-    "nstate, split, kernel, branchless, lane_sums, late, together",
+    "nstate, split, kernel, branchless, lane_sums",
     [
-        (8, 2, "triton", 0, True, 1, 0),
-        (8, 2, "triton-2pass", 1, True, 1, 1),
-        (4, 1, "triton-2pass", 0, False, 1, 0),
-        (3, 2, "triton", 1, False, 1, 1),
-        (8, 2, "triton", 0, True, 0, 1),
-        (4, 4, "triton-2pass", 0, True, 0, 1),
-        (2, 1, "triton", 1, True, 1, 1),
+        (8, 2, "triton", 0, True),
+        (8, 2, "triton-2pass", 1, True),
+        (3, 2, "triton", 1, False),
+        (4, 4, "triton-2pass", 0, True),
+        (2, 1, "triton", 1, True),
     ],
 )
-def test_backward_rows_channel_sum_orders(nstate, split, kernel, branchless, lane_sums, late, together):
-    """The ROWS backward's dB/dC channel sums stored a step late (LATE_SUMS: each sweep step stores the step before's,
-    the last after the loop) and/or dC's summed with dB's in the backward sweep (BC_TOGETHER: one transposing
-    reduction of twice the rows), with the default config's KEEP_DT and CKPT_AHEAD: whole rows and spans, steps past
-    the row's end behind branches or masked, segments, SPLIT 1, 2 and 4, odd N, the sums by emulated lane shuffles
-    or tl.sum: every gradient against the reference."""
+def test_backward_rows_sums_dc_with_db(nstate, split, kernel, branchless, lane_sums):
+    """BC_TOGETHER (the ROWS backward's backward sweep sums dC with dB in one transposing reduction of twice the rows)
+    with the default config's KEEP_DT and CKPT_AHEAD: whole rows and spans, steps past the row's end behind branches
+    or masked, segments, SPLIT 1, 2 and 4, odd N, the sums by emulated lane shuffles or tl.sum: every gradient against
+    the reference."""
     torch.manual_seed(5)
     inputs = make_inputs(2, 23, 20, nstate, 2, "BLD", segments=2)
     config = {"BLOCK_D": 32 // split, "PREFETCH": 1, "NEXT_TO_L1": 1, "BRANCHLESS": branchless, "ROWS": 1,
-              "SPLIT": split, "KEEP_DT": 1, "CKPT_AHEAD": 1, "LATE_SUMS": late, "BC_TOGETHER": together}  # fmt: skip
+              "SPLIT": split, "KEEP_DT": 1, "CKPT_AHEAD": 1, "BC_TOGETHER": 1}  # fmt: skip
     kernel_fn = chunk.selective_scan_bwd_kernel
     emulate = mock.patch.object(chunk, "EMULATE_LANE_SHUFFLES", triton.language.constexpr(lane_sums))
     with emulate, forced_configs(kernel_fn, [triton.Config(config, num_warps=1)]):
         compare_with_reference(inputs, torch.float32, {"delta_softplus": True, "layout": "BLD"}, backward=True,
                                kernel=kernel)  # fmt: skip
-        assert kernel_fn.best_config.kwargs["LATE_SUMS"] == late
-        assert kernel_fn.best_config.kwargs["BC_TOGETHER"] == together
+        assert kernel_fn.best_config.kwargs["BC_TOGETHER"] == 1
 
 
 def test_forced_checkpoint_chunk_keeps_every_gradient(monkeypatch):

@@ -920,7 +920,7 @@ def selective_scan_bwd_kernel(
     ROWS: tl.constexpr = 0, VECTOR_BC: tl.constexpr = 0, SPLIT: tl.constexpr = 1, ATOMIC_BC: tl.constexpr = 0,
     L_STRIDE: tl.constexpr = 0, BC_L_STRIDE: tl.constexpr = 0, Z_L_STRIDE: tl.constexpr = 0,
     DOUT_L_STRIDE: tl.constexpr = 0, KEEP_DT: tl.constexpr = 0, CKPT_AHEAD: tl.constexpr = 0,
-    INPUT_RING: tl.constexpr = 1, LATE_SUMS: tl.constexpr = 0, BC_TOGETHER: tl.constexpr = 0,
+    INPUT_RING: tl.constexpr = 1, BC_TOGETHER: tl.constexpr = 0,
 ):  # fmt: skip
     # One program: one image, BLOCK_D channels, one span of `span` chunks of CHUNK steps (the forward checkpointed
     # the state at every chunk end; `n_ckpt` chunks per row, `nchunks` spans). The state gradient runs backwards:
@@ -1053,7 +1053,7 @@ def selective_scan_bwd_kernel(
                     j + 1 < span_chunks,
                     HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, HAS_H0, RESET, HAS_DLAST, CHUNK, BLOCK_D * SPLIT, R, NEXT_TO_L1,
                     BRANCHLESS, VECTOR_BC, (FAST_MATH or EMULATE_LANE_SHUFFLES) and BLOCK_D * SPLIT == 32 and R <= 32,
-                    SPLIT, ATOMIC_BC, KEEP_DT, CKPT_AHEAD, INPUT_RING, LATE_SUMS, BC_TOGETHER,
+                    SPLIT, ATOMIC_BC, KEEP_DT, CKPT_AHEAD, INPUT_RING, BC_TOGETHER,
                 )  # fmt: skip
             _store_state_rows(dA_ptr, part * NSTATE, D_total, state_ch, mask_d, nleft, acc_rows, R)
         else:
@@ -1330,7 +1330,7 @@ def _store_channel_sums(ptr, values, valid, NSTATE, n0, BLOCK_D: tl.constexpr, B
     if LANE_SUMS:
         lane = _lane_id(BLOCK_D)
         rows = values
-        r = lane * 0  # the row this lane keeps
+        n = lane * 0 + n0  # the row this lane keeps, n0 on
         for level in tl.static_range(CHANNEL_BITS):  # lane bit 4 - level
             if (ROW_COUNT >> (level + 1)) >= 1:  # keep one half of the rows, send the other
                 upper = (lane & (16 >> level)) != 0
@@ -1339,16 +1339,17 @@ def _store_channel_sums(ptr, values, valid, NSTATE, n0, BLOCK_D: tl.constexpr, B
                     send = tl.where(upper, rows[j], rows[j + (ROW_COUNT >> (level + 1))])
                     keep = tl.where(upper, rows[j + (ROW_COUNT >> (level + 1))], rows[j])
                     kept = kept + (keep + _lane_shuffle(send, 16 >> level),)
-                r += tl.where(upper, ROW_COUNT >> (level + 1), 0)
+                n += tl.where(upper, ROW_COUNT >> (level + 1), 0)
                 rows = kept
             else:  # one row left: finish its sum over the lanes that share it
                 rows = (rows[0] + _lane_shuffle(rows[0], 16 >> level),)
         first = (lane & ((32 // ROW_COUNT - 1) & (32 - SPLIT))) == 0
         if second_ptr is None:
-            _put(ptr + n0 + r, rows[0], first & (n0 + r < NSTATE) & valid, ATOMIC)
-        else:
-            n = n0 + r % BLOCK_N
-            _put(tl.where(r < BLOCK_N, ptr + n, second_ptr + n), rows[0], first & (n < NSTATE) & valid, ATOMIC)
+            _put(ptr + n, rows[0], first & (n < NSTATE) & valid, ATOMIC)
+        else:  # rows BLOCK_N on are second_ptr's
+            row = n - n0
+            n = n0 + row % BLOCK_N
+            _put(tl.where(row < BLOCK_N, ptr + n, second_ptr + n), rows[0], first & (n < NSTATE) & valid, ATOMIC)
     else:
         share = _lane_id(BLOCK_D) % SPLIT  # which share of a channel's states each lane holds
         for k in tl.static_range(SPLIT):
@@ -1357,36 +1358,6 @@ def _store_channel_sums(ptr, values, valid, NSTATE, n0, BLOCK_D: tl.constexpr, B
                 target = ptr if n < BLOCK_N else second_ptr
                 state = k * BLOCK_N + n % BLOCK_N
                 _put(target + state, tl.sum(part, axis=0), valid & (state < NSTATE), ATOMIC)
-
-
-@triton.jit
-def _channel_sums_late(ptr, late, values, t, valid, FIRST: tl.constexpr, NSTATE, n0, BLOCK_D: tl.constexpr,
-                       BLOCK_N: tl.constexpr, LANE_SUMS: tl.constexpr, SPLIT: tl.constexpr, ATOMIC: tl.constexpr,
-                       LATE: tl.constexpr, second_ptr=None):  # fmt: skip
-    """A sweep step's channel sums (`_store_channel_sums` of `values` into ptr + t N, and second_ptr + t N where
-    given, where `valid`), or, LATE, the sums of the step before (`late`: (values, t, valid), none where FIRST), so
-    that their shuffle chain shares this step's block with its math instead of closing the step before's (each step
-    is a branch); returns what is left to store: (values, t, valid) for LATE, `late` as it came otherwise. The
-    sweep's last `late` goes to `_store_late_sums` after the loop."""
-    if LATE:
-        if not FIRST:
-            _store_late_sums(ptr, late, NSTATE, n0, BLOCK_D, BLOCK_N, LANE_SUMS, SPLIT, ATOMIC, second_ptr)
-        late = (values, t, valid)
-    else:
-        _store_late_sums(ptr, (values, t, valid), NSTATE, n0, BLOCK_D, BLOCK_N, LANE_SUMS, SPLIT, ATOMIC, second_ptr)
-    return late
-
-
-@triton.jit
-def _store_late_sums(ptr, late, NSTATE, n0, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, LANE_SUMS: tl.constexpr,
-                     SPLIT: tl.constexpr, ATOMIC: tl.constexpr, second_ptr=None):  # fmt: skip
-    """`_store_channel_sums` of late = (values, t, valid) into ptr + t N (and second_ptr + t N where given)."""
-    values, t, valid = late
-    if second_ptr is None:
-        _store_channel_sums(ptr + t * NSTATE, values, valid, NSTATE, n0, BLOCK_D, BLOCK_N, LANE_SUMS, SPLIT, ATOMIC)
-    else:
-        _store_channel_sums(ptr + t * NSTATE, values, valid, NSTATE, n0, BLOCK_D, BLOCK_N, LANE_SUMS, SPLIT, ATOMIC,
-                            second_ptr + t * NSTATE)  # fmt: skip
 
 
 @triton.jit
@@ -1412,7 +1383,7 @@ def _bwd_chunk_rows(u_ptr, delta_ptr, A, A2, B_ptr, C_ptr, Dv, z_ptr, bias, h0_p
                     NEXT_TO_L1: tl.constexpr, BRANCHLESS: tl.constexpr, VECTOR_BC: tl.constexpr,
                     LANE_SUMS: tl.constexpr, SPLIT: tl.constexpr, ATOMIC: tl.constexpr,
                     KEEP_DT: tl.constexpr, CKPT_AHEAD: tl.constexpr, INPUT_RING: tl.constexpr,
-                    LATE_SUMS: tl.constexpr = 0, BC_TOGETHER: tl.constexpr = 0):  # fmt: skip
+                    BC_TOGETHER: tl.constexpr = 0):  # fmt: skip
     """`_bwd_chunk` with every state a tuple of BLOCK_N [BD] rows (ROWS): dh, a_next, dA_acc and the chunk's states
     (a tuple of CHUNK such tuples); each step's sums over N stay inside a thread and its sums over the channels (dB,
     dC) go through `_store_channel_sums`. Loads one step ahead (PREFETCH 1). BLOCK_D: lanes ([BD] tensors); SPLIT > 1:
@@ -1434,12 +1405,13 @@ def _bwd_chunk_rows(u_ptr, delta_ptr, A, A2, B_ptr, C_ptr, Dv, z_ptr, bias, h0_p
     sm_90, cap 168, with KEEP_DT and CKPT_AHEAD: bf16 8-step chunks 168 registers and 72 spilled bytes, 2065 -> 2262
     instructions, 4033 -> 4303 stall cycles (H100: 167.1 -> 185.1 us fwd+bwd at (128, 160, 196, 8)); fp32 4-step
     chunks 165 -> 164 registers, no spills, 905 -> 955 instructions, 1950 -> 1921 stall cycles (192.8 -> 185.9 us).
-    LATE_SUMS (off by default, untimed): each sweep step stores the step before's dB/dC channel sums, so that their
-    shuffle chain shares a step's block (each step is a branch) with its math. BC_TOGETHER (off by default, untimed):
-    the backward sweep sums dC (h dy) with dB in one transposing reduction of twice the rows (SPLIT 2 at N = 8: 8
-    shuffles a step instead of 5 + 5) and the forward sweep sums none. sm_90, cap 168, instructions / stall cycles per
-    chunk: bf16 8 steps 2065/4031, LATE 2179/3898, TOGETHER 1952/3582, both 2034/3736; fp32 4 steps (INPUT_RING 2)
-    955/1919, 988/1749, 908/1704, 940/1643; no spills (shuffle waits are not in the stall count)."""
+    BC_TOGETHER (off by default): the backward sweep sums dC (h dy) with dB in one transposing reduction of twice the
+    rows (SPLIT 2 at N = 8: 8 shuffles a step instead of 5 + 5) and the forward sweep sums none. sm_90, cap 168: bf16
+    8-step chunks 2065 -> 1952 instructions and 4031 -> 3582 stall cycles, fp32 4-step chunks 955 -> 908 and 1919 ->
+    1704, no spills; H100 (session 38, benchmarks/results/s38_20261207/call2, fwd+bwd at (128, 160, 196, 8) bf16):
+    166.3 against 166.4 us (L2 flushed 167.4 against 169.3), a tie; fp32 and L = 49 untimed. Tried and dropped there:
+    each sweep step storing the step before's sums (so that their shuffle chain shares the next step's block with its
+    math; 2179 instructions, 3898 stall cycles): 175.9 us, 174.1 with BC_TOGETHER."""
     if NEXT_TO_L1:
         _prefetch_chunk_before(u_ptr, delta_ptr, B_ptr, C_ptr, dout_ptr, z_ptr, t0, more, ch, mask_d, su_l, su_d,
                                sdt_l, sdt_d, sB_l, sC_l, sdo_l, sdo_d, sz_l, sz_d, HAS_Z, CHUNK, BLOCK_D,
@@ -1464,10 +1436,6 @@ def _bwd_chunk_rows(u_ptr, delta_ptr, A, A2, B_ptr, C_ptr, Dv, z_ptr, bias, h0_p
     for _ in tl.static_range(CHUNK):
         tiles = tiles + (h,)
         dts = dts + (ring[0][0] * 0.0,)
-    no_sums = ()
-    for _ in tl.static_range(BLOCK_N):
-        no_sums = no_sums + (ring[0][0] * 0.0,)
-    late = (no_sums, t0, steps < 0)  # LATE_SUMS: the channel sums not yet stored (none yet)
     for k in tl.static_range(CHUNK):
         run = True if BRANCHLESS else k < steps
         if run:
@@ -1507,12 +1475,9 @@ def _bwd_chunk_rows(u_ptr, delta_ptr, A, A2, B_ptr, C_ptr, Dv, z_ptr, bias, h0_p
                 tl.store(dz_ptr + pid_b * sg_b + t * sg_l + ch * sg_d, dz.to(dz_ptr.dtype.element_ty),
                          mask=lead & valid)  # fmt: skip
             if not BC_TOGETHER:  # (else the backward sweep sums dC with dB)
-                late = _channel_sums_late(dC_ptr + part_base, late, dC, t, valid, k == 0, NSTATE, n0, BLOCK_D,
-                                          BLOCK_N, LANE_SUMS, SPLIT, ATOMIC, LATE_SUMS)  # fmt: skip
+                _store_channel_sums(dC_ptr + part_base + t * NSTATE, dC, valid, NSTATE, n0, BLOCK_D, BLOCK_N,
+                                    LANE_SUMS, SPLIT, ATOMIC)  # fmt: skip
             tiles = tiles[:k] + (h,) + tiles[k + 1 :]
-    if LATE_SUMS and not BC_TOGETHER:
-        _store_late_sums(dC_ptr + part_base, late, NSTATE, n0, BLOCK_D, BLOCK_N, LANE_SUMS, SPLIT, ATOMIC)
-    late = (no_sums + no_sums if BC_TOGETHER else no_sums, t0, steps < 0)  # the backward sweep's (dB's, dC's) rows
     # backward sweep (BRANCHLESS walks the masked steps too, from the chunk's last slot)
     first = CHUNK - 1 if BRANCHLESS else steps - 1
     ring = (_step_inputs_rows(u_ptr, delta_ptr, B_ptr, C_ptr, dout_ptr, z_ptr, t0 + first,
@@ -1587,20 +1552,14 @@ def _bwd_chunk_rows(u_ptr, delta_ptr, A, A2, B_ptr, C_ptr, Dv, z_ptr, bias, h0_p
                 dC = ()
                 for n in tl.static_range(BLOCK_N):
                     dC = dC + (h[n] * dy,)
-                late = _channel_sums_late(dB_ptr + part_base, late, dB + dC, t, valid, i == 0, NSTATE, n0, BLOCK_D,
-                                          BLOCK_N, LANE_SUMS, SPLIT, ATOMIC, LATE_SUMS, dC_ptr + part_base)  # fmt: skip
+                _store_channel_sums(dB_ptr + part_base + t * NSTATE, dB + dC, valid, NSTATE, n0, BLOCK_D, BLOCK_N,
+                                    LANE_SUMS, SPLIT, ATOMIC, dC_ptr + part_base + t * NSTATE)  # fmt: skip
             else:
-                late = _channel_sums_late(dB_ptr + part_base, late, dB, t, valid, i == 0, NSTATE, n0, BLOCK_D,
-                                          BLOCK_N, LANE_SUMS, SPLIT, ATOMIC, LATE_SUMS)  # fmt: skip
+                _store_channel_sums(dB_ptr + part_base + t * NSTATE, dB, valid, NSTATE, n0, BLOCK_D, BLOCK_N,
+                                    LANE_SUMS, SPLIT, ATOMIC)  # fmt: skip
             if HAS_H0:
                 _store_state_rows(dh0_ptr, seg * STATE, D_total, state_ch, mask_d & start & valid, nleft, dh0,
                                   BLOCK_N)  # fmt: skip
-    if LATE_SUMS:
-        if BC_TOGETHER:
-            _store_late_sums(dB_ptr + part_base, late, NSTATE, n0, BLOCK_D, BLOCK_N, LANE_SUMS, SPLIT, ATOMIC,
-                             dC_ptr + part_base)  # fmt: skip
-        else:
-            _store_late_sums(dB_ptr + part_base, late, NSTATE, n0, BLOCK_D, BLOCK_N, LANE_SUMS, SPLIT, ATOMIC)
     return dh, a_next, dA_acc, dD_acc, dbias_acc, ckpt_rows
 
 
