@@ -655,7 +655,6 @@ def test_backward_rows_two_step_input_ring(nstate, split, kernel, branchless):
 @pytest.mark.parametrize(
     "nstate, split, kernel, branchless, lane_sums",
     [
-        (8, 2, "triton", 0, True),
         (8, 2, "triton-2pass", 1, True),
         (3, 2, "triton", 1, False),
         (4, 4, "triton-2pass", 0, True),

@@ -1328,6 +1328,7 @@ def _store_channel_sums(ptr, values, valid, NSTATE, n0, BLOCK_D: tl.constexpr, B
     CHANNEL_BITS: tl.constexpr = 5 - (SPLIT // 2)  # lane bits 4 .. log2(SPLIT) pick the channel (SPLIT 1, 2, 4)
     ROW_COUNT: tl.constexpr = BLOCK_N if second_ptr is None else 2 * BLOCK_N
     if LANE_SUMS:
+        tl.static_assert(ROW_COUNT <= (1 << CHANNEL_BITS), "LANE_SUMS: at most one row per channel lane")
         lane = _lane_id(BLOCK_D)
         rows = values
         n = lane * 0 + n0  # the row this lane keeps, n0 on
