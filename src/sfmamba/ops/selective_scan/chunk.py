@@ -954,6 +954,7 @@ def selective_scan_bwd_kernel(
     )
     R: tl.constexpr = BLOCK_N // SPLIT  # ROWS: state rows per lane
     state_ch, nleft, lead, n0 = ch, NSTATE, mask_d, 0  # a lane's first state row (offsets in an (N, D) state)
+    tl.static_assert(ROWS != 0 or not BC_TOGETHER, "BC_TOGETHER: ROWS backward only")
     if SPLIT > 1:
         tl.static_assert(ROWS != 0, "SPLIT: ROWS backward only")
         if not SUMMARY:
@@ -1550,14 +1551,10 @@ def _bwd_chunk_rows(u_ptr, delta_ptr, A, A2, B_ptr, C_ptr, Dv, z_ptr, bias, h0_p
                                                dD_acc, dbias_acc, pid_b * sg_b + t * sg_l + ch * sg_d, lead, valid,
                                                HAS_D, SOFTPLUS)  # fmt: skip
             if BC_TOGETHER:  # dC's sums with dB's, in one reduction of twice the rows
-                dC = ()
                 for n in tl.static_range(BLOCK_N):
-                    dC = dC + (h[n] * dy,)
-                _store_channel_sums(dB_ptr + part_base + t * NSTATE, dB + dC, valid, NSTATE, n0, BLOCK_D, BLOCK_N,
-                                    LANE_SUMS, SPLIT, ATOMIC, dC_ptr + part_base + t * NSTATE)  # fmt: skip
-            else:
-                _store_channel_sums(dB_ptr + part_base + t * NSTATE, dB, valid, NSTATE, n0, BLOCK_D, BLOCK_N,
-                                    LANE_SUMS, SPLIT, ATOMIC)  # fmt: skip
+                    dB = dB + (h[n] * dy,)
+            _store_channel_sums(dB_ptr + part_base + t * NSTATE, dB, valid, NSTATE, n0, BLOCK_D, BLOCK_N, LANE_SUMS,
+                                SPLIT, ATOMIC, dC_ptr + part_base + t * NSTATE if BC_TOGETHER else None)  # fmt: skip
             if HAS_H0:
                 _store_state_rows(dh0_ptr, seg * STATE, D_total, state_ch, mask_d & start & valid, nleft, dh0,
                                   BLOCK_N)  # fmt: skip
