@@ -14,6 +14,11 @@ if not os.path.exists("/dev/nvidiactl"):
 import pytest
 import torch
 
+from sfmamba.testing import speed_up_triton_interpreter
+
+if os.environ.get("TRITON_INTERPRET") == "1":
+    speed_up_triton_interpreter()
+
 _ALLOCATORS = ("empty", "empty_like", "empty_strided")
 
 
