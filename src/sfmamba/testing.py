@@ -179,7 +179,6 @@ class FillRecorder(TorchDispatchMode):
         return run
 
 
-
 def speed_up_triton_interpreter() -> bool:
     """Cut the Triton interpreter's per-op overhead (a third to a half of the scan kernels' interpreter time), results
     unchanged:
