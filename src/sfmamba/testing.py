@@ -3,6 +3,7 @@ without a GPU."""
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import os
 import subprocess
@@ -190,8 +191,6 @@ def speed_up_triton_interpreter() -> bool:
       the tests' small shapes no index comes near 2**31).
     Returns False, changing nothing, where the interpreter lacks what this replaces."""
     try:
-        import dataclasses
-
         import triton.language as tl
         from triton.runtime import interpreter
     except ImportError:
@@ -208,7 +207,7 @@ def speed_up_triton_interpreter() -> bool:
         if langs is None:
             langs = [value for value in fn.__globals__.values() if inspect.ismodule(value) and value in (tl, tl.core)]
             langs_of[fn] = langs
-        if langs and all(not tl.core.is_builtin(getattr(lang, "load", None)) for lang in langs):
+        if langs and all(not tl.core.is_builtin(lang.load) for lang in langs):
             return scope_type()  # already patched by the launch that runs this call
         return original(fn)
 
