@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_PINS)
-	$(PY) -m pip install -q -e '.[test,bench]'
+	$(PY) -m pip install -q -e '.[test,bench,export]'
 	# the official MambaVision code, only for tests/models/test_official_mambavision.py; --no-deps: its pins
 	# (mamba-ssm, transformers, timm==1.0.15) are not wanted, the test supplies a stand-in mamba_ssm
 	$(PY) -m pip install -q --no-deps $(MAMBAVISION_WHEEL)

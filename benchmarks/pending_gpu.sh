@@ -168,6 +168,9 @@
 #                    for L = 49 .. 3136, ours unfolded and folded by 2 against mamba_ssm, fwd and fwd+bwd, DTYPES
 #                    (default bf16; carry .bench_deps)                                                     (~5 min)
 #   scan-naive       the PyTorch reference on the GPU against ours, eager timers, SHAPES (default "0 2")    (~1 min)
+#   export           torch.export programs of sf_mamba_tiny, mambavision_tiny and vmamba_v2_tiny with the Triton kernels
+#                    as sfmamba:: custom ops, checked against eager, eager vs program under CUDA graphs (bench_export.py)
+#                                                                                                               (~3 min)
 #   scan-bwd-n1      VMamba's backward at (128, 384, 3136, 1, G = 4): TILES with NEXT_TO_L1 2 or 1, ROWS (NEXT_TO_L1
 #                    2) with and without BC_TOGETHER (sm_90: 3046 -> 2861 instructions, 6802 -> 6181 stall cycles
 #                    per 16-step chunk), and the autotuner's pick, fwd+bwd, bf16 and fp32, each checked    (~4 min)
@@ -612,6 +615,8 @@ run_step() {
         '{"ROWS": 1, "NEXT_TO_L1": 2}' '{"ROWS": 1, "NEXT_TO_L1": 2, "BC_TOGETHER": 1}' '{"TILES": 1}' \
         --precompile 10 --budget-s 240 \
         --out-dir "$dir" 2>&1 | tee "$dir/log.txt" | grep -v Warning ;;
+    export)
+      "$PY" benchmarks/models/bench_export.py --out "$dir" 2>&1 | tee "$dir/log.txt" | grep -v Warning | tail -12 ;;
     *) echo "unknown step $step"; return 2 ;;
   esac
   find "$dir" \( -name '*.safetensors' -o -name '*.pt' \) -delete  # weights stay on the device

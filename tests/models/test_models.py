@@ -118,6 +118,20 @@ def test_model(name):
         _close(o, t)
 
 
+@pytest.mark.parametrize("name", MODELS)
+def test_model_exports_with_a_dynamic_batch(name):
+    """torch.export traces the eval model (the ops' PyTorch references on the CPU) with a symbolic batch: the program
+    runs a batch size it was not traced with and gives the eager output."""
+    from sfmamba.export import check_program, export_program
+
+    torch.manual_seed(0)
+    kwargs = dict(window_size=SMALL_WINDOWS[name]) if name in SMALL_WINDOWS else {}
+    model = timm.create_model(name, num_classes=NUM_CLASSES, **kwargs)
+    program = export_program(model, torch.randn(2, 3, IMG, IMG))
+    assert not model.training
+    assert check_program(program, model, torch.randn(2, 3, IMG, IMG)) < 1e-5  # checked at batch 3
+
+
 @pytest.mark.parametrize("name", [n for n in MODELS if n.endswith("nano")])
 def test_dropout_rates_must_be_probabilities(name):
     with pytest.raises(ValueError, match=r"drop_path_rate must be a probability in \[0, 1\), got 1.5"):

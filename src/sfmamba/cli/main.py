@@ -22,6 +22,7 @@ COMMANDS = {
     "eval": "sfmamba.cli.eval",
     "demo": "sfmamba.cli.demo",
     "compress": "sfmamba.cli.compress",
+    "export": "sfmamba.cli.export",
 }
 
 

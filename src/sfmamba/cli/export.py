@@ -1,0 +1,130 @@
+"""Export a model for deployment: a `torch.export` program (.pt2) or an ONNX file, checked against the eager model.
+
+The model comes as in `sfmamba eval` (a `sfmamba train` checkpoint names its model, classes and image size). The
+batch dimension stays dynamic unless --static-batch; the image size is fixed (--img-size). Before the file is put in
+place, the exported model runs on a fresh random batch one image larger than the traced one and its output is
+compared with the eager model's: beyond --tolerance (relative to the largest eager logit) nothing is written and the
+command fails.
+
+.pt2 on CUDA keeps the Triton kernels as `sfmamba::` custom ops (load with `sfmamba.export.load_program`, or `import
+sfmamba` before `torch.export.load`); --kernels naive traces the PyTorch references instead (ATen ops only). ONNX
+always traces the references, in float32, through PyTorch's torch.export-based exporter (`pip install
+'sfmamba[export]'` for onnx, onnxscript and onnxruntime).
+
+examples:
+  sfmamba export --checkpoint output/fmnist/best.safetensors --output fmnist.pt2
+  sfmamba export --checkpoint output/fmnist/best.safetensors --output fmnist.onnx
+  sfmamba export --model mambavision_tiny --pretrained --device cuda --dtype bfloat16 --output mambavision_tiny.pt2
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import torch
+
+from . import UsageError, device_arg, positive_float, positive_int
+from .train import ParseModelKwargs
+
+HELP = "export a model to a torch.export program (.pt2) or ONNX, checked against the eager model"
+_logger = logging.getLogger(__name__)
+FORMATS = {".pt2": "pt2", ".onnx": "onnx"}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DEFAULT_TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 5e-2, torch.float16: 1e-2}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    what = parser.add_argument_group("model")
+    what.add_argument("--checkpoint", default=None,
+                      help="a `sfmamba train` .safetensors, or any timm checkpoint with --model")  # fmt: skip
+    what.add_argument("--model", default=None, help="timm model name (default: the checkpoint's)")
+    what.add_argument("--model-kwargs", nargs="*", default={}, action=ParseModelKwargs, metavar="KEY=VALUE")
+    what.add_argument("--pretrained", action="store_true", help="timm's pretrained weights for --model")
+    what.add_argument("--num-classes", type=positive_int, default=None,
+                      help="classifier size for --model (default: the checkpoint's, else the model's)")  # fmt: skip
+    shape = parser.add_argument_group("input")
+    shape.add_argument("--img-size", type=positive_int, default=None,
+                       help="image height and width (default: the checkpoint's, else the model's)")  # fmt: skip
+    shape.add_argument("-b", "--batch-size", type=positive_int, default=2, help="traced batch (default: 2)")
+    shape.add_argument("--static-batch", action="store_true", help="fix the batch size instead of keeping it dynamic")
+    out = parser.add_argument_group("output")
+    out.add_argument("--output", type=Path, required=True, help="a .pt2 or .onnx file")
+    out.add_argument("--format", choices=sorted(set(FORMATS.values())), default=None,
+                     help="default: from the --output suffix")  # fmt: skip
+    out.add_argument("--opset", type=positive_int, default=None, help="ONNX opset (default: the exporter's)")
+    run = parser.add_argument_group("run")
+    run.add_argument("--device", type=device_arg, default=None, help="cuda or cpu (default: cpu; ONNX: cpu only)")
+    run.add_argument("--dtype", choices=tuple(DTYPES), default="float32", help="model and input dtype (.pt2 only)")
+    run.add_argument("--kernels", choices=("auto", "triton", "naive"), default=None,
+                     help="the ops' implementation while tracing (default: SFMAMBA_KERNEL, i.e. auto)")  # fmt: skip
+    run.add_argument("--tolerance", type=positive_float, default=None,
+                     help="largest relative difference to eager accepted (default: 1e-4 float32, 5e-2 bfloat16, "
+                          "1e-2 float16)")  # fmt: skip
+    run.add_argument("--no-check", action="store_true", help="write without comparing to the eager model")
+
+
+def _format(args: argparse.Namespace) -> str:
+    by_suffix = FORMATS.get(args.output.suffix)
+    if args.format is None and by_suffix is None:
+        raise UsageError(f"--output must end in .pt2 or .onnx (or pass --format), got {args.output}")
+    fmt = args.format or by_suffix
+    if fmt == "onnx":
+        if args.dtype != "float32":
+            raise UsageError(f"--dtype must be float32 for ONNX, got {args.dtype}")
+        if args.device not in (None, "cpu"):
+            raise UsageError(f"--device must be cpu for ONNX (it traces the PyTorch references), got {args.device}")
+        if args.kernels not in (None, "naive"):
+            raise UsageError(f"--kernels must be naive for ONNX (ONNX has no Triton ops), got {args.kernels}")
+    elif args.opset is not None:
+        raise UsageError("--opset applies to ONNX only")
+    return fmt
+
+
+def _input_size(args: argparse.Namespace, model: torch.nn.Module, metadata: dict) -> tuple[int, int]:
+    channels, *size = model.pretrained_cfg.get("input_size", (3, 224, 224))
+    img_size = args.img_size or metadata.get("img_size") or size[-1]
+    return int(channels), int(img_size)
+
+
+def run(args: argparse.Namespace) -> int:
+    from .. import export
+    from .eval import build_model
+
+    fmt = _format(args)
+    if fmt == "onnx" and export.missing_onnx_packages():
+        raise UsageError(
+            f"ONNX export needs {', '.join(export.missing_onnx_packages())}: pip install 'sfmamba[export]'"
+        )
+    try:
+        model, metadata = build_model(args, args.num_classes)
+    except ValueError as err:  # CheckpointError
+        raise UsageError(str(err)) from err
+    device = torch.device(args.device or "cpu") if fmt == "pt2" else torch.device("cpu")
+    dtype = DTYPES[args.dtype]
+    model = model.to(device=device, dtype=dtype).eval()
+    channels, img_size = _input_size(args, model, metadata)
+    example = torch.randn(args.batch_size, channels, img_size, img_size, device=device, dtype=dtype)
+    dynamic = not args.static_batch
+    tolerance = args.tolerance or DEFAULT_TOLERANCE[dtype]
+    name = args.checkpoint or args.model
+    if fmt == "pt2":
+        program = export.export_program(model, example, dynamic_batch=dynamic, kernels=args.kernels)
+        difference = None if args.no_check else export.check_program(program, model, example, dynamic_batch=dynamic)
+        save = export.save_program
+    else:
+        program = export.export_onnx(model, example, dynamic_batch=dynamic, opset=args.opset)
+        difference = None if args.no_check else export.check_onnx(program, model, example, dynamic_batch=dynamic)
+        save = export.save_onnx
+    batch = "dynamic batch" if dynamic else f"batch {example.shape[0]}"
+    checked = "not checked" if difference is None else f"max relative difference to eager {difference:.2e}"
+    if difference is not None and difference > tolerance:
+        print(f"{name}: the exported model differs from eager by {difference:.2e} > --tolerance {tolerance:.0e}; "
+              f"{args.output} not written")  # fmt: skip
+        return 1
+    save(program, args.output)
+    size_mb = args.output.stat().st_size / 2**20
+    print(f"{name} -> {args.output} ({fmt}, {size_mb:.1f} MB, {img_size} px, {batch}, {args.dtype}, {device.type}); "
+          f"{checked}")  # fmt: skip
+    return 0

@@ -1,0 +1,172 @@
+"""Export a model for deployment: a `torch.export` program (`.pt2`) or an ONNX file, each checked against eager.
+
+- `export_program(model, example)`: `torch.export.export` of the model in eval mode, batch dimension dynamic by
+  default. The ops' kernels are chosen as in eager (`kernels=None`): on CUDA the program calls the Triton kernels as
+  `sfmamba::` custom ops (their fake implementations give the shapes), so loading it needs `import sfmamba`
+  (`load_program` does that); `kernels="naive"` traces the ops' PyTorch references instead, a program of ATen ops
+  only that runs wherever PyTorch does.
+- `export_onnx(model, example)`: the same program through PyTorch's torch.export-based ONNX exporter
+  (`torch.onnx.export(..., dynamo=True)`, needs `onnx` and `onnxscript`: `pip install 'sfmamba[export]'`), always
+  with the PyTorch references: ONNX has no Triton ops. The TorchScript exporter (`dynamo=False`, timm's
+  `onnx_export` default) is not supported: its tracer turns sizes into tensors, and the models' fold planning and
+  cross-merge need them as ints. Use `timm.utils.onnx.onnx_export(..., use_dynamo=True)` or this function.
+- `save_program` / `load_program` / `save_onnx`: the files, written atomically.
+- `check_program` / `check_onnx`: the largest difference to the eager model on a fresh input whose batch differs
+  from the traced one (so a dynamic batch is exercised), relative to the largest eager output.
+
+Command line: `sfmamba export` (`sfmamba.cli.export`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from .utils import _config
+from .utils._config import KERNEL_CHOICES, set_kernel_backend
+from .utils.files import atomic_write
+
+__all__ = [
+    "check_onnx", "check_program", "export_onnx", "export_program", "load_program", "save_onnx", "save_program",
+]  # fmt: skip
+
+ONNX_PACKAGES = ("onnx", "onnxscript")
+
+
+@contextlib.contextmanager
+def kernels_forced(kernels: str | None) -> Iterator[None]:
+    """Every op runs `kernels` ('auto', 'triton' or 'naive') inside the block, or as configured for None
+    (`SFMAMBA_KERNEL`, `set_kernel_backend`); the previous setting after it."""
+    if kernels is not None and kernels not in KERNEL_CHOICES:
+        raise ValueError(f"kernels must be one of {KERNEL_CHOICES} or None, got {kernels!r}")
+    if kernels is None:
+        yield
+        return
+    before = _config._kernel_override
+    set_kernel_backend(kernels)
+    try:
+        yield
+    finally:
+        set_kernel_backend(before)
+
+
+def _traced_example(example: Tensor, dynamic_batch: bool) -> Tensor:
+    """torch.export specialises a dimension of size 1: trace a dynamic batch with at least two images."""
+    if not isinstance(example, Tensor) or example.dim() != 4:
+        raise ValueError(f"example must be a 4-D image batch (batch, channels, height, width), got "
+                         f"{getattr(example, 'shape', type(example))}")  # fmt: skip
+    return torch.cat([example, example]) if dynamic_batch and example.shape[0] == 1 else example
+
+
+def _batch_dims(dynamic_batch: bool) -> tuple[dict[int, object]] | None:
+    return ({0: torch.export.Dim("batch", min=1)},) if dynamic_batch else None
+
+
+def export_program(
+    model: nn.Module, example: Tensor, *, dynamic_batch: bool = True, kernels: str | None = None
+) -> torch.export.ExportedProgram:
+    """`torch.export.export(model.eval(), (example,))` (the model is left in eval mode), the batch dimension dynamic
+    unless `dynamic_batch=False`; `kernels` forces the ops' implementation while tracing (None: as configured)."""
+    example = _traced_example(example, dynamic_batch)
+    model.eval()
+    with kernels_forced(kernels), torch.no_grad():
+        return torch.export.export(model, (example,), dynamic_shapes=_batch_dims(dynamic_batch))
+
+
+def save_program(program: torch.export.ExportedProgram, path: str | Path) -> Path:
+    """Write `program` to `path` (a `.pt2` file) atomically: a crash never leaves half a file behind."""
+    path = Path(path)
+    atomic_write(path, lambda temp: _save_program_to(program, temp))
+    return path
+
+
+def _save_program_to(program: torch.export.ExportedProgram, temp: str) -> None:
+    with open(temp, "wb") as f:  # a file object: torch.export.save warns about a path not ending in .pt2
+        torch.export.save(program, f)
+
+
+def load_program(path: str | Path) -> torch.export.ExportedProgram:
+    """`torch.export.load`, with sfmamba's custom ops registered first (a program exported with the Triton kernels
+    calls them by name)."""
+    from . import ops  # noqa: F401  (registers the sfmamba:: ops)
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"load_program: no such file {path}")
+    return torch.export.load(str(path))
+
+
+def missing_onnx_packages() -> list[str]:
+    return [name for name in ONNX_PACKAGES if importlib.util.find_spec(name) is None]
+
+
+def export_onnx(
+    model: nn.Module, example: Tensor, *, dynamic_batch: bool = True, opset: int | None = None
+) -> torch.onnx.ONNXProgram:
+    """The ONNX program of `model` (left in eval mode), traced with the ops' PyTorch references; its input is named
+    `input0` and its output `output0` (timm's names), with a dynamic `batch` axis unless `dynamic_batch=False`. Write
+    it with `save_onnx`."""
+    missing = missing_onnx_packages()
+    if missing:
+        raise RuntimeError(f"export_onnx needs {', '.join(missing)}: pip install 'sfmamba[export]'")
+    if example.dtype != torch.float32:
+        raise ValueError(f"export_onnx: example must be float32 (export a float32 model), got {example.dtype}")
+    example = _traced_example(example, dynamic_batch)
+    model.eval()
+    with kernels_forced("naive"), torch.no_grad():
+        return torch.onnx.export(
+            model, (example,), dynamo=True, input_names=["input0"], output_names=["output0"], opset_version=opset,
+            dynamic_shapes=_batch_dims(dynamic_batch), verbose=False,
+        )  # fmt: skip
+
+
+def save_onnx(onnx_program: torch.onnx.ONNXProgram, path: str | Path) -> Path:
+    """Write `onnx_program` to `path` atomically, weights inside the file (models under protobuf's 2 GB)."""
+    path = Path(path)
+    atomic_write(path, lambda temp: onnx_program.save(temp, external_data=False))
+    return path
+
+
+def _fresh_input(example: Tensor, dynamic_batch: bool) -> Tensor:
+    """A new random input like `example`, with one more image for a dynamic batch (traced at 2, checked at 3)."""
+    batch = example.shape[0] + (1 if dynamic_batch else 0)
+    return torch.randn((batch, *example.shape[1:]), device=example.device, dtype=example.dtype)
+
+
+def _relative_difference(out: Tensor, ref: Tensor) -> float:
+    if out.shape != ref.shape:
+        raise RuntimeError(f"the exported model returned shape {tuple(out.shape)}, eager {tuple(ref.shape)}")
+    ref = ref.double()
+    return float((out.double() - ref).abs().max() / ref.abs().max().clamp_min(1.0))
+
+
+def check_program(
+    program: torch.export.ExportedProgram, model: nn.Module, example: Tensor, *, dynamic_batch: bool = True
+) -> float:
+    """max |exported - eager| / max(1, max |eager|) on a fresh input like `example`, one image larger for a program
+    exported with a dynamic batch."""
+    x = _fresh_input(example, dynamic_batch)
+    with torch.no_grad():
+        return _relative_difference(program.module()(x), model.eval()(x))
+
+
+def check_onnx(
+    onnx_program: torch.onnx.ONNXProgram | str | Path, model: nn.Module, example: Tensor, *, dynamic_batch: bool = True
+) -> float:
+    """`check_program` for an ONNX program or file, run by onnxruntime on the CPU (needs onnxruntime)."""
+    if importlib.util.find_spec("onnxruntime") is None:
+        raise RuntimeError("check_onnx needs onnxruntime: pip install 'sfmamba[export]'")
+    import onnxruntime
+
+    is_file = isinstance(onnx_program, (str, Path))
+    source = str(onnx_program) if is_file else onnx_program.model_proto.SerializeToString()
+    session = onnxruntime.InferenceSession(source, providers=["CPUExecutionProvider"])
+    x = _fresh_input(example, dynamic_batch)
+    (out,) = session.run(None, {session.get_inputs()[0].name: x.cpu().numpy()})
+    with torch.no_grad():
+        ref = model.eval()(x)
+    return _relative_difference(torch.from_numpy(out), ref.cpu())

@@ -1,0 +1,85 @@
+"""`sfmamba export`: a `sfmamba train` checkpoint to .pt2 and ONNX, the check against eager, argument errors."""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+
+from sfmamba import export
+from sfmamba.cli.main import main
+from sfmamba.train import save_weights
+
+IMG = 16
+
+
+@pytest.fixture
+def checkpoint(tmp_path):
+    torch.manual_seed(0)
+    model = timm.create_model("sf_mamba_nano", num_classes=10).eval()
+    meta = dict(model="sf_mamba_nano", model_kwargs={}, num_classes=10, img_size=IMG, dataset="fashion_mnist")
+    path = tmp_path / "best.safetensors"
+    save_weights(path, model, meta)
+    return path, model
+
+
+def test_checkpoint_to_pt2_runs_like_the_model(checkpoint, tmp_path, capsys):
+    path, model = checkpoint
+    out = tmp_path / "out" / "model.pt2"
+    assert main(["export", "--checkpoint", str(path), "--output", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert f"-> {out} (pt2" in printed and f"{IMG} px, dynamic batch, float32, cpu" in printed
+    assert "max relative difference to eager" in printed
+    x = torch.randn(5, 3, IMG, IMG)  # the checkpoint's image size, a batch the program was not traced with
+    with torch.no_grad():
+        torch.testing.assert_close(export.load_program(out).module()(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+def test_checkpoint_to_onnx_with_a_static_batch(checkpoint, tmp_path, capsys):
+    import onnxruntime
+
+    path, model = checkpoint
+    out = tmp_path / "model.onnx"
+    assert main(["export", "--checkpoint", str(path), "--output", str(out), "--static-batch", "-b", "1"]) == 0
+    assert "(onnx" in capsys.readouterr().out
+    session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].shape == [1, 3, IMG, IMG]
+    x = torch.randn(1, 3, IMG, IMG)
+    (logits,) = session.run(None, {"input0": x.numpy()})
+    with torch.no_grad():
+        torch.testing.assert_close(torch.from_numpy(logits), model(x), rtol=1e-4, atol=1e-5)
+
+
+def test_a_failed_check_writes_nothing(checkpoint, tmp_path, capsys, monkeypatch):
+    path, _ = checkpoint
+    out = tmp_path / "model.pt2"
+    monkeypatch.setattr(export, "check_program", lambda *args, **kwargs: 0.5)
+    assert main(["export", "--checkpoint", str(path), "--output", str(out), "--tolerance", "0.1"]) == 1
+    assert "differs from eager by 5.00e-01 > --tolerance 1e-01" in capsys.readouterr().out
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--output", "m.zip"], "--output must end in .pt2 or .onnx"),
+        (["--output", "m.onnx", "--dtype", "bfloat16"], "--dtype must be float32 for ONNX, got bfloat16"),
+        (["--output", "m.onnx", "--kernels", "triton"], "--kernels must be naive for ONNX"),
+        (["--output", "m.pt2", "--opset", "18"], "--opset applies to ONNX only"),
+        (["--output", "m.pt2", "--model", "no_such_model"], "--model 'no_such_model' is not registered"),
+    ],
+)
+def test_usage_errors(checkpoint, tmp_path, capsys, extra, message):
+    path, _ = checkpoint
+    extra = [str(tmp_path / e) if e.startswith("m.") else e for e in extra]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["export", "--checkpoint", str(path), *extra])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_onnx_without_its_packages_says_what_to_install(checkpoint, tmp_path, capsys, monkeypatch):
+    path, _ = checkpoint
+    monkeypatch.setattr(export, "missing_onnx_packages", lambda: ["onnxscript"])
+    with pytest.raises(SystemExit):
+        main(["export", "--checkpoint", str(path), "--output", str(tmp_path / "m.onnx")])
+    assert "ONNX export needs onnxscript: pip install 'sfmamba[export]'" in capsys.readouterr().err
