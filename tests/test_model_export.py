@@ -104,3 +104,12 @@ def test_bad_arguments_are_named():
         export.export_onnx(model, torch.randn(2, 3, IMG, IMG, dtype=torch.bfloat16))
     with pytest.raises(FileNotFoundError, match="load_program: no such file"):
         export.load_program("/nonexistent/m.pt2")
+
+
+@pytest.mark.parametrize("name, layer", [("sf_mamba_nano", "ScanMixer"), ("vmamba_v2_nano", "SS2D")])
+def test_torchscript_tracing_is_refused_with_the_way_out(name, layer):
+    """torch.jit.trace (the TorchScript ONNX exporter's tracer) makes sizes tensors; these layers need them as ints:
+    a clear error that names torch.export, not a failure deep inside an op (or a file that breaks at another batch)."""
+    model = _model(name)
+    with pytest.raises(RuntimeError, match=rf"{layer} .* cannot be traced by torch.jit.trace.*torch.export"):
+        torch.jit.trace(model, torch.randn(2, 3, IMG, IMG), check_trace=False)

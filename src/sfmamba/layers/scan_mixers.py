@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from ..ops.selective_scan.fold import plan_fold
+from ..utils._config import reject_jit_trace
 from .linear import GroupedLinear
 from .mamba_mixer import MambaVisionMixer, mixer_concat
 
@@ -109,6 +110,7 @@ class ScanMixer(MambaVisionMixer):
 
     def forward(self, x: Tensor) -> Tensor:
         """[W, L, d_model] -> [W, L, d_model], W = windows (images x windows per image), L = ws * ws + num_aux."""
+        reject_jit_trace("ScanMixer (SF-Mamba)")
         windows, length, _ = x.shape
         if length != self.seq_len:
             raise ValueError(f"x must have {self.seq_len} tokens per window sequence, got {tuple(x.shape)}")

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from ..ops import cross_merge, cross_scan, selective_scan
 from ..ops._launch import needs_grad
+from ..utils._config import reject_jit_trace
 
 __all__ = ["SS2D"]
 
@@ -134,6 +135,7 @@ class SS2D(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """[B, H, W, d_model] -> [B, H, W, d_model]."""
+        reject_jit_trace("SS2D (VMamba)")
         batch, height, width, _ = x.shape
         length, k, n, r = height * width, DIRECTIONS, self.d_state, self.dt_rank
         x = self.in_proj(x)

@@ -231,6 +231,17 @@ def value_checks_enabled() -> bool:
     return not (torch.cuda.is_available() and torch.cuda.is_current_stream_capturing())
 
 
+def reject_jit_trace(what: str) -> None:
+    """Raise under `torch.jit.trace` (and the TorchScript ONNX exporter, which traces with it): its sizes are tensors,
+    and `what` needs them as ints (fold planning, cross-merge); torch.export keeps them symbolic ints."""
+    if torch.jit.is_tracing():
+        raise RuntimeError(
+            f"{what} cannot be traced by torch.jit.trace or the TorchScript ONNX exporter (torch.onnx.export with "
+            "dynamo=False, timm's onnx_export default): export with torch.export instead (sfmamba.export, "
+            "`sfmamba export`, torch.onnx.export(..., dynamo=True), timm's onnx_export(..., use_dynamo=True))"
+        )
+
+
 CACHE_DIR_ENV = "SFMAMBA_CACHE_DIR"
 CACHE_DIR_INPUTS = (CACHE_DIR_ENV, "XDG_CACHE_HOME", "HOME")  # every variable `cache_dir` depends on
 
