@@ -1,0 +1,10 @@
+"""Dense prediction on the backbones' multi-scale features: UperNet semantic segmentation (`upernet`) and
+torchvision's detectors (`detection`)."""
+
+from .detection import DETECTORS, BackboneWithFPN, create_detector
+from .upernet import FCNHead, PyramidPooling, UperNet, UperNetHead, segmentation_loss
+
+__all__ = [
+    "DETECTORS", "BackboneWithFPN", "FCNHead", "PyramidPooling", "UperNet", "UperNetHead", "create_detector",
+    "segmentation_loss",
+]  # fmt: skip

@@ -1,0 +1,92 @@
+"""Object detection and instance segmentation with torchvision's detectors on a timm backbone (ours included).
+
+`BackboneWithFPN` turns a timm model's `features_only` stages into what torchvision's detection models take: an
+OrderedDict of feature-pyramid maps and an `out_channels` attribute. `create_detector` builds Faster R-CNN, Mask R-CNN
+(the MambaVision and VMamba papers' COCO detector), RetinaNet or FCOS on it, with torchvision's own heads, losses,
+anchors and transforms:
+
+    model = create_detector("mask_rcnn", "sf_mamba_tiny", num_classes=91)
+    losses = model(images, targets)        # training: dict of losses
+    detections = model(images)             # eval: [{"boxes", "labels", "scores", "masks"}] per image
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+
+from torch import Tensor, nn
+
+__all__ = ["DETECTORS", "BackboneWithFPN", "create_detector"]
+
+DETECTORS = ("faster_rcnn", "mask_rcnn", "retinanet", "fcos")
+
+
+class BackboneWithFPN(nn.Module):
+    """A timm backbone's stages `out_indices` (ours: 0-3 at strides 4-32) + torchvision's FeaturePyramidNetwork.
+
+    Two-stage detectors (Faster/Mask R-CNN) take the four stages and an extra max-pooled level (maps "0"-"3" and
+    "pool", strides 4-64); one-stage ones (RetinaNet, FCOS) the last three and two extra convs (P3-P7, strides 8-128).
+
+    Args:
+        backbone: a timm model name or a `features_only` module with `feature_info`.
+        out_channels: the pyramid's width.
+        out_indices: the stages fed to the pyramid.
+        extra_levels: "pool" (max-pool of the last map) or "p6p7" (two stride-2 convs).
+        **backbone_kwargs: to `timm.create_model` (e.g. `pretrained=True, pretrained_cfg_overlay=dict(file=PATH)`).
+    """
+
+    def __init__(self, backbone: str | nn.Module, out_channels: int = 256, out_indices: Sequence[int] = (0, 1, 2, 3),
+                 extra_levels: str = "pool", **backbone_kwargs):  # fmt: skip
+        super().__init__()
+        from torchvision.ops import FeaturePyramidNetwork
+        from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
+
+        if isinstance(backbone, str):
+            import timm
+
+            backbone = timm.create_model(backbone, features_only=True, out_indices=tuple(out_indices),
+                                         **backbone_kwargs)  # fmt: skip
+        elif backbone_kwargs:
+            raise ValueError(f"backbone_kwargs apply to a backbone name only, got {sorted(backbone_kwargs)}")
+        if not hasattr(backbone, "feature_info"):
+            raise ValueError("backbone must be a timm model name or a features_only module with feature_info")
+        if extra_levels not in ("pool", "p6p7"):
+            raise ValueError(f"extra_levels must be 'pool' or 'p6p7', got {extra_levels!r}")
+        in_channels = backbone.feature_info.channels()
+        extra = LastLevelMaxPool() if extra_levels == "pool" else LastLevelP6P7(out_channels, out_channels)
+        self.body = backbone
+        self.fpn = FeaturePyramidNetwork(in_channels, out_channels, extra_blocks=extra)
+        self.out_channels = out_channels
+
+    def forward(self, x: Tensor) -> OrderedDict[str, Tensor]:
+        maps = self.body(x)
+        return self.fpn(OrderedDict((str(i), m) for i, m in enumerate(maps)))
+
+
+def create_detector(detector: str, backbone: str | nn.Module, num_classes: int, fpn_channels: int = 256,
+                    backbone_kwargs: dict | None = None, **detector_kwargs) -> nn.Module:  # fmt: skip
+    """torchvision's `detector` ("faster_rcnn", "mask_rcnn", "retinanet" or "fcos") on `BackboneWithFPN(backbone)`.
+
+    `num_classes` counts the background for the R-CNNs (COCO: 91), as torchvision does; `detector_kwargs` go to the
+    torchvision class (e.g. `min_size`, `max_size`, `box_score_thresh`); `backbone_kwargs` to `timm.create_model`."""
+    from torchvision.models import detection
+
+    if detector not in DETECTORS:
+        raise ValueError(f"detector must be one of {DETECTORS}, got {detector!r}")
+    if num_classes < 2 and detector in ("faster_rcnn", "mask_rcnn"):
+        raise ValueError(f"num_classes must be >= 2 for {detector} (background included), got {num_classes}")
+    two_stage = detector in ("faster_rcnn", "mask_rcnn")
+    body = BackboneWithFPN(
+        backbone, fpn_channels, out_indices=(0, 1, 2, 3) if two_stage else (1, 2, 3),
+        extra_levels="pool" if two_stage else "p6p7", **(backbone_kwargs or {}),
+    )  # fmt: skip
+    if detector == "retinanet":
+        anchors = detection.anchor_utils.AnchorGenerator(
+            tuple((s, int(s * 2 ** (1 / 3)), int(s * 2 ** (2 / 3))) for s in (32, 64, 128, 256, 512)),
+            ((0.5, 1.0, 2.0),) * 5,
+        )
+        detector_kwargs.setdefault("anchor_generator", anchors)
+    cls = {"faster_rcnn": detection.FasterRCNN, "mask_rcnn": detection.MaskRCNN,
+           "retinanet": detection.RetinaNet, "fcos": detection.FCOS}[detector]  # fmt: skip
+    return cls(body, num_classes=num_classes, **detector_kwargs)

@@ -1,0 +1,83 @@
+"""torchvision's detectors on our backbones: the pyramid's maps and strides, training losses that reach the backbone,
+eval detections in torchvision's format, argument errors."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import sfmamba.models  # noqa: F401  (registers the models)
+from sfmamba.dense import BackboneWithFPN, create_detector
+
+SMALL = dict(fpn_channels=32, min_size=64, max_size=96)
+
+
+def _images_and_targets():
+    torch.manual_seed(0)
+    images = [torch.rand(3, 80, 90), torch.rand(3, 64, 70)]
+    masks = [torch.zeros(1, 80, 90, dtype=torch.uint8), torch.zeros(2, 64, 70, dtype=torch.uint8)]
+    masks[0][0, 10:50, 10:40] = 1
+    masks[1][0, 5:30, 5:30] = 1
+    masks[1][1, 20:60, 20:60] = 1
+    targets = [
+        dict(boxes=torch.tensor([[10.0, 10.0, 40.0, 50.0]]), labels=torch.tensor([1]), masks=masks[0]),
+        dict(boxes=torch.tensor([[5.0, 5.0, 30.0, 30.0], [20.0, 20.0, 60.0, 60.0]]), labels=torch.tensor([2, 1]),
+             masks=masks[1]),
+    ]  # fmt: skip
+    return images, targets
+
+
+@pytest.mark.parametrize("extra_levels, names, strides", [
+    ("pool", ["0", "1", "2", "3", "pool"], [4, 8, 16, 32, 64]),
+    ("p6p7", ["0", "1", "2", "p6", "p7"], [8, 16, 32, 64, 128]),
+])  # fmt: skip
+def test_pyramid_maps_and_strides(extra_levels, names, strides):
+    out_indices = (0, 1, 2, 3) if extra_levels == "pool" else (1, 2, 3)
+    backbone = BackboneWithFPN("sf_mamba_nano", 32, out_indices=out_indices, extra_levels=extra_levels)
+    maps = backbone(torch.randn(1, 3, 96, 128))
+    assert list(maps) == names and backbone.out_channels == 32
+    for m, stride in zip(maps.values(), strides):
+        assert m.shape == (1, 32, math.ceil(96 / stride), math.ceil(128 / stride))
+
+
+@pytest.mark.parametrize("detector, backbone", [
+    ("faster_rcnn", "sf_mamba_nano"), ("mask_rcnn", "mambavision_nano"), ("retinanet", "vmamba_v2_nano"),
+    ("fcos", "sf_mamba_nano"),
+])  # fmt: skip
+def test_training_losses_reach_the_backbone_and_eval_detects(detector, backbone):
+    model = create_detector(detector, backbone, num_classes=3, **SMALL)
+    images, targets = _images_and_targets()
+    losses = model(images, targets)
+    expected = {"faster_rcnn": {"loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg"},
+                "retinanet": {"classification", "bbox_regression"},
+                "fcos": {"classification", "bbox_regression", "bbox_ctrness"}}  # fmt: skip
+    expected["mask_rcnn"] = expected["faster_rcnn"] | {"loss_mask"}
+    assert set(losses) == expected[detector] and all(torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
+    assert not missing, f"parameters without a finite gradient: {missing}"
+    assert any(p.grad.abs().sum() > 0 for p in model.backbone.body.parameters())
+
+    model.eval()
+    with torch.no_grad():
+        detections = model(images)
+    keys = {"boxes", "labels", "scores"} | ({"masks"} if detector == "mask_rcnn" else set())
+    assert len(detections) == 2 and all(set(d) == keys for d in detections)
+    for d, image in zip(detections, images):
+        assert d["boxes"].shape[1] == 4 and len(d["boxes"]) == len(d["labels"]) == len(d["scores"])
+        if len(d["boxes"]):  # boxes in the original image's coordinates
+            height, width = image.shape[1:]
+            assert (d["boxes"][:, 2] <= width + 1e-3).all() and (d["boxes"][:, 3] <= height + 1e-3).all()
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="detector must be one of .* got 'yolo'"):
+        create_detector("yolo", "sf_mamba_nano", num_classes=3)
+    with pytest.raises(ValueError, match="num_classes must be >= 2 for faster_rcnn .* got 1"):
+        create_detector("faster_rcnn", "sf_mamba_nano", num_classes=1)
+    with pytest.raises(ValueError, match="extra_levels must be 'pool' or 'p6p7', got 'p6'"):
+        BackboneWithFPN("sf_mamba_nano", extra_levels="p6")
+    with pytest.raises(ValueError, match="backbone_kwargs apply to a backbone name only"):
+        BackboneWithFPN(BackboneWithFPN("sf_mamba_nano").body, pretrained=True)
