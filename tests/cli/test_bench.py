@@ -64,6 +64,19 @@ def test_bench_profile_breaks_time_into_categories(tmp_path, capsys):
     assert "top kernels" in capsys.readouterr().out
 
 
+def test_profile_command_is_bench_profile(tmp_path, capsys):
+    """`sfmamba profile` (SPEC's name) runs bench's profile, with bench's flags and without --bench."""
+    path = tmp_path / "profile.json"
+    args = ["profile", *FAST, "--profile-top", "3", "--profile-mode", "train", "--model", "sf_mamba_nano"]
+    assert main([*args, "--results-file", str(path)]) == 0
+    (row,) = _results(path)["results"]
+    assert row["mode"] == "profile" and row["profiled"] == "train" and len(row["top_kernels"]) == 3
+    assert "top kernels" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["profile", *FAST, "--bench", "inference"])
+    assert "unrecognized arguments: --bench inference" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     "name, category",
     [

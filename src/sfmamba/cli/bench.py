@@ -59,10 +59,14 @@ def _model_kwarg(text: str) -> tuple[str, object]:
         return key, value  # a plain string
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def add_arguments(parser: argparse.ArgumentParser, profile_only: bool = False) -> None:
+    """bench's flags; `profile_only` (`sfmamba profile`): no --bench, always the profile."""
     what = parser.add_argument_group("what to measure")
-    what.add_argument("--bench", choices=("inference", "train", "both", "profile"), default="both",
-                      help="what to time (default: both, inference and a training step)")  # fmt: skip
+    if profile_only:
+        parser.set_defaults(bench="profile")
+    else:
+        what.add_argument("--bench", choices=("inference", "train", "both", "profile"), default="both",
+                          help="what to time (default: both, inference and a training step)")  # fmt: skip
     what.add_argument(
         "-m", "--model", nargs="+", default=["mambavision_tiny"], metavar="NAME",
         help="timm names, wildcards ('sf_mamba_*'), official:mamba_vision_T; NAME:key=value,... adds kwargs for "

@@ -23,6 +23,7 @@ COMMANDS = {
     "demo": "sfmamba.cli.demo",
     "compress": "sfmamba.cli.compress",
     "export": "sfmamba.cli.export",
+    "profile": "sfmamba.cli.profile",
 }
 
 
