@@ -1,6 +1,6 @@
-"""Evaluation: classification metrics, an evaluation loop with throughput, a confusion-matrix plot."""
+"""Evaluation: classification and segmentation metrics, an evaluation loop with throughput, a confusion-matrix plot."""
 
 from .evaluate import evaluate, plot_confusion_matrix
-from .metrics import ClassificationMetrics
+from .metrics import ClassificationMetrics, SegmentationMetrics
 
-__all__ = ["ClassificationMetrics", "evaluate", "plot_confusion_matrix"]
+__all__ = ["ClassificationMetrics", "SegmentationMetrics", "evaluate", "plot_confusion_matrix"]
