@@ -8,9 +8,11 @@
 - `export_onnx(model, example)`: the same program through PyTorch's torch.export-based ONNX exporter
   (`torch.onnx.export(..., dynamo=True)`, needs `onnx` and `onnxscript`: `pip install 'sfmamba[export]'`), always
   with the PyTorch references: ONNX has no Triton ops. The TorchScript exporter (`dynamo=False`, timm's
-  `onnx_export` default) is not supported: its tracer turns sizes into tensors, and the models' fold planning and
-  cross-merge need them as ints. Use `timm.utils.onnx.onnx_export(..., use_dynamo=True)` or this function.
-- `save_program` / `load_program` / `save_onnx`: the files, written atomically.
+  `onnx_export` default) traces with `torch.jit.trace`, whose sizes are tensors where SF-Mamba's fold planning and
+  VMamba's cross-merge need ints: those layers refuse it with an error naming this way out (MambaVision traces).
+  With timm: `timm.utils.onnx.onnx_export(..., use_dynamo=True)`.
+- `save_program` / `load_program` / `save_onnx`: the files, written atomically; `kernels_forced`: the ops'
+  implementation for a block of code.
 - `check_program` / `check_onnx`: the largest difference to the eager model on a fresh input whose batch differs
   from the traced one (so a dynamic batch is exercised), relative to the largest eager output.
 
@@ -32,7 +34,8 @@ from .utils._config import KERNEL_CHOICES, set_kernel_backend
 from .utils.files import atomic_write
 
 __all__ = [
-    "check_onnx", "check_program", "export_onnx", "export_program", "load_program", "save_onnx", "save_program",
+    "check_onnx", "check_program", "export_onnx", "export_program", "kernels_forced", "load_program", "save_onnx",
+    "save_program",
 ]  # fmt: skip
 
 ONNX_PACKAGES = ("onnx", "onnxscript")
