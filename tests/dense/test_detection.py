@@ -34,8 +34,8 @@ def _images_and_targets():
     ("p6p7", ["0", "1", "2", "p6", "p7"], [8, 16, 32, 64, 128]),
 ])  # fmt: skip
 def test_pyramid_maps_and_strides(extra_levels, names, strides):
-    out_indices = (0, 1, 2, 3) if extra_levels == "pool" else (1, 2, 3)
-    backbone = BackboneWithFPN("sf_mamba_nano", 32, out_indices=out_indices, extra_levels=extra_levels)
+    backbone_strides = (4, 8, 16, 32) if extra_levels == "pool" else (8, 16, 32)
+    backbone = BackboneWithFPN("sf_mamba_nano", 32, strides=backbone_strides, extra_levels=extra_levels)
     maps = backbone(torch.randn(1, 3, 96, 128))
     assert list(maps) == names and backbone.out_channels == 32
     for m, stride in zip(maps.values(), strides):

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import sfmamba.models  # noqa: F401  (registers the models)
-from sfmamba.dense import UperNet, UperNetHead, segmentation_loss
+from sfmamba.dense import MultiScaleBackbone, UperNet, UperNetHead, segmentation_loss
 from sfmamba.train import save_weights
 
 SMALL = dict(channels=32, aux_channels=16)
@@ -26,6 +26,14 @@ def test_logits_at_the_input_size_and_gradients_reach_every_parameter(name):
     segmentation_loss(out, torch.randint(0, 5, (2, 70, 90))).backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
     assert not missing, f"parameters without a finite gradient: {missing}"
+
+
+def test_any_timm_backbone_with_those_strides():
+    """A ResNet's features also include stride 2: UperNet takes its maps at strides 4-32."""
+    model = UperNet("resnet18", num_classes=3, **SMALL).eval()
+    assert model.backbone.channels == [64, 128, 256, 512]
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 64, 96))["out"].shape == (1, 3, 64, 96)
 
 
 def test_without_the_auxiliary_head():
@@ -104,6 +112,8 @@ def test_it_learns_to_find_a_square():
 def test_bad_arguments():
     with pytest.raises(ValueError, match="backbone must be a timm model name or a features_only module"):
         UperNet(torch.nn.Linear(2, 2), num_classes=3)
+    with pytest.raises(ValueError, match=r"the backbone gives maps at strides \[2, 4, 8, 16, 32\], not \[64\]"):
+        MultiScaleBackbone("resnet18", (16, 32, 64))
     with pytest.raises(ValueError, match="num_classes must be >= 1, got 0"):
         UperNet("mambavision_nano", num_classes=0)
     with pytest.raises(ValueError, match="expected 4 feature maps, got 3"):

@@ -17,46 +17,38 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
+from ._backbone import MultiScaleBackbone
+
 __all__ = ["DETECTORS", "BackboneWithFPN", "create_detector"]
 
 DETECTORS = ("faster_rcnn", "mask_rcnn", "retinanet", "fcos")
 
 
 class BackboneWithFPN(nn.Module):
-    """A timm backbone's stages `out_indices` (ours: 0-3 at strides 4-32) + torchvision's FeaturePyramidNetwork.
+    """A timm backbone's maps at `strides` + torchvision's FeaturePyramidNetwork.
 
-    Two-stage detectors (Faster/Mask R-CNN) take the four stages and an extra max-pooled level (maps "0"-"3" and
-    "pool", strides 4-64); one-stage ones (RetinaNet, FCOS) the last three and two extra convs (P3-P7, strides 8-128).
+    Two-stage detectors (Faster/Mask R-CNN) take strides 4-32 and an extra max-pooled level (maps "0"-"3" and
+    "pool", strides 4-64); one-stage ones (RetinaNet, FCOS) strides 8-32 and two extra convs (P3-P7, strides 8-128).
 
     Args:
         backbone: a timm model name or a `features_only` module with `feature_info`.
         out_channels: the pyramid's width.
-        out_indices: the stages fed to the pyramid.
+        strides: the backbone maps fed to the pyramid.
         extra_levels: "pool" (max-pool of the last map) or "p6p7" (two stride-2 convs).
         **backbone_kwargs: to `timm.create_model` (e.g. `pretrained=True, pretrained_cfg_overlay=dict(file=PATH)`).
     """
 
-    def __init__(self, backbone: str | nn.Module, out_channels: int = 256, out_indices: Sequence[int] = (0, 1, 2, 3),
+    def __init__(self, backbone: str | nn.Module, out_channels: int = 256, strides: Sequence[int] = (4, 8, 16, 32),
                  extra_levels: str = "pool", **backbone_kwargs):  # fmt: skip
         super().__init__()
         from torchvision.ops import FeaturePyramidNetwork
         from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
 
-        if isinstance(backbone, str):
-            import timm
-
-            backbone = timm.create_model(backbone, features_only=True, out_indices=tuple(out_indices),
-                                         **backbone_kwargs)  # fmt: skip
-        elif backbone_kwargs:
-            raise ValueError(f"backbone_kwargs apply to a backbone name only, got {sorted(backbone_kwargs)}")
-        if not hasattr(backbone, "feature_info"):
-            raise ValueError("backbone must be a timm model name or a features_only module with feature_info")
         if extra_levels not in ("pool", "p6p7"):
             raise ValueError(f"extra_levels must be 'pool' or 'p6p7', got {extra_levels!r}")
-        in_channels = backbone.feature_info.channels()
+        self.body = MultiScaleBackbone(backbone, strides, **backbone_kwargs)
         extra = LastLevelMaxPool() if extra_levels == "pool" else LastLevelP6P7(out_channels, out_channels)
-        self.body = backbone
-        self.fpn = FeaturePyramidNetwork(in_channels, out_channels, extra_blocks=extra)
+        self.fpn = FeaturePyramidNetwork(self.body.channels, out_channels, extra_blocks=extra)
         self.out_channels = out_channels
 
     def forward(self, x: Tensor) -> OrderedDict[str, Tensor]:
@@ -78,7 +70,7 @@ def create_detector(detector: str, backbone: str | nn.Module, num_classes: int, 
         raise ValueError(f"num_classes must be >= 2 for {detector} (background included), got {num_classes}")
     two_stage = detector in ("faster_rcnn", "mask_rcnn")
     body = BackboneWithFPN(
-        backbone, fpn_channels, out_indices=(0, 1, 2, 3) if two_stage else (1, 2, 3),
+        backbone, fpn_channels, strides=(4, 8, 16, 32) if two_stage else (8, 16, 32),
         extra_levels="pool" if two_stage else "p6p7", **(backbone_kwargs or {}),
     )  # fmt: skip
     if detector == "retinanet":

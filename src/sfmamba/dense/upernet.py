@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ._backbone import MultiScaleBackbone
+
 __all__ = ["FCNHead", "PyramidPooling", "UperNet", "UperNetHead", "segmentation_loss"]
 
 
@@ -112,11 +114,11 @@ class FCNHead(nn.Module):
 
 
 class UperNet(nn.Module):
-    """A timm backbone's four stages (strides 4-32, `features_only`) + `UperNetHead` (+ `FCNHead` on the third).
+    """A timm backbone's maps at strides 4, 8, 16 and 32 + `UperNetHead` (+ `FCNHead` on the stride-16 map).
 
     Args:
-        backbone: a timm model name (ours: sf_mamba_*, mambavision_*, vmamba_v2_*; any timm model with four feature
-            stages works) or a `features_only` module with `feature_info`.
+        backbone: a timm model name (ours: sf_mamba_*, mambavision_*, vmamba_v2_*; any timm model with
+            `features_only` maps at those strides, e.g. resnet50) or a `features_only` module with `feature_info`.
         num_classes: segmentation classes (ADE20K: 150).
         channels: the decoder's width (512 in the papers' ADE20K configs).
         aux_channels: the auxiliary head's width; 0 leaves it out.
@@ -128,18 +130,8 @@ class UperNet(nn.Module):
     def __init__(self, backbone: str | nn.Module, num_classes: int, channels: int = 512, aux_channels: int = 256,
                  dropout: float = 0.1, **backbone_kwargs):  # fmt: skip
         super().__init__()
-        if isinstance(backbone, str):
-            import timm
-
-            backbone = timm.create_model(backbone, features_only=True, out_indices=(0, 1, 2, 3), **backbone_kwargs)
-        elif backbone_kwargs:
-            raise ValueError(f"backbone_kwargs apply to a backbone name only, got {sorted(backbone_kwargs)}")
-        if not hasattr(backbone, "feature_info"):
-            raise ValueError("backbone must be a timm model name or a features_only module with feature_info")
-        in_channels = backbone.feature_info.channels()
-        if len(in_channels) != 4:
-            raise ValueError(f"backbone must give 4 feature maps (strides 4-32), got {len(in_channels)}")
-        self.backbone = backbone
+        self.backbone = MultiScaleBackbone(backbone, (4, 8, 16, 32), **backbone_kwargs)
+        in_channels = self.backbone.channels
         self.decode_head = UperNetHead(in_channels, num_classes, channels, dropout=dropout)
         self.aux_head = FCNHead(in_channels[2], num_classes, aux_channels, dropout) if aux_channels else None
         self.num_classes = num_classes
