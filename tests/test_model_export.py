@@ -71,6 +71,25 @@ def test_naive_kernels_give_a_program_of_aten_ops(triton_backend):
         assert export.check_program(program, model, torch.randn(1, 3, IMG, IMG)) < 1e-6
 
 
+def test_a_model_with_a_dict_output_is_checked_tensor_by_tensor():
+    """UperNet returns {"out", "aux"}: the check compares both; a non-finite output is an infinite difference."""
+    from sfmamba.dense import UperNet
+
+    torch.manual_seed(0)
+    model = UperNet("mambavision_nano", num_classes=3, channels=16, aux_channels=8).eval()
+    example = torch.randn(1, 3, IMG, IMG)
+    program = export.export_program(model, example)
+    assert export.check_program(program, model, example) < 1e-5
+    nan_out = {"out": torch.full((2, 3), float("nan")), "aux": torch.zeros(2, 3)}
+    assert export._relative_difference(nan_out, {"out": torch.zeros(2, 3), "aux": torch.zeros(2, 3)}) == float("inf")
+
+
+def test_a_batch_of_one_is_traced_at_two_and_checked_at_three():
+    example = torch.zeros(1, 3, 8, 8)
+    assert export._traced_example(example, True).shape[0] == 2
+    assert export._fresh_input(example, True).shape[0] == 3 and export._fresh_input(example, False).shape[0] == 1
+
+
 def test_static_batch_program_rejects_another_batch():
     model = _model("mambavision_nano")
     program = export.export_program(model, torch.randn(2, 3, IMG, IMG), dynamic_batch=False)

@@ -13,8 +13,9 @@
   With timm: `timm.utils.onnx.onnx_export(..., use_dynamo=True)`.
 - `save_program` / `load_program` / `save_onnx`: the files, written atomically; `kernels_forced`: the ops'
   implementation for a block of code.
-- `check_program` / `check_onnx`: the largest difference to the eager model on a fresh input whose batch differs
-  from the traced one (so a dynamic batch is exercised), relative to the largest eager output.
+- `check_program` / `check_onnx`: the largest difference to the eager model, max |exported - eager| / max(1, max
+  |eager|) over every output tensor (inf where one is not finite), on a fresh input whose batch differs from the
+  traced one (so a dynamic batch is exercised).
 
 Command line: `sfmamba export` (`sfmamba.cli.export`).
 """
@@ -27,6 +28,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+import torch.utils._pytree as pytree
 from torch import Tensor, nn
 
 from .utils import _config
@@ -116,9 +118,9 @@ def export_onnx(
     missing = missing_onnx_packages()
     if missing:
         raise RuntimeError(f"export_onnx needs {', '.join(missing)}: pip install 'sfmamba[export]'")
+    example = _traced_example(example, dynamic_batch)
     if example.dtype != torch.float32:
         raise ValueError(f"export_onnx: example must be float32 (export a float32 model), got {example.dtype}")
-    example = _traced_example(example, dynamic_batch)
     model.eval()
     with kernels_forced("naive"), torch.no_grad():
         return torch.onnx.export(
@@ -135,23 +137,38 @@ def save_onnx(onnx_program: torch.onnx.ONNXProgram, path: str | Path) -> Path:
 
 
 def _fresh_input(example: Tensor, dynamic_batch: bool) -> Tensor:
-    """A new random input like `example`, with one more image for a dynamic batch (traced at 2, checked at 3)."""
-    batch = example.shape[0] + (1 if dynamic_batch else 0)
+    """A new random input like `example`; for a dynamic batch, one image more than the traced batch (a batch of 1 is
+    traced at 2 and checked at 3)."""
+    traced = _traced_example(example, dynamic_batch).shape[0]
+    batch = traced + 1 if dynamic_batch else traced
     return torch.randn((batch, *example.shape[1:]), device=example.device, dtype=example.dtype)
 
 
-def _relative_difference(out: Tensor, ref: Tensor) -> float:
-    if out.shape != ref.shape:
-        raise RuntimeError(f"the exported model returned shape {tuple(out.shape)}, eager {tuple(ref.shape)}")
-    ref = ref.double()
-    return float((out.double() - ref).abs().max() / ref.abs().max().clamp_min(1.0))
+def _relative_difference(out: object, ref: object) -> float:
+    """max |out - ref| / max(1, max |ref|) over every tensor of the two outputs (a tensor, or a dict/tuple of them,
+    e.g. UperNet's); inf where an output is not finite or the structures differ."""
+    outs, out_spec = pytree.tree_flatten(out)
+    refs, ref_spec = pytree.tree_flatten(ref)
+    if out_spec != ref_spec or any(o.shape != r.shape for o, r in zip(outs, refs)):
+        raise RuntimeError(f"the exported model returned {_shapes(out)}, eager {_shapes(ref)}")
+    worst = 0.0
+    for o, r in zip(outs, refs):
+        o, r = o.detach().double().cpu(), r.detach().double().cpu()
+        if not (torch.isfinite(o).all() and torch.isfinite(r).all()):
+            return float("inf")
+        worst = max(worst, float((o - r).abs().max() / r.abs().max().clamp_min(1.0)))
+    return worst
+
+
+def _shapes(output: object) -> object:
+    return pytree.tree_map(lambda t: tuple(t.shape) if isinstance(t, Tensor) else t, output)
 
 
 def check_program(
     program: torch.export.ExportedProgram, model: nn.Module, example: Tensor, *, dynamic_batch: bool = True
 ) -> float:
-    """max |exported - eager| / max(1, max |eager|) on a fresh input like `example`, one image larger for a program
-    exported with a dynamic batch."""
+    """max |exported - eager| / max(1, max |eager|) over the output tensors (inf where one is not finite) on a fresh
+    input like `example`, one image more than the traced batch for a program exported with a dynamic batch."""
     x = _fresh_input(example, dynamic_batch)
     with torch.no_grad():
         return _relative_difference(program.module()(x), model.eval()(x))
@@ -169,7 +186,10 @@ def check_onnx(
     source = str(onnx_program) if is_file else onnx_program.model_proto.SerializeToString()
     session = onnxruntime.InferenceSession(source, providers=["CPUExecutionProvider"])
     x = _fresh_input(example, dynamic_batch)
-    (out,) = session.run(None, {session.get_inputs()[0].name: x.cpu().numpy()})
+    outs = session.run(None, {session.get_inputs()[0].name: x.cpu().numpy()})
     with torch.no_grad():
         ref = model.eval()(x)
-    return _relative_difference(torch.from_numpy(out), ref.cpu())
+    refs, spec = pytree.tree_flatten(ref)
+    if len(outs) != len(refs):
+        raise RuntimeError(f"the ONNX model returned {len(outs)} outputs, eager {len(refs)}")
+    return _relative_difference(pytree.tree_unflatten([torch.from_numpy(o) for o in outs], spec), ref)

@@ -50,13 +50,21 @@ def test_checkpoint_to_onnx_with_a_static_batch(checkpoint, tmp_path, capsys):
         torch.testing.assert_close(torch.from_numpy(logits), model(x), rtol=1e-4, atol=1e-5)
 
 
-def test_a_failed_check_writes_nothing(checkpoint, tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("difference, printed", [(0.5, "5.00e-01 > --tolerance 0.00025"), (float("inf"), "inf >")])
+def test_a_failed_check_writes_nothing(checkpoint, tmp_path, capsys, monkeypatch, difference, printed):
     path, _ = checkpoint
     out = tmp_path / "model.pt2"
-    monkeypatch.setattr(export, "check_program", lambda *args, **kwargs: 0.5)
-    assert main(["export", "--checkpoint", str(path), "--output", str(out), "--tolerance", "0.1"]) == 1
-    assert "differs from eager by 5.00e-01 > --tolerance 1e-01" in capsys.readouterr().out
+    monkeypatch.setattr(export, "check_program", lambda *args, **kwargs: difference)  # inf: a non-finite output
+    assert main(["export", "--checkpoint", str(path), "--output", str(out), "--tolerance", "2.5e-4"]) == 1
+    assert f"differs from eager by {printed}" in capsys.readouterr().out
     assert not out.exists()
+
+
+def test_input_channels_from_the_model_kwargs(tmp_path, capsys):
+    out = tmp_path / "grey.pt2"
+    args = ["--model", "mambavision_nano", "--model-kwargs", "in_chans=1", "--num-classes", "3", "--img-size", "32"]
+    assert main(["export", *args, "--output", str(out)]) == 0
+    assert export.load_program(out).module()(torch.randn(3, 1, 32, 32)).shape == (3, 3)
 
 
 @pytest.mark.parametrize(
@@ -67,6 +75,7 @@ def test_a_failed_check_writes_nothing(checkpoint, tmp_path, capsys, monkeypatch
         (["--output", "m.onnx", "--kernels", "triton"], "--kernels must be naive for ONNX"),
         (["--output", "m.pt2", "--opset", "18"], "--opset applies to ONNX only"),
         (["--output", "m.pt2", "--model", "no_such_model"], "--model 'no_such_model' is not registered"),
+        (["--output", "m.pt2", "--num-classes", "4"], "--num-classes 4 conflicts with the checkpoint's 10"),
     ],
 )
 def test_usage_errors(checkpoint, tmp_path, capsys, extra, message):

@@ -75,8 +75,9 @@ def test_training_losses_reach_the_backbone_and_eval_detects(detector, backbone)
 def test_bad_arguments():
     with pytest.raises(ValueError, match="detector must be one of .* got 'yolo'"):
         create_detector("yolo", "sf_mamba_nano", num_classes=3)
-    with pytest.raises(ValueError, match="num_classes must be >= 2 for faster_rcnn .* got 1"):
-        create_detector("faster_rcnn", "sf_mamba_nano", num_classes=1)
+    for detector in ("faster_rcnn", "retinanet"):  # labels index the logits, background 0 included, in all four
+        with pytest.raises(ValueError, match=r"num_classes must be >= 2 \(the background and at least one class\)"):
+            create_detector(detector, "sf_mamba_nano", num_classes=1)
     with pytest.raises(ValueError, match="extra_levels must be 'pool' or 'p6p7', got 'p6'"):
         BackboneWithFPN("sf_mamba_nano", extra_levels="p6")
     with pytest.raises(ValueError, match="backbone_kwargs apply to a backbone name only"):

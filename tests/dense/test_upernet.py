@@ -73,8 +73,10 @@ def test_backbone_starts_from_a_classification_checkpoint(tmp_path):
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         _, expected = classifier.forward_intermediates(x)
-        for got, want in zip(model.backbone(x), expected):
-            torch.testing.assert_close(got, want)
+        got = model.backbone(x)
+        assert len(got) == len(expected) == 4
+        for g, want in zip(got, expected):
+            torch.testing.assert_close(g, want)
 
 
 def test_loss_leaves_out_ignored_pixels_and_weights_the_aux_head():
@@ -87,6 +89,13 @@ def test_loss_leaves_out_ignored_pixels_and_weights_the_aux_head():
     torch.testing.assert_close(segmentation_loss(out, target), expected)
     with pytest.raises(ValueError, match=r"target must be \[B, H, W\] = \(1, 4, 4\) class indices, got \(1, 1, 4, 4\)"):
         segmentation_loss(out, target[:, None])
+
+
+def test_loss_of_a_batch_with_every_pixel_ignored_is_zero_not_nan():
+    logits = torch.randn(2, 3, 4, 4, requires_grad=True)
+    loss = segmentation_loss({"out": logits}, torch.full((2, 4, 4), 255))
+    loss.backward()
+    assert loss.item() == 0.0 and torch.equal(logits.grad, torch.zeros_like(logits))
 
 
 def test_it_learns_to_find_a_square():
@@ -114,6 +123,12 @@ def test_bad_arguments():
         UperNet(torch.nn.Linear(2, 2), num_classes=3)
     with pytest.raises(ValueError, match=r"the backbone gives maps at strides \[2, 4, 8, 16, 32\], not \[64\]"):
         MultiScaleBackbone("resnet18", (16, 32, 64))
+    with pytest.raises(ValueError, match=r"strides must be distinct and increasing, got \[32, 8, 16, 4\]"):
+        MultiScaleBackbone("resnet18", (32, 8, 16, 4))
+    with pytest.raises(ValueError, match="backbone must be a timm model name or a features_only module"):
+        UperNet(timm.create_model("resnet18"), num_classes=3)  # a classifier, not features_only
+    with pytest.raises(ValueError, match=r"aux_channels must be >= 0 \(0: no auxiliary head\), got -1"):
+        UperNet("mambavision_nano", num_classes=3, aux_channels=-1)
     with pytest.raises(ValueError, match="num_classes must be >= 1, got 0"):
         UperNet("mambavision_nano", num_classes=0)
     with pytest.raises(ValueError, match="expected 4 feature maps, got 3"):

@@ -27,6 +27,23 @@ def test_hand_computed_miou():
     assert result["mean_accuracy"] == pytest.approx(50.0)  # (50 + 100 + 0) / 3
 
 
+def test_a_class_only_predicted_counts_in_miou_not_in_mean_accuracy():
+    """mmseg's definitions: a class with predictions but no target pixels has IoU 0 (its union is its predictions)
+    and no accuracy (no target pixels); a class in neither has no IoU."""
+    metrics = SegmentationMetrics(3)
+    metrics.update(_logits([[0, 0, 2]], 3), torch.tensor([[[0, 0, 0]]]))
+    result = metrics.result()
+    assert result["per_class_iou"] == [pytest.approx(200 / 3), None, 0.0]
+    assert result["mIoU"] == pytest.approx(100 / 3) and result["mean_accuracy"] == pytest.approx(200 / 3)
+
+
+def test_nothing_counted_when_every_pixel_is_ignored():
+    metrics = SegmentationMetrics(2)
+    metrics.update(_logits([[0, 1]], 2), torch.tensor([[[255, 255]]]))
+    result = metrics.result()
+    assert result["count"] == 0 and result["mIoU"] == 0.0 and result["per_class_iou"] == [None, None]
+
+
 def test_bad_inputs_are_named():
     metrics = SegmentationMetrics(3)
     with pytest.raises(ValueError, match=r"logits must be \[batch, 3, H, W\], got \(1, 2, 4, 4\)"):

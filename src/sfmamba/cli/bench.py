@@ -78,8 +78,10 @@ def add_arguments(parser: argparse.ArgumentParser, profile_only: bool = False) -
     )  # fmt: skip
     what.add_argument("-b", "--batch-size", type=positive_int, default=128)
     what.add_argument("--img-size", type=positive_int, default=None, help="default: the model's input size")
-    what.add_argument("--profile-mode", choices=("inference", "train"), default="inference", help="for --bench profile")
-    what.add_argument("--profile-top", type=positive_int, default=25, help="kernels listed by --bench profile")
+    what.add_argument("--profile-mode", choices=("inference", "train"), default="inference",
+                      help="the step profiled" + ("" if profile_only else " by --bench profile"))  # fmt: skip
+    what.add_argument("--profile-top", type=positive_int, default=25,
+                      help="kernels listed" + ("" if profile_only else " by --bench profile"))  # fmt: skip
     how = parser.add_argument_group("how to run")
     how.add_argument("--device", type=device_arg, default=None, help="default: cuda if available, else cpu")
     how.add_argument("--amp", action="store_true", help="autocast (bfloat16 unless --amp-dtype)")

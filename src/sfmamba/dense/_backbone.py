@@ -24,8 +24,10 @@ class MultiScaleBackbone(nn.Module):
             backbone = timm.create_model(backbone, features_only=True, **backbone_kwargs)
         elif backbone_kwargs:
             raise ValueError(f"backbone_kwargs apply to a backbone name only, got {sorted(backbone_kwargs)}")
-        if not hasattr(backbone, "feature_info"):
+        if not hasattr(getattr(backbone, "feature_info", None), "reduction"):  # (a classifier's is a list of dicts)
             raise ValueError("backbone must be a timm model name or a features_only module with feature_info")
+        if not strides or list(strides) != sorted(set(strides)):
+            raise ValueError(f"strides must be distinct and increasing, got {list(strides)}")
         reductions = backbone.feature_info.reduction()
         missing = [s for s in strides if s not in reductions]
         if missing:

@@ -58,27 +58,23 @@ class BackboneWithFPN(nn.Module):
 
 def create_detector(detector: str, backbone: str | nn.Module, num_classes: int, fpn_channels: int = 256,
                     backbone_kwargs: dict | None = None, **detector_kwargs) -> nn.Module:  # fmt: skip
-    """torchvision's `detector` ("faster_rcnn", "mask_rcnn", "retinanet" or "fcos") on `BackboneWithFPN(backbone)`.
+    """torchvision's `detector` ("faster_rcnn", "mask_rcnn", "retinanet" or "fcos") on `BackboneWithFPN(backbone)`
+    (strides 4-32 + a pooled level for the R-CNNs, 8-32 + P6/P7 for the one-stage detectors, as torchvision has it).
 
-    `num_classes` counts the background for the R-CNNs (COCO: 91), as torchvision does; `detector_kwargs` go to the
-    torchvision class (e.g. `min_size`, `max_size`, `box_score_thresh`); `backbone_kwargs` to `timm.create_model`."""
+    The targets' labels index the class logits for every detector, background 0 included: `num_classes` must exceed
+    the largest label (COCO: 91), as in torchvision. `detector_kwargs` go to the torchvision class (e.g. `min_size`,
+    `max_size`, `box_score_thresh`); `backbone_kwargs` to `timm.create_model`."""
     from torchvision.models import detection
 
     if detector not in DETECTORS:
         raise ValueError(f"detector must be one of {DETECTORS}, got {detector!r}")
-    if num_classes < 2 and detector in ("faster_rcnn", "mask_rcnn"):
-        raise ValueError(f"num_classes must be >= 2 for {detector} (background included), got {num_classes}")
+    if num_classes < 2:
+        raise ValueError(f"num_classes must be >= 2 (the background and at least one class), got {num_classes}")
     two_stage = detector in ("faster_rcnn", "mask_rcnn")
     body = BackboneWithFPN(
         backbone, fpn_channels, strides=(4, 8, 16, 32) if two_stage else (8, 16, 32),
         extra_levels="pool" if two_stage else "p6p7", **(backbone_kwargs or {}),
     )  # fmt: skip
-    if detector == "retinanet":
-        anchors = detection.anchor_utils.AnchorGenerator(
-            tuple((s, int(s * 2 ** (1 / 3)), int(s * 2 ** (2 / 3))) for s in (32, 64, 128, 256, 512)),
-            ((0.5, 1.0, 2.0),) * 5,
-        )
-        detector_kwargs.setdefault("anchor_generator", anchors)
     cls = {"faster_rcnn": detection.FasterRCNN, "mask_rcnn": detection.MaskRCNN,
            "retinanet": detection.RetinaNet, "fcos": detection.FCOS}[detector]  # fmt: skip
     return cls(body, num_classes=num_classes, **detector_kwargs)

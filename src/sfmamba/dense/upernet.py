@@ -125,11 +125,16 @@ class UperNet(nn.Module):
         dropout: before each classifier.
         **backbone_kwargs: to `timm.create_model` (e.g. `pretrained=True, pretrained_cfg_overlay=dict(file=PATH)`
             to start from a classification checkpoint, `drop_path_rate`).
+
+    Training needs batches of 2 or more per process, as mmseg's: the pyramid pooling's 1 x 1 branch has one value
+    per channel and image for its BatchNorm (use SyncBatchNorm across processes).
     """
 
     def __init__(self, backbone: str | nn.Module, num_classes: int, channels: int = 512, aux_channels: int = 256,
                  dropout: float = 0.1, **backbone_kwargs):  # fmt: skip
         super().__init__()
+        if aux_channels < 0:
+            raise ValueError(f"aux_channels must be >= 0 (0: no auxiliary head), got {aux_channels}")
         self.backbone = MultiScaleBackbone(backbone, (4, 8, 16, 32), **backbone_kwargs)
         in_channels = self.backbone.channels
         self.decode_head = UperNetHead(in_channels, num_classes, channels, dropout=dropout)
@@ -147,12 +152,17 @@ class UperNet(nn.Module):
 
 def segmentation_loss(outputs: dict[str, Tensor], target: Tensor, aux_weight: float = 0.4,
                       ignore_index: int = 255) -> Tensor:  # fmt: skip
-    """Pixel cross-entropy of "out" plus `aux_weight` times that of "aux" (when present); `target` [B, H, W] class
-    indices, `ignore_index` pixels left out."""
+    """Pixel cross-entropy of "out" plus `aux_weight` times that of "aux" (when present), each averaged over the
+    pixels not marked `ignore_index` (0, not NaN, when every pixel is ignored); `target` [B, H, W] class indices."""
     if target.dim() != 3 or target.shape[-2:] != outputs["out"].shape[-2:]:
         raise ValueError(f"target must be [B, H, W] = {tuple(outputs['out'].shape[:1] + outputs['out'].shape[2:])} "
                          f"class indices, got {tuple(target.shape)}")  # fmt: skip
-    loss = F.cross_entropy(outputs["out"], target, ignore_index=ignore_index)
+    kept = (target != ignore_index).sum().clamp_min(1)
+
+    def pixel_mean(logits: Tensor) -> Tensor:
+        return F.cross_entropy(logits, target, ignore_index=ignore_index, reduction="sum") / kept
+
+    loss = pixel_mean(outputs["out"])
     if "aux" in outputs:
-        loss = loss + aux_weight * F.cross_entropy(outputs["aux"], target, ignore_index=ignore_index)
+        loss = loss + aux_weight * pixel_mean(outputs["aux"])
     return loss
