@@ -20,7 +20,6 @@ examples:
 from __future__ import annotations
 
 import argparse
-import logging
 from pathlib import Path
 
 import torch
@@ -29,7 +28,6 @@ from . import UsageError, device_arg, positive_float, positive_int
 from .train import ParseModelKwargs
 
 HELP = "export a model to a torch.export program (.pt2) or ONNX, checked against the eager model"
-_logger = logging.getLogger(__name__)
 FORMATS = {".pt2": "pt2", ".onnx": "onnx"}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DEFAULT_TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 5e-2, torch.float16: 1e-2}
