@@ -4,7 +4,7 @@ Each 28 x 28 image is padded to 32 x 32 and its pixels labelled: background (0) 
 <= --threshold), else the garment's class + 1 (11 classes). A pixel's label needs both where the garment is and what
 it is, so the task exercises the backbone's features and the decoder together. Trains `UperNet(--backbone)` with
 AdamW for --minutes (or --steps) on the training split and reports mIoU, pixel accuracy and per-class IoU on the test
-split (`sfmamba.eval.SegmentationMetrics`). A table on stdout and JSON in benchmarks/results/.
+split (`sfmamba.dense.evaluate_segmentation`). A table on stdout and JSON in benchmarks/results/.
 
     python benchmarks/dense/fmnist_segmentation.py [--backbone sf_mamba_nano] [--minutes 3] [--data-dir DIR]
 """
@@ -27,8 +27,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 import sfmamba  # noqa: E402
 from sfmamba.data.fashion_mnist import load_fashion_mnist  # noqa: E402
-from sfmamba.dense import UperNet, segmentation_loss  # noqa: E402
-from sfmamba.eval import SegmentationMetrics  # noqa: E402
+from sfmamba.dense import UperNet, evaluate_segmentation, segmentation_loss  # noqa: E402
 
 CLASSES = ["background", "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
            "Ankle boot"]  # fmt: skip
@@ -81,12 +80,8 @@ def main() -> None:
         if step % 50 == 0:
             print(f"step {step}: loss {loss.item():.4f} ({time.perf_counter() - start:.0f} s)", flush=True)
     train_s = time.perf_counter() - start
-    model.eval()
-    metrics = SegmentationMetrics(len(CLASSES), device)
-    with torch.no_grad():
-        for i in range(0, len(test_x), 256):
-            metrics.update(model(test_x[i : i + 256].to(device))["out"], test_y[i : i + 256].to(device))
-    result = metrics.result()
+    batches = [(test_x[i : i + 256], test_y[i : i + 256]) for i in range(0, len(test_x), 256)]
+    result = evaluate_segmentation(model, batches, len(CLASSES), device)
     print(f"\n{args.backbone} + UperNet, {step} steps in {train_s / 60:.1f} min on {device.type}: mIoU "
           f"{result['mIoU']:.2f} %, pixel accuracy {result['pixel_accuracy']:.2f} %, mean class accuracy "
           f"{result['mean_accuracy']:.2f} % ({len(test_x)} test images)")  # fmt: skip
