@@ -68,3 +68,40 @@ def test_bad_arguments():
         slide_inference(WindowCounter(), x, 3, crop=4, stride=2)
     with pytest.raises(ValueError, match="crop and stride go together"):
         evaluate_segmentation(WindowCounter(), [], 2, torch.device("cpu"), crop=4)
+
+
+def test_folder_to_trained_model_to_miou(tmp_path):
+    """The pieces fit together as docs/dense_prediction.md's loop uses them: an ADE20K-layout folder, the training
+    pipeline, UperNet and its loss, then the eval pipeline (labels at the original size) through sliding windows."""
+    import numpy as np
+    from PIL import Image
+
+    from sfmamba.data import SegmentationEvalTransform, SegmentationFolder, SegmentationTrainTransform
+    from sfmamba.dense import segmentation_loss
+
+    rng = np.random.default_rng(0)
+    for split in ("training", "validation"):
+        for i, (h, w) in enumerate([(40, 56), (48, 36), (44, 44)]):
+            label = rng.integers(0, 4, (h // 4, w // 4)).repeat(4, 0).repeat(4, 1).astype(np.uint8)  # 4 x 4 blocks
+            image = (label[..., None] * 60 + rng.integers(0, 20, (h, w, 3))).astype(np.uint8)
+            for kind, array in (("images", image), ("annotations", label)):
+                (tmp_path / kind / split).mkdir(parents=True, exist_ok=True)
+                Image.fromarray(array).save(tmp_path / kind / split / f"{i}.png")
+    train = SegmentationFolder(tmp_path, "train", SegmentationTrainTransform(crop=32, scale=(64, 40)),
+                               reduce_zero_label=True)  # fmt: skip
+    loader = torch.utils.data.DataLoader(train, batch_size=3, shuffle=True)
+    torch.manual_seed(0)
+    model = UperNet("mambavision_nano", num_classes=3, channels=16, aux_channels=8)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    for images, labels in loader:
+        assert images.shape == (3, 3, 32, 32) and labels.shape == (3, 32, 32)
+        loss = segmentation_loss(model(images), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert torch.isfinite(loss)
+    val = SegmentationFolder(tmp_path, "val", SegmentationEvalTransform(scale=(96, 64)), reduce_zero_label=True)
+    val_loader = torch.utils.data.DataLoader(val, batch_size=1)  # sizes differ: one image per batch
+    result = evaluate_segmentation(model, val_loader, 3, torch.device("cpu"), crop=32, stride=24)
+    labelled = sum(int((val[i][1] != 255).sum()) for i in range(len(val)))
+    assert result["count"] == labelled and 0.0 <= result["mIoU"] <= 100.0

@@ -1,4 +1,5 @@
-"""Datasets (Fashion-MNIST IDX files, ImageNet-style folders), timm transforms and resumable loaders."""
+"""Datasets (Fashion-MNIST IDX files, ImageNet-style folders, segmentation folders), timm transforms and resumable
+loaders."""
 
 from .fashion_mnist import (
     DEFAULT_FASHION_MNIST_DIR,
@@ -22,6 +23,7 @@ from .loader import (
     default_data_dir,
     set_loader_epoch,
 )
+from .segmentation import SegmentationEvalTransform, SegmentationFolder, SegmentationTrainTransform
 
 __all__ = [
     "DATASETS",
@@ -32,6 +34,9 @@ __all__ = [
     "FashionMNIST",
     "ImageFolderDataset",
     "ResumableSampler",
+    "SegmentationEvalTransform",
+    "SegmentationFolder",
+    "SegmentationTrainTransform",
     "build_transform",
     "create_dataset",
     "create_loader",

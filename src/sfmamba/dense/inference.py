@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..eval.evaluate import autocast_context
@@ -64,7 +65,8 @@ def evaluate_segmentation(
     ignore_index: int = 255,
 ) -> dict[str, object]:
     """mIoU, pixel accuracy, mean class accuracy, per-class IoU (%; `SegmentationMetrics`), count, img_per_sec over a
-    loader of (images [B, 3, H, W], labels [B, H, W]): whole images, or sliding windows with `crop` and `stride`.
+    loader of (images [B, 3, H, W], labels [B, H', W']): whole images, or sliding windows with `crop` and `stride`;
+    logits are resized (bilinear) to the labels' size where the images were rescaled (`SegmentationEvalTransform`).
     Under DDP every rank scores its share and the counts are summed over ranks."""
     if (crop is None) != (stride is None):
         raise ValueError(f"crop and stride go together (sliding windows) or not at all, got crop={crop!r}, "
@@ -80,7 +82,10 @@ def evaluate_segmentation(
                 logits = _logits(model(images))
             else:
                 logits = slide_inference(model, images, num_classes, crop, stride)
-        metrics.update(logits, labels.to(device, non_blocking=True))
+        labels = labels.to(device, non_blocking=True)
+        if logits.shape[-2:] != labels.shape[-2:]:  # images rescaled for the model, labels at the original size
+            logits = F.interpolate(logits.float(), size=labels.shape[-2:], mode="bilinear", align_corners=False)
+        metrics.update(logits, labels)
         images_seen += len(images)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
