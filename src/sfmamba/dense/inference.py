@@ -39,6 +39,8 @@ def slide_inference(model: nn.Module, images: Tensor, num_classes: int, crop: in
     flush with each border), averaged where they overlap, as mmsegmentation's "slide" mode (ADE20K: crop 512, stride
     341). A model returning a dict (UperNet) is read at "out"."""
     (crop_h, crop_w), (stride_h, stride_w) = _pair(crop, "crop"), _pair(stride, "stride")
+    if stride_h > crop_h or stride_w > crop_w:
+        raise ValueError(f"stride {stride!r} must be <= crop {crop!r} on each side, or some pixels get no window")
     batch, _, height, width = images.shape
     logits = images.new_zeros(batch, num_classes, height, width, dtype=torch.float32)
     counts = images.new_zeros(1, 1, height, width, dtype=torch.float32)
