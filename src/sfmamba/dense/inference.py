@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..eval.evaluate import autocast_context
+from ..eval.evaluate import autocast_context, finish_evaluation
 from ..eval.metrics import SegmentationMetrics
 
 __all__ = ["evaluate_segmentation", "slide_inference"]
@@ -89,11 +89,4 @@ def evaluate_segmentation(
             logits = F.interpolate(logits.float(), size=labels.shape[-2:], mode="bilinear", align_corners=False)
         metrics.update(logits, labels)
         images_seen += len(images)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    seconds = time.perf_counter() - start
-    metrics.all_reduce()
-    model.train(was_training)
-    result = metrics.result()
-    result.update(img_per_sec=images_seen / seconds if seconds > 0 else 0.0, seconds=seconds)
-    return result
+    return finish_evaluation(metrics, model, was_training, device, start, images_seen)

@@ -44,14 +44,24 @@ def evaluate(
         with autocast_context(device, amp_dtype):
             logits = model(images)
         metrics.update(logits, target.to(device, non_blocking=True))
+    result = finish_evaluation(metrics, model, was_training, device, start)
+    result["confusion"] = metrics.confusion.cpu().tolist()
+    return result
+
+
+def finish_evaluation(metrics, model: nn.Module, was_training: bool, device: torch.device, start: float,
+                      images: int | None = None) -> dict[str, object]:  # fmt: skip
+    """End an evaluation loop begun at `start` (perf_counter): wait for the device, sum `metrics` over the ranks,
+    put the model back in its mode; the metrics' result with `seconds` and `img_per_sec` (`images`, default the
+    metrics' count over all ranks, per second)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
     metrics.all_reduce()
     model.train(was_training)
     result = metrics.result()
-    result.update(img_per_sec=metrics.count / seconds if seconds > 0 else 0.0, seconds=seconds)
-    result["confusion"] = metrics.confusion.cpu().tolist()
+    images = metrics.count if images is None else images
+    result.update(img_per_sec=images / seconds if seconds > 0 else 0.0, seconds=seconds)
     return result
 
 
