@@ -19,6 +19,7 @@ COMMANDS = {
     "bench": "sfmamba.cli.bench",
     "tune": "sfmamba.cli.tune",
     "train": "sfmamba.cli.train",
+    "train-seg": "sfmamba.cli.train_seg",
     "eval": "sfmamba.cli.eval",
     "demo": "sfmamba.cli.demo",
     "compress": "sfmamba.cli.compress",

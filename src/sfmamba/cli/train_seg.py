@@ -1,0 +1,85 @@
+"""Train UperNet semantic segmentation on a folder in mmsegmentation's ADE20K layout (`sfmamba.dense.train`).
+
+The defaults are the MambaVision / VMamba ADE20K recipe: 512 x 512 crops, batch 16 over all processes, AdamW lr 6e-5
+and weight decay 0.01, 1500 warm-up iterations then a poly decay over 160k, mIoU by sliding windows every 16k.
+`output` gets last.safetensors + last.state.pt after every evaluation (atomic; --resume continues exactly),
+best.safetensors (best mIoU), summary.csv and args.json. Multi-GPU: `torchrun --nproc-per-node N -m sfmamba.cli.main
+train-seg ...` (BatchNorm synchronised across the GPUs).
+
+examples:
+  sfmamba train-seg --data-dir ADEChallengeData2016 --model sf_mamba_tiny --pretrained-backbone cls.safetensors \\
+      --output output/ade_sf_mamba_tiny --amp
+  sfmamba train-seg --data-dir ADEChallengeData2016 --output output/ade_sf_mamba_tiny --resume output/ade_sf_mamba_tiny
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from . import UsageError, device_arg, non_negative_int, positive_float, positive_int
+from .train import ParseModelKwargs
+
+HELP = "train UperNet segmentation on an ADE20K-layout folder (iterations, poly schedule, mIoU, exact resume)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    data = parser.add_argument_group("data")
+    data.add_argument("--data-dir", required=True, help="images/<split>/ and annotations/<split>/ (ADE20K layout)")
+    data.add_argument("--num-classes", type=positive_int, default=150)
+    data.add_argument("--no-reduce-zero-label", dest="reduce_zero_label", action="store_false",
+                      help="keep label 0 as a class (default: ADE20K's 0 = 'other' is ignored)")  # fmt: skip
+    data.add_argument("--crop", type=positive_int, default=512)
+    data.add_argument("--scale", type=positive_int, nargs=2, default=(2048, 512), metavar=("LONG", "SHORT"))
+    data.add_argument("-j", "--workers", type=non_negative_int, default=4)
+    model = parser.add_argument_group("model")
+    model.add_argument("--model", default="sf_mamba_tiny", help="the backbone, a timm model name")
+    model.add_argument("--pretrained-backbone", default=None, metavar="FILE",
+                       help="a classification checkpoint for the backbone (sfmamba train's, official)")  # fmt: skip
+    model.add_argument("--model-kwargs", nargs="*", default={}, action=ParseModelKwargs, metavar="KEY=VALUE")
+    model.add_argument("--drop-path", type=float, default=None, help="the backbone's drop-path rate")
+    model.add_argument("--channels", type=positive_int, default=512, help="the decoder's width")
+    model.add_argument("--aux-channels", type=non_negative_int, default=256, help="0: no auxiliary head")
+    model.add_argument("--aux-weight", type=float, default=0.4)
+    run = parser.add_argument_group("optimisation")
+    run.add_argument("-b", "--batch-size", type=positive_int, default=16, help="over all processes")
+    run.add_argument("--iters", type=positive_int, default=160_000)
+    run.add_argument("--lr", type=positive_float, default=6e-5)
+    run.add_argument("--weight-decay", type=float, default=0.01)
+    run.add_argument("--warmup-iters", type=non_negative_int, default=1500)
+    run.add_argument("--eval-interval", type=positive_int, default=16_000)
+    run.add_argument("--whole", dest="slide", action="store_false", help="evaluate whole images (default: slide)")
+    run.add_argument("--amp", action="store_true", help="autocast")
+    run.add_argument("--amp-dtype", choices=("bfloat16", "float16"), default="bfloat16")
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--device", type=device_arg, default=None, help="cuda or cpu (default: cuda if available)")
+    out = parser.add_argument_group("output")
+    out.add_argument("--output", required=True, help="run folder")
+    out.add_argument("--resume", default=None, help="a run folder or its last.state.pt")
+    out.add_argument("--stop-after", type=positive_int, default=None,
+                     help="end this run after N steps, saved (for time-limited jobs; --resume continues)")  # fmt: skip
+    out.add_argument("--log-interval", type=positive_int, default=50)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..dense.train import SegmentationTrainConfig, train_segmentation
+
+    config = SegmentationTrainConfig(
+        data_dir=args.data_dir, output=args.output, model=args.model, num_classes=args.num_classes,
+        reduce_zero_label=args.reduce_zero_label, pretrained_backbone=args.pretrained_backbone,
+        drop_path_rate=args.drop_path, channels=args.channels, aux_channels=args.aux_channels,
+        aux_weight=args.aux_weight, crop=args.crop, scale=tuple(args.scale), batch_size=args.batch_size,
+        iters=args.iters, lr=args.lr, weight_decay=args.weight_decay, warmup_iters=args.warmup_iters,
+        eval_interval=args.eval_interval, slide=args.slide, amp=args.amp, amp_dtype=args.amp_dtype,
+        workers=args.workers, seed=args.seed, device=args.device, resume=args.resume, stop_after=args.stop_after,
+        log_interval=args.log_interval, extra=args.model_kwargs,
+    )  # fmt: skip
+    try:
+        result = train_segmentation(config)
+    except (ValueError, FileNotFoundError) as err:  # DatasetError, CheckpointError, bad settings
+        raise UsageError(str(err)) from err
+    if result["step"] < args.iters:
+        print(f"stopped at step {result['step']} of {args.iters} (saved to {args.output}; --resume continues)")
+    else:
+        print(f"step {result['step']}: mIoU {result['mIoU']:.2f}%  pixel accuracy {result['pixel_accuracy']:.2f}%  "
+              f"best mIoU {result['best_mIoU']:.2f}%  ({args.output})")  # fmt: skip
+    return 0

@@ -1,0 +1,247 @@
+"""Train UperNet on a segmentation folder (mmseg's ADE20K layout): the papers' iteration-based recipe.
+
+AdamW (no weight decay on norms and biases), a linear warm-up then a poly (power 1) decay to 0 over `iters`, batches
+from `SegmentationTrainTransform`, `segmentation_loss` with the auxiliary head, mIoU on the validation split every
+`eval_interval` steps (`evaluate_segmentation`, sliding windows by default). Runs resume exactly: the checkpoint
+holds the weights, the optimizer, the step, the best mIoU and the RNG states, and the data order and augmentations
+depend only on (seed, epoch, index), so a run killed after a checkpoint and resumed gives the uninterrupted run's
+weights. Under torchrun each process takes its share of every batch of images and the gradients are averaged;
+BatchNorm runs synchronised across CUDA processes, as mmseg's SyncBN.
+
+Files in `output`: `last.safetensors` + `last.state.pt` (written atomically after each evaluation), `best.safetensors`
+(the best mIoU), `summary.csv` (one row per evaluation) and `args.json`. Command line: `sfmamba train-seg`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..data.loader import create_loader, set_loader_epoch
+from ..data.segmentation import SegmentationEvalTransform, SegmentationFolder, SegmentationTrainTransform
+from ..train.checkpoint import (
+    capture_rng_state,
+    load_training_checkpoint,
+    resolve_resume_path,
+    restore_rng_state,
+    save_training_checkpoint,
+    save_weights,
+)
+from ..train.distributed import (
+    average_gradients,
+    broadcast_from_main,
+    cleanup_distributed,
+    init_distributed,
+    mean_over_ranks,
+)
+from ..train.history import rows_to_csv
+from ..train.trainer import seed_everything
+from ..utils.files import atomic_write_text
+from .inference import evaluate_segmentation
+from .upernet import UperNet, segmentation_loss
+
+__all__ = ["SegmentationTrainConfig", "poly_lr", "train_segmentation"]
+_logger = logging.getLogger(__name__)
+AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class SegmentationTrainConfig:
+    """The run's settings (defaults: the MambaVision/VMamba ADE20K recipe, 160k iterations at batch 16)."""
+
+    data_dir: str
+    output: str
+    model: str = "sf_mamba_tiny"
+    num_classes: int = 150
+    reduce_zero_label: bool = True
+    pretrained_backbone: str | None = None  # a classification checkpoint for the backbone
+    drop_path_rate: float | None = None
+    channels: int = 512
+    aux_channels: int = 256
+    aux_weight: float = 0.4
+    crop: int = 512
+    scale: tuple[int, int] = (2048, 512)
+    batch_size: int = 16  # over all processes
+    iters: int = 160_000
+    lr: float = 6e-5
+    weight_decay: float = 0.01
+    warmup_iters: int = 1500
+    eval_interval: int = 16_000
+    slide: bool = True  # evaluate by sliding crop x crop windows (stride 2/3 of the crop), else whole images
+    amp: bool = False
+    amp_dtype: str = "bfloat16"
+    workers: int = 4
+    seed: int = 0
+    device: str | None = None
+    resume: str | None = None
+    stop_after: int | None = None  # end this run after this many steps (the schedule still spans `iters`)
+    log_interval: int = 50
+    extra: dict = field(default_factory=dict)  # more keyword arguments for the backbone's timm.create_model
+
+    def check(self) -> None:
+        positive = ("num_classes", "crop", "batch_size", "iters", "eval_interval", "log_interval")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.warmup_iters < 0 or self.lr <= 0 or self.weight_decay < 0:
+            raise ValueError(f"warmup_iters and weight_decay must be >= 0 and lr > 0, got {self.warmup_iters}, "
+                             f"{self.weight_decay}, {self.lr}")  # fmt: skip
+        if self.amp_dtype not in AMP_DTYPES:
+            raise ValueError(f"amp_dtype must be one of {sorted(AMP_DTYPES)}, got {self.amp_dtype!r}")
+        if self.stop_after is not None and self.stop_after < 1:
+            raise ValueError(f"stop_after must be >= 1, got {self.stop_after}")
+
+
+def poly_lr(step: int, base_lr: float, iters: int, warmup_iters: int, warmup_ratio: float = 1e-6) -> float:
+    """mmseg's schedule: linear warm-up from `warmup_ratio` x the poly value over `warmup_iters`, the poly (power 1)
+    decay base_lr x (1 - step / iters) throughout."""
+    poly = base_lr * (1 - step / iters)
+    if step < warmup_iters:
+        return poly * (warmup_ratio + (1 - warmup_ratio) * step / warmup_iters)
+    return poly
+
+
+def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]  # norms and biases
+    return [dict(params=decay, weight_decay=weight_decay), dict(params=no_decay, weight_decay=0.0)]
+
+
+def _build_model(config: SegmentationTrainConfig, device: torch.device, distributed: bool) -> nn.Module:
+    kwargs = dict(config.extra)
+    if config.drop_path_rate is not None:
+        kwargs["drop_path_rate"] = config.drop_path_rate
+    if config.pretrained_backbone:
+        if not Path(config.pretrained_backbone).is_file():
+            raise FileNotFoundError(f"pretrained_backbone: no such file {config.pretrained_backbone}")
+        kwargs.update(pretrained=True, pretrained_cfg_overlay=dict(file=str(config.pretrained_backbone)))
+    model = UperNet(config.model, config.num_classes, config.channels, config.aux_channels, **kwargs)
+    if distributed and device.type == "cuda":
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model = model.to(device)
+    broadcast_from_main([*model.parameters(), *model.buffers()])  # one initialisation on every rank
+    return model
+
+
+def train_segmentation(config: SegmentationTrainConfig) -> dict[str, object]:
+    """Run (or resume) the training; returns the last evaluation's metrics with `step` and `best_mIoU`."""
+    config.check()
+    info = init_distributed(config.device)
+    try:
+        return _train(config, info)
+    finally:
+        cleanup_distributed()
+
+
+def _train(config: SegmentationTrainConfig, info) -> dict[str, object]:
+    device, world = info.device, info.world_size
+    if config.batch_size % world:
+        raise ValueError(f"batch_size {config.batch_size} must be a multiple of the {world} processes")
+    seed_everything(config.seed)
+    train_set = SegmentationFolder(config.data_dir, "train", SegmentationTrainTransform(config.crop, config.scale),
+                                   config.reduce_zero_label)  # fmt: skip
+    val_set = SegmentationFolder(config.data_dir, "val", SegmentationEvalTransform(config.scale),
+                                 config.reduce_zero_label)  # fmt: skip
+    per_rank = config.batch_size // world
+    pin = device.type == "cuda"
+    loader = create_loader(train_set, per_rank, True, config.seed, config.workers, info.rank, world, pin)
+    val_loader = create_loader(val_set, 1, False, config.seed, config.workers, info.rank, world, pin)
+    model = _build_model(config, device, info.distributed)
+    optimizer = torch.optim.AdamW(_param_groups(model, config.weight_decay), lr=config.lr, betas=(0.9, 0.999))
+    output = Path(config.output)
+    step, best, history, pending = 0, -1.0, [], []
+    if config.resume:
+        state = load_training_checkpoint(resolve_resume_path(config.resume), model, None)
+        optimizer.load_state_dict(state["optimizer"])
+        restore_rng_state(state["rng"])
+        step, best, history = state["step"], state["best_mIoU"], list(state["history"])
+        pending = [torch.tensor(v) for v in state["pending_losses"]]  # since the last evaluation
+        _logger.info("resumed from step %d (best mIoU %.2f)", step, best)
+    elif info.is_main:
+        output.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(output / "args.json", json.dumps(dataclasses.asdict(config), indent=2) + "\n")
+    amp = torch.autocast(device.type, dtype=AMP_DTYPES[config.amp_dtype], enabled=config.amp)
+    params = [p for p in model.parameters() if p.requires_grad]
+    steps_per_epoch = loader.sampler.batches_per_epoch()
+    stop = config.iters if config.stop_after is None else min(config.iters, step + config.stop_after)
+    result: dict[str, object] = {}
+    started, losses = time.perf_counter(), pending
+    model.train()
+    while step < stop:
+        epoch, position = divmod(step, steps_per_epoch)
+        set_loader_epoch(loader, epoch, position)
+        for images, labels in loader:
+            lr = poly_lr(step, config.lr, config.iters, config.warmup_iters)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            with amp:
+                outputs = model(images.to(device, non_blocking=True))
+            loss = segmentation_loss({k: v.float() for k, v in outputs.items()}, labels.to(device, non_blocking=True),
+                                     config.aux_weight)  # fmt: skip
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            average_gradients(params)
+            optimizer.step()
+            step += 1
+            losses.append(loss.detach())
+            if step % config.log_interval == 0 and info.is_main:
+                _logger.info("step %d/%d: loss %.4f, lr %.2e, %.1f s", step, config.iters,
+                             float(torch.stack(losses[-config.log_interval:]).mean()), lr,
+                             time.perf_counter() - started)  # fmt: skip
+            if step % config.eval_interval == 0 or step == config.iters:
+                result = _evaluate_and_save(config, model, optimizer, val_loader, device, step, losses, history, best)
+                best = max(best, float(result["mIoU"]))
+                losses = []
+                model.train()
+            elif step == stop:  # stop_after: keep the steps since the last evaluation
+                _save(config, model, optimizer, step, history, best, losses)
+            if step >= stop:
+                break
+    return {**result, "step": step, "best_mIoU": best}
+
+
+def _evaluate_and_save(config: SegmentationTrainConfig, model: nn.Module, optimizer, val_loader, device, step: int,
+                       losses: list, history: list, best: float) -> dict[str, object]:  # fmt: skip
+    """Score the validation split, record a summary row, write `last` (and `best` if it improved)."""
+    evaluate_kwargs = dict(crop=config.crop, stride=max(1, config.crop * 2 // 3)) if config.slide else {}
+    amp_dtype = AMP_DTYPES[config.amp_dtype] if config.amp else None
+    result = evaluate_segmentation(model, val_loader, config.num_classes, device, amp_dtype=amp_dtype,
+                                   **evaluate_kwargs)  # fmt: skip
+    train_loss = mean_over_ranks(float(torch.stack(losses).mean())) if losses else float("nan")
+    row = dict(step=step, train_loss=train_loss, mIoU=result["mIoU"], pixel_accuracy=result["pixel_accuracy"],
+               mean_accuracy=result["mean_accuracy"], pixels=result["count"])  # fmt: skip
+    history.append(row)
+    _logger.info("step %d: mIoU %.2f, pixel accuracy %.2f", step, result["mIoU"], result["pixel_accuracy"])
+    if result["mIoU"] > best and _is_main():  # before `last`, whose state records the best mIoU
+        metadata = {**_metadata(config), "step": step, "mIoU": result["mIoU"]}
+        save_weights(Path(config.output) / "best.safetensors", model, metadata)
+    _save(config, model, optimizer, step, history, max(best, float(result["mIoU"])), [])
+    return result
+
+
+def _metadata(config: SegmentationTrainConfig) -> dict[str, object]:
+    return dict(model=config.model, task="segmentation", num_classes=config.num_classes, crop=config.crop)
+
+
+def _is_main() -> bool:
+    return not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
+
+
+def _save(config: SegmentationTrainConfig, model: nn.Module, optimizer, step: int, history: list, best: float,
+          pending_losses: list) -> None:  # fmt: skip
+    """`last` (weights + training state, atomically) and summary.csv, from the main process; `pending_losses`: the
+    training losses since the last evaluation (its summary row averages them)."""
+    if not _is_main():
+        return
+    output = Path(config.output)
+    state = dict(step=step, optimizer=optimizer.state_dict(), rng=capture_rng_state(), best_mIoU=best,
+                 history=history, pending_losses=[float(v) for v in pending_losses])  # fmt: skip
+    save_training_checkpoint(output, model, None, state, _metadata(config))
+    atomic_write_text(output / "summary.csv", rows_to_csv(history))

@@ -1,0 +1,122 @@
+"""`sfmamba train-seg` / `train_segmentation` on a tiny ADE20K-layout folder: the schedule, the run folder, an exact
+resume after a stop, the best checkpoint, argument errors."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from sfmamba.cli.main import main
+from sfmamba.dense.train import poly_lr
+from sfmamba.train.checkpoint import load_weights
+
+
+@pytest.fixture
+def ade_folder(tmp_path):
+    """Six training and two validation images of 4 x 4-pixel blocks, labels 1-3 (0 = 'other', ignored)."""
+    rng = np.random.default_rng(0)
+    for split, count in (("training", 6), ("validation", 2)):
+        for i in range(count):
+            h, w = (40, 48) if i % 2 else (36, 44)
+            label = rng.integers(0, 4, (h // 4, w // 4)).repeat(4, 0).repeat(4, 1).astype(np.uint8)
+            image = (label[..., None] * 60 + rng.integers(0, 20, (h, w, 3))).astype(np.uint8)
+            for kind, array in (("images", image), ("annotations", label)):
+                (tmp_path / "ade" / kind / split).mkdir(parents=True, exist_ok=True)
+                Image.fromarray(array).save(tmp_path / "ade" / kind / split / f"{i}.png")
+    return tmp_path / "ade"
+
+
+def _args(data, output, *extra):
+    return ["train-seg", "--data-dir", str(data), "--output", str(output), "--model", "mambavision_nano",
+            "--num-classes", "3", "--crop", "32", "--scale", "64", "40", "--channels", "16", "--aux-channels", "8",
+            "-b", "2", "--iters", "6", "--warmup-iters", "2", "--lr", "1e-3", "--eval-interval", "3", "-j", "0",
+            "--device", "cpu", "--drop-path", "0.1", *extra]  # fmt: skip
+
+
+def test_poly_schedule_with_warmup():
+    assert poly_lr(0, 1.0, 100, 10) == pytest.approx(1e-6)
+    assert poly_lr(5, 1.0, 100, 10) == pytest.approx(0.95 * (1e-6 + (1 - 1e-6) * 0.5))
+    assert poly_lr(10, 1.0, 100, 10) == pytest.approx(0.9) and poly_lr(99, 1.0, 100, 10) == pytest.approx(0.01)
+
+
+def test_run_folder_and_exact_resume_after_a_stop(ade_folder, tmp_path, capsys):
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    assert main(_args(ade_folder, whole)) == 0
+    assert "step 6: mIoU" in capsys.readouterr().out
+    with open(whole / "summary.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in rows] == [3, 6] and all(0 <= float(r["mIoU"]) <= 100 for r in rows)
+    assert {p.name for p in whole.iterdir()} >= {"last.safetensors", "last.state.pt", "best.safetensors", "args.json"}
+    # the same run stopped after 4 steps (between evaluations: saved there), then resumed to the end
+    assert main(_args(ade_folder, split, "--stop-after", "4")) == 0
+    assert "stopped at step 4 of 6" in capsys.readouterr().out
+    assert main(_args(ade_folder, split, "--resume", str(split))) == 0
+    whole_weights, split_weights = _weights(whole / "last.safetensors"), _weights(split / "last.safetensors")
+    assert whole_weights.keys() == split_weights.keys()
+    assert all(torch.equal(whole_weights[k], split_weights[k]) for k in whole_weights)  # bit for bit
+    assert (split / "summary.csv").read_text() == (whole / "summary.csv").read_text()
+
+
+def _weights(path):
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+def test_best_checkpoint_holds_the_best_evaluation(ade_folder, tmp_path):
+    out = tmp_path / "run"
+    assert main(_args(ade_folder, out)) == 0
+    with open(out / "summary.csv") as f:
+        rows = list(csv.DictReader(f))
+    best_row = max(rows, key=lambda r: float(r["mIoU"]))
+    from sfmamba.dense import UperNet
+
+    model = UperNet("mambavision_nano", 3, channels=16, aux_channels=8)
+    meta = load_weights(out / "best.safetensors", model)
+    assert meta["step"] == int(best_row["step"]) and meta["mIoU"] == pytest.approx(float(best_row["mIoU"]), abs=1e-3)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["-b", "3", "--iters", "0"], "argument --iters: '0' is not a positive integer"),
+])  # fmt: skip
+def test_bad_arguments(ade_folder, tmp_path, capsys, extra, message):
+    with pytest.raises(SystemExit):
+        main(_args(ade_folder, tmp_path / "run", *extra))
+    assert message in capsys.readouterr().err
+
+
+def test_missing_data_names_the_layout(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(_args(tmp_path / "nowhere", tmp_path / "run"))
+    assert "no such directory (expected images/<split>/ and annotations/<split>/)" in capsys.readouterr().err
+
+
+def test_torchrun_two_processes(ade_folder, tmp_path):
+    """The same command under torchrun (gloo, 2 CPU processes): each takes half of every batch, the gradients are
+    averaged, and the validation split is scored once over both (its pixel count is the whole split's)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "ddp"
+    args = _args(ade_folder, out)[1:]
+    args[args.index("-b") + 1] = "4"  # 2 images per process: BatchNorm needs more than one value per channel
+    args[args.index("--iters") + 1] = "2"
+    args[args.index("--eval-interval") + 1] = "2"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+               "sfmamba.cli.main", "train-seg", *args]  # fmt: skip
+    done = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    with open(out / "summary.csv") as f:
+        (row,) = list(csv.DictReader(f))
+    assert int(row["step"]) == 2 and json.loads((out / "args.json").read_text())["batch_size"] == 4
+    labels = [np.array(Image.open(p)) for p in sorted((ade_folder / "annotations" / "validation").iterdir())]
+    assert int(row["pixels"]) == sum(int((label != 0).sum()) for label in labels)  # 0 is ignored
+    state = torch.load(out / "last.state.pt", weights_only=True)
+    assert state["step"] == 2 and len(state["history"]) == 1
