@@ -162,7 +162,7 @@ def _train(config: SegmentationTrainConfig, info) -> dict[str, object]:
         optimizer.load_state_dict(state["optimizer"])
         restore_rng_state(state["rng"])
         step, best, history = state["step"], state["best_mIoU"], list(state["history"])
-        pending = [torch.tensor(v) for v in state["pending_losses"]]  # since the last evaluation
+        pending = [torch.tensor(v, device=device) for v in state["pending_losses"]]  # since the last evaluation
         _logger.info("resumed from step %d (best mIoU %.2f)", step, best)
     elif info.is_main:
         output.mkdir(parents=True, exist_ok=True)
