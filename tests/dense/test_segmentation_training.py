@@ -38,9 +38,10 @@ def _args(data, output, *extra):
 
 
 def test_poly_schedule_with_warmup():
-    assert poly_lr(0, 1.0, 100, 10) == pytest.approx(1e-6)
-    assert poly_lr(5, 1.0, 100, 10) == pytest.approx(0.95 * (1e-6 + (1 - 1e-6) * 0.5))
-    assert poly_lr(10, 1.0, 100, 10) == pytest.approx(0.9) and poly_lr(99, 1.0, 100, 10) == pytest.approx(0.01)
+    assert poly_lr(0, 1.0, 110, 10) == pytest.approx(1e-6)
+    assert poly_lr(5, 1.0, 110, 10) == pytest.approx(1e-6 + (1 - 1e-6) * 0.5)  # linear warm-up
+    assert poly_lr(10, 1.0, 110, 10) == 1.0 and poly_lr(60, 1.0, 110, 10) == pytest.approx(0.5)  # poly after it
+    assert poly_lr(110, 1.0, 110, 10) == 0.0
 
 
 def test_run_folder_and_exact_resume_after_a_stop(ade_folder, tmp_path, capsys):

@@ -1,6 +1,6 @@
 """Train UperNet on a segmentation folder (mmseg's ADE20K layout): the papers' iteration-based recipe.
 
-AdamW (no weight decay on norms and biases), a linear warm-up then a poly (power 1) decay to 0 over `iters`, batches
+AdamW (no weight decay on norms and biases), a linear warm-up then a poly (power 1) decay to 0 by `iters`, batches
 from `SegmentationTrainTransform`, `segmentation_loss` with the auxiliary head, mIoU on the validation split every
 `eval_interval` steps (`evaluate_segmentation`, sliding windows by default). Runs resume exactly: the checkpoint
 holds the weights, the optimizer, the step, the best mIoU and the RNG states, and the data order and augmentations
@@ -100,12 +100,11 @@ class SegmentationTrainConfig:
 
 
 def poly_lr(step: int, base_lr: float, iters: int, warmup_iters: int, warmup_ratio: float = 1e-6) -> float:
-    """mmseg's schedule: linear warm-up from `warmup_ratio` x the poly value over `warmup_iters`, the poly (power 1)
-    decay base_lr x (1 - step / iters) throughout."""
-    poly = base_lr * (1 - step / iters)
+    """mmseg's schedule for these papers: LinearLR from `warmup_ratio` x base_lr to base_lr over `warmup_iters`, then
+    PolyLR (power 1, eta_min 0) from base_lr to 0 over the remaining iterations."""
     if step < warmup_iters:
-        return poly * (warmup_ratio + (1 - warmup_ratio) * step / warmup_iters)
-    return poly
+        return base_lr * (warmup_ratio + (1 - warmup_ratio) * step / warmup_iters)
+    return base_lr * (1 - (step - warmup_iters) / max(iters - warmup_iters, 1))
 
 
 def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
