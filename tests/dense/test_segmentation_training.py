@@ -81,13 +81,28 @@ def test_best_checkpoint_holds_the_best_evaluation(ade_folder, tmp_path):
     assert meta["step"] == int(best_row["step"]) and meta["mIoU"] == pytest.approx(float(best_row["mIoU"]), abs=1e-3)
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["-b", "3", "--iters", "0"], "argument --iters: '0' is not a positive integer"),
-])  # fmt: skip
-def test_bad_arguments(ade_folder, tmp_path, capsys, extra, message):
+def test_resuming_a_finished_run_reports_its_last_evaluation(ade_folder, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(_args(ade_folder, out)) == 0
+    first = capsys.readouterr().out
+    assert main(_args(ade_folder, out, "--resume", str(out))) == 0
+    assert capsys.readouterr().out == first  # nothing left to train: the same last evaluation
+
+
+def test_resume_refuses_other_settings(ade_folder, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(_args(ade_folder, out, "--stop-after", "1")) == 0
+    capsys.readouterr()
     with pytest.raises(SystemExit):
-        main(_args(ade_folder, tmp_path / "run", *extra))
-    assert message in capsys.readouterr().err
+        main([*_args(ade_folder, out, "--resume", str(out)), "--lr", "2e-3"])  # (the last --lr wins)
+    err = capsys.readouterr().err
+    assert "resume: settings differ from" in err and "lr 0.001 -> 0.002" in err
+    state = torch.load(out / "last.state.pt", weights_only=True)
+    state["world_size"] = 2
+    torch.save(state, out / "last.state.pt")
+    with pytest.raises(SystemExit):
+        main(_args(ade_folder, out, "--resume", str(out)))
+    assert "the run used 2 process(es), this one 1" in capsys.readouterr().err
 
 
 def test_missing_data_names_the_layout(tmp_path, capsys):

@@ -2,7 +2,8 @@
 
 The defaults are the MambaVision / VMamba ADE20K recipe: 512 x 512 crops, batch 16 over all processes, AdamW lr 6e-5
 and weight decay 0.01, 1500 warm-up iterations then a poly decay over 160k, mIoU by sliding windows every 16k.
-`output` gets last.safetensors + last.state.pt after every evaluation (atomic; --resume continues exactly),
+`output` gets last.safetensors + last.state.pt after every evaluation and every --save-interval steps (atomic;
+--resume continues exactly, with the same settings and number of processes),
 best.safetensors (best mIoU), summary.csv and args.json. Multi-GPU: `torchrun --nproc-per-node N -m sfmamba.cli.main
 train-seg ...` (BatchNorm synchronised across the GPUs).
 
@@ -15,6 +16,7 @@ examples:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 from . import UsageError, device_arg, non_negative_int, positive_float, positive_int
 from .train import ParseModelKwargs
@@ -47,9 +49,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--weight-decay", type=float, default=0.01)
     run.add_argument("--warmup-iters", type=non_negative_int, default=1500)
     run.add_argument("--eval-interval", type=positive_int, default=16_000)
+    run.add_argument("--save-interval", type=positive_int, default=2000,
+                     help="write `last` every N steps between evaluations too (a kill loses at most N)")  # fmt: skip
     run.add_argument("--whole", dest="slide", action="store_false", help="evaluate whole images (default: slide)")
     run.add_argument("--amp", action="store_true", help="autocast")
-    run.add_argument("--amp-dtype", choices=("bfloat16", "float16"), default="bfloat16")
+    run.add_argument("--amp-dtype", choices=("bfloat16",), default="bfloat16",
+                     help="bfloat16 (float16 would need loss scaling)")  # fmt: skip
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--device", type=device_arg, default=None, help="cuda or cpu (default: cuda if available)")
     out = parser.add_argument_group("output")
@@ -63,16 +68,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..dense.train import SegmentationTrainConfig, train_segmentation
 
-    config = SegmentationTrainConfig(
-        data_dir=args.data_dir, output=args.output, model=args.model, num_classes=args.num_classes,
-        reduce_zero_label=args.reduce_zero_label, pretrained_backbone=args.pretrained_backbone,
-        drop_path_rate=args.drop_path, channels=args.channels, aux_channels=args.aux_channels,
-        aux_weight=args.aux_weight, crop=args.crop, scale=tuple(args.scale), batch_size=args.batch_size,
-        iters=args.iters, lr=args.lr, weight_decay=args.weight_decay, warmup_iters=args.warmup_iters,
-        eval_interval=args.eval_interval, slide=args.slide, amp=args.amp, amp_dtype=args.amp_dtype,
-        workers=args.workers, seed=args.seed, device=args.device, resume=args.resume, stop_after=args.stop_after,
-        log_interval=args.log_interval, extra=args.model_kwargs,
-    )  # fmt: skip
+    names = {f.name for f in dataclasses.fields(SegmentationTrainConfig)}  # the flags carry the fields' names
+    settings = {k: v for k, v in vars(args).items() if k in names}
+    settings.update(scale=tuple(args.scale), drop_path_rate=args.drop_path, extra=args.model_kwargs)
+    config = SegmentationTrainConfig(**settings)
     try:
         result = train_segmentation(config)
     except (ValueError, FileNotFoundError) as err:  # DatasetError, CheckpointError, bad settings

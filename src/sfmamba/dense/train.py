@@ -5,10 +5,12 @@ from `SegmentationTrainTransform`, `segmentation_loss` with the auxiliary head, 
 `eval_interval` steps (`evaluate_segmentation`, sliding windows by default). Runs resume exactly: the checkpoint
 holds the weights, the optimizer, the step, the best mIoU and the RNG states, and the data order and augmentations
 depend only on (seed, epoch, index), so a run killed after a checkpoint and resumed gives the uninterrupted run's
-weights. Under torchrun each process takes its share of every batch of images and the gradients are averaged;
-BatchNorm runs synchronised across CUDA processes, as mmseg's SyncBN.
+weights. Under torchrun each process takes its share of every batch of images (its own drop-path draws) and the
+gradients are averaged; BatchNorm runs synchronised across CUDA processes (mmseg's SyncBN), and across CPU processes
+rank 0's statistics are broadcast before each step (DDP's buffer broadcast).
 
-Files in `output`: `last.safetensors` + `last.state.pt` (written atomically after each evaluation), `best.safetensors`
+Files in `output`: `last.safetensors` + `last.state.pt` (written atomically after each evaluation and every
+`save_interval` steps; a resume checks that the settings and the number of processes are the run's), `best.safetensors`
 (the best mIoU), `summary.csv` (one row per evaluation) and `args.json`. Command line: `sfmamba train-seg`.
 """
 
@@ -35,11 +37,11 @@ from ..train.checkpoint import (
     save_weights,
 )
 from ..train.distributed import (
+    all_gather_objects,
     average_gradients,
     broadcast_from_main,
     cleanup_distributed,
     init_distributed,
-    mean_over_ranks,
 )
 from ..train.history import rows_to_csv
 from ..train.trainer import seed_everything
@@ -49,7 +51,9 @@ from .upernet import UperNet, segmentation_loss
 
 __all__ = ["SegmentationTrainConfig", "poly_lr", "train_segmentation"]
 _logger = logging.getLogger(__name__)
-AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+AMP_DTYPES = {"bfloat16": torch.bfloat16}  # (float16 would need a GradScaler)
+RESUME_KEYS = ("model", "num_classes", "reduce_zero_label", "crop", "scale", "batch_size", "iters", "lr",
+               "weight_decay", "warmup_iters", "seed", "channels", "aux_channels")  # fmt: skip
 
 
 @dataclass
@@ -74,6 +78,7 @@ class SegmentationTrainConfig:
     weight_decay: float = 0.01
     warmup_iters: int = 1500
     eval_interval: int = 16_000
+    save_interval: int = 2000  # `last` between evaluations too: a kill loses at most these steps
     slide: bool = True  # evaluate by sliding crop x crop windows (stride 2/3 of the crop), else whole images
     amp: bool = False
     amp_dtype: str = "bfloat16"
@@ -86,7 +91,7 @@ class SegmentationTrainConfig:
     extra: dict = field(default_factory=dict)  # more keyword arguments for the backbone's timm.create_model
 
     def check(self) -> None:
-        positive = ("num_classes", "crop", "batch_size", "iters", "eval_interval", "log_interval")
+        positive = ("num_classes", "crop", "batch_size", "iters", "eval_interval", "save_interval", "log_interval")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -94,7 +99,11 @@ class SegmentationTrainConfig:
             raise ValueError(f"warmup_iters and weight_decay must be >= 0 and lr > 0, got {self.warmup_iters}, "
                              f"{self.weight_decay}, {self.lr}")  # fmt: skip
         if self.amp_dtype not in AMP_DTYPES:
-            raise ValueError(f"amp_dtype must be one of {sorted(AMP_DTYPES)}, got {self.amp_dtype!r}")
+            raise ValueError(f"amp_dtype must be one of {sorted(AMP_DTYPES)} (float16 would need loss scaling), "
+                             f"got {self.amp_dtype!r}")  # fmt: skip
+        if self.aux_weight < 0 or (self.drop_path_rate is not None and not 0 <= self.drop_path_rate < 1):
+            raise ValueError(f"aux_weight must be >= 0 and drop_path_rate in [0, 1), got {self.aux_weight}, "
+                             f"{self.drop_path_rate}")  # fmt: skip
         if self.stop_after is not None and self.stop_after < 1:
             raise ValueError(f"stop_after must be >= 1, got {self.stop_after}")
 
@@ -143,35 +152,38 @@ def _train(config: SegmentationTrainConfig, info) -> dict[str, object]:
     device, world = info.device, info.world_size
     if config.batch_size % world:
         raise ValueError(f"batch_size {config.batch_size} must be a multiple of the {world} processes")
-    seed_everything(config.seed)
+    seed_everything(config.seed)  # the same initial model everywhere (broadcast from rank 0 as well)
     train_set = SegmentationFolder(config.data_dir, "train", SegmentationTrainTransform(config.crop, config.scale),
                                    config.reduce_zero_label)  # fmt: skip
     val_set = SegmentationFolder(config.data_dir, "val", SegmentationEvalTransform(config.scale),
                                  config.reduce_zero_label)  # fmt: skip
-    per_rank = config.batch_size // world
     pin = device.type == "cuda"
-    loader = create_loader(train_set, per_rank, True, config.seed, config.workers, info.rank, world, pin)
+    loader = create_loader(train_set, config.batch_size // world, True, config.seed, config.workers, info.rank,
+                           world, pin)  # fmt: skip
     val_loader = create_loader(val_set, 1, False, config.seed, config.workers, info.rank, world, pin)
     model = _build_model(config, device, info.distributed)
     optimizer = torch.optim.AdamW(_param_groups(model, config.weight_decay), lr=config.lr, betas=(0.9, 0.999))
+    seed_everything(config.seed + info.rank)  # each process its own drop-path draws
     output = Path(config.output)
-    step, best, history, pending = 0, -1.0, [], []
+    step, best, history, losses = 0, -1.0, [], []
     if config.resume:
         state = load_training_checkpoint(resolve_resume_path(config.resume), model, None)
+        _check_resume(config, output, state, world)
         optimizer.load_state_dict(state["optimizer"])
-        restore_rng_state(state["rng"])
+        restore_rng_state(state["rng"][info.rank])
         step, best, history = state["step"], state["best_mIoU"], list(state["history"])
-        pending = [torch.tensor(v, device=device) for v in state["pending_losses"]]  # since the last evaluation
+        losses = [torch.tensor(v, device=device) for v in state["pending_losses"]]  # since the last evaluation
         _logger.info("resumed from step %d (best mIoU %.2f)", step, best)
     elif info.is_main:
         output.mkdir(parents=True, exist_ok=True)
         atomic_write_text(output / "args.json", json.dumps(dataclasses.asdict(config), indent=2) + "\n")
     amp = torch.autocast(device.type, dtype=AMP_DTYPES[config.amp_dtype], enabled=config.amp)
     params = [p for p in model.parameters() if p.requires_grad]
+    buffers = list(model.buffers()) if info.distributed and device.type != "cuda" else []  # (CUDA: SyncBatchNorm)
     steps_per_epoch = loader.sampler.batches_per_epoch()
     stop = config.iters if config.stop_after is None else min(config.iters, step + config.stop_after)
-    result: dict[str, object] = {}
-    started, losses = time.perf_counter(), pending
+    result: dict[str, object] = dict(history[-1]) if history else {}
+    started = time.perf_counter()
     model.train()
     while step < stop:
         epoch, position = divmod(step, steps_per_epoch)
@@ -180,6 +192,7 @@ def _train(config: SegmentationTrainConfig, info) -> dict[str, object]:
             lr = poly_lr(step, config.lr, config.iters, config.warmup_iters)
             for group in optimizer.param_groups:
                 group["lr"] = lr
+            broadcast_from_main(buffers)  # plain BatchNorm across CPU processes: rank 0's statistics, as DDP does
             with amp:
                 outputs = model(images.to(device, non_blocking=True))
             loss = segmentation_loss({k: v.float() for k, v in outputs.items()}, labels.to(device, non_blocking=True),
@@ -191,37 +204,67 @@ def _train(config: SegmentationTrainConfig, info) -> dict[str, object]:
             step += 1
             losses.append(loss.detach())
             if step % config.log_interval == 0 and info.is_main:
-                _logger.info("step %d/%d: loss %.4f, lr %.2e, %.1f s", step, config.iters,
+                _logger.info("step %d/%d: loss %.4f (rank 0), lr %.2e, %.1f s", step, config.iters,
                              float(torch.stack(losses[-config.log_interval:]).mean()), lr,
                              time.perf_counter() - started)  # fmt: skip
             if step % config.eval_interval == 0 or step == config.iters:
-                result = _evaluate_and_save(config, model, optimizer, val_loader, device, step, losses, history, best)
+                broadcast_from_main(buffers)
+                result = _evaluate_and_save(config, model, optimizer, val_loader, device, step, losses, history, best,
+                                            world)  # fmt: skip
                 best = max(best, float(result["mIoU"]))
                 losses = []
                 model.train()
-            elif step == stop:  # stop_after: keep the steps since the last evaluation
-                _save(config, model, optimizer, step, history, best, losses)
+            elif step % config.save_interval == 0 or step == stop:  # keep the steps since the last evaluation
+                broadcast_from_main(buffers)
+                _save(config, model, optimizer, step, history, best, losses, world)
             if step >= stop:
                 break
     return {**result, "step": step, "best_mIoU": best}
 
 
+def _check_resume(config: SegmentationTrainConfig, output: Path, state: dict, world: int) -> None:
+    """A resumed run must be the same run: the settings that shape it, and the number of processes."""
+    if state.get("world_size", 1) != world:
+        raise ValueError(f"resume: the run used {state.get('world_size', 1)} process(es), this one {world}: resume "
+                         f"with the same number")  # fmt: skip
+    args_file = output / "args.json"
+    if args_file.is_file():
+        before = json.loads(args_file.read_text())
+        now = json.loads(json.dumps(dataclasses.asdict(config)))  # (tuples as lists, as written)
+        changed = [f"{k} {before.get(k)!r} -> {now[k]!r}" for k in RESUME_KEYS if before.get(k) != now[k]]
+        if changed:
+            raise ValueError(f"resume: settings differ from {args_file}: {', '.join(changed)}")
+
+
+def _rank_mean(values: list) -> list[float]:
+    """Each value averaged over the processes (one all-reduce); all processes must call it."""
+    if not values:
+        return []
+    stacked = torch.stack(values).double()
+    if torch.distributed.is_initialized():
+        torch.distributed.all_reduce(stacked)
+        stacked /= torch.distributed.get_world_size()
+    return stacked.tolist()
+
+
 def _evaluate_and_save(config: SegmentationTrainConfig, model: nn.Module, optimizer, val_loader, device, step: int,
-                       losses: list, history: list, best: float) -> dict[str, object]:  # fmt: skip
-    """Score the validation split, record a summary row, write `last` (and `best` if it improved)."""
+                       losses: list, history: list, best: float, world: int) -> dict[str, object]:  # fmt: skip
+    """Score the validation split, record a summary row, write `best` if it improved and `last` (every process takes
+    part: the scoring and the loss sum over them)."""
     evaluate_kwargs = dict(crop=config.crop, stride=max(1, config.crop * 2 // 3)) if config.slide else {}
     amp_dtype = AMP_DTYPES[config.amp_dtype] if config.amp else None
     result = evaluate_segmentation(model, val_loader, config.num_classes, device, amp_dtype=amp_dtype,
                                    **evaluate_kwargs)  # fmt: skip
-    train_loss = mean_over_ranks(float(torch.stack(losses).mean())) if losses else float("nan")
-    row = dict(step=step, train_loss=train_loss, mIoU=result["mIoU"], pixel_accuracy=result["pixel_accuracy"],
-               mean_accuracy=result["mean_accuracy"], pixels=result["count"])  # fmt: skip
+    per_step = _rank_mean(losses)
+    row = dict(step=step, train_loss=sum(per_step) / len(per_step) if per_step else float("nan"), mIoU=result["mIoU"],
+               pixel_accuracy=result["pixel_accuracy"], mean_accuracy=result["mean_accuracy"],
+               pixels=result["count"])  # fmt: skip
     history.append(row)
     _logger.info("step %d: mIoU %.2f, pixel accuracy %.2f", step, result["mIoU"], result["pixel_accuracy"])
     if result["mIoU"] > best and _is_main():  # before `last`, whose state records the best mIoU
         metadata = {**_metadata(config), "step": step, "mIoU": result["mIoU"]}
         save_weights(Path(config.output) / "best.safetensors", model, metadata)
-    _save(config, model, optimizer, step, history, max(best, float(result["mIoU"])), [])
+    _save(config, model, optimizer, step, history, max(best, float(result["mIoU"])), [], world)
     return result
 
 
@@ -234,13 +277,16 @@ def _is_main() -> bool:
 
 
 def _save(config: SegmentationTrainConfig, model: nn.Module, optimizer, step: int, history: list, best: float,
-          pending_losses: list) -> None:  # fmt: skip
-    """`last` (weights + training state, atomically) and summary.csv, from the main process; `pending_losses`: the
-    training losses since the last evaluation (its summary row averages them)."""
+          pending_losses: list, world: int) -> None:  # fmt: skip
+    """`last` (weights + training state, atomically) and summary.csv. Every process calls it (the RNG states and the
+    pending losses, the training losses since the last evaluation averaged over the processes, are gathered); the
+    main process writes."""
+    rng = all_gather_objects(capture_rng_state())
+    pending = _rank_mean(pending_losses)
     if not _is_main():
         return
     output = Path(config.output)
-    state = dict(step=step, optimizer=optimizer.state_dict(), rng=capture_rng_state(), best_mIoU=best,
-                 history=history, pending_losses=[float(v) for v in pending_losses])  # fmt: skip
+    state = dict(step=step, optimizer=optimizer.state_dict(), rng=rng, best_mIoU=best, history=history,
+                 pending_losses=pending, world_size=world)  # fmt: skip
     save_training_checkpoint(output, model, None, state, _metadata(config))
     atomic_write_text(output / "summary.csv", rows_to_csv(history))
