@@ -125,11 +125,15 @@ def test_model_exports_with_a_dynamic_batch(name):
     from sfmamba.export import check_program, export_program
 
     torch.manual_seed(0)
-    kwargs = dict(window_size=SMALL_WINDOWS[name]) if name in SMALL_WINDOWS else {}
+    # short scans (the reference scan's steps unroll into the traced graph): windows that fit the stage maps, and
+    # VMamba at 32 px; the padded windows are traced alike (the tiny models' export tests, tests/test_model_export.py)
+    vmamba = name.startswith("vmamba")
+    kwargs = {} if vmamba else dict(window_size=(8, 8, 4, 2))
+    img = 32 if vmamba else IMG
     model = timm.create_model(name, num_classes=NUM_CLASSES, **kwargs)
-    program = export_program(model, torch.randn(2, 3, IMG, IMG))
+    program = export_program(model, torch.randn(2, 3, img, img))
     assert not model.training
-    assert check_program(program, model, torch.randn(2, 3, IMG, IMG)) < 1e-5  # checked at batch 3
+    assert check_program(program, model, torch.randn(2, 3, img, img)) < 1e-5  # checked at batch 3
 
 
 @pytest.mark.parametrize("name", [n for n in MODELS if n.endswith("nano")])
