@@ -26,12 +26,12 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "src"))
 
 import sfmamba  # noqa: E402
-from sfmamba.data.fashion_mnist import load_fashion_mnist  # noqa: E402
+from sfmamba.data.fashion_mnist import FASHION_MNIST_MEAN, FASHION_MNIST_STD, load_fashion_mnist  # noqa: E402
 from sfmamba.dense import UperNet, evaluate_segmentation, segmentation_loss  # noqa: E402
 
 CLASSES = ["background", "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
            "Ankle boot"]  # fmt: skip
-MEAN, STD = 0.286, 0.353  # Fashion-MNIST's grey level statistics
+MEAN, STD = FASHION_MNIST_MEAN[0], FASHION_MNIST_STD[0]  # one grey channel
 
 
 def segmentation_split(root: str, split: str, threshold: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -23,21 +22,13 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks" / "ops"))
 
+from bench_bc_alignment import timed_us  # noqa: E402
 from bench_conv_bn import environment  # noqa: E402
 
 import sfmamba.models  # noqa: E402, F401
 from sfmamba.export import check_program, export_program  # noqa: E402
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
-
-
-def timed_ms(run, repeats: int) -> dict:
-    import triton.testing
-
-    run()
-    run()  # builds and autotunes outside the capture
-    times = [triton.testing.do_bench_cudagraph(run, return_mode="median") for _ in range(repeats)]
-    return dict(median=statistics.median(times), min=min(times), max=max(times))
 
 
 def main() -> None:
@@ -66,8 +57,8 @@ def main() -> None:
         difference = check_program(program, model, x)
         exported = program.module()
         with torch.no_grad():
-            eager_ms = timed_ms(lambda: model(x), args.repeats)
-            program_ms = timed_ms(lambda: exported(x), args.repeats)
+            eager_ms = {k: v / 1e3 for k, v in timed_us(lambda: model(x), args.repeats).items()}
+            program_ms = {k: v / 1e3 for k, v in timed_us(lambda: exported(x), args.repeats).items()}
         rows.append(dict(model=name, export_s=export_s, custom_ops=custom_ops, rel_difference=difference,
                          eager_ms=eager_ms, program_ms=program_ms))  # fmt: skip
         print(f"# {name}: exported in {export_s:.1f} s, difference {difference:.1e}, eager {eager_ms['median']:.2f} "

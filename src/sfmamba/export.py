@@ -11,8 +11,8 @@
   `onnx_export` default) traces with `torch.jit.trace`, whose sizes are tensors where SF-Mamba's fold planning and
   VMamba's cross-merge need ints: those layers refuse it with an error naming this way out (MambaVision traces).
   With timm: `timm.utils.onnx.onnx_export(..., use_dynamo=True)`.
-- `save_program` / `load_program` / `save_onnx`: the files, written atomically; `kernels_forced`: the ops'
-  implementation for a block of code.
+- `save_program` / `load_program` / `save_onnx`: the files, written atomically; `kernels_forced` (from
+  `sfmamba.utils._config`): the ops' implementation for a block of code.
 - `check_program` / `check_onnx`: the largest difference to the eager model, max |exported - eager| / max(1, max
   |eager|) over every output tensor (inf where one is not finite), on a fresh input whose batch differs from the
   traced one (so a dynamic batch is exercised).
@@ -22,17 +22,14 @@ Command line: `sfmamba export` (`sfmamba.cli.export`).
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
-from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 import torch.utils._pytree as pytree
 from torch import Tensor, nn
 
-from .utils import _config
-from .utils._config import KERNEL_CHOICES, set_kernel_backend
+from .utils._config import kernels_forced
 from .utils.files import atomic_write
 
 __all__ = [
@@ -41,23 +38,6 @@ __all__ = [
 ]  # fmt: skip
 
 ONNX_PACKAGES = ("onnx", "onnxscript")
-
-
-@contextlib.contextmanager
-def kernels_forced(kernels: str | None) -> Iterator[None]:
-    """Every op runs `kernels` ('auto', 'triton' or 'naive') inside the block, or as configured for None
-    (`SFMAMBA_KERNEL`, `set_kernel_backend`); the previous setting after it."""
-    if kernels is not None and kernels not in KERNEL_CHOICES:
-        raise ValueError(f"kernels must be one of {KERNEL_CHOICES} or None, got {kernels!r}")
-    if kernels is None:
-        yield
-        return
-    before = _config._kernel_override
-    set_kernel_backend(kernels)
-    try:
-        yield
-    finally:
-        set_kernel_backend(before)
 
 
 def _traced_example(example: Tensor, dynamic_batch: bool) -> Tensor:

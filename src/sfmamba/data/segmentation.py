@@ -21,12 +21,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import Tensor
 
 from .fashion_mnist import DatasetError
+from .folder import IMAGE_SUFFIXES
 
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+IMAGENET_MEAN, IMAGENET_STD = IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 _SPLIT_FOLDERS = {"train": ("training", "train"), "val": ("validation", "val")}
 
 __all__ = [

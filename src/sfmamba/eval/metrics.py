@@ -7,6 +7,20 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
+def _add_counts(confusion: Tensor, truth: Tensor, pred: Tensor) -> None:
+    """confusion[true, predicted] += the number of each (truth, pred) pair."""
+    classes = confusion.shape[0]
+    confusion += torch.bincount(truth * classes + pred, minlength=classes**2).view(classes, -1)
+
+
+def _sum_over_ranks(*tensors: Tensor) -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        for tensor in tensors:
+            dist.all_reduce(tensor)
+
+
 class ClassificationMetrics:
     """Accumulates logits/targets; `result()`: top-1/top-5 (%), mean loss, per-class accuracy (%; None: no samples).
 
@@ -32,15 +46,10 @@ class ClassificationMetrics:
         hits = top.eq(target[:, None])
         for i, k in enumerate(self.topk):
             self.topk_correct[i] += hits[:, : min(k, k_max)].any(dim=1).sum()
-        index = target * self.num_classes + top[:, 0]
-        self.confusion += torch.bincount(index, minlength=self.num_classes**2).view(self.num_classes, -1)
+        _add_counts(self.confusion, target, top[:, 0])
 
     def all_reduce(self) -> None:
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized():
-            for tensor in (self.confusion, self.topk_correct, self.loss_sum):
-                dist.all_reduce(tensor)
+        _sum_over_ranks(self.confusion, self.topk_correct, self.loss_sum)
 
     @property
     def count(self) -> int:
@@ -81,14 +90,10 @@ class SegmentationMetrics:
         if truth.numel() and (truth.min() < 0 or truth.max() >= self.num_classes):
             raise ValueError(f"target values must be in [0, {self.num_classes}) or {self.ignore_index}, "
                              f"got {int(truth.min())}..{int(truth.max())}")  # fmt: skip
-        index = truth * self.num_classes + pred
-        self.confusion += torch.bincount(index, minlength=self.num_classes**2).view(self.num_classes, -1)
+        _add_counts(self.confusion, truth, pred)
 
     def all_reduce(self) -> None:
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(self.confusion)
+        _sum_over_ranks(self.confusion)
 
     def result(self) -> dict[str, object]:
         confusion = self.confusion.double()

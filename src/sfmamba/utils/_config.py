@@ -23,6 +23,23 @@ def set_kernel_backend(backend: str | None) -> None:
     _kernel_override = backend
 
 
+@contextmanager
+def kernels_forced(kernels: str | None):
+    """Every op runs `kernels` ('auto', 'triton' or 'naive') inside the block, or as configured for None
+    (`SFMAMBA_KERNEL`, `set_kernel_backend`); the previous setting after it."""
+    if kernels is not None and kernels not in KERNEL_CHOICES:
+        raise ValueError(f"kernels must be one of {KERNEL_CHOICES} or None, got {kernels!r}")
+    if kernels is None:
+        yield
+        return
+    before = _kernel_override
+    set_kernel_backend(kernels)
+    try:
+        yield
+    finally:
+        set_kernel_backend(before)
+
+
 _parsed_env: dict[tuple, str] = {}  # (name, raw value, choices, default) -> the parsed value
 
 
