@@ -20,6 +20,7 @@ COMMANDS = {
     "tune": "sfmamba.cli.tune",
     "train": "sfmamba.cli.train",
     "train-seg": "sfmamba.cli.train_seg",
+    "train-det": "sfmamba.cli.train_det",
     "eval": "sfmamba.cli.eval",
     "demo": "sfmamba.cli.demo",
     "compress": "sfmamba.cli.compress",

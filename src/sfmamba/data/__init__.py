@@ -1,6 +1,16 @@
-"""Datasets (Fashion-MNIST IDX files, ImageNet-style folders, segmentation folders), timm transforms and resumable
-loaders."""
+"""Datasets (Fashion-MNIST IDX files, ImageNet-style folders, segmentation folders, COCO detection), timm transforms
+and resumable loaders."""
 
+from .detection import (
+    MULTISCALE_TRAIN_SCALES,
+    CocoDetection,
+    DetectionEvalTransform,
+    DetectionTrainTransform,
+    FashionMNISTDetection,
+    decode_segmentation,
+    detection_collate,
+    masks_to_tight_boxes,
+)
 from .fashion_mnist import (
     DEFAULT_FASHION_MNIST_DIR,
     FASHION_MNIST_CLASSES,
@@ -29,9 +39,14 @@ __all__ = [
     "DATASETS",
     "DEFAULT_FASHION_MNIST_DIR",
     "FASHION_MNIST_CLASSES",
+    "MULTISCALE_TRAIN_SCALES",
     "AugmentConfig",
+    "CocoDetection",
     "DatasetError",
+    "DetectionEvalTransform",
+    "DetectionTrainTransform",
     "FashionMNIST",
+    "FashionMNISTDetection",
     "ImageFolderDataset",
     "ResumableSampler",
     "SegmentationEvalTransform",
@@ -41,9 +56,12 @@ __all__ = [
     "create_dataset",
     "create_loader",
     "dataset_stats",
+    "decode_segmentation",
     "default_data_dir",
+    "detection_collate",
     "load_fashion_mnist",
     "make_synthetic_fashion_mnist",
+    "masks_to_tight_boxes",
     "read_idx",
     "set_loader_epoch",
     "write_idx",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -185,8 +185,10 @@ def create_loader(
     rank: int = 0,
     world: int = 1,
     pin_memory: bool = False,
+    collate_fn: Callable | None = None,
 ) -> torch.utils.data.DataLoader:
-    """A DataLoader over `dataset` with a `ResumableSampler`; training drops the last partial batch."""
+    """A DataLoader over `dataset` with a `ResumableSampler`; training drops the last partial batch. `collate_fn`:
+    the DataLoader's (default: stacked tensors; detection batches are lists, `detection_collate`)."""
     if training:
         dataset = EpochSeededDataset(dataset, seed)
     sampler = ResumableSampler(len(dataset), batch_size, shuffle=training, seed=seed, rank=rank, world=world)
@@ -199,6 +201,7 @@ def create_loader(
         num_workers=workers,
         drop_last=training,
         pin_memory=pin_memory,
+        collate_fn=collate_fn,
         generator=torch.Generator().manual_seed(seed),
         persistent_workers=False,
     )

@@ -15,11 +15,14 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Sequence
 
+import torch
 from torch import Tensor, nn
 
+from ..eval.detection_metrics import DetectionMetrics
+from ..eval.evaluate import autocast_context
 from ._backbone import MultiScaleBackbone
 
-__all__ = ["DETECTORS", "BackboneWithFPN", "create_detector"]
+__all__ = ["DETECTORS", "BackboneWithFPN", "create_detector", "evaluate_detection"]
 
 DETECTORS = ("faster_rcnn", "mask_rcnn", "retinanet", "fcos")
 
@@ -70,6 +73,8 @@ def create_detector(detector: str, backbone: str | nn.Module, num_classes: int, 
         raise ValueError(f"detector must be one of {DETECTORS}, got {detector!r}")
     if num_classes < 2:
         raise ValueError(f"num_classes must be >= 2 (the background and at least one class), got {num_classes}")
+    if detector == "fcos" and fpn_channels % 32:  # its head's GroupNorm has 32 groups
+        raise ValueError(f"fpn_channels must be a multiple of 32 for fcos (GroupNorm(32)), got {fpn_channels}")
     two_stage = detector in ("faster_rcnn", "mask_rcnn")
     body = BackboneWithFPN(
         backbone, fpn_channels, strides=(4, 8, 16, 32) if two_stage else (8, 16, 32),
@@ -78,3 +83,23 @@ def create_detector(detector: str, backbone: str | nn.Module, num_classes: int, 
     cls = {"faster_rcnn": detection.FasterRCNN, "mask_rcnn": detection.MaskRCNN,
            "retinanet": detection.RetinaNet, "fcos": detection.FCOS}[detector]  # fmt: skip
     return cls(body, num_classes=num_classes, **detector_kwargs)
+
+
+@torch.no_grad()
+def evaluate_detection(model: nn.Module, loader, device: torch.device | str, amp_dtype: torch.dtype | None = None,
+                       ) -> dict[str, float]:  # fmt: skip
+    """COCO's box AP/AR (`bbox_AP`, `bbox_AP50`, ...) and, where the model predicts masks, mask AP/AR (`segm_...`)
+    over `loader`'s (images, targets) batches, in percent (`DetectionMetrics`). Under torchrun each process scores
+    its share of the images and the result covers all of them."""
+    device = torch.device(device)
+    model.eval()
+    roi_heads = getattr(model, "roi_heads", None)
+    kinds = ["bbox", "segm"] if roi_heads is not None and roi_heads.has_mask() else ["bbox"]
+    metrics = {kind: DetectionMetrics(kind) for kind in kinds}
+    for images, targets in loader:
+        with autocast_context(device, amp_dtype):
+            outputs = model([image.to(device, non_blocking=True) for image in images])
+        outputs = [{k: v.float().cpu() if v.is_floating_point() else v.cpu() for k, v in o.items()} for o in outputs]
+        for metric in metrics.values():
+            metric.update(outputs, targets)
+    return {f"{kind}_{name}": value for kind, metric in metrics.items() for name, value in metric.compute().items()}

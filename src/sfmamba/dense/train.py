@@ -16,8 +16,6 @@ Files in `output`: `last.safetensors` + `last.state.pt` (written atomically afte
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -28,30 +26,25 @@ from torch import nn
 
 from ..data.loader import create_loader, set_loader_epoch
 from ..data.segmentation import SegmentationEvalTransform, SegmentationFolder, SegmentationTrainTransform
-from ..train.checkpoint import (
-    capture_rng_state,
-    load_training_checkpoint,
-    resolve_resume_path,
-    restore_rng_state,
-    save_training_checkpoint,
-    save_weights,
-)
-from ..train.distributed import (
-    all_gather_objects,
-    average_gradients,
-    broadcast_from_main,
-    cleanup_distributed,
-    init_distributed,
-)
-from ..train.history import rows_to_csv
+from ..train.checkpoint import load_training_checkpoint, resolve_resume_path, restore_rng_state, save_weights
+from ..train.distributed import average_gradients, broadcast_from_main, cleanup_distributed, init_distributed
 from ..train.trainer import seed_everything
-from ..utils.files import atomic_write_text
+from ._run import (
+    AMP_DTYPES,
+    backbone_kwargs,
+    check_resume_settings,
+    check_resume_world,
+    is_main,
+    param_groups,
+    rank_mean,
+    save_last,
+    write_args,
+)
 from .inference import evaluate_segmentation
 from .upernet import UperNet, segmentation_loss
 
 __all__ = ["SegmentationTrainConfig", "poly_lr", "train_segmentation"]
 _logger = logging.getLogger(__name__)
-AMP_DTYPES = {"bfloat16": torch.bfloat16}  # (float16 would need a GradScaler)
 RESUME_KEYS = ("model", "num_classes", "reduce_zero_label", "crop", "scale", "batch_size", "iters", "lr",
                "weight_decay", "warmup_iters", "seed", "channels", "aux_channels")  # fmt: skip
 
@@ -116,20 +109,8 @@ def poly_lr(step: int, base_lr: float, iters: int, warmup_iters: int, warmup_rat
     return base_lr * (1 - (step - warmup_iters) / max(iters - warmup_iters, 1))
 
 
-def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]  # norms and biases
-    return [dict(params=decay, weight_decay=weight_decay), dict(params=no_decay, weight_decay=0.0)]
-
-
 def _build_model(config: SegmentationTrainConfig, device: torch.device, distributed: bool) -> nn.Module:
-    kwargs = dict(config.extra)
-    if config.drop_path_rate is not None:
-        kwargs["drop_path_rate"] = config.drop_path_rate
-    if config.pretrained_backbone:
-        if not Path(config.pretrained_backbone).is_file():
-            raise FileNotFoundError(f"pretrained_backbone: no such file {config.pretrained_backbone}")
-        kwargs.update(pretrained=True, pretrained_cfg_overlay=dict(file=str(config.pretrained_backbone)))
+    kwargs = backbone_kwargs(config.extra, config.drop_path_rate, config.pretrained_backbone)
     model = UperNet(config.model, config.num_classes, config.channels, config.aux_channels, **kwargs)
     if distributed and device.type == "cuda":
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -162,21 +143,21 @@ def _train(config: SegmentationTrainConfig, info) -> dict[str, object]:
                            world, pin)  # fmt: skip
     val_loader = create_loader(val_set, 1, False, config.seed, config.workers, info.rank, world, pin)
     model = _build_model(config, device, info.distributed)
-    optimizer = torch.optim.AdamW(_param_groups(model, config.weight_decay), lr=config.lr, betas=(0.9, 0.999))
+    optimizer = torch.optim.AdamW(param_groups(model, config.weight_decay), lr=config.lr, betas=(0.9, 0.999))
     seed_everything(config.seed + info.rank)  # each process its own drop-path draws
     output = Path(config.output)
     step, best, history, losses = 0, -1.0, [], []
     if config.resume:
+        check_resume_settings(config, output, RESUME_KEYS)
         state = load_training_checkpoint(resolve_resume_path(config.resume), model, None)
-        _check_resume(config, output, state, world)
+        check_resume_world(state, world)
         optimizer.load_state_dict(state["optimizer"])
         restore_rng_state(state["rng"][info.rank])
         step, best, history = state["step"], state["best_mIoU"], list(state["history"])
         losses = [torch.tensor(v, device=device) for v in state["pending_losses"]]  # since the last evaluation
         _logger.info("resumed from step %d (best mIoU %.2f)", step, best)
     elif info.is_main:
-        output.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(output / "args.json", json.dumps(dataclasses.asdict(config), indent=2) + "\n")
+        write_args(output, config)
     amp = torch.autocast(device.type, dtype=AMP_DTYPES[config.amp_dtype], enabled=config.amp)
     params = [p for p in model.parameters() if p.requires_grad]
     buffers = list(model.buffers()) if info.distributed and device.type != "cuda" else []  # (CUDA: SyncBatchNorm)
@@ -222,31 +203,6 @@ def _train(config: SegmentationTrainConfig, info) -> dict[str, object]:
     return {**result, "step": step, "best_mIoU": best}
 
 
-def _check_resume(config: SegmentationTrainConfig, output: Path, state: dict, world: int) -> None:
-    """A resumed run must be the same run: the settings that shape it, and the number of processes."""
-    if state.get("world_size", 1) != world:
-        raise ValueError(f"resume: the run used {state.get('world_size', 1)} process(es), this one {world}: resume "
-                         f"with the same number")  # fmt: skip
-    args_file = output / "args.json"
-    if args_file.is_file():
-        before = json.loads(args_file.read_text())
-        now = json.loads(json.dumps(dataclasses.asdict(config)))  # (tuples as lists, as written)
-        changed = [f"{k} {before.get(k)!r} -> {now[k]!r}" for k in RESUME_KEYS if before.get(k) != now[k]]
-        if changed:
-            raise ValueError(f"resume: settings differ from {args_file}: {', '.join(changed)}")
-
-
-def _rank_mean(values: list) -> list[float]:
-    """Each value averaged over the processes (one all-reduce); all processes must call it."""
-    if not values:
-        return []
-    stacked = torch.stack(values).double()
-    if torch.distributed.is_initialized():
-        torch.distributed.all_reduce(stacked)
-        stacked /= torch.distributed.get_world_size()
-    return stacked.tolist()
-
-
 def _evaluate_and_save(config: SegmentationTrainConfig, model: nn.Module, optimizer, val_loader, device, step: int,
                        losses: list, history: list, best: float, world: int) -> dict[str, object]:  # fmt: skip
     """Score the validation split, record a summary row, write `best` if it improved and `last` (every process takes
@@ -255,13 +211,13 @@ def _evaluate_and_save(config: SegmentationTrainConfig, model: nn.Module, optimi
     amp_dtype = AMP_DTYPES[config.amp_dtype] if config.amp else None
     result = evaluate_segmentation(model, val_loader, config.num_classes, device, amp_dtype=amp_dtype,
                                    **evaluate_kwargs)  # fmt: skip
-    per_step = _rank_mean(losses)
+    per_step = rank_mean(losses)
     row = dict(step=step, train_loss=sum(per_step) / len(per_step) if per_step else float("nan"), mIoU=result["mIoU"],
                pixel_accuracy=result["pixel_accuracy"], mean_accuracy=result["mean_accuracy"],
                pixels=result["count"])  # fmt: skip
     history.append(row)
     _logger.info("step %d: mIoU %.2f, pixel accuracy %.2f", step, result["mIoU"], result["pixel_accuracy"])
-    if result["mIoU"] > best and _is_main():  # before `last`, whose state records the best mIoU
+    if result["mIoU"] > best and is_main():  # before `last`, whose state records the best mIoU
         metadata = {**_metadata(config), "step": step, "mIoU": result["mIoU"]}
         save_weights(Path(config.output) / "best.safetensors", model, metadata)
     _save(config, model, optimizer, step, history, max(best, float(result["mIoU"])), [], world)
@@ -272,21 +228,7 @@ def _metadata(config: SegmentationTrainConfig) -> dict[str, object]:
     return dict(model=config.model, task="segmentation", num_classes=config.num_classes, crop=config.crop)
 
 
-def _is_main() -> bool:
-    return not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
-
-
 def _save(config: SegmentationTrainConfig, model: nn.Module, optimizer, step: int, history: list, best: float,
           pending_losses: list, world: int) -> None:  # fmt: skip
-    """`last` (weights + training state, atomically) and summary.csv. Every process calls it (the RNG states and the
-    pending losses, the training losses since the last evaluation averaged over the processes, are gathered); the
-    main process writes."""
-    rng = all_gather_objects(capture_rng_state())
-    pending = _rank_mean(pending_losses)
-    if not _is_main():
-        return
-    output = Path(config.output)
-    state = dict(step=step, optimizer=optimizer.state_dict(), rng=rng, best_mIoU=best, history=history,
-                 pending_losses=pending, world_size=world)  # fmt: skip
-    save_training_checkpoint(output, model, None, state, _metadata(config))
-    atomic_write_text(output / "summary.csv", rows_to_csv(history))
+    state = dict(step=step, best_mIoU=best, history=history)
+    save_last(Path(config.output), model, optimizer, state, pending_losses, world, _metadata(config))

@@ -1,0 +1,291 @@
+"""Train a torchvision detector (Mask R-CNN by default) on a timm backbone: the papers' epoch-based COCO recipe.
+
+mmdetection's 1x schedule as the MambaVision and VMamba papers use it: AdamW (lr 1e-4, weight decay 0.05, none on
+norms and biases), a linear warm-up over 500 iterations from 0.001 x lr, the learning rate divided by 10 after epochs
+8 and 11 of 12 (3x: `epochs=36, lr_steps=(27, 33), multiscale=True`, short sides 480-800 at training), batch 16.
+COCO box (and mask) AP on the validation split after every `eval_interval` epochs (`evaluate_detection`). Runs resume
+exactly, as `train_segmentation`'s do: the data order and augmentations depend only on (seed, epoch, index), and the
+checkpoint holds the optimizer, the step and the RNG states. Under torchrun each process takes its share of every
+batch and the gradients are averaged; BatchNorm runs synchronised across CUDA processes.
+
+Files in `output`: `last.safetensors` + `last.state.pt` (after each evaluation and every `save_interval` steps),
+`best.safetensors` (best box AP), `summary.csv` (one row per evaluation), `args.json`. Command line: `sfmamba
+train-det`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..data.detection import (
+    MULTISCALE_TRAIN_SCALES,
+    CocoDetection,
+    DetectionEvalTransform,
+    DetectionTrainTransform,
+    FashionMNISTDetection,
+    detection_collate,
+)
+from ..data.loader import create_loader, set_loader_epoch
+from ..train.checkpoint import load_training_checkpoint, resolve_resume_path, restore_rng_state, save_weights
+from ..train.distributed import average_gradients, broadcast_from_main, cleanup_distributed, init_distributed
+from ..train.trainer import seed_everything
+from ._run import (
+    AMP_DTYPES,
+    backbone_kwargs,
+    check_resume_settings,
+    check_resume_world,
+    is_main,
+    param_groups,
+    rank_mean,
+    save_last,
+    write_args,
+)
+from .detection import DETECTORS, create_detector, evaluate_detection
+
+__all__ = ["DATASETS", "DetectionTrainConfig", "multistep_lr", "train_detection"]
+_logger = logging.getLogger(__name__)
+DATASETS = ("coco", "fashion_mnist")
+RESUME_KEYS = ("dataset", "detector", "model", "num_classes", "train_split", "limit_train", "multiscale", "min_size",
+               "max_size", "batch_size", "epochs", "lr", "weight_decay", "lr_steps", "warmup_iters", "seed",
+               "fpn_channels")  # fmt: skip
+
+
+@dataclass
+class DetectionTrainConfig:
+    """The run's settings (defaults: Mask R-CNN 1x on COCO 2017, batch 16)."""
+
+    data_dir: str
+    output: str
+    dataset: str = "coco"  # COCO's layout: <split>/ images + annotations/instances_<split>.json; or "fashion_mnist"
+    detector: str = "mask_rcnn"
+    model: str = "sf_mamba_tiny"
+    num_classes: int | None = None  # background included; default: the dataset's
+    train_split: str = "train2017"
+    val_split: str = "val2017"
+    pretrained_backbone: str | None = None  # a classification checkpoint for the backbone
+    drop_path_rate: float | None = None
+    fpn_channels: int = 256
+    limit_train: int | None = None  # only the first N training images (quick runs, checks)
+    limit_val: int | None = None  # only the first N validation images
+    multiscale: bool = False  # training short sides 480-800 (evaluation: 800), instead of min_size
+    min_size: int = 800  # the detector's resize (torchvision's GeneralizedRCNNTransform)
+    max_size: int = 1333
+    batch_size: int = 16  # over all processes
+    epochs: int = 12
+    lr: float = 1e-4
+    weight_decay: float = 0.05
+    lr_steps: tuple[int, ...] = (8, 11)  # epochs after which the learning rate is divided by 10
+    warmup_iters: int = 500
+    eval_interval: int = 1  # epochs
+    save_interval: int = 2000  # steps: `last` between evaluations too
+    amp: bool = False
+    amp_dtype: str = "bfloat16"
+    workers: int = 4
+    seed: int = 0
+    device: str | None = None
+    resume: str | None = None
+    stop_after: int | None = None  # end this run after this many steps (the schedule still spans `epochs`)
+    log_interval: int = 50
+    extra: dict = field(default_factory=dict)  # more keyword arguments for the backbone's timm.create_model
+
+    def check(self) -> None:
+        if self.dataset not in DATASETS:
+            raise ValueError(f"dataset must be one of {DATASETS}, got {self.dataset!r}")
+        if self.detector not in DETECTORS:
+            raise ValueError(f"detector must be one of {DETECTORS}, got {self.detector!r}")
+        positive = ("min_size", "max_size", "batch_size", "epochs", "eval_interval", "save_interval", "log_interval",
+                    "fpn_channels")  # fmt: skip
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("limit_train", "limit_val"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.num_classes is not None and self.num_classes < 2:
+            raise ValueError(f"num_classes must be >= 2 (background included), got {self.num_classes}")
+        if self.warmup_iters < 0 or self.lr <= 0 or self.weight_decay < 0:
+            raise ValueError(f"warmup_iters and weight_decay must be >= 0 and lr > 0, got {self.warmup_iters}, "
+                             f"{self.weight_decay}, {self.lr}")  # fmt: skip
+        if list(self.lr_steps) != sorted(set(self.lr_steps)) or any(not 0 < e < self.epochs for e in self.lr_steps):
+            raise ValueError(f"lr_steps must be increasing epochs between 1 and epochs - 1 ({self.epochs - 1}), got "
+                             f"{list(self.lr_steps)}")  # fmt: skip
+        if self.amp_dtype not in AMP_DTYPES:
+            raise ValueError(f"amp_dtype must be one of {sorted(AMP_DTYPES)} (float16 would need loss scaling), "
+                             f"got {self.amp_dtype!r}")  # fmt: skip
+        if self.drop_path_rate is not None and not 0 <= self.drop_path_rate < 1:
+            raise ValueError(f"drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
+        if self.stop_after is not None and self.stop_after < 1:
+            raise ValueError(f"stop_after must be >= 1, got {self.stop_after}")
+
+
+def multistep_lr(step: int, steps_per_epoch: int, base_lr: float, lr_steps: tuple[int, ...], warmup_iters: int,
+                 warmup_ratio: float = 1e-3) -> float:  # fmt: skip
+    """mmdet's schedule: LinearLR from `warmup_ratio` x base_lr to base_lr over `warmup_iters` iterations, times
+    MultiStepLR's 0.1 for each epoch of `lr_steps` already passed."""
+    epoch = step // steps_per_epoch
+    lr = base_lr * 0.1 ** sum(epoch >= e for e in lr_steps)
+    if step < warmup_iters:
+        lr *= warmup_ratio + (1 - warmup_ratio) * step / warmup_iters
+    return lr
+
+
+def train_detection(config: DetectionTrainConfig) -> dict[str, object]:
+    """Run (or resume) the training; returns the last evaluation's metrics with `step`, `total_steps` and
+    `best_AP`."""
+    config.check()
+    info = init_distributed(config.device)
+    try:
+        return _train(config, info)
+    finally:
+        cleanup_distributed()
+
+
+def _datasets(config: DetectionTrainConfig) -> tuple[torch.utils.data.Dataset, torch.utils.data.Dataset, int]:
+    """(train, val, num_classes with the background), each cut to its `limit_*` first images."""
+    train, val, num_classes = _full_datasets(config)
+    cut = [torch.utils.data.Subset(d, range(min(n, len(d)))) if n else d
+           for d, n in ((train, config.limit_train), (val, config.limit_val))]  # fmt: skip
+    return cut[0], cut[1], num_classes
+
+
+def _full_datasets(config: DetectionTrainConfig) -> tuple[torch.utils.data.Dataset, torch.utils.data.Dataset, int]:
+    train_transform = DetectionTrainTransform()  # flips; the detector resizes (multi-scale: `_build_model`)
+    if config.dataset == "fashion_mnist":
+        train = FashionMNISTDetection(config.data_dir, "train", seed=config.seed, transform=train_transform)
+        val = FashionMNISTDetection(config.data_dir, "test", seed=config.seed, transform=DetectionEvalTransform())
+        return train, val, FashionMNISTDetection.num_classes
+    masks = config.detector == "mask_rcnn"
+    root = Path(config.data_dir)
+    train = CocoDetection(root / config.train_split, root / "annotations" / f"instances_{config.train_split}.json",
+                          train_transform, with_masks=masks, remove_empty=True, drop_crowd=True)  # fmt: skip
+    val = CocoDetection(root / config.val_split, root / "annotations" / f"instances_{config.val_split}.json",
+                        DetectionEvalTransform(), with_masks=masks, remove_empty=False)  # fmt: skip
+    return train, val, train.num_classes
+
+
+def _build_model(config: DetectionTrainConfig, num_classes: int, device: torch.device, distributed: bool) -> nn.Module:
+    kwargs = backbone_kwargs(config.extra, config.drop_path_rate, config.pretrained_backbone)
+    # multi-scale training: torchvision's resize draws a short side per image from the global generator (seeded per
+    # process, saved with the checkpoint); evaluation takes the largest
+    min_size = MULTISCALE_TRAIN_SCALES if config.multiscale else config.min_size
+    model = create_detector(config.detector, config.model, num_classes, config.fpn_channels, backbone_kwargs=kwargs,
+                            min_size=min_size, max_size=config.max_size)  # fmt: skip
+    if distributed and device.type == "cuda":
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model = model.to(device)
+    broadcast_from_main([*model.parameters(), *model.buffers()])  # one initialisation on every rank
+    return model
+
+
+def _train(config: DetectionTrainConfig, info) -> dict[str, object]:
+    device, world = info.device, info.world_size
+    if config.batch_size % world:
+        raise ValueError(f"batch_size {config.batch_size} must be a multiple of the {world} processes")
+    seed_everything(config.seed)  # the same initial model everywhere (broadcast from rank 0 as well)
+    train_set, val_set, dataset_classes = _datasets(config)
+    num_classes = config.num_classes or dataset_classes
+    if num_classes < dataset_classes:
+        raise ValueError(f"num_classes {num_classes} is below the dataset's {dataset_classes} (background included)")
+    pin = device.type == "cuda"
+    loader = create_loader(train_set, config.batch_size // world, True, config.seed, config.workers, info.rank, world,
+                           pin, collate_fn=detection_collate)  # fmt: skip
+    val_loader = create_loader(val_set, 1, False, config.seed, config.workers, info.rank, world, pin,
+                               collate_fn=detection_collate)  # fmt: skip
+    model = _build_model(config, num_classes, device, info.distributed)
+    optimizer = torch.optim.AdamW(param_groups(model, config.weight_decay), lr=config.lr, betas=(0.9, 0.999))
+    seed_everything(config.seed + info.rank)  # each process its own drop-path and sampling draws
+    output = Path(config.output)
+    metadata = dict(model=config.model, task="detection", detector=config.detector, num_classes=num_classes)
+    step, best, history, losses = 0, -1.0, [], []
+    if config.resume:
+        check_resume_settings(config, output, RESUME_KEYS)
+        state = load_training_checkpoint(resolve_resume_path(config.resume), model, None)
+        check_resume_world(state, world)
+        optimizer.load_state_dict(state["optimizer"])
+        restore_rng_state(state["rng"][info.rank])
+        step, best, history = state["step"], state["best_AP"], list(state["history"])
+        losses = [torch.tensor(v, device=device) for v in state["pending_losses"]]
+        _logger.info("resumed from step %d (best box AP %.2f)", step, best)
+    elif info.is_main:
+        write_args(output, config)
+    amp = torch.autocast(device.type, dtype=AMP_DTYPES[config.amp_dtype], enabled=config.amp)
+    params = [p for p in model.parameters() if p.requires_grad]
+    buffers = list(model.buffers()) if info.distributed and device.type != "cuda" else []  # (CUDA: SyncBatchNorm)
+    steps_per_epoch = loader.sampler.batches_per_epoch()
+    total = config.epochs * steps_per_epoch
+    stop = total if config.stop_after is None else min(total, step + config.stop_after)
+
+    def save() -> None:
+        broadcast_from_main(buffers)
+        state = dict(step=step, best_AP=best, history=history)
+        save_last(output, model, optimizer, state, losses, world, metadata)
+
+    result: dict[str, object] = dict(history[-1]) if history else {}
+    started = time.perf_counter()
+    model.train()
+    while step < stop:
+        epoch, position = divmod(step, steps_per_epoch)
+        set_loader_epoch(loader, epoch, position)
+        for images, targets in loader:
+            lr = multistep_lr(step, steps_per_epoch, config.lr, config.lr_steps, config.warmup_iters)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            broadcast_from_main(buffers)  # plain BatchNorm across CPU processes: rank 0's statistics, as DDP does
+            images = [image.to(device, non_blocking=True) for image in images]
+            targets = [{k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in t.items()}
+                       for t in targets]  # fmt: skip
+            with amp:
+                loss_parts = model(images, targets)
+            loss = sum(part.float() for part in loss_parts.values())
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if info.distributed:  # a head that got no target on this rank left no gradient: the all-reduce needs one
+                for p in params:
+                    if p.grad is None:
+                        p.grad = torch.zeros_like(p)
+            average_gradients(params)
+            optimizer.step()
+            step += 1
+            losses.append(loss.detach())
+            if step % config.log_interval == 0 and info.is_main:
+                _logger.info("step %d/%d: loss %.4f (rank 0), lr %.2e, %.1f s", step, total,
+                             float(torch.stack(losses[-config.log_interval:]).mean()), lr,
+                             time.perf_counter() - started)  # fmt: skip
+            epoch_end = step % steps_per_epoch == 0
+            if (epoch_end and (step // steps_per_epoch) % config.eval_interval == 0) or step == total:
+                broadcast_from_main(buffers)
+                result = _evaluate(config, model, val_loader, device, step, losses, history)
+                if result["bbox_AP"] > best and is_main():  # before `last`, whose state records the best AP
+                    save_weights(output / "best.safetensors", model, {**metadata, "step": step, **_scores(result)})
+                best = max(best, float(result["bbox_AP"]))
+                losses = []
+                save()
+                model.train()
+            elif step % config.save_interval == 0 or step == stop:  # keep the steps since the last evaluation
+                save()
+            if step >= stop:
+                break
+    return {**result, "step": step, "total_steps": total, "best_AP": best}
+
+
+def _scores(result: dict) -> dict[str, float]:
+    return {k: v for k, v in result.items() if k.startswith(("bbox_", "segm_"))}
+
+
+def _evaluate(config: DetectionTrainConfig, model: nn.Module, val_loader, device, step: int, losses: list,
+              history: list) -> dict[str, object]:  # fmt: skip
+    """Score the validation split (every process its share) and record a summary row."""
+    amp_dtype = AMP_DTYPES[config.amp_dtype] if config.amp else None
+    result = evaluate_detection(model, val_loader, device, amp_dtype=amp_dtype)
+    per_step = rank_mean(losses)
+    row = dict(step=step, train_loss=sum(per_step) / len(per_step) if per_step else float("nan"), **_scores(result))
+    history.append(row)
+    _logger.info("step %d: box AP %.2f%s", step, result["bbox_AP"],
+                 f", mask AP {result['segm_AP']:.2f}" if "segm_AP" in result else "")  # fmt: skip
+    return result
