@@ -44,6 +44,13 @@ def segmentation_split(root: str, split: str, threshold: int) -> tuple[torch.Ten
     return F.pad(x, pad, value=-MEAN / STD), F.pad(masks, pad, value=0)
 
 
+def environment(device: torch.device, stamp: str) -> dict[str, object]:
+    """Where a result was measured: the date, device, CPU and versions."""
+    return dict(date=stamp, device=str(device), cpu=platform.processor() or platform.machine(),
+                torch=torch.__version__, sfmamba=sfmamba.__version__,
+                gpu=torch.cuda.get_device_name(device) if device.type == "cuda" else None)  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--backbone", default="sf_mamba_nano")
@@ -91,11 +98,8 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     path = args.out / f"fmnist_segmentation_{args.backbone}_{stamp}.json"
-    environment = dict(date=stamp, device=str(device), cpu=platform.processor() or platform.machine(),
-                       torch=torch.__version__, sfmamba=sfmamba.__version__,
-                       gpu=torch.cuda.get_device_name(device) if device.type == "cuda" else None)  # fmt: skip
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    record = dict(environment=environment, settings=settings, steps=step, train_seconds=train_s, classes=CLASSES,
+    record = dict(environment=environment(device, stamp), settings=settings, steps=step, train_seconds=train_s, classes=CLASSES,
                   **result)  # fmt: skip
     path.write_text(json.dumps(record, indent=1) + "\n")
     print(f"# wrote {path}")

@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..train.distributed import all_gather_objects  # (over a gloo group: no CUDA device needed under NCCL)
+
 __all__ = ["DetectionMetrics"]
 
 IOU_TYPES = ("bbox", "segm")
@@ -31,17 +33,6 @@ _MASK_CHUNK = 1 << 24  # pixels x detections converted to float at once in the m
 
 # a detection's state per (area range, IoU threshold): what COCOeval's dtMatches/dtIgnore amount to
 _FALSE_POSITIVE, _TRUE_POSITIVE, _IGNORED = 0, 1, -1
-
-
-def _gather_from_ranks(obj: object) -> list[object]:
-    """[obj] on one process; every rank's obj, in rank order, under torch.distributed."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        gathered: list[object] = [None] * dist.get_world_size()
-        dist.all_gather_object(gathered, obj)
-        return gathered
-    return [obj]
 
 
 def _box_iou(det: np.ndarray, gt: np.ndarray, crowd: np.ndarray) -> np.ndarray:
@@ -280,7 +271,7 @@ class DetectionMetrics:
 
     def compute(self) -> dict[str, float]:
         """COCOeval's summary numbers in percent (-1 where undefined), over every rank's images."""
-        records = [record for rank_records in _gather_from_ranks(self.records) for record in rank_records]
+        records = [record for rank_records in all_gather_objects(self.records) for record in rank_records]
         precision, recall = self._accumulate(records)
         areas, last = list(AREA_RANGES), len(self.max_dets) - 1
 
