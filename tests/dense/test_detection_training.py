@@ -85,6 +85,13 @@ def test_run_folder_and_exact_resume_after_a_stop(coco_folder, tmp_path, capsys)
     meta = load_weights(whole / "best.safetensors", model)
     assert meta["step"] == int(best_row["step"]) and meta["detector"] == "mask_rcnn" and meta["num_classes"] == 3
     assert meta["bbox_AP"] == pytest.approx(float(best_row["bbox_AP"]), abs=1e-3)
+    # the best file scored alone: the detector, backbone and classes come from its metadata
+    capsys.readouterr()
+    assert main(["train-det", "--data-dir", str(coco_folder), "--evaluate-only", str(whole / "best.safetensors"),
+                 "--min-size", "64", "--max-size", "64", "-j", "0", "--device", "cpu"]) == 0  # fmt: skip
+    scored = capsys.readouterr().out
+    assert f"step {best_row['step']}: box AP {float(best_row['bbox_AP']):.2f}" in scored, scored
+    assert f"mask AP {float(best_row['segm_AP']):.2f}" in scored
 
 
 def _weights(path):
@@ -109,6 +116,7 @@ def test_resume_refuses_other_settings(coco_folder, tmp_path, capsys):
         (["--num-classes", "2"], "num_classes 2 is below the dataset's 3 (background included)"),
         (["--train-split", "train2014"], "train2014"),
         (["--detector", "fcos"], "fpn_channels must be a multiple of 32 for fcos (GroupNorm(32)), got 16"),
+        (["--evaluate-only", "nowhere.safetensors"], "nowhere.safetensors"),
     ],
 )
 def test_bad_settings_name_the_argument(coco_folder, tmp_path, capsys, extra, message):

@@ -5,8 +5,9 @@ AdamW lr 1e-4 and weight decay 0.05, 500 warm-up iterations, the learning rate /
 `--epochs 36 --lr-steps 27 33 --multiscale` is the 3x schedule. Box AP (and mask AP for Mask R-CNN), COCO's
 definitions, after every --eval-interval epochs. `output` gets last.safetensors + last.state.pt (atomic; --resume
 continues exactly, with the same settings and number of processes), best.safetensors (best box AP), summary.csv and
-args.json. `--dataset fashion_mnist` trains on canvases of Fashion-MNIST garments (a real-data check that runs on a
-CPU). Multi-GPU: `torchrun --nproc-per-node N -m sfmamba.cli.main train-det ...`.
+args.json; `--evaluate-only best.safetensors` scores a file on the validation split. `--dataset fashion_mnist` trains
+on canvases of Fashion-MNIST garments (a real-data check that runs on a CPU). Multi-GPU: `torchrun --nproc-per-node N
+-m sfmamba.cli.main train-det ...`.
 
 examples:
   sfmamba train-det --data-dir coco --model sf_mamba_tiny --pretrained-backbone cls.safetensors --output out/mrcnn --amp
@@ -66,8 +67,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--device", type=device_arg, default=None, help="cuda or cpu (default: cuda if available)")
     out = parser.add_argument_group("output")
-    out.add_argument("--output", required=True, help="run folder")
+    out.add_argument("--output", default=None, help="run folder (required unless --evaluate-only)")
     out.add_argument("--resume", default=None, help="a run folder or its last.state.pt")
+    out.add_argument("--evaluate-only", default=None, metavar="WEIGHTS",
+                     help="score a train-det weights file on the validation split; no training")  # fmt: skip
     out.add_argument("--stop-after", type=positive_int, default=None,
                      help="end this run after N steps, saved (for time-limited jobs; --resume continues)")  # fmt: skip
     out.add_argument("--log-interval", type=positive_int, default=50)
@@ -76,6 +79,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..dense.train_det import DetectionTrainConfig, train_detection
 
+    if args.output is None and args.evaluate_only is None:
+        raise UsageError("--output is required (the run folder), unless --evaluate-only scores a weights file")
     names = {f.name for f in dataclasses.fields(DetectionTrainConfig)}  # the flags carry the fields' names
     settings = {k: v for k, v in vars(args).items() if k in names}
     settings.update(lr_steps=tuple(args.lr_steps), drop_path_rate=args.drop_path, extra=args.model_kwargs)
@@ -84,11 +89,12 @@ def run(args: argparse.Namespace) -> int:
         result = train_detection(config)
     except (ValueError, FileNotFoundError) as err:  # DatasetError, CheckpointError, bad settings
         raise UsageError(str(err)) from err
+    where = args.output or args.evaluate_only
     if result["step"] < result["total_steps"]:
         print(f"stopped at step {result['step']} of {result['total_steps']} (saved to {args.output}; --resume "
               "continues)")  # fmt: skip
         return 0
     mask = f"  mask AP {result['segm_AP']:.2f}" if "segm_AP" in result else ""
     print(f"step {result['step']}: box AP {result['bbox_AP']:.2f}  AP50 {result['bbox_AP50']:.2f}{mask}  best box AP "
-          f"{result['best_AP']:.2f}  ({args.output})")  # fmt: skip
+          f"{result['best_AP']:.2f}  ({where})")  # fmt: skip
     return 0

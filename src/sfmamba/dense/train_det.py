@@ -15,6 +15,7 @@ train-det`.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -32,7 +33,15 @@ from ..data.detection import (
     detection_collate,
 )
 from ..data.loader import create_loader, set_loader_epoch
-from ..train.checkpoint import load_training_checkpoint, resolve_resume_path, restore_rng_state, save_weights
+from ..train.checkpoint import (
+    CheckpointError,
+    load_training_checkpoint,
+    load_weights,
+    read_metadata,
+    resolve_resume_path,
+    restore_rng_state,
+    save_weights,
+)
 from ..train.distributed import average_gradients, broadcast_from_main, cleanup_distributed, init_distributed
 from ..train.trainer import seed_everything
 from ._run import (
@@ -61,7 +70,7 @@ class DetectionTrainConfig:
     """The run's settings (defaults: Mask R-CNN 1x on COCO 2017, batch 16)."""
 
     data_dir: str
-    output: str
+    output: str | None  # the run folder (None only with evaluate_only)
     dataset: str = "coco"  # COCO's layout: <split>/ images + annotations/instances_<split>.json; or "fashion_mnist"
     detector: str = "mask_rcnn"
     model: str = "sf_mamba_tiny"
@@ -90,11 +99,14 @@ class DetectionTrainConfig:
     seed: int = 0
     device: str | None = None
     resume: str | None = None
+    evaluate_only: str | None = None  # a weights file (best.safetensors): score it on the validation split, no training
     stop_after: int | None = None  # end this run after this many steps (the schedule still spans `epochs`)
     log_interval: int = 50
     extra: dict = field(default_factory=dict)  # more keyword arguments for the backbone's timm.create_model
 
     def check(self) -> None:
+        if self.output is None and self.evaluate_only is None:
+            raise ValueError("output (the run folder) is required, unless evaluate_only names a weights file")
         if self.dataset not in DATASETS:
             raise ValueError(f"dataset must be one of {DATASETS}, got {self.dataset!r}")
         if self.detector not in DETECTORS:
@@ -141,32 +153,27 @@ def train_detection(config: DetectionTrainConfig) -> dict[str, object]:
     config.check()
     info = init_distributed(config.device)
     try:
-        return _train(config, info)
+        return _evaluate_only(config, info) if config.evaluate_only else _train(config, info)
     finally:
         cleanup_distributed()
 
 
-def _datasets(config: DetectionTrainConfig) -> tuple[torch.utils.data.Dataset, torch.utils.data.Dataset, int]:
-    """(train, val, num_classes with the background), each cut to its `limit_*` first images."""
-    train, val, num_classes = _full_datasets(config)
-    cut = [torch.utils.data.Subset(d, range(min(n, len(d)))) if n else d
-           for d, n in ((train, config.limit_train), (val, config.limit_val))]  # fmt: skip
-    return cut[0], cut[1], num_classes
-
-
-def _full_datasets(config: DetectionTrainConfig) -> tuple[torch.utils.data.Dataset, torch.utils.data.Dataset, int]:
-    train_transform = DetectionTrainTransform()  # flips; the detector resizes (multi-scale: `_build_model`)
+def _dataset(config: DetectionTrainConfig, training: bool) -> tuple[torch.utils.data.Dataset, int]:
+    """The training or validation set, cut to its `limit_*` first images, and the number of classes with the
+    background."""
     if config.dataset == "fashion_mnist":
-        train = FashionMNISTDetection(config.data_dir, "train", seed=config.seed, transform=train_transform)
-        val = FashionMNISTDetection(config.data_dir, "test", seed=config.seed, transform=DetectionEvalTransform())
-        return train, val, FashionMNISTDetection.num_classes
-    masks = config.detector == "mask_rcnn"
-    root = Path(config.data_dir)
-    train = CocoDetection(root / config.train_split, root / "annotations" / f"instances_{config.train_split}.json",
-                          train_transform, with_masks=masks, remove_empty=True, drop_crowd=True)  # fmt: skip
-    val = CocoDetection(root / config.val_split, root / "annotations" / f"instances_{config.val_split}.json",
-                        DetectionEvalTransform(), with_masks=masks, remove_empty=False)  # fmt: skip
-    return train, val, train.num_classes
+        split, transform = ("train", DetectionTrainTransform()) if training else ("test", DetectionEvalTransform())
+        data = FashionMNISTDetection(config.data_dir, split, seed=config.seed, transform=transform)
+    else:
+        split = config.train_split if training else config.val_split
+        root, masks = Path(config.data_dir), config.detector == "mask_rcnn"
+        # training flips only (the detector resizes: `_build_model`) and drops crowd regions and empty images
+        transform = DetectionTrainTransform() if training else DetectionEvalTransform()
+        data = CocoDetection(root / split, root / "annotations" / f"instances_{split}.json", transform,
+                             with_masks=masks, remove_empty=training, drop_crowd=training)  # fmt: skip
+    limit = config.limit_train if training else config.limit_val
+    cut = torch.utils.data.Subset(data, range(min(limit, len(data)))) if limit else data
+    return cut, data.num_classes
 
 
 def _build_model(config: DetectionTrainConfig, num_classes: int, device: torch.device, distributed: bool) -> nn.Module:
@@ -188,7 +195,8 @@ def _train(config: DetectionTrainConfig, info) -> dict[str, object]:
     if config.batch_size % world:
         raise ValueError(f"batch_size {config.batch_size} must be a multiple of the {world} processes")
     seed_everything(config.seed)  # the same initial model everywhere (broadcast from rank 0 as well)
-    train_set, val_set, dataset_classes = _datasets(config)
+    train_set, dataset_classes = _dataset(config, training=True)
+    val_set = _dataset(config, training=False)[0]
     num_classes = config.num_classes or dataset_classes
     if num_classes < dataset_classes:
         raise ValueError(f"num_classes {num_classes} is below the dataset's {dataset_classes} (background included)")
@@ -201,7 +209,8 @@ def _train(config: DetectionTrainConfig, info) -> dict[str, object]:
     optimizer = torch.optim.AdamW(param_groups(model, config.weight_decay), lr=config.lr, betas=(0.9, 0.999))
     seed_everything(config.seed + info.rank)  # each process its own drop-path and sampling draws
     output = Path(config.output)
-    metadata = dict(model=config.model, task="detection", detector=config.detector, num_classes=num_classes)
+    metadata = dict(model=config.model, task="detection", detector=config.detector, num_classes=num_classes,
+                    fpn_channels=config.fpn_channels)  # fmt: skip
     step, best, history, losses = 0, -1.0, [], []
     if config.resume:
         check_resume_settings(config, output, RESUME_KEYS)
@@ -272,6 +281,30 @@ def _train(config: DetectionTrainConfig, info) -> dict[str, object]:
             if step >= stop:
                 break
     return {**result, "step": step, "total_steps": total, "best_AP": best}
+
+
+def _evaluate_only(config: DetectionTrainConfig, info) -> dict[str, object]:
+    """Score `config.evaluate_only`'s weights (a `train-det` file: its metadata names the detector, backbone, classes
+    and pyramid width) on the validation split, each process its share."""
+    metadata = read_metadata(config.evaluate_only)
+    missing = [k for k in ("detector", "model", "num_classes", "fpn_channels") if k not in metadata]
+    if missing:
+        raise CheckpointError(f"{config.evaluate_only}: not a train-det weights file (no {', '.join(missing)} in its "
+                              f"metadata)")  # fmt: skip
+    run = dataclasses.replace(config, detector=metadata["detector"], model=metadata["model"],
+                              num_classes=metadata["num_classes"], fpn_channels=metadata["fpn_channels"])  # fmt: skip
+    val_set, dataset_classes = _dataset(run, training=False)
+    if run.num_classes < dataset_classes:
+        raise ValueError(f"{config.evaluate_only}: {run.num_classes} classes, below the data's {dataset_classes}")
+    model = create_detector(run.detector, run.model, run.num_classes, run.fpn_channels, min_size=run.min_size,
+                            max_size=run.max_size)  # fmt: skip
+    load_weights(config.evaluate_only, model)
+    loader = create_loader(val_set, 1, False, run.seed, run.workers, info.rank, info.world_size,
+                           info.device.type == "cuda", collate_fn=detection_collate)  # fmt: skip
+    amp_dtype = AMP_DTYPES[run.amp_dtype] if run.amp else None
+    result = evaluate_detection(model.to(info.device), loader, info.device, amp_dtype=amp_dtype)
+    step = metadata.get("step", 0)
+    return {**result, "step": step, "total_steps": step, "best_AP": result["bbox_AP"]}
 
 
 def _scores(result: dict) -> dict[str, float]:
