@@ -20,8 +20,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from . import UsageError, device_arg, non_negative_int, positive_float, positive_int
+from . import UsageError, non_negative_int, positive_float, positive_int
 from .train import ParseModelKwargs
+from .train_seg import add_run_arguments
 
 HELP = "train a detector (Mask R-CNN, Faster R-CNN, RetinaNet, FCOS) on COCO-format data (box/mask AP, exact resume)"
 
@@ -59,21 +60,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help="epochs after which the learning rate is divided by 10")  # fmt: skip
     run.add_argument("--warmup-iters", type=non_negative_int, default=500)
     run.add_argument("--eval-interval", type=positive_int, default=1, help="epochs")
-    run.add_argument("--save-interval", type=positive_int, default=2000,
-                     help="write `last` every N steps between evaluations too (a kill loses at most N)")  # fmt: skip
-    run.add_argument("--amp", action="store_true", help="autocast")
-    run.add_argument("--amp-dtype", choices=("bfloat16",), default="bfloat16",
-                     help="bfloat16 (float16 would need loss scaling)")  # fmt: skip
-    run.add_argument("--seed", type=int, default=0)
-    run.add_argument("--device", type=device_arg, default=None, help="cuda or cpu (default: cuda if available)")
     out = parser.add_argument_group("output")
     out.add_argument("--output", default=None, help="run folder (required unless --evaluate-only)")
-    out.add_argument("--resume", default=None, help="a run folder or its last.state.pt")
     out.add_argument("--evaluate-only", default=None, metavar="WEIGHTS",
                      help="score a train-det weights file on the validation split; no training")  # fmt: skip
-    out.add_argument("--stop-after", type=positive_int, default=None,
-                     help="end this run after N steps, saved (for time-limited jobs; --resume continues)")  # fmt: skip
-    out.add_argument("--log-interval", type=positive_int, default=50)
+    add_run_arguments(run, out)
 
 
 def run(args: argparse.Namespace) -> int:

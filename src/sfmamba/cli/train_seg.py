@@ -49,16 +49,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--weight-decay", type=float, default=0.01)
     run.add_argument("--warmup-iters", type=non_negative_int, default=1500)
     run.add_argument("--eval-interval", type=positive_int, default=16_000)
+    run.add_argument("--whole", dest="slide", action="store_false", help="evaluate whole images (default: slide)")
+    out = parser.add_argument_group("output")
+    out.add_argument("--output", required=True, help="run folder")
+    add_run_arguments(run, out)
+
+
+def add_run_arguments(run: argparse._ArgumentGroup, out: argparse._ArgumentGroup) -> None:
+    """The flags both dense trainers (train-seg, train-det) take for checkpoints, precision, seeds and devices."""
     run.add_argument("--save-interval", type=positive_int, default=2000,
                      help="write `last` every N steps between evaluations too (a kill loses at most N)")  # fmt: skip
-    run.add_argument("--whole", dest="slide", action="store_false", help="evaluate whole images (default: slide)")
     run.add_argument("--amp", action="store_true", help="autocast")
     run.add_argument("--amp-dtype", choices=("bfloat16",), default="bfloat16",
                      help="bfloat16 (float16 would need loss scaling)")  # fmt: skip
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--device", type=device_arg, default=None, help="cuda or cpu (default: cuda if available)")
-    out = parser.add_argument_group("output")
-    out.add_argument("--output", required=True, help="run folder")
     out.add_argument("--resume", default=None, help="a run folder or its last.state.pt")
     out.add_argument("--stop-after", type=positive_int, default=None,
                      help="end this run after N steps, saved (for time-limited jobs; --resume continues)")  # fmt: skip

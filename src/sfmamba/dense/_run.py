@@ -1,22 +1,30 @@
 """What the dense-prediction trainers (`train` for segmentation, `train_det` for detection) share: the optimizer's
-parameter groups, the backbone's creation arguments, the run folder's args.json and its resume check, and `last`'s
-training state written with every process's RNG state and pending losses."""
+parameter groups, the backbone's creation arguments, a new run's args.json or a resumed run's checked state, and
+`last`'s training state written with every process's RNG state and pending losses."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from ..train.checkpoint import capture_rng_state, save_training_checkpoint
+from ..train.checkpoint import (
+    capture_rng_state,
+    load_training_checkpoint,
+    resolve_resume_path,
+    restore_rng_state,
+    save_training_checkpoint,
+)
 from ..train.distributed import all_gather_objects
 from ..train.history import rows_to_csv
 from ..utils.files import atomic_write_text
 
 AMP_DTYPES = {"bfloat16": torch.bfloat16}  # (float16 would need a GradScaler)
+_logger = logging.getLogger(__name__)
 
 
 def backbone_kwargs(extra: dict, drop_path_rate: float | None, pretrained_backbone: str | None) -> dict:
@@ -39,13 +47,33 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [dict(params=decay, weight_decay=weight_decay), dict(params=no_decay, weight_decay=0.0)]
 
 
-def write_args(output: Path, config) -> None:
+def start_or_resume(config, model: nn.Module, optimizer, keys: tuple[str, ...], world: int, rank: int,
+                    device: torch.device, best_key: str) -> tuple[int, float, list, list]:  # fmt: skip
+    """(step, best score, history, pending losses) to start from: a new run's (its args.json written), or, with
+    `config.resume`, the resumed run's (its settings named by `keys` and its process count checked; the weights, the
+    optimizer and this process's RNG state loaded; `best_key` names the best score in the state)."""
+    output = Path(config.output)
+    if not config.resume:
+        if is_main():
+            _write_args(output, config)
+        return 0, -1.0, [], []
+    _check_resume_settings(config, output, keys)
+    state = load_training_checkpoint(resolve_resume_path(config.resume), model, None)
+    _check_resume_world(state, world)
+    optimizer.load_state_dict(state["optimizer"])
+    restore_rng_state(state["rng"][rank])
+    losses = [torch.tensor(v, device=device) for v in state["pending_losses"]]  # since the last evaluation
+    _logger.info("resumed from step %d (%s %.2f)", state["step"], best_key, state[best_key])
+    return state["step"], state[best_key], list(state["history"]), losses
+
+
+def _write_args(output: Path, config) -> None:
     """The run's settings as `output/args.json` (a dataclass)."""
     output.mkdir(parents=True, exist_ok=True)
     atomic_write_text(output / "args.json", json.dumps(dataclasses.asdict(config), indent=2) + "\n")
 
 
-def check_resume_settings(config, output: Path, keys: tuple[str, ...]) -> None:
+def _check_resume_settings(config, output: Path, keys: tuple[str, ...]) -> None:
     """A resumed run must be the same run: the settings named by `keys`, against the run's args.json (checked before
     any weights load, so a changed model is reported as the change it is)."""
     args_file = output / "args.json"
@@ -57,7 +85,7 @@ def check_resume_settings(config, output: Path, keys: tuple[str, ...]) -> None:
             raise ValueError(f"resume: settings differ from {args_file}: {', '.join(changed)}")
 
 
-def check_resume_world(state: dict, world: int) -> None:
+def _check_resume_world(state: dict, world: int) -> None:
     """... and the same number of processes (each has its own RNG state and share of the data)."""
     if state.get("world_size", 1) != world:
         raise ValueError(f"resume: the run used {state.get('world_size', 1)} process(es), this one {world}: resume "

@@ -26,20 +26,10 @@ from torch import nn
 
 from ..data.loader import create_loader, set_loader_epoch
 from ..data.segmentation import SegmentationEvalTransform, SegmentationFolder, SegmentationTrainTransform
-from ..train.checkpoint import load_training_checkpoint, resolve_resume_path, restore_rng_state, save_weights
+from ..train.checkpoint import save_weights
 from ..train.distributed import average_gradients, broadcast_from_main, cleanup_distributed, init_distributed
 from ..train.trainer import seed_everything
-from ._run import (
-    AMP_DTYPES,
-    backbone_kwargs,
-    check_resume_settings,
-    check_resume_world,
-    is_main,
-    param_groups,
-    rank_mean,
-    save_last,
-    write_args,
-)
+from ._run import AMP_DTYPES, backbone_kwargs, is_main, param_groups, rank_mean, save_last, start_or_resume
 from .inference import evaluate_segmentation
 from .upernet import UperNet, segmentation_loss
 
@@ -145,19 +135,8 @@ def _train(config: SegmentationTrainConfig, info) -> dict[str, object]:
     model = _build_model(config, device, info.distributed)
     optimizer = torch.optim.AdamW(param_groups(model, config.weight_decay), lr=config.lr, betas=(0.9, 0.999))
     seed_everything(config.seed + info.rank)  # each process its own drop-path draws
-    output = Path(config.output)
-    step, best, history, losses = 0, -1.0, [], []
-    if config.resume:
-        check_resume_settings(config, output, RESUME_KEYS)
-        state = load_training_checkpoint(resolve_resume_path(config.resume), model, None)
-        check_resume_world(state, world)
-        optimizer.load_state_dict(state["optimizer"])
-        restore_rng_state(state["rng"][info.rank])
-        step, best, history = state["step"], state["best_mIoU"], list(state["history"])
-        losses = [torch.tensor(v, device=device) for v in state["pending_losses"]]  # since the last evaluation
-        _logger.info("resumed from step %d (best mIoU %.2f)", step, best)
-    elif info.is_main:
-        write_args(output, config)
+    step, best, history, losses = start_or_resume(config, model, optimizer, RESUME_KEYS, world, info.rank, device,
+                                                  "best_mIoU")  # fmt: skip
     amp = torch.autocast(device.type, dtype=AMP_DTYPES[config.amp_dtype], enabled=config.amp)
     params = [p for p in model.parameters() if p.requires_grad]
     buffers = list(model.buffers()) if info.distributed and device.type != "cuda" else []  # (CUDA: SyncBatchNorm)

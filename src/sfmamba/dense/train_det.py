@@ -35,26 +35,13 @@ from ..data.detection import (
 from ..data.loader import create_loader, set_loader_epoch
 from ..train.checkpoint import (
     CheckpointError,
-    load_training_checkpoint,
     load_weights,
     read_metadata,
-    resolve_resume_path,
-    restore_rng_state,
     save_weights,
 )
 from ..train.distributed import average_gradients, broadcast_from_main, cleanup_distributed, init_distributed
 from ..train.trainer import seed_everything
-from ._run import (
-    AMP_DTYPES,
-    backbone_kwargs,
-    check_resume_settings,
-    check_resume_world,
-    is_main,
-    param_groups,
-    rank_mean,
-    save_last,
-    write_args,
-)
+from ._run import AMP_DTYPES, backbone_kwargs, is_main, param_groups, rank_mean, save_last, start_or_resume
 from .detection import DETECTORS, create_detector, evaluate_detection
 
 __all__ = ["DATASETS", "DetectionTrainConfig", "multistep_lr", "train_detection"]
@@ -211,18 +198,8 @@ def _train(config: DetectionTrainConfig, info) -> dict[str, object]:
     output = Path(config.output)
     metadata = dict(model=config.model, task="detection", detector=config.detector, num_classes=num_classes,
                     fpn_channels=config.fpn_channels)  # fmt: skip
-    step, best, history, losses = 0, -1.0, [], []
-    if config.resume:
-        check_resume_settings(config, output, RESUME_KEYS)
-        state = load_training_checkpoint(resolve_resume_path(config.resume), model, None)
-        check_resume_world(state, world)
-        optimizer.load_state_dict(state["optimizer"])
-        restore_rng_state(state["rng"][info.rank])
-        step, best, history = state["step"], state["best_AP"], list(state["history"])
-        losses = [torch.tensor(v, device=device) for v in state["pending_losses"]]
-        _logger.info("resumed from step %d (best box AP %.2f)", step, best)
-    elif info.is_main:
-        write_args(output, config)
+    step, best, history, losses = start_or_resume(config, model, optimizer, RESUME_KEYS, world, info.rank, device,
+                                                  "best_AP")  # fmt: skip
     amp = torch.autocast(device.type, dtype=AMP_DTYPES[config.amp_dtype], enabled=config.amp)
     params = [p for p in model.parameters() if p.requires_grad]
     buffers = list(model.buffers()) if info.distributed and device.type != "cuda" else []  # (CUDA: SyncBatchNorm)
