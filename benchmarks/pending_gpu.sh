@@ -233,6 +233,12 @@ time_bwd_configs() {
     --dtypes $dtypes --unroll 16 --out-dir "$dir" "$@" 2>&1 | tee -a "$dir/log.txt" | grep -v Warning
 }
 
+# DTYPES as bench_selective_scan.py names them (bf16, fp32, fp16), whichever way they were given (the experiments
+# scripts take bfloat16 / float32)
+short_dtypes() {
+  echo "$DTYPES" | sed -e 's/bfloat16/bf16/g' -e 's/float32/fp32/g' -e 's/float16/fp16/g'
+}
+
 restore_triton_cache() {
   local parts=("$TRITON_CACHE_TGZ")
   [ -f "$TRITON_CACHE_TGZ" ] || parts=("$TRITON_CACHE_TGZ".part-*)
@@ -598,15 +604,15 @@ run_step() {
         | grep -v Warning ;;
     scan-table)
       PYTHONPATH=".bench_deps/ext:.bench_deps:$PYTHONPATH" "$PY" benchmarks/ops/bench_selective_scan.py --timers graph \
-        --folds --providers sfmamba-BLD mamba_ssm --precompile 16 ${SHAPES:+--shapes $SHAPES} ${DTYPES:+--dtypes $DTYPES} --out-dir "$dir" 2>&1 \
+        --folds --providers sfmamba-BLD mamba_ssm --precompile 16 ${SHAPES:+--shapes $SHAPES} ${DTYPES:+--dtypes $(short_dtypes)} --out-dir "$dir" 2>&1 \
         | tee "$dir/log.txt" | grep -v Warning | tail -45 ;;
     scan-sweep)  # issue #2's time-vs-length plot: L = 49 .. 3136 at (128, 160, L, 8), fwd and fwd+bwd, folds 1 and 2
       PYTHONPATH=".bench_deps/ext:.bench_deps:$PYTHONPATH" "$PY" benchmarks/ops/bench_selective_scan.py --timers graph \
         --sweep-only --folds 2 --providers sfmamba-BLD sfmamba-BLD-fold2 mamba_ssm --precompile 16 \
-        --dtypes ${DTYPES:-bf16} --out-dir "$dir" 2>&1 | tee "$dir/log.txt" | grep -v Warning | tail -45 ;;
+        --dtypes $(DTYPES=${DTYPES:-bf16} short_dtypes) --out-dir "$dir" 2>&1 | tee "$dir/log.txt" | grep -v Warning | tail -45 ;;
     scan-naive)  # the PyTorch reference on the GPU (eager: a loop of L steps) against ours, eager too
       "$PY" benchmarks/ops/bench_selective_scan.py --timers eager --folds --providers sfmamba-BLD naive-torch \
-        --shapes ${SHAPES:-0 2} ${DTYPES:+--dtypes $DTYPES} --out-dir "$dir" 2>&1 | tee "$dir/log.txt" \
+        --shapes ${SHAPES:-0 2} ${DTYPES:+--dtypes $(short_dtypes)} --out-dir "$dir" 2>&1 | tee "$dir/log.txt" \
         | grep -v Warning | tail -20 ;;
     scan-bwd-n1)  # VMamba's backward (N = 1): TILES vs ROWS, the next chunk's L1 hints as one instruction per tensor
       # (NEXT_TO_L1 2, the default configs') or one per row (1), and the autotuner's pick; fwd+bwd, checked
