@@ -88,9 +88,9 @@ def test_run_folder_and_exact_resume_after_a_stop(coco_folder, tmp_path, capsys)
     # the best file scored alone: the detector, backbone and classes come from its metadata
     capsys.readouterr()
     assert main(["train-det", "--data-dir", str(coco_folder), "--evaluate-only", str(whole / "best.safetensors"),
-                 "--min-size", "64", "--max-size", "64", "-j", "0", "--device", "cpu"]) == 0  # fmt: skip
+                 "-j", "0", "--device", "cpu"]) == 0  # (the sizes too: 64, not the default 800)  # fmt: skip
     scored = capsys.readouterr().out
-    assert f"step {best_row['step']}: box AP {float(best_row['bbox_AP']):.2f}" in scored, scored
+    assert f"(step {best_row['step']}): box AP {float(best_row['bbox_AP']):.2f}" in scored, scored
     assert f"mask AP {float(best_row['segm_AP']):.2f}" in scored
 
 
@@ -107,6 +107,9 @@ def test_resume_refuses_other_settings(coco_folder, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main([*_args(coco_folder, out, "--resume", str(out)), "--detector", "faster_rcnn"])
     assert "resume: settings differ from" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # into another folder: still checked against the resumed run's settings
+        main([*_args(coco_folder, tmp_path / "other", "--resume", str(out)), "--lr", "2e-3"])
+    assert f"resume: settings differ from {out / 'args.json'}: lr 0.001 -> 0.002" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
@@ -117,6 +120,8 @@ def test_resume_refuses_other_settings(coco_folder, tmp_path, capsys):
         (["--train-split", "train2014"], "train2014"),
         (["--detector", "fcos"], "fpn_channels must be a multiple of 32 for fcos (GroupNorm(32)), got 16"),
         (["--evaluate-only", "nowhere.safetensors"], "nowhere.safetensors"),
+        (["--multiscale", "--min-size", "64"], "min_size must stay 800 with multiscale"),
+        (["--weight-decay", "-1"], "weight_decay must be >= 0, got -1.0"),
     ],
 )
 def test_bad_settings_name_the_argument(coco_folder, tmp_path, capsys, extra, message):

@@ -64,24 +64,29 @@ def test_torchrun_two_processes_match_one(fake_fmnist, tmp_path, extra):
 def _average_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
     import torch.distributed as dist
 
-    from sfmamba.train.distributed import average_gradients, broadcast_from_main
+    from sfmamba.train.distributed import average_gradients, broadcast_from_main, fill_missing_gradients
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
         params = [torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.zeros(2, 2, dtype=torch.float64)),
-                  torch.nn.Parameter(torch.zeros(1))]  # fmt: skip
+                  torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(2))]  # fmt: skip
         params[0].grad = torch.full((3,), float(rank + 1))
         params[1].grad = torch.full((2, 2), 10.0 * (rank + 1), dtype=torch.float64)
+        if rank == 0:
+            params[3].grad = torch.full((2,), 4.0)  # (a head with a target on rank 0 only)
+        fill_missing_gradients(params)
         average_gradients(params)  # the third has no gradient on any rank
         weights = torch.full((2,), float(rank + 5))
         broadcast_from_main([weights])
-        torch.save(dict(g0=params[0].grad, g1=params[1].grad, g2=params[2].grad, w=weights), f"{out_dir}/{rank}.pt")
+        grads = {f"g{i}": p.grad for i, p in enumerate(params)}
+        torch.save(dict(grads, w=weights), f"{out_dir}/{rank}.pt")
     finally:
         dist.destroy_process_group()
 
 
 def test_average_gradients_and_broadcast_over_two_processes(tmp_path):
-    """The --cuda-graph-under-torchrun path: gradients averaged per dtype, rank 0's tensors copied to every rank."""
+    """The --cuda-graph-under-torchrun path: gradients averaged per dtype, rank 0's tensors copied to every rank; a
+    gradient one rank lacks counts as zeros there (`fill_missing_gradients`), one no rank has stays None."""
     import torch.multiprocessing as mp
 
     mp.spawn(_average_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
@@ -90,6 +95,7 @@ def test_average_gradients_and_broadcast_over_two_processes(tmp_path):
         assert torch.equal(got["g0"], torch.full((3,), 1.5))
         assert torch.equal(got["g1"], torch.full((2, 2), 15.0, dtype=torch.float64))
         assert got["g2"] is None and torch.equal(got["w"], torch.full((2,), 5.0))
+        assert torch.equal(got["g3"], torch.full((2,), 2.0))
 
 
 @pytest.mark.parametrize(

@@ -12,13 +12,14 @@ on canvases of Fashion-MNIST garments (a real-data check that runs on a CPU). Mu
 examples:
   sfmamba train-det --data-dir coco --model sf_mamba_tiny --pretrained-backbone cls.safetensors --output out/mrcnn --amp
   sfmamba train-det --dataset fashion_mnist --data-dir /usr/share/datasets/fashion-mnist --detector fcos \\
-      --model sf_mamba_nano --min-size 64 --max-size 64 -b 8 --epochs 1 --output out/fmnist_det
+      --model sf_mamba_nano --min-size 64 --max-size 64 -b 16 --epochs 1 --lr 1e-3 --lr-steps --output out/fmnist_det
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 
 from . import UsageError, non_negative_int, positive_float, positive_int
 from .train import ParseModelKwargs
@@ -80,12 +81,16 @@ def run(args: argparse.Namespace) -> int:
         result = train_detection(config)
     except (ValueError, FileNotFoundError) as err:  # DatasetError, CheckpointError, bad settings
         raise UsageError(str(err)) from err
-    where = args.output or args.evaluate_only
+    if int(os.environ.get("RANK", 0)):  # (torchrun: the process group is gone by now) one line, from rank 0
+        return 0
     if result["step"] < result["total_steps"]:
         print(f"stopped at step {result['step']} of {result['total_steps']} (saved to {args.output}; --resume "
               "continues)")  # fmt: skip
         return 0
     mask = f"  mask AP {result['segm_AP']:.2f}" if "segm_AP" in result else ""
-    print(f"step {result['step']}: box AP {result['bbox_AP']:.2f}  AP50 {result['bbox_AP50']:.2f}{mask}  best box AP "
-          f"{result['best_AP']:.2f}  ({where})")  # fmt: skip
+    scores = f"box AP {result['bbox_AP']:.2f}  AP50 {result['bbox_AP50']:.2f}{mask}"
+    if args.evaluate_only:
+        print(f"{args.evaluate_only} (step {result['step']}): {scores}")
+    else:
+        print(f"step {result['step']}: {scores}  best box AP {result['best_AP']:.2f}  ({args.output})")
     return 0

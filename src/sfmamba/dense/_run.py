@@ -57,13 +57,16 @@ def start_or_resume(config, model: nn.Module, optimizer, keys: tuple[str, ...], 
         if is_main():
             _write_args(output, config)
         return 0, -1.0, [], []
-    _check_resume_settings(config, output, keys)
-    state = load_training_checkpoint(resolve_resume_path(config.resume), model, None)
+    state_path = resolve_resume_path(config.resume)
+    _check_resume_settings(config, state_path.parent, keys)  # (the resumed run's folder: --output may differ)
+    if is_main() and not (output / "args.json").is_file():
+        _write_args(output, config)
+    state = load_training_checkpoint(state_path, model, None)
     _check_resume_world(state, world)
     optimizer.load_state_dict(state["optimizer"])
     restore_rng_state(state["rng"][rank])
     losses = [torch.tensor(v, device=device) for v in state["pending_losses"]]  # since the last evaluation
-    _logger.info("resumed from step %d (%s %.2f)", state["step"], best_key, state[best_key])
+    _logger.info("resumed from %s at step %d", state_path, state["step"])
     return state["step"], state[best_key], list(state["history"]), losses
 
 
@@ -73,10 +76,10 @@ def _write_args(output: Path, config) -> None:
     atomic_write_text(output / "args.json", json.dumps(dataclasses.asdict(config), indent=2) + "\n")
 
 
-def _check_resume_settings(config, output: Path, keys: tuple[str, ...]) -> None:
-    """A resumed run must be the same run: the settings named by `keys`, against the run's args.json (checked before
-    any weights load, so a changed model is reported as the change it is)."""
-    args_file = output / "args.json"
+def _check_resume_settings(config, run_dir: Path, keys: tuple[str, ...]) -> None:
+    """A resumed run must be the same run: the settings named by `keys`, against the resumed run's args.json (checked
+    before any weights load, so a changed model is reported as the change it is)."""
+    args_file = run_dir / "args.json"
     if args_file.is_file():
         before = json.loads(args_file.read_text())
         now = json.loads(json.dumps(dataclasses.asdict(config)))  # (tuples as lists, as written)

@@ -80,6 +80,8 @@ def create_detector(detector: str, backbone: str | nn.Module, num_classes: int, 
         backbone, fpn_channels, strides=(4, 8, 16, 32) if two_stage else (8, 16, 32),
         extra_levels="pool" if two_stage else "p6p7", **(backbone_kwargs or {}),
     )  # fmt: skip
+    if detector == "fcos":  # mmdet's FCOS test setting (torchvision's default 0.2 drops low-score boxes AP counts)
+        detector_kwargs.setdefault("score_thresh", 0.05)
     cls = {"faster_rcnn": detection.FasterRCNN, "mask_rcnn": detection.MaskRCNN,
            "retinanet": detection.RetinaNet, "fcos": detection.FCOS}[detector]  # fmt: skip
     return cls(body, num_classes=num_classes, **detector_kwargs)

@@ -39,7 +39,13 @@ from ..train.checkpoint import (
     read_metadata,
     save_weights,
 )
-from ..train.distributed import average_gradients, broadcast_from_main, cleanup_distributed, init_distributed
+from ..train.distributed import (
+    average_gradients,
+    broadcast_from_main,
+    cleanup_distributed,
+    fill_missing_gradients,
+    init_distributed,
+)
 from ..train.trainer import seed_everything
 from ._run import AMP_DTYPES, backbone_kwargs, is_main, param_groups, rank_mean, save_last, start_or_resume
 from .detection import DETECTORS, create_detector, evaluate_detection
@@ -50,6 +56,8 @@ DATASETS = ("coco", "fashion_mnist")
 RESUME_KEYS = ("dataset", "detector", "model", "num_classes", "train_split", "limit_train", "multiscale", "min_size",
                "max_size", "batch_size", "epochs", "lr", "weight_decay", "lr_steps", "warmup_iters", "seed",
                "fpn_channels")  # fmt: skip
+# what a weights file records to be scored again as it was (`evaluate_only`) besides its detector, backbone, classes
+EVALUATION_KEYS = ("fpn_channels", "min_size", "max_size", "extra", "dataset", "seed")
 
 
 @dataclass
@@ -108,9 +116,14 @@ class DetectionTrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.num_classes is not None and self.num_classes < 2:
             raise ValueError(f"num_classes must be >= 2 (background included), got {self.num_classes}")
-        if self.warmup_iters < 0 or self.lr <= 0 or self.weight_decay < 0:
-            raise ValueError(f"warmup_iters and weight_decay must be >= 0 and lr > 0, got {self.warmup_iters}, "
-                             f"{self.weight_decay}, {self.lr}")  # fmt: skip
+        for name in ("warmup_iters", "weight_decay"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.multiscale and self.min_size != 800:  # torchvision evaluates at the largest training scale
+            raise ValueError(f"min_size must stay 800 with multiscale (training short sides 480-800, evaluation at "
+                             f"800), got {self.min_size}")  # fmt: skip
         if list(self.lr_steps) != sorted(set(self.lr_steps)) or any(not 0 < e < self.epochs for e in self.lr_steps):
             raise ValueError(f"lr_steps must be increasing epochs between 1 and epochs - 1 ({self.epochs - 1}), got "
                              f"{list(self.lr_steps)}")  # fmt: skip
@@ -197,7 +210,7 @@ def _train(config: DetectionTrainConfig, info) -> dict[str, object]:
     seed_everything(config.seed + info.rank)  # each process its own drop-path and sampling draws
     output = Path(config.output)
     metadata = dict(model=config.model, task="detection", detector=config.detector, num_classes=num_classes,
-                    fpn_channels=config.fpn_channels)  # fmt: skip
+                    **{k: getattr(config, k) for k in EVALUATION_KEYS})  # fmt: skip
     step, best, history, losses = start_or_resume(config, model, optimizer, RESUME_KEYS, world, info.rank, device,
                                                   "best_AP")  # fmt: skip
     amp = torch.autocast(device.type, dtype=AMP_DTYPES[config.amp_dtype], enabled=config.amp)
@@ -231,10 +244,7 @@ def _train(config: DetectionTrainConfig, info) -> dict[str, object]:
             loss = sum(part.float() for part in loss_parts.values())
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            if info.distributed:  # a head that got no target on this rank left no gradient: the all-reduce needs one
-                for p in params:
-                    if p.grad is None:
-                        p.grad = torch.zeros_like(p)
+            fill_missing_gradients(params)
             average_gradients(params)
             optimizer.step()
             step += 1
@@ -261,20 +271,22 @@ def _train(config: DetectionTrainConfig, info) -> dict[str, object]:
 
 
 def _evaluate_only(config: DetectionTrainConfig, info) -> dict[str, object]:
-    """Score `config.evaluate_only`'s weights (a `train-det` file: its metadata names the detector, backbone, classes
-    and pyramid width) on the validation split, each process its share."""
+    """Score `config.evaluate_only`'s weights (a `train-det` file: its metadata names the detector, backbone, classes,
+    pyramid width, the evaluation's image sizes and the dataset's seed) on the validation split of `config.data_dir`,
+    each process its share."""
     metadata = read_metadata(config.evaluate_only)
-    missing = [k for k in ("detector", "model", "num_classes", "fpn_channels") if k not in metadata]
+    missing = [k for k in ("detector", "model", "num_classes", *EVALUATION_KEYS) if k not in metadata]
     if missing:
         raise CheckpointError(f"{config.evaluate_only}: not a train-det weights file (no {', '.join(missing)} in its "
                               f"metadata)")  # fmt: skip
     run = dataclasses.replace(config, detector=metadata["detector"], model=metadata["model"],
-                              num_classes=metadata["num_classes"], fpn_channels=metadata["fpn_channels"])  # fmt: skip
+                              num_classes=metadata["num_classes"], multiscale=False,
+                              **{k: metadata[k] for k in EVALUATION_KEYS})  # fmt: skip
     val_set, dataset_classes = _dataset(run, training=False)
     if run.num_classes < dataset_classes:
         raise ValueError(f"{config.evaluate_only}: {run.num_classes} classes, below the data's {dataset_classes}")
-    model = create_detector(run.detector, run.model, run.num_classes, run.fpn_channels, min_size=run.min_size,
-                            max_size=run.max_size)  # fmt: skip
+    model = create_detector(run.detector, run.model, run.num_classes, run.fpn_channels, backbone_kwargs=run.extra,
+                            min_size=run.min_size, max_size=run.max_size)  # fmt: skip
     load_weights(config.evaluate_only, model)
     loader = create_loader(val_set, 1, False, run.seed, run.workers, info.rank, info.world_size,
                            info.device.type == "cuda", collate_fn=detection_collate)  # fmt: skip

@@ -118,6 +118,19 @@ def average_gradients(parameters: list[torch.Tensor]) -> None:
         torch._foreach_copy_(grads, [part.view_as(g) for part, g in zip(flat.split([g.numel() for g in grads]), grads)])
 
 
+def fill_missing_gradients(parameters: list[torch.Tensor]) -> None:
+    """Zero gradients where this rank has none but another rank has one (e.g. a detector head that got no target in
+    this rank's images), so that `average_gradients` sums the same tensors everywhere; a parameter no rank used keeps
+    None, as under DDP. One small all-reduce over the gloo group."""
+    if not _initialized():
+        return
+    has = torch.tensor([p.grad is not None for p in parameters], dtype=torch.int32)
+    dist.all_reduce(has, op=dist.ReduceOp.MAX, group=cpu_group())
+    for p, anywhere in zip(parameters, has.tolist()):
+        if anywhere and p.grad is None:
+            p.grad = torch.zeros_like(p)
+
+
 def broadcast_from_main(tensors: list[torch.Tensor]) -> None:
     """Copy rank 0's values into `tensors` on every rank (initial weights, or buffers before a step as DDP does)."""
     if not _initialized():
