@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import logging
 import sys
 import time
 from pathlib import Path
@@ -47,6 +48,7 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=ROOT / "output" / "fmnist_detection")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     config = DetectionTrainConfig(
         data_dir=args.data_dir, output=str(args.output / f"{args.detector}_{args.backbone}"), dataset="fashion_mnist",
         detector=args.detector, model=args.backbone, limit_train=args.train_images, limit_val=args.val_images,
