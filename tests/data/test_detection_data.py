@@ -1,5 +1,5 @@
-"""Detection data: COCO instances files (label mapping, boxes, polygon / RLE / compressed-RLE masks, crowd and empty
-images, errors), the train / eval transforms (flip, multi-scale, determinism per (seed, epoch, index)), the collate
+"""Detection data: COCO instances files (label mapping, boxes cleaned or as COCOeval reads them, polygon masks exactly
+as pycocotools rasterises them, RLE / compressed-RLE masks, crowd and empty images, errors), the train / eval transforms (flip, multi-scale, determinism per (seed, epoch, index)), the collate
 function and the Fashion-MNIST detection set."""
 
 from __future__ import annotations
@@ -123,6 +123,37 @@ def test_labels_boxes_crowd_and_empty_images(tmp_path):
     assert empty["boxes"].shape == (0, 4) and empty["labels"].shape == (0,) and empty["masks"].shape == (0, 10, 10)
 
 
+def test_clean_boxes_off_keeps_the_annotation_boxes_as_cocoeval_reads_them(tmp_path):
+    """Image 1 (20 x 30) holds a box crossing its right edge and one 0.6 px wide; image 4 only a zero-width box."""
+    root, ann = write_coco(tmp_path)
+    data = json.loads(ann.read_text())
+    data["annotations"] += [
+        {"id": 13, "image_id": 1, "category_id": 7, "bbox": [26.5, -2, 8, 6], "area": 48.0, "iscrowd": 0,
+         "segmentation": [[26.5, -2, 34.5, -2, 34.5, 4, 26.5, 4]]},
+        {"id": 14, "image_id": 1, "category_id": 12, "bbox": [3, 10, 0.6, 4], "area": 2.4, "iscrowd": 0,
+         "segmentation": [[3, 10, 3.6, 10, 3.6, 14, 3, 14]]},
+    ]  # fmt: skip
+    ann.write_text(json.dumps(data))
+    raw = CocoDetection(root, ann, clean_boxes=False)
+    assert raw.ids == [1, 2, 4]  # image 4's zero-width box is kept, so the image is not empty
+    _, target = raw[0]
+    torch.testing.assert_close(target["boxes"], torch.tensor(
+        [[2.0, 2, 6, 6], [10, 4, 25, 12], [5, 5, 5.5, 8], [26.5, -2, 34.5, 4], [3, 10, 3.6, 14]]))  # fmt: skip
+    assert target["labels"].tolist() == [2, 1, 1, 2, 3] and target["area"].tolist() == pytest.approx(
+        [16, 120, 1, 48, 2.4])  # fmt: skip
+    torch.testing.assert_close(raw[1][1]["boxes"][2], torch.tensor([12.0, 12, 22, 22]))  # past the 16 x 16 image
+    torch.testing.assert_close(raw[2][1]["boxes"], torch.tensor([[1.0, 1, 1, 6]]))
+    assert raw[2][1]["area"].tolist() == [0.0]
+    _, target = CocoDetection(root, ann)[0]  # clean_boxes: clipped to the image, under a pixel dropped
+    torch.testing.assert_close(target["boxes"], torch.tensor([[2.0, 2, 6, 6], [10, 4, 25, 12], [26.5, 0, 30, 4]]))
+    assert target["area"].tolist() == [16, 120, 48]  # the annotation's area, as COCOeval has it
+    # independent of drop_crowd and remove_empty
+    assert CocoDetection(root, ann, clean_boxes=False, drop_crowd=True)[1][1]["iscrowd"].tolist() == [0, 0]
+    assert CocoDetection(root, ann, clean_boxes=False, remove_empty=False).ids == [1, 2, 3, 4]
+    masks = CocoDetection(root, ann, clean_boxes=False, with_masks=True)[0][1]["masks"]
+    assert masks.shape == (5, 20, 30) and masks[3].sum() == 4 * 3  # columns 27..29, rows 0..3
+
+
 def test_masks_from_polygons_rle_and_compressed_rle(tmp_path):
     root, ann = write_coco(tmp_path)
     data = CocoDetection(root, ann, with_masks=True)
@@ -165,7 +196,7 @@ def test_compressed_rle_known_string_and_round_trip():
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # pycocotools' NumPy 2 copy keyword
-def test_decoders_agree_with_pycocotools():
+def test_rle_decoder_agrees_with_pycocotools():
     mask_utils = pytest.importorskip("pycocotools.mask")
     rng = np.random.default_rng(2)
     for _ in range(20):
@@ -175,12 +206,48 @@ def test_decoders_agree_with_pycocotools():
         assert rle_string(rle_counts(mask)) == rle["counts"].decode()
         np.testing.assert_array_equal(decode_segmentation({**rle, "counts": rle["counts"].decode()}, height, width),
                                       mask)  # fmt: skip
-        angles = np.sort(rng.uniform(0, 2 * np.pi, 7))
-        radii = rng.uniform(3, min(height, width) / 2, 7)
-        polygon = np.stack([width / 2 + radii * np.cos(angles), height / 2 + radii * np.sin(angles)], 1).ravel()
-        ours = decode_segmentation([polygon.tolist()], height, width).astype(bool)
-        theirs = mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects([polygon.tolist()], height, width)))
-        assert (ours & theirs.astype(bool)).sum() / (ours | theirs.astype(bool)).sum() > 0.9
+
+
+def random_polygon(rng: np.random.Generator, kind: str, height: int, width: int) -> list[float]:
+    """A polygon of 3..9 vertices ("degenerate": 1..2) centred in the image or up to 3 pixels outside it."""
+    k = int(rng.integers(1, 3)) if kind == "degenerate" else int(rng.integers(3, 10))
+    centre = rng.uniform(-3, [width + 3, height + 3])
+    angles = np.sort(rng.uniform(0, 2 * np.pi, k))
+    if kind == "convex":  # on a circle
+        radii = np.full(k, rng.uniform(1, max(height, width)))
+    elif kind == "tiny":  # radius 1..3 pixels
+        radii = rng.uniform(1, 3, k)
+    elif kind == "star":  # non-convex
+        radii = rng.uniform(0.5, max(height, width) / 2, k)
+    else:  # "tangled" (self-intersecting: vertices in random order), "degenerate"
+        angles, radii = rng.uniform(0, 2 * np.pi, k), rng.uniform(0, max(height, width), k)
+    xy = centre + radii[:, None] * np.stack([np.cos(angles), np.sin(angles)], 1)
+    if rng.random() < 0.3:  # on the pixel grid, its half or its fifth (pycocotools' rounding ties)
+        step = float(rng.choice([1, 2, 5]))
+        xy = np.round(xy * step) / step
+    return xy.ravel().tolist()
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_polygons_rasterise_exactly_as_pycocotools():
+    """COCO's mask ground truth is pycocotools' rasterisation (frPyObjects, then merge for an object's polygons):
+    ours must match it pixel for pixel, whatever the polygon."""
+    mask_utils = pytest.importorskip("pycocotools.mask")
+    rng = np.random.default_rng(3)
+    kinds = ["convex", "tiny", "star", "tangled"]
+    for case in range(1200):
+        height, width = (int(v) for v in rng.integers(1, 40, 2))
+        polygons = [random_polygon(rng, kinds[case % 4], height, width)]
+        polygons += [random_polygon(rng, str(rng.choice([*kinds, "degenerate"])), height, width)
+                     for _ in range(int(rng.integers(0, 3)))]  # fmt: skip
+        expected = mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(polygons, height, width)))
+        ours = decode_segmentation(polygons, height, width)
+        assert ours.dtype == np.uint8 and ours.shape == (height, width)
+        np.testing.assert_array_equal(ours, expected, err_msg=f"case {case}: {height} x {width}, {polygons}")
+    for polygon in ([-10, -10, 650, -10, 650, 490, -10, 490], [0, 0, 640, 0, 640, 480, 0, 480],
+                    random_polygon(rng, "star", 480, 640), random_polygon(rng, "tangled", 480, 640)):  # fmt: skip
+        expected = mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects([polygon], 480, 640)))
+        np.testing.assert_array_equal(decode_segmentation([polygon], 480, 640), expected)
 
 
 def test_errors_name_the_file_and_field(tmp_path):

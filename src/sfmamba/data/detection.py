@@ -8,13 +8,15 @@ in pixels, a pixel's square being [j, j + 1) so the tight box of a mask's column
 `GeneralizedRCNNTransform` normalises with the ImageNet statistics and resizes (`min_size` / `max_size`).
 
 COCO (`CocoDetection`): category ids are mapped to contiguous labels 1..C in id order (COCO's 80 of 1..90 become
-1..80, `num_classes` 81). Boxes are clipped to the image and those under one pixel wide or high dropped (mmdet's
-rule); images left without annotations are dropped with `remove_empty` (torchvision's reference,
-`_coco_remove_images_without_annotations`). Crowd regions stay in the target with "iscrowd" 1 unless `drop_crowd`:
-torchvision's detectors do not read "iscrowd" and would learn them as ordinary objects, so train with
-`drop_crowd=True` (torchvision's reference drops them); keep them for evaluation. Masks are decoded here, without
-pycocotools: polygons are rasterised with PIL (a pixel is in when its centre is, as pycocotools has it up to its
-rounding), RLE both as a list of counts and as COCO's compressed string.
+1..80, `num_classes` 81). With `clean_boxes` (training) boxes are clipped to the image and those under one pixel wide
+or high dropped (mmdet's rule); without it (evaluation) every annotation keeps its box as the file has it, xywh ->
+xyxy, unclipped, zero-sized ones included, as COCOeval reads the ground truth. Images left without annotations are
+dropped with `remove_empty` (torchvision's reference, `_coco_remove_images_without_annotations`). Crowd regions stay
+in the target with "iscrowd" 1 unless `drop_crowd`: torchvision's detectors do not read "iscrowd" and would learn
+them as ordinary objects, so train with `drop_crowd=True` (torchvision's reference drops them); keep them for
+evaluation. The three options are independent. Masks are decoded here, without pycocotools: polygons are rasterised
+pixel for pixel as pycocotools does (its `frPyObjects` then `merge`, COCO's official mask ground truth: a pixel is in
+when its centre is, to within its 1/5-pixel grid), RLE both as a list of counts and as COCO's compressed string.
 
 Augmentation (`DetectionTrainTransform`): mmdet's multi-scale training of the 3x schedules (a short side drawn from
 `scales`, the long side capped at `max_size`, aspect kept) and a horizontal flip. The draws use Python's `random`,
@@ -85,13 +87,13 @@ def _rle_to_mask(counts: Sequence[int], height: int, width: int) -> np.ndarray:
 
 def _polygon_toggles(xy: np.ndarray, height: int, width: int) -> np.ndarray:
     """Where pycocotools' rasteriser (maskApi.c `rleFrPoly`) switches between outside and inside, as column-major
-    pixel indices (x * height + y, up to height * width): every pixel from a switch on flips, as an RLE reads.
+    pixel indices (x * height + y, up to height * width): each switch flips every pixel from it on, as an RLE reads.
 
     Its steps: vertices onto a 5x finer grid (C's `(int)(5 v + 0.5)`, truncating toward zero); each edge walked one
     grid step at a time along its longer axis, the other coordinate rounded from the edge's lower end on that axis
-    (so both directions give the same points); a switch where the walk crosses the vertical line through a column's
-    pixel centres (grid x = 5 col + 2.5), at the first row whose centre lies below the lower grid point of the step,
-    clamped to [0, height]."""
+    (so both directions give the same points); a switch where a step crosses the vertical line through a column's
+    pixel centres (grid x = 5 col + 2.5), at the first row whose centre (grid y = 5 row + 2.5) is at or past the
+    smaller grid y of the step's two points + 0.5, clamped to [0, height]."""
     scale = float(_POLYGON_SCALE)
     grid = (scale * xy + 0.5).astype(np.int64)  # astype truncates toward zero, as C's (int)
     xs, ys = grid[:, 0], grid[:, 1]
@@ -123,7 +125,9 @@ def _polygon_toggles(xy: np.ndarray, height: int, width: int) -> np.ndarray:
 
 def _polygons_to_mask(polygons: Sequence[Sequence[float]], height: int, width: int) -> np.ndarray:
     """The union of the polygons (x1, y1, x2, y2, ...), pixel for pixel as pycocotools' `frPyObjects` then `merge`
-    (COCO's ground truth): see `_polygon_toggles`. A pixel is in, to within a fifth of a pixel, when its centre is."""
+    (COCO's ground truth): see `_polygon_toggles`. A pixel is in, to within a fifth of a pixel, when its centre is;
+    polygons of one or two points are empty. (`frPyObjects` alone reads a list whose first polygon has 4 values as
+    [x, y, w, h] boxes; such a polygon is a segment here.)"""
     size = height * width
     union = np.zeros(size, dtype=np.uint8)  # column-major, as the RLE
     for polygon in polygons:
@@ -132,15 +136,11 @@ def _polygons_to_mask(polygons: Sequence[Sequence[float]], height: int, width: i
             raise ValueError(f"a polygon must be a flat list of x, y pairs, got {len(xy)} values")
         if not len(xy) or not size:
             continue
-        toggles = _polygon_toggles(xy.reshape(-1, 2), height, width)
-        if not len(toggles):
-            continue
-        # inside = the parity of the switches at or before each index: 0 before the first, constant after the last
-        first, end = int(toggles.min()), min(int(toggles.max()), size - 1) + 1
-        parity = np.cumsum(np.bincount(toggles - first)[: end - first]) & 1
-        union[first:end] |= parity.astype(np.uint8)
-        if end < size and parity[-1]:
-            union[end:] = 1
+        toggles = np.sort(_polygon_toggles(xy.reshape(-1, 2), height, width))
+        toggles = toggles[toggles < size]  # a switch at the very end changes nothing
+        if len(toggles):  # runs between switches, in from the 1st, out from the 2nd, ... (pairs at one index cancel)
+            inside = (np.arange(len(toggles)) % 2 == 0).astype(np.uint8)
+            union[toggles[0] :] |= np.repeat(inside, np.diff(toggles, append=size))
     return np.ascontiguousarray(union.reshape(width, height).T)
 
 
@@ -219,6 +219,9 @@ class CocoDetection(torch.utils.data.Dataset):
         with_masks: decode the segmentations into "masks" (Mask R-CNN).
         remove_empty: drop the images left without annotations (training; keep them for evaluation).
         drop_crowd: drop crowd regions (training with torchvision's detectors); else they carry "iscrowd" 1.
+        clean_boxes: clip the boxes to the image and drop those under one pixel wide or high, as for training; False
+            keeps every annotation's box as the file has it (xywh -> xyxy, unclipped, zero-sized ones too), as
+            COCOeval reads the ground truth: use that for validation.
 
     Attributes:
         ids: the image ids, sorted, one per item.
@@ -228,11 +231,13 @@ class CocoDetection(torch.utils.data.Dataset):
     """
 
     def __init__(self, root: str | Path, annotation_file: str | Path, transform: Callable | None = None,
-                 with_masks: bool = False, remove_empty: bool = True, drop_crowd: bool = False):  # fmt: skip
+                 with_masks: bool = False, remove_empty: bool = True, drop_crowd: bool = False,
+                 clean_boxes: bool = True):  # fmt: skip
         self.root, self.annotation_file = Path(root), Path(annotation_file)
         if not self.root.is_dir():
             raise DatasetError(f"{self.root}: no such directory (expected the images of {self.annotation_file.name})")
         self.transform, self.with_masks, self.drop_crowd = transform, with_masks, drop_crowd
+        self.clean_boxes = clean_boxes
         data = _load_json(self.annotation_file)
         self._parse_categories(data["categories"])
         self.images = self._parse_images(data["images"])
@@ -267,7 +272,8 @@ class CocoDetection(torch.utils.data.Dataset):
         return parsed
 
     def _parse_annotations(self, annotations: list) -> dict[int, list[dict]]:
-        """The kept annotations per image id, boxes clipped and converted to xyxy, each checked."""
+        """The kept annotations per image id, boxes converted to xyxy (and cleaned with `clean_boxes`), each
+        checked."""
         path, kept = self.annotation_file, {i: [] for i in self.images}
         for i, ann in enumerate(annotations):
             where = f"annotations[{i}] (id {ann.get('id', '?') if isinstance(ann, dict) else '?'})"
@@ -285,12 +291,13 @@ class CocoDetection(torch.utils.data.Dataset):
                 raise DatasetError(f"{path}: {where} has no 'segmentation' field (needed with with_masks)")
             if crowd and self.drop_crowd:
                 continue
-            info = self.images[image_id]
             x, y, w, h = bbox
-            box = [min(max(x, 0), info["width"]), min(max(y, 0), info["height"]),
-                   min(max(x + w, 0), info["width"]), min(max(y + h, 0), info["height"])]  # fmt: skip
-            if box[2] - box[0] < 1 or box[3] - box[1] < 1:
-                continue  # degenerate (or outside the image)
+            box = [x, y, x + w, y + h]
+            if self.clean_boxes:
+                info = self.images[image_id]
+                box = [min(max(v, 0), info["width" if k % 2 == 0 else "height"]) for k, v in enumerate(box)]
+                if box[2] - box[0] < 1 or box[3] - box[1] < 1:
+                    continue  # degenerate (or outside the image)
             area = _field(path, where, ann, "area", (int, float)) if "area" in ann else w * h
             kept[image_id].append({
                 "id": ann.get("id"), "box": box, "label": self.category_to_label[cat_id], "iscrowd": crowd,
