@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 
 from . import UsageError, device_arg, non_negative_int, positive_float, positive_int
 from .train import ParseModelKwargs
@@ -81,6 +82,8 @@ def run(args: argparse.Namespace) -> int:
         result = train_segmentation(config)
     except (ValueError, FileNotFoundError) as err:  # DatasetError, CheckpointError, bad settings
         raise UsageError(str(err)) from err
+    if int(os.environ.get("RANK", 0)):  # (torchrun: the process group is gone by now) one line, from rank 0
+        return 0
     if result["step"] < args.iters:
         print(f"stopped at step {result['step']} of {args.iters} (saved to {args.output}; --resume continues)")
     else:
