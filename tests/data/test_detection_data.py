@@ -1,6 +1,7 @@
 """Detection data: COCO instances files (label mapping, boxes cleaned or as COCOeval reads them, polygon masks exactly
-as pycocotools rasterises them, RLE / compressed-RLE masks, crowd and empty images, errors), the train / eval transforms (flip, multi-scale, determinism per (seed, epoch, index)), the collate
-function and the Fashion-MNIST detection set."""
+as pycocotools rasterises them, RLE / compressed-RLE masks, crowd and empty images, errors), the train / eval
+transforms (flip, multi-scale, determinism per (seed, epoch, index)), the collate function and the Fashion-MNIST
+detection set."""
 
 from __future__ import annotations
 

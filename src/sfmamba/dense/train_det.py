@@ -167,10 +167,12 @@ def _dataset(config: DetectionTrainConfig, training: bool) -> tuple[torch.utils.
     else:
         split = config.train_split if training else config.val_split
         root, masks = Path(config.data_dir), config.detector == "mask_rcnn"
-        # training flips only (the detector resizes: `_build_model`) and drops crowd regions and empty images
+        # training flips only (the detector resizes: `_build_model`), drops crowd regions and empty images and clips
+        # boxes; validation keeps every annotation as COCOeval reads it
         transform = DetectionTrainTransform() if training else DetectionEvalTransform()
         data = CocoDetection(root / split, root / "annotations" / f"instances_{split}.json", transform,
-                             with_masks=masks, remove_empty=training, drop_crowd=training)  # fmt: skip
+                             with_masks=masks, remove_empty=training, drop_crowd=training,
+                             clean_boxes=training)  # fmt: skip
     limit = config.limit_train if training else config.limit_val
     cut = torch.utils.data.Subset(data, range(min(limit, len(data)))) if limit else data
     return cut, data.num_classes
