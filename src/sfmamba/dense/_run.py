@@ -7,11 +7,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from ..data.loader import set_loader_epoch
 from ..train.checkpoint import (
     capture_rng_state,
     load_training_checkpoint,
@@ -93,6 +95,25 @@ def _check_resume_world(state: dict, world: int) -> None:
     if state.get("world_size", 1) != world:
         raise ValueError(f"resume: the run used {state.get('world_size', 1)} process(es), this one {world}: resume "
                          f"with the same number")  # fmt: skip
+
+
+def run_batches(loader: torch.utils.data.DataLoader, start: int, stop: int) -> Iterator:
+    """The run's batches `start` to `stop` - 1, epoch after epoch: each epoch's order and augmentations depend only
+    on (seed, epoch, index), so a resumed run starts mid-epoch at the batch the stopped one would have taken next."""
+    step, per_epoch = start, loader.sampler.batches_per_epoch()
+    while step < stop:
+        epoch, position = divmod(step, per_epoch)
+        set_loader_epoch(loader, epoch, position)
+        for batch in loader:
+            yield batch
+            step += 1
+            if step >= stop:
+                return
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
 
 
 def rank_mean(values: list) -> list[float]:

@@ -24,12 +24,22 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..data.loader import create_loader, set_loader_epoch
+from ..data.loader import create_loader
 from ..data.segmentation import SegmentationEvalTransform, SegmentationFolder, SegmentationTrainTransform
 from ..train.checkpoint import save_weights
 from ..train.distributed import average_gradients, broadcast_from_main, cleanup_distributed, init_distributed
 from ..train.trainer import seed_everything
-from ._run import AMP_DTYPES, backbone_kwargs, is_main, param_groups, rank_mean, save_last, start_or_resume
+from ._run import (
+    AMP_DTYPES,
+    backbone_kwargs,
+    is_main,
+    param_groups,
+    rank_mean,
+    run_batches,
+    save_last,
+    set_lr,
+    start_or_resume,
+)
 from .inference import evaluate_segmentation
 from .upernet import UperNet, segmentation_loss
 
@@ -140,45 +150,38 @@ def _train(config: SegmentationTrainConfig, info) -> dict[str, object]:
     amp = torch.autocast(device.type, dtype=AMP_DTYPES[config.amp_dtype], enabled=config.amp)
     params = [p for p in model.parameters() if p.requires_grad]
     buffers = list(model.buffers()) if info.distributed and device.type != "cuda" else []  # (CUDA: SyncBatchNorm)
-    steps_per_epoch = loader.sampler.batches_per_epoch()
     stop = config.iters if config.stop_after is None else min(config.iters, step + config.stop_after)
     result: dict[str, object] = dict(history[-1]) if history else {}
     started = time.perf_counter()
     model.train()
-    while step < stop:
-        epoch, position = divmod(step, steps_per_epoch)
-        set_loader_epoch(loader, epoch, position)
-        for images, labels in loader:
-            lr = poly_lr(step, config.lr, config.iters, config.warmup_iters)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            broadcast_from_main(buffers)  # plain BatchNorm across CPU processes: rank 0's statistics, as DDP does
-            with amp:
-                outputs = model(images.to(device, non_blocking=True))
-            loss = segmentation_loss({k: v.float() for k, v in outputs.items()}, labels.to(device, non_blocking=True),
-                                     config.aux_weight)  # fmt: skip
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            average_gradients(params)
-            optimizer.step()
-            step += 1
-            losses.append(loss.detach())
-            if step % config.log_interval == 0 and info.is_main:
-                _logger.info("step %d/%d: loss %.4f (rank 0), lr %.2e, %.1f s", step, config.iters,
-                             float(torch.stack(losses[-config.log_interval:]).mean()), lr,
-                             time.perf_counter() - started)  # fmt: skip
-            if step % config.eval_interval == 0 or step == config.iters:
-                broadcast_from_main(buffers)
-                result = _evaluate_and_save(config, model, optimizer, val_loader, device, step, losses, history, best,
-                                            world)  # fmt: skip
-                best = max(best, float(result["mIoU"]))
-                losses = []
-                model.train()
-            elif step % config.save_interval == 0 or step == stop:  # keep the steps since the last evaluation
-                broadcast_from_main(buffers)
-                _save(config, model, optimizer, step, history, best, losses, world)
-            if step >= stop:
-                break
+    for images, labels in run_batches(loader, step, stop):
+        lr = poly_lr(step, config.lr, config.iters, config.warmup_iters)
+        set_lr(optimizer, lr)
+        broadcast_from_main(buffers)  # plain BatchNorm across CPU processes: rank 0's statistics, as DDP does
+        with amp:
+            outputs = model(images.to(device, non_blocking=True))
+        loss = segmentation_loss({k: v.float() for k, v in outputs.items()}, labels.to(device, non_blocking=True),
+                                 config.aux_weight)  # fmt: skip
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        average_gradients(params)
+        optimizer.step()
+        step += 1
+        losses.append(loss.detach())
+        if step % config.log_interval == 0 and info.is_main:
+            _logger.info("step %d/%d: loss %.4f (rank 0), lr %.2e, %.1f s", step, config.iters,
+                         float(torch.stack(losses[-config.log_interval:]).mean()), lr,
+                         time.perf_counter() - started)  # fmt: skip
+        if step % config.eval_interval == 0 or step == config.iters:
+            broadcast_from_main(buffers)
+            result = _evaluate_and_save(config, model, optimizer, val_loader, device, step, losses, history, best,
+                                        world)  # fmt: skip
+            best = max(best, float(result["mIoU"]))
+            losses = []
+            model.train()
+        elif step % config.save_interval == 0 or step == stop:  # keep the steps since the last evaluation
+            broadcast_from_main(buffers)
+            _save(config, model, optimizer, step, history, best, losses, world)
     return {**result, "step": step, "best_mIoU": best}
 
 

@@ -32,7 +32,7 @@ from ..data.detection import (
     FashionMNISTDetection,
     detection_collate,
 )
-from ..data.loader import create_loader, set_loader_epoch
+from ..data.loader import create_loader
 from ..train.checkpoint import (
     CheckpointError,
     load_weights,
@@ -47,7 +47,17 @@ from ..train.distributed import (
     init_distributed,
 )
 from ..train.trainer import seed_everything
-from ._run import AMP_DTYPES, backbone_kwargs, is_main, param_groups, rank_mean, save_last, start_or_resume
+from ._run import (
+    AMP_DTYPES,
+    backbone_kwargs,
+    is_main,
+    param_groups,
+    rank_mean,
+    run_batches,
+    save_last,
+    set_lr,
+    start_or_resume,
+)
 from .detection import DETECTORS, create_detector, evaluate_detection
 
 __all__ = ["DATASETS", "DetectionTrainConfig", "multistep_lr", "train_detection"]
@@ -230,45 +240,39 @@ def _train(config: DetectionTrainConfig, info) -> dict[str, object]:
     result: dict[str, object] = dict(history[-1]) if history else {}
     started = time.perf_counter()
     model.train()
-    while step < stop:
-        epoch, position = divmod(step, steps_per_epoch)
-        set_loader_epoch(loader, epoch, position)
-        for images, targets in loader:
-            lr = multistep_lr(step, steps_per_epoch, config.lr, config.lr_steps, config.warmup_iters)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            broadcast_from_main(buffers)  # plain BatchNorm across CPU processes: rank 0's statistics, as DDP does
-            images = [image.to(device, non_blocking=True) for image in images]
-            targets = [{k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in t.items()}
-                       for t in targets]  # fmt: skip
-            with amp:
-                loss_parts = model(images, targets)
-            loss = sum(part.float() for part in loss_parts.values())
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            fill_missing_gradients(params)
-            average_gradients(params)
-            optimizer.step()
-            step += 1
-            losses.append(loss.detach())
-            if step % config.log_interval == 0 and info.is_main:
-                _logger.info("step %d/%d: loss %.4f (rank 0), lr %.2e, %.1f s", step, total,
-                             float(torch.stack(losses[-config.log_interval:]).mean()), lr,
-                             time.perf_counter() - started)  # fmt: skip
-            epoch_end = step % steps_per_epoch == 0
-            if (epoch_end and (step // steps_per_epoch) % config.eval_interval == 0) or step == total:
-                broadcast_from_main(buffers)
-                result = _evaluate(config, model, val_loader, device, step, losses, history)
-                if result["bbox_AP"] > best and is_main():  # before `last`, whose state records the best AP
-                    save_weights(output / "best.safetensors", model, {**metadata, "step": step, **_scores(result)})
-                best = max(best, float(result["bbox_AP"]))
-                losses = []
-                save()
-                model.train()
-            elif step % config.save_interval == 0 or step == stop:  # keep the steps since the last evaluation
-                save()
-            if step >= stop:
-                break
+    for images, targets in run_batches(loader, step, stop):
+        lr = multistep_lr(step, steps_per_epoch, config.lr, config.lr_steps, config.warmup_iters)
+        set_lr(optimizer, lr)
+        broadcast_from_main(buffers)  # plain BatchNorm across CPU processes: rank 0's statistics, as DDP does
+        images = [image.to(device, non_blocking=True) for image in images]
+        targets = [{k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in t.items()}
+                   for t in targets]  # fmt: skip
+        with amp:
+            loss_parts = model(images, targets)
+        loss = sum(part.float() for part in loss_parts.values())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        fill_missing_gradients(params)
+        average_gradients(params)
+        optimizer.step()
+        step += 1
+        losses.append(loss.detach())
+        if step % config.log_interval == 0 and info.is_main:
+            _logger.info("step %d/%d: loss %.4f (rank 0), lr %.2e, %.1f s", step, total,
+                         float(torch.stack(losses[-config.log_interval:]).mean()), lr,
+                         time.perf_counter() - started)  # fmt: skip
+        epoch_end = step % steps_per_epoch == 0
+        if (epoch_end and (step // steps_per_epoch) % config.eval_interval == 0) or step == total:
+            broadcast_from_main(buffers)
+            result = _evaluate(config, model, val_loader, device, step, losses, history)
+            if result["bbox_AP"] > best and is_main():  # before `last`, whose state records the best AP
+                save_weights(output / "best.safetensors", model, {**metadata, "step": step, **_scores(result)})
+            best = max(best, float(result["bbox_AP"]))
+            losses = []
+            save()
+            model.train()
+        elif step % config.save_interval == 0 or step == stop:  # keep the steps since the last evaluation
+            save()
     return {**result, "step": step, "total_steps": total, "best_AP": best}
 
 
