@@ -130,6 +130,20 @@ def test_bad_settings_name_the_argument(coco_folder, tmp_path, capsys, extra, me
     assert message in capsys.readouterr().err
 
 
+def test_splits_with_other_categories_are_refused(coco_folder, tmp_path, capsys):
+    import shutil
+
+    data = tmp_path / "coco"
+    shutil.copytree(coco_folder, data)
+    val_file = data / "annotations" / "instances_val2017.json"
+    content = json.loads(val_file.read_text())
+    content["categories"].append(dict(id=7, name="extra"))  # labels 1, 2, 3 -> 5, 7, 10: label 2 changes meaning
+    val_file.write_text(json.dumps(content))
+    with pytest.raises(SystemExit):
+        main(_args(data, tmp_path / "run"))
+    assert "val_split 'val2017': its categories {1: 5, 2: 7, 3: 10} differ from train_split" in capsys.readouterr().err
+
+
 def test_evaluate_detection_scores_masks_only_for_mask_models(coco_folder):
     from sfmamba.data import CocoDetection, DetectionEvalTransform, detection_collate
 

@@ -188,6 +188,15 @@ def _dataset(config: DetectionTrainConfig, training: bool) -> tuple[torch.utils.
     return cut, data.num_classes
 
 
+def _check_same_categories(train_set, val_set, config: DetectionTrainConfig) -> None:
+    """The two splits must number the categories alike (label k the same COCO category), else the validation labels
+    would silently mean other classes."""
+    train_map, val_map = (getattr(getattr(d, "dataset", d), "label_to_category", None) for d in (train_set, val_set))
+    if train_map != val_map:
+        raise ValueError(f"val_split {config.val_split!r}: its categories {val_map} differ from train_split "
+                         f"{config.train_split!r}'s {train_map} (label -> category id)")  # fmt: skip
+
+
 def _build_model(config: DetectionTrainConfig, num_classes: int, device: torch.device, distributed: bool) -> nn.Module:
     kwargs = backbone_kwargs(config.extra, config.drop_path_rate, config.pretrained_backbone)
     # multi-scale training: torchvision's resize draws a short side per image from the global generator (seeded per
@@ -209,6 +218,7 @@ def _train(config: DetectionTrainConfig, info) -> dict[str, object]:
     seed_everything(config.seed)  # the same initial model everywhere (broadcast from rank 0 as well)
     train_set, dataset_classes = _dataset(config, training=True)
     val_set = _dataset(config, training=False)[0]
+    _check_same_categories(train_set, val_set, config)
     num_classes = config.num_classes or dataset_classes
     if num_classes < dataset_classes:
         raise ValueError(f"num_classes {num_classes} is below the dataset's {dataset_classes} (background included)")
