@@ -181,3 +181,29 @@ def test_torchrun_two_processes(coco_folder, tmp_path):
     assert int(row["step"]) == 1 and json.loads((out / "args.json").read_text())["batch_size"] == 4
     state = torch.load(out / "last.state.pt", weights_only=True)
     assert state["step"] == 1 and len(state["rng"]) == 2
+
+
+def test_fashion_mnist_dataset_and_image_limits(tmp_path, capsys):
+    """`--dataset fashion_mnist` trains on garment canvases; `--limit-train` / `--limit-val` keep the first images."""
+    from sfmamba.data import write_idx
+    from sfmamba.dense.train_det import DetectionTrainConfig, _dataset
+
+    rng = np.random.default_rng(0)
+    for stem, n in (("train", 12), ("t10k", 6)):
+        images = np.zeros((n, 28, 28), np.uint8)
+        for image in images:
+            top, left = rng.integers(0, 12, 2)
+            image[top : top + 12, left : left + 10] = 200
+        write_idx(tmp_path / f"{stem}-images-idx3-ubyte.gz", images)
+        write_idx(tmp_path / f"{stem}-labels-idx1-ubyte.gz", rng.integers(0, 10, n).astype(np.uint8))
+    args = ["train-det", "--dataset", "fashion_mnist", "--data-dir", str(tmp_path), "--output", str(tmp_path / "run"),
+            "--detector", "fcos", "--model", "mambavision_nano", "--fpn-channels", "64", "--min-size", "64",
+            "--max-size", "64", "-b", "2", "--epochs", "1", "--lr-steps", "--warmup-iters", "1", "-j", "0",
+            "--device", "cpu", "--limit-train", "4", "--limit-val", "3"]  # fmt: skip
+    assert main(args) == 0
+    assert "step 2: box AP" in capsys.readouterr().out  # 4 canvases at batch 2: 2 steps (12 without the limit: 6)
+    config = DetectionTrainConfig(data_dir=str(tmp_path), output=None, dataset="fashion_mnist", limit_val=3,
+                                  evaluate_only="unused")  # fmt: skip
+    val, num_classes = _dataset(config, training=False)
+    assert len(val) == 3 and num_classes == 11
+    assert len(_dataset(DetectionTrainConfig(str(tmp_path), None, "fashion_mnist", evaluate_only="x"), False)[0]) == 6
