@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import sfmamba.models  # noqa: F401  (registers the models)
-from sfmamba.dense import BackboneWithFPN, create_detector
+from sfmamba.dense import BackboneWithFPN, DetectionNetwork, create_detector
 
 SMALL = dict(fpn_channels=32, min_size=64, max_size=96)
 
@@ -70,6 +70,35 @@ def test_training_losses_reach_the_backbone_and_eval_detects(detector, backbone)
         if len(d["boxes"]):  # boxes in the original image's coordinates
             height, width = image.shape[1:]
             assert (d["boxes"][:, 2] <= width + 1e-3).all() and (d["boxes"][:, 3] <= height + 1e-3).all()
+
+
+@pytest.mark.parametrize("detector", ["faster_rcnn", "fcos"])
+def test_detection_network_is_what_the_detector_runs_before_post_processing(detector):
+    """`DetectionNetwork` (what `sfmamba export` exports of a detector) gives the backbone's pyramid and the dense
+    head's outputs that the whole detector computes, for an image already at the detector's size (64 x 64)."""
+    torch.manual_seed(0)
+    sizes = {**SMALL, "fpn_channels": 64}  # (FCOS's GroupNorm(32) needs 2 values a group at P7's 1 x 1 map)
+    model = create_detector(detector, "sf_mamba_nano", num_classes=3, **sizes).eval()
+    head = model.rpn.head if detector == "faster_rcnn" else model.head
+    seen = {}
+    model.backbone.register_forward_hook(lambda module, args, out: seen.setdefault("maps", out))
+    head.register_forward_hook(lambda module, args, out: seen.setdefault("head", out))
+    image = torch.rand(3, 64, 64)
+    network = DetectionNetwork(model)
+    with torch.no_grad():
+        model([image])
+        outputs = network(image[None])
+    expected = dict(seen["maps"])
+    if detector == "faster_rcnn":
+        names = list(seen["maps"])
+        expected |= {f"objectness_{n}": o for n, o in zip(names, seen["head"][0])}
+        expected |= {f"rpn_deltas_{n}": d for n, d in zip(names, seen["head"][1])}
+    else:
+        expected |= seen["head"]
+        assert {"cls_logits", "bbox_regression", "bbox_ctrness"} <= set(outputs)
+    assert list(outputs) == list(expected)
+    for name, value in outputs.items():
+        torch.testing.assert_close(value, expected[name], rtol=1e-5, atol=1e-5, msg=name)
 
 
 def test_bad_arguments():

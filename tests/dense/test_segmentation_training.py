@@ -68,17 +68,59 @@ def _weights(path):
     return load_file(str(path))
 
 
-def test_best_checkpoint_holds_the_best_evaluation(ade_folder, tmp_path):
+def test_best_checkpoint_holds_the_best_evaluation(ade_folder, tmp_path, capsys):
+    """`best` holds the best evaluation's weights; its metadata rebuilds the model (`model_from_checkpoint`), scores
+    it again as the run did (`--evaluate-only`), and exports it (`sfmamba export`); `sfmamba eval` refuses it."""
     out = tmp_path / "run"
-    assert main(_args(ade_folder, out)) == 0
+    assert main(_args(ade_folder, out, "--model-kwargs", "layer_scale=1e-5")) == 0
     with open(out / "summary.csv") as f:
         rows = list(csv.DictReader(f))
     best_row = max(rows, key=lambda r: float(r["mIoU"]))
-    from sfmamba.dense import UperNet
+    from sfmamba.dense import UperNet, model_from_checkpoint
 
-    model = UperNet("mambavision_nano", 3, channels=16, aux_channels=8)
+    model = UperNet("mambavision_nano", 3, channels=16, aux_channels=8, layer_scale=1e-5)
     meta = load_weights(out / "best.safetensors", model)
     assert meta["step"] == int(best_row["step"]) and meta["mIoU"] == pytest.approx(float(best_row["mIoU"]), abs=1e-3)
+    rebuilt, rebuilt_meta = model_from_checkpoint(out / "best.safetensors")
+    assert rebuilt_meta == meta and not rebuilt.training
+    assert rebuilt.state_dict().keys() == model.state_dict().keys()
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in rebuilt.state_dict().items())
+    # scored alone: the crop, scale, sliding windows and classes come from the file, not these (other) flags
+    capsys.readouterr()
+    assert main(["train-seg", "--data-dir", str(ade_folder), "--evaluate-only", str(out / "best.safetensors"),
+                 "--crop", "64", "--num-classes", "150", "-j", "0", "--device", "cpu"]) == 0  # fmt: skip
+    assert f"(step {best_row['step']}): mIoU {float(best_row['mIoU']):.2f}%" in capsys.readouterr().out
+    assert main(["export", "--checkpoint", str(out / "best.safetensors"), "--output", str(tmp_path / "seg.pt2"),
+                 "--kernels", "naive"]) == 0  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "(UperNet) ->" in printed and "32 px, dynamic batch" in printed and (tmp_path / "seg.pt2").is_file()
+    with pytest.raises(SystemExit):
+        main(["eval", "--checkpoint", str(out / "best.safetensors"), "--data-dir", str(ade_folder)])
+    assert "not a classifier's" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["export", "--checkpoint", str(out / "best.safetensors"), "--model", "mambavision_nano", "--output",
+              str(tmp_path / "x.pt2")])  # fmt: skip
+    assert "--model: a train-seg / train-det checkpoint names its model itself" in capsys.readouterr().err
+
+
+def test_weights_without_the_model_settings_are_refused(tmp_path):
+    from sfmamba.dense import model_from_checkpoint
+    from sfmamba.train import save_weights
+
+    path = tmp_path / "old.safetensors"
+    save_weights(path, torch.nn.Linear(2, 2), dict(model="mambavision_nano", task="segmentation", num_classes=3))
+    with pytest.raises(ValueError, match="metadata lacks channels, aux_channels, extra, reduce_zero_label, crop"):
+        model_from_checkpoint(path)
+    with pytest.raises(ValueError, match="not a train-det weights file"):
+        model_from_checkpoint(path, "detection")
+    with pytest.raises(ValueError, match="task must be one of"):
+        model_from_checkpoint(path, "classification")
+
+
+def test_evaluate_only_or_output_is_required(ade_folder, capsys):
+    with pytest.raises(SystemExit):
+        main(["train-seg", "--data-dir", str(ade_folder)])
+    assert "--output is required" in capsys.readouterr().err
 
 
 def test_resuming_a_finished_run_reports_its_last_evaluation(ade_folder, tmp_path, capsys):

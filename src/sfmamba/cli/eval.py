@@ -148,8 +148,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _checkpoint_dataset(checkpoint: str | None) -> str | None:
+    """The dataset a `sfmamba train` weights file names (None for another file); a dense model's file is refused."""
     if not checkpoint or not checkpoint.endswith(".safetensors"):
         return None
-    from ..train.checkpoint import read_metadata
+    from ..train.checkpoint import read_metadata, refuse_dense_weights
 
-    return read_metadata(checkpoint).get("dataset")
+    metadata = read_metadata(checkpoint)
+    refuse_dense_weights(checkpoint, metadata)
+    return metadata.get("dataset")

@@ -1,10 +1,13 @@
 """Export a model for deployment: a `torch.export` program (.pt2) or an ONNX file, checked against the eager model.
 
-The model comes as in `sfmamba eval` (a `sfmamba train` checkpoint names its model, classes and image size). The
-batch dimension stays dynamic unless --static-batch; the image size is fixed (--img-size). Before the file is put in
-place, the exported model runs on a fresh random batch one image larger than the traced one and its output is
-compared with the eager model's: where max |exported - eager| / max(1, max |eager|) exceeds --tolerance (or an output
-is not finite), nothing is written and the command fails.
+The model comes as in `sfmamba eval` (a `sfmamba train` checkpoint names its model, classes and image size), or from
+a `train-seg` / `train-det` weights file: UperNet whole (default size: its crop), or a detector's `DetectionNetwork`
+(normalisation, backbone, pyramid and dense head; default size: its min_size rounded up to 32), since torch.export
+cannot trace torchvision's box decoding and NMS (data-dependent sizes). The batch dimension stays dynamic unless
+--static-batch; the image size is fixed (--img-size). Before the file is put in place, the exported model runs on a
+fresh random batch one image larger than the traced one and its output is compared with the eager model's: where
+max |exported - eager| / max(1, max |eager|) exceeds --tolerance (or an output is not finite), nothing is written and
+the command fails.
 
 .pt2 on CUDA keeps the Triton kernels as `sfmamba::` custom ops (load with `sfmamba.export.load_program`, or `import
 sfmamba` before `torch.export.load`); --kernels naive traces the PyTorch references instead (ATen ops only). ONNX
@@ -15,6 +18,7 @@ examples:
   sfmamba export --checkpoint output/fmnist/best.safetensors --output fmnist.pt2
   sfmamba export --checkpoint output/fmnist/best.safetensors --output fmnist.onnx
   sfmamba export --model mambavision_tiny --pretrained --device cuda --dtype bfloat16 --output mambavision_tiny.pt2
+  sfmamba export --checkpoint output/ade/best.safetensors --output upernet.onnx
 """
 
 from __future__ import annotations
@@ -90,9 +94,47 @@ def _input_size(args: argparse.Namespace, model: torch.nn.Module, metadata: dict
     return int(kwargs.get("in_chans", channels)), int(img_size)
 
 
+def _classifier(args: argparse.Namespace) -> tuple[torch.nn.Module, tuple[int, int], str]:
+    from .eval import build_model
+
+    model, metadata = build_model(args, args.num_classes)
+    if args.num_classes is not None and metadata.get("num_classes", args.num_classes) != args.num_classes:
+        raise UsageError(f"--num-classes {args.num_classes} conflicts with the checkpoint's {metadata['num_classes']}")
+    return model, _input_size(args, model, metadata), ""
+
+
+def _dense_task(args: argparse.Namespace) -> str | None:
+    """The task ("segmentation" or "detection") of a train-seg / train-det weights file, else None."""
+    from ..train.checkpoint import read_metadata
+
+    if not (args.checkpoint and args.checkpoint.endswith(".safetensors") and Path(args.checkpoint).is_file()):
+        return None
+    task = read_metadata(args.checkpoint).get("task")
+    return task if task in ("segmentation", "detection") else None
+
+
+def _dense_model(args: argparse.Namespace) -> tuple[torch.nn.Module, tuple[int, int], str]:
+    """A train-seg file's UperNet whole; a train-det file's `DetectionNetwork` (normalisation, backbone, pyramid and
+    dense head: torch.export cannot trace torchvision's box decoding and NMS). Default size: the crop for UperNet,
+    the detector's `min_size` rounded up to a multiple of 32 for a detector."""
+    from ..dense import DetectionNetwork, model_from_checkpoint
+
+    given = [flag for flag, value in (("--model", args.model), ("--pretrained", args.pretrained),
+                                      ("--num-classes", args.num_classes), ("--model-kwargs", args.model_kwargs))
+             if value]  # fmt: skip
+    if given:
+        raise UsageError(f"{', '.join(given)}: a train-seg / train-det checkpoint names its model itself; drop them")
+    model, metadata = model_from_checkpoint(args.checkpoint)
+    channels = int(metadata["extra"].get("in_chans", 3))
+    if metadata["task"] == "segmentation":
+        return model, (channels, args.img_size or metadata["crop"]), " (UperNet)"
+    default_size = -(-metadata["min_size"] // 32) * 32
+    part = f" ({metadata['detector']}: the network before box decoding and NMS)"
+    return DetectionNetwork(model), (channels, args.img_size or default_size), part
+
+
 def run(args: argparse.Namespace) -> int:
     from .. import export
-    from .eval import build_model
 
     fmt = _format(args)
     if fmt == "onnx" and export.missing_onnx_packages():
@@ -100,15 +142,12 @@ def run(args: argparse.Namespace) -> int:
             f"ONNX export needs {', '.join(export.missing_onnx_packages())}: pip install 'sfmamba[export]'"
         )
     try:
-        model, metadata = build_model(args, args.num_classes)
+        model, (channels, img_size), part = _dense_model(args) if _dense_task(args) else _classifier(args)
     except ValueError as err:  # CheckpointError
         raise UsageError(str(err)) from err
-    if args.num_classes is not None and metadata.get("num_classes", args.num_classes) != args.num_classes:
-        raise UsageError(f"--num-classes {args.num_classes} conflicts with the checkpoint's {metadata['num_classes']}")
     device = torch.device(args.device or "cpu") if fmt == "pt2" else torch.device("cpu")
     dtype = DTYPES[args.dtype]
     model = model.to(device=device, dtype=dtype).eval()
-    channels, img_size = _input_size(args, model, metadata)
     example = torch.randn(args.batch_size, channels, img_size, img_size, device=device, dtype=dtype)
     dynamic = not args.static_batch
     tolerance = args.tolerance or DEFAULT_TOLERANCE[dtype]
@@ -129,6 +168,6 @@ def run(args: argparse.Namespace) -> int:
         return 1
     save(program, args.output)
     size_mb = args.output.stat().st_size / 2**20
-    print(f"{name} -> {args.output} ({fmt}, {size_mb:.1f} MB, {img_size} px, {batch}, {args.dtype}, {device.type}); "
-          f"{checked}")  # fmt: skip
+    print(f"{name}{part} -> {args.output} ({fmt}, {size_mb:.1f} MB, {img_size} px, {batch}, {args.dtype}, "
+          f"{device.type}); {checked}")  # fmt: skip
     return 0

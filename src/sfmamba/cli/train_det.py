@@ -23,7 +23,7 @@ import os
 
 from . import UsageError, non_negative_int, positive_float, positive_int
 from .train import ParseModelKwargs
-from .train_seg import add_run_arguments
+from .train_seg import add_run_arguments, check_output
 
 HELP = "train a detector (Mask R-CNN, Faster R-CNN, RetinaNet, FCOS) on COCO-format data (box/mask AP, exact resume)"
 
@@ -61,18 +61,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help="epochs after which the learning rate is divided by 10")  # fmt: skip
     run.add_argument("--warmup-iters", type=non_negative_int, default=500)
     run.add_argument("--eval-interval", type=positive_int, default=1, help="epochs")
-    out = parser.add_argument_group("output")
-    out.add_argument("--output", default=None, help="run folder (required unless --evaluate-only)")
-    out.add_argument("--evaluate-only", default=None, metavar="WEIGHTS",
-                     help="score a train-det weights file on the validation split; no training")  # fmt: skip
-    add_run_arguments(run, out)
+    add_run_arguments(run, parser.add_argument_group("output"), "train-det")
 
 
 def run(args: argparse.Namespace) -> int:
     from ..dense.train_det import DetectionTrainConfig, train_detection
 
-    if args.output is None and args.evaluate_only is None:
-        raise UsageError("--output is required (the run folder), unless --evaluate-only scores a weights file")
+    check_output(args)
     names = {f.name for f in dataclasses.fields(DetectionTrainConfig)}  # the flags carry the fields' names
     settings = {k: v for k, v in vars(args).items() if k in names}
     settings.update(lr_steps=tuple(args.lr_steps), drop_path_rate=args.drop_path, extra=args.model_kwargs)

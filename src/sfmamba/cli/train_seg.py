@@ -11,6 +11,7 @@ examples:
   sfmamba train-seg --data-dir ADEChallengeData2016 --model sf_mamba_tiny --pretrained-backbone cls.safetensors \\
       --output output/ade_sf_mamba_tiny --amp
   sfmamba train-seg --data-dir ADEChallengeData2016 --output output/ade_sf_mamba_tiny --resume output/ade_sf_mamba_tiny
+  sfmamba train-seg --data-dir ADEChallengeData2016 --evaluate-only output/ade_sf_mamba_tiny/best.safetensors
 """
 
 from __future__ import annotations
@@ -51,13 +52,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--warmup-iters", type=non_negative_int, default=1500)
     run.add_argument("--eval-interval", type=positive_int, default=16_000)
     run.add_argument("--whole", dest="slide", action="store_false", help="evaluate whole images (default: slide)")
-    out = parser.add_argument_group("output")
-    out.add_argument("--output", required=True, help="run folder")
-    add_run_arguments(run, out)
+    add_run_arguments(run, parser.add_argument_group("output"), "train-seg")
 
 
-def add_run_arguments(run: argparse._ArgumentGroup, out: argparse._ArgumentGroup) -> None:
-    """The flags both dense trainers (train-seg, train-det) take for checkpoints, precision, seeds and devices."""
+def add_run_arguments(run: argparse._ArgumentGroup, out: argparse._ArgumentGroup, trainer: str) -> None:
+    """The flags both dense trainers (`trainer`: train-seg, train-det) take for the run folder, checkpoints,
+    precision, seeds and devices."""
+    out.add_argument("--output", default=None, help="run folder (required unless --evaluate-only)")
+    out.add_argument(
+        "--evaluate-only",
+        default=None,
+        metavar="WEIGHTS",
+        help=f"score a {trainer} weights file on the validation split as its run did, no training",
+    )
     run.add_argument("--save-interval", type=positive_int, default=2000,
                      help="write `last` every N steps between evaluations too (a kill loses at most N)")  # fmt: skip
     run.add_argument("--amp", action="store_true", help="autocast")
@@ -71,9 +78,15 @@ def add_run_arguments(run: argparse._ArgumentGroup, out: argparse._ArgumentGroup
     out.add_argument("--log-interval", type=positive_int, default=50)
 
 
+def check_output(args: argparse.Namespace) -> None:
+    if args.output is None and args.evaluate_only is None:
+        raise UsageError("--output is required (the run folder), unless --evaluate-only scores a weights file")
+
+
 def run(args: argparse.Namespace) -> int:
     from ..dense.train import SegmentationTrainConfig, train_segmentation
 
+    check_output(args)
     names = {f.name for f in dataclasses.fields(SegmentationTrainConfig)}  # the flags carry the fields' names
     settings = {k: v for k, v in vars(args).items() if k in names}
     settings.update(scale=tuple(args.scale), drop_path_rate=args.drop_path, extra=args.model_kwargs)
@@ -84,9 +97,12 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(str(err)) from err
     if int(os.environ.get("RANK", 0)):  # (torchrun: the process group is gone by now) one line, from rank 0
         return 0
-    if result["step"] < args.iters:
+    if not args.evaluate_only and result["step"] < args.iters:
         print(f"stopped at step {result['step']} of {args.iters} (saved to {args.output}; --resume continues)")
+        return 0
+    scores = f"mIoU {result['mIoU']:.2f}%  pixel accuracy {result['pixel_accuracy']:.2f}%"
+    if args.evaluate_only:
+        print(f"{args.evaluate_only} (step {result['step']}): {scores}")
     else:
-        print(f"step {result['step']}: mIoU {result['mIoU']:.2f}%  pixel accuracy {result['pixel_accuracy']:.2f}%  "
-              f"best mIoU {result['best_mIoU']:.2f}%  ({args.output})")  # fmt: skip
+        print(f"step {result['step']}: {scores}  best mIoU {result['best_mIoU']:.2f}%  ({args.output})")
     return 0

@@ -22,7 +22,7 @@ from ..eval.detection_metrics import DetectionMetrics
 from ..eval.evaluate import autocast_context
 from ._backbone import MultiScaleBackbone
 
-__all__ = ["DETECTORS", "BackboneWithFPN", "create_detector", "evaluate_detection"]
+__all__ = ["DETECTORS", "BackboneWithFPN", "DetectionNetwork", "create_detector", "evaluate_detection"]
 
 DETECTORS = ("faster_rcnn", "mask_rcnn", "retinanet", "fcos")
 
@@ -85,6 +85,39 @@ def create_detector(detector: str, backbone: str | nn.Module, num_classes: int, 
     cls = {"faster_rcnn": detection.FasterRCNN, "mask_rcnn": detection.MaskRCNN,
            "retinanet": detection.RetinaNet, "fcos": detection.FCOS}[detector]  # fmt: skip
     return cls(body, num_classes=num_classes, **detector_kwargs)
+
+
+class DetectionNetwork(nn.Module):
+    """A torchvision detector's network without its pre- and post-processing, for export (`sfmamba export`).
+
+    torch.export cannot trace a whole torchvision detector: its box decoding and NMS branch on data-dependent sizes
+    (`batched_nms` in torchvision/ops/boxes.py), so those stay in Python. This module is what runs before them: images
+    in [0, 1], already resized as the detector's transform would (short side `min_size`, long side at most
+    `max_size`) and padded to a multiple of 32, -> the detector's normalisation, the backbone and feature pyramid
+    (maps "0", "1", ... as the detector names them), and its dense head's raw outputs: for RetinaNet and FCOS the
+    head's "cls_logits", "bbox_regression" (and FCOS's "bbox_ctrness") over all levels' anchors, for Faster and Mask
+    R-CNN the region-proposal head's "objectness_<level>" and "rpn_deltas_<level>" per level. The modules are the
+    detector's own (shared, not copied)."""
+
+    def __init__(self, detector: nn.Module):
+        super().__init__()
+        rpn = getattr(detector, "rpn", None)
+        self.backbone = detector.backbone
+        self.head = rpn.head if rpn is not None else detector.head
+        self.two_stage = rpn is not None
+        transform = detector.transform
+        self.register_buffer("mean", torch.tensor(transform.image_mean).view(-1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(transform.image_std).view(-1, 1, 1), persistent=False)
+
+    def forward(self, images: Tensor) -> OrderedDict[str, Tensor]:
+        maps = self.backbone((images - self.mean.to(images.dtype)) / self.std.to(images.dtype))
+        outputs = OrderedDict(maps)
+        if self.two_stage:
+            for kind, per_level in zip(("objectness", "rpn_deltas"), self.head(list(maps.values()))):
+                outputs.update((f"{kind}_{name}", value) for name, value in zip(maps, per_level))
+        else:
+            outputs.update(self.head(list(maps.values())))
+        return outputs
 
 
 @torch.no_grad()

@@ -16,6 +16,7 @@ Files in `output`: `last.safetensors` + `last.state.pt` (written atomically afte
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -40,6 +41,7 @@ from ._run import (
     set_lr,
     start_or_resume,
 )
+from .checkpoint import SEGMENTATION_KEYS, model_from_checkpoint
 from .inference import evaluate_segmentation
 from .upernet import UperNet, segmentation_loss
 
@@ -54,7 +56,7 @@ class SegmentationTrainConfig:
     """The run's settings (defaults: the MambaVision/VMamba ADE20K recipe, 160k iterations at batch 16)."""
 
     data_dir: str
-    output: str
+    output: str | None  # the run folder (None only with evaluate_only)
     model: str = "sf_mamba_tiny"
     num_classes: int = 150
     reduce_zero_label: bool = True
@@ -79,11 +81,14 @@ class SegmentationTrainConfig:
     seed: int = 0
     device: str | None = None
     resume: str | None = None
+    evaluate_only: str | None = None  # a weights file (best.safetensors): score it on the validation split, no training
     stop_after: int | None = None  # end this run after this many steps (the schedule still spans `iters`)
     log_interval: int = 50
     extra: dict = field(default_factory=dict)  # more keyword arguments for the backbone's timm.create_model
 
     def check(self) -> None:
+        if self.output is None and self.evaluate_only is None:
+            raise ValueError("output (the run folder) is required, unless evaluate_only names a weights file")
         positive = ("num_classes", "crop", "batch_size", "iters", "eval_interval", "save_interval", "log_interval")
         for name in positive:
             if getattr(self, name) < 1:
@@ -124,7 +129,7 @@ def train_segmentation(config: SegmentationTrainConfig) -> dict[str, object]:
     config.check()
     info = init_distributed(config.device)
     try:
-        return _train(config, info)
+        return _evaluate_only(config, info) if config.evaluate_only else _train(config, info)
     finally:
         cleanup_distributed()
 
@@ -136,12 +141,10 @@ def _train(config: SegmentationTrainConfig, info) -> dict[str, object]:
     seed_everything(config.seed)  # the same initial model everywhere (broadcast from rank 0 as well)
     train_set = SegmentationFolder(config.data_dir, "train", SegmentationTrainTransform(config.crop, config.scale),
                                    config.reduce_zero_label)  # fmt: skip
-    val_set = SegmentationFolder(config.data_dir, "val", SegmentationEvalTransform(config.scale),
-                                 config.reduce_zero_label)  # fmt: skip
     pin = device.type == "cuda"
     loader = create_loader(train_set, config.batch_size // world, True, config.seed, config.workers, info.rank,
                            world, pin)  # fmt: skip
-    val_loader = create_loader(val_set, 1, False, config.seed, config.workers, info.rank, world, pin)
+    val_loader = _val_loader(config, info.rank, world, pin)
     model = _build_model(config, device, info.distributed)
     optimizer = torch.optim.AdamW(param_groups(model, config.weight_decay), lr=config.lr, betas=(0.9, 0.999))
     seed_everything(config.seed + info.rank)  # each process its own drop-path draws
@@ -189,10 +192,7 @@ def _evaluate_and_save(config: SegmentationTrainConfig, model: nn.Module, optimi
                        losses: list, history: list, best: float, world: int) -> dict[str, object]:  # fmt: skip
     """Score the validation split, record a summary row, write `best` if it improved and `last` (every process takes
     part: the scoring and the loss sum over them)."""
-    evaluate_kwargs = dict(crop=config.crop, stride=max(1, config.crop * 2 // 3)) if config.slide else {}
-    amp_dtype = AMP_DTYPES[config.amp_dtype] if config.amp else None
-    result = evaluate_segmentation(model, val_loader, config.num_classes, device, amp_dtype=amp_dtype,
-                                   **evaluate_kwargs)  # fmt: skip
+    result = _score(config, model, val_loader, device)
     per_step = rank_mean(losses)
     row = dict(step=step, train_loss=sum(per_step) / len(per_step) if per_step else float("nan"), mIoU=result["mIoU"],
                pixel_accuracy=result["pixel_accuracy"], mean_accuracy=result["mean_accuracy"],
@@ -206,8 +206,36 @@ def _evaluate_and_save(config: SegmentationTrainConfig, model: nn.Module, optimi
     return result
 
 
+def _score(config: SegmentationTrainConfig, model: nn.Module, val_loader, device) -> dict[str, object]:
+    """The validation split's mIoU and accuracies, by sliding windows (stride 2/3 of the crop) or whole images."""
+    evaluate_kwargs = dict(crop=config.crop, stride=max(1, config.crop * 2 // 3)) if config.slide else {}
+    amp_dtype = AMP_DTYPES[config.amp_dtype] if config.amp else None
+    return evaluate_segmentation(model, val_loader, config.num_classes, device, amp_dtype=amp_dtype,
+                                 **evaluate_kwargs)  # fmt: skip
+
+
+def _val_loader(config: SegmentationTrainConfig, rank: int, world: int, pin: bool):
+    val_set = SegmentationFolder(config.data_dir, "val", SegmentationEvalTransform(config.scale),
+                                 config.reduce_zero_label)  # fmt: skip
+    return create_loader(val_set, 1, False, config.seed, config.workers, rank, world, pin)
+
+
+def _evaluate_only(config: SegmentationTrainConfig, info) -> dict[str, object]:
+    """Score `config.evaluate_only`'s weights (a `train-seg` file: its metadata names the backbone, classes, heads'
+    widths and the run's evaluation: label reduction, scale, crop, sliding or whole) on the validation split of
+    `config.data_dir`, each process its share."""
+    model, metadata = model_from_checkpoint(config.evaluate_only, "segmentation")
+    settings = {k: metadata[k] for k in SEGMENTATION_KEYS}
+    run = dataclasses.replace(config, **{**settings, "scale": tuple(settings["scale"])})
+    loader = _val_loader(run, info.rank, info.world_size, info.device.type == "cuda")
+    result = _score(run, model.to(info.device), loader, info.device)
+    step = metadata.get("step", 0)
+    return {**result, "step": step, "best_mIoU": result["mIoU"]}
+
+
 def _metadata(config: SegmentationTrainConfig) -> dict[str, object]:
-    return dict(model=config.model, task="segmentation", num_classes=config.num_classes, crop=config.crop)
+    """What a weights file records to be rebuilt and scored again as the run did (`model_from_checkpoint`)."""
+    return dict(task="segmentation", **{k: getattr(config, k) for k in SEGMENTATION_KEYS})
 
 
 def _save(config: SegmentationTrainConfig, model: nn.Module, optimizer, step: int, history: list, best: float,

@@ -33,12 +33,7 @@ from ..data.detection import (
     detection_collate,
 )
 from ..data.loader import create_loader
-from ..train.checkpoint import (
-    CheckpointError,
-    load_weights,
-    read_metadata,
-    save_weights,
-)
+from ..train.checkpoint import save_weights
 from ..train.distributed import (
     average_gradients,
     broadcast_from_main,
@@ -58,6 +53,7 @@ from ._run import (
     set_lr,
     start_or_resume,
 )
+from .checkpoint import DETECTION_KEYS, model_from_checkpoint
 from .detection import DETECTORS, create_detector, evaluate_detection
 
 __all__ = ["DATASETS", "DetectionTrainConfig", "multistep_lr", "train_detection"]
@@ -67,7 +63,7 @@ RESUME_KEYS = ("dataset", "detector", "model", "num_classes", "train_split", "li
                "max_size", "batch_size", "epochs", "lr", "weight_decay", "lr_steps", "warmup_iters", "seed",
                "fpn_channels")  # fmt: skip
 # what a weights file records to be scored again as it was (`evaluate_only`) besides its detector, backbone, classes
-EVALUATION_KEYS = ("fpn_channels", "min_size", "max_size", "extra", "dataset", "seed")
+EVALUATION_KEYS = tuple(k for k in DETECTION_KEYS if k not in ("model", "detector", "num_classes"))
 
 
 @dataclass
@@ -290,20 +286,13 @@ def _evaluate_only(config: DetectionTrainConfig, info) -> dict[str, object]:
     """Score `config.evaluate_only`'s weights (a `train-det` file: its metadata names the detector, backbone, classes,
     pyramid width, the evaluation's image sizes and the dataset's seed) on the validation split of `config.data_dir`,
     each process its share."""
-    metadata = read_metadata(config.evaluate_only)
-    missing = [k for k in ("detector", "model", "num_classes", *EVALUATION_KEYS) if k not in metadata]
-    if missing:
-        raise CheckpointError(f"{config.evaluate_only}: not a train-det weights file (no {', '.join(missing)} in its "
-                              f"metadata)")  # fmt: skip
+    model, metadata = model_from_checkpoint(config.evaluate_only, "detection")
     run = dataclasses.replace(config, detector=metadata["detector"], model=metadata["model"],
                               num_classes=metadata["num_classes"], multiscale=False,
                               **{k: metadata[k] for k in EVALUATION_KEYS})  # fmt: skip
     val_set, dataset_classes = _dataset(run, training=False)
     if run.num_classes < dataset_classes:
         raise ValueError(f"{config.evaluate_only}: {run.num_classes} classes, below the data's {dataset_classes}")
-    model = create_detector(run.detector, run.model, run.num_classes, run.fpn_channels, backbone_kwargs=run.extra,
-                            min_size=run.min_size, max_size=run.max_size)  # fmt: skip
-    load_weights(config.evaluate_only, model)
     loader = create_loader(val_set, 1, False, run.seed, run.workers, info.rank, info.world_size,
                            info.device.type == "cuda", collate_fn=detection_collate)  # fmt: skip
     amp_dtype = AMP_DTYPES[run.amp_dtype] if run.amp else None

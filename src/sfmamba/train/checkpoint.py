@@ -244,6 +244,15 @@ def load_training_checkpoint(state_path: str | Path, model: nn.Module, ema: nn.M
     return state
 
 
+def refuse_dense_weights(path: str | Path, metadata: dict[str, object]) -> None:
+    """CheckpointError for a `train-seg` / `train-det` weights file (its "model" names only the backbone)."""
+    trainer = {"segmentation": "train-seg", "detection": "train-det"}.get(metadata.get("task"))
+    if trainer:
+        raise CheckpointError(f"{path}: a {metadata['task']} model's weights ({trainer}), not a classifier's: rebuild "
+                              f"it with sfmamba.dense.model_from_checkpoint, score it with `sfmamba {trainer} "
+                              f"--evaluate-only`")  # fmt: skip
+
+
 def model_from_checkpoint(path: str | Path, **model_kwargs) -> tuple[nn.Module, dict[str, object]]:
     """Rebuild the model a `sfmamba train` weights file describes (its metadata) and load the weights.
 
@@ -254,6 +263,7 @@ def model_from_checkpoint(path: str | Path, **model_kwargs) -> tuple[nn.Module, 
     metadata = read_metadata(path)
     if "model" not in metadata:
         raise CheckpointError(f"{path}: no sfmamba training metadata (name the model with --model to load it)")
+    refuse_dense_weights(path, metadata)
     kwargs = {**metadata.get("model_kwargs", {}), **model_kwargs}
     model = timm.create_model(metadata["model"], num_classes=metadata["num_classes"], **kwargs)
     load_weights(path, model)
