@@ -9,7 +9,8 @@ import pytest
 import torch
 
 import sfmamba.models  # noqa: F401  (registers the models)
-from sfmamba.dense import BackboneWithFPN, DetectionNetwork, create_detector
+from sfmamba.dense import BackboneWithFPN, DetectionNetwork, create_detector, detector_with_network
+from sfmamba.export import export_program
 
 SMALL = dict(fpn_channels=32, min_size=64, max_size=96)
 
@@ -99,6 +100,38 @@ def test_detection_network_is_what_the_detector_runs_before_post_processing(dete
     assert list(outputs) == list(expected)
     for name, value in outputs.items():
         torch.testing.assert_close(value, expected[name], rtol=1e-5, atol=1e-5, msg=name)
+
+
+def _same_detections(got: dict, expected: dict) -> bool:
+    """Equal detection sets whatever their order among near-equal scores: every box (with its label and score) has a
+    match within 1e-3 in the other set."""
+
+    def rows(d):
+        return torch.cat([d["boxes"], 1000 * d["scores"][:, None], 1000 * d["labels"][:, None]], 1).double()
+
+    if len(got["boxes"]) != len(expected["boxes"]):
+        return False
+    distances = torch.cdist(rows(got), rows(expected), compute_mode="donot_use_mm_for_euclid_dist")
+    return len(distances) == 0 or bool(
+        (distances.min(0).values < 1e-3).all() and (distances.min(1).values < 1e-3).all()
+    )
+
+
+@pytest.mark.parametrize("detector", ["faster_rcnn", "fcos"])
+def test_exported_network_with_the_detectors_processing_detects_as_the_detector(detector):
+    """The exported `DetectionNetwork` (a torch.export program of ATen ops) inside `detector_with_network` gives the
+    detector's own detections; an image that does not fit the exported size is refused by name."""
+    torch.manual_seed(0)
+    model = create_detector(detector, "sf_mamba_nano", num_classes=3, **{**SMALL, "fpn_channels": 64}).eval()
+    program = export_program(DetectionNetwork(model), torch.rand(2, 3, 64, 64), kernels="naive")
+    exported = detector_with_network(model, program.module(), (64, 64))
+    images = [torch.rand(3, 50, 50), torch.rand(3, 64, 64)]  # both resized to 64 x 64 (min_size 64)
+    with torch.no_grad():
+        expected, got = model(images), exported(images)
+    assert sum(len(d["boxes"]) for d in expected) > 0
+    assert all(_same_detections(g, e) for g, e in zip(got, expected))
+    with pytest.raises(ValueError, match=r"size: resized images of \[\(64, 96\)\] do not fit the network's 64 x 64"):
+        exported([torch.rand(3, 40, 60)])
 
 
 def test_bad_arguments():

@@ -4,12 +4,19 @@ rebuilt from its trainer's weights file (`checkpoint`)."""
 
 from ._backbone import MultiScaleBackbone
 from .checkpoint import model_from_checkpoint
-from .detection import DETECTORS, BackboneWithFPN, DetectionNetwork, create_detector, evaluate_detection
+from .detection import (
+    DETECTORS,
+    BackboneWithFPN,
+    DetectionNetwork,
+    create_detector,
+    detector_with_network,
+    evaluate_detection,
+)
 from .inference import evaluate_segmentation, slide_inference
 from .upernet import FCNHead, PyramidPooling, UperNet, UperNetHead, segmentation_loss
 
 __all__ = [
     "DETECTORS", "BackboneWithFPN", "DetectionNetwork", "FCNHead", "MultiScaleBackbone", "PyramidPooling", "UperNet",
-    "UperNetHead", "create_detector", "evaluate_detection", "evaluate_segmentation", "model_from_checkpoint",
-    "segmentation_loss", "slide_inference",
+    "UperNetHead", "create_detector", "detector_with_network", "evaluate_detection", "evaluate_segmentation",
+    "model_from_checkpoint", "segmentation_loss", "slide_inference",
 ]  # fmt: skip

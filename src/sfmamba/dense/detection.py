@@ -12,6 +12,7 @@ anchors and transforms:
 
 from __future__ import annotations
 
+import copy
 from collections import OrderedDict
 from collections.abc import Sequence
 
@@ -22,7 +23,10 @@ from ..eval.detection_metrics import DetectionMetrics
 from ..eval.evaluate import autocast_context
 from ._backbone import MultiScaleBackbone
 
-__all__ = ["DETECTORS", "BackboneWithFPN", "DetectionNetwork", "create_detector", "evaluate_detection"]
+__all__ = [
+    "DETECTORS", "BackboneWithFPN", "DetectionNetwork", "create_detector", "detector_with_network",
+    "evaluate_detection", "split_network_outputs",
+]  # fmt: skip
 
 DETECTORS = ("faster_rcnn", "mask_rcnn", "retinanet", "fcos")
 
@@ -97,7 +101,8 @@ class DetectionNetwork(nn.Module):
     (maps "0", "1", ... as the detector names them), and its dense head's raw outputs: for RetinaNet and FCOS the
     head's "cls_logits", "bbox_regression" (and FCOS's "bbox_ctrness") over all levels' anchors, for Faster and Mask
     R-CNN the region-proposal head's "objectness_<level>" and "rpn_deltas_<level>" per level. The modules are the
-    detector's own (shared, not copied)."""
+    detector's own (shared, not copied). `detector_with_network` puts the pre- and post-processing back around a
+    network like this one (an exported program's module, say)."""
 
     def __init__(self, detector: nn.Module):
         super().__init__()
@@ -118,6 +123,81 @@ class DetectionNetwork(nn.Module):
         else:
             outputs.update(self.head(list(maps.values())))
         return outputs
+
+
+HEAD_OUTPUTS = ("cls_logits", "bbox_regression", "bbox_ctrness")  # a one-stage head's (torchvision's names)
+RPN_OUTPUTS = ("objectness", "rpn_deltas")  # per level, "<kind>_<level>"
+
+
+def split_network_outputs(outputs: dict[str, Tensor]) -> tuple[OrderedDict[str, Tensor], object]:
+    """`DetectionNetwork`'s outputs as torchvision passes them on: (the pyramid maps, the dense head's outputs: a dict
+    for RetinaNet/FCOS, (objectness per level, box deltas per level) for the R-CNNs)."""
+    rpn = [k for k in outputs if k.startswith(tuple(f"{kind}_" for kind in RPN_OUTPUTS))]
+    head = [k for k in outputs if k in HEAD_OUTPUTS]
+    maps = OrderedDict((k, v) for k, v in outputs.items() if k not in rpn and k not in head)
+    if rpn:
+        return maps, tuple([outputs[f"{kind}_{name}"] for name in maps] for kind in RPN_OUTPUTS)
+    return maps, {k: outputs[k] for k in head}
+
+
+class _NetworkMaps(nn.Module):
+    """Stands in for a detector's backbone: un-normalises the transform's batch for `network` (which normalises it
+    again) and keeps the dense head's outputs for `_NetworkHead`."""
+
+    def __init__(self, network, transform: nn.Module):
+        super().__init__()
+        self.network = [network]  # (a list: not a submodule, so eval() leaves it alone: an exported program's refuses)
+        self.register_buffer("mean", torch.tensor(transform.image_mean).view(-1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(transform.image_std).view(-1, 1, 1), persistent=False)
+        self.head_outputs = None
+
+    def forward(self, x: Tensor) -> OrderedDict[str, Tensor]:
+        maps, self.head_outputs = split_network_outputs(self.network[0](x * self.std + self.mean))
+        return maps
+
+
+class _NetworkHead(nn.Module):
+    """Stands in for a detector's dense head (or region-proposal head): the outputs `_NetworkMaps` kept."""
+
+    def __init__(self, maps: _NetworkMaps):
+        super().__init__()
+        self.maps = [maps]  # (a list: not a submodule twice)
+
+    def forward(self, features: list[Tensor]) -> object:
+        return self.maps[0].head_outputs
+
+
+def _with_modules(module: nn.Module, **replaced: nn.Module) -> nn.Module:
+    """A shallow copy of `module` with some submodules replaced (the others shared)."""
+    twin = copy.copy(module)
+    twin._modules = {**module._modules, **replaced}
+    return twin
+
+
+def detector_with_network(detector: nn.Module, network, size: Sequence[int]) -> nn.Module:
+    """`detector` with its backbone and dense head replaced by `network`, a callable with `DetectionNetwork`'s inputs
+    and outputs (e.g. `sfmamba.export.load_program(path).module()` of an exported one): torchvision's resize,
+    anchors, box decoding, NMS (and the R-CNNs' RoI heads) run around it as in `detector`, and it returns the same
+    detections. Every batch is padded to `size` (height, width: the size the network was exported at), so each
+    image, once resized, must fit in it. A shallow copy in eval mode (the detector's other modules are shared and
+    left in eval mode too)."""
+    height, width = size
+
+    def pad_to_size(images: list[Tensor], size_divisible: int = 32) -> Tensor:
+        too_large = [tuple(image.shape[-2:]) for image in images if image.shape[-2] > height or image.shape[-1] > width]
+        if too_large:
+            raise ValueError(f"size: resized images of {too_large} do not fit the network's {height} x {width}")
+        batch = images[0].new_zeros(len(images), images[0].shape[0], height, width)
+        for padded, image in zip(batch, images):
+            padded[:, : image.shape[-2], : image.shape[-1]] = image
+        return batch
+
+    transform = copy.copy(detector.transform)
+    transform.batch_images = pad_to_size  # (an instance attribute: the copy's own batching)
+    maps = _NetworkMaps(network, transform)
+    rpn = getattr(detector, "rpn", None)
+    head = {"rpn": _with_modules(rpn, head=_NetworkHead(maps))} if rpn is not None else {"head": _NetworkHead(maps)}
+    return _with_modules(detector, transform=transform, backbone=maps, **head).eval()
 
 
 @torch.no_grad()
