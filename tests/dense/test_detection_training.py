@@ -92,7 +92,7 @@ def test_run_folder_and_exact_resume_after_a_stop(coco_folder, tmp_path, capsys)
     scored = capsys.readouterr().out
     assert f"(step {best_row['step']}): box AP {float(best_row['bbox_AP']):.2f}" in scored, scored
     assert f"mask AP {float(best_row['segm_AP']):.2f}" in scored
-    # exported: the network before box decoding and NMS, at the detector's min_size (64) by default
+    # exported: the network before box decoding and NMS, at the detector's max_size (64) by default
     assert main(["export", "--checkpoint", str(whole / "best.safetensors"), "--output", str(tmp_path / "det.pt2"),
                  "--kernels", "naive"]) == 0  # fmt: skip
     printed = capsys.readouterr().out

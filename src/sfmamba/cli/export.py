@@ -1,13 +1,13 @@
 """Export a model for deployment: a `torch.export` program (.pt2) or an ONNX file, checked against the eager model.
 
-The model comes as in `sfmamba eval` (a `sfmamba train` checkpoint names its model, classes and image size), or from
-a `train-seg` / `train-det` weights file: UperNet whole (default size: its crop), or a detector's `DetectionNetwork`
-(normalisation, backbone, pyramid and dense head; default size: its min_size rounded up to 32), since torch.export
-cannot trace torchvision's box decoding and NMS (data-dependent sizes). The batch dimension stays dynamic unless
---static-batch; the image size is fixed (--img-size). Before the file is put in place, the exported model runs on a
-fresh random batch one image larger than the traced one and its output is compared with the eager model's: where
-max |exported - eager| / max(1, max |eager|) exceeds --tolerance (or an output is not finite), nothing is written and
-the command fails.
+The model comes as in `sfmamba eval` (a `sfmamba train` checkpoint names its model, classes and image size), or from a
+`train-seg` / `train-det` weights file: UperNet whole (default size: its crop), or a detector's `DetectionNetwork`
+(normalisation, backbone, pyramid and dense head; default size: its max_size rounded up to 32, square, which every
+resized image fits), since torch.export cannot trace torchvision's box decoding and NMS (data-dependent sizes). The
+batch dimension stays dynamic unless --static-batch; the image size is fixed (--img-size). Before the file is put in
+place, the exported model runs on a fresh random batch one image larger than the traced one and its output is compared
+with the eager model's: where max |exported - eager| / max(1, max |eager|) exceeds --tolerance (or an output is not
+finite), nothing is written and the command fails.
 
 .pt2 on CUDA keeps the Triton kernels as `sfmamba::` custom ops (load with `sfmamba.export.load_program`, or `import
 sfmamba` before `torch.export.load`); --kernels naive traces the PyTorch references instead (ATen ops only). ONNX
@@ -116,7 +116,7 @@ def _dense_task(args: argparse.Namespace) -> str | None:
 def _dense_model(args: argparse.Namespace) -> tuple[torch.nn.Module, tuple[int, int], str]:
     """A train-seg file's UperNet whole; a train-det file's `DetectionNetwork` (normalisation, backbone, pyramid and
     dense head: torch.export cannot trace torchvision's box decoding and NMS). Default size: the crop for UperNet,
-    the detector's `min_size` rounded up to a multiple of 32 for a detector."""
+    the detector's `max_size` rounded up to a multiple of 32 for a detector (every resized image fits that square)."""
     from ..dense import DetectionNetwork, model_from_checkpoint
 
     given = [flag for flag, value in (("--model", args.model), ("--pretrained", args.pretrained),
@@ -128,7 +128,7 @@ def _dense_model(args: argparse.Namespace) -> tuple[torch.nn.Module, tuple[int, 
     channels = int(metadata["extra"].get("in_chans", 3))
     if metadata["task"] == "segmentation":
         return model, (channels, args.img_size or metadata["crop"]), " (UperNet)"
-    default_size = -(-metadata["min_size"] // 32) * 32
+    default_size = -(-metadata["max_size"] // 32) * 32
     part = f" ({metadata['detector']}: the network before box decoding and NMS)"
     return DetectionNetwork(model), (channels, args.img_size or default_size), part
 
