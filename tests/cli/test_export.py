@@ -92,3 +92,28 @@ def test_onnx_without_its_packages_says_what_to_install(checkpoint, tmp_path, ca
     with pytest.raises(SystemExit):
         main(["export", "--checkpoint", str(path), "--output", str(tmp_path / "m.onnx")])
     assert "ONNX export needs onnxscript: pip install 'sfmamba[export]'" in capsys.readouterr().err
+
+
+def test_detector_file_exports_its_network_at_max_size_rounded_up(tmp_path, capsys):
+    """A train-det weights file exports `DetectionNetwork` at max_size rounded up to 32 (80 -> 96): the program takes
+    the detector's normalised, padded batch; --img-size must be a multiple of 32."""
+    from sfmamba.dense import DetectionNetwork, create_detector
+
+    torch.manual_seed(0)
+    detector = create_detector("fcos", "sf_mamba_nano", 3, 64, min_size=48, max_size=80).eval()
+    meta = dict(model="sf_mamba_nano", task="detection", detector="fcos", num_classes=3, fpn_channels=64, extra={},
+                min_size=48, max_size=80, dataset="coco", seed=0)  # fmt: skip
+    save_weights(tmp_path / "det.safetensors", detector, meta)
+    out = tmp_path / "det.pt2"
+    assert main(["export", "--checkpoint", str(tmp_path / "det.safetensors"), "--output", str(out)]) == 0
+    assert "(fcos: the network before box decoding and NMS) -> " in capsys.readouterr().out
+    batch = detector.transform([torch.rand(3, 30, 50), torch.rand(3, 50, 30)])[0].tensors  # 96 x 96 (padded)
+    assert batch.shape[-2:] == (96, 96)
+    with torch.no_grad():
+        got, expected = export.load_program(out).module()(batch), DetectionNetwork(detector)(batch)
+    assert list(got) == list(expected)
+    for name in got:
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-5, atol=1e-5, msg=name)
+    with pytest.raises(SystemExit):
+        main(["export", "--checkpoint", str(tmp_path / "det.safetensors"), "--output", str(out), "--img-size", "80"])
+    assert "--img-size must be a multiple of 32 for a detector" in capsys.readouterr().err

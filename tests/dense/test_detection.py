@@ -13,6 +13,10 @@ from sfmamba.dense import BackboneWithFPN, DetectionNetwork, create_detector, de
 from sfmamba.export import export_program
 
 SMALL = dict(fpn_channels=32, min_size=64, max_size=96)
+LOSSES = {"faster_rcnn": {"loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg"},
+          "retinanet": {"classification", "bbox_regression"},
+          "fcos": {"classification", "bbox_regression", "bbox_ctrness"}}  # fmt: skip
+LOSSES["mask_rcnn"] = LOSSES["faster_rcnn"] | {"loss_mask"}
 
 
 def _images_and_targets():
@@ -51,11 +55,7 @@ def test_training_losses_reach_the_backbone_and_eval_detects(detector, backbone)
     model = create_detector(detector, backbone, num_classes=3, **SMALL)
     images, targets = _images_and_targets()
     losses = model(images, targets)
-    expected = {"faster_rcnn": {"loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg"},
-                "retinanet": {"classification", "bbox_regression"},
-                "fcos": {"classification", "bbox_regression", "bbox_ctrness"}}  # fmt: skip
-    expected["mask_rcnn"] = expected["faster_rcnn"] | {"loss_mask"}
-    assert set(losses) == expected[detector] and all(torch.isfinite(v) for v in losses.values())
+    assert set(losses) == LOSSES[detector] and all(torch.isfinite(v) for v in losses.values())
     sum(losses.values()).backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
     assert not missing, f"parameters without a finite gradient: {missing}"
@@ -76,7 +76,7 @@ def test_training_losses_reach_the_backbone_and_eval_detects(detector, backbone)
 @pytest.mark.parametrize("detector", ["faster_rcnn", "fcos"])
 def test_detection_network_is_what_the_detector_runs_before_post_processing(detector):
     """`DetectionNetwork` (what `sfmamba export` exports of a detector) gives the backbone's pyramid and the dense
-    head's outputs that the whole detector computes, for an image already at the detector's size (64 x 64)."""
+    head's outputs that the whole detector computes, on the batch its transform makes."""
     torch.manual_seed(0)
     sizes = {**SMALL, "fpn_channels": 64}  # (FCOS's GroupNorm(32) needs 2 values a group at P7's 1 x 1 map)
     model = create_detector(detector, "sf_mamba_nano", num_classes=3, **sizes).eval()
@@ -84,11 +84,11 @@ def test_detection_network_is_what_the_detector_runs_before_post_processing(dete
     seen = {}
     model.backbone.register_forward_hook(lambda module, args, out: seen.setdefault("maps", out))
     head.register_forward_hook(lambda module, args, out: seen.setdefault("head", out))
-    image = torch.rand(3, 64, 64)
+    images = [torch.rand(3, 50, 50), torch.rand(3, 40, 60)]  # resized to 64 x 64 and 64 x 96
     network = DetectionNetwork(model)
     with torch.no_grad():
-        model([image])
-        outputs = network(image[None])
+        model(images)
+        outputs = network(model.transform(images)[0].tensors)
     expected = dict(seen["maps"])
     if detector == "faster_rcnn":
         names = list(seen["maps"])
@@ -117,21 +117,28 @@ def _same_detections(got: dict, expected: dict) -> bool:
     )
 
 
-@pytest.mark.parametrize("detector", ["faster_rcnn", "fcos"])
+@pytest.mark.parametrize("detector", ["faster_rcnn", "mask_rcnn", "retinanet", "fcos"])
 def test_exported_network_with_the_detectors_processing_detects_as_the_detector(detector):
-    """The exported `DetectionNetwork` (a torch.export program of ATen ops) inside `detector_with_network` gives the
-    detector's own detections; an image that does not fit the exported size is refused by name."""
+    """The exported `DetectionNetwork` (a torch.export program of ATen ops, 64 x 96) inside `detector_with_network`
+    gives the detector's own detections where the detector pads the batch to 64 x 96 too; an image resized smaller
+    is padded up to it; one too large is refused by name; the detector's own modes are left as they were."""
     torch.manual_seed(0)
-    model = create_detector(detector, "sf_mamba_nano", num_classes=3, **{**SMALL, "fpn_channels": 64}).eval()
-    program = export_program(DetectionNetwork(model), torch.rand(2, 3, 64, 64), kernels="naive")
-    exported = detector_with_network(model, program.module(), (64, 64))
-    images = [torch.rand(3, 50, 50), torch.rand(3, 64, 64)]  # both resized to 64 x 64 (min_size 64)
+    thresholds = {"score_thresh": 0.0} if detector == "retinanet" else {}  # (untrained: no RetinaNet box above 0.05)
+    model = create_detector(detector, "sf_mamba_nano", num_classes=3, **{**SMALL, "fpn_channels": 64}, **thresholds)
+    program = export_program(DetectionNetwork(model.eval()), torch.rand(2, 3, 64, 96), kernels="naive")
+    exported = detector_with_network(model, program.module(), (64, 96))
+    images = [torch.rand(3, 40, 60), torch.rand(3, 50, 50)]  # resized to 64 x 96 and 64 x 64: padded to 64 x 96
+    model.train()  # the detector goes on training: the wrapper runs in eval mode and leaves its modes alone
     with torch.no_grad():
-        expected, got = model(images), exported(images)
+        got = exported(images)
+        assert all(m.training for m in model.modules())
+        expected = model.eval()(images)
     assert sum(len(d["boxes"]) for d in expected) > 0
     assert all(_same_detections(g, e) for g, e in zip(got, expected))
+    assert len(exported([torch.rand(3, 50, 50)])) == 1  # alone: padded from 64 x 64 up to the network's 64 x 96
+    assert set(model.train()(*_images_and_targets())) == LOSSES[detector]
     with pytest.raises(ValueError, match=r"size: resized images of \[\(64, 96\)\] do not fit the network's 64 x 64"):
-        exported([torch.rand(3, 40, 60)])
+        detector_with_network(model, program.module(), (64, 64))([torch.rand(3, 40, 60)])
 
 
 def test_bad_arguments():

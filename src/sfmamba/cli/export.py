@@ -2,12 +2,12 @@
 
 The model comes as in `sfmamba eval` (a `sfmamba train` checkpoint names its model, classes and image size), or from a
 `train-seg` / `train-det` weights file: UperNet whole (default size: its crop), or a detector's `DetectionNetwork`
-(normalisation, backbone, pyramid and dense head; default size: its max_size rounded up to 32, square, which every
-resized image fits), since torch.export cannot trace torchvision's box decoding and NMS (data-dependent sizes). The
-batch dimension stays dynamic unless --static-batch; the image size is fixed (--img-size). Before the file is put in
-place, the exported model runs on a fresh random batch one image larger than the traced one and its output is compared
-with the eager model's: where max |exported - eager| / max(1, max |eager|) exceeds --tolerance (or an output is not
-finite), nothing is written and the command fails.
+(backbone, pyramid and dense head on the normalised, padded batch; default size: its max_size rounded up to 32,
+square, which every resized image fits; --img-size a multiple of 32), since torch.export cannot trace torchvision's
+box decoding and NMS (data-dependent sizes). The batch dimension stays dynamic unless --static-batch; the image size
+is fixed (--img-size). Before the file is put in place, the exported model runs on a fresh random batch one image
+larger than the traced one and its output is compared with the eager model's: where max |exported - eager| / max(1,
+max |eager|) exceeds --tolerance (or an output is not finite), nothing is written and the command fails.
 
 .pt2 on CUDA keeps the Triton kernels as `sfmamba::` custom ops (load with `sfmamba.export.load_program`, or `import
 sfmamba` before `torch.export.load`); --kernels naive traces the PyTorch references instead (ATen ops only). ONNX
@@ -48,7 +48,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="classifier size for --model (default: the checkpoint's, else the model's)")  # fmt: skip
     shape = parser.add_argument_group("input")
     shape.add_argument("--img-size", type=positive_int, default=None,
-                       help="image height and width (default: the checkpoint's, else the model's)")  # fmt: skip
+                       help="image height and width (default: the checkpoint's, else the model's; a detector: its "
+                            "max_size rounded up to 32)")  # fmt: skip
     shape.add_argument("-b", "--batch-size", type=positive_int, default=2, help="traced batch (default: 2)")
     shape.add_argument("--static-batch", action="store_true", help="fix the batch size instead of keeping it dynamic")
     out = parser.add_argument_group("output")
@@ -105,18 +106,20 @@ def _classifier(args: argparse.Namespace) -> tuple[torch.nn.Module, tuple[int, i
 
 def _dense_task(args: argparse.Namespace) -> str | None:
     """The task ("segmentation" or "detection") of a train-seg / train-det weights file, else None."""
+    from ..dense.checkpoint import DENSE_TASKS
     from ..train.checkpoint import read_metadata
 
     if not (args.checkpoint and args.checkpoint.endswith(".safetensors") and Path(args.checkpoint).is_file()):
         return None
     task = read_metadata(args.checkpoint).get("task")
-    return task if task in ("segmentation", "detection") else None
+    return task if task in DENSE_TASKS else None
 
 
 def _dense_model(args: argparse.Namespace) -> tuple[torch.nn.Module, tuple[int, int], str]:
-    """A train-seg file's UperNet whole; a train-det file's `DetectionNetwork` (normalisation, backbone, pyramid and
-    dense head: torch.export cannot trace torchvision's box decoding and NMS). Default size: the crop for UperNet,
-    the detector's `max_size` rounded up to a multiple of 32 for a detector (every resized image fits that square)."""
+    """A train-seg file's UperNet whole; a train-det file's `DetectionNetwork` (backbone, pyramid and dense head on
+    the transform's normalised, padded batch: torch.export cannot trace torchvision's box decoding and NMS). Default
+    size: the crop for UperNet, the detector's `max_size` rounded up to a multiple of 32 for a detector (every
+    resized image fits that square)."""
     from ..dense import DetectionNetwork, model_from_checkpoint
 
     given = [flag for flag, value in (("--model", args.model), ("--pretrained", args.pretrained),
@@ -128,6 +131,9 @@ def _dense_model(args: argparse.Namespace) -> tuple[torch.nn.Module, tuple[int, 
     channels = int(metadata["extra"].get("in_chans", 3))
     if metadata["task"] == "segmentation":
         return model, (channels, args.img_size or metadata["crop"]), " (UperNet)"
+    if args.img_size is not None and args.img_size % 32:  # the pyramid's strides (anchors) need whole multiples
+        raise UsageError(f"--img-size must be a multiple of 32 for a detector (its batches are padded so), got "
+                         f"{args.img_size}")  # fmt: skip
     default_size = -(-metadata["max_size"] // 32) * 32
     part = f" ({metadata['detector']}: the network before box decoding and NMS)"
     return DetectionNetwork(model), (channels, args.img_size or default_size), part

@@ -63,7 +63,8 @@ def add_run_arguments(run: argparse._ArgumentGroup, out: argparse._ArgumentGroup
         "--evaluate-only",
         default=None,
         metavar="WEIGHTS",
-        help=f"score a {trainer} weights file on the validation split as its run did, no training",
+        help=f"score a {trainer} weights file on the validation split as its run did, no training (the model, sizes "
+        "and evaluation settings come from the file; such flags given here are ignored)",
     )
     run.add_argument("--save-interval", type=positive_int, default=2000,
                      help="write `last` every N steps between evaluations too (a kill loses at most N)")  # fmt: skip

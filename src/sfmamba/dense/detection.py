@@ -95,14 +95,14 @@ class DetectionNetwork(nn.Module):
     """A torchvision detector's network without its pre- and post-processing, for export (`sfmamba export`).
 
     torch.export cannot trace a whole torchvision detector: its box decoding and NMS branch on data-dependent sizes
-    (`batched_nms` in torchvision/ops/boxes.py), so those stay in Python. This module is what runs before them: images
-    in [0, 1], already resized as the detector's transform would (short side `min_size`, long side at most
-    `max_size`) and padded to a multiple of 32, -> the detector's normalisation, the backbone and feature pyramid
-    (maps "0", "1", ... as the detector names them), and its dense head's raw outputs: for RetinaNet and FCOS the
-    head's "cls_logits", "bbox_regression" (and FCOS's "bbox_ctrness") over all levels' anchors, for Faster and Mask
-    R-CNN the region-proposal head's "objectness_<level>" and "rpn_deltas_<level>" per level. The modules are the
-    detector's own (shared, not copied). `detector_with_network` puts the pre- and post-processing back around a
-    network like this one (an exported program's module, say)."""
+    (`batched_nms` in torchvision/ops/boxes.py), so those stay in Python. This module is what runs between them: the
+    batch the detector's transform makes (images normalised by its `image_mean`/`image_std`, resized to short side
+    `min_size` and long side at most `max_size`, zero-padded at the bottom and right to a multiple of 32) -> the
+    backbone and feature pyramid (maps "0", "1", ... as the detector names them) and the dense head's raw outputs:
+    for RetinaNet and FCOS the head's "cls_logits", "bbox_regression" (and FCOS's "bbox_ctrness") over all levels'
+    anchors, for Faster and Mask R-CNN the region-proposal head's "objectness_<level>" and "rpn_deltas_<level>" per
+    level. The modules are the detector's own (shared, not copied). `detector_with_network` puts the processing back
+    around a network like this one (an exported program's module, say)."""
 
     def __init__(self, detector: nn.Module):
         super().__init__()
@@ -110,15 +110,12 @@ class DetectionNetwork(nn.Module):
         self.backbone = detector.backbone
         self.head = rpn.head if rpn is not None else detector.head
         self.two_stage = rpn is not None
-        transform = detector.transform
-        self.register_buffer("mean", torch.tensor(transform.image_mean).view(-1, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(transform.image_std).view(-1, 1, 1), persistent=False)
 
     def forward(self, images: Tensor) -> OrderedDict[str, Tensor]:
-        maps = self.backbone((images - self.mean.to(images.dtype)) / self.std.to(images.dtype))
+        maps = self.backbone(images)
         outputs = OrderedDict(maps)
         if self.two_stage:
-            for kind, per_level in zip(("objectness", "rpn_deltas"), self.head(list(maps.values()))):
+            for kind, per_level in zip(RPN_OUTPUTS, self.head(list(maps.values()))):
                 outputs.update((f"{kind}_{name}", value) for name, value in zip(maps, per_level))
         else:
             outputs.update(self.head(list(maps.values())))
@@ -141,18 +138,16 @@ def split_network_outputs(outputs: dict[str, Tensor]) -> tuple[OrderedDict[str, 
 
 
 class _NetworkMaps(nn.Module):
-    """Stands in for a detector's backbone: un-normalises the transform's batch for `network` (which normalises it
-    again) and keeps the dense head's outputs for `_NetworkHead`."""
+    """Stands in for a detector's backbone: runs `network` on the transform's batch and keeps the dense head's
+    outputs for `_NetworkHead`, which takes them (they are not kept past the call)."""
 
-    def __init__(self, network, transform: nn.Module):
+    def __init__(self, network):
         super().__init__()
         self.network = [network]  # (a list: not a submodule, so eval() leaves it alone: an exported program's refuses)
-        self.register_buffer("mean", torch.tensor(transform.image_mean).view(-1, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(transform.image_std).view(-1, 1, 1), persistent=False)
         self.head_outputs = None
 
     def forward(self, x: Tensor) -> OrderedDict[str, Tensor]:
-        maps, self.head_outputs = split_network_outputs(self.network[0](x * self.std + self.mean))
+        maps, self.head_outputs = split_network_outputs(self.network[0](x))
         return maps
 
 
@@ -164,7 +159,8 @@ class _NetworkHead(nn.Module):
         self.maps = [maps]  # (a list: not a submodule twice)
 
     def forward(self, features: list[Tensor]) -> object:
-        return self.maps[0].head_outputs
+        outputs, self.maps[0].head_outputs = self.maps[0].head_outputs, None
+        return outputs
 
 
 def _with_modules(module: nn.Module, **replaced: nn.Module) -> nn.Module:
@@ -174,13 +170,33 @@ def _with_modules(module: nn.Module, **replaced: nn.Module) -> nn.Module:
     return twin
 
 
+class _EvalOnly(nn.Module):
+    """Runs `detector` in eval mode and puts each of its modules back in the mode it was in (the modules it shares
+    with the original detector included: that one may go on training)."""
+
+    def __init__(self, detector: nn.Module):
+        super().__init__()
+        self.detector = detector
+
+    def forward(self, images: list[Tensor]) -> list[dict[str, Tensor]]:
+        modes = [(module, module.training) for module in self.detector.modules()]
+        self.detector.eval()
+        try:
+            return self.detector(images)
+        finally:
+            for module, training in modes:
+                module.training = training
+
+
 def detector_with_network(detector: nn.Module, network, size: Sequence[int]) -> nn.Module:
-    """`detector` with its backbone and dense head replaced by `network`, a callable with `DetectionNetwork`'s inputs
-    and outputs (e.g. `sfmamba.export.load_program(path).module()` of an exported one): torchvision's resize,
-    anchors, box decoding, NMS (and the R-CNNs' RoI heads) run around it as in `detector`, and it returns the same
-    detections. Every batch is padded to `size` (height, width: the size the network was exported at), so each
-    image, once resized, must fit in it. A shallow copy in eval mode (the detector's other modules are shared and
-    left in eval mode too)."""
+    """`detector`'s inference with its backbone and dense head replaced by `network`, a callable with
+    `DetectionNetwork`'s inputs and outputs at a fixed `size` (height, width), e.g. `sfmamba.export.load_program(path)
+    .module()` of one exported at that size: torchvision's normalisation, resize, anchors, box decoding, NMS (and the
+    R-CNNs' RoI heads, in eager PyTorch) run around it as in `detector`, on every batch zero-padded to `size` (so
+    each image, once resized, must fit in it). The detections equal `detector(images)`'s where the detector's own
+    padding (the batch's largest resized image, rounded up to 32) is `size`; elsewhere they are the detector's on the
+    larger padding, which changes the features (the backbones mix tokens over the whole padded image). The
+    detector's other modules are shared, not copied, and stay in the mode they were in."""
     height, width = size
 
     def pad_to_size(images: list[Tensor], size_divisible: int = 32) -> Tensor:
@@ -194,10 +210,10 @@ def detector_with_network(detector: nn.Module, network, size: Sequence[int]) -> 
 
     transform = copy.copy(detector.transform)
     transform.batch_images = pad_to_size  # (an instance attribute: the copy's own batching)
-    maps = _NetworkMaps(network, transform)
+    maps = _NetworkMaps(network)
     rpn = getattr(detector, "rpn", None)
     head = {"rpn": _with_modules(rpn, head=_NetworkHead(maps))} if rpn is not None else {"head": _NetworkHead(maps)}
-    return _with_modules(detector, transform=transform, backbone=maps, **head).eval()
+    return _EvalOnly(_with_modules(detector, transform=transform, backbone=maps, **head))
 
 
 @torch.no_grad()

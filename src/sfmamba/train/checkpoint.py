@@ -246,7 +246,9 @@ def load_training_checkpoint(state_path: str | Path, model: nn.Module, ema: nn.M
 
 def refuse_dense_weights(path: str | Path, metadata: dict[str, object]) -> None:
     """CheckpointError for a `train-seg` / `train-det` weights file (its "model" names only the backbone)."""
-    trainer = {"segmentation": "train-seg", "detection": "train-det"}.get(metadata.get("task"))
+    from ..dense.checkpoint import DENSE_TASKS  # (here: sfmamba.dense imports this module)
+
+    trainer, _ = DENSE_TASKS.get(metadata.get("task"), (None, None))
     if trainer:
         raise CheckpointError(f"{path}: a {metadata['task']} model's weights ({trainer}), not a classifier's: rebuild "
                               f"it with sfmamba.dense.model_from_checkpoint, score it with `sfmamba {trainer} "
