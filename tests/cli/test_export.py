@@ -117,3 +117,20 @@ def test_detector_file_exports_its_network_at_max_size_rounded_up(tmp_path, caps
     with pytest.raises(SystemExit):
         main(["export", "--checkpoint", str(tmp_path / "det.safetensors"), "--output", str(out), "--img-size", "80"])
     assert "--img-size must be a multiple of 32 for a detector" in capsys.readouterr().err
+
+
+def test_pretrained_weights_that_cannot_be_downloaded_give_one_line(tmp_path, capsys, monkeypatch):
+    import urllib.error
+
+    def offline(*args, pretrained=False, **kwargs):
+        if pretrained:
+            raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+        return real(*args, **kwargs)
+
+    real = timm.create_model
+    monkeypatch.setattr(timm, "create_model", offline)
+    with pytest.raises(SystemExit):
+        main(["export", "--model", "mambavision_nano", "--pretrained", "--output", str(tmp_path / "m.pt2")])
+    err = capsys.readouterr().err
+    assert "--pretrained: the mambavision_nano weights could not be read or downloaded (URLError" in err
+    assert "Traceback" not in err

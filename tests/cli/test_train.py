@@ -90,6 +90,27 @@ def test_train_writes_the_run_folder(tmp_path, capsys):
     assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]
 
 
+def test_resume_takes_the_runs_settings_and_refuses_other_ones(tmp_path, capsys):
+    """`--resume FOLDER` alone continues with the run's args.yaml (model, size, schedule, data) and leaves it as it
+    was; a setting that changes the recipe is refused by name, one that changes only how it runs is not."""
+    data = make_synthetic_fashion_mnist(tmp_path / "data", n_train=24, n_test=8)
+    run = tmp_path / "run"
+    assert main(["train", "--model", "mambavision_nano", "--img-size", "16", "--data-dir", str(data), "--workers", "0",
+                 "--output", str(run), "--epochs", "2", "--batch-size", "8", "--lr", "2e-3", "--device", "cpu",
+                 "--no-progress", "--stop-step", "2"]) == 0  # fmt: skip
+    saved = (run / "args.yaml").read_text()
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(["train", "--resume", str(run), "--lr", "1e-3", "--batch-size", "4"])
+    err = capsys.readouterr().err
+    assert "resume: settings differ from" in err and "lr 0.002 -> 0.001; batch_size 8 -> 4" in err, err
+    assert main(["train", "--resume", str(run), "--log-interval", "1"]) == 0  # (how it reports: may change)
+    assert "final eval top-1" in capsys.readouterr().out
+    results = json.loads((run / "results.json").read_text())
+    assert results["step"] == 6 and results["stop"] == "done"  # 3 steps an epoch at batch 8, 2 epochs
+    assert (run / "args.yaml").read_text() == saved
+
+
 def test_demo_runs_end_to_end_on_a_tiny_budget(tmp_path, capsys):
     data = make_synthetic_fashion_mnist(tmp_path / "data", n_train=32, n_test=8)
     out = tmp_path / "demo"
@@ -195,3 +216,20 @@ def test_cuda_graph_on_cpu_exits_with_a_message(tmp_path, capsys):
         )
     assert exit_info.value.code == 2
     assert "cuda_graph needs CUDA devices, got cpu" in capsys.readouterr().err
+
+
+def test_image_size_follows_the_models_img_size_keyword():
+    """The help's `--model-kwargs img_size=32 patch_size=4` example: timm keeps deit's pretrained cfg at 224 px."""
+    import timm
+
+    from sfmamba.train import TrainConfig
+    from sfmamba.train.trainer import resolve_img_size
+
+    model = timm.create_model("deit_tiny_patch16_224", img_size=32, patch_size=4)
+    assert model.pretrained_cfg["input_size"][-1] == 224
+    kwargs = {"img_size": 32, "patch_size": 4}
+    assert resolve_img_size(TrainConfig(model="deit_tiny_patch16_224", model_kwargs=kwargs), model) == 32
+    assert resolve_img_size(TrainConfig(model_kwargs=kwargs, img_size=48), model) == 48  # --img-size first
+    assert resolve_img_size(TrainConfig(model_kwargs={"img_size": (40, 40)}), model) == 40
+    with pytest.raises(ValueError, match=r"model_kwargs img_size must be one side .* got \(24, 40\)"):
+        resolve_img_size(TrainConfig(model_kwargs={"img_size": (24, 40)}), model)

@@ -14,6 +14,12 @@ class UsageError(Exception):
     """A bad command-line request found after parsing; `main` reports it like an argparse error (exit status 2)."""
 
 
+def pretrained_error(model: str, err: OSError) -> UsageError:
+    """A one-line error for timm's pretrained weights that could not be read or downloaded (no network, say)."""
+    return UsageError(f"--pretrained: the {model} weights could not be read or downloaded ({type(err).__name__}: "
+                      f"{err}); without a network give a local file (--checkpoint FILE)")  # fmt: skip
+
+
 def positive_int(text: str) -> int:
     """argparse type: an integer >= 1."""
     return _int_at_least(text, 1, "a positive integer")

@@ -74,7 +74,7 @@ def add_arguments(parser: argparse.ArgumentParser, profile_only: bool = False) -
     )  # fmt: skip
     what.add_argument(
         "--model-kwargs", nargs="*", type=_model_kwarg, default=[], metavar="KEY=VALUE",
-        help="keyword arguments for every timm model (values as Python literals), e.g. fold=False",
+        help="keyword arguments for every timm model (values as Python literals), e.g. fold=1 (no batch folding)",
     )  # fmt: skip
     what.add_argument("-b", "--batch-size", type=positive_int, default=128)
     what.add_argument("--img-size", type=positive_int, default=None, help="default: the model's input size")

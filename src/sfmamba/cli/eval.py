@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from . import UsageError, device_arg, non_negative_int, positive_int, resolve_device
+from . import UsageError, device_arg, non_negative_int, positive_int, pretrained_error, resolve_device
 from .train import ParseModelKwargs
 
 HELP = "evaluate a checkpoint or a timm model: top-1/top-5, loss, img/s, per-class accuracy, confusion matrix"
@@ -79,7 +79,12 @@ def build_model(args: argparse.Namespace, num_classes: int) -> tuple[torch.nn.Mo
         raise UsageError(f"--model {args.model!r} is not registered with timm")
     classes = metadata.get("num_classes", None if args.pretrained else num_classes)
     kwargs = {**args.model_kwargs, **({"num_classes": classes} if classes is not None else {})}
-    model = timm.create_model(args.model, pretrained=args.pretrained, **kwargs)
+    try:
+        model = timm.create_model(args.model, pretrained=args.pretrained, **kwargs)
+    except OSError as err:  # (urllib's URLError, huggingface_hub's connection errors)
+        if not args.pretrained:
+            raise
+        raise pretrained_error(args.model, err) from err
     if args.checkpoint:
         if not Path(args.checkpoint).is_file():
             raise UsageError(f"--checkpoint {args.checkpoint}: no such file")

@@ -21,8 +21,8 @@ import argparse
 import ast
 import dataclasses
 
-from ..train.config import TrainConfig, load_yaml_config, merge_config
-from . import UsageError, device_arg
+from ..train.config import TrainConfig, inherited_settings, load_yaml_config, merge_config
+from . import UsageError, device_arg, pretrained_error
 
 HELP = "train a model (timm recipe, AMP, DDP via torchrun, resumable atomic checkpoints)"
 _DEFAULTS = {f.name: (f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default)
@@ -148,11 +148,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """Defaults < --config YAML < command line."""
+    """Defaults < the resumed run's args.yaml (with --resume) < --config YAML < command line."""
+    from ..train.checkpoint import resolve_resume_path
+
     given = {k: v for k, v in vars(args).items() if k in _DEFAULTS}
     try:
+        saved = {}
+        if given.get("resume"):  # (only flags given on the command line are in `args`)
+            saved_path = resolve_resume_path(given["resume"]).parent / "args.yaml"
+            saved = inherited_settings(load_yaml_config(saved_path)) if saved_path.is_file() else {}
         yaml_settings = load_yaml_config(args.config) if args.config else {}
-        return merge_config(yaml_settings, given)
+        return merge_config({**saved, **yaml_settings}, given)
     except ValueError as err:
         raise UsageError(str(err)) from err
 
@@ -165,7 +171,14 @@ def run(args: argparse.Namespace) -> int:
         results = train(config)
     except ValueError as err:  # DatasetError, CheckpointError and bad settings: a message, not a traceback
         raise UsageError(str(err)) from err
-    top1 = results.get("ema_top1", results.get("eval_top1"))
-    if top1 is not None:
-        print(f"final eval top-1 {top1:.2f}% (best {results['best_top1']:.2f}%), run folder {results['run_dir']}")
+    except OSError as err:  # (--pretrained without a network)
+        if not config.pretrained:
+            raise
+        raise pretrained_error(config.model, err) from err
+    if "ema_top1" in results:  # `best` keeps the EMA weights' best then
+        print(f"final eval top-1 {results['eval_top1']:.2f}%, EMA top-1 {results['ema_top1']:.2f}% (best EMA "
+              f"{results['best_top1']:.2f}%), run folder {results['run_dir']}")  # fmt: skip
+    elif "eval_top1" in results:
+        print(f"final eval top-1 {results['eval_top1']:.2f}% (best {results['best_top1']:.2f}%), run folder "
+              f"{results['run_dir']}")  # fmt: skip
     return 0

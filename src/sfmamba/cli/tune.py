@@ -7,8 +7,8 @@ when it beats f=1 by at least --min-gain, and the choices are merged into the us
 on CUDA, time.perf_counter on CPU.
 
 examples:
-  sfmamba tune                                    # MambaVision-T/S/B + VMamba-v2 shapes, bf16 and fp32
-  sfmamba tune --shapes 64,160,196,8 --dtype bf16 --mode fwdbwd
+  sfmamba tune                                    # on a GPU: MambaVision-T/S/B + VMamba-v2 shapes, bf16 and fp32
+  sfmamba tune --shapes 64,160,196,8 --dtype bf16 --mode fwdbwd          # on a GPU (minutes per shape on a CPU)
   sfmamba tune --device cpu --shapes 4,8,16,2 --candidates 1 2 4 --output /tmp/fold_table.json
 """
 
@@ -244,7 +244,7 @@ def time_candidates(shape: ScanShape, dtype: torch.dtype, args: argparse.Namespa
         except torch.cuda.OutOfMemoryError:
             _logger.warning("%s %s: f=%d ran out of memory", shape, dtype, fold)
             results[fold] = "oom"
-        _logger.debug("%s %s f=%d: %s us", shape, dtype, fold, results[fold])
+        _logger.info("%s %s f=%d: %s us", shape, dtype, fold, results[fold])  # (progress: a CPU run is slow)
     return results
 
 

@@ -171,6 +171,27 @@ def _coerce(path: Path, name: str, value: object) -> object:
 _ANNOTATIONS = {f.name: str(f.type) for f in dataclasses.fields(TrainConfig)}
 
 
+# what a resumed run may set otherwise than its args.yaml: where it continues and how it runs and reports, not what it
+# computes (every other setting must match: a resume continues the same recipe)
+RESUME_MAY_CHANGE = frozenset({"resume", "output", "data_dir", "workers", "device", "time_limit", "stop_step",
+                               "checkpoint_interval", "log_interval", "eval_interval", "validation_batch_size",
+                               "progress"})  # fmt: skip
+NOT_INHERITED = ("resume", "output", "stop_step")  # a resume from the command line takes these from it alone
+
+
+def resume_differences(config: TrainConfig, saved: dict[str, object]) -> list[str]:
+    """'name saved -> now' for each setting outside RESUME_MAY_CHANGE where `config` differs from a run's saved
+    settings (its args.yaml, read by `load_yaml_config`)."""
+    now = dataclasses.asdict(config)
+    return [f"{k} {saved[k]!r} -> {now[k]!r}" for k in FIELD_NAMES
+            if k not in RESUME_MAY_CHANGE and k in saved and saved[k] != now[k]]  # fmt: skip
+
+
+def inherited_settings(saved: dict[str, object]) -> dict[str, object]:
+    """A run's saved settings to continue it from the command line (without the ones each call gives anew)."""
+    return {k: v for k, v in saved.items() if k not in NOT_INHERITED}
+
+
 def merge_config(yaml_settings: dict[str, object], command_line: dict[str, object]) -> TrainConfig:
     """Dataclass defaults < YAML settings < command-line settings (only those given on the command line)."""
     return TrainConfig(**{**yaml_settings, **command_line})

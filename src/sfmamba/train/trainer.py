@@ -42,7 +42,7 @@ from .checkpoint import (
     save_training_checkpoint,
     save_weights,
 )
-from .config import TrainConfig, config_to_yaml
+from .config import TrainConfig, config_to_yaml, load_yaml_config, resume_differences
 from .distributed import (
     DistributedInfo,
     all_gather_objects,
@@ -188,10 +188,30 @@ class _StreamMark:
 
 
 def resolve_img_size(config: TrainConfig, model: nn.Module) -> int:
+    """--img-size, else the model's own `img_size` keyword (timm leaves its pretrained cfg's input size at the
+    default then, e.g. deit at 224 with img_size=32), else the pretrained cfg's input size."""
     if config.img_size is not None:
         return config.img_size
+    size = config.model_kwargs.get("img_size")
+    if size is not None:
+        sides = {size} if isinstance(size, int) else set(size)
+        if len(sides) != 1:
+            raise ValueError(f"model_kwargs img_size must be one side (training takes square images), got {size!r}")
+        return int(sides.pop())
     input_size = (getattr(model, "pretrained_cfg", None) or {}).get("input_size", (3, 224, 224))
     return int(input_size[-1])
+
+
+def _check_resume_settings(config: TrainConfig, saved_path: Path) -> None:
+    """A resume continues its run's recipe: ValueError naming each setting that differs from the run's args.yaml
+    (`RESUME_MAY_CHANGE` may; a run folder without one is not checked)."""
+    if not saved_path.is_file():
+        _logger.warning("%s: missing, so the resumed run's settings are not checked", saved_path)
+        return
+    differences = resume_differences(config, load_yaml_config(saved_path))
+    if differences:
+        raise ValueError(f"resume: settings differ from {saved_path}: {'; '.join(differences)} (a resumed run keeps "
+                         f"its recipe: start a new run, with another --output, to change them)")  # fmt: skip
 
 
 def default_run_dir(config: TrainConfig) -> Path:
@@ -223,6 +243,8 @@ class Trainer:
         self._agreed_elapsed = 0.0  # rank 0's seconds of this session at the last time-limit check
         self.checkpoint_writer = BackgroundWriter()  # `last` checkpoints are written on its thread
         self.resume_path = resolve_resume_path(config.resume) if config.resume else None  # fail before any work
+        if self.resume_path is not None:
+            _check_resume_settings(config, self.resume_path.parent / "args.yaml")
         self._setup_data_and_model()
         self._setup_optimization()
         self._setup_run_dir()
@@ -340,7 +362,8 @@ class Trainer:
         self.scheduler.step_update(self.state.step)
         if self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(self.run_dir / "args.yaml", config_to_yaml(c))
+            if resume_path is None or not (self.run_dir / "args.yaml").is_file():  # a resume keeps the run's recipe
+                atomic_write_text(self.run_dir / "args.yaml", config_to_yaml(c))
             _logger.info(
                 "run folder %s; %d steps/epoch, %d steps in all, model %s (%.2f M parameters), %d px",
                 self.run_dir,
