@@ -131,8 +131,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _add(run, "-vb", "--validation-batch-size", type=int)
     _add(run, "--seed", type=int)
     _add(run, "--output", help="run folder (default: output/train/<model>-<time>, or the resumed run's folder)")
-    _add(run, "--resume", help="run folder or checkpoint file to continue from, with the run's settings (its "
-         "args.yaml); a recipe setting given otherwise is refused (where and how it runs and reports may change)")
+    _add(
+        run,
+        "--resume",
+        help="run folder or checkpoint file to continue from, with the run's settings (its "
+        "args.yaml); a recipe setting given otherwise is refused (where and how it runs and reports may change)",
+    )
     _add(run, "--checkpoint-interval", type=int, help="steps between 'last' checkpoints")
     _add(run, "--time-limit", type=float, help="seconds of training before a clean stop")
     _add(
