@@ -115,7 +115,7 @@ def _dense_task(args: argparse.Namespace) -> str | None:
     return task if task in DENSE_TASKS else None
 
 
-def _dense_model(args: argparse.Namespace) -> tuple[torch.nn.Module, tuple[int, int], str]:
+def _dense_model(args: argparse.Namespace, task: str) -> tuple[torch.nn.Module, tuple[int, int], str]:
     """A train-seg file's UperNet whole; a train-det file's `DetectionNetwork` (backbone, pyramid and dense head on
     the transform's normalised, padded batch: torch.export cannot trace torchvision's box decoding and NMS). Default
     size: the crop for UperNet, the detector's `max_size` rounded up to a multiple of 32 for a detector (every
@@ -127,13 +127,13 @@ def _dense_model(args: argparse.Namespace) -> tuple[torch.nn.Module, tuple[int, 
              if value]  # fmt: skip
     if given:
         raise UsageError(f"{', '.join(given)}: a train-seg / train-det checkpoint names its model itself; drop them")
-    model, metadata = model_from_checkpoint(args.checkpoint)
-    channels = int(metadata["extra"].get("in_chans", 3))
-    if metadata["task"] == "segmentation":
-        return model, (channels, args.img_size or metadata["crop"]), " (UperNet)"
-    if args.img_size is not None and args.img_size % 32:  # the pyramid's strides (anchors) need whole multiples
+    if task == "detection" and args.img_size is not None and args.img_size % 32:  # (the pyramid's strides: anchors)
         raise UsageError(f"--img-size must be a multiple of 32 for a detector (its batches are padded so), got "
                          f"{args.img_size}")  # fmt: skip
+    model, metadata = model_from_checkpoint(args.checkpoint, task)
+    channels = int(metadata["extra"].get("in_chans", 3))
+    if task == "segmentation":
+        return model, (channels, args.img_size or metadata["crop"]), " (UperNet)"
     default_size = -(-metadata["max_size"] // 32) * 32
     part = f" ({metadata['detector']}: the network before box decoding and NMS)"
     return DetectionNetwork(model), (channels, args.img_size or default_size), part
@@ -148,7 +148,8 @@ def run(args: argparse.Namespace) -> int:
             f"ONNX export needs {', '.join(export.missing_onnx_packages())}: pip install 'sfmamba[export]'"
         )
     try:
-        model, (channels, img_size), part = _dense_model(args) if _dense_task(args) else _classifier(args)
+        task = _dense_task(args)
+        model, (channels, img_size), part = _dense_model(args, task) if task else _classifier(args)
     except ValueError as err:  # CheckpointError
         raise UsageError(str(err)) from err
     device = torch.device(args.device or "cpu") if fmt == "pt2" else torch.device("cpu")
